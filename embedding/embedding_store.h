@@ -1,0 +1,149 @@
+// EmbeddingStore: the tables of one parameter-server shard, durable on disk.
+//
+// This is the domain object behind the ParameterServer service: the service
+// converts protobuf to these calls and absl::Status to grpc::Status, nothing
+// more. It owns the in-memory EmbeddingTables and the RocksDB storage.
+//
+// Durability: a mutating call (Push, Upsert, CreateTable) returns OK only
+// after the rows it changed (values, optimizer state, metadata) are written
+// to RocksDB's write-ahead log, so an acknowledged write survives the process
+// being killed (SIGKILL). With Options::sync_writes the WAL is also fsynced,
+// which survives power loss at the cost of one fsync per request.
+//
+// Validation: every call checks its whole input first (table exists, lengths
+// match dim, values finite, request size within limits) and changes nothing
+// when it fails.
+//
+// Thread-safety: safe for concurrent access. Pulls and pushes on different
+// keys run in parallel (striped locks inside each table); Checkpoint briefly
+// blocks writers so that all tables are captured at one consistent point.
+#ifndef MIM_EMBEDDING_EMBEDDING_STORE_H_
+#define MIM_EMBEDDING_EMBEDDING_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "embedding/table_config.h"
+
+namespace mim::embedding {
+
+struct RowMeta {
+  int64_t last_update_micros = 0;  // wall clock of the last push/upsert
+  uint32_t update_count = 0;       // pushes (ID) or upserts (content) applied
+  uint64_t version = 0;            // content tables: version of the last upsert
+};
+
+struct TableStats {
+  TableConfig config;
+  uint64_t rows = 0;
+  uint64_t bytes = 0;          // memory held for rows, state, metadata, index
+  double bytes_per_row = 0;    // bytes / rows (0 when empty)
+  uint64_t keys_pulled = 0;    // since the process started
+  uint64_t keys_pushed = 0;    // since the process started
+  uint64_t max_version = 0;    // content tables
+};
+
+struct UpsertResult {
+  uint64_t rows_written = 0;
+  uint64_t rows_stale = 0;  // stored version was newer; row left alone
+};
+
+struct CheckpointInfo {
+  std::string name;
+  std::string path;
+  uint64_t rows = 0;
+};
+
+class EmbeddingStore {
+ public:
+  struct Options {
+    // Directory holding the live RocksDB database ("<data_dir>/db") and
+    // checkpoints ("<data_dir>/checkpoints/<name>"). Created if missing.
+    std::string data_dir;
+    // fsync the WAL on every acknowledged write (see the file comment).
+    bool sync_writes = false;
+    // Requests with more keys than this are refused with RESOURCE_EXHAUSTED.
+    size_t max_keys_per_request = 1 << 20;
+  };
+
+  // Opens (or creates) the store and loads every table found in
+  // `options.data_dir` into memory. Fails with the storage error (e.g.
+  // DATA_LOSS for a corrupt database) and leaves nothing open.
+  static absl::StatusOr<std::unique_ptr<EmbeddingStore>> Open(
+      const Options& options);
+
+  virtual ~EmbeddingStore() = default;
+
+  // Creates a table. ALREADY_EXISTS if the name is taken (OK instead when
+  // if_not_exists and the stored config equals `config`); INVALID_ARGUMENT
+  // from ValidateTableConfig.
+  virtual absl::Status CreateTable(const TableConfig& config,
+                                   bool if_not_exists) = 0;
+
+  virtual std::vector<TableConfig> ListTables() const = 0;
+
+  // Writes keys.size() * dim floats into `values` (resized), in key order.
+  // ID tables create missing rows with the table's initializer (the creation
+  // is not persisted until the row is first pushed: it is deterministic).
+  // Content tables zero-fill missing rows and append their indices to
+  // `missing`. NOT_FOUND for an unknown table.
+  virtual absl::Status Pull(absl::string_view table,
+                            absl::Span<const uint64_t> keys, float* values,
+                            std::vector<uint32_t>* missing) = 0;
+
+  // Dimension of `table`, or NOT_FOUND.
+  virtual absl::StatusOr<uint32_t> Dim(absl::string_view table) const = 0;
+
+  // Applies gradients (keys.size() * dim floats) to an ID table through its
+  // optimizer; repeated keys have their gradients summed first. Returns the
+  // number of distinct rows updated. NOT_FOUND (unknown table),
+  // INVALID_ARGUMENT (content table, wrong length, NaN/Inf naming the key),
+  // RESOURCE_EXHAUSTED (too many keys).
+  virtual absl::StatusOr<uint64_t> Push(absl::string_view table,
+                                        absl::Span<const uint64_t> keys,
+                                        absl::Span<const float> gradients) = 0;
+
+  // Writes content rows with `version`. A repeated key keeps its last value
+  // in the request. Rows whose stored version is greater than `version` are
+  // left alone and counted as stale. INVALID_ARGUMENT for an ID table, wrong
+  // length or non-finite values.
+  virtual absl::StatusOr<UpsertResult> Upsert(absl::string_view table,
+                                              absl::Span<const uint64_t> keys,
+                                              absl::Span<const float> values,
+                                              uint64_t version) = 0;
+
+  // Reads rows without creating any, for inspection. values gets
+  // keys.size() * dim floats (zeros when missing), meta one entry per key.
+  virtual absl::Status GetRows(absl::string_view table,
+                               absl::Span<const uint64_t> keys,
+                               std::vector<float>* values,
+                               std::vector<RowMeta>* meta,
+                               std::vector<uint32_t>* missing) = 0;
+
+  // Stats of one table (NOT_FOUND if unknown) or, with an empty name, all.
+  virtual absl::StatusOr<std::vector<TableStats>> Stats(
+      absl::string_view table) const = 0;
+
+  // Writes a consistent snapshot of every table (rows, optimizer state,
+  // metadata, configs) under <data_dir>/checkpoints/<name>. An empty name
+  // picks a sortable timestamp. ALREADY_EXISTS if the name is taken,
+  // INVALID_ARGUMENT for a name with '/' or "..".
+  virtual absl::StatusOr<CheckpointInfo> Checkpoint(const std::string& name) = 0;
+
+  // Replaces every table with the contents of checkpoint `name` (empty: the
+  // newest), bit-identical to when it was taken, and makes that durable.
+  // NOT_FOUND if there is no such checkpoint; on failure the live state is
+  // unchanged.
+  virtual absl::StatusOr<CheckpointInfo> Restore(const std::string& name) = 0;
+
+  virtual std::vector<std::string> ListCheckpoints() const = 0;
+};
+
+}  // namespace mim::embedding
+
+#endif  // MIM_EMBEDDING_EMBEDDING_STORE_H_
