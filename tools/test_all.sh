@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Sets up what is missing (apt), builds everything (default and --config=cuda),
+# runs every test with Bazel, and prints one final line "N passed, N failed"
+# counted from Bazel's own results: gtest cases from each test's test.xml,
+# plus one failure per test target that failed to build or left no result.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+tools/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
+
+log=$(mktemp)
+status=0
+
+# The CUDA build only needs nvcc; skip it (with a note) where CUDA is absent.
+if [[ -x /usr/local/cuda/bin/nvcc ]]; then
+  echo "== bazel build --config=cuda (CUDA kernels and their tests, not run: no GPU here)"
+  if ! bazel build --config=cuda --jobs=2 //... $(bazel query 'attr(tags, manual, //...)' 2>/dev/null | tr '\n' ' ') 2>&1 | tail -5; then
+    echo "CUDA build failed"; status=1
+  fi
+else
+  echo "== no /usr/local/cuda/bin/nvcc: skipping the --config=cuda build"
+fi
+
+echo "== bazel test //..."
+bazel test --jobs=2 --test_summary=short //... 2>&1 | tee "$log"
+bazel_rc=${PIPESTATUS[0]}
+
+python3 - "$log" "$(bazel info bazel-testlogs 2>/dev/null)" "$status" <<'PY'
+import os, re, sys, glob
+import xml.etree.ElementTree as ET
+log, testlogs, cuda_failed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+text = open(log, errors="replace").read()
+passed = failed = 0
+targets = re.findall(r"^(//\S+)\s+(?:\(cached\)\s+)?(PASSED|FAILED|TIMEOUT|NO STATUS|FAILED TO BUILD|FLAKY|SKIPPED)", text, re.M)
+for target, result in targets:
+    rel = target[2:].replace(":", "/")
+    xml = os.path.join(testlogs, rel, "test.xml")
+    cases_p = cases_f = 0
+    if result in ("PASSED", "FAILED", "FLAKY") and os.path.exists(xml):
+        try:
+            for tc in ET.parse(xml).getroot().iter("testcase"):
+                if tc.find("failure") is not None or tc.find("error") is not None:
+                    cases_f += 1
+                else:
+                    cases_p += 1
+        except ET.ParseError:
+            pass
+    if cases_p + cases_f == 0:
+        # No per-case result (a script test, or it never ran): count the target.
+        if result == "PASSED": cases_p = 1
+        else: cases_f = 1
+    elif result not in ("PASSED", "FLAKY") and cases_f == 0:
+        cases_f = 1  # crashed or timed out after its cases passed
+    passed += cases_p; failed += cases_f
+if not targets:
+    failed += 1  # the build broke before any test ran
+failed += cuda_failed
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
+PY
