@@ -1,0 +1,99 @@
+// Per-item content vectors ("mim-vectors v1", see docs/DATA_FORMAT.md):
+// the output of tools/content_vectors and the format in which users bring
+// their own foundation-model vectors, one file per modality.
+//
+//   #mim-vectors v1<TAB>dim=<D><TAB>modality=<name>
+//   <item_id><TAB><v1> <v2> ... <vD>
+//
+// Values are decimal floats; each row has exactly D finite values. Files
+// written by ContentVectorWriter are L2-normalised; user files need not be.
+#ifndef MIM_WORKER_DATA_CONTENT_VECTORS_H_
+#define MIM_WORKER_DATA_CONTENT_VECTORS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace mim::data {
+
+// Plain value type; not thread-safe.
+struct ItemVector {
+  int64_t item_id = 0;
+  std::vector<float> values;
+};
+
+// Streams a vector file in batches. Not thread-safe.
+class ContentVectorReader {
+ public:
+  // Opens `path` and parses its header. If `expected_dim` > 0 the header's
+  // dim must equal it. Errors: NOT_FOUND if it cannot be opened;
+  // INVALID_ARGUMENT for a bad header or a dim mismatch (message names the
+  // file and both dims).
+  static absl::StatusOr<std::unique_ptr<ContentVectorReader>> Open(
+      const std::string& path, int expected_dim = 0);
+
+  // Replaces `*batch` with the next up-to-`max_items` rows; returns how many,
+  // 0 at end of file. Errors: INVALID_ARGUMENT "<file>:<line>: ..." for a
+  // bad id, a wrong number of values, or a non-finite value.
+  absl::StatusOr<size_t> ReadBatch(size_t max_items,
+                                   std::vector<ItemVector>* batch);
+
+  int dim() const { return dim_; }
+  const std::string& modality() const { return modality_; }
+
+ private:
+  ContentVectorReader(std::string path, std::ifstream in, int dim,
+                      std::string modality);
+
+  std::string path_;
+  std::ifstream in_;
+  int dim_;
+  std::string modality_;
+  std::string line_;
+  int64_t line_number_ = 1;
+};
+
+// Reads a whole vector file (convenient for small catalogues; large ones
+// should stream with ContentVectorReader). Errors as the reader, plus
+// INVALID_ARGUMENT for a duplicated item id.
+absl::StatusOr<std::vector<ItemVector>> ReadAllContentVectors(
+    const std::string& path, int expected_dim = 0);
+
+// Writes a vector file. Not thread-safe.
+class ContentVectorWriter {
+ public:
+  // Creates `path` and writes the header. dim must be >= 1 and modality a
+  // non-empty token without whitespace (INVALID_ARGUMENT otherwise);
+  // INTERNAL if the file cannot be created.
+  static absl::StatusOr<std::unique_ptr<ContentVectorWriter>> Open(
+      const std::string& path, int dim, const std::string& modality);
+
+  // Writes `values` L2-normalised. INVALID_ARGUMENT if the size is not dim
+  // or a value is non-finite or the norm is zero; INTERNAL on write failure.
+  absl::Status Write(int64_t item_id, absl::Span<const float> values);
+
+  // Flushes and closes. INTERNAL if the flush fails.
+  absl::Status Close();
+
+ private:
+  ContentVectorWriter(std::string path, std::ofstream out, int dim);
+
+  std::string path_;
+  std::ofstream out_;
+  int dim_;
+};
+
+// Scales `v` to unit L2 norm. Returns false (v unchanged) if the norm is 0
+// or not finite.
+bool L2Normalize(std::vector<float>* v);
+
+}  // namespace mim::data
+
+#endif  // MIM_WORKER_DATA_CONTENT_VECTORS_H_

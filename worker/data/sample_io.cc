@@ -1,0 +1,121 @@
+#include "worker/data/sample_io.h"
+
+#include <utility>
+
+#include "absl/memory/memory.h"
+#include "absl/strings/str_cat.h"
+
+namespace mim::data {
+
+SampleReader::SampleReader(std::string path, std::ifstream in)
+    : path_(std::move(path)), in_(std::move(in)) {}
+
+absl::StatusOr<std::unique_ptr<SampleReader>> SampleReader::Open(
+    const std::string& path) {
+  std::ifstream in(path);
+  if (!in.is_open()) {
+    return absl::NotFoundError(absl::StrCat("cannot open sample file ", path));
+  }
+  std::string header;
+  if (!std::getline(in, header)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ":1: empty file, expected header '", kSampleHeader, "'"));
+  }
+  if (!header.empty() && header.back() == '\r') header.pop_back();
+  if (header != kSampleHeader) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ":1: header is '", header.substr(0, 80),
+                     "', expected '", kSampleHeader, "'"));
+  }
+  auto reader = absl::WrapUnique(new SampleReader(path, std::move(in)));
+  reader->line_number_ = 1;
+  return reader;
+}
+
+absl::StatusOr<size_t> SampleReader::ReadBatch(size_t max_samples,
+                                               std::vector<Sample>* batch) {
+  if (max_samples == 0) {
+    return absl::InvalidArgumentError("ReadBatch: max_samples must be >= 1");
+  }
+  // Reuse the Sample objects (and their vectors' capacity) across batches.
+  size_t n = 0;
+  batch->resize(max_samples);
+  while (n < max_samples && std::getline(in_, line_)) {
+    ++line_number_;
+    if (!line_.empty() && line_.back() == '\r') line_.pop_back();
+    if (line_.empty()) continue;  // Tolerate a blank trailing line.
+    absl::Status st = ParseSample(line_, &(*batch)[n]);
+    if (!st.ok()) {
+      batch->resize(n);
+      return absl::InvalidArgumentError(
+          absl::StrCat(path_, ":", line_number_, ": ", st.message()));
+    }
+    ++n;
+  }
+  batch->resize(n);
+  if (n < max_samples && in_.bad()) {
+    return absl::DataLossError(absl::StrCat(
+        path_, ":", line_number_ + 1, ": read error"));
+  }
+  return n;
+}
+
+SampleWriter::SampleWriter(std::string path, std::ofstream out)
+    : path_(std::move(path)), out_(std::move(out)) {}
+
+absl::StatusOr<std::unique_ptr<SampleWriter>> SampleWriter::Open(
+    const std::string& path) {
+  std::ofstream out(path, std::ios::out | std::ios::trunc);
+  if (!out.is_open()) {
+    return absl::InternalError(absl::StrCat("cannot create sample file ", path));
+  }
+  out << kSampleHeader << '\n';
+  if (!out) {
+    return absl::InternalError(absl::StrCat("cannot write header to ", path));
+  }
+  return absl::WrapUnique(new SampleWriter(path, std::move(out)));
+}
+
+absl::Status SampleWriter::Write(const Sample& s) {
+  if (!out_.is_open()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("write to closed sample file ", path_));
+  }
+  out_ << FormatSample(s) << '\n';
+  if (!out_) {
+    return absl::InternalError(absl::StrCat("write failed on ", path_));
+  }
+  ++num_written_;
+  return absl::OkStatus();
+}
+
+absl::Status SampleWriter::Close() {
+  if (!out_.is_open()) return absl::OkStatus();
+  out_.flush();
+  const bool ok = static_cast<bool>(out_);
+  out_.close();
+  if (!ok || out_.fail()) {
+    return absl::InternalError(absl::StrCat("flush/close failed on ", path_));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<absl::flat_hash_map<int64_t, int64_t>> ItemFirstSeen(
+    const std::string& path) {
+  auto reader = SampleReader::Open(path);
+  if (!reader.ok()) return reader.status();
+  absl::flat_hash_map<int64_t, int64_t> first;
+  std::vector<Sample> batch;
+  while (true) {
+    absl::StatusOr<size_t> n = (*reader)->ReadBatch(4096, &batch);
+    if (!n.ok()) return n.status();
+    if (*n == 0) break;
+    for (const Sample& s : batch) {
+      auto [it, inserted] = first.emplace(s.item_id, s.timestamp);
+      if (!inserted && s.timestamp < it->second) it->second = s.timestamp;
+    }
+  }
+  return first;
+}
+
+}  // namespace mim::data
