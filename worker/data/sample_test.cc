@@ -1,0 +1,158 @@
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "worker/data/sample.h"
+#include "worker/data/sample_io.h"
+
+namespace mim::data {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+std::string TempPath(const std::string& name) {
+  return std::string(getenv("TEST_TMPDIR")) + "/" + name;
+}
+
+void WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream out(path);
+  out << text;
+}
+
+Sample MakeSample(int64_t ts, int64_t item) {
+  Sample s;
+  s.timestamp = ts;
+  s.user_id = 7;
+  s.item_id = item;
+  s.label = 1;
+  s.age_bucket = 2;
+  s.gender = 1;
+  s.occupation = 19;
+  s.genres = {3, 5};
+  s.behavior = {11, 12, 13};
+  return s;
+}
+
+TEST(SampleTest, FormatAndParseRoundTrip) {
+  Sample s = MakeSample(881250949, 242);
+  EXPECT_EQ(FormatSample(s), "881250949\t7\t242\t1\t2\t1\t19\t3,5\t11,12,13");
+  Sample back;
+  ASSERT_TRUE(ParseSample(FormatSample(s), &back).ok());
+  EXPECT_EQ(back, s);
+}
+
+TEST(SampleTest, EmptyListsRoundTrip) {
+  Sample s = MakeSample(1, 2);
+  s.genres.clear();
+  s.behavior.clear();
+  EXPECT_EQ(FormatSample(s), "1\t7\t2\t1\t2\t1\t19\t\t");
+  Sample back;
+  ASSERT_TRUE(ParseSample(FormatSample(s), &back).ok());
+  EXPECT_EQ(back, s);
+}
+
+TEST(SampleTest, ParseErrorsNameTheField) {
+  Sample s;
+  absl::Status st = ParseSample("1\t2\t3\t2\t0\t0\t0\t\t", &s);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("field 'label'"));
+  EXPECT_THAT(std::string(st.message()), HasSubstr("got '2'"));
+
+  st = ParseSample("1\t2\t3\t1\t0\t0\t0\t1,x\t", &s);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("field 'genres'"));
+
+  st = ParseSample("-5\t2\t3\t1\t0\t0\t0\t\t", &s);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("field 'ts'"));
+
+  st = ParseSample("1\t2\t3\t1", &s);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("got 4 tab-separated"));
+
+  std::string long_behavior;
+  for (int i = 0; i < kMaxBehaviorLength + 1; ++i) {
+    long_behavior += (i ? "," : "") + std::to_string(i);
+  }
+  st = ParseSample("1\t2\t3\t1\t0\t0\t0\t\t" + long_behavior, &s);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("field 'behavior'"));
+  EXPECT_THAT(std::string(st.message()), HasSubstr("at most 50"));
+}
+
+TEST(SampleIoTest, WriteThenReadInBatches) {
+  const std::string path = TempPath("samples.tsv");
+  {
+    auto w = SampleWriter::Open(path);
+    ASSERT_TRUE(w.ok()) << w.status();
+    for (int i = 0; i < 5; ++i) {
+      ASSERT_TRUE((*w)->Write(MakeSample(100 + i, 1000 + i)).ok());
+    }
+    EXPECT_EQ((*w)->num_written(), 5);
+    ASSERT_TRUE((*w)->Close().ok());
+  }
+  auto r = SampleReader::Open(path);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<Sample> batch;
+  std::vector<size_t> sizes;
+  std::vector<int64_t> items;
+  while (true) {
+    auto n = (*r)->ReadBatch(2, &batch);
+    ASSERT_TRUE(n.ok()) << n.status();
+    sizes.push_back(*n);
+    ASSERT_EQ(batch.size(), *n);
+    if (*n == 0) break;
+    for (const Sample& s : batch) items.push_back(s.item_id);
+  }
+  EXPECT_THAT(sizes, ElementsAre(2, 2, 1, 0));
+  EXPECT_THAT(items, ElementsAre(1000, 1001, 1002, 1003, 1004));
+  EXPECT_EQ(batch.size(), 0u);
+  auto again = (*r)->ReadBatch(2, &batch);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, 0u);
+}
+
+TEST(SampleIoTest, MalformedRowNamesFileLineAndField) {
+  const std::string path = TempPath("bad.tsv");
+  WriteFile(path, std::string(kSampleHeader) +
+                      "\n1\t2\t3\t1\t0\t0\t0\t\t\n"
+                      "2\t2\tabc\t1\t0\t0\t0\t\t\n");
+  auto r = SampleReader::Open(path);
+  ASSERT_TRUE(r.ok());
+  std::vector<Sample> batch;
+  auto n = (*r)->ReadBatch(10, &batch);
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(n.status().message()),
+              HasSubstr(path + ":3: field 'item' (column 3): got 'abc'"));
+}
+
+TEST(SampleIoTest, WrongHeaderAndMissingFile) {
+  const std::string path = TempPath("nohdr.tsv");
+  WriteFile(path, "1\t2\t3\t1\t0\t0\t0\t\t\n");
+  auto r = SampleReader::Open(path);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr(path + ":1:"));
+  EXPECT_EQ(SampleReader::Open(TempPath("missing.tsv")).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST(SampleIoTest, ItemFirstSeenTakesEarliestTimestamp) {
+  const std::string path = TempPath("first.tsv");
+  {
+    auto w = SampleWriter::Open(path);
+    ASSERT_TRUE(w.ok());
+    ASSERT_TRUE((*w)->Write(MakeSample(50, 1)).ok());
+    ASSERT_TRUE((*w)->Write(MakeSample(10, 2)).ok());
+    ASSERT_TRUE((*w)->Write(MakeSample(30, 1)).ok());
+    ASSERT_TRUE((*w)->Close().ok());
+  }
+  auto first = ItemFirstSeen(path);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->size(), 2u);
+  EXPECT_EQ(first->at(1), 30);
+  EXPECT_EQ(first->at(2), 10);
+}
+
+}  // namespace
+}  // namespace mim::data
