@@ -1,0 +1,641 @@
+#include "ps/client.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "embedding/sharding.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "proto/ps.grpc.pb.h"
+#include "ps/health.grpc.pb.h"
+#include "ps/status_convert.h"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "rows travel as little-endian float32 bytes");
+
+namespace mim::ps {
+
+struct PsClient::Shard {
+  std::vector<std::unique_ptr<ParameterServer::Stub>> stubs;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health;
+};
+
+namespace {
+
+using Stub = ParameterServer::Stub;
+
+// Both call forms of one RPC, so that the fan-out below is written once.
+// A single-shard call runs synchronously on the caller's thread (no thread
+// hop); several shards go out together through the callback API.
+#define MIM_PS_DEFINE_RPC(Name)                                              \
+  struct Name##Rpc {                                                         \
+    using Request = Name##Request;                                           \
+    using Response = Name##Response;                                         \
+    static grpc::Status Sync(Stub* stub, grpc::ClientContext* context,       \
+                             const Request& request, Response* response) {   \
+      return stub->Name(context, request, response);                         \
+    }                                                                        \
+    static void Async(Stub* stub, grpc::ClientContext* context,              \
+                      const Request* request, Response* response,            \
+                      std::function<void(grpc::Status)> done) {              \
+      stub->async()->Name(context, request, response, std::move(done));      \
+    }                                                                        \
+  };
+MIM_PS_DEFINE_RPC(Pull)
+MIM_PS_DEFINE_RPC(Push)
+MIM_PS_DEFINE_RPC(Upsert)
+MIM_PS_DEFINE_RPC(CreateTable)
+MIM_PS_DEFINE_RPC(ListTables)
+MIM_PS_DEFINE_RPC(TableStats)
+MIM_PS_DEFINE_RPC(GetRows)
+MIM_PS_DEFINE_RPC(Checkpoint)
+MIM_PS_DEFINE_RPC(Restore)
+#undef MIM_PS_DEFINE_RPC
+
+// Counts outstanding callbacks. Shared with the callbacks so that it outlives
+// the last one even after the waiter has returned.
+class WaitGroup {
+ public:
+  explicit WaitGroup(size_t n) : remaining_(n) {}
+  void Done() {
+    absl::MutexLock lock(&mu_);
+    --remaining_;
+  }
+  void Wait() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](size_t* remaining) { return *remaining == 0; }, &remaining_));
+  }
+
+ private:
+  absl::Mutex mu_;
+  size_t remaining_ ABSL_GUARDED_BY(mu_);
+};
+
+std::chrono::system_clock::time_point Deadline(absl::Duration timeout) {
+  return absl::ToChronoTime(absl::Now() + timeout);
+}
+
+// Rows as packed bytes: the wire form of keys.size() * dim floats.
+const float* RowsOf(const std::string& bytes) {
+  return reinterpret_cast<const float*>(bytes.data());
+}
+float* MutableRowsOf(std::string* bytes) {
+  return reinterpret_cast<float*>(bytes->data());
+}
+
+absl::Status CheckFinite(absl::Span<const uint64_t> keys,
+                         absl::Span<const float> rows, size_t dim,
+                         absl::string_view what) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (!std::isfinite(rows[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, " of key ", keys[i / dim], " (index ", i / dim,
+          ") is not finite at dimension ", i % dim));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> RowDim(size_t num_keys, size_t num_floats,
+                              absl::string_view what) {
+  if (num_floats % num_keys != 0 || num_floats == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " has ", num_floats, " floats, not a positive multiple of the ",
+        num_keys, " keys"));
+  }
+  return num_floats / num_keys;
+}
+
+// Where each distinct key of a request goes: keys are deduplicated, then
+// appended to their shard's request in first-seen order.
+struct Routing {
+  std::vector<uint32_t> shard_of_unique;
+  std::vector<uint32_t> pos_of_unique;   // index in its shard's request
+  std::vector<uint32_t> unique_of_key;   // per request position
+  std::vector<std::vector<uint32_t>> unique_at;  // [shard][pos] -> unique
+  std::vector<uint32_t> involved;        // shards with at least one key
+};
+
+Routing Route(absl::Span<const uint64_t> keys, uint32_t num_shards,
+              const std::function<void(uint32_t shard, uint64_t key)>& add) {
+  Routing r;
+  r.unique_of_key.resize(keys.size());
+  r.unique_at.resize(num_shards);
+  absl::flat_hash_map<uint64_t, uint32_t> index;
+  index.reserve(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const auto [it, inserted] =
+        index.try_emplace(keys[i], static_cast<uint32_t>(index.size()));
+    r.unique_of_key[i] = it->second;
+    if (!inserted) continue;
+    const uint32_t shard =
+        num_shards == 1 ? 0 : embedding::ShardOf(keys[i], num_shards);
+    r.shard_of_unique.push_back(shard);
+    r.pos_of_unique.push_back(
+        static_cast<uint32_t>(r.unique_at[shard].size()));
+    r.unique_at[shard].push_back(it->second);
+    add(shard, keys[i]);
+  }
+  for (uint32_t s = 0; s < num_shards; ++s) {
+    if (!r.unique_at[s].empty()) r.involved.push_back(s);
+  }
+  return r;
+}
+
+std::vector<uint32_t> AllShards(uint32_t n) {
+  std::vector<uint32_t> all(n);
+  for (uint32_t s = 0; s < n; ++s) all[s] = s;
+  return all;
+}
+
+}  // namespace
+
+// Sends one request per listed shard, in parallel, retrying UNAVAILABLE.
+class ShardCaller {
+ public:
+  template <typename Rpc>
+  static absl::Status Call(const PsClient& client,
+                           absl::Span<const uint32_t> shards,
+                           const std::vector<typename Rpc::Request>& requests,
+                           std::vector<typename Rpc::Response>* responses,
+                           bool retry) {
+    const PsClient::Options& options = client.options_;
+    const int attempts = retry ? std::max(1, options.max_attempts) : 1;
+    std::vector<grpc::Status> status(client.shards_.size());
+    std::vector<uint32_t> pending(shards.begin(), shards.end());
+    absl::Duration backoff = options.initial_backoff;
+    for (int attempt = 1;; ++attempt) {
+      if (pending.size() == 1) {
+        const uint32_t s = pending[0];
+        grpc::ClientContext context;
+        context.set_deadline(Deadline(options.timeout));
+        (*responses)[s].Clear();
+        status[s] = Rpc::Sync(StubFor(client, s), &context, requests[s],
+                              &(*responses)[s]);
+      } else {
+        std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+        auto wait = std::make_shared<WaitGroup>(pending.size());
+        for (const uint32_t s : pending) {
+          contexts.push_back(std::make_unique<grpc::ClientContext>());
+          contexts.back()->set_deadline(Deadline(options.timeout));
+          (*responses)[s].Clear();
+          Rpc::Async(StubFor(client, s), contexts.back().get(), &requests[s],
+                     &(*responses)[s],
+                     [wait, &status, s](grpc::Status result) {
+                       status[s] = std::move(result);
+                       wait->Done();
+                     });
+        }
+        wait->Wait();
+      }
+      std::vector<uint32_t> again;
+      for (const uint32_t s : pending) {
+        if (status[s].error_code() == grpc::StatusCode::UNAVAILABLE &&
+            attempt < attempts) {
+          again.push_back(s);
+        }
+      }
+      if (again.empty()) break;
+      absl::SleepFor(backoff);
+      backoff = std::min(backoff * 2, options.max_backoff);
+      pending = std::move(again);
+    }
+    for (const uint32_t s : shards) {
+      if (!status[s].ok()) {
+        return client.ShardError(s, FromGrpcStatus(status[s]));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  // Round-robin over the shard's channels.
+  static ParameterServer::Stub* StubFor(const PsClient& client,
+                                        uint32_t shard) {
+    const auto& stubs = client.shards_[shard]->stubs;
+    if (stubs.size() == 1) return stubs[0].get();
+    return stubs[client.next_channel_.fetch_add(1, std::memory_order_relaxed) %
+                 stubs.size()]
+        .get();
+  }
+};
+
+PsClient::PsClient(std::vector<std::string> addresses, const Options& options)
+    : addresses_(std::move(addresses)), options_(options) {
+  for (size_t s = 0; s < addresses_.size(); ++s) {
+    auto shard = std::make_unique<Shard>();
+    const int channels = std::max(1, options_.channels_per_shard);
+    for (int c = 0; c < channels; ++c) {
+      grpc::ChannelArguments args;
+      args.SetMaxReceiveMessageSize(options_.max_message_bytes);
+      args.SetMaxSendMessageSize(options_.max_message_bytes);
+      // Without a local pool, channels with equal arguments share one
+      // connection; several channels exist precisely to get several.
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+      auto channel = grpc::CreateCustomChannel(
+          addresses_[s], grpc::InsecureChannelCredentials(), args);
+      if (c == 0) shard->health = grpc::health::v1::Health::NewStub(channel);
+      shard->stubs.push_back(ParameterServer::NewStub(channel));
+    }
+    shards_.push_back(std::move(shard));
+  }
+}
+
+PsClient::~PsClient() = default;
+
+absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(
+    std::vector<std::string> addresses, const Options& options) {
+  if (addresses.empty()) {
+    return absl::InvalidArgumentError("no shard addresses given");
+  }
+  for (size_t s = 0; s < addresses.size(); ++s) {
+    if (addresses[s].empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shard address ", s, " is empty"));
+    }
+  }
+  if (options.max_attempts < 1 || options.timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "max_attempts must be >= 1 and timeout positive");
+  }
+  return std::unique_ptr<PsClient>(new PsClient(std::move(addresses), options));
+}
+
+uint32_t PsClient::num_shards() const {
+  return static_cast<uint32_t>(addresses_.size());
+}
+
+absl::Status PsClient::ShardError(uint32_t shard,
+                                  const absl::Status& s) const {
+  return absl::Status(
+      s.code(), absl::StrFormat("shard %d/%d (%s): %s", shard, num_shards(),
+                                addresses_[shard], s.message()));
+}
+
+absl::Status PsClient::CreateTable(const TableConfig& config,
+                                   bool if_not_exists) {
+  std::vector<CreateTableRequest> requests(num_shards());
+  for (auto& r : requests) {
+    *r.mutable_config() = config;
+    r.set_if_not_exists(if_not_exists);
+  }
+  std::vector<CreateTableResponse> responses(num_shards());
+  // Retrying is safe only when a repeat is not an error.
+  return ShardCaller::Call<CreateTableRpc>(*this, AllShards(num_shards()),
+                                           requests, &responses,
+                                           if_not_exists);
+}
+
+absl::StatusOr<std::vector<TableConfig>> PsClient::ListTables() {
+  std::vector<ListTablesRequest> requests(num_shards());
+  std::vector<ListTablesResponse> responses(num_shards());
+  absl::Status status = ShardCaller::Call<ListTablesRpc>(
+      *this, AllShards(num_shards()), requests, &responses, true);
+  if (!status.ok()) return status;
+  std::vector<TableConfig> tables(responses[0].tables().begin(),
+                                  responses[0].tables().end());
+  for (uint32_t s = 1; s < num_shards(); ++s) {
+    for (const TableConfig& t : tables) {
+      const auto& other = responses[s].tables();
+      const bool same = std::any_of(
+          other.begin(), other.end(), [&t](const TableConfig& o) {
+            return o.name() == t.name() && o.dim() == t.dim() &&
+                   o.kind() == t.kind();
+          });
+      if (!same) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "table '%s' (dim %d) of shard 0 is missing or different on shard "
+            "%d (%s); create it on every shard",
+            t.name(), t.dim(), s, addresses_[s]));
+      }
+    }
+  }
+  return tables;
+}
+
+absl::StatusOr<PsClient::PullResult> PsClient::Pull(
+    absl::string_view table, absl::Span<const uint64_t> keys) {
+  PullResult result;
+  if (keys.empty()) return result;
+  // The dim is not known before the answer, so pull into the shards' buffers
+  // and copy once into the result.
+  std::vector<PullRequest> requests(num_shards());
+  const Routing routing = Route(
+      keys, num_shards(),
+      [&requests](uint32_t s, uint64_t key) { requests[s].add_keys(key); });
+  for (const uint32_t s : routing.involved) {
+    requests[s].set_table(std::string(table));
+  }
+  std::vector<PullResponse> responses(num_shards());
+  absl::Status status = ShardCaller::Call<PullRpc>(
+      *this, routing.involved, requests, &responses, true);
+  if (!status.ok()) return status;
+  const uint32_t dim = responses[routing.involved[0]].dim();
+  for (const uint32_t s : routing.involved) {
+    if (responses[s].dim() != dim || dim == 0 ||
+        responses[s].values().size() !=
+            size_t{4} * dim * requests[s].keys_size()) {
+      return absl::InternalError(absl::StrFormat(
+          "shard %d (%s) answered dim %d with %d value bytes for %d keys "
+          "(other shards: dim %d)",
+          s, addresses_[s], responses[s].dim(), responses[s].values().size(),
+          requests[s].keys_size(), dim));
+    }
+  }
+  result.dim = dim;
+  result.values.resize(keys.size() * dim);
+  std::vector<char> unique_missing(routing.shard_of_unique.size(), 0);
+  for (const uint32_t s : routing.involved) {
+    for (const uint32_t p : responses[s].missing()) {
+      if (p < routing.unique_at[s].size()) {
+        unique_missing[routing.unique_at[s][p]] = 1;
+      }
+    }
+  }
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const uint32_t u = routing.unique_of_key[i];
+    const float* row = RowsOf(responses[routing.shard_of_unique[u]].values()) +
+                       size_t{routing.pos_of_unique[u]} * dim;
+    std::memcpy(result.values.data() + i * dim, row, sizeof(float) * dim);
+    if (unique_missing[u]) result.missing.push_back(static_cast<uint32_t>(i));
+  }
+  return result;
+}
+
+absl::Status PsClient::PullInto(absl::string_view table,
+                                absl::Span<const uint64_t> keys,
+                                absl::Span<float> out,
+                                std::vector<uint32_t>* missing) {
+  if (keys.empty()) return absl::OkStatus();
+  absl::StatusOr<PullResult> result = Pull(table, keys);
+  if (!result.ok()) return result.status();
+  if (result->values.size() != out.size()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "output buffer holds %d floats; %d keys of table '%s' need %d (dim "
+        "%d)",
+        out.size(), keys.size(), table, result->values.size(), result->dim));
+  }
+  std::memcpy(out.data(), result->values.data(), sizeof(float) * out.size());
+  if (missing != nullptr) *missing = std::move(result->missing);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> PsClient::Push(absl::string_view table,
+                                        absl::Span<const uint64_t> keys,
+                                        absl::Span<const float> gradients) {
+  if (keys.empty() && gradients.empty()) return 0;
+  if (keys.empty()) {
+    return absl::InvalidArgumentError("gradients given without keys");
+  }
+  absl::StatusOr<size_t> dim = RowDim(keys.size(), gradients.size(),
+                                      "gradients");
+  if (!dim.ok()) return dim.status();
+  // Checked here as well as on the shards: a shard refusing its slice while
+  // another applies its own would leave the update half done.
+  if (absl::Status s = CheckFinite(keys, gradients, *dim, "gradient");
+      !s.ok()) {
+    return s;
+  }
+  std::vector<PushRequest> requests(num_shards());
+  const Routing routing = Route(
+      keys, num_shards(),
+      [&requests](uint32_t s, uint64_t key) { requests[s].add_keys(key); });
+  for (const uint32_t s : routing.involved) {
+    requests[s].set_table(std::string(table));
+    requests[s].mutable_gradients()->assign(
+        sizeof(float) * *dim * requests[s].keys_size(), '\0');
+  }
+  // Sum the gradients of repeated keys into their one row, request order.
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const uint32_t u = routing.unique_of_key[i];
+    float* row =
+        MutableRowsOf(requests[routing.shard_of_unique[u]].mutable_gradients()) +
+        size_t{routing.pos_of_unique[u]} * *dim;
+    const float* g = gradients.data() + i * *dim;
+    for (size_t j = 0; j < *dim; ++j) row[j] += g[j];
+  }
+  std::vector<PushResponse> responses(num_shards());
+  absl::Status status = ShardCaller::Call<PushRpc>(
+      *this, routing.involved, requests, &responses, options_.retry_pushes);
+  if (!status.ok()) return status;
+  uint64_t updated = 0;
+  for (const uint32_t s : routing.involved) {
+    updated += responses[s].rows_updated();
+  }
+  return updated;
+}
+
+absl::StatusOr<PsClient::UpsertResult> PsClient::Upsert(
+    absl::string_view table, absl::Span<const uint64_t> keys,
+    absl::Span<const float> values, uint64_t version) {
+  UpsertResult result;
+  if (keys.empty() && values.empty()) return result;
+  if (keys.empty()) return absl::InvalidArgumentError("values given without keys");
+  absl::StatusOr<size_t> dim = RowDim(keys.size(), values.size(), "values");
+  if (!dim.ok()) return dim.status();
+  if (absl::Status s = CheckFinite(keys, values, *dim, "value"); !s.ok()) {
+    return s;
+  }
+  std::vector<UpsertRequest> requests(num_shards());
+  const Routing routing = Route(
+      keys, num_shards(),
+      [&requests](uint32_t s, uint64_t key) { requests[s].add_keys(key); });
+  for (const uint32_t s : routing.involved) {
+    requests[s].set_table(std::string(table));
+    requests[s].set_version(version);
+    requests[s].mutable_values()->resize(sizeof(float) * *dim *
+                                         requests[s].keys_size());
+  }
+  // A repeated key keeps its last row: later positions overwrite.
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const uint32_t u = routing.unique_of_key[i];
+    float* row =
+        MutableRowsOf(requests[routing.shard_of_unique[u]].mutable_values()) +
+        size_t{routing.pos_of_unique[u]} * *dim;
+    std::memcpy(row, values.data() + i * *dim, sizeof(float) * *dim);
+  }
+  std::vector<UpsertResponse> responses(num_shards());
+  absl::Status status = ShardCaller::Call<UpsertRpc>(
+      *this, routing.involved, requests, &responses, true);
+  if (!status.ok()) return status;
+  for (const uint32_t s : routing.involved) {
+    result.rows_written += responses[s].rows_written();
+    result.rows_stale += responses[s].rows_stale();
+  }
+  return result;
+}
+
+absl::StatusOr<PsClient::GetRowsResult> PsClient::GetRows(
+    absl::string_view table, absl::Span<const uint64_t> keys) {
+  GetRowsResult result;
+  if (keys.empty()) return result;
+  std::vector<GetRowsRequest> requests(num_shards());
+  const Routing routing = Route(
+      keys, num_shards(),
+      [&requests](uint32_t s, uint64_t key) { requests[s].add_keys(key); });
+  for (const uint32_t s : routing.involved) {
+    requests[s].set_table(std::string(table));
+  }
+  std::vector<GetRowsResponse> responses(num_shards());
+  absl::Status status = ShardCaller::Call<GetRowsRpc>(
+      *this, routing.involved, requests, &responses, true);
+  if (!status.ok()) return status;
+  const uint32_t dim = responses[routing.involved[0]].dim();
+  for (const uint32_t s : routing.involved) {
+    const auto n = static_cast<size_t>(requests[s].keys_size());
+    if (responses[s].dim() != dim || dim == 0 ||
+        responses[s].values().size() != size_t{4} * dim * n ||
+        static_cast<size_t>(responses[s].meta_size()) != n) {
+      return absl::InternalError(absl::StrFormat(
+          "shard %d (%s) answered a malformed GetRows (dim %d, %d value "
+          "bytes, %d meta) for %d keys",
+          s, addresses_[s], responses[s].dim(), responses[s].values().size(),
+          responses[s].meta_size(), n));
+    }
+  }
+  result.dim = dim;
+  result.values.resize(keys.size() * dim);
+  result.meta.resize(keys.size());
+  std::vector<char> unique_missing(routing.shard_of_unique.size(), 0);
+  for (const uint32_t s : routing.involved) {
+    for (const uint32_t p : responses[s].missing()) {
+      if (p < routing.unique_at[s].size()) {
+        unique_missing[routing.unique_at[s][p]] = 1;
+      }
+    }
+  }
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const uint32_t u = routing.unique_of_key[i];
+    const GetRowsResponse& r = responses[routing.shard_of_unique[u]];
+    const uint32_t p = routing.pos_of_unique[u];
+    std::memcpy(result.values.data() + i * dim,
+                RowsOf(r.values()) + size_t{p} * dim, sizeof(float) * dim);
+    result.meta[i] = r.meta(static_cast<int>(p));
+    if (unique_missing[u]) result.missing.push_back(static_cast<uint32_t>(i));
+  }
+  return result;
+}
+
+absl::StatusOr<std::vector<PsClient::ShardStats>> PsClient::Stats(
+    absl::string_view table) {
+  std::vector<TableStatsRequest> requests(num_shards());
+  for (auto& r : requests) r.set_table(std::string(table));
+  std::vector<TableStatsResponse> responses(num_shards());
+  absl::Status status = ShardCaller::Call<TableStatsRpc>(
+      *this, AllShards(num_shards()), requests, &responses, true);
+  if (!status.ok()) return status;
+  std::vector<ShardStats> out(num_shards());
+  for (uint32_t s = 0; s < num_shards(); ++s) {
+    out[s].address = addresses_[s];
+    out[s].stats = std::move(responses[s]);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<PsClient::ShardCheckpoint>> PsClient::Checkpoint(
+    const std::string& name) {
+  const std::string chosen =
+      name.empty() ? absl::FormatTime("%Y%m%d-%H%M%E6S", absl::Now(),
+                                      absl::UTCTimeZone())
+                   : name;
+  std::vector<CheckpointRequest> requests(num_shards());
+  for (auto& r : requests) r.set_name(chosen);
+  std::vector<CheckpointResponse> responses(num_shards());
+  // Not retried: a repeat of a checkpoint that did land is ALREADY_EXISTS.
+  absl::Status status = ShardCaller::Call<CheckpointRpc>(
+      *this, AllShards(num_shards()), requests, &responses, false);
+  if (!status.ok()) return status;
+  std::vector<ShardCheckpoint> out(num_shards());
+  for (uint32_t s = 0; s < num_shards(); ++s) {
+    out[s].address = addresses_[s];
+    out[s].checkpoint = std::move(responses[s]);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<PsClient::ShardRestore>> PsClient::Restore(
+    const std::string& name) {
+  std::vector<RestoreRequest> requests(num_shards());
+  for (auto& r : requests) r.set_name(name);
+  std::vector<RestoreResponse> responses(num_shards());
+  absl::Status status = ShardCaller::Call<RestoreRpc>(
+      *this, AllShards(num_shards()), requests, &responses, true);
+  if (!status.ok()) return status;
+  std::vector<ShardRestore> out(num_shards());
+  for (uint32_t s = 0; s < num_shards(); ++s) {
+    out[s].address = addresses_[s];
+    out[s].restore = std::move(responses[s]);
+  }
+  return out;
+}
+
+std::vector<absl::Status> PsClient::Health() {
+  const uint32_t n = num_shards();
+  std::vector<grpc::Status> status(n);
+  std::vector<grpc::health::v1::HealthCheckRequest> requests(n);
+  std::vector<grpc::health::v1::HealthCheckResponse> responses(n);
+  std::vector<grpc::ClientContext> contexts(n);
+  auto wait = std::make_shared<WaitGroup>(n);
+  for (uint32_t s = 0; s < n; ++s) {
+    contexts[s].set_deadline(Deadline(options_.timeout));
+    shards_[s]->health->async()->Check(
+        &contexts[s], &requests[s], &responses[s],
+        [wait, &status, s](grpc::Status result) {
+          status[s] = std::move(result);
+          wait->Done();
+        });
+  }
+  wait->Wait();
+  std::vector<absl::Status> out(n);
+  for (uint32_t s = 0; s < n; ++s) {
+    if (!status[s].ok()) {
+      const absl::Status e = ShardError(s, FromGrpcStatus(status[s]));
+      out[s] = absl::UnavailableError(e.message());
+    } else if (responses[s].status() !=
+               grpc::health::v1::HealthCheckResponse::SERVING) {
+      out[s] = absl::UnavailableError(absl::StrFormat(
+          "shard %d/%d (%s): not serving (health status %d)", s, n,
+          addresses_[s], static_cast<int>(responses[s].status())));
+    }
+  }
+  return out;
+}
+
+std::vector<TableStats> TotalStats(
+    const std::vector<PsClient::ShardStats>& shards) {
+  std::vector<TableStats> totals;
+  absl::flat_hash_map<std::string, size_t> index;
+  for (const auto& shard : shards) {
+    for (const TableStats& t : shard.stats.tables()) {
+      auto [it, inserted] = index.try_emplace(t.config().name(), totals.size());
+      if (inserted) {
+        totals.push_back(t);
+        continue;
+      }
+      TableStats& sum = totals[it->second];
+      sum.set_rows(sum.rows() + t.rows());
+      sum.set_bytes(sum.bytes() + t.bytes());
+      sum.set_pulls(sum.pulls() + t.pulls());
+      sum.set_pushes(sum.pushes() + t.pushes());
+      sum.set_max_version(std::max(sum.max_version(), t.max_version()));
+    }
+  }
+  for (TableStats& t : totals) {
+    t.set_bytes_per_row(t.rows() == 0 ? 0.0
+                                      : static_cast<double>(t.bytes()) /
+                                            static_cast<double>(t.rows()));
+  }
+  return totals;
+}
+
+}  // namespace mim::ps

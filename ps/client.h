@@ -1,0 +1,181 @@
+// PsClient: the client library of the mim parameter server.
+//
+// Holds one or more gRPC channels to every shard (addresses in shard order:
+// address i is shard i of N). Key-based calls deduplicate the keys, route each
+// distinct key with embedding::ShardOf, send one request per involved shard in
+// parallel (gRPC's callback API; a call that touches one shard runs
+// synchronously on the caller's thread), and reassemble the answers in
+// request order, so a repeated key gets the same row at every position.
+//
+// Every RPC carries a deadline (Options::timeout). A shard answering
+// UNAVAILABLE (down, restarting, connection refused) is retried with
+// exponential backoff up to Options::max_attempts attempts in total; other
+// errors are returned at once. Errors keep their canonical code and name the
+// shard: "shard 1/2 (127.0.0.1:5001): <server message>".
+//
+// A Push retried after a connection broke mid-call may have been applied
+// once already; set Options::retry_pushes = false where that matters more
+// than losing the update.
+//
+// Thread-safety: safe for concurrent access (channels and stubs are
+// thread-safe; each call keeps its state on the stack).
+#ifndef MIM_PS_CLIENT_H_
+#define MIM_PS_CLIENT_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "proto/ps.pb.h"
+
+namespace mim::ps {
+
+class PsClient {
+ public:
+  struct Options {
+    // Deadline of every RPC attempt.
+    absl::Duration timeout = absl::Seconds(10);
+    // Attempts per shard call when the shard answers UNAVAILABLE (>= 1).
+    int max_attempts = 5;
+    absl::Duration initial_backoff = absl::Milliseconds(50);
+    absl::Duration max_backoff = absl::Seconds(2);
+    // Separate TCP connections per shard; calls pick one round-robin, so
+    // several caller threads do not share one HTTP/2 connection.
+    int channels_per_shard = 1;
+    bool retry_pushes = true;
+    // Max message size for both directions (batch 16384 x 64-d is 4 MiB).
+    int max_message_bytes = 256 << 20;
+  };
+
+  struct PullResult {
+    uint32_t dim = 0;
+    std::vector<float> values;      // keys.size() * dim, request order
+    std::vector<uint32_t> missing;  // request indices of missing content rows
+  };
+
+  struct UpsertResult {
+    uint64_t rows_written = 0;
+    uint64_t rows_stale = 0;
+  };
+
+  struct GetRowsResult {
+    uint32_t dim = 0;
+    std::vector<float> values;   // keys.size() * dim, zeros where missing
+    std::vector<RowMeta> meta;   // one per key, request order
+    std::vector<uint32_t> missing;
+  };
+
+  // One shard's answer to a call sent to every shard.
+  struct ShardStats {
+    std::string address;
+    TableStatsResponse stats;
+  };
+  struct ShardCheckpoint {
+    std::string address;
+    CheckpointResponse checkpoint;
+  };
+  struct ShardRestore {
+    std::string address;
+    RestoreResponse restore;
+  };
+
+  // Creates channels to `addresses` ("host:port", shard order). Connections
+  // are made lazily on the first call. INVALID_ARGUMENT for an empty list or
+  // an empty address.
+  static absl::StatusOr<std::unique_ptr<PsClient>> Create(
+      std::vector<std::string> addresses, const Options& options);
+  static absl::StatusOr<std::unique_ptr<PsClient>> Create(
+      std::vector<std::string> addresses) {
+    return Create(std::move(addresses), Options());
+  }
+
+  ~PsClient();
+  PsClient(const PsClient&) = delete;
+  PsClient& operator=(const PsClient&) = delete;
+
+  uint32_t num_shards() const;
+  const std::vector<std::string>& addresses() const { return addresses_; }
+
+  // Creates the table on every shard. With if_not_exists an existing table
+  // with the same config is success. On a partial failure the shards that
+  // succeeded keep the table (repeat with if_not_exists to converge).
+  absl::Status CreateTable(const TableConfig& config, bool if_not_exists);
+
+  // Tables of shard 0, checked to exist with the same dim and kind on every
+  // other shard (FAILED_PRECONDITION naming the shard otherwise).
+  absl::StatusOr<std::vector<TableConfig>> ListTables();
+
+  // Rows of `keys` (ID tables create unseen rows; content tables report them
+  // in `missing`, zero-filled). NOT_FOUND for an unknown table. No keys:
+  // OK with an empty result and no RPC.
+  absl::StatusOr<PullResult> Pull(absl::string_view table,
+                                  absl::Span<const uint64_t> keys);
+
+  // As Pull, into a caller buffer of exactly keys.size() * dim floats
+  // (INVALID_ARGUMENT if the shard's dim does not match). `missing` may be
+  // null when the caller does not need it.
+  absl::Status PullInto(absl::string_view table,
+                        absl::Span<const uint64_t> keys, absl::Span<float> out,
+                        std::vector<uint32_t>* missing);
+
+  // Applies gradients (keys.size() * dim floats, dim = gradients.size() /
+  // keys.size()). Gradients of a repeated key are summed here, so each shard
+  // gets every key once. Returns the distinct rows updated.
+  absl::StatusOr<uint64_t> Push(absl::string_view table,
+                                absl::Span<const uint64_t> keys,
+                                absl::Span<const float> gradients);
+
+  // Writes content rows with `version` (a repeated key keeps its last row).
+  absl::StatusOr<UpsertResult> Upsert(absl::string_view table,
+                                      absl::Span<const uint64_t> keys,
+                                      absl::Span<const float> values,
+                                      uint64_t version);
+
+  // Rows and metadata without creating rows.
+  absl::StatusOr<GetRowsResult> GetRows(absl::string_view table,
+                                        absl::Span<const uint64_t> keys);
+
+  // Per-shard stats of `table` (empty: all tables), shard order.
+  absl::StatusOr<std::vector<ShardStats>> Stats(absl::string_view table);
+
+  // Checkpoints every shard under one name; an empty name is replaced by a
+  // timestamp chosen here so that all shards agree.
+  absl::StatusOr<std::vector<ShardCheckpoint>> Checkpoint(
+      const std::string& name);
+
+  // Restores checkpoint `name` on every shard (empty: each shard's newest).
+  absl::StatusOr<std::vector<ShardRestore>> Restore(const std::string& name);
+
+  // grpc.health.v1 Check of every shard, shard order: OK when SERVING,
+  // UNAVAILABLE (naming the address) when unreachable or not serving.
+  // Not retried: a health check reports the state now.
+  std::vector<absl::Status> Health();
+
+ private:
+  struct Shard;
+  PsClient(std::vector<std::string> addresses, const Options& options);
+  // `status` of shard `shard`, with the shard named in its message.
+  absl::Status ShardError(uint32_t shard, const absl::Status& status) const;
+
+  std::vector<std::string> addresses_;
+  Options options_;
+  std::vector<std::unique_ptr<Shard>> shards_;
+  mutable std::atomic<uint64_t> next_channel_{0};
+
+  friend class ShardCaller;
+};
+
+// Sum of per-shard stats for each table name, in the order of first shard.
+std::vector<TableStats> TotalStats(
+    const std::vector<PsClient::ShardStats>& shards);
+
+}  // namespace mim::ps
+
+#endif  // MIM_PS_CLIENT_H_
