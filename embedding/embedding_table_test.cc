@@ -1,0 +1,365 @@
+#include "embedding/embedding_table.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include "embedding/initializer.h"
+#include "embedding/optimizers.h"
+#include "gtest/gtest.h"
+
+namespace mim::embedding {
+namespace {
+
+TableConfig IdConfig(OptimizerKind opt, uint32_t dim = 4) {
+  TableConfig c;
+  c.name = "ids";
+  c.kind = TableKind::kId;
+  c.dim = dim;
+  c.optimizer.kind = opt;
+  c.optimizer.learning_rate = 0.1f;
+  c.initializer.kind = InitializerKind::kNormal;
+  c.initializer.scale = 0.5f;
+  c.initializer.seed = 42;
+  return c;
+}
+
+TableConfig ContentConfig(uint32_t dim = 4) {
+  TableConfig c;
+  c.name = "content";
+  c.kind = TableKind::kContent;
+  c.dim = dim;
+  return c;
+}
+
+std::unique_ptr<EmbeddingTable> MakeTable(const TableConfig& c) {
+  auto t = EmbeddingTable::Create(c);
+  EXPECT_TRUE(t.ok()) << t.status();
+  return std::move(t).value();
+}
+
+TEST(InitializerTest, DeterministicPerKeyAndSeed) {
+  InitializerConfig c;
+  c.kind = InitializerKind::kNormal;
+  c.scale = 1.0f;
+  c.seed = 7;
+  std::vector<float> a(65), b(65), other(65);
+  InitializeRow(c, 123, 65, a.data());
+  InitializeRow(c, 123, 65, b.data());
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), 65 * sizeof(float)));
+  InitializeRow(c, 124, 65, other.data());
+  EXPECT_NE(a, other);
+  c.seed = 8;
+  InitializeRow(c, 123, 65, other.data());
+  EXPECT_NE(a, other);
+}
+
+TEST(InitializerTest, MomentsMatchTheDistribution) {
+  // 2000 keys x 64 dims = 128k samples: mean within 0.01, std within 1%.
+  for (InitializerKind kind :
+       {InitializerKind::kNormal, InitializerKind::kUniform}) {
+    InitializerConfig c;
+    c.kind = kind;
+    c.scale = 2.0f;
+    double sum = 0, sq = 0, lo = 1e9, hi = -1e9;
+    size_t n = 0;
+    std::vector<float> row(64);
+    for (uint64_t key = 0; key < 2000; ++key) {
+      InitializeRow(c, key, 64, row.data());
+      for (float v : row) {
+        sum += v;
+        sq += double{v} * v;
+        lo = std::min<double>(lo, v);
+        hi = std::max<double>(hi, v);
+        ++n;
+      }
+    }
+    const double mean = sum / n;
+    const double stddev = std::sqrt(sq / n - mean * mean);
+    EXPECT_NEAR(mean, 0.0, 0.01 * 2.0);
+    if (kind == InitializerKind::kNormal) {
+      EXPECT_NEAR(stddev, 2.0, 0.02);
+    } else {
+      EXPECT_NEAR(stddev, 2.0 / std::sqrt(3.0), 0.02);
+      EXPECT_GE(lo, -2.0);
+      EXPECT_LT(hi, 2.0);
+    }
+  }
+  InitializerConfig zeros;
+  zeros.kind = InitializerKind::kZeros;
+  std::vector<float> row(8, 1.0f);
+  InitializeRow(zeros, 5, 8, row.data());
+  EXPECT_EQ(row, std::vector<float>(8, 0.0f));
+}
+
+TEST(EmbeddingTableTest, PullCreatesDeterministicRowsAcrossTables) {
+  TableConfig c = IdConfig(OptimizerKind::kAdagrad);
+  auto a = MakeTable(c);
+  auto b = MakeTable(c);  // e.g. another shard or a restarted process
+  const std::vector<uint64_t> keys = {1, 99, 1ull << 60, 1};
+  std::vector<float> va(keys.size() * 4), vb(keys.size() * 4);
+  std::vector<uint32_t> missing;
+  ASSERT_TRUE(a->Pull(keys, va.data(), &missing).ok());
+  EXPECT_TRUE(missing.empty());
+  ASSERT_TRUE(b->Pull({keys[2], keys[0], keys[1]}, vb.data(), nullptr).ok());
+  EXPECT_EQ(0, std::memcmp(va.data() + 8, vb.data(), 4 * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(va.data(), vb.data() + 4, 4 * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(va.data(), va.data() + 12, 4 * sizeof(float)));
+  std::vector<float> expected(4);
+  InitializeRow(c.initializer, 99, 4, expected.data());
+  EXPECT_EQ(0, std::memcmp(va.data() + 4, expected.data(), 4 * sizeof(float)));
+  EXPECT_EQ(a->Stats().rows, 3u);
+  // Pull-created rows have untouched metadata and initial optimizer state.
+  RowMeta meta;
+  std::vector<float> values, state;
+  ASSERT_TRUE(a->ReadRow(99, &meta, &values, &state));
+  EXPECT_EQ(meta.update_count, 0u);
+  EXPECT_EQ(state, std::vector<float>(4, c.optimizer.initial_accumulator));
+}
+
+TEST(EmbeddingTableTest, PushSumsRepeatedKeysAndUsesRowStep) {
+  TableConfig c = IdConfig(OptimizerKind::kAdam, 2);
+  auto table = MakeTable(c);
+  const std::vector<uint64_t> keys = {7, 8, 7};
+  const std::vector<float> grads = {1, 2, 3, 4, 0.5f, -1};
+  auto pushed = table->Push(keys, grads, 1000, nullptr);
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  EXPECT_EQ(*pushed, 2u);
+
+  // Row 7 by hand: initial row + one Adam step with the summed gradient.
+  std::vector<float> row(2), state(4, 0.0f);
+  InitializeRow(c.initializer, 7, 2, row.data());
+  InitOptimizerState(c.optimizer, 2, state.data());
+  const float sum[2] = {1.5f, 1.0f};
+  AdamUpdate(c.optimizer, 2, sum, 1, row.data(), state.data());
+
+  RowMeta meta;
+  std::vector<float> got, got_state;
+  ASSERT_TRUE(table->ReadRow(7, &meta, &got, &got_state));
+  EXPECT_EQ(got, row);
+  EXPECT_EQ(got_state, state);
+  EXPECT_EQ(meta.update_count, 1u);
+  EXPECT_EQ(meta.last_update_micros, 1000);
+
+  // Second push: step 2 for row 7 (its own count), step 1 for a new row 9.
+  ASSERT_TRUE(table->Push({7, 9}, {1, 1, 1, 1}, 2000, nullptr).ok());
+  const float ones[2] = {1, 1};
+  AdamUpdate(c.optimizer, 2, ones, 2, row.data(), state.data());
+  ASSERT_TRUE(table->ReadRow(7, &meta, &got, &got_state));
+  EXPECT_EQ(got, row);
+  EXPECT_EQ(meta.update_count, 2u);
+  EXPECT_EQ(meta.last_update_micros, 2000);
+  ASSERT_TRUE(table->ReadRow(9, &meta, &got, &got_state));
+  EXPECT_EQ(meta.update_count, 1u);
+
+  // Pull sees the pushed values.
+  std::vector<float> pulled(2);
+  ASSERT_TRUE(table->Pull({7}, pulled.data(), nullptr).ok());
+  EXPECT_EQ(pulled, row);
+  EXPECT_EQ(table->Stats().keys_pushed, 5u);
+}
+
+TEST(EmbeddingTableTest, ContentTableUpsertVersionsAndMissing) {
+  auto table = MakeTable(ContentConfig(2));
+  auto r = table->Upsert({1, 2, 1}, {1, 1, 2, 2, 3, 3}, 5, 100, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->rows_written, 2u);  // key 1 keeps its last value
+  EXPECT_EQ(r->rows_stale, 0u);
+
+  // Older version is stale; equal or newer overwrites.
+  r = table->Upsert({1, 2}, {9, 9, 8, 8}, 4, 200, nullptr);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->rows_written, 0u);
+  EXPECT_EQ(r->rows_stale, 2u);
+  r = table->Upsert({2}, {7, 7}, 6, 300, nullptr);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->rows_written, 1u);
+
+  std::vector<float> values(8, -1.0f);
+  std::vector<uint32_t> missing;
+  ASSERT_TRUE(table->Pull({3, 1, 2, 4}, values.data(), &missing).ok());
+  EXPECT_EQ(values, std::vector<float>({0, 0, 3, 3, 7, 7, 0, 0}));
+  EXPECT_EQ(missing, std::vector<uint32_t>({0, 3}));
+  EXPECT_EQ(table->Stats().rows, 2u);  // pulls do not invent content rows
+  EXPECT_EQ(table->Stats().max_version, 6u);
+
+  std::vector<float> got;
+  std::vector<RowMeta> meta;
+  missing.clear();
+  table->GetRows({2, 5}, &got, &meta, &missing);
+  EXPECT_EQ(meta[0].version, 6u);
+  EXPECT_EQ(meta[0].update_count, 2u);
+  EXPECT_EQ(meta[0].last_update_micros, 300);
+  EXPECT_EQ(missing, std::vector<uint32_t>({1}));
+}
+
+// Snapshot of every row of `keys`, bytes of values + state + meta.
+std::vector<char> Snapshot(const EmbeddingTable& t,
+                           const std::vector<uint64_t>& keys) {
+  std::vector<char> out;
+  for (uint64_t k : keys) {
+    RowMeta m;
+    std::vector<float> v, s;
+    const bool present = t.ReadRow(k, &m, &v, &s);
+    out.push_back(present ? 1 : 0);
+    // Field by field: RowMeta has padding bytes.
+    const char* p = reinterpret_cast<const char*>(&m.last_update_micros);
+    out.insert(out.end(), p, p + sizeof(m.last_update_micros));
+    p = reinterpret_cast<const char*>(&m.update_count);
+    out.insert(out.end(), p, p + sizeof(m.update_count));
+    p = reinterpret_cast<const char*>(&m.version);
+    out.insert(out.end(), p, p + sizeof(m.version));
+    p = reinterpret_cast<const char*>(v.data());
+    out.insert(out.end(), p, p + v.size() * sizeof(float));
+    p = reinterpret_cast<const char*>(s.data());
+    out.insert(out.end(), p, p + s.size() * sizeof(float));
+  }
+  return out;
+}
+
+TEST(EmbeddingTableTest, RejectedRequestsChangeNothing) {
+  auto id = MakeTable(IdConfig(OptimizerKind::kFtrl, 2));
+  auto content = MakeTable(ContentConfig(2));
+  ASSERT_TRUE(id->Push({1, 2}, {1, 1, 1, 1}, 1, nullptr).ok());
+  ASSERT_TRUE(content->Upsert({1}, {1, 1}, 1, 1, nullptr).ok());
+  const std::vector<uint64_t> keys = {1, 2, 3};
+  const auto id_before = Snapshot(*id, keys);
+  const auto content_before = Snapshot(*content, keys);
+
+  // Wrong length.
+  auto st = id->Push({1, 3}, {1, 1, 1}, 2, nullptr).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  // NaN in the second key's second element: the message names both.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  st = id->Push({1, 3}, {1, 1, 1, nan}, 2, nullptr).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("key 3"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("position 1"), std::string::npos) << st;
+  st = content->Upsert({3}, {std::numeric_limits<float>::infinity(), 0}, 2, 2,
+                       nullptr)
+           .status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  // Wrong kind.
+  st = content->Push({1}, {1, 1}, 2, nullptr).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  st = id->Upsert({1}, {1, 1}, 2, 2, nullptr).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  // A failing persist aborts the write.
+  auto fail = [](const ChangedRows&) {
+    return absl::UnavailableError("disk gone");
+  };
+  st = id->Push({1, 3}, {1, 1, 1, 1}, 2, fail).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable);
+  st = content->Upsert({1, 3}, {5, 5, 5, 5}, 9, 2, fail).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable);
+
+  EXPECT_EQ(Snapshot(*id, keys), id_before);
+  EXPECT_EQ(Snapshot(*content, keys), content_before);
+  EXPECT_EQ(content->Stats().max_version, 1u);
+}
+
+TEST(EmbeddingTableTest, PersistSeesExactlyTheInstalledRows) {
+  auto table = MakeTable(IdConfig(OptimizerKind::kSgd, 3));
+  std::vector<uint64_t> seen_keys;
+  std::vector<float> seen_values;
+  auto persist = [&](const ChangedRows& rows) {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      seen_keys.push_back(rows.key(i));
+      seen_values.insert(seen_values.end(), rows.values(i),
+                         rows.values(i) + 3);
+      EXPECT_EQ(rows.meta(i).update_count, 1u);
+    }
+    return absl::OkStatus();
+  };
+  ASSERT_TRUE(table->Push({5, 6, 5}, std::vector<float>(9, 1.0f), 1, persist)
+                  .ok());
+  ASSERT_EQ(seen_keys.size(), 2u);
+  for (size_t i = 0; i < seen_keys.size(); ++i) {
+    std::vector<float> pulled(3);
+    ASSERT_TRUE(table->Pull({seen_keys[i]}, pulled.data(), nullptr).ok());
+    EXPECT_EQ(0, std::memcmp(pulled.data(), seen_values.data() + 3 * i,
+                             3 * sizeof(float)));
+  }
+}
+
+TEST(EmbeddingTableTest, LoadRowRoundTripsAndChecksLengths) {
+  auto table = MakeTable(IdConfig(OptimizerKind::kAdam, 2));
+  RowMeta m{123, 4, 0};
+  ASSERT_TRUE(table->LoadRow(77, m, {1, 2}, {3, 4, 5, 6}).ok());
+  RowMeta got;
+  std::vector<float> v, s;
+  ASSERT_TRUE(table->ReadRow(77, &got, &v, &s));
+  EXPECT_EQ(got.last_update_micros, 123);
+  EXPECT_EQ(got.update_count, 4u);
+  EXPECT_EQ(v, std::vector<float>({1, 2}));
+  EXPECT_EQ(s, std::vector<float>({3, 4, 5, 6}));
+  EXPECT_EQ(table->LoadRow(78, m, {1, 2}, {3}).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(EmbeddingTableTest, ConcurrentPushesAndPullsLoseNoUpdates) {
+  // SGD with zero init and lr 0.1: after N pushes of gradient -1 a row is
+  // exactly 0.1*N as long as every update was applied (all small integers
+  // times 0.1 accumulate exactly enough for the tolerance below).
+  TableConfig c = IdConfig(OptimizerKind::kSgd, 8);
+  c.initializer.kind = InitializerKind::kZeros;
+  auto table = MakeTable(c);
+  constexpr int kThreads = 4, kRounds = 200;
+  std::vector<uint64_t> keys(256);
+  for (size_t i = 0; i < keys.size(); ++i) keys[i] = i * 977;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<float> grads(keys.size() * 8, -1.0f);
+      std::vector<float> out(keys.size() * 8);
+      for (int r = 0; r < kRounds; ++r) {
+        if ((r + t) % 2 == 0) {
+          EXPECT_TRUE(table->Push(keys, grads, r, nullptr).ok());
+        } else {
+          EXPECT_TRUE(table->Pull(keys, out.data(), nullptr).ok());
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  const int pushes = kThreads * kRounds / 2;
+  std::vector<float> out(keys.size() * 8);
+  ASSERT_TRUE(table->Pull(keys, out.data(), nullptr).ok());
+  for (float v : out) EXPECT_NEAR(v, 0.1f * pushes, 1e-3f);
+  RowMeta m;
+  std::vector<float> v, s;
+  ASSERT_TRUE(table->ReadRow(keys[3], &m, &v, &s));
+  EXPECT_EQ(m.update_count, static_cast<uint32_t>(pushes));
+}
+
+// Memory goal: at most 1.25x the raw float bytes (64 floats = 256 bytes) for
+// a 64-d SGD or content table. See the layout comment in embedding_table.cc.
+TEST(EmbeddingTableTest, BytesPerRowWithinBudgetFor64dTables) {
+  constexpr size_t kRows = 200000;
+  constexpr size_t kBatch = 1000;
+  std::vector<uint64_t> keys(kBatch);
+  std::vector<float> values(kBatch * 64, 0.25f);
+
+  TableConfig sgd = IdConfig(OptimizerKind::kSgd, 64);
+  sgd.initializer.kind = InitializerKind::kZeros;
+  auto id = MakeTable(sgd);
+  auto content = MakeTable(ContentConfig(64));
+  for (size_t b = 0; b < kRows / kBatch; ++b) {
+    for (size_t i = 0; i < kBatch; ++i) keys[i] = (b * kBatch + i) * 7919 + 3;
+    ASSERT_TRUE(id->Pull(keys, values.data(), nullptr).ok());
+    ASSERT_TRUE(content->Upsert(keys, values, 1, 1, nullptr).ok());
+  }
+  for (const EmbeddingTable* t : {id.get(), content.get()}) {
+    const TableStats s = t->Stats();
+    EXPECT_EQ(s.rows, kRows);
+    EXPECT_LE(s.bytes_per_row, 1.25 * 256) << t->config().name;
+    EXPECT_GE(s.bytes_per_row, 256.0) << t->config().name;
+    std::cout << t->config().name << " bytes_per_row=" << s.bytes_per_row
+              << "\n";
+  }
+}
+
+}  // namespace
+}  // namespace mim::embedding
