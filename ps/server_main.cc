@@ -1,0 +1,129 @@
+// One parameter-server shard:
+//   server --port=P --shard_index=I --num_shards=N --data_dir=DIR
+// Opens (and so recovers) the EmbeddingStore in --data_dir, serves the
+// ParameterServer service and grpc.health.v1, prints
+// "ps shard I/N listening on HOST:PORT" on stdout once accepting calls, and
+// shuts down cleanly on SIGTERM or SIGINT.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "embedding/embedding_store.h"
+#include "gflags/gflags.h"
+#include "glog/logging.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/resource_quota.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "ps/service.h"
+
+DEFINE_string(host, "0.0.0.0", "Address to listen on.");
+DEFINE_int32(port, 0, "TCP port; 0 picks a free one (printed on stdout).");
+DEFINE_uint32(shard_index, 0, "This shard's index in [0, num_shards).");
+DEFINE_uint32(num_shards, 1, "Number of shards in the cluster.");
+DEFINE_string(data_dir, "", "Directory of this shard's tables (required).");
+DEFINE_bool(sync_writes, false,
+            "fsync the write-ahead log on every acknowledged write.");
+DEFINE_uint64(max_keys_per_request, 1 << 20,
+              "Requests with more keys are refused (RESOURCE_EXHAUSTED).");
+DEFINE_int32(threads, 8, "Maximum threads serving RPCs.");
+DEFINE_int32(max_message_mb, 256, "Max request/response size in MiB.");
+
+namespace {
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "ps server: %s\n", message.c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  gflags::SetUsageMessage(
+      "server --port=P --shard_index=I --num_shards=N --data_dir=DIR");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  google::InitGoogleLogging(argv[0]);
+  FLAGS_logtostderr = true;
+
+  if (FLAGS_num_shards < 1) return Fail("--num_shards must be >= 1");
+  if (FLAGS_shard_index >= FLAGS_num_shards) {
+    return Fail(absl::StrCat("--shard_index=", FLAGS_shard_index,
+                             " must be < --num_shards=", FLAGS_num_shards));
+  }
+  if (FLAGS_data_dir.empty()) return Fail("--data_dir is required");
+  if (FLAGS_port < 0 || FLAGS_port > 65535) return Fail("--port out of range");
+  if (FLAGS_threads < 2) return Fail("--threads must be >= 2");
+  if (FLAGS_max_keys_per_request < 1) {
+    return Fail("--max_keys_per_request must be >= 1");
+  }
+
+  // Block the shutdown signals before gRPC starts threads, so that they are
+  // delivered only to the waiter thread below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  mim::embedding::EmbeddingStore::Options store_options;
+  store_options.data_dir = FLAGS_data_dir;
+  store_options.sync_writes = FLAGS_sync_writes;
+  store_options.max_keys_per_request = FLAGS_max_keys_per_request;
+  const absl::Time open_start = absl::Now();
+  auto store = mim::embedding::EmbeddingStore::Open(store_options);
+  if (!store.ok()) {
+    return Fail(absl::StrCat("cannot open data_dir ", FLAGS_data_dir, ": ",
+                             store.status().ToString()));
+  }
+  size_t tables = (*store)->ListTables().size();
+  LOG(INFO) << "opened " << FLAGS_data_dir << " with " << tables
+            << " tables in " << absl::Now() - open_start;
+
+  mim::ps::ParameterServerService::Options service_options;
+  service_options.shard_index = FLAGS_shard_index;
+  service_options.num_shards = FLAGS_num_shards;
+  service_options.max_keys_per_request = FLAGS_max_keys_per_request;
+  mim::ps::ParameterServerService service(store->get(), service_options);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  const std::string address = absl::StrCat(FLAGS_host, ":", FLAGS_port);
+  int port = 0;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(FLAGS_max_message_mb << 20);
+  builder.SetMaxSendMessageSize(FLAGS_max_message_mb << 20);
+  grpc::ResourceQuota quota("ps_server");
+  quota.SetMaxThreads(FLAGS_threads);
+  builder.SetResourceQuota(quota);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return Fail(absl::StrCat("cannot listen on ", address));
+  }
+
+  std::printf("ps shard %u/%u listening on %s:%d\n", FLAGS_shard_index,
+              FLAGS_num_shards, FLAGS_host.c_str(), port);
+  std::fflush(stdout);
+
+  std::thread waiter([&server, &signals] {
+    int signal = 0;
+    sigwait(&signals, &signal);
+    LOG(INFO) << "signal " << signal << ": shutting down";
+    server->GetHealthCheckService()->SetServingStatus(false);
+    // In-flight calls get a few seconds to finish, then are cancelled.
+    server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  });
+  server->Wait();
+  waiter.join();
+  server.reset();
+  store->reset();  // closes the storage after the last call has finished
+  LOG(INFO) << "shard " << FLAGS_shard_index << " stopped";
+  return 0;
+}

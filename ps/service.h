@@ -1,0 +1,92 @@
+// ParameterServerService: the gRPC face of one shard.
+//
+// Handlers are thin: check what only the RPC edge knows (key ownership under
+// the shard's place in the cluster, request size, byte lengths of packed
+// rows), call the EmbeddingStore, convert its absl::Status to grpc::Status.
+// A rejected request changes nothing (the checks run before the store call,
+// and the store validates its whole input before writing).
+//
+// Error codes: NOT_FOUND unknown table; INVALID_ARGUMENT wrong byte length or
+// non-finite values; RESOURCE_EXHAUSTED more keys than
+// Options::max_keys_per_request; FAILED_PRECONDITION a key owned by another
+// shard (the message names this shard "I/N", the key and its owner).
+//
+// Thread-safety: safe for concurrent access (the sync gRPC server calls the
+// handlers from its thread pool).
+#ifndef MIM_PS_SERVICE_H_
+#define MIM_PS_SERVICE_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "embedding/embedding_store.h"
+#include "google/protobuf/repeated_field.h"
+#include "proto/ps.grpc.pb.h"
+
+namespace mim::ps {
+
+class ParameterServerService final : public ParameterServer::Service {
+ public:
+  struct Options {
+    uint32_t shard_index = 0;
+    uint32_t num_shards = 1;
+    size_t max_keys_per_request = 1 << 20;
+  };
+
+  // `store` must outlive the service.
+  ParameterServerService(embedding::EmbeddingStore* store,
+                         const Options& options);
+
+  grpc::Status Pull(grpc::ServerContext* context, const PullRequest* request,
+                    PullResponse* response) override;
+  grpc::Status Push(grpc::ServerContext* context, const PushRequest* request,
+                    PushResponse* response) override;
+  grpc::Status Upsert(grpc::ServerContext* context,
+                      const UpsertRequest* request,
+                      UpsertResponse* response) override;
+  grpc::Status CreateTable(grpc::ServerContext* context,
+                           const CreateTableRequest* request,
+                           CreateTableResponse* response) override;
+  grpc::Status ListTables(grpc::ServerContext* context,
+                          const ListTablesRequest* request,
+                          ListTablesResponse* response) override;
+  grpc::Status TableStats(grpc::ServerContext* context,
+                          const TableStatsRequest* request,
+                          TableStatsResponse* response) override;
+  grpc::Status GetRows(grpc::ServerContext* context,
+                       const GetRowsRequest* request,
+                       GetRowsResponse* response) override;
+  grpc::Status Checkpoint(grpc::ServerContext* context,
+                          const CheckpointRequest* request,
+                          CheckpointResponse* response) override;
+  grpc::Status Restore(grpc::ServerContext* context,
+                       const RestoreRequest* request,
+                       RestoreResponse* response) override;
+
+ private:
+  using Keys = google::protobuf::RepeatedField<uint64_t>;
+
+  // RESOURCE_EXHAUSTED for too many keys, FAILED_PRECONDITION for the first
+  // key this shard does not own.
+  absl::Status CheckKeys(const Keys& keys) const;
+  // Dim of `table` after checking that `bytes` holds keys.size() rows of it.
+  absl::StatusOr<uint32_t> CheckRows(const std::string& table,
+                                     const Keys& keys,
+                                     const std::string& bytes,
+                                     const char* field) const
+      ABSL_SHARED_LOCKS_REQUIRED(restore_mu_);
+
+  embedding::EmbeddingStore* const store_;
+  const Options options_;
+  // Row calls hold this shared, Restore exclusively: a restore may replace a
+  // table with one of another dim, and Pull sizes its buffer from Dim()
+  // before the store writes dim floats per key into it.
+  mutable absl::Mutex restore_mu_;
+};
+
+}  // namespace mim::ps
+
+#endif  // MIM_PS_SERVICE_H_
