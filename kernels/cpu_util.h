@@ -1,0 +1,43 @@
+// Internal helpers for the CPU twins: BLAS by element type, a parallel-for
+// over the batch, and shared argument validation.
+#ifndef MIM_KERNELS_CPU_UTIL_H_
+#define MIM_KERNELS_CPU_UTIL_H_
+
+#include <cstdint>
+#include <functional>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "kernels/common.h"
+
+namespace mim::kernels::cpu {
+
+// Row-major GEMM: C = alpha * op(A) * op(B) + beta * C, op(A) is M x K.
+void Gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+          float alpha, const float* A, int64_t lda, const float* B,
+          int64_t ldb, float beta, float* C, int64_t ldc);
+void Gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+          double alpha, const double* A, int64_t lda, const double* B,
+          int64_t ldb, double beta, double* C, int64_t ldc);
+
+// Number of chunks ParallelFor splits n items into (<= CpuThreads(), >= 1).
+int NumChunks(int64_t n);
+// Calls fn(begin, end, chunk) for NumChunks(n) contiguous chunks of [0, n),
+// chunk 0 on the calling thread. Blocks until all are done. Chunk
+// boundaries depend only on n and the thread count, so per-chunk partial
+// sums reduced in chunk order are deterministic.
+void ParallelFor(int64_t n,
+                 const std::function<void(int64_t, int64_t, int)>& fn);
+
+// INVALID_ARGUMENT unless all sizes are >= 0 and 0 <= lens[b] <= max_len.
+absl::Status ValidateSeq(const char* op, const SeqShape& s,
+                         const int32_t* lens);
+
+inline absl::Status NullArg(const char* op, const char* name) {
+  return absl::InvalidArgumentError(
+      absl::StrFormat("%s: required pointer '%s' is null", op, name));
+}
+
+}  // namespace mim::kernels::cpu
+
+#endif  // MIM_KERNELS_CPU_UTIL_H_

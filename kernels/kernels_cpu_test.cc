@@ -1,0 +1,413 @@
+// CPU twins: forward against naive double references, every backward
+// against central finite differences in double precision (the same
+// templated code instantiated for double), plus error contracts.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/attention_ops.h"
+#include "kernels/common.h"
+#include "kernels/content_ops.h"
+#include "kernels/cpu_templates.h"
+#include "kernels/cpu_test_util.h"
+#include "kernels/dense_ops.h"
+#include "kernels/embedding_ops.h"
+#include "kernels/sequence_ops.h"
+
+namespace mim::kernels {
+namespace {
+
+using testing::Dot;
+using testing::ExpectAllNear;
+using testing::ExpectGradMatchesFiniteDiff;
+using testing::RandomVec;
+using V = std::vector<double>;
+
+TEST(EmbeddingGatherTest, ForwardCopiesRowsAndZeroesPadding) {
+  const GatherShape s{3, 2, 4};
+  const std::vector<float> table = {1, 2, 3, 4, 5, 6};
+  const std::vector<int32_t> index = {2, -1, 0, 2};
+  std::vector<float> out(8, 9.f);
+  ASSERT_TRUE(EmbeddingGatherCpu(s, table.data(), index.data(), out.data()).ok());
+  EXPECT_THAT(out, ::testing::ElementsAre(5, 6, 0, 0, 1, 2, 5, 6));
+}
+
+TEST(EmbeddingGatherTest, RejectsOutOfRangeIndex) {
+  const GatherShape s{3, 2, 1};
+  const std::vector<float> table(6, 0.f);
+  const std::vector<int32_t> index = {3};
+  std::vector<float> out(2);
+  EXPECT_EQ(EmbeddingGatherCpu(s, table.data(), index.data(), out.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EmbeddingGatherBackwardCpu(s, out.data(), index.data(),
+                                       GradMode::kDeterministic, out.data())
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(EmbeddingGatherTest, BackwardMatchesFiniteDifferences) {
+  const GatherShape s{4, 3, 7};
+  const std::vector<int32_t> index = {1, 3, 1, -1, 0, 1, 3};
+  V table = RandomVec<double>(12, 1), r = RandomVec<double>(21, 2);
+  V out(21), grad(12, 7.0);
+  auto loss = [&] {
+    EXPECT_TRUE(cpu::Gather<double>(s, table.data(), index.data(), out.data()).ok());
+    return Dot(out, r);
+  };
+  ASSERT_TRUE(cpu::GatherBackward<double>(s, r.data(), index.data(), grad.data()).ok());
+  ExpectGradMatchesFiniteDiff("grad_table", &table, loss, grad);
+  for (int k = 0; k < 3; ++k) EXPECT_EQ(grad[2 * 3 + k], 0.0);  // row 2 unused
+}
+
+// Naive DIN reference: materialises the 4d input, as DIN writes it.
+void NaiveDin(int64_t B, int64_t L, int64_t d, int64_t h1, int64_t h2,
+              const V& h, const V& ht, const std::vector<int32_t>& lens,
+              const V& w1, const V& b1, const V& w2, const V& b2, const V& w3,
+              const V& b3, V* out) {
+  out->assign(B * d, 0.0);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t i = 0; i < lens[b]; ++i) {
+      V x(4 * d);
+      for (int64_t k = 0; k < d; ++k) {
+        const double hi = h[(b * L + i) * d + k], t = ht[b * d + k];
+        x[k] = hi;
+        x[d + k] = t;
+        x[2 * d + k] = hi - t;
+        x[3 * d + k] = hi * t;
+      }
+      V z1(h1), z2(h2);
+      for (int64_t j = 0; j < h1; ++j) {
+        double a = b1[j];
+        for (int64_t k = 0; k < 4 * d; ++k) a += x[k] * w1[k * h1 + j];
+        z1[j] = std::max(a, 0.0);
+      }
+      for (int64_t j = 0; j < h2; ++j) {
+        double a = b2[j];
+        for (int64_t k = 0; k < h1; ++k) a += z1[k] * w2[k * h2 + j];
+        z2[j] = std::max(a, 0.0);
+      }
+      double sc = b3[0];
+      for (int64_t j = 0; j < h2; ++j) sc += z2[j] * w3[j];
+      for (int64_t k = 0; k < d; ++k) (*out)[b * d + k] += sc * h[(b * L + i) * d + k];
+    }
+  }
+}
+
+struct DinFixture {
+  DinFixture(int64_t B, int64_t L, int64_t d, AttentionMlpShape m,
+             std::vector<int32_t> lens_in)
+      : s{B, L, d}, m(m), lens(std::move(lens_in)) {
+    h = RandomVec<double>(B * L * d, 11);
+    ht = RandomVec<double>(B * d, 12);
+    w1 = RandomVec<double>(4 * d * m.hidden1, 13, -0.5, 0.5);
+    b1 = RandomVec<double>(m.hidden1, 14, 0.0, 0.3);
+    w2 = RandomVec<double>(m.hidden1 * m.hidden2, 15, -0.5, 0.5);
+    b2 = RandomVec<double>(m.hidden2, 16, 0.0, 0.3);
+    w3 = RandomVec<double>(m.hidden2, 17);
+    b3 = RandomVec<double>(1, 18);
+  }
+  cpu::MlpParams<double> params() const {
+    return {w1.data(), b1.data(), w2.data(), b2.data(), w3.data(), b3.data()};
+  }
+  SeqShape s;
+  AttentionMlpShape m;
+  std::vector<int32_t> lens;
+  V h, ht, w1, b1, w2, b2, w3, b3;
+};
+
+TEST(DinAttentionTest, FusedForwardMatchesNaiveReference) {
+  DinFixture f(4, 6, 33, AttentionMlpShape{}, {6, 0, 1, 4});
+  V out(4 * 33), scores(4 * 6, 5.0), ref;
+  ASSERT_TRUE(cpu::DinForward<double>(f.s, f.m, f.h.data(), f.ht.data(),
+                                      f.lens.data(), f.params(), scores.data(),
+                                      out.data()).ok());
+  NaiveDin(4, 6, 33, 80, 40, f.h, f.ht, f.lens, f.w1, f.b1, f.w2, f.b2, f.w3,
+           f.b3, &ref);
+  ExpectAllNear(ref, out, 1e-12, 1e-10, "out");
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(scores[1 * 6 + i], 0.0);  // len 0
+  for (int i = 1; i < 6; ++i) EXPECT_EQ(scores[2 * 6 + i], 0.0);  // padding
+}
+
+TEST(DinAttentionTest, BackwardMatchesFiniteDifferences) {
+  DinFixture f(3, 5, 7, AttentionMlpShape{6, 4}, {5, 0, 2});
+  const int64_t d = 7;
+  V r = RandomVec<double>(3 * d, 19), out(3 * d);
+  auto loss = [&] {
+    EXPECT_TRUE(cpu::DinForward<double>(f.s, f.m, f.h.data(), f.ht.data(),
+                                        f.lens.data(), f.params(), nullptr,
+                                        out.data()).ok());
+    return Dot(out, r);
+  };
+  V gh(f.h.size(), 9.0), ght(f.ht.size()), gw1(f.w1.size()), gb1(6), gw2(24),
+      gb2(4), gw3(4), gb3(1);
+  ASSERT_TRUE(cpu::DinBackward<double>(
+                  f.s, f.m, f.h.data(), f.ht.data(), f.lens.data(), f.params(),
+                  r.data(), gh.data(), ght.data(),
+                  {gw1.data(), gb1.data(), gw2.data(), gb2.data(), gw3.data(),
+                   gb3.data()}).ok());
+  ExpectGradMatchesFiniteDiff("grad_h", &f.h, loss, gh);
+  ExpectGradMatchesFiniteDiff("grad_h_t", &f.ht, loss, ght);
+  ExpectGradMatchesFiniteDiff("grad_w1", &f.w1, loss, gw1);
+  ExpectGradMatchesFiniteDiff("grad_b1", &f.b1, loss, gb1);
+  ExpectGradMatchesFiniteDiff("grad_w2", &f.w2, loss, gw2);
+  ExpectGradMatchesFiniteDiff("grad_b2", &f.b2, loss, gb2);
+  ExpectGradMatchesFiniteDiff("grad_w3", &f.w3, loss, gw3);
+  ExpectGradMatchesFiniteDiff("grad_b3", &f.b3, loss, gb3);
+}
+
+TEST(DinAttentionTest, TwoThreadsAgreeWithOneAndAreRepeatable) {
+  const SeqShape s{9, 8, 16};
+  const AttentionMlpShape m;
+  std::vector<int32_t> lens = {8, 0, 3, 8, 1, 5, 7, 2, 8};
+  auto h = RandomVec<float>(9 * 8 * 16, 1), ht = RandomVec<float>(9 * 16, 2);
+  auto w1 = RandomVec<float>(4 * 16 * 80, 3, -0.3, 0.3),
+       b1 = RandomVec<float>(80, 4), w2 = RandomVec<float>(80 * 40, 5, -0.3, 0.3),
+       b2 = RandomVec<float>(40, 6), w3 = RandomVec<float>(40, 7),
+       b3 = RandomVec<float>(1, 8), go = RandomVec<float>(9 * 16, 9);
+  const AttentionMlpParams p{w1.data(), b1.data(), w2.data(),
+                             b2.data(), w3.data(), b3.data()};
+  auto run = [&](int threads, std::vector<float>* gw1) {
+    SetCpuThreads(threads);
+    std::vector<float> gh(h.size()), ght(ht.size()), gb1(80), gw2(3200),
+        gb2(40), gw3(40), gb3(1);
+    gw1->assign(w1.size(), 0.f);
+    EXPECT_TRUE(DinAttentionBackwardCpu(
+                    s, m, h.data(), ht.data(), lens.data(), p, go.data(),
+                    gh.data(), ght.data(),
+                    {gw1->data(), gb1.data(), gw2.data(), gb2.data(),
+                     gw3.data(), gb3.data()}).ok());
+  };
+  std::vector<float> one, two_a, two_b;
+  run(1, &one);
+  run(2, &two_a);
+  run(2, &two_b);
+  SetCpuThreads(1);
+  EXPECT_EQ(two_a, two_b);  // bit-identical run to run
+  ExpectAllNear(one, two_a, 1e-5, 1e-5, "grad_w1 1 vs 2 threads");
+}
+
+TEST(DinAttentionTest, RejectsLengthOverMaxLen) {
+  const SeqShape s{1, 2, 3};
+  std::vector<int32_t> lens = {3};
+  std::vector<float> buf(64);
+  AttentionMlpParams p{buf.data(), buf.data(), buf.data(),
+                       buf.data(), buf.data(), buf.data()};
+  EXPECT_EQ(DinAttentionForwardCpu(s, AttentionMlpShape{}, buf.data(),
+                                   buf.data(), lens.data(), p, nullptr,
+                                   buf.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ContentFusionTest, ForwardMatchesDefinition) {
+  const ContentShape s{{2, 3, 5}, 4};
+  std::vector<int32_t> lens = {2, 3};
+  V m = RandomVec<double>(30, 1), mt = RandomVec<double>(10, 2),
+    h = RandomVec<double>(24, 3), alpha(6), hmm(10), hfu(8);
+  ASSERT_TRUE(cpu::ContentForward<double>(s, m.data(), mt.data(), h.data(),
+                                          lens.data(), alpha.data(), hmm.data(),
+                                          hfu.data()).ok());
+  for (int b = 0; b < 2; ++b) {
+    V emm(5, 0.0), efu(4, 0.0);
+    for (int i = 0; i < lens[b]; ++i) {
+      double dot = 0, nt = 0, nm = 0;
+      for (int k = 0; k < 5; ++k) {
+        dot += mt[b * 5 + k] * m[(b * 3 + i) * 5 + k];
+        nt += mt[b * 5 + k] * mt[b * 5 + k];
+        nm += m[(b * 3 + i) * 5 + k] * m[(b * 3 + i) * 5 + k];
+      }
+      const double a = dot / std::sqrt(nt * nm);  // eps is negligible here
+      EXPECT_NEAR(alpha[b * 3 + i], a, 1e-7);
+      for (int k = 0; k < 5; ++k) emm[k] += a * m[(b * 3 + i) * 5 + k];
+      for (int k = 0; k < 4; ++k) efu[k] += a * h[(b * 3 + i) * 4 + k];
+    }
+    for (int k = 0; k < 5; ++k) EXPECT_NEAR(hmm[b * 5 + k], emm[k], 1e-7);
+    for (int k = 0; k < 4; ++k) EXPECT_NEAR(hfu[b * 4 + k], efu[k], 1e-7);
+  }
+  EXPECT_EQ(alpha[2], 0.0);  // padding of row 0
+}
+
+TEST(ContentFusionTest, BackwardMatchesFiniteDifferences) {
+  const ContentShape s{{3, 4, 6}, 5};
+  std::vector<int32_t> lens = {4, 0, 2};
+  V m = RandomVec<double>(72, 1), mt = RandomVec<double>(18, 2),
+    h = RandomVec<double>(60, 3), rmm = RandomVec<double>(18, 4),
+    rfu = RandomVec<double>(15, 5), hmm(18), hfu(15);
+  auto loss = [&] {
+    EXPECT_TRUE(cpu::ContentForward<double>(s, m.data(), mt.data(), h.data(),
+                                            lens.data(), nullptr, hmm.data(),
+                                            hfu.data()).ok());
+    return Dot(hmm, rmm) + Dot(hfu, rfu);
+  };
+  V gm(72, 9.0), gmt(18), gh(60, 9.0);
+  ASSERT_TRUE(cpu::ContentBackward<double>(s, m.data(), mt.data(), h.data(),
+                                           lens.data(), rmm.data(), rfu.data(),
+                                           gm.data(), gmt.data(), gh.data()).ok());
+  ExpectGradMatchesFiniteDiff("grad_m", &m, loss, gm);
+  ExpectGradMatchesFiniteDiff("grad_m_t", &mt, loss, gmt);
+  ExpectGradMatchesFiniteDiff("grad_h", &h, loss, gh);
+}
+
+TEST(ContentFusionTest, ZeroVectorsGiveZeroAlphaAndFiniteGrads) {
+  const ContentShape s{{1, 2, 3}, 2};
+  std::vector<int32_t> lens = {2};
+  V m = {0, 0, 0, 1, 2, 3}, mt = {0.5, -1, 2}, h = {1, 2, 3, 4};
+  V alpha(2), hmm(3), hfu(2);
+  ASSERT_TRUE(cpu::ContentForward<double>(s, m.data(), mt.data(), h.data(),
+                                          lens.data(), alpha.data(), hmm.data(),
+                                          hfu.data()).ok());
+  EXPECT_EQ(alpha[0], 0.0);
+  V r1 = {1, 1, 1}, r2 = {1, 1};
+  auto loss = [&] {
+    EXPECT_TRUE(cpu::ContentForward<double>(s, m.data(), mt.data(), h.data(),
+                                            lens.data(), nullptr, hmm.data(),
+                                            hfu.data()).ok());
+    return Dot(hmm, r1) + Dot(hfu, r2);
+  };
+  V gm(6), gmt(3), gh(4);
+  ASSERT_TRUE(cpu::ContentBackward<double>(s, m.data(), mt.data(), h.data(),
+                                           lens.data(), r1.data(), r2.data(),
+                                           gm.data(), gmt.data(), gh.data()).ok());
+  for (double g : gm) EXPECT_TRUE(std::isfinite(g));
+  // The smoothed norm has curvature scale sqrt(eps) = 1e-4 at zero, so the
+  // step must be far below it.
+  ExpectGradMatchesFiniteDiff("grad_m at zero", &m, loss, gm, 1e-9, 1e-6, 1e-4);
+}
+
+TEST(MeanPoolTest, ForwardAndBackward) {
+  const SeqShape s{3, 4, 5};
+  std::vector<int32_t> lens = {4, 0, 1};
+  V x = RandomVec<double>(60, 1), r = RandomVec<double>(15, 2), out(15);
+  ASSERT_TRUE(cpu::MeanPoolForward<double>(s, x.data(), lens.data(), out.data()).ok());
+  for (int k = 0; k < 5; ++k) {
+    EXPECT_NEAR(out[k], (x[k] + x[5 + k] + x[10 + k] + x[15 + k]) / 4, 1e-15);
+    EXPECT_EQ(out[5 + k], 0.0);
+    EXPECT_EQ(out[10 + k], x[40 + k]);
+  }
+  auto loss = [&] {
+    EXPECT_TRUE(cpu::MeanPoolForward<double>(s, x.data(), lens.data(), out.data()).ok());
+    return Dot(out, r);
+  };
+  V gx(60, 9.0);
+  ASSERT_TRUE(cpu::MeanPoolBackward<double>(s, r.data(), lens.data(), gx.data()).ok());
+  ExpectGradMatchesFiniteDiff("grad_x", &x, loss, gx);
+}
+
+TEST(TopKSelectTest, PicksLargestDotWithLowerIndexWinningTies) {
+  const SeqShape s{3, 5, 1};
+  // Scores equal x (target 1): row 0 has ties at 2.0 (positions 1, 3, 4).
+  std::vector<float> x = {1, 2, 0, 2, 2,   5, 4, 3, 2, 1,   7, 7, 7, 7, 7};
+  std::vector<float> t = {1, 1, 1};
+  std::vector<int32_t> lens = {5, 0, 2};
+  std::vector<int32_t> pos(6), nl(3);
+  ASSERT_TRUE(TopKSelectCpu(s, x.data(), t.data(), lens.data(), 2, pos.data(),
+                            nl.data()).ok());
+  EXPECT_THAT(pos, ::testing::ElementsAre(1, 3, -1, -1, 0, 1));
+  EXPECT_THAT(nl, ::testing::ElementsAre(2, 0, 2));
+  EXPECT_EQ(TopKSelectCpu(s, x.data(), t.data(), lens.data(), 0, pos.data(),
+                          nl.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(SelectRowsTest, ForwardAndBackward) {
+  const SeqShape s{2, 4, 3};
+  std::vector<int32_t> pos = {3, 0, 0, -1, 2, -1};  // k = 3, repeats allowed
+  V x = RandomVec<double>(24, 1), r = RandomVec<double>(18, 2), out(18);
+  auto loss = [&] {
+    EXPECT_TRUE(cpu::SelectRowsForward<double>(s, x.data(), pos.data(), 3, out.data()).ok());
+    return Dot(out, r);
+  };
+  loss();
+  EXPECT_EQ(out[0], x[9]);
+  EXPECT_EQ(out[9 + 2], 0.0);
+  V gx(24, 9.0);
+  ASSERT_TRUE(cpu::SelectRowsBackward<double>(s, r.data(), pos.data(), 3, gx.data()).ok());
+  ExpectGradMatchesFiniteDiff("grad_x", &x, loss, gx);
+}
+
+class DenseTest : public ::testing::TestWithParam<Activation> {};
+
+TEST_P(DenseTest, BackwardMatchesFiniteDifferences) {
+  const DenseShape s{5, 7, 3};
+  V x = RandomVec<double>(35, 1), w = RandomVec<double>(21, 2),
+    b = RandomVec<double>(3, 3), r = RandomVec<double>(15, 4), y(15);
+  auto loss = [&] {
+    EXPECT_TRUE(cpu::DenseForward<double>(s, x.data(), w.data(), b.data(), GetParam(), y.data()).ok());
+    return Dot(y, r);
+  };
+  loss();
+  for (int i = 0; i < 5; ++i) {
+    for (int j = 0; j < 3; ++j) {
+      double z = b[j];
+      for (int k = 0; k < 7; ++k) z += x[i * 7 + k] * w[k * 3 + j];
+      if (GetParam() == Activation::kRelu) z = std::max(z, 0.0);
+      EXPECT_NEAR(y[i * 3 + j], z, 1e-14);
+    }
+  }
+  V gx(35), gw(21), gb(3);
+  ASSERT_TRUE(cpu::DenseBackward<double>(s, x.data(), w.data(), y.data(), r.data(),
+                                         GetParam(), gx.data(), gw.data(), gb.data()).ok());
+  ExpectGradMatchesFiniteDiff("grad_x", &x, loss, gx);
+  ExpectGradMatchesFiniteDiff("grad_w", &w, loss, gw);
+  ExpectGradMatchesFiniteDiff("grad_b", &b, loss, gb);
+}
+
+INSTANTIATE_TEST_SUITE_P(Activations, DenseTest,
+                         ::testing::Values(Activation::kNone, Activation::kRelu));
+
+TEST(SigmoidXentTest, ForwardValueAndBackwardFiniteDifferences) {
+  V z = {-30, -1, 0, 0.5, 40}, y = {0, 1, 1, 0, 1};
+  double loss = 0;
+  ASSERT_TRUE(cpu::SigmoidXentForward<double>(5, z.data(), y.data(), &loss).ok());
+  double ref = 0;
+  for (int i = 0; i < 5; ++i) {
+    const double p = 1 / (1 + std::exp(-z[i]));
+    ref += y[i] == 1 ? -std::log(p) : -std::log1p(-p);  // labels are 0/1
+  }
+  EXPECT_NEAR(loss, ref / 5, 1e-12);
+  V g(5);
+  ASSERT_TRUE(cpu::SigmoidXentBackward<double>(5, z.data(), y.data(), g.data()).ok());
+  auto f = [&] {
+    double l = 0;
+    EXPECT_TRUE(cpu::SigmoidXentForward<double>(5, z.data(), y.data(), &l).ok());
+    return l;
+  };
+  ExpectGradMatchesFiniteDiff("grad_logits", &z, f, g);
+  EXPECT_EQ(SigmoidCrossEntropyForwardCpu(0, nullptr, nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(AdamTest, ThreeStepsMatchDoubleReference) {
+  AdamConfig c;
+  c.learning_rate = 0.01f;
+  auto g = RandomVec<float>(10, 1);
+  auto p = RandomVec<float>(10, 2);
+  std::vector<float> m(10, 0.f), v(10, 0.f);
+  V pd(p.begin(), p.end()), md(10, 0.0), vd(10, 0.0);
+  for (int t = 1; t <= 3; ++t) {
+    ASSERT_TRUE(AdamUpdateCpu(c, t, 10, g.data(), p.data(), m.data(), v.data()).ok());
+    for (int i = 0; i < 10; ++i) {
+      md[i] = 0.9 * md[i] + 0.1 * g[i];
+      vd[i] = 0.999 * vd[i] + 0.001 * double(g[i]) * g[i];
+      const double mh = md[i] / (1 - std::pow(0.9, t)),
+                   vh = vd[i] / (1 - std::pow(0.999, t));
+      pd[i] -= 0.01 * mh / (std::sqrt(vh) + 1e-8);
+    }
+  }
+  for (int i = 0; i < 10; ++i) EXPECT_NEAR(p[i], pd[i], 1e-6);
+  EXPECT_EQ(AdamUpdateCpu(c, 0, 10, g.data(), p.data(), m.data(), v.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CudaStatusTest, ReportsWhyCudaIsUnusable) {
+  const absl::Status s = CudaDeviceStatus();
+  // Built without CUDA: UNIMPLEMENTED; with CUDA but no device:
+  // FAILED_PRECONDITION; with a device: OK.
+  EXPECT_THAT(s.code(), ::testing::AnyOf(absl::StatusCode::kOk,
+                                         absl::StatusCode::kUnimplemented,
+                                         absl::StatusCode::kFailedPrecondition));
+}
+
+}  // namespace
+}  // namespace mim::kernels
