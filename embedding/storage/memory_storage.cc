@@ -1,0 +1,141 @@
+// In-memory Storage backend: a sorted map, checkpoints are shared immutable
+// copies of it.
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "embedding/storage/storage.h"
+
+namespace mim::embedding {
+namespace {
+
+using Contents = std::map<std::string, std::string, std::less<>>;
+
+// Safe for concurrent access.
+class MemoryStorage : public Storage {
+ public:
+  MemoryStorage() = default;
+  // Read-only view of a checkpoint.
+  explicit MemoryStorage(std::shared_ptr<const Contents> frozen)
+      : read_only_(true), data_(*frozen) {}
+
+  absl::Status Write(const StorageBatch& batch) override {
+    if (read_only_) return ReadOnlyError();
+    absl::MutexLock lock(&mu_);
+    for (const auto& [k, v] : batch.puts) data_[k] = v;
+    for (const auto& k : batch.deletes) data_.erase(k);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::string> Get(absl::string_view key) const override {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = data_.find(key);
+    if (it == data_.end()) {
+      return absl::NotFoundError(absl::StrCat("no key '", key, "'"));
+    }
+    return it->second;
+  }
+
+  absl::Status Scan(absl::string_view prefix,
+                    const Visitor& visit) const override {
+    absl::ReaderMutexLock lock(&mu_);
+    for (auto it = data_.lower_bound(prefix);
+         it != data_.end() && absl::StartsWith(it->first, prefix); ++it) {
+      absl::Status st = visit(it->first, it->second);
+      if (!st.ok()) return st;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status CreateCheckpoint(const std::string& name) override {
+    if (read_only_) return ReadOnlyError();
+    absl::Status st = ValidateCheckpointName(name);
+    if (!st.ok()) return st;
+    absl::MutexLock lock(&mu_);
+    if (checkpoints_.count(name) > 0) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("checkpoint '", name, "' already exists"));
+    }
+    checkpoints_[name] = std::make_shared<const Contents>(data_);
+    return absl::OkStatus();
+  }
+
+  std::vector<std::string> ListCheckpoints() const override {
+    absl::ReaderMutexLock lock(&mu_);
+    std::vector<std::string> names;
+    for (const auto& [name, unused] : checkpoints_) names.push_back(name);
+    return names;
+  }
+
+  std::string CheckpointPath(const std::string& name) const override {
+    return absl::StrCat("memory:", name);
+  }
+
+  absl::StatusOr<std::unique_ptr<Storage>> OpenCheckpoint(
+      const std::string& name) const override {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = checkpoints_.find(name);
+    if (it == checkpoints_.end()) return MissingCheckpoint(name);
+    return std::unique_ptr<Storage>(new MemoryStorage(it->second));
+  }
+
+  absl::Status RestoreCheckpoint(const std::string& name) override {
+    if (read_only_) return ReadOnlyError();
+    absl::MutexLock lock(&mu_);
+    auto it = checkpoints_.find(name);
+    if (it == checkpoints_.end()) return MissingCheckpoint(name);
+    data_ = *it->second;
+    return absl::OkStatus();
+  }
+
+ private:
+  static absl::Status ReadOnlyError() {
+    return absl::FailedPreconditionError(
+        "storage is a read-only checkpoint view");
+  }
+  static absl::Status MissingCheckpoint(const std::string& name) {
+    return absl::NotFoundError(absl::StrCat("no checkpoint named '", name, "'"));
+  }
+
+  const bool read_only_ = false;
+  mutable absl::Mutex mu_;
+  Contents data_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<const Contents>> checkpoints_
+      ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+absl::Status ValidateCheckpointName(absl::string_view name) {
+  if (name.empty() || name.size() > 128 || name == "." ||
+      absl::StrContains(name, "..")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint name '", name,
+        "' must be 1..128 characters of [A-Za-z0-9_.-], not '.' and "
+        "without '..'"));
+  }
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                    (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "checkpoint name '", name,
+          "' must be 1..128 characters of [A-Za-z0-9_.-] (no '/')"));
+    }
+  }
+  if (absl::EndsWith(name, ".tmp")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint name '", name, "' may not end in '.tmp' (reserved)"));
+  }
+  return absl::OkStatus();
+}
+
+std::unique_ptr<Storage> NewMemoryStorage() {
+  return std::make_unique<MemoryStorage>();
+}
+
+}  // namespace mim::embedding

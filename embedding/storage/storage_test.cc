@@ -1,0 +1,209 @@
+// One typed suite runs every Storage backend through the same scenarios.
+#include "embedding/storage/storage.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace mim::embedding {
+namespace {
+
+std::string FreshDir(const std::string& tag) {
+  static int counter = 0;
+  const std::string dir = std::string(std::getenv("TEST_TMPDIR")) + "/" + tag +
+                          std::to_string(counter++);
+  std::filesystem::remove_all(dir);
+  return dir;
+}
+
+struct RocksDbBackend {
+  static std::unique_ptr<Storage> Make() {
+    RocksDbStorageOptions options;
+    options.data_dir = FreshDir("rocks");
+    auto s = OpenRocksDbStorage(options);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return std::move(s).value();
+  }
+};
+
+struct MemoryBackend {
+  static std::unique_ptr<Storage> Make() { return NewMemoryStorage(); }
+};
+
+template <typename Backend>
+class StorageTest : public ::testing::Test {
+ protected:
+  void SetUp() override { storage_ = Backend::Make(); }
+
+  std::map<std::string, std::string> ScanAll(const Storage& s,
+                                             const std::string& prefix) {
+    std::map<std::string, std::string> out;
+    EXPECT_TRUE(s.Scan(prefix, [&](absl::string_view k, absl::string_view v) {
+                   out.emplace(std::string(k), std::string(v));
+                   return absl::OkStatus();
+                 }).ok());
+    return out;
+  }
+
+  void Put(const std::string& k, const std::string& v) {
+    StorageBatch b;
+    b.puts.emplace_back(k, v);
+    ASSERT_TRUE(storage_->Write(b).ok());
+  }
+
+  std::unique_ptr<Storage> storage_;
+};
+
+using Backends = ::testing::Types<RocksDbBackend, MemoryBackend>;
+TYPED_TEST_SUITE(StorageTest, Backends);
+
+TYPED_TEST(StorageTest, WriteGetAndMissingKey) {
+  this->Put("a", "1");
+  auto v = this->storage_->Get("a");
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(*v, "1");
+  EXPECT_EQ(this->storage_->Get("b").status().code(),
+            absl::StatusCode::kNotFound);
+  // Binary keys and values survive intact.
+  const std::string k("r/t/\0\x01\xff", 7), val("\0\0x", 3);
+  this->Put(k, val);
+  v = this->storage_->Get(k);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(*v, val);
+}
+
+TYPED_TEST(StorageTest, BatchAppliesPutsThenDeletes) {
+  this->Put("x", "old");
+  StorageBatch b;
+  b.puts = {{"p/1", "a"}, {"p/2", "b"}, {"y", "c"}};
+  b.deletes = {"x", "y"};
+  ASSERT_TRUE(this->storage_->Write(b).ok());
+  EXPECT_EQ(this->storage_->Get("x").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(this->storage_->Get("y").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(this->ScanAll(*this->storage_, "p/"),
+            (std::map<std::string, std::string>{{"p/1", "a"}, {"p/2", "b"}}));
+}
+
+TYPED_TEST(StorageTest, ScanVisitsOnlyThePrefixInOrderAndStopsOnError) {
+  for (const char* k : {"a/2", "a/1", "a0", "b/1", "a/3", "a"}) this->Put(k, k);
+  std::vector<std::string> seen;
+  absl::Status st = this->storage_->Scan(
+      "a/", [&](absl::string_view k, absl::string_view) {
+        seen.emplace_back(k);
+        return k == "a/2" ? absl::CancelledError("stop") : absl::OkStatus();
+      });
+  EXPECT_EQ(st.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(seen, (std::vector<std::string>{"a/1", "a/2"}));
+  EXPECT_EQ(this->ScanAll(*this->storage_, "b/").size(), 1u);
+  EXPECT_EQ(this->ScanAll(*this->storage_, "").size(), 6u);
+}
+
+TYPED_TEST(StorageTest, CheckpointIsAPointInTimeCopy) {
+  this->Put("k1", "v1");
+  ASSERT_TRUE(this->storage_->CreateCheckpoint("c1").ok());
+  this->Put("k1", "v1-new");
+  this->Put("k2", "v2");
+  EXPECT_EQ(this->storage_->CreateCheckpoint("c1").code(),
+            absl::StatusCode::kAlreadyExists);
+  for (const char* bad : {"", "a/b", "..", "x..y", "c.tmp"}) {
+    EXPECT_EQ(this->storage_->CreateCheckpoint(bad).code(),
+              absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
+  ASSERT_TRUE(this->storage_->CreateCheckpoint("c0").ok());
+  EXPECT_EQ(this->storage_->ListCheckpoints(),
+            (std::vector<std::string>{"c0", "c1"}));
+
+  auto cp = this->storage_->OpenCheckpoint("c1");
+  ASSERT_TRUE(cp.ok()) << cp.status();
+  EXPECT_EQ(this->ScanAll(**cp, ""),
+            (std::map<std::string, std::string>{{"k1", "v1"}}));
+  StorageBatch b;
+  b.puts = {{"z", "z"}};
+  EXPECT_EQ((*cp)->Write(b).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(this->storage_->OpenCheckpoint("nope").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TYPED_TEST(StorageTest, RestoreReplacesLiveContents) {
+  this->Put("k1", "v1");
+  ASSERT_TRUE(this->storage_->CreateCheckpoint("c1").ok());
+  this->Put("k1", "changed");
+  this->Put("k2", "added");
+  ASSERT_TRUE(this->storage_->RestoreCheckpoint("c1").ok());
+  EXPECT_EQ(this->ScanAll(*this->storage_, ""),
+            (std::map<std::string, std::string>{{"k1", "v1"}}));
+  // Still writable afterwards, and the checkpoint itself is untouched.
+  this->Put("k3", "v3");
+  EXPECT_EQ(this->ScanAll(*this->storage_, "").size(), 2u);
+  auto cp = this->storage_->OpenCheckpoint("c1");
+  ASSERT_TRUE(cp.ok());
+  EXPECT_EQ(this->ScanAll(**cp, "").size(), 1u);
+}
+
+TYPED_TEST(StorageTest, RestoreOfMissingCheckpointChangesNothing) {
+  this->Put("k1", "v1");
+  EXPECT_EQ(this->storage_->RestoreCheckpoint("missing").code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(this->storage_->RestoreCheckpoint("../db").code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(this->ScanAll(*this->storage_, ""),
+            (std::map<std::string, std::string>{{"k1", "v1"}}));
+}
+
+// RocksDB only: contents and restores survive closing and reopening.
+TEST(RocksDbStorageTest, ReopenKeepsWritesAndRestores) {
+  RocksDbStorageOptions options;
+  options.data_dir = FreshDir("reopen");
+  options.sync_writes = true;
+  {
+    auto s = OpenRocksDbStorage(options);
+    ASSERT_TRUE(s.ok()) << s.status();
+    StorageBatch b;
+    b.puts = {{"a", "1"}};
+    ASSERT_TRUE((*s)->Write(b).ok());
+    ASSERT_TRUE((*s)->CreateCheckpoint("cp").ok());
+    b.puts = {{"a", "2"}, {"b", "3"}};
+    ASSERT_TRUE((*s)->Write(b).ok());
+  }
+  {
+    auto s = OpenRocksDbStorage(options);
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(*(*s)->Get("a"), "2");
+    EXPECT_EQ(*(*s)->Get("b"), "3");
+    ASSERT_TRUE((*s)->RestoreCheckpoint("cp").ok());
+  }
+  auto s = OpenRocksDbStorage(options);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(*(*s)->Get("a"), "1");
+  EXPECT_EQ((*s)->Get("b").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ((*s)->ListCheckpoints(), std::vector<std::string>{"cp"});
+}
+
+TEST(RocksDbStorageTest, InterruptedRestoreIsUndoneOnOpen) {
+  RocksDbStorageOptions options;
+  options.data_dir = FreshDir("interrupted");
+  {
+    auto s = OpenRocksDbStorage(options);
+    ASSERT_TRUE(s.ok());
+    StorageBatch b;
+    b.puts = {{"a", "1"}};
+    ASSERT_TRUE((*s)->Write(b).ok());
+  }
+  // Simulate a crash between "db -> db.old" and "db.restore -> db".
+  namespace fs = std::filesystem;
+  fs::rename(options.data_dir + "/db", options.data_dir + "/db.old");
+  fs::create_directories(options.data_dir + "/db.restore");
+  auto s = OpenRocksDbStorage(options);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(*(*s)->Get("a"), "1");
+  EXPECT_FALSE(fs::exists(options.data_dir + "/db.restore"));
+}
+
+}  // namespace
+}  // namespace mim::embedding
