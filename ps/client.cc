@@ -242,6 +242,15 @@ PsClient::PsClient(std::vector<std::string> addresses, const Options& options)
       // Without a local pool, channels with equal arguments share one
       // connection; several channels exist precisely to get several.
       args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+      // Reconnect to a restarted shard on the client's own retry schedule,
+      // not gRPC's default (1 s growing to 120 s), which would outlast it.
+      const int backoff_ms = static_cast<int>(
+          absl::ToInt64Milliseconds(options_.initial_backoff));
+      args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, backoff_ms);
+      args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, backoff_ms);
+      args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+                  static_cast<int>(
+                      absl::ToInt64Milliseconds(options_.max_backoff)));
       auto channel = grpc::CreateCustomChannel(
           addresses_[s], grpc::InsecureChannelCredentials(), args);
       if (c == 0) shard->health = grpc::health::v1::Health::NewStub(channel);

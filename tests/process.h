@@ -1,0 +1,69 @@
+// Child processes for integration tests: parameter-server shards started
+// from the real //ps:server binary, and one-shot commands (ps_admin) with
+// their output captured.
+//
+// Thread-safety: not thread-safe; each object belongs to one test thread.
+#ifndef MIM_TESTS_PROCESS_H_
+#define MIM_TESTS_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace mim::testing {
+
+// Path of a binary in the test's runfiles, e.g. Runfile("ps/server").
+std::string Runfile(const std::string& path);
+
+// A running shard. The destructor sends SIGTERM and reaps it.
+class ShardProcess {
+ public:
+  struct Flags {
+    uint32_t shard_index = 0;
+    uint32_t num_shards = 1;
+    std::string data_dir;
+    int port = 0;  // 0: the shard picks one; read it from port()
+    std::vector<std::string> extra;  // more --flag=value
+  };
+
+  // Starts the server and returns once it has printed its "listening on"
+  // line (it accepts calls from then on), or fails with the reason and the
+  // exit status if it ended first or printed nothing within 60 s.
+  static absl::StatusOr<std::unique_ptr<ShardProcess>> Start(
+      const Flags& flags);
+
+  ~ShardProcess();
+
+  int port() const { return port_; }
+  std::string address() const;
+  const Flags& flags() const { return flags_; }
+
+  // Sends `signal` and waits for the exit; returns the wait status.
+  int Kill(int signal);
+
+ private:
+  ShardProcess(const Flags& flags, pid_t pid, int stdout_fd, int port)
+      : flags_(flags), pid_(pid), stdout_fd_(stdout_fd), port_(port) {}
+
+  Flags flags_;
+  pid_t pid_;
+  int stdout_fd_;
+  int port_;
+};
+
+struct CommandResult {
+  int exit_code = -1;  // -1 when killed by a signal
+  std::string out;
+  std::string err;
+};
+
+// Runs argv[0] with arguments to completion, capturing stdout and stderr.
+absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv);
+
+}  // namespace mim::testing
+
+#endif  // MIM_TESTS_PROCESS_H_
