@@ -1,0 +1,166 @@
+// CTR models of the MIM paper (Yan, Chen et al., Alibaba 2025): avgpool,
+// DIN and SIM backbones, their "_ct" variants (target content vector as an
+// extra MLP input) and "_mim" variants (CiUBM: ID interest module + content
+// interest module + fusion module).
+//
+// MLP input, per sample, in this order (d = id_dim, dm = content_dim):
+//   user, age, gender, occupation, mean(genres), target item   6 x d
+//   ID interest (backbone output)             d    unless !use_id_interest
+//   content interest h_MM = sum a_i m_i       dm   mim && use_content_interest
+//   fusion h_Fusion = sum a_i h_i             d    mim && use_fusion
+//   target content vector m_t                 dm   content_target || mim
+// with a_i = cos(m_t, m_i) over the valid behaviours. MLP: mlp_hidden ReLU
+// layers then one linear logit; p = sigmoid(logit).
+// Backbones: kAvgPool (masked mean of behaviour ID embeddings); kDin (target
+// attention, MLP att_hidden on [h_i, h_t, h_i-h_t, h_i*h_t], no softmax);
+// kSim (top-sim_k behaviours by dot product with the target ID embedding,
+// then DIN over them). The content and fusion modules always see the whole
+// behaviour sequence, also for SIM.
+//
+// All math runs on kernels/ (CPU twins). Dense parameters live in one flat
+// float vector (layout: DenseParamLayout); ID embeddings live on the PS and
+// come in with the Batch; their gradients go out per unique row.
+#ifndef MIM_WORKER_MODEL_CIUBM_MODEL_H_
+#define MIM_WORKER_MODEL_CIUBM_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "kernels/dense_ops.h"
+#include "worker/model/batch.h"
+
+namespace mim::model {
+
+enum class Backbone { kAvgPool = 0, kDin = 1, kSim = 2 };
+
+// Plain value type.
+struct ModelConfig {
+  std::string name;  // e.g. "din_mim"; informational, saved with the model
+  Backbone backbone = Backbone::kDin;
+  bool content_target = false;  // "_ct": m_t as an MLP input
+  bool mim = false;             // "_mim": CiUBM (implies m_t as input)
+  // Ablation switches (paper Table 5). use_id_interest applies to every
+  // model; the other two only matter when mim is set.
+  bool use_id_interest = true;
+  bool use_content_interest = true;
+  bool use_fusion = true;
+  int id_dim = 32;
+  int content_dim = 64;
+  int sim_k = 20;
+  std::vector<int> mlp_hidden = {200, 80};
+  std::vector<int> att_hidden = {80, 40};  // exactly two layers
+  uint64_t seed = 1;  // dense parameter initialisation
+  kernels::AdamConfig adam;  // dense optimizer (learning_rate etc.)
+};
+
+// Valid names: avgpool, din, sim, avgpool_ct, din_ct, sim_ct, avgpool_mim,
+// din_mim, sim_mim. Returns the default config for that name, else
+// INVALID_ARGUMENT listing the valid names.
+absl::StatusOr<ModelConfig> ModelConfigFromName(absl::string_view name);
+
+// OK if dims, sim_k and layer sizes are positive and att_hidden has two
+// entries; else INVALID_ARGUMENT saying which field and why.
+absl::Status ValidateModelConfig(const ModelConfig& c);
+
+// Width of the MLP input for `c` (see the table above).
+int64_t MlpInputWidth(const ModelConfig& c);
+
+// True if the model reads the content side of a Batch.
+inline bool UsesContent(const ModelConfig& c) {
+  return c.content_target || c.mim;
+}
+
+// One named slice of the flat dense parameter vector.
+struct ParamSlice {
+  std::string name;  // "att.w1", "mlp.0.w", "mlp.2.b", ...
+  int64_t offset = 0;
+  int64_t size = 0;
+};
+// Slices in order: DIN attention (w1 b1 w2 b2 w3 b3, only for kDin/kSim
+// with use_id_interest), then the MLP layers (w, b per layer, w is in x out).
+std::vector<ParamSlice> DenseParamLayout(const ModelConfig& c);
+
+// A CiUBM/baseline model: dense parameters, Adam state and reusable work
+// buffers. Not thread-safe (each trainer thread owns its own model).
+// Buffers grow to the largest batch seen and are reused; steady-state
+// steps do not allocate.
+class CiubmModel {
+ public:
+  // Validates `config` and initialises dense params deterministically from
+  // config.seed (He-uniform for ReLU layers, Xavier-uniform for linear
+  // outputs, zero biases). INVALID_ARGUMENT for a bad config.
+  static absl::StatusOr<std::unique_ptr<CiubmModel>> Create(
+      const ModelConfig& config);
+
+  // Reads a file written by Save and returns a model with that config and
+  // those parameters (Adam state starts fresh). NOT_FOUND if the file
+  // cannot be opened; DATA_LOSS if it is truncated, has a bad magic,
+  // version, checksum or an inconsistent config.
+  static absl::StatusOr<std::unique_ptr<CiubmModel>> LoadFromFile(
+      const std::string& path);
+
+  ~CiubmModel();
+  CiubmModel(const CiubmModel&) = delete;
+  CiubmModel& operator=(const CiubmModel&) = delete;
+
+  const ModelConfig& config() const;
+
+  // probs[b] = predicted click probability. INVALID_ARGUMENT if the batch
+  // is malformed (ValidateBatch) ; *probs is then unspecified.
+  absl::Status Forward(const Batch& batch, std::vector<float>* probs);
+
+  // Forward + backward, no update. Writes the mean sigmoid cross-entropy
+  // loss, grad_id_rows [U * id_dim] (dLoss/d id_rows, summed over every use
+  // of a row; rows used only at padding get 0) and, if non-null, grad_dense
+  // (same layout as dense_params()). The dense gradient is also kept
+  // internally (dense_gradients()). Errors as Forward.
+  absl::Status ForwardBackward(const Batch& batch, float* loss,
+                               std::vector<float>* grad_id_rows,
+                               std::vector<float>* grad_dense);
+
+  // ForwardBackward, then one Adam step on the dense params with the
+  // internal gradient. `probs` may be null.
+  absl::Status TrainStep(const Batch& batch, float* loss,
+                         std::vector<float>* grad_id_rows,
+                         std::vector<float>* probs = nullptr);
+
+  // One Adam step (config().adam, internal step counter) with `grad`, e.g.
+  // a gradient averaged across data-parallel replicas. INVALID_ARGUMENT if
+  // grad.size() != num_dense_params().
+  absl::Status ApplyDenseGradients(absl::Span<const float> grad);
+  void set_learning_rate(float lr);
+
+  int64_t num_dense_params() const;
+  // Flat dense parameters (DenseParamLayout). Writable, e.g. to broadcast
+  // parameters from a leader replica; the size must not change.
+  std::vector<float>& dense_params();
+  const std::vector<float>& dense_gradients() const;
+  int64_t adam_step() const;
+
+  // Writes config + dense params to `path` (via a temp file and rename).
+  // File format (little-endian), version 1:
+  //   "MIMMODEL" (8 bytes), u32 version, u32 payload length N,
+  //   payload: config fields (see ciubm_model.cc) then u64 count and
+  //   count float32 params, then u64 FNV-1a-64 of the payload.
+  // INTERNAL on an I/O error.
+  absl::Status Save(const std::string& path) const;
+  // Replaces the dense params with those of a file written by Save. Errors
+  // as LoadFromFile, plus FAILED_PRECONDITION if the file's architecture
+  // (everything but name, seed and adam) differs from config().
+  absl::Status Load(const std::string& path);
+
+ private:
+  struct Impl;
+  explicit CiubmModel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mim::model
+
+#endif  // MIM_WORKER_MODEL_CIUBM_MODEL_H_
