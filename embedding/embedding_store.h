@@ -21,6 +21,7 @@
 #define MIM_EMBEDDING_EMBEDDING_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -142,6 +143,17 @@ class EmbeddingStore {
   virtual absl::StatusOr<CheckpointInfo> Restore(const std::string& name) = 0;
 
   virtual std::vector<std::string> ListCheckpoints() const = 0;
+
+  // Visits every in-memory row of `table` (values, optimizer state, meta) in
+  // no particular order, for dumps and bit-exact comparisons in tests.
+  // NOT_FOUND for an unknown table. `visit` must not call into the store.
+  using RowVisitor = std::function<void(uint64_t key, const RowMeta& meta,
+                                        absl::Span<const float> values,
+                                        absl::Span<const float> state)>;
+  virtual absl::Status ExportRows(absl::string_view table,
+                                  const RowVisitor& visit) const {
+    return absl::UnimplementedError("ExportRows");
+  }
 };
 
 }  // namespace mim::embedding

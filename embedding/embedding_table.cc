@@ -592,6 +592,20 @@ absl::Status EmbeddingTable::LoadRow(uint64_t key, const RowMeta& meta,
   return absl::OkStatus();
 }
 
+void EmbeddingTable::ForEachRow(const RowVisitor& visit) const {
+  for (size_t s = 0; s < kNumStripes; ++s) {
+    const Stripe& stripe = *stripes_[s];
+    absl::ReaderMutexLock lock(&stripe.mu);
+    for (uint32_t slot = 0; slot < stripe.arena.size(); ++slot) {
+      const char* rec = stripe.arena.record(slot);
+      const float* v = Values(rec);
+      visit(Load<uint64_t>(rec + kKeyOffset), ReadMeta(rec),
+            absl::Span<const float>(v, config_.dim),
+            absl::Span<const float>(v + config_.dim, state_floats_));
+    }
+  }
+}
+
 TableStats EmbeddingTable::Stats() const {
   TableStats stats;
   stats.config = config_;

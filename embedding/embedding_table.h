@@ -103,6 +103,13 @@ class EmbeddingTable {
 
   TableStats Stats() const;
 
+  // Calls `visit` for every row, stripe by stripe (each under its reader
+  // lock, so `visit` must not call back into this table).
+  using RowVisitor = std::function<void(uint64_t key, const RowMeta& meta,
+                                        absl::Span<const float> values,
+                                        absl::Span<const float> state)>;
+  void ForEachRow(const RowVisitor& visit) const;
+
  private:
   struct Stripe;
   class CommitLocks;

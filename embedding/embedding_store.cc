@@ -1,0 +1,494 @@
+// EmbeddingStore over EmbeddingTables (memory) and a Storage (RocksDB).
+//
+// On-disk key layout (one RocksDB key space):
+//   "t/" + table name                      -> encoded TableConfig
+//   "r/" + table name + "/" + u64 key (big-endian, so a table's rows are
+//                                          contiguous and sorted)
+//                                          -> encoded row
+// Table names cannot contain '/', so prefixes never collide.
+// Row value, little-endian:
+//   u8 format (1) | u32 dim | u32 state floats | i64 last_update_micros |
+//   u32 update_count | u64 version | f32 values[dim] | f32 state[...] |
+//   u32 FNV-1a checksum of everything before it
+// A value that fails any check (length, format, dims, checksum, finite
+// floats) makes Open/Restore fail with DATA_LOSS naming the table and key.
+//
+// Durability cost: each Push/Upsert is one RocksDB WriteBatch holding every
+// row it changed (the row is rewritten whole: 4 * (dim + state) + 37
+// bytes), i.e. one WAL append per request, plus one fsync per request when
+// Options::sync_writes. bench/embedding_bench measures push keys/s with and
+// without sync. Rows created only by Pull are not written: their initial
+// value is a pure function of (seed, key).
+//
+// Locking: `write_mu_` is shared by writers (Push, Upsert, CreateTable) and
+// held exclusively by Checkpoint and Restore, so a checkpoint sees no write
+// half-done across tables. `tables_mu_` guards the table map; readers hold
+// it shared for the whole call, Restore exclusively while swapping tables.
+// Order: write_mu_ before tables_mu_.
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "embedding/embedding_store.h"
+#include "embedding/embedding_table.h"
+#include "embedding/storage/storage.h"
+#include "embedding/store_with_storage.h"
+
+namespace mim::embedding {
+namespace {
+
+#define MIM_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    absl::Status mim_status_ = (expr);         \
+    if (!mim_status_.ok()) return mim_status_; \
+  } while (0)
+
+constexpr uint8_t kFormat = 1;
+
+uint32_t Fnv1a(const char* data, size_t n) {
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < n; ++i) {
+    h ^= static_cast<uint8_t>(data[i]);
+    h *= 16777619u;
+  }
+  return h;
+}
+
+// Little-endian encoder / bounds-checked decoder.
+class Writer {
+ public:
+  template <typename T>
+  void Put(T v) {
+    char buf[sizeof(T)];
+    std::memcpy(buf, &v, sizeof(T));  // the supported hosts are little-endian
+    out_.append(buf, sizeof(T));
+  }
+  void PutFloats(const float* f, size_t n) {
+    out_.append(reinterpret_cast<const char*>(f), n * sizeof(float));
+  }
+  void PutBytes(absl::string_view s) { out_.append(s.data(), s.size()); }
+  std::string Finish() {
+    Put<uint32_t>(Fnv1a(out_.data(), out_.size()));
+    return std::move(out_);
+  }
+
+ private:
+  std::string out_;
+};
+
+class Reader {
+ public:
+  explicit Reader(absl::string_view in) : in_(in) {}
+  // Checks and strips the trailing checksum.
+  bool VerifyChecksum() {
+    if (in_.size() < 4) return false;
+    uint32_t want;
+    std::memcpy(&want, in_.data() + in_.size() - 4, 4);
+    in_.remove_suffix(4);
+    return Fnv1a(in_.data(), in_.size()) == want;
+  }
+  template <typename T>
+  bool Get(T* v) {
+    if (in_.size() < sizeof(T)) return false;
+    std::memcpy(v, in_.data(), sizeof(T));
+    in_.remove_prefix(sizeof(T));
+    return true;
+  }
+  bool GetFloats(float* f, size_t n) {
+    if (in_.size() < n * sizeof(float)) return false;
+    std::memcpy(f, in_.data(), n * sizeof(float));
+    in_.remove_prefix(n * sizeof(float));
+    return true;
+  }
+  bool GetBytes(size_t n, std::string* s) {
+    if (in_.size() < n) return false;
+    s->assign(in_.data(), n);
+    in_.remove_prefix(n);
+    return true;
+  }
+  bool done() const { return in_.empty(); }
+
+ private:
+  absl::string_view in_;
+};
+
+std::string TableKey(absl::string_view table) {
+  return absl::StrCat("t/", table);
+}
+std::string RowPrefix(absl::string_view table) {
+  return absl::StrCat("r/", table, "/");
+}
+std::string RowKey(absl::string_view table, uint64_t key) {
+  std::string k = RowPrefix(table);
+  for (int shift = 56; shift >= 0; shift -= 8) {
+    k.push_back(static_cast<char>((key >> shift) & 0xff));
+  }
+  return k;
+}
+
+std::string EncodeConfig(const TableConfig& c) {
+  Writer w;
+  w.Put<uint8_t>(kFormat);
+  w.Put<uint8_t>(static_cast<uint8_t>(c.kind));
+  w.Put<uint32_t>(c.dim);
+  const OptimizerConfig& o = c.optimizer;
+  w.Put<uint8_t>(static_cast<uint8_t>(o.kind));
+  for (float f : {o.learning_rate, o.beta1, o.beta2, o.epsilon,
+                  o.initial_accumulator, o.l1, o.l2, o.lr_power}) {
+    w.Put<float>(f);
+  }
+  w.Put<uint8_t>(static_cast<uint8_t>(c.initializer.kind));
+  w.Put<float>(c.initializer.scale);
+  w.Put<uint64_t>(c.initializer.seed);
+  w.Put<uint32_t>(static_cast<uint32_t>(c.name.size()));
+  w.PutBytes(c.name);
+  return w.Finish();
+}
+
+absl::StatusOr<TableConfig> DecodeConfig(absl::string_view key,
+                                         absl::string_view value) {
+  auto bad = [&](absl::string_view why) {
+    return absl::DataLossError(
+        absl::StrCat("stored table config '", key, "' is corrupt: ", why));
+  };
+  Reader r(value);
+  if (!r.VerifyChecksum()) return bad("checksum mismatch or truncated");
+  TableConfig c;
+  uint8_t format, kind, opt, init;
+  uint32_t name_len;
+  OptimizerConfig& o = c.optimizer;
+  if (!r.Get(&format) || format != kFormat) return bad("unknown format");
+  if (!r.Get(&kind) || !r.Get(&c.dim) || !r.Get(&opt) ||
+      !r.Get(&o.learning_rate) || !r.Get(&o.beta1) || !r.Get(&o.beta2) ||
+      !r.Get(&o.epsilon) || !r.Get(&o.initial_accumulator) || !r.Get(&o.l1) ||
+      !r.Get(&o.l2) || !r.Get(&o.lr_power) || !r.Get(&init) ||
+      !r.Get(&c.initializer.scale) || !r.Get(&c.initializer.seed) ||
+      !r.Get(&name_len) || !r.GetBytes(name_len, &c.name) || !r.done()) {
+    return bad("wrong length");
+  }
+  if (kind > 1 || opt > 3 || init > 2) return bad("enum out of range");
+  c.kind = static_cast<TableKind>(kind);
+  o.kind = static_cast<OptimizerKind>(opt);
+  c.initializer.kind = static_cast<InitializerKind>(init);
+  absl::Status st = ValidateTableConfig(c);
+  if (!st.ok()) return bad(st.message());
+  if (TableKey(c.name) != key) return bad("name does not match its key");
+  return c;
+}
+
+void EncodeRow(const ChangedRows& rows, size_t i, uint32_t dim,
+               uint32_t state_floats, std::string* out) {
+  Writer w;
+  const RowMeta m = rows.meta(i);
+  w.Put<uint8_t>(kFormat);
+  w.Put<uint32_t>(dim);
+  w.Put<uint32_t>(state_floats);
+  w.Put<int64_t>(m.last_update_micros);
+  w.Put<uint32_t>(m.update_count);
+  w.Put<uint64_t>(m.version);
+  w.PutFloats(rows.values(i), dim);
+  w.PutFloats(rows.state(i), state_floats);
+  *out = w.Finish();
+}
+
+int64_t NowMicros() { return absl::ToUnixMicros(absl::Now()); }
+
+using TableMap =
+    std::map<std::string, std::unique_ptr<EmbeddingTable>, std::less<>>;
+
+// Builds tables from everything in `storage`.
+absl::StatusOr<TableMap> LoadTables(const Storage& storage) {
+  TableMap tables;
+  MIM_RETURN_IF_ERROR(storage.Scan(
+      "t/", [&](absl::string_view key, absl::string_view value) {
+        auto config = DecodeConfig(key, value);
+        if (!config.ok()) return config.status();
+        auto table = EmbeddingTable::Create(*config);
+        if (!table.ok()) return table.status();
+        tables[config->name] = std::move(*table);
+        return absl::OkStatus();
+      }));
+  std::vector<float> values, state;
+  MIM_RETURN_IF_ERROR(storage.Scan(
+      "r/", [&](absl::string_view key, absl::string_view value) {
+        // "r/" + name + "/" + 8 key bytes.
+        if (key.size() < 2 + 1 + 1 + 8 || key[key.size() - 9] != '/') {
+          return absl::DataLossError(
+              absl::StrCat("malformed row key of ", key.size(), " bytes"));
+        }
+        const absl::string_view name = key.substr(2, key.size() - 11);
+        uint64_t k = 0;
+        for (size_t i = key.size() - 8; i < key.size(); ++i) {
+          k = (k << 8) | static_cast<uint8_t>(key[i]);
+        }
+        auto it = tables.find(name);
+        if (it == tables.end()) {
+          return absl::DataLossError(absl::StrCat(
+              "row for key ", k, " belongs to unknown table '", name, "'"));
+        }
+        EmbeddingTable& table = *it->second;
+        auto bad = [&](absl::string_view why) {
+          return absl::DataLossError(
+              absl::StrCat("stored row of table '", name, "' key ", k,
+                           " is corrupt: ", why));
+        };
+        Reader r(value);
+        if (!r.VerifyChecksum()) return bad("checksum mismatch or truncated");
+        uint8_t format;
+        uint32_t dim, state_floats;
+        RowMeta meta;
+        if (!r.Get(&format) || format != kFormat) return bad("unknown format");
+        if (!r.Get(&dim) || !r.Get(&state_floats)) return bad("truncated");
+        if (dim != table.dim() || state_floats != table.state_floats()) {
+          return bad(absl::StrCat("has dim ", dim, " and ", state_floats,
+                                  " state floats, table expects ",
+                                  table.dim(), " and ", table.state_floats()));
+        }
+        values.resize(dim);
+        state.resize(state_floats);
+        if (!r.Get(&meta.last_update_micros) || !r.Get(&meta.update_count) ||
+            !r.Get(&meta.version) || !r.GetFloats(values.data(), dim) ||
+            !r.GetFloats(state.data(), state_floats) || !r.done()) {
+          return bad("wrong length");
+        }
+        for (float f : values) {
+          if (!std::isfinite(f)) return bad("non-finite value");
+        }
+        return table.LoadRow(k, meta, values, state);
+      }));
+  return tables;
+}
+
+// Safe for concurrent access (see the locking note at the top).
+class StoreImpl : public EmbeddingStore {
+ public:
+  StoreImpl(const Options& options, std::unique_ptr<Storage> storage,
+            TableMap tables)
+      : options_(options),
+        storage_(std::move(storage)),
+        tables_(std::move(tables)) {}
+
+  absl::Status CreateTable(const TableConfig& config,
+                           bool if_not_exists) override {
+    MIM_RETURN_IF_ERROR(ValidateTableConfig(config));
+    absl::ReaderMutexLock writers(&write_mu_);
+    absl::MutexLock lock(&tables_mu_);
+    auto it = tables_.find(config.name);
+    if (it != tables_.end()) {
+      if (if_not_exists && it->second->config() == config) {
+        return absl::OkStatus();
+      }
+      return absl::AlreadyExistsError(absl::StrCat(
+          "table '", config.name, "' already exists",
+          if_not_exists ? " with a different config" : ""));
+    }
+    auto table = EmbeddingTable::Create(config);
+    if (!table.ok()) return table.status();
+    StorageBatch batch;
+    batch.puts.emplace_back(TableKey(config.name), EncodeConfig(config));
+    MIM_RETURN_IF_ERROR(storage_->Write(batch));
+    tables_[config.name] = std::move(*table);
+    return absl::OkStatus();
+  }
+
+  std::vector<TableConfig> ListTables() const override {
+    absl::ReaderMutexLock lock(&tables_mu_);
+    std::vector<TableConfig> out;
+    for (const auto& [name, table] : tables_) out.push_back(table->config());
+    return out;
+  }
+
+  absl::Status Pull(absl::string_view table, absl::Span<const uint64_t> keys,
+                    float* values, std::vector<uint32_t>* missing) override {
+    MIM_RETURN_IF_ERROR(CheckSize(keys.size()));
+    absl::ReaderMutexLock lock(&tables_mu_);
+    EmbeddingTable* t = Find(table);
+    if (t == nullptr) return NoTable(table);
+    return t->Pull(keys, values, missing);
+  }
+
+  absl::StatusOr<uint32_t> Dim(absl::string_view table) const override {
+    absl::ReaderMutexLock lock(&tables_mu_);
+    const EmbeddingTable* t = Find(table);
+    if (t == nullptr) return NoTable(table);
+    return t->dim();
+  }
+
+  absl::StatusOr<uint64_t> Push(absl::string_view table,
+                                absl::Span<const uint64_t> keys,
+                                absl::Span<const float> gradients) override {
+    MIM_RETURN_IF_ERROR(CheckSize(keys.size()));
+    absl::ReaderMutexLock writers(&write_mu_);
+    absl::ReaderMutexLock lock(&tables_mu_);
+    EmbeddingTable* t = Find(table);
+    if (t == nullptr) return NoTable(table);
+    return t->Push(keys, gradients, NowMicros(), PersistFor(*t));
+  }
+
+  absl::StatusOr<UpsertResult> Upsert(absl::string_view table,
+                                      absl::Span<const uint64_t> keys,
+                                      absl::Span<const float> values,
+                                      uint64_t version) override {
+    MIM_RETURN_IF_ERROR(CheckSize(keys.size()));
+    absl::ReaderMutexLock writers(&write_mu_);
+    absl::ReaderMutexLock lock(&tables_mu_);
+    EmbeddingTable* t = Find(table);
+    if (t == nullptr) return NoTable(table);
+    return t->Upsert(keys, values, version, NowMicros(), PersistFor(*t));
+  }
+
+  absl::Status GetRows(absl::string_view table,
+                       absl::Span<const uint64_t> keys,
+                       std::vector<float>* values, std::vector<RowMeta>* meta,
+                       std::vector<uint32_t>* missing) override {
+    MIM_RETURN_IF_ERROR(CheckSize(keys.size()));
+    absl::ReaderMutexLock lock(&tables_mu_);
+    const EmbeddingTable* t = Find(table);
+    if (t == nullptr) return NoTable(table);
+    t->GetRows(keys, values, meta, missing);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<TableStats>> Stats(
+      absl::string_view table) const override {
+    absl::ReaderMutexLock lock(&tables_mu_);
+    std::vector<TableStats> out;
+    if (table.empty()) {
+      for (const auto& [name, t] : tables_) out.push_back(t->Stats());
+      return out;
+    }
+    const EmbeddingTable* t = Find(table);
+    if (t == nullptr) return NoTable(table);
+    out.push_back(t->Stats());
+    return out;
+  }
+
+  absl::StatusOr<CheckpointInfo> Checkpoint(const std::string& name) override {
+    std::string chosen = name;
+    if (chosen.empty()) {
+      chosen = absl::FormatTime("ckpt-%Y%m%d-%H%M%E6S", absl::Now(),
+                                absl::UTCTimeZone());
+    }
+    MIM_RETURN_IF_ERROR(ValidateCheckpointName(chosen));
+    absl::MutexLock writers(&write_mu_);
+    MIM_RETURN_IF_ERROR(storage_->CreateCheckpoint(chosen));
+    CheckpointInfo info;
+    info.name = chosen;
+    info.path = storage_->CheckpointPath(chosen);
+    absl::ReaderMutexLock lock(&tables_mu_);
+    for (const auto& [n, t] : tables_) info.rows += t->Stats().rows;
+    return info;
+  }
+
+  absl::StatusOr<CheckpointInfo> Restore(const std::string& name) override {
+    absl::MutexLock writers(&write_mu_);
+    std::string chosen = name;
+    if (chosen.empty()) {
+      const std::vector<std::string> all = storage_->ListCheckpoints();
+      if (all.empty()) return absl::NotFoundError("there are no checkpoints");
+      chosen = all.back();
+    }
+    auto snapshot = storage_->OpenCheckpoint(chosen);
+    if (!snapshot.ok()) return snapshot.status();
+    auto tables = LoadTables(**snapshot);
+    snapshot->reset();
+    if (!tables.ok()) return tables.status();
+    MIM_RETURN_IF_ERROR(storage_->RestoreCheckpoint(chosen));
+    CheckpointInfo info;
+    info.name = chosen;
+    info.path = storage_->CheckpointPath(chosen);
+    for (const auto& [n, t] : *tables) info.rows += t->Stats().rows;
+    TableMap old;
+    {
+      absl::MutexLock lock(&tables_mu_);
+      old.swap(tables_);
+      tables_ = std::move(*tables);
+    }
+    return info;  // `old` is freed outside tables_mu_
+  }
+
+  std::vector<std::string> ListCheckpoints() const override {
+    return storage_->ListCheckpoints();
+  }
+
+  absl::Status ExportRows(absl::string_view table,
+                          const RowVisitor& visit) const override {
+    absl::ReaderMutexLock lock(&tables_mu_);
+    const EmbeddingTable* t = Find(table);
+    if (t == nullptr) return NoTable(table);
+    t->ForEachRow(visit);
+    return absl::OkStatus();
+  }
+
+ private:
+  static absl::Status NoTable(absl::string_view table) {
+    return absl::NotFoundError(absl::StrCat("no table named '", table, "'"));
+  }
+
+  absl::Status CheckSize(size_t n) const {
+    if (n <= options_.max_keys_per_request) return absl::OkStatus();
+    return absl::ResourceExhaustedError(
+        absl::StrCat("request has ", n, " keys, the limit is ",
+                     options_.max_keys_per_request));
+  }
+
+  EmbeddingTable* Find(absl::string_view table) const
+      ABSL_SHARED_LOCKS_REQUIRED(tables_mu_) {
+    auto it = tables_.find(table);
+    return it == tables_.end() ? nullptr : it->second.get();
+  }
+
+  // Writes the changed rows of one request as one batch.
+  EmbeddingTable::PersistFn PersistFor(const EmbeddingTable& t) {
+    return [this, &t](const ChangedRows& rows) {
+      StorageBatch batch;
+      batch.puts.resize(rows.size());
+      const std::string& name = t.config().name;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        batch.puts[i].first = RowKey(name, rows.key(i));
+        EncodeRow(rows, i, t.dim(), t.state_floats(), &batch.puts[i].second);
+      }
+      return storage_->Write(batch);
+    };
+  }
+
+  const Options options_;
+  const std::unique_ptr<Storage> storage_;
+  absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(tables_mu_);
+  mutable absl::Mutex tables_mu_;
+  TableMap tables_ ABSL_GUARDED_BY(tables_mu_);
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<EmbeddingStore>> OpenEmbeddingStoreWithStorage(
+    std::unique_ptr<Storage> storage, const EmbeddingStore::Options& options) {
+  if (storage == nullptr) {
+    return absl::InvalidArgumentError("storage must not be null");
+  }
+  auto tables = LoadTables(*storage);
+  if (!tables.ok()) return tables.status();
+  return std::unique_ptr<EmbeddingStore>(
+      new StoreImpl(options, std::move(storage), std::move(*tables)));
+}
+
+absl::StatusOr<std::unique_ptr<EmbeddingStore>> EmbeddingStore::Open(
+    const Options& options) {
+  RocksDbStorageOptions storage_options;
+  storage_options.data_dir = options.data_dir;
+  storage_options.sync_writes = options.sync_writes;
+  auto storage = OpenRocksDbStorage(storage_options);
+  if (!storage.ok()) return storage.status();
+  return OpenEmbeddingStoreWithStorage(std::move(*storage), options);
+}
+
+}  // namespace mim::embedding
