@@ -1,0 +1,52 @@
+// bazel run //tools:content_vectors -- --item_text=FILE --output=FILE
+//     [--dim=64 --model=skipgram --epoch=25 --seed=1]
+// Trains fastText on the item texts and writes one L2-normalised vector per
+// item (mim-vectors v1, see docs/DATA_FORMAT.md).
+#include <chrono>
+#include <cstdio>
+
+#include "gflags/gflags.h"
+#include "tools/content_vectors_lib.h"
+
+DEFINE_string(item_text, "", "item text file (item_id<TAB>text columns...)");
+DEFINE_string(output, "", "vector file to write");
+DEFINE_int32(dim, 64, "vector dimension");
+DEFINE_string(model, "skipgram", "skipgram or cbow");
+DEFINE_int32(epoch, 25, "fastText epochs");
+DEFINE_int32(min_count, 1, "minimal word count");
+DEFINE_int32(threads, 1, "training threads (1 = deterministic by seed)");
+DEFINE_int32(seed, 1, "fastText seed");
+DEFINE_string(modality, "text", "modality written in the header");
+DEFINE_bool(center, true, "subtract the mean item vector before normalising");
+
+int main(int argc, char** argv) {
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  if (FLAGS_item_text.empty() || FLAGS_output.empty()) {
+    std::fprintf(stderr, "need --item_text and --output\n");
+    return 2;
+  }
+  mim::tools::ContentVectorOptions o;
+  o.item_text = FLAGS_item_text;
+  o.output = FLAGS_output;
+  o.dim = FLAGS_dim;
+  o.model = FLAGS_model;
+  o.epoch = FLAGS_epoch;
+  o.min_count = FLAGS_min_count;
+  o.threads = FLAGS_threads;
+  o.seed = FLAGS_seed;
+  o.modality = FLAGS_modality;
+  o.center = FLAGS_center;
+  const auto start = std::chrono::steady_clock::now();
+  auto stats = mim::tools::BuildContentVectors(o);
+  if (!stats.ok()) {
+    std::fprintf(stderr, "content_vectors: %s\n", stats.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("items %lld, vectors written %lld, skipped (no words) %lld, "
+              "vocabulary %lld, %.2f s\n",
+              (long long)stats->items, (long long)stats->written,
+              (long long)stats->skipped_empty, (long long)stats->vocabulary,
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+                  .count());
+  return 0;
+}
