@@ -1,0 +1,418 @@
+#include "embedding/embedding_store.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "embedding/storage/storage.h"
+#include "embedding/store_with_storage.h"
+#include "gtest/gtest.h"
+
+namespace mim::embedding {
+namespace {
+
+std::string FreshDir(const std::string& tag) {
+  static int counter = 0;
+  const std::string dir = std::string(std::getenv("TEST_TMPDIR")) + "/" + tag +
+                          std::to_string(counter++);
+  std::filesystem::remove_all(dir);
+  return dir;
+}
+
+TableConfig AdamTable() {
+  TableConfig c;
+  c.name = "user_id";
+  c.kind = TableKind::kId;
+  c.dim = 8;
+  c.optimizer.kind = OptimizerKind::kAdam;
+  c.optimizer.learning_rate = 0.01f;
+  c.initializer.seed = 5;
+  return c;
+}
+
+TableConfig ContentTable() {
+  TableConfig c;
+  c.name = "item_mm";
+  c.kind = TableKind::kContent;
+  c.dim = 4;
+  return c;
+}
+
+// Every in-memory row of a table as raw bytes of meta, values and state.
+using Dump = std::map<uint64_t, std::string>;
+Dump DumpTable(const EmbeddingStore& store, const std::string& table) {
+  Dump out;
+  absl::Status st = store.ExportRows(
+      table, [&](uint64_t key, const RowMeta& m, absl::Span<const float> v,
+                 absl::Span<const float> s) {
+        std::string b;
+        b.append(reinterpret_cast<const char*>(&m.last_update_micros), 8);
+        b.append(reinterpret_cast<const char*>(&m.update_count), 4);
+        b.append(reinterpret_cast<const char*>(&m.version), 8);
+        b.append(reinterpret_cast<const char*>(v.data()), v.size() * 4);
+        b.append(reinterpret_cast<const char*>(s.data()), s.size() * 4);
+        out[key] = b;
+      });
+  EXPECT_TRUE(st.ok()) << st;
+  return out;
+}
+
+std::vector<float> Ramp(size_t n, float start) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = start + 0.01f * i;
+  return v;
+}
+
+class EmbeddingStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    options_.data_dir = FreshDir("store");
+    Reopen();
+    ASSERT_TRUE(store_->CreateTable(AdamTable(), false).ok());
+    ASSERT_TRUE(store_->CreateTable(ContentTable(), false).ok());
+  }
+  void Reopen() {
+    store_.reset();
+    auto s = EmbeddingStore::Open(options_);
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = std::move(s).value();
+  }
+  // Pushes to 50 ID keys and upserts 20 content keys, varying with `round`.
+  void Write(int round) {
+    std::vector<uint64_t> ids, items;
+    for (uint64_t k = 0; k < 50; ++k) ids.push_back(k * 1000003 + round % 3);
+    for (uint64_t k = 0; k < 20; ++k) items.push_back(k + 7 * round);
+    ASSERT_TRUE(store_->Push("user_id", ids, Ramp(50 * 8, 0.1f * round)).ok());
+    ASSERT_TRUE(
+        store_->Upsert("item_mm", items, Ramp(20 * 4, round), round + 1).ok());
+  }
+
+  EmbeddingStore::Options options_;
+  std::unique_ptr<EmbeddingStore> store_;
+};
+
+TEST_F(EmbeddingStoreTest, CreateListAndDim) {
+  EXPECT_EQ(store_->ListTables().size(), 2u);
+  EXPECT_EQ(*store_->Dim("item_mm"), 4u);
+  EXPECT_EQ(store_->Dim("nope").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(store_->CreateTable(AdamTable(), /*if_not_exists=*/true).ok());
+  EXPECT_EQ(store_->CreateTable(AdamTable(), false).code(),
+            absl::StatusCode::kAlreadyExists);
+  TableConfig other = AdamTable();
+  other.dim = 16;
+  EXPECT_EQ(store_->CreateTable(other, true).code(),
+            absl::StatusCode::kAlreadyExists);
+  other.name = "bad/name";
+  EXPECT_EQ(store_->CreateTable(other, false).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(EmbeddingStoreTest, RejectedRequestsHaveExactCodesAndChangeNothing) {
+  Write(1);
+  const Dump ids = DumpTable(*store_, "user_id");
+  const Dump items = DumpTable(*store_, "item_mm");
+  std::vector<float> out(8);
+  std::vector<uint32_t> missing;
+
+  EXPECT_EQ(store_->Pull("nope", {1}, out.data(), &missing).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Push("nope", {1}, Ramp(8, 0)).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Upsert("nope", {1}, Ramp(4, 0), 1).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Stats("nope").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Push("item_mm", {1}, Ramp(4, 0)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->Upsert("user_id", {1}, Ramp(8, 0), 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->Push("user_id", {1, 2}, Ramp(15, 0)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  std::vector<float> grads = Ramp(16, 0);
+  grads[13] = std::numeric_limits<float>::infinity();
+  absl::Status st = store_->Push("user_id", {0, 1000003}, grads).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("key 1000003"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("position 1"), std::string::npos) << st;
+
+  options_.max_keys_per_request = 4;
+  Reopen();
+  std::vector<uint64_t> five = {0, 1, 2, 3, 4};
+  EXPECT_EQ(store_->Push("user_id", five, Ramp(40, 0)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(store_->Upsert("item_mm", five, Ramp(20, 0), 9).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  std::vector<float> big(40);
+  EXPECT_EQ(store_->Pull("user_id", five, big.data(), nullptr).code(),
+            absl::StatusCode::kResourceExhausted);
+
+  EXPECT_EQ(DumpTable(*store_, "user_id"), ids);
+  EXPECT_EQ(DumpTable(*store_, "item_mm"), items);
+}
+
+TEST_F(EmbeddingStoreTest, ReopenRecoversEverythingBitIdentical) {
+  for (int round = 0; round < 4; ++round) Write(round);
+  const Dump ids = DumpTable(*store_, "user_id");
+  const Dump items = DumpTable(*store_, "item_mm");
+  ASSERT_EQ(ids.size(), 150u);  // 3 distinct key sets of 50
+  const auto stats_before = *store_->Stats("item_mm");
+  Reopen();
+  ASSERT_EQ(store_->ListTables().size(), 2u);
+  EXPECT_TRUE(store_->ListTables()[1] == AdamTable());
+  EXPECT_EQ(DumpTable(*store_, "user_id"), ids);
+  EXPECT_EQ(DumpTable(*store_, "item_mm"), items);
+  EXPECT_EQ(store_->Stats("item_mm")->front().max_version,
+            stats_before.front().max_version);
+
+  // Pull-created rows are not stored but come back identical after reopen.
+  std::vector<float> a(8), b(8);
+  ASSERT_TRUE(store_->Pull("user_id", {424242}, a.data(), nullptr).ok());
+  Reopen();
+  EXPECT_EQ(DumpTable(*store_, "user_id").count(424242), 0u);
+  ASSERT_TRUE(store_->Pull("user_id", {424242}, b.data(), nullptr).ok());
+  EXPECT_EQ(a, b);
+}
+
+TEST_F(EmbeddingStoreTest, ContentPullReportsMissingAndGetRowsMeta) {
+  Write(1);
+  std::vector<float> out(3 * 4, -1);
+  std::vector<uint32_t> missing;
+  ASSERT_TRUE(store_->Pull("item_mm", {7, 999, 8}, out.data(), &missing).ok());
+  EXPECT_EQ(missing, std::vector<uint32_t>{1});
+  EXPECT_EQ(std::vector<float>(out.begin() + 4, out.begin() + 8),
+            std::vector<float>(4, 0.0f));
+  std::vector<float> values;
+  std::vector<RowMeta> meta;
+  missing.clear();
+  ASSERT_TRUE(store_->GetRows("item_mm", {7, 999}, &values, &meta, &missing)
+                  .ok());
+  EXPECT_EQ(meta[0].version, 2u);
+  EXPECT_EQ(meta[0].update_count, 1u);
+  EXPECT_GT(meta[0].last_update_micros, 0);
+  EXPECT_EQ(missing, std::vector<uint32_t>{1});
+}
+
+TEST_F(EmbeddingStoreTest, CheckpointRestoreIsBitIdenticalAndDurable) {
+  Write(0);
+  Write(1);
+  const Dump ids = DumpTable(*store_, "user_id");
+  const Dump items = DumpTable(*store_, "item_mm");
+  auto info = store_->Checkpoint("c1");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->name, "c1");
+  EXPECT_EQ(info->path, options_.data_dir + "/checkpoints/c1");
+  EXPECT_EQ(info->rows, ids.size() + items.size());
+  EXPECT_EQ(store_->Checkpoint("c1").status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(store_->Checkpoint("../x").status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  Write(2);
+  Write(3);
+  TableConfig extra = ContentTable();
+  extra.name = "later";
+  ASSERT_TRUE(store_->CreateTable(extra, false).ok());
+  ASSERT_NE(DumpTable(*store_, "user_id"), ids);
+
+  auto restored = store_->Restore("c1");
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(DumpTable(*store_, "user_id"), ids);
+  EXPECT_EQ(DumpTable(*store_, "item_mm"), items);
+  EXPECT_EQ(store_->Dim("later").status().code(), absl::StatusCode::kNotFound);
+
+  // Durable: survives reopening, and writes after the restore persist too.
+  Write(5);
+  const Dump after = DumpTable(*store_, "user_id");
+  Reopen();
+  EXPECT_EQ(DumpTable(*store_, "user_id"), after);
+  EXPECT_EQ(store_->ListCheckpoints(), std::vector<std::string>{"c1"});
+}
+
+TEST_F(EmbeddingStoreTest, RestoreOfMissingCheckpointLeavesLiveStateAlone) {
+  Write(1);
+  const Dump ids = DumpTable(*store_, "user_id");
+  EXPECT_EQ(store_->Restore("nope").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Restore("").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(DumpTable(*store_, "user_id"), ids);
+  Write(2);  // still writable
+  // Empty name: timestamped checkpoint, and Restore("") picks the newest.
+  auto a = store_->Checkpoint("");
+  ASSERT_TRUE(a.ok()) << a.status();
+  const Dump at_a = DumpTable(*store_, "user_id");
+  Write(3);
+  auto r = store_->Restore("");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->name, a->name);
+  EXPECT_EQ(DumpTable(*store_, "user_id"), at_a);
+}
+
+// Overwrites the first stored row of `table` through the storage layer.
+void GarbleFirstRow(const std::string& data_dir, const std::string& prefix,
+                    const std::function<std::string(std::string)>& garble) {
+  RocksDbStorageOptions o;
+  o.data_dir = data_dir;
+  auto storage = OpenRocksDbStorage(o);
+  ASSERT_TRUE(storage.ok()) << storage.status();
+  std::string key, value;
+  ASSERT_TRUE((*storage)
+                  ->Scan(prefix,
+                         [&](absl::string_view k, absl::string_view v) {
+                           key = std::string(k);
+                           value = std::string(v);
+                           return absl::CancelledError("first only");
+                         })
+                  .code() == absl::StatusCode::kCancelled);
+  StorageBatch b;
+  b.puts.emplace_back(key, garble(value));
+  ASSERT_TRUE((*storage)->Write(b).ok());
+}
+
+TEST_F(EmbeddingStoreTest, CorruptRecordsGiveDataLossNotACrash) {
+  Write(1);
+  store_.reset();
+  const std::vector<std::function<std::string(std::string)>> garblers = {
+      [](std::string v) { return v.substr(0, v.size() / 2); },  // truncated
+      [](std::string v) { v.at(v.size() / 2) ^= 0x40; return v; },  // flip
+      [](std::string) { return std::string(); },                // empty
+  };
+  for (const auto& g : garblers) {
+    GarbleFirstRow(options_.data_dir, "r/user_id/", g);
+    auto s = EmbeddingStore::Open(options_);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kDataLoss) << s.status();
+    EXPECT_NE(s.status().message().find("user_id"), std::string::npos);
+    EXPECT_NE(s.status().message().find("key"), std::string::npos);
+  }
+  GarbleFirstRow(options_.data_dir, "t/item_mm",
+                 [](std::string v) { v[3] ^= 1; return v; });
+  auto s = EmbeddingStore::Open(options_);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kDataLoss) << s.status();
+}
+
+// Storage wrapper whose writes fail on demand (fault injection).
+class FlakyStorage : public Storage {
+ public:
+  FlakyStorage(std::unique_ptr<Storage> inner, std::atomic<bool>* fail)
+      : inner_(std::move(inner)), fail_(fail) {}
+  absl::Status Write(const StorageBatch& b) override {
+    if (fail_->load()) return absl::InternalError("injected I/O error");
+    return inner_->Write(b);
+  }
+  absl::StatusOr<std::string> Get(absl::string_view k) const override {
+    return inner_->Get(k);
+  }
+  absl::Status Scan(absl::string_view p, const Visitor& v) const override {
+    return inner_->Scan(p, v);
+  }
+  absl::Status CreateCheckpoint(const std::string& n) override {
+    return inner_->CreateCheckpoint(n);
+  }
+  std::vector<std::string> ListCheckpoints() const override {
+    return inner_->ListCheckpoints();
+  }
+  std::string CheckpointPath(const std::string& n) const override {
+    return inner_->CheckpointPath(n);
+  }
+  absl::StatusOr<std::unique_ptr<Storage>> OpenCheckpoint(
+      const std::string& n) const override {
+    return inner_->OpenCheckpoint(n);
+  }
+  absl::Status RestoreCheckpoint(const std::string& n) override {
+    return inner_->RestoreCheckpoint(n);
+  }
+
+ private:
+  std::unique_ptr<Storage> inner_;
+  std::atomic<bool>* fail_;
+};
+
+TEST(EmbeddingStoreFaultTest, FailedStorageWriteLeavesMemoryUnchanged) {
+  std::atomic<bool> fail{false};
+  auto s = OpenEmbeddingStoreWithStorage(
+      std::make_unique<FlakyStorage>(NewMemoryStorage(), &fail),
+      EmbeddingStore::Options());
+  ASSERT_TRUE(s.ok()) << s.status();
+  EmbeddingStore& store = **s;
+  ASSERT_TRUE(store.CreateTable(AdamTable(), false).ok());
+  ASSERT_TRUE(store.CreateTable(ContentTable(), false).ok());
+  ASSERT_TRUE(store.Push("user_id", {1, 2}, Ramp(16, 0)).ok());
+  ASSERT_TRUE(store.Upsert("item_mm", {1}, Ramp(4, 0), 1).ok());
+  const Dump ids = DumpTable(store, "user_id");
+  const Dump items = DumpTable(store, "item_mm");
+  fail = true;
+  EXPECT_EQ(store.Push("user_id", {1, 3}, Ramp(16, 1)).status().code(),
+            absl::StatusCode::kInternal);
+  EXPECT_EQ(store.Upsert("item_mm", {1, 2}, Ramp(8, 1), 2).status().code(),
+            absl::StatusCode::kInternal);
+  TableConfig extra = ContentTable();
+  extra.name = "extra";
+  EXPECT_EQ(store.CreateTable(extra, false).code(),
+            absl::StatusCode::kInternal);
+  EXPECT_EQ(DumpTable(store, "user_id"), ids);
+  EXPECT_EQ(DumpTable(store, "item_mm"), items);
+  EXPECT_EQ(store.ListTables().size(), 2u);
+  // The memory backend also checkpoints and restores.
+  fail = false;
+  ASSERT_TRUE(store.Checkpoint("m").ok());
+  ASSERT_TRUE(store.Push("user_id", {1}, Ramp(8, 2)).ok());
+  ASSERT_TRUE(store.Restore("m").ok());
+  EXPECT_EQ(DumpTable(store, "user_id"), ids);
+}
+
+// An acknowledged Push survives SIGKILL of the process: a child pushes and
+// reports each acknowledged round through a pipe; the parent kills it and
+// reopens the store.
+TEST(EmbeddingStoreCrashTest, AcknowledgedPushesSurviveSigkill) {
+  EmbeddingStore::Options options;
+  options.data_dir = FreshDir("crash");
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(fds[0]);
+    auto s = EmbeddingStore::Open(options);
+    if (!s.ok() || !(*s)->CreateTable(AdamTable(), false).ok()) _exit(2);
+    for (uint32_t round = 1;; ++round) {
+      // Round r pushes key r (and re-pushes key 0).
+      if (!(*s)->Push("user_id", {0, round}, Ramp(16, 1)).ok()) _exit(3);
+      if (write(fds[1], &round, sizeof(round)) != sizeof(round)) _exit(4);
+    }
+  }
+  close(fds[1]);
+  uint32_t acked = 0, round = 0;
+  while (acked < 200 && read(fds[0], &round, sizeof(round)) == sizeof(round)) {
+    acked = round;
+  }
+  ASSERT_EQ(acked, 200u) << "child failed before 200 acknowledged pushes";
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFSIGNALED(status));
+  // Drain what the child acknowledged before it died.
+  while (read(fds[0], &round, sizeof(round)) == sizeof(round)) acked = round;
+  close(fds[0]);
+
+  auto s = EmbeddingStore::Open(options);
+  ASSERT_TRUE(s.ok()) << s.status();
+  const Dump rows = DumpTable(**s, "user_id");
+  for (uint32_t r = 1; r <= acked; ++r) {
+    EXPECT_EQ(rows.count(r), 1u) << "acknowledged round " << r << " lost";
+  }
+  std::vector<float> v;
+  std::vector<RowMeta> meta;
+  ASSERT_TRUE((*s)->GetRows("user_id", {0}, &v, &meta, nullptr).ok());
+  EXPECT_GE(meta[0].update_count, acked);
+}
+
+}  // namespace
+}  // namespace mim::embedding
