@@ -1,7 +1,7 @@
 // 64-bit parameter-server keys for categorical features, with no vocabulary:
 // key = field id in the top 8 bits | 56 bits of a mixed (hashed) value.
-// Different fields never collide; values inside one field collide with
-// probability ~n^2 / 2^57 (negligible for n up to ~1e8).
+// Different fields never collide; among n distinct values of one field the
+// expected number of colliding pairs is n^2 / 2^57 (about 0.07 at n = 1e8).
 #ifndef MIM_WORKER_DATA_FEATURE_KEY_H_
 #define MIM_WORKER_DATA_FEATURE_KEY_H_
 
