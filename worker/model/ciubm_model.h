@@ -145,7 +145,7 @@ class CiubmModel {
 
   // Writes config + dense params to `path` (via a temp file and rename).
   // File format (little-endian), version 1:
-  //   "MIMMODEL" (8 bytes), u32 version, u32 payload length N,
+  //   "MIMMODEL" (8 bytes), u32 version, u64 payload length N,
   //   payload: config fields (see ciubm_model.cc) then u64 count and
   //   count float32 params, then u64 FNV-1a-64 of the payload.
   // INTERNAL on an I/O error.

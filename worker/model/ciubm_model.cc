@@ -1,0 +1,701 @@
+#include "worker/model/ciubm_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "kernels/content_ops.h"
+#include "kernels/dense_ops.h"
+#include "kernels/embedding_ops.h"
+#include "kernels/sequence_ops.h"
+#include "worker/model/modules.h"
+
+namespace mim::model {
+namespace {
+
+constexpr const char* kValidNames[] = {
+    "avgpool",    "din",    "sim",         "avgpool_ct", "din_ct",
+    "sim_ct",     "avgpool_mim", "din_mim", "sim_mim"};
+
+constexpr char kMagic[8] = {'M', 'I', 'M', 'M', 'O', 'D', 'E', 'L'};
+constexpr uint32_t kFormatVersion = 1;
+
+// Propagates a non-OK status (Abseil 20220623 has no RETURN_IF_ERROR).
+#define MIM_RETURN_IF_ERROR(expr)            \
+  do {                                       \
+    absl::Status _st = (expr);               \
+    if (!_st.ok()) return _st;               \
+  } while (0)
+
+// splitmix64: a portable, seedable stream (std distributions differ across
+// standard libraries; saved models must not).
+class InitRng {
+ public:
+  explicit InitRng(uint64_t seed) : state_(seed) {}
+  // Uniform in [-limit, limit).
+  float Uniform(float limit) {
+    state_ += 0x9E3779B97F4A7C15ULL;
+    uint64_t z = state_;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    const double u = static_cast<double>(z >> 11) * 0x1.0p-53;  // [0, 1)
+    return static_cast<float>((2.0 * u - 1.0) * limit);
+  }
+
+ private:
+  uint64_t state_;
+};
+
+kernels::AttentionMlpShape AttShape(const ModelConfig& c) {
+  kernels::AttentionMlpShape s;
+  if (c.att_hidden.size() == 2) {
+    s.hidden1 = c.att_hidden[0];
+    s.hidden2 = c.att_hidden[1];
+  }
+  return s;
+}
+
+bool HasAttention(const ModelConfig& c) {
+  return c.use_id_interest && c.backbone != Backbone::kAvgPool;
+}
+bool UsesContentInterest(const ModelConfig& c) {
+  return c.mim && c.use_content_interest;
+}
+bool UsesFusion(const ModelConfig& c) { return c.mim && c.use_fusion; }
+
+// Fan-in / fan-out of each weight slice, for initialisation; biases: 0.
+struct SliceInit {
+  int64_t fan_in = 0, fan_out = 0;
+  bool relu = false;
+  bool is_bias = true;
+};
+
+void AppendSlice(std::vector<ParamSlice>* out, std::vector<SliceInit>* init,
+                 std::string name, int64_t size, SliceInit si) {
+  const int64_t offset =
+      out->empty() ? 0 : out->back().offset + out->back().size;
+  out->push_back(ParamSlice{std::move(name), offset, size});
+  if (init != nullptr) init->push_back(si);
+}
+
+std::vector<ParamSlice> Layout(const ModelConfig& c,
+                               std::vector<SliceInit>* init) {
+  std::vector<ParamSlice> out;
+  if (HasAttention(c)) {
+    const kernels::AttentionMlpShape a = AttShape(c);
+    const int64_t d = c.id_dim;
+    AppendSlice(&out, init, "att.w1", kernels::AttentionW1Size(d, a),
+                {4 * d, a.hidden1, true, false});
+    AppendSlice(&out, init, "att.b1", a.hidden1, {});
+    AppendSlice(&out, init, "att.w2", a.hidden1 * a.hidden2,
+                {a.hidden1, a.hidden2, true, false});
+    AppendSlice(&out, init, "att.b2", a.hidden2, {});
+    AppendSlice(&out, init, "att.w3", a.hidden2, {a.hidden2, 1, false, false});
+    AppendSlice(&out, init, "att.b3", 1, {});
+  }
+  std::vector<int64_t> widths = {MlpInputWidth(c)};
+  for (int h : c.mlp_hidden) widths.push_back(h);
+  widths.push_back(1);
+  for (size_t l = 0; l + 1 < widths.size(); ++l) {
+    const bool relu = l + 2 < widths.size();
+    AppendSlice(&out, init, absl::StrCat("mlp.", l, ".w"),
+                widths[l] * widths[l + 1],
+                {widths[l], widths[l + 1], relu, false});
+    AppendSlice(&out, init, absl::StrCat("mlp.", l, ".b"), widths[l + 1], {});
+  }
+  return out;
+}
+
+void AddInto(const float* src, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+}
+
+// --- Serialization ---------------------------------------------------------
+
+class Writer {
+ public:
+  template <typename T>
+  void Pod(T v) {
+    const char* p = reinterpret_cast<const char*>(&v);
+    bytes_.insert(bytes_.end(), p, p + sizeof(T));
+  }
+  void Bytes(const void* p, size_t n) {
+    const char* c = static_cast<const char*>(p);
+    bytes_.insert(bytes_.end(), c, c + n);
+  }
+  std::string& bytes() { return bytes_; }
+
+ private:
+  std::string bytes_;
+};
+
+class Reader {
+ public:
+  Reader(const char* p, size_t n) : p_(p), end_(p + n) {}
+  template <typename T>
+  bool Pod(T* v) {
+    return Bytes(v, sizeof(T));
+  }
+  bool Bytes(void* out, size_t n) {
+    if (static_cast<size_t>(end_ - p_) < n) return false;
+    std::memcpy(out, p_, n);
+    p_ += n;
+    return true;
+  }
+  size_t left() const { return end_ - p_; }
+
+ private:
+  const char* p_;
+  const char* end_;
+};
+
+uint64_t Fnv1a64(const char* p, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (size_t i = 0; i < n; ++i) {
+    h ^= static_cast<unsigned char>(p[i]);
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+void WriteConfig(const ModelConfig& c, Writer* w) {
+  w->Pod<uint32_t>(static_cast<uint32_t>(c.name.size()));
+  w->Bytes(c.name.data(), c.name.size());
+  w->Pod<uint32_t>(static_cast<uint32_t>(c.backbone));
+  for (bool f : {c.content_target, c.mim, c.use_id_interest,
+                 c.use_content_interest, c.use_fusion}) {
+    w->Pod<uint8_t>(f ? 1 : 0);
+  }
+  w->Pod<int32_t>(c.id_dim);
+  w->Pod<int32_t>(c.content_dim);
+  w->Pod<int32_t>(c.sim_k);
+  for (const std::vector<int>* v : {&c.mlp_hidden, &c.att_hidden}) {
+    w->Pod<uint32_t>(static_cast<uint32_t>(v->size()));
+    for (int x : *v) w->Pod<int32_t>(x);
+  }
+  w->Pod<uint64_t>(c.seed);
+  w->Pod<float>(c.adam.learning_rate);
+  w->Pod<float>(c.adam.beta1);
+  w->Pod<float>(c.adam.beta2);
+  w->Pod<float>(c.adam.epsilon);
+}
+
+bool ReadConfig(Reader* r, ModelConfig* c) {
+  uint32_t n = 0;
+  if (!r->Pod(&n) || n > r->left()) return false;
+  c->name.resize(n);
+  if (!r->Bytes(c->name.data(), n)) return false;
+  uint32_t backbone = 0;
+  if (!r->Pod(&backbone) || backbone > 2) return false;
+  c->backbone = static_cast<Backbone>(backbone);
+  for (bool* f : {&c->content_target, &c->mim, &c->use_id_interest,
+                  &c->use_content_interest, &c->use_fusion}) {
+    uint8_t v = 0;
+    if (!r->Pod(&v) || v > 1) return false;
+    *f = v == 1;
+  }
+  int32_t id_dim = 0, content_dim = 0, sim_k = 0;
+  if (!r->Pod(&id_dim) || !r->Pod(&content_dim) || !r->Pod(&sim_k)) {
+    return false;
+  }
+  c->id_dim = id_dim;
+  c->content_dim = content_dim;
+  c->sim_k = sim_k;
+  for (std::vector<int>* v : {&c->mlp_hidden, &c->att_hidden}) {
+    uint32_t len = 0;
+    if (!r->Pod(&len) || len > r->left() / sizeof(int32_t)) return false;
+    v->resize(len);
+    for (uint32_t i = 0; i < len; ++i) {
+      int32_t x = 0;
+      if (!r->Pod(&x)) return false;
+      (*v)[i] = x;
+    }
+  }
+  return r->Pod(&c->seed) && r->Pod(&c->adam.learning_rate) &&
+         r->Pod(&c->adam.beta1) && r->Pod(&c->adam.beta2) &&
+         r->Pod(&c->adam.epsilon);
+}
+
+bool SameArchitecture(const ModelConfig& a, const ModelConfig& b) {
+  return a.backbone == b.backbone && a.content_target == b.content_target &&
+         a.mim == b.mim && a.use_id_interest == b.use_id_interest &&
+         a.use_content_interest == b.use_content_interest &&
+         a.use_fusion == b.use_fusion && a.id_dim == b.id_dim &&
+         a.content_dim == b.content_dim && a.sim_k == b.sim_k &&
+         a.mlp_hidden == b.mlp_hidden && a.att_hidden == b.att_hidden;
+}
+
+// Parses a model file into its config and params; DATA_LOSS/NOT_FOUND.
+absl::Status ReadModelFile(const std::string& path, ModelConfig* config,
+                           std::vector<float>* params) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat("cannot open model file '", path, "'"));
+  }
+  std::string data((std::istreambuf_iterator<char>(in)),
+                   std::istreambuf_iterator<char>());
+  auto loss = [&path](absl::string_view why) {
+    return absl::DataLossError(
+        absl::StrCat("model file '", path, "': ", why));
+  };
+  Reader r(data.data(), data.size());
+  char magic[8];
+  uint32_t version = 0;
+  uint64_t payload_len = 0;
+  if (!r.Bytes(magic, 8) || std::memcmp(magic, kMagic, 8) != 0) {
+    return loss("bad magic, expected \"MIMMODEL\" (not a mim model file)");
+  }
+  if (!r.Pod(&version) || version != kFormatVersion) {
+    return loss(absl::StrFormat("unsupported format version %d, expected %d",
+                                version, kFormatVersion));
+  }
+  if (!r.Pod(&payload_len) || payload_len + sizeof(uint64_t) != r.left()) {
+    return loss(absl::StrFormat(
+        "truncated or oversized: payload length %d, %d bytes follow",
+        payload_len, r.left()));
+  }
+  const char* payload = data.data() + (data.size() - r.left());
+  uint64_t stored_sum = 0;
+  std::memcpy(&stored_sum, payload + payload_len, sizeof(stored_sum));
+  if (Fnv1a64(payload, payload_len) != stored_sum) {
+    return loss("checksum mismatch (file corrupted)");
+  }
+  Reader pr(payload, payload_len);
+  if (!ReadConfig(&pr, config)) return loss("malformed config section");
+  absl::Status valid = ValidateModelConfig(*config);
+  if (!valid.ok()) return loss(valid.message());
+  uint64_t count = 0;
+  if (!pr.Pod(&count) || count != pr.left() / sizeof(float) ||
+      pr.left() % sizeof(float) != 0) {
+    return loss("parameter section size does not match its count");
+  }
+  int64_t expected = 0;
+  for (const ParamSlice& s : DenseParamLayout(*config)) expected += s.size;
+  if (static_cast<int64_t>(count) != expected) {
+    return loss(absl::StrFormat("%d parameters, the config needs %d", count,
+                                expected));
+  }
+  params->resize(count);
+  pr.Bytes(params->data(), count * sizeof(float));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ModelConfigFromName(absl::string_view name) {
+  ModelConfig c;
+  c.name = std::string(name);
+  absl::string_view base = name;
+  if (absl::ConsumeSuffix(&base, "_ct")) {
+    c.content_target = true;
+  } else if (absl::ConsumeSuffix(&base, "_mim")) {
+    c.mim = true;
+  }
+  if (base == "avgpool") {
+    c.backbone = Backbone::kAvgPool;
+  } else if (base == "din") {
+    c.backbone = Backbone::kDin;
+  } else if (base == "sim") {
+    c.backbone = Backbone::kSim;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown model name '", name,
+                     "', expected one of: ", absl::StrJoin(kValidNames, ", ")));
+  }
+  return c;
+}
+
+absl::Status ValidateModelConfig(const ModelConfig& c) {
+  auto bad = [](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat("ModelConfig: ", parts...));
+  };
+  if (c.id_dim <= 0) return bad("id_dim ", c.id_dim, " must be positive");
+  if (c.content_dim <= 0) {
+    return bad("content_dim ", c.content_dim, " must be positive");
+  }
+  if (c.sim_k <= 0) return bad("sim_k ", c.sim_k, " must be positive");
+  if (c.backbone != Backbone::kAvgPool && c.backbone != Backbone::kDin &&
+      c.backbone != Backbone::kSim) {
+    return bad("unknown backbone ", static_cast<int>(c.backbone));
+  }
+  if (c.att_hidden.size() != 2) {
+    return bad("att_hidden has ", c.att_hidden.size(),
+               " layers, expected exactly 2");
+  }
+  for (int h : c.att_hidden) {
+    if (h <= 0) return bad("att_hidden sizes must be positive, got ", h);
+  }
+  for (int h : c.mlp_hidden) {
+    if (h <= 0) return bad("mlp_hidden sizes must be positive, got ", h);
+  }
+  return absl::OkStatus();
+}
+
+int64_t MlpInputWidth(const ModelConfig& c) {
+  int64_t w = 6 * int64_t{c.id_dim};
+  if (c.use_id_interest) w += c.id_dim;
+  if (UsesContentInterest(c)) w += c.content_dim;
+  if (UsesFusion(c)) w += c.id_dim;
+  if (UsesContent(c)) w += c.content_dim;
+  return w;
+}
+
+std::vector<ParamSlice> DenseParamLayout(const ModelConfig& c) {
+  return Layout(c, nullptr);
+}
+
+// ---------------------------------------------------------------------------
+
+struct CiubmModel::Impl {
+  explicit Impl(const ModelConfig& c)
+      : config(c),
+        layout(Layout(c, &init)),
+        id_interest(c.backbone, c.id_dim, AttShape(c), c.sim_k),
+        content(c.id_dim, c.content_dim),
+        mlp(MlpInputWidth(c), c.mlp_hidden) {
+    int64_t n = 0;
+    for (const ParamSlice& s : layout) n += s.size;
+    params.assign(n, 0.0f);
+    grads.assign(n, 0.0f);
+    adam_m.assign(n, 0.0f);
+    adam_v.assign(n, 0.0f);
+    att_offset = 0;
+    mlp_offset = HasAttention(c) ? id_interest.num_params() : 0;
+  }
+
+  void InitParams() {
+    InitRng rng(config.seed);
+    for (size_t i = 0; i < layout.size(); ++i) {
+      const SliceInit& si = init[i];
+      float* p = params.data() + layout[i].offset;
+      if (si.is_bias) {
+        std::fill(p, p + layout[i].size, 0.0f);
+        continue;
+      }
+      const double limit =
+          si.relu ? std::sqrt(6.0 / si.fan_in)
+                  : std::sqrt(6.0 / (si.fan_in + si.fan_out));
+      for (int64_t j = 0; j < layout[i].size; ++j) {
+        p[j] = rng.Uniform(static_cast<float>(limit));
+      }
+    }
+  }
+
+  absl::Status RunForward(const Batch& b);
+  absl::Status RunBackward(const Batch& b, std::vector<float>* grad_id_rows);
+
+  ModelConfig config;
+  std::vector<SliceInit> init;
+  std::vector<ParamSlice> layout;
+  IdInterestModule id_interest;
+  ContentInterestModule content;
+  MlpTower mlp;
+  int64_t att_offset = 0, mlp_offset = 0;
+
+  std::vector<float> params, grads, adam_m, adam_v;
+  int64_t adam_step = 0;
+
+  // Work buffers, reused across steps. The ID gather packs every lookup of
+  // the batch into one index list, blocks of rows in this order:
+  //   user B | age B | gender B | occ B | target B | behaviour B*L |
+  //   genres B*G (G = most genres in a row, padded with -1)
+  // so one gather fills all inputs and one segment-sum backward produces
+  // the per-unique-row gradient.
+  int64_t B = 0, L = 0, G = 0;
+  std::vector<int32_t> id_index, genre_lens;
+  std::vector<float> gathered, grad_gathered;
+  std::vector<float> genre_mean, grad_genre_mean;
+  std::vector<float> id_out, grad_id_out, grad_target_tmp, grad_beh_tmp;
+  std::vector<int32_t> content_index;
+  std::vector<float> content_gathered;  // m_t B | m B*L
+  std::vector<float> h_mm, h_fusion, grad_h_mm, grad_h_fusion;
+  std::vector<float> mlp_in, grad_mlp_in, logits, grad_logits;
+};
+
+absl::Status CiubmModel::Impl::RunForward(const Batch& b) {
+  const ModelConfig& c = config;
+  const int64_t d = c.id_dim, dm = c.content_dim;
+  MIM_RETURN_IF_ERROR(ValidateBatch(b, d, UsesContent(c) ? dm : 0));
+  B = b.batch_size;
+  L = b.max_len;
+  G = 0;
+  for (int64_t r = 0; r < B; ++r) {
+    G = std::max<int64_t>(G, b.genre_offsets[r + 1] - b.genre_offsets[r]);
+  }
+  // Pack the lookups.
+  const int64_t n_idx = B * (5 + L + G);
+  id_index.resize(n_idx);
+  int32_t* ix = id_index.data();
+  for (const std::vector<int32_t>* v :
+       {&b.user_idx, &b.age_idx, &b.gender_idx, &b.occ_idx, &b.target_idx,
+        &b.behavior_idx}) {
+    ix = std::copy(v->begin(), v->end(), ix);
+  }
+  genre_lens.resize(B);
+  for (int64_t r = 0; r < B; ++r) {
+    const int32_t lo = b.genre_offsets[r], hi = b.genre_offsets[r + 1];
+    genre_lens[r] = hi - lo;
+    int32_t* row = ix + r * G;
+    std::copy(b.genre_rows.begin() + lo, b.genre_rows.begin() + hi, row);
+    std::fill(row + (hi - lo), row + G, -1);
+  }
+  gathered.resize(n_idx * d);
+  MIM_RETURN_IF_ERROR(kernels::EmbeddingGatherCpu(
+      {b.num_id_rows, d, n_idx}, b.id_rows.data(), id_index.data(),
+      gathered.data()));
+  const float* user = gathered.data();
+  const float* target = user + 4 * B * d;
+  const float* beh = user + 5 * B * d;
+  const float* genres = beh + B * L * d;
+
+  genre_mean.resize(B * d);
+  MIM_RETURN_IF_ERROR(kernels::MaskedMeanPoolForwardCpu(
+      {B, G, d}, genres, genre_lens.data(), genre_mean.data()));
+
+  const kernels::SeqShape seq{B, L, d};
+  if (c.use_id_interest) {
+    id_out.resize(B * d);
+    MIM_RETURN_IF_ERROR(id_interest.Forward(seq, beh, target, b.lens.data(),
+                                            params.data() + att_offset,
+                                            id_out.data()));
+  }
+  const float* m_t = nullptr;
+  if (UsesContent(c)) {
+    content_index.resize(B * (1 + L));
+    std::copy(b.content_target_idx.begin(), b.content_target_idx.end(),
+              content_index.begin());
+    std::copy(b.content_behavior_idx.begin(), b.content_behavior_idx.end(),
+              content_index.begin() + B);
+    content_gathered.resize(B * (1 + L) * dm);
+    MIM_RETURN_IF_ERROR(kernels::EmbeddingGatherCpu(
+        {b.num_content_rows, dm, B * (1 + L)}, b.content_rows.data(),
+        content_index.data(), content_gathered.data()));
+    m_t = content_gathered.data();
+  }
+  if (UsesContentInterest(c) || UsesFusion(c)) {
+    h_mm.resize(B * dm);
+    h_fusion.resize(B * d);
+    MIM_RETURN_IF_ERROR(content.Forward(seq, m_t + B * dm, m_t, beh,
+                                        b.lens.data(), h_mm.data(),
+                                        h_fusion.data()));
+  }
+  // Feature concat, in the order documented in ciubm_model.h.
+  ColumnBlock blocks[10];
+  int nb = 0;
+  for (int k = 0; k < 4; ++k) blocks[nb++] = {user + k * B * d, d};
+  blocks[nb++] = {genre_mean.data(), d};
+  blocks[nb++] = {target, d};
+  if (c.use_id_interest) blocks[nb++] = {id_out.data(), d};
+  if (UsesContentInterest(c)) blocks[nb++] = {h_mm.data(), dm};
+  if (UsesFusion(c)) blocks[nb++] = {h_fusion.data(), d};
+  if (UsesContent(c)) blocks[nb++] = {m_t, dm};
+  const int64_t width = MlpInputWidth(c);
+  mlp_in.resize(B * width);
+  ConcatColumns(B, absl::MakeConstSpan(blocks, nb), mlp_in.data());
+  logits.resize(B);
+  return mlp.Forward(B, mlp_in.data(), params.data() + mlp_offset,
+                     logits.data());
+}
+
+absl::Status CiubmModel::Impl::RunBackward(const Batch& b,
+                                           std::vector<float>* grad_id_rows) {
+  const ModelConfig& c = config;
+  const int64_t d = c.id_dim, dm = c.content_dim;
+  grad_logits.resize(B);
+  MIM_RETURN_IF_ERROR(kernels::SigmoidCrossEntropyBackwardCpu(
+      B, logits.data(), b.labels.data(), grad_logits.data()));
+  const int64_t width = MlpInputWidth(c);
+  grad_mlp_in.resize(B * width);
+  MIM_RETURN_IF_ERROR(mlp.Backward(grad_logits.data(), grad_mlp_in.data(),
+                                   grads.data() + mlp_offset));
+
+  const int64_t n_idx = B * (5 + L + G);
+  grad_gathered.resize(n_idx * d);
+  float* g_user = grad_gathered.data();
+  float* g_target = g_user + 4 * B * d;
+  float* g_beh = g_user + 5 * B * d;
+  float* g_genres = g_beh + B * L * d;
+  grad_genre_mean.resize(B * d);
+  grad_id_out.resize(B * d);
+  grad_h_mm.resize(B * dm);
+  grad_h_fusion.resize(B * d);
+  MutableColumnBlock blocks[10];
+  int nb = 0;
+  for (int k = 0; k < 4; ++k) blocks[nb++] = {g_user + k * B * d, d};
+  blocks[nb++] = {grad_genre_mean.data(), d};
+  blocks[nb++] = {g_target, d};
+  if (c.use_id_interest) blocks[nb++] = {grad_id_out.data(), d};
+  // Content vectors are frozen and h_MM depends on nothing trainable, so
+  // its gradient is not needed.
+  if (UsesContentInterest(c)) blocks[nb++] = {nullptr, dm};
+  if (UsesFusion(c)) blocks[nb++] = {grad_h_fusion.data(), d};
+  if (UsesContent(c)) blocks[nb++] = {nullptr, dm};
+  SplitColumns(B, grad_mlp_in.data(), absl::MakeConstSpan(blocks, nb));
+
+  MIM_RETURN_IF_ERROR(kernels::MaskedMeanPoolBackwardCpu(
+      {B, G, d}, grad_genre_mean.data(), genre_lens.data(), g_genres));
+
+  if (c.use_id_interest) {
+    grad_target_tmp.resize(B * d);
+    MIM_RETURN_IF_ERROR(id_interest.Backward(grad_id_out.data(), g_beh,
+                                             grad_target_tmp.data(),
+                                             grads.data() + att_offset));
+    AddInto(grad_target_tmp.data(), B * d, g_target);
+  } else {
+    std::fill(g_beh, g_beh + B * L * d, 0.0f);
+  }
+  if (UsesFusion(c)) {
+    grad_beh_tmp.resize(B * L * d);
+    MIM_RETURN_IF_ERROR(
+        content.Backward(nullptr, grad_h_fusion.data(), grad_beh_tmp.data()));
+    AddInto(grad_beh_tmp.data(), B * L * d, g_beh);
+  }
+  grad_id_rows->resize(b.num_id_rows * d);
+  return kernels::EmbeddingGatherBackwardCpu(
+      {b.num_id_rows, d, n_idx}, grad_gathered.data(), id_index.data(),
+      kernels::GradMode::kDeterministic, grad_id_rows->data());
+}
+
+// ---------------------------------------------------------------------------
+
+CiubmModel::CiubmModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CiubmModel::~CiubmModel() = default;
+
+absl::StatusOr<std::unique_ptr<CiubmModel>> CiubmModel::Create(
+    const ModelConfig& config) {
+  MIM_RETURN_IF_ERROR(ValidateModelConfig(config));
+  auto impl = std::make_unique<Impl>(config);
+  impl->InitParams();
+  return std::unique_ptr<CiubmModel>(new CiubmModel(std::move(impl)));
+}
+
+absl::StatusOr<std::unique_ptr<CiubmModel>> CiubmModel::LoadFromFile(
+    const std::string& path) {
+  ModelConfig config;
+  std::vector<float> params;
+  MIM_RETURN_IF_ERROR(ReadModelFile(path, &config, &params));
+  auto impl = std::make_unique<Impl>(config);
+  impl->params = std::move(params);
+  return std::unique_ptr<CiubmModel>(new CiubmModel(std::move(impl)));
+}
+
+const ModelConfig& CiubmModel::config() const { return impl_->config; }
+
+absl::Status CiubmModel::Forward(const Batch& batch,
+                                 std::vector<float>* probs) {
+  MIM_RETURN_IF_ERROR(impl_->RunForward(batch));
+  probs->resize(impl_->B);
+  for (int64_t i = 0; i < impl_->B; ++i) {
+    (*probs)[i] = 1.0f / (1.0f + std::exp(-impl_->logits[i]));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CiubmModel::ForwardBackward(const Batch& batch, float* loss,
+                                         std::vector<float>* grad_id_rows,
+                                         std::vector<float>* grad_dense) {
+  MIM_RETURN_IF_ERROR(impl_->RunForward(batch));
+  MIM_RETURN_IF_ERROR(kernels::SigmoidCrossEntropyForwardCpu(
+      impl_->B, impl_->logits.data(), batch.labels.data(), loss));
+  MIM_RETURN_IF_ERROR(impl_->RunBackward(batch, grad_id_rows));
+  if (grad_dense != nullptr) *grad_dense = impl_->grads;
+  return absl::OkStatus();
+}
+
+absl::Status CiubmModel::TrainStep(const Batch& batch, float* loss,
+                                   std::vector<float>* grad_id_rows,
+                                   std::vector<float>* probs) {
+  MIM_RETURN_IF_ERROR(ForwardBackward(batch, loss, grad_id_rows, nullptr));
+  if (probs != nullptr) {
+    probs->resize(impl_->B);
+    for (int64_t i = 0; i < impl_->B; ++i) {
+      (*probs)[i] = 1.0f / (1.0f + std::exp(-impl_->logits[i]));
+    }
+  }
+  return ApplyDenseGradients(impl_->grads);
+}
+
+absl::Status CiubmModel::ApplyDenseGradients(absl::Span<const float> grad) {
+  Impl& m = *impl_;
+  const int64_t n = static_cast<int64_t>(m.params.size());
+  if (static_cast<int64_t>(grad.size()) != n) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "ApplyDenseGradients: %d gradients, expected %d", grad.size(), n));
+  }
+  if (n == 0) return absl::OkStatus();
+  ++m.adam_step;
+  return kernels::AdamUpdateCpu(m.config.adam, m.adam_step, n, grad.data(),
+                                m.params.data(), m.adam_m.data(),
+                                m.adam_v.data());
+}
+
+void CiubmModel::set_learning_rate(float lr) {
+  impl_->config.adam.learning_rate = lr;
+}
+
+int64_t CiubmModel::num_dense_params() const {
+  return static_cast<int64_t>(impl_->params.size());
+}
+std::vector<float>& CiubmModel::dense_params() { return impl_->params; }
+const std::vector<float>& CiubmModel::dense_gradients() const {
+  return impl_->grads;
+}
+int64_t CiubmModel::adam_step() const { return impl_->adam_step; }
+
+absl::Status CiubmModel::Save(const std::string& path) const {
+  Writer payload;
+  WriteConfig(impl_->config, &payload);
+  payload.Pod<uint64_t>(impl_->params.size());
+  payload.Bytes(impl_->params.data(), impl_->params.size() * sizeof(float));
+  Writer file;
+  file.Bytes(kMagic, sizeof(kMagic));
+  file.Pod<uint32_t>(kFormatVersion);
+  file.Pod<uint64_t>(payload.bytes().size());
+  file.Bytes(payload.bytes().data(), payload.bytes().size());
+  file.Pod<uint64_t>(Fnv1a64(payload.bytes().data(), payload.bytes().size()));
+
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write(file.bytes().data(),
+              static_cast<std::streamsize>(file.bytes().size()));
+    out.flush();
+    if (!out) {
+      std::remove(tmp.c_str());
+      return absl::InternalError(
+          absl::StrCat("cannot write model file '", tmp, "'"));
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return absl::InternalError(
+        absl::StrCat("cannot rename '", tmp, "' to '", path, "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CiubmModel::Load(const std::string& path) {
+  ModelConfig file_config;
+  std::vector<float> params;
+  MIM_RETURN_IF_ERROR(ReadModelFile(path, &file_config, &params));
+  if (!SameArchitecture(file_config, impl_->config)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model file '", path, "' holds model '", file_config.name,
+        "' whose architecture differs from this model '", impl_->config.name,
+        "'"));
+  }
+  impl_->params = std::move(params);
+  return absl::OkStatus();
+}
+
+}  // namespace mim::model

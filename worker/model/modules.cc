@@ -1,0 +1,269 @@
+#include "worker/model/modules.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "kernels/content_ops.h"
+#include "kernels/dense_ops.h"
+#include "kernels/sequence_ops.h"
+
+namespace mim::model {
+
+void ConcatColumns(int64_t rows, absl::Span<const ColumnBlock> in,
+                   float* out) {
+  int64_t total = 0;
+  for (const ColumnBlock& c : in) total += c.width;
+  int64_t off = 0;
+  for (const ColumnBlock& c : in) {
+    const size_t bytes = static_cast<size_t>(c.width) * sizeof(float);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(out + r * total + off, c.data + r * c.width, bytes);
+    }
+    off += c.width;
+  }
+}
+
+void SplitColumns(int64_t rows, const float* in,
+                  absl::Span<const MutableColumnBlock> out) {
+  int64_t total = 0;
+  for (const MutableColumnBlock& c : out) total += c.width;
+  int64_t off = 0;
+  for (const MutableColumnBlock& c : out) {
+    if (c.data != nullptr) {
+      const size_t bytes = static_cast<size_t>(c.width) * sizeof(float);
+      for (int64_t r = 0; r < rows; ++r) {
+        std::memcpy(c.data + r * c.width, in + r * total + off, bytes);
+      }
+    }
+    off += c.width;
+  }
+}
+
+// ---------------------------------------------------------------------------
+
+IdInterestModule::IdInterestModule(Backbone backbone, int64_t dim,
+                                   const kernels::AttentionMlpShape& att,
+                                   int sim_k)
+    : backbone_(backbone), dim_(dim), att_(att), sim_k_(sim_k) {}
+
+int64_t IdInterestModule::num_params() const {
+  if (backbone_ == Backbone::kAvgPool) return 0;
+  return kernels::AttentionW1Size(dim_, att_) + att_.hidden1 +
+         att_.hidden1 * att_.hidden2 + att_.hidden2 + att_.hidden2 + 1;
+}
+
+kernels::AttentionMlpParams IdInterestModule::Params(const float* p) const {
+  kernels::AttentionMlpParams out;
+  out.w1 = p;
+  p += kernels::AttentionW1Size(dim_, att_);
+  out.b1 = p;
+  p += att_.hidden1;
+  out.w2 = p;
+  p += att_.hidden1 * att_.hidden2;
+  out.b2 = p;
+  p += att_.hidden2;
+  out.w3 = p;
+  p += att_.hidden2;
+  out.b3 = p;
+  return out;
+}
+
+absl::Status IdInterestModule::Forward(const kernels::SeqShape& s,
+                                       const float* h, const float* h_t,
+                                       const int32_t* lens,
+                                       const float* params, float* out) {
+  if (s.dim != dim_) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "IdInterestModule: dim %d, expected %d", s.dim, dim_));
+  }
+  shape_ = s;
+  h_ = h;
+  h_t_ = h_t;
+  lens_ = lens;
+  params_ = params;
+  switch (backbone_) {
+    case Backbone::kAvgPool:
+      return kernels::MaskedMeanPoolForwardCpu(s, h, lens, out);
+    case Backbone::kDin:
+      return kernels::DinAttentionForwardCpu(s, att_, h, h_t, lens,
+                                             Params(params), nullptr, out);
+    case Backbone::kSim: {
+      k_ = static_cast<int>(std::min<int64_t>(sim_k_, s.max_len));
+      k_ = std::max(k_, 1);
+      positions_.resize(s.batch * k_);
+      new_lens_.resize(s.batch);
+      selected_.resize(s.batch * k_ * s.dim);
+      absl::Status st = kernels::TopKSelectCpu(s, h, h_t, lens, k_,
+                                               positions_.data(),
+                                               new_lens_.data());
+      if (!st.ok()) return st;
+      st = kernels::SelectRowsForwardCpu(s, h, positions_.data(), k_,
+                                         selected_.data());
+      if (!st.ok()) return st;
+      const kernels::SeqShape ks{s.batch, k_, s.dim};
+      return kernels::DinAttentionForwardCpu(ks, att_, selected_.data(), h_t,
+                                             new_lens_.data(), Params(params),
+                                             nullptr, out);
+    }
+  }
+  return absl::InternalError("IdInterestModule: unknown backbone");
+}
+
+absl::Status IdInterestModule::Backward(const float* grad_out, float* grad_h,
+                                        float* grad_h_t, float* grad_params) {
+  const kernels::SeqShape& s = shape_;
+  switch (backbone_) {
+    case Backbone::kAvgPool:
+      std::fill(grad_h_t, grad_h_t + s.batch * s.dim, 0.0f);
+      return kernels::MaskedMeanPoolBackwardCpu(s, grad_out, lens_, grad_h);
+    case Backbone::kDin: {
+      const float* p = params_;
+      const kernels::AttentionMlpParams ap = Params(p);
+      const kernels::AttentionMlpParams gp = Params(grad_params);
+      kernels::AttentionMlpGrads g;
+      g.w1 = const_cast<float*>(gp.w1);
+      g.b1 = const_cast<float*>(gp.b1);
+      g.w2 = const_cast<float*>(gp.w2);
+      g.b2 = const_cast<float*>(gp.b2);
+      g.w3 = const_cast<float*>(gp.w3);
+      g.b3 = const_cast<float*>(gp.b3);
+      return kernels::DinAttentionBackwardCpu(s, att_, h_, h_t_, lens_, ap,
+                                              grad_out, grad_h, grad_h_t, g);
+    }
+    case Backbone::kSim: {
+      const kernels::AttentionMlpParams ap = Params(params_);
+      const kernels::AttentionMlpParams gp = Params(grad_params);
+      kernels::AttentionMlpGrads g;
+      g.w1 = const_cast<float*>(gp.w1);
+      g.b1 = const_cast<float*>(gp.b1);
+      g.w2 = const_cast<float*>(gp.w2);
+      g.b2 = const_cast<float*>(gp.b2);
+      g.w3 = const_cast<float*>(gp.w3);
+      g.b3 = const_cast<float*>(gp.b3);
+      grad_selected_.resize(selected_.size());
+      const kernels::SeqShape ks{s.batch, k_, s.dim};
+      absl::Status st = kernels::DinAttentionBackwardCpu(
+          ks, att_, selected_.data(), h_t_, new_lens_.data(), ap, grad_out,
+          grad_selected_.data(), grad_h_t, g);
+      if (!st.ok()) return st;
+      return kernels::SelectRowsBackwardCpu(s, grad_selected_.data(),
+                                            positions_.data(), k_, grad_h);
+    }
+  }
+  return absl::InternalError("IdInterestModule: unknown backbone");
+}
+
+// ---------------------------------------------------------------------------
+
+ContentInterestModule::ContentInterestModule(int64_t id_dim,
+                                             int64_t content_dim)
+    : id_dim_(id_dim), content_dim_(content_dim) {}
+
+absl::Status ContentInterestModule::Forward(const kernels::SeqShape& s,
+                                            const float* m, const float* m_t,
+                                            const float* h,
+                                            const int32_t* lens, float* h_mm,
+                                            float* h_fusion) {
+  shape_ = kernels::SeqShape{s.batch, s.max_len, content_dim_};
+  m_ = m;
+  m_t_ = m_t;
+  h_ = h;
+  lens_ = lens;
+  kernels::ContentShape cs;
+  cs.content = shape_;
+  cs.id_dim = id_dim_;
+  return kernels::ContentFusionForwardCpu(cs, m, m_t, h, lens, nullptr, h_mm,
+                                          h_fusion);
+}
+
+absl::Status ContentInterestModule::Backward(const float* grad_mm,
+                                             const float* grad_fusion,
+                                             float* grad_h) {
+  const int64_t need =
+      shape_.batch * std::max(id_dim_, content_dim_);
+  if (static_cast<int64_t>(zeros_.size()) < need) zeros_.assign(need, 0.0f);
+  kernels::ContentShape cs;
+  cs.content = shape_;
+  cs.id_dim = id_dim_;
+  return kernels::ContentFusionBackwardCpu(
+      cs, m_, m_t_, h_, lens_, grad_mm ? grad_mm : zeros_.data(),
+      grad_fusion ? grad_fusion : zeros_.data(), nullptr, nullptr, grad_h);
+}
+
+// ---------------------------------------------------------------------------
+
+MlpTower::MlpTower(int64_t input_width, const std::vector<int>& hidden) {
+  widths_.push_back(input_width);
+  for (int h : hidden) widths_.push_back(h);
+  widths_.push_back(1);
+  acts_.resize(widths_.size() - 1);
+  grads_.resize(widths_.size() - 1);
+}
+
+int64_t MlpTower::num_params() const {
+  int64_t n = 0;
+  for (size_t l = 0; l + 1 < widths_.size(); ++l) {
+    n += widths_[l] * widths_[l + 1] + widths_[l + 1];
+  }
+  return n;
+}
+
+absl::Status MlpTower::Forward(int64_t rows, const float* x,
+                               const float* params, float* logits) {
+  rows_ = rows;
+  x_ = x;
+  params_ = params;
+  const size_t layers = widths_.size() - 1;
+  const float* in = x;
+  const float* p = params;
+  for (size_t l = 0; l < layers; ++l) {
+    const kernels::DenseShape ds{rows, widths_[l], widths_[l + 1]};
+    const bool last = l + 1 == layers;
+    float* out = last ? logits : nullptr;
+    if (!last) {
+      acts_[l].resize(rows * widths_[l + 1]);
+      out = acts_[l].data();
+    }
+    absl::Status st = kernels::DenseForwardCpu(
+        ds, in, p, p + ds.in * ds.out,
+        last ? kernels::Activation::kNone : kernels::Activation::kRelu, out);
+    if (!st.ok()) return st;
+    p += ds.in * ds.out + ds.out;
+    in = out;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MlpTower::Backward(const float* grad_logits, float* grad_x,
+                                float* grad_params) {
+  const size_t layers = widths_.size() - 1;
+  // Offsets of each layer's parameters.
+  int64_t off_end = num_params();
+  const float* grad_out = grad_logits;
+  for (size_t l = layers; l-- > 0;) {
+    const kernels::DenseShape ds{rows_, widths_[l], widths_[l + 1]};
+    const int64_t off = off_end - (ds.in * ds.out + ds.out);
+    const bool last = l + 1 == layers;
+    const float* in = l == 0 ? x_ : acts_[l - 1].data();
+    // For the last layer y is unused (no ReLU); pass the input grads' source.
+    const float* y = last ? grad_logits : acts_[l].data();
+    float* gx = nullptr;
+    if (l > 0) {
+      grads_[l - 1].resize(rows_ * widths_[l]);
+      gx = grads_[l - 1].data();
+    } else {
+      gx = grad_x;
+    }
+    absl::Status st = kernels::DenseBackwardCpu(
+        ds, in, params_ + off, y, grad_out,
+        last ? kernels::Activation::kNone : kernels::Activation::kRelu, gx,
+        grad_params + off, grad_params + off + ds.in * ds.out);
+    if (!st.ok()) return st;
+    grad_out = gx;
+    off_end = off;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace mim::model
