@@ -1,0 +1,107 @@
+// ingest_content: streams a content-vector file (docs/DATA_FORMAT.md,
+// "#mim-vectors v1") into a content (MM) table on the parameter-server shards
+// through Upsert, with a version. This is the representation center's write
+// path: once a row is acknowledged, a brand-new item is served with content.
+//
+//   bazel run //tools:ingest_content -- --ps=H:P,H:P --vectors=FILE \
+//       --table=item_content [--version=N]
+//
+// The content key of an item is its raw item id (the models look content up
+// by item id). The table is created (if missing) with the file's dimension.
+#include <cstdint>
+#include <cstdio>
+#include <ctime>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "gflags/gflags.h"
+#include "proto/ps.pb.h"
+#include "ps/client.h"
+#include "worker/data/content_vectors.h"
+
+DEFINE_string(ps, "", "comma-separated shard addresses, shard order");
+DEFINE_string(vectors, "", "content-vector file to ingest");
+DEFINE_string(table, "item_content", "content table name");
+DEFINE_uint64(version, 0, "version of these rows (0: current Unix time)");
+DEFINE_int32(batch, 4096, "rows per Upsert call");
+
+namespace {
+
+int Fail(const std::string& what, const absl::Status& status) {
+  std::fprintf(stderr, "ingest_content: %s: %s\n", what.c_str(),
+               status.ToString().c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  gflags::SetUsageMessage("ingest content vectors into a PS content table");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  if (FLAGS_ps.empty() || FLAGS_vectors.empty()) {
+    std::fprintf(stderr, "ingest_content: --ps and --vectors are required\n");
+    return 2;
+  }
+  if (FLAGS_batch <= 0) {
+    std::fprintf(stderr, "ingest_content: --batch must be positive\n");
+    return 2;
+  }
+  const uint64_t version = FLAGS_version != 0
+                               ? FLAGS_version
+                               : static_cast<uint64_t>(std::time(nullptr));
+
+  auto reader = mim::data::ContentVectorReader::Open(FLAGS_vectors);
+  if (!reader.ok()) return Fail("open " + FLAGS_vectors, reader.status());
+  const int dim = (*reader)->dim();
+
+  std::vector<std::string> addresses =
+      absl::StrSplit(FLAGS_ps, ',', absl::SkipEmpty());
+  auto client = mim::ps::PsClient::Create(addresses);
+  if (!client.ok()) return Fail("connect", client.status());
+
+  mim::ps::TableConfig config;
+  config.set_name(FLAGS_table);
+  config.set_kind(mim::ps::CONTENT);
+  config.set_dim(dim);
+  absl::Status created = (*client)->CreateTable(config, /*if_not_exists=*/true);
+  if (!created.ok()) return Fail("create table " + FLAGS_table, created);
+
+  std::vector<mim::data::ItemVector> batch;
+  std::vector<uint64_t> keys;
+  std::vector<float> values;
+  uint64_t written = 0, stale = 0, rows = 0;
+  const absl::Time start = absl::Now();
+  while (true) {
+    auto n = (*reader)->ReadBatch(FLAGS_batch, &batch);
+    if (!n.ok()) return Fail("read", n.status());
+    if (*n == 0) break;
+    keys.clear();
+    values.clear();
+    for (const auto& item : batch) {
+      keys.push_back(static_cast<uint64_t>(item.item_id));
+      values.insert(values.end(), item.values.begin(), item.values.end());
+    }
+    auto result = (*client)->Upsert(FLAGS_table, keys, values, version);
+    if (!result.ok()) {
+      return Fail("upsert after " + std::to_string(rows) + " rows",
+                  result.status());
+    }
+    written += result->rows_written;
+    stale += result->rows_stale;
+    rows += keys.size();
+    std::fprintf(stderr, "\ringest_content: %llu rows",
+                 static_cast<unsigned long long>(rows));
+  }
+  const double secs = absl::ToDoubleSeconds(absl::Now() - start);
+  std::fprintf(stderr,
+               "\ringest_content: %llu rows (%llu written, %llu stale) of "
+               "dim %d into '%s' version %llu in %.2fs (%.0f rows/s)\n",
+               static_cast<unsigned long long>(rows),
+               static_cast<unsigned long long>(written),
+               static_cast<unsigned long long>(stale), dim,
+               FLAGS_table.c_str(), static_cast<unsigned long long>(version),
+               secs, secs > 0 ? rows / secs : 0.0);
+  return 0;
+}
