@@ -50,8 +50,8 @@ class DeviceBuffer {
     if (!s.ok()) return s;
     b.ptr_ = static_cast<T*>(p);
     b.size_ = size;
-    s = internal::DeviceMemsetZero(p, size * sizeof(T));
-    if (!s.ok()) return s;
+    absl::Status zeroed = internal::DeviceMemsetZero(p, size * sizeof(T));
+    if (!zeroed.ok()) return zeroed;
     return b;
   }
   // Allocates and copies `host` into the new buffer.

@@ -1,0 +1,293 @@
+// CUDA twins vs CPU twins on seeded random inputs of awkward shapes
+// (L = 1, 50, 1000; rows with lens 0; B = 1; d = 7, 33, 64). Skips with
+// "no CUDA device: <reason>" when no device is usable.
+//
+// Tolerance (all float ops): |cuda - cpu| <= kAtol * max(1, max|cpu|) +
+// kRtol * |cpu|, kAtol = 2e-4, kRtol = 1e-3: the twins sum in different
+// orders (cuBLAS vs OpenBLAS, FMA on the GPU) over up to 1000 terms.
+// Exact equality where the order is the same by construction: gather,
+// deterministic segment sum, top-K, select.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "gtest/gtest.h"
+#include "kernels/attention_ops.h"
+#include "kernels/common.h"
+#include "kernels/content_ops.h"
+#include "kernels/cpu_test_util.h"
+#include "kernels/dense_ops.h"
+#include "kernels/device_buffer.h"
+#include "kernels/embedding_ops.h"
+#include "kernels/sequence_ops.h"
+
+namespace mim::kernels {
+namespace {
+
+using testing::RandomVec;
+
+constexpr double kAtol = 2e-4, kRtol = 1e-3;
+
+#define SKIP_WITHOUT_CUDA()                                  \
+  do {                                                       \
+    const absl::Status st = CudaDeviceStatus();              \
+    if (!st.ok()) GTEST_SKIP() << std::string(st.message()); \
+  } while (0)
+
+template <typename T>
+DeviceBuffer<T> Up(const std::vector<T>& v) {
+  auto b = DeviceBuffer<T>::FromHost(absl::MakeConstSpan(v));
+  EXPECT_TRUE(b.ok()) << b.status();
+  return std::move(b).value();
+}
+template <typename T>
+DeviceBuffer<T> Zeros(size_t n) {
+  auto b = DeviceBuffer<T>::Allocate(n);
+  EXPECT_TRUE(b.ok()) << b.status();
+  return std::move(b).value();
+}
+template <typename T>
+std::vector<T> Down(const DeviceBuffer<T>& b) {
+  EXPECT_TRUE(CudaSynchronize().ok());
+  std::vector<T> v(b.size());
+  EXPECT_TRUE(b.CopyToHost(absl::MakeSpan(v)).ok());
+  return v;
+}
+
+void ExpectClose(const std::vector<float>& cpu, const std::vector<float>& gpu,
+                 const std::string& what) {
+  ASSERT_EQ(cpu.size(), gpu.size()) << what;
+  double scale = 1;
+  for (float x : cpu) scale = std::max(scale, double(std::abs(x)));
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    ASSERT_NEAR(cpu[i], gpu[i], kAtol * scale + kRtol * std::abs(cpu[i]))
+        << what << " element " << i;
+  }
+}
+
+struct Case {
+  int64_t B, L, d;
+};
+std::string Name(const Case& c) {
+  return absl::StrFormat("B=%d L=%d d=%d", c.B, c.L, c.d);
+}
+// Lengths: row 0 full, row 1 empty (if B > 1), the rest random.
+std::vector<int32_t> Lens(const Case& c, uint32_t seed) {
+  std::vector<int32_t> lens(c.B);
+  auto r = RandomVec<double>(c.B, seed, 0, 1);
+  for (int64_t b = 0; b < c.B; ++b) lens[b] = static_cast<int32_t>(r[b] * (c.L + 1)) % (c.L + 1);
+  lens[0] = c.L;
+  if (c.B > 1) lens[1] = 0;
+  return lens;
+}
+
+class CudaVsCpuTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CudaVsCpuTest, DinAttentionForwardAndBackward) {
+  SKIP_WITHOUT_CUDA();
+  const Case c = GetParam();
+  const SeqShape s{c.B, c.L, c.d};
+  const AttentionMlpShape m;
+  const auto lens = Lens(c, 1);
+  auto h = RandomVec<float>(c.B * c.L * c.d, 2), ht = RandomVec<float>(c.B * c.d, 3);
+  auto w1 = RandomVec<float>(4 * c.d * 80, 4, -0.2, 0.2), b1 = RandomVec<float>(80, 5, 0, 0.2),
+       w2 = RandomVec<float>(3200, 6, -0.2, 0.2), b2 = RandomVec<float>(40, 7, 0, 0.2),
+       w3 = RandomVec<float>(40, 8), b3 = RandomVec<float>(1, 9),
+       go = RandomVec<float>(c.B * c.d, 10);
+  std::vector<float> out(c.B * c.d), sc(c.B * c.L), gh(h.size()), ght(ht.size()),
+      gw1(w1.size()), gb1(80), gw2(3200), gb2(40), gw3(40), gb3(1);
+  const AttentionMlpParams p{w1.data(), b1.data(), w2.data(), b2.data(), w3.data(), b3.data()};
+  ASSERT_TRUE(DinAttentionForwardCpu(s, m, h.data(), ht.data(), lens.data(), p, sc.data(), out.data()).ok());
+  ASSERT_TRUE(DinAttentionBackwardCpu(s, m, h.data(), ht.data(), lens.data(), p, go.data(), gh.data(),
+                                      ght.data(), {gw1.data(), gb1.data(), gw2.data(), gb2.data(),
+                                                   gw3.data(), gb3.data()}).ok());
+  auto dh = Up(h), dht = Up(ht), dw1 = Up(w1), db1 = Up(b1), dw2 = Up(w2), db2 = Up(b2),
+       dw3 = Up(w3), db3 = Up(b3), dgo = Up(go);
+  auto dlens = Up(lens);
+  auto dout = Zeros<float>(out.size()), dsc = Zeros<float>(sc.size()), dgh = Zeros<float>(gh.size()),
+       dght = Zeros<float>(ght.size()), dgw1 = Zeros<float>(gw1.size()), dgb1 = Zeros<float>(80),
+       dgw2 = Zeros<float>(3200), dgb2 = Zeros<float>(40), dgw3 = Zeros<float>(40), dgb3 = Zeros<float>(1);
+  const AttentionMlpParams dp{dw1.data(), db1.data(), dw2.data(), db2.data(), dw3.data(), db3.data()};
+  ASSERT_TRUE(DinAttentionForwardCuda(s, m, dh.data(), dht.data(), dlens.data(), dp, dsc.data(),
+                                      dout.data()).ok());
+  ASSERT_TRUE(DinAttentionBackwardCuda(s, m, dh.data(), dht.data(), dlens.data(), dp, dgo.data(),
+                                       dgh.data(), dght.data(),
+                                       {dgw1.data(), dgb1.data(), dgw2.data(), dgb2.data(),
+                                        dgw3.data(), dgb3.data()}).ok());
+  ExpectClose(out, Down(dout), "out " + Name(c));
+  ExpectClose(sc, Down(dsc), "scores " + Name(c));
+  ExpectClose(gh, Down(dgh), "grad_h " + Name(c));
+  ExpectClose(ght, Down(dght), "grad_h_t " + Name(c));
+  ExpectClose(gw1, Down(dgw1), "grad_w1 " + Name(c));
+  ExpectClose(gb1, Down(dgb1), "grad_b1 " + Name(c));
+  ExpectClose(gw2, Down(dgw2), "grad_w2 " + Name(c));
+  ExpectClose(gb2, Down(dgb2), "grad_b2 " + Name(c));
+  ExpectClose(gw3, Down(dgw3), "grad_w3 " + Name(c));
+  ExpectClose(gb3, Down(dgb3), "grad_b3 " + Name(c));
+}
+
+TEST_P(CudaVsCpuTest, ContentFusionForwardAndBackward) {
+  SKIP_WITHOUT_CUDA();
+  const Case c = GetParam();
+  const int64_t dm = c.d + 5;  // content dim differs from the ID dim
+  const ContentShape s{{c.B, c.L, dm}, c.d};
+  const auto lens = Lens(c, 11);
+  auto m = RandomVec<float>(c.B * c.L * dm, 12), mt = RandomVec<float>(c.B * dm, 13),
+       h = RandomVec<float>(c.B * c.L * c.d, 14), gmm = RandomVec<float>(c.B * dm, 15),
+       gfu = RandomVec<float>(c.B * c.d, 16);
+  std::fill_n(m.begin(), dm, 0.f);  // a zero content vector
+  std::vector<float> al(c.B * c.L), hmm(c.B * dm), hfu(c.B * c.d), gm(m.size()), gmt(mt.size()),
+      gh(h.size());
+  ASSERT_TRUE(ContentFusionForwardCpu(s, m.data(), mt.data(), h.data(), lens.data(), al.data(),
+                                      hmm.data(), hfu.data()).ok());
+  ASSERT_TRUE(ContentFusionBackwardCpu(s, m.data(), mt.data(), h.data(), lens.data(), gmm.data(),
+                                       gfu.data(), gm.data(), gmt.data(), gh.data()).ok());
+  auto dm_ = Up(m), dmt = Up(mt), dh = Up(h), dgmm = Up(gmm), dgfu = Up(gfu);
+  auto dlens = Up(lens);
+  auto dal = Zeros<float>(al.size()), dhmm = Zeros<float>(hmm.size()), dhfu = Zeros<float>(hfu.size()),
+       dgm = Zeros<float>(gm.size()), dgmt = Zeros<float>(gmt.size()), dgh = Zeros<float>(gh.size());
+  ASSERT_TRUE(ContentFusionForwardCuda(s, dm_.data(), dmt.data(), dh.data(), dlens.data(), dal.data(),
+                                       dhmm.data(), dhfu.data()).ok());
+  ASSERT_TRUE(ContentFusionBackwardCuda(s, dm_.data(), dmt.data(), dh.data(), dlens.data(),
+                                        dgmm.data(), dgfu.data(), dgm.data(), dgmt.data(),
+                                        dgh.data()).ok());
+  ExpectClose(al, Down(dal), "alpha " + Name(c));
+  ExpectClose(hmm, Down(dhmm), "h_mm " + Name(c));
+  ExpectClose(hfu, Down(dhfu), "h_fusion " + Name(c));
+  ExpectClose(gm, Down(dgm), "grad_m " + Name(c));
+  ExpectClose(gmt, Down(dgmt), "grad_m_t " + Name(c));
+  ExpectClose(gh, Down(dgh), "grad_h " + Name(c));
+}
+
+TEST_P(CudaVsCpuTest, PoolTopKSelect) {
+  SKIP_WITHOUT_CUDA();
+  const Case c = GetParam();
+  const SeqShape s{c.B, c.L, c.d};
+  const auto lens = Lens(c, 21);
+  auto x = RandomVec<float>(c.B * c.L * c.d, 22), t = RandomVec<float>(c.B * c.d, 23),
+       g = RandomVec<float>(c.B * c.d, 24);
+  const int k = 7;
+  auto gk = RandomVec<float>(c.B * k * c.d, 25);
+  std::vector<float> pool(c.B * c.d), gx(x.size()), sel(c.B * k * c.d), gsel(x.size());
+  std::vector<int32_t> pos(c.B * k), nl(c.B);
+  ASSERT_TRUE(MaskedMeanPoolForwardCpu(s, x.data(), lens.data(), pool.data()).ok());
+  ASSERT_TRUE(MaskedMeanPoolBackwardCpu(s, g.data(), lens.data(), gx.data()).ok());
+  ASSERT_TRUE(TopKSelectCpu(s, x.data(), t.data(), lens.data(), k, pos.data(), nl.data()).ok());
+  ASSERT_TRUE(SelectRowsForwardCpu(s, x.data(), pos.data(), k, sel.data()).ok());
+  ASSERT_TRUE(SelectRowsBackwardCpu(s, gk.data(), pos.data(), k, gsel.data()).ok());
+  auto dx = Up(x), dt = Up(t), dg = Up(g), dgk = Up(gk);
+  auto dlens = Up(lens);
+  auto dpool = Zeros<float>(pool.size()), dgx = Zeros<float>(gx.size()),
+       dsel = Zeros<float>(sel.size()), dgsel = Zeros<float>(gsel.size());
+  auto dpos = Zeros<int32_t>(pos.size()), dnl = Zeros<int32_t>(nl.size());
+  ASSERT_TRUE(MaskedMeanPoolForwardCuda(s, dx.data(), dlens.data(), dpool.data()).ok());
+  ASSERT_TRUE(MaskedMeanPoolBackwardCuda(s, dg.data(), dlens.data(), dgx.data()).ok());
+  ASSERT_TRUE(TopKSelectCuda(s, dx.data(), dt.data(), dlens.data(), k, dpos.data(), dnl.data()).ok());
+  EXPECT_EQ(pos, Down(dpos)) << Name(c);
+  EXPECT_EQ(nl, Down(dnl)) << Name(c);
+  ASSERT_TRUE(SelectRowsForwardCuda(s, dx.data(), dpos.data(), k, dsel.data()).ok());
+  ASSERT_TRUE(SelectRowsBackwardCuda(s, dgk.data(), dpos.data(), k, dgsel.data()).ok());
+  ExpectClose(pool, Down(dpool), "pool " + Name(c));
+  ExpectClose(gx, Down(dgx), "pool grad " + Name(c));
+  EXPECT_EQ(sel, Down(dsel)) << Name(c);
+  EXPECT_EQ(gsel, Down(dgsel)) << Name(c);
+}
+
+TEST_P(CudaVsCpuTest, EmbeddingGatherBothModes) {
+  SKIP_WITHOUT_CUDA();
+  const Case c = GetParam();
+  const GatherShape s{c.L, c.d, c.B * c.L};  // U = L unique rows
+  auto r = RandomVec<double>(s.num_indices, 31, 0, 1);
+  std::vector<int32_t> idx(s.num_indices);
+  for (int64_t n = 0; n < s.num_indices; ++n) {
+    idx[n] = static_cast<int32_t>(r[n] * (s.rows + 1)) - 1;  // -1 = padding
+  }
+  auto table = RandomVec<float>(s.rows * s.dim, 32), go = RandomVec<float>(s.num_indices * s.dim, 33);
+  std::vector<float> out(go.size()), gt(table.size());
+  ASSERT_TRUE(EmbeddingGatherCpu(s, table.data(), idx.data(), out.data()).ok());
+  ASSERT_TRUE(EmbeddingGatherBackwardCpu(s, go.data(), idx.data(), GradMode::kDeterministic, gt.data()).ok());
+  auto dtable = Up(table), dgo = Up(go);
+  auto didx = Up(idx);
+  auto dout = Zeros<float>(out.size()), dgt = Zeros<float>(gt.size()), dgt2 = Zeros<float>(gt.size());
+  ASSERT_TRUE(EmbeddingGatherCuda(s, dtable.data(), didx.data(), dout.data()).ok());
+  EXPECT_EQ(out, Down(dout));
+  ASSERT_TRUE(EmbeddingGatherBackwardCuda(s, dgo.data(), didx.data(), GradMode::kDeterministic, dgt.data()).ok());
+  const auto det1 = Down(dgt);
+  EXPECT_EQ(gt, det1) << "deterministic mode sums in the CPU's order " << Name(c);
+  ASSERT_TRUE(EmbeddingGatherBackwardCuda(s, dgo.data(), didx.data(), GradMode::kDeterministic, dgt.data()).ok());
+  EXPECT_EQ(det1, Down(dgt)) << "bit-identical run to run";
+  ASSERT_TRUE(EmbeddingGatherBackwardCuda(s, dgo.data(), didx.data(), GradMode::kAtomic, dgt2.data()).ok());
+  ExpectClose(gt, Down(dgt2), "atomic " + Name(c));
+  // Out-of-range index is reported.
+  std::vector<int32_t> bad = {0, static_cast<int32_t>(s.rows)};
+  auto dbad = Up(bad);
+  EXPECT_EQ(EmbeddingGatherCuda({s.rows, s.dim, 2}, dtable.data(), dbad.data(), dout.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_P(CudaVsCpuTest, DenseLossAdam) {
+  SKIP_WITHOUT_CUDA();
+  const Case c = GetParam();
+  const DenseShape s{c.B * std::min<int64_t>(c.L, 50), c.d, 33};
+  auto x = RandomVec<float>(s.rows * s.in, 41), w = RandomVec<float>(s.in * s.out, 42),
+       b = RandomVec<float>(s.out, 43), gy = RandomVec<float>(s.rows * s.out, 44),
+       lab = RandomVec<float>(s.rows, 45, 0, 1);
+  for (auto& l : lab) l = l > 0.5f ? 1.f : 0.f;
+  for (Activation act : {Activation::kNone, Activation::kRelu}) {
+    std::vector<float> y(s.rows * s.out), gx(x.size()), gw(w.size()), gb(s.out);
+    ASSERT_TRUE(DenseForwardCpu(s, x.data(), w.data(), b.data(), act, y.data()).ok());
+    ASSERT_TRUE(DenseBackwardCpu(s, x.data(), w.data(), y.data(), gy.data(), act, gx.data(),
+                                 gw.data(), gb.data()).ok());
+    auto dx = Up(x), dw = Up(w), db = Up(b), dgy = Up(gy);
+    auto dy = Zeros<float>(y.size()), dgx = Zeros<float>(gx.size()), dgw = Zeros<float>(gw.size()),
+         dgb = Zeros<float>(gb.size());
+    ASSERT_TRUE(DenseForwardCuda(s, dx.data(), dw.data(), db.data(), act, dy.data()).ok());
+    // Feed the CPU y so the ReLU mask is identical on both sides.
+    auto dycpu = Up(y);
+    ASSERT_TRUE(DenseBackwardCuda(s, dx.data(), dw.data(), dycpu.data(), dgy.data(), act,
+                                  dgx.data(), dgw.data(), dgb.data()).ok());
+    ExpectClose(y, Down(dy), "dense y " + Name(c));
+    ExpectClose(gx, Down(dgx), "dense grad_x " + Name(c));
+    ExpectClose(gw, Down(dgw), "dense grad_w " + Name(c));
+    ExpectClose(gb, Down(dgb), "dense grad_b " + Name(c));
+  }
+  const int64_t n = s.rows;
+  auto z = RandomVec<float>(n, 46, -5, 5);
+  float loss = 0;
+  std::vector<float> gz(n);
+  ASSERT_TRUE(SigmoidCrossEntropyForwardCpu(n, z.data(), lab.data(), &loss).ok());
+  ASSERT_TRUE(SigmoidCrossEntropyBackwardCpu(n, z.data(), lab.data(), gz.data()).ok());
+  auto dz = Up(z), dlab = Up(lab);
+  auto dloss = Zeros<float>(1), dgz = Zeros<float>(n);
+  ASSERT_TRUE(SigmoidCrossEntropyForwardCuda(n, dz.data(), dlab.data(), dloss.data()).ok());
+  ASSERT_TRUE(SigmoidCrossEntropyBackwardCuda(n, dz.data(), dlab.data(), dgz.data()).ok());
+  ExpectClose({loss}, Down(dloss), "loss");
+  ExpectClose(gz, Down(dgz), "grad_logits");
+  auto p = RandomVec<float>(n, 47);
+  std::vector<float> mm(n, 0.f), vv(n, 0.f);
+  auto dp = Up(p), dmm = Up(mm), dvv = Up(vv);
+  for (int t = 1; t <= 3; ++t) {
+    ASSERT_TRUE(AdamUpdateCpu(AdamConfig{}, t, n, z.data(), p.data(), mm.data(), vv.data()).ok());
+    ASSERT_TRUE(AdamUpdateCuda(AdamConfig{}, t, n, dz.data(), dp.data(), dmm.data(), dvv.data()).ok());
+  }
+  ExpectClose(p, Down(dp), "adam param");
+}
+
+INSTANTIATE_TEST_SUITE_P(AwkwardShapes, CudaVsCpuTest,
+                         ::testing::Values(Case{1, 1, 7}, Case{5, 50, 33}, Case{3, 1000, 64},
+                                           Case{8, 50, 32}, Case{2, 1000, 7}));
+
+TEST(CudaErrorsTest, BadLensAreInvalidArgument) {
+  SKIP_WITHOUT_CUDA();
+  const SeqShape s{2, 3, 4};
+  std::vector<int32_t> lens = {1, 4};
+  auto dl = Up(lens);
+  auto x = Zeros<float>(24), out = Zeros<float>(8);
+  EXPECT_EQ(MaskedMeanPoolForwardCuda(s, x.data(), dl.data(), out.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace mim::kernels
