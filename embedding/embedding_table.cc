@@ -2,8 +2,9 @@
 //
 // Each of the 128 stripes owns
 //  - an arena of fixed-stride records in chunks of a power-of-two number of
-//    rows (~16 KiB per chunk), so rows never move and there is no per-row
-//    heap allocation. Record = 32-byte header + floats:
+//    rows (~16 KiB per chunk, from a per-table ChunkPool that switches to
+//    2 MiB huge-page slabs for large tables), so rows never move and there
+//    is no per-row heap allocation. Record = 32-byte header + floats:
 //      [u64 key][i64 last_update_micros][u64 version][u32 update_count]
 //      [u32 reserved][dim values][state_floats optimizer state]
 //    padded to a multiple of 8 bytes.
@@ -19,7 +20,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <new>
+
+#include <sys/mman.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -31,6 +36,65 @@
 #include "embedding/sharding.h"
 
 namespace mim::embedding {
+
+// Hands out fixed-size chunks for the arenas of one table's stripes. Small
+// tables get plain heap chunks; once the table holds kHugePageAfterBytes,
+// chunks are carved from 2 MiB-aligned slabs marked MADV_HUGEPAGE: random
+// pulls from a large table are TLB-miss bound, and huge pages cut the pull
+// cost by about half on the development VM (bench/embedding_bench).
+// Chunks are freed only with the pool. Safe for concurrent access.
+class ChunkPool {
+ public:
+  static constexpr size_t kSlabBytes = size_t{2} << 20;
+  static constexpr size_t kHugePageAfterBytes = size_t{16} << 20;
+
+  explicit ChunkPool(size_t chunk_bytes) : chunk_bytes_(chunk_bytes) {}
+  ~ChunkPool() {
+    for (void* slab : slabs_) std::free(slab);
+  }
+
+  char* Allocate() {
+    absl::MutexLock lock(&mu_);
+    if (chunk_bytes_ > kSlabBytes || bytes_ < kHugePageAfterBytes) {
+      small_.emplace_back(new char[chunk_bytes_]);
+      bytes_ += chunk_bytes_;
+      return small_.back().get();
+    }
+    if (cursor_ + chunk_bytes_ > slab_end_) {
+      void* slab = std::aligned_alloc(kSlabBytes, kSlabBytes);
+      if (slab == nullptr) {  // fall back to the plain heap
+        small_.emplace_back(new char[chunk_bytes_]);
+        bytes_ += chunk_bytes_;
+        return small_.back().get();
+      }
+      ::madvise(slab, kSlabBytes, MADV_HUGEPAGE);  // a hint; failure is fine
+      slabs_.push_back(slab);
+      bytes_ += kSlabBytes;
+      cursor_ = static_cast<char*>(slab);
+      slab_end_ = cursor_ + kSlabBytes;
+    }
+    char* chunk = cursor_;
+    cursor_ += chunk_bytes_;
+    return chunk;
+  }
+
+  // Everything allocated, including the unused tail of the current slab.
+  size_t bytes() const {
+    absl::MutexLock lock(&mu_);
+    return bytes_ + small_.capacity() * sizeof(small_[0]) +
+           slabs_.capacity() * sizeof(slabs_[0]);
+  }
+
+ private:
+  const size_t chunk_bytes_;
+  mutable absl::Mutex mu_;
+  size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::unique_ptr<char[]>> small_ ABSL_GUARDED_BY(mu_);
+  std::vector<void*> slabs_ ABSL_GUARDED_BY(mu_);
+  char* cursor_ ABSL_GUARDED_BY(mu_) = nullptr;
+  char* slab_end_ ABSL_GUARDED_BY(mu_) = nullptr;
+};
+
 namespace {
 
 constexpr int kStripeBits = 7;
@@ -75,43 +139,48 @@ const float* Values(const char* record) {
   return reinterpret_cast<const float*>(record + kHeaderBytes);
 }
 
+size_t RowsPerChunk(size_t stride) {
+  size_t rows = 1;
+  while (rows * 2 * stride <= kTargetChunkBytes) rows *= 2;
+  return rows;
+}
+
 // Chunked storage of fixed-stride records addressed by a dense slot number.
+// Not thread-safe (guarded by its stripe's lock).
 class RowArena {
  public:
-  explicit RowArena(size_t stride) : stride_(stride) {
-    size_t rows = 1;
-    while (rows * 2 * stride <= kTargetChunkBytes) rows *= 2;
+  RowArena(size_t stride, ChunkPool* pool) : stride_(stride), pool_(pool) {
+    const size_t rows = RowsPerChunk(stride);
     shift_ = 0;
     while ((size_t{1} << shift_) < rows) ++shift_;
     mask_ = (size_t{1} << shift_) - 1;
   }
   char* record(uint32_t slot) {
-    return chunks_[slot >> shift_].get() + (slot & mask_) * stride_;
+    return chunks_[slot >> shift_] + (slot & mask_) * stride_;
   }
   const char* record(uint32_t slot) const {
-    return chunks_[slot >> shift_].get() + (slot & mask_) * stride_;
+    return chunks_[slot >> shift_] + (slot & mask_) * stride_;
   }
   uint64_t key(uint32_t slot) const {
     return Load<uint64_t>(record(slot) + kKeyOffset);
   }
   uint32_t Append() {
     if ((size_ & mask_) == 0 && (size_ >> shift_) == chunks_.size()) {
-      chunks_.emplace_back(new char[stride_ << shift_]);
+      chunks_.push_back(pool_->Allocate());
     }
     return size_++;
   }
   uint32_t size() const { return size_; }
-  size_t bytes() const {
-    return chunks_.size() * (stride_ << shift_) +
-           chunks_.capacity() * sizeof(chunks_[0]);
-  }
+  // The chunk table only; chunk memory is accounted by the pool.
+  size_t bytes() const { return chunks_.capacity() * sizeof(chunks_[0]); }
 
  private:
   const size_t stride_;
+  ChunkPool* const pool_;
   int shift_;
   size_t mask_;
   uint32_t size_ = 0;
-  std::vector<std::unique_ptr<char[]>> chunks_;
+  std::vector<char*> chunks_;  // owned by pool_
 };
 
 // Lookup probe, distinct from a slot number so overloads cannot mix them up.
@@ -157,8 +226,8 @@ absl::Status CheckFinite(absl::Span<const uint64_t> keys,
 }  // namespace
 
 struct EmbeddingTable::Stripe {
-  explicit Stripe(size_t stride)
-      : arena(stride), index(0, SlotHash{&arena}, SlotEq{&arena}) {}
+  Stripe(size_t stride, ChunkPool* pool)
+      : arena(stride, pool), index(0, SlotHash{&arena}, SlotEq{&arena}) {}
 
   // Orders writes (stage, persist, install) touching this stripe; taken
   // before `mu`, in ascending stripe order.
@@ -217,9 +286,10 @@ EmbeddingTable::EmbeddingTable(const TableConfig& config)
                7) & ~size_t{7}) {
   // Stripes hold mutexes and their index points into their arena: they are
   // heap-allocated once and never move.
+  pool_ = std::make_unique<ChunkPool>(stride_ * RowsPerChunk(stride_));
   stripes_.reserve(kNumStripes);
   for (size_t s = 0; s < kNumStripes; ++s) {
-    stripes_.push_back(std::make_unique<Stripe>(stride_));
+    stripes_.push_back(std::make_unique<Stripe>(stride_, pool_.get()));
   }
 }
 
@@ -274,20 +344,42 @@ absl::Status EmbeddingTable::Pull(absl::Span<const uint64_t> keys,
     }
   }
 
+  // Lookups are memory-latency bound (index group, then the record), so
+  // each block of keys goes through three passes: prefetch the index
+  // probes, find the records and prefetch them, then copy. The misses of a
+  // block overlap instead of queueing one key at a time.
+  constexpr uint32_t kBlock = 16;
   std::vector<uint32_t> absent;
   for (size_t s = 0; s < kNumStripes; ++s) {
     if (start[s] == start[s + 1]) continue;
     const Stripe& stripe = *stripes_[s];
     absl::ReaderMutexLock lock(&stripe.mu);
-    for (uint32_t j = start[s]; j < start[s + 1]; ++j) {
-      const uint32_t i = order[j];
-      const int64_t slot = stripe.Find(keys[i]);
-      if (slot >= 0) {
-        std::memcpy(values + size_t{i} * dim,
-                    Values(stripe.arena.record(static_cast<uint32_t>(slot))),
-                    row_bytes);
-      } else {
-        absent.push_back(i);
+    for (uint32_t b = start[s]; b < start[s + 1]; b += kBlock) {
+      const uint32_t e = std::min(b + kBlock, start[s + 1]);
+      for (uint32_t j = b; j < e; ++j) {
+        stripe.index.prefetch(KeyProbe{keys[order[j]]});
+      }
+      const char* found[kBlock];
+      for (uint32_t j = b; j < e; ++j) {
+        const int64_t slot = stripe.Find(keys[order[j]]);
+        if (slot < 0) {
+          found[j - b] = nullptr;
+          continue;
+        }
+        const char* rec = stripe.arena.record(static_cast<uint32_t>(slot));
+        found[j - b] = rec;
+        for (size_t off = 64; off < kHeaderBytes + row_bytes; off += 64) {
+          __builtin_prefetch(rec + off);
+        }
+      }
+      for (uint32_t j = b; j < e; ++j) {
+        const uint32_t i = order[j];
+        if (found[j - b] != nullptr) {
+          std::memcpy(values + size_t{i} * dim, Values(found[j - b]),
+                      row_bytes);
+        } else {
+          absent.push_back(i);
+        }
       }
     }
   }
@@ -609,7 +701,8 @@ void EmbeddingTable::ForEachRow(const RowVisitor& visit) const {
 TableStats EmbeddingTable::Stats() const {
   TableStats stats;
   stats.config = config_;
-  uint64_t bytes = sizeof(*this) + (sizeof(Stripe) + sizeof(void*)) * kNumStripes;
+  uint64_t bytes = sizeof(*this) + (sizeof(Stripe) + sizeof(void*)) * kNumStripes +
+                   pool_->bytes();
   for (size_t s = 0; s < kNumStripes; ++s) {
     const Stripe& stripe = *stripes_[s];
     absl::ReaderMutexLock lock(&stripe.mu);

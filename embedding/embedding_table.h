@@ -30,6 +30,8 @@
 
 namespace mim::embedding {
 
+class ChunkPool;  // embedding_table.cc
+
 // Rows changed by one write, in the table's record format (see
 // embedding_table.cc). Not thread-safe; owned by the write in progress.
 class ChangedRows {
@@ -131,6 +133,7 @@ class EmbeddingTable {
   const TableConfig config_;
   const uint32_t state_floats_;
   const size_t stride_;  // bytes per record
+  std::unique_ptr<ChunkPool> pool_;  // memory of every stripe's rows
   std::vector<std::unique_ptr<Stripe>> stripes_;  // never resized
   std::atomic<uint64_t> keys_pulled_{0};
   std::atomic<uint64_t> keys_pushed_{0};
