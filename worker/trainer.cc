@@ -1,0 +1,519 @@
+#include "worker/trainer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <memory>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "glog/logging.h"
+#include "kernels/common.h"
+#include "nlohmann/json.hpp"
+#include "proto/ps.pb.h"
+#include "ps/client.h"
+#include "worker/data/sample_io.h"
+#include "worker/trainer_pipeline.h"
+#include "worker/trainer_progress.h"
+#include "worker/trainer_sync.h"
+
+namespace mim::worker {
+namespace {
+
+constexpr char kModelFile[] = "model.mimmodel";
+constexpr char kManifestFile[] = "manifest.json";
+
+std::string TableBase(const TrainerOptions& o) {
+  return absl::StrCat(o.table_prefix, o.model_name, "_s", o.seed);
+}
+
+absl::Status ValidateOptions(const TrainerOptions& o) {
+  auto bad = [](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat(parts...));
+  };
+  if (o.ps_addresses.empty()) return bad("--ps: no shard addresses");
+  if (o.train_path.empty()) return bad("--train is required");
+  if (o.validation_tail_fraction == 0.0 && o.test_path.empty()) {
+    return bad("--test is required unless --validation_tail_fraction > 0");
+  }
+  if (!(o.validation_tail_fraction >= 0.0 && o.validation_tail_fraction < 1.0)) {
+    return bad("--validation_tail_fraction = ", o.validation_tail_fraction,
+               "; expected in [0, 1)");
+  }
+  if (o.epochs < 1) return bad("--epochs = ", o.epochs, "; expected >= 1");
+  if (o.batch_size < 1 || o.eval_batch_size < 1) {
+    return bad("batch sizes must be >= 1");
+  }
+  if (!(o.lr > 0) || !(o.id_lr > 0)) return bad("--lr and --id_lr must be > 0");
+  if (o.num_workers < 1 || o.worker_index < 0 ||
+      o.worker_index >= o.num_workers) {
+    return bad("--worker_index = ", o.worker_index, ", --num_workers = ",
+               o.num_workers, "; expected 0 <= worker_index < num_workers");
+  }
+  if (o.dense_params != "auto" && o.dense_params != "local" &&
+      o.dense_params != "ps") {
+    return bad("--dense_params = '", o.dense_params,
+               "'; expected auto, local or ps");
+  }
+  if (o.dense_params == "local" && o.num_workers > 1) {
+    return bad("--dense_params=local with --num_workers=", o.num_workers,
+               ": data-parallel workers must share dense parameters (ps)");
+  }
+  if (o.threads < 1) return bad("--threads must be >= 1");
+  if (o.loss_every < 1) return bad("--loss_every must be >= 1");
+  if (o.max_train_samples < 0) return bad("--max_train_samples must be >= 0");
+  return absl::OkStatus();
+}
+
+// What one streaming pass over the training file tells us.
+struct TrainFileSummary {
+  int64_t samples = 0;
+  int64_t min_ts = std::numeric_limits<int64_t>::max();
+  int64_t max_ts = std::numeric_limits<int64_t>::min();
+};
+
+absl::StatusOr<TrainFileSummary> SummarizeTrainFile(const std::string& path) {
+  absl::StatusOr<std::unique_ptr<data::SampleReader>> reader =
+      data::SampleReader::Open(path);
+  if (!reader.ok()) return reader.status();
+  TrainFileSummary summary;
+  std::vector<data::Sample> batch;
+  while (true) {
+    absl::StatusOr<size_t> n = (*reader)->ReadBatch(8192, &batch);
+    if (!n.ok()) return n.status();
+    if (*n == 0) break;
+    for (const data::Sample& s : batch) {
+      summary.min_ts = std::min(summary.min_ts, s.timestamp);
+      summary.max_ts = std::max(summary.max_ts, s.timestamp);
+    }
+    summary.samples += static_cast<int64_t>(*n);
+  }
+  if (summary.samples == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": no training samples"));
+  }
+  return summary;
+}
+
+// Target-item sample counts of the samples `filter` accepts, and how many
+// samples it accepts.
+absl::StatusOr<std::pair<absl::flat_hash_map<int64_t, int64_t>, int64_t>>
+CountTrainItems(const std::string& path, const SampleFilter& filter) {
+  absl::StatusOr<std::unique_ptr<data::SampleReader>> reader =
+      data::SampleReader::Open(path);
+  if (!reader.ok()) return reader.status();
+  absl::flat_hash_map<int64_t, int64_t> counts;
+  int64_t accepted = 0;
+  std::vector<data::Sample> batch;
+  while (filter.max_samples == 0 || accepted < filter.max_samples) {
+    absl::StatusOr<size_t> n = (*reader)->ReadBatch(8192, &batch);
+    if (!n.ok()) return n.status();
+    if (*n == 0) break;
+    for (const data::Sample& s : batch) {
+      if (!filter.Accepts(s)) continue;
+      if (filter.max_samples > 0 && accepted >= filter.max_samples) break;
+      ++counts[s.item_id];
+      ++accepted;
+    }
+  }
+  return std::make_pair(std::move(counts), accepted);
+}
+
+// This worker's share of `total` samples cut into batches of `batch_size`
+// and dealt round-robin to `num_workers` workers.
+int64_t WorkerShare(int64_t total, int batch_size, int num_workers,
+                    int worker_index) {
+  const int64_t batches = (total + batch_size - 1) / batch_size;
+  int64_t samples = 0;
+  for (int64_t b = worker_index; b < batches; b += num_workers) {
+    samples += std::min<int64_t>(batch_size, total - b * batch_size);
+  }
+  return samples;
+}
+
+ps::TableConfig IdTableConfig(const TrainerOptions& o, const std::string& name,
+                              int dim) {
+  ps::TableConfig config;
+  config.set_name(name);
+  config.set_kind(ps::ID);
+  config.set_dim(dim);
+  config.mutable_optimizer()->set_name(o.id_optimizer);
+  config.mutable_optimizer()->set_learning_rate(o.id_lr);
+  config.mutable_initializer()->set_name("normal");
+  config.mutable_initializer()->set_scale(o.id_init_scale);
+  config.mutable_initializer()->set_seed(o.seed);
+  return config;
+}
+
+// Finds the content table, checks its kind, returns (dim, version).
+absl::StatusOr<std::pair<int, uint64_t>> InspectContentTable(
+    ps::PsClient* client, const std::string& name) {
+  absl::StatusOr<std::vector<ps::TableConfig>> tables = client->ListTables();
+  if (!tables.ok()) return tables.status();
+  for (const ps::TableConfig& t : *tables) {
+    if (t.name() != name) continue;
+    if (t.kind() != ps::CONTENT) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--content_table=", name, " is an ID table; expected CONTENT"));
+    }
+    absl::StatusOr<std::vector<ps::PsClient::ShardStats>> stats =
+        client->Stats(name);
+    if (!stats.ok()) return stats.status();
+    uint64_t version = 0;
+    for (const ps::TableStats& s : ps::TotalStats(*stats)) {
+      if (s.config().name() == name) version = s.max_version();
+    }
+    return std::make_pair(static_cast<int>(t.dim()), version);
+  }
+  return absl::NotFoundError(absl::StrCat(
+      "content table '", name, "' does not exist on the shards; ingest "
+      "content vectors first or leave --content_table empty"));
+}
+
+absl::StatusOr<EvalReport> Evaluate(
+    ps::PsClient* client, model::CiubmModel* model, const TrainerOptions& o,
+    const BatchPipeline::Options& base, const std::string& source,
+    const std::string& path, const SampleFilter& filter,
+    const absl::flat_hash_map<int64_t, int64_t>& train_item_counts) {
+  const absl::Time start = absl::Now();
+  BatchPipeline::Options options = base;
+  options.path = path;
+  options.filter = filter;
+  options.batch_size = o.eval_batch_size;
+  options.num_workers = 1;
+  options.worker_index = 0;
+  options.create_id_rows = false;
+  absl::StatusOr<std::unique_ptr<BatchPipeline>> pipeline =
+      BatchPipeline::Start(client, options);
+  if (!pipeline.ok()) return pipeline.status();
+  std::vector<eval::Prediction> predictions;
+  PreparedBatch batch;
+  std::vector<float> probs;
+  while (true) {
+    absl::StatusOr<bool> got = (*pipeline)->Next(&batch);
+    if (!got.ok()) return got.status();
+    if (!*got) break;
+    absl::Status forward = model->Forward(batch.batch, &probs);
+    if (!forward.ok()) return forward;
+    for (size_t i = 0; i < batch.samples.size(); ++i) {
+      eval::Prediction p;
+      p.prob = probs[i];
+      p.label = batch.samples[i].label;
+      p.user_id = batch.samples[i].user_id;
+      p.item_id = batch.samples[i].item_id;
+      predictions.push_back(p);
+    }
+  }
+  EvalReport report;
+  report.source = source;
+  report.path = path;
+  report.n = static_cast<int64_t>(predictions.size());
+  for (const eval::Prediction& p : predictions) report.positives += p.label;
+  std::vector<double> scores;
+  std::vector<int> labels;
+  for (const eval::Prediction& p : predictions) {
+    scores.push_back(p.prob);
+    labels.push_back(p.label);
+  }
+  // A metric that cannot be computed (e.g. one class only) is left unset
+  // and reported as null, so the rest of the report survives.
+  if (absl::StatusOr<double> auc = eval::Auc(scores, labels); auc.ok()) {
+    report.auc = *auc;
+  }
+  if (absl::StatusOr<eval::GaucResult> g = eval::Gauc(predictions); g.ok()) {
+    report.gauc = *g;
+  }
+  if (absl::StatusOr<double> ll = eval::LogLoss(predictions); ll.ok()) {
+    report.logloss = *ll;
+  }
+  report.cold = eval::ColdAuc(predictions, train_item_counts);
+  absl::StatusOr<std::vector<eval::GroupAuc>> groups =
+      eval::AucByItemFrequency(predictions, train_item_counts, 10);
+  if (!groups.ok()) return groups.status();
+  report.by_item_frequency = std::move(*groups);
+  report.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  return report;
+}
+
+absl::Status WriteManifest(const std::string& path, const TrainerOptions& o,
+                           const TrainReport& r, size_t num_shards) {
+  nlohmann::json manifest;
+  manifest["format"] = "mim-model-manifest v1";
+  manifest["model"] = r.config.name;
+  manifest["model_file"] = kModelFile;
+  manifest["model_config"] = {
+      {"name", r.config.name},
+      {"id_dim", r.config.id_dim},
+      {"content_dim", r.config.content_dim},
+      {"use_id_interest", r.config.use_id_interest},
+      {"use_content_interest", r.config.use_content_interest},
+      {"use_fusion", r.config.use_fusion},
+      {"uses_content", model::UsesContent(r.config)},
+      {"seed", r.config.seed}};
+  manifest["num_shards"] = num_shards;
+  manifest["id_table"] = {{"name", r.id_table},
+                          {"dim", r.config.id_dim},
+                          {"optimizer", o.id_optimizer},
+                          {"learning_rate", o.id_lr}};
+  if (r.content_table.empty()) {
+    manifest["content_table"] = nullptr;
+  } else {
+    manifest["content_table"] = {{"name", r.content_table},
+                                 {"dim", r.config.content_dim},
+                                 {"version", r.content_version}};
+  }
+  manifest["dense_params"] = r.dense_mode;
+  manifest["dense_table"] =
+      r.dense_table.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.dense_table);
+  manifest["train_samples"] = r.train_samples;
+  manifest["created_unix"] = absl::ToUnixSeconds(absl::Now());
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << manifest.dump(2) << "\n";
+    out.close();
+    if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("rename ", tmp, " -> ", path, ": ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string IdTableName(const TrainerOptions& options) {
+  return options.id_table.empty() ? TableBase(options) + "_id"
+                                  : options.id_table;
+}
+
+absl::StatusOr<TrainReport> RunTrainer(const TrainerOptions& o,
+                                       std::ostream* progress) {
+  absl::Status valid = ValidateOptions(o);
+  if (!valid.ok()) return valid;
+  kernels::SetCpuThreads(o.threads);
+
+  TrainReport report;
+  absl::StatusOr<model::ModelConfig> config =
+      model::ModelConfigFromName(o.model_name);
+  if (!config.ok()) return config.status();
+  config->seed = o.seed;
+  config->id_dim = o.id_dim;
+  config->adam.learning_rate = o.lr;
+  config->use_id_interest = !o.no_id_interest;
+  config->use_content_interest = !o.no_content_interest;
+  config->use_fusion = !o.no_fusion;
+
+  ps::PsClient::Options client_options;
+  client_options.timeout = absl::Seconds(60);
+  client_options.channels_per_shard = 2;  // trainer thread + prefetch thread
+  absl::StatusOr<std::unique_ptr<ps::PsClient>> client =
+      ps::PsClient::Create(o.ps_addresses, client_options);
+  if (!client.ok()) return client.status();
+  ps::PsClient* ps = client->get();
+
+  if (!o.content_table.empty()) {
+    absl::StatusOr<std::pair<int, uint64_t>> content =
+        InspectContentTable(ps, o.content_table);
+    if (!content.ok()) return content.status();
+    config->content_dim = content->first;
+    report.content_table = o.content_table;
+    report.content_version = content->second;
+  } else if (model::UsesContent(*config)) {
+    LOG(WARNING) << "model " << o.model_name
+                 << " reads content but --content_table is empty: content "
+                    "vectors are zeros";
+  }
+  absl::StatusOr<std::unique_ptr<model::CiubmModel>> model =
+      model::CiubmModel::Create(*config);
+  if (!model.ok()) return model.status();
+  report.config = (*model)->config();
+
+  report.id_table = IdTableName(o);
+  absl::Status created = ps->CreateTable(
+      IdTableConfig(o, report.id_table, config->id_dim), true);
+  if (!created.ok()) return created;
+
+  const bool dense_on_ps = o.dense_params == "ps" ||
+                           (o.dense_params == "auto" && o.num_workers > 1);
+  report.dense_mode = dense_on_ps ? "ps" : "local";
+  std::unique_ptr<PsDenseParams> dense;
+  std::unique_ptr<FinishBarrier> barrier;
+  if (dense_on_ps) {
+    report.dense_table = TableBase(o) + "_dense";
+    PsDenseParams::AdamOptions adam;
+    adam.learning_rate = config->adam.learning_rate;
+    adam.beta1 = config->adam.beta1;
+    adam.beta2 = config->adam.beta2;
+    adam.epsilon = config->adam.epsilon;
+    absl::StatusOr<std::unique_ptr<PsDenseParams>> d = PsDenseParams::Create(
+        ps, report.dense_table, (*model)->dense_params(), adam, o.seed);
+    if (!d.ok()) return d.status();
+    dense = std::move(*d);
+  }
+  if (o.num_workers > 1) {
+    absl::StatusOr<std::unique_ptr<FinishBarrier>> b = FinishBarrier::Create(
+        ps, TableBase(o) + "_sync", o.num_workers, o.worker_index);
+    if (!b.ok()) return b.status();
+    barrier = std::move(*b);
+  }
+
+  // Training portion of the train file (and the held-out tail).
+  absl::StatusOr<TrainFileSummary> summary = SummarizeTrainFile(o.train_path);
+  if (!summary.ok()) return summary.status();
+  SampleFilter train_filter;
+  train_filter.max_samples = o.max_train_samples;
+  SampleFilter validation_filter;
+  if (o.validation_tail_fraction > 0) {
+    const double span =
+        static_cast<double>(summary->max_ts - summary->min_ts);
+    const int64_t cutoff =
+        summary->min_ts + static_cast<int64_t>(std::ceil(
+                              (1.0 - o.validation_tail_fraction) * span));
+    if (cutoff <= summary->min_ts || cutoff > summary->max_ts) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          o.train_path, ": timestamps span [", summary->min_ts, ", ",
+          summary->max_ts, "]; too narrow to hold out a tail of ",
+          o.validation_tail_fraction));
+    }
+    train_filter.max_timestamp = cutoff;
+    validation_filter.min_timestamp = cutoff;
+    report.validation_cutoff = cutoff;
+  }
+  absl::StatusOr<std::pair<absl::flat_hash_map<int64_t, int64_t>, int64_t>>
+      item_counts = CountTrainItems(o.train_path, train_filter);
+  if (!item_counts.ok()) return item_counts.status();
+  report.train_items = static_cast<int64_t>(item_counts->first.size());
+  const int64_t epoch_samples = WorkerShare(
+      item_counts->second, o.batch_size, o.num_workers, o.worker_index);
+
+  BatchPipeline::Options pipe;
+  pipe.path = o.train_path;
+  pipe.filter = train_filter;
+  pipe.batch_size = o.batch_size;
+  pipe.num_workers = o.num_workers;
+  pipe.worker_index = o.worker_index;
+  pipe.id_table = report.id_table;
+  pipe.id_dim = config->id_dim;
+  pipe.content_table = o.content_table;
+  pipe.content_dim = config->content_dim;
+  pipe.create_id_rows = true;
+  pipe.prefetch = o.prefetch;
+
+  // Training loop.
+  const absl::Time train_start = absl::Now();
+  std::vector<float> grad_id;
+  std::vector<float> grad_dense;
+  double window_loss = 0.0;
+  int64_t window_batches = 0;
+  for (int epoch = 1; epoch <= o.epochs; ++epoch) {
+    absl::StatusOr<std::unique_ptr<BatchPipeline>> pipeline =
+        BatchPipeline::Start(ps, pipe);
+    if (!pipeline.ok()) return pipeline.status();
+    ProgressBar bar(progress, epoch, o.epochs, epoch_samples);
+    int64_t epoch_done = 0;
+    double smoothed = std::numeric_limits<double>::quiet_NaN();
+    PreparedBatch batch;
+    while (true) {
+      absl::StatusOr<bool> got = (*pipeline)->Next(&batch);
+      if (!got.ok()) return got.status();
+      if (!*got) break;
+      float loss = 0.0f;
+      absl::Status step;
+      if (dense != nullptr) {
+        step = dense->Fetch(&(*model)->dense_params());
+        if (step.ok()) {
+          step = (*model)->ForwardBackward(batch.batch, &loss, &grad_id,
+                                           &grad_dense);
+        }
+        if (step.ok()) step = dense->PushGradient(grad_dense);
+      } else {
+        step = (*model)->TrainStep(batch.batch, &loss, &grad_id);
+      }
+      if (!step.ok()) return step;
+      if (!std::isfinite(loss)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "training diverged: loss ", loss, " at batch ", batch.index,
+            " of epoch ", epoch, "; lower --lr or --id_lr"));
+      }
+      absl::StatusOr<uint64_t> pushed =
+          ps->Push(report.id_table, batch.id_keys, grad_id);
+      if (!pushed.ok()) return pushed.status();
+
+      const int64_t n = static_cast<int64_t>(batch.samples.size());
+      epoch_done += n;
+      report.train_samples += n;
+      ++report.train_batches;
+      smoothed = std::isnan(smoothed) ? loss : 0.98 * smoothed + 0.02 * loss;
+      window_loss += loss;
+      if (++window_batches == o.loss_every) {
+        report.loss_curve.push_back({epoch, report.train_batches,
+                                     report.train_samples,
+                                     window_loss / window_batches});
+        window_loss = 0.0;
+        window_batches = 0;
+      }
+      bar.Update(epoch_done, smoothed);
+    }
+    bar.Finish(epoch_done, std::isnan(smoothed) ? 0.0 : smoothed);
+  }
+  if (window_batches > 0) {
+    report.loss_curve.push_back({o.epochs, report.train_batches,
+                                 report.train_samples,
+                                 window_loss / window_batches});
+  }
+  report.train_seconds = absl::ToDoubleSeconds(absl::Now() - train_start);
+  report.train_samples_per_sec =
+      report.train_seconds > 0 ? report.train_samples / report.train_seconds
+                               : 0.0;
+
+  if (barrier != nullptr) {
+    absl::Status arrived = barrier->Arrive();
+    if (!arrived.ok()) return arrived;
+  }
+  if (o.worker_index != 0) return report;  // Worker 0 evaluates and saves.
+  if (barrier != nullptr) {
+    absl::Status all = barrier->WaitAll(absl::Seconds(o.barrier_timeout_s));
+    if (!all.ok()) return all;
+  }
+  if (dense != nullptr) {
+    absl::Status fetched = dense->Fetch(&(*model)->dense_params());
+    if (!fetched.ok()) return fetched;
+  }
+
+  const bool validation = o.validation_tail_fraction > 0;
+  absl::StatusOr<EvalReport> evaluated = Evaluate(
+      ps, model->get(), o, pipe, validation ? "validation_tail" : "test",
+      validation ? o.train_path : o.test_path,
+      validation ? validation_filter : SampleFilter(), item_counts->first);
+  if (!evaluated.ok()) return evaluated.status();
+  report.eval = std::move(*evaluated);
+
+  if (!o.model_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(o.model_dir, ec);
+    if (ec) {
+      return absl::InternalError(absl::StrCat("cannot create --model_dir=",
+                                              o.model_dir, ": ", ec.message()));
+    }
+    const std::string model_path = o.model_dir + "/" + kModelFile;
+    absl::Status saved = (*model)->Save(model_path);
+    if (!saved.ok()) return saved;
+    const std::string manifest_path = o.model_dir + "/" + kManifestFile;
+    absl::Status written =
+        WriteManifest(manifest_path, o, report, o.ps_addresses.size());
+    if (!written.ok()) return written;
+    report.model_files = {model_path, manifest_path};
+  }
+  return report;
+}
+
+}  // namespace mim::worker

@@ -1,0 +1,113 @@
+// The CiUBM trainer: streams a sample file through a model whose ID
+// embeddings live on parameter-server shards, then evaluates on a test file
+// (or a held-out tail of the training period) and saves the dense model.
+//
+// Per batch: BatchPipeline (read, BatchBuilder, Pull ID rows / content rows)
+// -> model ForwardBackward -> Push the ID-row gradients (the shard's
+// optimizer applies them) -> dense update. Dense parameters are local (Adam
+// in the model) for one worker, or shared through the PS (PsDenseParams,
+// Adam on the shard) for data-parallel workers.
+#ifndef MIM_WORKER_TRAINER_H_
+#define MIM_WORKER_TRAINER_H_
+
+#include <cstdint>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/eval/metrics.h"
+#include "worker/model/ciubm_model.h"
+
+namespace mim::worker {
+
+// Plain value type; mirrors the trainer binary's flags.
+struct TrainerOptions {
+  std::vector<std::string> ps_addresses;  // shard order
+  std::string train_path;
+  std::string test_path;  // unused with validation_tail_fraction > 0
+  std::string model_name = "din_mim";
+  std::string model_dir;  // empty: nothing saved
+  int epochs = 1;
+  int batch_size = 1024;
+  int eval_batch_size = 4096;
+  float lr = 1e-3f;            // dense Adam
+  float id_lr = 0.05f;         // ID table optimizer on the shards
+  std::string id_optimizer = "adagrad";
+  float id_init_scale = 0.01f;  // normal(0, scale) for new ID rows
+  int id_dim = 32;
+  uint64_t seed = 1;
+  std::string content_table;  // empty: content rows are zeros
+  std::string id_table;       // empty: <table_prefix><model>_s<seed>_id
+  std::string table_prefix;
+  int num_workers = 1;
+  int worker_index = 0;
+  // "auto" (ps when num_workers > 1), "local" or "ps".
+  std::string dense_params = "auto";
+  double validation_tail_fraction = 0.0;
+  int threads = 1;
+  int64_t max_train_samples = 0;  // 0: all
+  bool no_id_interest = false;
+  bool no_content_interest = false;
+  bool no_fusion = false;
+  bool prefetch = true;
+  int loss_every = 10;  // batches per loss-curve point
+  double barrier_timeout_s = 3600;
+};
+
+// One point of the training loss curve: mean loss of the batches since the
+// previous point.
+struct LossPoint {
+  int epoch = 0;
+  int64_t batch = 0;    // this worker's batches so far
+  int64_t samples = 0;  // this worker's samples so far
+  double loss = 0.0;
+};
+
+struct EvalReport {
+  std::string source;  // "test" or "validation_tail"
+  std::string path;
+  int64_t n = 0;
+  int64_t positives = 0;
+  std::optional<double> auc;
+  std::optional<eval::GaucResult> gauc;
+  std::optional<double> logloss;
+  eval::GroupAuc cold;
+  std::vector<eval::GroupAuc> by_item_frequency;
+  double seconds = 0.0;
+};
+
+struct TrainReport {
+  model::ModelConfig config;
+  std::string dense_mode;  // "local" or "ps"
+  std::string id_table;
+  std::string content_table;
+  uint64_t content_version = 0;
+  std::string dense_table;  // empty for local
+  int64_t train_samples = 0;  // this worker, all epochs
+  int64_t train_batches = 0;
+  int64_t train_items = 0;    // distinct target items in the train portion
+  int64_t validation_cutoff = 0;  // first held-out timestamp, 0 if none
+  double train_seconds = 0.0;
+  double train_samples_per_sec = 0.0;
+  std::vector<LossPoint> loss_curve;
+  std::optional<EvalReport> eval;  // worker 0 only
+  std::vector<std::string> model_files;  // written under model_dir
+};
+
+// Runs the whole job. `progress` (may be null) gets the progress bar.
+// Errors: INVALID_ARGUMENT for bad options or data; NOT_FOUND for a missing
+// file or content table; shard errors as PsClient; INTERNAL for write
+// failures in model_dir; DEADLINE_EXCEEDED if other workers do not finish
+// within barrier_timeout_s.
+absl::StatusOr<TrainReport> RunTrainer(const TrainerOptions& options,
+                                       std::ostream* progress);
+
+// The ID table name RunTrainer uses for `options`.
+std::string IdTableName(const TrainerOptions& options);
+
+}  // namespace mim::worker
+
+#endif  // MIM_WORKER_TRAINER_H_

@@ -1,0 +1,138 @@
+// //worker:trainer: trains a CiUBM/baseline CTR model against parameter-
+// server shards, evaluates it and writes metrics JSON and a model directory.
+//
+//   bazel run //worker:trainer -- --ps=127.0.0.1:5000,127.0.0.1:5001 \
+//     --train=train.tsv --test=test.tsv --model=din_mim \
+//     --content_table=item_content --metrics_out=m.json --model_dir=out/
+#include <iostream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "gflags/gflags.h"
+#include "glog/logging.h"
+#include "worker/trainer.h"
+#include "worker/trainer_report.h"
+
+DEFINE_string(ps, "", "Shard addresses host:port, comma-separated, in shard order");
+DEFINE_string(train, "", "Training sample file (mim-samples v1)");
+DEFINE_string(test, "", "Test sample file (ignored with --validation_tail_fraction)");
+DEFINE_string(model, "din_mim",
+              "avgpool, din, sim, avgpool_ct, din_ct, sim_ct, avgpool_mim, "
+              "din_mim or sim_mim");
+DEFINE_string(metrics_out, "", "Where to write the metrics JSON (empty: none)");
+DEFINE_string(model_dir, "", "Directory for the dense model and manifest.json");
+DEFINE_int32(epochs, 1, "Passes over the training data");
+DEFINE_int32(batch_size, 1024, "Training batch size");
+DEFINE_int32(eval_batch_size, 4096, "Evaluation batch size");
+DEFINE_double(lr, 1e-3, "Dense Adam learning rate");
+DEFINE_double(id_lr, 0.05, "Learning rate of the ID table optimizer on the shards");
+DEFINE_string(id_optimizer, "adagrad", "ID table optimizer: sgd, adagrad, adam, ftrl");
+DEFINE_double(id_init_scale, 0.01, "Stddev of new ID rows (normal initializer)");
+DEFINE_int32(id_dim, 32, "ID embedding dimension");
+DEFINE_uint64(seed, 1, "Seed of dense init and ID row init");
+DEFINE_string(content_table, "", "Content table on the shards (empty: zeros)");
+DEFINE_string(id_table, "",
+              "ID table name (empty: <table_prefix><model>_s<seed>_id)");
+DEFINE_string(table_prefix, "", "Prefix of the derived table names");
+DEFINE_int32(num_workers, 1, "Data-parallel worker processes");
+DEFINE_int32(worker_index, 0, "This worker, 0..num_workers-1 (0 evaluates)");
+DEFINE_string(dense_params, "auto",
+              "Where dense params live: local (one worker), ps (a shared "
+              "Adam table on the shards), auto (ps iff num_workers > 1)");
+DEFINE_double(validation_tail_fraction, 0.0,
+              "If > 0, hold out this last fraction of the training period "
+              "(by timestamp) and evaluate on it instead of --test");
+DEFINE_int32(threads, 1, "CPU threads of the model kernels");
+DEFINE_int64(max_train_samples, 0, "Train on at most this many samples per epoch (0: all)");
+DEFINE_bool(no_id_interest, false, "Ablation: drop the ID interest module");
+DEFINE_bool(no_content_interest, false, "Ablation: drop the content interest module");
+DEFINE_bool(no_fusion, false, "Ablation: drop the fusion module");
+DEFINE_bool(prefetch, true, "Read and pull the next batch on a second thread");
+DEFINE_int32(loss_every, 10, "Batches per loss-curve point");
+DEFINE_double(barrier_timeout_s, 3600, "Worker 0's wait for the other workers");
+DEFINE_bool(progress, true, "Progress bar on stderr");
+
+namespace {
+
+// Every flag defined in this file, as name -> current value.
+std::vector<std::pair<std::string, std::string>> OwnFlags() {
+  std::vector<gflags::CommandLineFlagInfo> all;
+  gflags::GetAllFlags(&all);
+  std::vector<std::pair<std::string, std::string>> own;
+  for (const gflags::CommandLineFlagInfo& f : all) {
+    if (f.filename.find("trainer_main.cc") != std::string::npos) {
+      own.emplace_back(f.name, f.current_value);
+    }
+  }
+  return own;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  gflags::SetUsageMessage("Trains and evaluates a CiUBM CTR model on the PS");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  FLAGS_logtostderr = true;
+  google::InitGoogleLogging(argv[0]);
+
+  mim::worker::TrainerOptions o;
+  for (absl::string_view a : absl::StrSplit(FLAGS_ps, ',', absl::SkipEmpty())) {
+    o.ps_addresses.emplace_back(a);
+  }
+  o.train_path = FLAGS_train;
+  o.test_path = FLAGS_test;
+  o.model_name = FLAGS_model;
+  o.model_dir = FLAGS_model_dir;
+  o.epochs = FLAGS_epochs;
+  o.batch_size = FLAGS_batch_size;
+  o.eval_batch_size = FLAGS_eval_batch_size;
+  o.lr = static_cast<float>(FLAGS_lr);
+  o.id_lr = static_cast<float>(FLAGS_id_lr);
+  o.id_optimizer = FLAGS_id_optimizer;
+  o.id_init_scale = static_cast<float>(FLAGS_id_init_scale);
+  o.id_dim = FLAGS_id_dim;
+  o.seed = FLAGS_seed;
+  o.content_table = FLAGS_content_table;
+  o.id_table = FLAGS_id_table;
+  o.table_prefix = FLAGS_table_prefix;
+  o.num_workers = FLAGS_num_workers;
+  o.worker_index = FLAGS_worker_index;
+  o.dense_params = FLAGS_dense_params;
+  o.validation_tail_fraction = FLAGS_validation_tail_fraction;
+  o.threads = FLAGS_threads;
+  o.max_train_samples = FLAGS_max_train_samples;
+  o.no_id_interest = FLAGS_no_id_interest;
+  o.no_content_interest = FLAGS_no_content_interest;
+  o.no_fusion = FLAGS_no_fusion;
+  o.prefetch = FLAGS_prefetch;
+  o.loss_every = FLAGS_loss_every;
+  o.barrier_timeout_s = FLAGS_barrier_timeout_s;
+
+  absl::StatusOr<mim::worker::TrainReport> report =
+      mim::worker::RunTrainer(o, FLAGS_progress ? &std::cerr : nullptr);
+  if (!report.ok()) {
+    std::cerr << "trainer: " << report.status() << "\n";
+    return 1;
+  }
+  if (!FLAGS_metrics_out.empty()) {
+    absl::Status written =
+        mim::worker::WriteMetricsJson(FLAGS_metrics_out, *report, o, OwnFlags());
+    if (!written.ok()) {
+      std::cerr << "trainer: " << written << "\n";
+      return 1;
+    }
+  }
+  const auto& r = *report;
+  std::cout << "model " << r.config.name << ": " << r.train_samples
+            << " samples in " << r.train_seconds << " s ("
+            << r.train_samples_per_sec << " samples/s)";
+  if (r.eval.has_value() && r.eval->auc.has_value()) {
+    std::cout << "; " << r.eval->source << " auc " << *r.eval->auc;
+    if (r.eval->gauc.has_value()) std::cout << " gauc " << r.eval->gauc->gauc;
+    if (r.eval->logloss.has_value()) std::cout << " logloss " << *r.eval->logloss;
+  }
+  std::cout << std::endl;
+  return 0;
+}

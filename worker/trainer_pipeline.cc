@@ -1,0 +1,218 @@
+#include "worker/trainer_pipeline.h"
+
+#include <deque>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "worker/data/sample_io.h"
+
+namespace mim::worker {
+namespace {
+
+// Batches the prefetch thread may hold ready ahead of the consumer.
+constexpr size_t kQueueCapacity = 2;
+// Samples read from the file per ReadBatch call.
+constexpr size_t kReadChunk = 4096;
+
+}  // namespace
+
+// Reads, filters, strides and prepares batches; optionally on its own
+// thread. The producer state (reader, builder, buffers) is touched by one
+// thread only: the prefetch thread when there is one, else the consumer.
+class BatchPipeline::Impl {
+ public:
+  Impl(ps::PsClient* client, const Options& options,
+       std::unique_ptr<data::SampleReader> reader)
+      : client_(client), options_(options), reader_(std::move(reader)) {}
+
+  ~Impl() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+  void StartThread() {
+    thread_ = std::thread([this] { ProducerLoop(); });
+  }
+
+  absl::StatusOr<bool> Next(PreparedBatch* out) {
+    if (!options_.prefetch) {
+      if (!final_status_.ok()) return final_status_;
+      absl::StatusOr<bool> got = Produce(out);
+      if (!got.ok()) final_status_ = got.status();
+      return got;
+    }
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](Impl* impl) ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl->mu_) {
+          return !impl->queue_.empty() || impl->producer_done_;
+        },
+        this));
+    if (!queue_.empty()) {
+      *out = std::move(queue_.front());
+      queue_.pop_front();
+      return true;
+    }
+    if (!producer_status_.ok()) return producer_status_;
+    return false;
+  }
+
+ private:
+  void ProducerLoop() {
+    while (true) {
+      PreparedBatch batch;
+      absl::StatusOr<bool> got = Produce(&batch);
+      absl::MutexLock lock(&mu_);
+      if (!got.ok() || !*got) {
+        producer_status_ = got.ok() ? absl::OkStatus() : got.status();
+        producer_done_ = true;
+        return;
+      }
+      mu_.Await(absl::Condition(
+          +[](Impl* impl) ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl->mu_) {
+            return impl->queue_.size() < kQueueCapacity || impl->stopping_;
+          },
+          this));
+      if (stopping_) {
+        producer_done_ = true;
+        return;
+      }
+      queue_.push_back(std::move(batch));
+    }
+  }
+
+  // Next accepted sample into *out; false at the end of the pass.
+  absl::StatusOr<bool> NextSample(data::Sample* out) {
+    while (true) {
+      if (options_.filter.max_samples > 0 &&
+          accepted_ >= options_.filter.max_samples) {
+        return false;
+      }
+      if (read_pos_ == read_buffer_.size()) {
+        if (end_of_file_) return false;
+        absl::StatusOr<size_t> n = reader_->ReadBatch(kReadChunk, &read_buffer_);
+        if (!n.ok()) return n.status();
+        read_pos_ = 0;
+        if (*n == 0) {
+          end_of_file_ = true;
+          return false;
+        }
+      }
+      data::Sample& s = read_buffer_[read_pos_++];
+      if (!options_.filter.Accepts(s)) continue;
+      ++accepted_;
+      *out = std::move(s);
+      return true;
+    }
+  }
+
+  // Fills *out with this worker's next batch, rows pulled.
+  absl::StatusOr<bool> Produce(PreparedBatch* out) {
+    while (true) {
+      out->samples.clear();
+      out->samples.reserve(options_.batch_size);
+      data::Sample sample;
+      while (static_cast<int>(out->samples.size()) < options_.batch_size) {
+        absl::StatusOr<bool> got = NextSample(&sample);
+        if (!got.ok()) return got.status();
+        if (!*got) break;
+        out->samples.push_back(std::move(sample));
+      }
+      if (out->samples.empty()) return false;
+      out->index = next_index_++;
+      if (out->index % options_.num_workers != options_.worker_index) continue;
+      absl::Status built = Prepare(out);
+      if (!built.ok()) return built;
+      return true;
+    }
+  }
+
+  absl::Status Prepare(PreparedBatch* out) {
+    absl::Status status =
+        builder_.Build(out->samples, options_.id_dim, options_.content_dim,
+                       &out->batch, &out->id_keys, &out->content_keys);
+    if (!status.ok()) return status;
+    if (options_.create_id_rows) {
+      status = client_->PullInto(options_.id_table, out->id_keys,
+                                 absl::MakeSpan(out->batch.id_rows), nullptr);
+      if (!status.ok()) return status;
+    } else {
+      absl::StatusOr<ps::PsClient::GetRowsResult> rows =
+          client_->GetRows(options_.id_table, out->id_keys);
+      if (!rows.ok()) return rows.status();
+      if (rows->values.size() != out->batch.id_rows.size()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "table ", options_.id_table, " returned ", rows->values.size(),
+            " floats for ", out->id_keys.size(), " keys; expected dim ",
+            options_.id_dim));
+      }
+      out->batch.id_rows = std::move(rows->values);
+    }
+    if (!options_.content_table.empty() && !out->content_keys.empty()) {
+      // Missing content rows come back as zeros, which the model reads as
+      // "no content" (cosine similarity 0).
+      status = client_->PullInto(options_.content_table, out->content_keys,
+                                 absl::MakeSpan(out->batch.content_rows),
+                                 nullptr);
+      if (!status.ok()) return status;
+    }
+    return absl::OkStatus();
+  }
+
+  ps::PsClient* const client_;
+  const Options options_;
+
+  // Producer state.
+  std::unique_ptr<data::SampleReader> reader_;
+  model::BatchBuilder builder_;
+  std::vector<data::Sample> read_buffer_;
+  size_t read_pos_ = 0;
+  bool end_of_file_ = false;
+  int64_t accepted_ = 0;
+  int64_t next_index_ = 0;
+  absl::Status final_status_;  // Without prefetch: the error that ended it.
+
+  std::thread thread_;
+  absl::Mutex mu_;
+  std::deque<PreparedBatch> queue_ ABSL_GUARDED_BY(mu_);
+  bool producer_done_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status producer_status_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+absl::StatusOr<std::unique_ptr<BatchPipeline>> BatchPipeline::Start(
+    ps::PsClient* client, const Options& options) {
+  if (options.batch_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch_size = ", options.batch_size, "; expected >= 1"));
+  }
+  if (options.num_workers < 1 || options.worker_index < 0 ||
+      options.worker_index >= options.num_workers) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "worker_index = ", options.worker_index, ", num_workers = ",
+        options.num_workers, "; expected 0 <= worker_index < num_workers"));
+  }
+  absl::StatusOr<std::unique_ptr<data::SampleReader>> reader =
+      data::SampleReader::Open(options.path);
+  if (!reader.ok()) return reader.status();
+  auto impl = std::make_unique<Impl>(client, options, std::move(*reader));
+  if (options.prefetch) impl->StartThread();
+  return std::unique_ptr<BatchPipeline>(new BatchPipeline(std::move(impl)));
+}
+
+BatchPipeline::BatchPipeline(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)) {}
+
+BatchPipeline::~BatchPipeline() = default;
+
+absl::StatusOr<bool> BatchPipeline::Next(PreparedBatch* out) {
+  return impl_->Next(out);
+}
+
+}  // namespace mim::worker

@@ -1,0 +1,91 @@
+// Turns a sample file into model batches with their parameter-server rows
+// already pulled, optionally one batch ahead on a prefetch thread so that
+// reading, key building and pulls overlap the caller's compute.
+//
+// Staleness: with prefetch on, batch k+1's ID rows are pulled before batch
+// k's gradients are pushed, so a row shared by consecutive batches is read
+// one update late (the same one-step staleness that asynchronous data
+// parallelism has anyway).
+#ifndef MIM_WORKER_TRAINER_PIPELINE_H_
+#define MIM_WORKER_TRAINER_PIPELINE_H_
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "ps/client.h"
+#include "worker/data/sample.h"
+#include "worker/model/batch.h"
+
+namespace mim::worker {
+
+// Which samples of a file a pass uses, in file order.
+struct SampleFilter {
+  int64_t min_timestamp = std::numeric_limits<int64_t>::min();  // inclusive
+  int64_t max_timestamp = std::numeric_limits<int64_t>::max();  // exclusive
+  int64_t max_samples = 0;  // 0: no cap; else the first N that pass
+  bool Accepts(const data::Sample& s) const {
+    return s.timestamp >= min_timestamp && s.timestamp < max_timestamp;
+  }
+};
+
+// A batch ready for the model, plus the keys its rows came from.
+struct PreparedBatch {
+  int64_t index = 0;  // Batch number in the pass (before worker striding).
+  std::vector<data::Sample> samples;
+  model::Batch batch;
+  std::vector<uint64_t> id_keys;
+  std::vector<uint64_t> content_keys;
+};
+
+// Not thread-safe: one consumer calls Next; the prefetch thread is private.
+class BatchPipeline {
+ public:
+  struct Options {
+    std::string path;
+    SampleFilter filter;
+    int batch_size = 1024;
+    // Data parallelism: this pipeline yields batches with
+    // index % num_workers == worker_index only.
+    int num_workers = 1;
+    int worker_index = 0;
+    std::string id_table;
+    int id_dim = 32;
+    // Empty: content rows stay zero (and no content pull is made).
+    std::string content_table;
+    int content_dim = 64;
+    // true: Pull (creates unseen ID rows, for training); false: GetRows
+    // (unseen rows read as zeros and are not created, for evaluation).
+    bool create_id_rows = true;
+    bool prefetch = true;
+  };
+
+  // Opens the file (NOT_FOUND / INVALID_ARGUMENT as data::SampleReader) and,
+  // with prefetch, starts the thread. INVALID_ARGUMENT for a bad batch size
+  // or worker striding.
+  static absl::StatusOr<std::unique_ptr<BatchPipeline>> Start(
+      ps::PsClient* client, const Options& options);
+
+  // Stops and joins the prefetch thread.
+  ~BatchPipeline();
+  BatchPipeline(const BatchPipeline&) = delete;
+  BatchPipeline& operator=(const BatchPipeline&) = delete;
+
+  // Replaces *out with the next batch and returns true, or returns false at
+  // the end of the pass. Errors from reading (INVALID_ARGUMENT, DATA_LOSS)
+  // or from the shards (as PsClient) end the pass: they are returned here
+  // and every later call returns them again.
+  absl::StatusOr<bool> Next(PreparedBatch* out);
+
+ private:
+  class Impl;
+  explicit BatchPipeline(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mim::worker
+
+#endif  // MIM_WORKER_TRAINER_PIPELINE_H_
