@@ -332,12 +332,10 @@ absl::StatusOr<std::vector<TableConfig>> PsClient::ListTables() {
   return tables;
 }
 
-absl::StatusOr<PsClient::PullResult> PsClient::Pull(
-    absl::string_view table, absl::Span<const uint64_t> keys) {
-  PullResult result;
-  if (keys.empty()) return result;
-  // The dim is not known before the answer, so pull into the shards' buffers
-  // and copy once into the result.
+absl::Status PsClient::PullRows(
+    absl::string_view table, absl::Span<const uint64_t> keys,
+    const std::function<absl::StatusOr<float*>(uint32_t dim)>& buffer,
+    std::vector<uint32_t>* missing) {
   std::vector<PullRequest> requests(num_shards());
   const Routing routing = Route(
       keys, num_shards(),
@@ -361,8 +359,8 @@ absl::StatusOr<PsClient::PullResult> PsClient::Pull(
           requests[s].keys_size(), dim));
     }
   }
-  result.dim = dim;
-  result.values.resize(keys.size() * dim);
+  absl::StatusOr<float*> out = buffer(dim);
+  if (!out.ok()) return out.status();
   std::vector<char> unique_missing(routing.shard_of_unique.size(), 0);
   for (const uint32_t s : routing.involved) {
     for (const uint32_t p : responses[s].missing()) {
@@ -371,13 +369,32 @@ absl::StatusOr<PsClient::PullResult> PsClient::Pull(
       }
     }
   }
+  if (missing != nullptr) missing->clear();
   for (size_t i = 0; i < keys.size(); ++i) {
     const uint32_t u = routing.unique_of_key[i];
     const float* row = RowsOf(responses[routing.shard_of_unique[u]].values()) +
                        size_t{routing.pos_of_unique[u]} * dim;
-    std::memcpy(result.values.data() + i * dim, row, sizeof(float) * dim);
-    if (unique_missing[u]) result.missing.push_back(static_cast<uint32_t>(i));
+    std::memcpy(*out + i * dim, row, sizeof(float) * dim);
+    if (unique_missing[u] && missing != nullptr) {
+      missing->push_back(static_cast<uint32_t>(i));
+    }
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PsClient::PullResult> PsClient::Pull(
+    absl::string_view table, absl::Span<const uint64_t> keys) {
+  PullResult result;
+  if (keys.empty()) return result;
+  absl::Status status = PullRows(
+      table, keys,
+      [&result, n = keys.size()](uint32_t dim) -> absl::StatusOr<float*> {
+        result.dim = dim;
+        result.values.resize(n * dim);
+        return result.values.data();
+      },
+      &result.missing);
+  if (!status.ok()) return status;
   return result;
 }
 
@@ -385,18 +402,23 @@ absl::Status PsClient::PullInto(absl::string_view table,
                                 absl::Span<const uint64_t> keys,
                                 absl::Span<float> out,
                                 std::vector<uint32_t>* missing) {
-  if (keys.empty()) return absl::OkStatus();
-  absl::StatusOr<PullResult> result = Pull(table, keys);
-  if (!result.ok()) return result.status();
-  if (result->values.size() != out.size()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "output buffer holds %d floats; %d keys of table '%s' need %d (dim "
-        "%d)",
-        out.size(), keys.size(), table, result->values.size(), result->dim));
+  if (keys.empty() && out.empty()) {
+    if (missing != nullptr) missing->clear();
+    return absl::OkStatus();
   }
-  std::memcpy(out.data(), result->values.data(), sizeof(float) * out.size());
-  if (missing != nullptr) *missing = std::move(result->missing);
-  return absl::OkStatus();
+  // Rows are copied once, from the shards' response bytes into `out`.
+  return PullRows(
+      table, keys,
+      [&](uint32_t dim) -> absl::StatusOr<float*> {
+        if (out.size() != keys.size() * dim) {
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "output buffer holds %d floats; %d keys of table '%s' need %d "
+              "(dim %d)",
+              out.size(), keys.size(), table, keys.size() * dim, dim));
+        }
+        return out.data();
+      },
+      missing);
 }
 
 absl::StatusOr<uint64_t> PsClient::Push(absl::string_view table,

@@ -24,6 +24,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -161,6 +162,12 @@ class PsClient {
  private:
   struct Shard;
   PsClient(std::vector<std::string> addresses, const Options& options);
+  // Pull's engine: `buffer(dim)` returns where keys.size() * dim floats go,
+  // once the shards have answered.
+  absl::Status PullRows(
+      absl::string_view table, absl::Span<const uint64_t> keys,
+      const std::function<absl::StatusOr<float*>(uint32_t dim)>& buffer,
+      std::vector<uint32_t>* missing);
   // `status` of shard `shard`, with the shard named in its message.
   absl::Status ShardError(uint32_t shard, const absl::Status& status) const;
 
