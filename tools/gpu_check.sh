@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Builds every CUDA test and the GPU benchmark with --config=cuda, packs them
+# with the non-system shared libraries they need into .gpu_pack/ (git-ignored,
+# kept under 64 MiB) and writes .gpu_pack/run_all.sh, which runs the tests
+# (under compute-sanitizer too, when present) and the GPU benchmark and writes
+# $OUT/report.txt. Then prints the one device call to make.
+#
+#   bash tools/gpu_check.sh            # here: build + pack + dry run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PACK=.gpu_pack
+FLAGS=(--config=cuda --dynamic_mode=off -c opt --jobs=2)
+TARGETS=(//kernels:kernels_cuda_test //kernels:kernels_cpu_test //bench:kernels_bench)
+
+bazel build "${FLAGS[@]}" "${TARGETS[@]}"
+BIN=$(bazel info "${FLAGS[@]}" bazel-bin 2>/dev/null)
+
+rm -rf "$PACK"
+mkdir -p "$PACK/lib"
+cp "$BIN/kernels/kernels_cuda_test" "$BIN/kernels/kernels_cpu_test" \
+   "$BIN/bench/kernels_bench" "$PACK/"
+cp bench/kernels_bench_torch.py "$PACK/"
+chmod u+w "$PACK"/*
+
+# Shared libraries beyond glibc, libstdc++/libgcc and CUDA's own (the GPU
+# image has CUDA 13.0; libcublasLt alone is 542 MB).
+for b in "$PACK"/kernels_cuda_test "$PACK"/kernels_cpu_test "$PACK"/kernels_bench; do
+  ldd "$b" | awk '/=> \// {print $1, $3}' | while read -r name path; do
+    case "$name" in
+      libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libstdc++.so*|\
+      libgcc_s.so*|libcuda.so*|libcudart.so*|libcublas.so*|libcublasLt.so*) ;;
+      *) cp -L -n "$path" "$PACK/lib/$name" ;;
+    esac
+  done
+done
+
+cat > "$PACK/run_all.sh" <<'RUN'
+#!/usr/bin/env bash
+# Runs on the GPU machine: bash .gpu_pack/run_all.sh (report in $OUT/report.txt).
+HERE="$(cd "$(dirname "$0")" && pwd)"
+OUT="${OUT:-$HERE/out}"
+mkdir -p "$OUT"
+REPORT="$OUT/report.txt"
+export LD_LIBRARY_PATH="$HERE/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+: > "$REPORT"
+log() { echo "$@" | tee -a "$REPORT"; }
+log "== gpu_check $(date -u +%FT%TZ) on $(hostname)"
+command -v nvidia-smi >/dev/null && nvidia-smi -L 2>&1 | tee -a "$REPORT"
+# Probe first: without a device, say so and stop.
+probe=$("$HERE/kernels_bench" --gpu --no-cpu 2>&1 | grep 'gpu skipped' || true)
+if [ -n "$probe" ]; then
+  log "FAILED: $probe"
+  "$HERE/kernels_cuda_test" 2>&1 | tail -3 >> "$REPORT"
+  exit 1
+fi
+rc=0
+log "== kernels_cuda_test"
+"$HERE/kernels_cuda_test" 2>&1 | tee -a "$REPORT" | tail -3; [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+log "== kernels_cpu_test"
+"$HERE/kernels_cpu_test" 2>&1 | tail -3 | tee -a "$REPORT"
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ -n "$SAN" ]; then
+  log "== compute-sanitizer memcheck (small shapes)"
+  "$SAN" --tool memcheck --error-exitcode 9 "$HERE/kernels_cuda_test" \
+    --gtest_filter='*/0:*/1:*/3:CudaErrorsTest.*' 2>&1 | tail -5 | tee -a "$REPORT"
+  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+else
+  log "compute-sanitizer: not found"
+fi
+log "== GPU benchmark (C++ CUDA twins vs PyTorch eager, same GPU)"
+if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+  python3 "$HERE/kernels_bench_torch.py" --bench "$HERE/kernels_bench" --gpu --skip-cpu \
+    --threads "$(nproc)" 2>&1 | tee -a "$REPORT"
+else
+  log "PyTorch with CUDA not available; C++ only:"
+  "$HERE/kernels_bench" --gpu --no-cpu 2>&1 | tee -a "$REPORT"
+fi
+log "== exit $rc"
+exit $rc
+RUN
+chmod +x "$PACK/run_all.sh"
+
+du -sh "$PACK"
+SIZE=$(du -sb "$PACK" | cut -f1)
+if [ "$SIZE" -gt $((64 * 1024 * 1024)) ]; then
+  echo "pack is $SIZE bytes, over 64 MiB" >&2
+  exit 1
+fi
+echo "Local dry run (expects 'no CUDA device' here):"
+OUT=$(mktemp -d) bash "$PACK/run_all.sh" || echo "(dry run exited $? as expected without a GPU)"
+echo
+echo 'Device call to make:'
+echo '  run(command="bash .gpu_pack/run_all.sh", carry=[".gpu_pack"])'
