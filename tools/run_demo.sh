@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The main job, end to end on one machine:
+#   1. start two local parameter-server shards,
+#   2. generate the built-in synthetic dataset (or prepare MovieLens),
+#   3. train fastText content vectors on the item texts (representation center),
+#   4. upsert them into the shards' content table,
+#   5. train din, din_ct and din_mim with their embeddings on the shards,
+#   6. print the comparison table and write runs/demo/compare.png.
+#
+# Usage: tools/run_demo.sh [--data=synthetic|movielens:DIR] [--scale=default|full]
+#                          [--models=din,din_ct,din_mim] [--epochs=N] [--out=DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+DATA=synthetic
+SCALE=default
+MODELS=din,din_ct,din_mim
+EPOCHS=1
+OUT=runs/demo
+TEST_START=889000000
+for arg in "$@"; do
+  case "$arg" in
+    --data=*) DATA=${arg#--data=} ;;
+    --scale=*) SCALE=${arg#--scale=} ;;
+    --models=*) MODELS=${arg#--models=} ;;
+    --epochs=*) EPOCHS=${arg#--epochs=} ;;
+    --out=*) OUT=${arg#--out=} ;;
+    --test_start=*) TEST_START=${arg#--test_start=} ;;
+    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    *) echo "run_demo: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$SCALE" in default|full) ;; *) echo "run_demo: --scale must be default or full" >&2; exit 2 ;; esac
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "setup (apt, only what is missing)"
+tools/setup.sh
+
+step "build"
+bazel build --jobs=2 //ps:server //worker:trainer //tools:ps_admin //tools:gen_synthetic \
+  //tools:prepare_movielens //tools:content_vectors //tools:ingest_content 2>&1 | tail -2
+BIN=$ROOT/bazel-bin
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+step "1/6 starting 2 parameter-server shards"
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do [[ -n "$p" ]] && kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+ADDRS=()
+for i in 0 1; do
+  "$BIN/ps/server" --port=0 --host=127.0.0.1 --shard_index=$i --num_shards=2 \
+    --data_dir="$OUT/ps$i" >"$OUT/ps$i.log" 2>&1 &
+  PIDS+=($!)
+done
+for i in 0 1; do
+  for _ in $(seq 1 300); do
+    addr=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$OUT/ps$i.log" | head -1)
+    [[ -n "$addr" ]] && break
+    kill -0 "${PIDS[$i]}" 2>/dev/null || { cat "$OUT/ps$i.log"; echo "shard $i died" >&2; exit 1; }
+    sleep 0.1
+  done
+  [[ -n "$addr" ]] || { echo "shard $i did not start" >&2; exit 1; }
+  ADDRS+=("$addr")
+done
+PS=$(IFS=,; echo "${ADDRS[*]}")
+echo "shards: $PS"
+"$BIN/tools/ps_admin" --ps="$PS" health
+
+DATA_DIR=$OUT/data
+if [[ "$DATA" == synthetic ]]; then
+  step "2/6 generating synthetic data ($SCALE)"
+  if [[ "$SCALE" == full ]]; then
+    "$BIN/tools/gen_synthetic" --output_dir="$DATA_DIR" --num_samples=10000000 \
+      --num_items=1000000 --num_users=100000
+  else
+    "$BIN/tools/gen_synthetic" --output_dir="$DATA_DIR"
+  fi
+elif [[ "$DATA" == movielens:* ]]; then
+  step "2/6 preparing MovieLens from ${DATA#movielens:} (test_start=$TEST_START)"
+  "$BIN/tools/prepare_movielens" --input_dir="${DATA#movielens:}" \
+    --output_dir="$DATA_DIR" --test_start="$TEST_START"
+else
+  echo "run_demo: --data must be synthetic or movielens:DIR" >&2; exit 2
+fi
+
+step "3/6 training fastText content vectors on the item texts"
+"$BIN/tools/content_vectors" --item_text="$DATA_DIR/item_text.tsv" \
+  --output="$DATA_DIR/content_vectors.tsv" --dim=64 --epoch=10
+
+step "4/6 upserting content vectors into the shards"
+"$BIN/tools/ingest_content" --ps="$PS" --vectors="$DATA_DIR/content_vectors.tsv" \
+  --table=item_content --version=1
+"$BIN/tools/ps_admin" --ps="$PS" stats item_content
+
+step "5/6 training ${MODELS//,/, } on the shards"
+IFS=, read -r -a MODEL_LIST <<<"$MODELS"
+METRICS=()
+for m in "${MODEL_LIST[@]}"; do
+  echo "-- $m"
+  "$BIN/worker/trainer" --ps="$PS" --train="$DATA_DIR/train.tsv" --test="$DATA_DIR/test.tsv" \
+    --model="$m" --epochs="$EPOCHS" --content_table=item_content --threads=2 \
+    --metrics_out="$OUT/$m.json" --model_dir="$OUT/models/$m"
+  METRICS+=("$OUT/$m.json")
+done
+"$BIN/tools/ps_admin" --ps="$PS" tables
+
+step "6/6 comparison"
+/usr/bin/python3 tools/compare_metrics.py "${METRICS[@]}"
+/usr/bin/python3 tools/plot_results.py --output="$OUT/compare.png" "${METRICS[@]}"
+echo "plot: $OUT/compare.png"
