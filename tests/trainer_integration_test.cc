@@ -1,0 +1,353 @@
+// The trainer binary as a real process against two real //ps:server shards
+// on loopback, on a small synthetic stream with a planted, learnable
+// pattern: even items are clicked with p = 0.85 and odd ones with p = 0.15;
+// the item's genre and its content vector both reveal its parity, so warm
+// items (ID rows), cold items (genre, content) and the user's behaviour
+// sequence all carry signal.
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "proto/ps.pb.h"
+#include "ps/client.h"
+#include "tests/process.h"
+#include "worker/data/sample.h"
+#include "worker/data/sample_io.h"
+
+namespace mim {
+namespace {
+
+using ::mim::testing::CommandResult;
+using ::mim::testing::RunCommand;
+using ::mim::testing::Runfile;
+using ::mim::testing::ShardProcess;
+using Json = nlohmann::json;
+
+constexpr int kTrainSamples = 4000;
+constexpr int kTestSamples = 1000;
+constexpr int kTrainItems = 250;  // items 0..249 appear in training
+constexpr int kAllItems = 300;    // items 250..299 are cold in the test set
+constexpr int kUsers = 200;
+constexpr int kContentDim = 16;
+constexpr char kContentTable[] = "trainer_test_content";
+
+bool Good(int64_t item) { return item % 2 == 0; }
+
+// Writes train.tsv / test.tsv and returns the test samples.
+struct SyntheticData {
+  std::string train_path;
+  std::string test_path;
+  std::vector<data::Sample> train;
+  std::vector<data::Sample> test;
+};
+
+SyntheticData WriteData(const std::string& dir) {
+  SyntheticData d;
+  d.train_path = dir + "/train.tsv";
+  d.test_path = dir + "/test.tsv";
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  std::vector<std::vector<int64_t>> history(kUsers);
+  int64_t ts = 1'000'000;
+  auto make = [&](int num_items) {
+    data::Sample s;
+    s.timestamp = ts++;
+    s.user_id = static_cast<int64_t>(rng() % kUsers);
+    s.item_id = static_cast<int64_t>(rng() % num_items);
+    s.label = uniform(rng) < (Good(s.item_id) ? 0.85 : 0.15) ? 1 : 0;
+    s.age_bucket = 1 + static_cast<int32_t>(s.user_id % 5);
+    s.gender = 1 + static_cast<int32_t>(s.user_id % 2);
+    s.occupation = 1 + static_cast<int32_t>(s.user_id % 7);
+    s.genres = {Good(s.item_id) ? 1 : 2, 3 + static_cast<int32_t>(s.item_id % 3)};
+    std::vector<int64_t>& h = history[s.user_id];
+    s.behavior = h;
+    if (s.label == 1) {
+      h.push_back(s.item_id);
+      if (h.size() > 10) h.erase(h.begin());
+    }
+    return s;
+  };
+  for (int i = 0; i < kTrainSamples; ++i) d.train.push_back(make(kTrainItems));
+  for (int i = 0; i < kTestSamples; ++i) d.test.push_back(make(kAllItems));
+  for (const auto& [path, samples] :
+       {std::make_pair(d.train_path, &d.train),
+        std::make_pair(d.test_path, &d.test)}) {
+    auto writer = data::SampleWriter::Open(path);
+    EXPECT_TRUE(writer.ok()) << writer.status();
+    for (const data::Sample& s : *samples) {
+      EXPECT_TRUE((*writer)->Write(s).ok());
+    }
+    EXPECT_TRUE((*writer)->Close().ok());
+  }
+  return d;
+}
+
+class TrainerIntegrationTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(absl::StrCat(std::getenv("TEST_TMPDIR"), "/trainer"));
+    std::filesystem::create_directories(*dir_);
+    shards_ = new std::vector<std::unique_ptr<ShardProcess>>();
+    for (uint32_t s = 0; s < 2; ++s) {
+      ShardProcess::Flags flags;
+      flags.shard_index = s;
+      flags.num_shards = 2;
+      flags.data_dir = absl::StrCat(*dir_, "/shard", s);
+      // Two workers, each with a prefetch thread, call concurrently; the
+      // default 4 server threads answer RESOURCE_EXHAUSTED under that load.
+      flags.extra = {"--threads=16"};
+      absl::StatusOr<std::unique_ptr<ShardProcess>> shard =
+          ShardProcess::Start(flags);
+      ASSERT_TRUE(shard.ok()) << shard.status();
+      shards_->push_back(std::move(*shard));
+    }
+    ps_ = new std::string(absl::StrCat((*shards_)[0]->address(), ",",
+                                       (*shards_)[1]->address()));
+    data_ = new SyntheticData(WriteData(*dir_));
+
+    // Content vectors: a parity direction plus noise, for every item.
+    absl::StatusOr<std::unique_ptr<ps::PsClient>> client = ps::PsClient::Create(
+        {(*shards_)[0]->address(), (*shards_)[1]->address()});
+    ASSERT_TRUE(client.ok()) << client.status();
+    ps::TableConfig content;
+    content.set_name(kContentTable);
+    content.set_kind(ps::CONTENT);
+    content.set_dim(kContentDim);
+    ASSERT_TRUE((*client)->CreateTable(content, true).ok());
+    std::mt19937_64 rng(11);
+    std::normal_distribution<float> noise(0.0f, 0.3f);
+    std::vector<uint64_t> keys;
+    std::vector<float> values;
+    for (int item = 0; item < kAllItems; ++item) {
+      keys.push_back(static_cast<uint64_t>(item));
+      for (int k = 0; k < kContentDim; ++k) {
+        const float axis = (k == 0) == Good(item) ? 1.0f : 0.0f;
+        values.push_back(axis * (k < 2 ? 1.0f : 0.0f) + noise(rng));
+      }
+    }
+    absl::StatusOr<ps::PsClient::UpsertResult> upserted =
+        (*client)->Upsert(kContentTable, keys, values, 3);
+    ASSERT_TRUE(upserted.ok()) << upserted.status();
+    ASSERT_EQ(upserted->rows_written, static_cast<uint64_t>(kAllItems));
+  }
+
+  static void TearDownTestSuite() {
+    delete shards_;
+    delete data_;
+    delete ps_;
+    delete dir_;
+  }
+
+  // Trainer argv with the common flags plus `extra`.
+  static std::vector<std::string> Args(const std::string& model,
+                                       const std::string& name,
+                                       std::vector<std::string> extra) {
+    std::vector<std::string> argv = {
+        Runfile("worker/trainer"),
+        "--ps=" + *ps_,
+        "--train=" + data_->train_path,
+        "--model=" + model,
+        "--epochs=3",
+        "--batch_size=128",
+        "--lr=0.005",
+        "--id_lr=0.1",
+        "--loss_every=5",
+        "--table_prefix=" + name + "_",
+        "--metrics_out=" + MetricsPath(name),
+        "--model_dir=" + *dir_ + "/model_" + name,
+    };
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return argv;
+  }
+
+  static std::string MetricsPath(const std::string& name) {
+    return *dir_ + "/metrics_" + name + ".json";
+  }
+
+  static Json ReadJson(const std::string& path) {
+    std::ifstream in(path);
+    EXPECT_TRUE(in.good()) << path;
+    return Json::parse(in, nullptr, /*allow_exceptions=*/false);
+  }
+
+  // Runs the trainer to completion and returns its metrics JSON.
+  static Json Train(const std::string& model, const std::string& name,
+                    std::vector<std::string> extra) {
+    absl::StatusOr<CommandResult> run = RunCommand(Args(model, name, extra));
+    EXPECT_TRUE(run.ok()) << run.status();
+    EXPECT_EQ(run->exit_code, 0) << run->err;
+    return ReadJson(MetricsPath(name));
+  }
+
+  // Test samples whose item has no training sample.
+  static int64_t ColdTestSamples() {
+    absl::flat_hash_set<int64_t> trained;
+    for (const data::Sample& s : data_->train) trained.insert(s.item_id);
+    int64_t cold = 0;
+    for (const data::Sample& s : data_->test) cold += !trained.contains(s.item_id);
+    return cold;
+  }
+
+  static std::string* dir_;
+  static std::vector<std::unique_ptr<ShardProcess>>* shards_;
+  static std::string* ps_;
+  static SyntheticData* data_;
+};
+
+std::string* TrainerIntegrationTest::dir_ = nullptr;
+std::vector<std::unique_ptr<ShardProcess>>* TrainerIntegrationTest::shards_ =
+    nullptr;
+std::string* TrainerIntegrationTest::ps_ = nullptr;
+SyntheticData* TrainerIntegrationTest::data_ = nullptr;
+
+TEST_F(TrainerIntegrationTest, DinAndDinMimLearnThePlantedPattern) {
+  for (const std::string model : {"din", "din_mim"}) {
+    SCOPED_TRACE(model);
+    const Json m = Train(model, model,
+                         {"--test=" + data_->test_path,
+                          absl::StrCat("--content_table=", kContentTable)});
+    ASSERT_FALSE(m.is_discarded());
+    EXPECT_EQ(m["model"], model);
+    EXPECT_EQ(m["flags"]["model"], model);
+    EXPECT_EQ(m["flags"]["epochs"], "3");
+    EXPECT_EQ(m["dense_params"], "local");
+    EXPECT_EQ(m["tables"]["id"], model + "_" + model + "_s1_id");
+    EXPECT_EQ(m["tables"]["content"], kContentTable);
+    EXPECT_EQ(m["tables"]["content_version"], 3);
+    EXPECT_EQ(m["train_samples"], 3 * kTrainSamples);
+    EXPECT_EQ(m["train_batches"], 3 * ((kTrainSamples + 127) / 128));
+    EXPECT_GT(m["train_samples_per_sec"].get<double>(), 0.0);
+    EXPECT_EQ(m["eval_source"], "test");
+    EXPECT_EQ(m["eval_n"], kTestSamples);
+
+    // 32 batches per epoch, a point every 5 batches: 96 / 5 -> 19 points
+    // plus the last partial window.
+    const Json& curve = m["loss_curve"];
+    ASSERT_EQ(curve.size(), 20u);
+    EXPECT_EQ(curve.back()["batch"], 96);
+    EXPECT_LT(curve.back()["loss"].get<double>(),
+              curve.front()["loss"].get<double>());
+
+    const double auc = m["auc"].get<double>();
+    EXPECT_GT(auc, 0.6);
+    EXPECT_LE(auc, 1.0);
+    EXPECT_GT(m["gauc"].get<double>(), 0.55);
+    EXPECT_GT(m["gauc_users"].get<int>(), 0);
+    EXPECT_GT(m["logloss"].get<double>(), 0.0);
+    EXPECT_LT(m["logloss"].get<double>(), std::log(2.0));
+
+    EXPECT_EQ(m["cold_auc"]["n"], ColdTestSamples());
+    EXPECT_EQ(m["cold_auc"]["max_count"], 0);
+    ASSERT_TRUE(m["cold_auc"]["auc"].is_number());
+    EXPECT_GT(m["cold_auc"]["auc"].get<double>(), 0.55);
+
+    const Json& deciles = m["auc_by_item_frequency"];
+    ASSERT_EQ(deciles.size(), 10u);
+    int64_t total = 0;
+    int64_t previous_max = 0;
+    for (const Json& g : deciles) {
+      EXPECT_EQ(g["n"], kTestSamples / 10);
+      EXPECT_GE(g["min_count"].get<int64_t>(), previous_max);
+      EXPECT_LE(g["min_count"].get<int64_t>(), g["max_count"].get<int64_t>());
+      previous_max = g["max_count"].get<int64_t>();
+      total += g["n"].get<int64_t>();
+    }
+    EXPECT_EQ(total, kTestSamples);
+    EXPECT_EQ(deciles[0]["min_count"], 0);
+
+    const std::string model_dir = *dir_ + "/model_" + model;
+    EXPECT_TRUE(std::filesystem::is_regular_file(model_dir + "/model.mimmodel"));
+    const Json manifest = ReadJson(model_dir + "/manifest.json");
+    ASSERT_FALSE(manifest.is_discarded());
+    EXPECT_EQ(manifest["model"], model);
+    EXPECT_EQ(manifest["num_shards"], 2);
+    EXPECT_EQ(manifest["id_table"]["name"], m["tables"]["id"]);
+    EXPECT_EQ(manifest["content_table"]["name"], kContentTable);
+    EXPECT_EQ(manifest["content_table"]["dim"], kContentDim);
+    EXPECT_EQ(manifest["content_table"]["version"], 3);
+  }
+}
+
+TEST_F(TrainerIntegrationTest, TwoWorkersReachTheQualityOfOne) {
+  const std::vector<std::string> common = {
+      "--test=" + data_->test_path,
+      absl::StrCat("--content_table=", kContentTable), "--progress=false",
+      // A failed worker 1 must fail worker 0's barrier, not hang the test.
+      "--barrier_timeout_s=120"};
+  const Json one = Train("din_mim", "one_worker", common);
+
+  // Both workers share tables through the prefix; only worker 0 evaluates.
+  std::vector<std::string> w0 = common;
+  w0.insert(w0.end(), {"--num_workers=2", "--worker_index=0"});
+  std::vector<std::string> w1 = common;
+  w1.insert(w1.end(), {"--num_workers=2", "--worker_index=1"});
+  std::vector<std::string> w1_args = Args("din_mim", "two_workers", w1);
+  for (std::string& a : w1_args) {
+    if (absl::StartsWith(a, "--metrics_out=")) {
+      a = "--metrics_out=" + MetricsPath("two_workers_w1");
+    }
+    if (absl::StartsWith(a, "--model_dir=")) a += "_w1";
+  }
+  absl::StatusOr<CommandResult> second;
+  std::thread worker1([&] { second = RunCommand(w1_args); });
+  const Json two = Train("din_mim", "two_workers", w0);
+  worker1.join();
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_EQ(second->exit_code, 0) << second->err;
+  const Json other = ReadJson(MetricsPath("two_workers_w1"));
+
+  EXPECT_EQ(two["dense_params"], "ps");
+  EXPECT_EQ(two["tables"]["dense"], "two_workers_din_mim_s1_dense");
+  // Batches are dealt round-robin: 32 per epoch, 16 each.
+  EXPECT_EQ(two["train_batches"], 3 * 16);
+  EXPECT_EQ(other["train_batches"], 3 * 16);
+  EXPECT_EQ(two["train_samples"].get<int64_t>() +
+                other["train_samples"].get<int64_t>(),
+            3 * kTrainSamples);
+  EXPECT_TRUE(other["auc"].is_null());  // worker 1 does not evaluate
+  EXPECT_FALSE(std::filesystem::exists(*dir_ + "/model_two_workers_w1"));
+
+  const double auc1 = one["auc"].get<double>();
+  const double auc2 = two["auc"].get<double>();
+  std::cout << "AUC one worker " << auc1 << ", two workers " << auc2 << "\n";
+  EXPECT_GT(auc2, 0.6);
+  EXPECT_NEAR(auc2, auc1, 0.02);
+}
+
+TEST_F(TrainerIntegrationTest, ValidationTailHoldsOutTheEndOfTraining) {
+  const Json m = Train("din", "validation",
+                       {"--validation_tail_fraction=0.25", "--epochs=1"});
+  // Timestamps are 1'000'000 + k for train sample k: span 3999, cutoff
+  // min + ceil(0.75 * 3999) = min + 3000, so the last 1000 are held out.
+  EXPECT_EQ(m["eval_source"], "validation_tail");
+  EXPECT_EQ(m["validation_cutoff"], 1'000'000 + 3000);
+  EXPECT_EQ(m["train_samples"], 3000);
+  EXPECT_EQ(m["eval_n"], 1000);
+  EXPECT_TRUE(m["tables"]["content"].is_null());
+  EXPECT_TRUE(m["auc"].is_number());
+}
+
+TEST_F(TrainerIntegrationTest, MissingContentTableIsReportedNotFound) {
+  absl::StatusOr<CommandResult> run = RunCommand(
+      Args("din_mim", "missing",
+           {"--test=" + data_->test_path, "--content_table=no_such_table"}));
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_EQ(run->exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(run->err, "NOT_FOUND")) << run->err;
+  EXPECT_TRUE(absl::StrContains(run->err, "no_such_table")) << run->err;
+}
+
+}  // namespace
+}  // namespace mim
