@@ -65,7 +65,8 @@ std::string MetricsJson(
     j["gauc"] = e.gauc.has_value() ? Json(e.gauc->gauc) : Json(nullptr);
     j["gauc_users"] = e.gauc.has_value() ? e.gauc->users : 0;
     j["logloss"] = OrNull(e.logloss);
-    j["cold_auc"] = GroupJson(e.cold);
+    j["cold_auc"] = OrNull(e.cold.auc);
+    j["cold"] = GroupJson(e.cold);
     Json groups = Json::array();
     for (size_t g = 0; g < e.by_item_frequency.size(); ++g) {
       Json one = GroupJson(e.by_item_frequency[g]);
@@ -75,7 +76,7 @@ std::string MetricsJson(
     j["auc_by_item_frequency"] = groups;
   } else {
     for (const char* key : {"eval_source", "eval_path", "auc", "gauc",
-                            "logloss", "cold_auc"}) {
+                            "logloss", "cold_auc", "cold"}) {
       j[key] = nullptr;
     }
     j["eval_n"] = 0;

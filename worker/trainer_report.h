@@ -7,7 +7,8 @@
 //   train_items, validation_cutoff, loss_curve[{epoch, batch, samples, loss}],
 //   eval_source, eval_path, eval_n, eval_positives, eval_seconds,
 //   auc, gauc, gauc_users, logloss,
-//   cold_auc{n, positives, auc},
+//   cold_auc (AUC over test samples whose item has no training sample),
+//   cold{n, positives, min_count, max_count, auc},
 //   auc_by_item_frequency[{group, min_count, max_count, n, positives, auc}],
 //   model_files[].
 // Metrics that could not be computed (a class missing, or a worker other
