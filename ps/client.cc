@@ -9,9 +9,9 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "embedding/sharding.h"
+#include "grpcpp/completion_queue.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
@@ -34,8 +34,9 @@ namespace {
 using Stub = ParameterServer::Stub;
 
 // Both call forms of one RPC, so that the fan-out below is written once.
-// A single-shard call runs synchronously on the caller's thread (no thread
-// hop); several shards go out together through the callback API.
+// A single-shard call is a plain blocking call; several shards go out
+// together as async calls on one CompletionQueue that the caller's thread
+// drains, so no other thread is involved in either case.
 #define MIM_PS_DEFINE_RPC(Name)                                              \
   struct Name##Rpc {                                                         \
     using Request = Name##Request;                                           \
@@ -44,10 +45,10 @@ using Stub = ParameterServer::Stub;
                              const Request& request, Response* response) {   \
       return stub->Name(context, request, response);                         \
     }                                                                        \
-    static void Async(Stub* stub, grpc::ClientContext* context,              \
-                      const Request* request, Response* response,            \
-                      std::function<void(grpc::Status)> done) {              \
-      stub->async()->Name(context, request, response, std::move(done));      \
+    static std::unique_ptr<grpc::ClientAsyncResponseReader<Response>> Async( \
+        Stub* stub, grpc::ClientContext* context, const Request& request,    \
+        grpc::CompletionQueue* cq) {                                         \
+      return stub->Async##Name(context, request, cq);                        \
     }                                                                        \
   };
 MIM_PS_DEFINE_RPC(Pull)
@@ -61,25 +62,17 @@ MIM_PS_DEFINE_RPC(Checkpoint)
 MIM_PS_DEFINE_RPC(Restore)
 #undef MIM_PS_DEFINE_RPC
 
-// Counts outstanding callbacks. Shared with the callbacks so that it outlives
-// the last one even after the waiter has returned.
-class WaitGroup {
- public:
-  explicit WaitGroup(size_t n) : remaining_(n) {}
-  void Done() {
-    absl::MutexLock lock(&mu_);
-    --remaining_;
+// Waits for `n` completions on `cq`, then shuts it down and drains it (a
+// CompletionQueue must be empty before it is destroyed).
+void AwaitAll(grpc::CompletionQueue* cq, size_t n) {
+  void* tag = nullptr;
+  bool ok = false;
+  for (size_t i = 0; i < n && cq->Next(&tag, &ok); ++i) {
   }
-  void Wait() {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](size_t* remaining) { return *remaining == 0; }, &remaining_));
+  cq->Shutdown();
+  while (cq->Next(&tag, &ok)) {
   }
-
- private:
-  absl::Mutex mu_;
-  size_t remaining_ ABSL_GUARDED_BY(mu_);
-};
+}
 
 std::chrono::system_clock::time_point Deadline(absl::Duration timeout) {
   return absl::ToChronoTime(absl::Now() + timeout);
@@ -183,20 +176,21 @@ class ShardCaller {
         status[s] = Rpc::Sync(StubFor(client, s), &context, requests[s],
                               &(*responses)[s]);
       } else {
+        grpc::CompletionQueue cq;
         std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
-        auto wait = std::make_shared<WaitGroup>(pending.size());
+        std::vector<std::unique_ptr<
+            grpc::ClientAsyncResponseReader<typename Rpc::Response>>>
+            calls;
         for (const uint32_t s : pending) {
           contexts.push_back(std::make_unique<grpc::ClientContext>());
           contexts.back()->set_deadline(Deadline(options.timeout));
           (*responses)[s].Clear();
-          Rpc::Async(StubFor(client, s), contexts.back().get(), &requests[s],
-                     &(*responses)[s],
-                     [wait, &status, s](grpc::Status result) {
-                       status[s] = std::move(result);
-                       wait->Done();
-                     });
+          calls.push_back(Rpc::Async(StubFor(client, s), contexts.back().get(),
+                                     requests[s], &cq));
+          calls.back()->Finish(&(*responses)[s], &status[s],
+                               reinterpret_cast<void*>(uintptr_t{s}));
         }
-        wait->Wait();
+        AwaitAll(&cq, pending.size());
       }
       std::vector<uint32_t> again;
       for (const uint32_t s : pending) {
@@ -616,17 +610,18 @@ std::vector<absl::Status> PsClient::Health() {
   std::vector<grpc::health::v1::HealthCheckRequest> requests(n);
   std::vector<grpc::health::v1::HealthCheckResponse> responses(n);
   std::vector<grpc::ClientContext> contexts(n);
-  auto wait = std::make_shared<WaitGroup>(n);
+  grpc::CompletionQueue cq;
+  std::vector<std::unique_ptr<
+      grpc::ClientAsyncResponseReader<grpc::health::v1::HealthCheckResponse>>>
+      calls;
   for (uint32_t s = 0; s < n; ++s) {
     contexts[s].set_deadline(Deadline(options_.timeout));
-    shards_[s]->health->async()->Check(
-        &contexts[s], &requests[s], &responses[s],
-        [wait, &status, s](grpc::Status result) {
-          status[s] = std::move(result);
-          wait->Done();
-        });
+    calls.push_back(
+        shards_[s]->health->AsyncCheck(&contexts[s], requests[s], &cq));
+    calls.back()->Finish(&responses[s], &status[s],
+                         reinterpret_cast<void*>(uintptr_t{s}));
   }
-  wait->Wait();
+  AwaitAll(&cq, n);
   std::vector<absl::Status> out(n);
   for (uint32_t s = 0; s < n; ++s) {
     if (!status[s].ok()) {

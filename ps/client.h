@@ -3,9 +3,8 @@
 // Holds one or more gRPC channels to every shard (addresses in shard order:
 // address i is shard i of N). Key-based calls deduplicate the keys, route each
 // distinct key with embedding::ShardOf, send one request per involved shard in
-// parallel (gRPC's callback API; a call that touches one shard runs
-// synchronously on the caller's thread), and reassemble the answers in
-// request order, so a repeated key gets the same row at every position.
+// parallel (async calls on a CompletionQueue drained by the caller's thread;
+// one shard: a blocking call), and reassemble the answers in request order, so a repeated key gets the same row at every position.
 //
 // Every RPC carries a deadline (Options::timeout). A shard answering
 // UNAVAILABLE (down, restarting, connection refused) is retried with
