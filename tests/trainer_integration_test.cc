@@ -340,6 +340,20 @@ TEST_F(TrainerIntegrationTest, ValidationTailHoldsOutTheEndOfTraining) {
   EXPECT_TRUE(m["auc"].is_number());
 }
 
+TEST_F(TrainerIntegrationTest, AblationFlagsReachTheSavedModel) {
+  const Json m = Train("din_mim", "ablation",
+                       {"--test=" + data_->test_path,
+                        absl::StrCat("--content_table=", kContentTable),
+                        "--epochs=1", "--no_content_interest", "--no_fusion"});
+  EXPECT_EQ(m["flags"]["no_fusion"], "true");
+  EXPECT_EQ(m["flags"]["no_id_interest"], "false");
+  EXPECT_TRUE(m["auc"].is_number());
+  const Json manifest = ReadJson(*dir_ + "/model_ablation/manifest.json");
+  EXPECT_EQ(manifest["model_config"]["use_id_interest"], true);
+  EXPECT_EQ(manifest["model_config"]["use_content_interest"], false);
+  EXPECT_EQ(manifest["model_config"]["use_fusion"], false);
+}
+
 TEST_F(TrainerIntegrationTest, MissingContentTableIsReportedNotFound) {
   absl::StatusOr<CommandResult> run = RunCommand(
       Args("din_mim", "missing",
