@@ -20,7 +20,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def label_of(path, metrics):
-    name = metrics.get("model") or os.path.basename(path)
+    """'<file stem>: <model>, N workers (AUC x)': runs of one model differ."""
+    name = f"{os.path.splitext(os.path.basename(path))[0]}: {metrics.get('model', '?')}"
+    workers = (metrics.get("worker") or {}).get("num_workers", 1)
+    if workers > 1:
+        name += f", {workers} workers"
     auc = metrics.get("auc")
     return f"{name} (AUC {auc:.4f})" if isinstance(auc, (int, float)) else name
 
@@ -57,8 +61,8 @@ def main(argv):
             cold = cold.get("auc")
         if isinstance(cold, (int, float)):
             decile_ax.axhline(cold, color=color, linestyle="--", linewidth=1,
-                              label=f"{m.get('model', path)} cold items")
-    loss_ax.set_xlabel("training samples")
+                              label=f"{label_of(path, m).split(' (')[0]} cold")
+    loss_ax.set_xlabel("training samples (of worker 0 when data-parallel)")
     loss_ax.set_ylabel("training loss (window mean)")
     loss_ax.set_title("Training loss")
     loss_ax.grid(alpha=0.3)
