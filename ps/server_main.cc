@@ -109,6 +109,16 @@ int main(int argc, char** argv) {
   grpc::ResourceQuota quota("ps_server");
   quota.SetMaxThreads(FLAGS_threads);
   builder.SetResourceQuota(quota);
+  // The sync server's defaults (1..2 pollers per queue) make a thread exit
+  // after most calls and a new one start for the next (seen in profiles as
+  // a fresh thread id per call). Keeping up to --threads pollers alive
+  // stops that churn; one queue is enough for the few cores a shard gets.
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::NUM_CQS,
+                              1);
+  builder.SetSyncServerOption(
+      grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 2);
+  builder.SetSyncServerOption(
+      grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, FLAGS_threads);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::StrCat("cannot listen on ", address));
