@@ -151,24 +151,27 @@ ps::TableConfig IdTableConfig(const TrainerOptions& o, const std::string& name,
 }
 
 // Finds the content table, checks its kind, returns (dim, version).
+// Uses Stats of that one table rather than ListTables, which also checks
+// every other table and so fails while another worker is creating its
+// tables on the shards one by one.
 absl::StatusOr<std::pair<int, uint64_t>> InspectContentTable(
     ps::PsClient* client, const std::string& name) {
-  absl::StatusOr<std::vector<ps::TableConfig>> tables = client->ListTables();
-  if (!tables.ok()) return tables.status();
-  for (const ps::TableConfig& t : *tables) {
-    if (t.name() != name) continue;
-    if (t.kind() != ps::CONTENT) {
+  absl::StatusOr<std::vector<ps::PsClient::ShardStats>> stats =
+      client->Stats(name);
+  if (absl::IsNotFound(stats.status())) {
+    return absl::NotFoundError(absl::StrCat(
+        "content table '", name, "' does not exist on the shards (",
+        stats.status().message(),
+        "); ingest content vectors first or leave --content_table empty"));
+  }
+  if (!stats.ok()) return stats.status();
+  for (const ps::TableStats& t : ps::TotalStats(*stats)) {
+    if (t.config().name() != name) continue;
+    if (t.config().kind() != ps::CONTENT) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--content_table=", name, " is an ID table; expected CONTENT"));
     }
-    absl::StatusOr<std::vector<ps::PsClient::ShardStats>> stats =
-        client->Stats(name);
-    if (!stats.ok()) return stats.status();
-    uint64_t version = 0;
-    for (const ps::TableStats& s : ps::TotalStats(*stats)) {
-      if (s.config().name() == name) version = s.max_version();
-    }
-    return std::make_pair(static_cast<int>(t.dim()), version);
+    return std::make_pair(static_cast<int>(t.config().dim()), t.max_version());
   }
   return absl::NotFoundError(absl::StrCat(
       "content table '", name, "' does not exist on the shards; ingest "
