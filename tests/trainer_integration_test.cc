@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <memory>
 #include <random>
 #include <string>
@@ -241,6 +242,8 @@ TEST_F(TrainerIntegrationTest, DinAndDinMimLearnThePlantedPattern) {
               curve.front()["loss"].get<double>());
 
     const double auc = m["auc"].get<double>();
+    std::cout << model << ": AUC " << auc << ", cold AUC " << m["cold_auc"]
+              << ", " << m["train_samples_per_sec"] << " samples/s\n";
     EXPECT_GT(auc, 0.6);
     EXPECT_LE(auc, 1.0);
     EXPECT_GT(m["gauc"].get<double>(), 0.55);
