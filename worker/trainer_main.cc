@@ -4,6 +4,7 @@
 //   bazel run //worker:trainer -- --ps=127.0.0.1:5000,127.0.0.1:5001 \
 //     --train=train.tsv --test=test.tsv --model=din_mim \
 //     --content_table=item_content --metrics_out=m.json --model_dir=out/
+#include <cstdlib>
 #include <iostream>
 #include <string>
 #include <utility>
@@ -56,6 +57,14 @@ DEFINE_bool(progress, true, "Progress bar on stderr");
 
 namespace {
 
+// Under `bazel run` the working directory is the runfiles tree; relative
+// paths are meant relative to where the user typed the command.
+std::string UserPath(const std::string& path) {
+  const char* cwd = std::getenv("BUILD_WORKING_DIRECTORY");
+  if (path.empty() || path[0] == '/' || cwd == nullptr) return path;
+  return std::string(cwd) + "/" + path;
+}
+
 // Every flag defined in this file, as name -> current value.
 std::vector<std::pair<std::string, std::string>> OwnFlags() {
   std::vector<gflags::CommandLineFlagInfo> all;
@@ -81,10 +90,10 @@ int main(int argc, char** argv) {
   for (absl::string_view a : absl::StrSplit(FLAGS_ps, ',', absl::SkipEmpty())) {
     o.ps_addresses.emplace_back(a);
   }
-  o.train_path = FLAGS_train;
-  o.test_path = FLAGS_test;
+  o.train_path = UserPath(FLAGS_train);
+  o.test_path = UserPath(FLAGS_test);
   o.model_name = FLAGS_model;
-  o.model_dir = FLAGS_model_dir;
+  o.model_dir = UserPath(FLAGS_model_dir);
   o.epochs = FLAGS_epochs;
   o.batch_size = FLAGS_batch_size;
   o.eval_batch_size = FLAGS_eval_batch_size;
@@ -118,7 +127,8 @@ int main(int argc, char** argv) {
   }
   if (!FLAGS_metrics_out.empty()) {
     absl::Status written =
-        mim::worker::WriteMetricsJson(FLAGS_metrics_out, *report, o, OwnFlags());
+        mim::worker::WriteMetricsJson(UserPath(FLAGS_metrics_out), *report, o,
+                                      OwnFlags());
     if (!written.ok()) {
       std::cerr << "trainer: " << written << "\n";
       return 1;
