@@ -9,7 +9,8 @@
 // /tmp) and redis-server (free port, no RDB/AOF persistence), loads the same
 // --keys rows of --dim float32 into both (Redis: one 4*dim-byte string per
 // key), then for each client thread count and batch size measures, for
-// --seconds each: PS Pull, Redis MGET, PS Push. Batches are uniform random
+// --seconds each: PS Pull and Redis MGET (alternating in --rounds slices,
+// median slice reported), then PS Push. Batches are uniform random
 // keys, the same sequence for PS and Redis. Redis replies are parsed fully
 // (every bulk string copied into the caller's row buffer, as PsClient does),
 // and INFO keyspace_hits/keyspace_misses are printed to show every key hit.
@@ -25,6 +26,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -53,6 +55,10 @@ DEFINE_uint32(dim, 64, "Floats per row.");
 DEFINE_string(batches, "256,1024,4096,16384", "Batch sizes (keys per call).");
 DEFINE_string(threads, "1,2", "Client thread counts.");
 DEFINE_double(seconds, 1.5, "Measuring time per (op, threads, batch).");
+DEFINE_int32(rounds, 3,
+             "PS and Redis are measured alternately in this many rounds of "
+             "seconds/rounds each; the median round is reported (robust to "
+             "other load on a shared machine).");
 DEFINE_int32(server_threads, 8, "--threads of the started ps server.");
 DEFINE_bool(quick, false, "Smoke run: 100k keys, batches 256,1024, 1 thread.");
 DEFINE_bool(push, true, "Also measure Push.");
@@ -309,6 +315,11 @@ double Measure(int threads, double seconds, const Step& step) {
   return static_cast<double>(total) / elapsed;
 }
 
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
 std::string DefaultServerPath(const char* argv0) {
   struct stat st;
   for (const std::string& p :
@@ -329,6 +340,7 @@ int main(int argc, char** argv) {
     FLAGS_batches = "256,1024";
     FLAGS_threads = "1";
     FLAGS_seconds = 0.3;
+    FLAGS_rounds = 1;
   }
   const std::vector<int> batches = ParseList(FLAGS_batches);
   const std::vector<int> thread_counts = ParseList(FLAGS_threads);
@@ -435,17 +447,24 @@ int main(int argc, char** argv) {
       std::vector<std::vector<float>> out(threads,
                                           std::vector<float>(batch * dim));
       std::atomic<uint64_t> errors{0};
-      const double ps_calls = Measure(threads, FLAGS_seconds, [&](int t, uint64_t i) {
-        if (!client.PullInto(table, keys[(i * threads + t) % kBatchesPerSize],
-                             absl::MakeSpan(out[t]), nullptr).ok()) {
-          errors++;
-        }
-      });
+      const double slice = FLAGS_seconds / std::max(1, FLAGS_rounds);
+      std::vector<double> ps_rounds, redis_rounds;
       std::atomic<uint64_t> nils{0};
-      const double redis_calls = Measure(threads, FLAGS_seconds, [&](int t, uint64_t i) {
-        nils += redis[t]->MGet(redis_keys[(i * threads + t) % kBatchesPerSize],
-                               row_bytes, reinterpret_cast<char*>(out[t].data()));
-      });
+      for (int round = 0; round < std::max(1, FLAGS_rounds); ++round) {
+        ps_rounds.push_back(Measure(threads, slice, [&](int t, uint64_t i) {
+          if (!client.PullInto(table, keys[(i * threads + t) % kBatchesPerSize],
+                               absl::MakeSpan(out[t]), nullptr).ok()) {
+            errors++;
+          }
+        }));
+        redis_rounds.push_back(Measure(threads, slice, [&](int t, uint64_t i) {
+          nils += redis[t]->MGet(redis_keys[(i * threads + t) % kBatchesPerSize],
+                                 row_bytes,
+                                 reinterpret_cast<char*>(out[t].data()));
+        }));
+      }
+      const double ps_calls = Median(ps_rounds);
+      const double redis_calls = Median(redis_rounds);
       if (errors > 0 || nils > 0) {
         Die(absl::StrCat(errors.load(), " ps errors, ", nils.load(), " redis nils"));
       }

@@ -119,11 +119,15 @@ struct Routing {
   std::vector<uint32_t> involved;        // shards with at least one key
 };
 
+template <typename AddKey>  // void(uint32_t shard, uint64_t key)
 Routing Route(absl::Span<const uint64_t> keys, uint32_t num_shards,
-              const std::function<void(uint32_t shard, uint64_t key)>& add) {
+              const AddKey& add) {
   Routing r;
   r.unique_of_key.resize(keys.size());
   r.unique_at.resize(num_shards);
+  r.shard_of_unique.reserve(keys.size());
+  r.pos_of_unique.reserve(keys.size());
+  if (num_shards == 1) r.unique_at[0].reserve(keys.size());
   absl::flat_hash_map<uint64_t, uint32_t> index;
   index.reserve(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) {
