@@ -447,6 +447,13 @@ absl::StatusOr<TrainReport> RunTrainer(const TrainerOptions& o,
             "training diverged: loss ", loss, " at batch ", batch.index,
             " of epoch ", epoch, "; lower --lr or --id_lr"));
       }
+      // The model's loss is the batch mean; rows get the gradient of the
+      // summed loss, so that a row's step does not shrink with the batch
+      // size (Adagrad's initial accumulator would otherwise swamp it).
+      if (o.id_grad_sum) {
+        const float scale = static_cast<float>(batch.samples.size());
+        for (float& g : grad_id) g *= scale;
+      }
       absl::StatusOr<uint64_t> pushed =
           ps->Push(report.id_table, batch.id_keys, grad_id);
       if (!pushed.ok()) return pushed.status();

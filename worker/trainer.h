@@ -37,6 +37,8 @@ struct TrainerOptions {
   float id_lr = 0.05f;         // ID table optimizer on the shards
   std::string id_optimizer = "adagrad";
   float id_init_scale = 0.01f;  // normal(0, scale) for new ID rows
+  // Push ID gradients of the summed (not mean) batch loss.
+  bool id_grad_sum = true;
   int id_dim = 32;
   uint64_t seed = 1;
   std::string content_table;  // empty: content rows are zeros

@@ -31,6 +31,9 @@ DEFINE_double(lr, 1e-3, "Dense Adam learning rate");
 DEFINE_double(id_lr, 0.05, "Learning rate of the ID table optimizer on the shards");
 DEFINE_string(id_optimizer, "adagrad", "ID table optimizer: sgd, adagrad, adam, ftrl");
 DEFINE_double(id_init_scale, 0.01, "Stddev of new ID rows (normal initializer)");
+DEFINE_bool(id_grad_sum, true,
+            "Push ID-row gradients of the summed batch loss (false: of the "
+            "mean loss, i.e. divided by the batch size)");
 DEFINE_int32(id_dim, 32, "ID embedding dimension");
 DEFINE_uint64(seed, 1, "Seed of dense init and ID row init");
 DEFINE_string(content_table, "", "Content table on the shards (empty: zeros)");
@@ -102,6 +105,7 @@ int main(int argc, char** argv) {
   o.id_optimizer = FLAGS_id_optimizer;
   o.id_init_scale = static_cast<float>(FLAGS_id_init_scale);
   o.id_dim = FLAGS_id_dim;
+  o.id_grad_sum = FLAGS_id_grad_sum;
   o.seed = FLAGS_seed;
   o.content_table = FLAGS_content_table;
   o.id_table = FLAGS_id_table;
