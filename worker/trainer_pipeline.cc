@@ -13,8 +13,6 @@
 namespace mim::worker {
 namespace {
 
-// Batches the prefetch thread may hold ready ahead of the consumer.
-constexpr size_t kQueueCapacity = 2;
 // Samples read from the file per ReadBatch call.
 constexpr size_t kReadChunk = 4096;
 
@@ -44,7 +42,7 @@ class BatchPipeline::Impl {
   absl::StatusOr<bool> Next(PreparedBatch* out) {
     if (!options_.prefetch) {
       if (!final_status_.ok()) return final_status_;
-      absl::StatusOr<bool> got = Produce(out);
+      absl::StatusOr<bool> got = Produce(out, /*pull=*/true);
       if (!got.ok()) final_status_ = got.status();
       return got;
     }
@@ -64,22 +62,32 @@ class BatchPipeline::Impl {
   }
 
  private:
+  // Reads and builds batch k+1 while the consumer works on batch k, but
+  // pulls its rows only once the consumer has taken batch k from the queue:
+  // rows are then at most one of this worker's pushes old.
   void ProducerLoop() {
     while (true) {
       PreparedBatch batch;
-      absl::StatusOr<bool> got = Produce(&batch);
+      absl::StatusOr<bool> got = Produce(&batch, /*pull=*/false);
+      if (got.ok() && *got) {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](Impl* impl) ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl->mu_) {
+              return impl->queue_.empty() || impl->stopping_;
+            },
+            this));
+        if (stopping_) {
+          producer_done_ = true;
+          return;
+        }
+      }
+      if (got.ok() && *got) {
+        absl::Status pulled = PullRows(&batch);
+        if (!pulled.ok()) got = pulled;
+      }
       absl::MutexLock lock(&mu_);
       if (!got.ok() || !*got) {
         producer_status_ = got.ok() ? absl::OkStatus() : got.status();
-        producer_done_ = true;
-        return;
-      }
-      mu_.Await(absl::Condition(
-          +[](Impl* impl) ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl->mu_) {
-            return impl->queue_.size() < kQueueCapacity || impl->stopping_;
-          },
-          this));
-      if (stopping_) {
         producer_done_ = true;
         return;
       }
@@ -112,8 +120,8 @@ class BatchPipeline::Impl {
     }
   }
 
-  // Fills *out with this worker's next batch, rows pulled.
-  absl::StatusOr<bool> Produce(PreparedBatch* out) {
+  // Fills *out with this worker's next batch; with `pull`, its rows too.
+  absl::StatusOr<bool> Produce(PreparedBatch* out, bool pull) {
     while (true) {
       out->samples.clear();
       out->samples.reserve(options_.batch_size);
@@ -127,17 +135,20 @@ class BatchPipeline::Impl {
       if (out->samples.empty()) return false;
       out->index = next_index_++;
       if (out->index % options_.num_workers != options_.worker_index) continue;
-      absl::Status built = Prepare(out);
+      absl::Status built =
+          builder_.Build(out->samples, options_.id_dim, options_.content_dim,
+                         &out->batch, &out->id_keys, &out->content_keys);
       if (!built.ok()) return built;
+      if (pull) {
+        absl::Status pulled = PullRows(out);
+        if (!pulled.ok()) return pulled;
+      }
       return true;
     }
   }
 
-  absl::Status Prepare(PreparedBatch* out) {
-    absl::Status status =
-        builder_.Build(out->samples, options_.id_dim, options_.content_dim,
-                       &out->batch, &out->id_keys, &out->content_keys);
-    if (!status.ok()) return status;
+  absl::Status PullRows(PreparedBatch* out) {
+    absl::Status status;
     if (options_.create_id_rows) {
       status = client_->PullInto(options_.id_table, out->id_keys,
                                  absl::MakeSpan(out->batch.id_rows), nullptr);

@@ -2,10 +2,12 @@
 // already pulled, optionally one batch ahead on a prefetch thread so that
 // reading, key building and pulls overlap the caller's compute.
 //
-// Staleness: with prefetch on, batch k+1's ID rows are pulled before batch
-// k's gradients are pushed, so a row shared by consecutive batches is read
-// one update late (the same one-step staleness that asynchronous data
-// parallelism has anyway).
+// Staleness: with prefetch on, batch k+1 is read and built ahead, but its
+// rows are pulled only after the consumer has taken batch k, i.e. while
+// batch k is computed: a row shared by consecutive batches misses exactly
+// batch k's push (one step). Pulling further ahead was measured to hurt:
+// with a queue of two ready batches, two data-parallel workers lost 0.045
+// AUC on the synthetic data (rows up to ~6 global pushes old).
 #ifndef MIM_WORKER_TRAINER_PIPELINE_H_
 #define MIM_WORKER_TRAINER_PIPELINE_H_
 
