@@ -143,7 +143,7 @@ def main():
     shards = Shards(out)
     try:
         run([f"{BIN}/tools/ingest_content", f"--ps={shards.addresses}",
-             f"--vectors={data_dir}/content_vectors.tsv", "--table=item_content", "--version=1"])
+             f"--vectors={data_dir}/content_vectors.tsv", "--table=item_content", "--content_version=1"])
 
         # Hyperparameters on the validation tail of the training period only.
         choice = {}

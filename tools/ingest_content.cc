@@ -4,7 +4,7 @@
 // path: once a row is acknowledged, a brand-new item is served with content.
 //
 //   bazel run //tools:ingest_content -- --ps=H:P,H:P --vectors=FILE \
-//       --table=item_content [--version=N]
+//       --table=item_content [--content_version=N]
 //
 // The content key of an item is its raw item id (the models look content up
 // by item id). The table is created (if missing) with the file's dimension.
@@ -24,7 +24,7 @@
 DEFINE_string(ps, "", "comma-separated shard addresses, shard order");
 DEFINE_string(vectors, "", "content-vector file to ingest");
 DEFINE_string(table, "item_content", "content table name");
-DEFINE_uint64(version, 0, "version of these rows (0: current Unix time)");
+DEFINE_uint64(content_version, 0, "version of these rows (0: current Unix time)");
 DEFINE_int32(batch, 4096, "rows per Upsert call");
 
 namespace {
@@ -48,8 +48,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ingest_content: --batch must be positive\n");
     return 2;
   }
-  const uint64_t version = FLAGS_version != 0
-                               ? FLAGS_version
+  const uint64_t version = FLAGS_content_version != 0
+                               ? FLAGS_content_version
                                : static_cast<uint64_t>(std::time(nullptr));
 
   auto reader = mim::data::ContentVectorReader::Open(FLAGS_vectors);

@@ -94,7 +94,7 @@ step "3/6 training fastText content vectors on the item texts"
 
 step "4/6 upserting content vectors into the shards"
 "$BIN/tools/ingest_content" --ps="$PS" --vectors="$DATA_DIR/content_vectors.tsv" \
-  --table=item_content --version=1
+  --table=item_content --content_version=1
 "$BIN/tools/ps_admin" --ps="$PS" stats item_content
 
 step "5/6 training ${MODELS//,/, } on the shards"
