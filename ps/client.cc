@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -110,42 +111,74 @@ absl::StatusOr<size_t> RowDim(size_t num_keys, size_t num_floats,
 }
 
 // Where each distinct key of a request goes: keys are deduplicated, then
-// appended to their shard's request in first-seen order.
+// appended, in first-seen order, to a call to their shard. A shard's keys are
+// split into up to Options::max_calls_per_shard calls of at least
+// Options::max_keys_per_call keys; the calls of one request go out together, so a large batch is served by several shard threads at once and
+// the client reads one answer while the shard computes the next.
 struct Routing {
-  std::vector<uint32_t> shard_of_unique;
-  std::vector<uint32_t> pos_of_unique;   // index in its shard's request
+  std::vector<uint32_t> call_of_unique;
+  std::vector<uint32_t> pos_of_unique;   // index in its call's request
   std::vector<uint32_t> unique_of_key;   // per request position
-  std::vector<std::vector<uint32_t>> unique_at;  // [shard][pos] -> unique
-  std::vector<uint32_t> involved;        // shards with at least one key
+  std::vector<std::vector<uint32_t>> unique_at;  // [call][pos] -> unique
+  std::vector<uint32_t> shard_of_call;
+  std::vector<uint32_t> calls;           // 0 .. number of calls - 1
 };
 
-template <typename AddKey>  // void(uint32_t shard, uint64_t key)
+template <typename AddKey>  // void(uint32_t call, uint64_t key)
 Routing Route(absl::Span<const uint64_t> keys, uint32_t num_shards,
-              const AddKey& add) {
+              const PsClient::Options& options, const AddKey& add) {
   Routing r;
   r.unique_of_key.resize(keys.size());
-  r.unique_at.resize(num_shards);
-  r.shard_of_unique.reserve(keys.size());
-  r.pos_of_unique.reserve(keys.size());
-  if (num_shards == 1) r.unique_at[0].reserve(keys.size());
+  // Pass 1: distinct keys and their shards.
+  std::vector<uint64_t> unique;
+  std::vector<uint32_t> shard_of_unique;
+  unique.reserve(keys.size());
+  shard_of_unique.reserve(keys.size());
+  std::vector<size_t> per_shard(num_shards, 0);
   absl::flat_hash_map<uint64_t, uint32_t> index;
   index.reserve(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) {
     const auto [it, inserted] =
-        index.try_emplace(keys[i], static_cast<uint32_t>(index.size()));
+        index.try_emplace(keys[i], static_cast<uint32_t>(unique.size()));
     r.unique_of_key[i] = it->second;
     if (!inserted) continue;
     const uint32_t shard =
         num_shards == 1 ? 0 : embedding::ShardOf(keys[i], num_shards);
-    r.shard_of_unique.push_back(shard);
-    r.pos_of_unique.push_back(
-        static_cast<uint32_t>(r.unique_at[shard].size()));
-    r.unique_at[shard].push_back(it->second);
-    add(shard, keys[i]);
+    unique.push_back(keys[i]);
+    shard_of_unique.push_back(shard);
+    ++per_shard[shard];
   }
+  // Keys per call for each shard: at least max_keys_per_call, and at most
+  // max_calls_per_shard calls, so one request cannot occupy every thread of
+  // a shard.
+  std::vector<size_t> chunk(num_shards);
+  const size_t min_chunk = options.max_keys_per_call > 0
+                               ? static_cast<size_t>(options.max_keys_per_call)
+                               : std::numeric_limits<size_t>::max();
+  const size_t max_calls =
+      static_cast<size_t>(std::max(1, options.max_calls_per_shard));
   for (uint32_t s = 0; s < num_shards; ++s) {
-    if (!r.unique_at[s].empty()) r.involved.push_back(s);
+    chunk[s] = std::max(min_chunk, (per_shard[s] + max_calls - 1) / max_calls);
   }
+  // Pass 2: append each distinct key to its shard's open call.
+  r.call_of_unique.resize(unique.size());
+  r.pos_of_unique.resize(unique.size());
+  std::vector<int64_t> open_call(num_shards, -1);
+  for (uint32_t u = 0; u < unique.size(); ++u) {
+    const uint32_t shard = shard_of_unique[u];
+    int64_t& call = open_call[shard];
+    if (call < 0 || r.unique_at[call].size() >= chunk[shard]) {
+      call = static_cast<int64_t>(r.shard_of_call.size());
+      r.shard_of_call.push_back(shard);
+      r.unique_at.emplace_back();
+      r.unique_at.back().reserve(std::min(chunk[shard], per_shard[shard]));
+    }
+    r.call_of_unique[u] = static_cast<uint32_t>(call);
+    r.pos_of_unique[u] = static_cast<uint32_t>(r.unique_at[call].size());
+    r.unique_at[call].push_back(u);
+    add(static_cast<uint32_t>(call), unique[u]);
+  }
+  for (uint32_t c = 0; c < r.shard_of_call.size(); ++c) r.calls.push_back(c);
   return r;
 }
 
@@ -160,16 +193,18 @@ std::vector<uint32_t> AllShards(uint32_t n) {
 // Sends one request per listed shard, in parallel, retrying UNAVAILABLE.
 class ShardCaller {
  public:
+  // Sends requests[c] for every c in `calls` to shard shard_of_call[c].
   template <typename Rpc>
   static absl::Status Call(const PsClient& client,
-                           absl::Span<const uint32_t> shards,
+                           absl::Span<const uint32_t> calls,
+                           absl::Span<const uint32_t> shard_of_call,
                            const std::vector<typename Rpc::Request>& requests,
                            std::vector<typename Rpc::Response>* responses,
                            bool retry) {
     const PsClient::Options& options = client.options_;
     const int attempts = retry ? std::max(1, options.max_attempts) : 1;
-    std::vector<grpc::Status> status(client.shards_.size());
-    std::vector<uint32_t> pending(shards.begin(), shards.end());
+    std::vector<grpc::Status> status(requests.size());
+    std::vector<uint32_t> pending(calls.begin(), calls.end());
     absl::Duration backoff = options.initial_backoff;
     for (int attempt = 1;; ++attempt) {
       if (pending.size() == 1) {
@@ -177,21 +212,23 @@ class ShardCaller {
         grpc::ClientContext context;
         context.set_deadline(Deadline(options.timeout));
         (*responses)[s].Clear();
-        status[s] = Rpc::Sync(StubFor(client, s), &context, requests[s],
+        status[s] = Rpc::Sync(StubFor(client, shard_of_call[s]), &context,
+                              requests[s],
                               &(*responses)[s]);
       } else {
         grpc::CompletionQueue cq;
         std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
         std::vector<std::unique_ptr<
             grpc::ClientAsyncResponseReader<typename Rpc::Response>>>
-            calls;
+            readers;
         for (const uint32_t s : pending) {
           contexts.push_back(std::make_unique<grpc::ClientContext>());
           contexts.back()->set_deadline(Deadline(options.timeout));
           (*responses)[s].Clear();
-          calls.push_back(Rpc::Async(StubFor(client, s), contexts.back().get(),
-                                     requests[s], &cq));
-          calls.back()->Finish(&(*responses)[s], &status[s],
+          readers.push_back(Rpc::Async(StubFor(client, shard_of_call[s]),
+                                       contexts.back().get(), requests[s],
+                                       &cq));
+          readers.back()->Finish(&(*responses)[s], &status[s],
                                reinterpret_cast<void*>(uintptr_t{s}));
         }
         AwaitAll(&cq, pending.size());
@@ -208,9 +245,9 @@ class ShardCaller {
       backoff = std::min(backoff * 2, options.max_backoff);
       pending = std::move(again);
     }
-    for (const uint32_t s : shards) {
+    for (const uint32_t s : calls) {
       if (!status[s].ok()) {
-        return client.ShardError(s, FromGrpcStatus(status[s]));
+        return client.ShardError(shard_of_call[s], FromGrpcStatus(status[s]));
       }
     }
     return absl::OkStatus();
@@ -299,7 +336,7 @@ absl::Status PsClient::CreateTable(const TableConfig& config,
   std::vector<CreateTableResponse> responses(num_shards());
   // Retrying is safe only when a repeat is not an error.
   return ShardCaller::Call<CreateTableRpc>(*this, AllShards(num_shards()),
-                                           requests, &responses,
+                                           AllShards(num_shards()), requests, &responses,
                                            if_not_exists);
 }
 
@@ -307,7 +344,7 @@ absl::StatusOr<std::vector<TableConfig>> PsClient::ListTables() {
   std::vector<ListTablesRequest> requests(num_shards());
   std::vector<ListTablesResponse> responses(num_shards());
   absl::Status status = ShardCaller::Call<ListTablesRpc>(
-      *this, AllShards(num_shards()), requests, &responses, true);
+      *this, AllShards(num_shards()), AllShards(num_shards()), requests, &responses, true);
   if (!status.ok()) return status;
   std::vector<TableConfig> tables(responses[0].tables().begin(),
                                   responses[0].tables().end());
@@ -334,33 +371,37 @@ absl::Status PsClient::PullRows(
     absl::string_view table, absl::Span<const uint64_t> keys,
     const std::function<absl::StatusOr<float*>(uint32_t dim)>& buffer,
     std::vector<uint32_t>* missing) {
-  std::vector<PullRequest> requests(num_shards());
+  std::vector<PullRequest> requests;
   const Routing routing = Route(
-      keys, num_shards(),
-      [&requests](uint32_t s, uint64_t key) { requests[s].add_keys(key); });
-  for (const uint32_t s : routing.involved) {
+      keys, num_shards(), options_,
+      [&requests](uint32_t c, uint64_t key) {
+        if (c == requests.size()) requests.emplace_back();
+        requests[c].add_keys(key);
+      });
+  for (const uint32_t s : routing.calls) {
     requests[s].set_table(std::string(table));
   }
-  std::vector<PullResponse> responses(num_shards());
+  std::vector<PullResponse> responses(requests.size());
   absl::Status status = ShardCaller::Call<PullRpc>(
-      *this, routing.involved, requests, &responses, true);
+      *this, routing.calls, routing.shard_of_call, requests, &responses, true);
   if (!status.ok()) return status;
-  const uint32_t dim = responses[routing.involved[0]].dim();
-  for (const uint32_t s : routing.involved) {
+  const uint32_t dim = responses[routing.calls[0]].dim();
+  for (const uint32_t s : routing.calls) {
     if (responses[s].dim() != dim || dim == 0 ||
         responses[s].values().size() !=
             size_t{4} * dim * requests[s].keys_size()) {
       return absl::InternalError(absl::StrFormat(
           "shard %d (%s) answered dim %d with %d value bytes for %d keys "
           "(other shards: dim %d)",
-          s, addresses_[s], responses[s].dim(), responses[s].values().size(),
+          routing.shard_of_call[s], addresses_[routing.shard_of_call[s]],
+          responses[s].dim(), responses[s].values().size(),
           requests[s].keys_size(), dim));
     }
   }
   absl::StatusOr<float*> out = buffer(dim);
   if (!out.ok()) return out.status();
-  std::vector<char> unique_missing(routing.shard_of_unique.size(), 0);
-  for (const uint32_t s : routing.involved) {
+  std::vector<char> unique_missing(routing.call_of_unique.size(), 0);
+  for (const uint32_t s : routing.calls) {
     for (const uint32_t p : responses[s].missing()) {
       if (p < routing.unique_at[s].size()) {
         unique_missing[routing.unique_at[s][p]] = 1;
@@ -370,7 +411,7 @@ absl::Status PsClient::PullRows(
   if (missing != nullptr) missing->clear();
   for (size_t i = 0; i < keys.size(); ++i) {
     const uint32_t u = routing.unique_of_key[i];
-    const float* row = RowsOf(responses[routing.shard_of_unique[u]].values()) +
+    const float* row = RowsOf(responses[routing.call_of_unique[u]].values()) +
                        size_t{routing.pos_of_unique[u]} * dim;
     std::memcpy(*out + i * dim, row, sizeof(float) * dim);
     if (unique_missing[u] && missing != nullptr) {
@@ -435,11 +476,14 @@ absl::StatusOr<uint64_t> PsClient::Push(absl::string_view table,
       !s.ok()) {
     return s;
   }
-  std::vector<PushRequest> requests(num_shards());
+  std::vector<PushRequest> requests;
   const Routing routing = Route(
-      keys, num_shards(),
-      [&requests](uint32_t s, uint64_t key) { requests[s].add_keys(key); });
-  for (const uint32_t s : routing.involved) {
+      keys, num_shards(), options_,
+      [&requests](uint32_t c, uint64_t key) {
+        if (c == requests.size()) requests.emplace_back();
+        requests[c].add_keys(key);
+      });
+  for (const uint32_t s : routing.calls) {
     requests[s].set_table(std::string(table));
     requests[s].mutable_gradients()->assign(
         sizeof(float) * *dim * requests[s].keys_size(), '\0');
@@ -448,17 +492,17 @@ absl::StatusOr<uint64_t> PsClient::Push(absl::string_view table,
   for (size_t i = 0; i < keys.size(); ++i) {
     const uint32_t u = routing.unique_of_key[i];
     float* row =
-        MutableRowsOf(requests[routing.shard_of_unique[u]].mutable_gradients()) +
+        MutableRowsOf(requests[routing.call_of_unique[u]].mutable_gradients()) +
         size_t{routing.pos_of_unique[u]} * *dim;
     const float* g = gradients.data() + i * *dim;
     for (size_t j = 0; j < *dim; ++j) row[j] += g[j];
   }
-  std::vector<PushResponse> responses(num_shards());
+  std::vector<PushResponse> responses(requests.size());
   absl::Status status = ShardCaller::Call<PushRpc>(
-      *this, routing.involved, requests, &responses, options_.retry_pushes);
+      *this, routing.calls, routing.shard_of_call, requests, &responses, options_.retry_pushes);
   if (!status.ok()) return status;
   uint64_t updated = 0;
-  for (const uint32_t s : routing.involved) {
+  for (const uint32_t s : routing.calls) {
     updated += responses[s].rows_updated();
   }
   return updated;
@@ -475,11 +519,14 @@ absl::StatusOr<PsClient::UpsertResult> PsClient::Upsert(
   if (absl::Status s = CheckFinite(keys, values, *dim, "value"); !s.ok()) {
     return s;
   }
-  std::vector<UpsertRequest> requests(num_shards());
+  std::vector<UpsertRequest> requests;
   const Routing routing = Route(
-      keys, num_shards(),
-      [&requests](uint32_t s, uint64_t key) { requests[s].add_keys(key); });
-  for (const uint32_t s : routing.involved) {
+      keys, num_shards(), options_,
+      [&requests](uint32_t c, uint64_t key) {
+        if (c == requests.size()) requests.emplace_back();
+        requests[c].add_keys(key);
+      });
+  for (const uint32_t s : routing.calls) {
     requests[s].set_table(std::string(table));
     requests[s].set_version(version);
     requests[s].mutable_values()->resize(sizeof(float) * *dim *
@@ -489,15 +536,15 @@ absl::StatusOr<PsClient::UpsertResult> PsClient::Upsert(
   for (size_t i = 0; i < keys.size(); ++i) {
     const uint32_t u = routing.unique_of_key[i];
     float* row =
-        MutableRowsOf(requests[routing.shard_of_unique[u]].mutable_values()) +
+        MutableRowsOf(requests[routing.call_of_unique[u]].mutable_values()) +
         size_t{routing.pos_of_unique[u]} * *dim;
     std::memcpy(row, values.data() + i * *dim, sizeof(float) * *dim);
   }
-  std::vector<UpsertResponse> responses(num_shards());
+  std::vector<UpsertResponse> responses(requests.size());
   absl::Status status = ShardCaller::Call<UpsertRpc>(
-      *this, routing.involved, requests, &responses, true);
+      *this, routing.calls, routing.shard_of_call, requests, &responses, true);
   if (!status.ok()) return status;
-  for (const uint32_t s : routing.involved) {
+  for (const uint32_t s : routing.calls) {
     result.rows_written += responses[s].rows_written();
     result.rows_stale += responses[s].rows_stale();
   }
@@ -508,19 +555,22 @@ absl::StatusOr<PsClient::GetRowsResult> PsClient::GetRows(
     absl::string_view table, absl::Span<const uint64_t> keys) {
   GetRowsResult result;
   if (keys.empty()) return result;
-  std::vector<GetRowsRequest> requests(num_shards());
+  std::vector<GetRowsRequest> requests;
   const Routing routing = Route(
-      keys, num_shards(),
-      [&requests](uint32_t s, uint64_t key) { requests[s].add_keys(key); });
-  for (const uint32_t s : routing.involved) {
+      keys, num_shards(), options_,
+      [&requests](uint32_t c, uint64_t key) {
+        if (c == requests.size()) requests.emplace_back();
+        requests[c].add_keys(key);
+      });
+  for (const uint32_t s : routing.calls) {
     requests[s].set_table(std::string(table));
   }
-  std::vector<GetRowsResponse> responses(num_shards());
+  std::vector<GetRowsResponse> responses(requests.size());
   absl::Status status = ShardCaller::Call<GetRowsRpc>(
-      *this, routing.involved, requests, &responses, true);
+      *this, routing.calls, routing.shard_of_call, requests, &responses, true);
   if (!status.ok()) return status;
-  const uint32_t dim = responses[routing.involved[0]].dim();
-  for (const uint32_t s : routing.involved) {
+  const uint32_t dim = responses[routing.calls[0]].dim();
+  for (const uint32_t s : routing.calls) {
     const auto n = static_cast<size_t>(requests[s].keys_size());
     if (responses[s].dim() != dim || dim == 0 ||
         responses[s].values().size() != size_t{4} * dim * n ||
@@ -528,15 +578,16 @@ absl::StatusOr<PsClient::GetRowsResult> PsClient::GetRows(
       return absl::InternalError(absl::StrFormat(
           "shard %d (%s) answered a malformed GetRows (dim %d, %d value "
           "bytes, %d meta) for %d keys",
-          s, addresses_[s], responses[s].dim(), responses[s].values().size(),
+          routing.shard_of_call[s], addresses_[routing.shard_of_call[s]],
+          responses[s].dim(), responses[s].values().size(),
           responses[s].meta_size(), n));
     }
   }
   result.dim = dim;
   result.values.resize(keys.size() * dim);
   result.meta.resize(keys.size());
-  std::vector<char> unique_missing(routing.shard_of_unique.size(), 0);
-  for (const uint32_t s : routing.involved) {
+  std::vector<char> unique_missing(routing.call_of_unique.size(), 0);
+  for (const uint32_t s : routing.calls) {
     for (const uint32_t p : responses[s].missing()) {
       if (p < routing.unique_at[s].size()) {
         unique_missing[routing.unique_at[s][p]] = 1;
@@ -545,7 +596,7 @@ absl::StatusOr<PsClient::GetRowsResult> PsClient::GetRows(
   }
   for (size_t i = 0; i < keys.size(); ++i) {
     const uint32_t u = routing.unique_of_key[i];
-    const GetRowsResponse& r = responses[routing.shard_of_unique[u]];
+    const GetRowsResponse& r = responses[routing.call_of_unique[u]];
     const uint32_t p = routing.pos_of_unique[u];
     std::memcpy(result.values.data() + i * dim,
                 RowsOf(r.values()) + size_t{p} * dim, sizeof(float) * dim);
@@ -561,7 +612,7 @@ absl::StatusOr<std::vector<PsClient::ShardStats>> PsClient::Stats(
   for (auto& r : requests) r.set_table(std::string(table));
   std::vector<TableStatsResponse> responses(num_shards());
   absl::Status status = ShardCaller::Call<TableStatsRpc>(
-      *this, AllShards(num_shards()), requests, &responses, true);
+      *this, AllShards(num_shards()), AllShards(num_shards()), requests, &responses, true);
   if (!status.ok()) return status;
   std::vector<ShardStats> out(num_shards());
   for (uint32_t s = 0; s < num_shards(); ++s) {
@@ -582,7 +633,7 @@ absl::StatusOr<std::vector<PsClient::ShardCheckpoint>> PsClient::Checkpoint(
   std::vector<CheckpointResponse> responses(num_shards());
   // Not retried: a repeat of a checkpoint that did land is ALREADY_EXISTS.
   absl::Status status = ShardCaller::Call<CheckpointRpc>(
-      *this, AllShards(num_shards()), requests, &responses, false);
+      *this, AllShards(num_shards()), AllShards(num_shards()), requests, &responses, false);
   if (!status.ok()) return status;
   std::vector<ShardCheckpoint> out(num_shards());
   for (uint32_t s = 0; s < num_shards(); ++s) {
@@ -598,7 +649,7 @@ absl::StatusOr<std::vector<PsClient::ShardRestore>> PsClient::Restore(
   for (auto& r : requests) r.set_name(name);
   std::vector<RestoreResponse> responses(num_shards());
   absl::Status status = ShardCaller::Call<RestoreRpc>(
-      *this, AllShards(num_shards()), requests, &responses, true);
+      *this, AllShards(num_shards()), AllShards(num_shards()), requests, &responses, true);
   if (!status.ok()) return status;
   std::vector<ShardRestore> out(num_shards());
   for (uint32_t s = 0; s < num_shards(); ++s) {

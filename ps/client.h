@@ -50,6 +50,12 @@ class PsClient {
     // several caller threads do not share one HTTP/2 connection.
     int channels_per_shard = 1;
     bool retry_pushes = true;
+    // A shard's part of a request is split into concurrent calls of this
+    // many keys (0: never split), so that a big batch is served by several
+    // shard threads and transfer overlaps lookup; at most
+    // max_calls_per_shard calls per shard (larger calls beyond that).
+    int max_keys_per_call = 0;
+    int max_calls_per_shard = 4;
     // Max message size for both directions (batch 16384 x 64-d is 4 MiB).
     int max_message_bytes = 256 << 20;
   };

@@ -122,6 +122,33 @@ TEST_F(PsClientTest, PullRoutesDistinctKeysAndRepeatsRows) {
   }
 }
 
+TEST_F(PsClientTest, SplitCallsReassembleLikeOneCall) {
+  PsClient::Options options;
+  options.max_keys_per_call = 2;
+  options.max_calls_per_shard = 3;
+  auto split = PsClient::Create(addresses_, options);
+  ASSERT_TRUE(split.ok());
+  std::vector<uint64_t> keys;
+  for (uint64_t k = 0; k < 40; ++k) keys.push_back((k * 7) % 23);
+  auto a = (*split)->Pull("user", keys);
+  auto b = client_->Pull("user", keys);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(a->values, b->values);
+  std::vector<float> grads(keys.size() * 2, 0.5f);
+  auto updated = (*split)->Push("user", keys, grads);
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  EXPECT_EQ(*updated, 23u);
+  auto c = (*split)->Upsert("item", {1, 2, 3, 4, 5}, {1, 1, 2, 2, 3, 3, 4, 4, 5, 5}, 1);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rows_written, 5u);
+  auto rows = (*split)->GetRows("item", {5, 4, 3, 2, 1, 6});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->values,
+            (std::vector<float>{5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0}));
+  EXPECT_EQ(rows->missing, (std::vector<uint32_t>{5}));
+}
+
 TEST_F(PsClientTest, PullIntoWritesCallerBuffer) {
   const std::vector<uint64_t> keys = {5, 6, 5};
   std::vector<float> out(6, -7.0f);

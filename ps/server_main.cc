@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -34,7 +35,9 @@ DEFINE_bool(sync_writes, false,
             "fsync the write-ahead log on every acknowledged write.");
 DEFINE_uint64(max_keys_per_request, 1 << 20,
               "Requests with more keys are refused (RESOURCE_EXHAUSTED).");
-DEFINE_int32(threads, 8, "Maximum threads serving RPCs.");
+DEFINE_int32(threads, 64,
+             "Maximum threads serving RPCs; calls beyond it are refused "
+             "(RESOURCE_EXHAUSTED).");
 DEFINE_int32(max_message_mb, 256, "Max request/response size in MiB.");
 
 namespace {
@@ -111,14 +114,15 @@ int main(int argc, char** argv) {
   builder.SetResourceQuota(quota);
   // The sync server's defaults (1..2 pollers per queue) make a thread exit
   // after most calls and a new one start for the next (seen in profiles as
-  // a fresh thread id per call). Keeping up to --threads pollers alive
-  // stops that churn; one queue is enough for the few cores a shard gets.
+  // a fresh thread id per call). Keeping up to 8 idle pollers alive stops
+  // that churn; one queue is enough for the few cores a shard gets.
   builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::NUM_CQS,
                               1);
   builder.SetSyncServerOption(
       grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 2);
   builder.SetSyncServerOption(
-      grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, FLAGS_threads);
+      grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
+      std::min(FLAGS_threads, 8));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::StrCat("cannot listen on ", address));

@@ -351,6 +351,27 @@ TEST_F(PsClusterTest, AcknowledgedUpdatesSurviveSigkill) {
   for (const RowMeta& m : meta->meta) EXPECT_EQ(m.update_count(), 3u);
 }
 
+TEST_F(PsClusterTest, SigtermShutsDownCleanlyAndRestartRecovers) {
+  ASSERT_TRUE(client_->CreateTable(ContentTable("item", 2), false).ok());
+  const uint64_t k = KeyOfShard(0);
+  ASSERT_TRUE(client_->Upsert("item", {k}, {0.25f, -4.0f}, 1).ok());
+  ShardProcess::Flags flags = shards_[0]->flags();
+  flags.port = shards_[0]->port();
+  const int status = shards_[0]->Kill(SIGTERM);
+  ASSERT_TRUE(WIFEXITED(status)) << "wait status " << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  shards_[0].reset();
+  auto shard = ShardProcess::Start(flags);
+  ASSERT_TRUE(shard.ok()) << shard.status();
+  shards_[0] = std::move(*shard);
+  auto tables = client_->ListTables();
+  ASSERT_TRUE(tables.ok()) << tables.status();
+  ASSERT_EQ(tables->size(), 1u);
+  auto rows = client_->Pull("item", {k});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->values, (std::vector<float>{0.25f, -4.0f}));
+}
+
 TEST_F(PsClusterTest, DownShardIsReportedByAddress) {
   ASSERT_TRUE(client_->CreateTable(IdTable("user", 4), false).ok());
   shards_[1]->Kill(SIGKILL);
