@@ -357,6 +357,32 @@ TEST_F(TrainerIntegrationTest, AblationFlagsReachTheSavedModel) {
   EXPECT_EQ(manifest["model_config"]["use_fusion"], false);
 }
 
+TEST_F(TrainerIntegrationTest, FailedWorkerMarksTheRunFailed) {
+  // Worker 1 fails after joining the barrier (its train file is missing);
+  // worker 0 of the same run then refuses the half-trained tables at once
+  // instead of waiting for worker 1 to finish.
+  std::vector<std::string> w1 =
+      Args("din", "failed", {"--num_workers=2", "--worker_index=1",
+                             "--test=" + data_->test_path});
+  for (std::string& a : w1) {
+    if (absl::StartsWith(a, "--train=")) a = "--train=" + *dir_ + "/missing.tsv";
+  }
+  absl::StatusOr<CommandResult> first = RunCommand(w1);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(first->err, "NOT_FOUND")) << first->err;
+
+  absl::StatusOr<CommandResult> second = RunCommand(
+      Args("din", "failed", {"--num_workers=2", "--worker_index=0",
+                             "--test=" + data_->test_path,
+                             "--barrier_timeout_s=120"}));
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(second->err, "FAILED_PRECONDITION"))
+      << second->err;
+  EXPECT_TRUE(absl::StrContains(second->err, "worker 1")) << second->err;
+}
+
 TEST_F(TrainerIntegrationTest, MissingContentTableIsReportedNotFound) {
   absl::StatusOr<CommandResult> run = RunCommand(
       Args("din_mim", "missing",

@@ -298,8 +298,13 @@ std::string IdTableName(const TrainerOptions& options) {
                                   : options.id_table;
 }
 
-absl::StatusOr<TrainReport> RunTrainer(const TrainerOptions& o,
-                                       std::ostream* progress) {
+namespace {
+
+// RunTrainer's body. `*barrier` is set once the shared barrier exists, so
+// that the caller can report a failure to worker 0.
+absl::StatusOr<TrainReport> RunTrainerImpl(
+    const TrainerOptions& o, std::ostream* progress, ps::PsClient* ps,
+    std::unique_ptr<FinishBarrier>* barrier_out) {
   absl::Status valid = ValidateOptions(o);
   if (!valid.ok()) return valid;
   kernels::SetCpuThreads(o.threads);
@@ -314,14 +319,6 @@ absl::StatusOr<TrainReport> RunTrainer(const TrainerOptions& o,
   config->use_id_interest = !o.no_id_interest;
   config->use_content_interest = !o.no_content_interest;
   config->use_fusion = !o.no_fusion;
-
-  ps::PsClient::Options client_options;
-  client_options.timeout = absl::Seconds(60);
-  client_options.channels_per_shard = 2;  // trainer thread + prefetch thread
-  absl::StatusOr<std::unique_ptr<ps::PsClient>> client =
-      ps::PsClient::Create(o.ps_addresses, client_options);
-  if (!client.ok()) return client.status();
-  ps::PsClient* ps = client->get();
 
   if (!o.content_table.empty()) {
     absl::StatusOr<std::pair<int, uint64_t>> content =
@@ -349,7 +346,7 @@ absl::StatusOr<TrainReport> RunTrainer(const TrainerOptions& o,
                            (o.dense_params == "auto" && o.num_workers > 1);
   report.dense_mode = dense_on_ps ? "ps" : "local";
   std::unique_ptr<PsDenseParams> dense;
-  std::unique_ptr<FinishBarrier> barrier;
+  std::unique_ptr<FinishBarrier>& barrier = *barrier_out;
   if (dense_on_ps) {
     report.dense_table = TableBase(o) + "_dense";
     PsDenseParams::AdamOptions adam;
@@ -522,6 +519,29 @@ absl::StatusOr<TrainReport> RunTrainer(const TrainerOptions& o,
         WriteManifest(manifest_path, o, report, o.ps_addresses.size());
     if (!written.ok()) return written;
     report.model_files = {model_path, manifest_path};
+  }
+  return report;
+}
+
+}  // namespace
+
+absl::StatusOr<TrainReport> RunTrainer(const TrainerOptions& options,
+                                       std::ostream* progress) {
+  ps::PsClient::Options client_options;
+  client_options.timeout = absl::Seconds(60);
+  client_options.channels_per_shard = 2;  // trainer thread + prefetch thread
+  absl::StatusOr<std::unique_ptr<ps::PsClient>> client =
+      ps::PsClient::Create(options.ps_addresses, client_options);
+  if (!client.ok()) return client.status();
+  // Declared after the client: the barrier uses it, so it must go first.
+  std::unique_ptr<FinishBarrier> barrier;
+  absl::StatusOr<TrainReport> report =
+      RunTrainerImpl(options, progress, client->get(), &barrier);
+  if (!report.ok() && barrier != nullptr) {
+    // Best effort: worker 0 then stops waiting with ABORTED instead of
+    // running into its barrier timeout.
+    absl::Status marked = barrier->Fail();
+    if (!marked.ok()) LOG(WARNING) << "could not report failure: " << marked;
   }
   return report;
 }

@@ -68,12 +68,12 @@ absl::Status PsDenseParams::PushGradient(absl::Span<const float> gradient) {
 
 FinishBarrier::FinishBarrier(ps::PsClient* client, std::string table,
                              int num_workers, int worker_index,
-                             float start_count)
+                             std::vector<float> start)
     : client_(client),
       table_(std::move(table)),
       num_workers_(num_workers),
       worker_index_(worker_index),
-      start_count_(start_count) {}
+      start_(std::move(start)) {}
 
 absl::StatusOr<std::unique_ptr<FinishBarrier>> FinishBarrier::Create(
     ps::PsClient* client, const std::string& table, int num_workers,
@@ -87,27 +87,46 @@ absl::StatusOr<std::unique_ptr<FinishBarrier>> FinishBarrier::Create(
   config.mutable_initializer()->set_name("zeros");
   absl::Status created = client->CreateTable(config, /*if_not_exists=*/true);
   if (!created.ok()) return created;
-  const uint64_t key = static_cast<uint64_t>(worker_index);
-  absl::StatusOr<ps::PsClient::GetRowsResult> row =
-      client->GetRows(table, absl::MakeConstSpan(&key, 1));
-  if (!row.ok()) return row.status();
-  const float start = row->values.empty() ? 0.0f : row->values[0];
-  return std::unique_ptr<FinishBarrier>(
-      new FinishBarrier(client, table, num_workers, worker_index, start));
+  std::vector<uint64_t> keys(2 * num_workers);
+  for (size_t k = 0; k < keys.size(); ++k) keys[k] = k;
+  absl::StatusOr<ps::PsClient::GetRowsResult> rows =
+      client->GetRows(table, keys);
+  if (!rows.ok()) return rows.status();
+  if (rows->values.size() != keys.size()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "barrier table ", table, " has dim ", rows->dim, "; expected 1"));
+  }
+  for (int w = 0; w < num_workers; ++w) {
+    if (rows->values[num_workers + w] > 0.5f) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "worker ", w, " of a data-parallel run over these tables failed ",
+          "(barrier table ", table, "); the tables may be half-trained: ",
+          "start over with a new --table_prefix"));
+    }
+  }
+  return std::unique_ptr<FinishBarrier>(new FinishBarrier(
+      client, table, num_workers, worker_index, std::move(rows->values)));
 }
 
-absl::Status FinishBarrier::Arrive() {
-  const uint64_t key = static_cast<uint64_t>(worker_index_);
+absl::Status FinishBarrier::Add(uint64_t key) {
   const float minus_one = -1.0f;
   absl::StatusOr<uint64_t> pushed = client_->Push(
       table_, absl::MakeConstSpan(&key, 1), absl::MakeConstSpan(&minus_one, 1));
   return pushed.ok() ? absl::OkStatus() : pushed.status();
 }
 
+absl::Status FinishBarrier::Arrive() {
+  return Add(static_cast<uint64_t>(worker_index_));
+}
+
+absl::Status FinishBarrier::Fail() {
+  return Add(static_cast<uint64_t>(num_workers_ + worker_index_));
+}
+
 absl::Status FinishBarrier::WaitAll(absl::Duration timeout,
                                     absl::Duration poll) {
-  std::vector<uint64_t> keys(num_workers_);
-  for (int w = 0; w < num_workers_; ++w) keys[w] = static_cast<uint64_t>(w);
+  std::vector<uint64_t> keys(2 * num_workers_);
+  for (size_t k = 0; k < keys.size(); ++k) keys[k] = k;
   const absl::Time deadline = absl::Now() + timeout;
   std::vector<int> missing;
   while (true) {
@@ -115,9 +134,13 @@ absl::Status FinishBarrier::WaitAll(absl::Duration timeout,
         client_->GetRows(table_, keys);
     if (!rows.ok()) return rows.status();
     missing.clear();
+    // Counts are small integers, exact in float; +0.5 guards rounding.
     for (int w = 0; w < num_workers_; ++w) {
-      // Counts are small integers, exact in float; +0.5 guards rounding.
-      if (rows->values[w] < start_count_ + 0.5f) missing.push_back(w);
+      if (rows->values[num_workers_ + w] > 0.5f) {
+        return absl::AbortedError(absl::StrCat(
+            "worker ", w, " of ", num_workers_, " reported a failure"));
+      }
+      if (rows->values[w] < start_[worker_index_] + 0.5f) missing.push_back(w);
     }
     if (missing.empty()) return absl::OkStatus();
     if (absl::Now() >= deadline) {

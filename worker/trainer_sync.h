@@ -71,10 +71,14 @@ class PsDenseParams {
 // zero init) with a gradient of -1. A run's workers all start with equal
 // counts, since every earlier run over the same table finished on every
 // worker; so "done" means every row exceeds the count worker 0 saw at
-// start. Not thread-safe.
+// start. A failing worker adds 1 to row num_workers + i instead; such a
+// mark fails worker 0's wait and every later Create over the same table
+// (the tables are then half-trained). Not thread-safe.
 class FinishBarrier {
  public:
   // Creates the table if needed and reads the starting count.
+  // FAILED_PRECONDITION if a worker of an earlier run over this table
+  // reported a failure.
   static absl::StatusOr<std::unique_ptr<FinishBarrier>> Create(
       ps::PsClient* client, const std::string& table, int num_workers,
       int worker_index);
@@ -82,21 +86,29 @@ class FinishBarrier {
   // Marks this worker finished.
   absl::Status Arrive();
 
+  // Marks this worker failed.
+  absl::Status Fail();
+
   // Returns once every worker has arrived (polling the shards every
-  // `poll`), or DEADLINE_EXCEEDED naming the workers still missing after
+  // `poll`); ABORTED naming a worker that reported failure;
+  // DEADLINE_EXCEEDED naming the workers still missing after
   // `timeout`.
   absl::Status WaitAll(absl::Duration timeout,
                        absl::Duration poll = absl::Milliseconds(100));
 
  private:
   FinishBarrier(ps::PsClient* client, std::string table, int num_workers,
-                int worker_index, float start_count);
+                int worker_index, std::vector<float> start);
+
+  absl::Status Add(uint64_t key);
 
   ps::PsClient* client_;
   std::string table_;
   int num_workers_;
   int worker_index_;
-  float start_count_;
+  // Rows 0 .. 2 * num_workers - 1 as read at Create (the arrival counts
+  // 0 .. num_workers - 1 are used).
+  std::vector<float> start_;
 };
 
 }  // namespace mim::worker
