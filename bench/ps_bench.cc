@@ -32,6 +32,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <random>
 #include <string>
@@ -361,9 +362,11 @@ int main(int argc, char** argv) {
 
   Child ps_child;
   std::string ps_address = FLAGS_ps;
+  std::string ps_data_dir;  // removed at the end when the bench made it
   if (ps_address.empty()) {
     char dir_template[] = "/tmp/ps_bench.XXXXXX";
     if (mkdtemp(dir_template) == nullptr) Die("mkdtemp failed");
+    ps_data_dir = dir_template;
     const std::string server =
         FLAGS_server.empty() ? DefaultServerPath(argv[0]) : FLAGS_server;
     ps_child = SpawnUntil({server, "--host=127.0.0.1", "--port=0",
@@ -514,5 +517,9 @@ int main(int argc, char** argv) {
   redis_load.reset();
   Stop(redis_child);
   Stop(ps_child);
+  if (!ps_data_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(ps_data_dir, ec);
+  }
   return misses == 0 && hits == redis_keys_fetched ? 0 : 1;
 }
