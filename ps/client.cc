@@ -182,10 +182,48 @@ Routing Route(absl::Span<const uint64_t> keys, uint32_t num_shards,
   return r;
 }
 
-std::vector<uint32_t> AllShards(uint32_t n) {
-  std::vector<uint32_t> all(n);
-  for (uint32_t s = 0; s < n; ++s) all[s] = s;
-  return all;
+// Routes `keys` into one request per call, each carrying its keys and
+// naming `table`.
+template <typename Request>
+Routing RouteRequests(absl::string_view table, absl::Span<const uint64_t> keys,
+                      uint32_t num_shards, const PsClient::Options& options,
+                      std::vector<Request>* requests) {
+  Routing routing = Route(keys, num_shards, options,
+                          [requests](uint32_t c, uint64_t key) {
+                            if (c == requests->size()) requests->emplace_back();
+                            (*requests)[c].add_keys(key);
+                          });
+  for (Request& r : *requests) r.set_table(std::string(table));
+  return routing;
+}
+
+// Per distinct key, whether its shard reported it missing. Positions a shard
+// reports beyond its request are ignored.
+template <typename Response>
+std::vector<char> UniqueMissing(const Routing& routing,
+                                const std::vector<Response>& responses) {
+  std::vector<char> unique_missing(routing.call_of_unique.size(), 0);
+  for (const uint32_t c : routing.calls) {
+    for (const uint32_t p : responses[c].missing()) {
+      if (p < routing.unique_at[c].size()) {
+        unique_missing[routing.unique_at[c][p]] = 1;
+      }
+    }
+  }
+  return unique_missing;
+}
+
+// Each shard's response next to its address, shard order.
+template <typename Out, typename Response>
+std::vector<Out> WithAddresses(const std::vector<std::string>& addresses,
+                               std::vector<Response> responses,
+                               Response Out::*field) {
+  std::vector<Out> out(responses.size());
+  for (size_t s = 0; s < responses.size(); ++s) {
+    out[s].address = addresses[s];
+    out[s].*field = std::move(responses[s]);
+  }
+  return out;
 }
 
 }  // namespace
@@ -193,7 +231,8 @@ std::vector<uint32_t> AllShards(uint32_t n) {
 // Sends one request per listed shard, in parallel, retrying UNAVAILABLE.
 class ShardCaller {
  public:
-  // Sends requests[c] for every c in `calls` to shard shard_of_call[c].
+  // Sends requests[c] for every c in `calls` to shard shard_of_call[c];
+  // `responses` gets one entry per request.
   template <typename Rpc>
   static absl::Status Call(const PsClient& client,
                            absl::Span<const uint32_t> calls,
@@ -203,6 +242,7 @@ class ShardCaller {
                            bool retry) {
     const PsClient::Options& options = client.options_;
     const int attempts = retry ? std::max(1, options.max_attempts) : 1;
+    responses->resize(requests.size());
     std::vector<grpc::Status> status(requests.size());
     std::vector<uint32_t> pending(calls.begin(), calls.end());
     absl::Duration backoff = options.initial_backoff;
@@ -251,6 +291,21 @@ class ShardCaller {
       }
     }
     return absl::OkStatus();
+  }
+
+  // Sends `request` to every shard; the responses in shard order.
+  template <typename Rpc>
+  static absl::StatusOr<std::vector<typename Rpc::Response>> CallAll(
+      const PsClient& client, const typename Rpc::Request& request,
+      bool retry) {
+    std::vector<uint32_t> all(client.num_shards());
+    for (uint32_t s = 0; s < all.size(); ++s) all[s] = s;
+    const std::vector<typename Rpc::Request> requests(all.size(), request);
+    std::vector<typename Rpc::Response> responses;
+    absl::Status status = Call<Rpc>(client, all, all, requests, &responses,
+                                    retry);
+    if (!status.ok()) return status;
+    return responses;
   }
 
  private:
@@ -328,29 +383,23 @@ absl::Status PsClient::ShardError(uint32_t shard,
 
 absl::Status PsClient::CreateTable(const TableConfig& config,
                                    bool if_not_exists) {
-  std::vector<CreateTableRequest> requests(num_shards());
-  for (auto& r : requests) {
-    *r.mutable_config() = config;
-    r.set_if_not_exists(if_not_exists);
-  }
-  std::vector<CreateTableResponse> responses(num_shards());
+  CreateTableRequest request;
+  *request.mutable_config() = config;
+  request.set_if_not_exists(if_not_exists);
   // Retrying is safe only when a repeat is not an error.
-  return ShardCaller::Call<CreateTableRpc>(*this, AllShards(num_shards()),
-                                           AllShards(num_shards()), requests, &responses,
-                                           if_not_exists);
+  return ShardCaller::CallAll<CreateTableRpc>(*this, request, if_not_exists)
+      .status();
 }
 
 absl::StatusOr<std::vector<TableConfig>> PsClient::ListTables() {
-  std::vector<ListTablesRequest> requests(num_shards());
-  std::vector<ListTablesResponse> responses(num_shards());
-  absl::Status status = ShardCaller::Call<ListTablesRpc>(
-      *this, AllShards(num_shards()), AllShards(num_shards()), requests, &responses, true);
-  if (!status.ok()) return status;
-  std::vector<TableConfig> tables(responses[0].tables().begin(),
-                                  responses[0].tables().end());
+  absl::StatusOr<std::vector<ListTablesResponse>> responses =
+      ShardCaller::CallAll<ListTablesRpc>(*this, ListTablesRequest(), true);
+  if (!responses.ok()) return responses.status();
+  std::vector<TableConfig> tables((*responses)[0].tables().begin(),
+                                  (*responses)[0].tables().end());
   for (uint32_t s = 1; s < num_shards(); ++s) {
     for (const TableConfig& t : tables) {
-      const auto& other = responses[s].tables();
+      const auto& other = (*responses)[s].tables();
       const bool same = std::any_of(
           other.begin(), other.end(), [&t](const TableConfig& o) {
             return o.name() == t.name() && o.dim() == t.dim() &&
@@ -372,16 +421,9 @@ absl::Status PsClient::PullRows(
     const std::function<absl::StatusOr<float*>(uint32_t dim)>& buffer,
     std::vector<uint32_t>* missing) {
   std::vector<PullRequest> requests;
-  const Routing routing = Route(
-      keys, num_shards(), options_,
-      [&requests](uint32_t c, uint64_t key) {
-        if (c == requests.size()) requests.emplace_back();
-        requests[c].add_keys(key);
-      });
-  for (const uint32_t s : routing.calls) {
-    requests[s].set_table(std::string(table));
-  }
-  std::vector<PullResponse> responses(requests.size());
+  const Routing routing =
+      RouteRequests(table, keys, num_shards(), options_, &requests);
+  std::vector<PullResponse> responses;
   absl::Status status = ShardCaller::Call<PullRpc>(
       *this, routing.calls, routing.shard_of_call, requests, &responses, true);
   if (!status.ok()) return status;
@@ -400,14 +442,7 @@ absl::Status PsClient::PullRows(
   }
   absl::StatusOr<float*> out = buffer(dim);
   if (!out.ok()) return out.status();
-  std::vector<char> unique_missing(routing.call_of_unique.size(), 0);
-  for (const uint32_t s : routing.calls) {
-    for (const uint32_t p : responses[s].missing()) {
-      if (p < routing.unique_at[s].size()) {
-        unique_missing[routing.unique_at[s][p]] = 1;
-      }
-    }
-  }
+  const std::vector<char> unique_missing = UniqueMissing(routing, responses);
   if (missing != nullptr) missing->clear();
   for (size_t i = 0; i < keys.size(); ++i) {
     const uint32_t u = routing.unique_of_key[i];
@@ -477,14 +512,9 @@ absl::StatusOr<uint64_t> PsClient::Push(absl::string_view table,
     return s;
   }
   std::vector<PushRequest> requests;
-  const Routing routing = Route(
-      keys, num_shards(), options_,
-      [&requests](uint32_t c, uint64_t key) {
-        if (c == requests.size()) requests.emplace_back();
-        requests[c].add_keys(key);
-      });
+  const Routing routing =
+      RouteRequests(table, keys, num_shards(), options_, &requests);
   for (const uint32_t s : routing.calls) {
-    requests[s].set_table(std::string(table));
     requests[s].mutable_gradients()->assign(
         sizeof(float) * *dim * requests[s].keys_size(), '\0');
   }
@@ -497,9 +527,10 @@ absl::StatusOr<uint64_t> PsClient::Push(absl::string_view table,
     const float* g = gradients.data() + i * *dim;
     for (size_t j = 0; j < *dim; ++j) row[j] += g[j];
   }
-  std::vector<PushResponse> responses(requests.size());
+  std::vector<PushResponse> responses;
   absl::Status status = ShardCaller::Call<PushRpc>(
-      *this, routing.calls, routing.shard_of_call, requests, &responses, options_.retry_pushes);
+      *this, routing.calls, routing.shard_of_call, requests, &responses,
+      options_.retry_pushes);
   if (!status.ok()) return status;
   uint64_t updated = 0;
   for (const uint32_t s : routing.calls) {
@@ -520,14 +551,9 @@ absl::StatusOr<PsClient::UpsertResult> PsClient::Upsert(
     return s;
   }
   std::vector<UpsertRequest> requests;
-  const Routing routing = Route(
-      keys, num_shards(), options_,
-      [&requests](uint32_t c, uint64_t key) {
-        if (c == requests.size()) requests.emplace_back();
-        requests[c].add_keys(key);
-      });
+  const Routing routing =
+      RouteRequests(table, keys, num_shards(), options_, &requests);
   for (const uint32_t s : routing.calls) {
-    requests[s].set_table(std::string(table));
     requests[s].set_version(version);
     requests[s].mutable_values()->resize(sizeof(float) * *dim *
                                          requests[s].keys_size());
@@ -540,7 +566,7 @@ absl::StatusOr<PsClient::UpsertResult> PsClient::Upsert(
         size_t{routing.pos_of_unique[u]} * *dim;
     std::memcpy(row, values.data() + i * *dim, sizeof(float) * *dim);
   }
-  std::vector<UpsertResponse> responses(requests.size());
+  std::vector<UpsertResponse> responses;
   absl::Status status = ShardCaller::Call<UpsertRpc>(
       *this, routing.calls, routing.shard_of_call, requests, &responses, true);
   if (!status.ok()) return status;
@@ -556,16 +582,9 @@ absl::StatusOr<PsClient::GetRowsResult> PsClient::GetRows(
   GetRowsResult result;
   if (keys.empty()) return result;
   std::vector<GetRowsRequest> requests;
-  const Routing routing = Route(
-      keys, num_shards(), options_,
-      [&requests](uint32_t c, uint64_t key) {
-        if (c == requests.size()) requests.emplace_back();
-        requests[c].add_keys(key);
-      });
-  for (const uint32_t s : routing.calls) {
-    requests[s].set_table(std::string(table));
-  }
-  std::vector<GetRowsResponse> responses(requests.size());
+  const Routing routing =
+      RouteRequests(table, keys, num_shards(), options_, &requests);
+  std::vector<GetRowsResponse> responses;
   absl::Status status = ShardCaller::Call<GetRowsRpc>(
       *this, routing.calls, routing.shard_of_call, requests, &responses, true);
   if (!status.ok()) return status;
@@ -586,14 +605,7 @@ absl::StatusOr<PsClient::GetRowsResult> PsClient::GetRows(
   result.dim = dim;
   result.values.resize(keys.size() * dim);
   result.meta.resize(keys.size());
-  std::vector<char> unique_missing(routing.call_of_unique.size(), 0);
-  for (const uint32_t s : routing.calls) {
-    for (const uint32_t p : responses[s].missing()) {
-      if (p < routing.unique_at[s].size()) {
-        unique_missing[routing.unique_at[s][p]] = 1;
-      }
-    }
-  }
+  const std::vector<char> unique_missing = UniqueMissing(routing, responses);
   for (size_t i = 0; i < keys.size(); ++i) {
     const uint32_t u = routing.unique_of_key[i];
     const GetRowsResponse& r = responses[routing.call_of_unique[u]];
@@ -608,18 +620,12 @@ absl::StatusOr<PsClient::GetRowsResult> PsClient::GetRows(
 
 absl::StatusOr<std::vector<PsClient::ShardStats>> PsClient::Stats(
     absl::string_view table) {
-  std::vector<TableStatsRequest> requests(num_shards());
-  for (auto& r : requests) r.set_table(std::string(table));
-  std::vector<TableStatsResponse> responses(num_shards());
-  absl::Status status = ShardCaller::Call<TableStatsRpc>(
-      *this, AllShards(num_shards()), AllShards(num_shards()), requests, &responses, true);
-  if (!status.ok()) return status;
-  std::vector<ShardStats> out(num_shards());
-  for (uint32_t s = 0; s < num_shards(); ++s) {
-    out[s].address = addresses_[s];
-    out[s].stats = std::move(responses[s]);
-  }
-  return out;
+  TableStatsRequest request;
+  request.set_table(std::string(table));
+  absl::StatusOr<std::vector<TableStatsResponse>> responses =
+      ShardCaller::CallAll<TableStatsRpc>(*this, request, true);
+  if (!responses.ok()) return responses.status();
+  return WithAddresses(addresses_, *std::move(responses), &ShardStats::stats);
 }
 
 absl::StatusOr<std::vector<PsClient::ShardCheckpoint>> PsClient::Checkpoint(
@@ -628,35 +634,25 @@ absl::StatusOr<std::vector<PsClient::ShardCheckpoint>> PsClient::Checkpoint(
       name.empty() ? absl::FormatTime("%Y%m%d-%H%M%E6S", absl::Now(),
                                       absl::UTCTimeZone())
                    : name;
-  std::vector<CheckpointRequest> requests(num_shards());
-  for (auto& r : requests) r.set_name(chosen);
-  std::vector<CheckpointResponse> responses(num_shards());
+  CheckpointRequest request;
+  request.set_name(chosen);
   // Not retried: a repeat of a checkpoint that did land is ALREADY_EXISTS.
-  absl::Status status = ShardCaller::Call<CheckpointRpc>(
-      *this, AllShards(num_shards()), AllShards(num_shards()), requests, &responses, false);
-  if (!status.ok()) return status;
-  std::vector<ShardCheckpoint> out(num_shards());
-  for (uint32_t s = 0; s < num_shards(); ++s) {
-    out[s].address = addresses_[s];
-    out[s].checkpoint = std::move(responses[s]);
-  }
-  return out;
+  absl::StatusOr<std::vector<CheckpointResponse>> responses =
+      ShardCaller::CallAll<CheckpointRpc>(*this, request, false);
+  if (!responses.ok()) return responses.status();
+  return WithAddresses(addresses_, *std::move(responses),
+                       &ShardCheckpoint::checkpoint);
 }
 
 absl::StatusOr<std::vector<PsClient::ShardRestore>> PsClient::Restore(
     const std::string& name) {
-  std::vector<RestoreRequest> requests(num_shards());
-  for (auto& r : requests) r.set_name(name);
-  std::vector<RestoreResponse> responses(num_shards());
-  absl::Status status = ShardCaller::Call<RestoreRpc>(
-      *this, AllShards(num_shards()), AllShards(num_shards()), requests, &responses, true);
-  if (!status.ok()) return status;
-  std::vector<ShardRestore> out(num_shards());
-  for (uint32_t s = 0; s < num_shards(); ++s) {
-    out[s].address = addresses_[s];
-    out[s].restore = std::move(responses[s]);
-  }
-  return out;
+  RestoreRequest request;
+  request.set_name(name);
+  absl::StatusOr<std::vector<RestoreResponse>> responses =
+      ShardCaller::CallAll<RestoreRpc>(*this, request, true);
+  if (!responses.ok()) return responses.status();
+  return WithAddresses(addresses_, *std::move(responses),
+                       &ShardRestore::restore);
 }
 
 std::vector<absl::Status> PsClient::Health() {
