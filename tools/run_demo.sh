@@ -16,7 +16,7 @@ ROOT=$(pwd)
 DATA=synthetic
 SCALE=default
 MODELS=din,din_ct,din_mim
-EPOCHS=1
+EPOCHS=2
 OUT=runs/demo
 TEST_START=889000000
 for arg in "$@"; do

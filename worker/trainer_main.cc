@@ -24,10 +24,12 @@ DEFINE_string(model, "din_mim",
               "din_mim or sim_mim");
 DEFINE_string(metrics_out, "", "Where to write the metrics JSON (empty: none)");
 DEFINE_string(model_dir, "", "Directory for the dense model and manifest.json");
-DEFINE_int32(epochs, 1, "Passes over the training data");
+DEFINE_int32(epochs, 2,
+             "Passes over the training data (default chosen with --lr on a "
+             "MovieLens validation tail, see docs/RESULTS.md)");
 DEFINE_int32(batch_size, 1024, "Training batch size");
 DEFINE_int32(eval_batch_size, 4096, "Evaluation batch size");
-DEFINE_double(lr, 1e-3, "Dense Adam learning rate");
+DEFINE_double(lr, 3e-3, "Dense Adam learning rate");
 DEFINE_double(id_lr, 0.05, "Learning rate of the ID table optimizer on the shards");
 DEFINE_string(id_optimizer, "adagrad", "ID table optimizer: sgd, adagrad, adam, ftrl");
 DEFINE_double(id_init_scale, 0.01, "Stddev of new ID rows (normal initializer)");
