@@ -12,11 +12,44 @@ namespace mim::kernels {
 namespace cpu {
 namespace {
 
+// Dot products with 8 independent partial sums: the compiler keeps them in
+// vector registers (a single running sum is one long dependency chain that
+// strict IEEE ordering forbids it to vectorize). The summation order is
+// fixed, so results stay deterministic.
+constexpr int kLanes = 8;
+
 template <typename T>
 T Dot(const T* a, const T* b, int64_t n) {
-  T acc = 0;
-  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-  return acc;
+  T acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  T sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+          ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// <t, x> and <x, x> in one pass over x.
+template <typename T>
+void DotAndSquaredNorm(const T* t, const T* x, int64_t n, T* dot, T* sq) {
+  T ad[kLanes] = {}, as[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      ad[j] += t[i + j] * x[i + j];
+      as[j] += x[i + j] * x[i + j];
+    }
+  }
+  T d = ((ad[0] + ad[1]) + (ad[2] + ad[3])) + ((ad[4] + ad[5]) + (ad[6] + ad[7]));
+  T q = ((as[0] + as[1]) + (as[2] + as[3])) + ((as[4] + as[5]) + (as[6] + as[7]));
+  for (; i < n; ++i) {
+    d += t[i] * x[i];
+    q += x[i] * x[i];
+  }
+  *dot = d;
+  *sq = q;
 }
 
 absl::Status ValidateContent(const char* op, const ContentShape& s,
@@ -53,8 +86,9 @@ absl::Status ContentForward(const ContentShape& s, const T* m, const T* m_t,
       for (int64_t i = 0; i < n; ++i) {
         const T* mi = m + (b * L + i) * dm;
         const T* hi_ = h + (b * L + i) * d;
-        const T nm = std::sqrt(Dot(mi, mi, dm) + eps);
-        const T a = Dot(t, mi, dm) / (nt * nm);
+        T dot, sq;
+        DotAndSquaredNorm(t, mi, dm, &dot, &sq);
+        const T a = dot / (nt * std::sqrt(sq + eps));
         if (alpha != nullptr) alpha[b * L + i] = a;
         for (int64_t k = 0; k < dm; ++k) omm[k] += a * mi[k];
         for (int64_t k = 0; k < d; ++k) ofu[k] += a * hi_[k];
@@ -94,9 +128,11 @@ absl::Status ContentBackward(const ContentShape& s, const T* m, const T* m_t,
       for (int64_t i = 0; i < n; ++i) {
         const T* mi = m + (b * L + i) * dm;
         const T* hi_ = h + (b * L + i) * d;
-        const T nm = std::sqrt(Dot(mi, mi, dm) + eps);
+        T dot, sq;
+        DotAndSquaredNorm(t, mi, dm, &dot, &sq);
+        const T nm = std::sqrt(sq + eps);
         const T inv = T(1) / (nt * nm);
-        const T a = Dot(t, mi, dm) * inv;
+        const T a = dot * inv;
         const T da = Dot(gmm, mi, dm) + Dot(gfu, hi_, d);
         if (grad_h != nullptr) {
           T* gh = grad_h + (b * L + i) * d;
