@@ -523,6 +523,17 @@ absl::StatusOr<uint64_t> EmbeddingTable::Push(
     float* row = Values(rec);
     ApplyOptimizer(config_.optimizer, dim, grad.data() + u * dim,
                    meta.update_count, row, row + dim);
+    // Finite gradients can still overflow (summed repeats, g^2 in the
+    // state); a non-finite row would be persisted and then refused as
+    // corrupt by the next Open, so the whole push is refused instead.
+    for (uint32_t f = 0; f < dim + state_floats_; ++f) {
+      if (!std::isfinite(row[f])) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "table '", config_.name, "': gradients for key ", unique[u],
+            " overflow its ", f < dim ? "values" : "optimizer state",
+            " to a non-finite number; scale the gradients down"));
+      }
+    }
   }
   if (persist) {
     st = persist(rows);

@@ -241,6 +241,10 @@ TEST(EmbeddingTableTest, RejectedRequestsChangeNothing) {
                        nullptr)
            .status();
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  // Finite gradients of a repeated key whose sum overflows.
+  st = id->Push({3, 3}, {3e38f, 0, 3e38f, 0}, 2, nullptr).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("key 3"), std::string::npos) << st;
   // Wrong kind.
   st = content->Push({1}, {1, 1}, 2, nullptr).status();
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
