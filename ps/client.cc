@@ -476,7 +476,12 @@ absl::Status PsClient::PullInto(absl::string_view table,
                                 absl::Span<const uint64_t> keys,
                                 absl::Span<float> out,
                                 std::vector<uint32_t>* missing) {
-  if (keys.empty() && out.empty()) {
+  if (keys.empty()) {  // no RPC, so no dim: only an empty buffer fits
+    if (!out.empty()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "output buffer holds %d floats; 0 keys of table '%s' need 0",
+          out.size(), table));
+    }
     if (missing != nullptr) missing->clear();
     return absl::OkStatus();
   }

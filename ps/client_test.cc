@@ -165,6 +165,12 @@ TEST_F(PsClientTest, PullIntoWritesCallerBuffer) {
       client_->PullInto("user", keys, absl::MakeSpan(small), nullptr);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s.message()), HasSubstr("need 6"));
+
+  // No keys but a non-empty buffer: refused without any RPC.
+  const absl::Status none =
+      client_->PullInto("user", {}, absl::MakeSpan(small), nullptr);
+  EXPECT_EQ(none.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(none.message()), HasSubstr("need 0"));
 }
 
 TEST_F(PsClientTest, PushSumsRepeatedKeysBeforeSending) {
