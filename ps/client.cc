@@ -635,8 +635,11 @@ absl::StatusOr<std::vector<PsClient::ShardStats>> PsClient::Stats(
 
 absl::StatusOr<std::vector<PsClient::ShardCheckpoint>> PsClient::Checkpoint(
     const std::string& name) {
+  // Same form as a shard's own default name (EmbeddingStore::Checkpoint):
+  // Restore("") takes the greatest name, so every timestamped name must
+  // sort by time against every other.
   const std::string chosen =
-      name.empty() ? absl::FormatTime("%Y%m%d-%H%M%E6S", absl::Now(),
+      name.empty() ? absl::FormatTime("ckpt-%Y%m%d-%H%M%E6S", absl::Now(),
                                       absl::UTCTimeZone())
                    : name;
   CheckpointRequest request;
