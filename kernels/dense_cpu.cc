@@ -47,6 +47,8 @@ absl::Status DenseBackward(const DenseShape& s, const T* x, const T* w,
                            T* grad_x, T* grad_w, T* grad_b) {
   absl::Status st = ValidateDense("DenseBackwardCpu", s);
   if (!st.ok()) return st;
+  // Chunk 0 writes straight into grad_w / grad_b; only the other chunks
+  // need partial sums, added in chunk order (deterministic).
   const int chunks = NumChunks(s.rows);
   std::vector<std::vector<T>> gw(chunks), gb(chunks);
   ParallelFor(s.rows, [&](int64_t lo, int64_t hi, int chunk) {
@@ -59,21 +61,27 @@ absl::Status DenseBackward(const DenseShape& s, const T* x, const T* w,
       }
       dz = masked.data();
     }
-    gw[chunk].assign(s.in * s.out, T(0));
-    gb[chunk].assign(s.out, T(0));
+    T* cw = grad_w;
+    T* cb = grad_b;
+    if (chunk > 0) {
+      gw[chunk].resize(s.in * s.out);
+      gb[chunk].resize(s.out);
+      cw = gw[chunk].data();
+      cb = gb[chunk].data();
+    }
+    // beta = 0 overwrites cw (also when the chunk has no rows).
     Gemm(true, false, s.in, s.out, hi - lo, T(1), x + lo * s.in, s.in, dz,
-         s.out, T(0), gw[chunk].data(), s.out);
+         s.out, T(0), cw, s.out);
+    std::fill_n(cb, s.out, T(0));
     for (int64_t r = 0; r < hi - lo; ++r) {
-      for (int64_t j = 0; j < s.out; ++j) gb[chunk][j] += dz[r * s.out + j];
+      for (int64_t j = 0; j < s.out; ++j) cb[j] += dz[r * s.out + j];
     }
     if (grad_x != nullptr) {
       Gemm(false, true, hi - lo, s.in, s.out, T(1), dz, s.out, w, s.out, T(0),
            grad_x + lo * s.in, s.in);
     }
   });
-  std::fill_n(grad_w, s.in * s.out, T(0));
-  std::fill_n(grad_b, s.out, T(0));
-  for (int c = 0; c < chunks; ++c) {
+  for (int c = 1; c < chunks; ++c) {
     for (int64_t i = 0; i < s.in * s.out; ++i) grad_w[i] += gw[c][i];
     for (int64_t j = 0; j < s.out; ++j) grad_b[j] += gb[c][j];
   }
