@@ -418,7 +418,7 @@ struct CiubmModel::Impl {
   std::vector<float> id_out, grad_id_out, grad_target_tmp, grad_beh_tmp;
   std::vector<int32_t> content_index;
   std::vector<float> content_gathered;  // m_t B | m B*L
-  std::vector<float> h_mm, h_fusion, grad_h_mm, grad_h_fusion;
+  std::vector<float> h_mm, h_fusion, grad_h_fusion;
   std::vector<float> mlp_in, grad_mlp_in, logits, grad_logits;
 };
 
@@ -527,7 +527,6 @@ absl::Status CiubmModel::Impl::RunBackward(const Batch& b,
   float* g_genres = g_beh + B * L * d;
   grad_genre_mean.resize(B * d);
   grad_id_out.resize(B * d);
-  grad_h_mm.resize(B * dm);
   grad_h_fusion.resize(B * d);
   MutableColumnBlock blocks[10];
   int nb = 0;
