@@ -10,6 +10,10 @@
 # Usage: tools/run_demo.sh [--data=synthetic|movielens:DIR] [--scale=default|full]
 #                          [--models=din,din_ct,din_mim] [--epochs=N] [--out=DIR]
 set -euo pipefail
+# --out and --data=movielens:DIR are relative to where the script was called
+# from; the defaults and everything else are relative to the repository root.
+CALLER=$PWD
+from_caller() { [[ "$1" == /* ]] && echo "$1" || echo "$CALLER/$1"; }
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
@@ -25,12 +29,15 @@ for arg in "$@"; do
     --scale=*) SCALE=${arg#--scale=} ;;
     --models=*) MODELS=${arg#--models=} ;;
     --epochs=*) EPOCHS=${arg#--epochs=} ;;
-    --out=*) OUT=${arg#--out=} ;;
+    --out=*) OUT=${arg#--out=}
+             [[ -n "$OUT" ]] || { echo "run_demo: --out is empty" >&2; exit 2; }
+             OUT=$(from_caller "$OUT") ;;
     --test_start=*) TEST_START=${arg#--test_start=} ;;
-    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,11p "$ROOT/tools/run_demo.sh"; exit 0 ;;
     *) echo "run_demo: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
+if [[ "$DATA" == movielens:?* ]]; then DATA=movielens:$(from_caller "${DATA#movielens:}"); fi
 case "$SCALE" in default|full) ;; *) echo "run_demo: --scale must be default or full" >&2; exit 2 ;; esac
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
