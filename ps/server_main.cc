@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
   service_options.shard_index = FLAGS_shard_index;
   service_options.num_shards = FLAGS_num_shards;
   service_options.max_keys_per_request = FLAGS_max_keys_per_request;
+  service_options.max_response_bytes = static_cast<size_t>(FLAGS_max_message_mb) << 20;
   mim::ps::ParameterServerService service(store->get(), service_options);
 
   grpc::EnableDefaultHealthCheckService(true);

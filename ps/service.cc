@@ -70,6 +70,16 @@ absl::StatusOr<uint32_t> ParameterServerService::CheckRows(
   return *dim;
 }
 
+absl::Status ParameterServerService::CheckResponseSize(const Keys& keys,
+                                                       uint32_t dim) const {
+  const size_t bytes = sizeof(float) * size_t{dim} * keys.size();
+  if (bytes <= options_.max_response_bytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "%d keys x dim %d need %d response bytes; the limit is %d "
+      "(--max_message_mb); split the batch",
+      keys.size(), dim, bytes, options_.max_response_bytes));
+}
+
 grpc::Status ParameterServerService::Pull(grpc::ServerContext*,
                                           const PullRequest* request,
                                           PullResponse* response) {
@@ -79,6 +89,9 @@ grpc::Status ParameterServerService::Pull(grpc::ServerContext*,
   absl::ReaderMutexLock lock(&restore_mu_);
   absl::StatusOr<uint32_t> dim = store_->Dim(request->table());
   if (!dim.ok()) return ToGrpcStatus(dim.status());
+  if (absl::Status s = CheckResponseSize(request->keys(), *dim); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
   response->set_dim(*dim);
   // The store writes the rows straight into the response's bytes.
   std::string* values = response->mutable_values();
@@ -172,6 +185,9 @@ grpc::Status ParameterServerService::GetRows(grpc::ServerContext*,
   absl::ReaderMutexLock lock(&restore_mu_);
   absl::StatusOr<uint32_t> dim = store_->Dim(request->table());
   if (!dim.ok()) return ToGrpcStatus(dim.status());
+  if (absl::Status s = CheckResponseSize(request->keys(), *dim); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
   std::vector<float> values;
   std::vector<embedding::RowMeta> meta;
   std::vector<uint32_t> missing;

@@ -34,6 +34,9 @@ class ParameterServerService final : public ParameterServer::Service {
     uint32_t shard_index = 0;
     uint32_t num_shards = 1;
     size_t max_keys_per_request = 1 << 20;
+    // Pull and GetRows refuse (RESOURCE_EXHAUSTED) before allocating rows
+    // that could not be sent anyway: keys x dim x 4 bytes above this.
+    size_t max_response_bytes = size_t{256} << 20;
   };
 
   // `store` must outlive the service.
@@ -78,6 +81,8 @@ class ParameterServerService final : public ParameterServer::Service {
                                      const std::string& bytes,
                                      const char* field) const
       ABSL_SHARED_LOCKS_REQUIRED(restore_mu_);
+  // RESOURCE_EXHAUSTED when keys x dim rows exceed max_response_bytes.
+  absl::Status CheckResponseSize(const Keys& keys, uint32_t dim) const;
 
   embedding::EmbeddingStore* const store_;
   const Options options_;
