@@ -69,6 +69,17 @@ kernels::AttentionMlpParams IdInterestModule::Params(const float* p) const {
   return out;
 }
 
+kernels::AttentionMlpGrads IdInterestModule::Grads(float* p) const {
+  // Same layout as Params; the casts undo the const it adds.
+  const kernels::AttentionMlpParams v = Params(p);
+  return {p,
+          const_cast<float*>(v.b1),
+          const_cast<float*>(v.w2),
+          const_cast<float*>(v.b2),
+          const_cast<float*>(v.w3),
+          const_cast<float*>(v.b3)};
+}
+
 absl::Status IdInterestModule::Forward(const kernels::SeqShape& s,
                                        const float* h, const float* h_t,
                                        const int32_t* lens,
@@ -118,29 +129,14 @@ absl::Status IdInterestModule::Backward(const float* grad_out, float* grad_h,
       std::fill(grad_h_t, grad_h_t + s.batch * s.dim, 0.0f);
       return kernels::MaskedMeanPoolBackwardCpu(s, grad_out, lens_, grad_h);
     case Backbone::kDin: {
-      const float* p = params_;
-      const kernels::AttentionMlpParams ap = Params(p);
-      const kernels::AttentionMlpParams gp = Params(grad_params);
-      kernels::AttentionMlpGrads g;
-      g.w1 = const_cast<float*>(gp.w1);
-      g.b1 = const_cast<float*>(gp.b1);
-      g.w2 = const_cast<float*>(gp.w2);
-      g.b2 = const_cast<float*>(gp.b2);
-      g.w3 = const_cast<float*>(gp.w3);
-      g.b3 = const_cast<float*>(gp.b3);
+      const kernels::AttentionMlpParams ap = Params(params_);
+      const kernels::AttentionMlpGrads g = Grads(grad_params);
       return kernels::DinAttentionBackwardCpu(s, att_, h_, h_t_, lens_, ap,
                                               grad_out, grad_h, grad_h_t, g);
     }
     case Backbone::kSim: {
       const kernels::AttentionMlpParams ap = Params(params_);
-      const kernels::AttentionMlpParams gp = Params(grad_params);
-      kernels::AttentionMlpGrads g;
-      g.w1 = const_cast<float*>(gp.w1);
-      g.b1 = const_cast<float*>(gp.b1);
-      g.w2 = const_cast<float*>(gp.w2);
-      g.b2 = const_cast<float*>(gp.b2);
-      g.w3 = const_cast<float*>(gp.w3);
-      g.b3 = const_cast<float*>(gp.b3);
+      const kernels::AttentionMlpGrads g = Grads(grad_params);
       grad_selected_.resize(selected_.size());
       const kernels::SeqShape ks{s.batch, k_, s.dim};
       absl::Status st = kernels::DinAttentionBackwardCpu(

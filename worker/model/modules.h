@@ -61,6 +61,7 @@ class IdInterestModule {
 
  private:
   kernels::AttentionMlpParams Params(const float* p) const;
+  kernels::AttentionMlpGrads Grads(float* p) const;  // same layout
 
   Backbone backbone_;
   int64_t dim_;
