@@ -2,7 +2,9 @@
 # Sets up what is missing (apt), builds everything (default and --config=cuda),
 # runs every test with Bazel, and prints one final line "N passed, N failed"
 # counted from Bazel's own results: gtest cases from each test's test.xml,
-# plus one failure per test target that failed to build or left no result.
+# plus one failure per test target that failed to build or left no result,
+# and one more if Bazel failed while every listed test passed (e.g. a
+# non-test target that does not build: the summary alone would miss it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,10 +27,10 @@ echo "== bazel test //..."
 bazel test --jobs=2 --test_summary=short //... 2>&1 | tee "$log"
 bazel_rc=${PIPESTATUS[0]}
 
-python3 - "$log" "$(bazel info bazel-testlogs 2>/dev/null)" "$status" <<'PY'
+python3 - "$log" "$(bazel info bazel-testlogs 2>/dev/null)" "$status" "$bazel_rc" <<'PY'
 import os, re, sys, glob
 import xml.etree.ElementTree as ET
-log, testlogs, cuda_failed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+log, testlogs, cuda_failed, bazel_rc = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 text = open(log, errors="replace").read()
 passed = failed = 0
 targets = re.findall(r"^(//\S+)\s+(?:\(cached\)\s+)?(PASSED|FAILED|TIMEOUT|NO STATUS|FAILED TO BUILD|FLAKY|SKIPPED)", text, re.M)
@@ -52,8 +54,8 @@ for target, result in targets:
     elif result not in ("PASSED", "FLAKY") and cases_f == 0:
         cases_f = 1  # crashed or timed out after its cases passed
     passed += cases_p; failed += cases_f
-if not targets:
-    failed += 1  # the build broke before any test ran
+if not targets or (bazel_rc != 0 and failed == 0):
+    failed += 1  # the build broke before any test ran, or beside the tests
 failed += cuda_failed
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
