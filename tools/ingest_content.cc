@@ -3,7 +3,7 @@
 // through Upsert, with a version. This is the representation center's write
 // path: once a row is acknowledged, a brand-new item is served with content.
 //
-//   bazel run //tools:ingest_content -- --ps=H:P,H:P --vectors=FILE \
+//   bazel run //tools:ingest_content -- --ps=H:P,H:P --vectors=FILE
 //       --table=item_content [--content_version=N]
 //
 // The content key of an item is its raw item id (the models look content up

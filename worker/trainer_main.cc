@@ -1,8 +1,8 @@
 // //worker:trainer: trains a CiUBM/baseline CTR model against parameter-
 // server shards, evaluates it and writes metrics JSON and a model directory.
 //
-//   bazel run //worker:trainer -- --ps=127.0.0.1:5000,127.0.0.1:5001 \
-//     --train=train.tsv --test=test.tsv --model=din_mim \
+//   bazel run //worker:trainer -- --ps=127.0.0.1:5000,127.0.0.1:5001
+//     --train=train.tsv --test=test.tsv --model=din_mim
 //     --content_table=item_content --metrics_out=m.json --model_dir=out/
 #include <cstdlib>
 #include <iostream>
