@@ -57,7 +57,8 @@ class Shards:
             line = p.stdout.readline()  # blocks until the shard prints its address
             m = re.search(r"listening on (\S+)", line)
             if not m:
-                raise RuntimeError(f"shard {i} did not start: {line!r}")
+                self.close()
+                raise RuntimeError(f"shard {i} did not start: {line!r} (see {out}/ps{i}.log)")
             addrs.append(m.group(1))
         self.addresses = ",".join(addrs)
 
@@ -162,6 +163,8 @@ def main():
             log(f"validation lr={lr} epochs={ep} batch={bs}: din {aucs[0]} din_mim {aucs[1]}")
             if None not in aucs:
                 scores[(lr, ep, bs)] = sum(aucs) / len(aucs)
+        if not scores:
+            sys.exit("experiments: no validation run produced an AUC (see the run logs above)")
         (lr, epochs, batch_size), best = max(scores.items(), key=lambda kv: kv[1])
         choice = {f"lr={k[0]} epochs={k[1]} batch={k[2]}": round(v, 4) for k, v in scores.items()}
         log(f"chosen on validation: lr={lr} epochs={epochs} batch={batch_size} (mean AUC {best:.4f})")
