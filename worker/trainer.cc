@@ -451,9 +451,9 @@ absl::StatusOr<TrainReport> RunTrainerImpl(
         const float scale = static_cast<float>(batch.samples.size());
         for (float& g : grad_id) g *= scale;
       }
-      absl::StatusOr<uint64_t> pushed =
-          ps->Push(report.id_table, batch.id_keys, grad_id);
-      if (!pushed.ok()) return pushed.status();
+      // Pushed before the next pull; with prefetch, while the next batch
+      // computes (see BatchPipeline).
+      (*pipeline)->PushAfter(std::move(batch.id_keys), grad_id);
 
       const int64_t n = static_cast<int64_t>(batch.samples.size());
       epoch_done += n;

@@ -46,19 +46,44 @@ class BatchPipeline::Impl {
       if (!got.ok()) final_status_ = got.status();
       return got;
     }
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](Impl* impl) ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl->mu_) {
-          return !impl->queue_.empty() || impl->producer_done_;
-        },
-        this));
-    if (!queue_.empty()) {
-      *out = std::move(queue_.front());
-      queue_.pop_front();
-      return true;
+    std::deque<PendingPush> leftover;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](Impl* impl) ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl->mu_) {
+            return !impl->queue_.empty() || impl->producer_done_;
+          },
+          this));
+      if (!queue_.empty()) {
+        *out = std::move(queue_.front());
+        queue_.pop_front();
+        return true;
+      }
+      if (!producer_status_.ok()) return producer_status_;
+      // The producer has stopped for good: the pushes it did not take are
+      // this thread's to do, so that the pass ends with every push applied.
+      leftover.swap(pushes_);
     }
-    if (!producer_status_.ok()) return producer_status_;
+    absl::Status pushed = DoPushes(&leftover);
+    if (!pushed.ok()) {
+      absl::MutexLock lock(&mu_);
+      producer_status_ = pushed;
+      return pushed;
+    }
     return false;
+  }
+
+  void PushAfter(std::vector<uint64_t> keys, std::vector<float> gradients) {
+    PendingPush push{std::move(keys), std::move(gradients)};
+    if (!options_.prefetch) {
+      std::deque<PendingPush> one;
+      one.push_back(std::move(push));
+      absl::Status pushed = DoPushes(&one);
+      if (!pushed.ok() && final_status_.ok()) final_status_ = pushed;
+      return;
+    }
+    absl::MutexLock lock(&mu_);
+    pushes_.push_back(std::move(push));
   }
 
  private:
@@ -80,6 +105,16 @@ class BatchPipeline::Impl {
           producer_done_ = true;
           return;
         }
+      }
+      if (got.ok() && *got) {
+        // The consumer's pushes first, so that this pull sees them.
+        std::deque<PendingPush> pushes;
+        {
+          absl::MutexLock lock(&mu_);
+          pushes.swap(pushes_);
+        }
+        absl::Status pushed = DoPushes(&pushes);
+        if (!pushed.ok()) got = pushed;
       }
       if (got.ok() && *got) {
         absl::Status pulled = PullRows(&batch);
@@ -147,6 +182,22 @@ class BatchPipeline::Impl {
     }
   }
 
+  struct PendingPush {
+    std::vector<uint64_t> keys;
+    std::vector<float> gradients;
+  };
+
+  // Pushes in submission order; stops at the first error.
+  absl::Status DoPushes(std::deque<PendingPush>* pushes) {
+    for (PendingPush& p : *pushes) {
+      absl::StatusOr<uint64_t> pushed =
+          client_->Push(options_.id_table, p.keys, p.gradients);
+      if (!pushed.ok()) return pushed.status();
+    }
+    pushes->clear();
+    return absl::OkStatus();
+  }
+
   absl::Status PullRows(PreparedBatch* out) {
     absl::Status status;
     if (options_.create_id_rows) {
@@ -192,6 +243,8 @@ class BatchPipeline::Impl {
   std::thread thread_;
   absl::Mutex mu_;
   std::deque<PreparedBatch> queue_ ABSL_GUARDED_BY(mu_);
+  // Gradients handed over by PushAfter, not yet pushed.
+  std::deque<PendingPush> pushes_ ABSL_GUARDED_BY(mu_);
   bool producer_done_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status producer_status_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
@@ -224,6 +277,11 @@ BatchPipeline::~BatchPipeline() = default;
 
 absl::StatusOr<bool> BatchPipeline::Next(PreparedBatch* out) {
   return impl_->Next(out);
+}
+
+void BatchPipeline::PushAfter(std::vector<uint64_t> keys,
+                              std::vector<float> gradients) {
+  impl_->PushAfter(std::move(keys), std::move(gradients));
 }
 
 }  // namespace mim::worker

@@ -5,7 +5,9 @@
 // Staleness: with prefetch on, batch k+1 is read and built ahead, but its
 // rows are pulled only after the consumer has taken batch k, i.e. while
 // batch k is computed: a row shared by consecutive batches misses exactly
-// batch k's push (one step). Pulling further ahead was measured to hurt:
+// batch k's push (one step). Gradients handed over with PushAfter are
+// pushed by the prefetch thread right before its next pull, so the push of
+// batch k overlaps the compute of batch k+1 without making any pull staler. Pulling further ahead was measured to hurt:
 // with a queue of two ready batches, two data-parallel workers lost 0.045
 // AUC on the synthetic data (rows up to ~6 global pushes old).
 #ifndef MIM_WORKER_TRAINER_PIPELINE_H_
@@ -81,6 +83,13 @@ class BatchPipeline {
   // or from the shards (as PsClient) end the pass: they are returned here
   // and every later call returns them again.
   absl::StatusOr<bool> Next(PreparedBatch* out);
+
+  // Pushes `gradients` (keys.size() * dim floats) for `keys` to the ID table
+  // before any later batch's rows are pulled. With prefetch the push runs on
+  // the prefetch thread, overlapping the caller's next step; without, it
+  // runs now. A failed push ends the pass: Next returns its error. Pushes
+  // still pending when Next returns false are done before it returns.
+  void PushAfter(std::vector<uint64_t> keys, std::vector<float> gradients);
 
  private:
   class Impl;
