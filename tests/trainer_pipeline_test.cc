@@ -1,0 +1,173 @@
+// BatchPipeline against a real shard: the rows each batch is pulled with,
+// and when the pushes handed over with PushAfter reach the shard.
+//
+// Contract under test (worker/trainer_pipeline.h): batch k+1's rows are
+// pulled while batch k computes, so they may miss batch k's push (at most
+// that one) but include every earlier one; every push is applied once Next
+// has returned false.
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "proto/ps.pb.h"
+#include "ps/client.h"
+#include "tests/process.h"
+#include "worker/data/feature_key.h"
+#include "worker/data/sample.h"
+#include "worker/data/sample_io.h"
+#include "worker/trainer_pipeline.h"
+
+namespace mim {
+namespace {
+
+using ::mim::testing::ShardProcess;
+
+constexpr int kDim = 4;
+constexpr int kBatches = 5;
+constexpr char kTable[] = "pipeline_id";
+
+class TrainerPipelineTest : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    static int test_number = 0;  // each test gets a fresh shard
+    dir_ = absl::StrCat(std::getenv("TEST_TMPDIR"), "/pipeline_",
+                        test_number++);
+    std::filesystem::create_directories(dir_);
+    ShardProcess::Flags flags;
+    flags.data_dir = dir_ + "/shard";
+    absl::StatusOr<std::unique_ptr<ShardProcess>> shard =
+        ShardProcess::Start(flags);
+    ASSERT_TRUE(shard.ok()) << shard.status();
+    shard_ = std::move(*shard);
+    absl::StatusOr<std::unique_ptr<ps::PsClient>> client =
+        ps::PsClient::Create({shard_->address()});
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = std::move(*client);
+    // SGD with learning rate 1 on zero rows: a row's value is minus the sum
+    // of the gradients pushed to it, so it tells which pushes arrived.
+    ps::TableConfig config;
+    config.set_name(kTable);
+    config.set_kind(ps::ID);
+    config.set_dim(kDim);
+    config.mutable_optimizer()->set_name("sgd");
+    config.mutable_optimizer()->set_learning_rate(1.0f);
+    config.mutable_initializer()->set_name("zeros");
+    ASSERT_TRUE(client_->CreateTable(config, false).ok());
+
+    // One sample per batch, all with the same user, item and side features.
+    path_ = dir_ + "/samples.tsv";
+    absl::StatusOr<std::unique_ptr<data::SampleWriter>> writer =
+        data::SampleWriter::Open(path_);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    for (int i = 0; i < kBatches; ++i) {
+      data::Sample s;
+      s.timestamp = 1000 + i;
+      s.user_id = 7;
+      s.item_id = 42;
+      s.label = i % 2;
+      ASSERT_TRUE((*writer)->Write(s).ok());
+    }
+    ASSERT_TRUE((*writer)->Close().ok());
+  }
+
+  // The value every row of the item key holds on the shard right now.
+  float ShardValue() {
+    const uint64_t key = data::FeatureKey(data::FeatureField::kItem, 42);
+    absl::StatusOr<ps::PsClient::GetRowsResult> rows =
+        client_->GetRows(kTable, {key});
+    EXPECT_TRUE(rows.ok()) << rows.status();
+    return rows.ok() ? rows->values[0] : -1.0f;
+  }
+
+  std::string dir_, path_;
+  std::unique_ptr<ShardProcess> shard_;
+  std::unique_ptr<ps::PsClient> client_;
+};
+
+TEST_P(TrainerPipelineTest, BatchesSeeEveryPushButThePreviousOne) {
+  worker::BatchPipeline::Options options;
+  options.path = path_;
+  options.batch_size = 1;
+  options.id_table = kTable;
+  options.id_dim = kDim;
+  options.prefetch = GetParam();
+  absl::StatusOr<std::unique_ptr<worker::BatchPipeline>> pipeline =
+      worker::BatchPipeline::Start(client_.get(), options);
+  ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+
+  const uint64_t item = data::FeatureKey(data::FeatureField::kItem, 42);
+  worker::PreparedBatch batch;
+  for (int k = 0; k < kBatches; ++k) {
+    absl::StatusOr<bool> got = (*pipeline)->Next(&batch);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_TRUE(*got) << "batch " << k;
+    // Batch k pushes gradient -(k+1) to every row, so a row holds the sum
+    // of (j+1) over the pushes j it has seen.
+    int item_row = -1;
+    for (size_t r = 0; r < batch.id_keys.size(); ++r) {
+      if (batch.id_keys[r] == item) item_row = static_cast<int>(r);
+    }
+    ASSERT_GE(item_row, 0);
+    // Pushes 0..k-1 are all in, except that with prefetch batch k may have
+    // been pulled before push k-1 arrived (a one-step-old row).
+    const float all = k * (k + 1) / 2.0f;      // sum of 1..k
+    const float all_but_last = all - k;        // sum of 1..k-1
+    const float value = batch.batch.id_rows[item_row * kDim];
+    if (GetParam()) {
+      EXPECT_TRUE(value == all || value == all_but_last)
+          << "batch " << k << ": row " << value << ", expected " << all
+          << " or " << all_but_last;
+    } else {
+      EXPECT_EQ(value, all) << "batch " << k;
+    }
+
+    std::vector<float> grads(batch.id_keys.size() * kDim,
+                             -static_cast<float>(k + 1));
+    (*pipeline)->PushAfter(std::move(batch.id_keys), std::move(grads));
+  }
+  absl::StatusOr<bool> end = (*pipeline)->Next(&batch);
+  ASSERT_TRUE(end.ok()) << end.status();
+  EXPECT_FALSE(*end);
+  // Every push is on the shard once the pass has ended: 1 + 2 + ... + 5.
+  EXPECT_EQ(ShardValue(), 15.0f);
+}
+
+TEST_P(TrainerPipelineTest, AFailedPushEndsThePass) {
+  worker::BatchPipeline::Options options;
+  options.path = path_;
+  options.batch_size = 1;
+  options.id_table = kTable;
+  options.id_dim = kDim;
+  options.prefetch = GetParam();
+  absl::StatusOr<std::unique_ptr<worker::BatchPipeline>> pipeline =
+      worker::BatchPipeline::Start(client_.get(), options);
+  ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+  worker::PreparedBatch batch;
+  absl::StatusOr<bool> got = (*pipeline)->Next(&batch);
+  ASSERT_TRUE(got.ok() && *got) << got.status();
+  // Wrong length: one float too few for the keys.
+  std::vector<float> grads(batch.id_keys.size() * kDim - 1, 0.5f);
+  (*pipeline)->PushAfter(std::move(batch.id_keys), std::move(grads));
+  absl::Status status;
+  for (int i = 0; i < kBatches + 1 && status.ok(); ++i) {
+    got = (*pipeline)->Next(&batch);
+    if (!got.ok()) status = got.status();
+    else if (!*got) break;
+  }
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  // Nothing of the rejected push reached the shard.
+  EXPECT_EQ(ShardValue(), 0.0f);
+}
+
+INSTANTIATE_TEST_SUITE_P(PrefetchOnAndOff, TrainerPipelineTest,
+                         ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "Prefetch" : "Synchronous";
+                         });
+
+}  // namespace
+}  // namespace mim
