@@ -83,20 +83,25 @@ class TrainerPipelineTest : public ::testing::TestWithParam<bool> {
     return rows.ok() ? rows->values[0] : -1.0f;
   }
 
+  // One sample per batch; prefetch as the test parameter says.
+  absl::StatusOr<std::unique_ptr<worker::BatchPipeline>> StartPipeline() {
+    worker::BatchPipeline::Options options;
+    options.path = path_;
+    options.batch_size = 1;
+    options.id_table = kTable;
+    options.id_dim = kDim;
+    options.prefetch = GetParam();
+    return worker::BatchPipeline::Start(client_.get(), options);
+  }
+
   std::string dir_, path_;
   std::unique_ptr<ShardProcess> shard_;
   std::unique_ptr<ps::PsClient> client_;
 };
 
 TEST_P(TrainerPipelineTest, BatchesSeeEveryPushButThePreviousOne) {
-  worker::BatchPipeline::Options options;
-  options.path = path_;
-  options.batch_size = 1;
-  options.id_table = kTable;
-  options.id_dim = kDim;
-  options.prefetch = GetParam();
   absl::StatusOr<std::unique_ptr<worker::BatchPipeline>> pipeline =
-      worker::BatchPipeline::Start(client_.get(), options);
+      StartPipeline();
   ASSERT_TRUE(pipeline.ok()) << pipeline.status();
 
   const uint64_t item = data::FeatureKey(data::FeatureField::kItem, 42);
@@ -137,14 +142,8 @@ TEST_P(TrainerPipelineTest, BatchesSeeEveryPushButThePreviousOne) {
 }
 
 TEST_P(TrainerPipelineTest, AFailedPushEndsThePass) {
-  worker::BatchPipeline::Options options;
-  options.path = path_;
-  options.batch_size = 1;
-  options.id_table = kTable;
-  options.id_dim = kDim;
-  options.prefetch = GetParam();
   absl::StatusOr<std::unique_ptr<worker::BatchPipeline>> pipeline =
-      worker::BatchPipeline::Start(client_.get(), options);
+      StartPipeline();
   ASSERT_TRUE(pipeline.ok()) << pipeline.status();
   worker::PreparedBatch batch;
   absl::StatusOr<bool> got = (*pipeline)->Next(&batch);

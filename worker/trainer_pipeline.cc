@@ -76,9 +76,7 @@ class BatchPipeline::Impl {
   void PushAfter(std::vector<uint64_t> keys, std::vector<float> gradients) {
     PendingPush push{std::move(keys), std::move(gradients)};
     if (!options_.prefetch) {
-      std::deque<PendingPush> one;
-      one.push_back(std::move(push));
-      absl::Status pushed = DoPushes(&one);
+      absl::Status pushed = DoPush(push);
       if (!pushed.ok() && final_status_.ok()) final_status_ = pushed;
       return;
     }
@@ -187,12 +185,14 @@ class BatchPipeline::Impl {
     std::vector<float> gradients;
   };
 
+  absl::Status DoPush(const PendingPush& p) {
+    return client_->Push(options_.id_table, p.keys, p.gradients).status();
+  }
+
   // Pushes in submission order; stops at the first error.
   absl::Status DoPushes(std::deque<PendingPush>* pushes) {
-    for (PendingPush& p : *pushes) {
-      absl::StatusOr<uint64_t> pushed =
-          client_->Push(options_.id_table, p.keys, p.gradients);
-      if (!pushed.ok()) return pushed.status();
+    for (const PendingPush& p : *pushes) {
+      if (absl::Status s = DoPush(p); !s.ok()) return s;
     }
     pushes->clear();
     return absl::OkStatus();
