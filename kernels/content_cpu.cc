@@ -7,49 +7,116 @@
 #include "kernels/content_ops.h"
 #include "kernels/cpu_templates.h"
 #include "kernels/cpu_util.h"
+#include "kernels/simd.h"
 
 namespace mim::kernels {
 namespace cpu {
 namespace {
 
-// Dot products with 8 independent partial sums: the compiler keeps them in
-// vector registers (a single running sum is one long dependency chain that
-// strict IEEE ordering forbids it to vectorize). The summation order is
-// fixed, so results stay deterministic.
-constexpr int kLanes = 8;
-
+// Dot products with 8 independent partial sums in one vector (a single
+// running sum is one long dependency chain). The summation order is fixed,
+// so results are deterministic and the same on every ISA (simd.h).
 template <typename T>
-T Dot(const T* a, const T* b, int64_t n) {
-  T acc[kLanes] = {};
+MIM_SIMD_INLINE T Dot(const T* a, const T* b, int64_t n) {
+  Vec8<T> acc = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
-  }
-  T sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
-          ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i + 8 <= n; i += 8) acc += Load8(a + i) * Load8(b + i);
+  T sum = Sum8<T>(acc);
   for (; i < n; ++i) sum += a[i] * b[i];
   return sum;
 }
 
 // <t, x> and <x, x> in one pass over x.
 template <typename T>
-void DotAndSquaredNorm(const T* t, const T* x, int64_t n, T* dot, T* sq) {
-  T ad[kLanes] = {}, as[kLanes] = {};
+MIM_SIMD_INLINE void DotAndSquaredNorm(const T* t, const T* x, int64_t n,
+                                       T* dot, T* sq) {
+  Vec8<T> ad = {}, as = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      ad[j] += t[i + j] * x[i + j];
-      as[j] += x[i + j] * x[i + j];
-    }
+  for (; i + 8 <= n; i += 8) {
+    const Vec8<T> xv = Load8(x + i);
+    ad += Load8(t + i) * xv;
+    as += xv * xv;
   }
-  T d = ((ad[0] + ad[1]) + (ad[2] + ad[3])) + ((ad[4] + ad[5]) + (ad[6] + ad[7]));
-  T q = ((as[0] + as[1]) + (as[2] + as[3])) + ((as[4] + as[5]) + (as[6] + as[7]));
+  T d = Sum8<T>(ad), q = Sum8<T>(as);
   for (; i < n; ++i) {
     d += t[i] * x[i];
     q += x[i] * x[i];
   }
   *dot = d;
   *sq = q;
+}
+
+// out[k] = sum_{i<n} a[i] * x[i * dim + k], summed over i in order. Column
+// tiles of kTile floats stay in registers for the whole pass over i, so
+// `out` is written once instead of read and written per behaviour.
+template <typename T, int kTile>
+MIM_SIMD_INLINE void WeightedRowSum(const T* a, const T* x, int64_t n,
+                                    int64_t dim, T* out) {
+  constexpr int kVecs = kTile / 8;
+  int64_t k = 0;
+  for (; k + kTile <= dim; k += kTile) {
+    Vec8<T> acc[kVecs] = {};
+    for (int64_t i = 0; i < n; ++i) {
+      const Vec8<T> ai = Splat8(a[i]);
+      const T* xi = x + i * dim + k;
+      for (int v = 0; v < kVecs; ++v) acc[v] += ai * Load8(xi + 8 * v);
+    }
+    for (int v = 0; v < kVecs; ++v) Store8(out + k + 8 * v, acc[v]);
+  }
+  for (; k + 8 <= dim; k += 8) {
+    Vec8<T> acc = {};
+    for (int64_t i = 0; i < n; ++i) acc += Splat8(a[i]) * Load8(x + i * dim + k);
+    Store8(out + k, acc);
+  }
+  for (; k < dim; ++k) {
+    T acc = 0;
+    for (int64_t i = 0; i < n; ++i) acc += a[i] * x[i * dim + k];
+    out[k] = acc;
+  }
+}
+
+template <typename T>
+struct ForwardArgs {
+  int64_t L, dm, d;
+  const T *m, *m_t, *h;
+  const int32_t* lens;
+  T *alpha, *h_mm, *h_fusion;
+};
+
+// Rows [lo, hi): all alpha_i of a row first (independent dot products),
+// then the two weighted sums. `scratch` holds L alphas when the caller
+// does not want them.
+template <typename T, int kTile>
+MIM_SIMD_INLINE void ForwardRows(const ForwardArgs<T>& x, int64_t lo,
+                                 int64_t hi, T* scratch) {
+  const T eps = T(kContentCosineEps);
+  const int64_t L = x.L, dm = x.dm, d = x.d;
+  for (int64_t b = lo; b < hi; ++b) {
+    const int64_t n = x.lens[b];
+    const T* t = x.m_t + b * dm;
+    const T* mb = x.m + b * L * dm;
+    T* a = x.alpha != nullptr ? x.alpha + b * L : scratch;
+    const T nt = std::sqrt(Dot(t, t, dm) + eps);
+    for (int64_t i = 0; i < n; ++i) {
+      T dot, sq;
+      DotAndSquaredNorm(t, mb + i * dm, dm, &dot, &sq);
+      a[i] = dot / (nt * std::sqrt(sq + eps));
+    }
+    if (x.alpha != nullptr) std::fill(a + n, a + L, T(0));
+    WeightedRowSum<T, kTile>(a, mb, n, dm, x.h_mm + b * dm);
+    WeightedRowSum<T, kTile>(a, x.h + b * L * d, n, d, x.h_fusion + b * d);
+  }
+}
+
+template <typename T>
+void ForwardRowsBaseline(const ForwardArgs<T>& x, int64_t lo, int64_t hi,
+                         T* scratch) {
+  ForwardRows<T, 32>(x, lo, hi, scratch);  // 8 SSE accumulators
+}
+template <typename T>
+MIM_TARGET_AVX2 void ForwardRowsAvx2(const ForwardArgs<T>& x, int64_t lo,
+                                     int64_t hi, T* scratch) {
+  ForwardRows<T, 64>(x, lo, hi, scratch);  // 8 AVX accumulators
 }
 
 absl::Status ValidateContent(const char* op, const ContentShape& s,
@@ -71,28 +138,26 @@ absl::Status ContentForward(const ContentShape& s, const T* m, const T* m_t,
                             T* h_fusion) {
   absl::Status st = ValidateContent("ContentFusionForwardCpu", s, lens);
   if (!st.ok()) return st;
-  const int64_t L = s.content.max_len, dm = s.content.dim, d = s.id_dim;
-  const T eps = T(kContentCosineEps);
+  if (s.content.batch == 0) return absl::OkStatus();
+  if (m == nullptr && s.content.max_len * s.content.dim > 0) {
+    return NullArg("ContentFusionForwardCpu", "m");
+  }
+  if (m_t == nullptr || h_mm == nullptr || h_fusion == nullptr ||
+      (h == nullptr && s.content.max_len * s.id_dim > 0)) {
+    return NullArg("ContentFusionForwardCpu",
+                   m_t == nullptr ? "m_t"
+                   : h_mm == nullptr ? "h_mm"
+                   : h_fusion == nullptr ? "h_fusion" : "h");
+  }
+  const ForwardArgs<T> args{s.content.max_len, s.content.dim, s.id_dim, m, m_t,
+                            h, lens, alpha, h_mm, h_fusion};
+  const bool avx2 = UseAvx2();
   ParallelFor(s.content.batch, [&](int64_t lo, int64_t hi, int) {
-    for (int64_t b = lo; b < hi; ++b) {
-      const int64_t n = lens[b];
-      const T* t = m_t + b * dm;
-      T* omm = h_mm + b * dm;
-      T* ofu = h_fusion + b * d;
-      std::fill_n(omm, dm, T(0));
-      std::fill_n(ofu, d, T(0));
-      if (alpha != nullptr) std::fill_n(alpha + b * L, L, T(0));
-      const T nt = std::sqrt(Dot(t, t, dm) + eps);
-      for (int64_t i = 0; i < n; ++i) {
-        const T* mi = m + (b * L + i) * dm;
-        const T* hi_ = h + (b * L + i) * d;
-        T dot, sq;
-        DotAndSquaredNorm(t, mi, dm, &dot, &sq);
-        const T a = dot / (nt * std::sqrt(sq + eps));
-        if (alpha != nullptr) alpha[b * L + i] = a;
-        for (int64_t k = 0; k < dm; ++k) omm[k] += a * mi[k];
-        for (int64_t k = 0; k < d; ++k) ofu[k] += a * hi_[k];
-      }
+    std::vector<T> scratch(alpha == nullptr ? s.content.max_len : 0);
+    if (avx2) {
+      ForwardRowsAvx2<T>(args, lo, hi, scratch.data());
+    } else {
+      ForwardRowsBaseline<T>(args, lo, hi, scratch.data());
     }
   });
   return absl::OkStatus();

@@ -22,8 +22,9 @@ void Gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
 
 // Number of chunks ParallelFor splits n items into (<= CpuThreads(), >= 1).
 int NumChunks(int64_t n);
-// Calls fn(begin, end, chunk) for NumChunks(n) contiguous chunks of [0, n),
-// chunk 0 on the calling thread. Blocks until all are done. Chunk
+// Calls fn(begin, end, chunk) for NumChunks(n) contiguous chunks of [0, n)
+// on a persistent worker pool plus the calling thread. Blocks until all are
+// done; safe to call from several threads at once and from inside fn. Chunk
 // boundaries depend only on n and the thread count, so per-chunk partial
 // sums reduced in chunk order are deterministic.
 void ParallelFor(int64_t n,

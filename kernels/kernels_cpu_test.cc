@@ -15,6 +15,7 @@
 #include "kernels/dense_ops.h"
 #include "kernels/embedding_ops.h"
 #include "kernels/sequence_ops.h"
+#include "kernels/simd.h"
 
 namespace mim::kernels {
 namespace {
@@ -226,6 +227,97 @@ TEST(ContentFusionTest, ForwardMatchesDefinition) {
     for (int k = 0; k < 4; ++k) EXPECT_NEAR(hfu[b * 4 + k], efu[k], 1e-7);
   }
   EXPECT_EQ(alpha[2], 0.0);  // padding of row 0
+}
+
+// Naive double reference of the content forward, for any shape.
+void ContentReference(const ContentShape& s, const V& m, const V& mt,
+                      const V& h, const std::vector<int32_t>& lens, V* alpha,
+                      V* hmm, V* hfu) {
+  const int64_t B = s.content.batch, L = s.content.max_len,
+                dm = s.content.dim, d = s.id_dim;
+  alpha->assign(B * L, 0.0);
+  hmm->assign(B * dm, 0.0);
+  hfu->assign(B * d, 0.0);
+  for (int64_t b = 0; b < B; ++b) {
+    double nt = kContentCosineEps;
+    for (int64_t k = 0; k < dm; ++k) nt += mt[b * dm + k] * mt[b * dm + k];
+    for (int64_t i = 0; i < lens[b]; ++i) {
+      const double* mi = &m[(b * L + i) * dm];
+      double dot = 0, nm = kContentCosineEps;
+      for (int64_t k = 0; k < dm; ++k) {
+        dot += mt[b * dm + k] * mi[k];
+        nm += mi[k] * mi[k];
+      }
+      const double a = dot / std::sqrt(nt * nm);
+      (*alpha)[b * L + i] = a;
+      for (int64_t k = 0; k < dm; ++k) (*hmm)[b * dm + k] += a * mi[k];
+      for (int64_t k = 0; k < d; ++k) {
+        (*hfu)[b * d + k] += a * h[(b * L + i) * d + k];
+      }
+    }
+  }
+}
+
+// Widths on both sides of the 8-lane vectors and the 32/64-float register
+// tiles, so the vector bodies, the 8-wide remainder and the scalar tails
+// all run; in float both the AVX2 and the baseline path must give the same
+// bits, and both must match the double reference.
+TEST(ContentFusionTest, ForwardVectorPathsMatchReferenceAtAwkwardWidths) {
+  const std::vector<std::pair<int64_t, int64_t>> dims = {
+      {7, 5}, {8, 32}, {33, 7}, {64, 32}, {100, 70}, {32, 64}};
+  for (const auto& [dm, d] : dims) {
+    SCOPED_TRACE(::testing::Message() << "d_m=" << dm << " d=" << d);
+    const int64_t B = 5, L = 11;
+    const ContentShape s{{B, L, dm}, d};
+    const std::vector<int32_t> lens = {11, 0, 1, 7, 10};
+    const V m = RandomVec<double>(B * L * dm, 11), mt = RandomVec<double>(B * dm, 12),
+            h = RandomVec<double>(B * L * d, 13);
+    V ra, rmm, rfu;
+    ContentReference(s, m, mt, h, lens, &ra, &rmm, &rfu);
+    V alpha(B * L, 7.0), hmm(B * dm, 7.0), hfu(B * d, 7.0);
+    ASSERT_TRUE(cpu::ContentForward<double>(s, m.data(), mt.data(), h.data(),
+                                            lens.data(), alpha.data(),
+                                            hmm.data(), hfu.data()).ok());
+    ExpectAllNear(ra, alpha, 1e-12, 0, "alpha");
+    ExpectAllNear(rmm, hmm, 1e-12, 0, "h_mm");
+    ExpectAllNear(rfu, hfu, 1e-12, 0, "h_fusion");
+
+    const std::vector<float> mf(m.begin(), m.end()), mtf(mt.begin(), mt.end()),
+        hf(h.begin(), h.end());
+    std::vector<float> out[2][3];
+    for (int baseline = 0; baseline < 2; ++baseline) {
+      cpu::ForceBaselineSimd(baseline == 1);
+      auto& o = out[baseline];
+      o[0].assign(B * L, 7.f);
+      o[1].assign(B * dm, 7.f);
+      o[2].assign(B * d, 7.f);
+      ASSERT_TRUE(ContentFusionForwardCpu(s, mf.data(), mtf.data(), hf.data(),
+                                          lens.data(), o[0].data(), o[1].data(),
+                                          o[2].data()).ok());
+      // alpha may be skipped: the outputs must not change.
+      std::vector<float> mm2(B * dm), fu2(B * d);
+      ASSERT_TRUE(ContentFusionForwardCpu(s, mf.data(), mtf.data(), hf.data(),
+                                          lens.data(), nullptr, mm2.data(),
+                                          fu2.data()).ok());
+      EXPECT_EQ(mm2, o[1]);
+      EXPECT_EQ(fu2, o[2]);
+    }
+    cpu::ForceBaselineSimd(false);
+    for (int j = 0; j < 3; ++j) EXPECT_EQ(out[0][j], out[1][j]) << "output " << j;
+    ExpectAllNear(ra, V(out[0][0].begin(), out[0][0].end()), 1e-5, 0, "float alpha");
+    ExpectAllNear(rmm, V(out[0][1].begin(), out[0][1].end()), 1e-4, 1e-5, "float h_mm");
+    ExpectAllNear(rfu, V(out[0][2].begin(), out[0][2].end()), 1e-4, 1e-5, "float h_fusion");
+  }
+}
+
+TEST(ContentFusionTest, ForwardRejectsNullPointers) {
+  const ContentShape s{{1, 2, 3}, 2};
+  const std::vector<int32_t> lens = {2};
+  std::vector<float> m(6, 1.f), mt(3, 1.f), h(4, 1.f), hmm(3), hfu(2);
+  const absl::Status st = ContentFusionForwardCpu(
+      s, m.data(), nullptr, h.data(), lens.data(), nullptr, hmm.data(), hfu.data());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()), ::testing::HasSubstr("m_t"));
 }
 
 TEST(ContentFusionTest, BackwardMatchesFiniteDifferences) {
