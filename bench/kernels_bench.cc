@@ -21,6 +21,7 @@
 #include "kernels/dense_ops.h"
 #include "kernels/device_buffer.h"
 #include "kernels/embedding_ops.h"
+#include "kernels/host_memory.h"
 #include "kernels/sequence_ops.h"
 
 namespace mim::kernels {
@@ -28,10 +29,11 @@ namespace {
 
 constexpr double kH100PeakBytesPerSec = 3.35e12;
 
-std::vector<float> Rand(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
+// Host operands on huge pages, as the trainer allocates them (host_memory.h).
+HostVector<float> Rand(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(lo, hi);
-  std::vector<float> v(n);
+  HostVector<float> v(n);
   for (auto& x : v) x = u(rng);
   return v;
 }
@@ -43,18 +45,33 @@ void Must(const absl::Status& s, const char* what) {
   }
 }
 
-// Seconds per call: `warmup` untimed calls, then the best of `reps`.
+double g_last_median = 0;  // median of the last Time() call, for Report
+
+// Seconds per call: one untimed warm-up call, then the best of `reps`
+// (the median is kept in g_last_median).
 double Time(const std::function<void()>& fn, int reps, bool gpu) {
   fn();
   if (gpu) Must(CudaSynchronize(), "sync");
-  double best = 1e30;
+  std::vector<double> t(reps);
   for (int r = 0; r < reps; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
     fn();
     if (gpu) Must(CudaSynchronize(), "sync");
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    t[r] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
-  return best;
+  std::sort(t.begin(), t.end());
+  g_last_median = t[reps / 2];
+  return t[0];
+}
+
+// --ops=a,b limits the run to those ops (default: all); --reps=N overrides
+// the repetitions per measurement.
+std::string g_ops;
+int g_reps = 0;
+bool Want(const char* op) {
+  if (g_ops.empty()) return true;
+  const std::string list = "," + g_ops + ",";
+  return list.find("," + std::string(op) + ",") != std::string::npos;
 }
 
 void Report(const char* dev, const char* op, int64_t L, int64_t d, double sec,
@@ -65,18 +82,18 @@ void Report(const char* dev, const char* op, int64_t L, int64_t d, double sec,
   if (std::strcmp(dev, "gpu") == 0 && std::strcmp(unit, "GB/s") == 0) {
     std::printf(" peak_frac=%.3f", amount / sec / kH100PeakBytesPerSec);
   }
-  std::printf("\n");
+  std::printf(" median_ms=%.3f\n", g_last_median * 1e3);
   std::fflush(stdout);
 }
 
 // Host or device storage for one input, picked once per run.
 struct Buf {
-  std::vector<float> host;
+  HostVector<float> host;
   DeviceBuffer<float> dev;
   float* p = nullptr;
 };
 struct IBuf {
-  std::vector<int32_t> host;
+  HostVector<int32_t> host;
   DeviceBuffer<int32_t> dev;
   int32_t* p = nullptr;
 };
@@ -110,7 +127,7 @@ Buf Make(size_t n, uint32_t seed, bool gpu, float lo = -1.f, float hi = 1.f) {
 
 void RunShape(bool gpu, int64_t B, int64_t L, int64_t d) {
   const char* dev = gpu ? "gpu" : "cpu";
-  const int reps = gpu ? 10 : (L >= 1000 ? 1 : 3);
+  const int reps = g_reps > 0 ? g_reps : gpu ? 10 : (L >= 1000 ? 2 : 10);
   const SeqShape s{B, L, d};
   IBuf lens;
   lens.host.resize(B);
@@ -136,11 +153,11 @@ void RunShape(bool gpu, int64_t B, int64_t L, int64_t d) {
     Buf table = Make(U * d, 8, gpu), gt = Make(U * d, 9, gpu);
     auto fwd = [&] { Must(gpu ? EmbeddingGatherCuda(gs, table.p, idx.p, gh.p)
                               : EmbeddingGatherCpu(gs, table.p, idx.p, gh.p), "gather"); };
-    Report(dev, "gather_fwd", L, d, Time(fwd, reps, gpu), f * 2 * B * L * d + 4.0 * B * L, "GB/s");
+    if (Want("gather_fwd")) Report(dev, "gather_fwd", L, d, Time(fwd, reps, gpu), f * 2 * B * L * d + 4.0 * B * L, "GB/s");
     auto bwd = [&] { Must(gpu ? EmbeddingGatherBackwardCuda(gs, h.p, idx.p, GradMode::kDeterministic, gt.p)
                               : EmbeddingGatherBackwardCpu(gs, h.p, idx.p, GradMode::kDeterministic, gt.p),
                           "gather bwd"); };
-    Report(dev, "gather_bwd", L, d, Time(bwd, reps, gpu), f * (B * L * d + U * d) + 4.0 * B * L, "GB/s");
+    if (Want("gather_bwd")) Report(dev, "gather_bwd", L, d, Time(bwd, reps, gpu), f * (B * L * d + U * d) + 4.0 * B * L, "GB/s");
   }
   // DIN attention.
   {
@@ -155,12 +172,12 @@ void RunShape(bool gpu, int64_t B, int64_t L, int64_t d) {
     const double fwd_flops = 2.0 * valid * (d * 80 + 80 * 40 + 40 + d);
     auto fwd = [&] { Must(gpu ? DinAttentionForwardCuda(s, m, h.p, ht.p, lens.p, p, nullptr, out.p)
                               : DinAttentionForwardCpu(s, m, h.p, ht.p, lens.p, p, nullptr, out.p), "din"); };
-    Report(dev, "din_fwd", L, d, Time(fwd, reps, gpu), fwd_flops, "GFLOP/s");
+    if (Want("din_fwd")) Report(dev, "din_fwd", L, d, Time(fwd, reps, gpu), fwd_flops, "GFLOP/s");
     auto bwd = [&] { Must(gpu ? DinAttentionBackwardCuda(s, m, h.p, ht.p, lens.p, p, go.p, gh.p, ght.p, g)
                               : DinAttentionBackwardCpu(s, m, h.p, ht.p, lens.p, p, go.p, gh.p, ght.p, g),
                           "din bwd"); };
     // Backward = recomputed forward + two GEMMs per forward GEMM.
-    Report(dev, "din_bwd", L, d, Time(bwd, reps, gpu), 3 * fwd_flops, "GFLOP/s");
+    if (Want("din_bwd")) Report(dev, "din_bwd", L, d, Time(bwd, reps, gpu), 3 * fwd_flops, "GFLOP/s");
   }
   // Content interest + fusion (content dim = d here).
   {
@@ -170,20 +187,20 @@ void RunShape(bool gpu, int64_t B, int64_t L, int64_t d) {
     auto fwd = [&] { Must(gpu ? ContentFusionForwardCuda(cs, m.p, mt.p, h.p, lens.p, nullptr, hmm.p, out.p)
                               : ContentFusionForwardCpu(cs, m.p, mt.p, h.p, lens.p, nullptr, hmm.p, out.p),
                           "content"); };
-    Report(dev, "content_fwd", L, d, Time(fwd, reps, gpu), f * 2 * valid * d, "GB/s");
+    if (Want("content_fwd")) Report(dev, "content_fwd", L, d, Time(fwd, reps, gpu), f * 2 * valid * d, "GB/s");
     auto bwd = [&] { Must(gpu ? ContentFusionBackwardCuda(cs, m.p, mt.p, h.p, lens.p, go.p, go.p, gm.p, gmt.p, gh.p)
                               : ContentFusionBackwardCpu(cs, m.p, mt.p, h.p, lens.p, go.p, go.p, gm.p, gmt.p, gh.p),
                           "content bwd"); };
-    Report(dev, "content_bwd", L, d, Time(bwd, reps, gpu), f * 4 * B * L * d, "GB/s");
+    if (Want("content_bwd")) Report(dev, "content_bwd", L, d, Time(bwd, reps, gpu), f * 4 * B * L * d, "GB/s");
   }
   // Masked mean pooling.
   {
     auto fwd = [&] { Must(gpu ? MaskedMeanPoolForwardCuda(s, h.p, lens.p, out.p)
                               : MaskedMeanPoolForwardCpu(s, h.p, lens.p, out.p), "pool"); };
-    Report(dev, "pool_fwd", L, d, Time(fwd, reps, gpu), f * valid * d, "GB/s");
+    if (Want("pool_fwd")) Report(dev, "pool_fwd", L, d, Time(fwd, reps, gpu), f * valid * d, "GB/s");
     auto bwd = [&] { Must(gpu ? MaskedMeanPoolBackwardCuda(s, go.p, lens.p, gh.p)
                               : MaskedMeanPoolBackwardCpu(s, go.p, lens.p, gh.p), "pool bwd"); };
-    Report(dev, "pool_bwd", L, d, Time(bwd, reps, gpu), f * B * L * d, "GB/s");
+    if (Want("pool_bwd")) Report(dev, "pool_bwd", L, d, Time(bwd, reps, gpu), f * B * L * d, "GB/s");
   }
   // SIM top-K (k = 20) + gather of the selected rows.
   {
@@ -196,10 +213,10 @@ void RunShape(bool gpu, int64_t B, int64_t L, int64_t d) {
     Buf sel = Make(B * k * d, 27, gpu);
     auto topk = [&] { Must(gpu ? TopKSelectCuda(s, h.p, ht.p, lens.p, k, pos.p, nl.p)
                                : TopKSelectCpu(s, h.p, ht.p, lens.p, k, pos.p, nl.p), "topk"); };
-    Report(dev, "topk", L, d, Time(topk, reps, gpu), f * valid * d, "GB/s");
+    if (Want("topk")) Report(dev, "topk", L, d, Time(topk, reps, gpu), f * valid * d, "GB/s");
     auto fwd = [&] { Must(gpu ? SelectRowsForwardCuda(s, h.p, pos.p, k, sel.p)
                               : SelectRowsForwardCpu(s, h.p, pos.p, k, sel.p), "select"); };
-    Report(dev, "select_fwd", L, d, Time(fwd, reps, gpu), f * 2 * B * k * d, "GB/s");
+    if (Want("select_fwd")) Report(dev, "select_fwd", L, d, Time(fwd, reps, gpu), f * 2 * B * k * d, "GB/s");
   }
   // Dense layer of the CTR tower: [B, 4d] -> 200, ReLU.
   {
@@ -210,11 +227,11 @@ void RunShape(bool gpu, int64_t B, int64_t L, int64_t d) {
     const double flops = 2.0 * B * 4 * d * 200;
     auto fwd = [&] { Must(gpu ? DenseForwardCuda(ds, x.p, w.p, b.p, Activation::kRelu, y.p)
                               : DenseForwardCpu(ds, x.p, w.p, b.p, Activation::kRelu, y.p), "dense"); };
-    Report(dev, "dense_fwd", L, d, Time(fwd, gpu ? reps : 20, gpu), flops, "GFLOP/s");
+    if (Want("dense_fwd")) Report(dev, "dense_fwd", L, d, Time(fwd, gpu ? reps : 20, gpu), flops, "GFLOP/s");
     auto bwd = [&] { Must(gpu ? DenseBackwardCuda(ds, x.p, w.p, y.p, gy.p, Activation::kRelu, gx.p, gw.p, gb.p)
                               : DenseBackwardCpu(ds, x.p, w.p, y.p, gy.p, Activation::kRelu, gx.p, gw.p, gb.p),
                           "dense bwd"); };
-    Report(dev, "dense_bwd", L, d, Time(bwd, gpu ? reps : 20, gpu), 2 * flops, "GFLOP/s");
+    if (Want("dense_bwd")) Report(dev, "dense_bwd", L, d, Time(bwd, gpu ? reps : 20, gpu), 2 * flops, "GFLOP/s");
   }
 }
 
@@ -228,6 +245,8 @@ int main(int argc, char** argv) {
     if (std::strncmp(argv[i], "--threads=", 10) == 0) threads = std::atoi(argv[i] + 10);
     if (std::strcmp(argv[i], "--gpu") == 0) gpu = true;
     if (std::strcmp(argv[i], "--no-cpu") == 0) cpu = false;
+    if (std::strncmp(argv[i], "--ops=", 6) == 0) mim::kernels::g_ops = argv[i] + 6;
+    if (std::strncmp(argv[i], "--reps=", 7) == 0) mim::kernels::g_reps = std::atoi(argv[i] + 7);
   }
   mim::kernels::SetCpuThreads(threads);
   std::printf("INFO cpu_threads=%d\n", threads);

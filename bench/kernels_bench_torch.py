@@ -175,7 +175,7 @@ def main():
     for dv in devs:
         for L in (50, 1000):
             for d in (32, 64):
-                reps = 10 if dv == "gpu" else (1 if L >= 1000 else 3)
+                reps = 10 if dv == "gpu" else (2 if L >= 1000 else 10)
                 tr = run_torch(L, d, "cuda" if dv == "gpu" else "cpu", reps)
                 for op, t in tr.items():
                     key = (dv, op, L, d)

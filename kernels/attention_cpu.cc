@@ -106,7 +106,7 @@ absl::Status DinForward(const SeqShape& s, const AttentionMlpShape& m,
   const int64_t L = s.max_len, d = s.dim;
   std::vector<T> wac, wbc;
   FoldW1(p.w1, d, m.hidden1, &wac, &wbc);
-  ParallelFor(s.batch, [&](int64_t lo, int64_t hi, int) {
+  ParallelForBalanced(s.batch, [&](int64_t lo, int64_t hi) {
     RowScratch<T> r(L, d, m.hidden1, m.hidden2);
     for (int64_t b = lo; b < hi; ++b) {
       const int64_t n = lens[b];

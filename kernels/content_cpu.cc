@@ -152,7 +152,7 @@ absl::Status ContentForward(const ContentShape& s, const T* m, const T* m_t,
   const ForwardArgs<T> args{s.content.max_len, s.content.dim, s.id_dim, m, m_t,
                             h, lens, alpha, h_mm, h_fusion};
   const bool avx2 = UseAvx2();
-  ParallelFor(s.content.batch, [&](int64_t lo, int64_t hi, int) {
+  ParallelForBalanced(s.content.batch, [&](int64_t lo, int64_t hi) {
     std::vector<T> scratch(alpha == nullptr ? s.content.max_len : 0);
     if (avx2) {
       ForwardRowsAvx2<T>(args, lo, hi, scratch.data());
@@ -172,7 +172,7 @@ absl::Status ContentBackward(const ContentShape& s, const T* m, const T* m_t,
   if (!st.ok()) return st;
   const int64_t L = s.content.max_len, dm = s.content.dim, d = s.id_dim;
   const T eps = T(kContentCosineEps);
-  ParallelFor(s.content.batch, [&](int64_t lo, int64_t hi, int) {
+  ParallelForBalanced(s.content.batch, [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
       const int64_t n = lens[b];
       const T* t = m_t + b * dm;

@@ -179,6 +179,20 @@ void ParallelFor(int64_t n,
   WorkerPool::Get().Run(chunks, body);
 }
 
+void ParallelForBalanced(int64_t n,
+                         const std::function<void(int64_t, int64_t)>& fn) {
+  if (CpuThreads() == 1 || n <= 1) {
+    fn(0, n);
+    return;
+  }
+  const int chunks = static_cast<int>(
+      std::min<int64_t>(n, int64_t{CpuThreads()} * kSplitsPerThread));
+  const std::function<void(int)> body = [&](int c) {
+    fn(n * c / chunks, n * (c + 1) / chunks);
+  };
+  WorkerPool::Get().Run(chunks, body);
+}
+
 absl::Status ValidateSeq(const char* op, const SeqShape& s,
                          const int32_t* lens) {
   if (s.batch < 0 || s.max_len < 0 || s.dim < 0) {

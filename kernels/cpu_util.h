@@ -30,6 +30,14 @@ int NumChunks(int64_t n);
 void ParallelFor(int64_t n,
                  const std::function<void(int64_t, int64_t, int)>& fn);
 
+// Like ParallelFor, but splits [0, n) into up to kSplitsPerThread chunks per
+// thread, so a thread that starts late (a busy or descheduled core) leaves
+// its share to the others instead of doubling the call's time. For ops with
+// no per-chunk state; the chunk index is not passed.
+inline constexpr int kSplitsPerThread = 4;
+void ParallelForBalanced(int64_t n,
+                         const std::function<void(int64_t, int64_t)>& fn);
+
 // INVALID_ARGUMENT unless all sizes are >= 0 and 0 <= lens[b] <= max_len.
 absl::Status ValidateSeq(const char* op, const SeqShape& s,
                          const int32_t* lens);

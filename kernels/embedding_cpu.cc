@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "kernels/cpu_templates.h"
 #include "kernels/cpu_util.h"
+#include "kernels/simd.h"
 #include "kernels/embedding_ops.h"
 #include "kernels/sequence_ops.h"
 
@@ -53,13 +54,18 @@ absl::Status Gather(const GatherShape& s, const T* table, const int32_t* index,
   absl::Status st = ValidateGather("EmbeddingGatherCpu", s, index);
   if (!st.ok()) return st;
   const int64_t d = s.dim;
-  ParallelFor(s.num_indices, [&](int64_t lo, int64_t hi, int) {
+  ParallelForBalanced(s.num_indices, [&](int64_t lo, int64_t hi) {
     for (int64_t n = lo; n < hi; ++n) {
+      T* dst = out + n * d;
       if (index[n] < 0) {
-        std::fill_n(out + n * d, d, T(0));
-      } else {
-        std::memcpy(out + n * d, table + int64_t{index[n]} * d, d * sizeof(T));
+        std::fill_n(dst, d, T(0));
+        continue;
       }
+      // Inline 8-lane copy: rows are short (32-64 floats), no call per row.
+      const T* src = table + int64_t{index[n]} * d;
+      int64_t k = 0;
+      for (; k + 8 <= d; k += 8) Store8(dst + k, Load8(src + k));
+      for (; k < d; ++k) dst[k] = src[k];
     }
   });
   return absl::OkStatus();
@@ -90,7 +96,7 @@ absl::Status MeanPoolForward(const SeqShape& s, const T* x,
   absl::Status st = ValidateSeq("MaskedMeanPoolForwardCpu", s, lens);
   if (!st.ok()) return st;
   const int64_t d = s.dim, L = s.max_len;
-  ParallelFor(s.batch, [&](int64_t lo, int64_t hi, int) {
+  ParallelForBalanced(s.batch, [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
       T* o = out + b * d;
       std::fill_n(o, d, T(0));
@@ -114,7 +120,7 @@ absl::Status MeanPoolBackward(const SeqShape& s, const T* grad_out,
   absl::Status st = ValidateSeq("MaskedMeanPoolBackwardCpu", s, lens);
   if (!st.ok()) return st;
   const int64_t d = s.dim, L = s.max_len;
-  ParallelFor(s.batch, [&](int64_t lo, int64_t hi, int) {
+  ParallelForBalanced(s.batch, [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
       const int64_t n = lens[b];
       const T inv = n > 0 ? T(1) / T(n) : T(0);
@@ -137,7 +143,7 @@ absl::Status SelectRowsForward(const SeqShape& s, const T* x,
   absl::Status st = ValidatePositions("SelectRowsForwardCpu", s, positions, k);
   if (!st.ok()) return st;
   const int64_t d = s.dim, L = s.max_len;
-  ParallelFor(s.batch, [&](int64_t lo, int64_t hi, int) {
+  ParallelForBalanced(s.batch, [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
       for (int64_t j = 0; j < k; ++j) {
         const int32_t p = positions[b * k + j];
@@ -160,7 +166,7 @@ absl::Status SelectRowsBackward(const SeqShape& s, const T* grad_out,
       ValidatePositions("SelectRowsBackwardCpu", s, positions, k);
   if (!st.ok()) return st;
   const int64_t d = s.dim, L = s.max_len;
-  ParallelFor(s.batch, [&](int64_t lo, int64_t hi, int) {
+  ParallelForBalanced(s.batch, [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
       std::fill_n(grad_x + b * L * d, L * d, T(0));
       for (int64_t j = 0; j < k; ++j) {
@@ -234,7 +240,7 @@ absl::Status TopKSelectCpu(const SeqShape& s, const float* x,
         absl::StrFormat("TopKSelectCpu: k=%d, expected >= 1", k));
   }
   const int64_t d = s.dim, L = s.max_len;
-  cpu::ParallelFor(s.batch, [&](int64_t lo, int64_t hi, int) {
+  cpu::ParallelForBalanced(s.batch, [&](int64_t lo, int64_t hi) {
     std::vector<float> score(L);
     std::vector<int32_t> order(L);
     for (int64_t b = lo; b < hi; ++b) {

@@ -2,6 +2,8 @@
 // against central finite differences in double precision (the same
 // templated code instantiated for double), plus error contracts.
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <cmath>
 #include <vector>
 
@@ -11,6 +13,7 @@
 #include "kernels/common.h"
 #include "kernels/content_ops.h"
 #include "kernels/cpu_templates.h"
+#include "kernels/cpu_util.h"
 #include "kernels/cpu_test_util.h"
 #include "kernels/dense_ops.h"
 #include "kernels/embedding_ops.h"
@@ -25,6 +28,36 @@ using testing::ExpectAllNear;
 using testing::ExpectGradMatchesFiniteDiff;
 using testing::RandomVec;
 using V = std::vector<double>;
+
+// The worker pool behind ParallelFor: every index exactly once, from
+// concurrent callers and from inside a chunk (nested calls must not
+// deadlock), with chunk boundaries that depend only on n and the threads.
+TEST(ParallelForTest, CoversEveryIndexOnceFromConcurrentAndNestedCalls) {
+  SetCpuThreads(3);
+  constexpr int64_t kN = 1000;
+  auto run_once = [&](std::vector<std::atomic<int>>* hits) {
+    cpu::ParallelFor(kN, [&](int64_t lo, int64_t hi, int chunk) {
+      EXPECT_EQ(lo, kN * chunk / 3);
+      EXPECT_EQ(hi, kN * (chunk + 1) / 3);
+      cpu::ParallelForBalanced(hi - lo, [&](int64_t a, int64_t b) {
+        for (int64_t i = lo + a; i < lo + b; ++i) (*hits)[i]++;
+      });
+    });
+  };
+  std::vector<std::vector<std::atomic<int>>> hits(4);
+  for (auto& h : hits) h = std::vector<std::atomic<int>>(kN);
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 4; ++t) {
+    callers.emplace_back([&, t] {
+      for (int rep = 0; rep < 50; ++rep) run_once(&hits[t]);
+    });
+  }
+  for (auto& c : callers) c.join();
+  for (const auto& h : hits) {
+    for (int64_t i = 0; i < kN; ++i) ASSERT_EQ(h[i].load(), 50) << "index " << i;
+  }
+  SetCpuThreads(1);
+}
 
 TEST(EmbeddingGatherTest, ForwardCopiesRowsAndZeroesPadding) {
   const GatherShape s{3, 2, 4};
