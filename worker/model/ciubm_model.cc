@@ -26,7 +26,10 @@ constexpr const char* kValidNames[] = {
     "sim_ct",     "avgpool_mim", "din_mim", "sim_mim"};
 
 constexpr char kMagic[8] = {'M', 'I', 'M', 'M', 'O', 'D', 'E', 'L'};
-constexpr uint32_t kFormatVersion = 1;
+// Version 2 adds the Adam state after the params; version 1 files (params
+// only) still load, with fresh Adam state.
+constexpr uint32_t kFormatVersion = 2;
+constexpr uint32_t kOldestFormatVersion = 1;
 
 // Propagates a non-OK status (Abseil 20220623 has no RETURN_IF_ERROR).
 #define MIM_RETURN_IF_ERROR(expr)            \
@@ -234,9 +237,24 @@ bool SameArchitecture(const ModelConfig& a, const ModelConfig& b) {
          a.mlp_hidden == b.mlp_hidden && a.att_hidden == b.att_hidden;
 }
 
-// Parses a model file into its config and params; DATA_LOSS/NOT_FOUND.
+// Adam state stored with the params (format version 2).
+struct AdamState {
+  int64_t step = 0;
+  std::vector<float> m, v;  // empty: fresh state (version 1 file)
+};
+
+// Index of the first non-finite value in `v`, or -1.
+int64_t FirstNonFinite(const std::vector<float>& v) {
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (!std::isfinite(v[i])) return static_cast<int64_t>(i);
+  }
+  return -1;
+}
+
+// Parses a model file into its config, params and Adam state;
+// DATA_LOSS/NOT_FOUND.
 absl::Status ReadModelFile(const std::string& path, ModelConfig* config,
-                           std::vector<float>* params) {
+                           std::vector<float>* params, AdamState* adam) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     return absl::NotFoundError(
@@ -255,9 +273,11 @@ absl::Status ReadModelFile(const std::string& path, ModelConfig* config,
   if (!r.Bytes(magic, 8) || std::memcmp(magic, kMagic, 8) != 0) {
     return loss("bad magic, expected \"MIMMODEL\" (not a mim model file)");
   }
-  if (!r.Pod(&version) || version != kFormatVersion) {
-    return loss(absl::StrFormat("unsupported format version %d, expected %d",
-                                version, kFormatVersion));
+  if (!r.Pod(&version) || version < kOldestFormatVersion ||
+      version > kFormatVersion) {
+    return loss(absl::StrFormat(
+        "unsupported format version %d, expected %d to %d", version,
+        kOldestFormatVersion, kFormatVersion));
   }
   if (!r.Pod(&payload_len) || payload_len + sizeof(uint64_t) != r.left()) {
     return loss(absl::StrFormat(
@@ -275,8 +295,13 @@ absl::Status ReadModelFile(const std::string& path, ModelConfig* config,
   absl::Status valid = ValidateModelConfig(*config);
   if (!valid.ok()) return loss(valid.message());
   uint64_t count = 0;
-  if (!pr.Pod(&count) || count != pr.left() / sizeof(float) ||
-      pr.left() % sizeof(float) != 0) {
+  // v1: the params are the rest of the payload; v2: params, then u64 Adam
+  // step and the two moment vectors of the same length.
+  const uint64_t tail_floats = version == 1 ? 1 : 3;
+  const uint64_t tail_extra = version == 1 ? 0 : sizeof(uint64_t);
+  if (!pr.Pod(&count) || pr.left() < tail_extra ||
+      (pr.left() - tail_extra) % (tail_floats * sizeof(float)) != 0 ||
+      count != (pr.left() - tail_extra) / (tail_floats * sizeof(float))) {
     return loss("parameter section size does not match its count");
   }
   int64_t expected = 0;
@@ -287,6 +312,35 @@ absl::Status ReadModelFile(const std::string& path, ModelConfig* config,
   }
   params->resize(count);
   pr.Bytes(params->data(), count * sizeof(float));
+  *adam = AdamState();
+  if (version >= 2) {
+    uint64_t step = 0;
+    pr.Pod(&step);
+    if (step > (uint64_t{1} << 62)) {
+      return loss(absl::StrFormat("Adam step %d out of range", step));
+    }
+    adam->step = static_cast<int64_t>(step);
+    adam->m.resize(count);
+    adam->v.resize(count);
+    pr.Bytes(adam->m.data(), count * sizeof(float));
+    pr.Bytes(adam->v.data(), count * sizeof(float));
+  }
+  const std::pair<const char*, const std::vector<float>*> sections[] = {
+      {"parameter", params}, {"Adam first moment", &adam->m},
+      {"Adam second moment", &adam->v}};
+  for (const auto& [what, values] : sections) {
+    const int64_t bad = FirstNonFinite(*values);
+    if (bad >= 0) {
+      return loss(absl::StrFormat("%s %d is %f (not finite)", what, bad,
+                                  (*values)[bad]));
+    }
+  }
+  for (size_t i = 0; i < adam->v.size(); ++i) {
+    if (adam->v[i] < 0) {
+      return loss(absl::StrFormat("Adam second moment %d is negative (%f)", i,
+                                  adam->v[i]));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -388,6 +442,18 @@ struct CiubmModel::Impl {
       for (int64_t j = 0; j < layout[i].size; ++j) {
         p[j] = rng.Uniform(static_cast<float>(limit));
       }
+    }
+  }
+
+  // Adam state from a model file; empty moments (version 1) mean fresh.
+  void SetAdamState(AdamState s) {
+    adam_step = s.step;
+    if (s.m.empty()) {
+      std::fill(adam_m.begin(), adam_m.end(), 0.0f);
+      std::fill(adam_v.begin(), adam_v.end(), 0.0f);
+    } else {
+      adam_m = std::move(s.m);
+      adam_v = std::move(s.v);
     }
   }
 
@@ -582,9 +648,11 @@ absl::StatusOr<std::unique_ptr<CiubmModel>> CiubmModel::LoadFromFile(
     const std::string& path) {
   ModelConfig config;
   std::vector<float> params;
-  MIM_RETURN_IF_ERROR(ReadModelFile(path, &config, &params));
+  AdamState adam;
+  MIM_RETURN_IF_ERROR(ReadModelFile(path, &config, &params, &adam));
   auto impl = std::make_unique<Impl>(config);
   impl->params = std::move(params);
+  impl->SetAdamState(std::move(adam));
   return std::unique_ptr<CiubmModel>(new CiubmModel(std::move(impl)));
 }
 
@@ -654,8 +722,12 @@ int64_t CiubmModel::adam_step() const { return impl_->adam_step; }
 absl::Status CiubmModel::Save(const std::string& path) const {
   Writer payload;
   WriteConfig(impl_->config, &payload);
-  payload.Pod<uint64_t>(impl_->params.size());
-  payload.Bytes(impl_->params.data(), impl_->params.size() * sizeof(float));
+  const size_t n = impl_->params.size();
+  payload.Pod<uint64_t>(n);
+  payload.Bytes(impl_->params.data(), n * sizeof(float));
+  payload.Pod<uint64_t>(static_cast<uint64_t>(impl_->adam_step));
+  payload.Bytes(impl_->adam_m.data(), n * sizeof(float));
+  payload.Bytes(impl_->adam_v.data(), n * sizeof(float));
   Writer file;
   file.Bytes(kMagic, sizeof(kMagic));
   file.Pod<uint32_t>(kFormatVersion);
@@ -686,7 +758,8 @@ absl::Status CiubmModel::Save(const std::string& path) const {
 absl::Status CiubmModel::Load(const std::string& path) {
   ModelConfig file_config;
   std::vector<float> params;
-  MIM_RETURN_IF_ERROR(ReadModelFile(path, &file_config, &params));
+  AdamState adam;
+  MIM_RETURN_IF_ERROR(ReadModelFile(path, &file_config, &params, &adam));
   if (!SameArchitecture(file_config, impl_->config)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "model file '", path, "' holds model '", file_config.name,
@@ -694,6 +767,7 @@ absl::Status CiubmModel::Load(const std::string& path) {
         "'"));
   }
   impl_->params = std::move(params);
+  impl_->SetAdamState(std::move(adam));
   return absl::OkStatus();
 }
 

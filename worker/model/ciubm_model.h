@@ -98,8 +98,9 @@ class CiubmModel {
   static absl::StatusOr<std::unique_ptr<CiubmModel>> Create(
       const ModelConfig& config);
 
-  // Reads a file written by Save and returns a model with that config and
-  // those parameters (Adam state starts fresh). NOT_FOUND if the file
+  // Reads a file written by Save and returns a model with that config,
+  // those parameters and that Adam state (a version 1 file has none: fresh
+  // state), so training resumes exactly where Save left it. NOT_FOUND if the file
   // cannot be opened; DATA_LOSS if it is truncated, has a bad magic,
   // version, checksum or an inconsistent config.
   static absl::StatusOr<std::unique_ptr<CiubmModel>> LoadFromFile(
@@ -143,15 +144,18 @@ class CiubmModel {
   const std::vector<float>& dense_gradients() const;
   int64_t adam_step() const;
 
-  // Writes config + dense params to `path` (via a temp file and rename).
-  // File format (little-endian), version 1:
+  // Writes config, dense params and Adam state to `path` (via a temp file
+  // and rename). File format (little-endian), version 2:
   //   "MIMMODEL" (8 bytes), u32 version, u64 payload length N,
-  //   payload: config fields (see ciubm_model.cc) then u64 count and
-  //   count float32 params, then u64 FNV-1a-64 of the payload.
+  //   payload: config fields (see ciubm_model.cc), u64 count, count float32
+  //   params, u64 Adam step, count float32 first moments, count float32
+  //   second moments; then u64 FNV-1a-64 of the payload.
+  // Version 1 (still read) ends the payload after the params.
   // INTERNAL on an I/O error.
   absl::Status Save(const std::string& path) const;
-  // Replaces the dense params with those of a file written by Save. Errors
-  // as LoadFromFile, plus FAILED_PRECONDITION if the file's architecture
+  // Replaces the dense params and Adam state (step counter included) with
+  // those of a file written by Save; the config (learning rate too) stays.
+  // Errors as LoadFromFile (DATA_LOSS also for non-finite values), plus FAILED_PRECONDITION if the file's architecture
   // (everything but name, seed and adam) differs from config().
   absl::Status Load(const std::string& path);
 
