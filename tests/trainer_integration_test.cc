@@ -26,6 +26,7 @@
 #include "tests/process.h"
 #include "worker/data/sample.h"
 #include "worker/data/sample_io.h"
+#include "worker/model/ciubm_model.h"
 
 namespace mim {
 namespace {
@@ -355,6 +356,47 @@ TEST_F(TrainerIntegrationTest, AblationFlagsReachTheSavedModel) {
   EXPECT_EQ(manifest["model_config"]["use_id_interest"], true);
   EXPECT_EQ(manifest["model_config"]["use_content_interest"], false);
   EXPECT_EQ(manifest["model_config"]["use_fusion"], false);
+}
+
+// Incremental training: a second run continues the first one's dense
+// params and Adam state (and its ID table), and a run that would put them
+// on another ID table is refused before anything is created.
+TEST_F(TrainerIntegrationTest, WarmStartContinuesAnEarlierRun) {
+  const Json first = Train("din", "warm", {"--test=" + data_->test_path, "--epochs=1"});
+  const std::string first_dir = *dir_ + "/model_warm";
+  auto first_model = model::CiubmModel::LoadFromFile(first_dir + "/model.mimmodel");
+  ASSERT_TRUE(first_model.ok()) << first_model.status();
+  const int64_t first_steps = (*first_model)->adam_step();
+  EXPECT_EQ(first_steps, first["train_batches"].get<int64_t>());
+
+  std::vector<std::string> args =
+      Args("din", "warm", {"--test=" + data_->test_path, "--epochs=1",
+                           "--init_model_dir=" + first_dir});
+  for (std::string& a : args) {
+    if (absl::StartsWith(a, "--model_dir=")) a += "_2";
+    if (absl::StartsWith(a, "--metrics_out=")) a = "--metrics_out=" + MetricsPath("warm_2");
+  }
+  absl::StatusOr<CommandResult> run = RunCommand(args);
+  ASSERT_TRUE(run.ok()) << run.status();
+  ASSERT_EQ(run->exit_code, 0) << run->err;
+  const Json second = ReadJson(MetricsPath("warm_2"));
+  EXPECT_EQ(second["init_adam_step"], first_steps);
+  EXPECT_EQ(second["tables"]["id"], first["tables"]["id"]);
+  auto second_model = model::CiubmModel::LoadFromFile(first_dir + "_2/model.mimmodel");
+  ASSERT_TRUE(second_model.ok()) << second_model.status();
+  EXPECT_EQ((*second_model)->adam_step(),
+            first_steps + second["train_batches"].get<int64_t>());
+  const Json manifest = ReadJson(first_dir + "_2/manifest.json");
+  EXPECT_EQ(manifest["init_model"], first_dir + "/model.mimmodel");
+
+  // Another table prefix means another ID table: refused, naming both.
+  absl::StatusOr<CommandResult> wrong = RunCommand(
+      Args("din", "warm_other", {"--test=" + data_->test_path, "--epochs=1",
+                                 "--init_model_dir=" + first_dir}));
+  ASSERT_TRUE(wrong.ok()) << wrong.status();
+  EXPECT_NE(wrong->exit_code, 0);
+  EXPECT_NE(wrong->err.find("warm_din"), std::string::npos) << wrong->err;
+  EXPECT_NE(wrong->err.find("--id_table="), std::string::npos) << wrong->err;
 }
 
 TEST_F(TrainerIntegrationTest, FailedWorkerMarksTheRunFailed) {

@@ -274,6 +274,8 @@ absl::Status WriteManifest(const std::string& path, const TrainerOptions& o,
   manifest["dense_table"] =
       r.dense_table.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.dense_table);
   manifest["train_samples"] = r.train_samples;
+  manifest["init_model"] =
+      r.init_model.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.init_model);
   manifest["created_unix"] = absl::ToUnixSeconds(absl::Now());
   const std::string tmp = path + ".tmp";
   {
@@ -288,6 +290,41 @@ absl::Status WriteManifest(const std::string& path, const TrainerOptions& o,
     return absl::InternalError(
         absl::StrCat("rename ", tmp, " -> ", path, ": ", ec.message()));
   }
+  return absl::OkStatus();
+}
+
+// Loads init_model_dir's dense params and Adam state into `model`, after
+// checking that the earlier run trained the ID table this run will use
+// (dense weights on top of fresh ID rows would be silently wrong).
+absl::Status WarmStart(const TrainerOptions& o, const std::string& id_table,
+                       model::CiubmModel* model, TrainReport* report) {
+  const std::string manifest_path = o.init_model_dir + "/" + kManifestFile;
+  std::ifstream in(manifest_path);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat(
+        "--init_model_dir: cannot open ", manifest_path));
+  }
+  const nlohmann::json manifest =
+      nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (manifest.is_discarded() || !manifest.contains("id_table") ||
+      !manifest["id_table"].contains("name") ||
+      !manifest["id_table"]["name"].is_string()) {
+    return absl::DataLossError(absl::StrCat(
+        manifest_path, ": not a trainer manifest (no id_table.name)"));
+  }
+  const std::string trained = manifest["id_table"]["name"];
+  if (trained != id_table) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--init_model_dir=", o.init_model_dir, " was trained with ID table '",
+        trained, "' but this run uses '", id_table,
+        "'; pass --id_table=", trained, " (or the same --model, --seed and "
+        "--table_prefix) to continue it"));
+  }
+  const std::string path = o.init_model_dir + "/" + kModelFile;
+  absl::Status loaded = model->Load(path);
+  if (!loaded.ok()) return loaded;
+  report->init_model = path;
+  report->init_adam_step = model->adam_step();
   return absl::OkStatus();
 }
 
@@ -338,6 +375,10 @@ absl::StatusOr<TrainReport> RunTrainerImpl(
   report.config = (*model)->config();
 
   report.id_table = IdTableName(o);
+  if (!o.init_model_dir.empty()) {
+    absl::Status warm = WarmStart(o, report.id_table, model->get(), &report);
+    if (!warm.ok()) return warm;
+  }
   absl::Status created = ps->CreateTable(
       IdTableConfig(o, report.id_table, config->id_dim), true);
   if (!created.ok()) return created;

@@ -30,6 +30,11 @@ struct TrainerOptions {
   std::string test_path;  // unused with validation_tail_fraction > 0
   std::string model_name = "din_mim";
   std::string model_dir;  // empty: nothing saved
+  // Warm start: a model_dir of an earlier run. Its dense params and Adam
+  // state are loaded before training (the ID rows are already on the
+  // shards, in the table that run trained: its manifest must name the same
+  // ID table). Empty: start from the seeded initialisation.
+  std::string init_model_dir;
   int epochs = 1;
   int batch_size = 1024;
   int eval_batch_size = 4096;
@@ -97,6 +102,8 @@ struct TrainReport {
   std::vector<LossPoint> loss_curve;
   std::optional<EvalReport> eval;  // worker 0 only
   std::vector<std::string> model_files;  // written under model_dir
+  std::string init_model;       // model file loaded for a warm start
+  int64_t init_adam_step = 0;   // its Adam step (0 without a warm start)
 };
 
 // Runs the whole job. `progress` (may be null) gets the progress bar.

@@ -24,6 +24,10 @@ DEFINE_string(model, "din_mim",
               "din_mim or sim_mim");
 DEFINE_string(metrics_out, "", "Where to write the metrics JSON (empty: none)");
 DEFINE_string(model_dir, "", "Directory for the dense model and manifest.json");
+DEFINE_string(init_model_dir, "",
+              "Warm start: --model_dir of an earlier run whose dense params "
+              "and Adam state to continue from (its ID table must be this "
+              "run's; see --id_table)");
 DEFINE_int32(epochs, 2,
              "Passes over the training data (default chosen with --lr on a "
              "MovieLens validation tail, see docs/RESULTS.md)");
@@ -99,6 +103,7 @@ int main(int argc, char** argv) {
   o.test_path = UserPath(FLAGS_test);
   o.model_name = FLAGS_model;
   o.model_dir = UserPath(FLAGS_model_dir);
+  o.init_model_dir = UserPath(FLAGS_init_model_dir);
   o.epochs = FLAGS_epochs;
   o.batch_size = FLAGS_batch_size;
   o.eval_batch_size = FLAGS_eval_batch_size;

@@ -83,6 +83,9 @@ std::string MetricsJson(
     j["auc_by_item_frequency"] = Json::array();
   }
   j["model_files"] = r.model_files;
+  j["init_model"] =
+      r.init_model.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.init_model);
+  j["init_adam_step"] = r.init_adam_step;
   return j.dump(2);
 }
 
