@@ -397,7 +397,7 @@ class StoreImpl : public EmbeddingStore {
     if (chosen.empty()) {
       const std::vector<std::string> all = storage_->ListCheckpoints();
       if (all.empty()) return absl::NotFoundError("there are no checkpoints");
-      chosen = all.back();
+      chosen = all.back();  // the most recently created, not the greatest
     }
     auto snapshot = storage_->OpenCheckpoint(chosen);
     if (!snapshot.ok()) return snapshot.status();

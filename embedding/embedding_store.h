@@ -131,17 +131,23 @@ class EmbeddingStore {
       absl::string_view table) const = 0;
 
   // Writes a consistent snapshot of every table (rows, optimizer state,
-  // metadata, configs) under <data_dir>/checkpoints/<name>. An empty name
-  // picks a sortable timestamp. ALREADY_EXISTS if the name is taken,
-  // INVALID_ARGUMENT for a name with '/' or "..".
+  // metadata, configs) under <data_dir>/checkpoints/<name>, recording its
+  // place in creation order with it. An empty name picks
+  // "ckpt-YYYYmmdd-HHMMSS.ffffff" (UTC). ALREADY_EXISTS if the name is
+  // taken, INVALID_ARGUMENT for a name with '/' or "..".
   virtual absl::StatusOr<CheckpointInfo> Checkpoint(const std::string& name) = 0;
 
   // Replaces every table with the contents of checkpoint `name` (empty: the
-  // newest), bit-identical to when it was taken, and makes that durable.
-  // NOT_FOUND if there is no such checkpoint; on failure the live state is
-  // unchanged.
+  // most recently created one, whatever the names; see ListCheckpoints),
+  // bit-identical to when it was taken, and makes that durable. NOT_FOUND if
+  // there is no such checkpoint; DATA_LOSS if a stored record in it is
+  // corrupt. On failure the live state is unchanged.
   virtual absl::StatusOr<CheckpointInfo> Restore(const std::string& name) = 0;
 
+  // Names of every checkpoint in creation order, oldest first (not name
+  // order: "before-migration" taken after "zz" comes after it). Checkpoints
+  // written before creation order was recorded come first, by the time
+  // their files were written.
   virtual std::vector<std::string> ListCheckpoints() const = 0;
 
   // Visits every in-memory row of `table` (values, optimizer state, meta) in

@@ -255,6 +255,48 @@ TEST_F(EmbeddingStoreTest, RestoreOfMissingCheckpointLeavesLiveStateAlone) {
   EXPECT_EQ(DumpTable(*store_, "user_id"), at_a);
 }
 
+// Restore("") means the most recently created checkpoint: names chosen so
+// that name order disagrees (the greatest name is the oldest checkpoint,
+// the automatic ckpt-<time> name sorts after "before-migration" and "a").
+TEST_F(EmbeddingStoreTest, RestoreEmptyNamePicksLastCreatedNotGreatestName) {
+  Write(1);
+  ASSERT_TRUE(store_->Checkpoint("zz-first").ok());
+  Write(2);
+  auto automatic = store_->Checkpoint("");
+  ASSERT_TRUE(automatic.ok()) << automatic.status();
+  Write(3);
+  ASSERT_TRUE(store_->Checkpoint("before-migration").ok());
+  const Dump at_migration = DumpTable(*store_, "user_id");
+  Write(4);
+  ASSERT_NE(DumpTable(*store_, "user_id"), at_migration);
+
+  auto r = store_->Restore("");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->name, "before-migration");
+  EXPECT_EQ(DumpTable(*store_, "user_id"), at_migration);
+
+  // The order is on disk: same answer after reopening, and after restoring
+  // an older checkpoint by name.
+  Reopen();
+  ASSERT_TRUE(store_->Restore("zz-first").ok());
+  r = store_->Restore("");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->name, "before-migration");
+  EXPECT_EQ(DumpTable(*store_, "user_id"), at_migration);
+
+  Write(5);
+  ASSERT_TRUE(store_->Checkpoint("a").ok());
+  const Dump at_a = DumpTable(*store_, "user_id");
+  Write(6);
+  r = store_->Restore("");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->name, "a");
+  EXPECT_EQ(DumpTable(*store_, "user_id"), at_a);
+  EXPECT_EQ(store_->ListCheckpoints(),
+            (std::vector<std::string>{"zz-first", automatic->name,
+                                      "before-migration", "a"}));
+}
+
 // Overwrites the first stored row of `table` through the storage layer.
 void GarbleFirstRow(const std::string& data_dir, const std::string& prefix,
                     const std::function<std::string(std::string)>& garble) {

@@ -635,9 +635,9 @@ absl::StatusOr<std::vector<PsClient::ShardStats>> PsClient::Stats(
 
 absl::StatusOr<std::vector<PsClient::ShardCheckpoint>> PsClient::Checkpoint(
     const std::string& name) {
-  // Same form as a shard's own default name (EmbeddingStore::Checkpoint):
-  // Restore("") takes the greatest name, so every timestamped name must
-  // sort by time against every other.
+  // One name chosen here so that every shard agrees on it; same form as a
+  // shard's own default (EmbeddingStore::Checkpoint). Restore("") does not
+  // depend on the form: each shard records its checkpoints' creation order.
   const std::string chosen =
       name.empty() ? absl::FormatTime("ckpt-%Y%m%d-%H%M%E6S", absl::Now(),
                                       absl::UTCTimeZone())
@@ -659,6 +659,28 @@ absl::StatusOr<std::vector<PsClient::ShardRestore>> PsClient::Restore(
   absl::StatusOr<std::vector<RestoreResponse>> responses =
       ShardCaller::CallAll<RestoreRpc>(*this, request, true);
   if (!responses.ok()) return responses.status();
+  // With no name each shard takes its own most recently created checkpoint;
+  // they differ when a checkpoint landed on some shards only, and then the
+  // shards now hold parameters of different moments.
+  if (name.empty()) {
+    std::string names;
+    bool differ = false;
+    for (size_t s = 0; s < responses->size(); ++s) {
+      const std::string& got = (*responses)[s].name();
+      differ = differ || got != (*responses)[0].name();
+      absl::StrAppend(&names, s == 0 ? "" : ", ", "shard ", s, " (",
+                      addresses_[s], ") '", got, "'");
+    }
+    if (differ) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "restore of the newest checkpoint restored different checkpoints "
+          "on different shards: ",
+          names,
+          "; the shards' newest checkpoints differ (a checkpoint that "
+          "failed on some shard?): restore one name present on every "
+          "shard"));
+    }
+  }
   return WithAddresses(addresses_, *std::move(responses),
                        &ShardRestore::restore);
 }

@@ -156,7 +156,12 @@ class PsClient {
   absl::StatusOr<std::vector<ShardCheckpoint>> Checkpoint(
       const std::string& name);
 
-  // Restores checkpoint `name` on every shard (empty: each shard's newest).
+  // Restores checkpoint `name` on every shard. Empty: each shard restores
+  // its most recently created checkpoint (creation order, not name order);
+  // if they are not all the same name (a checkpoint that landed on some
+  // shards only), the shards are left on those different checkpoints and
+  // the result is FAILED_PRECONDITION naming what each shard restored:
+  // restore a name present on every shard.
   absl::StatusOr<std::vector<ShardRestore>> Restore(const std::string& name);
 
   // grpc.health.v1 Check of every shard, shard order: OK when SERVING,

@@ -237,6 +237,43 @@ TEST_F(PsClientTest, StatsTotalsAndHealth) {
   for (const absl::Status& h : client_->Health()) EXPECT_TRUE(h.ok()) << h;
 }
 
+// Restore("") takes every shard's most recently created checkpoint, even
+// when name order says otherwise, and reports shards that disagree.
+TEST_F(PsClientTest, RestoreNewestIsLastCreatedAndChecksShardsAgree) {
+  const std::vector<uint64_t> keys = {1, 2, 3, 4, 5, 6};
+  ASSERT_TRUE(client_->Push("user", keys, std::vector<float>(12, 1)).ok());
+  ASSERT_TRUE(client_->Checkpoint("zz-first").ok());
+  ASSERT_TRUE(client_->Push("user", keys, std::vector<float>(12, 2)).ok());
+  ASSERT_TRUE(client_->Checkpoint("before-migration").ok());
+  auto saved = client_->GetRows("user", keys);
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  ASSERT_TRUE(client_->Push("user", keys, std::vector<float>(12, 3)).ok());
+
+  auto restored = client_->Restore("");
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  ASSERT_EQ(restored->size(), kShards);
+  for (const auto& r : *restored) {
+    EXPECT_EQ(r.restore.name(), "before-migration") << r.address;
+  }
+  auto back = client_->GetRows("user", keys);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->values, saved->values);
+
+  // A checkpoint that landed on shard 1 only: shard 1's newest differs.
+  ASSERT_TRUE(shards_[1].store->Checkpoint("only-on-one").ok());
+  const absl::Status s = client_->Restore("").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr(absl::StrCat("shard 1 (", addresses_[1],
+                                     ") 'only-on-one'")));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("'before-migration'"));
+  // Naming a checkpoint present everywhere brings the shards together.
+  ASSERT_TRUE(client_->Restore("before-migration").ok());
+  back = client_->GetRows("user", keys);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->values, saved->values);
+}
+
 TEST_F(PsClientTest, UnreachableShardIsUnavailableNamingIt) {
   // Shard 1 stops; its address then refuses connections.
   shards_[1].server->Shutdown();

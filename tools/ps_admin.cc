@@ -10,7 +10,9 @@
 //   create-table NAME --kind=id|content --dim=D [--optimizer=adagrad]
 //                [--lr=0.05] [--init=normal] [--init_scale=0.01] [--seed=0]
 //   checkpoint [NAME]               on every shard (default: timestamp)
-//   restore [NAME]                  on every shard (default: newest)
+//   restore [NAME]                  on every shard (default: each shard's
+//                                   most recently created; an error if
+//                                   they differ)
 //   health                          grpc.health.v1 of every shard
 //
 // Exit status: 0 success, 1 an RPC failed (the message names the shard and

@@ -1,5 +1,6 @@
 // In-memory Storage backend: a sorted map, checkpoints are shared immutable
-// copies of it.
+// copies of it, numbered in creation order.
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <string>
@@ -60,14 +61,20 @@ class MemoryStorage : public Storage {
       return absl::AlreadyExistsError(
           absl::StrCat("checkpoint '", name, "' already exists"));
     }
-    checkpoints_[name] = std::make_shared<const Contents>(data_);
+    checkpoints_[name] = {next_sequence_++,
+                          std::make_shared<const Contents>(data_)};
     return absl::OkStatus();
   }
 
   std::vector<std::string> ListCheckpoints() const override {
     absl::ReaderMutexLock lock(&mu_);
+    std::vector<std::pair<uint64_t, std::string>> by_sequence;
+    for (const auto& [name, c] : checkpoints_) {
+      by_sequence.emplace_back(c.sequence, name);
+    }
+    std::sort(by_sequence.begin(), by_sequence.end());
     std::vector<std::string> names;
-    for (const auto& [name, unused] : checkpoints_) names.push_back(name);
+    for (auto& [unused, name] : by_sequence) names.push_back(std::move(name));
     return names;
   }
 
@@ -80,7 +87,7 @@ class MemoryStorage : public Storage {
     absl::ReaderMutexLock lock(&mu_);
     auto it = checkpoints_.find(name);
     if (it == checkpoints_.end()) return MissingCheckpoint(name);
-    return std::unique_ptr<Storage>(new MemoryStorage(it->second));
+    return std::unique_ptr<Storage>(new MemoryStorage(it->second.contents));
   }
 
   absl::Status RestoreCheckpoint(const std::string& name) override {
@@ -88,7 +95,7 @@ class MemoryStorage : public Storage {
     absl::MutexLock lock(&mu_);
     auto it = checkpoints_.find(name);
     if (it == checkpoints_.end()) return MissingCheckpoint(name);
-    data_ = *it->second;
+    data_ = *it->second.contents;
     return absl::OkStatus();
   }
 
@@ -101,11 +108,16 @@ class MemoryStorage : public Storage {
     return absl::NotFoundError(absl::StrCat("no checkpoint named '", name, "'"));
   }
 
+  struct Checkpoint {
+    uint64_t sequence;  // creation order
+    std::shared_ptr<const Contents> contents;
+  };
+
   const bool read_only_ = false;
   mutable absl::Mutex mu_;
   Contents data_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, std::shared_ptr<const Contents>> checkpoints_
-      ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Checkpoint> checkpoints_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
 };
 
 }  // namespace

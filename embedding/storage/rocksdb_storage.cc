@@ -4,25 +4,47 @@
 // Layout under data_dir:
 //   db/                    live database (WAL always on)
 //   checkpoints/<name>/    rocksdb::Checkpoint (hard links to SST files)
+//                          plus MIM_CHECKPOINT, its place in creation order
 //   checkpoints/<name>.tmp checkpoint being written (renamed when complete)
 //   db.restore/            copy of a checkpoint about to replace db/
 //   db.old/                previous db/ while a restore swaps directories
 // Restore copies the checkpoint to db.restore/, fsyncs it, closes the live
 // DB, renames db/ -> db.old/ and db.restore/ -> db/, reopens, then deletes
 // db.old/. Open() finishes or undoes a restore interrupted by a crash.
+//
+// Creation order: MIM_CHECKPOINT ("mim-checkpoint 1", "sequence N",
+// "created_micros T", one per line) is written (temp file, fsync, rename)
+// into <name>.tmp/ before that directory is renamed to <name>/, so a
+// complete checkpoint always has it, unless it was written before this file
+// existed. N is one above the greatest sequence of the checkpoints present;
+// ListCheckpoints orders by (N, T, name). Checkpoints without a readable
+// MIM_CHECKPOINT come first, ordered by the modification time of their
+// CURRENT file (written once by rocksdb::Checkpoint, never by a read-only
+// open or a restore), then by name.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <system_error>
+#include <tuple>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "embedding/storage/storage.h"
 #include "rocksdb/db.h"
 #include "rocksdb/options.h"
@@ -74,8 +96,99 @@ absl::Status SyncTree(const fs::path& dir) {
   return SyncPath(dir);
 }
 
+// Writes `contents` to `path` so that a crash leaves either the old file (or
+// none) or all of `contents`: temp file, fsync, rename, fsync the directory.
+absl::Status WriteFileAtomically(const fs::path& path,
+                                 absl::string_view contents) {
+  const fs::path tmp = path.string() + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                        0644);
+  if (fd < 0) {
+    return absl::InternalError(
+        absl::StrCat("create ", tmp.string(), ": ", std::strerror(errno)));
+  }
+  size_t done = 0;
+  while (done < contents.size()) {
+    const ssize_t n =
+        ::write(fd, contents.data() + done, contents.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = errno;
+      ::close(fd);
+      return absl::InternalError(
+          absl::StrCat("write ", tmp.string(), ": ", std::strerror(err)));
+    }
+    done += static_cast<size_t>(n);
+  }
+  const bool synced = ::fsync(fd) == 0;
+  const int err = errno;
+  if (::close(fd) != 0 || !synced) {
+    return absl::InternalError(
+        absl::StrCat("fsync ", tmp.string(), ": ", std::strerror(err)));
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) return FromErrorCode(ec, absl::StrCat("rename ", tmp.string()));
+  return SyncPath(path.parent_path());
+}
+
+constexpr char kInfoFile[] = "MIM_CHECKPOINT";
+constexpr char kInfoHeader[] = "mim-checkpoint 1";
+
+// A checkpoint's place in creation order (see the file comment).
+struct CheckpointOrder {
+  bool has_info = false;       // MIM_CHECKPOINT present and readable
+  uint64_t sequence = 0;       // 0 without MIM_CHECKPOINT
+  int64_t created_micros = 0;  // without it: mtime of CURRENT
+  std::string name;
+
+  bool operator<(const CheckpointOrder& o) const {
+    return std::tie(has_info, sequence, created_micros, name) <
+           std::tie(o.has_info, o.sequence, o.created_micros, o.name);
+  }
+};
+
+std::string EncodeInfo(uint64_t sequence, int64_t created_micros) {
+  return absl::StrCat(kInfoHeader, "\nsequence ", sequence,
+                      "\ncreated_micros ", created_micros, "\n");
+}
+
+// False for a missing, unreadable or malformed file.
+bool ReadInfo(const fs::path& dir, CheckpointOrder* order) {
+  std::ifstream in(dir / kInfoFile, std::ios::binary);
+  if (!in) return false;
+  std::string text(256, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  if (in.bad() || !in.eof()) return false;  // an I/O error or too long
+  text.resize(static_cast<size_t>(in.gcount()));
+  const std::vector<absl::string_view> lines =
+      absl::StrSplit(text, '\n', absl::SkipEmpty());
+  if (lines.size() != 3 || lines[0] != kInfoHeader) return false;
+  absl::string_view sequence_text = lines[1], created_text = lines[2];
+  uint64_t sequence = 0;
+  int64_t created = 0;
+  if (!absl::ConsumePrefix(&sequence_text, "sequence ") ||
+      !absl::SimpleAtoi(sequence_text, &sequence) ||
+      !absl::ConsumePrefix(&created_text, "created_micros ") ||
+      !absl::SimpleAtoi(created_text, &created)) {
+    return false;
+  }
+  order->has_info = true;
+  order->sequence = sequence;
+  order->created_micros = created;
+  return true;
+}
+
+// Modification time of `path` in microseconds since the epoch; 0 if absent.
+int64_t MtimeMicros(const fs::path& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return 0;
+  return int64_t{st.st_mtim.tv_sec} * 1000000 + st.st_mtim.tv_nsec / 1000;
+}
+
 // Safe for concurrent access: `mu_` is shared by reads and writes and held
-// exclusively only while RestoreCheckpoint swaps the database.
+// exclusively only while RestoreCheckpoint swaps the database;
+// `create_mu_` serializes CreateCheckpoint so that sequences are unique.
 class RocksDbStorage : public Storage {
  public:
   RocksDbStorage(RocksDbStorageOptions options, bool read_only,
@@ -150,25 +263,39 @@ class RocksDbStorage : public Storage {
     if (!st.ok()) return st;
     const fs::path final_path = CheckpointDir() / name;
     const fs::path tmp_path = CheckpointDir() / (name + ".tmp");
+    absl::MutexLock create(&create_mu_);
     std::error_code ec;
     if (fs::exists(final_path, ec)) {
       return absl::AlreadyExistsError(
           absl::StrCat("checkpoint '", name, "' already exists"));
     }
     fs::remove_all(tmp_path, ec);  // left over from a crash
-    absl::ReaderMutexLock lock(&mu_);
-    if (db_ == nullptr) return ClosedError();
-    rocksdb::Checkpoint* raw = nullptr;
-    st = FromRocks(rocksdb::Checkpoint::Create(db_.get(), &raw),
-                   "create checkpoint object");
-    if (!st.ok()) return st;
-    std::unique_ptr<rocksdb::Checkpoint> cp(raw);
-    // log_size_for_flush = 0: flush memtables first, so the checkpoint is
-    // self-contained SST files plus an empty WAL.
-    st = FromRocks(cp->CreateCheckpoint(tmp_path.string(),
-                                        /*log_size_for_flush=*/0),
-                   absl::StrCat("checkpoint to ", tmp_path.string()));
-    if (!st.ok()) return st;
+    uint64_t sequence = 1;
+    for (const CheckpointOrder& c : OrderedCheckpoints()) {
+      sequence = std::max(sequence, c.sequence + 1);
+    }
+    {
+      absl::ReaderMutexLock lock(&mu_);
+      if (db_ == nullptr) return ClosedError();
+      rocksdb::Checkpoint* raw = nullptr;
+      st = FromRocks(rocksdb::Checkpoint::Create(db_.get(), &raw),
+                     "create checkpoint object");
+      if (!st.ok()) return st;
+      std::unique_ptr<rocksdb::Checkpoint> cp(raw);
+      // log_size_for_flush = 0: flush memtables first, so the checkpoint is
+      // self-contained SST files plus an empty WAL.
+      st = FromRocks(cp->CreateCheckpoint(tmp_path.string(),
+                                          /*log_size_for_flush=*/0),
+                     absl::StrCat("checkpoint to ", tmp_path.string()));
+      if (!st.ok()) return st;
+    }
+    st = WriteFileAtomically(
+        tmp_path / kInfoFile,
+        EncodeInfo(sequence, absl::ToUnixMicros(absl::Now())));
+    if (!st.ok()) {
+      fs::remove_all(tmp_path, ec);
+      return st;
+    }
     fs::rename(tmp_path, final_path, ec);
     if (ec) return FromErrorCode(ec, "rename checkpoint");
     return SyncPath(CheckpointDir());
@@ -176,14 +303,9 @@ class RocksDbStorage : public Storage {
 
   std::vector<std::string> ListCheckpoints() const override {
     std::vector<std::string> names;
-    std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(CheckpointDir(), ec)) {
-      const std::string name = entry.path().filename().string();
-      if (entry.is_directory(ec) && !absl::EndsWith(name, ".tmp")) {
-        names.push_back(name);
-      }
+    for (CheckpointOrder& c : OrderedCheckpoints()) {
+      names.push_back(std::move(c.name));
     }
-    std::sort(names.begin(), names.end());
     return names;
   }
 
@@ -217,6 +339,8 @@ class RocksDbStorage : public Storage {
       return absl::InternalError(
           absl::StrCat("copy checkpoint '", name, "': ", ec.message()));
     }
+    // The live database is not a checkpoint: it keeps no creation order.
+    fs::remove(staged / kInfoFile, ec);
     st = SyncTree(staged);
     if (!st.ok()) return st;
 
@@ -256,6 +380,22 @@ class RocksDbStorage : public Storage {
   fs::path CheckpointDir() const {
     return fs::path(options_.data_dir) / "checkpoints";
   }
+  // Every complete checkpoint, oldest first (see the file comment).
+  std::vector<CheckpointOrder> OrderedCheckpoints() const {
+    std::vector<CheckpointOrder> out;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(CheckpointDir(), ec)) {
+      CheckpointOrder c;
+      c.name = entry.path().filename().string();
+      if (!entry.is_directory(ec) || absl::EndsWith(c.name, ".tmp")) continue;
+      if (!ReadInfo(entry.path(), &c)) {
+        c.created_micros = MtimeMicros(entry.path() / "CURRENT");
+      }
+      out.push_back(std::move(c));
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
   absl::Status CheckExists(const std::string& name) const {
     absl::Status st = ValidateCheckpointName(name);
     if (!st.ok()) return absl::NotFoundError(st.message());
@@ -271,6 +411,7 @@ class RocksDbStorage : public Storage {
   const RocksDbStorageOptions options_;
   const bool read_only_;
   rocksdb::WriteOptions write_options_;
+  absl::Mutex create_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
   // Null only if reopening after a failed restore also failed.
   std::unique_ptr<rocksdb::DB> db_ ABSL_GUARDED_BY(mu_);

@@ -13,7 +13,12 @@
 //     returned by the visitor, returning it.
 //  3. CreateCheckpoint captures one point in time of everything written.
 //     Names are 1..128 characters of [A-Za-z0-9_.-], not "." or ".."
-//     (INVALID_ARGUMENT); an existing name is ALREADY_EXISTS.
+//     (INVALID_ARGUMENT); an existing name is ALREADY_EXISTS. Each
+//     checkpoint records its place in creation order (a sequence number
+//     above every existing checkpoint's) together with the checkpoint
+//     itself, so that a crash never leaves one without the other.
+//     ListCheckpoints returns names in creation order, oldest first, never
+//     in name order: "before-migration" may be newer than "zz".
 //  4. OpenCheckpoint gives a read-only Storage over a checkpoint (Write and
 //     checkpoint calls on it fail with FAILED_PRECONDITION); NOT_FOUND for an
 //     unknown name.
@@ -58,7 +63,8 @@ class Storage {
                             const Visitor& visit) const = 0;
 
   virtual absl::Status CreateCheckpoint(const std::string& name) = 0;
-  // Sorted ascending.
+  // Every checkpoint, oldest first by creation (contract 3); the last one
+  // is the most recently created.
   virtual std::vector<std::string> ListCheckpoints() const = 0;
   // Where checkpoint `name` lives, for display (a path for RocksDB).
   virtual std::string CheckpointPath(const std::string& name) const = 0;

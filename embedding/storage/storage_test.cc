@@ -1,10 +1,13 @@
 // One typed suite runs every Storage backend through the same scenarios.
 #include "embedding/storage/storage.h"
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -117,7 +120,7 @@ TYPED_TEST(StorageTest, CheckpointIsAPointInTimeCopy) {
   }
   ASSERT_TRUE(this->storage_->CreateCheckpoint("c0").ok());
   EXPECT_EQ(this->storage_->ListCheckpoints(),
-            (std::vector<std::string>{"c0", "c1"}));
+            (std::vector<std::string>{"c1", "c0"}));  // creation order
 
   auto cp = this->storage_->OpenCheckpoint("c1");
   ASSERT_TRUE(cp.ok()) << cp.status();
@@ -128,6 +131,31 @@ TYPED_TEST(StorageTest, CheckpointIsAPointInTimeCopy) {
   EXPECT_EQ((*cp)->Write(b).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(this->storage_->OpenCheckpoint("nope").status().code(),
             absl::StatusCode::kNotFound);
+}
+
+// Names chosen so that name order and creation order disagree.
+TYPED_TEST(StorageTest, ListCheckpointsIsCreationOrderNotNameOrder) {
+  const std::vector<std::string> created = {
+      "zz-first", "ckpt-20991231-235959.999999", "before-migration", "a",
+      "B", "a.2"};
+  for (const std::string& name : created) {
+    this->Put("k", name);
+    ASSERT_TRUE(this->storage_->CreateCheckpoint(name).ok()) << name;
+  }
+  EXPECT_EQ(this->storage_->ListCheckpoints(), created);
+  // Restoring an older checkpoint (which opens it) does not reorder them,
+  // and a checkpoint taken afterwards is the newest.
+  ASSERT_TRUE(this->storage_->RestoreCheckpoint("zz-first").ok());
+  ASSERT_TRUE(this->storage_->OpenCheckpoint("before-migration").ok());
+  EXPECT_EQ(this->storage_->ListCheckpoints(), created);
+  ASSERT_TRUE(this->storage_->CreateCheckpoint("0-after-restore").ok());
+  std::vector<std::string> expected = created;
+  expected.push_back("0-after-restore");
+  EXPECT_EQ(this->storage_->ListCheckpoints(), expected);
+  // A failed create takes no place in the order.
+  EXPECT_EQ(this->storage_->CreateCheckpoint("a").code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(this->storage_->ListCheckpoints(), expected);
 }
 
 TYPED_TEST(StorageTest, RestoreReplacesLiveContents) {
@@ -183,6 +211,53 @@ TEST(RocksDbStorageTest, ReopenKeepsWritesAndRestores) {
   EXPECT_EQ(*(*s)->Get("a"), "1");
   EXPECT_EQ((*s)->Get("b").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ((*s)->ListCheckpoints(), std::vector<std::string>{"cp"});
+}
+
+// RocksDB only: creation order is on disk with each checkpoint, survives
+// reopening and restores, and checkpoints without it (written before it
+// existed, or with a damaged MIM_CHECKPOINT) come first, by the time their
+// CURRENT file was written.
+TEST(RocksDbStorageTest, CreationOrderIsStoredWithEachCheckpoint) {
+  namespace fs = std::filesystem;
+  RocksDbStorageOptions options;
+  options.data_dir = FreshDir("order");
+  const std::string dir = options.data_dir + "/checkpoints/";
+  {
+    auto s = OpenRocksDbStorage(options);
+    ASSERT_TRUE(s.ok()) << s.status();
+    for (const char* name : {"x", "y", "m", "p"}) {
+      StorageBatch b;
+      b.puts = {{"k", name}};
+      ASSERT_TRUE((*s)->Write(b).ok());
+      ASSERT_TRUE((*s)->CreateCheckpoint(name).ok()) << name;
+      EXPECT_TRUE(fs::exists(dir + name + "/MIM_CHECKPOINT")) << name;
+    }
+    ASSERT_TRUE((*s)->RestoreCheckpoint("x").ok());
+    EXPECT_FALSE(fs::exists(options.data_dir + "/db/MIM_CHECKPOINT"));
+    EXPECT_EQ(*(*s)->Get("k"), "x");
+  }
+  auto s = OpenRocksDbStorage(options);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ((*s)->ListCheckpoints(),
+            (std::vector<std::string>{"x", "y", "m", "p"}));
+
+  // x and y as if written before MIM_CHECKPOINT existed, y two hours before
+  // x; p's MIM_CHECKPOINT damaged. They go first, by CURRENT's time.
+  const auto now = fs::last_write_time(dir + "m/CURRENT");
+  for (const char* name : {"x", "y"}) {
+    ASSERT_TRUE(fs::remove(dir + name + "/MIM_CHECKPOINT"));
+  }
+  fs::last_write_time(dir + "x/CURRENT", now - std::chrono::hours(1));
+  fs::last_write_time(dir + "y/CURRENT", now - std::chrono::hours(2));
+  std::ofstream(dir + "p/MIM_CHECKPOINT", std::ios::trunc) << "garbage\n";
+  EXPECT_EQ((*s)->ListCheckpoints(),
+            (std::vector<std::string>{"y", "x", "p", "m"}));
+
+  // The next checkpoint is the newest; a leftover .tmp is not listed.
+  fs::create_directories(dir + "zz.tmp");
+  ASSERT_TRUE((*s)->CreateCheckpoint("a").ok());
+  EXPECT_EQ((*s)->ListCheckpoints(),
+            (std::vector<std::string>{"y", "x", "p", "m", "a"}));
 }
 
 TEST(RocksDbStorageTest, InterruptedRestoreIsUndoneOnOpen) {
