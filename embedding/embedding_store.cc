@@ -11,7 +11,8 @@
 //   u32 update_count | u64 version | f32 values[dim] | f32 state[...] |
 //   u32 FNV-1a checksum of everything before it
 // A value that fails any check (length, format, dims, checksum, finite
-// floats) makes Open/Restore fail with DATA_LOSS naming the table and key.
+// values, optimizer state finite and in its domain: CheckOptimizerState)
+// makes Open/Restore fail with DATA_LOSS naming the table and key.
 //
 // Durability cost: each Push/Upsert is one RocksDB WriteBatch holding every
 // row it changed (the row is rewritten whole: 4 * (dim + state) + 37
@@ -42,6 +43,7 @@
 #include "absl/time/time.h"
 #include "embedding/embedding_store.h"
 #include "embedding/embedding_table.h"
+#include "embedding/optimizers.h"
 #include "embedding/storage/storage.h"
 #include "embedding/store_with_storage.h"
 
@@ -262,8 +264,18 @@ absl::StatusOr<TableMap> LoadTables(const Storage& storage) {
             !r.GetFloats(state.data(), state_floats) || !r.done()) {
           return bad("wrong length");
         }
-        for (float f : values) {
-          if (!std::isfinite(f)) return bad("non-finite value");
+        for (uint32_t d = 0; d < dim; ++d) {
+          if (!std::isfinite(values[d])) {
+            return bad(absl::StrCat("value[", d, "] is ", values[d],
+                                    ", must be finite"));
+          }
+        }
+        if (state_floats > 0) {
+          const std::string problem = CheckOptimizerState(
+              table.config().optimizer, dim, state.data());
+          if (!problem.empty()) {
+            return bad(absl::StrCat("optimizer state ", problem));
+          }
         }
         return table.LoadRow(k, meta, values, state);
       }));

@@ -73,8 +73,15 @@ class EmbeddingStore {
   };
 
   // Opens (or creates) the store and loads every table found in
-  // `options.data_dir` into memory. Fails with the storage error (e.g.
-  // DATA_LOSS for a corrupt database) and leaves nothing open.
+  // `options.data_dir` into memory. Every stored record is checked: a table
+  // config that does not decode or validate (DATA_LOSS naming the table),
+  // or a row with a bad checksum, length or dims, a non-finite value, or
+  // optimizer state that is non-finite or out of its domain (a negative
+  // Adagrad accumulator, Adam second moment or FTRL n) (DATA_LOSS naming
+  // the table, the key and the bad float). Fails with the storage error
+  // otherwise (e.g. DATA_LOSS for a corrupt database). On failure nothing
+  // is left open and no stored record has been changed (loading only
+  // reads).
   static absl::StatusOr<std::unique_ptr<EmbeddingStore>> Open(
       const Options& options);
 
@@ -140,8 +147,8 @@ class EmbeddingStore {
   // Replaces every table with the contents of checkpoint `name` (empty: the
   // most recently created one, whatever the names; see ListCheckpoints),
   // bit-identical to when it was taken, and makes that durable. NOT_FOUND if
-  // there is no such checkpoint; DATA_LOSS if a stored record in it is
-  // corrupt. On failure the live state is unchanged.
+  // there is no such checkpoint; DATA_LOSS (as Open) if a stored record
+  // in it is corrupt. On failure the live state is unchanged.
   virtual absl::StatusOr<CheckpointInfo> Restore(const std::string& name) = 0;
 
   // Names of every checkpoint in creation order, oldest first (not name

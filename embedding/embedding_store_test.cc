@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "embedding/storage/storage.h"
 #include "embedding/store_with_storage.h"
 #include "gtest/gtest.h"
@@ -338,6 +339,176 @@ TEST_F(EmbeddingStoreTest, CorruptRecordsGiveDataLossNotACrash) {
                  [](std::string v) { v[3] ^= 1; return v; });
   auto s = EmbeddingStore::Open(options_);
   EXPECT_EQ(s.status().code(), absl::StatusCode::kDataLoss) << s.status();
+}
+
+// Every stored record, raw.
+std::map<std::string, std::string> ScanStorage(const std::string& data_dir) {
+  RocksDbStorageOptions o;
+  o.data_dir = data_dir;
+  auto storage = OpenRocksDbStorage(o);
+  EXPECT_TRUE(storage.ok()) << storage.status();
+  std::map<std::string, std::string> out;
+  if (!storage.ok()) return out;
+  EXPECT_TRUE((*storage)
+                  ->Scan("",
+                         [&](absl::string_view k, absl::string_view v) {
+                           out.emplace(std::string(k), std::string(v));
+                           return absl::OkStatus();
+                         })
+                  .ok());
+  return out;
+}
+
+void PutRecord(const std::string& data_dir, const std::string& key,
+               const std::string& value) {
+  RocksDbStorageOptions o;
+  o.data_dir = data_dir;
+  auto storage = OpenRocksDbStorage(o);
+  ASSERT_TRUE(storage.ok()) << storage.status();
+  StorageBatch b;
+  b.puts.emplace_back(key, value);
+  ASSERT_TRUE((*storage)->Write(b).ok());
+}
+
+// The row format of embedding_store.cc: a 29-byte header (format, dim,
+// state floats, meta), dim values, the state, then FNV-1a of all that.
+constexpr size_t kRowHeader = 1 + 4 + 4 + 8 + 4 + 8;
+
+uint32_t Fnv1a(const std::string& s) {
+  uint32_t h = 2166136261u;
+  for (char c : s) {
+    h ^= static_cast<uint8_t>(c);
+    h *= 16777619u;
+  }
+  return h;
+}
+
+// `row` with state float `index` set to `f` and a valid checksum, so that
+// only the state check can object to it.
+std::string WithStateFloat(std::string row, uint32_t dim, size_t index,
+                           float f) {
+  row.resize(row.size() - 4);
+  std::memcpy(&row[kRowHeader + 4 * (dim + index)], &f, 4);
+  const uint32_t sum = Fnv1a(row);
+  row.append(reinterpret_cast<const char*>(&sum), 4);
+  return row;
+}
+
+// A row whose optimizer state is NaN, infinite or out of its domain, stored
+// with a valid checksum, makes Open (and Restore) fail with DATA_LOSS naming
+// the table, key and float, and changes nothing.
+TEST_F(EmbeddingStoreTest, CorruptOptimizerStateIsRefusedOnOpen) {
+  TableConfig ada = AdamTable();
+  ada.name = "ada";
+  ada.dim = 4;
+  ada.optimizer.kind = OptimizerKind::kAdagrad;
+  TableConfig ftrl = ada;
+  ftrl.name = "ftrl";
+  ftrl.optimizer.kind = OptimizerKind::kFtrl;
+  ASSERT_TRUE(store_->CreateTable(ada, false).ok());
+  ASSERT_TRUE(store_->CreateTable(ftrl, false).ok());
+  const uint64_t key = 77;
+  ASSERT_TRUE(store_->Push("user_id", {key}, Ramp(8, 0.5f)).ok());
+  ASSERT_TRUE(store_->Push("ada", {key}, Ramp(4, 0.5f)).ok());
+  ASSERT_TRUE(store_->Push("ftrl", {key}, Ramp(4, 0.5f)).ok());
+  std::map<std::string, Dump> dumps;
+  for (const char* t : {"user_id", "ada", "ftrl"}) {
+    dumps[t] = DumpTable(*store_, t);
+  }
+  store_.reset();
+  const std::map<std::string, std::string> stored =
+      ScanStorage(options_.data_dir);
+
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  struct Case {
+    std::string table;
+    uint32_t dim;
+    size_t index;  // into the row's state floats
+    float value;
+    std::string what;  // expected in the message
+  };
+  const std::vector<Case> cases = {
+      {"user_id", 8, 2, nan, "adam m[2] is nan"},
+      {"user_id", 8, 8 + 5, inf, "adam v[5] is inf"},
+      {"user_id", 8, 8, -1.0f, "adam v[0] is -1"},
+      {"ada", 4, 3, -inf, "adagrad accumulator[3] is -inf"},
+      {"ada", 4, 0, -0.25f, "adagrad accumulator[0] is -0.25"},
+      {"ftrl", 4, 1, nan, "ftrl z[1] is nan"},
+      {"ftrl", 4, 4 + 2, -3.0f, "ftrl n[2] is -3"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    const std::string row_key = absl::StrCat(
+        "r/", c.table, "/", std::string("\0\0\0\0\0\0\0", 7),
+        std::string(1, static_cast<char>(key)));
+    ASSERT_EQ(stored.count(row_key), 1u);
+    const std::string bad =
+        WithStateFloat(stored.at(row_key), c.dim, c.index, c.value);
+    PutRecord(options_.data_dir, row_key, bad);
+    auto s = EmbeddingStore::Open(options_);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kDataLoss) << s.status();
+    const std::string msg(s.status().message());
+    EXPECT_NE(msg.find(absl::StrCat("table '", c.table, "' key 77")),
+              std::string::npos)
+        << msg;
+    EXPECT_NE(msg.find(c.what), std::string::npos) << msg;
+    // Nothing changed: every record as it was, the bad one included.
+    std::map<std::string, std::string> now = ScanStorage(options_.data_dir);
+    EXPECT_EQ(now.at(row_key), bad);
+    now[row_key] = stored.at(row_key);
+    EXPECT_EQ(now, stored);
+    PutRecord(options_.data_dir, row_key, stored.at(row_key));
+  }
+  // A negative Adam m or FTRL z is legitimate state: it loads.
+  const std::string adam_key = absl::StrCat(
+      "r/user_id/", std::string("\0\0\0\0\0\0\0", 7),
+      std::string(1, static_cast<char>(key)));
+  PutRecord(options_.data_dir, adam_key,
+            WithStateFloat(stored.at(adam_key), 8, 0, -2.0f));
+  Reopen();
+  std::vector<float> state;
+  ASSERT_TRUE(store_
+                  ->ExportRows("user_id",
+                               [&](uint64_t, const RowMeta&,
+                                   absl::Span<const float>,
+                                   absl::Span<const float> s) {
+                                 state.assign(s.begin(), s.end());
+                               })
+                  .ok());
+  ASSERT_EQ(state.size(), 16u);
+  EXPECT_EQ(state[0], -2.0f);
+  store_.reset();
+  PutRecord(options_.data_dir, adam_key, stored.at(adam_key));
+  Reopen();
+  for (const char* t : {"user_id", "ada", "ftrl"}) {
+    EXPECT_EQ(DumpTable(*store_, t), dumps[t]) << t;
+  }
+
+  // The same check guards Restore: a checkpoint holding bad state is
+  // refused and the live tables stay as they are.
+  store_.reset();
+  PutRecord(options_.data_dir, adam_key,
+            WithStateFloat(stored.at(adam_key), 8, 8 + 1, nan));
+  {
+    RocksDbStorageOptions o;
+    o.data_dir = options_.data_dir;
+    auto storage = OpenRocksDbStorage(o);
+    ASSERT_TRUE(storage.ok()) << storage.status();
+    ASSERT_TRUE((*storage)->CreateCheckpoint("bad-state").ok());
+  }
+  PutRecord(options_.data_dir, adam_key, stored.at(adam_key));
+  Reopen();
+  auto r = store_->Restore("bad-state");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+  EXPECT_NE(r.status().message().find("adam v[1] is nan"), std::string::npos)
+      << r.status();
+  for (const char* t : {"user_id", "ada", "ftrl"}) {
+    EXPECT_EQ(DumpTable(*store_, t), dumps[t]) << t;
+  }
+  Reopen();
+  EXPECT_EQ(DumpTable(*store_, "user_id"), dumps["user_id"]);
 }
 
 // Storage wrapper whose writes fail on demand (fault injection).

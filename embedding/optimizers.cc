@@ -1,8 +1,53 @@
 #include "embedding/optimizers.h"
 
 #include <cmath>
+#include <initializer_list>
+#include <string>
+
+#include "absl/strings/str_cat.h"
 
 namespace mim::embedding {
+namespace {
+
+// One block of `dim` state floats: its name and whether it must be >= 0.
+struct StateBlock {
+  const char* name;
+  bool non_negative;
+};
+
+std::string CheckBlocks(const char* optimizer,
+                        std::initializer_list<StateBlock> blocks, uint32_t dim,
+                        const float* state) {
+  size_t i = 0;
+  for (const StateBlock& block : blocks) {
+    for (uint32_t d = 0; d < dim; ++d, ++i) {
+      const float f = state[i];
+      if (!std::isfinite(f) || (block.non_negative && f < 0)) {
+        return absl::StrCat(optimizer, " ", block.name, "[", d, "] is ", f,
+                            block.non_negative ? ", must be finite and >= 0"
+                                               : ", must be finite");
+      }
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string CheckOptimizerState(const OptimizerConfig& config, uint32_t dim,
+                                const float* state) {
+  switch (config.kind) {
+    case OptimizerKind::kSgd:
+      return "";
+    case OptimizerKind::kAdagrad:
+      return CheckBlocks("adagrad", {{"accumulator", true}}, dim, state);
+    case OptimizerKind::kAdam:
+      return CheckBlocks("adam", {{"m", false}, {"v", true}}, dim, state);
+    case OptimizerKind::kFtrl:
+      return CheckBlocks("ftrl", {{"z", false}, {"n", true}}, dim, state);
+  }
+  return "unknown optimizer kind";
+}
 
 void InitOptimizerState(const OptimizerConfig& config, uint32_t dim,
                         float* state) {

@@ -12,6 +12,7 @@
 #define MIM_EMBEDDING_OPTIMIZERS_H_
 
 #include <cstdint>
+#include <string>
 
 #include "embedding/table_config.h"
 
@@ -43,6 +44,14 @@ void AdamUpdate(const OptimizerConfig& config, uint32_t dim, const float* grad,
 // w = |z| <= l1 ? 0 : (sign(z) l1 - z) / (n'^-p / lr + 2 l2).
 void FtrlUpdate(const OptimizerConfig& config, uint32_t dim, const float* grad,
                 float* row, float* state);
+
+// Checks a row's optimizer state read back from storage: every float must
+// be finite, and those an update takes a square root or power of (Adagrad's
+// accumulator, Adam's v, FTRL's n) >= 0, as every update leaves them.
+// Returns "" when the state is valid, otherwise what is wrong with the
+// first bad float, e.g. "adam v[3] is -1, must be finite and >= 0".
+std::string CheckOptimizerState(const OptimizerConfig& config, uint32_t dim,
+                                const float* state);
 
 // Dispatches on config.kind.
 void ApplyOptimizer(const OptimizerConfig& config, uint32_t dim,

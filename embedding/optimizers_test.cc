@@ -1,5 +1,7 @@
 #include "embedding/optimizers.h"
 
+#include <limits>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -132,6 +134,42 @@ TEST(OptimizersTest, FtrlL1ClampsSmallWeightsToZero) {
   // z = 0.5 <= l1 = 1: the weight is exactly zero.
   EXPECT_EQ(w, 0.0f);
   EXPECT_NEAR(state[0], 0.5f, kTol);
+}
+
+TEST(OptimizersTest, CheckOptimizerStateNamesTheFirstBadFloat) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  OptimizerConfig c;
+  struct Case {
+    OptimizerKind kind;
+    std::vector<float> state;  // dim 2
+    std::string want;          // "" when valid
+  };
+  const std::vector<Case> cases = {
+      {OptimizerKind::kSgd, {}, ""},
+      {OptimizerKind::kAdagrad, {0.0f, 3.0f}, ""},
+      {OptimizerKind::kAdagrad, {0.1f, nan}, "adagrad accumulator[1] is nan"},
+      {OptimizerKind::kAdagrad, {-0.5f, 1.0f},
+       "adagrad accumulator[0] is -0.5, must be finite and >= 0"},
+      {OptimizerKind::kAdam, {-3.0f, 2.0f, 0.0f, 1.0f}, ""},  // m may be < 0
+      {OptimizerKind::kAdam, {0.0f, -inf, 0.0f, 1.0f},
+       "adam m[1] is -inf, must be finite"},
+      {OptimizerKind::kAdam, {0.0f, 0.0f, 1.0f, -1e-3f}, "adam v[1] is -0.001"},
+      {OptimizerKind::kAdam, {0.0f, 0.0f, inf, 0.0f}, "adam v[0] is inf"},
+      {OptimizerKind::kFtrl, {-7.0f, 7.0f, 0.0f, 2.0f}, ""},  // z may be < 0
+      {OptimizerKind::kFtrl, {nan, 0.0f, 0.0f, 0.0f}, "ftrl z[0] is nan"},
+      {OptimizerKind::kFtrl, {0.0f, 0.0f, 1.0f, -2.0f}, "ftrl n[1] is -2"},
+  };
+  for (const Case& t : cases) {
+    c.kind = t.kind;
+    const std::string got = CheckOptimizerState(c, 2, t.state.data());
+    if (t.want.empty()) {
+      EXPECT_EQ(got, "") << OptimizerName(t.kind);
+    } else {
+      EXPECT_EQ(got.rfind(t.want, 0), 0u)
+          << "got '" << got << "', want prefix '" << t.want << "'";
+    }
+  }
 }
 
 }  // namespace
