@@ -29,7 +29,9 @@ absl::Status ValidateAttention(const char* op, const SeqShape& s,
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s: hidden sizes %d-%d, expected >= 1", op, m.hidden1, m.hidden2));
   }
-  if (s.batch > 0 && (h == nullptr || h_t == nullptr || w1 == nullptr)) {
+  // Pointers to empty tensors (d = 0) may be null.
+  if (s.batch > 0 && s.dim > 0 &&
+      ((h == nullptr && s.max_len > 0) || h_t == nullptr || w1 == nullptr)) {
     return NullArg(op, "h/h_t/w1");
   }
   return absl::OkStatus();
@@ -132,7 +134,7 @@ absl::Status DinBackward(const SeqShape& s, const AttentionMlpShape& m,
   absl::Status st = ValidateAttention("DinAttentionBackwardCpu", s, m, lens, h,
                                       h_t, p.w1);
   if (!st.ok()) return st;
-  if (g.w1 == nullptr || g.b1 == nullptr || g.w2 == nullptr ||
+  if ((g.w1 == nullptr && s.dim > 0) || g.b1 == nullptr || g.w2 == nullptr ||
       g.b2 == nullptr || g.w3 == nullptr || g.b3 == nullptr) {
     return NullArg("DinAttentionBackwardCpu", "grads");
   }
@@ -149,7 +151,9 @@ absl::Status DinBackward(const SeqShape& s, const AttentionMlpShape& m,
     std::vector<T> m, hs, dm, b1, w2, b2, w3;
     T b3 = 0;
   };
-  const int chunks = NumChunks(s.batch);
+  // Several chunks per thread: a thread that starts late leaves its share
+  // to the others.
+  const int chunks = NumChunks(s.batch, kSplitsPerThread);
   std::vector<Acc> acc(chunks);
   for (Acc& a : acc) {
     a.m.assign(dh1, 0);
@@ -227,7 +231,7 @@ absl::Status DinBackward(const SeqShape& s, const AttentionMlpShape& m,
              T(1), gh, d);
       }
     }
-  });
+  }, kSplitsPerThread);
   // Reduce in chunk order.
   T* ga = g.w1;
   T* gb = g.w1 + dh1;

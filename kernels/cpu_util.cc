@@ -31,6 +31,14 @@ void Gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
           const float* A, int64_t lda, const float* B, int64_t ldb,
           float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
+  if (K == 0) {  // C = beta C; BLAS would reject the zero leading dimension
+    for (int64_t i = 0; i < M; ++i) {
+      for (int64_t j = 0; j < N; ++j) {
+        C[i * ldc + j] = beta == 0 ? float(0) : beta * C[i * ldc + j];
+      }
+    }
+    return;
+  }
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
               tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
               beta, C, ldc);
@@ -39,6 +47,14 @@ void Gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
           const double* A, int64_t lda, const double* B, int64_t ldb,
           double beta, double* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
+  if (K == 0) {  // C = beta C; BLAS would reject the zero leading dimension
+    for (int64_t i = 0; i < M; ++i) {
+      for (int64_t j = 0; j < N; ++j) {
+        C[i * ldc + j] = beta == 0 ? double(0) : beta * C[i * ldc + j];
+      }
+    }
+    return;
+  }
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
               tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
               beta, C, ldc);
@@ -58,8 +74,9 @@ bool UseAvx2() {
 }
 void ForceBaselineSimd(bool force) { g_force_baseline_simd.store(force); }
 
-int NumChunks(int64_t n) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(CpuThreads(), n)));
+int NumChunks(int64_t n, int splits_per_thread) {
+  const int64_t most = int64_t{CpuThreads()} * std::max(1, splits_per_thread);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(most, n)));
 }
 
 namespace {
@@ -167,8 +184,9 @@ class WorkerPool {
 }  // namespace
 
 void ParallelFor(int64_t n,
-                 const std::function<void(int64_t, int64_t, int)>& fn) {
-  const int chunks = NumChunks(n);
+                 const std::function<void(int64_t, int64_t, int)>& fn,
+                 int splits_per_thread) {
+  const int chunks = NumChunks(n, splits_per_thread);
   if (chunks == 1) {
     fn(0, n, 0);
     return;
@@ -185,8 +203,7 @@ void ParallelForBalanced(int64_t n,
     fn(0, n);
     return;
   }
-  const int chunks = static_cast<int>(
-      std::min<int64_t>(n, int64_t{CpuThreads()} * kSplitsPerThread));
+  const int chunks = NumChunks(n, kSplitsPerThread);
   const std::function<void(int)> body = [&](int c) {
     fn(n * c / chunks, n * (c + 1) / chunks);
   };

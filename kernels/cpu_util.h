@@ -20,15 +20,17 @@ void Gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
           double alpha, const double* A, int64_t lda, const double* B,
           int64_t ldb, double beta, double* C, int64_t ldc);
 
-// Number of chunks ParallelFor splits n items into (<= CpuThreads(), >= 1).
-int NumChunks(int64_t n);
+// Number of chunks ParallelFor splits n items into:
+// min(n, CpuThreads() * splits_per_thread), at least 1.
+int NumChunks(int64_t n, int splits_per_thread = 1);
 // Calls fn(begin, end, chunk) for NumChunks(n) contiguous chunks of [0, n)
 // on a persistent worker pool plus the calling thread. Blocks until all are
 // done; safe to call from several threads at once and from inside fn. Chunk
 // boundaries depend only on n and the thread count, so per-chunk partial
 // sums reduced in chunk order are deterministic.
 void ParallelFor(int64_t n,
-                 const std::function<void(int64_t, int64_t, int)>& fn);
+                 const std::function<void(int64_t, int64_t, int)>& fn,
+                 int splits_per_thread = 1);
 
 // Like ParallelFor, but splits [0, n) into up to kSplitsPerThread chunks per
 // thread, so a thread that starts late (a busy or descheduled core) leaves

@@ -191,6 +191,26 @@ TEST(DinAttentionTest, BackwardMatchesFiniteDifferences) {
   ExpectGradMatchesFiniteDiff("grad_b3", &f.b3, loss, gb3);
 }
 
+TEST(DinAttentionTest, ZeroDimGivesZerosWithoutBlasErrors) {
+  DinFixture f(3, 4, 0, AttentionMlpShape{5, 3}, {4, 0, 2});
+  V out, scores(12, 7.0);
+  ASSERT_TRUE(cpu::DinForward<double>(f.s, f.m, f.h.data(), f.ht.data(),
+                                      f.lens.data(), f.params(), scores.data(),
+                                      out.data()).ok());
+  EXPECT_EQ(scores[4], 0.0);  // row 1 has no behaviours
+  V gw1(0), gb1(5, 9.0), gw2(15, 9.0), gb2(3, 9.0), gw3(3, 9.0), gb3(1, 9.0);
+  V r, gh, ght;
+  ASSERT_TRUE(cpu::DinBackward<double>(
+                  f.s, f.m, f.h.data(), f.ht.data(), f.lens.data(), f.params(),
+                  r.data(), gh.data(), ght.data(),
+                  {gw1.data(), gb1.data(), gw2.data(), gb2.data(), gw3.data(),
+                   gb3.data()}).ok());
+  // out = sum score_i h_i is empty, so every gradient is zero.
+  for (const V* g : {&gb1, &gw2, &gb2, &gw3, &gb3}) {
+    for (double x : *g) EXPECT_EQ(x, 0.0);
+  }
+}
+
 TEST(DinAttentionTest, TwoThreadsAgreeWithOneAndAreRepeatable) {
   const SeqShape s{9, 8, 16};
   const AttentionMlpShape m;
