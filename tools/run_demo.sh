@@ -96,8 +96,12 @@ else
 fi
 
 step "3/6 training fastText content vectors on the item texts"
+# One thread keeps the default run reproducible to the bit; the full-scale
+# run (1M item texts) uses every core.
+FT_THREADS=1
+[[ "$SCALE" == full ]] && FT_THREADS=$(nproc)
 "$BIN/tools/content_vectors" --item_text="$DATA_DIR/item_text.tsv" \
-  --output="$DATA_DIR/content_vectors.tsv" --dim=64 --epoch=10
+  --output="$DATA_DIR/content_vectors.tsv" --dim=64 --epoch=10 --threads="$FT_THREADS"
 
 step "4/6 upserting content vectors into the shards"
 "$BIN/tools/ingest_content" --ps="$PS" --vectors="$DATA_DIR/content_vectors.tsv" \
