@@ -52,35 +52,47 @@ absl::Status ValidateTableConfig(const TableConfig& c) {
     default:
       return Invalid(c.name, "unknown optimizer kind");
   }
+  // Each message names the field as on the wire (proto/ps.proto) and the
+  // value received.
+  auto bad = [&](absl::string_view field, absl::string_view rule, float got) {
+    return Invalid(c.name, absl::StrCat(field, " must be ", rule, ", got ",
+                                        got));
+  };
   if (!std::isfinite(o.learning_rate) || o.learning_rate <= 0) {
-    return Invalid(c.name, "optimizer.learning_rate must be finite and > 0");
+    return bad("optimizer.learning_rate", "finite and > 0", o.learning_rate);
   }
   if (!std::isfinite(o.beta1) || o.beta1 < 0 || o.beta1 >= 1) {
-    return Invalid(c.name, "optimizer.beta1 must be in [0, 1)");
+    return bad("optimizer.beta1", "in [0, 1)", o.beta1);
   }
   if (!std::isfinite(o.beta2) || o.beta2 < 0 || o.beta2 >= 1) {
-    return Invalid(c.name, "optimizer.beta2 must be in [0, 1)");
+    return bad("optimizer.beta2", "in [0, 1)", o.beta2);
   }
   if (!std::isfinite(o.epsilon) || o.epsilon < 0) {
-    return Invalid(c.name, "optimizer.epsilon must be finite and >= 0");
+    return bad("optimizer.epsilon", "finite and >= 0", o.epsilon);
+  }
+  // Adam divides m by sqrt(v) + epsilon, both 0 for a row's first zero
+  // gradient: 0/0 would make the push fail as non-finite.
+  if (o.kind == OptimizerKind::kAdam && o.epsilon == 0) {
+    return bad("optimizer.epsilon", "> 0 for adam", o.epsilon);
   }
   if (!std::isfinite(o.initial_accumulator) || o.initial_accumulator < 0) {
-    return Invalid(c.name,
-                   "optimizer.initial_accumulator must be finite and >= 0");
+    return bad("optimizer.initial_accumulator", "finite and >= 0",
+               o.initial_accumulator);
   }
   if (o.kind == OptimizerKind::kAdagrad && o.initial_accumulator == 0 &&
       o.epsilon == 0) {
     return Invalid(c.name,
-                   "adagrad needs initial_accumulator > 0 or epsilon > 0");
+                   "adagrad needs optimizer.initial_accumulator > 0 or "
+                   "optimizer.epsilon > 0, got both 0");
   }
   if (!std::isfinite(o.l1) || o.l1 < 0) {
-    return Invalid(c.name, "optimizer.l1 must be finite and >= 0");
+    return bad("optimizer.l1", "finite and >= 0", o.l1);
   }
   if (!std::isfinite(o.l2) || o.l2 < 0) {
-    return Invalid(c.name, "optimizer.l2 must be finite and >= 0");
+    return bad("optimizer.l2", "finite and >= 0", o.l2);
   }
   if (!std::isfinite(o.lr_power) || o.lr_power > 0) {
-    return Invalid(c.name, "optimizer.lr_power must be finite and <= 0");
+    return bad("optimizer.lr_power", "finite and <= 0", o.lr_power);
   }
 
   const InitializerConfig& i = c.initializer;
@@ -93,7 +105,10 @@ absl::Status ValidateTableConfig(const TableConfig& c) {
       return Invalid(c.name, "unknown initializer kind");
   }
   if (!std::isfinite(i.scale) || i.scale < 0) {
-    return Invalid(c.name, "initializer.scale must be finite and >= 0");
+    return Invalid(c.name, absl::StrCat(
+                               "initializer.scale must be finite and >= 0, "
+                               "got ",
+                               i.scale));
   }
   return absl::OkStatus();
 }

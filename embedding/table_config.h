@@ -60,8 +60,10 @@ inline constexpr size_t kMaxTableNameLength = 128;
 
 // OK when the name is 1..128 characters of [A-Za-z0-9_.-], 1 <= dim <= 4096,
 // and every optimizer/initializer number is finite and in range (positive
-// learning rate, beta in [0,1), ...). Otherwise INVALID_ARGUMENT naming the
-// field.
+// learning rate, beta in [0,1), epsilon > 0 for adam, ...). Otherwise
+// INVALID_ARGUMENT naming the table, the field (as on the wire, e.g.
+// "optimizer.beta1") and the value. Content tables ignore the optimizer
+// and initializer.
 absl::Status ValidateTableConfig(const TableConfig& config);
 
 // Names used by flags, the CLI and the wire protocol: "id"/"content",

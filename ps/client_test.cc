@@ -237,6 +237,53 @@ TEST_F(PsClientTest, StatsTotalsAndHealth) {
   for (const absl::Status& h : client_->Health()) EXPECT_TRUE(h.ok()) << h;
 }
 
+// Over gRPC, a hyperparameter that is set is used as given (0 included) and
+// an invalid one is refused naming the field; unset ones take the defaults.
+TEST_F(PsClientTest, CreateTableHonoursExplicitValuesAndRefusesInvalidOnes) {
+  TableConfig bad;
+  bad.set_name("bad");
+  bad.set_kind(ID);
+  bad.set_dim(4);
+  bad.mutable_optimizer()->set_name("sgd");
+  bad.mutable_optimizer()->set_learning_rate(0);  // not "the default"
+  absl::Status st = client_->CreateTable(bad, false);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_THAT(std::string(st.message()),
+              HasSubstr("table 'bad': optimizer.learning_rate must be finite "
+                        "and > 0, got 0"));
+  bad.mutable_optimizer()->set_name("adam");
+  bad.mutable_optimizer()->set_learning_rate(0.01f);
+  bad.mutable_optimizer()->set_beta2(1);
+  st = client_->CreateTable(bad, false);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_THAT(std::string(st.message()),
+              HasSubstr("optimizer.beta2 must be in [0, 1), got 1"));
+  bad.mutable_optimizer()->clear_beta2();
+  bad.mutable_optimizer()->set_epsilon(NAN);
+  st = client_->CreateTable(bad, false);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr("optimizer.epsilon"));
+  for (auto& shard : shards_) EXPECT_EQ(shard.store->ListTables().size(), 2u);
+
+  TableConfig adam = bad;
+  adam.set_name("adam");
+  adam.mutable_optimizer()->clear_epsilon();
+  adam.mutable_optimizer()->set_beta1(0);  // no momentum, on purpose
+  ASSERT_TRUE(client_->CreateTable(adam, false).ok());
+  auto tables = client_->ListTables();
+  ASSERT_TRUE(tables.ok()) << tables.status();
+  const TableConfig* listed = nullptr;
+  for (const TableConfig& t : *tables) {
+    if (t.name() == "adam") listed = &t;
+  }
+  ASSERT_NE(listed, nullptr);
+  EXPECT_EQ(listed->optimizer().beta1(), 0.0f);
+  EXPECT_EQ(listed->optimizer().beta2(), 0.999f);  // unset: default
+  EXPECT_EQ(listed->optimizer().epsilon(), 1e-8f);
+  // What ListTables reports creates the same table again.
+  EXPECT_TRUE(client_->CreateTable(*listed, /*if_not_exists=*/true).ok());
+}
+
 // Restore("") takes every shard's most recently created checkpoint, even
 // when name order says otherwise, and reports shards that disagree.
 TEST_F(PsClientTest, RestoreNewestIsLastCreatedAndChecksShardsAgree) {

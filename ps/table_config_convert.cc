@@ -7,9 +7,11 @@
 namespace mim::ps {
 namespace {
 
-// 0 on the wire means "default" (see the header).
-float OrDefault(float wire, float fallback) {
-  return wire == 0.0f ? fallback : wire;
+absl::Status BadName(const TableConfig& config, absl::string_view field,
+                     const absl::Status& parse) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("table '", config.name(), "': ", field, ": ",
+                   parse.message()));
 }
 
 }  // namespace
@@ -31,32 +33,36 @@ absl::StatusOr<embedding::TableConfig> FromProto(const TableConfig& config) {
           static_cast<int>(config.kind())));
   }
   const embedding::OptimizerConfig d;
+  // Unset hyperparameters take the library default (see the header).
   const OptimizerConfig& o = config.optimizer();
+  embedding::OptimizerConfig& oo = out.optimizer;
   if (!o.name().empty()) {
     absl::StatusOr<embedding::OptimizerKind> kind =
         embedding::ParseOptimizerKind(o.name());
-    if (!kind.ok()) return kind.status();
-    out.optimizer.kind = *kind;
+    if (!kind.ok()) return BadName(config, "optimizer.name", kind.status());
+    oo.kind = *kind;
   }
-  out.optimizer.learning_rate = OrDefault(o.learning_rate(), d.learning_rate);
-  out.optimizer.beta1 = OrDefault(o.beta1(), d.beta1);
-  out.optimizer.beta2 = OrDefault(o.beta2(), d.beta2);
-  out.optimizer.epsilon = OrDefault(o.epsilon(), d.epsilon);
-  out.optimizer.initial_accumulator =
-      OrDefault(o.initial_accumulator(), d.initial_accumulator);
-  out.optimizer.l1 = o.l1();
-  out.optimizer.l2 = o.l2();
-  out.optimizer.lr_power = OrDefault(o.lr_power(), d.lr_power);
+  oo.learning_rate =
+      o.has_learning_rate() ? o.learning_rate() : d.learning_rate;
+  oo.beta1 = o.has_beta1() ? o.beta1() : d.beta1;
+  oo.beta2 = o.has_beta2() ? o.beta2() : d.beta2;
+  oo.epsilon = o.has_epsilon() ? o.epsilon() : d.epsilon;
+  oo.initial_accumulator = o.has_initial_accumulator()
+                               ? o.initial_accumulator()
+                               : d.initial_accumulator;
+  oo.l1 = o.has_l1() ? o.l1() : d.l1;
+  oo.l2 = o.has_l2() ? o.l2() : d.l2;
+  oo.lr_power = o.has_lr_power() ? o.lr_power() : d.lr_power;
 
   const embedding::InitializerConfig di;
   const InitializerConfig& i = config.initializer();
   if (!i.name().empty()) {
     absl::StatusOr<embedding::InitializerKind> kind =
         embedding::ParseInitializerKind(i.name());
-    if (!kind.ok()) return kind.status();
+    if (!kind.ok()) return BadName(config, "initializer.name", kind.status());
     out.initializer.kind = *kind;
   }
-  out.initializer.scale = OrDefault(i.scale(), di.scale);
+  out.initializer.scale = i.has_scale() ? i.scale() : di.scale;
   out.initializer.seed = i.seed();
   return out;
 }

@@ -1,10 +1,12 @@
 // Conversion between the wire TableConfig/TableStats/RowMeta (proto/ps.proto)
 // and the embedding library's structs, at the RPC edge of the shard.
 //
-// proto3 cannot tell an unset number from 0, so a 0 (or empty name) in an
-// incoming config means "the library default" (embedding/table_config.h).
-// Outgoing configs carry every field explicitly, so a config read back with
-// ListTables converts to the same embedding::TableConfig.
+// Hyperparameters have explicit presence on the wire (proto/ps.proto): an
+// unset field (or an empty optimizer/initializer name) takes the library
+// default (embedding/table_config.h); a set field is taken as given, 0
+// included, and left to embedding::ValidateTableConfig. Outgoing configs
+// carry every field explicitly, so a config read back with ListTables
+// converts to the same embedding::TableConfig.
 #ifndef MIM_PS_TABLE_CONFIG_CONVERT_H_
 #define MIM_PS_TABLE_CONFIG_CONVERT_H_
 
@@ -15,8 +17,9 @@
 
 namespace mim::ps {
 
-// INVALID_ARGUMENT for an unknown kind, optimizer or initializer name.
-// Range checks are left to embedding::ValidateTableConfig (the store runs it).
+// INVALID_ARGUMENT naming the table and field for an unknown kind,
+// optimizer or initializer name. Range checks are left to
+// embedding::ValidateTableConfig (the store runs it).
 absl::StatusOr<embedding::TableConfig> FromProto(const TableConfig& config);
 
 TableConfig ToProto(const embedding::TableConfig& config);

@@ -466,6 +466,12 @@ TEST_F(PsClusterTest, AdminCliAgainstLiveShards) {
   r = Admin({"stats", "nope"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
+  // An explicit --lr=0 is refused, not read as "the default".
+  r = Admin({"create-table", "zero_lr", "--kind=id", "--dim=4", "--lr=0"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT"));
+  EXPECT_THAT(r.err, HasSubstr("optimizer.learning_rate must be finite and "
+                               "> 0, got 0"));
   r = Admin({"frobnicate"});
   EXPECT_EQ(r.exit_code, 2);
 
