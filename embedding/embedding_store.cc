@@ -407,9 +407,9 @@ class StoreImpl : public EmbeddingStore {
     absl::MutexLock writers(&write_mu_);
     std::string chosen = name;
     if (chosen.empty()) {
-      const std::vector<std::string> all = storage_->ListCheckpoints();
+      const std::vector<StoredCheckpoint> all = storage_->ListCheckpoints();
       if (all.empty()) return absl::NotFoundError("there are no checkpoints");
-      chosen = all.back();  // the most recently created, not the greatest
+      chosen = all.back().name;  // the most recently created, not the greatest
     }
     auto snapshot = storage_->OpenCheckpoint(chosen);
     if (!snapshot.ok()) return snapshot.status();
@@ -430,8 +430,17 @@ class StoreImpl : public EmbeddingStore {
     return info;  // `old` is freed outside tables_mu_
   }
 
-  std::vector<std::string> ListCheckpoints() const override {
-    return storage_->ListCheckpoints();
+  std::vector<CheckpointEntry> ListCheckpoints() const override {
+    std::vector<CheckpointEntry> out;
+    for (StoredCheckpoint& c : storage_->ListCheckpoints()) {
+      CheckpointEntry e;
+      e.path = storage_->CheckpointPath(c.name);
+      e.name = std::move(c.name);
+      e.sequence = c.sequence;
+      e.created_micros = c.created_micros;
+      out.push_back(std::move(e));
+    }
+    return out;
   }
 
   absl::Status ExportRows(absl::string_view table,

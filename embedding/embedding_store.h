@@ -60,6 +60,18 @@ struct CheckpointInfo {
   uint64_t rows = 0;
 };
 
+// One checkpoint as ListCheckpoints reports it.
+struct CheckpointEntry {
+  std::string name;
+  std::string path;
+  // Place in this store's creation order (greater is newer); 0 for a
+  // checkpoint written before creation order was recorded.
+  uint64_t sequence = 0;
+  // Creation time in microseconds since the Unix epoch (for one without a
+  // sequence, when its files were written); 0 if unknown.
+  int64_t created_micros = 0;
+};
+
 class EmbeddingStore {
  public:
   struct Options {
@@ -151,11 +163,12 @@ class EmbeddingStore {
   // in it is corrupt. On failure the live state is unchanged.
   virtual absl::StatusOr<CheckpointInfo> Restore(const std::string& name) = 0;
 
-  // Names of every checkpoint in creation order, oldest first (not name
-  // order: "before-migration" taken after "zz" comes after it). Checkpoints
-  // written before creation order was recorded come first, by the time
-  // their files were written.
-  virtual std::vector<std::string> ListCheckpoints() const = 0;
+  // Every checkpoint in creation order, oldest first (not name order:
+  // "before-migration" taken after "zz" comes after it); the last one is
+  // what Restore("") takes. Checkpoints written before creation order was
+  // recorded come first, by the time their files were written. Reads only
+  // the checkpoint directory (no database is opened).
+  virtual std::vector<CheckpointEntry> ListCheckpoints() const = 0;
 
   // Visits every in-memory row of `table` (values, optimizer state, meta) in
   // no particular order, for dumps and bit-exact comparisons in tests.

@@ -67,6 +67,15 @@ Dump DumpTable(const EmbeddingStore& store, const std::string& table) {
   return out;
 }
 
+// Names of the store's checkpoints, in the order ListCheckpoints gives.
+std::vector<std::string> CheckpointNames(const EmbeddingStore& store) {
+  std::vector<std::string> out;
+  for (const CheckpointEntry& c : store.ListCheckpoints()) {
+    out.push_back(c.name);
+  }
+  return out;
+}
+
 std::vector<float> Ramp(size_t n, float start) {
   std::vector<float> v(n);
   for (size_t i = 0; i < n; ++i) v[i] = start + 0.01f * i;
@@ -234,7 +243,7 @@ TEST_F(EmbeddingStoreTest, CheckpointRestoreIsBitIdenticalAndDurable) {
   const Dump after = DumpTable(*store_, "user_id");
   Reopen();
   EXPECT_EQ(DumpTable(*store_, "user_id"), after);
-  EXPECT_EQ(store_->ListCheckpoints(), std::vector<std::string>{"c1"});
+  EXPECT_EQ(CheckpointNames(*store_), std::vector<std::string>{"c1"});
 }
 
 TEST_F(EmbeddingStoreTest, RestoreOfMissingCheckpointLeavesLiveStateAlone) {
@@ -286,16 +295,28 @@ TEST_F(EmbeddingStoreTest, RestoreEmptyNamePicksLastCreatedNotGreatestName) {
   EXPECT_EQ(DumpTable(*store_, "user_id"), at_migration);
 
   Write(5);
-  ASSERT_TRUE(store_->Checkpoint("a").ok());
+  auto a = store_->Checkpoint("a");
+  ASSERT_TRUE(a.ok()) << a.status();
   const Dump at_a = DumpTable(*store_, "user_id");
   Write(6);
   r = store_->Restore("");
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->name, "a");
   EXPECT_EQ(DumpTable(*store_, "user_id"), at_a);
-  EXPECT_EQ(store_->ListCheckpoints(),
+  EXPECT_EQ(CheckpointNames(*store_),
             (std::vector<std::string>{"zz-first", automatic->name,
                                       "before-migration", "a"}));
+  // Each entry says where it lives and carries its creation sequence.
+  const std::vector<CheckpointEntry> listed = store_->ListCheckpoints();
+  ASSERT_EQ(listed.size(), 4u);
+  EXPECT_EQ(listed[1].path, automatic->path);
+  EXPECT_EQ(listed[3].path, a->path);
+  for (size_t i = 1; i < listed.size(); ++i) {
+    EXPECT_GT(listed[i].sequence, listed[i - 1].sequence) << listed[i].name;
+    EXPECT_GE(listed[i].created_micros, listed[i - 1].created_micros);
+  }
+  EXPECT_GT(listed[0].sequence, 0u);
+  EXPECT_GT(listed[0].created_micros, 0);
 }
 
 // Overwrites the first stored row of `table` through the storage layer.
@@ -529,7 +550,7 @@ class FlakyStorage : public Storage {
   absl::Status CreateCheckpoint(const std::string& n) override {
     return inner_->CreateCheckpoint(n);
   }
-  std::vector<std::string> ListCheckpoints() const override {
+  std::vector<StoredCheckpoint> ListCheckpoints() const override {
     return inner_->ListCheckpoints();
   }
   std::string CheckpointPath(const std::string& n) const override {

@@ -9,6 +9,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "embedding/storage/storage.h"
 
 namespace mim::embedding {
@@ -61,21 +63,22 @@ class MemoryStorage : public Storage {
       return absl::AlreadyExistsError(
           absl::StrCat("checkpoint '", name, "' already exists"));
     }
-    checkpoints_[name] = {next_sequence_++,
+    checkpoints_[name] = {next_sequence_++, absl::ToUnixMicros(absl::Now()),
                           std::make_shared<const Contents>(data_)};
     return absl::OkStatus();
   }
 
-  std::vector<std::string> ListCheckpoints() const override {
+  std::vector<StoredCheckpoint> ListCheckpoints() const override {
     absl::ReaderMutexLock lock(&mu_);
-    std::vector<std::pair<uint64_t, std::string>> by_sequence;
+    std::vector<StoredCheckpoint> out;
     for (const auto& [name, c] : checkpoints_) {
-      by_sequence.emplace_back(c.sequence, name);
+      out.push_back({name, c.sequence, c.created_micros});
     }
-    std::sort(by_sequence.begin(), by_sequence.end());
-    std::vector<std::string> names;
-    for (auto& [unused, name] : by_sequence) names.push_back(std::move(name));
-    return names;
+    std::sort(out.begin(), out.end(),
+              [](const StoredCheckpoint& a, const StoredCheckpoint& b) {
+                return a.sequence < b.sequence;
+              });
+    return out;
   }
 
   std::string CheckpointPath(const std::string& name) const override {
@@ -110,6 +113,7 @@ class MemoryStorage : public Storage {
 
   struct Checkpoint {
     uint64_t sequence;  // creation order
+    int64_t created_micros;
     std::shared_ptr<const Contents> contents;
   };
 

@@ -301,12 +301,12 @@ class RocksDbStorage : public Storage {
     return SyncPath(CheckpointDir());
   }
 
-  std::vector<std::string> ListCheckpoints() const override {
-    std::vector<std::string> names;
+  std::vector<StoredCheckpoint> ListCheckpoints() const override {
+    std::vector<StoredCheckpoint> out;
     for (CheckpointOrder& c : OrderedCheckpoints()) {
-      names.push_back(std::move(c.name));
+      out.push_back({std::move(c.name), c.sequence, c.created_micros});
     }
-    return names;
+    return out;
   }
 
   std::string CheckpointPath(const std::string& name) const override {

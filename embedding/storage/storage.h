@@ -17,7 +17,7 @@
 //     checkpoint records its place in creation order (a sequence number
 //     above every existing checkpoint's) together with the checkpoint
 //     itself, so that a crash never leaves one without the other.
-//     ListCheckpoints returns names in creation order, oldest first, never
+//     ListCheckpoints returns them in creation order, oldest first, never
 //     in name order: "before-migration" may be newer than "zz".
 //  4. OpenCheckpoint gives a read-only Storage over a checkpoint (Write and
 //     checkpoint calls on it fail with FAILED_PRECONDITION); NOT_FOUND for an
@@ -32,6 +32,7 @@
 #ifndef MIM_EMBEDDING_STORAGE_STORAGE_H_
 #define MIM_EMBEDDING_STORAGE_STORAGE_H_
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -43,6 +44,18 @@
 #include "absl/strings/string_view.h"
 
 namespace mim::embedding {
+
+// One checkpoint as ListCheckpoints reports it.
+struct StoredCheckpoint {
+  std::string name;
+  // Place in creation order: above every checkpoint created before it.
+  // 0 for a checkpoint written before creation order was recorded; those
+  // are listed first.
+  uint64_t sequence = 0;
+  // When it was created, in microseconds since the Unix epoch; for one
+  // without a sequence, when its files were written (RocksDB). 0 if unknown.
+  int64_t created_micros = 0;
+};
 
 // Puts and deletes applied together; deletes are applied after puts.
 struct StorageBatch {
@@ -65,7 +78,7 @@ class Storage {
   virtual absl::Status CreateCheckpoint(const std::string& name) = 0;
   // Every checkpoint, oldest first by creation (contract 3); the last one
   // is the most recently created.
-  virtual std::vector<std::string> ListCheckpoints() const = 0;
+  virtual std::vector<StoredCheckpoint> ListCheckpoints() const = 0;
   // Where checkpoint `name` lives, for display (a path for RocksDB).
   virtual std::string CheckpointPath(const std::string& name) const = 0;
   virtual absl::StatusOr<std::unique_ptr<Storage>> OpenCheckpoint(

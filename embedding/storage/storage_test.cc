@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 
 namespace mim::embedding {
@@ -20,6 +22,15 @@ std::string FreshDir(const std::string& tag) {
                           std::to_string(counter++);
   std::filesystem::remove_all(dir);
   return dir;
+}
+
+// Names of `storage`'s checkpoints, in the order ListCheckpoints gives.
+std::vector<std::string> Names(const Storage& storage) {
+  std::vector<std::string> out;
+  for (const StoredCheckpoint& c : storage.ListCheckpoints()) {
+    out.push_back(c.name);
+  }
+  return out;
 }
 
 struct RocksDbBackend {
@@ -119,7 +130,7 @@ TYPED_TEST(StorageTest, CheckpointIsAPointInTimeCopy) {
         << bad;
   }
   ASSERT_TRUE(this->storage_->CreateCheckpoint("c0").ok());
-  EXPECT_EQ(this->storage_->ListCheckpoints(),
+  EXPECT_EQ(Names(*this->storage_),
             (std::vector<std::string>{"c1", "c0"}));  // creation order
 
   auto cp = this->storage_->OpenCheckpoint("c1");
@@ -142,20 +153,40 @@ TYPED_TEST(StorageTest, ListCheckpointsIsCreationOrderNotNameOrder) {
     this->Put("k", name);
     ASSERT_TRUE(this->storage_->CreateCheckpoint(name).ok()) << name;
   }
-  EXPECT_EQ(this->storage_->ListCheckpoints(), created);
+  EXPECT_EQ(Names(*this->storage_), created);
   // Restoring an older checkpoint (which opens it) does not reorder them,
   // and a checkpoint taken afterwards is the newest.
   ASSERT_TRUE(this->storage_->RestoreCheckpoint("zz-first").ok());
   ASSERT_TRUE(this->storage_->OpenCheckpoint("before-migration").ok());
-  EXPECT_EQ(this->storage_->ListCheckpoints(), created);
+  EXPECT_EQ(Names(*this->storage_), created);
   ASSERT_TRUE(this->storage_->CreateCheckpoint("0-after-restore").ok());
   std::vector<std::string> expected = created;
   expected.push_back("0-after-restore");
-  EXPECT_EQ(this->storage_->ListCheckpoints(), expected);
+  EXPECT_EQ(Names(*this->storage_), expected);
   // A failed create takes no place in the order.
   EXPECT_EQ(this->storage_->CreateCheckpoint("a").code(),
             absl::StatusCode::kAlreadyExists);
-  EXPECT_EQ(this->storage_->ListCheckpoints(), expected);
+  EXPECT_EQ(Names(*this->storage_), expected);
+}
+
+// Each listed checkpoint carries its creation sequence (increasing, above
+// 0) and the time it was created.
+TYPED_TEST(StorageTest, ListCheckpointsReportsSequenceAndCreationTime) {
+  const int64_t before = absl::ToUnixMicros(absl::Now());
+  for (const char* name : {"b", "a", "c"}) {
+    ASSERT_TRUE(this->storage_->CreateCheckpoint(name).ok()) << name;
+  }
+  const int64_t after = absl::ToUnixMicros(absl::Now());
+  const std::vector<StoredCheckpoint> listed =
+      this->storage_->ListCheckpoints();
+  ASSERT_EQ(listed.size(), 3u);
+  uint64_t previous = 0;
+  for (const StoredCheckpoint& c : listed) {
+    EXPECT_GT(c.sequence, previous) << c.name;
+    previous = c.sequence;
+    EXPECT_GE(c.created_micros, before) << c.name;
+    EXPECT_LE(c.created_micros, after) << c.name;
+  }
 }
 
 TYPED_TEST(StorageTest, RestoreReplacesLiveContents) {
@@ -210,7 +241,7 @@ TEST(RocksDbStorageTest, ReopenKeepsWritesAndRestores) {
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(*(*s)->Get("a"), "1");
   EXPECT_EQ((*s)->Get("b").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ((*s)->ListCheckpoints(), std::vector<std::string>{"cp"});
+  EXPECT_EQ(Names(**s), std::vector<std::string>{"cp"});
 }
 
 // RocksDB only: creation order is on disk with each checkpoint, survives
@@ -238,7 +269,7 @@ TEST(RocksDbStorageTest, CreationOrderIsStoredWithEachCheckpoint) {
   }
   auto s = OpenRocksDbStorage(options);
   ASSERT_TRUE(s.ok()) << s.status();
-  EXPECT_EQ((*s)->ListCheckpoints(),
+  EXPECT_EQ(Names(**s),
             (std::vector<std::string>{"x", "y", "m", "p"}));
 
   // x and y as if written before MIM_CHECKPOINT existed, y two hours before
@@ -250,13 +281,22 @@ TEST(RocksDbStorageTest, CreationOrderIsStoredWithEachCheckpoint) {
   fs::last_write_time(dir + "x/CURRENT", now - std::chrono::hours(1));
   fs::last_write_time(dir + "y/CURRENT", now - std::chrono::hours(2));
   std::ofstream(dir + "p/MIM_CHECKPOINT", std::ios::trunc) << "garbage\n";
-  EXPECT_EQ((*s)->ListCheckpoints(),
+  EXPECT_EQ(Names(**s),
             (std::vector<std::string>{"y", "x", "p", "m"}));
+  const std::vector<StoredCheckpoint> listed = (*s)->ListCheckpoints();
+  ASSERT_EQ(listed.size(), 4u);
+  for (int i : {0, 1, 2}) {  // y, x, p: no creation sequence
+    EXPECT_EQ(listed[i].sequence, 0u) << listed[i].name;
+  }
+  EXPECT_GT(listed[3].sequence, 0u);
+  // Without a sequence, the creation time is when CURRENT was written.
+  EXPECT_EQ(listed[1].created_micros - listed[0].created_micros,
+            int64_t{3600} * 1000000);
 
   // The next checkpoint is the newest; a leftover .tmp is not listed.
   fs::create_directories(dir + "zz.tmp");
   ASSERT_TRUE((*s)->CreateCheckpoint("a").ok());
-  EXPECT_EQ((*s)->ListCheckpoints(),
+  EXPECT_EQ(Names(**s),
             (std::vector<std::string>{"y", "x", "p", "m", "a"}));
 }
 
