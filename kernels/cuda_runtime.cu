@@ -54,11 +54,30 @@ absl::Status BlasHandle(cublasHandle_t* out) {
   return absl::OkStatus();
 }
 
+namespace {
+// C[M,N] (row stride ldc) = beta C, exactly 0 when beta is 0 (BLAS: C is
+// then not read, so NaN there does not survive).
+__global__ void ScaleRowsKernel(int64_t M, int64_t N, int64_t ldc, float beta,
+                                float* C) {
+  const int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (e >= M * N) return;
+  float* c = C + (e / N) * ldc + e % N;
+  *c = beta == 0.f ? 0.f : beta * *c;
+}
+}  // namespace
+
 absl::Status Gemm(cublasHandle_t h, bool ta, bool tb, int64_t M, int64_t N,
                   int64_t K, float alpha, const float* A, int64_t lda,
                   const float* B, int64_t ldb, float beta, float* C,
                   int64_t ldc, const char* what) {
   if (M == 0 || N == 0) return absl::OkStatus();
+  if (K == 0) {
+    // cuBLAS wants every leading dimension >= 1 even when K = 0 (and A or B
+    // then has ld 0, e.g. d = 0 or in = 0); the product is empty anyway.
+    if (beta == 1.f) return absl::OkStatus();
+    ScaleRowsKernel<<<Blocks(M * N), 256>>>(M, N, ldc, beta, C);
+    return CheckLaunch(what, absl::StrFormat("M=%d N=%d K=0 (C = beta C)", M, N));
+  }
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
   return CheckBlas(
       cublasSgemm(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N,

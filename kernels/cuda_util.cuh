@@ -30,6 +30,8 @@ std::string SeqStr(const SeqShape& s);
 absl::Status BlasHandle(cublasHandle_t* out);
 
 // Row-major C[M,N] = alpha op(A) op(B) + beta C via column-major cuBLAS.
+// M or N = 0 is a no-op; K = 0 gives C = beta C (0 when beta is 0) without
+// calling cuBLAS, which rejects the leading dimension 0 such shapes have.
 absl::Status Gemm(cublasHandle_t h, bool ta, bool tb, int64_t M, int64_t N,
                   int64_t K, float alpha, const float* A, int64_t lda,
                   const float* B, int64_t ldb, float beta, float* C,
