@@ -24,13 +24,14 @@ std::string GatherStr(const GatherShape& s) {
 
 // ---- embedding gather ----
 __global__ void GatherKernel(GatherShape s, const float* table,
-                             const int32_t* index, float* out, int* bad) {
+                             const int32_t* index, float* out,
+                             unsigned long long* bad) {
   const int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (e >= s.num_indices * s.dim) return;
   const int64_t n = e / s.dim, k = e % s.dim;
   const int32_t r = index[n];
   if (r >= s.rows) {
-    atomicMin(bad, static_cast<int>(n));
+    atomicMin(bad, static_cast<unsigned long long>(n));
     out[e] = 0.f;
     return;
   }
@@ -71,10 +72,18 @@ __global__ void IotaKernel(int64_t n, int32_t* v) {
   if (i < n) v[i] = static_cast<int32_t>(i);
 }
 
-absl::Status ValidGather(const char* op, const GatherShape& s) {
-  if (s.rows < 0 || s.dim < 0 || s.num_indices < 0 ||
-      s.num_indices > INT32_MAX) {
-    return absl::InvalidArgumentError(absl::StrFormat("%s: bad shape %s", op, GatherStr(s)));
+// Host-side checks in the CPU twin's order (ValidateGather); the index
+// values are checked on the device by the caller.
+absl::Status ValidGather(const char* op, const GatherShape& s,
+                         const int32_t* index) {
+  if (s.rows < 0 || s.dim < 0 || s.num_indices < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: negative shape %s", op, GatherStr(s)));
+  }
+  if (s.num_indices > 0 && index == nullptr) return cuda::NullArg(op, "index");
+  if (s.num_indices > INT32_MAX) {  // cub's sort counts items in int
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: %s: more than 2^31-1 indices is not supported on CUDA", op, GatherStr(s)));
   }
   return absl::OkStatus();
 }
@@ -115,7 +124,7 @@ __global__ void TopKScoreKernel(SeqShape s, const float* x, const float* t,
   score[e] = acc;
 }
 
-__device__ bool Better(float sa, int a, float sc, int c) {
+__device__ bool Better(float sa, int64_t a, float sc, int64_t c) {
   const bool na = isnan(sa), nc = isnan(sc);
   if (na != nc) return nc;
   if (!na && sa != sc) return sa > sc;
@@ -126,8 +135,7 @@ __global__ void TopKRankKernel(SeqShape s, const float* score,
                                const int32_t* lens, int k, uint8_t* keep) {
   const int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (e >= s.batch * s.max_len) return;
-  const int64_t b = e / s.max_len;
-  const int i = static_cast<int>(e % s.max_len);
+  const int64_t b = e / s.max_len, i = e % s.max_len;
   const int n = lens[b];
   if (i >= n) {
     keep[e] = 0;
@@ -266,7 +274,7 @@ __global__ void BiasRowsKernel(int64_t rows, int64_t n, const float* b, float* y
 }
 __global__ void ReluKernel(int64_t n, float* y) {
   const int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (e < n) y[e] = fmaxf(y[e], 0.f);
+  if (e < n && y[e] < 0.f) y[e] = 0.f;  // std::max(y, 0), as the CPU twin
 }
 __global__ void ReluMaskKernel(int64_t n, const float* y, const float* g, float* dz) {
   const int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
@@ -320,22 +328,27 @@ std::string DenseStr(const DenseShape& s) {
 
 absl::Status EmbeddingGatherCuda(const GatherShape& s, const float* table,
                                  const int32_t* index, float* out) {
-  MIM_RETURN_IF_ERROR(ValidGather("EmbeddingGatherCuda", s));
+  const char* op = "EmbeddingGatherCuda";
+  MIM_RETURN_IF_ERROR(ValidGather(op, s, index));
   const int64_t n = s.num_indices * s.dim;
-  if (n == 0) return absl::OkStatus();
-  int* flag = nullptr;
-  MIM_RETURN_IF_ERROR(cuda::ScratchOf(1, 1, &flag));
-  const int none = 0x7fffffff;
-  MIM_RETURN_IF_ERROR(cuda::Check(cudaMemcpy(flag, &none, sizeof(int), cudaMemcpyHostToDevice),
-                                  "EmbeddingGatherCuda", GatherStr(s)));
+  MIM_RETURN_IF_ERROR(cuda::RequireNonNull(
+      op, {{"table", table, n > 0 && s.rows > 0}, {"out", out, n > 0}}));
+  if (s.num_indices == 0) return absl::OkStatus();
+  // d = 0 copies nothing, but the CPU twin still rejects bad indices.
+  if (n == 0) return cuda::ValidateIndices(op, "index", s.num_indices, index, s.rows, "rows");
+  const std::string shape = GatherStr(s);
+  unsigned long long* flag = nullptr;
+  MIM_RETURN_IF_ERROR(cuda::ResetBadFlag(op, shape, &flag));
   GatherKernel<<<Blocks(n), 256>>>(s, table, index, out, flag);
-  MIM_RETURN_IF_ERROR(CheckLaunch("GatherKernel", GatherStr(s)));
-  int bad = none;
-  MIM_RETURN_IF_ERROR(cuda::Check(cudaMemcpy(&bad, flag, sizeof(int), cudaMemcpyDeviceToHost),
-                                  "GatherKernel", GatherStr(s)));
-  if (bad != none) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "EmbeddingGatherCuda: index[%d] >= rows %d", bad, s.rows));
+  MIM_RETURN_IF_ERROR(CheckLaunch("GatherKernel", shape));
+  int64_t bad = -1;
+  MIM_RETURN_IF_ERROR(cuda::ReadBadFlag("GatherKernel", shape, flag, &bad));
+  if (bad >= 0) {
+    int32_t v = 0;
+    MIM_RETURN_IF_ERROR(cuda::Check(
+        cudaMemcpy(&v, index + bad, sizeof(v), cudaMemcpyDeviceToHost), op, shape));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: index[%d] = %d >= rows %d", op, bad, v, s.rows));
   }
   return absl::OkStatus();
 }
@@ -344,21 +357,30 @@ absl::Status EmbeddingGatherBackwardCuda(const GatherShape& s,
                                          const float* grad_out,
                                          const int32_t* index, GradMode mode,
                                          float* grad_table) {
-  MIM_RETURN_IF_ERROR(ValidGather("EmbeddingGatherBackwardCuda", s));
+  const char* op = "EmbeddingGatherBackwardCuda";
+  MIM_RETURN_IF_ERROR(ValidGather(op, s, index));
+  MIM_RETURN_IF_ERROR(cuda::RequireNonNull(
+      op, {{"grad_out", grad_out, s.num_indices * s.dim > 0 && s.rows > 0},
+           {"grad_table", grad_table, s.rows * s.dim > 0}}));
+  // Same contract as the CPU twin: an index >= rows is an error in both
+  // modes (it was silently dropped before). Synchronizes.
+  MIM_RETURN_IF_ERROR(cuda::ValidateIndices(op, "index", s.num_indices, index, s.rows, "rows"));
   const std::string shape = GatherStr(s);
   if (s.rows * s.dim == 0) return absl::OkStatus();
   if (mode == GradMode::kAtomic) {
-    MIM_RETURN_IF_ERROR(cuda::Check(
-        cudaMemset(grad_table, 0, s.rows * s.dim * sizeof(float)), "memset", shape));
+    MIM_RETURN_IF_ERROR(cuda::MemsetZero(grad_table, s.rows * s.dim * sizeof(float),
+                                         "EmbeddingGatherBackwardCuda memset", shape));
     if (s.num_indices == 0) return absl::OkStatus();
     AtomicScatterKernel<<<Blocks(s.num_indices * s.dim), 256>>>(s, index, grad_out, grad_table);
     return CheckLaunch("AtomicScatterKernel", shape);
   }
+  // kDeterministic: no atomics. Stable radix sort of (index, n), then one
+  // thread per (row, column) sums its segment in increasing n.
   const int64_t n = s.num_indices;
   int32_t *keys = nullptr, *iota = nullptr, *perm = nullptr;
-  MIM_RETURN_IF_ERROR(cuda::ScratchOf(1, n, &keys));
-  MIM_RETURN_IF_ERROR(cuda::ScratchOf(2, n, &iota));
-  MIM_RETURN_IF_ERROR(cuda::ScratchOf(3, n, &perm));
+  MIM_RETURN_IF_ERROR(cuda::ScratchOf(op, 1, n, &keys));
+  MIM_RETURN_IF_ERROR(cuda::ScratchOf(op, 2, n, &iota));
+  MIM_RETURN_IF_ERROR(cuda::ScratchOf(op, 3, n, &perm));
   if (n > 0) {
     IotaKernel<<<Blocks(n), 256>>>(n, iota);
     MIM_RETURN_IF_ERROR(CheckLaunch("IotaKernel", shape));
@@ -368,7 +390,7 @@ absl::Status EmbeddingGatherBackwardCuda(const GatherShape& s,
                                         perm, static_cast<int>(n)),
         "SortPairs(size)", shape));
     void* temp = nullptr;
-    MIM_RETURN_IF_ERROR(cuda::Scratch(4, temp_bytes + 16, &temp));
+    MIM_RETURN_IF_ERROR(cuda::Scratch(op, 4, temp_bytes + 16, &temp));
     // LSD radix sort is stable: equal keys keep increasing n.
     MIM_RETURN_IF_ERROR(cuda::Check(
         cub::DeviceRadixSort::SortPairs(temp, temp_bytes, index, keys, iota,
@@ -381,7 +403,10 @@ absl::Status EmbeddingGatherBackwardCuda(const GatherShape& s,
 
 absl::Status MaskedMeanPoolForwardCuda(const SeqShape& s, const float* x,
                                        const int32_t* lens, float* out) {
-  MIM_RETURN_IF_ERROR(cuda::ValidateLens("MaskedMeanPoolForwardCuda", s, lens));
+  const char* op = "MaskedMeanPoolForwardCuda";
+  MIM_RETURN_IF_ERROR(cuda::ValidateLens(op, s, lens));
+  MIM_RETURN_IF_ERROR(cuda::RequireNonNull(
+      op, {{"x", x, s.batch * s.max_len * s.dim > 0}, {"out", out, s.batch * s.dim > 0}}));
   if (s.batch * s.dim == 0) return absl::OkStatus();
   MeanPoolKernel<<<Blocks(s.batch * s.dim), 256>>>(s, x, lens, out);
   return CheckLaunch("MeanPoolKernel", SeqStr(s));
@@ -390,8 +415,11 @@ absl::Status MaskedMeanPoolForwardCuda(const SeqShape& s, const float* x,
 absl::Status MaskedMeanPoolBackwardCuda(const SeqShape& s,
                                         const float* grad_out,
                                         const int32_t* lens, float* grad_x) {
-  MIM_RETURN_IF_ERROR(cuda::ValidateLens("MaskedMeanPoolBackwardCuda", s, lens));
+  const char* op = "MaskedMeanPoolBackwardCuda";
+  MIM_RETURN_IF_ERROR(cuda::ValidateLens(op, s, lens));
   const int64_t n = s.batch * s.max_len * s.dim;
+  MIM_RETURN_IF_ERROR(cuda::RequireNonNull(
+      op, {{"grad_out", grad_out, n > 0}, {"grad_x", grad_x, n > 0}}));
   if (n == 0) return absl::OkStatus();
   MeanPoolBackwardKernel<<<Blocks(n), 256>>>(s, grad_out, lens, grad_x);
   return CheckLaunch("MeanPoolBackwardKernel", SeqStr(s));
@@ -400,69 +428,116 @@ absl::Status MaskedMeanPoolBackwardCuda(const SeqShape& s,
 absl::Status TopKSelectCuda(const SeqShape& s, const float* x,
                             const float* target, const int32_t* lens, int k,
                             int32_t* positions, int32_t* new_lens) {
-  MIM_RETURN_IF_ERROR(cuda::ValidateLens("TopKSelectCuda", s, lens));
+  const char* op = "TopKSelectCuda";
+  MIM_RETURN_IF_ERROR(cuda::ValidateLens(op, s, lens));
   if (k < 1) {
-    return absl::InvalidArgumentError(absl::StrFormat("TopKSelectCuda: k=%d, expected >= 1", k));
+    return absl::InvalidArgumentError(absl::StrFormat("%s: k=%d, expected >= 1", op, k));
   }
   const int64_t n = s.batch * s.max_len;
+  MIM_RETURN_IF_ERROR(cuda::RequireNonNull(
+      op, {{"x", x, n * s.dim > 0}, {"target", target, n * s.dim > 0},
+           {"positions", positions, s.batch > 0}, {"new_lens", new_lens, s.batch > 0}}));
   if (s.batch == 0) return absl::OkStatus();
+  const std::string shape = SeqStr(s) + absl::StrFormat(" k=%d", k);
   float* score = nullptr;
   uint8_t* keep = nullptr;
-  MIM_RETURN_IF_ERROR(cuda::ScratchOf(1, n, &score));
-  MIM_RETURN_IF_ERROR(cuda::ScratchOf(2, n, &keep));
+  MIM_RETURN_IF_ERROR(cuda::ScratchOf(op, 1, n, &score));
+  MIM_RETURN_IF_ERROR(cuda::ScratchOf(op, 2, n, &keep));
   if (n > 0) {
     TopKScoreKernel<<<Blocks(n), 256>>>(s, x, target, lens, score);
-    MIM_RETURN_IF_ERROR(CheckLaunch("TopKScoreKernel", SeqStr(s)));
+    MIM_RETURN_IF_ERROR(CheckLaunch("TopKScoreKernel", shape));
     TopKRankKernel<<<Blocks(n), 256>>>(s, score, lens, k, keep);
-    MIM_RETURN_IF_ERROR(CheckLaunch("TopKRankKernel", SeqStr(s)));
+    MIM_RETURN_IF_ERROR(CheckLaunch("TopKRankKernel", shape));
   }
   TopKCompactKernel<<<Blocks(s.batch), 256>>>(s, keep, lens, k, positions, new_lens);
-  return CheckLaunch("TopKCompactKernel", SeqStr(s));
+  return CheckLaunch("TopKCompactKernel", shape);
 }
 
 absl::Status SelectRowsForwardCuda(const SeqShape& s, const float* x,
                                    const int32_t* positions, int k,
                                    float* out) {
-  if (k < 0 || s.batch < 0 || s.max_len < 0 || s.dim < 0) {
-    return absl::InvalidArgumentError("SelectRowsForwardCuda: negative shape or k");
+  const char* op = "SelectRowsForwardCuda";
+  if (k < 0) return absl::InvalidArgumentError(absl::StrFormat("%s: k=%d < 0", op, k));
+  if (s.batch < 0 || s.max_len < 0 || s.dim < 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: negative shape %s", op, SeqStr(s)));
   }
   const int64_t n = s.batch * k * s.dim;
+  MIM_RETURN_IF_ERROR(cuda::RequireNonNull(
+      op, {{"positions", positions, s.batch * k > 0},
+           {"x", x, n > 0 && s.max_len > 0},
+           {"out", out, n > 0}}));
+  // As the CPU twin: a position >= max_len is an error (synchronizes).
+  MIM_RETURN_IF_ERROR(cuda::ValidateIndices(op, "positions", s.batch * k, positions,
+                                            s.max_len, "max_len"));
   if (n == 0) return absl::OkStatus();
   SelectRowsKernel<<<Blocks(n), 256>>>(s, x, positions, k, out);
-  return CheckLaunch("SelectRowsKernel", SeqStr(s));
+  return CheckLaunch("SelectRowsKernel", SeqStr(s) + absl::StrFormat(" k=%d", k));
 }
 
 absl::Status SelectRowsBackwardCuda(const SeqShape& s, const float* grad_out,
                                     const int32_t* positions, int k,
                                     float* grad_x) {
-  if (k < 0 || s.batch < 0 || s.max_len < 0 || s.dim < 0) {
-    return absl::InvalidArgumentError("SelectRowsBackwardCuda: negative shape or k");
+  const char* op = "SelectRowsBackwardCuda";
+  if (k < 0) return absl::InvalidArgumentError(absl::StrFormat("%s: k=%d < 0", op, k));
+  if (s.batch < 0 || s.max_len < 0 || s.dim < 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: negative shape %s", op, SeqStr(s)));
   }
   const int64_t total = s.batch * s.max_len * s.dim;
+  MIM_RETURN_IF_ERROR(cuda::RequireNonNull(
+      op, {{"grad_out", grad_out, s.batch * k * s.dim > 0 && s.max_len > 0},
+           {"positions", positions, s.batch * k > 0},
+           {"grad_x", grad_x, total > 0}}));
+  MIM_RETURN_IF_ERROR(cuda::ValidateIndices(op, "positions", s.batch * k, positions,
+                                            s.max_len, "max_len"));
   if (total == 0) return absl::OkStatus();
-  MIM_RETURN_IF_ERROR(cuda::Check(cudaMemset(grad_x, 0, total * sizeof(float)),
-                                  "SelectRowsBackwardCuda memset", SeqStr(s)));
+  const std::string shape = SeqStr(s) + absl::StrFormat(" k=%d", k);
+  MIM_RETURN_IF_ERROR(cuda::MemsetZero(grad_x, total * sizeof(float),
+                                       "SelectRowsBackwardCuda memset", shape));
+  if (k == 0) return absl::OkStatus();
   SelectRowsBackwardKernel<<<Blocks(s.batch * s.dim), 256>>>(s, grad_out, positions, k, grad_x);
-  return CheckLaunch("SelectRowsBackwardKernel", SeqStr(s));
+  return CheckLaunch("SelectRowsBackwardKernel", shape);
 }
+
+namespace {
+// The CPU twin's ValidateContent: lens and shapes, then id_dim >= 0.
+absl::Status ValidContent(const char* op, const ContentShape& s,
+                          const int32_t* lens) {
+  MIM_RETURN_IF_ERROR(cuda::ValidateLens(op, s.content, lens));
+  if (s.id_dim < 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: id_dim %d < 0", op, s.id_dim));
+  }
+  return absl::OkStatus();
+}
+std::string ContentStr(const ContentShape& s) {
+  return SeqStr(s.content) + absl::StrFormat(" d_id=%d", s.id_dim);
+}
+}  // namespace
 
 absl::Status ContentFusionForwardCuda(const ContentShape& s, const float* m,
                                       const float* m_t, const float* h,
                                       const int32_t* lens, float* alpha,
                                       float* h_mm, float* h_fusion) {
-  MIM_RETURN_IF_ERROR(cuda::ValidateLens("ContentFusionForwardCuda", s.content, lens));
-  const int64_t B = s.content.batch, L = s.content.max_len;
+  const char* op = "ContentFusionForwardCuda";
+  MIM_RETURN_IF_ERROR(ValidContent(op, s, lens));
+  const int64_t B = s.content.batch, L = s.content.max_len, dm = s.content.dim;
   if (B == 0) return absl::OkStatus();
+  // Null checks in the CPU twin's order and conditions.
+  MIM_RETURN_IF_ERROR(cuda::RequireNonNull(
+      op, {{"m", m, L * dm > 0},
+           {"m_t", m_t, true},
+           {"h_mm", h_mm, true},
+           {"h_fusion", h_fusion, true},
+           {"h", h, L * s.id_dim > 0}}));
   float* a = alpha;
-  if (a == nullptr) MIM_RETURN_IF_ERROR(cuda::ScratchOf(1, B * L, &a));
-  const std::string shape = SeqStr(s.content) + absl::StrFormat(" d_id=%d", s.id_dim);
+  if (a == nullptr) MIM_RETURN_IF_ERROR(cuda::ScratchOf(op, 1, B * L, &a));
+  const std::string shape = ContentStr(s);
   if (B * L > 0) {
     ContentAlphaKernel<<<Blocks(B * L * 32), 256>>>(s, m, m_t, h, lens, nullptr, nullptr,
                                                     a, nullptr, nullptr, nullptr, nullptr);
     MIM_RETURN_IF_ERROR(CheckLaunch("ContentAlphaKernel", shape));
   }
-  if (B * s.content.dim > 0) {
-    WeightedSumKernel<<<Blocks(B * s.content.dim), 256>>>(B, L, s.content.dim, a, m, lens, h_mm);
+  if (B * dm > 0) {
+    WeightedSumKernel<<<Blocks(B * dm), 256>>>(B, L, dm, a, m, lens, h_mm);
     MIM_RETURN_IF_ERROR(CheckLaunch("WeightedSumKernel(mm)", shape));
   }
   if (B * s.id_dim > 0) {
@@ -478,13 +553,22 @@ absl::Status ContentFusionBackwardCuda(const ContentShape& s, const float* m,
                                        const float* grad_mm,
                                        const float* grad_fusion, float* grad_m,
                                        float* grad_m_t, float* grad_h) {
-  MIM_RETURN_IF_ERROR(cuda::ValidateLens("ContentFusionBackwardCuda", s.content, lens));
+  const char* op = "ContentFusionBackwardCuda";
+  MIM_RETURN_IF_ERROR(ValidContent(op, s, lens));
   const int64_t B = s.content.batch, L = s.content.max_len, dm = s.content.dim;
   if (B == 0) return absl::OkStatus();
-  const std::string shape = SeqStr(s.content) + absl::StrFormat(" d_id=%d", s.id_dim);
+  // Inputs as the forward requires them; the incoming gradients whenever
+  // they are non-empty. grad_m, grad_m_t, grad_h may be null (skipped).
+  MIM_RETURN_IF_ERROR(cuda::RequireNonNull(
+      op, {{"m", m, L * dm > 0},
+           {"m_t", m_t, true},
+           {"h", h, L * s.id_dim > 0},
+           {"grad_mm", grad_mm, dm > 0},
+           {"grad_fusion", grad_fusion, s.id_dim > 0}}));
+  const std::string shape = ContentStr(s);
   float *ca = nullptr, *cb = nullptr;
-  MIM_RETURN_IF_ERROR(cuda::ScratchOf(1, B * L, &ca));
-  MIM_RETURN_IF_ERROR(cuda::ScratchOf(2, B * L, &cb));
+  MIM_RETURN_IF_ERROR(cuda::ScratchOf(op, 1, B * L, &ca));
+  MIM_RETURN_IF_ERROR(cuda::ScratchOf(op, 2, B * L, &cb));
   if (B * L > 0) {
     ContentAlphaKernel<<<Blocks(B * L * 32), 256>>>(s, m, m_t, h, lens, grad_mm, grad_fusion,
                                                     nullptr, ca, cb, grad_m, grad_h);
@@ -503,15 +587,19 @@ absl::Status ContentFusionBackwardCuda(const ContentShape& s, const float* m,
 absl::Status DenseForwardCuda(const DenseShape& s, const float* x,
                               const float* w, const float* b, Activation act,
                               float* y) {
+  const char* op = "DenseForwardCuda";
   if (s.rows < 0 || s.in < 0 || s.out < 0) {
-    return absl::InvalidArgumentError("DenseForwardCuda: negative shape " + DenseStr(s));
+    return absl::InvalidArgumentError(absl::StrFormat("%s: negative shape %s", op, DenseStr(s)));
   }
   const int64_t n = s.rows * s.out;
+  MIM_RETURN_IF_ERROR(cuda::RequireNonNull(
+      op, {{"x", x, n * s.in > 0}, {"w", w, n * s.in > 0}, {"b", b, n > 0}, {"y", y, n > 0}}));
   if (n == 0) return absl::OkStatus();
   cublasHandle_t hdl;
-  MIM_RETURN_IF_ERROR(cuda::BlasHandle(&hdl));
+  MIM_RETURN_IF_ERROR(cuda::BlasHandle(op, &hdl));
   BiasRowsKernel<<<Blocks(n), 256>>>(s.rows, s.out, b, y);
   MIM_RETURN_IF_ERROR(CheckLaunch("BiasRowsKernel", DenseStr(s)));
+  // in = 0 leaves y = b (K = 0 is handled in Gemm).
   MIM_RETURN_IF_ERROR(cuda::Gemm(hdl, false, false, s.rows, s.out, s.in, 1.f, x, s.in, w,
                                  s.out, 1.f, y, s.out, "DenseForwardCuda"));
   if (act == Activation::kRelu) {
@@ -525,27 +613,37 @@ absl::Status DenseBackwardCuda(const DenseShape& s, const float* x,
                                const float* w, const float* y,
                                const float* grad_y, Activation act,
                                float* grad_x, float* grad_w, float* grad_b) {
+  const char* op = "DenseBackwardCuda";
   if (s.rows < 0 || s.in < 0 || s.out < 0) {
-    return absl::InvalidArgumentError("DenseBackwardCuda: negative shape " + DenseStr(s));
+    return absl::InvalidArgumentError(absl::StrFormat("%s: negative shape %s", op, DenseStr(s)));
   }
   const int64_t n = s.rows * s.out;
+  const bool relu = act == Activation::kRelu;
+  MIM_RETURN_IF_ERROR(cuda::RequireNonNull(
+      op, {{"x", x, n * s.in > 0},
+           {"w", w, grad_x != nullptr && n * s.in > 0},
+           {"y", y, relu && n > 0},
+           {"grad_y", grad_y, n > 0},
+           {"grad_w", grad_w, s.in * s.out > 0},
+           {"grad_b", grad_b, s.out > 0}}));
+  const std::string shape = DenseStr(s);
   cublasHandle_t hdl;
-  MIM_RETURN_IF_ERROR(cuda::BlasHandle(&hdl));
+  MIM_RETURN_IF_ERROR(cuda::BlasHandle(op, &hdl));
   const float* dz = grad_y;
-  if (act == Activation::kRelu && n > 0) {
+  if (relu && n > 0) {
     float* masked = nullptr;
-    MIM_RETURN_IF_ERROR(cuda::ScratchOf(1, n, &masked));
+    MIM_RETURN_IF_ERROR(cuda::ScratchOf(op, 1, n, &masked));
     ReluMaskKernel<<<Blocks(n), 256>>>(n, y, grad_y, masked);
-    MIM_RETURN_IF_ERROR(CheckLaunch("ReluMaskKernel", DenseStr(s)));
+    MIM_RETURN_IF_ERROR(CheckLaunch("ReluMaskKernel", shape));
     dz = masked;
   }
-  if (s.in * s.out > 0) {
-    MIM_RETURN_IF_ERROR(cuda::Gemm(hdl, true, false, s.in, s.out, s.rows, 1.f, x, s.in, dz,
-                                   s.out, 0.f, grad_w, s.out, "DenseBackwardCuda dW"));
-  }
+  // rows = 0 gives grad_w = 0 and grad_b = 0; out = 0 gives grad_x = 0
+  // (K = 0 in Gemm), as the CPU twin.
+  MIM_RETURN_IF_ERROR(cuda::Gemm(hdl, true, false, s.in, s.out, s.rows, 1.f, x, s.in, dz,
+                                 s.out, 0.f, grad_w, s.out, "DenseBackwardCuda dW"));
   if (s.out > 0) {
     ColSumKernel<<<Blocks(s.out), 256>>>(s.rows, s.out, dz, grad_b);
-    MIM_RETURN_IF_ERROR(CheckLaunch("ColSumKernel", DenseStr(s)));
+    MIM_RETURN_IF_ERROR(CheckLaunch("ColSumKernel", shape));
   }
   if (grad_x != nullptr) {
     MIM_RETURN_IF_ERROR(cuda::Gemm(hdl, false, true, s.rows, s.in, s.out, 1.f, dz, s.out, w,
@@ -556,10 +654,12 @@ absl::Status DenseBackwardCuda(const DenseShape& s, const float* x,
 
 absl::Status SigmoidCrossEntropyForwardCuda(int64_t n, const float* logits,
                                             const float* labels, float* loss) {
+  const char* op = "SigmoidCrossEntropyForwardCuda";
   if (n < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("SigmoidCrossEntropyForwardCuda: n=%d, expected >= 1", n));
+    return absl::InvalidArgumentError(absl::StrFormat("%s: n=%d, expected >= 1", op, n));
   }
+  MIM_RETURN_IF_ERROR(cuda::RequireNonNull(
+      op, {{"logits", logits, true}, {"labels", labels, true}, {"loss", loss, true}}));
   XentKernel<<<1, 1024>>>(n, logits, labels, loss);
   return CheckLaunch("XentKernel", absl::StrFormat("n=%d", n));
 }
@@ -567,10 +667,13 @@ absl::Status SigmoidCrossEntropyForwardCuda(int64_t n, const float* logits,
 absl::Status SigmoidCrossEntropyBackwardCuda(int64_t n, const float* logits,
                                              const float* labels,
                                              float* grad_logits) {
+  const char* op = "SigmoidCrossEntropyBackwardCuda";
   if (n < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("SigmoidCrossEntropyBackwardCuda: n=%d, expected >= 1", n));
+    return absl::InvalidArgumentError(absl::StrFormat("%s: n=%d, expected >= 1", op, n));
   }
+  MIM_RETURN_IF_ERROR(cuda::RequireNonNull(
+      op, {{"logits", logits, true}, {"labels", labels, true},
+           {"grad_logits", grad_logits, true}}));
   XentBackwardKernel<<<Blocks(n), 256>>>(n, logits, labels, grad_logits);
   return CheckLaunch("XentBackwardKernel", absl::StrFormat("n=%d", n));
 }
@@ -578,11 +681,14 @@ absl::Status SigmoidCrossEntropyBackwardCuda(int64_t n, const float* logits,
 absl::Status AdamUpdateCuda(const AdamConfig& c, int64_t step, int64_t n,
                             const float* grad, float* param, float* m,
                             float* v) {
+  const char* op = "AdamUpdateCuda";
   if (step < 1 || n < 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "AdamUpdateCuda: step=%d (expected >= 1), n=%d", step, n));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: step=%d (expected >= 1), n=%d", op, step, n));
   }
   if (n == 0) return absl::OkStatus();
+  MIM_RETURN_IF_ERROR(cuda::RequireNonNull(
+      op, {{"grad", grad, true}, {"param", param, true}, {"m", m, true}, {"v", v, true}}));
   // Same folding of the bias corrections as the CPU twin.
   const double bc1 = 1.0 - std::pow(double{c.beta1}, double(step));
   const double bc2 = 1.0 - std::pow(double{c.beta2}, double(step));

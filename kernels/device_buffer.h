@@ -42,8 +42,12 @@ class DeviceBuffer {
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
 
   // Allocates `size` elements (zero-filled). Errors: INTERNAL on CUDA
-  // failure, UNIMPLEMENTED without CUDA.
+  // failure, UNIMPLEMENTED without CUDA, INVALID_ARGUMENT when the byte
+  // count overflows.
   static absl::StatusOr<DeviceBuffer> Allocate(size_t size) {
+    if (size > SIZE_MAX / sizeof(T)) {
+      return absl::InvalidArgumentError("DeviceBuffer: size * sizeof(T) overflows size_t");
+    }
     DeviceBuffer b;
     void* p = nullptr;
     absl::Status s = internal::DeviceAlloc(size * sizeof(T), &p);

@@ -39,7 +39,8 @@ absl::Status EmbeddingGatherCuda(const GatherShape& s, const float* table,
 
 // grad_table[r, :] = sum over n with index[n] == r of grad_out[n, :];
 // rows never referenced get 0; negative indices contribute nothing.
-// grad_table is overwritten. The CPU twin ignores `mode`: it always sums
+// grad_table is overwritten. Errors: INVALID_ARGUMENT if index[n] >= rows,
+// in both modes (CUDA checks on the device and synchronizes). The CPU twin ignores `mode`: it always sums
 // each row in increasing n. CUDA kDeterministic sums each row in increasing
 // n too (stable sort by index, then a sequential segment sum), so the two
 // agree bit for bit.

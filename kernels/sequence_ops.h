@@ -39,8 +39,8 @@ absl::Status TopKSelectCuda(const SeqShape& s, const float* x,
 
 // Gathers within each row: out[b, j] = x[b, positions[b, j]] for
 // positions >= 0, else 0. `s` describes x; out is [B, k, dim].
-// Errors: INVALID_ARGUMENT if a position >= s.max_len (CPU only; CUDA
-// writes 0 for it).
+// Errors: INVALID_ARGUMENT if a position >= s.max_len (both twins; the
+// CUDA twin checks on the device and synchronizes to report it).
 absl::Status SelectRowsForwardCpu(const SeqShape& s, const float* x,
                                   const int32_t* positions, int k, float* out);
 absl::Status SelectRowsForwardCuda(const SeqShape& s, const float* x,
