@@ -341,5 +341,252 @@ TEST(CudaErrorsTest, BadLensAreInvalidArgument) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// ---- Degenerate shapes: B = 0, L = 0, d = 0, rows that are all empty. ----
+// The CPU half runs without a device too (it checks the CPU twin accepts
+// the shape); the CUDA half then must match it, including which outputs
+// are written: every buffer carries one extra kUnwritten slot (so empty
+// tensors still have a non-null pointer and a write past the end shows),
+// outputs start all kUnwritten on both sides, and every buffer, inputs
+// included, is compared afterwards.
+
+constexpr float kUnwritten = 7.f;
+
+std::vector<float> Padded(int64_t n, uint32_t seed, double lo = -1, double hi = 1) {
+  auto v = RandomVec<float>(n, seed, lo, hi);
+  v.push_back(kUnwritten);
+  return v;
+}
+std::vector<float> Unwritten(int64_t n) { return std::vector<float>(n + 1, kUnwritten); }
+
+// Float buffers run through both twins: h(i) is the host copy, d(i) the
+// device copy of the buffer's initial contents (after Upload()).
+class TwinBuffers {
+ public:
+  TwinBuffers(std::vector<std::vector<float>> init, std::vector<std::string> names)
+      : init_(init), host_(std::move(init)), names_(std::move(names)) {}
+  float* h(int i) { return host_[i].data(); }
+  float* d(int i) { return dev_[i].data(); }
+  float* p(bool gpu, int i) { return gpu ? d(i) : h(i); }
+  void Upload() {
+    for (const auto& v : init_) dev_.push_back(Up(v));
+  }
+  void ExpectSame(const std::string& what) {
+    for (size_t i = 0; i < host_.size(); ++i) {
+      ExpectClose(host_[i], Down(dev_[i]), names_[i] + " " + what);
+    }
+  }
+
+ private:
+  std::vector<std::vector<float>> init_, host_;
+  std::vector<std::string> names_;
+  std::vector<DeviceBuffer<float>> dev_;
+};
+
+struct Degenerate {
+  int64_t B, L, d;
+  bool all_empty;  // every lens is 0
+};
+std::string Name(const Degenerate& c) {
+  return absl::StrFormat("B=%d L=%d d=%d%s", c.B, c.L, c.d, c.all_empty ? " all-empty" : "");
+}
+void PrintTo(const Degenerate& c, std::ostream* os) { *os << Name(c); }
+
+std::vector<int32_t> DegenerateLens(const Degenerate& c) {
+  std::vector<int32_t> lens(c.B, 0);
+  if (c.all_empty) return lens;
+  for (int64_t b = 0; b < c.B; ++b) lens[b] = static_cast<int32_t>((b * 7 + c.L) % (c.L + 1));
+  if (c.B > 0) lens[0] = static_cast<int32_t>(c.L);
+  return lens;
+}
+
+#define ASSERT_OK(expr)                        \
+  do {                                         \
+    const absl::Status _st = (expr);           \
+    ASSERT_TRUE(_st.ok()) << #expr << ": " << _st; \
+  } while (0)
+
+class CudaDegenerateTest : public ::testing::TestWithParam<Degenerate> {};
+
+TEST_P(CudaDegenerateTest, DinAttention) {
+  const Degenerate c = GetParam();
+  const SeqShape s{c.B, c.L, c.d};
+  const AttentionMlpShape m{6, 4};
+  const int64_t B = c.B, L = c.L, d = c.d, h1 = 6, h2 = 4;
+  const auto lens = DegenerateLens(c);
+  enum { kH, kHt, kW1, kB1, kW2, kB2, kW3, kB3, kGo, kOut, kSc, kGh, kGht, kGw1, kGb1, kGw2,
+         kGb2, kGw3, kGb3 };
+  TwinBuffers t({Padded(B * L * d, 1), Padded(B * d, 2), Padded(4 * d * h1, 3, -.3, .3),
+                 Padded(h1, 4, 0, .3), Padded(h1 * h2, 5, -.3, .3), Padded(h2, 6, 0, .3),
+                 Padded(h2, 7), Padded(1, 8), Padded(B * d, 9), Unwritten(B * d),
+                 Unwritten(B * L), Unwritten(B * L * d), Unwritten(B * d),
+                 Unwritten(4 * d * h1), Unwritten(h1), Unwritten(h1 * h2), Unwritten(h2),
+                 Unwritten(h2), Unwritten(1)},
+                {"h", "h_t", "w1", "b1", "w2", "b2", "w3", "b3", "grad_out", "out", "scores",
+                 "grad_h", "grad_h_t", "grad_w1", "grad_b1", "grad_w2", "grad_b2", "grad_w3",
+                 "grad_b3"});
+  auto run = [&](bool gpu, const int32_t* ln) {
+    auto p = [&](int i) { return t.p(gpu, i); };
+    const AttentionMlpParams prm{p(kW1), p(kB1), p(kW2), p(kB2), p(kW3), p(kB3)};
+    const AttentionMlpGrads g{p(kGw1), p(kGb1), p(kGw2), p(kGb2), p(kGw3), p(kGb3)};
+    const absl::Status f =
+        gpu ? DinAttentionForwardCuda(s, m, p(kH), p(kHt), ln, prm, p(kSc), p(kOut))
+            : DinAttentionForwardCpu(s, m, p(kH), p(kHt), ln, prm, p(kSc), p(kOut));
+    if (!f.ok()) return f;
+    return gpu ? DinAttentionBackwardCuda(s, m, p(kH), p(kHt), ln, prm, p(kGo), p(kGh), p(kGht), g)
+               : DinAttentionBackwardCpu(s, m, p(kH), p(kHt), ln, prm, p(kGo), p(kGh), p(kGht), g);
+  };
+  ASSERT_OK(run(false, lens.data()));
+  SKIP_WITHOUT_CUDA();
+  t.Upload();
+  auto dlens = Up(lens);
+  ASSERT_OK(run(true, dlens.data()));
+  t.ExpectSame(Name(c));
+}
+
+TEST_P(CudaDegenerateTest, ContentFusion) {
+  const Degenerate c = GetParam();
+  const auto lens = DegenerateLens(c);
+  struct Dims { int64_t dm, id; };
+  // d plays the content dim, then the ID dim.
+  const std::vector<Dims> dims = {{c.d, 3}, {3, c.d}};
+  std::vector<TwinBuffers> bufs;
+  enum { kM, kMt, kH, kGmm, kGfu, kAl, kMm, kFu, kGm, kGmt, kGh };
+  auto shape = [&](const Dims& x) { return ContentShape{{c.B, c.L, x.dm}, x.id}; };
+  auto run = [&](TwinBuffers& t, const ContentShape& s, bool gpu, const int32_t* ln) {
+    auto p = [&](int i) { return t.p(gpu, i); };
+    const absl::Status f =
+        gpu ? ContentFusionForwardCuda(s, p(kM), p(kMt), p(kH), ln, p(kAl), p(kMm), p(kFu))
+            : ContentFusionForwardCpu(s, p(kM), p(kMt), p(kH), ln, p(kAl), p(kMm), p(kFu));
+    if (!f.ok()) return f;
+    return gpu ? ContentFusionBackwardCuda(s, p(kM), p(kMt), p(kH), ln, p(kGmm), p(kGfu), p(kGm),
+                                           p(kGmt), p(kGh))
+               : ContentFusionBackwardCpu(s, p(kM), p(kMt), p(kH), ln, p(kGmm), p(kGfu), p(kGm),
+                                          p(kGmt), p(kGh));
+  };
+  for (const Dims& x : dims) {
+    const int64_t B = c.B, L = c.L;
+    bufs.emplace_back(
+        std::vector<std::vector<float>>{
+            Padded(B * L * x.dm, 11), Padded(B * x.dm, 12), Padded(B * L * x.id, 13),
+            Padded(B * x.dm, 14), Padded(B * x.id, 15), Unwritten(B * L), Unwritten(B * x.dm),
+            Unwritten(B * x.id), Unwritten(B * L * x.dm), Unwritten(B * x.dm),
+            Unwritten(B * L * x.id)},
+        std::vector<std::string>{"m", "m_t", "h", "grad_mm", "grad_fusion", "alpha", "h_mm",
+                                 "h_fusion", "grad_m", "grad_m_t", "grad_h"});
+    ASSERT_OK(run(bufs.back(), shape(x), false, lens.data()));
+  }
+  SKIP_WITHOUT_CUDA();
+  auto dlens = Up(lens);
+  for (size_t i = 0; i < dims.size(); ++i) {
+    bufs[i].Upload();
+    ASSERT_OK(run(bufs[i], shape(dims[i]), true, dlens.data()));
+    bufs[i].ExpectSame(Name(c) + absl::StrFormat(" d_m=%d d_id=%d", dims[i].dm, dims[i].id));
+  }
+}
+
+TEST_P(CudaDegenerateTest, PoolTopKSelect) {
+  const Degenerate c = GetParam();
+  const SeqShape s{c.B, c.L, c.d};
+  const int64_t B = c.B, L = c.L, d = c.d;
+  const int k = 3;
+  const auto lens = DegenerateLens(c);
+  enum { kX, kT, kG, kGk, kPool, kGx, kSel, kGsel };
+  TwinBuffers t({Padded(B * L * d, 21), Padded(B * d, 22), Padded(B * d, 23), Padded(B * k * d, 24),
+                 Unwritten(B * d), Unwritten(B * L * d), Unwritten(B * k * d), Unwritten(B * L * d)},
+                {"x", "target", "grad_out", "grad_sel", "pool", "pool grad_x", "select",
+                 "select grad_x"});
+  std::vector<int32_t> pos(B * k + 1, -7), nl(B + 1, -7);
+  ASSERT_OK(MaskedMeanPoolForwardCpu(s, t.h(kX), lens.data(), t.h(kPool)));
+  ASSERT_OK(MaskedMeanPoolBackwardCpu(s, t.h(kG), lens.data(), t.h(kGx)));
+  ASSERT_OK(TopKSelectCpu(s, t.h(kX), t.h(kT), lens.data(), k, pos.data(), nl.data()));
+  ASSERT_OK(SelectRowsForwardCpu(s, t.h(kX), pos.data(), k, t.h(kSel)));
+  ASSERT_OK(SelectRowsBackwardCpu(s, t.h(kGk), pos.data(), k, t.h(kGsel)));
+  SKIP_WITHOUT_CUDA();
+  t.Upload();
+  auto dlens = Up(lens);
+  auto dpos = Up(std::vector<int32_t>(B * k + 1, -7)), dnl = Up(std::vector<int32_t>(B + 1, -7));
+  ASSERT_OK(MaskedMeanPoolForwardCuda(s, t.d(kX), dlens.data(), t.d(kPool)));
+  ASSERT_OK(MaskedMeanPoolBackwardCuda(s, t.d(kG), dlens.data(), t.d(kGx)));
+  ASSERT_OK(TopKSelectCuda(s, t.d(kX), t.d(kT), dlens.data(), k, dpos.data(), dnl.data()));
+  EXPECT_EQ(pos, Down(dpos)) << Name(c);
+  EXPECT_EQ(nl, Down(dnl)) << Name(c);
+  ASSERT_OK(SelectRowsForwardCuda(s, t.d(kX), dpos.data(), k, t.d(kSel)));
+  ASSERT_OK(SelectRowsBackwardCuda(s, t.d(kGk), dpos.data(), k, t.d(kGsel)));
+  t.ExpectSame(Name(c));
+}
+
+TEST_P(CudaDegenerateTest, EmbeddingGather) {
+  const Degenerate c = GetParam();
+  // rows = L (0: every index must be padding), 3 lookups per batch row.
+  const GatherShape s{c.L, c.d, 3 * c.B};
+  std::vector<int32_t> idx(s.num_indices);
+  for (int64_t n = 0; n < s.num_indices; ++n) {
+    idx[n] = c.all_empty || s.rows == 0 ? -1 : static_cast<int32_t>((n * 5) % (s.rows + 1)) - 1;
+  }
+  enum { kTable, kGo, kOut, kGt, kGt2 };
+  TwinBuffers t({Padded(s.rows * s.dim, 31), Padded(s.num_indices * s.dim, 32),
+                 Unwritten(s.num_indices * s.dim), Unwritten(s.rows * s.dim),
+                 Unwritten(s.rows * s.dim)},
+                {"table", "grad_out", "out", "grad_table", "grad_table atomic"});
+  ASSERT_OK(EmbeddingGatherCpu(s, t.h(kTable), idx.data(), t.h(kOut)));
+  ASSERT_OK(EmbeddingGatherBackwardCpu(s, t.h(kGo), idx.data(), GradMode::kDeterministic, t.h(kGt)));
+  ASSERT_OK(EmbeddingGatherBackwardCpu(s, t.h(kGo), idx.data(), GradMode::kAtomic, t.h(kGt2)));
+  SKIP_WITHOUT_CUDA();
+  t.Upload();
+  auto didx = Up(idx);
+  ASSERT_OK(EmbeddingGatherCuda(s, t.d(kTable), didx.data(), t.d(kOut)));
+  ASSERT_OK(EmbeddingGatherBackwardCuda(s, t.d(kGo), didx.data(), GradMode::kDeterministic, t.d(kGt)));
+  ASSERT_OK(EmbeddingGatherBackwardCuda(s, t.d(kGo), didx.data(), GradMode::kAtomic, t.d(kGt2)));
+  t.ExpectSame(Name(c));
+}
+
+TEST_P(CudaDegenerateTest, DenseLossAdam) {
+  const Degenerate c = GetParam();
+  // rows = B, in = L, out = d: covers rows = 0, in = 0 (a GEMM with K = 0)
+  // and out = 0.
+  const DenseShape s{c.B, c.L, c.d};
+  enum { kX, kW, kB, kGy, kY, kGx, kGw, kGb };
+  const std::vector<Activation> acts = {Activation::kNone, Activation::kRelu};
+  std::vector<TwinBuffers> bufs;
+  for (Activation act : acts) {
+    bufs.emplace_back(
+        std::vector<std::vector<float>>{
+            Padded(s.rows * s.in, 41), Padded(s.in * s.out, 42), Padded(s.out, 43),
+            Padded(s.rows * s.out, 44), Unwritten(s.rows * s.out), Unwritten(s.rows * s.in),
+            Unwritten(s.in * s.out), Unwritten(s.out)},
+        std::vector<std::string>{"x", "w", "b", "grad_y", "y", "grad_x", "grad_w", "grad_b"});
+    TwinBuffers& t = bufs.back();
+    ASSERT_OK(DenseForwardCpu(s, t.h(kX), t.h(kW), t.h(kB), act, t.h(kY)));
+    // Backward reads y (the ReLU mask) from the forward.
+    ASSERT_OK(DenseBackwardCpu(s, t.h(kX), t.h(kW), t.h(kY), t.h(kGy), act, t.h(kGx), t.h(kGw),
+                               t.h(kGb)));
+  }
+  // Adam over n = B * d parameters (n = 0 is a no-op on both); m, v start at 0.
+  const int64_t n = c.B * c.d;
+  std::vector<float> zeros(n + 1, 0.f);
+  zeros.back() = kUnwritten;
+  TwinBuffers a({Padded(n, 45), Padded(n, 46), zeros, zeros},
+                {"adam grad", "adam param", "adam m", "adam v"});
+  ASSERT_OK(AdamUpdateCpu(AdamConfig{}, 1, n, a.h(0), a.h(1), a.h(2), a.h(3)));
+  SKIP_WITHOUT_CUDA();
+  for (size_t i = 0; i < acts.size(); ++i) {
+    TwinBuffers& t = bufs[i];
+    t.Upload();
+    ASSERT_OK(DenseForwardCuda(s, t.d(kX), t.d(kW), t.d(kB), acts[i], t.d(kY)));
+    ASSERT_OK(DenseBackwardCuda(s, t.d(kX), t.d(kW), t.d(kY), t.d(kGy), acts[i], t.d(kGx),
+                                t.d(kGw), t.d(kGb)));
+    t.ExpectSame(Name(c) + (acts[i] == Activation::kRelu ? " relu" : " linear"));
+  }
+  a.Upload();
+  ASSERT_OK(AdamUpdateCuda(AdamConfig{}, 1, n, a.d(0), a.d(1), a.d(2), a.d(3)));
+  a.ExpectSame(Name(c));
+}
+
+INSTANTIATE_TEST_SUITE_P(Degenerate, CudaDegenerateTest,
+                         ::testing::Values(Degenerate{0, 5, 7, false}, Degenerate{3, 0, 7, false},
+                                           Degenerate{3, 5, 0, false}, Degenerate{3, 5, 7, true},
+                                           Degenerate{0, 0, 0, false}, Degenerate{2, 1, 0, true},
+                                           Degenerate{4, 6, 5, false}));
+
 }  // namespace
 }  // namespace mim::kernels
