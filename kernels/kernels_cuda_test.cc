@@ -588,5 +588,239 @@ INSTANTIATE_TEST_SUITE_P(Degenerate, CudaDegenerateTest,
                                            Degenerate{0, 0, 0, false}, Degenerate{2, 1, 0, true},
                                            Degenerate{4, 6, 5, false}));
 
+// ---- Error contracts: the CUDA twin rejects what the CPU twin rejects,
+// with the same code and naming the same argument. ----
+
+// Small valid operands (512 floats each, more than any op here reads);
+// each check breaks one argument. Runs the CPU half without a device.
+struct ContractCheck {
+  std::string what;
+  std::function<absl::Status(bool gpu)> call;
+  std::string mentions;  // expected in both messages
+};
+
+TEST(CudaErrorsTest, InvalidArgumentsMatchCpu) {
+  std::vector<std::vector<float>> init;
+  for (uint32_t i = 0; i < 8; ++i) init.push_back(Padded(511, 100 + i));
+  TwinBuffers t(init, std::vector<std::string>(8, "buffer"));
+  const std::vector<int32_t> lens = {3, 1}, bad_lens = {1, 4}, idx = {0, 2, 9, -1},
+                             pos = {0, 3, -1, 1};
+  DeviceBuffer<int32_t> dlens, dbad_lens, didx, dpos;
+  auto I = [&](bool gpu, const std::vector<int32_t>& host, DeviceBuffer<int32_t>& dev) {
+    return gpu ? dev.data() : host.data();
+  };
+  const SeqShape s{2, 3, 4};
+  const ContentShape cs{{2, 3, 4}, 5};
+  const AttentionMlpShape m{6, 4};
+  auto P = [&](bool gpu, int i) { return t.p(gpu, i); };
+  auto din_params = [&](bool gpu) {
+    return AttentionMlpParams{P(gpu, 1), P(gpu, 2), P(gpu, 3), P(gpu, 4), P(gpu, 5), P(gpu, 6)};
+  };
+  const std::vector<ContractCheck> checks = {
+      {"content forward, m_t null",
+       [&](bool g) {
+         return g ? ContentFusionForwardCuda(cs, P(g, 0), nullptr, P(g, 1), I(g, lens, dlens), P(g, 2), P(g, 3), P(g, 4))
+                  : ContentFusionForwardCpu(cs, P(g, 0), nullptr, P(g, 1), I(g, lens, dlens), P(g, 2), P(g, 3), P(g, 4));
+       },
+       "m_t"},
+      {"content forward, h_mm null",
+       [&](bool g) {
+         return g ? ContentFusionForwardCuda(cs, P(g, 0), P(g, 5), P(g, 1), I(g, lens, dlens), P(g, 2), nullptr, P(g, 4))
+                  : ContentFusionForwardCpu(cs, P(g, 0), P(g, 5), P(g, 1), I(g, lens, dlens), P(g, 2), nullptr, P(g, 4));
+       },
+       "h_mm"},
+      {"content forward, h_fusion null",
+       [&](bool g) {
+         return g ? ContentFusionForwardCuda(cs, P(g, 0), P(g, 5), P(g, 1), I(g, lens, dlens), nullptr, P(g, 3), nullptr)
+                  : ContentFusionForwardCpu(cs, P(g, 0), P(g, 5), P(g, 1), I(g, lens, dlens), nullptr, P(g, 3), nullptr);
+       },
+       "h_fusion"},
+      {"content forward, h null",
+       [&](bool g) {
+         return g ? ContentFusionForwardCuda(cs, P(g, 0), P(g, 5), nullptr, I(g, lens, dlens), P(g, 2), P(g, 3), P(g, 4))
+                  : ContentFusionForwardCpu(cs, P(g, 0), P(g, 5), nullptr, I(g, lens, dlens), P(g, 2), P(g, 3), P(g, 4));
+       },
+       "'h'"},
+      {"content forward, m null",
+       [&](bool g) {
+         return g ? ContentFusionForwardCuda(cs, nullptr, P(g, 5), P(g, 1), I(g, lens, dlens), P(g, 2), P(g, 3), P(g, 4))
+                  : ContentFusionForwardCpu(cs, nullptr, P(g, 5), P(g, 1), I(g, lens, dlens), P(g, 2), P(g, 3), P(g, 4));
+       },
+       "'m'"},
+      {"content forward, lens null",
+       [&](bool g) {
+         return g ? ContentFusionForwardCuda(cs, P(g, 0), P(g, 5), P(g, 1), nullptr, P(g, 2), P(g, 3), P(g, 4))
+                  : ContentFusionForwardCpu(cs, P(g, 0), P(g, 5), P(g, 1), nullptr, P(g, 2), P(g, 3), P(g, 4));
+       },
+       "lens"},
+      {"content backward, id_dim < 0",
+       [&](bool g) {
+         const ContentShape neg{{2, 3, 4}, -1};
+         return g ? ContentFusionBackwardCuda(neg, P(g, 0), P(g, 5), P(g, 1), I(g, lens, dlens), P(g, 2), P(g, 3), P(g, 4), P(g, 6), P(g, 7))
+                  : ContentFusionBackwardCpu(neg, P(g, 0), P(g, 5), P(g, 1), I(g, lens, dlens), P(g, 2), P(g, 3), P(g, 4), P(g, 6), P(g, 7));
+       },
+       "id_dim"},
+      {"DIN forward, h_t null",
+       [&](bool g) {
+         return g ? DinAttentionForwardCuda(s, m, P(g, 0), nullptr, I(g, lens, dlens), din_params(g), nullptr, P(g, 7))
+                  : DinAttentionForwardCpu(s, m, P(g, 0), nullptr, I(g, lens, dlens), din_params(g), nullptr, P(g, 7));
+       },
+       "h_t"},
+      {"DIN forward, hidden size 0",
+       [&](bool g) {
+         const AttentionMlpShape zero{0, 4};
+         return g ? DinAttentionForwardCuda(s, zero, P(g, 0), P(g, 7), I(g, lens, dlens), din_params(g), nullptr, P(g, 7))
+                  : DinAttentionForwardCpu(s, zero, P(g, 0), P(g, 7), I(g, lens, dlens), din_params(g), nullptr, P(g, 7));
+       },
+       "hidden"},
+      {"DIN backward, a gradient pointer null",
+       [&](bool g) {
+         const AttentionMlpGrads gr{P(g, 7), nullptr, P(g, 7), P(g, 7), P(g, 7), P(g, 7)};
+         return g ? DinAttentionBackwardCuda(s, m, P(g, 0), P(g, 7), I(g, lens, dlens), din_params(g), P(g, 7), nullptr, nullptr, gr)
+                  : DinAttentionBackwardCpu(s, m, P(g, 0), P(g, 7), I(g, lens, dlens), din_params(g), P(g, 7), nullptr, nullptr, gr);
+       },
+       "grads"},
+      {"DIN forward, lens[1] > max_len",
+       [&](bool g) {
+         return g ? DinAttentionForwardCuda(s, m, P(g, 0), P(g, 7), I(g, bad_lens, dbad_lens), din_params(g), nullptr, P(g, 7))
+                  : DinAttentionForwardCpu(s, m, P(g, 0), P(g, 7), I(g, bad_lens, dbad_lens), din_params(g), nullptr, P(g, 7));
+       },
+       "lens[1] = 4"},
+      {"mean pool, negative batch",
+       [&](bool g) {
+         const SeqShape neg{-1, 3, 4};
+         return g ? MaskedMeanPoolForwardCuda(neg, P(g, 0), I(g, lens, dlens), P(g, 1))
+                  : MaskedMeanPoolForwardCpu(neg, P(g, 0), I(g, lens, dlens), P(g, 1));
+       },
+       "negative"},
+      {"top-K, k = 0",
+       [&](bool g) {
+         std::vector<int32_t> hp(4), hn(2);
+         return g ? TopKSelectCuda(s, P(g, 0), P(g, 1), I(g, lens, dlens), 0, nullptr, nullptr)
+                  : TopKSelectCpu(s, P(g, 0), P(g, 1), I(g, lens, dlens), 0, hp.data(), hn.data());
+       },
+       "k=0"},
+      {"gather, index null",
+       [&](bool g) {
+         return g ? EmbeddingGatherCuda({4, 4, 4}, P(g, 0), nullptr, P(g, 1))
+                  : EmbeddingGatherCpu({4, 4, 4}, P(g, 0), nullptr, P(g, 1));
+       },
+       "index"},
+      {"gather, index[2] >= rows",
+       [&](bool g) {
+         return g ? EmbeddingGatherCuda({4, 4, 4}, P(g, 0), I(g, idx, didx), P(g, 1))
+                  : EmbeddingGatherCpu({4, 4, 4}, P(g, 0), I(g, idx, didx), P(g, 1));
+       },
+       "index[2] = 9"},
+      {"gather with dim 0, index[2] >= rows",
+       [&](bool g) {
+         return g ? EmbeddingGatherCuda({4, 0, 4}, P(g, 0), I(g, idx, didx), P(g, 1))
+                  : EmbeddingGatherCpu({4, 0, 4}, P(g, 0), I(g, idx, didx), P(g, 1));
+       },
+       "index[2] = 9"},
+      {"gather backward (deterministic), index[2] >= rows",
+       [&](bool g) {
+         return g ? EmbeddingGatherBackwardCuda({4, 4, 4}, P(g, 0), I(g, idx, didx), GradMode::kDeterministic, P(g, 1))
+                  : EmbeddingGatherBackwardCpu({4, 4, 4}, P(g, 0), I(g, idx, didx), GradMode::kDeterministic, P(g, 1));
+       },
+       "index[2] = 9"},
+      {"gather backward (atomic), index[2] >= rows",
+       [&](bool g) {
+         return g ? EmbeddingGatherBackwardCuda({4, 4, 4}, P(g, 0), I(g, idx, didx), GradMode::kAtomic, P(g, 1))
+                  : EmbeddingGatherBackwardCpu({4, 4, 4}, P(g, 0), I(g, idx, didx), GradMode::kAtomic, P(g, 1));
+       },
+       "index[2] = 9"},
+      {"select rows forward, positions[1] >= max_len",
+       [&](bool g) {
+         return g ? SelectRowsForwardCuda(s, P(g, 0), I(g, pos, dpos), 2, P(g, 1))
+                  : SelectRowsForwardCpu(s, P(g, 0), I(g, pos, dpos), 2, P(g, 1));
+       },
+       "positions[1] = 3"},
+      {"select rows backward, positions[1] >= max_len",
+       [&](bool g) {
+         return g ? SelectRowsBackwardCuda(s, P(g, 0), I(g, pos, dpos), 2, P(g, 1))
+                  : SelectRowsBackwardCpu(s, P(g, 0), I(g, pos, dpos), 2, P(g, 1));
+       },
+       "positions[1] = 3"},
+      {"select rows, k < 0",
+       [&](bool g) {
+         return g ? SelectRowsForwardCuda(s, P(g, 0), I(g, pos, dpos), -1, P(g, 1))
+                  : SelectRowsForwardCpu(s, P(g, 0), I(g, pos, dpos), -1, P(g, 1));
+       },
+       "k=-1"},
+      {"cross-entropy, n = 0",
+       [&](bool g) {
+         return g ? SigmoidCrossEntropyForwardCuda(0, P(g, 0), P(g, 1), P(g, 2))
+                  : SigmoidCrossEntropyForwardCpu(0, P(g, 0), P(g, 1), P(g, 2));
+       },
+       "n=0"},
+      {"Adam, step 0",
+       [&](bool g) {
+         return g ? AdamUpdateCuda(AdamConfig{}, 0, 4, P(g, 0), P(g, 1), P(g, 2), P(g, 3))
+                  : AdamUpdateCpu(AdamConfig{}, 0, 4, P(g, 0), P(g, 1), P(g, 2), P(g, 3));
+       },
+       "step=0"},
+  };
+  auto expect_invalid = [](const absl::Status& st, const ContractCheck& c, const char* twin) {
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << twin << ": " << c.what << ": " << st;
+    EXPECT_THAT(std::string(st.message()), ::testing::HasSubstr(c.mentions)) << twin << ": " << c.what;
+  };
+  for (const ContractCheck& c : checks) expect_invalid(c.call(false), c, "CPU");
+  SKIP_WITHOUT_CUDA();
+  t.Upload();
+  dlens = Up(lens);
+  dbad_lens = Up(bad_lens);
+  didx = Up(idx);
+  dpos = Up(pos);
+  for (const ContractCheck& c : checks) expect_invalid(c.call(true), c, "CUDA");
+  // None of them queued a faulting kernel: the context is still healthy.
+  EXPECT_TRUE(CudaSynchronize().ok());
+}
+
+// Null device pointers the CPU twins do not check (they would crash):
+// the CUDA twins must refuse them before launching, because a kernel that
+// faults leaves the CUDA context unusable for the whole process.
+TEST(CudaErrorsTest, NullDevicePointersAreInvalidArgument) {
+  SKIP_WITHOUT_CUDA();
+  auto buf = Up(Padded(511, 200));
+  float* x = buf.data();
+  auto dlens = Up(std::vector<int32_t>{3, 1});
+  const int32_t* ln = dlens.data();
+  const SeqShape s{2, 3, 4};
+  const ContentShape cs{{2, 3, 4}, 5};
+  const AttentionMlpShape m{6, 4};
+  const AttentionMlpParams p{x, x, x, x, x, x};
+  const AttentionMlpParams no_b2{x, x, x, nullptr, x, x};
+  const std::vector<std::pair<std::string, std::function<absl::Status()>>> calls = {
+      {"grad_mm", [&] { return ContentFusionBackwardCuda(cs, x, x, x, ln, nullptr, x, x, x, x); }},
+      {"grad_fusion", [&] { return ContentFusionBackwardCuda(cs, x, x, x, ln, x, nullptr, x, x, x); }},
+      {"b2", [&] { return DinAttentionForwardCuda(s, m, x, x, ln, no_b2, nullptr, x); }},
+      {"out", [&] { return DinAttentionForwardCuda(s, m, x, x, ln, p, nullptr, nullptr); }},
+      {"grad_out", [&] {
+         return DinAttentionBackwardCuda(s, m, x, x, ln, p, nullptr, x, x, {x, x, x, x, x, x});
+       }},
+      {"'x'", [&] { return MaskedMeanPoolForwardCuda(s, nullptr, ln, x); }},
+      {"grad_x", [&] { return MaskedMeanPoolBackwardCuda(s, x, ln, nullptr); }},
+      {"positions", [&] { return TopKSelectCuda(s, x, x, ln, 2, nullptr, nullptr); }},
+      {"positions", [&] { return SelectRowsForwardCuda(s, x, nullptr, 2, x); }},
+      {"table", [&] {
+         return EmbeddingGatherCuda({4, 4, 2}, nullptr, ln, x);
+       }},
+      {"grad_table", [&] {
+         return EmbeddingGatherBackwardCuda({4, 4, 2}, x, ln, GradMode::kDeterministic, nullptr);
+       }},
+      {"'w'", [&] { return DenseForwardCuda({3, 4, 5}, x, nullptr, x, Activation::kRelu, x); }},
+      {"'y'", [&] { return DenseBackwardCuda({3, 4, 5}, x, x, nullptr, x, Activation::kRelu, x, x, x); }},
+      {"labels", [&] { return SigmoidCrossEntropyForwardCuda(4, x, nullptr, x); }},
+      {"param", [&] { return AdamUpdateCuda(AdamConfig{}, 1, 4, x, nullptr, x, x); }},
+  };
+  for (const auto& [name, call] : calls) {
+    const absl::Status st = call();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << name << ": " << st;
+    EXPECT_THAT(std::string(st.message()), ::testing::HasSubstr(name)) << st;
+  }
+  EXPECT_TRUE(CudaSynchronize().ok());
+}
+
 }  // namespace
 }  // namespace mim::kernels
