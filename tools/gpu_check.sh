@@ -60,9 +60,9 @@ log "== kernels_cpu_test"
 "$HERE/kernels_cpu_test" 2>&1 | tail -3 | tee -a "$REPORT"
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$SAN" ]; then
-  log "== compute-sanitizer memcheck (small shapes)"
+  log "== compute-sanitizer memcheck (small and degenerate shapes)"
   "$SAN" --tool memcheck --error-exitcode 9 "$HERE/kernels_cuda_test" \
-    --gtest_filter='*/0:*/1:*/3:CudaErrorsTest.*' 2>&1 | tail -5 | tee -a "$REPORT"
+    --gtest_filter='*/0:*/1:*/3:Degenerate/*:CudaErrorsTest.*' 2>&1 | tail -5 | tee -a "$REPORT"
   [ "${PIPESTATUS[0]}" = 0 ] || rc=1
 else
   log "compute-sanitizer: not found"
