@@ -5,11 +5,15 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <numeric>
+#include <tuple>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "embedding/sharding.h"
 #include "grpcpp/completion_queue.h"
@@ -61,6 +65,7 @@ MIM_PS_DEFINE_RPC(TableStats)
 MIM_PS_DEFINE_RPC(GetRows)
 MIM_PS_DEFINE_RPC(Checkpoint)
 MIM_PS_DEFINE_RPC(Restore)
+MIM_PS_DEFINE_RPC(ListCheckpoints)
 #undef MIM_PS_DEFINE_RPC
 
 // Waits for `n` completions on `cq`, then shuts it down and drains it (a
@@ -224,6 +229,37 @@ std::vector<Out> WithAddresses(const std::vector<std::string>& addresses,
     out[s].*field = std::move(responses[s]);
   }
   return out;
+}
+
+// "[a, b]" or "no checkpoints": one shard's checkpoints, oldest first.
+std::string CheckpointNames(const ListCheckpointsResponse& list) {
+  if (list.checkpoints().empty()) return "no checkpoints";
+  return absl::StrCat(
+      "[",
+      absl::StrJoin(list.checkpoints(), ", ",
+                    [](std::string* out, const CheckpointEntry& c) {
+                      absl::StrAppend(out, c.name());
+                    }),
+      "]");
+}
+
+// "shard 0 (H:P) has [a, b]; shard 1 (H:P) has no checkpoints".
+std::string EveryShardsCheckpoints(
+    const std::vector<PsClient::ShardCheckpoints>& shards) {
+  std::string out;
+  for (size_t s = 0; s < shards.size(); ++s) {
+    absl::StrAppend(&out, s == 0 ? "" : "; ", "shard ", s, " (",
+                    shards[s].address, ") has ",
+                    CheckpointNames(shards[s].list));
+  }
+  return out;
+}
+
+bool HasCheckpoint(const ListCheckpointsResponse& list,
+                   const std::string& name) {
+  return std::any_of(
+      list.checkpoints().begin(), list.checkpoints().end(),
+      [&name](const CheckpointEntry& c) { return c.name() == name; });
 }
 
 }  // namespace
@@ -652,36 +688,74 @@ absl::StatusOr<std::vector<PsClient::ShardCheckpoint>> PsClient::Checkpoint(
                        &ShardCheckpoint::checkpoint);
 }
 
+absl::StatusOr<std::vector<PsClient::ShardCheckpoints>>
+PsClient::ListCheckpoints() {
+  absl::StatusOr<std::vector<ListCheckpointsResponse>> responses =
+      ShardCaller::CallAll<ListCheckpointsRpc>(
+          *this, ListCheckpointsRequest(), true);
+  if (!responses.ok()) return responses.status();
+  return WithAddresses(addresses_, *std::move(responses),
+                       &ShardCheckpoints::list);
+}
+
 absl::StatusOr<std::vector<PsClient::ShardRestore>> PsClient::Restore(
     const std::string& name) {
-  RestoreRequest request;
-  request.set_name(name);
-  absl::StatusOr<std::vector<RestoreResponse>> responses =
-      ShardCaller::CallAll<RestoreRpc>(*this, request, true);
-  if (!responses.ok()) return responses.status();
-  // With no name each shard takes its own most recently created checkpoint;
-  // they differ when a checkpoint landed on some shards only, and then the
-  // shards now hold parameters of different moments.
-  if (name.empty()) {
-    std::string names;
-    bool differ = false;
-    for (size_t s = 0; s < responses->size(); ++s) {
-      const std::string& got = (*responses)[s].name();
-      differ = differ || got != (*responses)[0].name();
-      absl::StrAppend(&names, s == 0 ? "" : ", ", "shard ", s, " (",
-                      addresses_[s], ") '", got, "'");
+  // Every shard's checkpoints first, so that nothing is restored unless all
+  // shards have the one to restore: shards on different checkpoints would
+  // hold parameters of different moments. The shards are then sent the
+  // explicit name, never "" (each shard's own newest may differ).
+  absl::StatusOr<std::vector<ShardCheckpoints>> lists = ListCheckpoints();
+  if (!lists.ok()) return lists.status();
+  std::string chosen = name;
+  if (chosen.empty()) {
+    absl::StatusOr<std::string> newest = NewestCommonCheckpoint(*lists);
+    if (!newest.ok()) {
+      return absl::Status(newest.status().code(),
+                          absl::StrCat("nothing was restored: ",
+                                       newest.status().message()));
     }
-    if (differ) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "restore of the newest checkpoint restored different checkpoints "
-          "on different shards: ",
-          names,
-          "; the shards' newest checkpoints differ (a checkpoint that "
-          "failed on some shard?): restore one name present on every "
-          "shard"));
+    chosen = *std::move(newest);
+  } else {
+    std::string lacking;
+    for (size_t s = 0; s < lists->size(); ++s) {
+      const ShardCheckpoints& shard = (*lists)[s];
+      if (HasCheckpoint(shard.list, chosen)) continue;
+      absl::StrAppend(&lacking, lacking.empty() ? "" : "; ", "shard ", s,
+                      " (", shard.address, ") has ",
+                      CheckpointNames(shard.list));
+    }
+    if (!lacking.empty()) {
+      return absl::NotFoundError(absl::StrCat(
+          "checkpoint '", chosen,
+          "' is not on every shard, so nothing was restored: ", lacking));
     }
   }
-  return WithAddresses(addresses_, *std::move(responses),
+  RestoreRequest request;
+  request.set_name(chosen);
+  std::vector<uint32_t> all(num_shards());
+  std::iota(all.begin(), all.end(), 0u);
+  const std::vector<RestoreRequest> requests(all.size(), request);
+  std::vector<RestoreResponse> responses;
+  // Retried: restoring one explicit name again gives the same state.
+  absl::Status status = ShardCaller::Call<RestoreRpc>(
+      *this, all, all, requests, &responses, true);
+  if (!status.ok()) {
+    std::string restored;
+    for (const uint32_t s : all) {
+      if (responses[s].name() != chosen) continue;
+      absl::StrAppend(&restored, restored.empty() ? "" : ", ", "shard ", s,
+                      " (", addresses_[s], ")");
+    }
+    return absl::Status(
+        status.code(),
+        restored.empty()
+            ? absl::StrCat(status.message(), "; no shard restored '", chosen,
+                           "'")
+            : absl::StrCat(status.message(), "; ", restored, " did restore '",
+                           chosen, "': restore '", chosen,
+                           "' again once the cause is fixed"));
+  }
+  return WithAddresses(addresses_, std::move(responses),
                        &ShardRestore::restore);
 }
 
@@ -743,6 +817,59 @@ std::vector<TableStats> TotalStats(
                                             static_cast<double>(t.rows()));
   }
   return totals;
+}
+
+std::vector<std::string> CommonCheckpoints(
+    const std::vector<PsClient::ShardCheckpoints>& shards) {
+  if (shards.empty()) return {};
+  // How many shards hold each name (a name a shard lists twice counts once).
+  absl::flat_hash_map<std::string, size_t> holders;
+  for (const PsClient::ShardCheckpoints& shard : shards) {
+    absl::flat_hash_set<std::string> seen;
+    for (const CheckpointEntry& c : shard.list.checkpoints()) {
+      if (seen.insert(c.name()).second) ++holders[c.name()];
+    }
+  }
+  // Smallest and largest rank of each common name (see the header).
+  struct Ranks {
+    size_t min = std::numeric_limits<size_t>::max();
+    size_t max = 0;
+  };
+  absl::flat_hash_map<std::string, Ranks> ranks;
+  for (const PsClient::ShardCheckpoints& shard : shards) {
+    absl::flat_hash_set<std::string> seen;
+    size_t rank = 0;
+    for (const CheckpointEntry& c : shard.list.checkpoints()) {
+      if (holders[c.name()] != shards.size() || !seen.insert(c.name()).second) {
+        continue;
+      }
+      Ranks& r = ranks[c.name()];
+      r.min = std::min(r.min, rank);
+      r.max = std::max(r.max, rank);
+      ++rank;
+    }
+  }
+  std::vector<std::pair<std::string, Ranks>> sorted(ranks.begin(),
+                                                    ranks.end());
+  std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.second.min, a.second.max, a.first) <
+           std::tie(b.second.min, b.second.max, b.first);
+  });
+  std::vector<std::string> names;
+  names.reserve(sorted.size());
+  for (auto& [name, unused] : sorted) names.push_back(std::move(name));
+  return names;
+}
+
+absl::StatusOr<std::string> NewestCommonCheckpoint(
+    const std::vector<PsClient::ShardCheckpoints>& shards) {
+  std::vector<std::string> common = CommonCheckpoints(shards);
+  if (common.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "no checkpoint is on every shard: ", EveryShardsCheckpoints(shards),
+        "; take a new checkpoint on every shard (Checkpoint) first"));
+  }
+  return std::move(common.back());
 }
 
 }  // namespace mim::ps

@@ -91,6 +91,10 @@ class PsClient {
     std::string address;
     RestoreResponse restore;
   };
+  struct ShardCheckpoints {
+    std::string address;
+    ListCheckpointsResponse list;  // oldest first by that shard's creation
+  };
 
   // Creates channels to `addresses` ("host:port", shard order). Connections
   // are made lazily on the first call. INVALID_ARGUMENT for an empty list or
@@ -156,12 +160,22 @@ class PsClient {
   absl::StatusOr<std::vector<ShardCheckpoint>> Checkpoint(
       const std::string& name);
 
-  // Restores checkpoint `name` on every shard. Empty: each shard restores
-  // its most recently created checkpoint (creation order, not name order);
-  // if they are not all the same name (a checkpoint that landed on some
-  // shards only), the shards are left on those different checkpoints and
-  // the result is FAILED_PRECONDITION naming what each shard restored:
-  // restore a name present on every shard.
+  // Every shard's checkpoints, shard order, each list oldest first by that
+  // shard's creation order. Fails (naming the shard) if any shard fails.
+  absl::StatusOr<std::vector<ShardCheckpoints>> ListCheckpoints();
+
+  // Restores one checkpoint on every shard, so that all of them hold the
+  // parameters of the same moment. First lists every shard's checkpoints;
+  // `name` empty picks NewestCommonCheckpoint of those lists (a checkpoint
+  // that landed on some shards only is never picked). The restore itself
+  // always sends that explicit name, never "".
+  //
+  // Nothing is restored when the name is not on every shard: NOT_FOUND
+  // naming the shards without it (a given name), or FAILED_PRECONDITION
+  // naming each shard's checkpoints (empty name, no checkpoint on every
+  // shard). If a shard then fails its restore (e.g. DATA_LOSS in the
+  // checkpoint), the error names the shards that did restore; repeating
+  // the restore of that name converges once the cause is fixed.
   absl::StatusOr<std::vector<ShardRestore>> Restore(const std::string& name);
 
   // grpc.health.v1 Check of every shard, shard order: OK when SERVING,
@@ -192,6 +206,24 @@ class PsClient {
 // Sum of per-shard stats for each table name, in the order of first shard.
 std::vector<TableStats> TotalStats(
     const std::vector<PsClient::ShardStats>& shards);
+
+// The checkpoint names present on every shard, oldest to newest; empty when
+// there are none (or no shards). Order rule: restrict each shard's list to
+// these names, keeping that shard's creation order, and call a name's index
+// there its rank on that shard. Names are sorted by their smallest rank
+// over the shards, then by their largest, then by name. When the shards
+// agree on the order of these names this is exactly that order; when they
+// disagree (say shard 0 took p before q and shard 1 q before p), the last
+// name is the one that every shard has with the most of the common
+// checkpoints older than it.
+std::vector<std::string> CommonCheckpoints(
+    const std::vector<PsClient::ShardCheckpoints>& shards);
+
+// The last of CommonCheckpoints: what Restore("") restores.
+// FAILED_PRECONDITION naming each shard's checkpoints when no name is on
+// every shard.
+absl::StatusOr<std::string> NewestCommonCheckpoint(
+    const std::vector<PsClient::ShardCheckpoints>& shards);
 
 }  // namespace mim::ps
 

@@ -4,6 +4,7 @@
 // the client-side checks; tests/ covers the server as a separate process.
 #include "ps/client.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <memory>
@@ -14,16 +15,20 @@
 #include "embedding/embedding_store.h"
 #include "embedding/sharding.h"
 #include "gmock/gmock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
+#include "proto/ps.grpc.pb.h"
 #include "ps/service.h"
 
 namespace mim::ps {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr uint32_t kShards = 3;
 
@@ -82,6 +87,12 @@ class PsClientTest : public ::testing::Test {
   void TearDown() override {
     client_.reset();
     for (auto& shard : shards_) shard.server->Shutdown();
+  }
+
+  // A stub straight to shard `s`, bypassing PsClient.
+  std::unique_ptr<ParameterServer::Stub> RawStub(uint32_t s) {
+    return ParameterServer::NewStub(grpc::CreateChannel(
+        addresses_[s], grpc::InsecureChannelCredentials()));
   }
 
   uint64_t KeysPulledOn(uint32_t shard) {
@@ -284,17 +295,25 @@ TEST_F(PsClientTest, CreateTableHonoursExplicitValuesAndRefusesInvalidOnes) {
   EXPECT_TRUE(client_->CreateTable(*listed, /*if_not_exists=*/true).ok());
 }
 
-// Restore("") takes every shard's most recently created checkpoint, even
-// when name order says otherwise, and reports shards that disagree.
-TEST_F(PsClientTest, RestoreNewestIsLastCreatedAndChecksShardsAgree) {
-  const std::vector<uint64_t> keys = {1, 2, 3, 4, 5, 6};
-  ASSERT_TRUE(client_->Push("user", keys, std::vector<float>(12, 1)).ok());
+// Restore("") takes the most recently created checkpoint, even when name
+// order says otherwise, and only one that every shard has: a checkpoint
+// taken on one shard alone (straight through its own Checkpoint RPC) is
+// never picked, so the shards never end up on different checkpoints.
+TEST_F(PsClientTest, RestoreNewestPicksNewestCheckpointOnEveryShard) {
+  const std::vector<uint64_t> keys = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  for (uint32_t s = 0; s < kShards; ++s) {
+    ASSERT_TRUE(std::any_of(keys.begin(), keys.end(), [s](uint64_t k) {
+      return embedding::ShardOf(k, kShards) == s;
+    })) << "no key on shard " << s;
+  }
+  const std::vector<float> grad(2 * keys.size(), 1);
+  ASSERT_TRUE(client_->Push("user", keys, grad).ok());
   ASSERT_TRUE(client_->Checkpoint("zz-first").ok());
-  ASSERT_TRUE(client_->Push("user", keys, std::vector<float>(12, 2)).ok());
+  ASSERT_TRUE(client_->Push("user", keys, grad).ok());
   ASSERT_TRUE(client_->Checkpoint("before-migration").ok());
-  auto saved = client_->GetRows("user", keys);
-  ASSERT_TRUE(saved.ok()) << saved.status();
-  ASSERT_TRUE(client_->Push("user", keys, std::vector<float>(12, 3)).ok());
+  auto at_migration = client_->GetRows("user", keys);
+  ASSERT_TRUE(at_migration.ok()) << at_migration.status();
+  ASSERT_TRUE(client_->Push("user", keys, grad).ok());
 
   auto restored = client_->Restore("");
   ASSERT_TRUE(restored.ok()) << restored.status();
@@ -304,21 +323,163 @@ TEST_F(PsClientTest, RestoreNewestIsLastCreatedAndChecksShardsAgree) {
   }
   auto back = client_->GetRows("user", keys);
   ASSERT_TRUE(back.ok()) << back.status();
-  EXPECT_EQ(back->values, saved->values);
+  EXPECT_EQ(back->values, at_migration->values);
 
-  // A checkpoint that landed on shard 1 only: shard 1's newest differs.
-  ASSERT_TRUE(shards_[1].store->Checkpoint("only-on-one").ok());
-  const absl::Status s = client_->Restore("").status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
-  EXPECT_THAT(std::string(s.message()),
-              HasSubstr(absl::StrCat("shard 1 (", addresses_[1],
-                                     ") 'only-on-one'")));
-  EXPECT_THAT(std::string(s.message()), HasSubstr("'before-migration'"));
-  // Naming a checkpoint present everywhere brings the shards together.
-  ASSERT_TRUE(client_->Restore("before-migration").ok());
+  // A newer checkpoint on shard 1 only: shard 1's own newest, but not on
+  // every shard, so Restore("") still takes before-migration everywhere.
+  ASSERT_TRUE(client_->Push("user", keys, grad).ok());
+  CheckpointRequest only_on_one;
+  only_on_one.set_name("only-on-one");
+  CheckpointResponse made;
+  grpc::ClientContext context;
+  ASSERT_TRUE(RawStub(1)->Checkpoint(&context, only_on_one, &made).ok());
+  ASSERT_TRUE(client_->Push("user", keys, grad).ok());
+  restored = client_->Restore("");
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  for (const auto& r : *restored) {
+    EXPECT_EQ(r.restore.name(), "before-migration") << r.address;
+  }
   back = client_->GetRows("user", keys);
   ASSERT_TRUE(back.ok()) << back.status();
-  EXPECT_EQ(back->values, saved->values);
+  EXPECT_EQ(back->values, at_migration->values);
+
+  // A checkpoint taken on every shard after it is the newest common one.
+  ASSERT_TRUE(client_->Push("user", keys, grad).ok());
+  ASSERT_TRUE(client_->Checkpoint("a-later").ok());
+  auto at_later = client_->GetRows("user", keys);
+  ASSERT_TRUE(at_later.ok()) << at_later.status();
+  ASSERT_TRUE(client_->Push("user", keys, grad).ok());
+  restored = client_->Restore("");
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  for (const auto& r : *restored) {
+    EXPECT_EQ(r.restore.name(), "a-later") << r.address;
+  }
+  back = client_->GetRows("user", keys);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->values, at_later->values);
+
+  // What the shards list: creation order, sequences, paths and times.
+  auto lists = client_->ListCheckpoints();
+  ASSERT_TRUE(lists.ok()) << lists.status();
+  ASSERT_EQ(lists->size(), kShards);
+  for (uint32_t s = 0; s < kShards; ++s) {
+    const ListCheckpointsResponse& list = (*lists)[s].list;
+    EXPECT_EQ((*lists)[s].address, addresses_[s]);
+    EXPECT_EQ(list.shard_index(), s);
+    EXPECT_EQ(list.num_shards(), kShards);
+    std::vector<std::string> names;
+    for (const CheckpointEntry& c : list.checkpoints()) {
+      names.push_back(c.name());
+      EXPECT_GT(c.sequence(), 0u) << c.name();
+      EXPECT_GT(c.created_micros(), 0) << c.name();
+      EXPECT_THAT(c.path(), HasSubstr(absl::StrCat("shard", s, "/checkpoints/",
+                                                   c.name())));
+    }
+    for (int i = 1; i < list.checkpoints_size(); ++i) {
+      EXPECT_GT(list.checkpoints(i).sequence(),
+                list.checkpoints(i - 1).sequence());
+    }
+    const std::vector<std::string> expected =
+        s == 1 ? std::vector<std::string>{"zz-first", "before-migration",
+                                          "only-on-one", "a-later"}
+               : std::vector<std::string>{"zz-first", "before-migration",
+                                          "a-later"};
+    EXPECT_EQ(names, expected) << "shard " << s;
+  }
+  EXPECT_EQ(CommonCheckpoints(*lists),
+            (std::vector<std::string>{"zz-first", "before-migration",
+                                      "a-later"}));
+}
+
+// No checkpoint on every shard: Restore("") restores nothing and names
+// each shard's checkpoints; a name some shard lacks restores nothing
+// either, not even on the shards that have it.
+TEST_F(PsClientTest, RestoreChangesNothingUnlessEveryShardHasTheCheckpoint) {
+  const std::vector<uint64_t> keys = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  const std::vector<float> grad(2 * keys.size(), 1);
+  ASSERT_TRUE(client_->Push("user", keys, grad).ok());
+  ASSERT_TRUE(shards_[0].store->Checkpoint("a").ok());
+  ASSERT_TRUE(shards_[1].store->Checkpoint("b").ok());
+  ASSERT_TRUE(client_->Push("user", keys, grad).ok());
+  auto live = client_->GetRows("user", keys);
+  ASSERT_TRUE(live.ok()) << live.status();
+
+  const absl::Status s = client_->Restore("").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  const std::string message(s.message());
+  EXPECT_THAT(message, HasSubstr("nothing was restored"));
+  EXPECT_THAT(message, HasSubstr("no checkpoint is on every shard"));
+  EXPECT_THAT(message,
+              HasSubstr(absl::StrCat("shard 0 (", addresses_[0], ") has [a]")));
+  EXPECT_THAT(message,
+              HasSubstr(absl::StrCat("shard 1 (", addresses_[1], ") has [b]")));
+  EXPECT_THAT(message, HasSubstr(absl::StrCat("shard 2 (", addresses_[2],
+                                              ") has no checkpoints")));
+  auto after = client_->GetRows("user", keys);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->values, live->values);
+
+  const absl::Status named = client_->Restore("a").status();
+  EXPECT_EQ(named.code(), absl::StatusCode::kNotFound) << named;
+  EXPECT_THAT(std::string(named.message()),
+              HasSubstr(absl::StrCat("shard 1 (", addresses_[1], ") has [b]")));
+  EXPECT_THAT(std::string(named.message()),
+              HasSubstr(absl::StrCat("shard 2 (", addresses_[2],
+                                     ") has no checkpoints")));
+  EXPECT_THAT(std::string(named.message()), Not(HasSubstr("shard 0")));
+  after = client_->GetRows("user", keys);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->values, live->values);  // shard 0 kept its live rows too
+}
+
+PsClient::ShardCheckpoints Listing(const std::vector<std::string>& names) {
+  PsClient::ShardCheckpoints shard;
+  uint64_t sequence = 0;
+  for (const std::string& name : names) {
+    CheckpointEntry* c = shard.list.add_checkpoints();
+    c->set_name(name);
+    c->set_sequence(++sequence);
+  }
+  return shard;
+}
+
+// The order rule of CommonCheckpoints, including shards that disagree on
+// the order of the checkpoints they share.
+TEST(CommonCheckpointsTest, NewestOnEveryShardByEachShardsOrder) {
+  EXPECT_TRUE(CommonCheckpoints({}).empty());
+  EXPECT_EQ(NewestCommonCheckpoint({}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // One shard: its own order, names not sorted.
+  EXPECT_EQ(CommonCheckpoints({Listing({"zz", "b", "a"})}),
+            (std::vector<std::string>{"zz", "b", "a"}));
+  // Checkpoints on some shards only are left out, wherever they are.
+  EXPECT_EQ(CommonCheckpoints({Listing({"x", "a", "new0", "b"}),
+                               Listing({"a", "b", "new1"}),
+                               Listing({"a", "y", "b"})}),
+            (std::vector<std::string>{"a", "b"}));
+  // Disagreeing order: a is newest on shard 1 but oldest on shard 0, d is
+  // late on both, so d is the newest common one; b (ranks 1 and 0) comes
+  // before a (ranks 0 and 3).
+  const std::vector<PsClient::ShardCheckpoints> disagree = {
+      Listing({"a", "b", "c", "d"}), Listing({"b", "c", "d", "a"})};
+  EXPECT_EQ(CommonCheckpoints(disagree),
+            (std::vector<std::string>{"b", "a", "c", "d"}));
+  auto newest = NewestCommonCheckpoint(disagree);
+  ASSERT_TRUE(newest.ok()) << newest.status();
+  EXPECT_EQ(*newest, "d");
+  // A full tie (two shards, swapped): the greater name, deterministically.
+  EXPECT_EQ(*NewestCommonCheckpoint({Listing({"p", "q"}), Listing({"q", "p"})}),
+            "q");
+  // Nothing in common: the message lists each shard's checkpoints.
+  std::vector<PsClient::ShardCheckpoints> apart = {Listing({"a"}),
+                                                   Listing({})};
+  apart[0].address = "h0:1";
+  apart[1].address = "h1:2";
+  const absl::Status s = NewestCommonCheckpoint(apart).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("shard 0 (h0:1) has [a]; shard 1 (h1:2) has no "
+                        "checkpoints"));
 }
 
 TEST_F(PsClientTest, UnreachableShardIsUnavailableNamingIt) {

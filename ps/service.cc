@@ -226,4 +226,19 @@ grpc::Status ParameterServerService::Restore(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
+grpc::Status ParameterServerService::ListCheckpoints(
+    grpc::ServerContext*, const ListCheckpointsRequest*,
+    ListCheckpointsResponse* response) {
+  response->set_shard_index(options_.shard_index);
+  response->set_num_shards(options_.num_shards);
+  for (embedding::CheckpointEntry& c : store_->ListCheckpoints()) {
+    CheckpointEntry* out = response->add_checkpoints();
+    out->set_name(std::move(c.name));
+    out->set_path(std::move(c.path));
+    out->set_sequence(c.sequence);
+    out->set_created_micros(c.created_micros);
+  }
+  return grpc::Status::OK;
+}
+
 }  // namespace mim::ps

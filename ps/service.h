@@ -68,6 +68,9 @@ class ParameterServerService final : public ParameterServer::Service {
   grpc::Status Restore(grpc::ServerContext* context,
                        const RestoreRequest* request,
                        RestoreResponse* response) override;
+  grpc::Status ListCheckpoints(grpc::ServerContext* context,
+                               const ListCheckpointsRequest* request,
+                               ListCheckpointsResponse* response) override;
 
  private:
   using Keys = google::protobuf::RepeatedField<uint64_t>;
