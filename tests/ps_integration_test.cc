@@ -32,6 +32,7 @@ using ::mim::testing::RunCommand;
 using ::mim::testing::Runfile;
 using ::mim::testing::ShardProcess;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr uint32_t kShards = 2;
 constexpr size_t kMaxKeys = 4096;
@@ -416,6 +417,138 @@ TEST_F(PsClusterTest, CheckpointAndRestoreThroughClient) {
   EXPECT_EQ(Bytes(back->values), Bytes(saved->values));
   EXPECT_EQ(client_->Restore("no-such").status().code(),
             absl::StatusCode::kNotFound);
+}
+
+// A checkpoint taken on one shard alone (through that shard's own
+// Checkpoint RPC, as a checkpoint that failed on the other shard would
+// leave it): restore without a name skips it for the newest checkpoint on
+// every shard, and `ps_admin checkpoints` marks which names every shard has.
+TEST_F(PsClusterTest, RestoreNewestSkipsCheckpointOfOneShard) {
+  ASSERT_TRUE(client_->CreateTable(IdTable("user", 2), false).ok());
+  const std::vector<uint64_t> keys = {KeyOfShard(0), KeyOfShard(1)};
+  ASSERT_TRUE(client_->Push("user", keys, {1, 2, 3, 4}).ok());
+  ASSERT_TRUE(client_->Checkpoint("c1").ok());
+  auto at_c1 = client_->Pull("user", keys);
+  ASSERT_TRUE(at_c1.ok()) << at_c1.status();
+  ASSERT_TRUE(client_->Push("user", keys, {1, 1, 1, 1}).ok());
+  {
+    CheckpointRequest request;
+    request.set_name("only-on-1");
+    CheckpointResponse response;
+    grpc::ClientContext context;
+    const grpc::Status st = RawStub(1)->Checkpoint(&context, request, &response);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  ASSERT_TRUE(client_->Push("user", keys, {1, 1, 1, 1}).ok());
+
+  CommandResult r = Admin({"checkpoints"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat("shard 0 (", shards_[0]->address(),
+                                            "): 1 checkpoint, oldest first")));
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat("shard 1 (", shards_[1]->address(),
+                                            "): 2 checkpoints, oldest first")));
+  EXPECT_THAT(r.out, HasSubstr("  * c1 "));
+  EXPECT_THAT(r.out, HasSubstr("    only-on-1 "));
+  EXPECT_THAT(r.out, HasSubstr("restore without a name takes c1"));
+
+  r = Admin({"--json", "checkpoints"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json listed = nlohmann::json::parse(r.out);
+  EXPECT_EQ(listed["ok"], true);
+  EXPECT_EQ(listed["on_every_shard"], nlohmann::json::array({"c1"}));
+  EXPECT_EQ(listed["restore_default"], "c1");
+  ASSERT_EQ(listed["shards"].size(), 2u);
+  EXPECT_EQ(listed["shards"][1]["address"], shards_[1]->address());
+  const nlohmann::json& on1 = listed["shards"][1]["checkpoints"];
+  ASSERT_EQ(on1.size(), 2u);
+  EXPECT_EQ(on1[0]["name"], "c1");
+  EXPECT_EQ(on1[0]["on_every_shard"], true);
+  EXPECT_EQ(on1[1]["name"], "only-on-1");
+  EXPECT_EQ(on1[1]["on_every_shard"], false);
+  EXPECT_GT(on1[1]["sequence"].get<uint64_t>(),
+            on1[0]["sequence"].get<uint64_t>());
+  EXPECT_GT(on1[1]["created_micros"].get<int64_t>(), 0);
+  EXPECT_THAT(on1[1]["path"].get<std::string>(),
+              HasSubstr("shard1/checkpoints/only-on-1"));
+
+  r = Admin({"restore"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat("shard 0 (", shards_[0]->address(),
+                                            "): restored c1")));
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat("shard 1 (", shards_[1]->address(),
+                                            "): restored c1")));
+  auto back = client_->Pull("user", keys);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(Bytes(back->values), Bytes(at_c1->values));
+
+  // Once every shard has a newer checkpoint, that one is taken.
+  ASSERT_TRUE(client_->Push("user", keys, {1, 1, 1, 1}).ok());
+  ASSERT_TRUE(client_->Checkpoint("c2").ok());
+  auto at_c2 = client_->Pull("user", keys);
+  ASSERT_TRUE(at_c2.ok()) << at_c2.status();
+  ASSERT_TRUE(client_->Push("user", keys, {1, 1, 1, 1}).ok());
+  auto restored = client_->Restore("");
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  for (const auto& shard : *restored) {
+    EXPECT_EQ(shard.restore.name(), "c2") << shard.address;
+  }
+  back = client_->Pull("user", keys);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(Bytes(back->values), Bytes(at_c2->values));
+}
+
+// No checkpoint on both shards: restore without a name fails naming each
+// shard's checkpoints, and no shard changes.
+TEST_F(PsClusterTest, RestoreWithoutCommonCheckpointChangesNothing) {
+  ASSERT_TRUE(client_->CreateTable(IdTable("user", 2), false).ok());
+  const std::vector<uint64_t> keys = {KeyOfShard(0), KeyOfShard(1)};
+  ASSERT_TRUE(client_->Push("user", keys, {1, 2, 3, 4}).ok());
+  for (uint32_t s = 0; s < kShards; ++s) {
+    CheckpointRequest request;
+    request.set_name(absl::StrCat("only-on-", s));
+    CheckpointResponse response;
+    grpc::ClientContext context;
+    const grpc::Status st = RawStub(s)->Checkpoint(&context, request, &response);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  ASSERT_TRUE(client_->Push("user", keys, {1, 1, 1, 1}).ok());
+  auto live = client_->Pull("user", keys);
+  ASSERT_TRUE(live.ok()) << live.status();
+
+  CommandResult r = Admin({"checkpoints"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("    only-on-0 "));
+  EXPECT_THAT(r.out, HasSubstr("    only-on-1 "));
+  EXPECT_THAT(r.out, Not(HasSubstr(" * ")));
+  EXPECT_THAT(r.out, HasSubstr("no checkpoint is on every shard"));
+  r = Admin({"--json", "checkpoints"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json listed = nlohmann::json::parse(r.out);
+  EXPECT_TRUE(listed["on_every_shard"].empty());
+  EXPECT_TRUE(listed["restore_default"].is_null());
+
+  const absl::Status s = client_->Restore("").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  for (uint32_t i = 0; i < kShards; ++i) {
+    EXPECT_THAT(std::string(s.message()),
+                HasSubstr(absl::StrCat("shard ", i, " (",
+                                       shards_[i]->address(), ") has [only-on-",
+                                       i, "]")));
+  }
+  r = Admin({"restore"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("FAILED_PRECONDITION"));
+  EXPECT_THAT(r.err, HasSubstr("nothing was restored"));
+  // A name on one shard only is refused before any shard restores it.
+  r = Admin({"restore", "only-on-0"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
+  EXPECT_THAT(r.err, HasSubstr(absl::StrCat(
+                         "shard 1 (", shards_[1]->address(),
+                         ") has [only-on-1]")));
+  auto after = client_->Pull("user", keys);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(Bytes(after->values), Bytes(live->values));
 }
 
 TEST_F(PsClusterTest, AdminCliAgainstLiveShards) {

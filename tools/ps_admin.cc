@@ -10,14 +10,17 @@
 //   create-table NAME --kind=id|content --dim=D [--optimizer=adagrad]
 //                [--lr=0.05] [--init=normal] [--init_scale=0.01] [--seed=0]
 //   checkpoint [NAME]               on every shard (default: timestamp)
-//   restore [NAME]                  on every shard (default: each shard's
-//                                   most recently created; an error if
-//                                   they differ)
+//   checkpoints                     each shard's checkpoints, oldest first,
+//                                   '*' marking those on every shard
+//   restore [NAME]                  on every shard, only if every shard has
+//                                   it (default: the newest checkpoint on
+//                                   every shard)
 //   health                          grpc.health.v1 of every shard
 //
 // Exit status: 0 success, 1 an RPC failed (the message names the shard and
 // its address), 2 bad usage. Output is for people unless --json is given, in
 // which case stdout is one JSON document.
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <iostream>
@@ -26,6 +29,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -279,6 +283,72 @@ int Checkpoint(PsClient& client, const std::string& name) {
   return 0;
 }
 
+std::string CreatedText(int64_t micros) {
+  if (micros == 0) return "unknown";
+  return absl::FormatTime("%Y-%m-%d %H:%M:%E6S UTC",
+                          absl::FromUnixMicros(micros), absl::UTCTimeZone());
+}
+
+int Checkpoints(PsClient& client) {
+  auto shards = client.ListCheckpoints();
+  if (!shards.ok()) return Failed(shards.status());
+  const std::vector<std::string> common = mim::ps::CommonCheckpoints(*shards);
+  auto on_every_shard = [&common](const std::string& name) {
+    return std::find(common.begin(), common.end(), name) != common.end();
+  };
+  if (FLAGS_json) {
+    json per_shard = json::array();
+    for (size_t s = 0; s < shards->size(); ++s) {
+      json list = json::array();
+      for (const auto& c : (*shards)[s].list.checkpoints()) {
+        list.push_back({{"name", c.name()},
+                        {"path", c.path()},
+                        {"sequence", c.sequence()},
+                        {"created_micros", c.created_micros()},
+                        {"on_every_shard", on_every_shard(c.name())}});
+      }
+      per_shard.push_back({{"shard", s},
+                           {"address", (*shards)[s].address},
+                           {"checkpoints", list}});
+    }
+    std::cout << json{{"ok", true},
+                      {"shards", per_shard},
+                      {"on_every_shard", common},
+                      {"restore_default",
+                       common.empty() ? json() : json(common.back())}}
+                     .dump(2)
+              << "\n";
+    return 0;
+  }
+  for (size_t s = 0; s < shards->size(); ++s) {
+    const auto& shard = (*shards)[s];
+    if (shard.list.checkpoints().empty()) {
+      std::cout << absl::StrFormat("shard %d (%s): no checkpoints\n", s,
+                                   shard.address);
+      continue;
+    }
+    const int n = shard.list.checkpoints_size();
+    std::cout << absl::StrFormat(
+        "shard %d (%s): %d checkpoint%s, oldest first\n", s, shard.address, n,
+        n == 1 ? "" : "s");
+    for (const auto& c : shard.list.checkpoints()) {
+      std::cout << absl::StrFormat(
+          "  %s %-28s seq=%-4s created=%s  %s\n",
+          on_every_shard(c.name()) ? "*" : " ", c.name(),
+          c.sequence() == 0 ? std::string("-") : absl::StrCat(c.sequence()),
+          CreatedText(c.created_micros()), c.path());
+    }
+  }
+  if (common.empty()) {
+    std::cout << "no checkpoint is on every shard: restore without a name "
+                 "would restore nothing\n";
+  } else {
+    std::cout << "* = on every shard; restore without a name takes "
+              << common.back() << "\n";
+  }
+  return 0;
+}
+
 int Restore(PsClient& client, const std::string& name) {
   auto shards = client.Restore(name);
   if (!shards.ok()) return Failed(shards.status());
@@ -333,7 +403,8 @@ int main(int argc, char** argv) {
       "ps_admin --ps=HOST:PORT[,HOST:PORT...] [--json] COMMAND [ARGS]\n"
       "commands: tables | stats TABLE | get TABLE KEY... | create-table NAME "
       "--kind=id|content --dim=D [--optimizer=...] [--lr=...] [--init=...] "
-      "[--init_scale=...] | checkpoint [NAME] | restore [NAME] | health");
+      "[--init_scale=...] | checkpoint [NAME] | checkpoints | restore [NAME] "
+      "| health");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty()) return Usage("no command given");
@@ -361,6 +432,7 @@ int main(int argc, char** argv) {
   if (command == "checkpoint" && rest.size() <= 1) {
     return Checkpoint(**client, rest.empty() ? "" : rest[0]);
   }
+  if (command == "checkpoints" && rest.empty()) return Checkpoints(**client);
   if (command == "restore" && rest.size() <= 1) {
     return Restore(**client, rest.empty() ? "" : rest[0]);
   }
