@@ -139,16 +139,14 @@ absl::Status ContentForward(const ContentShape& s, const T* m, const T* m_t,
   absl::Status st = ValidateContent("ContentFusionForwardCpu", s, lens);
   if (!st.ok()) return st;
   if (s.content.batch == 0) return absl::OkStatus();
-  if (m == nullptr && s.content.max_len * s.content.dim > 0) {
-    return NullArg("ContentFusionForwardCpu", "m");
-  }
-  if (m_t == nullptr || h_mm == nullptr || h_fusion == nullptr ||
-      (h == nullptr && s.content.max_len * s.id_dim > 0)) {
-    return NullArg("ContentFusionForwardCpu",
-                   m_t == nullptr ? "m_t"
-                   : h_mm == nullptr ? "h_mm"
-                   : h_fusion == nullptr ? "h_fusion" : "h");
-  }
+  const int64_t L = s.content.max_len, dm = s.content.dim;
+  st = RequireNonNull("ContentFusionForwardCpu",
+                      {{"m", m, L * dm > 0},
+                       {"m_t", m_t, true},
+                       {"h_mm", h_mm, true},
+                       {"h_fusion", h_fusion, true},
+                       {"h", h, L * s.id_dim > 0}});
+  if (!st.ok()) return st;
   const ForwardArgs<T> args{s.content.max_len, s.content.dim, s.id_dim, m, m_t,
                             h, lens, alpha, h_mm, h_fusion};
   const bool avx2 = UseAvx2();
@@ -170,7 +168,17 @@ absl::Status ContentBackward(const ContentShape& s, const T* m, const T* m_t,
                              T* grad_h) {
   absl::Status st = ValidateContent("ContentFusionBackwardCpu", s, lens);
   if (!st.ok()) return st;
-  const int64_t L = s.content.max_len, dm = s.content.dim, d = s.id_dim;
+  if (s.content.batch == 0) return absl::OkStatus();
+  // grad_m, grad_m_t and grad_h may be null (skipped).
+  const int64_t L = s.content.max_len, dm = s.content.dim;
+  st = RequireNonNull("ContentFusionBackwardCpu",
+                      {{"m", m, L * dm > 0},
+                       {"m_t", m_t, true},
+                       {"h", h, L * s.id_dim > 0},
+                       {"grad_mm", grad_mm, dm > 0},
+                       {"grad_fusion", grad_fusion, s.id_dim > 0}});
+  if (!st.ok()) return st;
+  const int64_t d = s.id_dim;
   const T eps = T(kContentCosineEps);
   ParallelForBalanced(s.content.batch, [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
@@ -47,6 +48,23 @@ absl::Status ValidateSeq(const char* op, const SeqShape& s,
 inline absl::Status NullArg(const char* op, const char* name) {
   return absl::InvalidArgumentError(
       absl::StrFormat("%s: required pointer '%s' is null", op, name));
+}
+
+// A pointer argument and whether this call reads or writes through it.
+struct PtrArg {
+  const char* name;
+  const void* ptr;
+  bool needed;
+};
+// NullArg for the first needed pointer that is null, in argument order.
+// The CUDA twins check the same conditions (cuda::RequireNonNull), so both
+// refuse a null tensor with the same message.
+inline absl::Status RequireNonNull(const char* op,
+                                   std::initializer_list<PtrArg> args) {
+  for (const PtrArg& a : args) {
+    if (a.needed && a.ptr == nullptr) return NullArg(op, a.name);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace mim::kernels::cpu

@@ -28,6 +28,12 @@ absl::Status DenseForward(const DenseShape& s, const T* x, const T* w,
                           const T* b, Activation act, T* y) {
   absl::Status st = ValidateDense("DenseForwardCpu", s);
   if (!st.ok()) return st;
+  const int64_t n = s.rows * s.out;
+  st = RequireNonNull("DenseForwardCpu", {{"x", x, n * s.in > 0},
+                                          {"w", w, n * s.in > 0},
+                                          {"b", b, n > 0},
+                                          {"y", y, n > 0}});
+  if (!st.ok()) return st;
   ParallelFor(s.rows, [&](int64_t lo, int64_t hi, int) {
     for (int64_t r = lo; r < hi; ++r) std::copy_n(b, s.out, y + r * s.out);
     Gemm(false, false, hi - lo, s.out, s.in, T(1), x + lo * s.in, s.in, w,
@@ -46,6 +52,15 @@ absl::Status DenseBackward(const DenseShape& s, const T* x, const T* w,
                            const T* y, const T* grad_y, Activation act,
                            T* grad_x, T* grad_w, T* grad_b) {
   absl::Status st = ValidateDense("DenseBackwardCpu", s);
+  if (!st.ok()) return st;
+  const int64_t n = s.rows * s.out;
+  st = RequireNonNull("DenseBackwardCpu",
+                      {{"x", x, n * s.in > 0},
+                       {"w", w, grad_x != nullptr && n * s.in > 0},
+                       {"y", y, act == Activation::kRelu && n > 0},
+                       {"grad_y", grad_y, n > 0},
+                       {"grad_w", grad_w, s.in * s.out > 0},
+                       {"grad_b", grad_b, s.out > 0}});
   if (!st.ok()) return st;
   // Chunk 0 writes straight into grad_w / grad_b; only the other chunks
   // need partial sums, added in chunk order (deterministic).
@@ -94,6 +109,10 @@ absl::Status SigmoidXentForward(int64_t n, const T* z, const T* y, T* loss) {
     return absl::InvalidArgumentError(
         absl::StrFormat("SigmoidCrossEntropyForwardCpu: n=%d, expected >= 1", n));
   }
+  absl::Status st = RequireNonNull(
+      "SigmoidCrossEntropyForwardCpu",
+      {{"logits", z, true}, {"labels", y, true}, {"loss", loss, true}});
+  if (!st.ok()) return st;
   // Sum in double: the mean of a large batch loses bits in float.
   double acc = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -109,6 +128,10 @@ absl::Status SigmoidXentBackward(int64_t n, const T* z, const T* y, T* g) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "SigmoidCrossEntropyBackwardCpu: n=%d, expected >= 1", n));
   }
+  absl::Status st = RequireNonNull(
+      "SigmoidCrossEntropyBackwardCpu",
+      {{"logits", z, true}, {"labels", y, true}, {"grad_logits", g, true}});
+  if (!st.ok()) return st;
   const T inv = T(1) / T(n);
   for (int64_t i = 0; i < n; ++i) {
     const T sig = T(1) / (T(1) + std::exp(-z[i]));
@@ -162,6 +185,11 @@ absl::Status AdamUpdateCpu(const AdamConfig& c, int64_t step, int64_t n,
     return absl::InvalidArgumentError(absl::StrFormat(
         "AdamUpdateCpu: step=%d (expected >= 1), n=%d", step, n));
   }
+  if (n == 0) return absl::OkStatus();
+  absl::Status st = cpu::RequireNonNull(
+      "AdamUpdateCpu",
+      {{"grad", grad, true}, {"param", param, true}, {"m", m, true}, {"v", v, true}});
+  if (!st.ok()) return st;
   const double bc1 = 1.0 - std::pow(double{c.beta1}, double(step));
   const double bc2 = 1.0 - std::pow(double{c.beta2}, double(step));
   // lr_t folds both bias corrections: p -= lr_t * m / (sqrt(v) + eps_t).

@@ -36,6 +36,11 @@ absl::Status ValidateGather(const char* op, const GatherShape& s,
 absl::Status ValidatePositions(const char* op, const SeqShape& s,
                                const int32_t* positions, int k) {
   if (k < 0) return absl::InvalidArgumentError(absl::StrFormat("%s: k=%d < 0", op, k));
+  if (s.batch < 0 || s.max_len < 0 || s.dim < 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: negative shape B=%d L=%d d=%d", op, s.batch, s.max_len, s.dim));
+  }
+  if (s.batch * k > 0 && positions == nullptr) return NullArg(op, "positions");
   for (int64_t j = 0; j < s.batch * k; ++j) {
     if (positions[j] >= s.max_len) {
       return absl::InvalidArgumentError(absl::StrFormat(
@@ -52,6 +57,10 @@ template <typename T>
 absl::Status Gather(const GatherShape& s, const T* table, const int32_t* index,
                     T* out) {
   absl::Status st = ValidateGather("EmbeddingGatherCpu", s, index);
+  if (!st.ok()) return st;
+  const int64_t n = s.num_indices * s.dim;
+  st = RequireNonNull("EmbeddingGatherCpu",
+                      {{"table", table, n > 0 && s.rows > 0}, {"out", out, n > 0}});
   if (!st.ok()) return st;
   const int64_t d = s.dim;
   ParallelForBalanced(s.num_indices, [&](int64_t lo, int64_t hi) {
@@ -76,6 +85,11 @@ absl::Status GatherBackward(const GatherShape& s, const T* grad_out,
                             const int32_t* index, T* grad_table) {
   absl::Status st = ValidateGather("EmbeddingGatherBackwardCpu", s, index);
   if (!st.ok()) return st;
+  st = RequireNonNull(
+      "EmbeddingGatherBackwardCpu",
+      {{"grad_out", grad_out, s.num_indices * s.dim > 0 && s.rows > 0},
+       {"grad_table", grad_table, s.rows * s.dim > 0}});
+  if (!st.ok()) return st;
   const int64_t d = s.dim;
   std::fill_n(grad_table, s.rows * d, T(0));
   // Sequential in n: each row's sum runs in increasing n (the documented
@@ -94,6 +108,10 @@ template <typename T>
 absl::Status MeanPoolForward(const SeqShape& s, const T* x,
                              const int32_t* lens, T* out) {
   absl::Status st = ValidateSeq("MaskedMeanPoolForwardCpu", s, lens);
+  if (!st.ok()) return st;
+  st = RequireNonNull("MaskedMeanPoolForwardCpu",
+                      {{"x", x, s.batch * s.max_len * s.dim > 0},
+                       {"out", out, s.batch * s.dim > 0}});
   if (!st.ok()) return st;
   const int64_t d = s.dim, L = s.max_len;
   ParallelForBalanced(s.batch, [&](int64_t lo, int64_t hi) {
@@ -119,6 +137,10 @@ absl::Status MeanPoolBackward(const SeqShape& s, const T* grad_out,
                               const int32_t* lens, T* grad_x) {
   absl::Status st = ValidateSeq("MaskedMeanPoolBackwardCpu", s, lens);
   if (!st.ok()) return st;
+  const int64_t total = s.batch * s.max_len * s.dim;
+  st = RequireNonNull("MaskedMeanPoolBackwardCpu",
+                      {{"grad_out", grad_out, total > 0}, {"grad_x", grad_x, total > 0}});
+  if (!st.ok()) return st;
   const int64_t d = s.dim, L = s.max_len;
   ParallelForBalanced(s.batch, [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
@@ -142,6 +164,10 @@ absl::Status SelectRowsForward(const SeqShape& s, const T* x,
                                const int32_t* positions, int k, T* out) {
   absl::Status st = ValidatePositions("SelectRowsForwardCpu", s, positions, k);
   if (!st.ok()) return st;
+  const int64_t n = s.batch * k * s.dim;
+  st = RequireNonNull("SelectRowsForwardCpu",
+                      {{"x", x, n > 0 && s.max_len > 0}, {"out", out, n > 0}});
+  if (!st.ok()) return st;
   const int64_t d = s.dim, L = s.max_len;
   ParallelForBalanced(s.batch, [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
@@ -164,6 +190,11 @@ absl::Status SelectRowsBackward(const SeqShape& s, const T* grad_out,
                                 const int32_t* positions, int k, T* grad_x) {
   absl::Status st =
       ValidatePositions("SelectRowsBackwardCpu", s, positions, k);
+  if (!st.ok()) return st;
+  st = RequireNonNull(
+      "SelectRowsBackwardCpu",
+      {{"grad_out", grad_out, s.batch * k * s.dim > 0 && s.max_len > 0},
+       {"grad_x", grad_x, s.batch * s.max_len * s.dim > 0}});
   if (!st.ok()) return st;
   const int64_t d = s.dim, L = s.max_len;
   ParallelForBalanced(s.batch, [&](int64_t lo, int64_t hi) {
@@ -239,6 +270,12 @@ absl::Status TopKSelectCpu(const SeqShape& s, const float* x,
     return absl::InvalidArgumentError(
         absl::StrFormat("TopKSelectCpu: k=%d, expected >= 1", k));
   }
+  const int64_t cells = s.batch * s.max_len * s.dim;
+  st = cpu::RequireNonNull("TopKSelectCpu",
+                           {{"x", x, cells > 0}, {"target", target, cells > 0},
+                            {"positions", positions, s.batch > 0},
+                            {"new_lens", new_lens, s.batch > 0}});
+  if (!st.ok()) return st;
   const int64_t d = s.dim, L = s.max_len;
   cpu::ParallelForBalanced(s.batch, [&](int64_t lo, int64_t hi) {
     std::vector<float> score(L);

@@ -363,6 +363,45 @@ TEST(ContentFusionTest, ForwardVectorPathsMatchReferenceAtAwkwardWidths) {
   }
 }
 
+// Every op refuses a null tensor it would read or write with
+// INVALID_ARGUMENT naming that argument, and touches nothing.
+TEST(CpuContractsTest, NullTensorsAreInvalidArgumentNamingThem) {
+  std::vector<float> buf(4096, 1.f);
+  std::vector<int32_t> lens = {2, 1}, idx = {0, 1, 0, 1};
+  float* f = buf.data();
+  const SeqShape s{2, 2, 4};
+  auto expect_null = [](const absl::Status& st, const char* name) {
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << name << ": " << st;
+    EXPECT_THAT(std::string(st.message()),
+                ::testing::HasSubstr(std::string("'") + name + "'"));
+  };
+  expect_null(EmbeddingGatherCpu({2, 4, 4}, nullptr, idx.data(), f), "table");
+  expect_null(EmbeddingGatherCpu({2, 4, 4}, f, idx.data(), nullptr), "out");
+  expect_null(EmbeddingGatherBackwardCpu({2, 4, 4}, nullptr, idx.data(),
+                                         GradMode::kDeterministic, f),
+              "grad_out");
+  expect_null(MaskedMeanPoolForwardCpu(s, nullptr, lens.data(), f), "x");
+  expect_null(MaskedMeanPoolBackwardCpu(s, f, lens.data(), nullptr), "grad_x");
+  expect_null(SelectRowsForwardCpu(s, f, nullptr, 1, f), "positions");
+  expect_null(SelectRowsBackwardCpu(s, nullptr, idx.data(), 1, f), "grad_out");
+  expect_null(TopKSelectCpu(s, f, nullptr, lens.data(), 1, idx.data(), idx.data()),
+              "target");
+  const ContentShape cs{s, 3};
+  expect_null(ContentFusionBackwardCpu(cs, f, f, f, lens.data(), nullptr, f, f,
+                                       f, f),
+              "grad_mm");
+  expect_null(DenseForwardCpu({2, 3, 4}, f, nullptr, f, Activation::kRelu, f), "w");
+  expect_null(DenseBackwardCpu({2, 3, 4}, f, f, nullptr, f, Activation::kRelu,
+                               f, f, f),
+              "y");
+  expect_null(SigmoidCrossEntropyForwardCpu(3, f, nullptr, f), "labels");
+  expect_null(AdamUpdateCpu(AdamConfig{}, 1, 3, f, f, nullptr, f), "m");
+  for (float x : buf) ASSERT_EQ(x, 1.f);  // nothing was written
+  // Negative shapes are refused too.
+  EXPECT_EQ(SelectRowsForwardCpu({-1, 2, 4}, f, idx.data(), 1, f).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ContentFusionTest, ForwardRejectsNullPointers) {
   const ContentShape s{{1, 2, 3}, 2};
   const std::vector<int32_t> lens = {2};
