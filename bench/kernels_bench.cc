@@ -241,10 +241,12 @@ void RunShape(bool gpu, int64_t B, int64_t L, int64_t d) {
 int main(int argc, char** argv) {
   int threads = 2;
   bool gpu = false, cpu = true;
+  bool probe = false;  // --probe: only say whether a CUDA device is usable
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--threads=", 10) == 0) threads = std::atoi(argv[i] + 10);
     if (std::strcmp(argv[i], "--gpu") == 0) gpu = true;
     if (std::strcmp(argv[i], "--no-cpu") == 0) cpu = false;
+    if (std::strcmp(argv[i], "--probe") == 0) probe = true;
     if (std::strncmp(argv[i], "--ops=", 6) == 0) mim::kernels::g_ops = argv[i] + 6;
     if (std::strncmp(argv[i], "--reps=", 7) == 0) mim::kernels::g_reps = std::atoi(argv[i] + 7);
   }
@@ -256,6 +258,10 @@ int main(int argc, char** argv) {
       std::printf("INFO gpu skipped: %s\n", std::string(st.message()).c_str());
       gpu = false;
     }
+  }
+  if (probe) {
+    if (gpu) std::printf("INFO gpu ok\n");
+    return gpu ? 0 : 1;
   }
   for (int64_t L : {50, 1000}) {
     for (int64_t d : {32, 64}) {

@@ -47,7 +47,7 @@ log() { echo "$@" | tee -a "$REPORT"; }
 log "== gpu_check $(date -u +%FT%TZ) on $(hostname)"
 command -v nvidia-smi >/dev/null && nvidia-smi -L 2>&1 | tee -a "$REPORT"
 # Probe first: without a device, say so and stop.
-probe=$("$HERE/kernels_bench" --gpu --no-cpu 2>&1 | grep 'gpu skipped' || true)
+probe=$("$HERE/kernels_bench" --gpu --probe 2>&1 | grep 'gpu skipped' || true)
 if [ -n "$probe" ]; then
   log "FAILED: $probe"
   "$HERE/kernels_cuda_test" 2>&1 | tail -3 >> "$REPORT"
