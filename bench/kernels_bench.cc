@@ -4,6 +4,7 @@
 // runs this binary and the same ops in PyTorch and prints both side by side.
 //
 //   bazel run -c opt //bench:kernels_bench -- --threads=2
+//     [--ops=content_fwd,din_bwd] [--shapes=50:32] [--reps=N] [--gpu [--no-cpu]]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -242,11 +243,13 @@ int main(int argc, char** argv) {
   int threads = 2;
   bool gpu = false, cpu = true;
   bool probe = false;  // --probe: only say whether a CUDA device is usable
+  std::string shapes;  // --shapes=50:32,1000:64 limits the (L, d) shapes
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--threads=", 10) == 0) threads = std::atoi(argv[i] + 10);
     if (std::strcmp(argv[i], "--gpu") == 0) gpu = true;
     if (std::strcmp(argv[i], "--no-cpu") == 0) cpu = false;
     if (std::strcmp(argv[i], "--probe") == 0) probe = true;
+    if (std::strncmp(argv[i], "--shapes=", 9) == 0) shapes = argv[i] + 9;
     if (std::strncmp(argv[i], "--ops=", 6) == 0) mim::kernels::g_ops = argv[i] + 6;
     if (std::strncmp(argv[i], "--reps=", 7) == 0) mim::kernels::g_reps = std::atoi(argv[i] + 7);
   }
@@ -265,6 +268,11 @@ int main(int argc, char** argv) {
   }
   for (int64_t L : {50, 1000}) {
     for (int64_t d : {32, 64}) {
+      const std::string shape = std::to_string(L) + ":" + std::to_string(d);
+      if (!shapes.empty() &&
+          ("," + shapes + ",").find("," + shape + ",") == std::string::npos) {
+        continue;
+      }
       if (cpu) mim::kernels::RunShape(false, 1024, L, d);
       if (gpu) mim::kernels::RunShape(true, 1024, L, d);
     }

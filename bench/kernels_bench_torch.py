@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """kernels/ ops vs the same ops written in PyTorch, side by side.
 
-Runs bench/kernels_bench (C++) and then PyTorch eager on the same shapes
-(B=1024, L in {50, 1000}, d in {32, 64}), prints one table with the ratio
-torch_ms / ours_ms (> 1 means ours is faster). With --gpu and a CUDA
-device, does the same on the GPU.
+For each shape (B=1024, L in {50, 1000}, d in {32, 64}) runs
+bench/kernels_bench (C++) and then PyTorch eager, --rounds times in
+alternation, and prints one table: median ours/torch times and the median
+ratio torch_ms / ours_ms (> 1 means ours is faster) with its range over the
+rounds. With --gpu and a CUDA device, does the same on the GPU.
 
   bazel build -c opt //bench:kernels_bench
   LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libopenblas.so.0 \
@@ -16,6 +17,7 @@ OpenBLAS regardless of the update-alternatives setting.
 """
 import argparse
 import re
+import statistics
 import subprocess
 import time
 
@@ -146,44 +148,63 @@ def run_torch(L, d, dev, reps):
     return res
 
 
+def run_ours(bench, dv, L, d, threads):
+    """Runs kernels_bench for one device and shape; {op: (ms, rate, unit, peak)}."""
+    cmd = [bench, f"--threads={threads}", f"--shapes={L}:{d}"]
+    cmd += ["--gpu", "--no-cpu"] if dv == "gpu" else []
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    ours = {}
+    for line in out.splitlines():
+        mt = re.match(r"RESULT dev=(\w+) op=(\w+) L=(\d+) d=(\d+) ms=([\d.]+) rate=([\d.]+) unit=(\S+)(?: peak_frac=([\d.]+))?", line)
+        if mt and mt.group(1) == dv:
+            _, op, _, _, ms, rate, unit, peak = mt.groups()
+            ours[op] = (float(ms), float(rate), unit, peak)
+    return ours
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", default="bazel-bin/bench/kernels_bench")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--skip-cpu", action="store_true", help="GPU rows only")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="ours-then-torch rounds per shape; medians are printed")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"BLAS: {[l.strip() for l in torch.__config__.show().splitlines() if 'BLAS' in l]}")
-    cmd = [args.bench, f"--threads={args.threads}"] + (["--gpu"] if args.gpu else [])
-    if args.skip_cpu:
-        cmd.append("--no-cpu")
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    ours = {}
-    for line in out.splitlines():
-        if line.startswith("INFO"):
-            print(line)
-        mt = re.match(r"RESULT dev=(\w+) op=(\w+) L=(\d+) d=(\d+) ms=([\d.]+) rate=([\d.]+) unit=(\S+)(?: peak_frac=([\d.]+))?", line)
-        if mt:
-            dv, op, L, d, ms, rate, unit, peak = mt.groups()
-            ours[(dv, op, int(L), int(d))] = (float(ms), float(rate), unit, peak)
-    devs = ([] if args.skip_cpu else ["cpu"]) + (["gpu"] if args.gpu and torch.cuda.is_available() and
-                      any(k[0] == "gpu" for k in ours) else [])
+    probe = subprocess.run([args.bench, "--gpu", "--probe"], capture_output=True, text=True)
+    gpu_ok = probe.returncode == 0 and torch.cuda.is_available()
+    if args.gpu and not gpu_ok:
+        print("INFO gpu rows skipped: " + (probe.stdout.strip().splitlines() or ["?"])[-1])
+    devs = ([] if args.skip_cpu else ["cpu"]) + (["gpu"] if args.gpu and gpu_ok else [])
     print(f"{'dev':4} {'op':12} {'L':>5} {'d':>3} {'ours ms':>9} {'rate':>9} {'unit':8} "
-          f"{'torch ms':>9} {'ratio':>6} {'peak':>6}")
+          f"{'torch ms':>9} {'ratio':>6} {'range':>11} {'peak':>6}")
+    # Ours and torch alternate shape by shape and round by round, so both
+    # sides of a ratio see the same load on a shared machine; each figure is
+    # the median over the rounds (each round: best of `reps` calls).
     for dv in devs:
         for L in (50, 1000):
             for d in (32, 64):
                 reps = 10 if dv == "gpu" else (2 if L >= 1000 else 10)
-                tr = run_torch(L, d, "cuda" if dv == "gpu" else "cpu", reps)
-                for op, t in tr.items():
-                    key = (dv, op, L, d)
-                    if key not in ours:
+                rounds = []
+                for _ in range(max(1, args.rounds)):
+                    ours = run_ours(args.bench, dv, L, d, args.threads)
+                    tr = run_torch(L, d, "cuda" if dv == "gpu" else "cpu", reps)
+                    rounds.append((ours, tr))
+                for op in rounds[0][1]:
+                    if op not in rounds[0][0]:
                         continue
-                    ms, rate, unit, peak = ours[key]
+                    ms = statistics.median(o[op][0] for o, _ in rounds)
+                    rate = statistics.median(o[op][1] for o, _ in rounds)
+                    t = statistics.median(tr[op] for _, tr in rounds) * 1e3
+                    ratios = sorted(tr[op] * 1e3 / o[op][0] for o, tr in rounds)
+                    unit, peak = rounds[0][0][op][2], rounds[0][0][op][3]
+                    spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
                     print(f"{dv:4} {op:12} {L:5d} {d:3d} {ms:9.3f} {rate:9.2f} {unit:8} "
-                          f"{t * 1e3:9.3f} {t * 1e3 / ms:6.2f} {peak or '':>6}", flush=True)
+                          f"{t:9.3f} {statistics.median(ratios):6.2f} {spread:>11} {peak or '':>6}",
+                          flush=True)
 
 
 if __name__ == "__main__":
