@@ -47,6 +47,7 @@
 #include "absl/time/time.h"
 #include "embedding/storage/storage.h"
 #include "rocksdb/db.h"
+#include "rocksdb/memtablerep.h"
 #include "rocksdb/options.h"
 #include "rocksdb/utilities/checkpoint.h"
 #include "rocksdb/write_batch.h"
@@ -202,6 +203,16 @@ class RocksDbStorage : public Storage {
     rocksdb::Options options;
     options.create_if_missing = !read_only;
     options.paranoid_checks = true;
+    // Rows are served from memory (EmbeddingTable); RocksDB is written on
+    // every push and read back only by a full scan at open. A vector
+    // memtable appends each put and sorts once at flush, where the default
+    // skip list pays a random O(log n) insert per row: with pushes of
+    // thousands of random keys that insert was the largest cost of a push.
+    options.memtable_factory = std::make_shared<rocksdb::VectorRepFactory>();
+    options.allow_concurrent_memtable_write = false;
+    // Rows are random float32 values and optimizer state, which snappy
+    // barely shrinks; skip its CPU cost at every flush and compaction.
+    options.compression = rocksdb::kNoCompression;
     rocksdb::DB* db = nullptr;
     rocksdb::Status s =
         read_only ? rocksdb::DB::OpenForReadOnly(options, path, &db)
