@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -83,10 +84,15 @@ namespace {
 
 // Persistent workers for ParallelFor. Starting std::threads on every call
 // cost tens of microseconds per op, a large share of a sub-millisecond
-// kernel. A call posts one Job; workers and the caller claim its chunks
-// under the mutex, so a caller never waits on a chunk nobody has started
-// (nested or concurrent ParallelFor calls cannot deadlock), and a Job is
-// touched only under the mutex, so it can live on the caller's stack.
+// kernel. A call posts one Job that at most CpuThreads() - 1 workers may
+// join (however many chunks it has: SetCpuThreads is the thread budget);
+// they and the caller claim its chunks under the mutex, so a caller never
+// waits on a chunk nobody has started (nested or concurrent ParallelFor
+// calls cannot deadlock). A Job's counters are touched only under the
+// mutex and the caller returns only once every claimed chunk is finished,
+// so the Job can live on the caller's stack. An exception from a chunk
+// (any thread) is rethrown to the caller after that point; the chunks not
+// yet claimed are skipped.
 class WorkerPool {
  public:
   static WorkerPool& Get() {
@@ -94,52 +100,84 @@ class WorkerPool {
     return *pool;
   }
 
-  void Run(int chunks, const std::function<void(int)>& body) {
-    Job job{&body, chunks};
+  // Runs body(c) for c in [0, chunks) on the caller and up to `helpers`
+  // workers (none: on the caller alone, in chunk order).
+  void Run(int chunks, int helpers, const std::function<void(int)>& body) {
+    if (helpers <= 0) {
+      for (int c = 0; c < chunks; ++c) body(c);
+      return;
+    }
+    Job job{&body, chunks, helpers};
     {
       std::lock_guard<std::mutex> lock(mu_);
-      EnsureWorkers(chunks - 1);
+      EnsureWorkers(helpers);
       queue_.push_back(&job);
       pending_.fetch_add(1, std::memory_order_release);
     }
-    work_cv_.notify_all();
-    for (;;) {  // the caller works on its own job until no chunk is left
-      int c;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        c = Claim(&job);
-      }
-      if (c < 0) break;
-      body(c);
-      Finish(&job);
+    if (helpers == 1) {
+      work_cv_.notify_one();
+    } else {
+      work_cv_.notify_all();
+    }
+    int c;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      c = Claim(&job);
+    }
+    while (c >= 0) {  // the caller works on its own job until none is left
+      c = RunChunk(&job, c);
     }
     std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [&] { return job.done == job.chunks; });
+    done_cv_.wait(lock, [&] { return job.done == job.next; });
+    if (job.error) std::rethrow_exception(job.error);
   }
 
  private:
   struct Job {
     const std::function<void(int)>* body;
     int chunks;
-    int next = 0;
-    int done = 0;
+    int helpers;  // workers that may still join
+    int next = 0;  // chunks claimed
+    int done = 0;  // claimed chunks finished
+    bool queued = true;
+    std::exception_ptr error;
   };
 
-  // Next unclaimed chunk of `job`, or -1; drops the job from the queue
-  // once every chunk is claimed. Requires mu_.
+  void Dequeue(Job* job) {  // requires mu_
+    if (!job->queued) return;
+    job->queued = false;
+    queue_.erase(std::find(queue_.begin(), queue_.end(), job));
+    pending_.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  // Next unclaimed chunk of `job`, or -1 (also after an error); dequeues
+  // the job once no chunk is left to claim. Requires mu_.
   int Claim(Job* job) {
-    if (job->next >= job->chunks) return -1;
-    const int c = job->next++;
-    if (job->next == job->chunks) {
-      queue_.erase(std::find(queue_.begin(), queue_.end(), job));
-      pending_.fetch_sub(1, std::memory_order_relaxed);
+    if (job->error || job->next >= job->chunks) {
+      Dequeue(job);
+      return -1;
     }
+    const int c = job->next++;
+    if (job->next == job->chunks) Dequeue(job);
     return c;
   }
 
-  void Finish(Job* job) {
+  // Runs chunk c, then marks it done and claims the next one (-1: none).
+  // Once done == next the caller may return and free the job, so the job
+  // is not touched after the unlock unless a new chunk was claimed.
+  int RunChunk(Job* job, int c) {
+    std::exception_ptr error;
+    try {
+      (*job->body)(c);
+    } catch (...) {
+      error = std::current_exception();
+    }
     std::lock_guard<std::mutex> lock(mu_);
-    if (++job->done == job->chunks) done_cv_.notify_all();
+    if (error && !job->error) job->error = error;
+    ++job->done;
+    const int next = Claim(job);
+    if (next < 0 && job->done == job->next) done_cv_.notify_all();
+    return next;
   }
 
   void EnsureWorkers(int n) {  // requires mu_
@@ -166,17 +204,17 @@ class WorkerPool {
       {
         std::unique_lock<std::mutex> lock(mu_);
         work_cv_.wait(lock, [&] { return !queue_.empty(); });
-        job = queue_.front();
+        job = queue_.front();  // queued: has a chunk to claim and a seat
+        if (--job->helpers == 0) Dequeue(job);
         c = Claim(job);
       }
-      (*job->body)(c);
-      Finish(job);
+      while (c >= 0) c = RunChunk(job, c);
     }
   }
 
   std::mutex mu_;
   std::condition_variable work_cv_, done_cv_;
-  std::deque<Job*> queue_;        // jobs with unclaimed chunks
+  std::deque<Job*> queue_;        // jobs a worker may join
   std::atomic<int> pending_{0};   // queue_.size(), readable without mu_
   std::vector<std::thread> workers_;
 };
@@ -186,6 +224,7 @@ class WorkerPool {
 void ParallelFor(int64_t n,
                  const std::function<void(int64_t, int64_t, int)>& fn,
                  int splits_per_thread) {
+  const int threads = CpuThreads();
   const int chunks = NumChunks(n, splits_per_thread);
   if (chunks == 1) {
     fn(0, n, 0);
@@ -194,12 +233,13 @@ void ParallelFor(int64_t n,
   const std::function<void(int)> body = [&](int c) {
     fn(n * c / chunks, n * (c + 1) / chunks, c);
   };
-  WorkerPool::Get().Run(chunks, body);
+  WorkerPool::Get().Run(chunks, std::min(chunks, threads) - 1, body);
 }
 
 void ParallelForBalanced(int64_t n,
                          const std::function<void(int64_t, int64_t)>& fn) {
-  if (CpuThreads() == 1 || n <= 1) {
+  const int threads = CpuThreads();
+  if (threads == 1 || n <= 1) {
     fn(0, n);
     return;
   }
@@ -207,7 +247,7 @@ void ParallelForBalanced(int64_t n,
   const std::function<void(int)> body = [&](int c) {
     fn(n * c / chunks, n * (c + 1) / chunks);
   };
-  WorkerPool::Get().Run(chunks, body);
+  WorkerPool::Get().Run(chunks, std::min(chunks, threads) - 1, body);
 }
 
 absl::Status ValidateSeq(const char* op, const SeqShape& s,

@@ -25,10 +25,13 @@ void Gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
 // min(n, CpuThreads() * splits_per_thread), at least 1.
 int NumChunks(int64_t n, int splits_per_thread = 1);
 // Calls fn(begin, end, chunk) for NumChunks(n) contiguous chunks of [0, n)
-// on a persistent worker pool plus the calling thread. Blocks until all are
-// done; safe to call from several threads at once and from inside fn. Chunk
-// boundaries depend only on n and the thread count, so per-chunk partial
-// sums reduced in chunk order are deterministic.
+// on the calling thread plus at most CpuThreads() - 1 threads of a
+// persistent worker pool (however many chunks there are). Blocks until all
+// are done; safe to call from several threads at once and from inside fn.
+// An exception from fn is rethrown here once the chunks already started
+// have finished (the rest are skipped). Chunk boundaries depend only on n
+// and the thread count, so per-chunk partial sums reduced in chunk order
+// are deterministic.
 void ParallelFor(int64_t n,
                  const std::function<void(int64_t, int64_t, int)>& fn,
                  int splits_per_thread = 1);

@@ -3,6 +3,9 @@
 // templated code instantiated for double), plus error contracts.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <functional>
+#include <stdexcept>
 #include <thread>
 #include <cmath>
 #include <vector>
@@ -56,6 +59,78 @@ TEST(ParallelForTest, CoversEveryIndexOnceFromConcurrentAndNestedCalls) {
   for (const auto& h : hits) {
     for (int64_t i = 0; i < kN; ++i) ASSERT_EQ(h[i].load(), 50) << "index " << i;
   }
+  SetCpuThreads(1);
+}
+
+// Most chunks that run at the same time during fn's calls (each call
+// sleeps, so chunks that can overlap do).
+int MaxConcurrentChunks(const std::function<void(const std::function<void()>&)>& run) {
+  std::atomic<int> active{0}, most{0};
+  run([&] {
+    const int now = ++active;
+    int seen = most.load();
+    while (now > seen && !most.compare_exchange_weak(seen, now)) {
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    --active;
+  });
+  return most.load();
+}
+
+// SetCpuThreads is the thread budget: however many chunks a call splits
+// into (ParallelForBalanced and splits_per_thread > 1 make several per
+// thread), at most CpuThreads() of them run at once.
+TEST(ParallelForTest, RunsAtMostCpuThreadsChunksAtOnce) {
+  for (int threads : {1, 2, 3}) {
+    SCOPED_TRACE(::testing::Message() << "threads=" << threads);
+    SetCpuThreads(threads);
+    EXPECT_LE(MaxConcurrentChunks([](const std::function<void()>& work) {
+                cpu::ParallelForBalanced(64, [&](int64_t lo, int64_t hi) {
+                  work();
+                });
+              }),
+              threads);
+    EXPECT_LE(MaxConcurrentChunks([](const std::function<void()>& work) {
+                cpu::ParallelFor(
+                    64, [&](int64_t, int64_t, int) { work(); },
+                    cpu::kSplitsPerThread);
+              }),
+              threads);
+  }
+  // A smaller budget after a larger one: the pool's extra workers idle.
+  SetCpuThreads(8);
+  cpu::ParallelForBalanced(64, [](int64_t, int64_t) {});
+  SetCpuThreads(2);
+  EXPECT_LE(MaxConcurrentChunks([](const std::function<void()>& work) {
+              cpu::ParallelForBalanced(64, [&](int64_t, int64_t) { work(); });
+            }),
+            2);
+  SetCpuThreads(1);
+}
+
+// An exception from a chunk reaches the caller once every chunk that
+// started has finished (the job lives on the caller's stack), and the pool
+// keeps working afterwards.
+TEST(ParallelForTest, ExceptionFromAChunkReachesTheCaller) {
+  SetCpuThreads(3);
+  for (int thrower : {0, 5, 11}) {
+    std::atomic<int> ran{0};
+    EXPECT_THROW(cpu::ParallelForBalanced(12,
+                                          [&](int64_t lo, int64_t hi) {
+                                            std::this_thread::sleep_for(
+                                                std::chrono::milliseconds(2));
+                                            ++ran;
+                                            if (lo == thrower) {
+                                              throw std::runtime_error("chunk");
+                                            }
+                                          }),
+                 std::runtime_error);
+  }
+  std::atomic<int> sum{0};
+  cpu::ParallelForBalanced(100, [&](int64_t lo, int64_t hi) {
+    sum += static_cast<int>(hi - lo);
+  });
+  EXPECT_EQ(sum.load(), 100);
   SetCpuThreads(1);
 }
 
