@@ -279,7 +279,9 @@ absl::Status ReadModelFile(const std::string& path, ModelConfig* config,
         "unsupported format version %d, expected %d to %d", version,
         kOldestFormatVersion, kFormatVersion));
   }
-  if (!r.Pod(&payload_len) || payload_len + sizeof(uint64_t) != r.left()) {
+  // Compared without adding to payload_len: a length near 2^64 would wrap.
+  if (!r.Pod(&payload_len) || r.left() < sizeof(uint64_t) ||
+      payload_len != r.left() - sizeof(uint64_t)) {
     return loss(absl::StrFormat(
         "truncated or oversized: payload length %d, %d bytes follow",
         payload_len, r.left()));

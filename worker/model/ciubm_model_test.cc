@@ -374,6 +374,16 @@ TEST(ModelFileTest, MalformedFilesAreRejectedWithClearErrors) {
   EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(st.message().find("checksum"), std::string::npos) << st;
 
+  // A payload length near 2^64: length + 8 wraps to the 0 bytes that
+  // follow the header, which must not pass as a match.
+  data = good.substr(0, 12);
+  const uint64_t huge = ~uint64_t{0} - 7;
+  data.append(reinterpret_cast<const char*>(&huge), sizeof(huge));
+  WriteAll(bad, data);
+  st = CiubmModel::LoadFromFile(bad).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(st.message().find("truncated"), std::string::npos) << st;
+
   // A well-formed file of another architecture.
   auto other = CiubmModel::Create(SmallConfig("din_ct")).value();
   st = other->Load(path);
