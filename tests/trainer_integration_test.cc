@@ -399,6 +399,34 @@ TEST_F(TrainerIntegrationTest, WarmStartContinuesAnEarlierRun) {
   EXPECT_NE(wrong->err.find("--id_table="), std::string::npos) << wrong->err;
 }
 
+// With the dense params on the shards (--dense_params=ps, and every
+// multi-worker run) the shards' dense table holds deltas over the seeded
+// initialisation, so loading an earlier run's params on top of it would
+// count that run's update twice (it did: params moved by 0.11 in one
+// sample's step at lr 0.005). Refused before anything is created.
+TEST_F(TrainerIntegrationTest, WarmStartWithDenseParamsOnTheShardsIsRefused) {
+  Train("din", "warmps", {"--test=" + data_->test_path, "--epochs=1",
+                          "--dense_params=ps"});
+  const std::string first_dir = *dir_ + "/model_warmps";
+  for (const std::vector<std::string>& extra :
+       {std::vector<std::string>{"--dense_params=ps"},
+        std::vector<std::string>{"--num_workers=2", "--worker_index=1"}}) {
+    std::vector<std::string> args =
+        Args("din", "warmps", {"--test=" + data_->test_path, "--epochs=1",
+                               "--init_model_dir=" + first_dir});
+    args.insert(args.end(), extra.begin(), extra.end());
+    for (std::string& a : args) {
+      if (absl::StartsWith(a, "--model_dir=")) a += "_2";
+    }
+    absl::StatusOr<CommandResult> run = RunCommand(args);
+    ASSERT_TRUE(run.ok()) << run.status();
+    EXPECT_NE(run->exit_code, 0);
+    EXPECT_NE(run->err.find("--init_model_dir needs the dense params local"),
+              std::string::npos)
+        << run->err;
+  }
+}
+
 TEST_F(TrainerIntegrationTest, FailedWorkerMarksTheRunFailed) {
   // Worker 1 fails after joining the barrier (its train file is missing);
   // worker 0 of the same run then refuses the half-trained tables at once

@@ -64,6 +64,16 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
     return bad("--dense_params=local with --num_workers=", o.num_workers,
                ": data-parallel workers must share dense parameters (ps)");
   }
+  if (!o.init_model_dir.empty() &&
+      (o.dense_params == "ps" || o.num_workers > 1)) {
+    // The shards' dense table holds deltas over the seeded initialisation
+    // (and its own Adam state), and an earlier run's table is reused: adding
+    // its deltas to the loaded params would count that run's update twice.
+    return bad("--init_model_dir needs the dense params local (one worker, "
+               "--dense_params=auto or local); with them on the shards "
+               "(--dense_params=ps or --num_workers > 1) a warm start is not "
+               "supported");
+  }
   if (o.threads < 1) return bad("--threads must be >= 1");
   if (o.loss_every < 1) return bad("--loss_every must be >= 1");
   if (o.max_train_samples < 0) return bad("--max_train_samples must be >= 0");

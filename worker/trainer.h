@@ -33,7 +33,8 @@ struct TrainerOptions {
   // Warm start: a model_dir of an earlier run. Its dense params and Adam
   // state are loaded before training (the ID rows are already on the
   // shards, in the table that run trained: its manifest must name the same
-  // ID table). Empty: start from the seeded initialisation.
+  // ID table). Empty: start from the seeded initialisation. Refused with
+  // the dense params on the shards (dense_params "ps", num_workers > 1).
   std::string init_model_dir;
   int epochs = 1;
   int batch_size = 1024;

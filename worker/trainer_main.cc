@@ -27,7 +27,8 @@ DEFINE_string(model_dir, "", "Directory for the dense model and manifest.json");
 DEFINE_string(init_model_dir, "",
               "Warm start: --model_dir of an earlier run whose dense params "
               "and Adam state to continue from (its ID table must be this "
-              "run's; see --id_table)");
+              "run's; see --id_table). Needs local dense params: refused "
+              "with --dense_params=ps or --num_workers > 1");
 DEFINE_int32(epochs, 2,
              "Passes over the training data (default chosen with --lr on a "
              "MovieLens validation tail, see docs/RESULTS.md)");
