@@ -3,9 +3,10 @@
 // Vec8<T> is a GCC vector of 8 T. In code compiled for baseline x86-64 the
 // compiler lowers each operation to SSE2 (two or four registers); inside a
 // function marked MIM_TARGET_AVX2 the same source uses 256-bit registers.
-// Neither path contracts a*b+c into FMA (ISO C++ mode: -ffp-contract=off),
-// and every lane does the same operations in the same order, so both paths
-// give bit-identical results: a model trained on an AVX2 machine replays
+// Neither path contracts a*b+c into FMA (target "avx2" does not enable FMA,
+// and :cpu_impl builds with -ffp-contract=off, which GCC's C++ modes do not
+// default to), and every lane does the same operations in the same order,
+// so both paths give bit-identical results: a model trained on an AVX2 machine replays
 // exactly on one without.
 #ifndef MIM_KERNELS_SIMD_H_
 #define MIM_KERNELS_SIMD_H_
