@@ -427,6 +427,33 @@ TEST_F(TrainerIntegrationTest, WarmStartWithDenseParamsOnTheShardsIsRefused) {
   }
 }
 
+// A manifest naming the right ID table is not enough: when that table is
+// not on the shards (fresh shards, a dropped table), the warm start would
+// put the trained dense params on fresh ID rows. Refused.
+TEST_F(TrainerIntegrationTest, WarmStartRefusesAnIdTableMissingOnTheShards) {
+  Train("din", "warmghost", {"--test=" + data_->test_path, "--epochs=1"});
+  const std::string first_dir = *dir_ + "/model_warmghost";
+  const std::string ghost_dir = *dir_ + "/model_warmghost_moved";
+  std::filesystem::create_directories(ghost_dir);
+  std::filesystem::copy_file(first_dir + "/model.mimmodel",
+                             ghost_dir + "/model.mimmodel");
+  Json manifest = ReadJson(first_dir + "/manifest.json");
+  manifest["id_table"]["name"] = "warmghost_never_created_id";
+  std::ofstream(ghost_dir + "/manifest.json") << manifest.dump();
+
+  std::vector<std::string> args = Args(
+      "din", "warmghost", {"--test=" + data_->test_path, "--epochs=1",
+                           "--id_table=warmghost_never_created_id",
+                           "--init_model_dir=" + ghost_dir});
+  for (std::string& a : args) {
+    if (absl::StartsWith(a, "--model_dir=")) a += "_2";
+  }
+  absl::StatusOr<CommandResult> run = RunCommand(args);
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_NE(run->exit_code, 0);
+  EXPECT_NE(run->err.find("not on the shards"), std::string::npos) << run->err;
+}
+
 TEST_F(TrainerIntegrationTest, FailedWorkerMarksTheRunFailed) {
   // Worker 1 fails after joining the barrier (its train file is missing);
   // worker 0 of the same run then refuses the half-trained tables at once

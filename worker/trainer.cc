@@ -307,7 +307,8 @@ absl::Status WriteManifest(const std::string& path, const TrainerOptions& o,
 // checking that the earlier run trained the ID table this run will use
 // (dense weights on top of fresh ID rows would be silently wrong).
 absl::Status WarmStart(const TrainerOptions& o, const std::string& id_table,
-                       model::CiubmModel* model, TrainReport* report) {
+                       ps::PsClient* ps, model::CiubmModel* model,
+                       TrainReport* report) {
   const std::string manifest_path = o.init_model_dir + "/" + kManifestFile;
   std::ifstream in(manifest_path);
   if (!in) {
@@ -330,6 +331,17 @@ absl::Status WarmStart(const TrainerOptions& o, const std::string& id_table,
         "'; pass --id_table=", trained, " (or the same --model, --seed and "
         "--table_prefix) to continue it"));
   }
+  // The same name is not enough: on shards that lost it (a fresh
+  // deployment, a dropped table) CreateTable would make fresh rows.
+  absl::StatusOr<std::vector<ps::PsClient::ShardStats>> stats =
+      ps->Stats(id_table);
+  if (absl::IsNotFound(stats.status())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--init_model_dir=", o.init_model_dir, " was trained with ID table '",
+        id_table, "', which is not on the shards (", stats.status().message(),
+        "); its dense params would meet fresh ID rows"));
+  }
+  if (!stats.ok()) return stats.status();
   const std::string path = o.init_model_dir + "/" + kModelFile;
   absl::Status loaded = model->Load(path);
   if (!loaded.ok()) return loaded;
@@ -386,7 +398,7 @@ absl::StatusOr<TrainReport> RunTrainerImpl(
 
   report.id_table = IdTableName(o);
   if (!o.init_model_dir.empty()) {
-    absl::Status warm = WarmStart(o, report.id_table, model->get(), &report);
+    absl::Status warm = WarmStart(o, report.id_table, ps, model->get(), &report);
     if (!warm.ok()) return warm;
   }
   absl::Status created = ps->CreateTable(
