@@ -22,7 +22,6 @@
 #include "kernels/dense_ops.h"
 #include "kernels/device_buffer.h"
 #include "kernels/embedding_ops.h"
-#include "kernels/host_memory.h"
 #include "kernels/sequence_ops.h"
 
 namespace mim::kernels {
@@ -30,11 +29,12 @@ namespace {
 
 constexpr double kH100PeakBytesPerSec = 3.35e12;
 
-// Host operands on huge pages, as the trainer allocates them (host_memory.h).
-HostVector<float> Rand(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
+// Plain heap operands, as the trainer and PyTorch 1.13 (no THP advice in
+// Debian's build) both allocate them.
+std::vector<float> Rand(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(lo, hi);
-  HostVector<float> v(n);
+  std::vector<float> v(n);
   for (auto& x : v) x = u(rng);
   return v;
 }
@@ -89,12 +89,12 @@ void Report(const char* dev, const char* op, int64_t L, int64_t d, double sec,
 
 // Host or device storage for one input, picked once per run.
 struct Buf {
-  HostVector<float> host;
+  std::vector<float> host;
   DeviceBuffer<float> dev;
   float* p = nullptr;
 };
 struct IBuf {
-  HostVector<int32_t> host;
+  std::vector<int32_t> host;
   DeviceBuffer<int32_t> dev;
   int32_t* p = nullptr;
 };

@@ -19,22 +19,44 @@ int64_t AttentionW1Size(int64_t dim, const AttentionMlpShape& m) {
 namespace cpu {
 namespace {
 
+// Same checks, order and names as the CUDA twin's ValidateDin. `g` is null
+// for the forward; `io` is out (forward) or grad_out (backward).
+template <typename T>
 absl::Status ValidateAttention(const char* op, const SeqShape& s,
                                const AttentionMlpShape& m, const int32_t* lens,
-                               const void* h, const void* h_t,
-                               const void* w1) {
+                               const T* h, const T* h_t,
+                               const MlpParams<T>& p, const MlpGrads<T>* g,
+                               const T* io) {
   absl::Status st = ValidateSeq(op, s, lens);
   if (!st.ok()) return st;
   if (m.hidden1 < 1 || m.hidden2 < 1) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s: hidden sizes %d-%d, expected >= 1", op, m.hidden1, m.hidden2));
   }
-  // Pointers to empty tensors (d = 0) may be null.
-  if (s.batch > 0 && s.dim > 0 &&
-      ((h == nullptr && s.max_len > 0) || h_t == nullptr || w1 == nullptr)) {
-    return NullArg(op, "h/h_t/w1");
+  const int64_t B = s.batch, L = s.max_len, d = s.dim, rows = B * L;
+  // Pointers to empty tensors (d = 0, or h with L = 0) may be null.
+  const bool inputs = B > 0 && d > 0;
+  st = RequireNonNull(op, {{"h", h, inputs && L > 0},
+                           {"h_t", h_t, inputs},
+                           {"w1", p.w1, inputs}});
+  if (!st.ok()) return st;
+  if (g != nullptr) {
+    st = RequireNonNull(op, {{"grads.w1", g->w1, d > 0},
+                             {"grads.b1", g->b1, true},
+                             {"grads.w2", g->w2, true},
+                             {"grads.b2", g->b2, true},
+                             {"grads.w3", g->w3, true},
+                             {"grads.b3", g->b3, true}});
+    if (!st.ok()) return st;
   }
-  return absl::OkStatus();
+  return RequireNonNull(
+      op, {{"b1", p.b1, rows > 0},
+           {"w2", p.w2, rows > 0},
+           {"b2", p.b2, rows > 0},
+           {"w3", p.w3, rows > 0},
+           {"b3", p.b3, rows > 0},
+           {g == nullptr ? "out" : "grad_out", io,
+            g == nullptr ? B * d > 0 : rows * d > 0}});
 }
 
 // Per-thread scratch for one target row.
@@ -102,8 +124,8 @@ template <typename T>
 absl::Status DinForward(const SeqShape& s, const AttentionMlpShape& m,
                         const T* h, const T* h_t, const int32_t* lens,
                         const MlpParams<T>& p, T* scores, T* out) {
-  absl::Status st = ValidateAttention("DinAttentionForwardCpu", s, m, lens, h,
-                                      h_t, p.w1);
+  absl::Status st = ValidateAttention<T>("DinAttentionForwardCpu", s, m, lens,
+                                         h, h_t, p, nullptr, out);
   if (!st.ok()) return st;
   const int64_t L = s.max_len, d = s.dim;
   std::vector<T> wac, wbc;
@@ -131,13 +153,9 @@ absl::Status DinBackward(const SeqShape& s, const AttentionMlpShape& m,
                          const T* h, const T* h_t, const int32_t* lens,
                          const MlpParams<T>& p, const T* grad_out, T* grad_h,
                          T* grad_h_t, const MlpGrads<T>& g) {
-  absl::Status st = ValidateAttention("DinAttentionBackwardCpu", s, m, lens, h,
-                                      h_t, p.w1);
+  absl::Status st = ValidateAttention<T>("DinAttentionBackwardCpu", s, m, lens,
+                                         h, h_t, p, &g, grad_out);
   if (!st.ok()) return st;
-  if ((g.w1 == nullptr && s.dim > 0) || g.b1 == nullptr || g.w2 == nullptr ||
-      g.b2 == nullptr || g.w3 == nullptr || g.b3 == nullptr) {
-    return NullArg("DinAttentionBackwardCpu", "grads");
-  }
   const int64_t L = s.max_len, d = s.dim, h1 = m.hidden1, h2 = m.hidden2;
   const int64_t dh1 = d * h1;
   std::vector<T> wac, wbc;

@@ -471,6 +471,14 @@ TEST(CpuContractsTest, NullTensorsAreInvalidArgumentNamingThem) {
               "y");
   expect_null(SigmoidCrossEntropyForwardCpu(3, f, nullptr, f), "labels");
   expect_null(AdamUpdateCpu(AdamConfig{}, 1, 3, f, f, nullptr, f), "m");
+  AttentionMlpParams din{f, f, nullptr, f, f, f};
+  expect_null(DinAttentionForwardCpu(s, AttentionMlpShape{}, f, f, lens.data(),
+                                     din, nullptr, f),
+              "w2");
+  din.w2 = f;
+  expect_null(DinAttentionBackwardCpu(s, AttentionMlpShape{}, f, f, lens.data(),
+                                      din, nullptr, f, f, {f, f, f, f, f, f}),
+              "grad_out");
   for (float x : buf) ASSERT_EQ(x, 1.f);  // nothing was written
   // Negative shapes are refused too.
   EXPECT_EQ(SelectRowsForwardCpu({-1, 2, 4}, f, idx.data(), 1, f).code(),

@@ -679,7 +679,7 @@ TEST(CudaErrorsTest, InvalidArgumentsMatchCpu) {
          return g ? DinAttentionBackwardCuda(s, m, P(g, 0), P(g, 7), I(g, lens, dlens), din_params(g), P(g, 7), nullptr, nullptr, gr)
                   : DinAttentionBackwardCpu(s, m, P(g, 0), P(g, 7), I(g, lens, dlens), din_params(g), P(g, 7), nullptr, nullptr, gr);
        },
-       "grads"},
+       "grads.b1"},
       {"DIN forward, lens[1] > max_len",
        [&](bool g) {
          return g ? DinAttentionForwardCuda(s, m, P(g, 0), P(g, 7), I(g, bad_lens, dbad_lens), din_params(g), nullptr, P(g, 7))

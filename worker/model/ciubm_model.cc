@@ -394,6 +394,22 @@ absl::Status ValidateModelConfig(const ModelConfig& c) {
   for (int h : c.mlp_hidden) {
     if (h <= 0) return bad("mlp_hidden sizes must be positive, got ", h);
   }
+  // Bounds far above any real model keep every size product (4 d h1,
+  // width x width) well inside int64, also for a crafted model file.
+  constexpr int kMaxWidth = 1 << 16;
+  constexpr size_t kMaxLayers = 64;
+  for (int w : {c.id_dim, c.content_dim, c.sim_k}) {
+    if (w > kMaxWidth) return bad("dimension ", w, " exceeds ", kMaxWidth);
+  }
+  for (const std::vector<int>* v : {&c.att_hidden, &c.mlp_hidden}) {
+    for (int h : *v) {
+      if (h > kMaxWidth) return bad("hidden size ", h, " exceeds ", kMaxWidth);
+    }
+  }
+  if (c.mlp_hidden.size() > kMaxLayers) {
+    return bad("mlp_hidden has ", c.mlp_hidden.size(), " layers, at most ",
+               kMaxLayers);
+  }
   return absl::OkStatus();
 }
 

@@ -81,6 +81,15 @@ TEST(ModelConfigTest, ValidationNamesTheBadField) {
   c.id_dim = 0;
   EXPECT_EQ(CiubmModel::Create(c).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // Sizes whose products would overflow are refused, not allocated.
+  c = SmallConfig("din");
+  c.att_hidden = {1 << 30, 4};
+  st = ValidateModelConfig(c);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("exceeds"), std::string::npos) << st;
+  c = SmallConfig("din");
+  c.mlp_hidden.assign(65, 4);
+  EXPECT_EQ(ValidateModelConfig(c).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(ModelConfigTest, AblationFlagsChangeMlpInputWidth) {
