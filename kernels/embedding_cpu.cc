@@ -62,18 +62,26 @@ absl::Status Gather(const GatherShape& s, const T* table, const int32_t* index,
   st = RequireNonNull("EmbeddingGatherCpu",
                       {{"table", table, n > 0 && s.rows > 0}, {"out", out, n > 0}});
   if (!st.ok()) return st;
-  const int64_t d = s.dim;
   ParallelForBalanced(s.num_indices, [&](int64_t lo, int64_t hi) {
+    // Locals, not the closure's references: the byte copies below may alias
+    // anything, and would make the compiler reload every captured value.
+    const int64_t d = s.dim;
+    const int32_t* const idx = index;
+    const T* const tbl = table;
+    T* const o = out;
+    // 16-byte copies inline (rows are short, 32-64 floats): a memcpy call
+    // per row, or 32-byte vectors on SSE2 (spilled to the stack), cost as
+    // much as the copy itself.
+    constexpr int64_t kStep = 16 / sizeof(T);
     for (int64_t n = lo; n < hi; ++n) {
-      T* dst = out + n * d;
-      if (index[n] < 0) {
+      T* dst = o + n * d;
+      if (idx[n] < 0) {
         std::fill_n(dst, d, T(0));
         continue;
       }
-      // Inline 8-lane copy: rows are short (32-64 floats), no call per row.
-      const T* src = table + int64_t{index[n]} * d;
+      const T* src = tbl + int64_t{idx[n]} * d;
       int64_t k = 0;
-      for (; k + 8 <= d; k += 8) Store8(dst + k, Load8(src + k));
+      for (; k + kStep <= d; k += kStep) std::memcpy(dst + k, src + k, 16);
       for (; k < d; ++k) dst[k] = src[k];
     }
   });
