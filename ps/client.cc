@@ -11,11 +11,13 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "embedding/sharding.h"
+#include "grpcpp/channel.h"
 #include "grpcpp/completion_queue.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -30,6 +32,7 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 namespace mim::ps {
 
 struct PsClient::Shard {
+  std::vector<std::shared_ptr<grpc::Channel>> channels;  // one per stub
   std::vector<std::unique_ptr<ParameterServer::Stub>> stubs;
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
 };
@@ -262,97 +265,217 @@ bool HasCheckpoint(const ListCheckpointsResponse& list,
       [&name](const CheckpointEntry& c) { return c.name() == name; });
 }
 
+// When a call that failed UNAVAILABLE is sent again.
+enum class Resend {
+  kNever,   // one attempt
+  kUnsent,  // only a call not sent yet: sent once its channel is connected
+  kAlways,  // every UNAVAILABLE (idempotent calls)
+};
+
+// Payload type URL of a push error whose effect on the shard is unknown.
+constexpr char kPushInDoubtUrl[] = "type.mim.ps/PushInDoubt";
+
+Resend PushResend(PsClient::Options::PushRetry retry) {
+  switch (retry) {
+    case PsClient::Options::PushRetry::kNever:
+      return Resend::kNever;
+    case PsClient::Options::PushRetry::kUnsent:
+      return Resend::kUnsent;
+    case PsClient::Options::PushRetry::kAlways:
+      return Resend::kAlways;
+  }
+  return Resend::kUnsent;
+}
+
 }  // namespace
 
 // Sends one request per listed shard, in parallel, retrying UNAVAILABLE.
 class ShardCaller {
  public:
   // Sends requests[c] for every c in `calls` to shard shard_of_call[c];
-  // `responses` gets one entry per request.
+  // `responses` gets one entry per request. With `push`, an error that
+  // leaves the call's effect unknown carries kPushInDoubtUrl.
   template <typename Rpc>
   static absl::Status Call(const PsClient& client,
                            absl::Span<const uint32_t> calls,
                            absl::Span<const uint32_t> shard_of_call,
                            const std::vector<typename Rpc::Request>& requests,
                            std::vector<typename Rpc::Response>* responses,
-                           bool retry) {
+                           Resend resend, bool push = false) {
     const PsClient::Options& options = client.options_;
-    const int attempts = retry ? std::max(1, options.max_attempts) : 1;
+    const int max_attempts =
+        resend == Resend::kNever ? 1 : std::max(1, options.max_attempts);
+    const absl::Time start = absl::Now();
+    const absl::Time give_up = start + options.retry_budget;
     responses->resize(requests.size());
     std::vector<grpc::Status> status(requests.size());
+    // Whether an attempt of the call may have reached its shard, and how
+    // many attempts it had.
+    std::vector<char> sent(requests.size(), 0);
+    std::vector<int> tries(requests.size(), 0);
     std::vector<uint32_t> pending(calls.begin(), calls.end());
     absl::Duration backoff = options.initial_backoff;
     for (int attempt = 1;; ++attempt) {
-      if (pending.size() == 1) {
-        const uint32_t s = pending[0];
+      // An attempt takes at least the backoff: a failed call is retried,
+      // and an unconnected shard waited for, until then.
+      const absl::Time round_end = std::min(absl::Now() + backoff, give_up);
+      std::vector<uint32_t> go;
+      std::vector<ParameterServer::Stub*> stubs;
+      for (const uint32_t s : pending) {
+        const size_t c = ChannelFor(client, shard_of_call[s]);
+        const PsClient::Shard& shard = *client.shards_[shard_of_call[s]];
+        (*responses)[s].Clear();
+        ++tries[s];
+        if (resend == Resend::kUnsent &&
+            !WaitConnected(shard.channels[c].get(), round_end,
+                           absl::Now() + options.timeout)) {
+          status[s] = grpc::Status(
+              grpc::StatusCode::UNAVAILABLE,
+              "not connected (shard down or restarting); nothing was sent");
+          continue;
+        }
+        sent[s] = 1;
+        go.push_back(s);
+        stubs.push_back(shard.stubs[c].get());
+      }
+      if (go.size() == 1) {
         grpc::ClientContext context;
         context.set_deadline(Deadline(options.timeout));
-        (*responses)[s].Clear();
-        status[s] = Rpc::Sync(StubFor(client, shard_of_call[s]), &context,
-                              requests[s],
-                              &(*responses)[s]);
-      } else {
+        status[go[0]] = Rpc::Sync(stubs[0], &context, requests[go[0]],
+                                  &(*responses)[go[0]]);
+      } else if (!go.empty()) {
         grpc::CompletionQueue cq;
         std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
         std::vector<std::unique_ptr<
             grpc::ClientAsyncResponseReader<typename Rpc::Response>>>
             readers;
-        for (const uint32_t s : pending) {
+        for (size_t i = 0; i < go.size(); ++i) {
+          const uint32_t s = go[i];
           contexts.push_back(std::make_unique<grpc::ClientContext>());
           contexts.back()->set_deadline(Deadline(options.timeout));
-          (*responses)[s].Clear();
-          readers.push_back(Rpc::Async(StubFor(client, shard_of_call[s]),
-                                       contexts.back().get(), requests[s],
-                                       &cq));
+          readers.push_back(Rpc::Async(stubs[i], contexts.back().get(),
+                                       requests[s], &cq));
           readers.back()->Finish(&(*responses)[s], &status[s],
-                               reinterpret_cast<void*>(uintptr_t{s}));
+                                 reinterpret_cast<void*>(uintptr_t{s}));
         }
-        AwaitAll(&cq, pending.size());
+        AwaitAll(&cq, go.size());
       }
       std::vector<uint32_t> again;
-      for (const uint32_t s : pending) {
-        if (status[s].error_code() == grpc::StatusCode::UNAVAILABLE &&
-            attempt < attempts) {
-          again.push_back(s);
+      if (attempt < max_attempts && absl::Now() < give_up) {
+        for (const uint32_t s : pending) {
+          if (status[s].error_code() != grpc::StatusCode::UNAVAILABLE) {
+            continue;
+          }
+          if (resend == Resend::kAlways ||
+              (resend == Resend::kUnsent && !sent[s])) {
+            again.push_back(s);
+          }
         }
       }
       if (again.empty()) break;
-      absl::SleepFor(backoff);
+      if (options.on_retry) {
+        for (const uint32_t s : again) {
+          options.on_retry(
+              client.ShardError(shard_of_call[s], FromGrpcStatus(status[s])),
+              attempt);
+        }
+      }
+      const absl::Time now = absl::Now();
+      if (round_end > now) absl::SleepFor(round_end - now);
       backoff = std::min(backoff * 2, options.max_backoff);
       pending = std::move(again);
     }
+    // The first error that is not in doubt wins: it is what the caller must
+    // act on (e.g. a shard that stayed down).
+    absl::Status first_error;
     for (const uint32_t s : calls) {
-      if (!status[s].ok()) {
-        return client.ShardError(shard_of_call[s], FromGrpcStatus(status[s]));
+      if (status[s].ok()) continue;
+      const grpc::StatusCode code = status[s].error_code();
+      const bool in_doubt =
+          push && sent[s] &&
+          (code == grpc::StatusCode::UNAVAILABLE ||
+           code == grpc::StatusCode::DEADLINE_EXCEEDED);
+      if (!in_doubt) {
+        return Described(client, shard_of_call[s], status[s], tries[s],
+                         start);
+      }
+      if (first_error.ok()) {
+        first_error =
+            Described(client, shard_of_call[s], status[s], tries[s], start);
+        first_error = absl::Status(
+            first_error.code(),
+            absl::StrCat(first_error.message(),
+                         "; the push was sent, so the shard may or may not "
+                         "have applied it"));
+        first_error.SetPayload(kPushInDoubtUrl, absl::Cord("1"));
       }
     }
-    return absl::OkStatus();
+    return first_error;
   }
 
   // Sends `request` to every shard; the responses in shard order.
   template <typename Rpc>
   static absl::StatusOr<std::vector<typename Rpc::Response>> CallAll(
       const PsClient& client, const typename Rpc::Request& request,
-      bool retry) {
+      Resend resend) {
     std::vector<uint32_t> all(client.num_shards());
     for (uint32_t s = 0; s < all.size(); ++s) all[s] = s;
     const std::vector<typename Rpc::Request> requests(all.size(), request);
     std::vector<typename Rpc::Response> responses;
     absl::Status status = Call<Rpc>(client, all, all, requests, &responses,
-                                    retry);
+                                    resend);
     if (!status.ok()) return status;
     return responses;
   }
 
  private:
-  // Round-robin over the shard's channels.
-  static ParameterServer::Stub* StubFor(const PsClient& client,
-                                        uint32_t shard) {
-    const auto& stubs = client.shards_[shard]->stubs;
-    if (stubs.size() == 1) return stubs[0].get();
-    return stubs[client.next_channel_.fetch_add(1, std::memory_order_relaxed) %
-                 stubs.size()]
-        .get();
+  // Round-robin over the shard's channels: the index of the next one.
+  static size_t ChannelFor(const PsClient& client, uint32_t shard) {
+    const size_t n = client.shards_[shard]->stubs.size();
+    if (n == 1) return 0;
+    return client.next_channel_.fetch_add(1, std::memory_order_relaxed) % n;
+  }
+
+  // Whether `channel` gets connected, starting a connection attempt if it
+  // is idle. A connection being made is waited for until `timeout_at` (as
+  // an RPC would wait); a failed one until `retry_at`, for a reconnection.
+  // Sending only over a connected channel is what makes an UNAVAILABLE
+  // "never sent": a call on an unconnected channel fails without a trace
+  // of whether it went out.
+  static bool WaitConnected(grpc::Channel* channel, absl::Time retry_at,
+                            absl::Time timeout_at) {
+    grpc_connectivity_state state = channel->GetState(true);
+    while (state != GRPC_CHANNEL_READY) {
+      const bool connecting = state == GRPC_CHANNEL_IDLE ||
+                              state == GRPC_CHANNEL_CONNECTING;
+      const absl::Time until = connecting ? timeout_at : retry_at;
+      if (absl::Now() >= until ||
+          !channel->WaitForStateChange(state, absl::ToChronoTime(until))) {
+        return false;
+      }
+      state = channel->GetState(true);
+    }
+    return true;
+  }
+
+  // The error of a call to `shard`, naming it, and its retries if any.
+  static absl::Status Described(const PsClient& client, uint32_t shard,
+                                const grpc::Status& status, int attempts,
+                                absl::Time start) {
+    absl::Status e = client.ShardError(shard, FromGrpcStatus(status));
+    if (attempts == 1) return e;
+    const PsClient::Options& o = client.options_;
+    return absl::Status(
+        e.code(),
+        absl::StrCat(e.message(), " (gave up after ", attempts,
+                     " attempts over ", absl::FormatDuration(absl::Trunc(
+                                            absl::Now() - start,
+                                            absl::Milliseconds(1))),
+                     o.retry_budget == absl::InfiniteDuration()
+                         ? absl::StrCat("; max_attempts ", o.max_attempts)
+                         : absl::StrCat("; retry budget ",
+                                        absl::FormatDuration(o.retry_budget)),
+                     ")"));
   }
 };
 
@@ -381,6 +504,7 @@ PsClient::PsClient(std::vector<std::string> addresses, const Options& options)
           addresses_[s], grpc::InsecureChannelCredentials(), args);
       if (c == 0) shard->health = grpc::health::v1::Health::NewStub(channel);
       shard->stubs.push_back(ParameterServer::NewStub(channel));
+      shard->channels.push_back(std::move(channel));
     }
     shards_.push_back(std::move(shard));
   }
@@ -399,9 +523,11 @@ absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(
           absl::StrCat("shard address ", s, " is empty"));
     }
   }
-  if (options.max_attempts < 1 || options.timeout <= absl::ZeroDuration()) {
+  if (options.max_attempts < 1 || options.timeout <= absl::ZeroDuration() ||
+      options.retry_budget < absl::ZeroDuration()) {
     return absl::InvalidArgumentError(
-        "max_attempts must be >= 1 and timeout positive");
+        "max_attempts must be >= 1, timeout positive and retry_budget not "
+        "negative");
   }
   return std::unique_ptr<PsClient>(new PsClient(std::move(addresses), options));
 }
@@ -423,13 +549,14 @@ absl::Status PsClient::CreateTable(const TableConfig& config,
   *request.mutable_config() = config;
   request.set_if_not_exists(if_not_exists);
   // Retrying is safe only when a repeat is not an error.
-  return ShardCaller::CallAll<CreateTableRpc>(*this, request, if_not_exists)
+  return ShardCaller::CallAll<CreateTableRpc>(
+             *this, request, if_not_exists ? Resend::kAlways : Resend::kNever)
       .status();
 }
 
 absl::StatusOr<std::vector<TableConfig>> PsClient::ListTables() {
   absl::StatusOr<std::vector<ListTablesResponse>> responses =
-      ShardCaller::CallAll<ListTablesRpc>(*this, ListTablesRequest(), true);
+      ShardCaller::CallAll<ListTablesRpc>(*this, ListTablesRequest(), Resend::kAlways);
   if (!responses.ok()) return responses.status();
   std::vector<TableConfig> tables((*responses)[0].tables().begin(),
                                   (*responses)[0].tables().end());
@@ -461,7 +588,7 @@ absl::Status PsClient::PullRows(
       RouteRequests(table, keys, num_shards(), options_, &requests);
   std::vector<PullResponse> responses;
   absl::Status status = ShardCaller::Call<PullRpc>(
-      *this, routing.calls, routing.shard_of_call, requests, &responses, true);
+      *this, routing.calls, routing.shard_of_call, requests, &responses, Resend::kAlways);
   if (!status.ok()) return status;
   const uint32_t dim = responses[routing.calls[0]].dim();
   for (const uint32_t s : routing.calls) {
@@ -571,7 +698,7 @@ absl::StatusOr<uint64_t> PsClient::Push(absl::string_view table,
   std::vector<PushResponse> responses;
   absl::Status status = ShardCaller::Call<PushRpc>(
       *this, routing.calls, routing.shard_of_call, requests, &responses,
-      options_.retry_pushes);
+      PushResend(options_.push_retry), /*push=*/true);
   if (!status.ok()) return status;
   uint64_t updated = 0;
   for (const uint32_t s : routing.calls) {
@@ -609,7 +736,7 @@ absl::StatusOr<PsClient::UpsertResult> PsClient::Upsert(
   }
   std::vector<UpsertResponse> responses;
   absl::Status status = ShardCaller::Call<UpsertRpc>(
-      *this, routing.calls, routing.shard_of_call, requests, &responses, true);
+      *this, routing.calls, routing.shard_of_call, requests, &responses, Resend::kAlways);
   if (!status.ok()) return status;
   for (const uint32_t s : routing.calls) {
     result.rows_written += responses[s].rows_written();
@@ -627,7 +754,7 @@ absl::StatusOr<PsClient::GetRowsResult> PsClient::GetRows(
       RouteRequests(table, keys, num_shards(), options_, &requests);
   std::vector<GetRowsResponse> responses;
   absl::Status status = ShardCaller::Call<GetRowsRpc>(
-      *this, routing.calls, routing.shard_of_call, requests, &responses, true);
+      *this, routing.calls, routing.shard_of_call, requests, &responses, Resend::kAlways);
   if (!status.ok()) return status;
   const uint32_t dim = responses[routing.calls[0]].dim();
   for (const uint32_t s : routing.calls) {
@@ -664,7 +791,7 @@ absl::StatusOr<std::vector<PsClient::ShardStats>> PsClient::Stats(
   TableStatsRequest request;
   request.set_table(std::string(table));
   absl::StatusOr<std::vector<TableStatsResponse>> responses =
-      ShardCaller::CallAll<TableStatsRpc>(*this, request, true);
+      ShardCaller::CallAll<TableStatsRpc>(*this, request, Resend::kAlways);
   if (!responses.ok()) return responses.status();
   return WithAddresses(addresses_, *std::move(responses), &ShardStats::stats);
 }
@@ -682,7 +809,7 @@ absl::StatusOr<std::vector<PsClient::ShardCheckpoint>> PsClient::Checkpoint(
   request.set_name(chosen);
   // Not retried: a repeat of a checkpoint that did land is ALREADY_EXISTS.
   absl::StatusOr<std::vector<CheckpointResponse>> responses =
-      ShardCaller::CallAll<CheckpointRpc>(*this, request, false);
+      ShardCaller::CallAll<CheckpointRpc>(*this, request, Resend::kNever);
   if (!responses.ok()) return responses.status();
   return WithAddresses(addresses_, *std::move(responses),
                        &ShardCheckpoint::checkpoint);
@@ -692,7 +819,7 @@ absl::StatusOr<std::vector<PsClient::ShardCheckpoints>>
 PsClient::ListCheckpoints() {
   absl::StatusOr<std::vector<ListCheckpointsResponse>> responses =
       ShardCaller::CallAll<ListCheckpointsRpc>(
-          *this, ListCheckpointsRequest(), true);
+          *this, ListCheckpointsRequest(), Resend::kAlways);
   if (!responses.ok()) return responses.status();
   return WithAddresses(addresses_, *std::move(responses),
                        &ShardCheckpoints::list);
@@ -738,7 +865,7 @@ absl::StatusOr<std::vector<PsClient::ShardRestore>> PsClient::Restore(
   std::vector<RestoreResponse> responses;
   // Retried: restoring one explicit name again gives the same state.
   absl::Status status = ShardCaller::Call<RestoreRpc>(
-      *this, all, all, requests, &responses, true);
+      *this, all, all, requests, &responses, Resend::kAlways);
   if (!status.ok()) {
     std::string restored;
     for (const uint32_t s : all) {
@@ -790,6 +917,10 @@ std::vector<absl::Status> PsClient::Health() {
     }
   }
   return out;
+}
+
+bool IsPushInDoubt(const absl::Status& status) {
+  return !status.ok() && status.GetPayload(kPushInDoubtUrl).has_value();
 }
 
 std::vector<TableStats> TotalStats(

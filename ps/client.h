@@ -7,14 +7,24 @@
 // one shard: a blocking call), and reassemble the answers in request order, so a repeated key gets the same row at every position.
 //
 // Every RPC carries a deadline (Options::timeout). A shard answering
-// UNAVAILABLE (down, restarting, connection refused) is retried with
-// exponential backoff up to Options::max_attempts attempts in total; other
-// errors are returned at once. Errors keep their canonical code and name the
-// shard: "shard 1/2 (127.0.0.1:5001): <server message>".
+// UNAVAILABLE (down, restarting, connection refused or broken) is retried
+// with exponential backoff while Options::max_attempts and
+// Options::retry_budget both allow another attempt; other errors are
+// returned at once. Errors keep their canonical code and name the shard:
+// "shard 1/2 (127.0.0.1:5001): <server message>"; one that outlived its
+// retries adds how many attempts over how long.
 //
-// A Push retried after a connection broke mid-call may have been applied
-// once already; set Options::retry_pushes = false where that matters more
-// than losing the update.
+// Pushes are not idempotent (the shard's optimizer applies every push it
+// receives), so by default (PushRetry::kUnsent) a push is sent to a shard
+// only once its connection is up, waiting for an unreachable shard with the
+// same backoff and limits, and is never resent once sent: a push whose
+// connection broke mid-call (shard killed or restarted) or that ran into
+// its deadline may or may not have been applied. Such an error is marked:
+// IsPushInDoubt() tells it apart from a shard that stayed unreachable
+// (nothing was sent to it) or refused the push. Every acknowledged push is
+// applied exactly once (and durable, see the server); a push in doubt is
+// applied at most once. Options::push_retry picks at-least-once or a single
+// attempt instead.
 //
 // Thread-safety: safe for concurrent access (channels and stubs are
 // thread-safe; each call keeps its state on the stack).
@@ -42,14 +52,39 @@ class PsClient {
   struct Options {
     // Deadline of every RPC attempt.
     absl::Duration timeout = absl::Seconds(10);
-    // Attempts per shard call when the shard answers UNAVAILABLE (>= 1).
+    // UNAVAILABLE is retried while both limits allow: at most max_attempts
+    // attempts in total (>= 1), and no attempt starts later than
+    // retry_budget after the call's first one (so a call gives up within
+    // retry_budget plus one timeout). Backoff between attempts: from
+    // initial_backoff, doubling up to max_backoff. To ride through a shard
+    // restart, bound the time, not the count: e.g. retry_budget 60 s and
+    // max_attempts std::numeric_limits<int>::max() (the trainer's
+    // --ps_retry_seconds).
     int max_attempts = 5;
+    absl::Duration retry_budget = absl::InfiniteDuration();
     absl::Duration initial_backoff = absl::Milliseconds(50);
     absl::Duration max_backoff = absl::Seconds(2);
     // Separate TCP connections per shard; calls pick one round-robin, so
     // several caller threads do not share one HTTP/2 connection.
     int channels_per_shard = 1;
-    bool retry_pushes = true;
+    // How a Push to a shard that is (or becomes) unavailable is retried.
+    enum class PushRetry {
+      // One attempt. Any UNAVAILABLE or DEADLINE_EXCEEDED is in doubt.
+      kNever,
+      // Sent only over a connected channel (waiting for it within the retry
+      // limits), never resent: exactly once when acknowledged, at most once
+      // when in doubt (see the file comment).
+      kUnsent,
+      // Resent on every UNAVAILABLE, like a pull: at least once. A push
+      // whose first attempt the shard applied before the connection broke
+      // is applied again (a doubled gradient step on its rows).
+      kAlways,
+    };
+    PushRetry push_retry = PushRetry::kUnsent;
+    // Called on the calling thread before each retry (and each wait for an
+    // unreachable shard) with the error naming the shard and the attempt
+    // that failed (1 = the first); e.g. for a log line. May be empty.
+    std::function<void(const absl::Status& error, int attempt)> on_retry;
     // A shard's part of a request is split into concurrent calls of this
     // many keys (0: never split), so that a big batch is served by several
     // shard threads and transfer overlaps lookup; at most
@@ -202,6 +237,13 @@ class PsClient {
 
   friend class ShardCaller;
 };
+
+// Whether `status` (from PsClient::Push) says the push may or may not have
+// been applied: it was sent (or, with PushRetry::kNever / kAlways, may have
+// been) and then failed UNAVAILABLE (connection broke) or DEADLINE_EXCEEDED.
+// Other errors of a Push mean that the failing shard did not apply it
+// (with several shards, the others may have applied their parts).
+bool IsPushInDoubt(const absl::Status& status);
 
 // Sum of per-shard stats for each table name, in the order of first shard.
 std::vector<TableStats> TotalStats(

@@ -5,13 +5,18 @@
 #include "ps/client.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "embedding/embedding_store.h"
 #include "embedding/sharding.h"
 #include "gmock/gmock.h"
@@ -499,6 +504,206 @@ TEST_F(PsClientTest, UnreachableShardIsUnavailableNamingIt) {
   const std::vector<absl::Status> health = (*client)->Health();
   EXPECT_TRUE(health[0].ok());
   EXPECT_EQ(health[1].code(), absl::StatusCode::kUnavailable);
+}
+
+// Serves `shard` again on its port after `delay`, on a thread to join.
+std::thread RestartLater(InProcessShard* shard, absl::Duration delay) {
+  return std::thread([shard, delay] {
+    absl::SleepFor(delay);
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(absl::StrCat("127.0.0.1:", shard->port),
+                             grpc::InsecureServerCredentials());
+    builder.RegisterService(shard->service.get());
+    shard->server = builder.BuildAndStart();
+  });
+}
+
+TEST_F(PsClientTest, RetryBudgetBoundsTheWaitForADownShard) {
+  shards_[1].server->Shutdown();
+  PsClient::Options options;
+  options.max_attempts = std::numeric_limits<int>::max();
+  options.retry_budget = absl::Milliseconds(400);
+  options.initial_backoff = absl::Milliseconds(10);
+  options.max_backoff = absl::Milliseconds(100);
+  int retries = 0;
+  options.on_retry = [&retries](const absl::Status& error, int attempt) {
+    EXPECT_EQ(error.code(), absl::StatusCode::kUnavailable);
+    EXPECT_EQ(attempt, retries + 1);
+    ++retries;
+  };
+  auto client = PsClient::Create(addresses_, options);
+  ASSERT_TRUE(client.ok());
+  uint64_t key = 0;
+  while (embedding::ShardOf(key, kShards) != 1) ++key;
+
+  absl::Time start = absl::Now();
+  const absl::Status pulled = (*client)->Pull("user", {key}).status();
+  absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(pulled.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(pulled.message()), HasSubstr(addresses_[1]));
+  EXPECT_THAT(std::string(pulled.message()), HasSubstr("retry budget 400ms"));
+  EXPECT_GE(took, absl::Milliseconds(400));
+  EXPECT_LT(took, absl::Seconds(3));
+  EXPECT_GT(retries, 3);
+
+  // A push to the down shard is never sent: unavailable, not in doubt.
+  retries = 0;
+  start = absl::Now();
+  const absl::Status pushed = (*client)->Push("user", {key}, {1, 1}).status();
+  took = absl::Now() - start;
+  EXPECT_EQ(pushed.code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(IsPushInDoubt(pushed)) << pushed;
+  EXPECT_THAT(std::string(pushed.message()), HasSubstr("nothing was sent"));
+  EXPECT_GE(took, absl::Milliseconds(400));
+  EXPECT_LT(took, absl::Seconds(3));
+  EXPECT_GT(retries, 3);
+
+  // No budget: one attempt each.
+  options.retry_budget = absl::ZeroDuration();
+  options.on_retry = nullptr;
+  auto once = PsClient::Create(addresses_, options);
+  ASSERT_TRUE(once.ok());
+  EXPECT_EQ((*once)->Pull("user", {key}).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(IsPushInDoubt((*once)->Push("user", {key}, {1, 1}).status()));
+
+  options.retry_budget = absl::Seconds(-1);
+  EXPECT_EQ(PsClient::Create(addresses_, options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(PsClientTest, PullAndPushRideThroughAShardRestart) {
+  uint64_t key = 0;
+  while (embedding::ShardOf(key, kShards) != 1) ++key;
+  auto before = client_->Pull("user", {key});
+  ASSERT_TRUE(before.ok()) << before.status();
+  PsClient::Options options;
+  options.max_attempts = std::numeric_limits<int>::max();
+  options.retry_budget = absl::Seconds(20);
+  options.initial_backoff = absl::Milliseconds(10);
+  options.max_backoff = absl::Milliseconds(100);
+  int retries = 0;
+  options.on_retry = [&retries](const absl::Status&, int) { ++retries; };
+  auto client = PsClient::Create(addresses_, options);
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->Pull("user", {key}).ok());  // connected
+
+  // Down for 300 ms; the push waits for it and is applied exactly once
+  // (SGD, learning rate 1: row - gradient).
+  shards_[1].server->Shutdown();
+  shards_[1].server.reset();
+  std::thread restart = RestartLater(&shards_[1], absl::Milliseconds(300));
+  const absl::StatusOr<uint64_t> pushed =
+      (*client)->Push("user", {key}, {1.0f, 2.0f});
+  restart.join();
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  EXPECT_EQ(*pushed, 1u);
+  EXPECT_GT(retries, 0);
+  auto after = (*client)->GetRows("user", {key});
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->values, (std::vector<float>{before->values[0] - 1.0f,
+                                               before->values[1] - 2.0f}));
+  EXPECT_EQ(after->meta[0].update_count(), 1u);
+
+  // A pull as well.
+  retries = 0;
+  shards_[1].server->Shutdown();
+  shards_[1].server.reset();
+  restart = RestartLater(&shards_[1], absl::Milliseconds(300));
+  auto pulled = (*client)->Pull("user", {key});
+  restart.join();
+  ASSERT_TRUE(pulled.ok()) << pulled.status();
+  EXPECT_EQ(pulled->values, after->values);
+  EXPECT_GT(retries, 0);
+}
+
+// A shard whose Push and Pull answer a fixed status (after `delay`),
+// counting the calls.
+class ScriptedShard : public ParameterServer::Service {
+ public:
+  ScriptedShard(grpc::Status answer, absl::Duration delay)
+      : answer_(std::move(answer)), delay_(delay) {}
+  grpc::Status Push(grpc::ServerContext*, const PushRequest*,
+                    PushResponse*) override {
+    ++pushes;
+    absl::SleepFor(delay_);
+    return answer_;
+  }
+  grpc::Status Pull(grpc::ServerContext*, const PullRequest*,
+                    PullResponse*) override {
+    ++pulls;
+    absl::SleepFor(delay_);
+    return answer_;
+  }
+  std::atomic<int> pushes{0};
+  std::atomic<int> pulls{0};
+
+ private:
+  const grpc::Status answer_;
+  const absl::Duration delay_;
+};
+
+struct ScriptedServer {
+  ScriptedServer(grpc::Status answer, absl::Duration delay)
+      : service(std::move(answer), delay) {
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port);
+    builder.RegisterService(&service);
+    server = builder.BuildAndStart();
+    address = absl::StrCat("127.0.0.1:", port);
+  }
+  ~ScriptedServer() { server->Shutdown(); }
+  ScriptedShard service;
+  std::unique_ptr<grpc::Server> server;
+  std::string address;
+};
+
+TEST(PsClientPushRetryTest, ASentPushIsNotResentAndIsInDoubt) {
+  using PushRetry = PsClient::Options::PushRetry;
+  for (const PushRetry retry :
+       {PushRetry::kNever, PushRetry::kUnsent, PushRetry::kAlways}) {
+    // The shard answers UNAVAILABLE itself: the push reached it.
+    ScriptedServer shard(grpc::Status(grpc::StatusCode::UNAVAILABLE, "busy"),
+                         absl::ZeroDuration());
+    PsClient::Options options;
+    options.max_attempts = 3;
+    options.initial_backoff = absl::Milliseconds(1);
+    options.push_retry = retry;
+    auto client = PsClient::Create({shard.address}, options);
+    ASSERT_TRUE(client.ok());
+    const absl::Status s = (*client)->Push("t", {1}, {1.0f}).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+    EXPECT_TRUE(IsPushInDoubt(s)) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("may or may not"));
+    EXPECT_EQ(shard.service.pushes, retry == PushRetry::kAlways ? 3 : 1);
+    // Pulls are idempotent: always retried; never "in doubt".
+    const absl::Status p = (*client)->Pull("t", {1}).status();
+    EXPECT_EQ(p.code(), absl::StatusCode::kUnavailable);
+    EXPECT_FALSE(IsPushInDoubt(p));
+    EXPECT_EQ(shard.service.pulls, 3);
+  }
+  // A push past its deadline may have been applied too; a refused one was
+  // not.
+  ScriptedServer slow(grpc::Status::OK, absl::Milliseconds(300));
+  PsClient::Options options;
+  options.timeout = absl::Milliseconds(50);
+  auto client = PsClient::Create({slow.address}, options);
+  ASSERT_TRUE(client.ok());
+  const absl::Status late = (*client)->Push("t", {1}, {1.0f}).status();
+  EXPECT_EQ(late.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(IsPushInDoubt(late)) << late;
+  ScriptedServer refusing(
+      grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no"),
+      absl::ZeroDuration());
+  auto refused_client = PsClient::Create({refusing.address});
+  ASSERT_TRUE(refused_client.ok());
+  const absl::Status refused =
+      (*refused_client)->Push("t", {1}, {1.0f}).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(IsPushInDoubt(refused));
+  EXPECT_FALSE(IsPushInDoubt(absl::OkStatus()));
 }
 
 }  // namespace
