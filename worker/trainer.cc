@@ -46,6 +46,10 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
                "; expected in [0, 1)");
   }
   if (o.epochs < 1) return bad("--epochs = ", o.epochs, "; expected >= 1");
+  if (!(o.ps_retry_seconds >= 0 && o.ps_retry_seconds <= 1e6)) {
+    return bad("--ps_retry_seconds = ", o.ps_retry_seconds,
+               "; expected in [0, 1e6]");
+  }
   if (o.batch_size < 1 || o.eval_batch_size < 1) {
     return bad("batch sizes must be >= 1");
   }
@@ -359,13 +363,11 @@ std::string IdTableName(const TrainerOptions& options) {
 
 namespace {
 
-// RunTrainer's body. `*barrier` is set once the shared barrier exists, so
-// that the caller can report a failure to worker 0.
+// RunTrainer's body, on validated options. `*barrier` is set once the
+// shared barrier exists, so that the caller can report a failure to worker 0.
 absl::StatusOr<TrainReport> RunTrainerImpl(
     const TrainerOptions& o, std::ostream* progress, ps::PsClient* ps,
     std::unique_ptr<FinishBarrier>* barrier_out) {
-  absl::Status valid = ValidateOptions(o);
-  if (!valid.ok()) return valid;
   kernels::SetCpuThreads(o.threads);
 
   TrainReport report;
@@ -497,7 +499,15 @@ absl::StatusOr<TrainReport> RunTrainerImpl(
           step = (*model)->ForwardBackward(batch.batch, &loss, &grad_id,
                                            &grad_dense);
         }
-        if (step.ok()) step = dense->PushGradient(grad_dense);
+        if (step.ok()) {
+          step = dense->PushGradient(grad_dense);
+          if (ps::IsPushInDoubt(step)) {
+            LOG(WARNING) << "dense gradient push in doubt, not resent: "
+                         << step;
+            ++report.pushes_in_doubt;
+            step = absl::OkStatus();
+          }
+        }
       } else {
         step = (*model)->TrainStep(batch.batch, &loss, &grad_id);
       }
@@ -534,6 +544,7 @@ absl::StatusOr<TrainReport> RunTrainerImpl(
       bar.Update(epoch_done, smoothed);
     }
     bar.Finish(epoch_done, std::isnan(smoothed) ? 0.0 : smoothed);
+    report.pushes_in_doubt += (*pipeline)->pushes_in_doubt();
   }
   if (window_batches > 0) {
     report.loss_curve.push_back({o.epochs, report.train_batches,
@@ -590,9 +601,24 @@ absl::StatusOr<TrainReport> RunTrainerImpl(
 
 absl::StatusOr<TrainReport> RunTrainer(const TrainerOptions& options,
                                        std::ostream* progress) {
+  if (absl::Status valid = ValidateOptions(options); !valid.ok()) {
+    return valid;
+  }
   ps::PsClient::Options client_options;
   client_options.timeout = absl::Seconds(60);
   client_options.channels_per_shard = 2;  // trainer thread + prefetch thread
+  // Ride through a shard restart: retries are bounded by time, not count.
+  // Pushes are sent only over a connected channel and never resent
+  // (PushRetry::kUnsent): a push in doubt is counted, not applied twice.
+  client_options.max_attempts = std::numeric_limits<int>::max();
+  client_options.retry_budget = absl::Seconds(options.ps_retry_seconds);
+  client_options.on_retry = [budget = options.ps_retry_seconds](
+                                const absl::Status& error, int attempt) {
+    if (attempt == 1) {
+      LOG(WARNING) << error << "; retrying for up to " << budget
+                   << " s (--ps_retry_seconds)";
+    }
+  };
   absl::StatusOr<std::unique_ptr<ps::PsClient>> client =
       ps::PsClient::Create(options.ps_addresses, client_options);
   if (!client.ok()) return client.status();

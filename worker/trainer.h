@@ -63,6 +63,10 @@ struct TrainerOptions {
   bool prefetch = true;
   int loss_every = 10;  // batches per loss-curve point
   double barrier_timeout_s = 3600;
+  // How long a call to an unavailable shard (down, restarting) is retried
+  // before the job fails naming the shard (PsClient::Options::retry_budget;
+  // 0: one attempt). A shard restarted within it costs only the wait.
+  double ps_retry_seconds = 60;
 };
 
 // One point of the training loss curve: mean loss of the batches since the
@@ -96,6 +100,10 @@ struct TrainReport {
   std::string dense_table;  // empty for local
   int64_t train_samples = 0;  // this worker, all epochs
   int64_t train_batches = 0;
+  // Gradient pushes (ID rows or dense chunks) whose shard connection broke
+  // after they were sent (ps::IsPushInDoubt): they may or may not have been
+  // applied, and are not resent; training goes on (at most once).
+  int64_t pushes_in_doubt = 0;
   int64_t train_items = 0;    // distinct target items in the train portion
   int64_t validation_cutoff = 0;  // first held-out timestamp, 0 if none
   double train_seconds = 0.0;
@@ -109,7 +117,8 @@ struct TrainReport {
 
 // Runs the whole job. `progress` (may be null) gets the progress bar.
 // Errors: INVALID_ARGUMENT for bad options or data; NOT_FOUND for a missing
-// file or content table; shard errors as PsClient; INTERNAL for write
+// file or content table; shard errors as PsClient (UNAVAILABLE naming the
+// shard when it stayed unreachable for ps_retry_seconds); INTERNAL for write
 // failures in model_dir; DEADLINE_EXCEEDED if other workers do not finish
 // within barrier_timeout_s.
 absl::StatusOr<TrainReport> RunTrainer(const TrainerOptions& options,

@@ -63,6 +63,12 @@ DEFINE_bool(no_fusion, false, "Ablation: drop the fusion module");
 DEFINE_bool(prefetch, true, "Read and pull the next batch on a second thread");
 DEFINE_int32(loss_every, 10, "Batches per loss-curve point");
 DEFINE_double(barrier_timeout_s, 3600, "Worker 0's wait for the other workers");
+DEFINE_double(ps_retry_seconds, 60,
+              "How long a call to an unreachable shard (down, restarting) is "
+              "retried, with backoff, before the job fails naming the shard "
+              "(0: no retries). A gradient push is never resent once sent: "
+              "one whose connection broke mid-call is counted in the "
+              "metrics' pushes_in_doubt");
 DEFINE_bool(progress, true, "Progress bar on stderr");
 
 namespace {
@@ -130,6 +136,7 @@ int main(int argc, char** argv) {
   o.prefetch = FLAGS_prefetch;
   o.loss_every = FLAGS_loss_every;
   o.barrier_timeout_s = FLAGS_barrier_timeout_s;
+  o.ps_retry_seconds = FLAGS_ps_retry_seconds;
 
   absl::StatusOr<mim::worker::TrainReport> report =
       mim::worker::RunTrainer(o, FLAGS_progress ? &std::cerr : nullptr);

@@ -1,5 +1,6 @@
 #include "worker/trainer_pipeline.h"
 
+#include <atomic>
 #include <deque>
 #include <thread>
 #include <utility>
@@ -8,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "glog/logging.h"
 #include "worker/data/sample_io.h"
 
 namespace mim::worker {
@@ -71,6 +73,10 @@ class BatchPipeline::Impl {
       return pushed;
     }
     return false;
+  }
+
+  int64_t pushes_in_doubt() const {
+    return pushes_in_doubt_.load(std::memory_order_relaxed);
   }
 
   void PushAfter(std::vector<uint64_t> keys, std::vector<float> gradients) {
@@ -186,7 +192,15 @@ class BatchPipeline::Impl {
   };
 
   absl::Status DoPush(const PendingPush& p) {
-    return client_->Push(options_.id_table, p.keys, p.gradients).status();
+    absl::Status s =
+        client_->Push(options_.id_table, p.keys, p.gradients).status();
+    if (ps::IsPushInDoubt(s)) {
+      LOG(WARNING) << "push of " << p.keys.size() << " ID-row gradients in "
+                   << "doubt, not resent: " << s;
+      pushes_in_doubt_.fetch_add(1, std::memory_order_relaxed);
+      return absl::OkStatus();
+    }
+    return s;
   }
 
   // Pushes in submission order; stops at the first error.
@@ -239,6 +253,7 @@ class BatchPipeline::Impl {
   int64_t accepted_ = 0;
   int64_t next_index_ = 0;
   absl::Status final_status_;  // Without prefetch: the error that ended it.
+  std::atomic<int64_t> pushes_in_doubt_{0};
 
   std::thread thread_;
   absl::Mutex mu_;
@@ -277,6 +292,10 @@ BatchPipeline::~BatchPipeline() = default;
 
 absl::StatusOr<bool> BatchPipeline::Next(PreparedBatch* out) {
   return impl_->Next(out);
+}
+
+int64_t BatchPipeline::pushes_in_doubt() const {
+  return impl_->pushes_in_doubt();
 }
 
 void BatchPipeline::PushAfter(std::vector<uint64_t> keys,

@@ -89,7 +89,13 @@ class BatchPipeline {
   // the prefetch thread, overlapping the caller's next step; without, it
   // runs now. A failed push ends the pass: Next returns its error. Pushes
   // still pending when Next returns false are done before it returns.
+  // A push in doubt (ps::IsPushInDoubt: the shard connection broke after it
+  // was sent) is logged and counted instead, and the pass goes on: it may or
+  // may not have been applied, and is not resent.
   void PushAfter(std::vector<uint64_t> keys, std::vector<float> gradients);
+
+  // Pushes in doubt so far (see PushAfter). Thread-safe.
+  int64_t pushes_in_doubt() const;
 
  private:
   class Impl;

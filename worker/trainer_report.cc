@@ -42,6 +42,7 @@ std::string MetricsJson(
       {"dense", r.dense_table.empty() ? Json(nullptr) : Json(r.dense_table)}};
   j["train_samples"] = r.train_samples;
   j["train_batches"] = r.train_batches;
+  j["pushes_in_doubt"] = r.pushes_in_doubt;
   j["train_seconds"] = r.train_seconds;
   j["train_samples_per_sec"] = r.train_samples_per_sec;
   j["train_items"] = r.train_items;
