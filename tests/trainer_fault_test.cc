@@ -39,6 +39,7 @@
 #include "nlohmann/json.hpp"
 #include "proto/ps.pb.h"
 #include "ps/client.h"
+#include "tests/planted_samples.h"
 #include "tests/process.h"
 #include "worker/data/feature_key.h"
 #include "worker/data/sample.h"
@@ -62,8 +63,6 @@ constexpr int kItems = 400;
 constexpr int kUsers = 500;
 constexpr char kIdTable[] = "fault_id";
 
-bool Good(int64_t item) { return item % 2 == 0; }
-
 struct SyntheticData {
   std::string train_path;
   std::string test_path;
@@ -75,45 +74,17 @@ SyntheticData WriteData(const std::string& dir) {
   SyntheticData d;
   d.train_path = dir + "/train.tsv";
   d.test_path = dir + "/test.tsv";
-  std::mt19937_64 rng(5);
-  std::uniform_real_distribution<double> uniform(0.0, 1.0);
-  std::vector<std::vector<int64_t>> history(kUsers);
-  int64_t ts = 1'000'000;
-  auto make = [&]() {
-    data::Sample s;
-    s.timestamp = ts++;
-    s.user_id = static_cast<int64_t>(rng() % kUsers);
-    s.item_id = static_cast<int64_t>(rng() % kItems);
-    s.label = uniform(rng) < (Good(s.item_id) ? 0.85 : 0.15) ? 1 : 0;
-    s.age_bucket = 1 + static_cast<int32_t>(s.user_id % 5);
-    s.gender = 1 + static_cast<int32_t>(s.user_id % 2);
-    s.occupation = 1 + static_cast<int32_t>(s.user_id % 7);
-    s.genres = {Good(s.item_id) ? 1 : 2,
-                3 + static_cast<int32_t>(s.item_id % 3)};
-    std::vector<int64_t>& h = history[s.user_id];
-    s.behavior = h;
-    if (s.label == 1) {
-      h.push_back(s.item_id);
-      if (h.size() > 10) h.erase(h.begin());
-    }
-    return s;
-  };
-  for (const auto& [path, n, train] :
-       {std::make_tuple(d.train_path, kTrainSamples, true),
-        std::make_tuple(d.test_path, kTestSamples, false)}) {
-    auto writer = data::SampleWriter::Open(path);
-    EXPECT_TRUE(writer.ok()) << writer.status();
-    for (int i = 0; i < n; ++i) {
-      const data::Sample s = make();
-      if (train) {
-        d.train_users.insert(s.user_id);
-        d.train_items.insert(s.item_id);
-        d.train_items.insert(s.behavior.begin(), s.behavior.end());
-      }
-      EXPECT_TRUE((*writer)->Write(s).ok());
-    }
-    EXPECT_TRUE((*writer)->Close().ok());
+  ::mim::testing::PlantedSamples planted(/*seed=*/5, kUsers);
+  std::vector<data::Sample> train, test;
+  for (int i = 0; i < kTrainSamples; ++i) train.push_back(planted.Next(kItems));
+  for (int i = 0; i < kTestSamples; ++i) test.push_back(planted.Next(kItems));
+  for (const data::Sample& s : train) {
+    d.train_users.insert(s.user_id);
+    d.train_items.insert(s.item_id);
+    d.train_items.insert(s.behavior.begin(), s.behavior.end());
   }
+  ::mim::testing::WriteSamples(d.train_path, train);
+  ::mim::testing::WriteSamples(d.test_path, test);
   return d;
 }
 

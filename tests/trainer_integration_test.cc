@@ -23,6 +23,7 @@
 #include "nlohmann/json.hpp"
 #include "proto/ps.pb.h"
 #include "ps/client.h"
+#include "tests/planted_samples.h"
 #include "tests/process.h"
 #include "worker/data/sample.h"
 #include "worker/data/sample_io.h"
@@ -45,7 +46,9 @@ constexpr int kUsers = 200;
 constexpr int kContentDim = 16;
 constexpr char kContentTable[] = "trainer_test_content";
 
-bool Good(int64_t item) { return item % 2 == 0; }
+using ::mim::testing::PlantedSamples;
+
+bool Good(int64_t item) { return PlantedSamples::Good(item); }
 
 // Writes train.tsv / test.tsv and returns the test samples.
 struct SyntheticData {
@@ -59,40 +62,11 @@ SyntheticData WriteData(const std::string& dir) {
   SyntheticData d;
   d.train_path = dir + "/train.tsv";
   d.test_path = dir + "/test.tsv";
-  std::mt19937_64 rng(7);
-  std::uniform_real_distribution<double> uniform(0.0, 1.0);
-  std::vector<std::vector<int64_t>> history(kUsers);
-  int64_t ts = 1'000'000;
-  auto make = [&](int num_items) {
-    data::Sample s;
-    s.timestamp = ts++;
-    s.user_id = static_cast<int64_t>(rng() % kUsers);
-    s.item_id = static_cast<int64_t>(rng() % num_items);
-    s.label = uniform(rng) < (Good(s.item_id) ? 0.85 : 0.15) ? 1 : 0;
-    s.age_bucket = 1 + static_cast<int32_t>(s.user_id % 5);
-    s.gender = 1 + static_cast<int32_t>(s.user_id % 2);
-    s.occupation = 1 + static_cast<int32_t>(s.user_id % 7);
-    s.genres = {Good(s.item_id) ? 1 : 2, 3 + static_cast<int32_t>(s.item_id % 3)};
-    std::vector<int64_t>& h = history[s.user_id];
-    s.behavior = h;
-    if (s.label == 1) {
-      h.push_back(s.item_id);
-      if (h.size() > 10) h.erase(h.begin());
-    }
-    return s;
-  };
-  for (int i = 0; i < kTrainSamples; ++i) d.train.push_back(make(kTrainItems));
-  for (int i = 0; i < kTestSamples; ++i) d.test.push_back(make(kAllItems));
-  for (const auto& [path, samples] :
-       {std::make_pair(d.train_path, &d.train),
-        std::make_pair(d.test_path, &d.test)}) {
-    auto writer = data::SampleWriter::Open(path);
-    EXPECT_TRUE(writer.ok()) << writer.status();
-    for (const data::Sample& s : *samples) {
-      EXPECT_TRUE((*writer)->Write(s).ok());
-    }
-    EXPECT_TRUE((*writer)->Close().ok());
-  }
+  PlantedSamples planted(/*seed=*/7, kUsers);
+  for (int i = 0; i < kTrainSamples; ++i) d.train.push_back(planted.Next(kTrainItems));
+  for (int i = 0; i < kTestSamples; ++i) d.test.push_back(planted.Next(kAllItems));
+  ::mim::testing::WriteSamples(d.train_path, d.train);
+  ::mim::testing::WriteSamples(d.test_path, d.test);
   return d;
 }
 
