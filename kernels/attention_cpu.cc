@@ -182,7 +182,7 @@ absl::Status DinBackward(const SeqShape& s, const AttentionMlpShape& m,
     a.b2.assign(h2, 0);
     a.w3.assign(h2, 0);
   }
-  ParallelFor(s.batch, [&](int64_t lo, int64_t hi, int chunk) {
+  ParallelForChunks(s.batch, chunks, [&](int64_t lo, int64_t hi, int chunk) {
     Acc& a = acc[chunk];
     RowScratch<T> r(L, d, h1, h2);
     std::vector<T> ds(L), dz2(L * h2), dz1(L * h1), sum1(h1), mrow(dh1);
@@ -249,7 +249,7 @@ absl::Status DinBackward(const SeqShape& s, const AttentionMlpShape& m,
              T(1), gh, d);
       }
     }
-  }, kSplitsPerThread);
+  });
   // Reduce in chunk order.
   T* ga = g.w1;
   T* gb = g.w1 + dh1;

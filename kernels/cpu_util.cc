@@ -224,8 +224,13 @@ class WorkerPool {
 void ParallelFor(int64_t n,
                  const std::function<void(int64_t, int64_t, int)>& fn,
                  int splits_per_thread) {
+  ParallelForChunks(n, NumChunks(n, splits_per_thread), fn);
+}
+
+void ParallelForChunks(int64_t n, int chunks,
+                       const std::function<void(int64_t, int64_t, int)>& fn) {
   const int threads = CpuThreads();
-  const int chunks = NumChunks(n, splits_per_thread);
+  chunks = std::max(1, chunks);
   if (chunks == 1) {
     fn(0, n, 0);
     return;

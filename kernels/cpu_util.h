@@ -35,6 +35,11 @@ int NumChunks(int64_t n, int splits_per_thread = 1);
 void ParallelFor(int64_t n,
                  const std::function<void(int64_t, int64_t, int)>& fn,
                  int splits_per_thread = 1);
+// ParallelFor with the chunk count given (>= 1). Callers that size per-chunk
+// state with NumChunks pass that count here, so a SetCpuThreads from
+// another thread in between cannot hand fn a chunk index past their state.
+void ParallelForChunks(int64_t n, int chunks,
+                       const std::function<void(int64_t, int64_t, int)>& fn);
 
 // Like ParallelFor, but splits [0, n) into up to kSplitsPerThread chunks per
 // thread, so a thread that starts late (a busy or descheduled core) leaves

@@ -66,7 +66,7 @@ absl::Status DenseBackward(const DenseShape& s, const T* x, const T* w,
   // need partial sums, added in chunk order (deterministic).
   const int chunks = NumChunks(s.rows);
   std::vector<std::vector<T>> gw(chunks), gb(chunks);
-  ParallelFor(s.rows, [&](int64_t lo, int64_t hi, int chunk) {
+  ParallelForChunks(s.rows, chunks, [&](int64_t lo, int64_t hi, int chunk) {
     const T* dz = grad_y + lo * s.out;
     std::vector<T> masked;
     if (act == Activation::kRelu) {
