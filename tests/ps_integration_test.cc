@@ -605,6 +605,15 @@ TEST_F(PsClusterTest, AdminCliAgainstLiveShards) {
   EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT"));
   EXPECT_THAT(r.err, HasSubstr("optimizer.learning_rate must be finite and "
                                "> 0, got 0"));
+  // The other hyperparameters reach the shard when given, and are checked
+  // there: beta1 = 0 is a valid Adam setting, beta2 = 1 is not.
+  r = Admin({"create-table", "adam_b0", "--kind=id", "--dim=4",
+             "--optimizer=adam", "--beta1=0", "--json"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = Admin({"create-table", "adam_b2", "--kind=id", "--dim=4",
+             "--optimizer=adam", "--beta2=1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("optimizer.beta2 must be in [0, 1), got 1"));
   r = Admin({"frobnicate"});
   EXPECT_EQ(r.exit_code, 2);
 

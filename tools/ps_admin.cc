@@ -9,6 +9,8 @@
 //   get TABLE KEY...                values and metadata (creates no rows)
 //   create-table NAME --kind=id|content --dim=D [--optimizer=adagrad]
 //                [--lr=0.05] [--init=normal] [--init_scale=0.01] [--seed=0]
+//                [--beta1 --beta2 --epsilon --initial_accumulator --l1 --l2
+//                 --lr_power: sent only when given]
 //   checkpoint [NAME]               on every shard (default: timestamp)
 //   checkpoints                     each shard's checkpoints, oldest first,
 //                                   '*' marking those on every shard
@@ -25,6 +27,7 @@
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -47,6 +50,15 @@ DEFINE_string(kind, "id", "create-table: id or content.");
 DEFINE_uint32(dim, 0, "create-table: embedding dimension.");
 DEFINE_string(optimizer, "adagrad", "create-table: sgd|adagrad|adam|ftrl.");
 DEFINE_double(lr, 0.05, "create-table: learning rate.");
+DEFINE_double(beta1, 0.9, "create-table: adam beta1 (sent only when given).");
+DEFINE_double(beta2, 0.999, "create-table: adam beta2 (sent only when given).");
+DEFINE_double(epsilon, 1e-8,
+              "create-table: adam/adagrad epsilon (sent only when given).");
+DEFINE_double(initial_accumulator, 0.1,
+              "create-table: adagrad initial accumulator (sent only when given).");
+DEFINE_double(l1, 0, "create-table: ftrl l1 (sent only when given).");
+DEFINE_double(l2, 0, "create-table: ftrl l2 (sent only when given).");
+DEFINE_double(lr_power, -0.5, "create-table: ftrl lr_power (sent only when given).");
 DEFINE_string(init, "normal", "create-table: zeros|uniform|normal.");
 DEFINE_double(init_scale, 0.01, "create-table: initializer scale.");
 DEFINE_uint64(seed, 0, "create-table: initializer seed.");
@@ -247,6 +259,27 @@ int CreateTable(PsClient& client, const std::string& name) {
   config.mutable_optimizer()->set_name(FLAGS_optimizer);
   config.mutable_optimizer()->set_learning_rate(
       static_cast<float>(FLAGS_lr));
+  // The other hyperparameters go out only when given, so the shard applies
+  // its documented defaults otherwise (proto3 presence).
+  mim::ps::OptimizerConfig* opt = config.mutable_optimizer();
+  const std::pair<const char*, void (mim::ps::OptimizerConfig::*)(float)>
+      optional_flags[] = {
+          {"beta1", &mim::ps::OptimizerConfig::set_beta1},
+          {"beta2", &mim::ps::OptimizerConfig::set_beta2},
+          {"epsilon", &mim::ps::OptimizerConfig::set_epsilon},
+          {"initial_accumulator",
+           &mim::ps::OptimizerConfig::set_initial_accumulator},
+          {"l1", &mim::ps::OptimizerConfig::set_l1},
+          {"l2", &mim::ps::OptimizerConfig::set_l2},
+          {"lr_power", &mim::ps::OptimizerConfig::set_lr_power},
+      };
+  for (const auto& [flag, setter] : optional_flags) {
+    const gflags::CommandLineFlagInfo info =
+        gflags::GetCommandLineFlagInfoOrDie(flag);
+    if (!info.is_default) {
+      (opt->*setter)(static_cast<float>(std::stod(info.current_value)));
+    }
+  }
   config.mutable_initializer()->set_name(FLAGS_init);
   config.mutable_initializer()->set_scale(static_cast<float>(FLAGS_init_scale));
   config.mutable_initializer()->set_seed(FLAGS_seed);
