@@ -286,6 +286,44 @@ TEST(DinAttentionTest, ZeroDimGivesZerosWithoutBlasErrors) {
   }
 }
 
+// Long sequences (150-200 behaviours, over a thousand rows per chunk),
+// checked element by element against central differences on a sample of
+// w1 and h_t and all of b1.
+TEST(DinAttentionTest, BackwardWithManyRowsPerChunkMatchesFiniteDifferences) {
+  std::vector<int32_t> lens(24);
+  for (size_t b = 0; b < lens.size(); ++b) lens[b] = 150 + (b * 37) % 51;
+  lens[5] = 0;
+  DinFixture f(24, 200, 5, AttentionMlpShape{6, 4}, lens);
+  const int64_t d = 5;
+  V r = RandomVec<double>(24 * d, 19), out(24 * d);
+  auto loss = [&] {
+    EXPECT_TRUE(cpu::DinForward<double>(f.s, f.m, f.h.data(), f.ht.data(),
+                                        f.lens.data(), f.params(), nullptr,
+                                        out.data()).ok());
+    return Dot(out, r);
+  };
+  V gh(f.h.size()), ght(f.ht.size()), gw1(f.w1.size()), gb1(6), gw2(24),
+      gb2(4), gw3(4), gb3(1);
+  ASSERT_TRUE(cpu::DinBackward<double>(
+                  f.s, f.m, f.h.data(), f.ht.data(), f.lens.data(), f.params(),
+                  r.data(), gh.data(), ght.data(),
+                  {gw1.data(), gb1.data(), gw2.data(), gb2.data(), gw3.data(),
+                   gb3.data()}).ok());
+  auto check = [&](const char* what, V* x, const V& g, size_t i) {
+    const double saved = (*x)[i], step = 1e-5;
+    (*x)[i] = saved + step;
+    const double up = loss();
+    (*x)[i] = saved - step;
+    const double down = loss();
+    (*x)[i] = saved;
+    const double num = (up - down) / (2 * step);
+    EXPECT_NEAR(g[i], num, 1e-6 + 1e-6 * std::abs(num)) << what << " " << i;
+  };
+  for (size_t i = 0; i < f.w1.size(); i += 7) check("grad_w1", &f.w1, gw1, i);
+  for (size_t i = 0; i < f.b1.size(); ++i) check("grad_b1", &f.b1, gb1, i);
+  for (size_t i = 0; i < f.ht.size(); i += 3) check("grad_h_t", &f.ht, ght, i);
+}
+
 TEST(DinAttentionTest, TwoThreadsAgreeWithOneAndAreRepeatable) {
   const SeqShape s{9, 8, 16};
   const AttentionMlpShape m;
