@@ -54,8 +54,11 @@ class PsClient {
     absl::Duration timeout = absl::Seconds(10);
     // UNAVAILABLE is retried while both limits allow: at most max_attempts
     // attempts in total (>= 1), and no attempt starts later than
-    // retry_budget after the call's first one (so a call gives up within
-    // retry_budget plus one timeout). Backoff between attempts: from
+    // retry_budget after the call's first one. A call gives up within
+    // retry_budget plus one timeout, plus, for pushes under
+    // PushRetry::kUnsent, the time its last wait for the shard's connection
+    // took (each connect try is short: about max_backoff at most, unless
+    // name resolution hangs). Backoff between attempts: from
     // initial_backoff, doubling up to max_backoff. To ride through a shard
     // restart, bound the time, not the count: e.g. retry_budget 60 s and
     // max_attempts std::numeric_limits<int>::max() (the trainer's
@@ -241,8 +244,10 @@ class PsClient {
 // Whether `status` (from PsClient::Push) says the push may or may not have
 // been applied: it was sent (or, with PushRetry::kNever / kAlways, may have
 // been) and then failed UNAVAILABLE (connection broke) or DEADLINE_EXCEEDED.
-// Other errors of a Push mean that the failing shard did not apply it
-// (with several shards, the others may have applied their parts).
+// Under PushRetry::kUnsent (the default), other errors of a Push mean that
+// the failing shard did not apply it (with several shards, the others may
+// have applied their parts). Under kAlways an earlier attempt may have been
+// applied whatever the final error; treat any error as in doubt there.
 bool IsPushInDoubt(const absl::Status& status);
 
 // Sum of per-shard stats for each table name, in the order of first shard.
