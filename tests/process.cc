@@ -131,6 +131,33 @@ int ShardProcess::Kill(int signal) {
 
 ShardProcess::~ShardProcess() { Kill(SIGTERM); }
 
+absl::StatusOr<std::vector<std::unique_ptr<ShardProcess>>>
+ShardProcess::StartCluster(const std::string& dir, uint32_t num_shards,
+                           const std::vector<std::string>& extra) {
+  std::vector<std::unique_ptr<ShardProcess>> shards;
+  for (uint32_t s = 0; s < num_shards; ++s) {
+    Flags flags;
+    flags.shard_index = s;
+    flags.num_shards = num_shards;
+    flags.data_dir = absl::StrCat(dir, "/shard", s);
+    flags.extra = extra;
+    absl::StatusOr<std::unique_ptr<ShardProcess>> shard = Start(flags);
+    if (!shard.ok()) return shard.status();
+    shards.push_back(std::move(*shard));
+  }
+  return shards;
+}
+
+absl::Status ShardProcess::Restart(std::unique_ptr<ShardProcess>* shard) {
+  Flags flags = (*shard)->flags();
+  flags.port = (*shard)->port();
+  shard->reset();
+  absl::StatusOr<std::unique_ptr<ShardProcess>> fresh = Start(flags);
+  if (!fresh.ok()) return fresh.status();
+  *shard = std::move(*fresh);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv) {
   int out_pipe[2];
   int err_pipe[2];

@@ -36,6 +36,17 @@ class ShardProcess {
   static absl::StatusOr<std::unique_ptr<ShardProcess>> Start(
       const Flags& flags);
 
+  // Starts shards 0..num_shards-1 of one cluster, shard i keeping its data
+  // in dir/shard<i>, each with the `extra` flags.
+  static absl::StatusOr<std::vector<std::unique_ptr<ShardProcess>>>
+  StartCluster(const std::string& dir, uint32_t num_shards,
+               const std::vector<std::string>& extra = {});
+
+  // Replaces *shard (still running or already killed; a running one gets
+  // SIGTERM) by a new process with the same flags on the same port and
+  // data_dir, as a restart after a crash would.
+  static absl::Status Restart(std::unique_ptr<ShardProcess>* shard);
+
   ~ShardProcess();
 
   int port() const { return port_; }

@@ -73,16 +73,10 @@ class PsClusterTest : public ::testing::Test {
   void SetUp() override {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     base_dir_ = absl::StrCat(std::getenv("TEST_TMPDIR"), "/", info->name());
-    for (uint32_t s = 0; s < kShards; ++s) {
-      ShardProcess::Flags flags;
-      flags.shard_index = s;
-      flags.num_shards = kShards;
-      flags.data_dir = absl::StrCat(base_dir_, "/shard", s);
-      flags.extra = {absl::StrCat("--max_keys_per_request=", kMaxKeys)};
-      auto shard = ShardProcess::Start(flags);
-      ASSERT_TRUE(shard.ok()) << shard.status();
-      shards_.push_back(std::move(*shard));
-    }
+    auto shards = ShardProcess::StartCluster(
+        base_dir_, kShards, {absl::StrCat("--max_keys_per_request=", kMaxKeys)});
+    ASSERT_TRUE(shards.ok()) << shards.status();
+    shards_ = std::move(*shards);
     PsClient::Options options;
     options.timeout = absl::Seconds(20);
     options.max_attempts = 8;
@@ -104,12 +98,8 @@ class PsClusterTest : public ::testing::Test {
   void CrashAndRestart(uint32_t s) {
     const int status = shards_[s]->Kill(SIGKILL);
     ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-    ShardProcess::Flags flags = shards_[s]->flags();
-    flags.port = shards_[s]->port();
-    shards_[s].reset();
-    auto shard = ShardProcess::Start(flags);
-    ASSERT_TRUE(shard.ok()) << shard.status();
-    shards_[s] = std::move(*shard);
+    const absl::Status restarted = ShardProcess::Restart(&shards_[s]);
+    ASSERT_TRUE(restarted.ok()) << restarted;
   }
 
   std::unique_ptr<ParameterServer::Stub> RawStub(uint32_t s) {
@@ -356,15 +346,11 @@ TEST_F(PsClusterTest, SigtermShutsDownCleanlyAndRestartRecovers) {
   ASSERT_TRUE(client_->CreateTable(ContentTable("item", 2), false).ok());
   const uint64_t k = KeyOfShard(0);
   ASSERT_TRUE(client_->Upsert("item", {k}, {0.25f, -4.0f}, 1).ok());
-  ShardProcess::Flags flags = shards_[0]->flags();
-  flags.port = shards_[0]->port();
   const int status = shards_[0]->Kill(SIGTERM);
   ASSERT_TRUE(WIFEXITED(status)) << "wait status " << status;
   EXPECT_EQ(WEXITSTATUS(status), 0);
-  shards_[0].reset();
-  auto shard = ShardProcess::Start(flags);
-  ASSERT_TRUE(shard.ok()) << shard.status();
-  shards_[0] = std::move(*shard);
+  const absl::Status restarted = ShardProcess::Restart(&shards_[0]);
+  ASSERT_TRUE(restarted.ok()) << restarted;
   auto tables = client_->ListTables();
   ASSERT_TRUE(tables.ok()) << tables.status();
   ASSERT_EQ(tables->size(), 1u);

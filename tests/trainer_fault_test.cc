@@ -131,15 +131,9 @@ class TrainerFaultTest : public ::testing::Test {
   void SetUp() override {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     dir_ = absl::StrCat(std::getenv("TEST_TMPDIR"), "/", info->name());
-    for (uint32_t s = 0; s < kShards; ++s) {
-      ShardProcess::Flags flags;
-      flags.shard_index = s;
-      flags.num_shards = kShards;
-      flags.data_dir = absl::StrCat(dir_, "/shard", s);
-      auto shard = ShardProcess::Start(flags);
-      ASSERT_TRUE(shard.ok()) << shard.status();
-      shards_.push_back(std::move(*shard));
-    }
+    auto shards = ShardProcess::StartCluster(dir_, kShards);
+    ASSERT_TRUE(shards.ok()) << shards.status();
+    shards_ = std::move(*shards);
     // The test's own view of the shards: quick to give up, so that a check
     // never waits long.
     ps::PsClient::Options options;
@@ -214,12 +208,8 @@ class TrainerFaultTest : public ::testing::Test {
 
   // Starts shard 1 again on its port and data_dir.
   void RestartShard1() {
-    ShardProcess::Flags flags = shards_[1]->flags();
-    flags.port = shards_[1]->port();
-    shards_[1].reset();
-    auto shard = ShardProcess::Start(flags);
-    ASSERT_TRUE(shard.ok()) << shard.status();
-    shards_[1] = std::move(*shard);
+    const absl::Status restarted = ShardProcess::Restart(&shards_[1]);
+    ASSERT_TRUE(restarted.ok()) << restarted;
   }
 
   static std::string* data_dir_;

@@ -75,20 +75,11 @@ class TrainerIntegrationTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new std::string(absl::StrCat(std::getenv("TEST_TMPDIR"), "/trainer"));
     std::filesystem::create_directories(*dir_);
-    shards_ = new std::vector<std::unique_ptr<ShardProcess>>();
-    for (uint32_t s = 0; s < 2; ++s) {
-      ShardProcess::Flags flags;
-      flags.shard_index = s;
-      flags.num_shards = 2;
-      flags.data_dir = absl::StrCat(*dir_, "/shard", s);
-      // Two workers, each with a prefetch thread, call concurrently; the
-      // default 4 server threads answer RESOURCE_EXHAUSTED under that load.
-      flags.extra = {"--threads=16"};
-      absl::StatusOr<std::unique_ptr<ShardProcess>> shard =
-          ShardProcess::Start(flags);
-      ASSERT_TRUE(shard.ok()) << shard.status();
-      shards_->push_back(std::move(*shard));
-    }
+    // Two workers, each with a prefetch thread, call concurrently; the
+    // default 4 server threads answer RESOURCE_EXHAUSTED under that load.
+    auto shards = ShardProcess::StartCluster(*dir_, 2, {"--threads=16"});
+    ASSERT_TRUE(shards.ok()) << shards.status();
+    shards_ = new std::vector<std::unique_ptr<ShardProcess>>(std::move(*shards));
     ps_ = new std::string(absl::StrCat((*shards_)[0]->address(), ",",
                                        (*shards_)[1]->address()));
     data_ = new SyntheticData(WriteData(*dir_));
