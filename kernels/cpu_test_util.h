@@ -29,14 +29,16 @@ inline double Dot(const std::vector<double>& a, const std::vector<double>& b) {
   return s;
 }
 
-// Central differences of `loss` w.r.t. every element of *x, compared with
-// `analytic` to |num - ana| <= atol + rtol * |num|.
+// Central differences of `loss` w.r.t. every `stride`-th element of *x
+// (every element by default), compared with `analytic` to
+// |num - ana| <= atol + rtol * |num|.
 inline void ExpectGradMatchesFiniteDiff(
     const std::string& what, std::vector<double>* x,
     const std::function<double()>& loss, const std::vector<double>& analytic,
-    double step = 1e-6, double atol = 1e-7, double rtol = 1e-6) {
+    double step = 1e-6, double atol = 1e-7, double rtol = 1e-6,
+    size_t stride = 1) {
   ASSERT_EQ(x->size(), analytic.size()) << what;
-  for (size_t i = 0; i < x->size(); ++i) {
+  for (size_t i = 0; i < x->size(); i += stride) {
     const double saved = (*x)[i];
     (*x)[i] = saved + step;
     const double up = loss();

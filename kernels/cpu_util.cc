@@ -27,17 +27,27 @@ void SetCpuThreads(int num_threads) {
 int CpuThreads() { return g_cpu_threads.load(); }
 
 namespace cpu {
+namespace {
+
+// C = beta C for a GEMM with nothing to sum (K = 0); beta 0 writes zeros
+// without reading C, as BLAS does.
+template <typename T>
+void ScaleMatrix(int64_t M, int64_t N, T beta, T* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) {
+      C[i * ldc + j] = beta == 0 ? T(0) : beta * C[i * ldc + j];
+    }
+  }
+}
+
+}  // namespace
 
 void Gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
           const float* A, int64_t lda, const float* B, int64_t ldb,
           float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
-  if (K == 0) {  // C = beta C; BLAS would reject the zero leading dimension
-    for (int64_t i = 0; i < M; ++i) {
-      for (int64_t j = 0; j < N; ++j) {
-        C[i * ldc + j] = beta == 0 ? float(0) : beta * C[i * ldc + j];
-      }
-    }
+  if (K == 0) {  // BLAS would reject the zero leading dimension
+    ScaleMatrix(M, N, beta, C, ldc);
     return;
   }
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
@@ -48,12 +58,8 @@ void Gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
           const double* A, int64_t lda, const double* B, int64_t ldb,
           double beta, double* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
-  if (K == 0) {  // C = beta C; BLAS would reject the zero leading dimension
-    for (int64_t i = 0; i < M; ++i) {
-      for (int64_t j = 0; j < N; ++j) {
-        C[i * ldc + j] = beta == 0 ? double(0) : beta * C[i * ldc + j];
-      }
-    }
+  if (K == 0) {  // BLAS would reject the zero leading dimension
+    ScaleMatrix(M, N, beta, C, ldc);
     return;
   }
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,

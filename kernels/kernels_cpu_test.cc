@@ -309,19 +309,9 @@ TEST(DinAttentionTest, BackwardWithManyRowsPerChunkMatchesFiniteDifferences) {
                   r.data(), gh.data(), ght.data(),
                   {gw1.data(), gb1.data(), gw2.data(), gb2.data(), gw3.data(),
                    gb3.data()}).ok());
-  auto check = [&](const char* what, V* x, const V& g, size_t i) {
-    const double saved = (*x)[i], step = 1e-5;
-    (*x)[i] = saved + step;
-    const double up = loss();
-    (*x)[i] = saved - step;
-    const double down = loss();
-    (*x)[i] = saved;
-    const double num = (up - down) / (2 * step);
-    EXPECT_NEAR(g[i], num, 1e-6 + 1e-6 * std::abs(num)) << what << " " << i;
-  };
-  for (size_t i = 0; i < f.w1.size(); i += 7) check("grad_w1", &f.w1, gw1, i);
-  for (size_t i = 0; i < f.b1.size(); ++i) check("grad_b1", &f.b1, gb1, i);
-  for (size_t i = 0; i < f.ht.size(); i += 3) check("grad_h_t", &f.ht, ght, i);
+  ExpectGradMatchesFiniteDiff("grad_w1", &f.w1, loss, gw1, 1e-5, 1e-6, 1e-6, 7);
+  ExpectGradMatchesFiniteDiff("grad_b1", &f.b1, loss, gb1, 1e-5, 1e-6, 1e-6);
+  ExpectGradMatchesFiniteDiff("grad_h_t", &f.ht, loss, ght, 1e-5, 1e-6, 1e-6, 3);
 }
 
 TEST(DinAttentionTest, TwoThreadsAgreeWithOneAndAreRepeatable) {
