@@ -249,16 +249,11 @@ void ParallelForChunks(int64_t n, int chunks,
 
 void ParallelForBalanced(int64_t n,
                          const std::function<void(int64_t, int64_t)>& fn) {
-  const int threads = CpuThreads();
-  if (threads == 1 || n <= 1) {
-    fn(0, n);
-    return;
-  }
-  const int chunks = NumChunks(n, kSplitsPerThread);
-  const std::function<void(int)> body = [&](int c) {
-    fn(n * c / chunks, n * (c + 1) / chunks);
-  };
-  WorkerPool::Get().Run(chunks, std::min(chunks, threads) - 1, body);
+  // One thread: one chunk (splitting would only add calls).
+  const int chunks =
+      CpuThreads() == 1 ? 1 : NumChunks(n, kSplitsPerThread);
+  ParallelForChunks(n, chunks,
+                    [&](int64_t lo, int64_t hi, int) { fn(lo, hi); });
 }
 
 absl::Status ValidateSeq(const char* op, const SeqShape& s,
