@@ -1,0 +1,27 @@
+// Writing a whole file so that readers and crashes see either the old file
+// (or none) or the complete new one.
+#ifndef MIM_BASE_ATOMIC_FILE_H_
+#define MIM_BASE_ATOMIC_FILE_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
+namespace mim::base {
+
+// Writes `contents` to `path + ".tmp"`, fsyncs it, renames it over `path`
+// and fsyncs the directory. On success `path` holds exactly `contents`; on
+// failure `path` is unchanged, the temp file is removed and the status is
+// INTERNAL naming the step and the OS error. Safe for concurrent access to
+// distinct paths; two writers of one path race on the temp file.
+absl::Status WriteFileAtomically(const std::string& path,
+                                 absl::string_view contents);
+
+// Reads the whole file. NOT_FOUND if it cannot be opened, INTERNAL on a read
+// error.
+absl::Status ReadFileToString(const std::string& path, std::string* contents);
+
+}  // namespace mim::base
+
+#endif  // MIM_BASE_ATOMIC_FILE_H_

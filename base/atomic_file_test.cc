@@ -1,0 +1,46 @@
+#include "base/atomic_file.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace mim::base {
+namespace {
+
+std::string TempDir() { return std::getenv("TEST_TMPDIR"); }
+
+TEST(AtomicFileTest, WritesAndReplacesWholeFile) {
+  const std::string path = TempDir() + "/a.txt";
+  ASSERT_TRUE(WriteFileAtomically(path, "first").ok());
+  ASSERT_TRUE(WriteFileAtomically(path, "second, longer").ok());
+  std::string got;
+  ASSERT_TRUE(ReadFileToString(path, &got).ok());
+  EXPECT_EQ(got, "second, longer");
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+}
+
+TEST(AtomicFileTest, FailureLeavesOldFileAndNamesPath) {
+  const std::string dir = TempDir() + "/ro";
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/f";
+  ASSERT_TRUE(WriteFileAtomically(path, "keep").ok());
+  // A directory where the temp file should go makes the create fail.
+  std::filesystem::create_directories(path + ".tmp");
+  const absl::Status st = WriteFileAtomically(path, "lost");
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(st.message().find(path + ".tmp"), std::string::npos) << st;
+  std::string got;
+  ASSERT_TRUE(ReadFileToString(path, &got).ok());
+  EXPECT_EQ(got, "keep");
+}
+
+TEST(AtomicFileTest, MissingFileIsNotFound) {
+  std::string got;
+  EXPECT_EQ(ReadFileToString(TempDir() + "/none", &got).code(),
+            absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace mim::base
