@@ -133,7 +133,30 @@ int32_t BatchBuilder::ContentRow(uint64_t key, std::vector<uint64_t>* keys) {
   return it->second;
 }
 
+FeatureRow FeatureRowOf(const data::Sample& s) {
+  FeatureRow r;
+  r.user_id = s.user_id;
+  r.age_bucket = s.age_bucket;
+  r.gender = s.gender;
+  r.occupation = s.occupation;
+  r.behavior = s.behavior;
+  r.item_id = s.item_id;
+  r.genres = s.genres;
+  r.label = s.label;
+  return r;
+}
+
 absl::Status BatchBuilder::Build(absl::Span<const data::Sample> samples,
+                                 int64_t id_dim, int64_t content_dim,
+                                 Batch* batch, std::vector<uint64_t>* id_keys,
+                                 std::vector<uint64_t>* content_keys) {
+  rows_.clear();
+  for (const data::Sample& s : samples) rows_.push_back(FeatureRowOf(s));
+  return Build(absl::MakeConstSpan(rows_), id_dim, content_dim, batch, id_keys,
+               content_keys);
+}
+
+absl::Status BatchBuilder::Build(absl::Span<const FeatureRow> samples,
                                  int64_t id_dim, int64_t content_dim,
                                  Batch* batch, std::vector<uint64_t>* id_keys,
                                  std::vector<uint64_t>* content_keys) {
@@ -151,7 +174,7 @@ absl::Status BatchBuilder::Build(absl::Span<const data::Sample> samples,
   content_keys->clear();
   const int32_t B = static_cast<int32_t>(samples.size());
   int32_t L = 0;
-  for (const data::Sample& s : samples) {
+  for (const FeatureRow& s : samples) {
     L = std::max<int32_t>(
         L, std::min<int32_t>(max_behavior_,
                              static_cast<int32_t>(s.behavior.size())));
@@ -173,7 +196,7 @@ absl::Status BatchBuilder::Build(absl::Span<const data::Sample> samples,
   b.content_behavior_idx.assign(static_cast<size_t>(B) * L, -1);
   b.genre_offsets[0] = 0;
   for (int32_t r = 0; r < B; ++r) {
-    const data::Sample& s = samples[r];
+    const FeatureRow& s = samples[r];
     b.user_idx[r] = IdRow(FeatureKey(FeatureField::kUser, s.user_id), id_keys);
     b.age_idx[r] =
         IdRow(FeatureKey(FeatureField::kAgeBucket, s.age_bucket), id_keys);

@@ -61,6 +61,26 @@ struct Batch {
   std::vector<float> labels;  // [B], 0 or 1 (unused by Forward)
 };
 
+// One example as the model sees it: user features, the behaviour sequence
+// and the candidate (target) item with its features. A view: the spans
+// point into memory the caller keeps alive while the row is used. The
+// trainer fills rows from data::Sample (FeatureRowOf); the serving tier
+// fills one per candidate from a request, all sharing the user's spans.
+// Plain value type.
+struct FeatureRow {
+  int64_t user_id = 0;
+  int32_t age_bucket = 0;  // 0 = unknown, as in data::Sample
+  int32_t gender = 0;
+  int32_t occupation = 0;
+  absl::Span<const int64_t> behavior;  // most recent last
+  int64_t item_id = 0;                 // the candidate
+  absl::Span<const int32_t> genres;    // the candidate's genres
+  int32_t label = 0;                   // 0 when unknown (serving)
+};
+
+// The row view of a sample (spans into `s`).
+FeatureRow FeatureRowOf(const data::Sample& s);
+
 // Checks every shape and index of `b` against id_dim / content_dim
 // (content_dim <= 0: the content side is not checked). OK when the batch is
 // well-formed, else INVALID_ARGUMENT naming the field, the offending value
@@ -85,6 +105,11 @@ class BatchBuilder {
   // of id_rows must hold the embedding of id_keys[r]) and content keys (raw
   // item ids, same rule). INVALID_ARGUMENT if `samples` is empty or dims
   // are not positive.
+  absl::Status Build(absl::Span<const FeatureRow> rows, int64_t id_dim,
+                     int64_t content_dim, Batch* batch,
+                     std::vector<uint64_t>* id_keys,
+                     std::vector<uint64_t>* content_keys);
+  // The same for samples (through FeatureRowOf).
   absl::Status Build(absl::Span<const data::Sample> samples, int64_t id_dim,
                      int64_t content_dim, Batch* batch,
                      std::vector<uint64_t>* id_keys,
@@ -95,6 +120,7 @@ class BatchBuilder {
   int32_t ContentRow(uint64_t key, std::vector<uint64_t>* keys);
 
   int max_behavior_;
+  std::vector<FeatureRow> rows_;  // Build(samples) scratch
   absl::flat_hash_map<uint64_t, int32_t> id_rows_;
   absl::flat_hash_map<uint64_t, int32_t> content_rows_;
 };

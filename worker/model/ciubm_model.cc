@@ -12,10 +12,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
-#include "kernels/content_ops.h"
-#include "kernels/dense_ops.h"
-#include "kernels/embedding_ops.h"
-#include "kernels/sequence_ops.h"
+#include "base/atomic_file.h"
+#include "base/status_macros.h"
+#include "kernels/backend.h"
 #include "worker/model/modules.h"
 
 namespace mim::model {
@@ -30,13 +29,6 @@ constexpr char kMagic[8] = {'M', 'I', 'M', 'M', 'O', 'D', 'E', 'L'};
 // only) still load, with fresh Adam state.
 constexpr uint32_t kFormatVersion = 2;
 constexpr uint32_t kOldestFormatVersion = 1;
-
-// Propagates a non-OK status (Abseil 20220623 has no RETURN_IF_ERROR).
-#define MIM_RETURN_IF_ERROR(expr)            \
-  do {                                       \
-    absl::Status _st = (expr);               \
-    if (!_st.ok()) return _st;               \
-  } while (0)
 
 // splitmix64: a portable, seedable stream (std distributions differ across
 // standard libraries; saved models must not).
@@ -428,13 +420,44 @@ std::vector<ParamSlice> DenseParamLayout(const ModelConfig& c) {
 
 // ---------------------------------------------------------------------------
 
+// Per-call state: the modules (each keeps its last Forward's inputs for
+// Backward) and the work buffers, reused across calls. The ID gather packs
+// every lookup of the batch into one index list, blocks of rows in this
+// order:
+//   user B | age B | gender B | occ B | target B | behaviour B*L |
+//   genres B*G (G = most genres in a row, padded with -1)
+// so one gather fills all inputs and one segment-sum backward produces the
+// per-unique-row gradient.
+struct ModelWorkspace::State {
+  State(const ModelConfig& c, const kernels::ComputeBackend& backend)
+      : id_interest(backend, c.backbone, c.id_dim, AttShape(c), c.sim_k),
+        content(backend, c.id_dim, c.content_dim),
+        mlp(backend, MlpInputWidth(c), c.mlp_hidden) {}
+
+  IdInterestModule id_interest;
+  ContentInterestModule content;
+  MlpTower mlp;
+
+  int64_t B = 0, L = 0, G = 0;
+  std::vector<int32_t> id_index, genre_lens;
+  std::vector<float> gathered, grad_gathered;
+  std::vector<float> genre_mean, grad_genre_mean;
+  std::vector<float> id_out, grad_id_out, grad_target_tmp, grad_beh_tmp;
+  std::vector<int32_t> content_index;
+  std::vector<float> content_gathered;  // m_t B | m B*L
+  std::vector<float> h_mm, h_fusion, grad_h_fusion;
+  std::vector<float> mlp_in, grad_mlp_in, logits, grad_logits;
+};
+
+ModelWorkspace::ModelWorkspace(std::unique_ptr<State> state)
+    : state_(std::move(state)) {}
+ModelWorkspace::~ModelWorkspace() = default;
+
+// Read-only after construction except through the training methods
+// (params, Adam state, gradient and the training workspace).
 struct CiubmModel::Impl {
-  explicit Impl(const ModelConfig& c)
-      : config(c),
-        layout(Layout(c, &init)),
-        id_interest(c.backbone, c.id_dim, AttShape(c), c.sim_k),
-        content(c.id_dim, c.content_dim),
-        mlp(MlpInputWidth(c), c.mlp_hidden) {
+  Impl(const ModelConfig& c, const kernels::ComputeBackend& b)
+      : config(c), backend(&b), layout(Layout(c, &init)) {
     int64_t n = 0;
     for (const ParamSlice& s : layout) n += s.size;
     params.assign(n, 0.0f);
@@ -442,7 +465,11 @@ struct CiubmModel::Impl {
     adam_m.assign(n, 0.0f);
     adam_v.assign(n, 0.0f);
     att_offset = 0;
-    mlp_offset = HasAttention(c) ? id_interest.num_params() : 0;
+    mlp_offset = 0;
+    if (HasAttention(c)) {
+      IdInterestModule probe(b, c.backbone, c.id_dim, AttShape(c), c.sim_k);
+      mlp_offset = probe.num_params();
+    }
   }
 
   void InitParams() {
@@ -475,177 +502,174 @@ struct CiubmModel::Impl {
     }
   }
 
-  absl::Status RunForward(const Batch& b);
-  absl::Status RunBackward(const Batch& b, std::vector<float>* grad_id_rows);
+  ModelWorkspace::State& train() {
+    if (train_ws == nullptr) {
+      train_ws = std::make_unique<ModelWorkspace::State>(config, *backend);
+    }
+    return *train_ws;
+  }
+
+  absl::Status RunForward(const Batch& b, ModelWorkspace::State* w) const;
+  absl::Status RunBackward(const Batch& b, ModelWorkspace::State* w,
+                           float* grad_dense,
+                           std::vector<float>* grad_id_rows) const;
 
   ModelConfig config;
+  const kernels::ComputeBackend* backend;
   std::vector<SliceInit> init;
   std::vector<ParamSlice> layout;
-  IdInterestModule id_interest;
-  ContentInterestModule content;
-  MlpTower mlp;
   int64_t att_offset = 0, mlp_offset = 0;
 
   std::vector<float> params, grads, adam_m, adam_v;
   int64_t adam_step = 0;
-
-  // Work buffers, reused across steps. The ID gather packs every lookup of
-  // the batch into one index list, blocks of rows in this order:
-  //   user B | age B | gender B | occ B | target B | behaviour B*L |
-  //   genres B*G (G = most genres in a row, padded with -1)
-  // so one gather fills all inputs and one segment-sum backward produces
-  // the per-unique-row gradient.
-  int64_t B = 0, L = 0, G = 0;
-  std::vector<int32_t> id_index, genre_lens;
-  std::vector<float> gathered, grad_gathered;
-  std::vector<float> genre_mean, grad_genre_mean;
-  std::vector<float> id_out, grad_id_out, grad_target_tmp, grad_beh_tmp;
-  std::vector<int32_t> content_index;
-  std::vector<float> content_gathered;  // m_t B | m B*L
-  std::vector<float> h_mm, h_fusion, grad_h_fusion;
-  std::vector<float> mlp_in, grad_mlp_in, logits, grad_logits;
+  std::unique_ptr<ModelWorkspace::State> train_ws;  // training methods only
 };
 
-absl::Status CiubmModel::Impl::RunForward(const Batch& b) {
+absl::Status CiubmModel::Impl::RunForward(const Batch& b,
+                                          ModelWorkspace::State* w) const {
   const ModelConfig& c = config;
   const int64_t d = c.id_dim, dm = c.content_dim;
   MIM_RETURN_IF_ERROR(ValidateBatch(b, d, UsesContent(c) ? dm : 0));
-  B = b.batch_size;
-  L = b.max_len;
-  G = 0;
+  const int64_t B = b.batch_size, L = b.max_len;
+  int64_t G = 0;
   for (int64_t r = 0; r < B; ++r) {
     G = std::max<int64_t>(G, b.genre_offsets[r + 1] - b.genre_offsets[r]);
   }
+  w->B = B;
+  w->L = L;
+  w->G = G;
   // Pack the lookups.
   const int64_t n_idx = B * (5 + L + G);
-  id_index.resize(n_idx);
-  int32_t* ix = id_index.data();
+  w->id_index.resize(n_idx);
+  int32_t* ix = w->id_index.data();
   for (const std::vector<int32_t>* v :
        {&b.user_idx, &b.age_idx, &b.gender_idx, &b.occ_idx, &b.target_idx,
         &b.behavior_idx}) {
     ix = std::copy(v->begin(), v->end(), ix);
   }
-  genre_lens.resize(B);
+  w->genre_lens.resize(B);
   for (int64_t r = 0; r < B; ++r) {
     const int32_t lo = b.genre_offsets[r], hi = b.genre_offsets[r + 1];
-    genre_lens[r] = hi - lo;
+    w->genre_lens[r] = hi - lo;
     int32_t* row = ix + r * G;
     std::copy(b.genre_rows.begin() + lo, b.genre_rows.begin() + hi, row);
     std::fill(row + (hi - lo), row + G, -1);
   }
-  gathered.resize(n_idx * d);
-  MIM_RETURN_IF_ERROR(kernels::EmbeddingGatherCpu(
-      {b.num_id_rows, d, n_idx}, b.id_rows.data(), id_index.data(),
-      gathered.data()));
-  const float* user = gathered.data();
+  w->gathered.resize(n_idx * d);
+  MIM_RETURN_IF_ERROR(backend->EmbeddingGather(
+      {b.num_id_rows, d, n_idx}, b.id_rows.data(), w->id_index.data(),
+      w->gathered.data()));
+  const float* user = w->gathered.data();
   const float* target = user + 4 * B * d;
   const float* beh = user + 5 * B * d;
   const float* genres = beh + B * L * d;
 
-  genre_mean.resize(B * d);
-  MIM_RETURN_IF_ERROR(kernels::MaskedMeanPoolForwardCpu(
-      {B, G, d}, genres, genre_lens.data(), genre_mean.data()));
+  w->genre_mean.resize(B * d);
+  MIM_RETURN_IF_ERROR(backend->MaskedMeanPoolForward(
+      {B, G, d}, genres, w->genre_lens.data(), w->genre_mean.data()));
 
   const kernels::SeqShape seq{B, L, d};
   if (c.use_id_interest) {
-    id_out.resize(B * d);
-    MIM_RETURN_IF_ERROR(id_interest.Forward(seq, beh, target, b.lens.data(),
+    w->id_out.resize(B * d);
+    MIM_RETURN_IF_ERROR(w->id_interest.Forward(seq, beh, target, b.lens.data(),
                                             params.data() + att_offset,
-                                            id_out.data()));
+                                            w->id_out.data()));
   }
   const float* m_t = nullptr;
   if (UsesContent(c)) {
-    content_index.resize(B * (1 + L));
+    w->content_index.resize(B * (1 + L));
     std::copy(b.content_target_idx.begin(), b.content_target_idx.end(),
-              content_index.begin());
+              w->content_index.begin());
     std::copy(b.content_behavior_idx.begin(), b.content_behavior_idx.end(),
-              content_index.begin() + B);
-    content_gathered.resize(B * (1 + L) * dm);
-    MIM_RETURN_IF_ERROR(kernels::EmbeddingGatherCpu(
+              w->content_index.begin() + B);
+    w->content_gathered.resize(B * (1 + L) * dm);
+    MIM_RETURN_IF_ERROR(backend->EmbeddingGather(
         {b.num_content_rows, dm, B * (1 + L)}, b.content_rows.data(),
-        content_index.data(), content_gathered.data()));
-    m_t = content_gathered.data();
+        w->content_index.data(), w->content_gathered.data()));
+    m_t = w->content_gathered.data();
   }
   if (UsesContentInterest(c) || UsesFusion(c)) {
-    h_mm.resize(B * dm);
-    h_fusion.resize(B * d);
-    MIM_RETURN_IF_ERROR(content.Forward(seq, m_t + B * dm, m_t, beh,
-                                        b.lens.data(), h_mm.data(),
-                                        h_fusion.data()));
+    w->h_mm.resize(B * dm);
+    w->h_fusion.resize(B * d);
+    MIM_RETURN_IF_ERROR(w->content.Forward(seq, m_t + B * dm, m_t, beh,
+                                        b.lens.data(), w->h_mm.data(),
+                                        w->h_fusion.data()));
   }
   // Feature concat, in the order documented in ciubm_model.h.
   ColumnBlock blocks[10];
   int nb = 0;
   for (int k = 0; k < 4; ++k) blocks[nb++] = {user + k * B * d, d};
-  blocks[nb++] = {genre_mean.data(), d};
+  blocks[nb++] = {w->genre_mean.data(), d};
   blocks[nb++] = {target, d};
-  if (c.use_id_interest) blocks[nb++] = {id_out.data(), d};
-  if (UsesContentInterest(c)) blocks[nb++] = {h_mm.data(), dm};
-  if (UsesFusion(c)) blocks[nb++] = {h_fusion.data(), d};
+  if (c.use_id_interest) blocks[nb++] = {w->id_out.data(), d};
+  if (UsesContentInterest(c)) blocks[nb++] = {w->h_mm.data(), dm};
+  if (UsesFusion(c)) blocks[nb++] = {w->h_fusion.data(), d};
   if (UsesContent(c)) blocks[nb++] = {m_t, dm};
   const int64_t width = MlpInputWidth(c);
-  mlp_in.resize(B * width);
-  ConcatColumns(B, absl::MakeConstSpan(blocks, nb), mlp_in.data());
-  logits.resize(B);
-  return mlp.Forward(B, mlp_in.data(), params.data() + mlp_offset,
-                     logits.data());
+  w->mlp_in.resize(B * width);
+  ConcatColumns(B, absl::MakeConstSpan(blocks, nb), w->mlp_in.data());
+  w->logits.resize(B);
+  return w->mlp.Forward(B, w->mlp_in.data(), params.data() + mlp_offset,
+                     w->logits.data());
 }
 
-absl::Status CiubmModel::Impl::RunBackward(const Batch& b,
-                                           std::vector<float>* grad_id_rows) {
+absl::Status CiubmModel::Impl::RunBackward(
+    const Batch& b, ModelWorkspace::State* w, float* grad_dense,
+    std::vector<float>* grad_id_rows) const {
   const ModelConfig& c = config;
   const int64_t d = c.id_dim, dm = c.content_dim;
-  grad_logits.resize(B);
-  MIM_RETURN_IF_ERROR(kernels::SigmoidCrossEntropyBackwardCpu(
-      B, logits.data(), b.labels.data(), grad_logits.data()));
+  const int64_t B = w->B, L = w->L, G = w->G;
+  w->grad_logits.resize(B);
+  MIM_RETURN_IF_ERROR(backend->SigmoidCrossEntropyBackward(
+      B, w->logits.data(), b.labels.data(), w->grad_logits.data()));
   const int64_t width = MlpInputWidth(c);
-  grad_mlp_in.resize(B * width);
-  MIM_RETURN_IF_ERROR(mlp.Backward(grad_logits.data(), grad_mlp_in.data(),
-                                   grads.data() + mlp_offset));
+  w->grad_mlp_in.resize(B * width);
+  MIM_RETURN_IF_ERROR(w->mlp.Backward(w->grad_logits.data(), w->grad_mlp_in.data(),
+                                   grad_dense + mlp_offset));
 
   const int64_t n_idx = B * (5 + L + G);
-  grad_gathered.resize(n_idx * d);
-  float* g_user = grad_gathered.data();
+  w->grad_gathered.resize(n_idx * d);
+  float* g_user = w->grad_gathered.data();
   float* g_target = g_user + 4 * B * d;
   float* g_beh = g_user + 5 * B * d;
   float* g_genres = g_beh + B * L * d;
-  grad_genre_mean.resize(B * d);
-  grad_id_out.resize(B * d);
-  grad_h_fusion.resize(B * d);
+  w->grad_genre_mean.resize(B * d);
+  w->grad_id_out.resize(B * d);
+  w->grad_h_fusion.resize(B * d);
   MutableColumnBlock blocks[10];
   int nb = 0;
   for (int k = 0; k < 4; ++k) blocks[nb++] = {g_user + k * B * d, d};
-  blocks[nb++] = {grad_genre_mean.data(), d};
+  blocks[nb++] = {w->grad_genre_mean.data(), d};
   blocks[nb++] = {g_target, d};
-  if (c.use_id_interest) blocks[nb++] = {grad_id_out.data(), d};
+  if (c.use_id_interest) blocks[nb++] = {w->grad_id_out.data(), d};
   // Content vectors are frozen and h_MM depends on nothing trainable, so
   // its gradient is not needed.
   if (UsesContentInterest(c)) blocks[nb++] = {nullptr, dm};
-  if (UsesFusion(c)) blocks[nb++] = {grad_h_fusion.data(), d};
+  if (UsesFusion(c)) blocks[nb++] = {w->grad_h_fusion.data(), d};
   if (UsesContent(c)) blocks[nb++] = {nullptr, dm};
-  SplitColumns(B, grad_mlp_in.data(), absl::MakeConstSpan(blocks, nb));
+  SplitColumns(B, w->grad_mlp_in.data(), absl::MakeConstSpan(blocks, nb));
 
-  MIM_RETURN_IF_ERROR(kernels::MaskedMeanPoolBackwardCpu(
-      {B, G, d}, grad_genre_mean.data(), genre_lens.data(), g_genres));
+  MIM_RETURN_IF_ERROR(backend->MaskedMeanPoolBackward(
+      {B, G, d}, w->grad_genre_mean.data(), w->genre_lens.data(), g_genres));
 
   if (c.use_id_interest) {
-    grad_target_tmp.resize(B * d);
-    MIM_RETURN_IF_ERROR(id_interest.Backward(grad_id_out.data(), g_beh,
-                                             grad_target_tmp.data(),
-                                             grads.data() + att_offset));
-    AddInto(grad_target_tmp.data(), B * d, g_target);
+    w->grad_target_tmp.resize(B * d);
+    MIM_RETURN_IF_ERROR(w->id_interest.Backward(w->grad_id_out.data(), g_beh,
+                                             w->grad_target_tmp.data(),
+                                             grad_dense + att_offset));
+    AddInto(w->grad_target_tmp.data(), B * d, g_target);
   } else {
     std::fill(g_beh, g_beh + B * L * d, 0.0f);
   }
   if (UsesFusion(c)) {
-    grad_beh_tmp.resize(B * L * d);
+    w->grad_beh_tmp.resize(B * L * d);
     MIM_RETURN_IF_ERROR(
-        content.Backward(nullptr, grad_h_fusion.data(), grad_beh_tmp.data()));
-    AddInto(grad_beh_tmp.data(), B * L * d, g_beh);
+        w->content.Backward(nullptr, w->grad_h_fusion.data(), w->grad_beh_tmp.data()));
+    AddInto(w->grad_beh_tmp.data(), B * L * d, g_beh);
   }
   grad_id_rows->resize(b.num_id_rows * d);
-  return kernels::EmbeddingGatherBackwardCpu(
-      {b.num_id_rows, d, n_idx}, grad_gathered.data(), id_index.data(),
+  return backend->EmbeddingGatherBackward(
+      {b.num_id_rows, d, n_idx}, w->grad_gathered.data(), w->id_index.data(),
       kernels::GradMode::kDeterministic, grad_id_rows->data());
 }
 
@@ -655,44 +679,74 @@ CiubmModel::CiubmModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CiubmModel::~CiubmModel() = default;
 
 absl::StatusOr<std::unique_ptr<CiubmModel>> CiubmModel::Create(
-    const ModelConfig& config) {
+    const ModelConfig& config, const kernels::ComputeBackend& backend) {
   MIM_RETURN_IF_ERROR(ValidateModelConfig(config));
-  auto impl = std::make_unique<Impl>(config);
+  auto impl = std::make_unique<Impl>(config, backend);
   impl->InitParams();
   return std::unique_ptr<CiubmModel>(new CiubmModel(std::move(impl)));
 }
 
 absl::StatusOr<std::unique_ptr<CiubmModel>> CiubmModel::LoadFromFile(
-    const std::string& path) {
+    const std::string& path, const kernels::ComputeBackend& backend) {
   ModelConfig config;
   std::vector<float> params;
   AdamState adam;
   MIM_RETURN_IF_ERROR(ReadModelFile(path, &config, &params, &adam));
-  auto impl = std::make_unique<Impl>(config);
+  auto impl = std::make_unique<Impl>(config, backend);
   impl->params = std::move(params);
   impl->SetAdamState(std::move(adam));
   return std::unique_ptr<CiubmModel>(new CiubmModel(std::move(impl)));
 }
 
 const ModelConfig& CiubmModel::config() const { return impl_->config; }
+const kernels::ComputeBackend& CiubmModel::backend() const {
+  return *impl_->backend;
+}
+
+std::unique_ptr<ModelWorkspace> CiubmModel::NewWorkspace() const {
+  return std::unique_ptr<ModelWorkspace>(new ModelWorkspace(
+      std::make_unique<ModelWorkspace::State>(impl_->config,
+                                              *impl_->backend)));
+}
+
+namespace {
+void Sigmoid(const std::vector<float>& logits, int64_t n,
+             std::vector<float>* probs) {
+  probs->resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    (*probs)[i] = 1.0f / (1.0f + std::exp(-logits[i]));
+  }
+}
+}  // namespace
+
+absl::Status CiubmModel::Predict(const Batch& batch, ModelWorkspace* workspace,
+                                 std::vector<float>* probs) const {
+  if (workspace == nullptr) {
+    return absl::InvalidArgumentError("Predict: workspace is null");
+  }
+  ModelWorkspace::State* w = workspace->state_.get();
+  MIM_RETURN_IF_ERROR(impl_->RunForward(batch, w));
+  Sigmoid(w->logits, w->B, probs);
+  return absl::OkStatus();
+}
 
 absl::Status CiubmModel::Forward(const Batch& batch,
                                  std::vector<float>* probs) {
-  MIM_RETURN_IF_ERROR(impl_->RunForward(batch));
-  probs->resize(impl_->B);
-  for (int64_t i = 0; i < impl_->B; ++i) {
-    (*probs)[i] = 1.0f / (1.0f + std::exp(-impl_->logits[i]));
-  }
+  ModelWorkspace::State* w = &impl_->train();
+  MIM_RETURN_IF_ERROR(impl_->RunForward(batch, w));
+  Sigmoid(w->logits, w->B, probs);
   return absl::OkStatus();
 }
 
 absl::Status CiubmModel::ForwardBackward(const Batch& batch, float* loss,
                                          std::vector<float>* grad_id_rows,
                                          std::vector<float>* grad_dense) {
-  MIM_RETURN_IF_ERROR(impl_->RunForward(batch));
-  MIM_RETURN_IF_ERROR(kernels::SigmoidCrossEntropyForwardCpu(
-      impl_->B, impl_->logits.data(), batch.labels.data(), loss));
-  MIM_RETURN_IF_ERROR(impl_->RunBackward(batch, grad_id_rows));
+  ModelWorkspace::State* w = &impl_->train();
+  MIM_RETURN_IF_ERROR(impl_->RunForward(batch, w));
+  MIM_RETURN_IF_ERROR(impl_->backend->SigmoidCrossEntropyForward(
+      w->B, w->logits.data(), batch.labels.data(), loss));
+  MIM_RETURN_IF_ERROR(
+      impl_->RunBackward(batch, w, impl_->grads.data(), grad_id_rows));
   if (grad_dense != nullptr) *grad_dense = impl_->grads;
   return absl::OkStatus();
 }
@@ -701,12 +755,7 @@ absl::Status CiubmModel::TrainStep(const Batch& batch, float* loss,
                                    std::vector<float>* grad_id_rows,
                                    std::vector<float>* probs) {
   MIM_RETURN_IF_ERROR(ForwardBackward(batch, loss, grad_id_rows, nullptr));
-  if (probs != nullptr) {
-    probs->resize(impl_->B);
-    for (int64_t i = 0; i < impl_->B; ++i) {
-      (*probs)[i] = 1.0f / (1.0f + std::exp(-impl_->logits[i]));
-    }
-  }
+  if (probs != nullptr) Sigmoid(impl_->train_ws->logits, impl_->train_ws->B, probs);
   return ApplyDenseGradients(impl_->grads);
 }
 
@@ -719,9 +768,9 @@ absl::Status CiubmModel::ApplyDenseGradients(absl::Span<const float> grad) {
   }
   if (n == 0) return absl::OkStatus();
   ++m.adam_step;
-  return kernels::AdamUpdateCpu(m.config.adam, m.adam_step, n, grad.data(),
-                                m.params.data(), m.adam_m.data(),
-                                m.adam_v.data());
+  return m.backend->AdamUpdate(m.config.adam, m.adam_step, n, grad.data(),
+                               m.params.data(), m.adam_m.data(),
+                               m.adam_v.data());
 }
 
 void CiubmModel::set_learning_rate(float lr) {
@@ -753,24 +802,7 @@ absl::Status CiubmModel::Save(const std::string& path) const {
   file.Bytes(payload.bytes().data(), payload.bytes().size());
   file.Pod<uint64_t>(Fnv1a64(payload.bytes().data(), payload.bytes().size()));
 
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out.write(file.bytes().data(),
-              static_cast<std::streamsize>(file.bytes().size()));
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      return absl::InternalError(
-          absl::StrCat("cannot write model file '", tmp, "'"));
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return absl::InternalError(
-        absl::StrCat("cannot rename '", tmp, "' to '", path, "'"));
-  }
-  return absl::OkStatus();
+  return base::WriteFileAtomically(path, file.bytes());
 }
 
 absl::Status CiubmModel::Load(const std::string& path) {

@@ -17,9 +17,15 @@
 // then DIN over them). The content and fusion modules always see the whole
 // behaviour sequence, also for SIM.
 //
-// All math runs on kernels/ (CPU twins). Dense parameters live in one flat
-// float vector (layout: DenseParamLayout); ID embeddings live on the PS and
-// come in with the Batch; their gradients go out per unique row.
+// All math runs on a kernels::ComputeBackend chosen when the model is built
+// (the CPU twins by default). Dense parameters live in one flat float
+// vector (layout: DenseParamLayout); ID embeddings live on the PS and come
+// in with the Batch; their gradients go out per unique row.
+//
+// Serving and training share this class: Predict is const and takes a
+// per-call ModelWorkspace, so one loaded model serves any number of
+// concurrent callers; the training methods use a workspace of the model's
+// own.
 #ifndef MIM_WORKER_MODEL_CIUBM_MODEL_H_
 #define MIM_WORKER_MODEL_CIUBM_MODEL_H_
 
@@ -32,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "kernels/backend.h"
 #include "kernels/dense_ops.h"
 #include "worker/model/batch.h"
 
@@ -86,17 +93,38 @@ struct ParamSlice {
 // with use_id_interest), then the MLP layers (w, b per layer, w is in x out).
 std::vector<ParamSlice> DenseParamLayout(const ModelConfig& c);
 
-// A CiUBM/baseline model: dense parameters, Adam state and reusable work
-// buffers. Not thread-safe (each trainer thread owns its own model).
-// Buffers grow to the largest batch seen and are reused; steady-state
-// steps do not allocate.
+class CiubmModel;
+
+// Per-call scratch of one model: the modules' saved activations and work
+// buffers, which grow to the largest batch seen and are reused (steady-state
+// calls do not allocate). Made by CiubmModel::NewWorkspace and usable only
+// with that model. Not thread-safe: one workspace per concurrent caller.
+class ModelWorkspace {
+ public:
+  ~ModelWorkspace();
+  ModelWorkspace(const ModelWorkspace&) = delete;
+  ModelWorkspace& operator=(const ModelWorkspace&) = delete;
+
+ private:
+  friend class CiubmModel;
+  struct State;
+  explicit ModelWorkspace(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+// A CiUBM/baseline model: dense parameters and Adam state.
+// Const methods are safe for concurrent access (Predict with one workspace
+// per caller); the others (training, Load, dense_params()) need external
+// synchronization, also against concurrent Predict calls.
 class CiubmModel {
  public:
   // Validates `config` and initialises dense params deterministically from
   // config.seed (He-uniform for ReLU layers, Xavier-uniform for linear
-  // outputs, zero biases). INVALID_ARGUMENT for a bad config.
+  // outputs, zero biases). INVALID_ARGUMENT for a bad config. `backend`
+  // must outlive the model.
   static absl::StatusOr<std::unique_ptr<CiubmModel>> Create(
-      const ModelConfig& config);
+      const ModelConfig& config,
+      const kernels::ComputeBackend& backend = kernels::CpuBackend());
 
   // Reads a file written by Save and returns a model with that config,
   // those parameters and that Adam state (a version 1 file has none: fresh
@@ -104,16 +132,28 @@ class CiubmModel {
   // cannot be opened; DATA_LOSS if it is truncated, has a bad magic,
   // version, checksum or an inconsistent config.
   static absl::StatusOr<std::unique_ptr<CiubmModel>> LoadFromFile(
-      const std::string& path);
+      const std::string& path,
+      const kernels::ComputeBackend& backend = kernels::CpuBackend());
 
   ~CiubmModel();
   CiubmModel(const CiubmModel&) = delete;
   CiubmModel& operator=(const CiubmModel&) = delete;
 
   const ModelConfig& config() const;
+  const kernels::ComputeBackend& backend() const;
 
-  // probs[b] = predicted click probability. INVALID_ARGUMENT if the batch
-  // is malformed (ValidateBatch) ; *probs is then unspecified.
+  // A new workspace for Predict.
+  std::unique_ptr<ModelWorkspace> NewWorkspace() const;
+
+  // probs[b] = predicted click probability, computed in `workspace` (one of
+  // this model's, used by no other caller meanwhile). INVALID_ARGUMENT if
+  // the batch is malformed (ValidateBatch) or workspace is null; *probs is
+  // then unspecified. The same batch gives the same bits as Forward.
+  absl::Status Predict(const Batch& batch, ModelWorkspace* workspace,
+                       std::vector<float>* probs) const;
+
+  // Predict in the model's own training workspace (not const: it shares
+  // that workspace with the training methods).
   absl::Status Forward(const Batch& batch, std::vector<float>* probs);
 
   // Forward + backward, no update. Writes the mean sigmoid cross-entropy

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -316,6 +317,42 @@ TEST(CiubmModelTest, DeterministicAndTrainStepEqualsManualAdam) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Predict is const with a per-call workspace: one model serves concurrent
+// callers, each getting exactly the bits Forward gives, for every variant.
+TEST(CiubmModelTest, ConcurrentPredictMatchesForwardBitForBit) {
+  for (const char* name : {"avgpool_ct", "din", "sim_mim", "din_mim"}) {
+    const ModelConfig c = SmallConfig(name);
+    auto model = CiubmModel::Create(c).value();
+    std::vector<Batch> batches;
+    std::vector<std::vector<float>> expected(4);
+    for (int i = 0; i < 4; ++i) {
+      batches.push_back(
+          RandomBatch(3 + i, 2 + i, 14, 8, c.id_dim, c.content_dim, 40 + i));
+      ASSERT_TRUE(model->Forward(batches[i], &expected[i]).ok());
+    }
+    const CiubmModel& shared = *model;
+    std::vector<std::vector<std::vector<float>>> got(
+        4, std::vector<std::vector<float>>(4));
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+      threads.emplace_back([&, t] {
+        std::unique_ptr<ModelWorkspace> ws = shared.NewWorkspace();
+        for (int rep = 0; rep < 20; ++rep) {
+          const int i = (t + rep) % 4;
+          ASSERT_TRUE(shared.Predict(batches[i], ws.get(), &got[t][i]).ok());
+        }
+      });
+    }
+    for (std::thread& th : threads) th.join();
+    for (int t = 0; t < 4; ++t) {
+      for (int i = 0; i < 4; ++i) EXPECT_EQ(got[t][i], expected[i]) << name;
+    }
+    std::vector<float> probs;
+    EXPECT_EQ(model->Predict(batches[0], nullptr, &probs).code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+}
+
 TEST(CiubmModelTest, MalformedBatchIsRejected) {
   const ModelConfig c = SmallConfig("din_ct");
   auto model = CiubmModel::Create(c).value();
@@ -494,6 +531,53 @@ TEST(ModelFileTest, NonFiniteParametersAreRefusedOnLoad) {
 
 // --- BatchBuilder -----------------------------------------------------------
 
+// Rows filled by hand (as the serving tier does) give the batch and keys
+// the samples give.
+TEST(BatchBuilderTest, FeatureRowsBuildTheSameBatchAsSamples) {
+  data::Sample a;
+  a.user_id = 7;
+  a.item_id = 100;
+  a.label = 1;
+  a.age_bucket = 2;
+  a.gender = 1;
+  a.occupation = 4;
+  a.genres = {3, 5};
+  a.behavior = {10, 11, 12};
+  data::Sample b = a;
+  b.item_id = 101;
+  b.label = 0;
+  b.genres = {};
+  const std::vector<data::Sample> samples = {a, b};
+  BatchBuilder builder;
+  Batch from_samples, from_rows;
+  std::vector<uint64_t> ids1, ids2, content1, content2;
+  ASSERT_TRUE(
+      builder.Build(samples, 4, 3, &from_samples, &ids1, &content1).ok());
+  const std::vector<int64_t> behavior = {10, 11, 12};
+  const std::vector<int32_t> genres_a = {3, 5};
+  std::vector<FeatureRow> rows(2);
+  for (FeatureRow& r : rows) {
+    r.user_id = 7;
+    r.age_bucket = 2;
+    r.gender = 1;
+    r.occupation = 4;
+    r.behavior = behavior;
+  }
+  rows[0].item_id = 100;
+  rows[0].genres = genres_a;
+  rows[0].label = 1;
+  rows[1].item_id = 101;
+  ASSERT_TRUE(builder.Build(rows, 4, 3, &from_rows, &ids2, &content2).ok());
+  EXPECT_EQ(ids1, ids2);
+  EXPECT_EQ(content1, content2);
+  EXPECT_EQ(from_samples.user_idx, from_rows.user_idx);
+  EXPECT_EQ(from_samples.behavior_idx, from_rows.behavior_idx);
+  EXPECT_EQ(from_samples.genre_rows, from_rows.genre_rows);
+  EXPECT_EQ(from_samples.genre_offsets, from_rows.genre_offsets);
+  EXPECT_EQ(from_samples.content_behavior_idx, from_rows.content_behavior_idx);
+  EXPECT_EQ(from_samples.labels, from_rows.labels);
+}
+
 TEST(BatchBuilderTest, BuildsUniqueKeysIndicesAndPadding) {
   using data::FeatureField;
   using data::FeatureKey;
@@ -544,7 +628,7 @@ TEST(BatchBuilderTest, BuildsUniqueKeysIndicesAndPadding) {
   ASSERT_TRUE(builder.Build({samples[1]}, 4, 3, &b, &ids, &content).ok());
   EXPECT_EQ(b.batch_size, 1);
   EXPECT_EQ(content.size(), 2u);
-  EXPECT_EQ(builder.Build({}, 4, 3, &b, &ids, &content).code(),
+  EXPECT_EQ(builder.Build(absl::Span<const data::Sample>(), 4, 3, &b, &ids, &content).code(),
             absl::StatusCode::kInvalidArgument);
 }
 

@@ -4,9 +4,6 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
-#include "kernels/content_ops.h"
-#include "kernels/dense_ops.h"
-#include "kernels/sequence_ops.h"
 
 namespace mim::model {
 
@@ -42,10 +39,15 @@ void SplitColumns(int64_t rows, const float* in,
 
 // ---------------------------------------------------------------------------
 
-IdInterestModule::IdInterestModule(Backbone backbone, int64_t dim,
+IdInterestModule::IdInterestModule(const kernels::ComputeBackend& backend,
+                                   Backbone backbone, int64_t dim,
                                    const kernels::AttentionMlpShape& att,
                                    int sim_k)
-    : backbone_(backbone), dim_(dim), att_(att), sim_k_(sim_k) {}
+    : backend_(&backend),
+      backbone_(backbone),
+      dim_(dim),
+      att_(att),
+      sim_k_(sim_k) {}
 
 int64_t IdInterestModule::num_params() const {
   if (backbone_ == Backbone::kAvgPool) return 0;
@@ -95,9 +97,9 @@ absl::Status IdInterestModule::Forward(const kernels::SeqShape& s,
   params_ = params;
   switch (backbone_) {
     case Backbone::kAvgPool:
-      return kernels::MaskedMeanPoolForwardCpu(s, h, lens, out);
+      return backend_->MaskedMeanPoolForward(s, h, lens, out);
     case Backbone::kDin:
-      return kernels::DinAttentionForwardCpu(s, att_, h, h_t, lens,
+      return backend_->DinAttentionForward(s, att_, h, h_t, lens,
                                              Params(params), nullptr, out);
     case Backbone::kSim: {
       k_ = static_cast<int>(std::min<int64_t>(sim_k_, s.max_len));
@@ -105,15 +107,15 @@ absl::Status IdInterestModule::Forward(const kernels::SeqShape& s,
       positions_.resize(s.batch * k_);
       new_lens_.resize(s.batch);
       selected_.resize(s.batch * k_ * s.dim);
-      absl::Status st = kernels::TopKSelectCpu(s, h, h_t, lens, k_,
+      absl::Status st = backend_->TopKSelect(s, h, h_t, lens, k_,
                                                positions_.data(),
                                                new_lens_.data());
       if (!st.ok()) return st;
-      st = kernels::SelectRowsForwardCpu(s, h, positions_.data(), k_,
+      st = backend_->SelectRowsForward(s, h, positions_.data(), k_,
                                          selected_.data());
       if (!st.ok()) return st;
       const kernels::SeqShape ks{s.batch, k_, s.dim};
-      return kernels::DinAttentionForwardCpu(ks, att_, selected_.data(), h_t,
+      return backend_->DinAttentionForward(ks, att_, selected_.data(), h_t,
                                              new_lens_.data(), Params(params),
                                              nullptr, out);
     }
@@ -127,11 +129,11 @@ absl::Status IdInterestModule::Backward(const float* grad_out, float* grad_h,
   switch (backbone_) {
     case Backbone::kAvgPool:
       std::fill(grad_h_t, grad_h_t + s.batch * s.dim, 0.0f);
-      return kernels::MaskedMeanPoolBackwardCpu(s, grad_out, lens_, grad_h);
+      return backend_->MaskedMeanPoolBackward(s, grad_out, lens_, grad_h);
     case Backbone::kDin: {
       const kernels::AttentionMlpParams ap = Params(params_);
       const kernels::AttentionMlpGrads g = Grads(grad_params);
-      return kernels::DinAttentionBackwardCpu(s, att_, h_, h_t_, lens_, ap,
+      return backend_->DinAttentionBackward(s, att_, h_, h_t_, lens_, ap,
                                               grad_out, grad_h, grad_h_t, g);
     }
     case Backbone::kSim: {
@@ -139,11 +141,11 @@ absl::Status IdInterestModule::Backward(const float* grad_out, float* grad_h,
       const kernels::AttentionMlpGrads g = Grads(grad_params);
       grad_selected_.resize(selected_.size());
       const kernels::SeqShape ks{s.batch, k_, s.dim};
-      absl::Status st = kernels::DinAttentionBackwardCpu(
+      absl::Status st = backend_->DinAttentionBackward(
           ks, att_, selected_.data(), h_t_, new_lens_.data(), ap, grad_out,
           grad_selected_.data(), grad_h_t, g);
       if (!st.ok()) return st;
-      return kernels::SelectRowsBackwardCpu(s, grad_selected_.data(),
+      return backend_->SelectRowsBackward(s, grad_selected_.data(),
                                             positions_.data(), k_, grad_h);
     }
   }
@@ -152,9 +154,10 @@ absl::Status IdInterestModule::Backward(const float* grad_out, float* grad_h,
 
 // ---------------------------------------------------------------------------
 
-ContentInterestModule::ContentInterestModule(int64_t id_dim,
-                                             int64_t content_dim)
-    : id_dim_(id_dim), content_dim_(content_dim) {}
+ContentInterestModule::ContentInterestModule(
+    const kernels::ComputeBackend& backend, int64_t id_dim,
+    int64_t content_dim)
+    : backend_(&backend), id_dim_(id_dim), content_dim_(content_dim) {}
 
 absl::Status ContentInterestModule::Forward(const kernels::SeqShape& s,
                                             const float* m, const float* m_t,
@@ -169,7 +172,7 @@ absl::Status ContentInterestModule::Forward(const kernels::SeqShape& s,
   kernels::ContentShape cs;
   cs.content = shape_;
   cs.id_dim = id_dim_;
-  return kernels::ContentFusionForwardCpu(cs, m, m_t, h, lens, nullptr, h_mm,
+  return backend_->ContentFusionForward(cs, m, m_t, h, lens, nullptr, h_mm,
                                           h_fusion);
 }
 
@@ -182,14 +185,16 @@ absl::Status ContentInterestModule::Backward(const float* grad_mm,
   kernels::ContentShape cs;
   cs.content = shape_;
   cs.id_dim = id_dim_;
-  return kernels::ContentFusionBackwardCpu(
+  return backend_->ContentFusionBackward(
       cs, m_, m_t_, h_, lens_, grad_mm ? grad_mm : zeros_.data(),
       grad_fusion ? grad_fusion : zeros_.data(), nullptr, nullptr, grad_h);
 }
 
 // ---------------------------------------------------------------------------
 
-MlpTower::MlpTower(int64_t input_width, const std::vector<int>& hidden) {
+MlpTower::MlpTower(const kernels::ComputeBackend& backend, int64_t input_width,
+                   const std::vector<int>& hidden)
+    : backend_(&backend) {
   widths_.push_back(input_width);
   for (int h : hidden) widths_.push_back(h);
   widths_.push_back(1);
@@ -221,7 +226,7 @@ absl::Status MlpTower::Forward(int64_t rows, const float* x,
       acts_[l].resize(rows * widths_[l + 1]);
       out = acts_[l].data();
     }
-    absl::Status st = kernels::DenseForwardCpu(
+    absl::Status st = backend_->DenseForward(
         ds, in, p, p + ds.in * ds.out,
         last ? kernels::Activation::kNone : kernels::Activation::kRelu, out);
     if (!st.ok()) return st;
@@ -251,7 +256,7 @@ absl::Status MlpTower::Backward(const float* grad_logits, float* grad_x,
     } else {
       gx = grad_x;
     }
-    absl::Status st = kernels::DenseBackwardCpu(
+    absl::Status st = backend_->DenseBackward(
         ds, in, params_ + off, y, grad_out,
         last ? kernels::Activation::kNone : kernels::Activation::kRelu, gx,
         grad_params + off, grad_params + off + ds.in * ds.out);

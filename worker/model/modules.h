@@ -3,7 +3,10 @@
 // worker/model (the public API is ciubm_model.h).
 //
 // Conventions: row-major float32; outputs and gradients are overwritten;
-// buffers grow on first use and are reused afterwards.
+// buffers grow on first use and are reused afterwards. Every op runs on the
+// kernels::ComputeBackend given at construction (it must outlive the
+// module). A module keeps its last Forward's inputs for Backward, so it is
+// per-call state: one per model workspace, never shared.
 #ifndef MIM_WORKER_MODEL_MODULES_H_
 #define MIM_WORKER_MODEL_MODULES_H_
 
@@ -13,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "kernels/attention_ops.h"
+#include "kernels/backend.h"
 #include "kernels/common.h"
 #include "worker/model/ciubm_model.h"
 
@@ -41,8 +45,9 @@ void SplitColumns(int64_t rows, const float* in,
 // product then DIN (kSim). Not thread-safe.
 class IdInterestModule {
  public:
-  IdInterestModule(Backbone backbone, int64_t dim,
-                   const kernels::AttentionMlpShape& att, int sim_k);
+  IdInterestModule(const kernels::ComputeBackend& backend, Backbone backbone,
+                   int64_t dim, const kernels::AttentionMlpShape& att,
+                   int sim_k);
 
   // Floats of attention parameters (0 for kAvgPool), laid out as
   // w1 b1 w2 b2 w3 b3 (kernels/attention_ops.h).
@@ -63,6 +68,7 @@ class IdInterestModule {
   kernels::AttentionMlpParams Params(const float* p) const;
   kernels::AttentionMlpGrads Grads(float* p) const;  // same layout
 
+  const kernels::ComputeBackend* backend_;
   Backbone backbone_;
   int64_t dim_;
   kernels::AttentionMlpShape att_;
@@ -85,7 +91,8 @@ class IdInterestModule {
 // Not thread-safe.
 class ContentInterestModule {
  public:
-  ContentInterestModule(int64_t id_dim, int64_t content_dim);
+  ContentInterestModule(const kernels::ComputeBackend& backend,
+                        int64_t id_dim, int64_t content_dim);
 
   // h_mm [B, dm], h_fusion [B, d]. Keeps the input pointers for Backward.
   absl::Status Forward(const kernels::SeqShape& s, const float* m,
@@ -97,6 +104,7 @@ class ContentInterestModule {
                         float* grad_h);
 
  private:
+  const kernels::ComputeBackend* backend_;
   int64_t id_dim_, content_dim_;
   kernels::SeqShape shape_;
   const float* m_ = nullptr;
@@ -110,7 +118,8 @@ class ContentInterestModule {
 // Parameters per layer: w [in, out] then b [out]. Not thread-safe.
 class MlpTower {
  public:
-  MlpTower(int64_t input_width, const std::vector<int>& hidden);
+  MlpTower(const kernels::ComputeBackend& backend, int64_t input_width,
+           const std::vector<int>& hidden);
 
   int64_t num_params() const;
   int64_t input_width() const { return widths_.front(); }
@@ -125,6 +134,7 @@ class MlpTower {
                         float* grad_params);
 
  private:
+  const kernels::ComputeBackend* backend_;
   std::vector<int64_t> widths_;
   int64_t rows_ = 0;
   const float* x_ = nullptr;

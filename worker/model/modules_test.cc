@@ -38,7 +38,7 @@ class IdInterestTest : public ::testing::TestWithParam<Backbone> {};
 
 TEST_P(IdInterestTest, BackwardMatchesFiniteDifferences) {
   kernels::AttentionMlpShape att{6, 3};
-  IdInterestModule mod(GetParam(), kD, att, /*sim_k=*/2);
+  IdInterestModule mod(kernels::CpuBackend(), GetParam(), kD, att, /*sim_k=*/2);
   const kernels::SeqShape s{kB, kL, kD};
   std::vector<float> h = RandomFloats(kB * kL * kD, 1);
   std::vector<float> ht = RandomFloats(kB * kD, 2);
@@ -66,7 +66,7 @@ TEST_P(IdInterestTest, BackwardMatchesFiniteDifferences) {
 
 TEST_P(IdInterestTest, PaddingNeverAffectsOutputOrGetsGradient) {
   kernels::AttentionMlpShape att{6, 3};
-  IdInterestModule mod(GetParam(), kD, att, /*sim_k=*/2);
+  IdInterestModule mod(kernels::CpuBackend(), GetParam(), kD, att, /*sim_k=*/2);
   const kernels::SeqShape s{kB, kL, kD};
   std::vector<float> h = RandomFloats(kB * kL * kD, 5);
   const std::vector<float> ht = RandomFloats(kB * kD, 6);
@@ -106,7 +106,7 @@ TEST(IdInterestSimTest, KeepsOnlyTopKBehaviours) {
   // Target e0; behaviours e0*3, e1, e0*2, e1: top-2 by dot product are
   // positions 0 and 2, so positions 1 and 3 get no gradient.
   kernels::AttentionMlpShape att{4, 2};
-  IdInterestModule mod(Backbone::kSim, 2, att, /*sim_k=*/2);
+  IdInterestModule mod(kernels::CpuBackend(), Backbone::kSim, 2, att, /*sim_k=*/2);
   const kernels::SeqShape s{1, 4, 2};
   const std::vector<float> h = {3, 0, 0, 1, 2, 0, 0, 1};
   const std::vector<float> ht = {1, 0};
@@ -131,7 +131,7 @@ TEST(IdInterestSimTest, KeepsOnlyTopKBehaviours) {
 TEST(ContentInterestTest, ForwardValuesAndZeroVectors) {
   // One row, 3 behaviours, dm = 2, d = 1. m_t = (1, 0).
   // m = (1,0) -> alpha 1; (0,1) -> 0; (0,0) zero vector -> 0.
-  ContentInterestModule mod(/*id_dim=*/1, /*content_dim=*/2);
+  ContentInterestModule mod(kernels::CpuBackend(), /*id_dim=*/1, /*content_dim=*/2);
   const kernels::SeqShape s{1, 3, 1};
   const std::vector<float> m = {1, 0, 0, 1, 0, 0};
   const std::vector<float> mt = {1, 0};
@@ -148,7 +148,7 @@ TEST(ContentInterestTest, ForwardValuesAndZeroVectors) {
 }
 
 TEST(ContentInterestTest, FusionBackwardMatchesFiniteDifferences) {
-  ContentInterestModule mod(kD, kDm);
+  ContentInterestModule mod(kernels::CpuBackend(), kD, kDm);
   const kernels::SeqShape s{kB, kL, kD};
   const std::vector<float> m = RandomFloats(kB * kL * kDm, 11);
   const std::vector<float> mt = RandomFloats(kB * kDm, 12);
@@ -175,7 +175,7 @@ TEST(ContentInterestTest, FusionBackwardMatchesFiniteDifferences) {
 }
 
 TEST(MlpTowerTest, BackwardMatchesFiniteDifferences) {
-  MlpTower mlp(7, {6, 4});
+  MlpTower mlp(kernels::CpuBackend(), 7, {6, 4});
   EXPECT_EQ(mlp.num_params(), 7 * 6 + 6 + 6 * 4 + 4 + 4 * 1 + 1);
   EXPECT_EQ(mlp.widths(), (std::vector<int64_t>{7, 6, 4, 1}));
   const int rows = 5;
@@ -195,7 +195,7 @@ TEST(MlpTowerTest, BackwardMatchesFiniteDifferences) {
 }
 
 TEST(MlpTowerTest, NoHiddenLayersIsLogisticRegression) {
-  MlpTower mlp(3, {});
+  MlpTower mlp(kernels::CpuBackend(), 3, {});
   const std::vector<float> x = {1, 2, 3};
   const std::vector<float> p = {0.5f, -1.0f, 2.0f, 0.25f};  // w then b
   float logit = 0;

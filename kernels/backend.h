@@ -1,0 +1,120 @@
+// The compute backend a model runs on: every op the CiUBM model needs,
+// behind one interface chosen when the model is built, so that the model
+// code never names a device. CpuBackend() forwards to the *Cpu twins; a
+// CUDA backend (the *Cuda twins on one stream, device buffers) implements
+// the same interface.
+//
+// Each method has the signature and contract of its twins in
+// kernels/*_ops.h (pointers are row-major float32 blocks in the backend's
+// memory; errors are the twins' INVALID_ARGUMENT for bad shapes or null
+// tensors).
+#ifndef MIM_KERNELS_BACKEND_H_
+#define MIM_KERNELS_BACKEND_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "kernels/attention_ops.h"
+#include "kernels/common.h"
+#include "kernels/content_ops.h"
+#include "kernels/dense_ops.h"
+#include "kernels/embedding_ops.h"
+#include "kernels/sequence_ops.h"
+
+namespace mim::kernels {
+
+// Implementations are stateless or internally synchronised: const methods
+// are safe for concurrent access (several model workspaces may run on one
+// backend at once).
+class ComputeBackend {
+ public:
+  virtual ~ComputeBackend() = default;
+
+  virtual absl::string_view name() const = 0;  // "cpu", "cuda", ...
+
+  // Embedding gather / segment-sum backward (embedding_ops.h).
+  virtual absl::Status EmbeddingGather(const GatherShape& s,
+                                       const float* table,
+                                       const int32_t* index,
+                                       float* out) const = 0;
+  virtual absl::Status EmbeddingGatherBackward(const GatherShape& s,
+                                               const float* grad_out,
+                                               const int32_t* index,
+                                               GradMode mode,
+                                               float* grad_table) const = 0;
+
+  // Sequence ops (sequence_ops.h).
+  virtual absl::Status MaskedMeanPoolForward(const SeqShape& s,
+                                             const float* x,
+                                             const int32_t* lens,
+                                             float* out) const = 0;
+  virtual absl::Status MaskedMeanPoolBackward(const SeqShape& s,
+                                              const float* grad_out,
+                                              const int32_t* lens,
+                                              float* grad_x) const = 0;
+  virtual absl::Status TopKSelect(const SeqShape& s, const float* x,
+                                  const float* target, const int32_t* lens,
+                                  int k, int32_t* positions,
+                                  int32_t* new_lens) const = 0;
+  virtual absl::Status SelectRowsForward(const SeqShape& s, const float* x,
+                                         const int32_t* positions, int k,
+                                         float* out) const = 0;
+  virtual absl::Status SelectRowsBackward(const SeqShape& s,
+                                          const float* grad_out,
+                                          const int32_t* positions, int k,
+                                          float* grad_x) const = 0;
+
+  // DIN target attention (attention_ops.h).
+  virtual absl::Status DinAttentionForward(const SeqShape& s,
+                                           const AttentionMlpShape& m,
+                                           const float* h, const float* h_t,
+                                           const int32_t* lens,
+                                           const AttentionMlpParams& p,
+                                           float* scores,
+                                           float* out) const = 0;
+  virtual absl::Status DinAttentionBackward(
+      const SeqShape& s, const AttentionMlpShape& m, const float* h,
+      const float* h_t, const int32_t* lens, const AttentionMlpParams& p,
+      const float* grad_out, float* grad_h, float* grad_h_t,
+      const AttentionMlpGrads& g) const = 0;
+
+  // Content interest + fusion (content_ops.h).
+  virtual absl::Status ContentFusionForward(const ContentShape& s,
+                                            const float* m, const float* m_t,
+                                            const float* h,
+                                            const int32_t* lens, float* alpha,
+                                            float* h_mm,
+                                            float* h_fusion) const = 0;
+  virtual absl::Status ContentFusionBackward(
+      const ContentShape& s, const float* m, const float* m_t, const float* h,
+      const int32_t* lens, const float* grad_mm, const float* grad_fusion,
+      float* grad_m, float* grad_m_t, float* grad_h) const = 0;
+
+  // Dense layers, loss and the dense optimizer (dense_ops.h).
+  virtual absl::Status DenseForward(const DenseShape& s, const float* x,
+                                    const float* w, const float* b,
+                                    Activation act, float* y) const = 0;
+  virtual absl::Status DenseBackward(const DenseShape& s, const float* x,
+                                     const float* w, const float* y,
+                                     const float* grad_y, Activation act,
+                                     float* grad_x, float* grad_w,
+                                     float* grad_b) const = 0;
+  virtual absl::Status SigmoidCrossEntropyForward(int64_t n,
+                                                  const float* logits,
+                                                  const float* labels,
+                                                  float* loss) const = 0;
+  virtual absl::Status SigmoidCrossEntropyBackward(
+      int64_t n, const float* logits, const float* labels,
+      float* grad_logits) const = 0;
+  virtual absl::Status AdamUpdate(const AdamConfig& c, int64_t step,
+                                  int64_t n, const float* grad, float* param,
+                                  float* m, float* v) const = 0;
+};
+
+// The CPU twins (host memory). Lives for the whole process.
+const ComputeBackend& CpuBackend();
+
+}  // namespace mim::kernels
+
+#endif  // MIM_KERNELS_BACKEND_H_
