@@ -11,6 +11,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "base/atomic_file.h"
 #include "absl/time/clock.h"
 #include "glog/logging.h"
 #include "kernels/common.h"
@@ -18,15 +20,13 @@
 #include "proto/ps.pb.h"
 #include "ps/client.h"
 #include "worker/data/sample_io.h"
+#include "worker/model/manifest.h"
 #include "worker/trainer_pipeline.h"
 #include "worker/trainer_progress.h"
 #include "worker/trainer_sync.h"
 
 namespace mim::worker {
 namespace {
-
-constexpr char kModelFile[] = "model.mimmodel";
-constexpr char kManifestFile[] = "manifest.json";
 
 std::string TableBase(const TrainerOptions& o) {
   return absl::StrCat(o.table_prefix, o.model_name, "_s", o.seed);
@@ -226,6 +226,15 @@ absl::StatusOr<EvalReport> Evaluate(
       predictions.push_back(p);
     }
   }
+  if (!o.predictions_out.empty()) {
+    std::string text = "#user\titem\tlabel\tscore\n";
+    for (const eval::Prediction& p : predictions) {
+      absl::StrAppend(&text, p.user_id, "\t", p.item_id, "\t", p.label, "\t",
+                      absl::StrFormat("%.9g", p.prob), "\n");
+    }
+    absl::Status written = base::WriteFileAtomically(o.predictions_out, text);
+    if (!written.ok()) return written;
+  }
   EvalReport report;
   report.source = source;
   report.path = path;
@@ -257,54 +266,58 @@ absl::StatusOr<EvalReport> Evaluate(
   return report;
 }
 
-absl::Status WriteManifest(const std::string& path, const TrainerOptions& o,
-                           const TrainReport& r, size_t num_shards) {
-  nlohmann::json manifest;
-  manifest["format"] = "mim-model-manifest v1";
-  manifest["model"] = r.config.name;
-  manifest["model_file"] = kModelFile;
-  manifest["model_config"] = {
-      {"name", r.config.name},
-      {"id_dim", r.config.id_dim},
-      {"content_dim", r.config.content_dim},
-      {"use_id_interest", r.config.use_id_interest},
-      {"use_content_interest", r.config.use_content_interest},
-      {"use_fusion", r.config.use_fusion},
-      {"uses_content", model::UsesContent(r.config)},
-      {"seed", r.config.seed}};
-  manifest["num_shards"] = num_shards;
-  manifest["id_table"] = {{"name", r.id_table},
-                          {"dim", r.config.id_dim},
-                          {"optimizer", o.id_optimizer},
-                          {"learning_rate", o.id_lr}};
-  if (r.content_table.empty()) {
-    manifest["content_table"] = nullptr;
-  } else {
-    manifest["content_table"] = {{"name", r.content_table},
-                                 {"dim", r.config.content_dim},
-                                 {"version", r.content_version}};
+// The manifest of the model saved in `dir`: what the dense parameters were
+// trained with, pinned for the serving tier and for warm starts.
+absl::Status WriteModelManifest(const std::string& dir, const TrainerOptions& o,
+                                const TrainReport& r, ps::PsClient* ps) {
+  model::ModelManifest m;
+  m.model_version = model::NewModelVersion(r.config.name);
+  m.model_name = r.config.name;
+  m.model_file = model::kModelFileName;
+  absl::StatusOr<uint64_t> checksum =
+      model::FileChecksum(dir + "/" + model::kModelFileName);
+  if (!checksum.ok()) return checksum.status();
+  m.model_file_checksum = *checksum;
+  m.id_dim = r.config.id_dim;
+  m.content_dim = r.config.content_dim;
+  m.uses_content = model::UsesContent(r.config);
+  m.seed = r.config.seed;
+  m.num_shards = static_cast<int>(o.ps_addresses.size());
+  m.id_table.name = r.id_table;
+  m.id_table.dim = r.config.id_dim;
+  m.id_table.optimizer = o.id_optimizer;
+  m.id_table.learning_rate = o.id_lr;
+  // Pin the ID table as it is now (other runs may train it further).
+  absl::StatusOr<std::vector<ps::PsClient::ShardStats>> stats =
+      ps->Stats(r.id_table);
+  if (!stats.ok()) return stats.status();
+  for (const ps::TableStats& t : ps::TotalStats(*stats)) {
+    if (t.config().name() != r.id_table) continue;
+    m.id_table.rows = t.rows();
+    m.id_table.pushes = t.pushes();
   }
-  manifest["dense_params"] = r.dense_mode;
-  manifest["dense_table"] =
-      r.dense_table.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.dense_table);
-  manifest["train_samples"] = r.train_samples;
-  manifest["init_model"] =
-      r.init_model.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.init_model);
-  manifest["created_unix"] = absl::ToUnixSeconds(absl::Now());
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << manifest.dump(2) << "\n";
-    out.close();
-    if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+  if (m.uses_content) {
+    model::ModelManifest::ContentTable c;
+    c.name = r.content_table;
+    c.dim = r.config.content_dim;
+    c.version = r.content_version;
+    if (o.content_encoder.empty()) {
+      c.encoder.kind = "external";
+    } else {
+      c.encoder.kind = "fasttext";
+      std::error_code ec;
+      const std::filesystem::path abs =
+          std::filesystem::absolute(o.content_encoder, ec);
+      c.encoder.path = ec ? o.content_encoder : abs.lexically_normal().string();
+    }
+    m.content_table = std::move(c);
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    return absl::InternalError(
-        absl::StrCat("rename ", tmp, " -> ", path, ": ", ec.message()));
-  }
-  return absl::OkStatus();
+  m.dense_params = r.dense_mode;
+  m.dense_table = r.dense_table;
+  m.train_samples = r.train_samples;
+  m.init_model = r.init_model;
+  m.created_unix = absl::ToUnixSeconds(absl::Now());
+  return model::WriteManifest(dir, m);
 }
 
 // Loads init_model_dir's dense params and Adam state into `model`, after
@@ -313,21 +326,18 @@ absl::Status WriteManifest(const std::string& path, const TrainerOptions& o,
 absl::Status WarmStart(const TrainerOptions& o, const std::string& id_table,
                        ps::PsClient* ps, model::CiubmModel* model,
                        TrainReport* report) {
-  const std::string manifest_path = o.init_model_dir + "/" + kManifestFile;
-  std::ifstream in(manifest_path);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat(
-        "--init_model_dir: cannot open ", manifest_path));
+  absl::StatusOr<model::ModelManifest> manifest =
+      model::ReadManifest(o.init_model_dir);
+  if (absl::IsNotFound(manifest.status())) {
+    return absl::NotFoundError(absl::StrCat("--init_model_dir: ",
+                                            manifest.status().message()));
   }
-  const nlohmann::json manifest =
-      nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (manifest.is_discarded() || !manifest.contains("id_table") ||
-      !manifest["id_table"].contains("name") ||
-      !manifest["id_table"]["name"].is_string()) {
+  if (!manifest.ok()) {
     return absl::DataLossError(absl::StrCat(
-        manifest_path, ": not a trainer manifest (no id_table.name)"));
+        "--init_model_dir: not a trainer manifest: ",
+        manifest.status().message()));
   }
-  const std::string trained = manifest["id_table"]["name"];
+  const std::string& trained = manifest->id_table.name;
   if (trained != id_table) {
     return absl::FailedPreconditionError(absl::StrCat(
         "--init_model_dir=", o.init_model_dir, " was trained with ID table '",
@@ -346,7 +356,7 @@ absl::Status WarmStart(const TrainerOptions& o, const std::string& id_table,
         "); its dense params would meet fresh ID rows"));
   }
   if (!stats.ok()) return stats.status();
-  const std::string path = o.init_model_dir + "/" + kModelFile;
+  const std::string path = o.init_model_dir + "/" + manifest->model_file;
   absl::Status loaded = model->Load(path);
   if (!loaded.ok()) return loaded;
   report->init_model = path;
@@ -585,12 +595,12 @@ absl::StatusOr<TrainReport> RunTrainerImpl(
       return absl::InternalError(absl::StrCat("cannot create --model_dir=",
                                               o.model_dir, ": ", ec.message()));
     }
-    const std::string model_path = o.model_dir + "/" + kModelFile;
+    const std::string model_path = o.model_dir + "/" + model::kModelFileName;
     absl::Status saved = (*model)->Save(model_path);
     if (!saved.ok()) return saved;
-    const std::string manifest_path = o.model_dir + "/" + kManifestFile;
-    absl::Status written =
-        WriteManifest(manifest_path, o, report, o.ps_addresses.size());
+    const std::string manifest_path =
+        o.model_dir + "/" + model::kManifestFileName;
+    absl::Status written = WriteModelManifest(o.model_dir, o, report, ps);
     if (!written.ok()) return written;
     report.model_files = {model_path, manifest_path};
   }

@@ -36,6 +36,9 @@ struct TrainerOptions {
   // ID table). Empty: start from the seeded initialisation. Refused with
   // the dense params on the shards (dense_params "ps", num_workers > 1).
   std::string init_model_dir;
+  // One line per evaluated sample ("user<TAB>item<TAB>label<TAB>score",
+  // score as %.9g, after a '#' header), written atomically. Empty: none.
+  std::string predictions_out;
   int epochs = 1;
   int batch_size = 1024;
   int eval_batch_size = 4096;
@@ -48,6 +51,10 @@ struct TrainerOptions {
   int id_dim = 32;
   uint64_t seed = 1;
   std::string content_table;  // empty: content rows are zeros
+  // The encoder directory that produced the content table's vectors
+  // (tools/content_vectors --encoder_out); named in the model manifest so
+  // the serving tier encodes new items the same way. Empty: "external".
+  std::string content_encoder;
   std::string id_table;       // empty: <table_prefix><model>_s<seed>_id
   std::string table_prefix;
   int num_workers = 1;

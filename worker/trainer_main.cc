@@ -23,6 +23,8 @@ DEFINE_string(model, "din_mim",
               "avgpool, din, sim, avgpool_ct, din_ct, sim_ct, avgpool_mim, "
               "din_mim or sim_mim");
 DEFINE_string(metrics_out, "", "Where to write the metrics JSON (empty: none)");
+DEFINE_string(predictions_out, "",
+              "Write one line per evaluated sample (user, item, label, score)");
 DEFINE_string(model_dir, "", "Directory for the dense model and manifest.json");
 DEFINE_string(init_model_dir, "",
               "Warm start: --model_dir of an earlier run whose dense params "
@@ -44,6 +46,9 @@ DEFINE_bool(id_grad_sum, true,
 DEFINE_int32(id_dim, 32, "ID embedding dimension");
 DEFINE_uint64(seed, 1, "Seed of dense init and ID row init");
 DEFINE_string(content_table, "", "Content table on the shards (empty: zeros)");
+DEFINE_string(content_encoder, "",
+              "Encoder dir that filled --content_table (tools/content_vectors "
+              "--encoder_out); recorded in the manifest for serving");
 DEFINE_string(id_table, "",
               "ID table name (empty: <table_prefix><model>_s<seed>_id)");
 DEFINE_string(table_prefix, "", "Prefix of the derived table names");
@@ -122,6 +127,8 @@ int main(int argc, char** argv) {
   o.id_grad_sum = FLAGS_id_grad_sum;
   o.seed = FLAGS_seed;
   o.content_table = FLAGS_content_table;
+  o.content_encoder = FLAGS_content_encoder;
+  o.predictions_out = FLAGS_predictions_out;
   o.id_table = FLAGS_id_table;
   o.table_prefix = FLAGS_table_prefix;
   o.num_workers = FLAGS_num_workers;
