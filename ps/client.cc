@@ -83,8 +83,12 @@ void AwaitAll(grpc::CompletionQueue* cq, size_t n) {
   }
 }
 
+// The deadline set by the innermost PsClient::ScopedDeadline on this
+// thread (InfiniteFuture: none).
+thread_local absl::Time call_deadline = absl::InfiniteFuture();
+
 std::chrono::system_clock::time_point Deadline(absl::Duration timeout) {
-  return absl::ToChronoTime(absl::Now() + timeout);
+  return absl::ToChronoTime(std::min(absl::Now() + timeout, call_deadline));
 }
 
 // Rows as packed bytes: the wire form of keys.size() * dim floats.
@@ -306,7 +310,8 @@ class ShardCaller {
     const int max_attempts =
         resend == Resend::kNever ? 1 : std::max(1, options.max_attempts);
     const absl::Time start = absl::Now();
-    const absl::Time give_up = start + options.retry_budget;
+    const absl::Time give_up =
+        std::min(start + options.retry_budget, call_deadline);
     responses->resize(requests.size());
     std::vector<grpc::Status> status(requests.size());
     // Whether an attempt of the call may have reached its shard, and how
@@ -1002,5 +1007,12 @@ absl::StatusOr<std::string> NewestCommonCheckpoint(
   }
   return std::move(common.back());
 }
+
+PsClient::ScopedDeadline::ScopedDeadline(absl::Time deadline)
+    : previous_(call_deadline) {
+  call_deadline = std::min(deadline, previous_);
+}
+
+PsClient::ScopedDeadline::~ScopedDeadline() { call_deadline = previous_; }
 
 }  // namespace mim::ps

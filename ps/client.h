@@ -148,6 +148,24 @@ class PsClient {
   PsClient(const PsClient&) = delete;
   PsClient& operator=(const PsClient&) = delete;
 
+  // While alive, every call this thread makes (on any PsClient) ends by
+  // `deadline`: each RPC's deadline is the earlier of it and now +
+  // Options::timeout, and no retry starts after it; a call past it fails
+  // DEADLINE_EXCEEDED (or UNAVAILABLE from the last attempt). Nested scopes
+  // keep the earliest deadline. For a server that forwards its own caller's
+  // deadline. Not thread-safe (thread-local; create and destroy on one
+  // thread).
+  class ScopedDeadline {
+   public:
+    explicit ScopedDeadline(absl::Time deadline);
+    ~ScopedDeadline();
+    ScopedDeadline(const ScopedDeadline&) = delete;
+    ScopedDeadline& operator=(const ScopedDeadline&) = delete;
+
+   private:
+    absl::Time previous_;
+  };
+
   uint32_t num_shards() const;
   const std::vector<std::string>& addresses() const { return addresses_; }
 

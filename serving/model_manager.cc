@@ -1,0 +1,168 @@
+#include "serving/model_manager.h"
+
+#include <filesystem>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "base/status_macros.h"
+#include "glog/logging.h"
+
+namespace mim::serving {
+
+ServableModel::ServableModel(std::string dir, model::ModelManifest manifest,
+                             std::unique_ptr<const model::CiubmModel> model,
+                             std::shared_ptr<const ContentEncoder> encoder)
+    : dir_(std::move(dir)),
+      manifest_(std::move(manifest)),
+      model_(std::move(model)),
+      encoder_(std::move(encoder)) {}
+
+std::unique_ptr<ScoringScratch> ServableModel::Acquire() const {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!pool_.empty()) {
+      std::unique_ptr<ScoringScratch> s = std::move(pool_.back());
+      pool_.pop_back();
+      return s;
+    }
+  }
+  auto s = std::make_unique<ScoringScratch>();
+  s->workspace = model_->NewWorkspace();
+  return s;
+}
+
+void ServableModel::Release(std::unique_ptr<ScoringScratch> scratch) const {
+  absl::MutexLock lock(&mu_);
+  pool_.push_back(std::move(scratch));
+}
+
+absl::StatusOr<std::shared_ptr<const ServableModel>> LoadServableModel(
+    const std::string& dir, std::shared_ptr<const ContentEncoder> encoder_hint) {
+  MIM_ASSIGN_OR_RETURN(model::ModelManifest manifest, model::ReadManifest(dir));
+  const std::string model_path = dir + "/" + manifest.model_file;
+  if (manifest.model_file_checksum != 0) {
+    MIM_ASSIGN_OR_RETURN(const uint64_t sum, model::FileChecksum(model_path));
+    if (sum != manifest.model_file_checksum) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s: checksum %016x differs from the manifest's %016x (a save in "
+          "progress, or files of two saves)",
+          model_path, sum, manifest.model_file_checksum));
+    }
+  }
+  MIM_ASSIGN_OR_RETURN(std::unique_ptr<model::CiubmModel> m,
+                       model::CiubmModel::LoadFromFile(model_path));
+  const model::ModelConfig& c = m->config();
+  if (c.id_dim != manifest.id_dim || model::UsesContent(c) != manifest.uses_content ||
+      (manifest.uses_content && c.content_dim != manifest.content_dim)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        model_path, " holds model '", c.name, "' (id_dim ", c.id_dim,
+        ", content_dim ", c.content_dim, ") which does not match ", dir,
+        "/manifest.json (id_dim ", manifest.id_dim, ", content_dim ",
+        manifest.content_dim, ")"));
+  }
+  std::shared_ptr<const ContentEncoder> encoder;
+  if (manifest.content_table.has_value() &&
+      manifest.content_table->encoder.kind == "fasttext") {
+    std::string path = manifest.content_table->encoder.path;
+    if (!path.empty() && path[0] != '/') path = dir + "/" + path;
+    if (encoder_hint != nullptr &&
+        (manifest.content_table->encoder.id.empty() ||
+         encoder_hint->id() == manifest.content_table->encoder.id) &&
+        encoder_hint->dim() == manifest.content_dim) {
+      encoder = std::move(encoder_hint);
+    } else {
+      absl::StatusOr<std::unique_ptr<ContentEncoder>> loaded =
+          ContentEncoder::Load(path);
+      if (!loaded.ok()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            dir, "/manifest.json names content encoder ", path,
+            " which cannot be loaded: ", loaded.status().message()));
+      }
+      if ((*loaded)->dim() != manifest.content_dim) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "content encoder ", path, " has dim ", (*loaded)->dim(),
+            ", the model's content table has dim ", manifest.content_dim));
+      }
+      encoder = std::move(*loaded);
+    }
+  }
+  return std::make_shared<const ServableModel>(dir, std::move(manifest),
+                                               std::move(m), std::move(encoder));
+}
+
+ModelManager::ModelManager(const Options& options) : options_(options) {}
+
+absl::StatusOr<std::unique_ptr<ModelManager>> ModelManager::Create(
+    const Options& options) {
+  MIM_ASSIGN_OR_RETURN(std::shared_ptr<const ServableModel> first,
+                       LoadServableModel(options.model_dir));
+  std::unique_ptr<ModelManager> manager(new ModelManager(options));
+  {
+    absl::MutexLock lock(&manager->mu_);
+    manager->current_ = std::move(first);
+  }
+  if (options.poll_interval > absl::ZeroDuration()) {
+    manager->thread_ = std::thread([m = manager.get()] { m->PollLoop(); });
+  }
+  return manager;
+}
+
+ModelManager::~ModelManager() {
+  stop_.Notify();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::shared_ptr<const ServableModel> ModelManager::Current() const {
+  absl::MutexLock lock(&mu_);
+  return current_;
+}
+
+absl::StatusOr<bool> ModelManager::Poll() {
+  absl::MutexLock poll_lock(&poll_mu_);
+  const std::shared_ptr<const ServableModel> current = Current();
+  absl::StatusOr<model::ModelManifest> manifest =
+      model::ReadManifest(options_.model_dir);
+  if (!manifest.ok()) return manifest.status();
+  if (manifest->model_version == current->manifest().model_version) {
+    return false;
+  }
+  absl::StatusOr<std::shared_ptr<const ServableModel>> next =
+      LoadServableModel(options_.model_dir, current->shared_encoder());
+  if (!next.ok()) {
+    ++failed_reloads_;
+    return next.status();
+  }
+  if ((*next)->manifest().model_version == current->manifest().model_version) {
+    return false;  // the manifest changed back between the two reads
+  }
+  LOG(INFO) << "model " << current->manifest().model_version << " -> "
+            << (*next)->manifest().model_version;
+  {
+    absl::MutexLock lock(&mu_);
+    current_ = std::move(*next);
+  }
+  ++reloads_;
+  return true;
+}
+
+void ModelManager::PollLoop() {
+  std::string last_error;
+  while (!stop_.WaitForNotificationWithTimeout(options_.poll_interval)) {
+    absl::StatusOr<bool> switched = Poll();
+    if (!switched.ok()) {
+      // A save in progress shows up as one failed poll; log each distinct
+      // error once.
+      const std::string error = switched.status().ToString();
+      if (error != last_error) {
+        LOG(WARNING) << "model reload skipped, still serving "
+                     << Current()->manifest().model_version << ": " << error;
+        last_error = error;
+      }
+    } else {
+      last_error.clear();
+    }
+  }
+}
+
+}  // namespace mim::serving

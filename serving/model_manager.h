@@ -1,0 +1,132 @@
+// ModelManager: the model version the serving tier answers with, loaded
+// from a model directory written by the trainer (manifest.json +
+// model.mimmodel) and replaced when the directory gets a new version
+// (hot reload).
+//
+// A request takes a snapshot (std::shared_ptr<const ServableModel>) when it
+// starts and keeps it to the end, so a reload never changes the model under
+// a request and never fails one: the old version lives until its last
+// request finishes. A new version is loaded and checked completely (the
+// manifest, the model file against the manifest's checksum, the model's
+// dims against the manifest, the encoder) before it replaces the current
+// one; a directory caught mid-save (the trainer writes the model file, then
+// the manifest) or a broken new version is skipped, logged, and retried at
+// the next poll while the current version goes on serving.
+#ifndef MIM_SERVING_MODEL_MANAGER_H_
+#define MIM_SERVING_MODEL_MANAGER_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "serving/content_encoder.h"
+#include "worker/model/batch.h"
+#include "worker/model/ciubm_model.h"
+#include "worker/model/manifest.h"
+
+namespace mim::serving {
+
+// Per-call scratch for scoring one request with one model version.
+// Not thread-safe (one per request at a time; pooled by ServableModel).
+struct ScoringScratch {
+  std::unique_ptr<model::ModelWorkspace> workspace;
+  model::BatchBuilder builder;
+  model::Batch batch;
+  std::vector<uint64_t> id_keys, content_keys;
+  std::vector<model::FeatureRow> rows;
+  std::vector<float> probs;
+};
+
+// One loaded model version. The model, manifest and encoder are immutable;
+// the scratch pool is internally synchronised: safe for concurrent access.
+class ServableModel {
+ public:
+  ServableModel(std::string dir, model::ModelManifest manifest,
+                std::unique_ptr<const model::CiubmModel> model,
+                std::shared_ptr<const ContentEncoder> encoder);
+
+  const std::string& dir() const { return dir_; }
+  const model::ModelManifest& manifest() const { return manifest_; }
+  const model::CiubmModel& model() const { return *model_; }
+  // Null for a model without content or with an "external" encoder.
+  const ContentEncoder* encoder() const { return encoder_.get(); }
+  std::shared_ptr<const ContentEncoder> shared_encoder() const {
+    return encoder_;
+  }
+
+  // A scratch for one request; give it back with Release.
+  std::unique_ptr<ScoringScratch> Acquire() const;
+  void Release(std::unique_ptr<ScoringScratch> scratch) const;
+
+ private:
+  const std::string dir_;
+  const model::ModelManifest manifest_;
+  const std::unique_ptr<const model::CiubmModel> model_;
+  const std::shared_ptr<const ContentEncoder> encoder_;
+  mutable absl::Mutex mu_;
+  mutable std::vector<std::unique_ptr<ScoringScratch>> pool_
+      ABSL_GUARDED_BY(mu_);
+};
+
+// Loads the version in `dir`. Errors: NOT_FOUND (no manifest or model
+// file), INVALID_ARGUMENT / DATA_LOSS naming the file for a bad manifest
+// or model file, FAILED_PRECONDITION when the model file does not match
+// the manifest's checksum or dims, or its encoder cannot be loaded.
+// `encoder_hint` is reused when the manifest names the same encoder path
+// and id (so a reload does not reload the fastText model).
+absl::StatusOr<std::shared_ptr<const ServableModel>> LoadServableModel(
+    const std::string& dir,
+    std::shared_ptr<const ContentEncoder> encoder_hint = nullptr);
+
+// Safe for concurrent access.
+class ModelManager {
+ public:
+  struct Options {
+    std::string model_dir;
+    // How often the directory is checked for a new version; zero: never
+    // (Poll only).
+    absl::Duration poll_interval = absl::Seconds(1);
+  };
+
+  // Loads the current version (errors as LoadServableModel) and starts the
+  // poll thread.
+  static absl::StatusOr<std::unique_ptr<ModelManager>> Create(
+      const Options& options);
+  ~ModelManager();  // stops the poll thread
+
+  // The version to use for one request.
+  std::shared_ptr<const ServableModel> Current() const;
+
+  // Checks the directory once: loads and installs a new version if the
+  // manifest names another model_version. Returns whether it switched;
+  // an error when the new version could not be loaded (the current one
+  // stays).
+  absl::StatusOr<bool> Poll();
+
+  int64_t reloads() const { return reloads_.load(); }
+  int64_t failed_reloads() const { return failed_reloads_.load(); }
+
+ private:
+  explicit ModelManager(const Options& options);
+  void PollLoop();
+
+  const Options options_;
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const ServableModel> current_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex poll_mu_;  // one Poll at a time
+  std::atomic<int64_t> reloads_{0}, failed_reloads_{0};
+  absl::Notification stop_;
+  std::thread thread_;
+};
+
+}  // namespace mim::serving
+
+#endif  // MIM_SERVING_MODEL_MANAGER_H_

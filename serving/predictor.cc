@@ -1,0 +1,327 @@
+#include "serving/predictor.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "glog/logging.h"
+
+namespace mim::serving {
+namespace {
+
+absl::Status Invalid(absl::string_view field, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
+}
+
+bool Unreachable(const absl::Status& s) {
+  return absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s);
+}
+
+}  // namespace
+
+Predictor::Predictor(ModelManager* models, ps::PsClient* ps, RowCache* cache,
+                     const Options& options)
+    : models_(models), ps_(ps), cache_(cache), options_(options) {
+  if (options_.metrics != nullptr) {
+    const char* name = "mim_serving_shard_pull_seconds";
+    const char* help = "Time of one pull of a request's uncached rows from "
+                       "the shards (all shards in parallel), by table";
+    pull_seconds_[RowCache::kIdTable] =
+        &options_.metrics->LatencyHistogram(name, help, {{"table", "id"}});
+    pull_seconds_[RowCache::kContentTable] =
+        &options_.metrics->LatencyHistogram(name, help, {{"table", "content"}});
+  }
+  if (options_.content_poll_interval > absl::ZeroDuration()) {
+    thread_ = std::thread([this] { PollLoop(); });
+  }
+}
+
+Predictor::~Predictor() {
+  stop_.Notify();
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::Status Predictor::ValidatePredictInput(const PredictInput& in) const {
+  if (in.candidates.empty()) {
+    return Invalid("candidate_item_ids", "is empty; expected at least one");
+  }
+  if (static_cast<int64_t>(in.candidates.size()) > options_.max_candidates) {
+    return Invalid("candidate_item_ids",
+                   absl::StrCat(in.candidates.size(),
+                                " candidates, at most --max_candidates=",
+                                options_.max_candidates));
+  }
+  if (static_cast<int64_t>(in.behaviors.size()) > options_.max_behaviors) {
+    return Invalid("behavior_item_ids",
+                   absl::StrCat(in.behaviors.size(),
+                                " behaviours, at most --max_behaviors=",
+                                options_.max_behaviors));
+  }
+  if (in.user_id < 0) {
+    return Invalid("user_id", absl::StrCat(in.user_id, " is negative"));
+  }
+  for (size_t i = 0; i < in.behaviors.size(); ++i) {
+    if (in.behaviors[i] < 0) {
+      return Invalid(absl::StrCat("behavior_item_ids[", i, "]"),
+                     absl::StrCat(in.behaviors[i], " is negative"));
+    }
+  }
+  for (size_t i = 0; i < in.candidates.size(); ++i) {
+    if (in.candidates[i] < 0) {
+      return Invalid(absl::StrCat("candidate_item_ids[", i, "]"),
+                     absl::StrCat(in.candidates[i], " is negative"));
+    }
+  }
+  if (!in.candidate_genres.empty() &&
+      in.candidate_genres.size() != in.candidates.size()) {
+    return Invalid("candidate_features",
+                   absl::StrCat(in.candidate_genres.size(), " entries for ",
+                                in.candidates.size(),
+                                " candidates; expected none or one each"));
+  }
+  for (size_t i = 0; i < in.candidate_genres.size(); ++i) {
+    for (int32_t g : in.candidate_genres[i]) {
+      if (g < 0) {
+        return Invalid(absl::StrCat("candidate_features[", i, "].genres"),
+                       absl::StrCat(g, " is negative"));
+      }
+    }
+  }
+  for (const auto& [name, v] : {std::pair<const char*, int32_t>{
+                                    "age_bucket", in.age_bucket},
+                                {"gender", in.gender},
+                                {"occupation", in.occupation}}) {
+    if (v < 0) {
+      return Invalid(absl::StrCat("user_features[\"", name, "\"]"),
+                     absl::StrCat(v, " is negative"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Predictor::FetchRows(RowCache::Table which,
+                                  const std::string& table, bool id_table,
+                                  absl::Span<const uint64_t> keys, int dim,
+                                  float* out, PredictOutput* result) {
+  const absl::Time now = absl::Now();
+  const uint64_t generation = cache_->generation(which);
+  std::vector<uint64_t> miss_keys;
+  std::vector<size_t> miss_pos;
+  bool all_misses_have_stale_copy = true;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    switch (cache_->Lookup(which, keys[i], dim, now, out + i * dim)) {
+      case RowCache::Found::kFresh:
+        ++result->cache_hits;
+        continue;
+      case RowCache::Found::kStale:
+        break;  // refetched; the stale copy stays in `out` as a fallback
+      case RowCache::Found::kMiss:
+        all_misses_have_stale_copy = false;
+        break;
+    }
+    miss_keys.push_back(keys[i]);
+    miss_pos.push_back(i);
+  }
+  if (miss_keys.empty()) return absl::OkStatus();
+  std::vector<float> rows(miss_keys.size() * dim);
+  absl::Status fetched;
+  const absl::Time pull_start = absl::Now();
+  if (id_table) {
+    absl::StatusOr<ps::PsClient::GetRowsResult> got =
+        ps_->GetRows(table, miss_keys);
+    if (got.ok() && got->values.size() != rows.size()) {
+      fetched = absl::FailedPreconditionError(absl::StrCat(
+          "table ", table, " has dim ", got->dim, ", the model expects ", dim));
+    } else if (got.ok()) {
+      rows = std::move(got->values);
+    } else {
+      fetched = got.status();
+    }
+  } else {
+    fetched = ps_->PullInto(table, miss_keys, absl::MakeSpan(rows), nullptr);
+  }
+  if (pull_seconds_[which] != nullptr) {
+    pull_seconds_[which]->Observe(
+        absl::ToDoubleSeconds(absl::Now() - pull_start));
+  }
+  if (!fetched.ok()) {
+    if (Unreachable(fetched) && all_misses_have_stale_copy) {
+      result->stale = true;  // serve the stale copies already in `out`
+      return absl::OkStatus();
+    }
+    return fetched;
+  }
+  result->rows_pulled += static_cast<int32_t>(miss_keys.size());
+  for (size_t j = 0; j < miss_keys.size(); ++j) {
+    const float* row = rows.data() + j * dim;
+    std::memcpy(out + miss_pos[j] * dim, row, sizeof(float) * dim);
+    // Stamped with the time before the fetch: never fresher than it is.
+    cache_->Insert(which, miss_keys[j], row, dim, now, generation);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PredictOutput> Predictor::Predict(const PredictInput& in,
+                                                 absl::Time deadline) {
+  MIM_RETURN_IF_ERROR(ValidatePredictInput(in));
+  if (absl::Now() >= deadline) {
+    return absl::DeadlineExceededError("deadline passed before scoring");
+  }
+  ps::PsClient::ScopedDeadline scoped(deadline);
+  const std::shared_ptr<const ServableModel> servable = models_->Current();
+  const model::ModelManifest& manifest = servable->manifest();
+  const model::ModelConfig& config = servable->model().config();
+  std::unique_ptr<ScoringScratch> s = servable->Acquire();
+  PredictOutput result;
+  result.model_version = manifest.model_version;
+
+  const size_t n = in.candidates.size();
+  s->rows.assign(n, model::FeatureRow());
+  for (size_t i = 0; i < n; ++i) {
+    model::FeatureRow& r = s->rows[i];
+    r.user_id = in.user_id;
+    r.age_bucket = in.age_bucket;
+    r.gender = in.gender;
+    r.occupation = in.occupation;
+    r.behavior = in.behaviors;
+    r.item_id = in.candidates[i];
+    if (!in.candidate_genres.empty()) r.genres = in.candidate_genres[i];
+  }
+  const int64_t content_dim = std::max(1, config.content_dim);
+  absl::Status st = s->builder.Build(s->rows, config.id_dim, content_dim,
+                                     &s->batch, &s->id_keys, &s->content_keys);
+  if (st.ok()) {
+    st = FetchRows(RowCache::kIdTable, manifest.id_table.name, true,
+                   s->id_keys, config.id_dim, s->batch.id_rows.data(), &result);
+  }
+  if (st.ok() && model::UsesContent(config)) {
+    st = FetchRows(RowCache::kContentTable, manifest.content_table->name,
+                   false, s->content_keys, config.content_dim,
+                   s->batch.content_rows.data(), &result);
+  }
+  if (st.ok()) {
+    st = servable->model().Predict(s->batch, s->workspace.get(), &s->probs);
+  }
+  if (st.ok()) result.scores = s->probs;
+  servable->Release(std::move(s));
+  if (!st.ok()) return st;
+  return result;
+}
+
+absl::StatusOr<UpsertItemOutput> Predictor::UpsertItem(
+    int64_t item_id, const std::string& text, absl::Span<const float> vector,
+    absl::Time deadline) {
+  if (item_id < 0) {
+    return Invalid("item_id", absl::StrCat(item_id, " is negative"));
+  }
+  ps::PsClient::ScopedDeadline scoped(deadline);
+  const std::shared_ptr<const ServableModel> servable = models_->Current();
+  const model::ModelManifest& manifest = servable->manifest();
+  if (!manifest.content_table.has_value()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", manifest.model_version, " (",
+                     manifest.model_name, ") reads no content table"));
+  }
+  const int dim = manifest.content_table->dim;
+  UpsertItemOutput out;
+  std::vector<float> row;
+  if (!vector.empty()) {
+    if (static_cast<int>(vector.size()) != dim) {
+      return Invalid("vector", absl::StrCat(vector.size(),
+                                            " values; the content table '",
+                                            manifest.content_table->name,
+                                            "' has dim ", dim));
+    }
+    for (size_t i = 0; i < vector.size(); ++i) {
+      if (!std::isfinite(vector[i])) {
+        return Invalid(absl::StrCat("vector[", i, "]"), "is not finite");
+      }
+    }
+    row.assign(vector.begin(), vector.end());
+    out.encoder = "caller";
+  } else {
+    if (servable->encoder() == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the content table '", manifest.content_table->name,
+          "' was filled by an encoder this server does not have (",
+          manifest.content_table->encoder.kind,
+          "); pass the item's vector instead of its text"));
+    }
+    if (text.empty()) return Invalid("text", "is empty and no vector given");
+    MIM_ASSIGN_OR_RETURN(EncodeOutcome outcome,
+                         servable->encoder()->Encode(text, &row));
+    (void)outcome;  // a text with no known word writes zeros: "no content"
+    out.encoder = servable->encoder()->id();
+  }
+  for (float v : row) out.norm += v * v;
+  const uint64_t key = static_cast<uint64_t>(item_id);
+  for (int attempt = 0;; ++attempt) {
+    const uint64_t version = content_version_.load() + 1;
+    MIM_ASSIGN_OR_RETURN(
+        ps::PsClient::UpsertResult written,
+        ps_->Upsert(manifest.content_table->name, absl::MakeConstSpan(&key, 1),
+                    row, version));
+    if (written.rows_written == 1) {
+      uint64_t seen = content_version_.load();
+      while (seen < version &&
+             !content_version_.compare_exchange_weak(seen, version)) {
+      }
+      out.content_version = version;
+      break;
+    }
+    // Someone wrote a newer version of this row: catch up and go above it.
+    if (attempt >= 2) {
+      return absl::AbortedError(absl::StrCat(
+          "item ", item_id, ": a newer content version keeps being written "
+          "by another writer; retry"));
+    }
+    MIM_RETURN_IF_ERROR(RefreshContentVersion());
+  }
+  cache_->Invalidate(RowCache::kContentTable, key);
+  return out;
+}
+
+absl::Status Predictor::RefreshContentVersion() {
+  const std::shared_ptr<const ServableModel> servable = models_->Current();
+  if (!servable->manifest().content_table.has_value()) return absl::OkStatus();
+  const std::string& table = servable->manifest().content_table->name;
+  MIM_ASSIGN_OR_RETURN(std::vector<ps::PsClient::ShardStats> stats,
+                       ps_->Stats(table));
+  uint64_t newest = 0;
+  for (const ps::PsClient::ShardStats& shard : stats) {
+    for (const ps::TableStats& t : shard.stats.tables()) {
+      if (t.config().name() == table) {
+        newest = std::max<uint64_t>(newest, t.max_version());
+      }
+    }
+  }
+  uint64_t known = content_version_.load();
+  while (known < newest &&
+         !content_version_.compare_exchange_weak(known, newest)) {
+  }
+  if (newest > known) {
+    // Written by someone else (ingest_content, another replica): rows in the
+    // cache may be older than the table.
+    cache_->InvalidateTable(RowCache::kContentTable);
+  }
+  return absl::OkStatus();
+}
+
+void Predictor::PollLoop() {
+  std::string last_error;
+  do {
+    absl::Status st = RefreshContentVersion();
+    if (!st.ok() && st.ToString() != last_error) {
+      LOG(WARNING) << "content version poll: " << st;
+      last_error = st.ToString();
+    } else if (st.ok()) {
+      last_error.clear();
+    }
+  } while (!stop_.WaitForNotificationWithTimeout(
+      options_.content_poll_interval));
+}
+
+}  // namespace mim::serving

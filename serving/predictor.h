@@ -1,0 +1,137 @@
+// Predictor: the serving tier's domain logic, free of gRPC. Scores one
+// request's candidates with the current model version, pulling only the rows
+// the request needs, and ingests new items' content (UpsertItem).
+//
+// Predict, per request:
+//   1. one FeatureRow per candidate, all sharing the user and behaviours;
+//   2. BatchBuilder deduplicates the ID keys and content keys across
+//      behaviours and candidates;
+//   3. rows come from the RowCache or, for the misses, from one PsClient
+//      call per table (which fans out to the shards in parallel): ID rows
+//      with GetRows (an unseen key reads as zeros and creates nothing, as in
+//      the trainer's evaluation), content rows with Pull (a missing item
+//      reads as zeros: no content);
+//   4. all candidates are scored as one batch (CiubmModel::Predict).
+// When a shard cannot be reached, rows cached within the cache's max_stale
+// are used and the answer is marked stale; a row with no cached copy makes
+// the request fail UNAVAILABLE naming the shard.
+//
+// Thread-safety: safe for concurrent access.
+#ifndef MIM_SERVING_PREDICTOR_H_
+#define MIM_SERVING_PREDICTOR_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "base/metrics.h"
+#include "ps/client.h"
+#include "serving/model_manager.h"
+#include "serving/row_cache.h"
+
+namespace mim::serving {
+
+// One request, validated (see ValidatePredictInput). Plain value type.
+struct PredictInput {
+  int64_t user_id = 0;
+  int32_t age_bucket = 0;
+  int32_t gender = 0;
+  int32_t occupation = 0;
+  std::vector<int64_t> behaviors;  // most recent last
+  std::vector<int64_t> candidates;
+  // Empty, or one genre list per candidate.
+  std::vector<std::vector<int32_t>> candidate_genres;
+};
+
+struct PredictOutput {
+  std::vector<float> scores;  // one per candidate, request order
+  std::string model_version;
+  bool stale = false;
+  int32_t cache_hits = 0;
+  int32_t rows_pulled = 0;
+};
+
+struct UpsertItemOutput {
+  uint64_t content_version = 0;
+  std::string encoder;  // encoder id, or "caller"
+  float norm = 0;       // squared L2 norm of the written vector
+};
+
+class Predictor {
+ public:
+  struct Options {
+    int max_candidates = 1000;
+    int max_behaviors = 1000;  // longer lists are refused (the model keeps 50)
+    // How often the content table's newest version is read from the
+    // shards; a version this server did not write flushes the cached
+    // content rows. Zero: never.
+    absl::Duration content_poll_interval = absl::Seconds(1);
+    // Where shard pull latencies go (mim_serving_shard_pull_seconds by
+    // table); may be null.
+    base::Metrics* metrics = nullptr;
+  };
+
+  // `models`, `ps` and `cache` must outlive the predictor.
+  Predictor(ModelManager* models, ps::PsClient* ps, RowCache* cache,
+            const Options& options);
+  ~Predictor();  // stops the content poll thread
+
+  // INVALID_ARGUMENT naming the field when `input` breaks Options' bounds
+  // or has a negative id or genre.
+  absl::Status ValidatePredictInput(const PredictInput& input) const;
+
+  // Scores `input` (validated here too) by `deadline`. Errors:
+  // INVALID_ARGUMENT (bad input), UNAVAILABLE (a shard holding an uncached
+  // row unreachable), DEADLINE_EXCEEDED, other shard errors as PsClient.
+  absl::StatusOr<PredictOutput> Predict(const PredictInput& input,
+                                        absl::Time deadline);
+
+  // Writes item `item_id`'s content vector: `vector` when not empty (it
+  // must have the content table's dim and finite values), else `text`
+  // encoded with the model's content encoder. The version written is one
+  // above the newest this server knows of. When this returns OK, every
+  // Predict that starts afterwards reads the new row. Errors:
+  // INVALID_ARGUMENT (negative id, wrong dim, non-finite value, empty text
+  // without vector), FAILED_PRECONDITION (the model has no content table,
+  // or its encoder is external and no vector was given), shard errors.
+  absl::StatusOr<UpsertItemOutput> UpsertItem(int64_t item_id,
+                                              const std::string& text,
+                                              absl::Span<const float> vector,
+                                              absl::Time deadline);
+
+  // Reads the content table's newest version from the shards; flushes the
+  // cached content rows when another writer went past what this server
+  // knows. Called by the poll thread; public for tests.
+  absl::Status RefreshContentVersion();
+  uint64_t content_version() const { return content_version_.load(); }
+
+ private:
+  // Fills out[i * dim ..] with the row of keys[i] from the cache or the
+  // table. `id_table`: GetRows (unseen keys read zero) vs Pull.
+  absl::Status FetchRows(RowCache::Table which, const std::string& table,
+                         bool id_table, absl::Span<const uint64_t> keys,
+                         int dim, float* out, PredictOutput* result);
+  void PollLoop();
+
+  ModelManager* const models_;
+  ps::PsClient* const ps_;
+  RowCache* const cache_;
+  const Options options_;
+  prometheus::Histogram* pull_seconds_[RowCache::kNumTables] = {nullptr,
+                                                                nullptr};
+  std::atomic<uint64_t> content_version_{0};
+  absl::Notification stop_;
+  std::thread thread_;
+};
+
+}  // namespace mim::serving
+
+#endif  // MIM_SERVING_PREDICTOR_H_

@@ -1,0 +1,140 @@
+#include "serving/row_cache.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+namespace mim::serving {
+
+namespace {
+// Per-entry bookkeeping beyond the row: list node, index slot, vector header.
+constexpr int64_t kEntryOverhead = 96;
+
+uint64_t Mix(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  return x;
+}
+}  // namespace
+
+RowCache::RowCache(const Options& options)
+    : options_(options),
+      stripe_capacity_(options.capacity_bytes /
+                       std::max(1, options.stripes)) {
+  const int n = std::max(1, options.stripes);
+  for (int i = 0; i < n; ++i) stripes_.push_back(std::make_unique<Stripe>());
+  for (auto& g : generations_) g.store(1);
+}
+
+int64_t RowCache::EntryBytes(int dim) {
+  return kEntryOverhead + int64_t{dim} * static_cast<int64_t>(sizeof(float));
+}
+
+RowCache::Stripe& RowCache::StripeOf(Table table, uint64_t key) {
+  return *stripes_[Mix(key * 2 + static_cast<uint64_t>(table)) %
+                   stripes_.size()];
+}
+
+void RowCache::EraseLocked(Stripe& s, std::list<Entry>::iterator it) {
+  s.bytes -= EntryBytes(static_cast<int>(it->row.size()));
+  s.index.erase({it->table, it->key});
+  s.lru.erase(it);
+}
+
+RowCache::Found RowCache::Lookup(Table table, uint64_t key, int dim,
+                                 absl::Time now, float* out) {
+  if (options_.capacity_bytes <= 0) {
+    misses_.fetch_add(1, std::memory_order_relaxed);
+    return Found::kMiss;
+  }
+  Stripe& s = StripeOf(table, key);
+  absl::MutexLock lock(&s.mu);
+  auto it = s.index.find({table, key});
+  if (it == s.index.end() ||
+      static_cast<int>(it->second->row.size()) != dim) {
+    misses_.fetch_add(1, std::memory_order_relaxed);
+    return Found::kMiss;
+  }
+  const auto entry = it->second;
+  const absl::Duration age = now - entry->fetched;
+  if (age > options_.max_stale) {
+    EraseLocked(s, entry);
+    misses_.fetch_add(1, std::memory_order_relaxed);
+    return Found::kMiss;
+  }
+  std::memcpy(out, entry->row.data(), sizeof(float) * dim);
+  s.lru.splice(s.lru.begin(), s.lru, entry);
+  if (age <= options_.ttl) {
+    hits_.fetch_add(1, std::memory_order_relaxed);
+    return Found::kFresh;
+  }
+  stale_hits_.fetch_add(1, std::memory_order_relaxed);
+  return Found::kStale;
+}
+
+void RowCache::Insert(Table table, uint64_t key, const float* row, int dim,
+                      absl::Time fetched, uint64_t generation) {
+  if (options_.capacity_bytes <= 0) return;
+  const int64_t bytes = EntryBytes(dim);
+  if (bytes > stripe_capacity_) return;
+  Stripe& s = StripeOf(table, key);
+  absl::MutexLock lock(&s.mu);
+  // Under the stripe lock: Invalidate bumps the generation under the same
+  // lock, so either it ran first (and this insert is refused) or it erases
+  // what is inserted here.
+  if (generations_[table].load(std::memory_order_acquire) != generation) return;
+  auto it = s.index.find({table, key});
+  if (it != s.index.end()) {
+    if (it->second->fetched > fetched) return;  // a newer fetch won
+    EraseLocked(s, it->second);
+  }
+  s.lru.push_front(Entry{key, table, fetched, std::vector<float>(row, row + dim)});
+  s.index[{table, key}] = s.lru.begin();
+  s.bytes += bytes;
+  while (s.bytes > stripe_capacity_ && !s.lru.empty()) {
+    EraseLocked(s, std::prev(s.lru.end()));
+    evictions_.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+void RowCache::Invalidate(Table table, uint64_t key) {
+  Stripe& s = StripeOf(table, key);
+  absl::MutexLock lock(&s.mu);
+  generations_[table].fetch_add(1, std::memory_order_acq_rel);
+  invalidations_.fetch_add(1, std::memory_order_relaxed);
+  auto it = s.index.find({table, key});
+  if (it != s.index.end()) EraseLocked(s, it->second);
+}
+
+void RowCache::InvalidateTable(Table table) {
+  // Bump first: inserts that started before are refused from now on.
+  generations_[table].fetch_add(1, std::memory_order_acq_rel);
+  invalidations_.fetch_add(1, std::memory_order_relaxed);
+  for (auto& stripe : stripes_) {
+    Stripe& s = *stripe;
+    absl::MutexLock lock(&s.mu);
+    for (auto it = s.lru.begin(); it != s.lru.end();) {
+      auto next = std::next(it);
+      if (it->table == table) EraseLocked(s, it);
+      it = next;
+    }
+  }
+}
+
+RowCache::Stats RowCache::stats() const {
+  Stats st;
+  st.hits = hits_.load(std::memory_order_relaxed);
+  st.stale_hits = stale_hits_.load(std::memory_order_relaxed);
+  st.misses = misses_.load(std::memory_order_relaxed);
+  st.evictions = evictions_.load(std::memory_order_relaxed);
+  st.invalidations = invalidations_.load(std::memory_order_relaxed);
+  for (const auto& stripe : stripes_) {
+    absl::MutexLock lock(&stripe->mu);
+    st.entries += static_cast<int64_t>(stripe->lru.size());
+    st.bytes += stripe->bytes;
+  }
+  return st;
+}
+
+}  // namespace mim::serving

@@ -1,0 +1,213 @@
+// The serving tier:
+//   server --port=P --ps=HOST:PORT,... --model_dir=DIR
+// Loads the model version in --model_dir (written by //worker:trainer),
+// serves mim.serving.PredictionService (proto/serving.proto),
+// grpc.health.v1 and server reflection, and prints "serving listening on
+// HOST:PORT" on stdout once accepting calls (then "metrics listening on
+// ADDRESS:PORT" with --metrics_port >= 0). A new version saved into
+// --model_dir is picked up within --reload_interval_ms without failing a
+// request. Shuts down cleanly on SIGTERM or SIGINT.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <limits>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "base/metrics.h"
+#include "gflags/gflags.h"
+#include "glog/logging.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/resource_quota.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "ps/client.h"
+#include "serving/model_manager.h"
+#include "serving/predictor.h"
+#include "serving/row_cache.h"
+#include "serving/service.h"
+
+namespace {
+const mim::serving::Predictor::Options kPredictorDefaults;
+const mim::serving::RowCache::Options kCacheDefaults;
+}  // namespace
+
+DEFINE_string(host, "127.0.0.1",
+              "Address to listen on (loopback by default; 0.0.0.0 opens it "
+              "to the network).");
+DEFINE_int32(port, 0, "TCP port; 0 picks a free one (printed on stdout).");
+DEFINE_string(ps, "", "Shard addresses host:port, comma-separated, in shard order");
+DEFINE_string(model_dir, "", "Directory with manifest.json and the model file");
+DEFINE_int32(max_candidates, kPredictorDefaults.max_candidates,
+             "Most candidates one Predict may score");
+DEFINE_int32(max_behaviors, kPredictorDefaults.max_behaviors,
+             "Most behaviour ids one Predict may carry (the model keeps 50)");
+DEFINE_int64(cache_mb, kCacheDefaults.capacity_bytes >> 20,
+             "Row cache size in MiB (0: no cache)");
+DEFINE_int64(cache_ttl_ms, absl::ToInt64Milliseconds(kCacheDefaults.ttl),
+             "A cached row is used without asking the shards for this long");
+DEFINE_int64(cache_max_stale_ms,
+             absl::ToInt64Milliseconds(kCacheDefaults.max_stale),
+             "Past the TTL, a cached row is still served (marked stale) "
+             "while its shard is unreachable, for up to this long");
+DEFINE_int64(reload_interval_ms, 1000,
+             "How often --model_dir is checked for a new model version");
+DEFINE_int64(content_poll_ms,
+             absl::ToInt64Milliseconds(kPredictorDefaults.content_poll_interval),
+             "How often the content table's version is checked (a version "
+             "written elsewhere flushes the cached content rows)");
+DEFINE_int64(ps_timeout_ms, 2000,
+             "Deadline of one shard call (a request's own deadline, when "
+             "shorter, wins)");
+DEFINE_int32(threads, 32, "Most threads serving calls");
+DEFINE_int32(max_message_kb, 1024, "Max request/response size in KiB");
+DEFINE_int32(metrics_port, mim::base::Metrics::Options().port,
+             "Prometheus /metrics port; -1: none; 0: a free one (printed as "
+             "'metrics listening on ...').");
+DEFINE_string(metrics_address, mim::base::Metrics::Options().address,
+              "Address of the /metrics endpoint");
+
+namespace {
+
+int Fail(const std::string& message) {
+  LOG(ERROR) << message;
+  std::fprintf(stderr, "serving: %s\n", message.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  gflags::SetUsageMessage("server --port=P --ps=HOST:PORT,... --model_dir=DIR");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  google::InitGoogleLogging(argv[0]);
+  FLAGS_logtostderr = true;
+
+  if (FLAGS_ps.empty()) return Fail("--ps is required (shard addresses)");
+  if (FLAGS_model_dir.empty()) return Fail("--model_dir is required");
+  if (FLAGS_port < 0 || FLAGS_port > 65535) return Fail("--port out of range");
+  if (FLAGS_max_candidates < 1) return Fail("--max_candidates must be >= 1");
+  if (FLAGS_max_behaviors < 0) return Fail("--max_behaviors must be >= 0");
+  if (FLAGS_cache_mb < 0 || FLAGS_cache_ttl_ms < 0 ||
+      FLAGS_cache_max_stale_ms < FLAGS_cache_ttl_ms) {
+    return Fail("--cache_mb and --cache_ttl_ms must be >= 0 and "
+                "--cache_max_stale_ms >= --cache_ttl_ms");
+  }
+  if (FLAGS_ps_timeout_ms < 1) return Fail("--ps_timeout_ms must be >= 1");
+  if (FLAGS_threads < 2) return Fail("--threads must be >= 2");
+  if (FLAGS_max_message_kb < 1) return Fail("--max_message_kb must be >= 1");
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  mim::base::Metrics::Options metrics_options;
+  metrics_options.address = FLAGS_metrics_address;
+  metrics_options.port = FLAGS_metrics_port;
+  absl::StatusOr<std::unique_ptr<mim::base::Metrics>> metrics =
+      mim::base::Metrics::Create(metrics_options);
+  if (!metrics.ok()) {
+    return Fail(absl::StrCat("--metrics_address/--metrics_port: ",
+                             metrics.status().ToString()));
+  }
+
+  mim::ps::PsClient::Options client_options;
+  client_options.timeout = absl::Milliseconds(FLAGS_ps_timeout_ms);
+  // Retries only within the request's deadline (ScopedDeadline) and this
+  // client timeout: a request never waits long for a shard that is down.
+  client_options.max_attempts = 3;
+  client_options.retry_budget = absl::Milliseconds(FLAGS_ps_timeout_ms);
+  client_options.initial_backoff = absl::Milliseconds(20);
+  client_options.max_backoff = absl::Milliseconds(500);
+  client_options.channels_per_shard = 2;
+  absl::StatusOr<std::unique_ptr<mim::ps::PsClient>> ps =
+      mim::ps::PsClient::Create(absl::StrSplit(FLAGS_ps, ','), client_options);
+  if (!ps.ok()) return Fail(absl::StrCat("--ps: ", ps.status().ToString()));
+
+  mim::serving::ModelManager::Options model_options;
+  model_options.model_dir = FLAGS_model_dir;
+  model_options.poll_interval = absl::Milliseconds(FLAGS_reload_interval_ms);
+  absl::StatusOr<std::unique_ptr<mim::serving::ModelManager>> models =
+      mim::serving::ModelManager::Create(model_options);
+  if (!models.ok()) {
+    return Fail(absl::StrCat("--model_dir: ", models.status().ToString()));
+  }
+  const auto first = (*models)->Current();
+  if (static_cast<int>((*ps)->num_shards()) != first->manifest().num_shards) {
+    LOG(WARNING) << "the model was trained with "
+                 << first->manifest().num_shards << " shards, --ps names "
+                 << (*ps)->num_shards()
+                 << "; rows are looked up by key on the shards given";
+  }
+
+  mim::serving::RowCache::Options cache_options;
+  cache_options.capacity_bytes = FLAGS_cache_mb << 20;
+  cache_options.ttl = absl::Milliseconds(FLAGS_cache_ttl_ms);
+  cache_options.max_stale = absl::Milliseconds(FLAGS_cache_max_stale_ms);
+  mim::serving::RowCache cache(cache_options);
+
+  mim::serving::Predictor::Options predictor_options;
+  predictor_options.max_candidates = FLAGS_max_candidates;
+  predictor_options.max_behaviors = FLAGS_max_behaviors;
+  predictor_options.content_poll_interval =
+      absl::Milliseconds(FLAGS_content_poll_ms);
+  predictor_options.metrics = metrics->get();
+  mim::serving::Predictor predictor(models->get(), ps->get(), &cache,
+                                    predictor_options);
+  mim::serving::PredictionServiceImpl service(&predictor, models->get(), &cache,
+                                              metrics->get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  const std::string address = absl::StrCat(FLAGS_host, ":", FLAGS_port);
+  int port = 0;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(FLAGS_max_message_kb << 10);
+  builder.SetMaxSendMessageSize(FLAGS_max_message_kb << 10);
+  grpc::ResourceQuota quota("serving");
+  quota.SetMaxThreads(FLAGS_threads);
+  builder.SetResourceQuota(quota);
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::NUM_CQS,
+                              1);
+  builder.SetSyncServerOption(
+      grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 2);
+  builder.SetSyncServerOption(
+      grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
+      std::min(FLAGS_threads, 8));
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return Fail(absl::StrCat("cannot listen on ", address));
+  }
+  LOG(INFO) << "serving model " << first->manifest().model_version << " ("
+            << first->manifest().model_name << ") from " << FLAGS_model_dir;
+  std::printf("serving listening on %s:%d\n", FLAGS_host.c_str(), port);
+  if ((*metrics)->port() >= 0) {
+    std::printf("metrics listening on %s\n", (*metrics)->endpoint().c_str());
+  }
+  std::fflush(stdout);
+
+  std::thread waiter([&server, &signals] {
+    int signal = 0;
+    sigwait(&signals, &signal);
+    LOG(INFO) << "signal " << signal << ": shutting down";
+    server->GetHealthCheckService()->SetServingStatus(false);
+    server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  });
+  server->Wait();
+  waiter.join();
+  server.reset();
+  return 0;
+}

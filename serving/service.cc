@@ -1,0 +1,179 @@
+#include "serving/service.h"
+
+#include <limits>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "ps/status_convert.h"
+
+namespace mim::serving {
+namespace {
+
+constexpr const char* kMethodNames[] = {"Predict", "UpsertItem", "GetStatus"};
+
+absl::Time DeadlineOf(const grpc::ServerContext& context) {
+  const auto d = context.deadline();
+  if (d == std::chrono::system_clock::time_point::max()) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(d);
+}
+
+}  // namespace
+
+absl::StatusOr<PredictInput> PredictInputFromProto(const PredictRequest& r) {
+  PredictInput in;
+  in.user_id = r.user_id();
+  for (const auto& [name, value] : r.user_features()) {
+    int32_t* field = nullptr;
+    if (name == "age_bucket") {
+      field = &in.age_bucket;
+    } else if (name == "gender") {
+      field = &in.gender;
+    } else if (name == "occupation") {
+      field = &in.occupation;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "user_features: unknown feature '", name.substr(0, 64),
+          name.size() > 64 ? "...'" : "'",
+          "; known: age_bucket, gender, occupation"));
+    }
+    if (value < 0 || value > std::numeric_limits<int32_t>::max()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("user_features[\"", name, "\"]: ", value,
+                       " is out of range [0, 2^31)"));
+    }
+    *field = static_cast<int32_t>(value);
+  }
+  in.behaviors.assign(r.behavior_item_ids().begin(),
+                      r.behavior_item_ids().end());
+  in.candidates.assign(r.candidate_item_ids().begin(),
+                       r.candidate_item_ids().end());
+  in.candidate_genres.reserve(r.candidate_features_size());
+  for (const ItemFeatures& f : r.candidate_features()) {
+    in.candidate_genres.emplace_back(f.genres().begin(), f.genres().end());
+  }
+  return in;
+}
+
+PredictionServiceImpl::PredictionServiceImpl(Predictor* predictor,
+                                             ModelManager* models,
+                                             RowCache* cache,
+                                             base::Metrics* metrics)
+    : predictor_(predictor), models_(models), cache_(cache), metrics_(metrics) {
+  if (metrics_ == nullptr) return;
+  for (int m = 0; m < kNumMethods; ++m) {
+    seconds_[m] = &metrics_->LatencyHistogram(
+        "mim_serving_request_seconds",
+        "Time from receiving a call to its answer, by method",
+        {{"method", kMethodNames[m]}});
+    // Created up front so that every method shows at 0 before its first call.
+    metrics_->Counter("mim_serving_requests_total",
+                      "Calls answered, by method and gRPC status code",
+                      {{"method", kMethodNames[m]}, {"code", "OK"}});
+  }
+  scrape_callback_ = metrics_->AddScrapeCallback([this] {
+    const RowCache::Stats st = cache_->stats();
+    const char* help_rows = "Row cache lookups by result";
+    metrics_->Gauge("mim_serving_cache_lookups", help_rows, {{"result", "hit"}})
+        .Set(static_cast<double>(st.hits));
+    metrics_->Gauge("mim_serving_cache_lookups", help_rows,
+                    {{"result", "stale"}})
+        .Set(static_cast<double>(st.stale_hits));
+    metrics_->Gauge("mim_serving_cache_lookups", help_rows,
+                    {{"result", "miss"}})
+        .Set(static_cast<double>(st.misses));
+    const double lookups =
+        static_cast<double>(st.hits + st.stale_hits + st.misses);
+    metrics_->Gauge("mim_serving_cache_hit_ratio",
+                    "Fresh cache hits over all lookups since start")
+        .Set(lookups > 0 ? st.hits / lookups : 0.0);
+    metrics_->Gauge("mim_serving_cache_bytes", "Bytes held by the row cache")
+        .Set(static_cast<double>(st.bytes));
+    metrics_->Gauge("mim_serving_cache_entries", "Rows held by the row cache")
+        .Set(static_cast<double>(st.entries));
+    metrics_->Gauge("mim_serving_model_reloads",
+                    "Model versions installed since start (hot reloads)")
+        .Set(static_cast<double>(models_->reloads()));
+  });
+}
+
+PredictionServiceImpl::~PredictionServiceImpl() {
+  if (metrics_ != nullptr && scrape_callback_ >= 0) {
+    metrics_->RemoveScrapeCallback(scrape_callback_);
+  }
+}
+
+grpc::Status PredictionServiceImpl::Finish(Method method, absl::Time start,
+                                           const absl::Status& status) {
+  if (metrics_ != nullptr) {
+    seconds_[method]->Observe(absl::ToDoubleSeconds(absl::Now() - start));
+    metrics_
+        ->Counter("mim_serving_requests_total",
+                  "Calls answered, by method and gRPC status code",
+                  {{"method", kMethodNames[method]},
+                   {"code", absl::StatusCodeToString(status.code())}})
+        .Increment();
+  }
+  return ps::ToGrpcStatus(status);
+}
+
+grpc::Status PredictionServiceImpl::Predict(grpc::ServerContext* context,
+                                            const PredictRequest* request,
+                                            PredictResponse* response) {
+  const absl::Time start = absl::Now();
+  ++requests_;
+  absl::StatusOr<PredictInput> input = PredictInputFromProto(*request);
+  if (!input.ok()) return Finish(kPredict, start, input.status());
+  absl::StatusOr<PredictOutput> out =
+      predictor_->Predict(*input, DeadlineOf(*context));
+  if (!out.ok()) return Finish(kPredict, start, out.status());
+  response->mutable_scores()->Assign(out->scores.begin(), out->scores.end());
+  response->set_model_version(out->model_version);
+  response->set_stale(out->stale);
+  response->set_cache_hits(out->cache_hits);
+  response->set_rows_pulled(out->rows_pulled);
+  return Finish(kPredict, start, absl::OkStatus());
+}
+
+grpc::Status PredictionServiceImpl::UpsertItem(
+    grpc::ServerContext* context, const UpsertItemRequest* request,
+    UpsertItemResponse* response) {
+  const absl::Time start = absl::Now();
+  absl::StatusOr<UpsertItemOutput> out = predictor_->UpsertItem(
+      request->item_id(), request->text(),
+      absl::MakeConstSpan(request->vector().data(), request->vector_size()),
+      DeadlineOf(*context));
+  if (!out.ok()) return Finish(kUpsertItem, start, out.status());
+  response->set_content_version(out->content_version);
+  response->set_encoder(out->encoder);
+  response->set_norm(out->norm);
+  return Finish(kUpsertItem, start, absl::OkStatus());
+}
+
+grpc::Status PredictionServiceImpl::GetStatus(grpc::ServerContext* context,
+                                              const GetStatusRequest* request,
+                                              GetStatusResponse* response) {
+  (void)context;
+  (void)request;
+  const absl::Time start = absl::Now();
+  const std::shared_ptr<const ServableModel> servable = models_->Current();
+  const model::ModelManifest& m = servable->manifest();
+  response->set_model_version(m.model_version);
+  response->set_model_name(m.model_name);
+  response->set_id_table(m.id_table.name);
+  if (m.content_table.has_value()) {
+    response->set_content_table(m.content_table->name);
+  }
+  response->set_content_version(predictor_->content_version());
+  response->set_requests(requests_.load());
+  const RowCache::Stats st = cache_->stats();
+  response->set_cache_hits(st.hits);
+  response->set_cache_misses(st.misses + st.stale_hits);
+  response->set_cache_bytes(st.bytes);
+  response->set_model_reloads(models_->reloads());
+  return Finish(kGetStatus, start, absl::OkStatus());
+}
+
+}  // namespace mim::serving
