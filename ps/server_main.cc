@@ -1,9 +1,12 @@
 // One parameter-server shard:
 //   server --port=P --shard_index=I --num_shards=N --data_dir=DIR
 // Opens (and so recovers) the EmbeddingStore in --data_dir, serves the
-// ParameterServer service and grpc.health.v1, prints
+// ParameterServer service, grpc.health.v1 and server reflection, prints
 // "ps shard I/N listening on HOST:PORT" on stdout once accepting calls, and
-// shuts down cleanly on SIGTERM or SIGINT.
+// shuts down cleanly on SIGTERM or SIGINT. With --metrics_port >= 0 it also
+// serves Prometheus metrics on http://ADDRESS:PORT/metrics (names in
+// docs/OPERATIONS.md) and prints "metrics listening on ADDRESS:PORT" as the
+// next line.
 #include <pthread.h>
 #include <signal.h>
 
@@ -16,9 +19,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "base/metrics.h"
 #include "embedding/embedding_store.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
@@ -39,6 +44,11 @@ DEFINE_int32(threads, 64,
              "Maximum threads serving RPCs; calls beyond it are refused "
              "(RESOURCE_EXHAUSTED).");
 DEFINE_int32(max_message_mb, 256, "Max request/response size in MiB.");
+DEFINE_int32(metrics_port, mim::base::Metrics::Options().port,
+             "HTTP port of Prometheus /metrics; -1 disables it, 0 picks a "
+             "free one (printed on stdout as 'metrics listening on ...').");
+DEFINE_string(metrics_address, mim::base::Metrics::Options().address,
+              "Numeric IPv4 address the /metrics endpoint binds to.");
 
 namespace {
 
@@ -81,6 +91,18 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  // Before the store is opened (recovery can take a while), so that a
+  // taken port fails at once.
+  mim::base::Metrics::Options metrics_options;
+  metrics_options.address = FLAGS_metrics_address;
+  metrics_options.port = FLAGS_metrics_port;
+  absl::StatusOr<std::unique_ptr<mim::base::Metrics>> metrics =
+      mim::base::Metrics::Create(metrics_options);
+  if (!metrics.ok()) {
+    return Fail(absl::StrCat("--metrics_address/--metrics_port: ",
+                             metrics.status().ToString()));
+  }
+
   mim::embedding::EmbeddingStore::Options store_options;
   store_options.data_dir = FLAGS_data_dir;
   store_options.sync_writes = FLAGS_sync_writes;
@@ -100,14 +122,17 @@ int main(int argc, char** argv) {
   service_options.num_shards = FLAGS_num_shards;
   service_options.max_keys_per_request = FLAGS_max_keys_per_request;
   service_options.max_response_bytes = static_cast<size_t>(FLAGS_max_message_mb) << 20;
-  mim::ps::ParameterServerService service(store->get(), service_options);
+  service_options.metrics = metrics->get();
+  auto service = std::make_unique<mim::ps::ParameterServerService>(
+      store->get(), service_options);
 
   grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   const std::string address = absl::StrCat(FLAGS_host, ":", FLAGS_port);
   int port = 0;
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
+  builder.RegisterService(service.get());
   builder.SetMaxReceiveMessageSize(FLAGS_max_message_mb << 20);
   builder.SetMaxSendMessageSize(FLAGS_max_message_mb << 20);
   grpc::ResourceQuota quota("ps_server");
@@ -131,6 +156,10 @@ int main(int argc, char** argv) {
 
   std::printf("ps shard %u/%u listening on %s:%d\n", FLAGS_shard_index,
               FLAGS_num_shards, FLAGS_host.c_str(), port);
+  // Second, so that readers of the first line see the gRPC address there.
+  if ((*metrics)->port() >= 0) {
+    std::printf("metrics listening on %s\n", (*metrics)->endpoint().c_str());
+  }
   std::fflush(stdout);
 
   std::thread waiter([&server, &signals] {
@@ -144,6 +173,7 @@ int main(int argc, char** argv) {
   server->Wait();
   waiter.join();
   server.reset();
+  service.reset();  // no scrape reads the store after this
   store->reset();  // closes the storage after the last call has finished
   LOG(INFO) << "shard " << FLAGS_shard_index << " stopped";
   return 0;

@@ -11,20 +11,32 @@
 // Options::max_keys_per_request; FAILED_PRECONDITION a key owned by another
 // shard (the message names this shard "I/N", the key and its owner).
 //
+// Metrics (when Options::metrics is set; names in docs/OPERATIONS.md): every
+// call counts in mim_ps_requests_total and mim_ps_request_duration_seconds by
+// method, a failed one in mim_ps_request_errors_total by method and code;
+// the keys of successful Pull, Push, Upsert and GetRows calls count in
+// mim_ps_keys_total; each table's rows and bytes are read at scrape time.
+//
 // Thread-safety: safe for concurrent access (the sync gRPC server calls the
 // handlers from its thread pool).
 #ifndef MIM_PS_SERVICE_H_
 #define MIM_PS_SERVICE_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "embedding/embedding_store.h"
 #include "google/protobuf/repeated_field.h"
 #include "proto/ps.grpc.pb.h"
+
+namespace mim::base {
+class Metrics;
+}  // namespace mim::base
 
 namespace mim::ps {
 
@@ -37,11 +49,16 @@ class ParameterServerService final : public ParameterServer::Service {
     // Pull and GetRows refuse (RESOURCE_EXHAUSTED) before allocating rows
     // that could not be sent anyway: keys x dim x 4 bytes above this.
     size_t max_response_bytes = size_t{256} << 20;
+    // Where the service records its metrics; null: none. Must outlive the
+    // service. The service reads `store` from a scrape callback until it
+    // is destroyed, so destroy the service before the store.
+    base::Metrics* metrics = nullptr;
   };
 
   // `store` must outlive the service.
   ParameterServerService(embedding::EmbeddingStore* store,
                          const Options& options);
+  ~ParameterServerService() override;
 
   grpc::Status Pull(grpc::ServerContext* context, const PullRequest* request,
                     PullResponse* response) override;
@@ -75,6 +92,18 @@ class ParameterServerService final : public ParameterServer::Service {
  private:
   using Keys = google::protobuf::RepeatedField<uint64_t>;
 
+  enum Method {
+    kPull, kPush, kUpsert, kCreateTable, kListTables, kTableStats, kGetRows,
+    kCheckpoint, kRestore, kListCheckpoints, kNumMethods
+  };
+  // Metric objects, resolved once in the constructor (defined in service.cc).
+  struct Instruments;
+
+  // Runs `handler` and records its call in the metrics (if any): count,
+  // latency, error code, and `keys` when it succeeded.
+  grpc::Status Observe(Method method, int keys,
+                       absl::FunctionRef<grpc::Status()> handler);
+
   // RESOURCE_EXHAUSTED for too many keys, FAILED_PRECONDITION for the first
   // key this shard does not own.
   absl::Status CheckKeys(const Keys& keys) const;
@@ -93,6 +122,8 @@ class ParameterServerService final : public ParameterServer::Service {
   // table with one of another dim, and Pull sizes its buffer from Dim()
   // before the store writes dim floats per key into it.
   mutable absl::Mutex restore_mu_;
+  // Null when Options::metrics is null.
+  std::unique_ptr<Instruments> instruments_;
 };
 
 }  // namespace mim::ps

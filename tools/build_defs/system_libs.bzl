@@ -19,6 +19,8 @@ _LIBS = {
     "benchmark": (["benchmark"], []),
     "openblas": (["openblas"], []),
     "fasttext": ([], ["-lfasttext", "-lpthread"]),
+    # prometheus-cpp: metric types (core) and the /metrics HTTP exposer (pull).
+    "prometheus": (["prometheus-cpp-pull", "prometheus-cpp-core"], ["-lpthread"]),
 }
 
 def _pkg_config(ctx, modules):

@@ -1,0 +1,452 @@
+// Operations surface of a real //ps:server shard (a child process on
+// loopback): Prometheus metrics on --metrics_port (counters moved by exactly
+// the keys sent, text accepted by `promtool check metrics`), gRPC server
+// reflection and grpc.health.v1.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/descriptor.pb.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/completion_queue.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/impl/codegen/proto_utils.h"  // protobuf messages on streams
+#include "grpcpp/security/credentials.h"
+#include "gtest/gtest.h"
+#include "proto/ps.pb.h"
+#include "ps/client.h"
+#include "tests/process.h"
+#include "tests/reflection.pb.h"
+
+extern char** environ;
+
+namespace mim::ps {
+namespace {
+
+using ::mim::testing::CommandResult;
+using ::mim::testing::RunCommand;
+using ::mim::testing::Runfile;
+using ::testing::Contains;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+constexpr char kPromtool[] = "/usr/bin/promtool";
+
+// A shard started with --metrics_port=0. Started here rather than through
+// testing::ShardProcess, which reads only the first stdout line (the gRPC
+// address); the metrics address is the second.
+class MetricsShard {
+ public:
+  // Returns once both "listening on" lines are out (the shard serves gRPC
+  // and /metrics from then on), or fails with what the shard printed.
+  static absl::StatusOr<std::unique_ptr<MetricsShard>> Start(
+      const std::string& data_dir) {
+    const std::vector<std::string> argv = {
+        Runfile("ps/server"),     "--host=127.0.0.1", "--port=0",
+        "--data_dir=" + data_dir, "--threads=4",      "--metrics_port=0"};
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+      return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
+    }
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+    std::vector<char*> args;
+    for (const std::string& a : argv) {
+      args.push_back(const_cast<char*>(a.c_str()));
+    }
+    args.push_back(nullptr);
+    pid_t pid = 0;
+    const int rc =
+        posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    close(fds[1]);
+    if (rc != 0) {
+      close(fds[0]);
+      return absl::InternalError(
+          absl::StrCat("posix_spawn ", argv[0], ": ", std::strerror(rc)));
+    }
+    std::unique_ptr<MetricsShard> shard(new MetricsShard(pid, fds[0]));
+
+    // Both lines, bounded by a deadline (poll wakes on output or exit).
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    std::string out;
+    while (std::count(out.begin(), out.end(), '\n') < 2) {
+      const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
+      pollfd p = {fds[0], POLLIN, 0};
+      const int ready = left > 0 ? poll(&p, 1, static_cast<int>(left)) : 0;
+      char buf[512];
+      const ssize_t n = ready > 0 ? read(fds[0], buf, sizeof(buf)) : 0;
+      if (n <= 0) {
+        return absl::UnavailableError(absl::StrCat(
+            "shard did not report both addresses (",
+            ready == 0 ? "timeout" : "stdout closed", "); output: ", out));
+      }
+      out.append(buf, static_cast<size_t>(n));
+    }
+    const std::vector<std::string> lines = absl::StrSplit(out, '\n');
+    if (!absl::StartsWith(lines[0], "ps shard 0/1 listening on ") ||
+        !absl::StartsWith(lines[1], "metrics listening on 127.0.0.1:") ||
+        !absl::SimpleAtoi(lines[0].substr(lines[0].rfind(':') + 1),
+                          &shard->grpc_port_) ||
+        !absl::SimpleAtoi(lines[1].substr(lines[1].rfind(':') + 1),
+                          &shard->metrics_port_)) {
+      return absl::InternalError("unexpected server output: " + out);
+    }
+    return shard;
+  }
+
+  ~MetricsShard() {
+    kill(pid_, SIGTERM);
+    waitpid(pid_, nullptr, 0);
+    close(stdout_fd_);
+  }
+
+  std::string address() const { return absl::StrCat("127.0.0.1:", grpc_port_); }
+  int metrics_port() const { return metrics_port_; }
+
+ private:
+  MetricsShard(pid_t pid, int stdout_fd) : pid_(pid), stdout_fd_(stdout_fd) {}
+
+  const pid_t pid_;
+  const int stdout_fd_;
+  int grpc_port_ = 0;
+  int metrics_port_ = 0;
+};
+
+// GET http://127.0.0.1:port/path (HTTP/1.0, so the server closes the
+// connection after the response). Returns the body of a 200 response.
+absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+  }
+  sockaddr_in addr = {};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string response;
+  bool sent = false;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string request =
+        absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    sent = write(fd, request.data(), request.size()) ==
+           static_cast<ssize_t>(request.size());
+    char buf[4096];
+    ssize_t n;
+    while (sent && (n = read(fd, buf, sizeof(buf))) > 0) {
+      response.append(buf, static_cast<size_t>(n));
+    }
+  }
+  const int error = errno;
+  close(fd);
+  if (!sent) {
+    return absl::UnavailableError(
+        absl::StrCat("GET 127.0.0.1:", port, path, ": ", std::strerror(error)));
+  }
+  const size_t body = response.find("\r\n\r\n");
+  if (!absl::StartsWith(response, "HTTP/1.1 200 ") ||
+      body == std::string::npos) {
+    return absl::InternalError("unexpected HTTP response: " + response);
+  }
+  return response.substr(body + 4);
+}
+
+// The value of the sample `series` (name and labels exactly as the text
+// format writes them, e.g. mim_ps_keys_total{method="Pull"}); nullopt when
+// the scrape has no such sample.
+std::optional<double> Sample(const std::string& text,
+                             const std::string& series) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (!absl::ConsumePrefix(&line, series) ||
+        !absl::ConsumePrefix(&line, " ")) {
+      continue;
+    }
+    double value = 0;
+    if (absl::SimpleAtod(line, &value)) return value;
+  }
+  return std::nullopt;
+}
+
+// One grpc.reflection.v1alpha.ServerReflectionInfo stream, called by its
+// method path (tests/reflection.proto says why there is no generated stub),
+// one operation at a time on a completion queue.
+class ReflectionStream {
+ public:
+  using Request = ::mim::testing::reflection::ServerReflectionRequest;
+  using Response = ::mim::testing::reflection::ServerReflectionResponse;
+
+  explicit ReflectionStream(const std::string& address)
+      : stub_(
+            grpc::CreateChannel(address, grpc::InsecureChannelCredentials())) {
+    context_.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
+    call_ = stub_.PrepareCall(
+        &context_,
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq_);
+    call_->StartCall(kTag);
+    started_ = Next();
+  }
+
+  ~ReflectionStream() {
+    if (!finished_) {
+      context_.TryCancel();
+      grpc::Status ignored;
+      call_->Finish(&ignored, kTag);
+      Next();
+    }
+    cq_.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq_.Next(&tag, &ok)) {
+    }
+  }
+
+  // Sends `request` and reads its answer; false when the stream broke.
+  bool Ask(const Request& request, Response* response) {
+    if (!started_) return false;
+    call_->Write(request, kTag);
+    if (!Next()) return false;
+    call_->Read(response, kTag);
+    return Next();
+  }
+
+  // Half-closes the stream and returns the server's final status.
+  grpc::Status Finish() {
+    call_->WritesDone(kTag);
+    Next();
+    grpc::Status status;
+    call_->Finish(&status, kTag);
+    Next();
+    finished_ = true;
+    return status;
+  }
+
+ private:
+  static inline void* const kTag = reinterpret_cast<void*>(1);
+
+  // Waits for the one operation in flight; whether it succeeded.
+  bool Next() {
+    void* tag = nullptr;
+    bool ok = false;
+    return cq_.Next(&tag, &ok) && ok;
+  }
+
+  grpc::TemplatedGenericStub<Request, Response> stub_;
+  grpc::ClientContext context_;
+  grpc::CompletionQueue cq_;
+  std::unique_ptr<grpc::ClientAsyncReaderWriter<Request, Response>> call_;
+  bool started_ = false;
+  bool finished_ = false;
+};
+
+std::string ByMethod(const std::string& name, const std::string& method) {
+  return absl::StrCat(name, "{method=\"", method, "\"}");
+}
+
+TableConfig IdTable(const std::string& name, uint32_t dim) {
+  TableConfig c;
+  c.set_name(name);
+  c.set_kind(ID);
+  c.set_dim(dim);
+  c.mutable_optimizer()->set_name("sgd");
+  c.mutable_optimizer()->set_learning_rate(0.5f);
+  c.mutable_initializer()->set_name("zeros");
+  return c;
+}
+
+TableConfig ContentTable(const std::string& name, uint32_t dim) {
+  TableConfig c;
+  c.set_name(name);
+  c.set_kind(CONTENT);
+  c.set_dim(dim);
+  return c;
+}
+
+class ShardMetricsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    data_dir_ = absl::StrCat(std::getenv("TEST_TMPDIR"), "/", info->name());
+    auto shard = MetricsShard::Start(data_dir_);
+    ASSERT_TRUE(shard.ok()) << shard.status();
+    shard_ = std::move(*shard);
+    PsClient::Options options;
+    options.timeout = absl::Seconds(20);
+    auto client = PsClient::Create({shard_->address()}, options);
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = std::move(*client);
+  }
+
+  std::string Scrape() {
+    absl::StatusOr<std::string> text =
+        HttpGet(shard_->metrics_port(), "/metrics");
+    EXPECT_TRUE(text.ok()) << text.status();
+    return text.ok() ? *text : "";
+  }
+
+  std::string data_dir_;
+  std::unique_ptr<MetricsShard> shard_;
+  std::unique_ptr<PsClient> client_;
+};
+
+TEST_F(ShardMetricsTest, CountersMoveByTheKeysSent) {
+  ASSERT_TRUE(client_->CreateTable(IdTable("ids", 4), false).ok());
+  ASSERT_TRUE(client_->CreateTable(ContentTable("content", 3), false).ok());
+  const std::string before = Scrape();
+  for (const char* method : {"Pull", "Push", "Upsert"}) {
+    EXPECT_EQ(Sample(before, ByMethod("mim_ps_requests_total", method)), 0)
+        << method;
+    EXPECT_EQ(Sample(before, ByMethod("mim_ps_keys_total", method)), 0)
+        << method;
+  }
+  EXPECT_EQ(Sample(before, ByMethod("mim_ps_requests_total", "CreateTable")),
+            2);
+
+  const std::vector<uint64_t> pulled = {11, 12, 13, 14, 15};
+  ASSERT_TRUE(client_->Pull("ids", pulled).ok());
+  const std::vector<uint64_t> pushed = {11, 13, 15};
+  ASSERT_TRUE(
+      client_->Push("ids", pushed, std::vector<float>(pushed.size() * 4, 0.5f))
+          .ok());
+  const std::vector<uint64_t> upserted = {101, 102};
+  ASSERT_TRUE(client_
+                  ->Upsert("content", upserted,
+                           std::vector<float>(upserted.size() * 3, 1.0f), 7)
+                  .ok());
+  // A failed call counts as a request and an error, not as keys.
+  const std::vector<uint64_t> unknown_table_keys = {1, 2};
+  EXPECT_EQ(client_->Pull("no_such_table", unknown_table_keys).status().code(),
+            absl::StatusCode::kNotFound);
+
+  const std::string after = Scrape();
+  EXPECT_EQ(Sample(after, ByMethod("mim_ps_requests_total", "Pull")), 2);
+  EXPECT_EQ(Sample(after, ByMethod("mim_ps_requests_total", "Push")), 1);
+  EXPECT_EQ(Sample(after, ByMethod("mim_ps_requests_total", "Upsert")), 1);
+  EXPECT_EQ(Sample(after, ByMethod("mim_ps_keys_total", "Pull")),
+            pulled.size());
+  EXPECT_EQ(Sample(after, ByMethod("mim_ps_keys_total", "Push")),
+            pushed.size());
+  EXPECT_EQ(Sample(after, ByMethod("mim_ps_keys_total", "Upsert")),
+            upserted.size());
+  EXPECT_EQ(Sample(after,
+                   "mim_ps_request_errors_total{code=\"NOT_FOUND\","
+                   "method=\"Pull\"}"),
+            1);
+  EXPECT_EQ(Sample(before,
+                   "mim_ps_request_errors_total{code=\"NOT_FOUND\","
+                   "method=\"Pull\"}"),
+            std::nullopt);
+  EXPECT_EQ(
+      Sample(after, ByMethod("mim_ps_request_duration_seconds_count", "Pull")),
+      2);
+  EXPECT_EQ(Sample(after,
+                   "mim_ps_request_duration_seconds_bucket{method="
+                   "\"Pull\",le=\"+Inf\"}"),
+            2);
+  EXPECT_EQ(Sample(after, "mim_ps_table_rows{table=\"ids\"}"), pulled.size());
+  EXPECT_EQ(Sample(after, "mim_ps_table_rows{table=\"content\"}"),
+            upserted.size());
+  EXPECT_GT(Sample(after, "mim_ps_table_bytes{table=\"ids\"}").value_or(0), 0);
+
+  // The exposition text passes Prometheus' own checker (format and naming
+  // conventions).
+  if (access(kPromtool, X_OK) != 0) {
+    GTEST_SKIP() << kPromtool << " is not installed (tools/setup.sh installs "
+                 << "the prometheus package); the format check is skipped";
+  }
+  const std::string file = data_dir_ + "/metrics.txt";
+  std::ofstream(file) << after;
+  absl::StatusOr<CommandResult> check = RunCommand(
+      {"/bin/sh", "-c", absl::StrCat(kPromtool, " check metrics < ", file)});
+  ASSERT_TRUE(check.ok()) << check.status();
+  EXPECT_EQ(check->exit_code, 0) << check->out << check->err;
+  EXPECT_THAT(check->out + check->err, IsEmpty());
+}
+
+TEST_F(ShardMetricsTest, ReflectionListsServicesAndDescribesTheirFiles) {
+  ReflectionStream stream(shard_->address());
+  ReflectionStream::Request list;
+  list.set_list_services("");
+  ReflectionStream::Response listed;
+  ASSERT_TRUE(stream.Ask(list, &listed));
+  ASSERT_TRUE(listed.has_list_services_response())
+      << listed.error_response().error_message();
+  std::vector<std::string> services;
+  for (const auto& s : listed.list_services_response().service()) {
+    services.push_back(s.name());
+  }
+  EXPECT_THAT(services, Contains("mim.ps.ParameterServer"));
+  EXPECT_THAT(services, Contains("grpc.health.v1.Health"));
+  EXPECT_THAT(services, Contains("grpc.reflection.v1alpha.ServerReflection"));
+
+  // Enough for grpcurl / grpc_cli to build requests: the file declaring the
+  // service, with its methods.
+  ReflectionStream::Request describe;
+  describe.set_file_containing_symbol("mim.ps.ParameterServer");
+  ReflectionStream::Response described;
+  ASSERT_TRUE(stream.Ask(describe, &described));
+  ASSERT_TRUE(described.has_file_descriptor_response())
+      << described.error_response().error_message();
+  ASSERT_GE(described.file_descriptor_response().file_descriptor_proto_size(),
+            1);
+  google::protobuf::FileDescriptorProto file;
+  ASSERT_TRUE(file.ParseFromString(
+      described.file_descriptor_response().file_descriptor_proto(0)));
+  EXPECT_EQ(file.package(), "mim.ps");
+  ASSERT_EQ(file.service_size(), 1);
+  EXPECT_EQ(file.service(0).name(), "ParameterServer");
+  std::vector<std::string> methods;
+  for (const auto& m : file.service(0).method()) methods.push_back(m.name());
+  EXPECT_THAT(methods, Contains("Pull"));
+
+  const grpc::Status finished = stream.Finish();
+  EXPECT_TRUE(finished.ok()) << finished.error_message();
+}
+
+TEST_F(ShardMetricsTest, HealthIsServing) {
+  const std::vector<absl::Status> health = client_->Health();
+  ASSERT_EQ(health.size(), 1u);
+  EXPECT_TRUE(health[0].ok()) << health[0];
+}
+
+TEST_F(ShardMetricsTest, MetricsPortInUseFailsNamingTheAddress) {
+  const std::string taken = absl::StrCat("127.0.0.1:", shard_->metrics_port());
+  absl::StatusOr<CommandResult> second =
+      RunCommand({Runfile("ps/server"), "--host=127.0.0.1", "--port=0",
+                  "--data_dir=" + data_dir_ + "_second", "--threads=4",
+                  absl::StrCat("--metrics_port=", shard_->metrics_port())});
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->exit_code, 2);
+  EXPECT_THAT(second->err, HasSubstr("FAILED_PRECONDITION: cannot serve "
+                                     "metrics on " +
+                                     taken));
+  EXPECT_THAT(second->out, IsEmpty());
+}
+
+}  // namespace
+}  // namespace mim::ps
