@@ -53,7 +53,10 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
   if (o.batch_size < 1 || o.eval_batch_size < 1) {
     return bad("batch sizes must be >= 1");
   }
-  if (!(o.lr > 0) || !(o.id_lr > 0)) return bad("--lr and --id_lr must be > 0");
+  // Checked as the floats the model and the shards use.
+  if (!(static_cast<float>(o.lr) > 0) || !(static_cast<float>(o.id_lr) > 0)) {
+    return bad("--lr and --id_lr must be > 0");
+  }
   if (o.num_workers < 1 || o.worker_index < 0 ||
       o.worker_index >= o.num_workers) {
     return bad("--worker_index = ", o.worker_index, ", --num_workers = ",
@@ -157,9 +160,9 @@ ps::TableConfig IdTableConfig(const TrainerOptions& o, const std::string& name,
   config.set_kind(ps::ID);
   config.set_dim(dim);
   config.mutable_optimizer()->set_name(o.id_optimizer);
-  config.mutable_optimizer()->set_learning_rate(o.id_lr);
+  config.mutable_optimizer()->set_learning_rate(static_cast<float>(o.id_lr));
   config.mutable_initializer()->set_name("normal");
-  config.mutable_initializer()->set_scale(o.id_init_scale);
+  config.mutable_initializer()->set_scale(static_cast<float>(o.id_init_scale));
   config.mutable_initializer()->set_seed(o.seed);
   return config;
 }
@@ -286,7 +289,7 @@ absl::Status WriteModelManifest(const std::string& dir, const TrainerOptions& o,
   m.id_table.name = r.id_table;
   m.id_table.dim = r.config.id_dim;
   m.id_table.optimizer = o.id_optimizer;
-  m.id_table.learning_rate = o.id_lr;
+  m.id_table.learning_rate = static_cast<float>(o.id_lr);  // as on the shards
   // Pin the ID table as it is now (other runs may train it further).
   absl::StatusOr<std::vector<ps::PsClient::ShardStats>> stats =
       ps->Stats(r.id_table);
@@ -386,7 +389,7 @@ absl::StatusOr<TrainReport> RunTrainerImpl(
   if (!config.ok()) return config.status();
   config->seed = o.seed;
   config->id_dim = o.id_dim;
-  config->adam.learning_rate = o.lr;
+  config->adam.learning_rate = static_cast<float>(o.lr);
   config->use_id_interest = !o.no_id_interest;
   config->use_content_interest = !o.no_content_interest;
   config->use_fusion = !o.no_fusion;

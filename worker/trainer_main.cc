@@ -16,59 +16,82 @@
 #include "worker/trainer.h"
 #include "worker/trainer_report.h"
 
+namespace {
+// The defaults of every flag with a TrainerOptions member come from its
+// initialiser (one home per default). Defined before the flags: they read
+// it during static initialisation of this file, in order.
+const mim::worker::TrainerOptions kDefaults;
+}  // namespace
+
 DEFINE_string(ps, "", "Shard addresses host:port, comma-separated, in shard order");
-DEFINE_string(train, "", "Training sample file (mim-samples v1)");
-DEFINE_string(test, "", "Test sample file (ignored with --validation_tail_fraction)");
-DEFINE_string(model, "din_mim",
+DEFINE_string(train, kDefaults.train_path.c_str(),
+              "Training sample file (mim-samples v1)");
+DEFINE_string(test, kDefaults.test_path.c_str(),
+              "Test sample file (ignored with --validation_tail_fraction)");
+DEFINE_string(model, kDefaults.model_name.c_str(),
               "avgpool, din, sim, avgpool_ct, din_ct, sim_ct, avgpool_mim, "
               "din_mim or sim_mim");
 DEFINE_string(metrics_out, "", "Where to write the metrics JSON (empty: none)");
-DEFINE_string(predictions_out, "",
+DEFINE_string(predictions_out, kDefaults.predictions_out.c_str(),
               "Write one line per evaluated sample (user, item, label, score)");
-DEFINE_string(model_dir, "", "Directory for the dense model and manifest.json");
-DEFINE_string(init_model_dir, "",
+DEFINE_string(model_dir, kDefaults.model_dir.c_str(),
+              "Directory for the dense model and manifest.json");
+DEFINE_string(init_model_dir, kDefaults.init_model_dir.c_str(),
               "Warm start: --model_dir of an earlier run whose dense params "
               "and Adam state to continue from (its ID table must be this "
               "run's; see --id_table). Needs local dense params: refused "
               "with --dense_params=ps or --num_workers > 1");
-DEFINE_int32(epochs, 2,
+DEFINE_int32(epochs, kDefaults.epochs,
              "Passes over the training data (default chosen with --lr on a "
              "MovieLens validation tail, see docs/RESULTS.md)");
-DEFINE_int32(batch_size, 1024, "Training batch size");
-DEFINE_int32(eval_batch_size, 4096, "Evaluation batch size");
-DEFINE_double(lr, 3e-3, "Dense Adam learning rate");
-DEFINE_double(id_lr, 0.05, "Learning rate of the ID table optimizer on the shards");
-DEFINE_string(id_optimizer, "adagrad", "ID table optimizer: sgd, adagrad, adam, ftrl");
-DEFINE_double(id_init_scale, 0.01, "Stddev of new ID rows (normal initializer)");
-DEFINE_bool(id_grad_sum, true,
+DEFINE_int32(batch_size, kDefaults.batch_size, "Training batch size");
+DEFINE_int32(eval_batch_size, kDefaults.eval_batch_size,
+             "Evaluation batch size");
+DEFINE_double(lr, kDefaults.lr, "Dense Adam learning rate");
+DEFINE_double(id_lr, kDefaults.id_lr,
+              "Learning rate of the ID table optimizer on the shards");
+DEFINE_string(id_optimizer, kDefaults.id_optimizer.c_str(),
+              "ID table optimizer: sgd, adagrad, adam, ftrl");
+DEFINE_double(id_init_scale, kDefaults.id_init_scale,
+              "Stddev of new ID rows (normal initializer)");
+DEFINE_bool(id_grad_sum, kDefaults.id_grad_sum,
             "Push ID-row gradients of the summed batch loss (false: of the "
             "mean loss, i.e. divided by the batch size)");
-DEFINE_int32(id_dim, 32, "ID embedding dimension");
-DEFINE_uint64(seed, 1, "Seed of dense init and ID row init");
-DEFINE_string(content_table, "", "Content table on the shards (empty: zeros)");
-DEFINE_string(content_encoder, "",
+DEFINE_int32(id_dim, kDefaults.id_dim, "ID embedding dimension");
+DEFINE_uint64(seed, kDefaults.seed, "Seed of dense init and ID row init");
+DEFINE_string(content_table, kDefaults.content_table.c_str(),
+              "Content table on the shards (empty: zeros)");
+DEFINE_string(content_encoder, kDefaults.content_encoder.c_str(),
               "Encoder dir that filled --content_table (tools/content_vectors "
               "--encoder_out); recorded in the manifest for serving");
-DEFINE_string(id_table, "",
+DEFINE_string(id_table, kDefaults.id_table.c_str(),
               "ID table name (empty: <table_prefix><model>_s<seed>_id)");
-DEFINE_string(table_prefix, "", "Prefix of the derived table names");
-DEFINE_int32(num_workers, 1, "Data-parallel worker processes");
-DEFINE_int32(worker_index, 0, "This worker, 0..num_workers-1 (0 evaluates)");
-DEFINE_string(dense_params, "auto",
+DEFINE_string(table_prefix, kDefaults.table_prefix.c_str(),
+              "Prefix of the derived table names");
+DEFINE_int32(num_workers, kDefaults.num_workers,
+             "Data-parallel worker processes");
+DEFINE_int32(worker_index, kDefaults.worker_index,
+             "This worker, 0..num_workers-1 (0 evaluates)");
+DEFINE_string(dense_params, kDefaults.dense_params.c_str(),
               "Where dense params live: local (one worker), ps (a shared "
               "Adam table on the shards), auto (ps iff num_workers > 1)");
-DEFINE_double(validation_tail_fraction, 0.0,
+DEFINE_double(validation_tail_fraction, kDefaults.validation_tail_fraction,
               "If > 0, hold out this last fraction of the training period "
               "(by timestamp) and evaluate on it instead of --test");
-DEFINE_int32(threads, 1, "CPU threads of the model kernels");
-DEFINE_int64(max_train_samples, 0, "Train on at most this many samples per epoch (0: all)");
-DEFINE_bool(no_id_interest, false, "Ablation: drop the ID interest module");
-DEFINE_bool(no_content_interest, false, "Ablation: drop the content interest module");
-DEFINE_bool(no_fusion, false, "Ablation: drop the fusion module");
-DEFINE_bool(prefetch, true, "Read and pull the next batch on a second thread");
-DEFINE_int32(loss_every, 10, "Batches per loss-curve point");
-DEFINE_double(barrier_timeout_s, 3600, "Worker 0's wait for the other workers");
-DEFINE_double(ps_retry_seconds, 60,
+DEFINE_int32(threads, kDefaults.threads, "CPU threads of the model kernels");
+DEFINE_int64(max_train_samples, kDefaults.max_train_samples,
+             "Train on at most this many samples per epoch (0: all)");
+DEFINE_bool(no_id_interest, kDefaults.no_id_interest,
+            "Ablation: drop the ID interest module");
+DEFINE_bool(no_content_interest, kDefaults.no_content_interest,
+            "Ablation: drop the content interest module");
+DEFINE_bool(no_fusion, kDefaults.no_fusion, "Ablation: drop the fusion module");
+DEFINE_bool(prefetch, kDefaults.prefetch,
+            "Read and pull the next batch on a second thread");
+DEFINE_int32(loss_every, kDefaults.loss_every, "Batches per loss-curve point");
+DEFINE_double(barrier_timeout_s, kDefaults.barrier_timeout_s,
+              "Worker 0's wait for the other workers");
+DEFINE_double(ps_retry_seconds, kDefaults.ps_retry_seconds,
               "How long a call to an unreachable shard (down, restarting) is "
               "retried, with backoff, before the job fails naming the shard "
               "(0: no retries). A gradient push is never resent once sent: "
@@ -119,10 +142,10 @@ int main(int argc, char** argv) {
   o.epochs = FLAGS_epochs;
   o.batch_size = FLAGS_batch_size;
   o.eval_batch_size = FLAGS_eval_batch_size;
-  o.lr = static_cast<float>(FLAGS_lr);
-  o.id_lr = static_cast<float>(FLAGS_id_lr);
+  o.lr = FLAGS_lr;
+  o.id_lr = FLAGS_id_lr;
   o.id_optimizer = FLAGS_id_optimizer;
-  o.id_init_scale = static_cast<float>(FLAGS_id_init_scale);
+  o.id_init_scale = FLAGS_id_init_scale;
   o.id_dim = FLAGS_id_dim;
   o.id_grad_sum = FLAGS_id_grad_sum;
   o.seed = FLAGS_seed;
