@@ -1,10 +1,9 @@
 #include "tools/content_vectors_lib.h"
 
-#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <fstream>
-#include <sstream>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,29 +15,10 @@
 #include "absl/strings/str_split.h"
 #include "fasttext/args.h"
 #include "fasttext/fasttext.h"
-#include "fasttext/vector.h"
+#include "serving/content_encoder.h"
 #include "worker/data/content_vectors.h"
 
 namespace mim::tools {
-
-std::string NormalizeTextForFastText(absl::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  bool pending_space = false;
-  for (char c : text) {
-    const unsigned char u = static_cast<unsigned char>(c);
-    const bool keep = u >= 0x80 || (u >= '0' && u <= '9') ||
-                      (u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z');
-    if (!keep) {
-      pending_space = !out.empty();
-      continue;
-    }
-    if (pending_space) out.push_back(' ');
-    pending_space = false;
-    out.push_back(u >= 'A' && u <= 'Z' ? static_cast<char>(u - 'A' + 'a') : c);
-  }
-  return out;
-}
 
 absl::StatusOr<ContentVectorStats> BuildContentVectors(
     const ContentVectorOptions& o) {
@@ -52,8 +32,9 @@ absl::StatusOr<ContentVectorStats> BuildContentVectors(
   if (!in.is_open()) {
     return absl::NotFoundError(absl::StrCat("cannot open item text ", o.item_text));
   }
-  // Pass 1: normalised text per item, also the fastText training corpus.
-  std::vector<std::pair<int64_t, std::string>> texts;
+  // Normalised text per item, also the fastText training corpus.
+  std::vector<int64_t> ids;
+  std::vector<std::string> texts;
   absl::flat_hash_set<int64_t> seen;
   std::string line;
   int64_t line_number = 0;
@@ -73,8 +54,9 @@ absl::StatusOr<ContentVectorStats> BuildContentVectors(
       return absl::InvalidArgumentError(absl::StrCat(
           o.item_text, ":", line_number, ": item id ", id, " appears twice"));
     }
-    texts.emplace_back(id, NormalizeTextForFastText(
-                               absl::string_view(line).substr(tab + 1)));
+    ids.push_back(id);
+    texts.push_back(serving::NormalizeTextForFastText(
+        absl::string_view(line).substr(tab + 1)));
   }
   if (in.bad()) return absl::DataLossError(absl::StrCat(o.item_text, ": read error"));
   ContentVectorStats stats;
@@ -83,14 +65,14 @@ absl::StatusOr<ContentVectorStats> BuildContentVectors(
   const std::string corpus = o.output + ".corpus.tmp";
   {
     std::ofstream out(corpus);
-    for (const auto& [id, text] : texts) {
+    for (const std::string& text : texts) {
       if (!text.empty()) out << text << '\n';
     }
     out.flush();
     if (!out) return absl::InternalError(absl::StrCat("cannot write ", corpus));
   }
 
-  fasttext::FastText ft;
+  auto ft = std::make_unique<fasttext::FastText>();
   fasttext::Args args;
   args.input = corpus;
   args.model = o.model == "cbow" ? fasttext::model_name::cbow
@@ -103,55 +85,41 @@ absl::StatusOr<ContentVectorStats> BuildContentVectors(
   args.verbose = 0;
   // fastText reports errors by exception; convert them here, at the edge.
   try {
-    ft.train(args);
+    ft->train(args);
   } catch (const std::exception& e) {
     std::remove(corpus.c_str());
     return absl::InternalError(
         absl::StrCat("fastText training on ", o.item_text, " failed: ", e.what()));
   }
   std::remove(corpus.c_str());
-  stats.vocabulary = ft.getDictionary()->nwords();
+  stats.vocabulary = ft->getDictionary()->nwords();
 
-  // getSentenceVector averages the L2-normalised word vectors (with
-  // subwords) of an unsupervised model; it wants a trailing newline.
-  fasttext::Vector vec(o.dim);
-  auto sentence_vector = [&](const std::string& text) {
-    std::istringstream sentence(text + "\n");
-    ft.getSentenceVector(sentence, vec);
-  };
-  // Averaged word vectors share a large common direction (frequent words,
-  // shared subwords) that makes every pair look alike; subtracting the mean
-  // item vector before normalising keeps what distinguishes items. Two
-  // passes instead of storing all vectors, so memory stays O(dim).
-  std::vector<double> mean(o.dim, 0.0);
-  int64_t non_empty = 0;
-  if (o.center) {
-    for (const auto& [id, text] : texts) {
-      if (text.empty()) continue;
-      sentence_vector(text);
-      for (int d = 0; d < o.dim; ++d) mean[d] += vec[d];
-      ++non_empty;
-    }
-    for (double& m : mean) m /= std::max<int64_t>(1, non_empty);
+  // The encoder computes the centring mean over the item texts (one pass,
+  // so memory stays O(dim)) and every item's vector, exactly as the serving
+  // tier will for new items.
+  auto encoder =
+      serving::ContentEncoder::FromTrainedModel(std::move(ft), texts, o.center);
+  if (!encoder.ok()) return encoder.status();
+  if (!o.encoder_out.empty()) {
+    absl::StatusOr<std::string> id = (*encoder)->Save(o.encoder_out);
+    if (!id.ok()) return id.status();
+    stats.encoder_id = *id;
   }
   auto writer = data::ContentVectorWriter::Open(o.output, o.dim, o.modality);
   if (!writer.ok()) return writer.status();
-  std::vector<float> values(o.dim);
-  for (const auto& [id, text] : texts) {
-    if (text.empty()) {
-      ++stats.skipped_empty;
+  // EncodeCentred, not Encode: the writer L2-normalises with the same
+  // arithmetic as Encode's last step, and normalising twice could move a
+  // last bit.
+  std::vector<float> values;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    absl::StatusOr<serving::EncodeOutcome> outcome =
+        (*encoder)->EncodeCentred(texts[i], &values);
+    if (!outcome.ok()) return outcome.status();
+    if (*outcome != serving::EncodeOutcome::kEncoded) {
+      ++stats.skipped_empty;  // No word, or zero (e.g. the only item).
       continue;
     }
-    sentence_vector(text);
-    for (int d = 0; d < o.dim; ++d) {
-      values[d] = static_cast<float>(vec[d] - mean[d]);
-    }
-    absl::Status st = (*writer)->Write(id, values);
-    if (absl::IsInvalidArgument(st)) {  // Zero vector (e.g. the only item).
-      ++stats.skipped_empty;
-      continue;
-    }
-    if (!st.ok()) return st;
+    if (absl::Status st = (*writer)->Write(ids[i], values); !st.ok()) return st;
     ++stats.written;
   }
   if (absl::Status st = (*writer)->Close(); !st.ok()) return st;

@@ -1,6 +1,11 @@
 // Representation centre v1 for text: trains a fastText model on a domain's
 // item texts and writes one L2-normalised vector per item in the
-// mim-vectors v1 format (worker/data/content_vectors.h).
+// mim-vectors v1 format (worker/data/content_vectors.h). With encoder_out it
+// also saves the encoder (the fastText model and the centring mean,
+// serving/content_encoder.h), so that items added later (the serving tier's
+// UpsertItem) are encoded into the same space: ContentEncoder::Encode on an
+// item's text returns exactly the floats this tool hands the writer for it
+// (which prints them with %.7g).
 #ifndef MIM_TOOLS_CONTENT_VECTORS_LIB_H_
 #define MIM_TOOLS_CONTENT_VECTORS_LIB_H_
 
@@ -8,7 +13,6 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
 
 namespace mim::tools {
 
@@ -18,6 +22,9 @@ struct ContentVectorOptions {
   // (mim-item-text v1 written by prepare_movielens / gen_synthetic fits).
   std::string item_text;
   std::string output;        // mim-vectors v1 file.
+  // If not empty: the encoder directory to write (ContentEncoder::Save;
+  // created if missing, an earlier encoder in it is replaced).
+  std::string encoder_out;
   int dim = 64;
   std::string model = "skipgram";  // or "cbow".
   int epoch = 25;
@@ -33,22 +40,20 @@ struct ContentVectorStats {
   int64_t items = 0;          // Rows in the item text file.
   int64_t written = 0;        // Vectors written.
   int64_t skipped_empty = 0;  // Items whose text had no word, or whose
-                              // vector was zero: no vector written.
+                              // centred vector was zero: no vector written.
   int64_t vocabulary = 0;     // Words in the fastText dictionary.
+  std::string encoder_id;     // ContentEncoder::id() of encoder_out, or "".
 };
 
-// Trains and writes. Not thread-safe with respect to the files it writes; it
-// also writes and then deletes "<output>.corpus.tmp".
+// Trains and writes; texts are normalised with
+// serving::NormalizeTextForFastText. Not thread-safe with respect to the
+// files it writes; it also writes and then deletes "<output>.corpus.tmp".
 // Errors: NOT_FOUND if item_text cannot be opened; INVALID_ARGUMENT naming
 // file and line for a row without an integer item id or a duplicated id, or
-// for bad options; INTERNAL if fastText fails (its message is kept).
+// for bad options; INTERNAL if fastText fails (its message is kept) or the
+// encoder cannot be saved (naming the file).
 absl::StatusOr<ContentVectorStats> BuildContentVectors(
     const ContentVectorOptions& options);
-
-// Lower-cases ASCII letters, keeps digits and non-ASCII (UTF-8) bytes, and
-// turns everything else into single spaces: "Children's Sci-Fi" ->
-// "children s sci fi". Exposed for tests.
-std::string NormalizeTextForFastText(absl::string_view text);
 
 }  // namespace mim::tools
 

@@ -1,7 +1,10 @@
 // bazel run //tools:content_vectors -- --item_text=FILE --output=FILE
-//     [--dim=64 --model=skipgram --epoch=25 --seed=1]
+//     [--encoder_out=DIR --dim=64 --model=skipgram --epoch=25 --seed=1]
 // Trains fastText on the item texts and writes one L2-normalised vector per
-// item (mim-vectors v1, see docs/DATA_FORMAT.md).
+// item (mim-vectors v1, see docs/DATA_FORMAT.md). --encoder_out=DIR also
+// saves the encoder (fastText model + centring mean, "Content encoder
+// directory" in docs/DATA_FORMAT.md) that the serving tier loads to encode
+// new items exactly as this run encoded the catalogue.
 #include <chrono>
 #include <cstdio>
 
@@ -10,6 +13,9 @@
 
 DEFINE_string(item_text, "", "item text file (item_id<TAB>text columns...)");
 DEFINE_string(output, "", "vector file to write");
+DEFINE_string(encoder_out, "",
+              "if set, also save the encoder (fastText model and centring "
+              "mean) to this directory, for the serving tier's UpsertItem");
 DEFINE_int32(dim, 64, "vector dimension");
 DEFINE_string(model, "skipgram", "skipgram or cbow");
 DEFINE_int32(epoch, 25, "fastText epochs");
@@ -28,6 +34,7 @@ int main(int argc, char** argv) {
   mim::tools::ContentVectorOptions o;
   o.item_text = FLAGS_item_text;
   o.output = FLAGS_output;
+  o.encoder_out = FLAGS_encoder_out;
   o.dim = FLAGS_dim;
   o.model = FLAGS_model;
   o.epoch = FLAGS_epoch;
@@ -48,5 +55,9 @@ int main(int argc, char** argv) {
               (long long)stats->skipped_empty, (long long)stats->vocabulary,
               std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
                   .count());
+  if (!stats->encoder_id.empty()) {
+    std::printf("encoder %s saved to %s\n", stats->encoder_id.c_str(),
+                FLAGS_encoder_out.c_str());
+  }
   return 0;
 }

@@ -1,13 +1,18 @@
 #include "tools/content_vectors_lib.h"
 
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "serving/content_encoder.h"
 #include "worker/data/content_vectors.h"
 
 namespace mim::tools {
@@ -17,13 +22,6 @@ using ::testing::HasSubstr;
 
 std::string TempPath(const std::string& name) {
   return std::string(getenv("TEST_TMPDIR")) + "/" + name;
-}
-
-TEST(ContentVectorsTool, Normalisation) {
-  EXPECT_EQ(NormalizeTextForFastText("  Children's Sci-Fi\t1995 "),
-            "children s sci fi 1995");
-  EXPECT_EQ(NormalizeTextForFastText("Amélie!"), "amélie");
-  EXPECT_EQ(NormalizeTextForFastText("..."), "");
 }
 
 // Two genres with disjoint word pools plus shared filler. A model of text
@@ -97,6 +95,106 @@ TEST(ContentVectorsTool, SameGenreItemsAreCloser) {
   }
   EXPECT_GT(same / n_same, cross / n_cross + 0.05)
       << "same " << same / n_same << " cross " << cross / n_cross;
+}
+
+// The saved encoder reproduces the file: for every item, Encode on the
+// item's text (as the file has it) gives exactly the floats the tool wrote,
+// i.e. printing them with the writer's %.7g and reading them back gives the
+// file's values bit for bit (and so they agree within 1e-7).
+TEST(ContentVectorsTool, SavedEncoderReproducesWrittenVectors) {
+  const std::vector<std::string> pool = {
+      "Space", "alien", "rocket", "galaxy", "love", "wedding", "romance",
+      "kiss",  "the",   "a",      "story",  "of",   "Sci-Fi",  "drama"};
+  const std::string text_path = TempPath("encoder_items.tsv");
+  std::vector<std::pair<int64_t, std::string>> items;  // As in the file.
+  {
+    std::mt19937 rng(5);  // Fixed corpus.
+    for (int i = 0; i < 50; ++i) {
+      std::string text = absl::StrCat("Item #", i, "\t", 1990 + i % 7, "\t");
+      for (int w = 0; w < 6 + i % 5; ++w) {
+        absl::StrAppend(&text, pool[rng() % pool.size()], w % 4 == 3 ? "! " : " ");
+      }
+      items.emplace_back(100 + i, text);
+    }
+    items.emplace_back(7, "...\t--");  // No words: no vector.
+    std::ofstream out(text_path);
+    out << "#mim-item-text v1\titem\ttitle\tyear\ttext\n";
+    for (const auto& [id, text] : items) out << id << '\t' << text << '\n';
+  }
+  ContentVectorOptions o;
+  o.item_text = text_path;
+  o.output = TempPath("encoder_items.vec");
+  o.encoder_out = TempPath("encoder_dir");
+  o.dim = 8;
+  o.epoch = 5;
+  o.threads = 1;
+  auto stats = BuildContentVectors(o);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->items, 51);
+  EXPECT_EQ(stats->written, 50);
+  EXPECT_EQ(stats->skipped_empty, 1);
+
+  auto encoder = serving::ContentEncoder::Load(o.encoder_out);
+  ASSERT_TRUE(encoder.ok()) << encoder.status();
+  EXPECT_EQ((*encoder)->id(), stats->encoder_id);
+  EXPECT_EQ((*encoder)->dim(), 8);
+
+  auto vecs = data::ReadAllContentVectors(o.output, 8);
+  ASSERT_TRUE(vecs.ok()) << vecs.status();
+  absl::flat_hash_map<int64_t, std::vector<float>> written;
+  for (const auto& v : *vecs) written[v.item_id] = v.values;
+  ASSERT_EQ(written.size(), 50u);
+
+  int compared = 0;
+  for (const auto& [id, text] : items) {
+    std::vector<float> encoded;
+    auto outcome = (*encoder)->Encode(text, &encoded);
+    ASSERT_TRUE(outcome.ok()) << outcome.status();
+    auto it = written.find(id);
+    if (id == 7) {
+      EXPECT_EQ(*outcome, serving::EncodeOutcome::kNoKnownWord);
+      EXPECT_EQ(encoded, std::vector<float>(8, 0.0f));
+      EXPECT_TRUE(it == written.end());
+      continue;
+    }
+    ASSERT_EQ(*outcome, serving::EncodeOutcome::kEncoded) << id;
+    ASSERT_TRUE(it != written.end()) << id;
+    for (int d = 0; d < 8; ++d) {
+      const std::string printed = absl::StrFormat("%.7g", encoded[d]);
+      EXPECT_EQ(std::strtof(printed.c_str(), nullptr), it->second[d])
+          << "item " << id << " dim " << d;
+      EXPECT_NEAR(encoded[d], it->second[d], 1e-7)
+          << "item " << id << " dim " << d;
+    }
+    // What the writer normalised is Encode's output, bit for bit.
+    std::vector<float> centred;
+    ASSERT_TRUE((*encoder)->EncodeCentred(text, &centred).ok());
+    ASSERT_TRUE(data::L2Normalize(&centred));
+    EXPECT_EQ(centred, encoded) << id;
+    ++compared;
+  }
+  EXPECT_EQ(compared, 50);
+}
+
+TEST(ContentVectorsTool, EncoderOutThatCannotBeCreated) {
+  const std::string text_path = TempPath("few.tsv");
+  {
+    std::ofstream out(text_path);
+    out << "1\trocket galaxy\n2\tlove wedding\n";
+  }
+  const std::string file = TempPath("not_a_dir");
+  std::ofstream(file) << "x";
+  ContentVectorOptions o;
+  o.item_text = text_path;
+  o.output = TempPath("few.vec");
+  o.encoder_out = file + "/encoder";
+  o.dim = 4;
+  o.epoch = 1;
+  auto stats = BuildContentVectors(o);
+  EXPECT_EQ(stats.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(stats.status().message()),
+              HasSubstr("cannot create encoder directory " + file +
+                        "/encoder: "));
 }
 
 TEST(ContentVectorsTool, BadInputs) {
