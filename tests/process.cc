@@ -158,6 +158,66 @@ absl::Status ShardProcess::Restart(std::unique_ptr<ShardProcess>* shard) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
+    const std::vector<std::string>& argv) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return Errno("pipe");
+  absl::StatusOr<pid_t> pid = Spawn(argv, fds[1], -1, {fds[0]});
+  close(fds[1]);
+  if (!pid.ok()) {
+    close(fds[0]);
+    return pid.status();
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  std::string out;
+  while (out.find('\n') == std::string::npos) {
+    const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
+    pollfd p = {fds[0], POLLIN, 0};
+    const int ready = left > 0 ? poll(&p, 1, static_cast<int>(left)) : 0;
+    char buf[512];
+    const ssize_t n = ready > 0 ? read(fds[0], buf, sizeof(buf)) : 0;
+    if (n <= 0) {
+      kill(*pid, SIGKILL);
+      int status = 0;
+      waitpid(*pid, &status, 0);
+      close(fds[0]);
+      return absl::UnavailableError(absl::StrCat(
+          argv[0], " did not report listening (",
+          ready == 0 ? "timeout" : "stdout closed", "; ", DescribeWait(status),
+          "); output: ", out));
+    }
+    out.append(buf, static_cast<size_t>(n));
+  }
+  const std::string line = out.substr(0, out.find('\n'));
+  const size_t colon = line.rfind(':');
+  int port = 0;
+  if (!absl::StrContains(line, "listening on") || colon == std::string::npos ||
+      !absl::SimpleAtoi(line.substr(colon + 1), &port)) {
+    kill(*pid, SIGKILL);
+    waitpid(*pid, nullptr, 0);
+    close(fds[0]);
+    return absl::InternalError("unexpected server output: " + out);
+  }
+  return std::unique_ptr<ServerProcess>(
+      new ServerProcess(argv, *pid, fds[0], port));
+}
+
+std::string ServerProcess::address() const {
+  return absl::StrCat("127.0.0.1:", port_);
+}
+
+int ServerProcess::Kill(int signal) {
+  if (pid_ <= 0) return 0;
+  kill(pid_, signal);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = 0;
+  close(stdout_fd_);
+  return status;
+}
+
+ServerProcess::~ServerProcess() { Kill(SIGTERM); }
+
 absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv) {
   int out_pipe[2];
   int err_pipe[2];

@@ -66,6 +66,32 @@ class ShardProcess {
   int port_;
 };
 
+// A long-running server started from a binary that prints one line
+// "... listening on HOST:PORT" on stdout when it accepts calls (the
+// serving tier). The destructor sends SIGTERM and reaps it.
+class ServerProcess {
+ public:
+  // Starts argv and waits up to 60 s for the line; fails with the output
+  // and exit status if the process ended first.
+  static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
+      const std::vector<std::string>& argv);
+  ~ServerProcess();
+  int port() const { return port_; }
+  std::string address() const;
+  const std::vector<std::string>& argv() const { return argv_; }
+  // Sends `signal` and waits for the exit; returns the wait status.
+  int Kill(int signal);
+
+ private:
+  ServerProcess(std::vector<std::string> argv, pid_t pid, int stdout_fd,
+                int port)
+      : argv_(std::move(argv)), pid_(pid), stdout_fd_(stdout_fd), port_(port) {}
+  std::vector<std::string> argv_;
+  pid_t pid_;
+  int stdout_fd_;
+  int port_;
+};
+
 struct CommandResult {
   int exit_code = -1;  // -1 when killed by a signal
   std::string out;

@@ -1,0 +1,412 @@
+// The serving tier end to end, every part a real process on loopback: two
+// shards, the synthetic dataset, fastText content vectors with their saved
+// encoder, a din_mim model trained on the shards, and //serving:server.
+// Checks: scores equal the trainer's own evaluation; a new item upserted
+// through the server is scored with its content at once; bad requests are
+// refused naming the field; a new model version is picked up under load
+// without a failed request; a killed shard gives UNAVAILABLE and the tier
+// recovers by itself when the shard returns.
+#include <signal.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "gtest/gtest.h"
+#include "proto/serving.grpc.pb.h"
+#include "ps/client.h"
+#include "serving/content_encoder.h"
+#include "tests/process.h"
+#include "worker/data/sample.h"
+#include "worker/data/sample_io.h"
+
+namespace mim::testing {
+namespace {
+
+using serving::PredictionService;
+using serving::PredictRequest;
+using serving::PredictResponse;
+
+constexpr int kMaxCandidates = 200;
+constexpr char kContentTable[] = "item_content";
+
+struct Env {
+  std::string dir;
+  std::vector<std::unique_ptr<ShardProcess>> shards;
+  std::string ps;
+  std::string data;
+  std::string model_dir;
+  std::vector<data::Sample> test_samples;
+  std::vector<float> trainer_scores;  // per test sample, from --predictions_out
+  std::unique_ptr<ServerProcess> server;
+  std::unique_ptr<PredictionService::Stub> stub;
+};
+Env* env = nullptr;
+
+absl::Status RunTool(const std::vector<std::string>& argv) {
+  absl::StatusOr<CommandResult> r = RunCommand(argv);
+  if (!r.ok()) return r.status();
+  if (r->exit_code != 0) {
+    return absl::InternalError(absl::StrCat(argv[0], " exited ", r->exit_code,
+                                            ": ", r->err.substr(0, 4000)));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> TrainArgs(const std::vector<std::string>& extra) {
+  std::vector<std::string> a = {
+      Runfile("worker/trainer"), "--ps=" + env->ps,
+      "--train=" + env->data + "/train.tsv",
+      "--test=" + env->data + "/test.tsv", "--model=din_mim",
+      "--content_table=" + std::string(kContentTable),
+      "--content_encoder=" + env->data + "/encoder", "--epochs=1",
+      "--batch_size=256", "--threads=1", "--prefetch=false", "--progress=false",
+      "--model_dir=" + env->model_dir};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+grpc::Status Predict(const PredictRequest& req, PredictResponse* resp,
+                     absl::Duration deadline = absl::Seconds(10)) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  return env->stub->Predict(&ctx, req, resp);
+}
+
+PredictRequest RequestFor(const data::Sample& s) {
+  PredictRequest r;
+  r.set_user_id(s.user_id);
+  (*r.mutable_user_features())["age_bucket"] = s.age_bucket;
+  (*r.mutable_user_features())["gender"] = s.gender;
+  (*r.mutable_user_features())["occupation"] = s.occupation;
+  for (int64_t b : s.behavior) r.add_behavior_item_ids(b);
+  r.add_candidate_item_ids(s.item_id);
+  serving::ItemFeatures* f = r.add_candidate_features();
+  for (int32_t g : s.genres) f->add_genres(g);
+  return r;
+}
+
+std::string GetStatusVersion() {
+  grpc::ClientContext ctx;
+  serving::GetStatusResponse resp;
+  grpc::Status st = env->stub->GetStatus(&ctx, serving::GetStatusRequest(), &resp);
+  return st.ok() ? resp.model_version() : "";
+}
+
+class ServingTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    env = new Env;
+    env->dir = std::string(std::getenv("TEST_TMPDIR")) + "/serving";
+    env->data = env->dir + "/data";
+    env->model_dir = env->dir + "/model";
+    std::filesystem::create_directories(env->data);
+    auto shards = ShardProcess::StartCluster(env->dir, 2, {"--threads=8"});
+    ASSERT_TRUE(shards.ok()) << shards.status();
+    env->shards = std::move(*shards);
+    env->ps = env->shards[0]->address() + "," + env->shards[1]->address();
+    ASSERT_TRUE(RunTool({Runfile("tools/gen_synthetic"), "--output_dir=" + env->data,
+                     "--num_samples=24000", "--num_items=600",
+                     "--num_users=300", "--seed=5"})
+                    .ok());
+    ASSERT_TRUE(RunTool({Runfile("tools/content_vectors"),
+                     "--item_text=" + env->data + "/item_text.tsv",
+                     "--output=" + env->data + "/vectors.tsv",
+                     "--encoder_out=" + env->data + "/encoder", "--dim=16",
+                     "--epoch=3", "--threads=1"})
+                    .ok());
+    const absl::Status ingested =
+        RunTool({Runfile("tools/ingest_content"), "--ps=" + env->ps,
+             "--vectors=" + env->data + "/vectors.tsv",
+             "--table=" + std::string(kContentTable), "--content_version=1"});
+    ASSERT_TRUE(ingested.ok()) << ingested;
+    const absl::Status trained = RunTool(TrainArgs(
+        {"--predictions_out=" + env->dir + "/predictions.tsv"}));
+    ASSERT_TRUE(trained.ok()) << trained;
+
+    auto reader = data::SampleReader::Open(env->data + "/test.tsv");
+    ASSERT_TRUE(reader.ok());
+    ASSERT_TRUE((*reader)->ReadBatch(1 << 20, &env->test_samples).ok());
+    std::ifstream preds(env->dir + "/predictions.tsv");
+    std::string line;
+    while (std::getline(preds, line)) {
+      if (line.empty() || line[0] == '#') continue;
+      std::vector<std::string> cols = absl::StrSplit(line, '\t');
+      ASSERT_EQ(cols.size(), 4u) << line;
+      float score = 0;
+      ASSERT_TRUE(absl::SimpleAtof(cols[3], &score)) << line;
+      env->trainer_scores.push_back(score);
+    }
+    ASSERT_EQ(env->trainer_scores.size(), env->test_samples.size());
+
+    auto server = ServerProcess::Start(
+        {Runfile("serving/server"), "--port=0", "--ps=" + env->ps,
+         "--model_dir=" + env->model_dir,
+         absl::StrCat("--max_candidates=", kMaxCandidates),
+         "--reload_interval_ms=100", "--content_poll_ms=200",
+         "--cache_ttl_ms=200", "--metrics_port=-1"});
+    ASSERT_TRUE(server.ok()) << server.status();
+    env->server = std::move(*server);
+    env->stub = PredictionService::NewStub(grpc::CreateChannel(
+        env->server->address(), grpc::InsecureChannelCredentials()));
+  }
+  static void TearDownTestSuite() {
+    delete env;
+    env = nullptr;
+  }
+  void SetUp() override {
+    if (env == nullptr || env->stub == nullptr) GTEST_SKIP() << "setup failed";
+  }
+};
+
+TEST_F(ServingTest, ScoresEqualTheTrainersEvaluation) {
+  const size_t n = std::min<size_t>(300, env->test_samples.size());
+  std::string version;
+  for (size_t i = 0; i < n; ++i) {
+    PredictResponse resp;
+    grpc::Status st = Predict(RequestFor(env->test_samples[i]), &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ASSERT_EQ(resp.scores_size(), 1);
+    EXPECT_NEAR(resp.scores(0), env->trainer_scores[i], 1e-5) << "sample " << i;
+    if (i == 0) version = resp.model_version();
+    EXPECT_EQ(resp.model_version(), version);
+  }
+  EXPECT_TRUE(absl::EndsWith(version, "-din_mim")) << version;
+}
+
+TEST_F(ServingTest, ManyCandidatesScoreAsEachAlone) {
+  // One request with 50 candidates gives each the score of a request with
+  // it alone, in request order (repeats included).
+  const data::Sample& s = env->test_samples[0];
+  PredictRequest many = RequestFor(s);
+  many.clear_candidate_features();
+  many.clear_candidate_item_ids();
+  for (int i = 0; i < 50; ++i) many.add_candidate_item_ids((i * 37) % 600);
+  many.add_candidate_item_ids(0);
+  PredictResponse all;
+  ASSERT_TRUE(Predict(many, &all).ok());
+  ASSERT_EQ(all.scores_size(), 51);
+  for (int i = 0; i < 51; i += 5) {
+    PredictRequest one = many;
+    one.clear_candidate_item_ids();
+    one.add_candidate_item_ids(many.candidate_item_ids(i));
+    PredictResponse alone;
+    ASSERT_TRUE(Predict(one, &alone).ok());
+    EXPECT_NEAR(alone.scores(0), all.scores(i), 1e-6) << i;
+  }
+  EXPECT_EQ(all.scores(50), all.scores(0));
+}
+
+TEST_F(ServingTest, UpsertedNewItemIsScoredWithItsContentAtOnce) {
+  const int64_t new_item = 1000000007;
+  PredictRequest req = RequestFor(env->test_samples[1]);
+  req.clear_candidate_features();
+  req.set_candidate_item_ids(0, new_item);
+  PredictResponse before;
+  ASSERT_TRUE(Predict(req, &before).ok());
+
+  // The text of an existing item: the new item gets that item's vector.
+  std::ifstream texts(env->data + "/item_text.tsv");
+  std::string line, text;
+  while (std::getline(texts, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::vector<std::string> cols = absl::StrSplit(line, absl::MaxSplits('\t', 1));
+    text = cols[1];
+    break;
+  }
+  ASSERT_FALSE(text.empty());
+  grpc::ClientContext ctx;
+  serving::UpsertItemRequest up;
+  up.set_item_id(new_item);
+  up.set_text(text);
+  serving::UpsertItemResponse up_resp;
+  grpc::Status st = env->stub->UpsertItem(&ctx, up, &up_resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_GT(up_resp.content_version(), 1u);
+  EXPECT_NEAR(up_resp.norm(), 1.0, 1e-5);
+
+  // Read-your-write: the next Predict scores it with the new content.
+  PredictResponse after;
+  ASSERT_TRUE(Predict(req, &after).ok());
+  EXPECT_NE(after.scores(0), before.scores(0));
+
+  // The row on the shards is the encoder's vector of that text, bit for bit.
+  auto encoder = serving::ContentEncoder::Load(env->data + "/encoder");
+  ASSERT_TRUE(encoder.ok()) << encoder.status();
+  std::vector<float> expected;
+  ASSERT_TRUE((*encoder)->Encode(text, &expected).ok());
+  auto ps = ps::PsClient::Create(absl::StrSplit(env->ps, ','));
+  ASSERT_TRUE(ps.ok());
+  const uint64_t key = new_item;
+  auto rows = (*ps)->GetRows(kContentTable, absl::MakeConstSpan(&key, 1));
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->values, expected);
+  EXPECT_EQ(rows->meta[0].version(), up_resp.content_version());
+}
+
+TEST_F(ServingTest, BadRequestsAreRefusedNamingTheField) {
+  const PredictRequest good = RequestFor(env->test_samples[2]);
+  struct Case {
+    std::string field;
+    PredictRequest req;
+  };
+  std::vector<Case> cases;
+  {
+    PredictRequest r = good;
+    r.clear_candidate_item_ids();
+    r.clear_candidate_features();
+    cases.push_back({"candidate_item_ids", r});
+  }
+  {
+    PredictRequest r = good;
+    r.clear_candidate_features();
+    for (int i = 0; i < kMaxCandidates; ++i) r.add_candidate_item_ids(i);
+    cases.push_back({"--max_candidates=200", r});
+  }
+  {
+    PredictRequest r = good;
+    (*r.mutable_user_features())["zodiac"] = 3;
+    cases.push_back({"unknown feature 'zodiac'", r});
+  }
+  {
+    PredictRequest r = good;
+    r.set_candidate_item_ids(0, -5);
+    cases.push_back({"candidate_item_ids[0]", r});
+  }
+  {
+    PredictRequest r = good;
+    r.add_behavior_item_ids(-1);
+    cases.push_back({"behavior_item_ids[", r});
+  }
+  {
+    PredictRequest r = good;
+    r.add_candidate_features();
+    cases.push_back({"candidate_features", r});
+  }
+  for (const Case& c : cases) {
+    PredictResponse resp;
+    grpc::Status st = Predict(c.req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.field;
+    EXPECT_TRUE(absl::StrContains(st.error_message(), c.field))
+        << c.field << ": " << st.error_message();
+  }
+  grpc::ClientContext ctx;
+  serving::UpsertItemRequest up;
+  up.set_item_id(5);
+  up.add_vector(1.0f);
+  serving::UpsertItemResponse up_resp;
+  grpc::Status st = env->stub->UpsertItem(&ctx, up, &up_resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(st.error_message(), "has dim 16"))
+      << st.error_message();
+  // The server still answers.
+  PredictResponse resp;
+  EXPECT_TRUE(Predict(good, &resp).ok());
+}
+
+TEST_F(ServingTest, NewModelVersionIsPickedUpUnderLoadWithoutAFailedRequest) {
+  const std::string v1 = GetStatusVersion();
+  ASSERT_FALSE(v1.empty());
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> ok{0}, failed{0}, went_back{0};
+  std::vector<std::thread> clients;
+  std::vector<std::string> last_seen(3);
+  for (int t = 0; t < 3; ++t) {
+    clients.emplace_back([&, t] {
+      std::string seen = v1;
+      for (int i = 0; !stop.load(); ++i) {
+        PredictResponse resp;
+        const data::Sample& s =
+            env->test_samples[(t * 1000 + i) % env->test_samples.size()];
+        grpc::Status st = Predict(RequestFor(s), &resp);
+        if (!st.ok()) {
+          ++failed;
+          continue;
+        }
+        ++ok;
+        if (resp.model_version() != seen) {
+          if (resp.model_version() == v1) ++went_back;
+          seen = resp.model_version();
+        }
+      }
+      last_seen[t] = seen;
+    });
+  }
+  // A warm-started continuation of the model, saved into the served dir.
+  const absl::Status trained = RunTool(TrainArgs(
+      {"--init_model_dir=" + env->model_dir, "--max_train_samples=3000"}));
+  // Wait for the new version to be served (GetStatus), then a little load
+  // on it.
+  std::string v2;
+  const absl::Time give_up = absl::Now() + absl::Seconds(60);
+  while (trained.ok() && absl::Now() < give_up) {
+    v2 = GetStatusVersion();
+    if (!v2.empty() && v2 != v1) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  const int64_t ok_at_switch = ok.load();
+  while (ok.load() < ok_at_switch + 30 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  stop = true;
+  for (std::thread& c : clients) c.join();
+  ASSERT_TRUE(trained.ok()) << trained;
+  EXPECT_NE(v2, v1);
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(went_back.load(), 0);
+  EXPECT_GT(ok.load(), 30);
+  for (const std::string& seen : last_seen) EXPECT_EQ(seen, v2);
+}
+
+TEST_F(ServingTest, KilledShardGivesUnavailableAndTheTierRecoversByItself) {
+  // Rows of new ids are in no cache: they must come from both shards.
+  PredictRequest req = RequestFor(env->test_samples[3]);
+  req.clear_candidate_features();
+  req.set_user_id(777777);
+  req.clear_candidate_item_ids();
+  for (int i = 0; i < 40; ++i) req.add_candidate_item_ids(2000000000 + i);
+  env->shards[1]->Kill(SIGKILL);
+  PredictResponse resp;
+  const absl::Time start = absl::Now();
+  grpc::Status st = Predict(req, &resp, absl::Seconds(3));
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << st.error_message();
+  EXPECT_TRUE(absl::StrContains(st.error_message(), "shard 1/2"))
+      << st.error_message();
+  // Answered by the server within the deadline (not cut by the client).
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+
+  ASSERT_TRUE(ShardProcess::Restart(&env->shards[1]).ok());
+  grpc::Status back;
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  do {
+    back = Predict(req, &resp, absl::Seconds(3));
+  } while (!back.ok() && absl::Now() < give_up);
+  EXPECT_TRUE(back.ok()) << back.error_message();
+  EXPECT_EQ(resp.scores_size(), 40);
+  EXPECT_FALSE(resp.stale());
+}
+
+}  // namespace
+}  // namespace mim::testing
+
+// libfasttext (linked through the content encoder) defines its own main();
+// this one must win, so the test links gtest without gtest_main.
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
