@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <memory>
 #include <utility>
@@ -12,14 +11,17 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "base/atomic_file.h"
 #include "absl/time/clock.h"
+#include "base/atomic_file.h"
+#include "base/status_macros.h"
 #include "glog/logging.h"
 #include "kernels/common.h"
-#include "nlohmann/json.hpp"
 #include "proto/ps.pb.h"
 #include "ps/client.h"
 #include "worker/data/sample_io.h"
+#include "worker/dense_sync.h"
+#include "worker/dense_sync_local.h"
+#include "worker/dense_sync_ps.h"
 #include "worker/model/manifest.h"
 #include "worker/trainer_pipeline.h"
 #include "worker/trainer_progress.h"
@@ -376,247 +378,317 @@ std::string IdTableName(const TrainerOptions& options) {
 
 namespace {
 
-// RunTrainer's body, on validated options. `*barrier` is set once the
-// shared barrier exists, so that the caller can report a failure to worker 0.
-absl::StatusOr<TrainReport> RunTrainerImpl(
-    const TrainerOptions& o, std::ostream* progress, ps::PsClient* ps,
-    std::unique_ptr<FinishBarrier>* barrier_out) {
-  kernels::SetCpuThreads(o.threads);
+// What a run sets up before its first batch. The barrier is set as soon as
+// it exists, so that RunTrainer can report any later failure to worker 0.
+// Not thread-safe.
+struct TrainerSetup {
+  std::unique_ptr<model::CiubmModel> model;
+  std::unique_ptr<DenseSync> dense;
+  std::unique_ptr<FinishBarrier> barrier;  // num_workers > 1 only
+  BatchPipeline::Options train_pipe;       // this worker's training pass
+  // The evaluated samples: the held-out tail of the train file with
+  // validation_tail_fraction > 0, else all of the test file.
+  SampleFilter eval_filter;
+  absl::flat_hash_map<int64_t, int64_t> train_item_counts;
+  int64_t epoch_samples = 0;  // this worker's, for the progress bar
+};
 
-  TrainReport report;
-  absl::StatusOr<model::ModelConfig> config =
-      model::ModelConfigFromName(o.model_name);
-  if (!config.ok()) return config.status();
-  config->seed = o.seed;
-  config->id_dim = o.id_dim;
-  config->adam.learning_rate = static_cast<float>(o.lr);
-  config->use_id_interest = !o.no_id_interest;
-  config->use_content_interest = !o.no_content_interest;
-  config->use_fusion = !o.no_fusion;
-
+// The model config `o` asks for; with a content table, its dim (the table
+// and its version go into *report).
+absl::StatusOr<model::ModelConfig> ConfigureModel(const TrainerOptions& o,
+                                                  ps::PsClient* ps,
+                                                  TrainReport* report) {
+  MIM_ASSIGN_OR_RETURN(model::ModelConfig config,
+                       model::ModelConfigFromName(o.model_name));
+  config.seed = o.seed;
+  config.id_dim = o.id_dim;
+  config.adam.learning_rate = static_cast<float>(o.lr);
+  config.use_id_interest = !o.no_id_interest;
+  config.use_content_interest = !o.no_content_interest;
+  config.use_fusion = !o.no_fusion;
   if (!o.content_table.empty()) {
-    absl::StatusOr<std::pair<int, uint64_t>> content =
-        InspectContentTable(ps, o.content_table);
-    if (!content.ok()) return content.status();
-    config->content_dim = content->first;
-    report.content_table = o.content_table;
-    report.content_version = content->second;
-  } else if (model::UsesContent(*config)) {
+    using DimAndVersion = std::pair<int, uint64_t>;
+    MIM_ASSIGN_OR_RETURN(const DimAndVersion content,
+                         InspectContentTable(ps, o.content_table));
+    config.content_dim = content.first;
+    report->content_table = o.content_table;
+    report->content_version = content.second;
+  } else if (model::UsesContent(config)) {
     LOG(WARNING) << "model " << o.model_name
                  << " reads content but --content_table is empty: content "
                     "vectors are zeros";
   }
-  absl::StatusOr<std::unique_ptr<model::CiubmModel>> model =
-      model::CiubmModel::Create(*config);
-  if (!model.ok()) return model.status();
-  report.config = (*model)->config();
+  return config;
+}
 
-  report.id_table = IdTableName(o);
+// The model (warm-started from init_model_dir if given) and its ID table
+// on the shards.
+absl::StatusOr<std::unique_ptr<model::CiubmModel>> CreateModel(
+    const TrainerOptions& o, ps::PsClient* ps, TrainReport* report) {
+  MIM_ASSIGN_OR_RETURN(const model::ModelConfig config,
+                       ConfigureModel(o, ps, report));
+  MIM_ASSIGN_OR_RETURN(std::unique_ptr<model::CiubmModel> model,
+                       model::CiubmModel::Create(config));
+  report->config = model->config();
+  report->id_table = IdTableName(o);
   if (!o.init_model_dir.empty()) {
-    absl::Status warm = WarmStart(o, report.id_table, ps, model->get(), &report);
-    if (!warm.ok()) return warm;
+    MIM_RETURN_IF_ERROR(
+        WarmStart(o, report->id_table, ps, model.get(), report));
   }
-  absl::Status created = ps->CreateTable(
-      IdTableConfig(o, report.id_table, config->id_dim), true);
-  if (!created.ok()) return created;
+  MIM_RETURN_IF_ERROR(ps->CreateTable(
+      IdTableConfig(o, report->id_table, config.id_dim), true));
+  return model;
+}
 
-  const bool dense_on_ps = o.dense_params == "ps" ||
-                           (o.dense_params == "auto" && o.num_workers > 1);
-  report.dense_mode = dense_on_ps ? "ps" : "local";
-  std::unique_ptr<PsDenseParams> dense;
-  std::unique_ptr<FinishBarrier>& barrier = *barrier_out;
-  if (dense_on_ps) {
-    report.dense_table = TableBase(o) + "_dense";
-    PsDenseParams::AdamOptions adam;
-    adam.learning_rate = config->adam.learning_rate;
-    adam.beta1 = config->adam.beta1;
-    adam.beta2 = config->adam.beta2;
-    adam.epsilon = config->adam.epsilon;
-    absl::StatusOr<std::unique_ptr<PsDenseParams>> d = PsDenseParams::Create(
-        ps, report.dense_table, (*model)->dense_params(), adam, o.seed);
-    if (!d.ok()) return d.status();
-    dense = std::move(*d);
+// The one place that picks a DenseSync for `o` (its name and table go into
+// *report); a new mode adds its case here.
+absl::StatusOr<std::unique_ptr<DenseSync>> CreateDenseSync(
+    const TrainerOptions& o, ps::PsClient* ps, model::CiubmModel* model,
+    TrainReport* report) {
+  const bool on_ps = o.dense_params == "ps" ||
+                     (o.dense_params == "auto" && o.num_workers > 1);
+  std::unique_ptr<DenseSync> dense;
+  if (on_ps) {
+    report->dense_table = TableBase(o) + "_dense";
+    MIM_ASSIGN_OR_RETURN(
+        dense, PsDenseSync::Create(ps, report->dense_table, model, o.seed));
+  } else {
+    dense = std::make_unique<LocalDenseSync>();
   }
-  if (o.num_workers > 1) {
-    absl::StatusOr<std::unique_ptr<FinishBarrier>> b = FinishBarrier::Create(
-        ps, TableBase(o) + "_sync", o.num_workers, o.worker_index);
-    if (!b.ok()) return b.status();
-    barrier = std::move(*b);
-  }
+  report->dense_mode = std::string(dense->name());
+  return dense;
+}
 
-  // Training portion of the train file (and the held-out tail).
-  absl::StatusOr<TrainFileSummary> summary = SummarizeTrainFile(o.train_path);
-  if (!summary.ok()) return summary.status();
-  SampleFilter train_filter;
-  train_filter.max_samples = o.max_train_samples;
-  SampleFilter validation_filter;
-  if (o.validation_tail_fraction > 0) {
-    const double span =
-        static_cast<double>(summary->max_ts - summary->min_ts);
-    const int64_t cutoff =
-        summary->min_ts + static_cast<int64_t>(std::ceil(
-                              (1.0 - o.validation_tail_fraction) * span));
-    if (cutoff <= summary->min_ts || cutoff > summary->max_ts) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          o.train_path, ": timestamps span [", summary->min_ts, ", ",
-          summary->max_ts, "]; too narrow to hold out a tail of ",
-          o.validation_tail_fraction));
-    }
-    train_filter.max_timestamp = cutoff;
-    validation_filter.min_timestamp = cutoff;
-    report.validation_cutoff = cutoff;
+// The first timestamp of the held-out tail of a file spanning `summary`.
+absl::StatusOr<int64_t> ValidationCutoff(const TrainerOptions& o,
+                                         const TrainFileSummary& summary) {
+  const double span = static_cast<double>(summary.max_ts - summary.min_ts);
+  const int64_t cutoff =
+      summary.min_ts + static_cast<int64_t>(std::ceil(
+                           (1.0 - o.validation_tail_fraction) * span));
+  if (cutoff <= summary.min_ts || cutoff > summary.max_ts) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        o.train_path, ": timestamps span [", summary.min_ts, ", ",
+        summary.max_ts, "]; too narrow to hold out a tail of ",
+        o.validation_tail_fraction));
   }
-  absl::StatusOr<std::pair<absl::flat_hash_map<int64_t, int64_t>, int64_t>>
-      item_counts = CountTrainItems(o.train_path, train_filter);
-  if (!item_counts.ok()) return item_counts.status();
-  report.train_items = static_cast<int64_t>(item_counts->first.size());
-  const int64_t epoch_samples = WorkerShare(
-      item_counts->second, o.batch_size, o.num_workers, o.worker_index);
+  return cutoff;
+}
 
+BatchPipeline::Options TrainPipelineOptions(const TrainerOptions& o,
+                                            const SampleFilter& filter,
+                                            const TrainReport& report) {
   BatchPipeline::Options pipe;
   pipe.path = o.train_path;
-  pipe.filter = train_filter;
+  pipe.filter = filter;
   pipe.batch_size = o.batch_size;
   pipe.num_workers = o.num_workers;
   pipe.worker_index = o.worker_index;
   pipe.id_table = report.id_table;
-  pipe.id_dim = config->id_dim;
+  pipe.id_dim = report.config.id_dim;
   pipe.content_table = o.content_table;
-  pipe.content_dim = config->content_dim;
+  pipe.content_dim = report.config.content_dim;
   pipe.create_id_rows = true;
   pipe.prefetch = o.prefetch;
-
-  // Training loop.
-  const absl::Time train_start = absl::Now();
-  std::vector<float> grad_id;
-  std::vector<float> grad_dense;
-  double window_loss = 0.0;
-  int64_t window_batches = 0;
-  for (int epoch = 1; epoch <= o.epochs; ++epoch) {
-    absl::StatusOr<std::unique_ptr<BatchPipeline>> pipeline =
-        BatchPipeline::Start(ps, pipe);
-    if (!pipeline.ok()) return pipeline.status();
-    ProgressBar bar(progress, epoch, o.epochs, epoch_samples);
-    int64_t epoch_done = 0;
-    double smoothed = std::numeric_limits<double>::quiet_NaN();
-    PreparedBatch batch;
-    while (true) {
-      absl::StatusOr<bool> got = (*pipeline)->Next(&batch);
-      if (!got.ok()) return got.status();
-      if (!*got) break;
-      float loss = 0.0f;
-      absl::Status step;
-      if (dense != nullptr) {
-        step = dense->Fetch(&(*model)->dense_params());
-        if (step.ok()) {
-          step = (*model)->ForwardBackward(batch.batch, &loss, &grad_id,
-                                           &grad_dense);
-        }
-        if (step.ok()) {
-          step = dense->PushGradient(grad_dense);
-          if (ps::IsPushInDoubt(step)) {
-            LOG(WARNING) << "dense gradient push in doubt, not resent: "
-                         << step;
-            ++report.pushes_in_doubt;
-            step = absl::OkStatus();
-          }
-        }
-      } else {
-        step = (*model)->TrainStep(batch.batch, &loss, &grad_id);
-      }
-      if (!step.ok()) return step;
-      if (!std::isfinite(loss)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "training diverged: loss ", loss, " at batch ", batch.index,
-            " of epoch ", epoch, "; lower --lr or --id_lr"));
-      }
-      // The model's loss is the batch mean; rows get the gradient of the
-      // summed loss, so that a row's step does not shrink with the batch
-      // size (Adagrad's initial accumulator would otherwise swamp it).
-      if (o.id_grad_sum) {
-        const float scale = static_cast<float>(batch.samples.size());
-        for (float& g : grad_id) g *= scale;
-      }
-      // Pushed before the next pull; with prefetch, while the next batch
-      // computes (see BatchPipeline).
-      (*pipeline)->PushAfter(std::move(batch.id_keys), grad_id);
-
-      const int64_t n = static_cast<int64_t>(batch.samples.size());
-      epoch_done += n;
-      report.train_samples += n;
-      ++report.train_batches;
-      smoothed = std::isnan(smoothed) ? loss : 0.98 * smoothed + 0.02 * loss;
-      window_loss += loss;
-      if (++window_batches == o.loss_every) {
-        report.loss_curve.push_back({epoch, report.train_batches,
-                                     report.train_samples,
-                                     window_loss / window_batches});
-        window_loss = 0.0;
-        window_batches = 0;
-      }
-      bar.Update(epoch_done, smoothed);
-    }
-    bar.Finish(epoch_done, std::isnan(smoothed) ? 0.0 : smoothed);
-    report.pushes_in_doubt += (*pipeline)->pushes_in_doubt();
-  }
-  if (window_batches > 0) {
-    report.loss_curve.push_back({o.epochs, report.train_batches,
-                                 report.train_samples,
-                                 window_loss / window_batches});
-  }
-  report.train_seconds = absl::ToDoubleSeconds(absl::Now() - train_start);
-  report.train_samples_per_sec =
-      report.train_seconds > 0 ? report.train_samples / report.train_seconds
-                               : 0.0;
-
-  if (barrier != nullptr) {
-    absl::Status arrived = barrier->Arrive();
-    if (!arrived.ok()) return arrived;
-  }
-  if (o.worker_index != 0) return report;  // Worker 0 evaluates and saves.
-  if (barrier != nullptr) {
-    absl::Status all = barrier->WaitAll(absl::Seconds(o.barrier_timeout_s));
-    if (!all.ok()) return all;
-  }
-  if (dense != nullptr) {
-    absl::Status fetched = dense->Fetch(&(*model)->dense_params());
-    if (!fetched.ok()) return fetched;
-  }
-
-  const bool validation = o.validation_tail_fraction > 0;
-  absl::StatusOr<EvalReport> evaluated = Evaluate(
-      ps, model->get(), o, pipe, validation ? "validation_tail" : "test",
-      validation ? o.train_path : o.test_path,
-      validation ? validation_filter : SampleFilter(), item_counts->first);
-  if (!evaluated.ok()) return evaluated.status();
-  report.eval = std::move(*evaluated);
-
-  if (!o.model_dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(o.model_dir, ec);
-    if (ec) {
-      return absl::InternalError(absl::StrCat("cannot create --model_dir=",
-                                              o.model_dir, ": ", ec.message()));
-    }
-    const std::string model_path = o.model_dir + "/" + model::kModelFileName;
-    absl::Status saved = (*model)->Save(model_path);
-    if (!saved.ok()) return saved;
-    const std::string manifest_path =
-        o.model_dir + "/" + model::kManifestFileName;
-    absl::Status written = WriteModelManifest(o.model_dir, o, report, ps);
-    if (!written.ok()) return written;
-    report.model_files = {model_path, manifest_path};
-  }
-  return report;
+  return pipe;
 }
 
-}  // namespace
-
-absl::StatusOr<TrainReport> RunTrainer(const TrainerOptions& options,
-                                       std::ostream* progress) {
-  if (absl::Status valid = ValidateOptions(options); !valid.ok()) {
-    return valid;
+// Which samples train and which evaluate, and what the training portion
+// holds (item counts for cold and per-frequency AUC, this worker's share).
+absl::Status PlanData(const TrainerOptions& o, TrainerSetup* setup,
+                      TrainReport* report) {
+  MIM_ASSIGN_OR_RETURN(const TrainFileSummary summary,
+                       SummarizeTrainFile(o.train_path));
+  SampleFilter train_filter;
+  train_filter.max_samples = o.max_train_samples;
+  if (o.validation_tail_fraction > 0) {
+    MIM_ASSIGN_OR_RETURN(const int64_t cutoff, ValidationCutoff(o, summary));
+    train_filter.max_timestamp = cutoff;
+    setup->eval_filter.min_timestamp = cutoff;
+    report->validation_cutoff = cutoff;
   }
+  MIM_ASSIGN_OR_RETURN(auto counts,
+                       CountTrainItems(o.train_path, train_filter));
+  report->train_items = static_cast<int64_t>(counts.first.size());
+  setup->train_item_counts = std::move(counts.first);
+  setup->epoch_samples = WorkerShare(counts.second, o.batch_size,
+                                     o.num_workers, o.worker_index);
+  setup->train_pipe = TrainPipelineOptions(o, train_filter, *report);
+  return absl::OkStatus();
+}
+
+// Everything before the first batch, filling *setup in this order: model
+// and ID table, dense sync, barrier, data.
+absl::Status SetUp(const TrainerOptions& o, ps::PsClient* ps,
+                   TrainerSetup* setup, TrainReport* report) {
+  kernels::SetCpuThreads(o.threads);
+  MIM_ASSIGN_OR_RETURN(setup->model, CreateModel(o, ps, report));
+  MIM_ASSIGN_OR_RETURN(setup->dense,
+                       CreateDenseSync(o, ps, setup->model.get(), report));
+  if (o.num_workers > 1) {
+    MIM_ASSIGN_OR_RETURN(
+        setup->barrier,
+        FinishBarrier::Create(ps, TableBase(o) + "_sync", o.num_workers,
+                              o.worker_index));
+  }
+  return PlanData(o, setup, report);
+}
+
+// Loss-curve points: the mean loss of every `every` batches. Not
+// thread-safe.
+class LossCurve {
+ public:
+  explicit LossCurve(int every) : every_(every) {}
+
+  void Add(int epoch, float loss, TrainReport* report) {
+    sum_ += loss;
+    if (++batches_ == every_) Flush(epoch, report);
+  }
+
+  // Adds the point of the batches since the last one, if any.
+  void Flush(int epoch, TrainReport* report) {
+    if (batches_ == 0) return;
+    report->loss_curve.push_back({epoch, report->train_batches,
+                                  report->train_samples, sum_ / batches_});
+    sum_ = 0.0;
+    batches_ = 0;
+  }
+
+ private:
+  int every_;
+  double sum_ = 0.0;
+  int64_t batches_ = 0;
+};
+
+// One training step on `batch`: the dense update through `dense`, the
+// ID-row gradients handed to `pipeline` to push. Returns the batch loss.
+absl::StatusOr<float> TrainBatch(const TrainerOptions& o, int epoch,
+                                 DenseSync* dense, model::CiubmModel* model,
+                                 PreparedBatch* batch,
+                                 std::vector<float>* grad_id,
+                                 BatchPipeline* pipeline) {
+  float loss = 0.0f;
+  MIM_RETURN_IF_ERROR(dense->Step(batch->batch, model, &loss, grad_id));
+  if (!std::isfinite(loss)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "training diverged: loss ", loss, " at batch ", batch->index,
+        " of epoch ", epoch, "; lower --lr or --id_lr"));
+  }
+  // The model's loss is the batch mean; rows get the gradient of the
+  // summed loss, so that a row's step does not shrink with the batch
+  // size (Adagrad's initial accumulator would otherwise swamp it).
+  if (o.id_grad_sum) {
+    const float scale = static_cast<float>(batch->samples.size());
+    for (float& g : *grad_id) g *= scale;
+  }
+  // Pushed before the next pull; with prefetch, while the next batch
+  // computes (see BatchPipeline).
+  pipeline->PushAfter(std::move(batch->id_keys), *grad_id);
+  return loss;
+}
+
+// One pass over this worker's training batches.
+absl::Status RunEpoch(const TrainerOptions& o, ps::PsClient* ps,
+                      std::ostream* progress, int epoch, TrainerSetup* setup,
+                      LossCurve* curve, TrainReport* report) {
+  MIM_ASSIGN_OR_RETURN(std::unique_ptr<BatchPipeline> pipeline,
+                       BatchPipeline::Start(ps, setup->train_pipe));
+  ProgressBar bar(progress, epoch, o.epochs, setup->epoch_samples);
+  int64_t epoch_done = 0;
+  double smoothed = std::numeric_limits<double>::quiet_NaN();
+  PreparedBatch batch;
+  std::vector<float> grad_id;
+  while (true) {
+    MIM_ASSIGN_OR_RETURN(const bool got, pipeline->Next(&batch));
+    if (!got) break;
+    MIM_ASSIGN_OR_RETURN(
+        const float loss,
+        TrainBatch(o, epoch, setup->dense.get(), setup->model.get(), &batch,
+                   &grad_id, pipeline.get()));
+    const int64_t n = static_cast<int64_t>(batch.samples.size());
+    epoch_done += n;
+    report->train_samples += n;
+    ++report->train_batches;
+    smoothed = std::isnan(smoothed) ? loss : 0.98 * smoothed + 0.02 * loss;
+    curve->Add(epoch, loss, report);
+    bar.Update(epoch_done, smoothed);
+  }
+  bar.Finish(epoch_done, std::isnan(smoothed) ? 0.0 : smoothed);
+  report->pushes_in_doubt += pipeline->pushes_in_doubt();
+  return absl::OkStatus();
+}
+
+absl::Status RunEpochs(const TrainerOptions& o, ps::PsClient* ps,
+                       std::ostream* progress, TrainerSetup* setup,
+                       TrainReport* report) {
+  const absl::Time start = absl::Now();
+  LossCurve curve(o.loss_every);
+  for (int epoch = 1; epoch <= o.epochs; ++epoch) {
+    MIM_RETURN_IF_ERROR(
+        RunEpoch(o, ps, progress, epoch, setup, &curve, report));
+  }
+  curve.Flush(o.epochs, report);
+  report->pushes_in_doubt += setup->dense->pushes_in_doubt();
+  report->train_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  report->train_samples_per_sec =
+      report->train_seconds > 0 ? report->train_samples / report->train_seconds
+                                : 0.0;
+  return absl::OkStatus();
+}
+
+// Marks this worker finished; worker 0 then waits for all the others.
+absl::Status JoinWorkers(const TrainerOptions& o, FinishBarrier* barrier) {
+  if (barrier == nullptr) return absl::OkStatus();
+  MIM_RETURN_IF_ERROR(barrier->Arrive());
+  if (o.worker_index != 0) return absl::OkStatus();
+  return barrier->WaitAll(absl::Seconds(o.barrier_timeout_s));
+}
+
+// Writes the model file and its manifest into model_dir.
+absl::Status SaveModel(const TrainerOptions& o, ps::PsClient* ps,
+                       const model::CiubmModel& model, TrainReport* report) {
+  std::error_code ec;
+  std::filesystem::create_directories(o.model_dir, ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat("cannot create --model_dir=",
+                                            o.model_dir, ": ", ec.message()));
+  }
+  const std::string model_path = o.model_dir + "/" + model::kModelFileName;
+  MIM_RETURN_IF_ERROR(model.Save(model_path));
+  MIM_RETURN_IF_ERROR(WriteModelManifest(o.model_dir, o, *report, ps));
+  report->model_files = {model_path,
+                         o.model_dir + "/" + model::kManifestFileName};
+  return absl::OkStatus();
+}
+
+// Worker 0's part after training: the trained dense params, evaluation,
+// and the model directory.
+absl::Status EvaluateAndSave(const TrainerOptions& o, ps::PsClient* ps,
+                             TrainerSetup* setup, TrainReport* report) {
+  MIM_RETURN_IF_ERROR(setup->dense->Finish(setup->model.get()));
+  const bool validation = o.validation_tail_fraction > 0;
+  MIM_ASSIGN_OR_RETURN(
+      report->eval,
+      Evaluate(ps, setup->model.get(), o, setup->train_pipe,
+               validation ? "validation_tail" : "test",
+               validation ? o.train_path : o.test_path, setup->eval_filter,
+               setup->train_item_counts));
+  if (o.model_dir.empty()) return absl::OkStatus();
+  return SaveModel(o, ps, *setup->model, report);
+}
+
+// RunTrainer's body, on validated options.
+absl::Status Train(const TrainerOptions& o, std::ostream* progress,
+                   ps::PsClient* ps, TrainerSetup* setup,
+                   TrainReport* report) {
+  MIM_RETURN_IF_ERROR(SetUp(o, ps, setup, report));
+  MIM_RETURN_IF_ERROR(RunEpochs(o, ps, progress, setup, report));
+  MIM_RETURN_IF_ERROR(JoinWorkers(o, setup->barrier.get()));
+  if (o.worker_index != 0) return absl::OkStatus();  // Worker 0 evaluates.
+  return EvaluateAndSave(o, ps, setup, report);
+}
+
+ps::PsClient::Options ClientOptions(const TrainerOptions& options) {
   ps::PsClient::Options client_options;
   client_options.timeout = absl::Seconds(60);
   client_options.channels_per_shard = 2;  // trainer thread + prefetch thread
@@ -632,18 +704,30 @@ absl::StatusOr<TrainReport> RunTrainer(const TrainerOptions& options,
                    << " s (--ps_retry_seconds)";
     }
   };
-  absl::StatusOr<std::unique_ptr<ps::PsClient>> client =
-      ps::PsClient::Create(options.ps_addresses, client_options);
-  if (!client.ok()) return client.status();
-  // Declared after the client: the barrier uses it, so it must go first.
-  std::unique_ptr<FinishBarrier> barrier;
-  absl::StatusOr<TrainReport> report =
-      RunTrainerImpl(options, progress, client->get(), &barrier);
-  if (!report.ok() && barrier != nullptr) {
-    // Best effort: worker 0 then stops waiting with ABORTED instead of
-    // running into its barrier timeout.
-    absl::Status marked = barrier->Fail();
-    if (!marked.ok()) LOG(WARNING) << "could not report failure: " << marked;
+  return client_options;
+}
+
+}  // namespace
+
+absl::StatusOr<TrainReport> RunTrainer(const TrainerOptions& options,
+                                       std::ostream* progress) {
+  MIM_RETURN_IF_ERROR(ValidateOptions(options));
+  MIM_ASSIGN_OR_RETURN(
+      std::unique_ptr<ps::PsClient> client,
+      ps::PsClient::Create(options.ps_addresses, ClientOptions(options)));
+  // Declared after the client: its barrier and dense sync use it.
+  TrainerSetup setup;
+  TrainReport report;
+  const absl::Status trained =
+      Train(options, progress, client.get(), &setup, &report);
+  if (!trained.ok()) {
+    if (setup.barrier != nullptr) {
+      // Best effort: worker 0 then stops waiting with ABORTED instead of
+      // running into its barrier timeout.
+      absl::Status marked = setup.barrier->Fail();
+      if (!marked.ok()) LOG(WARNING) << "could not report failure: " << marked;
+    }
+    return trained;
   }
   return report;
 }

@@ -4,9 +4,9 @@
 //
 // Per batch: BatchPipeline (read, BatchBuilder, Pull ID rows / content rows)
 // -> model ForwardBackward -> Push the ID-row gradients (the shard's
-// optimizer applies them) -> dense update. Dense parameters are local (Adam
-// in the model) for one worker, or shared through the PS (PsDenseParams,
-// Adam on the shard) for data-parallel workers.
+// optimizer applies them) -> dense update. The dense step goes through a
+// DenseSync (dense_sync.h): local (Adam in the model) for one worker, or
+// shared through the PS (Adam on the shard) for data-parallel workers.
 #ifndef MIM_WORKER_TRAINER_H_
 #define MIM_WORKER_TRAINER_H_
 
