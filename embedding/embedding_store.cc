@@ -41,6 +41,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/status_macros.h"
 #include "embedding/embedding_store.h"
 #include "embedding/embedding_table.h"
 #include "embedding/optimizers.h"
@@ -49,12 +50,6 @@
 
 namespace mim::embedding {
 namespace {
-
-#define MIM_RETURN_IF_ERROR(expr)              \
-  do {                                         \
-    absl::Status mim_status_ = (expr);         \
-    if (!mim_status_.ok()) return mim_status_; \
-  } while (0)
 
 constexpr uint8_t kFormat = 1;
 

@@ -26,8 +26,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -45,6 +43,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/atomic_file.h"
 #include "embedding/storage/storage.h"
 #include "rocksdb/db.h"
 #include "rocksdb/memtablerep.h"
@@ -95,42 +94,6 @@ absl::Status SyncTree(const fs::path& dir) {
   }
   if (ec) return FromErrorCode(ec, absl::StrCat("list ", dir.string()));
   return SyncPath(dir);
-}
-
-// Writes `contents` to `path` so that a crash leaves either the old file (or
-// none) or all of `contents`: temp file, fsync, rename, fsync the directory.
-absl::Status WriteFileAtomically(const fs::path& path,
-                                 absl::string_view contents) {
-  const fs::path tmp = path.string() + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                        0644);
-  if (fd < 0) {
-    return absl::InternalError(
-        absl::StrCat("create ", tmp.string(), ": ", std::strerror(errno)));
-  }
-  size_t done = 0;
-  while (done < contents.size()) {
-    const ssize_t n =
-        ::write(fd, contents.data() + done, contents.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = errno;
-      ::close(fd);
-      return absl::InternalError(
-          absl::StrCat("write ", tmp.string(), ": ", std::strerror(err)));
-    }
-    done += static_cast<size_t>(n);
-  }
-  const bool synced = ::fsync(fd) == 0;
-  const int err = errno;
-  if (::close(fd) != 0 || !synced) {
-    return absl::InternalError(
-        absl::StrCat("fsync ", tmp.string(), ": ", std::strerror(err)));
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) return FromErrorCode(ec, absl::StrCat("rename ", tmp.string()));
-  return SyncPath(path.parent_path());
 }
 
 constexpr char kInfoFile[] = "MIM_CHECKPOINT";
@@ -300,8 +263,9 @@ class RocksDbStorage : public Storage {
                      absl::StrCat("checkpoint to ", tmp_path.string()));
       if (!st.ok()) return st;
     }
-    st = WriteFileAtomically(
-        tmp_path / kInfoFile,
+    // Temp file, fsync, rename, fsync of the checkpoint directory.
+    st = base::WriteFileAtomically(
+        (tmp_path / kInfoFile).string(),
         EncodeInfo(sequence, absl::ToUnixMicros(absl::Now())));
     if (!st.ok()) {
       fs::remove_all(tmp_path, ec);
