@@ -1,9 +1,6 @@
 #include "worker/trainer_report.h"
 
-#include <cstdio>
-#include <fstream>
-
-#include "absl/strings/str_cat.h"
+#include "base/atomic_file.h"
 #include "nlohmann/json.hpp"
 
 namespace mim::worker {
@@ -94,17 +91,8 @@ absl::Status WriteMetricsJson(
     const std::string& path, const TrainReport& report,
     const TrainerOptions& options,
     const std::vector<std::pair<std::string, std::string>>& flags) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << MetricsJson(report, options, flags) << "\n";
-    out.close();
-    if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path));
-  }
-  return absl::OkStatus();
+  return base::WriteFileAtomically(
+      path, MetricsJson(report, options, flags) + "\n");
 }
 
 }  // namespace mim::worker

@@ -32,8 +32,9 @@ std::string MetricsJson(
     const TrainReport& report, const TrainerOptions& options,
     const std::vector<std::pair<std::string, std::string>>& flags);
 
-// Writes MetricsJson to `path` (via a temporary file and rename).
-// INTERNAL if it cannot be written.
+// Writes MetricsJson and a newline to `path` with base::WriteFileAtomically:
+// on success `path` holds all of it; on failure `path` is unchanged and the
+// status is INTERNAL naming the step and the OS error.
 absl::Status WriteMetricsJson(
     const std::string& path, const TrainReport& report,
     const TrainerOptions& options,

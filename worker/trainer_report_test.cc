@@ -1,5 +1,11 @@
 #include "worker/trainer_report.h"
 
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -78,6 +84,29 @@ TEST(MetricsJsonTest, WorkerWithoutEvaluationHasNullMetrics) {
   EXPECT_EQ(j["eval_n"], 0);
   EXPECT_TRUE(j["auc_by_item_frequency"].empty());
   EXPECT_EQ(j["train_samples"], 2048);
+}
+
+TEST(WriteMetricsJsonTest, WritesTheJsonAndANewline) {
+  const std::string path =
+      std::string(std::getenv("TEST_TMPDIR")) + "/metrics.json";
+  TrainerOptions o;
+  ASSERT_TRUE(WriteMetricsJson(path, SampleReport(), o, {}).ok());
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  EXPECT_EQ(text.str(), MetricsJson(SampleReport(), o, {}) + "\n");
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+}
+
+TEST(WriteMetricsJsonTest, MissingDirectoryIsInternalAndWritesNothing) {
+  const std::string path =
+      std::string(std::getenv("TEST_TMPDIR")) + "/no_such_dir/metrics.json";
+  const absl::Status written =
+      WriteMetricsJson(path, SampleReport(), TrainerOptions(), {});
+  EXPECT_EQ(written.code(), absl::StatusCode::kInternal) << written;
+  EXPECT_NE(written.message().find("no_such_dir"), std::string::npos)
+      << written;
+  EXPECT_FALSE(std::filesystem::exists(path));
 }
 
 }  // namespace
