@@ -8,6 +8,8 @@
 //
 // The content key of an item is its raw item id (the models look content up
 // by item id). The table is created (if missing) with the file's dimension.
+#include <unistd.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <ctime>
@@ -73,6 +75,8 @@ int main(int argc, char** argv) {
   std::vector<float> values;
   uint64_t written = 0, stale = 0, rows = 0;
   const absl::Time start = absl::Now();
+  // Progress is redrawn in place on a terminal only; logs get the summary.
+  const bool tty = isatty(STDERR_FILENO) == 1;
   while (true) {
     auto n = (*reader)->ReadBatch(FLAGS_batch, &batch);
     if (!n.ok()) return Fail("read", n.status());
@@ -91,14 +95,16 @@ int main(int argc, char** argv) {
     written += result->rows_written;
     stale += result->rows_stale;
     rows += keys.size();
-    std::fprintf(stderr, "\ringest_content: %llu rows",
-                 static_cast<unsigned long long>(rows));
+    if (tty) {
+      std::fprintf(stderr, "\ringest_content: %llu rows",
+                   static_cast<unsigned long long>(rows));
+    }
   }
   const double secs = absl::ToDoubleSeconds(absl::Now() - start);
   std::fprintf(stderr,
-               "\ringest_content: %llu rows (%llu written, %llu stale) of "
+               "%singest_content: %llu rows (%llu written, %llu stale) of "
                "dim %d into '%s' version %llu in %.2fs (%.0f rows/s)\n",
-               static_cast<unsigned long long>(rows),
+               tty ? "\r" : "", static_cast<unsigned long long>(rows),
                static_cast<unsigned long long>(written),
                static_cast<unsigned long long>(stale), dim,
                FLAGS_table.c_str(), static_cast<unsigned long long>(version),

@@ -1,7 +1,10 @@
 #include "worker/trainer_progress.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -22,9 +25,25 @@ std::string Clock(double seconds) {
 
 }  // namespace
 
+ProgressStyle ProgressStyleFor(const std::ostream* out) {
+  if ((out == &std::cerr || out == &std::clog) && isatty(STDERR_FILENO) == 1) {
+    return ProgressStyle::kInPlace;
+  }
+  if (out == &std::cout && isatty(STDOUT_FILENO) == 1) {
+    return ProgressStyle::kInPlace;
+  }
+  return ProgressStyle::kLines;
+}
+
 ProgressBar::ProgressBar(std::ostream* out, int epoch, int num_epochs,
                          int64_t total_samples)
+    : ProgressBar(out, epoch, num_epochs, total_samples,
+                  ProgressStyleFor(out)) {}
+
+ProgressBar::ProgressBar(std::ostream* out, int epoch, int num_epochs,
+                         int64_t total_samples, ProgressStyle style)
     : out_(out),
+      style_(style),
       epoch_(epoch),
       num_epochs_(num_epochs),
       total_(total_samples),
@@ -60,25 +79,33 @@ std::string ProgressBar::Format(int epoch, int num_epochs, int64_t done,
 
 void ProgressBar::Update(int64_t samples_done, double loss) {
   const absl::Time now = absl::Now();
-  if (now - last_draw_ < absl::Milliseconds(200)) return;
+  const absl::Duration every = style_ == ProgressStyle::kInPlace
+                                   ? absl::Milliseconds(200)
+                                   : kLinesInterval;
+  if (now - last_draw_ < every) return;
   last_draw_ = now;
   Draw(samples_done, loss, false);
 }
 
 void ProgressBar::Finish(int64_t samples_done, double loss) {
   Draw(samples_done, loss, true);
-  if (out_ != nullptr) *out_ << "\n" << std::flush;
+  if (out_ != nullptr && style_ == ProgressStyle::kInPlace) {
+    *out_ << "\n" << std::flush;
+  }
 }
 
 void ProgressBar::Draw(int64_t samples_done, double loss, bool finished) {
   if (out_ == nullptr) return;
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start_);
   const double rate = seconds > 0 ? samples_done / seconds : 0.0;
+  const std::string line =
+      Format(epoch_, num_epochs_, samples_done, total_, rate, loss, finished);
+  if (style_ == ProgressStyle::kLines) {
+    *out_ << line << "\n" << std::flush;
+    return;
+  }
   // Trailing blanks clear the tail of a longer previous line.
-  *out_ << "\r"
-        << Format(epoch_, num_epochs_, samples_done, total_, rate, loss,
-                  finished)
-        << "    " << std::flush;
+  *out_ << "\r" << line << "    " << std::flush;
 }
 
 }  // namespace mim::worker

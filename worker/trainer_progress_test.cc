@@ -28,7 +28,7 @@ TEST(ProgressBarTest, UnknownTotalShowsCountOnly) {
 
 TEST(ProgressBarTest, RewritesInPlaceAndEndsEpochWithNewline) {
   std::ostringstream out;
-  ProgressBar bar(&out, 1, 1, 10);
+  ProgressBar bar(&out, 1, 1, 10, ProgressStyle::kInPlace);
   bar.Update(5, 0.7);
   bar.Finish(10, 0.6);
   const std::string text = out.str();
@@ -37,6 +37,21 @@ TEST(ProgressBarTest, RewritesInPlaceAndEndsEpochWithNewline) {
   EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 1);
   EXPECT_NE(text.find("10/10"), std::string::npos);
   EXPECT_NE(text.find("done"), std::string::npos);
+}
+
+TEST(ProgressBarTest, PlainLinesWhenNotATerminal) {
+  std::ostringstream out;
+  EXPECT_EQ(ProgressStyleFor(&out), ProgressStyle::kLines);
+  ProgressBar bar(&out, 1, 2, 10);
+  bar.Update(5, 0.7);  // the first update draws; the next within 5 s do not
+  bar.Update(6, 0.7);
+  bar.Finish(10, 0.6);
+  const std::string text = out.str();
+  EXPECT_EQ(text.find('\r'), std::string::npos);
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 2);
+  EXPECT_NE(text.find("5/10"), std::string::npos);
+  EXPECT_NE(text.find("10/10"), std::string::npos);
+  EXPECT_EQ(text.back(), '\n');
 }
 
 }  // namespace
