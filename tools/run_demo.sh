@@ -5,7 +5,10 @@
 #   3. train fastText content vectors on the item texts (representation center),
 #   4. upsert them into the shards' content table,
 #   5. train din, din_ct and din_mim with their embeddings on the shards,
-#   6. print the comparison table and write runs/demo/compare.png.
+#   6. print the comparison table and write runs/demo/compare.png,
+#   7. serve din_mim (//serving:server): Predict calls through the Python
+#      client, a brand-new item upserted and scored with its content at once,
+#      and the measured upsert-to-visible time.
 #
 # Usage: tools/run_demo.sh [--data=synthetic|movielens:DIR] [--scale=default|full]
 #                          [--models=din,din_ct,din_mim] [--epochs=N] [--out=DIR]
@@ -40,21 +43,22 @@ done
 if [[ "$DATA" == movielens:?* ]]; then DATA=movielens:$(from_caller "${DATA#movielens:}"); fi
 case "$SCALE" in default|full) ;; *) echo "run_demo: --scale must be default or full" >&2; exit 2 ;; esac
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+if [[ -t 1 ]]; then step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }; else step() { printf '\n== %s\n' "$*"; }; fi
 
 step "setup (apt, only what is missing)"
 tools/setup.sh
 
 step "build"
 bazel build --jobs=2 //ps:server //worker:trainer //tools:ps_admin //tools:gen_synthetic \
-  //tools:prepare_movielens //tools:content_vectors //tools:ingest_content 2>&1 | tail -2
+  //tools:prepare_movielens //tools:content_vectors //tools:ingest_content \
+  //serving:server 2>&1 | tail -2
 BIN=$ROOT/bazel-bin
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-step "1/6 starting 2 parameter-server shards"
+step "1/7 starting 2 parameter-server shards"
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [[ -n "$p" ]] && kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
@@ -80,7 +84,7 @@ echo "shards: $PS"
 
 DATA_DIR=$OUT/data
 if [[ "$DATA" == synthetic ]]; then
-  step "2/6 generating synthetic data ($SCALE)"
+  step "2/7 generating synthetic data ($SCALE)"
   if [[ "$SCALE" == full ]]; then
     "$BIN/tools/gen_synthetic" --output_dir="$DATA_DIR" --num_samples=10000000 \
       --num_items=1000000 --num_users=100000
@@ -88,39 +92,58 @@ if [[ "$DATA" == synthetic ]]; then
     "$BIN/tools/gen_synthetic" --output_dir="$DATA_DIR"
   fi
 elif [[ "$DATA" == movielens:* ]]; then
-  step "2/6 preparing MovieLens from ${DATA#movielens:} (test_start=$TEST_START)"
+  step "2/7 preparing MovieLens from ${DATA#movielens:} (test_start=$TEST_START)"
   "$BIN/tools/prepare_movielens" --input_dir="${DATA#movielens:}" \
     --output_dir="$DATA_DIR" --test_start="$TEST_START"
 else
   echo "run_demo: --data must be synthetic or movielens:DIR" >&2; exit 2
 fi
 
-step "3/6 training fastText content vectors on the item texts"
+step "3/7 training fastText content vectors on the item texts"
 # One thread keeps the default run reproducible to the bit; the full-scale
 # run (1M item texts) uses every core.
 FT_THREADS=1
 [[ "$SCALE" == full ]] && FT_THREADS=$(nproc)
 "$BIN/tools/content_vectors" --item_text="$DATA_DIR/item_text.tsv" \
-  --output="$DATA_DIR/content_vectors.tsv" --dim=64 --epoch=10 --threads="$FT_THREADS"
+  --output="$DATA_DIR/content_vectors.tsv" --encoder_out="$DATA_DIR/encoder" \
+  --dim=64 --epoch=10 --threads="$FT_THREADS"
 
-step "4/6 upserting content vectors into the shards"
+step "4/7 upserting content vectors into the shards"
 "$BIN/tools/ingest_content" --ps="$PS" --vectors="$DATA_DIR/content_vectors.tsv" \
   --table=item_content --content_version=1
 "$BIN/tools/ps_admin" --ps="$PS" stats item_content
 
-step "5/6 training ${MODELS//,/, } on the shards"
+step "5/7 training ${MODELS//,/, } on the shards"
 IFS=, read -r -a MODEL_LIST <<<"$MODELS"
 METRICS=()
 for m in "${MODEL_LIST[@]}"; do
   echo "-- $m"
   "$BIN/worker/trainer" --ps="$PS" --train="$DATA_DIR/train.tsv" --test="$DATA_DIR/test.tsv" \
-    --model="$m" --epochs="$EPOCHS" --content_table=item_content --threads=2 \
+    --model="$m" --epochs="$EPOCHS" --content_table=item_content \
+    --content_encoder="$DATA_DIR/encoder" --threads=2 \
     --metrics_out="$OUT/$m.json" --model_dir="$OUT/models/$m"
   METRICS+=("$OUT/$m.json")
 done
 "$BIN/tools/ps_admin" --ps="$PS" tables
 
-step "6/6 comparison"
+step "6/7 comparison"
 /usr/bin/python3 tools/compare_metrics.py "${METRICS[@]}"
 /usr/bin/python3 tools/plot_results.py --output="$OUT/compare.png" "${METRICS[@]}"
 echo "plot: $OUT/compare.png"
+
+SERVE=din_mim
+[[ ",$MODELS," == *",$SERVE,"* ]] || SERVE=${MODEL_LIST[-1]}
+step "7/7 serving $SERVE: Predict, a new item upserted and scored, upsert-to-visible"
+"$BIN/serving/server" --port=0 --ps="$PS" --model_dir="$OUT/models/$SERVE" \
+  --metrics_port=0 >"$OUT/serving.out" 2>"$OUT/serving.log" &
+PIDS+=($!)
+SERVING=""
+for _ in $(seq 1 600); do
+  SERVING=$(sed -n 's/^serving listening on \([^ ]*\).*/\1/p' "$OUT/serving.out" | head -1)
+  [[ -n "$SERVING" ]] && break
+  kill -0 "${PIDS[-1]}" 2>/dev/null || { cat "$OUT/serving.log"; echo "serving died" >&2; exit 1; }
+  sleep 0.1
+done
+[[ -n "$SERVING" ]] || { echo "serving did not start" >&2; exit 1; }
+echo "serving: $SERVING ($(sed -n 's/^metrics listening on /metrics: http:\/\//p' "$OUT/serving.out")/metrics)"
+/usr/bin/python3 tools/serving_demo.py --target="$SERVING" --data="$DATA_DIR"
