@@ -67,15 +67,17 @@ absl::Status RunTool(const std::vector<std::string>& argv) {
   return absl::OkStatus();
 }
 
-std::vector<std::string> TrainArgs(const std::vector<std::string>& extra) {
+std::vector<std::string> TrainArgs(const std::vector<std::string>& extra,
+                                   const std::string& model = "din_mim") {
   std::vector<std::string> a = {
       Runfile("worker/trainer"), "--ps=" + env->ps,
       "--train=" + env->data + "/train.tsv",
-      "--test=" + env->data + "/test.tsv", "--model=din_mim",
+      "--test=" + env->data + "/test.tsv", "--model=" + model,
       "--content_table=" + std::string(kContentTable),
       "--content_encoder=" + env->data + "/encoder", "--epochs=1",
       "--batch_size=256", "--threads=1", "--prefetch=false", "--progress=false",
-      "--model_dir=" + env->model_dir};
+      "--model_dir=" + (model == "din_mim" ? env->model_dir
+                                           : env->dir + "/model_" + model)};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
 }
@@ -186,6 +188,55 @@ TEST_F(ServingTest, ScoresEqualTheTrainersEvaluation) {
     EXPECT_EQ(resp.model_version(), version);
   }
   EXPECT_TRUE(absl::EndsWith(version, "-din_mim")) << version;
+}
+
+// Every kind of model the trainer trains is served with the trainer's own
+// scores: with and without content, each backbone.
+TEST_F(ServingTest, EveryModelKindIsServedAsTheTrainerScoresIt) {
+  for (const std::string model : {"din", "avgpool_ct", "sim_mim"}) {
+    SCOPED_TRACE(model);
+    const std::string preds = env->dir + "/predictions_" + model + ".tsv";
+    const absl::Status trained = RunTool(TrainArgs(
+        {"--max_train_samples=4000", "--predictions_out=" + preds}, model));
+    ASSERT_TRUE(trained.ok()) << trained;
+    std::vector<float> expected;
+    std::ifstream in(preds);
+    std::string line;
+    while (std::getline(in, line) && expected.size() < 100) {
+      if (line.empty() || line[0] == '#') continue;
+      std::vector<std::string> cols = absl::StrSplit(line, '\t');
+      float score = 0;
+      ASSERT_TRUE(absl::SimpleAtof(cols[3], &score)) << line;
+      expected.push_back(score);
+    }
+    auto server = ServerProcess::Start(
+        {Runfile("serving/server"), "--port=0", "--ps=" + env->ps,
+         "--model_dir=" + env->dir + "/model_" + model, "--metrics_port=-1"});
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto stub = PredictionService::NewStub(grpc::CreateChannel(
+        (*server)->address(), grpc::InsecureChannelCredentials()));
+    for (size_t i = 0; i < expected.size(); ++i) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+      PredictResponse resp;
+      grpc::Status st =
+          stub->Predict(&ctx, RequestFor(env->test_samples[i]), &resp);
+      ASSERT_TRUE(st.ok()) << st.error_message();
+      EXPECT_NEAR(resp.scores(0), expected[i], 1e-5) << "sample " << i;
+    }
+    // A model without content has nothing to ingest into.
+    grpc::ClientContext ctx;
+    serving::UpsertItemRequest up;
+    up.set_item_id(1);
+    up.set_text("anything");
+    serving::UpsertItemResponse up_resp;
+    const grpc::Status st = stub->UpsertItem(&ctx, up, &up_resp);
+    if (model == "din") {
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+      EXPECT_TRUE(absl::StrContains(st.error_message(), "reads no content"))
+          << st.error_message();
+    }
+  }
 }
 
 TEST_F(ServingTest, ManyCandidatesScoreAsEachAlone) {
