@@ -3,8 +3,10 @@
 # runs every test with Bazel, and prints one final line "N passed, N failed"
 # counted from Bazel's own results: gtest cases from each test's test.xml,
 # plus one failure per test target that failed to build or left no result,
-# and one more if Bazel failed while every listed test passed (e.g. a
-# non-test target that does not build: the summary alone would miss it).
+# one more if Bazel failed while every listed test passed (e.g. a
+# non-test target that does not build: the summary alone would miss it),
+# and one if tools/check_deps.sh finds a dependency against the arrows of
+# docs/ARCHITECTURE.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,14 +25,22 @@ else
   echo "== no /usr/local/cuda/bin/nvcc: skipping the --config=cuda build"
 fi
 
+echo "== tools/check_deps.sh (dependency direction, docs/ARCHITECTURE.md)"
+deps_failed=0
+if ! tools/check_deps.sh; then
+  echo "DEPENDENCY CHECK FAILED: a dependency goes against the arrows in docs/ARCHITECTURE.md (the 'wrong dependency: A -> B' lines above; exit 2: bazel query failed)"
+  deps_failed=1
+fi
+
 echo "== bazel test //..."
 bazel test --jobs=2 --test_summary=short //... 2>&1 | tee "$log"
 bazel_rc=${PIPESTATUS[0]}
 
-python3 - "$log" "$(bazel info bazel-testlogs 2>/dev/null)" "$status" "$bazel_rc" <<'PY'
+python3 - "$log" "$(bazel info bazel-testlogs 2>/dev/null)" "$status" "$bazel_rc" "$deps_failed" <<'PY'
 import os, re, sys, glob
 import xml.etree.ElementTree as ET
 log, testlogs, cuda_failed, bazel_rc = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+deps_failed = int(sys.argv[5])
 text = open(log, errors="replace").read()
 passed = failed = 0
 targets = re.findall(r"^(//\S+)\s+(?:\(cached\)\s+)?(PASSED|FAILED|TIMEOUT|NO STATUS|FAILED TO BUILD|FLAKY|SKIPPED)", text, re.M)
@@ -57,6 +67,9 @@ for target, result in targets:
 if not targets or (bazel_rc != 0 and failed == 0):
     failed += 1  # the build broke before any test ran, or beside the tests
 failed += cuda_failed
+if deps_failed:  # one failure, whatever tools/check_deps.sh found
+    print("dependency check failed (tools/check_deps.sh, see above)")
+    failed += 1
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
 PY
