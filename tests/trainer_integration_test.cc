@@ -244,9 +244,19 @@ TEST_F(TrainerIntegrationTest, DinAndDinMimLearnThePlantedPattern) {
     EXPECT_EQ(manifest["model"], model);
     EXPECT_EQ(manifest["num_shards"], 2);
     EXPECT_EQ(manifest["id_table"]["name"], m["tables"]["id"]);
-    EXPECT_EQ(manifest["content_table"]["name"], kContentTable);
-    EXPECT_EQ(manifest["content_table"]["dim"], kContentDim);
-    EXPECT_EQ(manifest["content_table"]["version"], 3);
+    EXPECT_EQ(manifest["format"], "mim-model-manifest v2");
+    EXPECT_TRUE(absl::EndsWith(manifest["model_version"].get<std::string>(),
+                               "-" + model));
+    if (model == "din") {
+      // A model that reads no content pins no content table.
+      EXPECT_TRUE(manifest["content_table"].is_null());
+    } else {
+      EXPECT_EQ(manifest["content_table"]["name"], kContentTable);
+      EXPECT_EQ(manifest["content_table"]["dim"], kContentDim);
+      EXPECT_EQ(manifest["content_table"]["version"], 3);
+      EXPECT_EQ(manifest["content_table"]["encoder"]["kind"], "external");
+    }
+    EXPECT_GT(manifest["id_table"]["rows"].get<uint64_t>(), 0u);
   }
 }
 

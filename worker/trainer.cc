@@ -286,6 +286,9 @@ absl::Status WriteModelManifest(const std::string& dir, const TrainerOptions& o,
   m.id_dim = r.config.id_dim;
   m.content_dim = r.config.content_dim;
   m.uses_content = model::UsesContent(r.config);
+  m.use_id_interest = r.config.use_id_interest;
+  m.use_content_interest = r.config.use_content_interest;
+  m.use_fusion = r.config.use_fusion;
   m.seed = r.config.seed;
   m.num_shards = static_cast<int>(o.ps_addresses.size());
   m.id_table.name = r.id_table;

@@ -143,6 +143,9 @@ std::string FormatManifest(const ModelManifest& m) {
                        {"id_dim", m.id_dim},
                        {"content_dim", m.content_dim},
                        {"uses_content", m.uses_content},
+                       {"use_id_interest", m.use_id_interest},
+                       {"use_content_interest", m.use_content_interest},
+                       {"use_fusion", m.use_fusion},
                        {"seed", m.seed}};
   j["num_shards"] = m.num_shards;
   j["id_table"] = {{"name", m.id_table.name},
@@ -213,6 +216,10 @@ absl::StatusOr<ModelManifest> ParseManifest(absl::string_view text) {
   MIM_RETURN_IF_ERROR(cf.Int("content_dim", &m.content_dim));
   MIM_RETURN_IF_ERROR(cf.Bool("uses_content", &m.uses_content));
   MIM_RETURN_IF_ERROR(cf.Int("seed", &m.seed, /*optional=*/true));
+  MIM_RETURN_IF_ERROR(cf.Bool("use_id_interest", &m.use_id_interest, true));
+  MIM_RETURN_IF_ERROR(
+      cf.Bool("use_content_interest", &m.use_content_interest, true));
+  MIM_RETURN_IF_ERROR(cf.Bool("use_fusion", &m.use_fusion, true));
   MIM_RETURN_IF_ERROR(top.Int("num_shards", &m.num_shards));
   const Json* id = top.Find("id_table");
   if (id == nullptr || !id->is_object()) {

@@ -53,6 +53,11 @@ struct ModelManifest {
   int id_dim = 0;
   int content_dim = 0;
   bool uses_content = false;
+  // Ablation switches of the model (informational; the model file holds
+  // the architecture).
+  bool use_id_interest = true;
+  bool use_content_interest = true;
+  bool use_fusion = true;
   uint64_t seed = 0;
   int num_shards = 0;
 
