@@ -79,6 +79,14 @@ absl::StatusOr<std::shared_ptr<const ServableModel>> LoadServableModel(
             dir, "/manifest.json names content encoder ", path,
             " which cannot be loaded: ", loaded.status().message()));
       }
+      if (!manifest.content_table->encoder.id.empty() &&
+          (*loaded)->id() != manifest.content_table->encoder.id) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "content encoder ", path, " has id ", (*loaded)->id(), ", but ",
+            dir, "/manifest.json was trained on the table encoder ",
+            manifest.content_table->encoder.id,
+            " filled (the encoder was replaced since)"));
+      }
       if ((*loaded)->dim() != manifest.content_dim) {
         return absl::FailedPreconditionError(absl::StrCat(
             "content encoder ", path, " has dim ", (*loaded)->dim(),

@@ -288,6 +288,23 @@ TEST_F(ServingTest, UpsertedNewItemIsScoredWithItsContentAtOnce) {
   grpc::Status st = env->stub->UpsertItem(&ctx, up, &up_resp);
   ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_GT(up_resp.content_version(), 1u);
+  // The manifest pins the encoder that filled the table; the server used it.
+  std::string descriptor;
+  {
+    std::ifstream in(env->data + "/encoder/encoder.txt");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    descriptor = ss.str();
+  }
+  EXPECT_TRUE(absl::StrContains(descriptor, "id=" + up_resp.encoder()))
+      << descriptor;
+  {
+    std::ifstream in(env->model_dir + "/manifest.json");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    EXPECT_TRUE(absl::StrContains(ss.str(), "\"id\": \"" + up_resp.encoder()))
+        << ss.str();
+  }
   EXPECT_NEAR(up_resp.norm(), 1.0, 1e-5);
 
   // Read-your-write: the next Predict scores it with the new content.

@@ -11,6 +11,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "base/atomic_file.h"
 #include "base/status_macros.h"
@@ -271,6 +274,36 @@ absl::StatusOr<EvalReport> Evaluate(
   return report;
 }
 
+// The `id` of the encoder directory tools/content_vectors --encoder_out
+// wrote (its encoder.txt: "#mim-content-encoder v1", then key=value lines),
+// checked to be a fastText encoder of the content table's dim.
+absl::StatusOr<std::string> EncoderId(const std::string& dir, int dim) {
+  const std::string path = dir + "/encoder.txt";
+  std::string text;
+  absl::Status read = base::ReadFileToString(path, &text);
+  if (!read.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--content_encoder=", dir, ": ", read.message(),
+        " (expected the directory tools/content_vectors --encoder_out wrote)"));
+  }
+  std::string id, kind, file_dim;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (absl::ConsumePrefix(&line, "id=")) id = std::string(line);
+    if (absl::ConsumePrefix(&line, "kind=")) kind = std::string(line);
+    if (absl::ConsumePrefix(&line, "dim=")) file_dim = std::string(line);
+  }
+  if (!absl::StartsWith(text, "#mim-content-encoder v1") || id.empty() ||
+      kind != "fasttext") {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " is not a fastText content encoder descriptor"));
+  }
+  if (file_dim != absl::StrCat(dim)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, " has dim ", file_dim, "; the content table has dim ", dim));
+  }
+  return id;
+}
+
 // The manifest of the model saved in `dir`: what the dense parameters were
 // trained with, pinned for the serving tier and for warm starts.
 absl::Status WriteModelManifest(const std::string& dir, const TrainerOptions& o,
@@ -317,6 +350,10 @@ absl::Status WriteModelManifest(const std::string& dir, const TrainerOptions& o,
       const std::filesystem::path abs =
           std::filesystem::absolute(o.content_encoder, ec);
       c.encoder.path = ec ? o.content_encoder : abs.lexically_normal().string();
+      absl::StatusOr<std::string> id =
+          EncoderId(o.content_encoder, r.config.content_dim);
+      if (!id.ok()) return id.status();
+      c.encoder.id = *id;
     }
     m.content_table = std::move(c);
   }
