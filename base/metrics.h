@@ -32,9 +32,6 @@
 #include "prometheus/labels.h"
 #include "prometheus/registry.h"
 
-namespace prometheus {
-class Exposer;
-}  // namespace prometheus
 
 namespace mim::base {
 
@@ -120,8 +117,11 @@ class Metrics {
   std::shared_ptr<prometheus::Registry> registry_;
   // What the exposer serves: the scrape callbacks, then registry_.
   std::shared_ptr<Collector> collector_;
-  // Reset first in the destructor, so no scrape outlives the members below.
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  // The HTTP endpoint (a small server of our own: see the .cc for why not
+  // prometheus-cpp's civetweb exposer). Stopped first in the destructor,
+  // so no scrape outlives the members below.
+  class HttpEndpoint;
+  std::unique_ptr<HttpEndpoint> http_;
   std::string address_;
   int port_ = -1;
 

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -159,7 +160,7 @@ absl::Status ShardProcess::Restart(std::unique_ptr<ShardProcess>* shard) {
 }
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
-    const std::vector<std::string>& argv) {
+    const std::vector<std::string>& argv, bool expect_metrics) {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) return Errno("pipe");
   absl::StatusOr<pid_t> pid = Spawn(argv, fds[1], -1, {fds[0]});
@@ -170,7 +171,9 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   }
   const absl::Time deadline = absl::Now() + absl::Seconds(60);
   std::string out;
-  while (out.find('\n') == std::string::npos) {
+  const size_t lines = expect_metrics ? 2 : 1;
+  while (static_cast<size_t>(std::count(out.begin(), out.end(), '\n')) <
+         lines) {
     const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
     pollfd p = {fds[0], POLLIN, 0};
     const int ready = left > 0 ? poll(&p, 1, static_cast<int>(left)) : 0;
@@ -198,8 +201,19 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     close(fds[0]);
     return absl::InternalError("unexpected server output: " + out);
   }
-  return std::unique_ptr<ServerProcess>(
+  auto server = std::unique_ptr<ServerProcess>(
       new ServerProcess(argv, *pid, fds[0], port));
+  if (expect_metrics) {
+    const size_t start = out.find('\n') + 1;
+    const std::string second = out.substr(start, out.find('\n', start) - start);
+    const size_t c = second.rfind(':');
+    if (!absl::StartsWith(second, "metrics listening on ") ||
+        c == std::string::npos ||
+        !absl::SimpleAtoi(second.substr(c + 1), &server->metrics_port_)) {
+      return absl::InternalError("unexpected metrics line: " + out);
+    }
+  }
+  return server;
 }
 
 std::string ServerProcess::address() const {

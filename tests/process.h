@@ -71,12 +71,14 @@ class ShardProcess {
 // serving tier). The destructor sends SIGTERM and reaps it.
 class ServerProcess {
  public:
-  // Starts argv and waits up to 60 s for the line; fails with the output
-  // and exit status if the process ended first.
+  // Starts argv and waits up to 60 s for the line (and, with
+  // `expect_metrics`, for the next one, "metrics listening on ADDR:PORT");
+  // fails with the output and exit status if the process ended first.
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
-      const std::vector<std::string>& argv);
+      const std::vector<std::string>& argv, bool expect_metrics = false);
   ~ServerProcess();
   int port() const { return port_; }
+  int metrics_port() const { return metrics_port_; }  // -1: none
   std::string address() const;
   const std::vector<std::string>& argv() const { return argv_; }
   // Sends `signal` and waits for the exit; returns the wait status.
@@ -90,6 +92,7 @@ class ServerProcess {
   pid_t pid_;
   int stdout_fd_;
   int port_;
+  int metrics_port_ = -1;
 };
 
 struct CommandResult {

@@ -8,6 +8,7 @@
 // recovers by itself when the shard returns.
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -30,6 +31,7 @@
 #include "proto/serving.grpc.pb.h"
 #include "ps/client.h"
 #include "serving/content_encoder.h"
+#include "tests/ops_util.h"
 #include "tests/process.h"
 #include "worker/data/sample.h"
 #include "worker/data/sample_io.h"
@@ -160,7 +162,8 @@ class ServingTest : public ::testing::Test {
          "--model_dir=" + env->model_dir,
          absl::StrCat("--max_candidates=", kMaxCandidates),
          "--reload_interval_ms=100", "--content_poll_ms=200",
-         "--cache_ttl_ms=200", "--metrics_port=-1"});
+         "--cache_ttl_ms=200", "--metrics_port=0"},
+        /*expect_metrics=*/true);
     ASSERT_TRUE(server.ok()) << server.status();
     env->server = std::move(*server);
     env->stub = PredictionService::NewStub(grpc::CreateChannel(
@@ -438,6 +441,68 @@ TEST_F(ServingTest, NewModelVersionIsPickedUpUnderLoadWithoutAFailedRequest) {
   EXPECT_EQ(went_back.load(), 0);
   EXPECT_GT(ok.load(), 30);
   for (const std::string& seen : last_seen) EXPECT_EQ(seen, v2);
+}
+
+// Prometheus metrics (checked by promtool), grpc.health.v1 and server
+// reflection on the serving tier.
+TEST_F(ServingTest, MetricsHealthAndReflection) {
+  const std::string before = HttpGet(env->server->metrics_port(), "/metrics")
+                                 .value_or("");
+  const double predicts_before =
+      MetricSample(before, "mim_serving_requests_total{code=\"OK\","
+                           "method=\"Predict\"}")
+          .value_or(-1);
+  ASSERT_GE(predicts_before, 0) << before;
+  const double invalid_before =
+      MetricSample(before, "mim_serving_requests_total{code="
+                           "\"INVALID_ARGUMENT\",method=\"Predict\"}")
+          .value_or(0);
+  for (int i = 0; i < 5; ++i) {
+    PredictResponse resp;
+    ASSERT_TRUE(Predict(RequestFor(env->test_samples[i]), &resp).ok());
+  }
+  PredictRequest bad = RequestFor(env->test_samples[0]);
+  bad.clear_candidate_item_ids();
+  bad.clear_candidate_features();
+  PredictResponse resp;
+  EXPECT_FALSE(Predict(bad, &resp).ok());
+  absl::StatusOr<std::string> after =
+      HttpGet(env->server->metrics_port(), "/metrics");
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(MetricSample(*after, "mim_serving_requests_total{code=\"OK\","
+                                 "method=\"Predict\"}"),
+            predicts_before + 5);
+  EXPECT_EQ(MetricSample(*after,
+                         "mim_serving_requests_total{code=\"INVALID_ARGUMENT\","
+                         "method=\"Predict\"}"),
+            invalid_before + 1);
+  for (const char* series :
+       {"mim_serving_cache_hit_ratio", "mim_serving_cache_bytes",
+        "mim_serving_request_seconds_count{method=\"Predict\"}",
+        "mim_serving_shard_pull_seconds_count{table=\"id\"}"}) {
+    EXPECT_TRUE(MetricSample(*after, series).has_value()) << series;
+  }
+  const absl::Status promtool =
+      PromtoolCheck(*after, env->dir + "/serving_metrics.txt");
+  if (absl::IsNotFound(promtool)) {
+    GTEST_SKIP() << promtool;
+  }
+  EXPECT_TRUE(promtool.ok()) << promtool;
+
+  // grpc.health.v1 (PsClient's health check speaks the standard protocol).
+  auto health = ps::PsClient::Create({env->server->address()});
+  ASSERT_TRUE(health.ok());
+  const std::vector<absl::Status> serving = (*health)->Health();
+  ASSERT_EQ(serving.size(), 1u);
+  EXPECT_TRUE(serving[0].ok()) << serving[0];
+  const std::vector<std::string> services =
+      ReflectedServices(env->server->address());
+  EXPECT_NE(std::find(services.begin(), services.end(),
+                      "mim.serving.PredictionService"),
+            services.end());
+  EXPECT_NE(std::find(services.begin(), services.end(),
+                      "grpc.health.v1.Health"),
+            services.end());
 }
 
 TEST_F(ServingTest, KilledShardGivesUnavailableAndTheTierRecoversByItself) {

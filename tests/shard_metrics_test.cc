@@ -41,6 +41,7 @@
 #include "proto/ps.pb.h"
 #include "ps/client.h"
 #include "tests/process.h"
+#include "tests/ops_util.h"
 #include "tests/reflection.pb.h"
 
 extern char** environ;
@@ -49,6 +50,9 @@ namespace mim::ps {
 namespace {
 
 using ::mim::testing::CommandResult;
+using ::mim::testing::HttpGet;
+using ::mim::testing::MetricSample;
+using ::mim::testing::ReflectionStream;
 using ::mim::testing::RunCommand;
 using ::mim::testing::Runfile;
 using ::testing::Contains;
@@ -139,131 +143,6 @@ class MetricsShard {
   int metrics_port_ = 0;
 };
 
-// GET http://127.0.0.1:port/path (HTTP/1.0, so the server closes the
-// connection after the response). Returns the body of a 200 response.
-absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
-  }
-  sockaddr_in addr = {};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string response;
-  bool sent = false;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request =
-        absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    sent = write(fd, request.data(), request.size()) ==
-           static_cast<ssize_t>(request.size());
-    char buf[4096];
-    ssize_t n;
-    while (sent && (n = read(fd, buf, sizeof(buf))) > 0) {
-      response.append(buf, static_cast<size_t>(n));
-    }
-  }
-  const int error = errno;
-  close(fd);
-  if (!sent) {
-    return absl::UnavailableError(
-        absl::StrCat("GET 127.0.0.1:", port, path, ": ", std::strerror(error)));
-  }
-  const size_t body = response.find("\r\n\r\n");
-  if (!absl::StartsWith(response, "HTTP/1.1 200 ") ||
-      body == std::string::npos) {
-    return absl::InternalError("unexpected HTTP response: " + response);
-  }
-  return response.substr(body + 4);
-}
-
-// The value of the sample `series` (name and labels exactly as the text
-// format writes them, e.g. mim_ps_keys_total{method="Pull"}); nullopt when
-// the scrape has no such sample.
-std::optional<double> Sample(const std::string& text,
-                             const std::string& series) {
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    if (!absl::ConsumePrefix(&line, series) ||
-        !absl::ConsumePrefix(&line, " ")) {
-      continue;
-    }
-    double value = 0;
-    if (absl::SimpleAtod(line, &value)) return value;
-  }
-  return std::nullopt;
-}
-
-// One grpc.reflection.v1alpha.ServerReflectionInfo stream, called by its
-// method path (tests/reflection.proto says why there is no generated stub),
-// one operation at a time on a completion queue.
-class ReflectionStream {
- public:
-  using Request = ::mim::testing::reflection::ServerReflectionRequest;
-  using Response = ::mim::testing::reflection::ServerReflectionResponse;
-
-  explicit ReflectionStream(const std::string& address)
-      : stub_(
-            grpc::CreateChannel(address, grpc::InsecureChannelCredentials())) {
-    context_.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
-    call_ = stub_.PrepareCall(
-        &context_,
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq_);
-    call_->StartCall(kTag);
-    started_ = Next();
-  }
-
-  ~ReflectionStream() {
-    if (!finished_) {
-      context_.TryCancel();
-      grpc::Status ignored;
-      call_->Finish(&ignored, kTag);
-      Next();
-    }
-    cq_.Shutdown();
-    void* tag;
-    bool ok;
-    while (cq_.Next(&tag, &ok)) {
-    }
-  }
-
-  // Sends `request` and reads its answer; false when the stream broke.
-  bool Ask(const Request& request, Response* response) {
-    if (!started_) return false;
-    call_->Write(request, kTag);
-    if (!Next()) return false;
-    call_->Read(response, kTag);
-    return Next();
-  }
-
-  // Half-closes the stream and returns the server's final status.
-  grpc::Status Finish() {
-    call_->WritesDone(kTag);
-    Next();
-    grpc::Status status;
-    call_->Finish(&status, kTag);
-    Next();
-    finished_ = true;
-    return status;
-  }
-
- private:
-  static inline void* const kTag = reinterpret_cast<void*>(1);
-
-  // Waits for the one operation in flight; whether it succeeded.
-  bool Next() {
-    void* tag = nullptr;
-    bool ok = false;
-    return cq_.Next(&tag, &ok) && ok;
-  }
-
-  grpc::TemplatedGenericStub<Request, Response> stub_;
-  grpc::ClientContext context_;
-  grpc::CompletionQueue cq_;
-  std::unique_ptr<grpc::ClientAsyncReaderWriter<Request, Response>> call_;
-  bool started_ = false;
-  bool finished_ = false;
-};
-
 std::string ByMethod(const std::string& name, const std::string& method) {
   return absl::StrCat(name, "{method=\"", method, "\"}");
 }
@@ -319,12 +198,12 @@ TEST_F(ShardMetricsTest, CountersMoveByTheKeysSent) {
   ASSERT_TRUE(client_->CreateTable(ContentTable("content", 3), false).ok());
   const std::string before = Scrape();
   for (const char* method : {"Pull", "Push", "Upsert"}) {
-    EXPECT_EQ(Sample(before, ByMethod("mim_ps_requests_total", method)), 0)
+    EXPECT_EQ(MetricSample(before, ByMethod("mim_ps_requests_total", method)), 0)
         << method;
-    EXPECT_EQ(Sample(before, ByMethod("mim_ps_keys_total", method)), 0)
+    EXPECT_EQ(MetricSample(before, ByMethod("mim_ps_keys_total", method)), 0)
         << method;
   }
-  EXPECT_EQ(Sample(before, ByMethod("mim_ps_requests_total", "CreateTable")),
+  EXPECT_EQ(MetricSample(before, ByMethod("mim_ps_requests_total", "CreateTable")),
             2);
 
   const std::vector<uint64_t> pulled = {11, 12, 13, 14, 15};
@@ -344,34 +223,34 @@ TEST_F(ShardMetricsTest, CountersMoveByTheKeysSent) {
             absl::StatusCode::kNotFound);
 
   const std::string after = Scrape();
-  EXPECT_EQ(Sample(after, ByMethod("mim_ps_requests_total", "Pull")), 2);
-  EXPECT_EQ(Sample(after, ByMethod("mim_ps_requests_total", "Push")), 1);
-  EXPECT_EQ(Sample(after, ByMethod("mim_ps_requests_total", "Upsert")), 1);
-  EXPECT_EQ(Sample(after, ByMethod("mim_ps_keys_total", "Pull")),
+  EXPECT_EQ(MetricSample(after, ByMethod("mim_ps_requests_total", "Pull")), 2);
+  EXPECT_EQ(MetricSample(after, ByMethod("mim_ps_requests_total", "Push")), 1);
+  EXPECT_EQ(MetricSample(after, ByMethod("mim_ps_requests_total", "Upsert")), 1);
+  EXPECT_EQ(MetricSample(after, ByMethod("mim_ps_keys_total", "Pull")),
             pulled.size());
-  EXPECT_EQ(Sample(after, ByMethod("mim_ps_keys_total", "Push")),
+  EXPECT_EQ(MetricSample(after, ByMethod("mim_ps_keys_total", "Push")),
             pushed.size());
-  EXPECT_EQ(Sample(after, ByMethod("mim_ps_keys_total", "Upsert")),
+  EXPECT_EQ(MetricSample(after, ByMethod("mim_ps_keys_total", "Upsert")),
             upserted.size());
-  EXPECT_EQ(Sample(after,
+  EXPECT_EQ(MetricSample(after,
                    "mim_ps_request_errors_total{code=\"NOT_FOUND\","
                    "method=\"Pull\"}"),
             1);
-  EXPECT_EQ(Sample(before,
+  EXPECT_EQ(MetricSample(before,
                    "mim_ps_request_errors_total{code=\"NOT_FOUND\","
                    "method=\"Pull\"}"),
             std::nullopt);
   EXPECT_EQ(
-      Sample(after, ByMethod("mim_ps_request_duration_seconds_count", "Pull")),
+      MetricSample(after, ByMethod("mim_ps_request_duration_seconds_count", "Pull")),
       2);
-  EXPECT_EQ(Sample(after,
+  EXPECT_EQ(MetricSample(after,
                    "mim_ps_request_duration_seconds_bucket{method="
                    "\"Pull\",le=\"+Inf\"}"),
             2);
-  EXPECT_EQ(Sample(after, "mim_ps_table_rows{table=\"ids\"}"), pulled.size());
-  EXPECT_EQ(Sample(after, "mim_ps_table_rows{table=\"content\"}"),
+  EXPECT_EQ(MetricSample(after, "mim_ps_table_rows{table=\"ids\"}"), pulled.size());
+  EXPECT_EQ(MetricSample(after, "mim_ps_table_rows{table=\"content\"}"),
             upserted.size());
-  EXPECT_GT(Sample(after, "mim_ps_table_bytes{table=\"ids\"}").value_or(0), 0);
+  EXPECT_GT(MetricSample(after, "mim_ps_table_bytes{table=\"ids\"}").value_or(0), 0);
 
   // The exposition text passes Prometheus' own checker (format and naming
   // conventions).

@@ -19,8 +19,9 @@ _LIBS = {
     "benchmark": (["benchmark"], []),
     "openblas": (["openblas"], []),
     "fasttext": ([], ["-lfasttext", "-lpthread"]),
-    # prometheus-cpp: metric types (core) and the /metrics HTTP exposer (pull).
-    "prometheus": (["prometheus-cpp-pull", "prometheus-cpp-core"], ["-lpthread"]),
+    # prometheus-cpp: metric types and the text format (core). The /metrics
+    # HTTP endpoint is our own (base/metrics.cc says why not civetweb).
+    "prometheus": (["prometheus-cpp-core"], ["-lpthread"]),
 }
 
 def _pkg_config(ctx, modules):
