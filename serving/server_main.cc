@@ -68,7 +68,11 @@ DEFINE_int64(content_poll_ms,
 DEFINE_int64(ps_timeout_ms, 2000,
              "Deadline of one shard call (a request's own deadline, when "
              "shorter, wins)");
-DEFINE_int32(threads, 32, "Most threads serving calls");
+DEFINE_int32(threads, 8,
+             "Threads that run requests (pulls from the shards, scoring)");
+DEFINE_int32(max_queue, 4096,
+             "Requests that may wait for a thread; beyond, RESOURCE_EXHAUSTED "
+             "(a waiting request still ends by its deadline)");
 DEFINE_int32(max_message_kb, 1024, "Max request/response size in KiB");
 DEFINE_int32(metrics_port, mim::base::Metrics::Options().port,
              "Prometheus /metrics port; -1: none; 0: a free one (printed as "
@@ -103,7 +107,8 @@ int main(int argc, char** argv) {
                 "--cache_max_stale_ms >= --cache_ttl_ms");
   }
   if (FLAGS_ps_timeout_ms < 1) return Fail("--ps_timeout_ms must be >= 1");
-  if (FLAGS_threads < 2) return Fail("--threads must be >= 2");
+  if (FLAGS_threads < 1) return Fail("--threads must be >= 1");
+  if (FLAGS_max_queue < 1) return Fail("--max_queue must be >= 1");
   if (FLAGS_max_message_kb < 1) return Fail("--max_message_kb must be >= 1");
 
   sigset_t signals;
@@ -165,8 +170,9 @@ int main(int argc, char** argv) {
   predictor_options.metrics = metrics->get();
   mim::serving::Predictor predictor(models->get(), ps->get(), &cache,
                                     predictor_options);
+  mim::serving::Executor executor(FLAGS_threads, FLAGS_max_queue);
   mim::serving::PredictionServiceImpl service(&predictor, models->get(), &cache,
-                                              metrics->get());
+                                              &executor, metrics->get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -177,16 +183,6 @@ int main(int argc, char** argv) {
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(FLAGS_max_message_kb << 10);
   builder.SetMaxSendMessageSize(FLAGS_max_message_kb << 10);
-  grpc::ResourceQuota quota("serving");
-  quota.SetMaxThreads(FLAGS_threads);
-  builder.SetResourceQuota(quota);
-  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::NUM_CQS,
-                              1);
-  builder.SetSyncServerOption(
-      grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 2);
-  builder.SetSyncServerOption(
-      grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
-      std::min(FLAGS_threads, 8));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::StrCat("cannot listen on ", address));

@@ -12,7 +12,7 @@ namespace {
 
 constexpr const char* kMethodNames[] = {"Predict", "UpsertItem", "GetStatus"};
 
-absl::Time DeadlineOf(const grpc::ServerContext& context) {
+absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
   const auto d = context.deadline();
   if (d == std::chrono::system_clock::time_point::max()) {
     return absl::InfiniteFuture();
@@ -60,8 +60,13 @@ absl::StatusOr<PredictInput> PredictInputFromProto(const PredictRequest& r) {
 PredictionServiceImpl::PredictionServiceImpl(Predictor* predictor,
                                              ModelManager* models,
                                              RowCache* cache,
+                                             Executor* executor,
                                              base::Metrics* metrics)
-    : predictor_(predictor), models_(models), cache_(cache), metrics_(metrics) {
+    : predictor_(predictor),
+      models_(models),
+      cache_(cache),
+      executor_(executor),
+      metrics_(metrics) {
   if (metrics_ == nullptr) return;
   for (int m = 0; m < kNumMethods; ++m) {
     seconds_[m] = &metrics_->LatencyHistogram(
@@ -93,6 +98,9 @@ PredictionServiceImpl::PredictionServiceImpl(Predictor* predictor,
         .Set(static_cast<double>(st.bytes));
     metrics_->Gauge("mim_serving_cache_entries", "Rows held by the row cache")
         .Set(static_cast<double>(st.entries));
+    metrics_->Gauge("mim_serving_queue_length",
+                    "Requests waiting for a serving thread")
+        .Set(static_cast<double>(executor_->queued()));
     metrics_->Gauge("mim_serving_model_reloads",
                     "Model versions installed since start (hot reloads)")
         .Set(static_cast<double>(models_->reloads()));
@@ -105,8 +113,9 @@ PredictionServiceImpl::~PredictionServiceImpl() {
   }
 }
 
-grpc::Status PredictionServiceImpl::Finish(Method method, absl::Time start,
-                                           const absl::Status& status) {
+void PredictionServiceImpl::Finish(Method method, absl::Time start,
+                                   grpc::ServerUnaryReactor* reactor,
+                                   const absl::Status& status) {
   if (metrics_ != nullptr) {
     seconds_[method]->Observe(absl::ToDoubleSeconds(absl::Now() - start));
     metrics_
@@ -116,47 +125,65 @@ grpc::Status PredictionServiceImpl::Finish(Method method, absl::Time start,
                    {"code", absl::StatusCodeToString(status.code())}})
         .Increment();
   }
-  return ps::ToGrpcStatus(status);
+  reactor->Finish(ps::ToGrpcStatus(status));
 }
 
-grpc::Status PredictionServiceImpl::Predict(grpc::ServerContext* context,
-                                            const PredictRequest* request,
-                                            PredictResponse* response) {
+grpc::ServerUnaryReactor* PredictionServiceImpl::Dispatch(
+    Method method, grpc::CallbackServerContext* context,
+    std::function<absl::Status()> work) {
   const absl::Time start = absl::Now();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status queued = executor_->Submit(
+      DeadlineOf(*context),
+      [this, method, start, reactor, work = std::move(work)](
+          const absl::Status& admitted) {
+        Finish(method, start, reactor, admitted.ok() ? work() : admitted);
+      });
+  if (!queued.ok()) Finish(method, start, reactor, queued);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* PredictionServiceImpl::Predict(
+    grpc::CallbackServerContext* context, const PredictRequest* request,
+    PredictResponse* response) {
   ++requests_;
-  absl::StatusOr<PredictInput> input = PredictInputFromProto(*request);
-  if (!input.ok()) return Finish(kPredict, start, input.status());
-  absl::StatusOr<PredictOutput> out =
-      predictor_->Predict(*input, DeadlineOf(*context));
-  if (!out.ok()) return Finish(kPredict, start, out.status());
-  response->mutable_scores()->Assign(out->scores.begin(), out->scores.end());
-  response->set_model_version(out->model_version);
-  response->set_stale(out->stale);
-  response->set_cache_hits(out->cache_hits);
-  response->set_rows_pulled(out->rows_pulled);
-  return Finish(kPredict, start, absl::OkStatus());
+  const absl::Time deadline = DeadlineOf(*context);
+  return Dispatch(kPredict, context, [this, request, response, deadline] {
+    absl::StatusOr<PredictInput> input = PredictInputFromProto(*request);
+    if (!input.ok()) return input.status();
+    absl::StatusOr<PredictOutput> out = predictor_->Predict(*input, deadline);
+    if (!out.ok()) return out.status();
+    response->mutable_scores()->Assign(out->scores.begin(), out->scores.end());
+    response->set_model_version(out->model_version);
+    response->set_stale(out->stale);
+    response->set_cache_hits(out->cache_hits);
+    response->set_rows_pulled(out->rows_pulled);
+    return absl::OkStatus();
+  });
 }
 
-grpc::Status PredictionServiceImpl::UpsertItem(
-    grpc::ServerContext* context, const UpsertItemRequest* request,
+grpc::ServerUnaryReactor* PredictionServiceImpl::UpsertItem(
+    grpc::CallbackServerContext* context, const UpsertItemRequest* request,
     UpsertItemResponse* response) {
-  const absl::Time start = absl::Now();
-  absl::StatusOr<UpsertItemOutput> out = predictor_->UpsertItem(
-      request->item_id(), request->text(),
-      absl::MakeConstSpan(request->vector().data(), request->vector_size()),
-      DeadlineOf(*context));
-  if (!out.ok()) return Finish(kUpsertItem, start, out.status());
-  response->set_content_version(out->content_version);
-  response->set_encoder(out->encoder);
-  response->set_norm(out->norm);
-  return Finish(kUpsertItem, start, absl::OkStatus());
+  const absl::Time deadline = DeadlineOf(*context);
+  return Dispatch(kUpsertItem, context, [this, request, response, deadline] {
+    absl::StatusOr<UpsertItemOutput> out = predictor_->UpsertItem(
+        request->item_id(), request->text(),
+        absl::MakeConstSpan(request->vector().data(), request->vector_size()),
+        deadline);
+    if (!out.ok()) return out.status();
+    response->set_content_version(out->content_version);
+    response->set_encoder(out->encoder);
+    response->set_norm(out->norm);
+    return absl::OkStatus();
+  });
 }
 
-grpc::Status PredictionServiceImpl::GetStatus(grpc::ServerContext* context,
-                                              const GetStatusRequest* request,
-                                              GetStatusResponse* response) {
-  (void)context;
+grpc::ServerUnaryReactor* PredictionServiceImpl::GetStatus(
+    grpc::CallbackServerContext* context, const GetStatusRequest* request,
+    GetStatusResponse* response) {
   (void)request;
+  // Cheap and non-blocking: answered on the gRPC thread.
   const absl::Time start = absl::Now();
   const std::shared_ptr<const ServableModel> servable = models_->Current();
   const model::ModelManifest& m = servable->manifest();
@@ -173,7 +200,9 @@ grpc::Status PredictionServiceImpl::GetStatus(grpc::ServerContext* context,
   response->set_cache_misses(st.misses + st.stale_hits);
   response->set_cache_bytes(st.bytes);
   response->set_model_reloads(models_->reloads());
-  return Finish(kGetStatus, start, absl::OkStatus());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  Finish(kGetStatus, start, reactor, absl::OkStatus());
+  return reactor;
 }
 
 }  // namespace mim::serving

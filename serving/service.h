@@ -1,8 +1,12 @@
 // The gRPC edge of the serving tier: PredictionService (proto/serving.proto)
-// over a Predictor. Handlers parse and validate the request, call the
-// Predictor with the caller's deadline, and convert the status; each call
-// is counted and timed in base::Metrics (mim_serving_requests_total by
-// method and code, mim_serving_request_seconds by method).
+// over a Predictor, on gRPC's callback API. A handler parses the request
+// and hands the work to an Executor (bounded queue, fixed threads), so no
+// gRPC thread blocks on the shards; the work calls the Predictor with the
+// caller's deadline and finishes the call with the converted status. A
+// request that waits past its deadline gets DEADLINE_EXCEEDED; a full queue
+// RESOURCE_EXHAUSTED. Each call is counted and timed in base::Metrics
+// (mim_serving_requests_total by method and code,
+// mim_serving_request_seconds by method, mim_serving_queue_length).
 //
 // Thread-safety: safe for concurrent access.
 #ifndef MIM_SERVING_SERVICE_H_
@@ -15,6 +19,7 @@
 #include "base/metrics.h"
 #include "proto/serving.grpc.pb.h"
 #include "serving/model_manager.h"
+#include "serving/executor.h"
 #include "serving/predictor.h"
 #include "serving/row_cache.h"
 
@@ -26,31 +31,40 @@ namespace mim::serving {
 absl::StatusOr<PredictInput> PredictInputFromProto(
     const PredictRequest& request);
 
-class PredictionServiceImpl final : public PredictionService::Service {
+class PredictionServiceImpl final
+    : public PredictionService::CallbackService {
  public:
   // Everything must outlive the service. `metrics` may be null.
   PredictionServiceImpl(Predictor* predictor, ModelManager* models,
-                        RowCache* cache, base::Metrics* metrics);
+                        RowCache* cache, Executor* executor,
+                        base::Metrics* metrics);
   ~PredictionServiceImpl() override;
 
-  grpc::Status Predict(grpc::ServerContext* context,
-                       const PredictRequest* request,
-                       PredictResponse* response) override;
-  grpc::Status UpsertItem(grpc::ServerContext* context,
-                          const UpsertItemRequest* request,
-                          UpsertItemResponse* response) override;
-  grpc::Status GetStatus(grpc::ServerContext* context,
-                         const GetStatusRequest* request,
-                         GetStatusResponse* response) override;
+  grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* context,
+                                    const PredictRequest* request,
+                                    PredictResponse* response) override;
+  grpc::ServerUnaryReactor* UpsertItem(grpc::CallbackServerContext* context,
+                                       const UpsertItemRequest* request,
+                                       UpsertItemResponse* response) override;
+  grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
+                                      const GetStatusRequest* request,
+                                      GetStatusResponse* response) override;
 
  private:
   enum Method { kPredict = 0, kUpsertItem = 1, kGetStatus = 2, kNumMethods };
-  grpc::Status Finish(Method method, absl::Time start,
-                      const absl::Status& status);
+  // Finishes the call through `reactor` with `status`, recording metrics.
+  void Finish(Method method, absl::Time start, grpc::ServerUnaryReactor* reactor,
+              const absl::Status& status);
+  // Runs `work` on the executor within the call's deadline; the reactor is
+  // finished with work's status, or with the executor's refusal.
+  grpc::ServerUnaryReactor* Dispatch(
+      Method method, grpc::CallbackServerContext* context,
+      std::function<absl::Status()> work);
 
   Predictor* const predictor_;
   ModelManager* const models_;
   RowCache* const cache_;
+  Executor* const executor_;
   base::Metrics* const metrics_;
   int64_t scrape_callback_ = -1;
   prometheus::Histogram* seconds_[kNumMethods] = {};

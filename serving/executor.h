@@ -1,0 +1,61 @@
+// Executor: a fixed pool of threads running tasks from a bounded queue,
+// each task with a deadline. The serving tier's gRPC callback handlers hand
+// their blocking work (shard pulls, scoring) to it, so that no gRPC thread
+// blocks and a burst of requests waits in the queue within its deadline
+// instead of being refused for want of a thread.
+//
+// Thread-safety: safe for concurrent access.
+#ifndef MIM_SERVING_EXECUTOR_H_
+#define MIM_SERVING_EXECUTOR_H_
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace mim::serving {
+
+class Executor {
+ public:
+  // A task gets OK when it runs before its deadline, and DEADLINE_EXCEEDED
+  // when its deadline passed while it waited (it must then only report
+  // that).
+  using Task = std::function<void(const absl::Status& admitted)>;
+
+  // `threads` >= 1 workers; at most `max_queue` tasks wait.
+  Executor(int threads, int max_queue);
+  // Runs every task still queued (each told OK or DEADLINE_EXCEEDED as
+  // usual), then joins the workers. Submit meanwhile: CANCELLED.
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  // Queues `task`. When the queue is full the task is not queued and this
+  // returns RESOURCE_EXHAUSTED naming the queue size (the task is not run).
+  absl::Status Submit(absl::Time deadline, Task task);
+
+  int64_t queued() const;
+
+ private:
+  struct Item {
+    absl::Time deadline;
+    Task task;
+  };
+  void Work();
+
+  const int max_queue_;
+  mutable absl::Mutex mu_;
+  std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace mim::serving
+
+#endif  // MIM_SERVING_EXECUTOR_H_
