@@ -42,12 +42,7 @@ class BatchPipeline::Impl {
   }
 
   absl::StatusOr<bool> Next(PreparedBatch* out) {
-    if (!options_.prefetch) {
-      if (!final_status_.ok()) return final_status_;
-      absl::StatusOr<bool> got = Produce(out, /*pull=*/true);
-      if (!got.ok()) final_status_ = got.status();
-      return got;
-    }
+    if (!options_.prefetch) return NextSynchronous(out);
     std::deque<PendingPush> leftover;
     {
       absl::MutexLock lock(&mu_);
@@ -59,6 +54,7 @@ class BatchPipeline::Impl {
       if (!queue_.empty()) {
         *out = std::move(queue_.front());
         queue_.pop_front();
+        MarkTaken();
         return true;
       }
       if (!producer_status_.ok()) return producer_status_;
@@ -79,21 +75,77 @@ class BatchPipeline::Impl {
     return pushes_in_doubt_.load(std::memory_order_relaxed);
   }
 
+  // Queued in both modes: a push is due only once the consumer has taken
+  // the batch after the one it belongs to (see TakeDuePushes).
   void PushAfter(std::vector<uint64_t> keys, std::vector<float> gradients) {
-    PendingPush push{std::move(keys), std::move(gradients)};
-    if (!options_.prefetch) {
-      absl::Status pushed = DoPush(push);
-      if (!pushed.ok() && final_status_.ok()) final_status_ = pushed;
-      return;
-    }
     absl::MutexLock lock(&mu_);
-    pushes_.push_back(std::move(push));
+    pushes_.push_back(PendingPush{std::move(keys), std::move(gradients)});
+    ++pushes_submitted_;
   }
 
  private:
+  struct PendingPush {
+    std::vector<uint64_t> keys;
+    std::vector<float> gradients;
+  };
+
+  // The consumer has just taken a batch: every push handed over before now
+  // becomes due before the next pull.
+  void MarkTaken() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    pushes_due_ = pushes_submitted_;
+  }
+
+  // Removes the due pushes from the front of pushes_, in submission order.
+  std::deque<PendingPush> TakeDuePushes() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::deque<PendingPush> due;
+    while (pushes_taken_ < pushes_due_) {
+      due.push_back(std::move(pushes_.front()));
+      pushes_.pop_front();
+      ++pushes_taken_;
+    }
+    return due;
+  }
+
+  // Without prefetch: the same sequence of shard calls as the prefetch
+  // thread makes (due pushes, pull; at the end every push), on this thread.
+  absl::StatusOr<bool> NextSynchronous(PreparedBatch* out) {
+    if (!final_status_.ok()) return final_status_;
+    std::deque<PendingPush> pushes;
+    {
+      absl::MutexLock lock(&mu_);
+      pushes = TakeDuePushes();
+    }
+    absl::Status pushed = DoPushes(&pushes);
+    if (!pushed.ok()) {
+      final_status_ = pushed;
+      return pushed;
+    }
+    absl::StatusOr<bool> got = Produce(out, /*pull=*/true);
+    if (!got.ok()) {
+      final_status_ = got.status();
+      return got;
+    }
+    if (*got) {
+      absl::MutexLock lock(&mu_);
+      MarkTaken();
+      return true;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      pushes.swap(pushes_);
+    }
+    pushed = DoPushes(&pushes);
+    if (!pushed.ok()) {
+      final_status_ = pushed;
+      return pushed;
+    }
+    return false;
+  }
+
   // Reads and builds batch k+1 while the consumer works on batch k, but
-  // pulls its rows only once the consumer has taken batch k from the queue:
-  // rows are then at most one of this worker's pushes old.
+  // pulls its rows only once the consumer has taken batch k from the queue,
+  // after the pushes due then (those of batches up to k-1): exactly the
+  // shard calls NextSynchronous makes, in the same order.
   void ProducerLoop() {
     while (true) {
       PreparedBatch batch;
@@ -111,11 +163,13 @@ class BatchPipeline::Impl {
         }
       }
       if (got.ok() && *got) {
-        // The consumer's pushes first, so that this pull sees them.
+        // The pushes due before this pull (and only those: a push handed
+        // over while this thread was reading must wait for the next pull,
+        // or the rows would depend on timing).
         std::deque<PendingPush> pushes;
         {
           absl::MutexLock lock(&mu_);
-          pushes.swap(pushes_);
+          pushes = TakeDuePushes();
         }
         absl::Status pushed = DoPushes(&pushes);
         if (!pushed.ok()) got = pushed;
@@ -186,11 +240,6 @@ class BatchPipeline::Impl {
     }
   }
 
-  struct PendingPush {
-    std::vector<uint64_t> keys;
-    std::vector<float> gradients;
-  };
-
   absl::Status DoPush(const PendingPush& p) {
     absl::Status s =
         client_->Push(options_.id_table, p.keys, p.gradients).status();
@@ -258,8 +307,12 @@ class BatchPipeline::Impl {
   std::thread thread_;
   absl::Mutex mu_;
   std::deque<PreparedBatch> queue_ ABSL_GUARDED_BY(mu_);
-  // Gradients handed over by PushAfter, not yet pushed.
+  // Gradients handed over by PushAfter, not yet pushed, and the counts
+  // that say which are due: the first pushes_due_ ever handed over.
   std::deque<PendingPush> pushes_ ABSL_GUARDED_BY(mu_);
+  int64_t pushes_submitted_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t pushes_due_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t pushes_taken_ ABSL_GUARDED_BY(mu_) = 0;
   bool producer_done_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status producer_status_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -2,14 +2,20 @@
 // already pulled, optionally one batch ahead on a prefetch thread so that
 // reading, key building and pulls overlap the caller's compute.
 //
-// Staleness: with prefetch on, batch k+1 is read and built ahead, but its
-// rows are pulled only after the consumer has taken batch k, i.e. while
-// batch k is computed: a row shared by consecutive batches misses exactly
-// batch k's push (one step). Gradients handed over with PushAfter are
-// pushed by the prefetch thread right before its next pull, so the push of
-// batch k overlaps the compute of batch k+1 without making any pull staler. Pulling further ahead was measured to hurt:
-// with a queue of two ready batches, two data-parallel workers lost 0.045
-// AUC on the synthetic data (rows up to ~6 global pushes old).
+// Staleness, the same with prefetch on and off: batch k+1's rows are pulled
+// after the consumer has taken batch k and before batch k's gradients
+// are pushed, so a row shared by consecutive batches misses exactly batch
+// k's push (one step) and includes every earlier one. Gradients handed over
+// with PushAfter are pushed right before the pull of the batch after next:
+// with prefetch on the prefetch thread, overlapping the compute of the next
+// batch; without, on the caller's thread. Either way the shards see the
+// same calls in the same order, so a run is bit-identical with prefetch on
+// and off, and does not depend on which thread was faster. (Before, a push
+// handed over while the prefetch thread was still reading went out before
+// the next pull: the rows, and the run's metrics, depended on timing.)
+// Pulling further ahead was measured to hurt: with a queue of two ready
+// batches, two data-parallel workers lost 0.045 AUC on the synthetic data
+// (rows up to ~6 global pushes old).
 #ifndef MIM_WORKER_TRAINER_PIPELINE_H_
 #define MIM_WORKER_TRAINER_PIPELINE_H_
 
@@ -84,11 +90,14 @@ class BatchPipeline {
   // and every later call returns them again.
   absl::StatusOr<bool> Next(PreparedBatch* out);
 
-  // Pushes `gradients` (keys.size() * dim floats) for `keys` to the ID table
-  // before any later batch's rows are pulled. With prefetch the push runs on
-  // the prefetch thread, overlapping the caller's next step; without, it
-  // runs now. A failed push ends the pass: Next returns its error. Pushes
-  // still pending when Next returns false are done before it returns.
+  // Queues `gradients` (keys.size() * dim floats) for `keys` to be pushed to
+  // the ID table. A push handed over before the Next call that returns batch
+  // j is applied before batch j+1's rows are pulled, and not before: with
+  // one PushAfter per batch, batch j+1 sees the pushes of batches 0..j-1.
+  // With prefetch the push runs on the prefetch thread, overlapping the
+  // caller's next step; without, in the caller's next Next. A failed push
+  // ends the pass: Next returns its error. Pushes still pending when Next
+  // returns false are done before it returns.
   // A push in doubt (ps::IsPushInDoubt: the shard connection broke after it
   // was sent) is logged and counted instead, and the pass goes on: it may or
   // may not have been applied, and is not resent.
