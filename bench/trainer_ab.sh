@@ -28,7 +28,7 @@ one() {  # one() BIN_DIR -> "din N din_mim N"
   "$bin/ingest_content" --ps="$addr" --vectors="$VECTORS" --table=item_content >"$out/ingest.log" 2>&1
   for m in din din_mim; do
     line=$("$bin/trainer" --ps="$addr" --train="$WINDOW" --test="$TEST" --model=$m \
-        --content_table=item_content --threads=2 --progress=false \
+        --content_table=item_content --batch_size=1024 --threads=2 --progress=false \
         --table_prefix="${m}_" 2>"$out/trainer.err" | tail -n 1)
     echo -n "$m $(echo "$line" | grep -o '([0-9.e+]* samples/s)' | tr -d '(' | awk '{print $1}') "
   done

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -42,6 +43,21 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat(parts...));
   };
   if (o.ps_addresses.empty()) return bad("--ps: no shard addresses");
+  if (o.eval_only) {
+    if (o.model_dir.empty()) {
+      return bad("--eval_only needs --model_dir=DIR of a trained model");
+    }
+    if (o.test_path.empty()) return bad("--eval_only needs --test=FILE");
+    if (o.validation_tail_fraction != 0.0 || !o.init_model_dir.empty() ||
+        o.num_workers != 1) {
+      return bad("--eval_only evaluates --model_dir on --test only: "
+                 "--validation_tail_fraction, --init_model_dir and "
+                 "--num_workers > 1 do not apply");
+    }
+    if (o.eval_batch_size < 1) return bad("--eval_batch_size must be >= 1");
+    if (o.threads < 1) return bad("--threads must be >= 1");
+    return absl::OkStatus();
+  }
   if (o.train_path.empty()) return bad("--train is required");
   if (o.validation_tail_fraction == 0.0 && o.test_path.empty()) {
     return bad("--test is required unless --validation_tail_fraction > 0");
@@ -204,7 +220,8 @@ absl::StatusOr<EvalReport> Evaluate(
     ps::PsClient* client, model::CiubmModel* model, const TrainerOptions& o,
     const BatchPipeline::Options& base, const std::string& source,
     const std::string& path, const SampleFilter& filter,
-    const absl::flat_hash_map<int64_t, int64_t>& train_item_counts) {
+    const std::optional<absl::flat_hash_map<int64_t, int64_t>>&
+        train_item_counts) {
   const absl::Time start = absl::Now();
   BatchPipeline::Options options = base;
   options.path = path;
@@ -265,11 +282,15 @@ absl::StatusOr<EvalReport> Evaluate(
   if (absl::StatusOr<double> ll = eval::LogLoss(predictions); ll.ok()) {
     report.logloss = *ll;
   }
-  report.cold = eval::ColdAuc(predictions, train_item_counts);
-  absl::StatusOr<std::vector<eval::GroupAuc>> groups =
-      eval::AucByItemFrequency(predictions, train_item_counts, 10);
-  if (!groups.ok()) return groups.status();
-  report.by_item_frequency = std::move(*groups);
+  // Without the training items (--eval_only without --train) there is no
+  // telling cold from warm: those metrics are left empty.
+  if (train_item_counts.has_value()) {
+    report.cold = eval::ColdAuc(predictions, *train_item_counts);
+    absl::StatusOr<std::vector<eval::GroupAuc>> groups =
+        eval::AucByItemFrequency(predictions, *train_item_counts, 10);
+    if (!groups.ok()) return groups.status();
+    report.by_item_frequency = std::move(*groups);
+  }
   report.seconds = absl::ToDoubleSeconds(absl::Now() - start);
   return report;
 }
@@ -429,7 +450,7 @@ struct TrainerSetup {
   // The evaluated samples: the held-out tail of the train file with
   // validation_tail_fraction > 0, else all of the test file.
   SampleFilter eval_filter;
-  absl::flat_hash_map<int64_t, int64_t> train_item_counts;
+  std::optional<absl::flat_hash_map<int64_t, int64_t>> train_item_counts;
   int64_t epoch_samples = 0;  // this worker's, for the progress bar
 };
 
@@ -454,9 +475,13 @@ absl::StatusOr<model::ModelConfig> ConfigureModel(const TrainerOptions& o,
     report->content_table = o.content_table;
     report->content_version = content.second;
   } else if (model::UsesContent(config)) {
-    LOG(WARNING) << "model " << o.model_name
-                 << " reads content but --content_table is empty: content "
-                    "vectors are zeros";
+    // Zero content vectors would train and evaluate a content model that
+    // silently has no content.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--model=", o.model_name, " reads item content but --content_table "
+        "is empty; pass --content_table=TABLE (a CONTENT table on the "
+        "shards, filled by tools/ingest_content), or train a model without "
+        "content (", o.model_name.substr(0, o.model_name.find('_')), ")"));
   }
   return config;
 }
@@ -728,6 +753,115 @@ absl::Status Train(const TrainerOptions& o, std::ostream* progress,
   return EvaluateAndSave(o, ps, setup, report);
 }
 
+// The model saved in o.model_dir and checked against its manifest.
+absl::StatusOr<std::unique_ptr<model::CiubmModel>> LoadSavedModel(
+    const TrainerOptions& o, model::ModelManifest* manifest) {
+  absl::StatusOr<model::ModelManifest> read = model::ReadManifest(o.model_dir);
+  if (!read.ok()) {
+    return absl::Status(read.status().code(),
+                        absl::StrCat("--eval_only: --model_dir=", o.model_dir,
+                                     " has no readable manifest: ",
+                                     read.status().message()));
+  }
+  *manifest = std::move(*read);
+  const std::string path = o.model_dir + "/" + manifest->model_file;
+  if (manifest->model_file_checksum != 0) {
+    MIM_ASSIGN_OR_RETURN(const uint64_t sum, model::FileChecksum(path));
+    if (sum != manifest->model_file_checksum) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s: checksum %016x differs from its manifest's %016x (a save in "
+          "progress, or files of two saves)",
+          path, sum, manifest->model_file_checksum));
+    }
+  }
+  MIM_ASSIGN_OR_RETURN(std::unique_ptr<model::CiubmModel> m,
+                       model::CiubmModel::LoadFromFile(path));
+  const model::ModelConfig& c = m->config();
+  if (c.id_dim != manifest->id_dim ||
+      model::UsesContent(c) != manifest->uses_content) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, " holds model '", c.name, "' (id_dim ", c.id_dim,
+        ") which does not match its manifest (", manifest->model_name,
+        ", id_dim ", manifest->id_dim, ")"));
+  }
+  return m;
+}
+
+// --eval_only: evaluates the saved model on o.test_path with the ID rows
+// (and content rows) on the shards, which must be the ones it was trained
+// with: the manifest's ID table must be there, on as many shards.
+absl::Status EvaluateSavedModel(const TrainerOptions& o, ps::PsClient* ps,
+                                TrainReport* report) {
+  kernels::SetCpuThreads(o.threads);
+  model::ModelManifest manifest;
+  MIM_ASSIGN_OR_RETURN(std::unique_ptr<model::CiubmModel> model,
+                       LoadSavedModel(o, &manifest));
+  if (manifest.num_shards != static_cast<int>(o.ps_addresses.size())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--eval_only: ", o.model_dir, " was trained on ", manifest.num_shards,
+        " shards, --ps names ", o.ps_addresses.size(),
+        "; pass the shards it was trained on (rows are routed by shard "
+        "count)"));
+  }
+  const std::string& id_table = manifest.id_table.name;
+  absl::StatusOr<std::vector<ps::PsClient::ShardStats>> stats =
+      ps->Stats(id_table);
+  if (absl::IsNotFound(stats.status())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--eval_only: ", o.model_dir, "/manifest.json names ID table '",
+        id_table, "', which is not on the shards (", stats.status().message(),
+        "); evaluate against the shards (and data_dirs) the model was "
+        "trained on"));
+  }
+  if (!stats.ok()) return stats.status();
+  report->config = model->config();
+  report->id_table = id_table;
+  report->dense_mode = manifest.dense_params;
+  report->dense_table = manifest.dense_table;
+  BatchPipeline::Options pipe;
+  pipe.id_table = id_table;
+  pipe.id_dim = report->config.id_dim;
+  pipe.prefetch = o.prefetch;
+  if (model::UsesContent(report->config)) {
+    // --content_table overrides the manifest's (e.g. a new table version).
+    const std::string table = !o.content_table.empty() ? o.content_table
+                              : manifest.content_table.has_value()
+                                  ? manifest.content_table->name
+                                  : std::string();
+    if (table.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--eval_only: ", o.model_dir, " holds a content model whose "
+          "manifest names no content table; pass --content_table=TABLE"));
+    }
+    using DimAndVersion = std::pair<int, uint64_t>;
+    MIM_ASSIGN_OR_RETURN(const DimAndVersion content,
+                         InspectContentTable(ps, table));
+    if (content.first != report->config.content_dim) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "content table ", table, " has dim ", content.first, "; the model ",
+          "in ", o.model_dir, " reads content of dim ",
+          report->config.content_dim));
+    }
+    report->content_table = table;
+    report->content_version = content.second;
+    pipe.content_table = table;
+    pipe.content_dim = content.first;
+  }
+  std::optional<absl::flat_hash_map<int64_t, int64_t>> train_items;
+  if (!o.train_path.empty()) {
+    SampleFilter train_filter;
+    train_filter.max_samples = o.max_train_samples;
+    MIM_ASSIGN_OR_RETURN(auto counts,
+                         CountTrainItems(o.train_path, train_filter));
+    report->train_items = static_cast<int64_t>(counts.first.size());
+    train_items = std::move(counts.first);
+  }
+  MIM_ASSIGN_OR_RETURN(report->eval,
+                       Evaluate(ps, model.get(), o, pipe, "test", o.test_path,
+                                SampleFilter(), train_items));
+  return absl::OkStatus();
+}
+
 ps::PsClient::Options ClientOptions(const TrainerOptions& options) {
   ps::PsClient::Options client_options;
   client_options.timeout = absl::Seconds(60);
@@ -758,6 +892,10 @@ absl::StatusOr<TrainReport> RunTrainer(const TrainerOptions& options,
   // Declared after the client: its barrier and dense sync use it.
   TrainerSetup setup;
   TrainReport report;
+  if (options.eval_only) {
+    MIM_RETURN_IF_ERROR(EvaluateSavedModel(options, client.get(), &report));
+    return report;
+  }
   const absl::Status trained =
       Train(options, progress, client.get(), &setup, &report);
   if (!trained.ok()) {

@@ -38,6 +38,14 @@ struct TrainerOptions {
   // ID table). Empty: start from the seeded initialisation. Refused with
   // the dense params on the shards (dense_params "ps", num_workers > 1).
   std::string init_model_dir;
+  // Evaluation without training: load model_dir's manifest and model file,
+  // evaluate test_path with the rows on the shards (the manifest's ID table
+  // must be there, on as many shards: FAILED_PRECONDITION otherwise) and
+  // report it as a run with no training. train_path is optional: when set,
+  // its items tell cold from warm test items, as in training. The model,
+  // its ID table and content table come from the manifest (content_table,
+  // when set, overrides the latter).
+  bool eval_only = false;
   // One line per evaluated sample ("user<TAB>item<TAB>label<TAB>score",
   // score as %.9g, after a '#' header), written atomically. Empty: none.
   std::string predictions_out;
@@ -56,7 +64,8 @@ struct TrainerOptions {
   bool id_grad_sum = true;
   int id_dim = 32;
   uint64_t seed = 1;
-  std::string content_table;  // empty: content rows are zeros
+  // Needed by the content models (_ct, _mim): INVALID_ARGUMENT without it.
+  std::string content_table;
   // The encoder directory that produced the content table's vectors
   // (tools/content_vectors --encoder_out); named in the model manifest so
   // the serving tier encodes new items the same way. Empty: "external".
@@ -133,7 +142,9 @@ struct TrainReport {
 // file or content table; shard errors as PsClient (UNAVAILABLE naming the
 // shard when it stayed unreachable for ps_retry_seconds); INTERNAL for write
 // failures in model_dir; DEADLINE_EXCEEDED if other workers do not finish
-// within barrier_timeout_s.
+// within barrier_timeout_s. With eval_only: NOT_FOUND / DATA_LOSS for a
+// missing or bad manifest or model file, FAILED_PRECONDITION when the
+// manifest's ID table is not on the shards (or they are not as many).
 absl::StatusOr<TrainReport> RunTrainer(const TrainerOptions& options,
                                        std::ostream* progress);
 

@@ -36,6 +36,12 @@ DEFINE_string(predictions_out, kDefaults.predictions_out.c_str(),
               "Write one line per evaluated sample (user, item, label, score)");
 DEFINE_string(model_dir, kDefaults.model_dir.c_str(),
               "Directory for the dense model and manifest.json");
+DEFINE_bool(eval_only, kDefaults.eval_only,
+            "Do not train: evaluate the model saved in --model_dir (its "
+            "manifest names the model, ID table and content table) on "
+            "--test with the rows on --ps, and write --metrics_out and "
+            "--predictions_out. --train is optional (its items tell cold "
+            "test items from warm ones)");
 DEFINE_string(init_model_dir, kDefaults.init_model_dir.c_str(),
               "Warm start: --model_dir of an earlier run whose dense params "
               "and Adam state to continue from (its ID table must be this "
@@ -60,7 +66,8 @@ DEFINE_bool(id_grad_sum, kDefaults.id_grad_sum,
 DEFINE_int32(id_dim, kDefaults.id_dim, "ID embedding dimension");
 DEFINE_uint64(seed, kDefaults.seed, "Seed of dense init and ID row init");
 DEFINE_string(content_table, kDefaults.content_table.c_str(),
-              "Content table on the shards (empty: zeros)");
+              "Content table on the shards (CONTENT kind, filled by "
+              "tools/ingest_content); required by the _ct and _mim models");
 DEFINE_string(content_encoder, kDefaults.content_encoder.c_str(),
               "Encoder dir that filled --content_table (tools/content_vectors "
               "--encoder_out); recorded in the manifest for serving");
@@ -139,6 +146,7 @@ int main(int argc, char** argv) {
   o.model_name = FLAGS_model;
   o.model_dir = UserPath(FLAGS_model_dir);
   o.init_model_dir = UserPath(FLAGS_init_model_dir);
+  o.eval_only = FLAGS_eval_only;
   o.epochs = FLAGS_epochs;
   o.batch_size = FLAGS_batch_size;
   o.eval_batch_size = FLAGS_eval_batch_size;
@@ -151,7 +159,7 @@ int main(int argc, char** argv) {
   o.seed = FLAGS_seed;
   o.content_table = FLAGS_content_table;
   o.content_encoder = FLAGS_content_encoder;
-  o.predictions_out = FLAGS_predictions_out;
+  o.predictions_out = UserPath(FLAGS_predictions_out);
   o.id_table = FLAGS_id_table;
   o.table_prefix = FLAGS_table_prefix;
   o.num_workers = FLAGS_num_workers;
