@@ -25,6 +25,11 @@ struct ContentVectorOptions {
   // If not empty: the encoder directory to write (ContentEncoder::Save;
   // created if missing, an earlier encoder in it is replaced).
   std::string encoder_out;
+  // The member initialisers are the one home of the defaults
+  // (//tools:content_vectors' flags read them). epoch was chosen on a
+  // MovieLens validation tail (docs/RESULTS.md: 10 epochs put every _mim
+  // model below its backbone); dim, model, min_count and center were not
+  // varied there.
   int dim = 64;
   std::string model = "skipgram";  // or "cbow".
   int epoch = 25;

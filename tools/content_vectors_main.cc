@@ -1,5 +1,6 @@
 // bazel run //tools:content_vectors -- --item_text=FILE --output=FILE
-//     [--encoder_out=DIR --dim=64 --model=skipgram --epoch=25 --seed=1]
+//     [--encoder_out=DIR --dim --model --epoch --seed ...]
+// Every flag's default is ContentVectorOptions' (tools/content_vectors_lib.h).
 // Trains fastText on the item texts and writes one L2-normalised vector per
 // item (mim-vectors v1, see docs/DATA_FORMAT.md). --encoder_out=DIR also
 // saves the encoder (fastText model + centring mean, "Content encoder
@@ -11,19 +12,32 @@
 #include "gflags/gflags.h"
 #include "tools/content_vectors_lib.h"
 
-DEFINE_string(item_text, "", "item text file (item_id<TAB>text columns...)");
-DEFINE_string(output, "", "vector file to write");
-DEFINE_string(encoder_out, "",
+namespace {
+// The defaults of every flag come from ContentVectorOptions' member
+// initialisers (one home per default). Defined before the flags: they read
+// it during static initialisation of this file, in order.
+const mim::tools::ContentVectorOptions kDefaults;
+}  // namespace
+
+DEFINE_string(item_text, kDefaults.item_text.c_str(),
+              "item text file (item_id<TAB>text columns...)");
+DEFINE_string(output, kDefaults.output.c_str(), "vector file to write");
+DEFINE_string(encoder_out, kDefaults.encoder_out.c_str(),
               "if set, also save the encoder (fastText model and centring "
               "mean) to this directory, for the serving tier's UpsertItem");
-DEFINE_int32(dim, 64, "vector dimension");
-DEFINE_string(model, "skipgram", "skipgram or cbow");
-DEFINE_int32(epoch, 25, "fastText epochs");
-DEFINE_int32(min_count, 1, "minimal word count");
-DEFINE_int32(threads, 1, "training threads (1 = deterministic by seed)");
-DEFINE_int32(seed, 1, "fastText seed");
-DEFINE_string(modality, "text", "modality written in the header");
-DEFINE_bool(center, true, "subtract the mean item vector before normalising");
+DEFINE_int32(dim, kDefaults.dim, "vector dimension");
+DEFINE_string(model, kDefaults.model.c_str(), "skipgram or cbow");
+DEFINE_int32(epoch, kDefaults.epoch,
+             "fastText epochs (default chosen on a MovieLens validation "
+             "tail, see docs/RESULTS.md)");
+DEFINE_int32(min_count, kDefaults.min_count, "minimal word count");
+DEFINE_int32(threads, kDefaults.threads,
+             "training threads (1 = deterministic by seed)");
+DEFINE_int32(seed, kDefaults.seed, "fastText seed");
+DEFINE_string(modality, kDefaults.modality.c_str(),
+              "modality written in the header");
+DEFINE_bool(center, kDefaults.center,
+            "subtract the mean item vector before normalising");
 
 int main(int argc, char** argv) {
   gflags::ParseCommandLineFlags(&argc, &argv, true);

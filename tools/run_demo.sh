@@ -106,7 +106,7 @@ FT_THREADS=1
 [[ "$SCALE" == full ]] && FT_THREADS=$(nproc)
 "$BIN/tools/content_vectors" --item_text="$DATA_DIR/item_text.tsv" \
   --output="$DATA_DIR/content_vectors.tsv" --encoder_out="$DATA_DIR/encoder" \
-  --dim=64 --epoch=10 --threads="$FT_THREADS"
+  --threads="$FT_THREADS"  # dim, epochs: the tool's defaults (docs/RESULTS.md)
 
 step "4/7 upserting content vectors into the shards"
 "$BIN/tools/ingest_content" --ps="$PS" --vectors="$DATA_DIR/content_vectors.tsv" \
