@@ -163,7 +163,9 @@ class TrainerReproducibilityTest : public ::testing::Test {
                    const std::vector<std::string>& extra) {
     absl::StatusOr<CommandResult> run = RunCommand(Args(name, extra));
     EXPECT_TRUE(run.ok()) << run.status();
-    if (run.ok()) EXPECT_EQ(run->exit_code, 0) << run->err;
+    if (run.ok()) {
+      EXPECT_EQ(run->exit_code, 0) << run->err;
+    }
     return Collect(name);
   }
 
