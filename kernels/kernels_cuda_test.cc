@@ -1,6 +1,8 @@
 // CUDA twins vs CPU twins on seeded random inputs of awkward shapes
 // (L = 1, 50, 1000; rows with lens 0; B = 1; d = 7, 33, 64). Skips with
-// "no CUDA device: <reason>" when no device is usable.
+// "no CUDA device: <reason>" when no device is usable. Also built on the
+// CUDA grid emulator (kernels/testing/README.md), where it runs in every
+// `bazel test //...` without a GPU.
 //
 // Tolerance (all float ops): |cuda - cpu| <= kAtol * max(1, max|cpu|) +
 // kRtol * |cpu|, kAtol = 2e-4, kRtol = 1e-3: the twins sum in different

@@ -71,6 +71,7 @@ constexpr int warpSize = 32;
 namespace cuda_emu {
 
 // ---- launches ----
+// The <<<grid, block, shared bytes, stream>>> of a launch. A value type.
 struct LaunchConfig {
   LaunchConfig(dim3 g, dim3 b, size_t smem = 0, cudaStream_t s = nullptr)
       : grid(g), block(b), shared_bytes(smem), stream(s) {}

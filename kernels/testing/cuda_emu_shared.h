@@ -43,6 +43,8 @@ void* OnSharedOutOfBounds(const SharedDecl& decl, long long index, long long ext
                           size_t bytes);
 }  // namespace internal
 
+// Not thread-safe: belongs to the emulated thread that made it (as the
+// reference it stands for would).
 template <typename T>
 class SharedRef {
  public:
@@ -100,7 +102,7 @@ class SharedRef {
 };
 
 // A shared array of `extent` elements of T (T itself may be an array: a
-// row of a multi-dimensional declaration).
+// row of a multi-dimensional declaration). Not thread-safe, as SharedRef.
 template <typename T>
 class SharedSpan {
  public:

@@ -112,6 +112,8 @@ struct Fiber {
 
 void FiberEntry();
 
+// The fibers of one host thread: idle ones are reused by later blocks and
+// launches. Not thread-safe: used only by its host thread.
 class FiberPool {
  public:
   FiberPool() { main_.tid = -1; }
@@ -255,7 +257,8 @@ struct LaunchRun {
   std::set<std::tuple<const SharedDecl*, int>> reported;  // (decl, kind)
 };
 
-// Everything a host thread needs to run blocks.
+// Everything a host thread needs to run blocks (thread_local, so not
+// shared: several host threads may launch, one kernel at a time).
 struct HostThread {
   FiberPool pool;
   Fiber* current = nullptr;
