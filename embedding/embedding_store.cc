@@ -33,6 +33,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -204,6 +206,67 @@ int64_t NowMicros() { return absl::ToUnixMicros(absl::Now()); }
 using TableMap =
     std::map<std::string, std::unique_ptr<EmbeddingTable>, std::less<>>;
 
+// Checks one stored row and loads it into its table. `values` and `state`
+// are scratch space.
+absl::Status LoadRow(const TableMap& tables, absl::string_view key,
+                     absl::string_view value, std::vector<float>* values,
+                     std::vector<float>* state) {
+  // "r/" + name + "/" + 8 key bytes.
+  if (key.size() < 2 + 1 + 1 + 8 || key[key.size() - 9] != '/') {
+    return absl::DataLossError(
+        absl::StrCat("malformed row key of ", key.size(), " bytes"));
+  }
+  const absl::string_view name = key.substr(2, key.size() - 11);
+  uint64_t k = 0;
+  for (size_t i = key.size() - 8; i < key.size(); ++i) {
+    k = (k << 8) | static_cast<uint8_t>(key[i]);
+  }
+  auto it = tables.find(name);
+  if (it == tables.end()) {
+    return absl::DataLossError(absl::StrCat(
+        "row for key ", k, " belongs to unknown table '", name, "'"));
+  }
+  EmbeddingTable& table = *it->second;
+  auto bad = [&](absl::string_view why) {
+    return absl::DataLossError(
+        absl::StrCat("stored row of table '", name, "' key ", k,
+                     " is corrupt: ", why));
+  };
+  Reader r(value);
+  if (!r.VerifyChecksum()) return bad("checksum mismatch or truncated");
+  uint8_t format;
+  uint32_t dim, state_floats;
+  RowMeta meta;
+  if (!r.Get(&format) || format != kFormat) return bad("unknown format");
+  if (!r.Get(&dim) || !r.Get(&state_floats)) return bad("truncated");
+  if (dim != table.dim() || state_floats != table.state_floats()) {
+    return bad(absl::StrCat("has dim ", dim, " and ", state_floats,
+                            " state floats, table expects ",
+                            table.dim(), " and ", table.state_floats()));
+  }
+  values->resize(dim);
+  state->resize(state_floats);
+  if (!r.Get(&meta.last_update_micros) || !r.Get(&meta.update_count) ||
+      !r.Get(&meta.version) || !r.GetFloats(values->data(), dim) ||
+      !r.GetFloats(state->data(), state_floats) || !r.done()) {
+    return bad("wrong length");
+  }
+  for (uint32_t d = 0; d < dim; ++d) {
+    if (!std::isfinite((*values)[d])) {
+      return bad(absl::StrCat("value[", d, "] is ", (*values)[d],
+                              ", must be finite"));
+    }
+  }
+  if (state_floats > 0) {
+    const std::string problem = CheckOptimizerState(
+        table.config().optimizer, dim, state->data());
+    if (!problem.empty()) {
+      return bad(absl::StrCat("optimizer state ", problem));
+    }
+  }
+  return table.LoadRow(k, meta, *values, *state);
+}
+
 // Builds tables from everything in `storage`.
 absl::StatusOr<TableMap> LoadTables(const Storage& storage) {
   TableMap tables;
@@ -216,64 +279,29 @@ absl::StatusOr<TableMap> LoadTables(const Storage& storage) {
         tables[config->name] = std::move(*table);
         return absl::OkStatus();
       }));
+  // Rows are read a page at a time and loaded once the scan has returned:
+  // the scan holds the storage's lock, which every write takes inside a
+  // table's stripe locks (storage.h, contract 2).
+  constexpr size_t kPage = 4096;
+  std::vector<std::pair<std::string, std::string>> page;
   std::vector<float> values, state;
-  MIM_RETURN_IF_ERROR(storage.Scan(
-      "r/", [&](absl::string_view key, absl::string_view value) {
-        // "r/" + name + "/" + 8 key bytes.
-        if (key.size() < 2 + 1 + 1 + 8 || key[key.size() - 9] != '/') {
-          return absl::DataLossError(
-              absl::StrCat("malformed row key of ", key.size(), " bytes"));
-        }
-        const absl::string_view name = key.substr(2, key.size() - 11);
-        uint64_t k = 0;
-        for (size_t i = key.size() - 8; i < key.size(); ++i) {
-          k = (k << 8) | static_cast<uint8_t>(key[i]);
-        }
-        auto it = tables.find(name);
-        if (it == tables.end()) {
-          return absl::DataLossError(absl::StrCat(
-              "row for key ", k, " belongs to unknown table '", name, "'"));
-        }
-        EmbeddingTable& table = *it->second;
-        auto bad = [&](absl::string_view why) {
-          return absl::DataLossError(
-              absl::StrCat("stored row of table '", name, "' key ", k,
-                           " is corrupt: ", why));
-        };
-        Reader r(value);
-        if (!r.VerifyChecksum()) return bad("checksum mismatch or truncated");
-        uint8_t format;
-        uint32_t dim, state_floats;
-        RowMeta meta;
-        if (!r.Get(&format) || format != kFormat) return bad("unknown format");
-        if (!r.Get(&dim) || !r.Get(&state_floats)) return bad("truncated");
-        if (dim != table.dim() || state_floats != table.state_floats()) {
-          return bad(absl::StrCat("has dim ", dim, " and ", state_floats,
-                                  " state floats, table expects ",
-                                  table.dim(), " and ", table.state_floats()));
-        }
-        values.resize(dim);
-        state.resize(state_floats);
-        if (!r.Get(&meta.last_update_micros) || !r.Get(&meta.update_count) ||
-            !r.Get(&meta.version) || !r.GetFloats(values.data(), dim) ||
-            !r.GetFloats(state.data(), state_floats) || !r.done()) {
-          return bad("wrong length");
-        }
-        for (uint32_t d = 0; d < dim; ++d) {
-          if (!std::isfinite(values[d])) {
-            return bad(absl::StrCat("value[", d, "] is ", values[d],
-                                    ", must be finite"));
-          }
-        }
-        if (state_floats > 0) {
-          const std::string problem = CheckOptimizerState(
-              table.config().optimizer, dim, state.data());
-          if (!problem.empty()) {
-            return bad(absl::StrCat("optimizer state ", problem));
-          }
-        }
-        return table.LoadRow(k, meta, values, state);
-      }));
+  std::string after;
+  for (bool more = true; more;) {
+    page.clear();
+    more = false;
+    absl::Status st = storage.ScanAfter(
+        "r/", after, [&](absl::string_view key, absl::string_view value) {
+          page.emplace_back(key, value);
+          if (page.size() < kPage) return absl::OkStatus();
+          more = true;
+          return absl::CancelledError("page full");
+        });
+    if (!more) MIM_RETURN_IF_ERROR(st);
+    for (const auto& [key, value] : page) {
+      MIM_RETURN_IF_ERROR(LoadRow(tables, key, value, &values, &state));
+    }
+    if (more) after = page.back().first;
+  }
   return tables;
 }
 
@@ -281,8 +309,9 @@ absl::StatusOr<TableMap> LoadTables(const Storage& storage) {
 class StoreImpl : public EmbeddingStore {
  public:
   StoreImpl(const Options& options, std::unique_ptr<Storage> storage,
-            TableMap tables)
+            TableMap tables, StartupRecovery recovery)
       : options_(options),
+        recovery_(std::move(recovery)),
         storage_(std::move(storage)),
         tables_(std::move(tables)) {}
 
@@ -447,6 +476,8 @@ class StoreImpl : public EmbeddingStore {
     return absl::OkStatus();
   }
 
+  StartupRecovery Recovery() const override { return recovery_; }
+
  private:
   static absl::Status NoTable(absl::string_view table) {
     return absl::NotFoundError(absl::StrCat("no table named '", table, "'"));
@@ -480,6 +511,7 @@ class StoreImpl : public EmbeddingStore {
   }
 
   const Options options_;
+  const StartupRecovery recovery_;
   const std::unique_ptr<Storage> storage_;
   absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(tables_mu_);
   mutable absl::Mutex tables_mu_;
@@ -488,15 +520,25 @@ class StoreImpl : public EmbeddingStore {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<EmbeddingStore>> OpenEmbeddingStoreWithStorage(
-    std::unique_ptr<Storage> storage, const EmbeddingStore::Options& options) {
+namespace {
+
+absl::StatusOr<std::unique_ptr<EmbeddingStore>> OpenStore(
+    std::unique_ptr<Storage> storage, const EmbeddingStore::Options& options,
+    StartupRecovery recovery) {
   if (storage == nullptr) {
     return absl::InvalidArgumentError("storage must not be null");
   }
   auto tables = LoadTables(*storage);
   if (!tables.ok()) return tables.status();
-  return std::unique_ptr<EmbeddingStore>(
-      new StoreImpl(options, std::move(storage), std::move(*tables)));
+  return std::unique_ptr<EmbeddingStore>(new StoreImpl(
+      options, std::move(storage), std::move(*tables), std::move(recovery)));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<EmbeddingStore>> OpenEmbeddingStoreWithStorage(
+    std::unique_ptr<Storage> storage, const EmbeddingStore::Options& options) {
+  return OpenStore(std::move(storage), options, StartupRecovery());
 }
 
 absl::StatusOr<std::unique_ptr<EmbeddingStore>> EmbeddingStore::Open(
@@ -504,9 +546,20 @@ absl::StatusOr<std::unique_ptr<EmbeddingStore>> EmbeddingStore::Open(
   RocksDbStorageOptions storage_options;
   storage_options.data_dir = options.data_dir;
   storage_options.sync_writes = options.sync_writes;
-  auto storage = OpenRocksDbStorage(storage_options);
+  storage_options.accept_data_loss = options.accept_data_loss;
+  StorageRecovery dropped;
+  auto storage = OpenRocksDbStorage(storage_options, &dropped);
   if (!storage.ok()) return storage.status();
-  return OpenEmbeddingStoreWithStorage(std::move(*storage), options);
+  StartupRecovery recovery;
+  recovery.data_loss_accepted = dropped.data_loss_accepted;
+  recovery.started_empty = dropped.started_empty;
+  recovery.wal_records_dropped = dropped.wal_records_dropped;
+  recovery.wal_writes_dropped = dropped.wal_writes_dropped;
+  recovery.wal_bytes_dropped = dropped.wal_bytes_dropped;
+  recovery.files = std::move(dropped.files);
+  recovery.salvage_dir = std::move(dropped.salvage_dir);
+  recovery.detail = std::move(dropped.detail);
+  return OpenStore(std::move(*storage), options, std::move(recovery));
 }
 
 }  // namespace mim::embedding

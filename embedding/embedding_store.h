@@ -8,7 +8,12 @@
 // after the rows it changed (values, optimizer state, metadata) are written
 // to RocksDB's write-ahead log, so an acknowledged write survives the process
 // being killed (SIGKILL). With Options::sync_writes the WAL is also fsynced,
-// which survives power loss at the cost of one fsync per request.
+// which survives power loss at the cost of one fsync per request. A write
+// whose storage write fails is refused and changes nothing in memory.
+// Start-up never drops acknowledged writes silently: a damaged write-ahead
+// log, one that ends before the last clean shutdown's last write, or a data
+// dir that lost its database fail Open with DATA_LOSS unless
+// Options::accept_data_loss, and Recovery() then says what was dropped.
 //
 // Validation: every call checks its whole input first (table exists, lengths
 // match dim, values finite, request size within limits) and changes nothing
@@ -60,6 +65,29 @@ struct CheckpointInfo {
   uint64_t rows = 0;
 };
 
+// What opening the store dropped to start (Options::accept_data_loss). All
+// zero and empty when it lost nothing.
+struct StartupRecovery {
+  // The open lost acknowledged writes and went on because accept_data_loss
+  // allowed it.
+  bool data_loss_accepted = false;
+  // The data dir held the shard's files but no database: it started empty.
+  bool started_empty = false;
+  // Write-ahead-log records that were readable but came after the damage,
+  // the writes (row puts) lost from the recovery point on, and the bytes of
+  // log lost (those records plus the unreadable bytes).
+  uint64_t wal_records_dropped = 0;
+  uint64_t wal_writes_dropped = 0;
+  uint64_t wal_bytes_dropped = 0;
+  // Damaged or missing files, relative to the data dir ("db/000012.log").
+  std::vector<std::string> files;
+  // Where the logs were copied before anything was dropped, relative to the
+  // data dir ("salvage/<UTC time>"); empty if nothing was copied.
+  std::string salvage_dir;
+  // One line: what was wrong and what was dropped.
+  std::string detail;
+};
+
 // One checkpoint as ListCheckpoints reports it.
 struct CheckpointEntry {
   std::string name;
@@ -82,6 +110,9 @@ class EmbeddingStore {
     bool sync_writes = false;
     // Requests with more keys than this are refused with RESOURCE_EXHAUSTED.
     size_t max_keys_per_request = 1 << 20;
+    // Start even when that drops acknowledged writes (a damaged write-ahead
+    // log, a missing database); Recovery() then says what was dropped.
+    bool accept_data_loss = false;
   };
 
   // Opens (or creates) the store and loads every table found in
@@ -91,9 +122,13 @@ class EmbeddingStore {
   // optimizer state that is non-finite or out of its domain (a negative
   // Adagrad accumulator, Adam second moment or FTRL n) (DATA_LOSS naming
   // the table, the key and the bad float). Fails with the storage error
-  // otherwise (e.g. DATA_LOSS for a corrupt database). On failure nothing
-  // is left open and no stored record has been changed (loading only
-  // reads).
+  // otherwise: DATA_LOSS for a corrupt database, for a damaged write-ahead
+  // log or one that ends before the last clean shutdown's last write, and
+  // for a data dir that holds the shard's files but no database, each
+  // naming the file and what would be lost, unless options.accept_data_loss
+  // (see OpenRocksDbStorage in embedding/storage/storage.h). On failure
+  // nothing is left open and no stored record has been changed (loading
+  // only reads).
   static absl::StatusOr<std::unique_ptr<EmbeddingStore>> Open(
       const Options& options);
 
@@ -180,6 +215,9 @@ class EmbeddingStore {
                                   const RowVisitor& visit) const {
     return absl::UnimplementedError("ExportRows");
   }
+
+  // What Open dropped to start (fixed for the life of the store).
+  virtual StartupRecovery Recovery() const { return {}; }
 };
 
 }  // namespace mim::embedding

@@ -191,6 +191,23 @@ TEST_F(EmbeddingStoreTest, ReopenRecoversEverythingBitIdentical) {
   EXPECT_EQ(a, b);
 }
 
+// Rows are loaded a page (4096) at a time; pages end inside one table and
+// at the border of two.
+TEST_F(EmbeddingStoreTest, ReopenLoadsMoreRowsThanOnePage) {
+  std::vector<uint64_t> ids(9000), items(4100);
+  for (uint64_t k = 0; k < ids.size(); ++k) ids[k] = k * 7919;
+  for (uint64_t k = 0; k < items.size(); ++k) items[k] = k;
+  ASSERT_TRUE(store_->Push("user_id", ids, Ramp(ids.size() * 8, 0.5f)).ok());
+  ASSERT_TRUE(
+      store_->Upsert("item_mm", items, Ramp(items.size() * 4, 1.0f), 1).ok());
+  const Dump before_ids = DumpTable(*store_, "user_id");
+  const Dump before_items = DumpTable(*store_, "item_mm");
+  ASSERT_EQ(before_ids.size(), 9000u);
+  Reopen();
+  EXPECT_EQ(DumpTable(*store_, "user_id"), before_ids);
+  EXPECT_EQ(DumpTable(*store_, "item_mm"), before_items);
+}
+
 TEST_F(EmbeddingStoreTest, ContentPullReportsMissingAndGetRowsMeta) {
   Write(1);
   std::vector<float> out(3 * 4, -1);
@@ -544,8 +561,9 @@ class FlakyStorage : public Storage {
   absl::StatusOr<std::string> Get(absl::string_view k) const override {
     return inner_->Get(k);
   }
-  absl::Status Scan(absl::string_view p, const Visitor& v) const override {
-    return inner_->Scan(p, v);
+  absl::Status ScanAfter(absl::string_view p, absl::string_view a,
+                         const Visitor& v) const override {
+    return inner_->ScanAfter(p, a, v);
   }
   absl::Status CreateCheckpoint(const std::string& n) override {
     return inner_->CreateCheckpoint(n);

@@ -43,11 +43,12 @@ class MemoryStorage : public Storage {
     return it->second;
   }
 
-  absl::Status Scan(absl::string_view prefix,
-                    const Visitor& visit) const override {
+  absl::Status ScanAfter(absl::string_view prefix, absl::string_view after,
+                         const Visitor& visit) const override {
     absl::ReaderMutexLock lock(&mu_);
-    for (auto it = data_.lower_bound(prefix);
-         it != data_.end() && absl::StartsWith(it->first, prefix); ++it) {
+    auto it = after.empty() || after < prefix ? data_.lower_bound(prefix)
+                                              : data_.upper_bound(after);
+    for (; it != data_.end() && absl::StartsWith(it->first, prefix); ++it) {
       absl::Status st = visit(it->first, it->second);
       if (!st.ok()) return st;
     }

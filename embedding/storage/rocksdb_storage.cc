@@ -1,5 +1,6 @@
-// RocksDB Storage backend: the only file in the project that includes
-// RocksDB headers; rocksdb::Status is converted to absl::Status here.
+// RocksDB Storage backend. RocksDB headers are included only by the files of
+// the storage target (this one, rocksdb_wal_probe.cc, rocksdb_fault_fs.cc);
+// rocksdb::Status is converted to absl::Status here.
 //
 // Layout under data_dir:
 //   db/                    live database (WAL always on)
@@ -8,6 +9,15 @@
 //   checkpoints/<name>.tmp checkpoint being written (renamed when complete)
 //   db.restore/            copy of a checkpoint about to replace db/
 //   db.old/                previous db/ while a restore swaps directories
+//   MIM_DATA_DIR           "mim-data-dir 1": written once db/ first exists,
+//                          so a data dir with it but no db/CURRENT is one
+//                          that lost its database, not a new one
+//   MIM_CLEAN_SHUTDOWN     "mim-clean-shutdown 1", "last_sequence S": written
+//                          (temp file, fsync, rename) after the WAL was
+//                          synced and the database closed with no failed
+//                          write; removed by the next open before any write
+//   salvage/<UTC time>/    copies of the WAL files (and db/ remains) taken
+//                          before an open that accepts data loss drops them
 // Restore copies the checkpoint to db.restore/, fsyncs it, closes the live
 // DB, renames db/ -> db.old/ and db.restore/ -> db/, reopens, then deletes
 // db.old/. Open() finishes or undoes a restore interrupted by a crash.
@@ -21,14 +31,29 @@
 // MIM_CHECKPOINT come first, ordered by the modification time of their
 // CURRENT file (written once by rocksdb::Checkpoint, never by a read-only
 // open or a restore), then by name.
+//
+// Start-up without silent loss (the contract is in storage.h). Without
+// MIM_CLEAN_SHUTDOWN the last run may have died in the middle of a write, so
+// the WAL is replayed with kTolerateCorruptedTailRecords: an incomplete last
+// record (that unacknowledged write) is dropped, any other damage fails the
+// open. With it there can be no incomplete record, so kAbsoluteConsistency,
+// and the database must reach sequence S; the recovered WAL is then kept
+// (avoid_flush_during_recovery) until the open is known to be good. A failed
+// open changes no file (RocksDB stops before writing) and is described by two
+// read-only probes (rocksdb_wal_probe.h): where point-in-time recovery would
+// stop, and what readable records lie beyond. Accepting the loss copies the
+// WAL to salvage/ and reopens with kPointInTimeRecovery, which flushes what
+// it recovered and deletes the damaged WAL, so the next start is clean.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <system_error>
@@ -36,16 +61,24 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "base/atomic_file.h"
+#include "base/status_macros.h"
+#include "embedding/storage/rocksdb_fault_fs.h"
+#include "embedding/storage/rocksdb_wal_probe.h"
 #include "embedding/storage/storage.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
+#include "rocksdb/file_system.h"
 #include "rocksdb/memtablerep.h"
 #include "rocksdb/options.h"
 #include "rocksdb/utilities/checkpoint.h"
@@ -150,39 +183,233 @@ int64_t MtimeMicros(const fs::path& path) {
   return int64_t{st.st_mtim.tv_sec} * 1000000 + st.st_mtim.tv_nsec / 1000;
 }
 
+constexpr char kDataDirFile[] = "MIM_DATA_DIR";
+constexpr char kDataDirContents[] = "mim-data-dir 1\n";
+constexpr char kCleanShutdownFile[] = "MIM_CLEAN_SHUTDOWN";
+constexpr char kCleanShutdownHeader[] = "mim-clean-shutdown 1";
+constexpr char kSalvageDir[] = "salvage";
+
+// How one database directory is opened.
+struct DbOpenMode {
+  bool read_only = false;
+  bool create_if_missing = false;
+  rocksdb::WALRecoveryMode wal_recovery =
+      rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
+  // Keep the recovered WAL files instead of flushing them at open.
+  bool keep_wal = false;
+  rocksdb::WalFilter* wal_filter = nullptr;
+};
+
+// Options every open shares. `env` may be null (the default Env).
+rocksdb::Options BaseOptions(rocksdb::Env* env) {
+  rocksdb::Options options;
+  if (env != nullptr) options.env = env;
+  options.paranoid_checks = true;
+  // Rows are served from memory (EmbeddingTable); RocksDB is written on
+  // every push and read back only by a full scan at open. A vector
+  // memtable appends each put and sorts once at flush, where the default
+  // skip list pays a random O(log n) insert per row: with pushes of
+  // thousands of random keys that insert was the largest cost of a push.
+  options.memtable_factory = std::make_shared<rocksdb::VectorRepFactory>();
+  options.allow_concurrent_memtable_write = false;
+  // Rows are random float32 values and optimizer state, which snappy
+  // barely shrinks; skip its CPU cost at every flush and compaction.
+  options.compression = rocksdb::kNoCompression;
+  return options;
+}
+
+// `display` names the directory in errors, relative to the data dir (an
+// error may reach a client through Restore: no absolute server paths).
+absl::StatusOr<std::unique_ptr<rocksdb::DB>> OpenDb(const std::string& path,
+                                                    absl::string_view display,
+                                                    rocksdb::Env* env,
+                                                    const DbOpenMode& mode) {
+  rocksdb::Options options = BaseOptions(env);
+  options.create_if_missing = mode.create_if_missing && !mode.read_only;
+  options.wal_recovery_mode = mode.wal_recovery;
+  options.avoid_flush_during_recovery = mode.keep_wal;
+  options.wal_filter = mode.wal_filter;
+  rocksdb::DB* db = nullptr;
+  rocksdb::Status s = mode.read_only
+                          ? rocksdb::DB::OpenForReadOnly(options, path, &db)
+                          : rocksdb::DB::Open(options, path, &db);
+  MIM_RETURN_IF_ERROR(FromRocks(s, absl::StrCat("open rocksdb at ", display)));
+  return std::unique_ptr<rocksdb::DB>(db);
+}
+
+// The sequence recorded by the last clean shutdown, or nullopt when there is
+// no marker (the last run did not stop cleanly) or it cannot be read (then
+// the open is as careful as after a crash).
+std::optional<uint64_t> ReadCleanShutdown(const fs::path& root) {
+  std::string text;
+  if (!base::ReadFileToString((root / kCleanShutdownFile).string(), &text)
+           .ok()) {
+    return std::nullopt;
+  }
+  const std::vector<absl::string_view> lines =
+      absl::StrSplit(text, '\n', absl::SkipEmpty());
+  uint64_t sequence = 0;
+  absl::string_view value = lines.size() == 2 ? lines[1] : "";
+  if (lines.size() != 2 || lines[0] != kCleanShutdownHeader ||
+      !absl::ConsumePrefix(&value, "last_sequence ") ||
+      !absl::SimpleAtoi(value, &sequence)) {
+    return std::nullopt;
+  }
+  return sequence;
+}
+
+// What in `root` shows that it holds (or held) a shard's database, for a
+// data dir whose db/ is missing; empty for a new or empty data dir.
+std::vector<std::string> ShardFilesIn(const fs::path& root) {
+  std::vector<std::string> found;
+  std::error_code ec;
+  for (const char* name : {kDataDirFile, kCleanShutdownFile}) {
+    if (fs::exists(root / name, ec)) found.push_back(name);
+  }
+  size_t checkpoints = 0;
+  for (const auto& entry : fs::directory_iterator(root / "checkpoints", ec)) {
+    (void)entry;
+    ++checkpoints;
+  }
+  if (checkpoints > 0) {
+    found.push_back(absl::StrCat(checkpoints, " entr",
+                                 checkpoints == 1 ? "y" : "ies",
+                                 " under checkpoints/"));
+  }
+  if (fs::exists(root / kSalvageDir, ec)) found.push_back("salvage/");
+  return found;
+}
+
+// Copies every WAL file of `db` into a new salvage/<UTC time>/ directory
+// (fsynced) and returns that directory relative to `root`.
+absl::StatusOr<std::string> SalvageWal(const fs::path& root,
+                                       const fs::path& db) {
+  const std::string name = absl::StrCat(
+      kSalvageDir, "/",
+      absl::FormatTime("%Y%m%d-%H%M%E6S", absl::Now(), absl::UTCTimeZone()));
+  const fs::path dest = root / name;
+  std::error_code ec;
+  fs::create_directories(dest, ec);
+  MIM_RETURN_IF_ERROR(FromErrorCode(ec, absl::StrCat("create ", name)));
+  for (const auto& entry : fs::directory_iterator(db, ec)) {
+    if (entry.path().extension() != ".log") continue;
+    fs::copy_file(entry.path(), dest / entry.path().filename(), ec);
+    MIM_RETURN_IF_ERROR(FromErrorCode(
+        ec, absl::StrCat("copy db/", entry.path().filename().string(), " to ",
+                         name)));
+  }
+  MIM_RETURN_IF_ERROR(FromErrorCode(ec, "list db/"));
+  MIM_RETURN_IF_ERROR(SyncTree(dest));
+  MIM_RETURN_IF_ERROR(SyncPath(dest.parent_path()));
+  return name;
+}
+
+// What a recovery that stops at the first damage drops, from the two probes
+// (see the file comment).
+struct WalLoss {
+  std::vector<std::string> files;  // "db/000012.log", in the order met
+  std::string reason;              // of the first damage
+  uint64_t unreadable_bytes = 0;
+  uint64_t records = 0;       // readable records after the first damage
+  uint64_t record_bytes = 0;  // their size
+  // Writes (puts and deletes) lost: every sequence number from the recovery
+  // point to the last readable record, unreadable records included; or,
+  // when the recovery point is unknown, those in the readable records.
+  uint64_t writes = 0;
+};
+
+// `stop` is the point-in-time probe and `all` the skip-any one; `kept` the
+// sequences of the records recovery keeps; `reached` the last sequence it
+// keeps (0: unknown), and `clean` the last clean shutdown's, if any.
+WalLoss DescribeLoss(const WalProbe& stop, const WalProbe& all,
+                     const absl::flat_hash_set<uint64_t>& kept,
+                     uint64_t reached, std::optional<uint64_t> clean) {
+  WalLoss loss;
+  absl::flat_hash_set<std::string> seen;
+  auto add_file = [&](const std::string& file) {
+    if (seen.insert(file).second) loss.files.push_back("db/" + file);
+  };
+  for (const WalDamage& d : stop.damage) add_file(d.file);
+  for (const WalDamage& d : all.damage) {
+    add_file(d.file);
+    loss.unreadable_bytes += d.bytes;
+  }
+  if (!stop.damage.empty()) {
+    loss.reason = stop.damage.front().reason;
+    // The skip-any probe does not report an incomplete last record.
+    if (all.damage.empty()) loss.unreadable_bytes = stop.damage.front().bytes;
+  }
+  uint64_t last_seen = 0;
+  for (const WalRecord& r : all.records) {
+    if (kept.contains(r.sequence)) continue;
+    ++loss.records;
+    loss.writes += r.writes;
+    loss.record_bytes += r.bytes;
+    last_seen = std::max(last_seen, r.sequence + r.writes - 1);
+  }
+  if (reached > 0) {
+    if (last_seen > reached) {
+      loss.writes = std::max(loss.writes, last_seen - reached);
+    }
+    if (clean.has_value() && *clean > reached) {
+      loss.writes = std::max(loss.writes, *clean - reached);
+    }
+  }
+  return loss;
+}
+
+std::string LossSummary(const WalLoss& loss) {
+  return absl::StrCat(
+      "write-ahead log ", absl::StrJoin(loss.files, ", "), " is damaged (",
+      loss.reason.empty() ? "unreadable" : loss.reason,
+      "); recovery stops there and drops ", loss.writes,
+      " acknowledged writes: ", loss.records, " readable records (",
+      loss.record_bytes, " bytes) after ", loss.unreadable_bytes,
+      " unreadable bytes");
+}
+
 // Safe for concurrent access: `mu_` is shared by reads and writes and held
-// exclusively only while RestoreCheckpoint swaps the database;
-// `create_mu_` serializes CreateCheckpoint so that sequences are unique.
+// exclusively only while RestoreCheckpoint swaps the database (and by the
+// destructor); `create_mu_` serializes CreateCheckpoint so that sequences
+// are unique.
 class RocksDbStorage : public Storage {
  public:
   RocksDbStorage(RocksDbStorageOptions options, bool read_only,
+                 std::shared_ptr<rocksdb::Env> env,
                  std::unique_ptr<rocksdb::DB> db)
-      : options_(std::move(options)), read_only_(read_only), db_(std::move(db)) {
+      : options_(std::move(options)),
+        read_only_(read_only),
+        env_(std::move(env)),
+        db_(std::move(db)) {
     write_options_.sync = options_.sync_writes;
   }
 
-  static absl::StatusOr<std::unique_ptr<rocksdb::DB>> OpenDb(
-      const std::string& path, bool read_only) {
-    rocksdb::Options options;
-    options.create_if_missing = !read_only;
-    options.paranoid_checks = true;
-    // Rows are served from memory (EmbeddingTable); RocksDB is written on
-    // every push and read back only by a full scan at open. A vector
-    // memtable appends each put and sorts once at flush, where the default
-    // skip list pays a random O(log n) insert per row: with pushes of
-    // thousands of random keys that insert was the largest cost of a push.
-    options.memtable_factory = std::make_shared<rocksdb::VectorRepFactory>();
-    options.allow_concurrent_memtable_write = false;
-    // Rows are random float32 values and optimizer state, which snappy
-    // barely shrinks; skip its CPU cost at every flush and compaction.
-    options.compression = rocksdb::kNoCompression;
-    rocksdb::DB* db = nullptr;
-    rocksdb::Status s =
-        read_only ? rocksdb::DB::OpenForReadOnly(options, path, &db)
-                  : rocksdb::DB::Open(options, path, &db);
-    absl::Status st = FromRocks(s, absl::StrCat("open rocksdb at ", path));
-    if (!st.ok()) return st;
-    return std::unique_ptr<rocksdb::DB>(db);
+  // Closes the database; the live one records a clean shutdown when its WAL
+  // synced and no write ever failed (a failed write may have left a torn
+  // record, which only the crash-tolerant open accepts).
+  ~RocksDbStorage() override {
+    if (read_only_) return;
+    absl::MutexLock lock(&mu_);
+    if (db_ == nullptr) return;
+    const uint64_t last = db_->GetLatestSequenceNumber();
+    // After a failed write RocksDB's WAL writer must not be used again (its
+    // debug build asserts), so no sync then: there is no marker anyway.
+    const bool failed = write_failed_.load();
+    const bool synced = !failed && db_->FlushWAL(/*sync=*/true).ok();
+    const bool closed = db_->Close().ok();
+    db_.reset();
+    if (failed || !synced || !closed) return;
+    const fs::path marker = fs::path(options_.data_dir) / kCleanShutdownFile;
+    if (!CheckFault(injector(), StorageFaultInjector::Op::kWrite,
+                    marker.string())
+             .ok()) {
+      return;
+    }
+    // A failure leaves no marker: the next open is as careful as after a
+    // crash, which is always correct.
+    (void)base::WriteFileAtomically(
+        marker.string(),
+        absl::StrCat(kCleanShutdownHeader, "\nlast_sequence ", last, "\n"));
   }
 
   absl::Status Write(const StorageBatch& batch) override {
@@ -198,9 +425,17 @@ class RocksDbStorage : public Storage {
     }
     absl::ReaderMutexLock lock(&mu_);
     if (db_ == nullptr) return ClosedError();
-    return FromRocks(db_->Write(write_options_, &wb), "write batch");
+    rocksdb::Status s = db_->Write(write_options_, &wb);
+    if (s.ok()) return absl::OkStatus();
+    write_failed_.store(true);
+    if (!s.IsIOError()) return FromRocks(s, "write batch");
+    // RocksDB stops taking writes after a failed WAL write or flush
+    // (background error): only reopening it clears that.
+    return absl::InternalError(absl::StrCat(
+        "write batch: ", s.ToString(),
+        "; the database takes no more writes after an I/O error: restart "
+        "the shard once the cause (disk full, failing disk) is fixed"));
   }
-
   absl::StatusOr<std::string> Get(absl::string_view key) const override {
     absl::ReaderMutexLock lock(&mu_);
     if (db_ == nullptr) return ClosedError();
@@ -212,15 +447,21 @@ class RocksDbStorage : public Storage {
     return value;
   }
 
-  absl::Status Scan(absl::string_view prefix,
-                    const Visitor& visit) const override {
+  absl::Status ScanAfter(absl::string_view prefix, absl::string_view after,
+                         const Visitor& visit) const override {
     absl::ReaderMutexLock lock(&mu_);
     if (db_ == nullptr) return ClosedError();
     rocksdb::ReadOptions ro;
     ro.verify_checksums = true;
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro));
-    for (it->Seek(rocksdb::Slice(prefix.data(), prefix.size())); it->Valid();
-         it->Next()) {
+    const bool from_prefix = after.empty() || after < prefix;
+    const absl::string_view start = from_prefix ? prefix : after;
+    it->Seek(rocksdb::Slice(start.data(), start.size()));
+    if (!from_prefix && it->Valid() &&
+        absl::string_view(it->key().data(), it->key().size()) == after) {
+      it->Next();
+    }
+    for (; it->Valid(); it->Next()) {
       const rocksdb::Slice k = it->key();
       const absl::string_view key(k.data(), k.size());
       if (!absl::StartsWith(key, prefix)) break;
@@ -264,15 +505,24 @@ class RocksDbStorage : public Storage {
       if (!st.ok()) return st;
     }
     // Temp file, fsync, rename, fsync of the checkpoint directory.
-    st = base::WriteFileAtomically(
-        (tmp_path / kInfoFile).string(),
-        EncodeInfo(sequence, absl::ToUnixMicros(absl::Now())));
+    const std::string info_path = (tmp_path / kInfoFile).string();
+    st = CheckFault(injector(), StorageFaultInjector::Op::kWrite, info_path);
+    if (st.ok()) {
+      st = base::WriteFileAtomically(
+          info_path, EncodeInfo(sequence, absl::ToUnixMicros(absl::Now())));
+    }
+    if (st.ok()) {
+      st = CheckFault(injector(), StorageFaultInjector::Op::kRename,
+                      final_path.string());
+    }
+    if (st.ok()) {
+      fs::rename(tmp_path, final_path, ec);
+      st = FromErrorCode(ec, "rename checkpoint");
+    }
     if (!st.ok()) {
       fs::remove_all(tmp_path, ec);
       return st;
     }
-    fs::rename(tmp_path, final_path, ec);
-    if (ec) return FromErrorCode(ec, "rename checkpoint");
     return SyncPath(CheckpointDir());
   }
 
@@ -292,10 +542,13 @@ class RocksDbStorage : public Storage {
       const std::string& name) const override {
     absl::Status st = CheckExists(name);
     if (!st.ok()) return st;
-    auto db = OpenDb(CheckpointPath(name), /*read_only=*/true);
+    DbOpenMode mode;
+    mode.read_only = true;
+    auto db = OpenDb(CheckpointPath(name), absl::StrCat("checkpoints/", name),
+                     env_.get(), mode);
     if (!db.ok()) return db.status();
     return std::unique_ptr<Storage>(
-        new RocksDbStorage(options_, /*read_only=*/true, std::move(*db)));
+        new RocksDbStorage(options_, /*read_only=*/true, env_, std::move(*db)));
   }
 
   absl::Status RestoreCheckpoint(const std::string& name) override {
@@ -322,10 +575,10 @@ class RocksDbStorage : public Storage {
     absl::MutexLock lock(&mu_);
     db_.reset();  // closes the live database
     fs::remove_all(old, ec);
-    fs::rename(live, old, ec);
-    if (!ec) fs::rename(staged, live, ec);
-    if (!ec) {
-      auto db = OpenDb(live.string(), /*read_only=*/false);
+    st = Rename(live, old);
+    if (st.ok()) st = Rename(staged, live);
+    if (st.ok()) {
+      auto db = OpenDb(live.string(), "db/", env_.get(), DbOpenMode());
       if (db.ok()) {
         db_ = std::move(*db);
         fs::remove_all(old, ec);
@@ -333,12 +586,11 @@ class RocksDbStorage : public Storage {
       }
       st = db.status();
       fs::remove_all(live, ec);
-    } else {
-      st = FromErrorCode(ec, "swap database directories");
     }
     // Put the previous database back so the live state is unchanged.
     if (!fs::exists(live) && fs::exists(old)) fs::rename(old, live, ec);
-    auto db = OpenDb(live.string(), /*read_only=*/false);
+    fs::remove_all(staged, ec);
+    auto db = OpenDb(live.string(), "db/", env_.get(), DbOpenMode());
     if (db.ok()) db_ = std::move(*db);
     return st;
   }
@@ -351,6 +603,19 @@ class RocksDbStorage : public Storage {
   static absl::Status ClosedError() {
     return absl::FailedPreconditionError(
         "database is closed: a failed restore could not reopen it");
+  }
+  StorageFaultInjector* injector() const {
+    return options_.fault_injector.get();
+  }
+  // Renames a directory of the backend (through the test-only fault seam).
+  absl::Status Rename(const fs::path& from, const fs::path& to) const {
+    MIM_RETURN_IF_ERROR(
+        CheckFault(injector(), StorageFaultInjector::Op::kRename, to.string()));
+    std::error_code ec;
+    fs::rename(from, to, ec);
+    return FromErrorCode(
+        ec, absl::StrCat("rename ", from.filename().string(), "/ to ",
+                         to.filename().string(), "/"));
   }
   fs::path CheckpointDir() const {
     return fs::path(options_.data_dir) / "checkpoints";
@@ -376,16 +641,21 @@ class RocksDbStorage : public Storage {
     if (!st.ok()) return absl::NotFoundError(st.message());
     std::error_code ec;
     if (!fs::is_directory(CheckpointDir() / name, ec)) {
-      return absl::NotFoundError(
-          absl::StrCat("no checkpoint named '", name, "' under ",
-                       CheckpointDir().string()));
+      return absl::NotFoundError(absl::StrCat(
+          "no checkpoint named '", name, "' under checkpoints/ of the data "
+          "dir; list them with ListCheckpoints (ps_admin checkpoints)"));
     }
     return absl::OkStatus();
   }
 
   const RocksDbStorageOptions options_;
   const bool read_only_;
+  // Outlives db_ (declared first): RocksDB uses it until the database closes.
+  // Null unless a fault injector is set.
+  const std::shared_ptr<rocksdb::Env> env_;
   rocksdb::WriteOptions write_options_;
+  // A write failed since the open: the WAL may end in a torn record.
+  std::atomic<bool> write_failed_{false};
   absl::Mutex create_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
   // Null only if reopening after a failed restore also failed.
@@ -394,30 +664,222 @@ class RocksDbStorage : public Storage {
 
 }  // namespace
 
+namespace {
+
+// The steps of OpenRocksDbStorage; not thread-safe (one open at a time per
+// data dir: RocksDB's LOCK file refuses a second).
+class Opener {
+ public:
+  Opener(const RocksDbStorageOptions& options, StorageRecovery* recovery)
+      : options_(options),
+        root_(options.data_dir),
+        live_(root_ / "db"),
+        recovery_(*recovery) {
+    if (options.fault_injector != nullptr) {
+      env_ = rocksdb::NewCompositeEnv(NewFaultInjectingFileSystem(
+          rocksdb::FileSystem::Default(), options.fault_injector));
+    }
+  }
+
+  absl::StatusOr<std::unique_ptr<Storage>> Open() {
+    MIM_RETURN_IF_ERROR(FinishInterruptedRestore());
+    const bool has_db = fs::exists(live_ / "CURRENT");
+    if (!has_db) MIM_RETURN_IF_ERROR(CheckNothingLost());
+    std::error_code ec;
+    fs::create_directories(root_ / "checkpoints", ec);
+    MIM_RETURN_IF_ERROR(
+        FromErrorCode(ec, absl::StrCat("create ", root_.string())));
+
+    const std::optional<uint64_t> clean =
+        has_db ? ReadCleanShutdown(root_) : std::nullopt;
+    DbOpenMode mode;
+    mode.create_if_missing = !has_db;
+    if (clean.has_value()) {
+      mode.wal_recovery = rocksdb::WALRecoveryMode::kAbsoluteConsistency;
+      mode.keep_wal = true;
+    }
+    auto db = OpenDb(live_.string(), "db/", env_.get(), mode);
+    if (db.ok() && clean.has_value()) {
+      MIM_RETURN_IF_ERROR(CheckReachedCleanShutdown(db->get(), *clean));
+    } else if (db.status().code() == absl::StatusCode::kDataLoss) {
+      db = RecoverDamagedWal(db.status(), clean);
+    }
+    if (!db.ok()) return db.status();
+
+    // Nothing was written before this point; from here on the database is
+    // good, so the marker goes (a crash from now on is a crash) and the data
+    // dir is marked as holding a database.
+    if (fs::exists(root_ / kCleanShutdownFile, ec)) {
+      fs::remove(root_ / kCleanShutdownFile, ec);
+      MIM_RETURN_IF_ERROR(
+          FromErrorCode(ec, absl::StrCat("remove ", kCleanShutdownFile)));
+      MIM_RETURN_IF_ERROR(SyncPath(root_));
+    }
+    if (!fs::exists(root_ / kDataDirFile, ec)) {
+      const std::string path = (root_ / kDataDirFile).string();
+      MIM_RETURN_IF_ERROR(
+          CheckFault(options_.fault_injector.get(),
+                     StorageFaultInjector::Op::kWrite, path));
+      MIM_RETURN_IF_ERROR(base::WriteFileAtomically(path, kDataDirContents));
+    }
+    return std::unique_ptr<Storage>(new RocksDbStorage(
+        options_, /*read_only=*/false, std::move(env_), std::move(*db)));
+  }
+
+ private:
+  // Crash recovery for RestoreCheckpoint (see the file comment).
+  absl::Status FinishInterruptedRestore() {
+    const fs::path old = root_ / "db.old";
+    std::error_code ec;
+    if (!fs::exists(live_) && fs::exists(old)) {
+      fs::rename(old, live_, ec);
+      MIM_RETURN_IF_ERROR(FromErrorCode(ec, "recover db.old/"));
+    }
+    fs::remove_all(old, ec);
+    fs::remove_all(root_ / "db.restore", ec);
+    return absl::OkStatus();
+  }
+
+  // No db/CURRENT: fine for a new or empty data dir, data loss otherwise.
+  absl::Status CheckNothingLost() {
+    const std::vector<std::string> found = ShardFilesIn(root_);
+    if (found.empty()) return absl::OkStatus();
+    std::error_code ec;
+    const bool db_dir = fs::exists(live_, ec);
+    const std::string what = absl::StrCat(
+        "the data dir holds this shard's ", absl::StrJoin(found, ", "),
+        " but not its live database (",
+        db_dir ? "db/ has no CURRENT file" : "db/ is missing", ")");
+    if (!options_.accept_data_loss) {
+      return absl::DataLossError(absl::StrCat(
+          what,
+          "; starting would serve empty tables. Put the database back in db/ "
+          "(from a backup of the data dir), or start with accept_data_loss "
+          "(the shard's --accept_data_loss) to start empty, then restore a "
+          "checkpoint (ps_admin restore NAME)"));
+    }
+    recovery_.data_loss_accepted = true;
+    recovery_.started_empty = true;
+    recovery_.files = {"db/"};
+    recovery_.detail =
+        absl::StrCat(what, "; started with an empty database");
+    if (db_dir) {
+      // Remains of a database RocksDB could not open (it refuses to create
+      // one over old WAL files): kept, out of the way.
+      MIM_ASSIGN_OR_RETURN(recovery_.salvage_dir, SalvageWal(root_, live_));
+      fs::rename(live_, root_ / recovery_.salvage_dir / "db", ec);
+      MIM_RETURN_IF_ERROR(FromErrorCode(ec, "move db/ to salvage"));
+      absl::StrAppend(&recovery_.detail, "; what was in db/ is in ",
+                      recovery_.salvage_dir, "/db");
+    }
+    // A marker of the lost database says nothing about the new one.
+    fs::remove(root_ / kCleanShutdownFile, ec);
+    return absl::OkStatus();
+  }
+
+  // The first open failed with `error` (DATA_LOSS). If the WAL is damaged,
+  // refuses naming what would be lost, or (accept_data_loss) recovers to
+  // the last point before the damage.
+  absl::StatusOr<std::unique_ptr<rocksdb::DB>> RecoverDamagedWal(
+      const absl::Status& error, std::optional<uint64_t> clean) {
+    const rocksdb::Options base = BaseOptions(env_.get());
+    absl::StatusOr<WalProbe> stop = ProbeWal(
+        base, live_.string(), rocksdb::WALRecoveryMode::kPointInTimeRecovery);
+    absl::StatusOr<WalProbe> all = ProbeWal(
+        base, live_.string(),
+        rocksdb::WALRecoveryMode::kSkipAnyCorruptedRecords);
+    if (!stop.ok() || !all.ok() || stop->damage.empty()) {
+      // Not damage in the WAL (an SST or the MANIFEST): dropping log records
+      // cannot help.
+      return absl::DataLossError(absl::StrCat(
+          error.message(),
+          "; the database itself is damaged. Put back a backup of the data "
+          "dir, or move db/ aside and start with accept_data_loss (the "
+          "shard's --accept_data_loss) to start empty and restore a "
+          "checkpoint"));
+    }
+    absl::flat_hash_set<uint64_t> kept;
+    uint64_t reached = 0;
+    for (const WalRecord& r : stop->records) {
+      kept.insert(r.sequence);
+      reached = std::max(reached, r.sequence + r.writes - 1);
+    }
+    WalLoss loss = DescribeLoss(*stop, *all, kept, reached, clean);
+    if (!options_.accept_data_loss) {
+      return absl::DataLossError(absl::StrCat(
+          LossSummary(loss),
+          ". The shard did not start and the log was left as it is. To start "
+          "anyway without those writes, use accept_data_loss (the shard's "
+          "--accept_data_loss; the logs are first copied to salvage/), or "
+          "put back a backup of the data dir"));
+    }
+
+    MIM_ASSIGN_OR_RETURN(recovery_.salvage_dir, SalvageWal(root_, live_));
+    WalRecordLog replayed(/*replay=*/true);
+    DbOpenMode mode;
+    mode.wal_recovery = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+    mode.wal_filter = &replayed;
+    auto db = OpenDb(live_.string(), "db/", env_.get(), mode);
+    if (!db.ok()) return db.status();
+    kept.clear();
+    for (const WalRecord& r : replayed.records()) kept.insert(r.sequence);
+    loss = DescribeLoss(*stop, *all, kept, (*db)->GetLatestSequenceNumber(),
+                        clean);
+    recovery_.data_loss_accepted = true;
+    recovery_.files = loss.files;
+    recovery_.wal_records_dropped = loss.records;
+    recovery_.wal_writes_dropped = loss.writes;
+    recovery_.wal_bytes_dropped = loss.record_bytes + loss.unreadable_bytes;
+    recovery_.detail =
+        absl::StrCat(LossSummary(loss), "; started without them (",
+                     "accept_data_loss); the logs as they were are in ",
+                     recovery_.salvage_dir);
+    return db;
+  }
+
+  // After a clean shutdown the database must reach the sequence it had then;
+  // short of it, the WAL lost whole records (a truncated or deleted file).
+  absl::Status CheckReachedCleanShutdown(rocksdb::DB* db, uint64_t clean) {
+    const uint64_t reached = db->GetLatestSequenceNumber();
+    if (reached >= clean) return absl::OkStatus();
+    const std::string what = absl::StrCat(
+        "the write-ahead logs in db/ end at write ", reached,
+        " but the last clean shutdown recorded write ", clean, " (",
+        kCleanShutdownFile, "): ", clean - reached,
+        " acknowledged writes are missing (a log was truncated or deleted)");
+    if (!options_.accept_data_loss) {
+      return absl::DataLossError(absl::StrCat(
+          what,
+          ". The shard did not start; the logs are kept as they are. To "
+          "start anyway without those writes, use accept_data_loss (the "
+          "shard's --accept_data_loss), or put back a backup of the data "
+          "dir"));
+    }
+    recovery_.data_loss_accepted = true;
+    recovery_.files = {"db/"};
+    recovery_.wal_writes_dropped = clean - reached;
+    recovery_.detail = absl::StrCat(what, "; started without them");
+    return absl::OkStatus();
+  }
+
+  const RocksDbStorageOptions& options_;
+  const fs::path root_;
+  const fs::path live_;
+  StorageRecovery& recovery_;
+  std::shared_ptr<rocksdb::Env> env_;  // null: the default Env
+};
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Storage>> OpenRocksDbStorage(
-    const RocksDbStorageOptions& options) {
+    const RocksDbStorageOptions& options, StorageRecovery* recovery) {
   if (options.data_dir.empty()) {
     return absl::InvalidArgumentError("data_dir must not be empty");
   }
-  const fs::path root(options.data_dir);
-  std::error_code ec;
-  fs::create_directories(root / "checkpoints", ec);
-  if (ec) {
-    return FromErrorCode(ec, absl::StrCat("create ", root.string()));
-  }
-  // Crash recovery for RestoreCheckpoint (see the file comment).
-  const fs::path live = root / "db", old = root / "db.old";
-  if (!fs::exists(live) && fs::exists(old)) {
-    fs::rename(old, live, ec);
-    if (ec) return FromErrorCode(ec, "recover db.old");
-  }
-  fs::remove_all(old, ec);
-  fs::remove_all(root / "db.restore", ec);
-
-  auto db = RocksDbStorage::OpenDb(live.string(), /*read_only=*/false);
-  if (!db.ok()) return db.status();
-  return std::unique_ptr<Storage>(
-      new RocksDbStorage(options, /*read_only=*/false, std::move(*db)));
+  StorageRecovery report;
+  auto storage = Opener(options, &report).Open();
+  if (storage.ok() && recovery != nullptr) *recovery = std::move(report);
+  return storage;
 }
 
 }  // namespace mim::embedding

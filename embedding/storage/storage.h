@@ -8,9 +8,13 @@
 //  1. Write applies the whole batch atomically or not at all; OK means the
 //     batch is durable as far as the backend promises (RocksDB: in the WAL,
 //     fsynced when sync_writes).
-//  2. Get returns NOT_FOUND for an absent key; Scan visits keys with the
-//     prefix in ascending byte order and stops at the first non-OK status
-//     returned by the visitor, returning it.
+//  2. Get returns NOT_FOUND for an absent key; ScanAfter visits the keys
+//     with the prefix that are greater than `after` (all of them for an
+//     empty `after`) in ascending byte order and stops at the first non-OK
+//     status returned by the visitor, returning it. The visitor runs under
+//     the storage's lock: it must not call the storage nor take a lock that
+//     is held around a Write (collect a page of keys, use them, and go on
+//     after the last one).
 //  3. CreateCheckpoint captures one point in time of everything written.
 //     Names are 1..128 characters of [A-Za-z0-9_.-], not "." or ".."
 //     (INVALID_ARGUMENT); an existing name is ALREADY_EXISTS. Each
@@ -27,6 +31,15 @@
 //     contents are unchanged.
 //  6. Errors from the backend are converted here: DATA_LOSS for corruption,
 //     INTERNAL for I/O errors, UNAVAILABLE for retryable conditions.
+//  7. A failed Write is not acknowledged and leaves nothing readable that a
+//     successful Write would have; after a failure the batch is either
+//     absent or (when only a sync failed) present whole, never in part.
+//
+// Opening never loses acknowledged writes silently (RocksDB): a damaged
+// write-ahead log, one shorter than at the last clean shutdown, or a data dir
+// whose live database is missing all fail with DATA_LOSS unless
+// RocksDbStorageOptions::accept_data_loss is set, and then StorageRecovery
+// says what was dropped.
 //
 // Thread-safety: implementations are safe for concurrent access.
 #ifndef MIM_EMBEDDING_STORAGE_STORAGE_H_
@@ -72,8 +85,13 @@ class Storage {
 
   virtual absl::Status Write(const StorageBatch& batch) = 0;
   virtual absl::StatusOr<std::string> Get(absl::string_view key) const = 0;
-  virtual absl::Status Scan(absl::string_view prefix,
-                            const Visitor& visit) const = 0;
+  virtual absl::Status ScanAfter(absl::string_view prefix,
+                                 absl::string_view after,
+                                 const Visitor& visit) const = 0;
+  // Every key with the prefix (contract 2).
+  absl::Status Scan(absl::string_view prefix, const Visitor& visit) const {
+    return ScanAfter(prefix, absl::string_view(), visit);
+  }
 
   virtual absl::Status CreateCheckpoint(const std::string& name) = 0;
   // Every checkpoint, oldest first by creation (contract 3); the last one
@@ -89,16 +107,87 @@ class Storage {
 // INVALID_ARGUMENT unless `name` is a valid checkpoint name (contract 3).
 absl::Status ValidateCheckpointName(absl::string_view name);
 
+// Test-only seam (RocksDbStorageOptions::fault_injector): asked before every
+// file operation of the RocksDB backend, RocksDB's own and the backend's
+// (checkpoint and restore renames, MIM_* files). A non-OK answer fails that
+// operation with an I/O error carrying the message.
+//
+// Implementations must be safe for concurrent access: RocksDB calls from its
+// background threads.
+class StorageFaultInjector {
+ public:
+  enum class Op {
+    kWrite,   // appending to a file (WAL, SST, MANIFEST, CURRENT, MIM_*)
+    kSync,    // fsync or fdatasync of a file or a directory
+    kRename,  // renaming a file or a directory
+  };
+  virtual ~StorageFaultInjector() = default;
+  // For kWrite, `*write_prefix` starts as the number of bytes to append; an
+  // implementation that fails the call may lower it to have that many bytes
+  // written first (a torn write). It is null for other operations.
+  virtual absl::Status Check(Op op, absl::string_view path,
+                             size_t* write_prefix) = 0;
+};
+
 struct RocksDbStorageOptions {
   // Live database in <data_dir>/db, checkpoints in <data_dir>/checkpoints.
   std::string data_dir;
   bool sync_writes = false;
+  // Open even when that loses acknowledged writes (see OpenRocksDbStorage),
+  // reporting what was lost in StorageRecovery.
+  bool accept_data_loss = false;
+  // Tests only: fails chosen file operations. Null in production.
+  std::shared_ptr<StorageFaultInjector> fault_injector;
 };
 
-// Opens or creates the database, first finishing or undoing a restore that
-// was interrupted by a crash. DATA_LOSS for a corrupt database.
+// What opening a RocksDB storage dropped. All zero and empty when it lost
+// nothing.
+struct StorageRecovery {
+  // The open lost acknowledged writes and went on because accept_data_loss
+  // allowed it.
+  bool data_loss_accepted = false;
+  // The data dir held a shard's files but no live database; an empty one was
+  // created.
+  bool started_empty = false;
+  // Write-ahead-log records that were readable but came after the damage, so
+  // were not replayed; the writes (puts and deletes) in them; and the bytes
+  // lost: those records plus the unreadable bytes (or, for a log shorter than
+  // at the last clean shutdown, nothing: the lost bytes are gone).
+  uint64_t wal_records_dropped = 0;
+  uint64_t wal_writes_dropped = 0;
+  uint64_t wal_bytes_dropped = 0;
+  // Damaged or missing files, relative to data_dir ("db/000012.log", "db/").
+  std::vector<std::string> files;
+  // Where copies of the write-ahead logs were kept, as they were before
+  // anything was dropped, relative to data_dir ("wal-salvage/<UTC time>");
+  // empty if none were kept.
+  std::string salvage_dir;
+  // One line for logs and stats: what was wrong and what was dropped.
+  std::string detail;
+};
+
+// Opens or creates the database under options.data_dir, first finishing or
+// undoing a restore that was interrupted by a crash.
+//
+// An empty or new data dir starts an empty database; one that holds the
+// shard's files (MIM_DATA_DIR, written when the database is first created,
+// checkpoints, MIM_CLEAN_SHUTDOWN) but no live database (db/CURRENT) fails
+// with DATA_LOSS naming what is missing and what to do.
+//
+// Write-ahead log: an incomplete last record is what a crash in the middle of
+// an unacknowledged write leaves, and is dropped (after a clean shutdown,
+// recorded in MIM_CLEAN_SHUTDOWN, there can be none, so it is damage too).
+// Any other damage (a checksum mismatch, a bad record), or a log that ends
+// before the last write of the last clean shutdown, fails with DATA_LOSS
+// naming the file and how much would be lost, without changing any file.
+//
+// With options.accept_data_loss those cases open anyway: the write-ahead
+// logs are first copied to wal-salvage/<UTC time>/, the database recovers to
+// the last consistent point before the damage (or starts empty when db/ is
+// missing), and `*recovery` (when not null) says what was dropped. Other
+// errors: DATA_LOSS for a corrupt database, INTERNAL for I/O errors.
 absl::StatusOr<std::unique_ptr<Storage>> OpenRocksDbStorage(
-    const RocksDbStorageOptions& options);
+    const RocksDbStorageOptions& options, StorageRecovery* recovery = nullptr);
 
 // Contents and checkpoints live in memory only and die with the object.
 std::unique_ptr<Storage> NewMemoryStorage();

@@ -117,6 +117,28 @@ TYPED_TEST(StorageTest, ScanVisitsOnlyThePrefixInOrderAndStopsOnError) {
   EXPECT_EQ(this->ScanAll(*this->storage_, "").size(), 6u);
 }
 
+TYPED_TEST(StorageTest, ScanAfterResumesPastAKey) {
+  for (const char* k : {"a", "a/1", "a/2", "a/3", "a0", "b/1"}) this->Put(k, k);
+  auto keys_after = [&](const std::string& prefix, const std::string& after) {
+    std::vector<std::string> seen;
+    EXPECT_TRUE(this->storage_
+                    ->ScanAfter(prefix, after,
+                                [&](absl::string_view k, absl::string_view) {
+                                  seen.emplace_back(k);
+                                  return absl::OkStatus();
+                                })
+                    .ok());
+    return seen;
+  };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(keys_after("a/", ""), (V{"a/1", "a/2", "a/3"}));
+  EXPECT_EQ(keys_after("a/", "a/1"), (V{"a/2", "a/3"}));
+  EXPECT_EQ(keys_after("a/", "a/15"), (V{"a/2", "a/3"}));  // absent key
+  EXPECT_EQ(keys_after("a/", "a/3"), V{});
+  EXPECT_EQ(keys_after("a/", "a"), (V{"a/1", "a/2", "a/3"}));  // before it
+  EXPECT_EQ(keys_after("a/", "b"), V{});
+}
+
 TYPED_TEST(StorageTest, CheckpointIsAPointInTimeCopy) {
   this->Put("k1", "v1");
   ASSERT_TRUE(this->storage_->CreateCheckpoint("c1").ok());
