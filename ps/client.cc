@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "base/grpc_auth.h"
 #include "embedding/sharding.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/completion_queue.h"
@@ -346,6 +347,7 @@ class ShardCaller {
       if (go.size() == 1) {
         grpc::ClientContext context;
         context.set_deadline(Deadline(options.timeout));
+        base::AddBearerToken(options.auth_token, &context);
         status[go[0]] = Rpc::Sync(stubs[0], &context, requests[go[0]],
                                   &(*responses)[go[0]]);
       } else if (!go.empty()) {
@@ -358,6 +360,7 @@ class ShardCaller {
           const uint32_t s = go[i];
           contexts.push_back(std::make_unique<grpc::ClientContext>());
           contexts.back()->set_deadline(Deadline(options.timeout));
+          base::AddBearerToken(options.auth_token, contexts.back().get());
           readers.push_back(Rpc::Async(stubs[i], contexts.back().get(),
                                        requests[s], &cq));
           readers.back()->Finish(&(*responses)[s], &status[s],
@@ -506,7 +509,10 @@ PsClient::PsClient(std::vector<std::string> addresses, const Options& options)
                   static_cast<int>(
                       absl::ToInt64Milliseconds(options_.max_backoff)));
       auto channel = grpc::CreateCustomChannel(
-          addresses_[s], grpc::InsecureChannelCredentials(), args);
+          addresses_[s],
+          options_.credentials != nullptr ? options_.credentials
+                                          : grpc::InsecureChannelCredentials(),
+          args);
       if (c == 0) shard->health = grpc::health::v1::Health::NewStub(channel);
       shard->stubs.push_back(ParameterServer::NewStub(channel));
       shard->channels.push_back(std::move(channel));
@@ -903,6 +909,7 @@ std::vector<absl::Status> PsClient::Health() {
       calls;
   for (uint32_t s = 0; s < n; ++s) {
     contexts[s].set_deadline(Deadline(options_.timeout));
+    base::AddBearerToken(options_.auth_token, &contexts[s]);
     calls.push_back(
         shards_[s]->health->AsyncCheck(&contexts[s], requests[s], &cq));
     calls.back()->Finish(&responses[s], &status[s],

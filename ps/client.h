@@ -45,6 +45,10 @@
 #include "absl/types/span.h"
 #include "proto/ps.pb.h"
 
+namespace grpc {
+class ChannelCredentials;
+}  // namespace grpc
+
 namespace mim::ps {
 
 class PsClient {
@@ -96,6 +100,14 @@ class PsClient {
     int max_calls_per_shard = 4;
     // Max message size for both directions (batch 16384 x 64-d is 4 MiB).
     int max_message_bytes = 256 << 20;
+    // Channel credentials of every connection (base/grpc_tls.h builds TLS
+    // ones from --tls_ca etc.); null: insecure.
+    std::shared_ptr<grpc::ChannelCredentials> credentials;
+    // Bearer token sent with every call, health checks included
+    // (base/grpc_auth.h; from --auth_token_file); empty: none. A shard
+    // with --auth_tokens answers a call without one UNAUTHENTICATED, which
+    // is not retried.
+    std::string auth_token;
   };
 
   struct PullResult {

@@ -1,12 +1,18 @@
 // One parameter-server shard:
 //   server --port=P --shard_index=I --num_shards=N --data_dir=DIR
 // Opens (and so recovers) the EmbeddingStore in --data_dir, serves the
-// ParameterServer service, grpc.health.v1 and server reflection, prints
+// ParameterServer service, grpc.health.v1 and server reflection (not with
+// --auth_tokens: reflection cannot check a token), prints
 // "ps shard I/N listening on HOST:PORT" on stdout once accepting calls, and
 // shuts down cleanly on SIGTERM or SIGINT. With --metrics_port >= 0 it also
 // serves Prometheus metrics on http://ADDRESS:PORT/metrics (names in
 // docs/OPERATIONS.md) and prints "metrics listening on ADDRESS:PORT" as the
 // next line.
+//
+// Listens on 127.0.0.1 unless --host says otherwise. --tls_cert/--tls_key
+// turn TLS on, --tls_client_ca requires client certificates (base/grpc_tls.h);
+// --auth_tokens=FILE checks a bearer token on every call (base/grpc_auth.h,
+// roles in ps/service.h). docs/OPERATIONS.md, "Security".
 #include <pthread.h>
 #include <signal.h>
 
@@ -19,19 +25,24 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "base/grpc_auth.h"
+#include "base/grpc_tls.h"
 #include "base/metrics.h"
 #include "embedding/embedding_store.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
+#include "ps/health_service.h"
 #include "ps/service.h"
 
-DEFINE_string(host, "0.0.0.0", "Address to listen on.");
+DEFINE_string(host, "127.0.0.1",
+              "Address to listen on (loopback by default; 0.0.0.0 or a "
+              "host's address opens the shard to the network: use TLS and "
+              "--auth_tokens there).");
 DEFINE_int32(port, 0, "TCP port; 0 picks a free one (printed on stdout).");
 DEFINE_uint32(shard_index, 0, "This shard's index in [0, num_shards).");
 DEFINE_uint32(num_shards, 1, "Number of shards in the cluster.");
@@ -49,6 +60,17 @@ DEFINE_int32(metrics_port, mim::base::Metrics::Options().port,
              "free one (printed on stdout as 'metrics listening on ...').");
 DEFINE_string(metrics_address, mim::base::Metrics::Options().address,
               "Numeric IPv4 address the /metrics endpoint binds to.");
+DEFINE_string(tls_cert, "",
+              "PEM certificate chain of this shard; with --tls_key, serve "
+              "TLS only.");
+DEFINE_string(tls_key, "", "PEM private key of --tls_cert.");
+DEFINE_string(tls_client_ca, "",
+              "PEM CA: clients must present a certificate it signed "
+              "(mutual TLS); needs --tls_cert.");
+DEFINE_string(auth_tokens, "",
+              "File of 'ROLE TOKEN' lines (ROLE read or admin; mode 600): "
+              "every call needs a token with its role. Empty: no "
+              "authentication.");
 
 namespace {
 
@@ -91,6 +113,32 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  // Credentials and tokens before the store is opened, so that a bad file
+  // fails at once.
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      mim::base::ServerCredentialsFromFiles(
+          {FLAGS_tls_cert, FLAGS_tls_key, FLAGS_tls_client_ca});
+  if (!credentials.ok()) return Fail(credentials.status().ToString());
+  std::unique_ptr<mim::base::Authorizer> authorizer;
+  if (!FLAGS_auth_tokens.empty()) {
+    absl::StatusOr<std::unique_ptr<mim::base::Authorizer>> loaded =
+        mim::base::Authorizer::FromFile(FLAGS_auth_tokens);
+    if (!loaded.ok()) return Fail(loaded.status().ToString());
+    authorizer = *std::move(loaded);
+    LOG(INFO) << "authentication on: "
+              << authorizer->count(mim::base::Role::kRead) << " read and "
+              << authorizer->count(mim::base::Role::kAdmin)
+              << " admin token(s) from " << FLAGS_auth_tokens;
+  } else {
+    LOG(WARNING) << "authentication off (no --auth_tokens): any client that "
+                    "reaches the port may read and write every table";
+  }
+  LOG(INFO) << (FLAGS_tls_cert.empty()
+                    ? "TLS off (no --tls_cert)"
+                    : FLAGS_tls_client_ca.empty()
+                          ? "TLS on"
+                          : "TLS on, client certificates required");
+
   // Before the store is opened (recovery can take a while), so that a
   // taken port fails at once.
   mim::base::Metrics::Options metrics_options;
@@ -123,16 +171,29 @@ int main(int argc, char** argv) {
   service_options.max_keys_per_request = FLAGS_max_keys_per_request;
   service_options.max_response_bytes = static_cast<size_t>(FLAGS_max_message_mb) << 20;
   service_options.metrics = metrics->get();
+  service_options.authorizer = authorizer.get();
+  service_options.data_dir = FLAGS_data_dir;
   auto service = std::make_unique<mim::ps::ParameterServerService>(
       store->get(), service_options);
 
-  grpc::EnableDefaultHealthCheckService(true);
+  // Our own health service, which checks tokens, instead of gRPC's
+  // built-in one (EnableDefaultHealthCheckService), which answers anyone.
+  mim::ps::HealthService health({mim::ps::ParameterServer::service_full_name()},
+                                authorizer.get());
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  if (authorizer != nullptr) builder.SetOption(mim::base::WithoutReflection());
   const std::string address = absl::StrCat(FLAGS_host, ":", FLAGS_port);
   int port = 0;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(address, *credentials, &port);
+  // gRPC's SO_REUSEPORT listener opens one more socket per polling queue
+  // and binds it to the address as given, so with --port=0 each got its
+  // own ephemeral port: an unprinted second port serving the whole API.
+  // Without reuseport there is one socket (and no other process of this
+  // user can bind the port beside it).
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(service.get());
+  builder.RegisterService(&health);
   builder.SetMaxReceiveMessageSize(FLAGS_max_message_mb << 20);
   builder.SetMaxSendMessageSize(FLAGS_max_message_mb << 20);
   grpc::ResourceQuota quota("ps_server");
@@ -151,7 +212,12 @@ int main(int argc, char** argv) {
       std::min(FLAGS_threads, 8));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    return Fail(absl::StrCat("cannot listen on ", address));
+    return Fail(absl::StrCat(
+        "cannot listen on ", address,
+        FLAGS_tls_cert.empty()
+            ? ""
+            : " (or gRPC refused --tls_cert/--tls_key: are they a matching "
+              "PEM certificate and key?)"));
   }
 
   std::printf("ps shard %u/%u listening on %s:%d\n", FLAGS_shard_index,
@@ -162,11 +228,11 @@ int main(int argc, char** argv) {
   }
   std::fflush(stdout);
 
-  std::thread waiter([&server, &signals] {
+  std::thread waiter([&server, &signals, &health] {
     int signal = 0;
     sigwait(&signals, &signal);
     LOG(INFO) << "signal " << signal << ": shutting down";
-    server->GetHealthCheckService()->SetServingStatus(false);
+    health.SetServing(false);
     // In-flight calls get a few seconds to finish, then are cancelled.
     server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
   });

@@ -1,8 +1,10 @@
 #include "ps/service.h"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <utility>
 #include <vector>
 
@@ -10,9 +12,12 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "absl/types/span.h"
+#include "base/grpc_auth.h"
 #include "base/metrics.h"
 #include "embedding/sharding.h"
+#include "glog/logging.h"
 #include "ps/status_convert.h"
 #include "ps/table_config_convert.h"
 
@@ -39,8 +44,32 @@ constexpr const char* kMethodNames[] = {
     "Pull",       "Push",    "Upsert",     "CreateTable", "ListTables",
     "TableStats", "GetRows", "Checkpoint", "Restore",     "ListCheckpoints"};
 
+// The role each Method needs: admin for everything that writes or
+// restores, read for the rest. Same order as kMethodNames.
+constexpr base::Role kMethodRoles[] = {
+    base::Role::kRead,  base::Role::kAdmin, base::Role::kAdmin,
+    base::Role::kAdmin, base::Role::kRead,  base::Role::kRead,
+    base::Role::kRead,  base::Role::kAdmin, base::Role::kAdmin,
+    base::Role::kRead};
+
+// Paths in it are relative to the data dir already (storage.h).
+void SetRecovery(const embedding::StartupRecovery& r, StartupRecovery* out) {
+  out->set_data_loss_accepted(r.data_loss_accepted);
+  out->set_started_empty(r.started_empty);
+  out->set_wal_records_dropped(r.wal_records_dropped);
+  out->set_wal_writes_dropped(r.wal_writes_dropped);
+  out->set_wal_bytes_dropped(r.wal_bytes_dropped);
+  for (const std::string& f : r.files) out->add_files(f);
+  out->set_salvage_dir(r.salvage_dir);
+  out->set_detail(r.detail);
+}
+
 // grpc::StatusCode values 0..16 (the same numbers as absl::StatusCode).
 constexpr int kNumCodes = 17;
+
+// Longer than any checkpoint name the storage accepts (storage.h, contract
+// 3), so a longer one is refused quoted capped before the storage quotes it.
+constexpr size_t kMaxCheckpointNameBytes = 128;
 
 }  // namespace
 
@@ -49,6 +78,8 @@ constexpr int kNumCodes = 17;
 struct ParameterServerService::Instruments {
   static_assert(sizeof(kMethodNames) / sizeof(kMethodNames[0]) == kNumMethods,
                 "one method label per Method");
+  static_assert(sizeof(kMethodRoles) / sizeof(kMethodRoles[0]) == kNumMethods,
+                "one role per Method");
 
   struct PerMethod {
     prometheus::Counter* requests = nullptr;
@@ -130,6 +161,22 @@ struct ParameterServerService::Instruments {
 ParameterServerService::ParameterServerService(
     embedding::EmbeddingStore* store, const Options& options)
     : store_(store), options_(options) {
+  if (!options_.data_dir.empty()) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    data_dir_forms_.push_back(options_.data_dir);
+    const fs::path absolute = fs::absolute(options_.data_dir, ec);
+    if (!ec) data_dir_forms_.push_back(absolute.lexically_normal().string());
+    const fs::path canonical = fs::weakly_canonical(options_.data_dir, ec);
+    if (!ec) data_dir_forms_.push_back(canonical.string());
+    for (std::string& d : data_dir_forms_) {
+      while (d.size() > 1 && d.back() == '/') d.pop_back();
+    }
+    std::sort(data_dir_forms_.begin(), data_dir_forms_.end(),
+              [](const std::string& a, const std::string& b) {
+                return a.size() > b.size();
+              });
+  }
   base::Metrics* metrics = options_.metrics;
   if (metrics == nullptr) return;
   instruments_ = std::make_unique<Instruments>();
@@ -164,6 +211,25 @@ ParameterServerService::ParameterServerService(
   }
   in.scrape_callback = metrics->AddScrapeCallback(
       [this] { instruments_->RefreshTables(*store_); });
+  // Fixed at start: what opening the data dir dropped (--accept_data_loss).
+  const embedding::StartupRecovery recovery = store_->Recovery();
+  metrics
+      ->Gauge("mim_ps_startup_data_loss_accepted",
+              "1 when this shard started by accepting the loss of "
+              "acknowledged writes (--accept_data_loss), else 0.")
+      .Set(recovery.data_loss_accepted ? 1 : 0);
+  metrics
+      ->Counter("mim_ps_startup_wal_records_dropped_total",
+                "Readable write-ahead-log records this start dropped.")
+      .Increment(static_cast<double>(recovery.wal_records_dropped));
+  metrics
+      ->Counter("mim_ps_startup_wal_writes_dropped_total",
+                "Row writes this start dropped from the write-ahead log.")
+      .Increment(static_cast<double>(recovery.wal_writes_dropped));
+  metrics
+      ->Counter("mim_ps_startup_wal_bytes_dropped_total",
+                "Write-ahead-log bytes this start dropped.")
+      .Increment(static_cast<double>(recovery.wal_bytes_dropped));
 }
 
 ParameterServerService::~ParameterServerService() {
@@ -174,15 +240,84 @@ ParameterServerService::~ParameterServerService() {
 }
 
 grpc::Status ParameterServerService::Observe(
-    Method method, int keys, absl::FunctionRef<grpc::Status()> handler) {
-  if (instruments_ == nullptr) return handler();
+    Method method, int keys, const grpc::ServerContext& context,
+    absl::FunctionRef<grpc::Status()> handler) {
   const auto start = std::chrono::steady_clock::now();
-  grpc::Status status = handler();
-  instruments_->Record(
-      method, keys, status,
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-          .count());
+  grpc::Status status;
+  if (options_.authorizer != nullptr) {
+    status = ToGrpcStatus(options_.authorizer->Check(
+        context, kMethodRoles[method], kMethodNames[method]));
+  }
+  if (status.ok()) status = ClientStatus(method, handler());
+  if (instruments_ != nullptr) {
+    instruments_->Record(
+        method, keys, status,
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count());
+  }
   return status;
+}
+
+grpc::Status ParameterServerService::ClientStatus(
+    Method method, const grpc::Status& status) const {
+  if (status.ok()) return status;
+  switch (status.error_code()) {
+    case grpc::StatusCode::INTERNAL:
+    case grpc::StatusCode::DATA_LOSS:
+    case grpc::StatusCode::UNKNOWN: {
+      // Storage failures: their messages name files under the data dir.
+      LOG(ERROR) << kMethodNames[method] << " failed: "
+                 << absl::StatusCodeToString(
+                        static_cast<absl::StatusCode>(status.error_code()))
+                 << ": " << status.error_message();
+      return grpc::Status(
+          status.error_code(),
+          absl::StrFormat("%s failed on shard %d/%d: %s error in the shard's "
+                          "storage; the shard's log has the details",
+                          kMethodNames[method], options_.shard_index,
+                          options_.num_shards,
+                          absl::StatusCodeToString(static_cast<absl::StatusCode>(
+                              status.error_code()))));
+    }
+    default:
+      break;
+  }
+  std::string message = status.error_message();
+  bool replaced = false;
+  for (const std::string& dir : data_dir_forms_) {
+    replaced |= absl::StrReplaceAll({{dir, "<data_dir>"}}, &message) > 0;
+  }
+  if (!replaced) return status;
+  return grpc::Status(status.error_code(), message);
+}
+
+std::string ParameterServerService::RelativePath(
+    const std::string& path) const {
+  if (data_dir_forms_.empty() || path.empty()) return "";
+  for (const std::string& dir : data_dir_forms_) {
+    if (path.size() > dir.size() + 1 && path.compare(0, dir.size(), dir) == 0 &&
+        path[dir.size()] == '/') {
+      return path.substr(dir.size() + 1);
+    }
+  }
+  return "";
+}
+
+absl::Status ParameterServerService::CheckTableName(const std::string& name) {
+  if (name.size() <= embedding::kMaxTableNameLength) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("table name '", QuoteInput(name),
+                   "' is too long: names are 1..",
+                   embedding::kMaxTableNameLength, " characters"));
+}
+
+absl::Status ParameterServerService::CheckCheckpointName(
+    const std::string& name) {
+  if (name.size() <= kMaxCheckpointNameBytes) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("checkpoint name '", QuoteInput(name),
+                   "' is too long: names are 1..", kMaxCheckpointNameBytes,
+                   " characters"));
 }
 
 absl::Status ParameterServerService::CheckKeys(const Keys& keys) const {
@@ -231,10 +366,13 @@ absl::Status ParameterServerService::CheckResponseSize(const Keys& keys,
       keys.size(), dim, bytes, options_.max_response_bytes));
 }
 
-grpc::Status ParameterServerService::Pull(grpc::ServerContext*,
+grpc::Status ParameterServerService::Pull(grpc::ServerContext* context,
                                           const PullRequest* request,
                                           PullResponse* response) {
-  return Observe(kPull, request->keys_size(), [&]() -> grpc::Status {
+  return Observe(kPull, request->keys_size(), *context, [&]() -> grpc::Status {
+    if (absl::Status s = CheckTableName(request->table()); !s.ok()) {
+      return ToGrpcStatus(s);
+    }
     if (absl::Status s = CheckKeys(request->keys()); !s.ok()) {
       return ToGrpcStatus(s);
     }
@@ -261,10 +399,13 @@ grpc::Status ParameterServerService::Pull(grpc::ServerContext*,
   });
 }
 
-grpc::Status ParameterServerService::Push(grpc::ServerContext*,
+grpc::Status ParameterServerService::Push(grpc::ServerContext* context,
                                           const PushRequest* request,
                                           PushResponse* response) {
-  return Observe(kPush, request->keys_size(), [&]() -> grpc::Status {
+  return Observe(kPush, request->keys_size(), *context, [&]() -> grpc::Status {
+    if (absl::Status s = CheckTableName(request->table()); !s.ok()) {
+      return ToGrpcStatus(s);
+    }
     if (absl::Status s = CheckKeys(request->keys()); !s.ok()) {
       return ToGrpcStatus(s);
     }
@@ -281,10 +422,14 @@ grpc::Status ParameterServerService::Push(grpc::ServerContext*,
   });
 }
 
-grpc::Status ParameterServerService::Upsert(grpc::ServerContext*,
+grpc::Status ParameterServerService::Upsert(grpc::ServerContext* context,
                                             const UpsertRequest* request,
                                             UpsertResponse* response) {
-  return Observe(kUpsert, request->keys_size(), [&]() -> grpc::Status {
+  return Observe(kUpsert, request->keys_size(), *context,
+                 [&]() -> grpc::Status {
+    if (absl::Status s = CheckTableName(request->table()); !s.ok()) {
+      return ToGrpcStatus(s);
+    }
     if (absl::Status s = CheckKeys(request->keys()); !s.ok()) {
       return ToGrpcStatus(s);
     }
@@ -303,9 +448,9 @@ grpc::Status ParameterServerService::Upsert(grpc::ServerContext*,
 }
 
 grpc::Status ParameterServerService::CreateTable(
-    grpc::ServerContext*, const CreateTableRequest* request,
+    grpc::ServerContext* context, const CreateTableRequest* request,
     CreateTableResponse*) {
-  return Observe(kCreateTable, 0, [&]() -> grpc::Status {
+  return Observe(kCreateTable, 0, *context, [&]() -> grpc::Status {
     absl::StatusOr<embedding::TableConfig> config =
         FromProto(request->config());
     if (!config.ok()) return ToGrpcStatus(config.status());
@@ -313,10 +458,10 @@ grpc::Status ParameterServerService::CreateTable(
   });
 }
 
-grpc::Status ParameterServerService::ListTables(grpc::ServerContext*,
+grpc::Status ParameterServerService::ListTables(grpc::ServerContext* context,
                                                 const ListTablesRequest*,
                                                 ListTablesResponse* response) {
-  return Observe(kListTables, 0, [&]() -> grpc::Status {
+  return Observe(kListTables, 0, *context, [&]() -> grpc::Status {
     for (const embedding::TableConfig& config : store_->ListTables()) {
       *response->add_tables() = ToProto(config);
     }
@@ -325,9 +470,12 @@ grpc::Status ParameterServerService::ListTables(grpc::ServerContext*,
 }
 
 grpc::Status ParameterServerService::TableStats(
-    grpc::ServerContext*, const TableStatsRequest* request,
+    grpc::ServerContext* context, const TableStatsRequest* request,
     TableStatsResponse* response) {
-  return Observe(kTableStats, 0, [&]() -> grpc::Status {
+  return Observe(kTableStats, 0, *context, [&]() -> grpc::Status {
+    if (absl::Status s = CheckTableName(request->table()); !s.ok()) {
+      return ToGrpcStatus(s);
+    }
     absl::StatusOr<std::vector<embedding::TableStats>> stats =
         store_->Stats(request->table());
     if (!stats.ok()) return ToGrpcStatus(stats.status());
@@ -336,14 +484,19 @@ grpc::Status ParameterServerService::TableStats(
     for (const embedding::TableStats& t : *stats) {
       *response->add_tables() = ToProto(t);
     }
+    SetRecovery(store_->Recovery(), response->mutable_recovery());
     return grpc::Status::OK;
   });
 }
 
-grpc::Status ParameterServerService::GetRows(grpc::ServerContext*,
+grpc::Status ParameterServerService::GetRows(grpc::ServerContext* context,
                                              const GetRowsRequest* request,
                                              GetRowsResponse* response) {
-  return Observe(kGetRows, request->keys_size(), [&]() -> grpc::Status {
+  return Observe(kGetRows, request->keys_size(), *context,
+                 [&]() -> grpc::Status {
+    if (absl::Status s = CheckTableName(request->table()); !s.ok()) {
+      return ToGrpcStatus(s);
+    }
     if (absl::Status s = CheckKeys(request->keys()); !s.ok()) {
       return ToGrpcStatus(s);
     }
@@ -369,23 +522,29 @@ grpc::Status ParameterServerService::GetRows(grpc::ServerContext*,
 }
 
 grpc::Status ParameterServerService::Checkpoint(
-    grpc::ServerContext*, const CheckpointRequest* request,
+    grpc::ServerContext* context, const CheckpointRequest* request,
     CheckpointResponse* response) {
-  return Observe(kCheckpoint, 0, [&]() -> grpc::Status {
+  return Observe(kCheckpoint, 0, *context, [&]() -> grpc::Status {
+    if (absl::Status s = CheckCheckpointName(request->name()); !s.ok()) {
+      return ToGrpcStatus(s);
+    }
     absl::StatusOr<embedding::CheckpointInfo> info =
         store_->Checkpoint(request->name());
     if (!info.ok()) return ToGrpcStatus(info.status());
     response->set_name(info->name);
-    response->set_path(info->path);
+    response->set_path(RelativePath(info->path));
     response->set_rows(info->rows);
     return grpc::Status::OK;
   });
 }
 
-grpc::Status ParameterServerService::Restore(grpc::ServerContext*,
+grpc::Status ParameterServerService::Restore(grpc::ServerContext* context,
                                              const RestoreRequest* request,
                                              RestoreResponse* response) {
-  return Observe(kRestore, 0, [&]() -> grpc::Status {
+  return Observe(kRestore, 0, *context, [&]() -> grpc::Status {
+    if (absl::Status s = CheckCheckpointName(request->name()); !s.ok()) {
+      return ToGrpcStatus(s);
+    }
     absl::WriterMutexLock lock(&restore_mu_);
     absl::StatusOr<embedding::CheckpointInfo> info =
         store_->Restore(request->name());
@@ -397,15 +556,15 @@ grpc::Status ParameterServerService::Restore(grpc::ServerContext*,
 }
 
 grpc::Status ParameterServerService::ListCheckpoints(
-    grpc::ServerContext*, const ListCheckpointsRequest*,
+    grpc::ServerContext* context, const ListCheckpointsRequest*,
     ListCheckpointsResponse* response) {
-  return Observe(kListCheckpoints, 0, [&]() -> grpc::Status {
+  return Observe(kListCheckpoints, 0, *context, [&]() -> grpc::Status {
     response->set_shard_index(options_.shard_index);
     response->set_num_shards(options_.num_shards);
     for (embedding::CheckpointEntry& c : store_->ListCheckpoints()) {
       CheckpointEntry* out = response->add_checkpoints();
       out->set_name(std::move(c.name));
-      out->set_path(std::move(c.path));
+      out->set_path(RelativePath(c.path));
       out->set_sequence(c.sequence);
       out->set_created_micros(c.created_micros);
     }

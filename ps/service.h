@@ -11,6 +11,21 @@
 // Options::max_keys_per_request; FAILED_PRECONDITION a key owned by another
 // shard (the message names this shard "I/N", the key and its owner).
 //
+// Authentication (Options::authorizer set): every call is checked before
+// anything else (base/grpc_auth.h); read calls (Pull, GetRows, TableStats,
+// ListTables, ListCheckpoints) need the read role, calls that write or
+// restore (CreateTable, Push, Upsert, Checkpoint, Restore) the admin role.
+// UNAUTHENTICATED (no or unknown token) and PERMISSION_DENIED (read token on
+// an admin call) change nothing.
+//
+// What a client sees of an error: never a server path nor unbounded input.
+// INTERNAL, DATA_LOSS and UNKNOWN errors (storage failures, whose messages
+// name files) reach the client as "<Method> failed on shard I/N: ..." with
+// the full message in the shard's log; in other messages Options::data_dir
+// reads "<data_dir>". Names longer than any valid one are refused before
+// the store sees them, quoted capped (ps/status_convert.h); checkpoint
+// paths in responses are relative to the data dir.
+//
 // Metrics (when Options::metrics is set; names in docs/OPERATIONS.md): every
 // call counts in mim_ps_requests_total and mim_ps_request_duration_seconds by
 // method, a failed one in mim_ps_request_errors_total by method and code;
@@ -25,6 +40,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
@@ -35,6 +51,7 @@
 #include "proto/ps.grpc.pb.h"
 
 namespace mim::base {
+class Authorizer;
 class Metrics;
 }  // namespace mim::base
 
@@ -53,6 +70,13 @@ class ParameterServerService final : public ParameterServer::Service {
     // service. The service reads `store` from a scrape callback until it
     // is destroyed, so destroy the service before the store.
     base::Metrics* metrics = nullptr;
+    // Checks every call's token; null: authentication off. Must outlive
+    // the service.
+    const base::Authorizer* authorizer = nullptr;
+    // The store's data directory: removed from messages sent to clients,
+    // and checkpoint paths are sent relative to it (empty: paths are not
+    // sent).
+    std::string data_dir;
   };
 
   // `store` must outlive the service.
@@ -99,10 +123,18 @@ class ParameterServerService final : public ParameterServer::Service {
   // Metric objects, resolved once in the constructor (defined in service.cc).
   struct Instruments;
 
-  // Runs `handler` and records its call in the metrics (if any): count,
-  // latency, error code, and `keys` when it succeeded.
+  // Checks the caller's role for `method` (Options::authorizer), runs
+  // `handler`, makes its error fit to send (ClientStatus) and records the
+  // call in the metrics (if any): count, latency, error code, and `keys`
+  // when it succeeded.
   grpc::Status Observe(Method method, int keys,
+                       const grpc::ServerContext& context,
                        absl::FunctionRef<grpc::Status()> handler);
+  // `status` as a client may see it (see the file comment); logs what it
+  // leaves out.
+  grpc::Status ClientStatus(Method method, const grpc::Status& status) const;
+  // `path` relative to Options::data_dir; empty when it is not under it.
+  std::string RelativePath(const std::string& path) const;
 
   // RESOURCE_EXHAUSTED for too many keys, FAILED_PRECONDITION for the first
   // key this shard does not own.
@@ -115,9 +147,15 @@ class ParameterServerService final : public ParameterServer::Service {
       ABSL_SHARED_LOCKS_REQUIRED(restore_mu_);
   // RESOURCE_EXHAUSTED when keys x dim rows exceed max_response_bytes.
   absl::Status CheckResponseSize(const Keys& keys, uint32_t dim) const;
+  // INVALID_ARGUMENT quoting `name` capped when it is longer than any
+  // valid table (or checkpoint) name, so no later message quotes it whole.
+  static absl::Status CheckTableName(const std::string& name);
+  static absl::Status CheckCheckpointName(const std::string& name);
 
   embedding::EmbeddingStore* const store_;
   const Options options_;
+  // Options::data_dir as given, absolute and canonical, longest first.
+  std::vector<std::string> data_dir_forms_;
   // Row calls hold this shared, Restore exclusively: a restore may replace a
   // table with one of another dim, and Pull sizes its buffer from Dim()
   // before the store writes dim floats per key into it.

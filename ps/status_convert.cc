@@ -2,12 +2,26 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
+
 namespace mim::ps {
+
+std::string QuoteInput(absl::string_view input, size_t max_bytes) {
+  if (input.size() <= max_bytes) return std::string(input);
+  return absl::StrCat(input.substr(0, max_bytes), "... (", input.size(),
+                      " bytes)");
+}
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+  absl::string_view message = status.message();
+  if (message.size() <= kMaxErrorMessageBytes) {
+    return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                        std::string(message));
+  }
+  return grpc::Status(
+      static_cast<grpc::StatusCode>(status.code()),
+      absl::StrCat(message.substr(0, kMaxErrorMessageBytes - 3), "..."));
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {

@@ -22,6 +22,24 @@ TEST(StatusConvertTest, KeepsMessage) {
   EXPECT_EQ(wire.error_message(), "table 'x' not found");
 }
 
+TEST(StatusConvertTest, CapsLongMessages) {
+  const std::string exact(kMaxErrorMessageBytes, 'm');
+  EXPECT_EQ(ToGrpcStatus(absl::InternalError(exact)).error_message(), exact);
+  const grpc::Status wire = ToGrpcStatus(absl::NotFoundError(
+      "no table named '" + std::string(1 << 20, 'x') + "'"));
+  EXPECT_EQ(wire.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(wire.error_message().size(), kMaxErrorMessageBytes);
+  EXPECT_EQ(wire.error_message().substr(0, 16), "no table named '");
+  EXPECT_EQ(wire.error_message().substr(kMaxErrorMessageBytes - 4), "x...");
+}
+
+TEST(StatusConvertTest, QuoteInputCapsClientInput) {
+  EXPECT_EQ(QuoteInput("user"), "user");
+  EXPECT_EQ(QuoteInput(std::string(kMaxQuotedInputBytes, 'a')),
+            std::string(kMaxQuotedInputBytes, 'a'));
+  EXPECT_EQ(QuoteInput(std::string(1 << 20, 'a'), 4), "aaaa... (1048576 bytes)");
+}
+
 TEST(StatusConvertTest, OutOfRangeCodeIsUnknown) {
   const absl::Status s =
       FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(99), "odd"));

@@ -3,12 +3,22 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "ps/status_convert.h"
 
 namespace mim::ps {
 namespace {
 
+// Longer than any optimizer or initializer name, so a longer one is quoted
+// capped instead of passed to the parser (whose message quotes it whole).
+constexpr size_t kMaxKindNameBytes = 32;
+
 absl::Status BadName(const TableConfig& config, absl::string_view field,
-                     const absl::Status& parse) {
+                     absl::string_view name, const absl::Status& parse) {
+  if (name.size() > kMaxKindNameBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("table '", config.name(), "': ", field, ": '",
+                     QuoteInput(name, kMaxKindNameBytes), "' is not a known name"));
+  }
   return absl::InvalidArgumentError(
       absl::StrCat("table '", config.name(), "': ", field, ": ",
                    parse.message()));
@@ -17,6 +27,13 @@ absl::Status BadName(const TableConfig& config, absl::string_view field,
 }  // namespace
 
 absl::StatusOr<embedding::TableConfig> FromProto(const TableConfig& config) {
+  // Every message below quotes the name, so a name that cannot be valid is
+  // refused first, quoted capped.
+  if (config.name().size() > embedding::kMaxTableNameLength) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "table name '", QuoteInput(config.name()), "' is too long: names are 1..",
+        embedding::kMaxTableNameLength, " characters"));
+  }
   embedding::TableConfig out;
   out.name = config.name();
   out.dim = config.dim();
@@ -39,7 +56,9 @@ absl::StatusOr<embedding::TableConfig> FromProto(const TableConfig& config) {
   if (!o.name().empty()) {
     absl::StatusOr<embedding::OptimizerKind> kind =
         embedding::ParseOptimizerKind(o.name());
-    if (!kind.ok()) return BadName(config, "optimizer.name", kind.status());
+    if (!kind.ok()) {
+      return BadName(config, "optimizer.name", o.name(), kind.status());
+    }
     oo.kind = *kind;
   }
   oo.learning_rate =
@@ -59,7 +78,9 @@ absl::StatusOr<embedding::TableConfig> FromProto(const TableConfig& config) {
   if (!i.name().empty()) {
     absl::StatusOr<embedding::InitializerKind> kind =
         embedding::ParseInitializerKind(i.name());
-    if (!kind.ok()) return BadName(config, "initializer.name", kind.status());
+    if (!kind.ok()) {
+      return BadName(config, "initializer.name", i.name(), kind.status());
+    }
     out.initializer.kind = *kind;
   }
   out.initializer.scale = i.has_scale() ? i.scale() : di.scale;

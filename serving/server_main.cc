@@ -2,11 +2,18 @@
 //   server --port=P --ps=HOST:PORT,... --model_dir=DIR
 // Loads the model version in --model_dir (written by //worker:trainer),
 // serves mim.serving.PredictionService (proto/serving.proto),
-// grpc.health.v1 and server reflection, and prints "serving listening on
+// grpc.health.v1 and server reflection (not with --auth_tokens: reflection
+// cannot check a token), and prints "serving listening on
 // HOST:PORT" on stdout once accepting calls (then "metrics listening on
 // ADDRESS:PORT" with --metrics_port >= 0). A new version saved into
 // --model_dir is picked up within --reload_interval_ms without failing a
 // request. Shuts down cleanly on SIGTERM or SIGINT.
+//
+// Security (docs/OPERATIONS.md, "Security"): as a server, --tls_cert,
+// --tls_key, --tls_client_ca and --auth_tokens as on the shards; as a
+// client of the shards, --ps_tls_ca, --ps_tls_client_cert,
+// --ps_tls_client_key and --ps_auth_token_file (an admin token when
+// UpsertItem is used: it writes to the content table).
 #include <pthread.h>
 #include <signal.h>
 
@@ -21,16 +28,18 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "base/grpc_auth.h"
+#include "base/grpc_tls.h"
 #include "base/metrics.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "ps/client.h"
+#include "ps/health_service.h"
 #include "serving/model_manager.h"
 #include "serving/predictor.h"
 #include "serving/row_cache.h"
@@ -79,6 +88,25 @@ DEFINE_int32(metrics_port, mim::base::Metrics::Options().port,
              "'metrics listening on ...').");
 DEFINE_string(metrics_address, mim::base::Metrics::Options().address,
               "Address of the /metrics endpoint");
+DEFINE_string(tls_cert, "",
+              "PEM certificate chain of this server; with --tls_key, serve "
+              "TLS only.");
+DEFINE_string(tls_key, "", "PEM private key of --tls_cert.");
+DEFINE_string(tls_client_ca, "",
+              "PEM CA: clients must present a certificate it signed "
+              "(mutual TLS); needs --tls_cert.");
+DEFINE_string(auth_tokens, "",
+              "File of 'ROLE TOKEN' lines (ROLE read or admin; mode 600): "
+              "Predict and GetStatus need read, UpsertItem admin. Empty: no "
+              "authentication.");
+DEFINE_string(ps_tls_ca, "",
+              "PEM CA of the shards' certificates: talk TLS to the shards.");
+DEFINE_string(ps_tls_client_cert, "",
+              "PEM certificate this server presents to the shards (mutual "
+              "TLS).");
+DEFINE_string(ps_tls_client_key, "", "PEM private key of --ps_tls_client_cert.");
+DEFINE_string(ps_auth_token_file, "",
+              "File holding the token sent to the shards (mode 600).");
 
 namespace {
 
@@ -127,7 +155,43 @@ int main(int argc, char** argv) {
                              metrics.status().ToString()));
   }
 
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      mim::base::ServerCredentialsFromFiles(
+          {FLAGS_tls_cert, FLAGS_tls_key, FLAGS_tls_client_ca});
+  if (!credentials.ok()) return Fail(credentials.status().ToString());
+  std::unique_ptr<mim::base::Authorizer> authorizer;
+  if (!FLAGS_auth_tokens.empty()) {
+    absl::StatusOr<std::unique_ptr<mim::base::Authorizer>> loaded =
+        mim::base::Authorizer::FromFile(FLAGS_auth_tokens);
+    if (!loaded.ok()) return Fail(loaded.status().ToString());
+    authorizer = *std::move(loaded);
+    LOG(INFO) << "authentication on: "
+              << authorizer->count(mim::base::Role::kRead) << " read and "
+              << authorizer->count(mim::base::Role::kAdmin)
+              << " admin token(s) from " << FLAGS_auth_tokens;
+  } else {
+    LOG(WARNING) << "authentication off (no --auth_tokens): any client that "
+                    "reaches the port may call Predict and UpsertItem";
+  }
+  LOG(INFO) << (FLAGS_tls_cert.empty()
+                    ? "TLS off (no --tls_cert)"
+                    : FLAGS_tls_client_ca.empty()
+                          ? "TLS on"
+                          : "TLS on, client certificates required");
+  mim::base::TlsClientFiles ps_tls{FLAGS_ps_tls_ca, FLAGS_ps_tls_client_cert,
+                                   FLAGS_ps_tls_client_key, "ps_"};
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ps_credentials =
+      mim::base::ChannelCredentialsFromFiles(ps_tls);
+  if (!ps_credentials.ok()) return Fail(ps_credentials.status().ToString());
+
   mim::ps::PsClient::Options client_options;
+  client_options.credentials = *ps_credentials;
+  if (!FLAGS_ps_auth_token_file.empty()) {
+    absl::StatusOr<std::string> token = mim::base::ReadTokenFile(
+        FLAGS_ps_auth_token_file, "--ps_auth_token_file");
+    if (!token.ok()) return Fail(token.status().ToString());
+    client_options.auth_token = *std::move(token);
+  }
   client_options.timeout = absl::Milliseconds(FLAGS_ps_timeout_ms);
   // Retries only within the request's deadline (ScopedDeadline) and this
   // client timeout: a request never waits long for a shard that is down.
@@ -172,20 +236,35 @@ int main(int argc, char** argv) {
                                     predictor_options);
   mim::serving::Executor executor(FLAGS_threads, FLAGS_max_queue);
   mim::serving::PredictionServiceImpl service(&predictor, models->get(), &cache,
-                                              &executor, metrics->get());
+                                              &executor, metrics->get(),
+                                              authorizer.get());
+  // Our own health service, which checks tokens, instead of gRPC's
+  // built-in one (EnableDefaultHealthCheckService), which answers anyone.
+  mim::ps::HealthService health(
+      {mim::serving::PredictionService::service_full_name()},
+      authorizer.get());
 
-  grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  if (authorizer != nullptr) builder.SetOption(mim::base::WithoutReflection());
   const std::string address = absl::StrCat(FLAGS_host, ":", FLAGS_port);
   int port = 0;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(address, *credentials, &port);
+  // One listening socket: with reuseport gRPC binds one more per polling
+  // queue, each to its own ephemeral port when --port=0 (ps/server_main.cc).
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(&service);
+  builder.RegisterService(&health);
   builder.SetMaxReceiveMessageSize(FLAGS_max_message_kb << 10);
   builder.SetMaxSendMessageSize(FLAGS_max_message_kb << 10);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    return Fail(absl::StrCat("cannot listen on ", address));
+    return Fail(absl::StrCat(
+        "cannot listen on ", address,
+        FLAGS_tls_cert.empty()
+            ? ""
+            : " (or gRPC refused --tls_cert/--tls_key: are they a matching "
+              "PEM certificate and key?)"));
   }
   LOG(INFO) << "serving model " << first->manifest().model_version << " ("
             << first->manifest().model_name << ") from " << FLAGS_model_dir;
@@ -195,11 +274,11 @@ int main(int argc, char** argv) {
   }
   std::fflush(stdout);
 
-  std::thread waiter([&server, &signals] {
+  std::thread waiter([&server, &signals, &health] {
     int signal = 0;
     sigwait(&signals, &signal);
     LOG(INFO) << "signal " << signal << ": shutting down";
-    server->GetHealthCheckService()->SetServingStatus(false);
+    health.SetServing(false);
     server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
   });
   server->Wait();

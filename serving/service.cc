@@ -5,12 +5,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "glog/logging.h"
 #include "ps/status_convert.h"
 
 namespace mim::serving {
 namespace {
 
 constexpr const char* kMethodNames[] = {"Predict", "UpsertItem", "GetStatus"};
+// UpsertItem writes to the content table; the others only read.
+constexpr base::Role kMethodRoles[] = {base::Role::kRead, base::Role::kAdmin,
+                                       base::Role::kRead};
 
 absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
   const auto d = context.deadline();
@@ -35,9 +39,8 @@ absl::StatusOr<PredictInput> PredictInputFromProto(const PredictRequest& r) {
       field = &in.occupation;
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
-          "user_features: unknown feature '", name.substr(0, 64),
-          name.size() > 64 ? "...'" : "'",
-          "; known: age_bucket, gender, occupation"));
+          "user_features: unknown feature '", ps::QuoteInput(name),
+          "'; known: age_bucket, gender, occupation"));
     }
     if (value < 0 || value > std::numeric_limits<int32_t>::max()) {
       return absl::InvalidArgumentError(
@@ -61,12 +64,14 @@ PredictionServiceImpl::PredictionServiceImpl(Predictor* predictor,
                                              ModelManager* models,
                                              RowCache* cache,
                                              Executor* executor,
-                                             base::Metrics* metrics)
+                                             base::Metrics* metrics,
+                                             const base::Authorizer* authorizer)
     : predictor_(predictor),
       models_(models),
       cache_(cache),
       executor_(executor),
-      metrics_(metrics) {
+      metrics_(metrics),
+      authorizer_(authorizer) {
   if (metrics_ == nullptr) return;
   for (int m = 0; m < kNumMethods; ++m) {
     seconds_[m] = &metrics_->LatencyHistogram(
@@ -113,6 +118,13 @@ PredictionServiceImpl::~PredictionServiceImpl() {
   }
 }
 
+absl::Status PredictionServiceImpl::Authorize(
+    Method method, const grpc::CallbackServerContext& context) const {
+  if (authorizer_ == nullptr) return absl::OkStatus();
+  return authorizer_->Check(context, kMethodRoles[method],
+                            kMethodNames[method]);
+}
+
 void PredictionServiceImpl::Finish(Method method, absl::Time start,
                                    grpc::ServerUnaryReactor* reactor,
                                    const absl::Status& status) {
@@ -125,7 +137,21 @@ void PredictionServiceImpl::Finish(Method method, absl::Time start,
                    {"code", absl::StatusCodeToString(status.code())}})
         .Increment();
   }
-  reactor->Finish(ps::ToGrpcStatus(status));
+  switch (status.code()) {
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kDataLoss:
+    case absl::StatusCode::kUnknown:
+      // May name files of this server; the client gets the code only.
+      LOG(ERROR) << kMethodNames[method] << " failed: " << status;
+      reactor->Finish(grpc::Status(
+          static_cast<grpc::StatusCode>(status.code()),
+          absl::StrCat(kMethodNames[method], " failed: ",
+                       absl::StatusCodeToString(status.code()),
+                       " error in the serving tier; its log has the details")));
+      return;
+    default:
+      reactor->Finish(ps::ToGrpcStatus(status));
+  }
 }
 
 grpc::ServerUnaryReactor* PredictionServiceImpl::Dispatch(
@@ -133,6 +159,10 @@ grpc::ServerUnaryReactor* PredictionServiceImpl::Dispatch(
     std::function<absl::Status()> work) {
   const absl::Time start = absl::Now();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status s = Authorize(method, *context); !s.ok()) {
+    Finish(method, start, reactor, s);
+    return reactor;
+  }
   absl::Status queued = executor_->Submit(
       DeadlineOf(*context),
       [this, method, start, reactor, work = std::move(work)](
@@ -185,6 +215,11 @@ grpc::ServerUnaryReactor* PredictionServiceImpl::GetStatus(
   (void)request;
   // Cheap and non-blocking: answered on the gRPC thread.
   const absl::Time start = absl::Now();
+  if (absl::Status s = Authorize(kGetStatus, *context); !s.ok()) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    Finish(kGetStatus, start, reactor, s);
+    return reactor;
+  }
   const std::shared_ptr<const ServableModel> servable = models_->Current();
   const model::ModelManifest& m = servable->manifest();
   response->set_model_version(m.model_version);

@@ -8,6 +8,13 @@
 // (mim_serving_requests_total by method and code,
 // mim_serving_request_seconds by method, mim_serving_queue_length).
 //
+// With an Authorizer every call's token is checked first (base/grpc_auth.h):
+// Predict and GetStatus need the read role, UpsertItem (it writes to the
+// content table) the admin role; a refused call (UNAUTHENTICATED,
+// PERMISSION_DENIED) is not queued and changes nothing. INTERNAL, DATA_LOSS
+// and UNKNOWN errors reach the client as "<Method> failed: ..." with the
+// full message in the server's log.
+//
 // Thread-safety: safe for concurrent access.
 #ifndef MIM_SERVING_SERVICE_H_
 #define MIM_SERVING_SERVICE_H_
@@ -16,6 +23,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "base/grpc_auth.h"
 #include "base/metrics.h"
 #include "proto/serving.grpc.pb.h"
 #include "serving/model_manager.h"
@@ -34,10 +42,12 @@ absl::StatusOr<PredictInput> PredictInputFromProto(
 class PredictionServiceImpl final
     : public PredictionService::CallbackService {
  public:
-  // Everything must outlive the service. `metrics` may be null.
+  // Everything must outlive the service. `metrics` may be null;
+  // `authorizer` null: authentication off.
   PredictionServiceImpl(Predictor* predictor, ModelManager* models,
                         RowCache* cache, Executor* executor,
-                        base::Metrics* metrics);
+                        base::Metrics* metrics,
+                        const base::Authorizer* authorizer = nullptr);
   ~PredictionServiceImpl() override;
 
   grpc::ServerUnaryReactor* Predict(grpc::CallbackServerContext* context,
@@ -52,6 +62,9 @@ class PredictionServiceImpl final
 
  private:
   enum Method { kPredict = 0, kUpsertItem = 1, kGetStatus = 2, kNumMethods };
+  // OK when the call's token allows `method` (or there is no authorizer).
+  absl::Status Authorize(Method method,
+                         const grpc::CallbackServerContext& context) const;
   // Finishes the call through `reactor` with `status`, recording metrics.
   void Finish(Method method, absl::Time start, grpc::ServerUnaryReactor* reactor,
               const absl::Status& status);
@@ -66,6 +79,7 @@ class PredictionServiceImpl final
   RowCache* const cache_;
   Executor* const executor_;
   base::Metrics* const metrics_;
+  const base::Authorizer* const authorizer_;
   int64_t scrape_callback_ = -1;
   prometheus::Histogram* seconds_[kNumMethods] = {};
   std::atomic<int64_t> requests_{0};

@@ -96,9 +96,9 @@ rule "worker/model, worker/data -> kernels/, base/" \
 rule "worker/ -> ps:client, embedding:sharding, kernels/, proto/, base/" \
   "//worker/..." "//worker/..." \
   "//ps:client + //embedding:sharding + //kernels/... + //proto/... + //base/..."
-rule "serving/ -> worker/model, worker/data, ps:client, embedding:sharding, kernels/, proto/, base/" \
+rule "serving/ -> worker/model, worker/data, ps:client, ps:health_service, embedding:sharding, kernels/, proto/, base/" \
   "//serving/..." "//serving/..." \
-  "//worker/model/... + //worker/data/... + //ps:client + //embedding:sharding + //kernels/... + //proto/... + //base/..."
+  "//worker/model/... + //worker/data/... + //ps:client + //ps:health_service + //embedding:sharding + //kernels/... + //proto/... + //base/..."
 # Nothing outside tools/, tests/ and bench/ depends on them (this also
 # covers a new top-level package that has no rule above yet).
 rule "nothing outside tools/, tests/, bench/ -> tools/, tests/, bench/" \
