@@ -1,0 +1,294 @@
+// C-SFT library: pair mining and the split, the encoder (untrained output,
+// gradients against finite differences, file round trip and corruption),
+// negative counts per configuration, recall.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
+#include "worker/csft/csft_trainer.h"
+#include "worker/csft/encoder.h"
+#include "worker/csft/pairs.h"
+#include "worker/data/sample.h"
+
+namespace mim::csft {
+namespace {
+
+data::Sample Positive(int64_t item, std::vector<int64_t> behavior,
+                      int label = 1) {
+  data::Sample s;
+  s.item_id = item;
+  s.label = label;
+  s.behavior = std::move(behavior);
+  return s;
+}
+
+TEST(MinePairsTest, LastWindowPositivesMostRecentFirstSkippingSelfAndNegatives) {
+  const std::vector<data::Sample> samples = {
+      Positive(5, {1, 2, 3}),
+      Positive(6, {1, 2}, /*label=*/0),
+      Positive(3, {9, 3}),
+      Positive(7, {}),
+  };
+  auto pairs = MinePairs(samples, PairOptions{2});
+  ASSERT_TRUE(pairs.ok()) << pairs.status();
+  EXPECT_EQ(*pairs, (std::vector<InterestPair>{{3, 5}, {2, 5}, {9, 3}}));
+  EXPECT_EQ(MinePairs(samples, PairOptions{0}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(SplitPairsTest, HeldOutItemsNeverTrainAndValidNewHasThemAsPositive) {
+  std::vector<InterestPair> pairs;
+  for (int64_t q = 0; q < 60; ++q) {
+    for (int64_t p = 0; p < 60; p += 7) {
+      if (p != q) pairs.push_back({q, p});
+    }
+  }
+  auto split = SplitPairs(pairs, 0.2, 0.1, 3);
+  ASSERT_TRUE(split.ok());
+  EXPECT_FALSE(split->held_out_items.empty());
+  EXPECT_FALSE(split->valid_new.empty());
+  EXPECT_FALSE(split->valid_warm.empty());
+  for (const auto& p : split->train) {
+    EXPECT_FALSE(split->held_out_items.contains(p.query));
+    EXPECT_FALSE(split->held_out_items.contains(p.item));
+  }
+  for (const auto& p : split->valid_new) {
+    EXPECT_TRUE(split->held_out_items.contains(p.item));
+    EXPECT_FALSE(split->held_out_items.contains(p.query));
+  }
+  auto again = SplitPairs(pairs, 0.2, 0.1, 3);
+  EXPECT_EQ(again->train, split->train);
+  EXPECT_EQ(SplitPairs(pairs, 1.0, 0.1, 3).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// 40 items: i < 20 genre {1}, i >= 20 genre {2, i % 3}; random vectors.
+Catalog TestCatalog(int input_dim = 6, int dim = 6) {
+  Catalog c;
+  c.dim = dim;
+  c.input_dim = input_dim;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  for (int i = 0; i < 40; ++i) {
+    c.ids.push_back(100 + i);
+    c.index[100 + i] = i;
+    double ss = 0;
+    std::vector<float> v(input_dim);
+    for (float& x : v) x = normal(rng);
+    for (int k = 0; k < dim; ++k) ss += double(v[k]) * v[k];
+    for (int k = 0; k < dim; ++k) v[k] = float(v[k] / std::sqrt(ss));
+    c.features.insert(c.features.end(), v.begin(), v.end());
+    c.genres.push_back(i < 20 ? std::vector<int32_t>{1}
+                              : std::vector<int32_t>{2, 3 + i % 3});
+  }
+  c.num_genres = 6;
+  return c;
+}
+
+TEST(EncoderTest, UntrainedEncoderIsThePlainVector) {
+  const Catalog c = TestCatalog(8, 6);
+  EncoderConfig config{6, 8, 6, 4, 16, true};
+  auto e = CsftEncoder::Create(config, 1);
+  ASSERT_TRUE(e.ok());
+  std::vector<float> out(6);
+  ASSERT_TRUE((*e)->Encode({c.Input(3)}, out.data()).ok());
+  for (int k = 0; k < 6; ++k) EXPECT_NEAR(out[k], c.features[3 * 8 + k], 1e-6);
+}
+
+// Loss of the encoder's outputs with fixed random weights.
+double EncoderLoss(const CsftEncoder& e, const std::vector<ItemInput>& in,
+                   const std::vector<float>& wv, const std::vector<float>& wt,
+                   const std::vector<float>& wc, float lambda) {
+  EncoderPass pass;
+  EXPECT_TRUE(e.Forward(in, &pass).ok());
+  double l = 0, pen = 0;
+  for (size_t i = 0; i < pass.v.size(); ++i) {
+    l += double(wv[i]) * pass.v[i] + double(wt[i]) * pass.t[i] +
+         double(wc[i]) * pass.c[i];
+    pen += double(pass.r[i]) * pass.r[i];
+  }
+  return l + lambda * pen / double(pass.rows);
+}
+
+class EncoderGradTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(EncoderGradTest, BackwardMatchesFiniteDifferences) {
+  // Float code path (the encoder is float only): central differences with
+  // step 1e-2 against the analytic gradient, |num - ana| <= 3e-3 + 3e-2|num|.
+  const Catalog c = TestCatalog(5, 3);
+  EncoderConfig config{3, 5, 6, 2, 4, GetParam()};
+  auto e = CsftEncoder::Create(config, 2);
+  ASSERT_TRUE(e.ok());
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> u(-0.5f, 0.5f);
+  for (float& p : *(*e)->mutable_params()) p += u(rng);  // W2 != 0 too
+  std::vector<ItemInput> in = {c.Input(0), c.Input(25), c.Input(31)};
+  const size_t n = in.size() * config.dim;
+  std::vector<float> wv(n), wt(n), wc(n);
+  for (float& x : wv) x = u(rng);
+  for (float& x : wt) x = u(rng);
+  for (float& x : wc) x = u(rng);
+  const float lambda = 0.7f;
+  EncoderPass pass;
+  ASSERT_TRUE((*e)->Forward(in, &pass).ok());
+  std::vector<float> grads((*e)->num_params(), 0.0f);
+  ASSERT_TRUE((*e)->Backward(pass, wv.data(), wt.data(), wc.data(), lambda,
+                             grads.data())
+                  .ok());
+  std::vector<float>& params = *(*e)->mutable_params();
+  int checked = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const float saved = params[i];
+    params[i] = saved + 1e-2f;
+    const double up = EncoderLoss(**e, in, wv, wt, wc, lambda);
+    params[i] = saved - 1e-2f;
+    const double down = EncoderLoss(**e, in, wv, wt, wc, lambda);
+    params[i] = saved;
+    const double num = (up - down) / 2e-2;
+    ASSERT_NEAR(grads[i], num, 3e-3 + 3e-2 * std::abs(num))
+        << "parameter " << i;
+    ++checked;
+  }
+  EXPECT_EQ(checked, (*e)->num_params());
+}
+
+INSTANTIATE_TEST_SUITE_P(Fusion, EncoderGradTest, ::testing::Bool());
+
+TEST(EncoderTest, SaveLoadRoundTripAndCorruption) {
+  const Catalog c = TestCatalog(8, 6);
+  auto e = CsftEncoder::Create({6, 8, 6, 4, 16, true}, 3);
+  ASSERT_TRUE(e.ok());
+  for (float& p : *(*e)->mutable_params()) p += 0.01f;
+  const std::string path = ::testing::TempDir() + "/enc.bin";
+  ASSERT_TRUE((*e)->Save(path).ok());
+  auto loaded = CsftEncoder::Load(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->params(), (*e)->params());
+  std::vector<float> a(6), b(6);
+  ASSERT_TRUE((*e)->Encode({c.Input(30)}, a.data()).ok());
+  ASSERT_TRUE((*loaded)->Encode({c.Input(30)}, b.data()).ok());
+  EXPECT_EQ(a, b);
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-3, std::ios::end);
+    f.put('\x7f');
+  }
+  EXPECT_EQ(CsftEncoder::Load(path).status().code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(CsftEncoder::Load(path + ".missing").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+// Batch of 4 distinct pairs: queries 100+{20..23}, positives 100+{0..3}
+// (genre 1); hard negatives come from items 100+{4..9} (genre 1 too), so
+// nothing is masked and the counts are exact.
+std::vector<InterestPair> Batch(int offset) {
+  std::vector<InterestPair> b;
+  for (int i = 0; i < 4; ++i) b.push_back({120 + offset + i, 100 + offset + i});
+  return b;
+}
+
+struct NegCase {
+  bool in_batch, hard;
+  int queue;
+  int64_t first, second, third;  // negatives summed over 4 queries
+};
+
+class NegativeCountTest : public ::testing::TestWithParam<NegCase> {};
+
+TEST_P(NegativeCountTest, CountsPerConfiguration) {
+  const NegCase& k = GetParam();
+  const Catalog c = TestCatalog();
+  CsftOptions o;
+  o.batch_size = 4;
+  o.in_batch_negatives = k.in_batch;
+  o.hard_negatives = k.hard;
+  o.queue_batches = k.queue;
+  auto t = CsftTrainer::Create(&c, o, {104, 105, 106, 107, 108, 109});
+  ASSERT_TRUE(t.ok());
+  auto s1 = (*t)->Step(Batch(10));  // positives 110..113, queries 130..133
+  ASSERT_TRUE(s1.ok()) << s1.status();
+  EXPECT_EQ(s1->negatives, k.first);
+  auto s2 = (*t)->Step(Batch(14));
+  ASSERT_TRUE(s2.ok());
+  EXPECT_EQ(s2->negatives, k.second);
+  auto s3 = (*t)->Step(Batch(0));
+  ASSERT_TRUE(s3.ok());
+  EXPECT_EQ(s3->negatives, k.third);
+  EXPECT_EQ((*t)->queue_rows(), size_t(4 * std::min(k.queue, 3)));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Negatives, NegativeCountTest,
+    ::testing::Values(
+        // in-batch 3 + hard 4 per query, + 4 per queued batch
+        NegCase{true, true, 2, 4 * 7, 4 * 11, 4 * 15},
+        NegCase{true, true, 1, 4 * 7, 4 * 11, 4 * 11},
+        NegCase{true, true, 0, 4 * 7, 4 * 7, 4 * 7},
+        NegCase{true, false, 2, 4 * 3, 4 * 7, 4 * 11},
+        // each query alone: its own hard negative + the queue
+        NegCase{false, true, 2, 4 * 1, 4 * 5, 4 * 9},
+        NegCase{false, false, 0, 0, 0, 0}));
+
+TEST(NegativeCountTest, RepeatedPositiveIsNotItsOwnNegative) {
+  const Catalog c = TestCatalog();
+  CsftOptions o;
+  o.hard_negatives = false;
+  o.queue_batches = 0;
+  auto t = CsftTrainer::Create(&c, o, {});
+  ASSERT_TRUE(t.ok());
+  // Two queries share positive 101; a third query is item 101 itself.
+  auto s = (*t)->Step(std::vector<InterestPair>{{120, 101}, {121, 101},
+                                                {101, 102}});
+  ASSERT_TRUE(s.ok());
+  // Rows 0, 1: only 102 (101 again masked); row 2: 101 is its query -> 0.
+  EXPECT_EQ(s->negatives, 1 + 1 + 0);
+  EXPECT_EQ((*t)->Step(std::vector<InterestPair>{{120, 999}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(RecallTest, RanksByCosineExcludingTheQuery) {
+  Catalog c;
+  c.dim = c.input_dim = 2;
+  c.ids = {1, 2, 3};
+  c.index = {{1, 0}, {2, 1}, {3, 2}};
+  // item 1 = (1,0); 2 = (0.6,0.8); 3 = (0.8,0.6): from 1, item 3 ranks first.
+  const std::vector<float> v = {1, 0, 0.6f, 0.8f, 0.8f, 0.6f};
+  Recall r = EvaluateRecall(c, v, {{1, 3}, {1, 2}, {1, 77}});
+  EXPECT_EQ(r.pairs, 2);
+  EXPECT_EQ(r.skipped, 1);
+  EXPECT_EQ(r.at10, 1.0);
+}
+
+TEST(TrainCsftTest, SelectionNeverBelowThePlainVectorsOnValidNew) {
+  const Catalog c = TestCatalog();
+  PairSplit split;
+  for (int q = 0; q < 30; ++q) {
+    for (int p = 0; p < 30; p += 3) {
+      if (p == q) continue;
+      // genre-1 items pair among themselves, others among themselves
+      if ((q < 20) != (p < 20)) continue;
+      (p % 9 == 0 ? split.valid_new : split.train).push_back({100 + q, 100 + p});
+    }
+  }
+  CsftOptions o;
+  o.epochs = 3;
+  o.patience = 3;
+  o.batch_size = 16;
+  auto r = TrainCsft(c, split, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const Recall& plain = r->log[0].valid_new;
+  const Recall& chosen = r->log[r->best_epoch].valid_new;
+  EXPECT_GE(chosen.at50, plain.at50);
+  if (chosen.at50 == plain.at50) EXPECT_GE(chosen.at10, plain.at10);
+  EXPECT_EQ(r->log.size(), size_t(4));
+}
+
+}  // namespace
+}  // namespace mim::csft

@@ -1,0 +1,159 @@
+// C-SFT training: contrastive fine-tuning of the item encoder (encoder.h)
+// on interest pairs with the multi-level loss
+//   L = L_q2item + alpha L_q2txt + beta L_q2cat + lambda mean |r|^2
+// (InfoNCE at temperature tau; q2item over in-batch, one same-category hard
+// negative per pair and a queue of the last k batches' items; q2txt and
+// q2cat contrast the query's h_MM with the positives' text and category
+// heads in the batch), with early stopping and selection on held-out pairs
+// whose positive item never appears in training (pairs.h). Epoch 0, the
+// untrained encoder, is a candidate too: it is the plain vectors, so the
+// selected vectors never score below them on that validation.
+#ifndef MIM_WORKER_CSFT_CSFT_TRAINER_H_
+#define MIM_WORKER_CSFT_CSFT_TRAINER_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "worker/csft/encoder.h"
+#include "worker/csft/pairs.h"
+
+namespace mim::csft {
+
+// Items with their encoder inputs. Plain value type.
+struct Catalog {
+  int dim = 0;        // plain vector dim
+  int input_dim = 0;  // all modalities
+  int num_genres = 1; // max genre id + 1
+  std::vector<int64_t> ids;
+  std::vector<float> features;  // [ids.size(), input_dim]
+  std::vector<std::vector<int32_t>> genres;
+  absl::flat_hash_map<int64_t, int> index;
+  int IndexOf(int64_t item) const {
+    auto it = index.find(item);
+    return it == index.end() ? -1 : it->second;
+  }
+  ItemInput Input(int i) const {
+    return {features.data() + int64_t(i) * input_dim, &genres[i]};
+  }
+};
+
+// The first file's items are the catalogue (its vectors are the plain ones,
+// L2-normalised here); later files are extra modalities appended to the
+// encoder input (zeros for an item a file lacks). Errors as the vector
+// reader; INVALID_ARGUMENT for no file.
+absl::StatusOr<Catalog> BuildCatalog(
+    const std::vector<std::string>& vector_files,
+    const absl::flat_hash_map<int64_t, std::vector<int32_t>>& genres);
+
+// Recall@10 and @50 over the whole catalogue: for a pair (q, p), every item
+// but q is ranked by cosine to q; a hit when fewer than K items beat p.
+// Pairs with an item outside the catalogue are skipped (counted).
+struct Recall {
+  double at10 = 0;
+  double at50 = 0;
+  int64_t pairs = 0;
+  int64_t skipped = 0;
+};
+Recall EvaluateRecall(const Catalog& catalog, const std::vector<float>& vectors,
+                      const std::vector<InterestPair>& pairs);
+
+// Plain value type. Defaults are the ones docs/RESULTS.md (C-SFT) used.
+struct CsftOptions {
+  int epochs = 10;
+  int patience = 2;            // epochs without a better valid-new recall
+  int batch_size = 256;
+  double learning_rate = 1e-3;
+  double temperature = 0.1;
+  double alpha = 0.5;          // q2txt weight
+  double beta = 0.2;           // q2cat weight
+  double residual_penalty = 1.0;
+  bool in_batch_negatives = true;
+  bool hard_negatives = true;
+  int queue_batches = 4;       // 0: no queue
+  int genre_dim = 8;
+  int hidden = 128;
+  bool tensor_fusion = true;
+  int max_eval_pairs = 5000;   // deterministic subsample of each valid set
+  uint64_t seed = 1;
+};
+
+// What one step did. Plain value type.
+struct StepStats {
+  double loss = 0;
+  int64_t rows = 0;
+  // q2item negatives summed over the batch's queries (after masking).
+  int64_t negatives = 0;
+};
+
+// One encoder, its Adam state, the queue and the hard-negative pools.
+// Not thread-safe.
+class CsftTrainer {
+ public:
+  // `train_items`: items hard negatives are drawn from (those of training
+  // pairs). INVALID_ARGUMENT for bad options.
+  static absl::StatusOr<std::unique_ptr<CsftTrainer>> Create(
+      const Catalog* catalog, const CsftOptions& options,
+      const std::vector<int64_t>& train_items);
+
+  // One Adam step on `batch` (items must be in the catalogue: pairs with
+  // an unknown item are INVALID_ARGUMENT naming it).
+  absl::StatusOr<StepStats> Step(absl::Span<const InterestPair> batch);
+
+  // Every catalogue item's h_MM, [n, dim].
+  absl::StatusOr<std::vector<float>> EncodeAll() const;
+
+  const CsftEncoder& encoder() const { return *encoder_; }
+  CsftEncoder* mutable_encoder() { return encoder_.get(); }
+  size_t queue_rows() const;
+
+ private:
+  CsftTrainer(const Catalog* catalog, const CsftOptions& options);
+  int HardNegative(int positive, int query);
+
+  const Catalog* catalog_;
+  CsftOptions options_;
+  std::unique_ptr<CsftEncoder> encoder_;
+  std::vector<float> grads_, adam_m_, adam_v_;
+  int64_t step_ = 0;
+  std::mt19937_64 rng_;
+  absl::flat_hash_map<int32_t, std::vector<int>> pool_by_genre_;
+  std::vector<int> pool_all_;
+  struct QueueEntry {
+    std::vector<float> vectors;
+    std::vector<int64_t> ids;
+  };
+  std::deque<QueueEntry> queue_;
+};
+
+struct EpochLog {
+  int epoch = 0;  // 0: before training (the plain vectors)
+  double loss = 0;
+  double pairs_per_second = 0;
+  Recall valid_new, valid_warm;
+};
+
+struct TrainResult {
+  std::unique_ptr<CsftEncoder> encoder;  // the selected epoch's
+  int best_epoch = 0;
+  std::vector<EpochLog> log;
+  int64_t train_pairs = 0;
+  double pairs_per_second = 0;  // over all training steps
+};
+
+// Trains on split.train, evaluates after every epoch on split.valid_new
+// (selection: recall@50, then @10) and split.valid_warm (reported), stops
+// after `patience` epochs without improvement; logs one line per epoch.
+absl::StatusOr<TrainResult> TrainCsft(const Catalog& catalog,
+                                      const PairSplit& split,
+                                      const CsftOptions& options);
+
+}  // namespace mim::csft
+
+#endif  // MIM_WORKER_CSFT_CSFT_TRAINER_H_
