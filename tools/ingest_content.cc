@@ -8,6 +8,8 @@
 //
 // The content key of an item is its raw item id (the models look content up
 // by item id). The table is created (if missing) with the file's dimension.
+// TLS and token flags: base/client_security.h (Upsert and CreateTable need
+// an admin token on shards with --auth_tokens).
 #include <unistd.h>
 
 #include <cstdint>
@@ -18,6 +20,7 @@
 
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "base/client_security.h"
 #include "gflags/gflags.h"
 #include "proto/ps.pb.h"
 #include "ps/client.h"
@@ -60,7 +63,17 @@ int main(int argc, char** argv) {
 
   std::vector<std::string> addresses =
       absl::StrSplit(FLAGS_ps, ',', absl::SkipEmpty());
-  auto client = mim::ps::PsClient::Create(addresses);
+  absl::StatusOr<mim::base::ClientSecurity> security =
+      mim::base::ClientSecurityFromFlags();
+  if (!security.ok()) {
+    std::fprintf(stderr, "ingest_content: %s\n",
+                 security.status().ToString().c_str());
+    return 2;
+  }
+  mim::ps::PsClient::Options client_options;
+  client_options.credentials = security->credentials;
+  client_options.auth_token = security->auth_token;
+  auto client = mim::ps::PsClient::Create(addresses, client_options);
   if (!client.ok()) return Fail("connect", client.status());
 
   mim::ps::TableConfig config;

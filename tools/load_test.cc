@@ -19,7 +19,9 @@
 // Progress goes to stderr once per second (one overwritten line on a
 // terminal, plain lines otherwise). Exit status: 0 the run completed (even
 // with failed requests: they are reported), 1 the target could not be
-// reached or --json_out not written, 2 bad usage.
+// reached or --json_out not written, 2 bad usage. TLS and token:
+// --tls_ca, --tls_client_cert, --tls_client_key, --auth_token_file
+// (base/client_security.h; UpsertItem needs an admin token).
 #include <unistd.h>
 
 #include <algorithm>
@@ -51,6 +53,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "base/atomic_file.h"
+#include "base/client_security.h"
+#include "base/grpc_auth.h"
 #include "gflags/gflags.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
@@ -62,6 +66,13 @@
 #include "tools/gen_synthetic_lib.h"
 
 namespace {
+
+// Channel credentials and token of every call; set once in main() before
+// any call, read-only afterwards.
+mim::base::ClientSecurity& Security() {
+  static auto* security = new mim::base::ClientSecurity;
+  return *security;
+}
 
 // gen_synthetic's default dataset numbers users and items from 1.
 const std::string kDefaultUsers =
@@ -337,6 +348,7 @@ absl::StatusOr<GetStatusResponse> GetStatus(PredictionService::Stub& stub) {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::milliseconds(FLAGS_deadline_ms));
+  mim::base::AddBearerToken(Security().auth_token, &context);
   GetStatusResponse response;
   const grpc::Status status =
       stub.GetStatus(&context, GetStatusRequest(), &response);
@@ -357,8 +369,8 @@ ConnectChannels() {
     grpc::ChannelArguments args;
     // Without this, channels to one target share a single connection.
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
-        FLAGS_target, grpc::InsecureChannelCredentials(), args);
+    std::shared_ptr<grpc::Channel> channel =
+        grpc::CreateCustomChannel(FLAGS_target, Security().credentials, args);
     if (!channel->WaitForConnected(deadline)) {
       return absl::UnavailableError(absl::StrCat(
           "could not connect to ", FLAGS_target, " within ",
@@ -410,6 +422,7 @@ SendResult SendOnSchedule(
     r.max_lag_ms = std::max(r.max_lag_ms, Ms(now - call->scheduled));
     call->context.set_deadline(std::chrono::system_clock::now() +
                                std::chrono::milliseconds(FLAGS_deadline_ms));
+    mim::base::AddBearerToken(Security().auth_token, &call->context);
     recorder.Sent();
     stubs[i % stubs.size()]->async()->Predict(
         &call->context, &call->request, &call->response,
@@ -654,5 +667,9 @@ int main(int argc, char** argv) {
       "//serving:server; see the comment at the top of tools/load_test.cc.");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   if (argc > 1) return Usage(absl::StrCat("unexpected argument '", argv[1], "'"));
+  absl::StatusOr<mim::base::ClientSecurity> security =
+      mim::base::ClientSecurityFromFlags();
+  if (!security.ok()) return Usage(security.status().ToString());
+  Security() = *std::move(security);
   return Run();
 }

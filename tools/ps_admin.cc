@@ -19,6 +19,10 @@
 //                                   every shard)
 //   health                          grpc.health.v1 of every shard
 //
+// Security: --tls_ca (+ --tls_client_cert/--tls_client_key) and
+// --auth_token_file (base/client_security.h); create-table, checkpoint and
+// restore need an admin token on a shard with --auth_tokens.
+//
 // Exit status: 0 success, 1 an RPC failed (the message names the shard and
 // its address), 2 bad usage. Output is for people unless --json is given, in
 // which case stdout is one JSON document.
@@ -37,6 +41,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "base/client_security.h"
 #include "gflags/gflags.h"
 #include "nlohmann/json.hpp"
 #include "proto/ps.pb.h"
@@ -443,10 +448,15 @@ int main(int argc, char** argv) {
   if (args.empty()) return Usage("no command given");
   if (FLAGS_ps.empty()) return Usage("--ps=HOST:PORT[,...] is required");
 
+  absl::StatusOr<mim::base::ClientSecurity> security =
+      mim::base::ClientSecurityFromFlags();
+  if (!security.ok()) return Usage(security.status().ToString());
   PsClient::Options options;
   options.timeout = absl::Milliseconds(FLAGS_timeout_ms);
   options.max_attempts = FLAGS_attempts;
   options.initial_backoff = absl::Milliseconds(100);
+  options.credentials = security->credentials;
+  options.auth_token = security->auth_token;
   auto client = PsClient::Create(
       absl::StrSplit(FLAGS_ps, ',', absl::SkipEmpty()), options);
   if (!client.ok()) return Usage(std::string(client.status().message()));

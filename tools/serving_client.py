@@ -28,6 +28,14 @@ As a command (exit 0: success, 1: the RPC failed, 2: bad usage):
 `--json` prints one JSON document on stdout instead of text; a failed RPC
 then prints {"ok": false, "code": ..., "error": ...} as well as the message on
 stderr.
+
+Security (docs/OPERATIONS.md, "Security"): `--tls_ca=FILE` talks TLS to a
+server started with --tls_cert (`--tls_client_cert`/`--tls_client_key` add a
+client certificate for one with --tls_client_ca); `--auth_token_file=FILE`
+sends the token in it (mode 600) with every call, for a server with
+--auth_tokens (Predict and status need a read token, upsert an admin one).
+As a library: MimServingClient(target, tls=TlsFiles(ca=...),
+token=read_token_file(path)).
 """
 
 import argparse
@@ -35,7 +43,9 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -65,6 +75,58 @@ class ServingError(Exception):
 
 class StubError(Exception):
     """The Python stubs could not be generated or imported."""
+
+
+# RFC 6750 b64token, 16..4096 characters: the servers' rule
+# (base/grpc_auth.h).
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def read_token_file(path):
+    """The bearer token in `path`: its one non-empty line that is not a '#'
+    comment. Raises ValueError naming the file when it is readable or
+    writable by group or others (chmod 600), holds no or several token
+    lines, or the token is malformed; OSError when it cannot be read."""
+    mode = os.stat(path).st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(
+            f"--auth_token_file: {path} has mode {stat.S_IMODE(mode):04o}: a "
+            f"token file must not be readable or writable by group or others; "
+            f"run chmod 600 {path}")
+    with open(path, encoding="ascii", errors="replace") as f:
+        lines = [l.strip() for l in f]
+    tokens = [l for l in lines if l and not l.startswith("#")]
+    if len(tokens) != 1:
+        raise ValueError(f"--auth_token_file: {path} must hold exactly one "
+                         f"token line, has {len(tokens)}")
+    token = tokens[0]
+    if not (16 <= len(token) <= 4096 and _TOKEN_RE.fullmatch(token)):
+        raise ValueError(f"--auth_token_file: {path} does not hold a valid "
+                         f"token ({len(token)} characters)")
+    return token
+
+
+class TlsFiles:
+    """PEM files for TLS to the server: `ca` (the CA that signed the server's
+    certificate; required) and, for mutual TLS, `cert` and `key` (this
+    client's certificate and private key, both or neither)."""
+
+    def __init__(self, ca, cert=None, key=None):
+        if not ca:
+            raise ValueError("TLS needs the CA file (--tls_ca)")
+        if bool(cert) != bool(key):
+            raise ValueError("--tls_client_cert and --tls_client_key go "
+                             "together: give both or neither")
+        self.ca, self.cert, self.key = ca, cert, key
+
+    def credentials(self):
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca),
+            private_key=read(self.key) if self.key else None,
+            certificate_chain=read(self.cert) if self.cert else None)
 
 
 def _cache_root():
@@ -172,9 +234,14 @@ class MimServingClient:
     before anything is sent. Request limits (candidate count, feature names,
     one genre list per candidate) are the server's to check: it answers
     INVALID_ARGUMENT naming the field. Safe for concurrent use from several
-    threads (gRPC channels and stubs are)."""
+    threads (gRPC channels and stubs are).
 
-    def __init__(self, target, timeout_s=5.0, proto_path=DEFAULT_PROTO):
+    `tls`: a TlsFiles for a server with --tls_cert (None: plain channel).
+    `token`: the bearer token sent with every call (see read_token_file),
+    for a server with --auth_tokens; None: no token."""
+
+    def __init__(self, target, timeout_s=5.0, proto_path=DEFAULT_PROTO,
+                 tls=None, token=None):
         if not target:
             raise ValueError("target is empty; expected HOST:PORT")
         if timeout_s <= 0:
@@ -182,7 +249,11 @@ class MimServingClient:
         self._pb, pb_grpc = load_stubs(proto_path)
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        if tls is not None:
+            self._channel = grpc.secure_channel(target, tls.credentials())
+        else:
+            self._channel = grpc.insecure_channel(target)
         self._stub = pb_grpc.PredictionServiceStub(self._channel)
 
     def close(self):
@@ -196,7 +267,8 @@ class MimServingClient:
 
     def _call(self, method, request):
         try:
-            return getattr(self._stub, method)(request, timeout=self.timeout_s)
+            return getattr(self._stub, method)(request, timeout=self.timeout_s,
+                                               metadata=self._metadata)
         except grpc.RpcError as e:
             raise ServingError(method, e.code().name, e.details()) from None
 
@@ -384,6 +456,14 @@ def build_parser():
                    help="deadline of the RPC in seconds (default 5)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON document on stdout")
+    p.add_argument("--tls_ca", default=None,
+                   help="PEM CA of the server's certificate: talk TLS")
+    p.add_argument("--tls_client_cert", default=None,
+                   help="PEM client certificate (mutual TLS)")
+    p.add_argument("--tls_client_key", default=None,
+                   help="PEM private key of --tls_client_cert")
+    p.add_argument("--auth_token_file", default=None,
+                   help="file holding the bearer token (mode 600)")
     sub = p.add_subparsers(dest="command", required=True)
 
     pr = sub.add_parser("predict", help="score candidates for one user")
@@ -412,13 +492,25 @@ def build_parser():
     return p
 
 
+def security_from_args(args):
+    """{"tls": ..., "token": ...} for MimServingClient from the parsed
+    --tls_ca, --tls_client_cert, --tls_client_key and --auth_token_file."""
+    if not args.tls_ca and (args.tls_client_cert or args.tls_client_key):
+        raise ValueError("--tls_client_cert/--tls_client_key need --tls_ca")
+    tls = (TlsFiles(args.tls_ca, args.tls_client_cert, args.tls_client_key)
+           if args.tls_ca else None)
+    token = read_token_file(args.auth_token_file) if args.auth_token_file else None
+    return {"tls": tls, "token": token}
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on bad usage
     try:
-        with MimServingClient(args.target, args.timeout_s) as client:
+        with MimServingClient(args.target, args.timeout_s,
+                              **security_from_args(args)) as client:
             args.run(client, args)
-    except (UsageError, ValueError) as e:
+    except (UsageError, ValueError, OSError) as e:
         print(f"serving_client: {e}", file=sys.stderr)
         return EXIT_USAGE
     except StubError as e:

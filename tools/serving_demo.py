@@ -3,9 +3,13 @@
 through the Python client, a brand-new item upserted and scored with its
 content at once, and the measured upsert-to-visible time.
 
-    /usr/bin/python3 tools/serving_demo.py --target=127.0.0.1:PORT --data=DIR
+    /usr/bin/python3 tools/serving_demo.py --target=127.0.0.1:PORT --data=DIR \
+        [--tls_ca=CA.pem [--tls_client_cert=C.pem --tls_client_key=C.key]] \
+        [--auth_token_file=FILE]
 
 DIR holds the dataset the model was trained on (test.tsv, item_text.tsv).
+The security flags are serving_client.py's; the token must have the admin
+role (the demo upserts items).
 Upsert-to-visible: for --probes new item ids, the time from sending
 UpsertItem to the first Predict answer whose score for that item differs
 from its score before the upsert (read-your-write makes that the very next
@@ -17,7 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serving_client import MimServingClient  # noqa: E402
+from serving_client import MimServingClient, security_from_args  # noqa: E402
 
 
 def read_samples(path, n):
@@ -64,11 +68,16 @@ def main():
     p.add_argument("--data", required=True)
     p.add_argument("--users", type=int, default=3)
     p.add_argument("--probes", type=int, default=100)
+    p.add_argument("--tls_ca", default=None)
+    p.add_argument("--tls_client_cert", default=None)
+    p.add_argument("--tls_client_key", default=None)
+    p.add_argument("--auth_token_file", default=None)
     a = p.parse_args()
 
     samples = read_samples(os.path.join(a.data, "test.tsv"), 2000)
     texts = read_texts(os.path.join(a.data, "item_text.tsv"))
-    with MimServingClient(a.target, timeout_s=10) as client:
+    with MimServingClient(a.target, timeout_s=10,
+                          **security_from_args(a)) as client:
         st = client.status()
         print(f"serving model {st['model_version']} ({st['model_name']}), "
               f"ID table {st['id_table']}, content table "

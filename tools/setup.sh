@@ -10,7 +10,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev
   libfasttext-dev fasttext nlohmann-json3-dev
   redis-server python3 python3-numpy python3-matplotlib python3-torch
-  prometheus-cpp-dev prometheus python3-grpcio python3-protobuf
+  prometheus-cpp-dev prometheus python3-grpcio python3-protobuf openssl
 )
 
 missing=()

@@ -866,6 +866,8 @@ ps::PsClient::Options ClientOptions(const TrainerOptions& options) {
   ps::PsClient::Options client_options;
   client_options.timeout = absl::Seconds(60);
   client_options.channels_per_shard = 2;  // trainer thread + prefetch thread
+  client_options.credentials = options.ps_credentials;
+  client_options.auth_token = options.ps_auth_token;
   // Ride through a shard restart: retries are bounded by time, not count.
   // Pushes are sent only over a connected channel and never resent
   // (PushRetry::kUnsent): a push in doubt is counted, not applied twice.

@@ -11,6 +11,7 @@
 #define MIM_WORKER_TRAINER_H_
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -20,6 +21,10 @@
 #include "absl/status/statusor.h"
 #include "worker/eval/metrics.h"
 #include "worker/model/ciubm_model.h"
+
+namespace grpc {
+class ChannelCredentials;
+}  // namespace grpc
 
 namespace mim::worker {
 
@@ -89,6 +94,14 @@ struct TrainerOptions {
   // before the job fails naming the shard (PsClient::Options::retry_budget;
   // 0: one attempt). A shard restarted within it costs only the wait.
   double ps_retry_seconds = 60;
+  // TLS credentials and bearer token for the shards
+  // (PsClient::Options::credentials and auth_token; the trainer's
+  // --tls_ca, --tls_client_cert, --tls_client_key and --auth_token_file,
+  // base/client_security.h). Null / empty: insecure, no token. Training
+  // pushes and creates tables, so on shards with --auth_tokens the token
+  // needs the admin role.
+  std::shared_ptr<grpc::ChannelCredentials> ps_credentials;
+  std::string ps_auth_token;
 };
 
 // One point of the training loss curve: mean loss of the batches since the

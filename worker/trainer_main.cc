@@ -4,6 +4,10 @@
 //   bazel run //worker:trainer -- --ps=127.0.0.1:5000,127.0.0.1:5001
 //     --train=train.tsv --test=test.tsv --model=din_mim
 //     --content_table=item_content --metrics_out=m.json --model_dir=out/
+//
+// TLS and token for the shards: --tls_ca, --tls_client_cert,
+// --tls_client_key, --auth_token_file (base/client_security.h; an admin
+// token, since training pushes).
 #include <cstdlib>
 #include <iostream>
 #include <string>
@@ -11,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_split.h"
+#include "base/client_security.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
 #include "worker/trainer.h"
@@ -177,6 +182,14 @@ int main(int argc, char** argv) {
   o.loss_every = FLAGS_loss_every;
   o.barrier_timeout_s = FLAGS_barrier_timeout_s;
   o.ps_retry_seconds = FLAGS_ps_retry_seconds;
+  absl::StatusOr<mim::base::ClientSecurity> security =
+      mim::base::ClientSecurityFromFlags();
+  if (!security.ok()) {
+    std::cerr << "trainer: " << security.status() << "\n";
+    return 2;
+  }
+  o.ps_credentials = security->credentials;
+  o.ps_auth_token = security->auth_token;
 
   absl::StatusOr<mim::worker::TrainReport> report =
       mim::worker::RunTrainer(o, FLAGS_progress ? &std::cerr : nullptr);
