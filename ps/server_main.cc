@@ -49,6 +49,13 @@ DEFINE_uint32(num_shards, 1, "Number of shards in the cluster.");
 DEFINE_string(data_dir, "", "Directory of this shard's tables (required).");
 DEFINE_bool(sync_writes, false,
             "fsync the write-ahead log on every acknowledged write.");
+DEFINE_bool(accept_data_loss,
+            mim::embedding::EmbeddingStore::Options().accept_data_loss,
+            "Start even when --data_dir's write-ahead log is damaged or cut "
+            "short, or its database is missing, dropping the acknowledged "
+            "writes that are lost (a start without it refuses, exit 2, "
+            "naming them); what was dropped is logged and reported in "
+            "TableStats and /metrics. See docs/OPERATIONS.md, Recovery.");
 DEFINE_uint64(max_keys_per_request, 1 << 20,
               "Requests with more keys are refused (RESOURCE_EXHAUSTED).");
 DEFINE_int32(threads, 64,
@@ -155,6 +162,7 @@ int main(int argc, char** argv) {
   store_options.data_dir = FLAGS_data_dir;
   store_options.sync_writes = FLAGS_sync_writes;
   store_options.max_keys_per_request = FLAGS_max_keys_per_request;
+  store_options.accept_data_loss = FLAGS_accept_data_loss;
   const absl::Time open_start = absl::Now();
   auto store = mim::embedding::EmbeddingStore::Open(store_options);
   if (!store.ok()) {
@@ -164,6 +172,9 @@ int main(int argc, char** argv) {
   size_t tables = (*store)->ListTables().size();
   LOG(INFO) << "opened " << FLAGS_data_dir << " with " << tables
             << " tables in " << absl::Now() - open_start;
+  if (const auto recovery = (*store)->Recovery(); recovery.data_loss_accepted) {
+    LOG(WARNING) << "--accept_data_loss: " << recovery.detail;
+  }
 
   mim::ps::ParameterServerService::Options service_options;
   service_options.shard_index = FLAGS_shard_index;

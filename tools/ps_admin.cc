@@ -5,7 +5,9 @@
 // Commands:
 //   tables                          tables with kind, dim, optimizer, init
 //   stats TABLE                     rows, dim, bytes, bytes/row, optimizer,
-//                                   per shard and total
+//                                   per shard and total; and what a shard
+//                                   dropped if it started with
+//                                   --accept_data_loss
 //   get TABLE KEY...                values and metadata (creates no rows)
 //   create-table NAME --kind=id|content --dim=D [--optimizer=adagrad]
 //                [--lr=0.05] [--init=normal] [--init_scale=0.01] [--seed=0]
@@ -176,10 +178,28 @@ int Stats(PsClient& client, const std::string& table) {
       }
     }
     json total = totals.empty() ? json() : StatsJson(totals[0]);
+    // Shards that started by accepting data loss (--accept_data_loss).
+    json recovered = json::array();
+    for (size_t s = 0; s < shards->size(); ++s) {
+      const mim::ps::StartupRecovery& r = (*shards)[s].stats.recovery();
+      if (!r.data_loss_accepted()) continue;
+      recovered.push_back(
+          {{"shard", s},
+           {"address", (*shards)[s].address},
+           {"started_empty", r.started_empty()},
+           {"wal_records_dropped", r.wal_records_dropped()},
+           {"wal_writes_dropped", r.wal_writes_dropped()},
+           {"wal_bytes_dropped", r.wal_bytes_dropped()},
+           {"files", std::vector<std::string>(r.files().begin(),
+                                              r.files().end())},
+           {"salvage_dir", r.salvage_dir()},
+           {"detail", r.detail()}});
+    }
     std::cout << json{{"ok", true},
                       {"table", table},
                       {"shards", per_shard},
-                      {"total", total}}
+                      {"total", total},
+                      {"data_loss_accepted_at_start", recovered}}
                      .dump(2)
               << "\n";
     return 0;
@@ -195,6 +215,15 @@ int Stats(PsClient& client, const std::string& table) {
     }
   }
   for (const auto& t : totals) std::cout << StatsText("  total", t) << "\n";
+  for (size_t s = 0; s < shards->size(); ++s) {
+    const mim::ps::StartupRecovery& r = (*shards)[s].stats.recovery();
+    if (!r.data_loss_accepted()) continue;
+    std::cout << absl::StrFormat(
+        "  shard %d (%s) started with --accept_data_loss: %d writes, %d log "
+        "records, %d log bytes dropped; %s\n",
+        s, (*shards)[s].address, r.wal_writes_dropped(),
+        r.wal_records_dropped(), r.wal_bytes_dropped(), r.detail());
+  }
   return 0;
 }
 
