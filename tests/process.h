@@ -52,6 +52,7 @@ class ShardProcess {
   int port() const { return port_; }
   std::string address() const;
   const Flags& flags() const { return flags_; }
+  pid_t pid() const { return pid_; }
 
   // Sends `signal` and waits for the exit; returns the wait status.
   int Kill(int signal);
@@ -80,6 +81,7 @@ class ServerProcess {
   int port() const { return port_; }
   int metrics_port() const { return metrics_port_; }  // -1: none
   std::string address() const;
+  pid_t pid() const { return pid_; }
   const std::vector<std::string>& argv() const { return argv_; }
   // Sends `signal` and waits for the exit; returns the wait status.
   int Kill(int signal);

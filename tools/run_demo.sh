@@ -9,6 +9,11 @@
 #   7. serve din_mim (//serving:server): Predict calls through the Python
 #      client, a brand-new item upserted and scored with its content at once,
 #      and the measured upsert-to-visible time.
+# Every process runs with security on (docs/OPERATIONS.md, "Security"): a
+# test CA and certificates (tools/make_test_certs.sh) and bearer tokens are
+# made under OUT/security; shards and the serving tier require TLS with
+# client certificates and a token on every call; every client passes its
+# certificate and token (admin for writers, read for the read-only calls).
 #
 # Usage: tools/run_demo.sh [--data=synthetic|movielens:DIR] [--scale=default|full]
 #                          [--models=din,din_ct,din_mim] [--epochs=N] [--out=DIR]
@@ -36,7 +41,7 @@ for arg in "$@"; do
              [[ -n "$OUT" ]] || { echo "run_demo: --out is empty" >&2; exit 2; }
              OUT=$(from_caller "$OUT") ;;
     --test_start=*) TEST_START=${arg#--test_start=} ;;
-    -h|--help) sed -n 2,11p "$ROOT/tools/run_demo.sh"; exit 0 ;;
+    -h|--help) sed -n 2,16p "$ROOT/tools/run_demo.sh"; exit 0 ;;
     *) echo "run_demo: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -58,6 +63,25 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
+# Test CA, certificates and tokens (mode 600) for this run only.
+SEC=$OUT/security
+tools/make_test_certs.sh "$SEC"
+(
+  umask 077
+  ADMIN_TOKEN=$(openssl rand -hex 32)
+  READ_TOKEN=$(openssl rand -hex 32)
+  printf '# ROLE TOKEN (docs/OPERATIONS.md, "Security")\nadmin %s\nread %s\n' \
+    "$ADMIN_TOKEN" "$READ_TOKEN" >"$SEC/tokens.txt"
+  echo "$ADMIN_TOKEN" >"$SEC/admin.token"
+  echo "$READ_TOKEN" >"$SEC/read.token"
+)
+SERVER_SEC=(--tls_cert="$SEC/server.pem" --tls_key="$SEC/server.key"
+            --tls_client_ca="$SEC/ca.pem" --auth_tokens="$SEC/tokens.txt")
+TLS_CLIENT=(--tls_ca="$SEC/ca.pem" --tls_client_cert="$SEC/client.pem"
+            --tls_client_key="$SEC/client.key")
+ADMIN=("${TLS_CLIENT[@]}" --auth_token_file="$SEC/admin.token")
+READER=("${TLS_CLIENT[@]}" --auth_token_file="$SEC/read.token")
+
 step "1/7 starting 2 parameter-server shards"
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [[ -n "$p" ]] && kill "$p" 2>/dev/null || true; done; }
@@ -65,7 +89,7 @@ trap cleanup EXIT
 ADDRS=()
 for i in 0 1; do
   "$BIN/ps/server" --port=0 --host=127.0.0.1 --shard_index=$i --num_shards=2 \
-    --data_dir="$OUT/ps$i" >"$OUT/ps$i.log" 2>&1 &
+    --data_dir="$OUT/ps$i" "${SERVER_SEC[@]}" >"$OUT/ps$i.log" 2>&1 &
   PIDS+=($!)
 done
 for i in 0 1; do
@@ -79,8 +103,8 @@ for i in 0 1; do
   ADDRS+=("$addr")
 done
 PS=$(IFS=,; echo "${ADDRS[*]}")
-echo "shards: $PS"
-"$BIN/tools/ps_admin" --ps="$PS" health
+echo "shards: $PS (TLS with client certificates, tokens)"
+"$BIN/tools/ps_admin" --ps="$PS" "${READER[@]}" health
 
 DATA_DIR=$OUT/data
 if [[ "$DATA" == synthetic ]]; then
@@ -109,22 +133,23 @@ FT_THREADS=1
   --threads="$FT_THREADS"  # dim, epochs: the tool's defaults (docs/RESULTS.md)
 
 step "4/7 upserting content vectors into the shards"
-"$BIN/tools/ingest_content" --ps="$PS" --vectors="$DATA_DIR/content_vectors.tsv" \
-  --table=item_content --content_version=1
-"$BIN/tools/ps_admin" --ps="$PS" stats item_content
+"$BIN/tools/ingest_content" --ps="$PS" "${ADMIN[@]}" \
+  --vectors="$DATA_DIR/content_vectors.tsv" --table=item_content --content_version=1
+"$BIN/tools/ps_admin" --ps="$PS" "${READER[@]}" stats item_content
 
 step "5/7 training ${MODELS//,/, } on the shards"
 IFS=, read -r -a MODEL_LIST <<<"$MODELS"
 METRICS=()
 for m in "${MODEL_LIST[@]}"; do
   echo "-- $m"
-  "$BIN/worker/trainer" --ps="$PS" --train="$DATA_DIR/train.tsv" --test="$DATA_DIR/test.tsv" \
+  "$BIN/worker/trainer" --ps="$PS" "${ADMIN[@]}" \
+    --train="$DATA_DIR/train.tsv" --test="$DATA_DIR/test.tsv" \
     --model="$m" --epochs="$EPOCHS" --content_table=item_content \
     --content_encoder="$DATA_DIR/encoder" --threads=2 \
     --metrics_out="$OUT/$m.json" --model_dir="$OUT/models/$m"
   METRICS+=("$OUT/$m.json")
 done
-"$BIN/tools/ps_admin" --ps="$PS" tables
+"$BIN/tools/ps_admin" --ps="$PS" "${READER[@]}" tables
 
 step "6/7 comparison"
 /usr/bin/python3 tools/compare_metrics.py "${METRICS[@]}"
@@ -134,8 +159,11 @@ echo "plot: $OUT/compare.png"
 SERVE=din_mim
 [[ ",$MODELS," == *",$SERVE,"* ]] || SERVE=${MODEL_LIST[-1]}
 step "7/7 serving $SERVE: Predict, a new item upserted and scored, upsert-to-visible"
+# Admin token to the shards: UpsertItem writes to the content table.
 "$BIN/serving/server" --port=0 --ps="$PS" --model_dir="$OUT/models/$SERVE" \
-  --metrics_port=0 >"$OUT/serving.out" 2>"$OUT/serving.log" &
+  --metrics_port=0 "${SERVER_SEC[@]}" --ps_tls_ca="$SEC/ca.pem" \
+  --ps_tls_client_cert="$SEC/client.pem" --ps_tls_client_key="$SEC/client.key" \
+  --ps_auth_token_file="$SEC/admin.token" >"$OUT/serving.out" 2>"$OUT/serving.log" &
 PIDS+=($!)
 SERVING=""
 for _ in $(seq 1 600); do
@@ -146,4 +174,4 @@ for _ in $(seq 1 600); do
 done
 [[ -n "$SERVING" ]] || { echo "serving did not start" >&2; exit 1; }
 echo "serving: $SERVING ($(sed -n 's/^metrics listening on /metrics: http:\/\//p' "$OUT/serving.out")/metrics)"
-/usr/bin/python3 tools/serving_demo.py --target="$SERVING" --data="$DATA_DIR"
+/usr/bin/python3 tools/serving_demo.py --target="$SERVING" --data="$DATA_DIR" "${ADMIN[@]}"
