@@ -514,14 +514,13 @@ TEST_F(ServingTest, KilledShardGivesUnavailableAndTheTierRecoversByItself) {
   for (int i = 0; i < 40; ++i) req.add_candidate_item_ids(2000000000 + i);
   env->shards[1]->Kill(SIGKILL);
   PredictResponse resp;
-  const absl::Time start = absl::Now();
   grpc::Status st = Predict(req, &resp, absl::Seconds(3));
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
       << st.error_message();
   EXPECT_TRUE(absl::StrContains(st.error_message(), "shard 1/2"))
       << st.error_message();
-  // Answered by the server within the deadline (not cut by the client).
-  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  // UNAVAILABLE (not DEADLINE_EXCEEDED) means the server answered within the
+  // caller's deadline instead of letting the client cut the call.
 
   ASSERT_TRUE(ShardProcess::Restart(&env->shards[1]).ok());
   grpc::Status back;

@@ -303,7 +303,13 @@ TEST_F(TrainerIntegrationTest, TwoWorkersReachTheQualityOfOne) {
   const double auc2 = two["auc"].get<double>();
   std::cout << "AUC one worker " << auc1 << ", two workers " << auc2 << "\n";
   EXPECT_GT(auc2, 0.6);
-  EXPECT_NEAR(auc2, auc1, 0.01);
+  // Two workers push asynchronously, so their run is not bit-reproducible
+  // (docs/ARCHITECTURE.md): the AUC moves from run to run. The bound says
+  // "as good as one worker" with room for that noise: the gap has been seen
+  // up to 0.0103 on this test set, so a 0.01 two-sided band flaked (1 run
+  // in 4 on a loaded machine); 0.03 below is three times the largest gap
+  // seen, and a broken dense sync lands far below it (near 0.5).
+  EXPECT_GT(auc2, auc1 - 0.03);
 }
 
 TEST_F(TrainerIntegrationTest, ValidationTailHoldsOutTheEndOfTraining) {
