@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <ctime>
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -116,14 +117,16 @@ int main(int argc, char** argv) {
     if (!e.ok()) return Fail("read " + FLAGS_eval_samples, e.status());
     eval = std::move(*e);
   }
-  for (const std::string& f :
-       absl::StrSplit(FLAGS_genres_from, ',', absl::SkipEmpty())) {
+  for (const std::string& f : std::vector<std::string>(
+           absl::StrSplit(FLAGS_genres_from, ',', absl::SkipEmpty()))) {
     auto s = mim::csft::ReadSamples(f);
     if (!s.ok()) return Fail("read " + f, s.status());
     mim::csft::CollectGenres(*s, &genres);
   }
   auto catalog = mim::csft::BuildCatalog(
-      absl::StrSplit(FLAGS_vectors, ',', absl::SkipEmpty()), genres);
+      std::vector<std::string>(
+          absl::StrSplit(FLAGS_vectors, ',', absl::SkipEmpty())),
+      genres);
   if (!catalog.ok()) return Fail("vectors", catalog.status());
 
   mim::csft::PairOptions pair_options;

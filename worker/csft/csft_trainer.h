@@ -66,14 +66,14 @@ Recall EvaluateRecall(const Catalog& catalog, const std::vector<float>& vectors,
 
 // Plain value type. Defaults are the ones docs/RESULTS.md (C-SFT) used.
 struct CsftOptions {
-  int epochs = 10;
-  int patience = 2;            // epochs without a better valid-new recall
+  int epochs = 3;
+  int patience = 2;  // epochs without a better valid-new recall
   int batch_size = 256;
-  double learning_rate = 1e-3;
+  double learning_rate = 3e-4;
   double temperature = 0.1;
   double alpha = 0.5;          // q2txt weight
   double beta = 0.2;           // q2cat weight
-  double residual_penalty = 1.0;
+  double residual_penalty = 10.0;
   bool in_batch_negatives = true;
   bool hard_negatives = true;
   int queue_batches = 4;       // 0: no queue
