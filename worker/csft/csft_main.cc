@@ -69,6 +69,9 @@ DEFINE_int32(queue_batches, kDefaults.queue_batches, "queue of the last k batche
 DEFINE_int32(genre_dim, kDefaults.genre_dim, "fusion genre embedding dim");
 DEFINE_int32(hidden, kDefaults.hidden, "MLP hidden width");
 DEFINE_string(fusion, "tensor", "tensor ([a;1] outer [b;1]) or concat ([a;b], ablation)");
+DEFINE_int32(max_train_pairs, 0,
+             "if > 0, an evenly spaced subsample of the training pairs "
+             "(quick runs: the demo, the bench)");
 DEFINE_int32(max_eval_pairs, kDefaults.max_eval_pairs, "cap per validation set");
 DEFINE_uint64(seed, kDefaults.seed, "seed");
 DEFINE_string(out_vectors, "", "output mim-vectors file of every item's h_MM");
@@ -136,6 +139,15 @@ int main(int argc, char** argv) {
   auto split = mim::csft::SplitPairs(*pairs, FLAGS_holdout_items,
                                      FLAGS_valid_warm_fraction, FLAGS_seed);
   if (!split.ok()) return Fail("split", split.status());
+  if (FLAGS_max_train_pairs > 0 &&
+      split->train.size() > size_t(FLAGS_max_train_pairs)) {
+    std::vector<mim::csft::InterestPair> kept;
+    for (int i = 0; i < FLAGS_max_train_pairs; ++i) {
+      kept.push_back(split->train[size_t(double(i) * split->train.size() /
+                                         FLAGS_max_train_pairs)]);
+    }
+    split->train = std::move(kept);
+  }
   LOG(INFO) << "csft: " << catalog->ids.size() << " items (dim "
             << catalog->dim << ", input " << catalog->input_dim << ", "
             << catalog->num_genres << " genre ids), " << pairs->size()
