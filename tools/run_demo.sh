@@ -5,6 +5,8 @@
 #   3. train fastText content vectors on the item texts (representation center),
 #   4. upsert them into the shards' content table,
 #   5. train din, din_ct and din_mim with their embeddings on the shards,
+#      and, with din_mim, C-SFT-tuned content vectors (//worker/csft:csft)
+#      upserted as item_content_csft and din_mim trained on them,
 #   6. print the comparison table and write runs/demo/compare.png,
 #   7. serve din_mim (//serving:server): Predict calls through the Python
 #      client, a brand-new item upserted and scored with its content at once,
@@ -56,7 +58,7 @@ tools/setup.sh
 step "build"
 bazel build --jobs=2 //ps:server //worker:trainer //tools:ps_admin //tools:gen_synthetic \
   //tools:prepare_movielens //tools:content_vectors //tools:ingest_content \
-  //serving:server 2>&1 | tail -2
+  //serving:server //worker/csft:csft 2>&1 | tail -2
 BIN=$ROOT/bazel-bin
 
 rm -rf "$OUT"
@@ -149,6 +151,23 @@ for m in "${MODEL_LIST[@]}"; do
     --metrics_out="$OUT/$m.json" --model_dir="$OUT/models/$m"
   METRICS+=("$OUT/$m.json")
 done
+if [[ ",$MODELS," == *",din_mim,"* ]]; then
+  # C-SFT: tune the content vectors on the training pairs (selection on
+  # held-out items), upsert them as a new table and train din_mim on it.
+  # ingest_content writes them (it carries the shards' security flags).
+  echo "-- C-SFT, then din_mim on its table (item_content_csft)"
+  "$BIN/worker/csft/csft" --train="$DATA_DIR/train.tsv" \
+    --vectors="$DATA_DIR/content_vectors.tsv" --eval_samples="$DATA_DIR/test.tsv" \
+    --out_vectors="$OUT/csft_vectors.tsv" --encoder_out="$OUT/csft.encoder" \
+    --metrics_out="$OUT/csft.json" --epochs=1 --max_train_pairs=50000
+  "$BIN/tools/ingest_content" --ps="$PS" "${ADMIN[@]}" \
+    --vectors="$OUT/csft_vectors.tsv" --table=item_content_csft --content_version=1
+  "$BIN/worker/trainer" --ps="$PS" "${ADMIN[@]}" \
+    --train="$DATA_DIR/train.tsv" --test="$DATA_DIR/test.tsv" \
+    --model=din_mim --epochs="$EPOCHS" --content_table=item_content_csft \
+    --table_prefix=csft_ --threads=2 --metrics_out="$OUT/din_mim_csft.json"
+  METRICS+=("$OUT/din_mim_csft.json")
+fi
 "$BIN/tools/ps_admin" --ps="$PS" "${READER[@]}" tables
 
 step "6/7 comparison"
