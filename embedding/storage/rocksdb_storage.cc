@@ -37,8 +37,8 @@
 // the WAL is replayed with kTolerateCorruptedTailRecords: an incomplete last
 // record (that unacknowledged write) is dropped, any other damage fails the
 // open. With it there can be no incomplete record, so kAbsoluteConsistency,
-// and the database must reach sequence S; the recovered WAL is then kept
-// (avoid_flush_during_recovery) until the open is known to be good. A failed
+// and the database must reach sequence S; the recovered WAL is kept
+// (avoid_flush_during_recovery) until that is checked, then flushed. A failed
 // open changes no file (RocksDB stops before writing) and is described by two
 // read-only probes (rocksdb_wal_probe.h): where point-in-time recovery would
 // stop, and what readable records lie beyond. Accepting the loss copies the
@@ -581,6 +581,7 @@ class RocksDbStorage : public Storage {
       auto db = OpenDb(live.string(), "db/", env_.get(), DbOpenMode());
       if (db.ok()) {
         db_ = std::move(*db);
+        write_failed_.store(false);  // a new WAL; the old one goes
         fs::remove_all(old, ec);
         return SyncPath(root);
       }
@@ -701,6 +702,10 @@ class Opener {
     auto db = OpenDb(live_.string(), "db/", env_.get(), mode);
     if (db.ok() && clean.has_value()) {
       MIM_RETURN_IF_ERROR(CheckReachedCleanShutdown(db->get(), *clean));
+      // Now what the kept WAL holds can go to an SST, and the WAL with it
+      // (otherwise each clean start would leave one more log behind).
+      MIM_RETURN_IF_ERROR(FromRocks((*db)->Flush(rocksdb::FlushOptions()),
+                                    "flush the recovered write-ahead log"));
     } else if (db.status().code() == absl::StatusCode::kDataLoss) {
       db = RecoverDamagedWal(db.status(), clean);
     }

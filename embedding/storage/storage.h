@@ -1,8 +1,8 @@
 // Storage: an ordered, durable key-value store with named checkpoints, as
-// needed by EmbeddingStore. Two backends: RocksDB (the real one, the only
-// code in the project that includes RocksDB headers) and memory (for tests
-// and ephemeral stores). One typed test suite (storage_test.cc) runs both
-// through the same scenarios.
+// needed by EmbeddingStore. Two backends: RocksDB (the real one, whose
+// files are the only code in the project that includes RocksDB headers) and
+// memory (for tests and ephemeral stores). One typed test suite
+// (storage_test.cc) runs both through the same scenarios.
 //
 // Contract for implementations:
 //  1. Write applies the whole batch atomically or not at all; OK means the

@@ -240,6 +240,19 @@ TEST(WalRecoveryTest, CleanShutdownsReopenWithoutComplaint) {
     EXPECT_TRUE(fs::exists(options.data_dir + "/MIM_CLEAN_SHUTDOWN"));
   }
   EXPECT_TRUE(fs::exists(options.data_dir + "/MIM_DATA_DIR"));
+  // A clean start flushes what it replayed once it has checked it, so no log
+  // holds data after starts without writes (RocksDB 7.8 leaves each start's
+  // empty log behind until the next flush, with or without this check).
+  for (int round = 0; round < 3; ++round) {
+    auto s = OpenRocksDbStorage(options);
+    ASSERT_TRUE(s.ok()) << s.status();
+  }
+  for (const std::string& wal : WalFiles(options.data_dir)) {
+    EXPECT_EQ(fs::file_size(wal), 0u) << wal;
+  }
+  auto s = OpenRocksDbStorage(options);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(Contents(**s), Rows(0, 150));
 }
 
 TEST(WalRecoveryTest, TruncatedLogAfterACleanShutdownRefuses) {
@@ -285,14 +298,15 @@ TEST(WalRecoveryTest, DeletedLogAfterACleanShutdownRefuses) {
     ASSERT_TRUE(s.ok()) << s.status();
     WriteRows(**s, 0, 100);
   }
-  const std::vector<std::string> first = WalFiles(options.data_dir);
   {
     auto s = OpenRocksDbStorage(options);
     ASSERT_TRUE(s.ok()) << s.status();
     WriteRows(**s, 100, 170);
   }
+  // Rows 0..99 were flushed to an SST by the second start; 100..169 are only
+  // in the second run's log.
   std::vector<std::string> wals = WalFiles(options.data_dir);
-  ASSERT_EQ(wals.size(), first.size() + 1);  // the second run's own log
+  ASSERT_EQ(wals.size(), 1u);
   ASSERT_TRUE(fs::remove(wals.back()));
   for (int attempt = 0; attempt < 2; ++attempt) {  // refused every time
     auto s = OpenRocksDbStorage(options);
