@@ -235,9 +235,10 @@ TEST(ShardRecoveryTest, DamagedLogRefusesThenAcceptDataLossReportsTheLoss) {
   ASSERT_TRUE(refused.ok()) << refused.status();
   EXPECT_EQ(refused->exit_code, 2) << refused->err;
   EXPECT_EQ(refused->out, "");  // never said it was listening
-  EXPECT_THAT(refused->err,
-              HasSubstr("DATA_LOSS: write-ahead log " + wal_name +
-                        " is damaged (Corruption: checksum mismatch)"));
+  // The reason depends on which byte of a record was hit (its checksum,
+  // length or type): RocksDB's words follow.
+  EXPECT_THAT(refused->err, HasSubstr("DATA_LOSS: write-ahead log " +
+                                      wal_name + " is damaged (Corruption: "));
   EXPECT_THAT(refused->err, HasSubstr("--accept_data_loss"));
   const std::string message =
       refused->err.substr(refused->err.find("DATA_LOSS"));
