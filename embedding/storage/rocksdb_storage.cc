@@ -663,10 +663,6 @@ class RocksDbStorage : public Storage {
   std::unique_ptr<rocksdb::DB> db_ ABSL_GUARDED_BY(mu_);
 };
 
-}  // namespace
-
-namespace {
-
 // The steps of OpenRocksDbStorage; not thread-safe (one open at a time per
 // data dir: RocksDB's LOCK file refuses a second).
 class Opener {
@@ -711,9 +707,9 @@ class Opener {
     }
     if (!db.ok()) return db.status();
 
-    // Nothing was written before this point; from here on the database is
-    // good, so the marker goes (a crash from now on is a crash) and the data
-    // dir is marked as holding a database.
+    // The database is good: the marker goes before anything can be written
+    // (a crash from now on is a crash), and the data dir is marked as
+    // holding a database.
     if (fs::exists(root_ / kCleanShutdownFile, ec)) {
       fs::remove(root_ / kCleanShutdownFile, ec);
       MIM_RETURN_IF_ERROR(
