@@ -407,8 +407,9 @@ int main(int argc, char** argv) {
     Die(s.ToString());
   }
 
-  // Preload: pulling creates every row on the shard; the same bytes go to
-  // Redis with MSET.
+  // Preload: a push of zero gradients creates every row on the shard with
+  // its initial value (a pull alone stores nothing); the same bytes, read
+  // back by a pull, go to Redis with MSET.
   const absl::Time load_start = absl::Now();
   auto redis_load = RedisConnection::Connect(redis_port);
   constexpr uint64_t kLoadBatch = 16384;
@@ -416,6 +417,10 @@ int main(int argc, char** argv) {
     std::vector<uint64_t> keys;
     for (uint64_t k = first; k < std::min<uint64_t>(FLAGS_keys, first + kLoadBatch); ++k) {
       keys.push_back(k);
+    }
+    const std::vector<float> zeros(keys.size() * dim, 0.0f);
+    if (auto pushed = client.Push(table, keys, zeros); !pushed.ok()) {
+      Die(pushed.status().ToString());
     }
     auto rows = client.Pull(table, keys);
     if (!rows.ok()) Die(rows.status().ToString());

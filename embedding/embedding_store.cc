@@ -20,8 +20,9 @@
 // Options::sync_writes. bench/embedding_bench (1024 keys x 64-d Adagrad per
 // request, shared 2-core dev VM, noisy): 66k-144k keys/s without sync,
 // 68k-118k keys/s with sync; the cost is dominated by encoding and the
-// ~140 KB WriteBatch, not the fsync, on this VM's disk. Rows created only by Pull are not written: their initial
-// value is a pure function of (seed, key).
+// ~140 KB WriteBatch, not the fsync, on this VM's disk. Pull creates no
+// rows (an unseen ID key reads as its initial value, a pure function of
+// (seed, key)), so every row in memory is also in RocksDB.
 //
 // Locking: `write_mu_` is shared by writers (Push, Upsert, CreateTable) and
 // held exclusively by Checkpoint and Restore, so a checkpoint sees no write

@@ -143,8 +143,10 @@ class EmbeddingStore {
   virtual std::vector<TableConfig> ListTables() const = 0;
 
   // Writes keys.size() * dim floats into `values` (resized), in key order.
-  // ID tables create missing rows with the table's initializer (the creation
-  // is not persisted until the row is first pushed: it is deterministic).
+  // A missing row of an ID table reads as its initial value (the table's
+  // initializer, a pure function of seed and key) and is not created: rows
+  // are created by their first Push, from that same value, so a pull never
+  // grows the table nor changes what a checkpoint holds.
   // Content tables zero-fill missing rows and append their indices to
   // `missing`. NOT_FOUND for an unknown table.
   virtual absl::Status Pull(absl::string_view table,

@@ -191,6 +191,41 @@ TEST_F(EmbeddingStoreTest, ReopenRecoversEverythingBitIdentical) {
   EXPECT_EQ(a, b);
 }
 
+// Pulls of unseen ID keys store nothing: the shard's rows and memory stay
+// as they were, and a checkpoint and its restore hold every row the shard
+// reported (pull-created rows used to be counted but never persisted).
+TEST_F(EmbeddingStoreTest, PullOfUnseenKeysLeavesRowsMemoryAndCheckpointsAlone) {
+  Write(0);
+  Write(1);
+  const TableStats before = store_->Stats("user_id")->front();
+  const Dump ids = DumpTable(*store_, "user_id");
+  ASSERT_EQ(before.rows, ids.size());
+
+  constexpr size_t kKeys = 100000;
+  std::vector<uint64_t> keys(kKeys);
+  for (size_t i = 0; i < kKeys; ++i) keys[i] = (uint64_t{1} << 40) + i;
+  std::vector<float> values(kKeys * 8);
+  ASSERT_TRUE(store_->Pull("user_id", keys, values.data(), nullptr).ok());
+  const TableStats after = store_->Stats("user_id")->front();
+  EXPECT_EQ(after.rows, before.rows);
+  EXPECT_EQ(after.bytes, before.bytes);
+  EXPECT_EQ(DumpTable(*store_, "user_id"), ids);
+
+  uint64_t rows = 0;
+  for (const TableStats& t : *store_->Stats("")) rows += t.rows;
+  auto info = store_->Checkpoint("after-pulls");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->rows, rows);
+  Write(2);
+  auto restored = store_->Restore("after-pulls");
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(restored->rows, rows);
+  EXPECT_EQ(store_->Stats("user_id")->front().rows, before.rows);
+  EXPECT_EQ(DumpTable(*store_, "user_id"), ids);
+  Reopen();
+  EXPECT_EQ(DumpTable(*store_, "user_id"), ids);
+}
+
 // Rows are loaded a page (4096) at a time; pages end inside one table and
 // at the border of two.
 TEST_F(EmbeddingStoreTest, ReopenLoadsMoreRowsThanOnePage) {

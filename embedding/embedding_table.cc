@@ -395,25 +395,12 @@ absl::Status EmbeddingTable::Pull(absl::Span<const uint64_t> keys,
     return absl::OkStatus();
   }
 
-  // ID table: create the absent rows; `absent` is already grouped by stripe.
-  size_t j = 0;
-  while (j < absent.size()) {
-    const size_t s = stripe_of[absent[j]];
-    Stripe& stripe = *stripes_[s];
-    absl::MutexLock lock(&stripe.mu);
-    for (; j < absent.size() && stripe_of[absent[j]] == s; ++j) {
-      const uint32_t i = absent[j];
-      int64_t slot = stripe.Find(keys[i]);  // another pull may have made it
-      if (slot < 0) {
-        const uint32_t fresh = stripe.arena.Append();
-        InitRecord(keys[i], stripe.arena.record(fresh));
-        stripe.index.insert(fresh);
-        slot = fresh;
-      }
-      std::memcpy(values + size_t{i} * dim,
-                  Values(stripe.arena.record(static_cast<uint32_t>(slot))),
-                  row_bytes);
-    }
+  // ID table: an unseen key reads as its initial value, a pure function of
+  // (initializer, key), and is not stored: the row is created by its first
+  // Push, from this same value (Stage), so a pull-only client cannot grow
+  // the table and nothing unpersisted lives in memory.
+  for (uint32_t i : absent) {
+    InitializeRow(config_.initializer, keys[i], dim, values + size_t{i} * dim);
   }
   return absl::OkStatus();
 }

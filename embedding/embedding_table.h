@@ -1,8 +1,9 @@
 // EmbeddingTable: one in-memory table of 64-bit keys -> fixed-dim rows.
 //
-// ID tables create rows on first Pull (deterministic per-key initializer) and
-// apply pushed gradients through the table's sparse optimizer, with the
-// optimizer state stored beside each row. Content tables are written only by
+// ID tables apply pushed gradients through the table's sparse optimizer,
+// with the optimizer state stored beside each row. A key's row is created by
+// its first Push, starting from the deterministic per-key initial value; a
+// Pull of a key without a row returns that initial value and stores nothing. Content tables are written only by
 // Upsert (with a version) and report unknown keys as missing.
 //
 // Writes are two-phase so that a caller can make them durable first: the

@@ -94,7 +94,7 @@ TEST(InitializerTest, MomentsMatchTheDistribution) {
   EXPECT_EQ(row, std::vector<float>(8, 0.0f));
 }
 
-TEST(EmbeddingTableTest, PullCreatesDeterministicRowsAcrossTables) {
+TEST(EmbeddingTableTest, PullReturnsDeterministicInitialRowsAcrossTables) {
   TableConfig c = IdConfig(OptimizerKind::kAdagrad);
   auto a = MakeTable(c);
   auto b = MakeTable(c);  // e.g. another shard or a restarted process
@@ -110,13 +110,57 @@ TEST(EmbeddingTableTest, PullCreatesDeterministicRowsAcrossTables) {
   std::vector<float> expected(4);
   InitializeRow(c.initializer, 99, 4, expected.data());
   EXPECT_EQ(0, std::memcmp(va.data() + 4, expected.data(), 4 * sizeof(float)));
-  EXPECT_EQ(a->Stats().rows, 3u);
-  // Pull-created rows have untouched metadata and initial optimizer state.
+  // Nothing was stored.
+  EXPECT_EQ(a->Stats().rows, 0u);
   RowMeta meta;
   std::vector<float> values, state;
-  ASSERT_TRUE(a->ReadRow(99, &meta, &values, &state));
-  EXPECT_EQ(meta.update_count, 0u);
-  EXPECT_EQ(state, std::vector<float>(4, c.optimizer.initial_accumulator));
+  EXPECT_FALSE(a->ReadRow(99, &meta, &values, &state));
+}
+
+// The rule for unseen keys of an ID table: a Pull returns the initial value
+// and stores nothing (so a reader cannot grow the table); the first Push
+// creates the row from that same value, exactly as if the pull had.
+TEST(EmbeddingTableTest, PullOfUnseenKeysStoresNothingAndPushStartsThere) {
+  TableConfig c = IdConfig(OptimizerKind::kAdagrad, 8);
+  auto table = MakeTable(c);
+  ASSERT_TRUE(table->Push({5, 6}, std::vector<float>(16, 0.5f), 1, nullptr)
+                  .ok());
+  const TableStats before = table->Stats();
+  ASSERT_EQ(before.rows, 2u);
+
+  constexpr size_t kKeys = 100000;
+  std::vector<uint64_t> keys(kKeys);
+  for (size_t i = 0; i < kKeys; ++i) keys[i] = 1000 + i * 7919;
+  std::vector<float> pulled(kKeys * 8);
+  std::vector<uint32_t> missing;
+  ASSERT_TRUE(table->Pull(keys, pulled.data(), &missing).ok());
+  EXPECT_TRUE(missing.empty());  // ID tables report nothing missing
+  const TableStats after = table->Stats();
+  EXPECT_EQ(after.rows, before.rows);
+  EXPECT_EQ(after.bytes, before.bytes);
+  EXPECT_EQ(after.keys_pulled, before.keys_pulled + kKeys);
+  std::vector<float> expected(8);
+  for (size_t i = 0; i < kKeys; ++i) {
+    InitializeRow(c.initializer, keys[i], 8, expected.data());
+    ASSERT_EQ(0, std::memcmp(pulled.data() + i * 8, expected.data(),
+                             8 * sizeof(float)))
+        << "key " << keys[i];
+  }
+
+  // The first push starts from the pulled value and initial state.
+  const std::vector<float> grad = {1, -1, 2, -2, 0.5f, 0, 3, -3};
+  ASSERT_TRUE(table->Push({keys[7]}, grad, 2, nullptr).ok());
+  std::vector<float> row(pulled.begin() + 7 * 8, pulled.begin() + 8 * 8);
+  std::vector<float> state(8);
+  InitOptimizerState(c.optimizer, 8, state.data());
+  ApplyOptimizer(c.optimizer, 8, grad.data(), 1, row.data(), state.data());
+  RowMeta meta;
+  std::vector<float> got_values, got_state;
+  ASSERT_TRUE(table->ReadRow(keys[7], &meta, &got_values, &got_state));
+  EXPECT_EQ(got_values, row);
+  EXPECT_EQ(got_state, state);
+  EXPECT_EQ(meta.update_count, 1u);
+  EXPECT_EQ(table->Stats().rows, 3u);
 }
 
 TEST(EmbeddingTableTest, PushSumsRepeatedKeysAndUsesRowStep) {
@@ -352,7 +396,7 @@ TEST(EmbeddingTableTest, BytesPerRowWithinBudgetFor64dTables) {
   auto content = MakeTable(ContentConfig(64));
   for (size_t b = 0; b < kRows / kBatch; ++b) {
     for (size_t i = 0; i < kBatch; ++i) keys[i] = (b * kBatch + i) * 7919 + 3;
-    ASSERT_TRUE(id->Pull(keys, values.data(), nullptr).ok());
+    ASSERT_TRUE(id->Push(keys, values, 1, nullptr).ok());
     ASSERT_TRUE(content->Upsert(keys, values, 1, 1, nullptr).ok());
   }
   for (const EmbeddingTable* t : {id.get(), content.get()}) {

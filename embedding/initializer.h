@@ -2,8 +2,9 @@
 //
 // A row's initial values depend only on (initializer config, key): the RNG
 // is SplitMix64 seeded with a mix of the table seed and the key. Every shard,
-// every restart and every replica therefore creates the same row, which is
-// why rows created by Pull alone never need to be stored.
+// every restart and every replica therefore computes the same row, which is
+// why a Pull of a key that has no row returns this value without storing it
+// (the row is created by the key's first Push, from the same value).
 //
 // Thread-safety: reentrant (pure function).
 #ifndef MIM_EMBEDDING_INITIALIZER_H_

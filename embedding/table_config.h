@@ -13,8 +13,10 @@
 namespace mim::embedding {
 
 enum class TableKind {
-  // Trainable ID embeddings: rows created on first pull, updated by pushed
-  // gradients through the table's optimizer.
+  // Trainable ID embeddings: a row is created by its key's first push (from
+  // the deterministic initial value, which a pull of an unseen key returns
+  // without storing it) and updated by pushed gradients through the table's
+  // optimizer.
   kId,
   // Content (multi-modal) embeddings: rows written by Upsert with a version,
   // never changed by gradients; unknown keys are reported missing on pull.

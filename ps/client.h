@@ -190,9 +190,10 @@ class PsClient {
   // other shard (FAILED_PRECONDITION naming the shard otherwise).
   absl::StatusOr<std::vector<TableConfig>> ListTables();
 
-  // Rows of `keys` (ID tables create unseen rows; content tables report them
-  // in `missing`, zero-filled). NOT_FOUND for an unknown table. No keys:
-  // OK with an empty result and no RPC.
+  // Rows of `keys` (an unseen key of an ID table reads as its initial value
+  // and creates no row; content tables report unseen keys in `missing`,
+  // zero-filled). NOT_FOUND for an unknown table. No keys: OK with an empty
+  // result and no RPC.
   absl::StatusOr<PullResult> Pull(absl::string_view table,
                                   absl::Span<const uint64_t> keys);
 

@@ -130,9 +130,17 @@ TEST_F(PsClientTest, PullRoutesDistinctKeysAndRepeatsRows) {
     EXPECT_GT(owned[s], 0u);
     EXPECT_EQ(KeysPulledOn(s), owned[s]) << "shard " << s;
   }
-  // Rows match what each shard stores (initializer values, uniform(0.5)).
+  // The pull stored nothing; a push of zero gradients (SGD) creates the
+  // rows from the very values pulled (initializer values, uniform(0.5)).
+  auto unstored = client_->GetRows("user", keys);
+  ASSERT_TRUE(unstored.ok()) << unstored.status();
+  EXPECT_EQ(unstored->missing.size(), keys.size());
+  ASSERT_TRUE(
+      client_->Push("user", keys, std::vector<float>(keys.size() * 2, 0.0f))
+          .ok());
   auto rows = client_->GetRows("user", keys);
   ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_TRUE(rows->missing.empty());
   EXPECT_EQ(rows->values, result->values);
   for (float v : result->values) {
     EXPECT_LE(std::abs(v), 0.5f);
@@ -236,7 +244,15 @@ TEST_F(PsClientTest, ClientSideChecksSendNothing) {
 }
 
 TEST_F(PsClientTest, StatsTotalsAndHealth) {
-  ASSERT_TRUE(client_->Pull("user", {1, 2, 3, 4, 5, 6, 7, 8}).ok());
+  const std::vector<uint64_t> keys = {1, 2, 3, 4, 5, 6, 7, 8};
+  ASSERT_TRUE(client_->Pull("user", keys).ok());
+  // A pull of unseen keys stores nothing; their first push creates them.
+  auto pulled_only = client_->Stats("user");
+  ASSERT_TRUE(pulled_only.ok());
+  EXPECT_EQ(TotalStats(*pulled_only)[0].rows(), 0u);
+  ASSERT_TRUE(
+      client_->Push("user", keys, std::vector<float>(keys.size() * 2, 0.5f))
+          .ok());
   auto stats = client_->Stats("");
   ASSERT_TRUE(stats.ok());
   ASSERT_EQ(stats->size(), kShards);

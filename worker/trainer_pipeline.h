@@ -67,8 +67,9 @@ class BatchPipeline {
     // Empty: content rows stay zero (and no content pull is made).
     std::string content_table;
     int content_dim = 64;
-    // true: Pull (creates unseen ID rows, for training); false: GetRows
-    // (unseen rows read as zeros and are not created, for evaluation).
+    // true: Pull (unseen ID rows read as their initial values, which their
+    // first push starts from; for training); false: GetRows (unseen rows
+    // read as zeros, for evaluation). Neither creates rows.
     bool create_id_rows = true;
     bool prefetch = true;
   };
