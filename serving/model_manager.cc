@@ -52,6 +52,16 @@ absl::StatusOr<std::shared_ptr<const ServableModel>> LoadServableModel(
   }
   MIM_ASSIGN_OR_RETURN(std::unique_ptr<model::CiubmModel> m,
                        model::CiubmModel::LoadFromFile(model_path));
+  if (manifest.model_file_checksum != 0) {
+    // The file was read twice (checksum, then load): a save that replaced
+    // it in between must not install its parameters under this manifest.
+    MIM_ASSIGN_OR_RETURN(const uint64_t after, model::FileChecksum(model_path));
+    if (after != manifest.model_file_checksum) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          model_path, " was replaced while it was being loaded (a save in "
+          "progress); retried at the next poll"));
+    }
+  }
   const model::ModelConfig& c = m->config();
   if (c.id_dim != manifest.id_dim || model::UsesContent(c) != manifest.uses_content ||
       (manifest.uses_content && c.content_dim != manifest.content_dim)) {
@@ -66,9 +76,8 @@ absl::StatusOr<std::shared_ptr<const ServableModel>> LoadServableModel(
       manifest.content_table->encoder.kind == "fasttext") {
     std::string path = manifest.content_table->encoder.path;
     if (!path.empty() && path[0] != '/') path = dir + "/" + path;
-    if (encoder_hint != nullptr &&
-        (manifest.content_table->encoder.id.empty() ||
-         encoder_hint->id() == manifest.content_table->encoder.id) &&
+    if (encoder_hint != nullptr && !manifest.content_table->encoder.id.empty() &&
+        encoder_hint->id() == manifest.content_table->encoder.id &&
         encoder_hint->dim() == manifest.content_dim) {
       encoder = std::move(encoder_hint);
     } else {
@@ -135,12 +144,28 @@ absl::StatusOr<bool> ModelManager::Poll() {
   if (manifest->model_version == current->manifest().model_version) {
     return false;
   }
+  // A version that failed to load is tried again only after a back-off
+  // (loading means reading the model and perhaps a large encoder), unless
+  // the manifest names another version meanwhile.
+  const absl::Time now = absl::Now();
+  if (manifest->model_version == failed_version_ && now < retry_at_) {
+    return failed_status_;
+  }
   absl::StatusOr<std::shared_ptr<const ServableModel>> next =
       LoadServableModel(options_.model_dir, current->shared_encoder());
   if (!next.ok()) {
     ++failed_reloads_;
+    if (manifest->model_version != failed_version_) {
+      failed_backoff_ = absl::Seconds(1);
+    } else {
+      failed_backoff_ = std::min(failed_backoff_ * 2, absl::Seconds(60));
+    }
+    failed_version_ = manifest->model_version;
+    failed_status_ = next.status();
+    retry_at_ = now + failed_backoff_;
     return next.status();
   }
+  failed_version_.clear();
   if ((*next)->manifest().model_version == current->manifest().model_version) {
     return false;  // the manifest changed back between the two reads
   }

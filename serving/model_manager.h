@@ -108,7 +108,8 @@ class ModelManager {
   // Checks the directory once: loads and installs a new version if the
   // manifest names another model_version. Returns whether it switched;
   // an error when the new version could not be loaded (the current one
-  // stays).
+  // stays). A version that failed is retried after a back-off doubling
+  // from 1 s to 60 s (its last error is returned meanwhile).
   absl::StatusOr<bool> Poll();
 
   int64_t reloads() const { return reloads_.load(); }
@@ -122,6 +123,11 @@ class ModelManager {
   mutable absl::Mutex mu_;
   std::shared_ptr<const ServableModel> current_ ABSL_GUARDED_BY(mu_);
   absl::Mutex poll_mu_;  // one Poll at a time
+  // The last version that failed to load, and when to try it again.
+  std::string failed_version_ ABSL_GUARDED_BY(poll_mu_);
+  absl::Status failed_status_ ABSL_GUARDED_BY(poll_mu_);
+  absl::Duration failed_backoff_ ABSL_GUARDED_BY(poll_mu_) = absl::Seconds(1);
+  absl::Time retry_at_ ABSL_GUARDED_BY(poll_mu_) = absl::InfinitePast();
   std::atomic<int64_t> reloads_{0}, failed_reloads_{0};
   absl::Notification stop_;
   std::thread thread_;

@@ -17,7 +17,26 @@ absl::Status Invalid(absl::string_view field, absl::string_view why) {
 }
 
 bool Unreachable(const absl::Status& s) {
-  return absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s);
+  return absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) ||
+         absl::IsResourceExhausted(s);
+}
+
+// A failure behind the request (shards, model) as the caller should see it:
+// unreachable or overloaded shards are UNAVAILABLE (retry), a deadline is a
+// deadline, anything else is INTERNAL without the internal details (shard
+// addresses, table names), which go to the log.
+absl::Status ForCaller(absl::string_view what, const absl::Status& s) {
+  if (s.ok() || absl::IsDeadlineExceeded(s) || absl::IsUnavailable(s)) {
+    return s;
+  }
+  LOG(WARNING) << what << ": " << s;
+  if (absl::IsResourceExhausted(s)) {
+    return absl::UnavailableError(
+        absl::StrCat(what, ": the parameter servers are overloaded; retry"));
+  }
+  return absl::InternalError(absl::StrCat(
+      what, " failed inside the serving tier (", absl::StatusCodeToString(s.code()),
+      "); details are in the server log"));
 }
 
 }  // namespace
@@ -29,9 +48,9 @@ Predictor::Predictor(ModelManager* models, ps::PsClient* ps, RowCache* cache,
     const char* name = "mim_serving_shard_pull_seconds";
     const char* help = "Time of one pull of a request's uncached rows from "
                        "the shards (all shards in parallel), by table";
-    pull_seconds_[RowCache::kIdTable] =
+    pull_seconds_[kIdSide] =
         &options_.metrics->LatencyHistogram(name, help, {{"table", "id"}});
-    pull_seconds_[RowCache::kContentTable] =
+    pull_seconds_[kContentSide] =
         &options_.metrics->LatencyHistogram(name, help, {{"table", "content"}});
   }
   if (options_.content_poll_interval > absl::ZeroDuration()) {
@@ -83,6 +102,12 @@ absl::Status Predictor::ValidatePredictInput(const PredictInput& in) const {
                                 " candidates; expected none or one each"));
   }
   for (size_t i = 0; i < in.candidate_genres.size(); ++i) {
+    if (static_cast<int64_t>(in.candidate_genres[i].size()) >
+        options_.max_genres) {
+      return Invalid(absl::StrCat("candidate_features[", i, "].genres"),
+                     absl::StrCat(in.candidate_genres[i].size(),
+                                  " genres, at most ", options_.max_genres));
+    }
     for (int32_t g : in.candidate_genres[i]) {
       if (g < 0) {
         return Invalid(absl::StrCat("candidate_features[", i, "].genres"),
@@ -102,10 +127,11 @@ absl::Status Predictor::ValidatePredictInput(const PredictInput& in) const {
   return absl::OkStatus();
 }
 
-absl::Status Predictor::FetchRows(RowCache::Table which,
-                                  const std::string& table, bool id_table,
+absl::Status Predictor::FetchRows(Side side, const std::string& table,
                                   absl::Span<const uint64_t> keys, int dim,
                                   float* out, PredictOutput* result) {
+  const bool id_table = side == kIdSide;
+  const RowCache::Table which = cache_->TableId(table);
   const absl::Time now = absl::Now();
   const uint64_t generation = cache_->generation(which);
   std::vector<uint64_t> miss_keys;
@@ -143,8 +169,8 @@ absl::Status Predictor::FetchRows(RowCache::Table which,
   } else {
     fetched = ps_->PullInto(table, miss_keys, absl::MakeSpan(rows), nullptr);
   }
-  if (pull_seconds_[which] != nullptr) {
-    pull_seconds_[which]->Observe(
+  if (pull_seconds_[side] != nullptr) {
+    pull_seconds_[side]->Observe(
         absl::ToDoubleSeconds(absl::Now() - pull_start));
   }
   if (!fetched.ok()) {
@@ -152,7 +178,8 @@ absl::Status Predictor::FetchRows(RowCache::Table which,
       result->stale = true;  // serve the stale copies already in `out`
       return absl::OkStatus();
     }
-    return fetched;
+    return ForCaller(id_table ? "reading ID rows" : "reading content rows",
+                     fetched);
   }
   result->rows_pulled += static_cast<int32_t>(miss_keys.size());
   for (size_t j = 0; j < miss_keys.size(); ++j) {
@@ -194,16 +221,18 @@ absl::StatusOr<PredictOutput> Predictor::Predict(const PredictInput& in,
   absl::Status st = s->builder.Build(s->rows, config.id_dim, content_dim,
                                      &s->batch, &s->id_keys, &s->content_keys);
   if (st.ok()) {
-    st = FetchRows(RowCache::kIdTable, manifest.id_table.name, true,
-                   s->id_keys, config.id_dim, s->batch.id_rows.data(), &result);
+    st = FetchRows(kIdSide, manifest.id_table.name, s->id_keys, config.id_dim,
+                   s->batch.id_rows.data(), &result);
   }
   if (st.ok() && model::UsesContent(config)) {
-    st = FetchRows(RowCache::kContentTable, manifest.content_table->name,
-                   false, s->content_keys, config.content_dim,
+    st = FetchRows(kContentSide, manifest.content_table->name,
+                   s->content_keys, config.content_dim,
                    s->batch.content_rows.data(), &result);
   }
   if (st.ok()) {
-    st = servable->model().Predict(s->batch, s->workspace.get(), &s->probs);
+    st = ForCaller("scoring",
+                   servable->model().Predict(s->batch, s->workspace.get(),
+                                             &s->probs));
   }
   if (st.ok()) result.scores = s->probs;
   servable->Release(std::move(s));
@@ -260,10 +289,16 @@ absl::StatusOr<UpsertItemOutput> Predictor::UpsertItem(
   const uint64_t key = static_cast<uint64_t>(item_id);
   for (int attempt = 0;; ++attempt) {
     const uint64_t version = content_version_.load() + 1;
-    MIM_ASSIGN_OR_RETURN(
-        ps::PsClient::UpsertResult written,
+    absl::StatusOr<ps::PsClient::UpsertResult> upserted =
         ps_->Upsert(manifest.content_table->name, absl::MakeConstSpan(&key, 1),
-                    row, version));
+                    row, version);
+    if (!upserted.ok()) {
+      // The write may have landed (a deadline after sending): drop the
+      // cached row either way.
+      cache_->Invalidate(cache_->TableId(manifest.content_table->name), key);
+      return ForCaller("writing the content row", upserted.status());
+    }
+    const ps::PsClient::UpsertResult& written = *upserted;
     if (written.rows_written == 1) {
       uint64_t seen = content_version_.load();
       while (seen < version &&
@@ -278,9 +313,10 @@ absl::StatusOr<UpsertItemOutput> Predictor::UpsertItem(
           "item ", item_id, ": a newer content version keeps being written "
           "by another writer; retry"));
     }
-    MIM_RETURN_IF_ERROR(RefreshContentVersion());
+    MIM_RETURN_IF_ERROR(ForCaller("reading the content version",
+                                  RefreshContentVersion()));
   }
-  cache_->Invalidate(RowCache::kContentTable, key);
+  cache_->Invalidate(cache_->TableId(manifest.content_table->name), key);
   return out;
 }
 
@@ -302,10 +338,12 @@ absl::Status Predictor::RefreshContentVersion() {
   while (known < newest &&
          !content_version_.compare_exchange_weak(known, newest)) {
   }
-  if (newest > known) {
-    // Written by someone else (ingest_content, another replica): rows in the
-    // cache may be older than the table.
-    cache_->InvalidateTable(RowCache::kContentTable);
+  // The table moved since the last poll: rows written by someone else
+  // (ingest_content, another replica, even at a version this server also
+  // wrote) may be newer than the cached ones.
+  const uint64_t previous = last_polled_version_.exchange(newest);
+  if (newest != previous) {
+    cache_->InvalidateTable(cache_->TableId(table));
   }
   return absl::OkStatus();
 }

@@ -70,6 +70,7 @@ class Predictor {
   struct Options {
     int max_candidates = 1000;
     int max_behaviors = 1000;  // longer lists are refused (the model keeps 50)
+    int max_genres = 64;       // per candidate
     // How often the content table's newest version is read from the
     // shards; a version this server did not write flushes the cached
     // content rows. Zero: never.
@@ -90,7 +91,9 @@ class Predictor {
 
   // Scores `input` (validated here too) by `deadline`. Errors:
   // INVALID_ARGUMENT (bad input), UNAVAILABLE (a shard holding an uncached
-  // row unreachable), DEADLINE_EXCEEDED, other shard errors as PsClient.
+  // row unreachable or overloaded), DEADLINE_EXCEEDED; any other failure of
+  // the shards or the model is this server's problem, not the caller's:
+  // INTERNAL with a generic message (the details go to the server log).
   absl::StatusOr<PredictOutput> Predict(const PredictInput& input,
                                         absl::Time deadline);
 
@@ -108,26 +111,31 @@ class Predictor {
                                               absl::Time deadline);
 
   // Reads the content table's newest version from the shards; flushes the
-  // cached content rows when another writer went past what this server
-  // knows. Called by the poll thread; public for tests.
+  // cached content rows when it moved since the last poll (another writer:
+  // ingest_content, another replica; this server's own upserts cause at
+  // most one redundant flush). Read-your-write holds per replica: a client
+  // that upserts through one replica and predicts through another sees the
+  // new row within that replica's poll interval or cache TTL. Called by the
+  // poll thread; public for tests.
   absl::Status RefreshContentVersion();
   uint64_t content_version() const { return content_version_.load(); }
 
  private:
   // Fills out[i * dim ..] with the row of keys[i] from the cache or the
   // table. `id_table`: GetRows (unseen keys read zero) vs Pull.
-  absl::Status FetchRows(RowCache::Table which, const std::string& table,
-                         bool id_table, absl::Span<const uint64_t> keys,
-                         int dim, float* out, PredictOutput* result);
+  enum Side { kIdSide = 0, kContentSide = 1 };
+  absl::Status FetchRows(Side side, const std::string& table,
+                         absl::Span<const uint64_t> keys, int dim, float* out,
+                         PredictOutput* result);
   void PollLoop();
 
   ModelManager* const models_;
   ps::PsClient* const ps_;
   RowCache* const cache_;
   const Options options_;
-  prometheus::Histogram* pull_seconds_[RowCache::kNumTables] = {nullptr,
-                                                                nullptr};
+  prometheus::Histogram* pull_seconds_[2] = {nullptr, nullptr};
   std::atomic<uint64_t> content_version_{0};
+  std::atomic<uint64_t> last_polled_version_{0};
   absl::Notification stop_;
   std::thread thread_;
 };

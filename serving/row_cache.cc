@@ -42,9 +42,19 @@ void RowCache::EraseLocked(Stripe& s, std::list<Entry>::iterator it) {
   s.lru.erase(it);
 }
 
+RowCache::Table RowCache::TableId(const std::string& name) {
+  absl::MutexLock lock(&names_mu_);
+  auto it = names_.find(name);
+  if (it != names_.end()) return it->second;
+  if (static_cast<int>(names_.size()) >= kMaxTables) return kUncached;
+  const Table id = static_cast<Table>(names_.size());
+  names_.emplace(name, id);
+  return id;
+}
+
 RowCache::Found RowCache::Lookup(Table table, uint64_t key, int dim,
                                  absl::Time now, float* out) {
-  if (options_.capacity_bytes <= 0) {
+  if (options_.capacity_bytes <= 0 || table == kUncached) {
     misses_.fetch_add(1, std::memory_order_relaxed);
     return Found::kMiss;
   }
@@ -75,7 +85,7 @@ RowCache::Found RowCache::Lookup(Table table, uint64_t key, int dim,
 
 void RowCache::Insert(Table table, uint64_t key, const float* row, int dim,
                       absl::Time fetched, uint64_t generation) {
-  if (options_.capacity_bytes <= 0) return;
+  if (options_.capacity_bytes <= 0 || table == kUncached) return;
   const int64_t bytes = EntryBytes(dim);
   if (bytes > stripe_capacity_) return;
   Stripe& s = StripeOf(table, key);
@@ -99,6 +109,7 @@ void RowCache::Insert(Table table, uint64_t key, const float* row, int dim,
 }
 
 void RowCache::Invalidate(Table table, uint64_t key) {
+  if (table == kUncached) return;
   Stripe& s = StripeOf(table, key);
   absl::MutexLock lock(&s.mu);
   generations_[table].fetch_add(1, std::memory_order_acq_rel);
@@ -108,6 +119,7 @@ void RowCache::Invalidate(Table table, uint64_t key) {
 }
 
 void RowCache::InvalidateTable(Table table) {
+  if (table == kUncached) return;
   // Bump first: inserts that started before are refused from now on.
   generations_[table].fetch_add(1, std::memory_order_acq_rel);
   invalidations_.fetch_add(1, std::memory_order_relaxed);

@@ -8,6 +8,10 @@
 // dropped. Least-recently-used entries are evicted to stay within
 // Options::capacity_bytes (rows plus a fixed per-entry overhead).
 //
+// Entries are keyed by the parameter-server table (interned by name with
+// TableId) and the row key, so versions of a model that read different
+// tables never see each other's rows.
+//
 // Read-your-write: a caller takes generation(table) before it fetches rows
 // from the shards and passes it to Insert; Invalidate / InvalidateTable
 // bump the generation, so a row fetched before an invalidation is never
@@ -21,6 +25,7 @@
 #include <cstdint>
 #include <list>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -38,8 +43,12 @@ class RowCache {
     absl::Duration max_stale = absl::Seconds(300);
     int stripes = 32;
   };
-  // Which table a row belongs to.
-  enum Table : int { kIdTable = 0, kContentTable = 1, kNumTables = 2 };
+  // A table, as interned by TableId.
+  using Table = int;
+  // Tables one cache keeps apart; TableId returns kUncached beyond that
+  // (such a table's rows are never cached).
+  static constexpr int kMaxTables = 64;
+  static constexpr Table kUncached = -1;
   enum class Found { kMiss, kFresh, kStale };
 
   struct Stats {
@@ -61,9 +70,15 @@ class RowCache {
   // than ttl. An entry past max_stale is dropped (kMiss).
   Found Lookup(Table table, uint64_t key, int dim, absl::Time now, float* out);
 
+  // The id of the parameter-server table `name` (the same id for the same
+  // name for the life of the cache).
+  Table TableId(const std::string& name);
+
   // Current generation of `table`; take it before fetching rows to Insert.
   uint64_t generation(Table table) const {
-    return generations_[table].load(std::memory_order_acquire);
+    return table == kUncached
+               ? 0
+               : generations_[table].load(std::memory_order_acquire);
   }
   // Caches `row` (dim floats) fetched at `fetched` unless the table was
   // invalidated since `generation` was taken.
@@ -101,7 +116,9 @@ class RowCache {
   const Options options_;
   const int64_t stripe_capacity_;
   std::vector<std::unique_ptr<Stripe>> stripes_;
-  std::atomic<uint64_t> generations_[kNumTables];
+  std::atomic<uint64_t> generations_[kMaxTables];
+  absl::Mutex names_mu_;
+  absl::flat_hash_map<std::string, Table> names_ ABSL_GUARDED_BY(names_mu_);
   std::atomic<int64_t> hits_{0}, stale_hits_{0}, misses_{0}, evictions_{0},
       invalidations_{0};
 };

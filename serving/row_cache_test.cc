@@ -1,11 +1,16 @@
 #include "serving/row_cache.h"
 
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 
 namespace mim::serving {
 namespace {
+
+// Two tables of one cache, as the serving tier interns them.
+constexpr RowCache::Table kIds = 0;
+constexpr RowCache::Table kContent = 1;
 
 RowCache::Options Opts() {
   RowCache::Options o;
@@ -18,27 +23,30 @@ RowCache::Options Opts() {
 
 TEST(RowCacheTest, FreshThenStaleThenGone) {
   RowCache cache(Opts());
+  ASSERT_EQ(cache.TableId("ids"), kIds);
+  ASSERT_EQ(cache.TableId("content"), kContent);
+  ASSERT_EQ(cache.TableId("ids"), kIds);
   const absl::Time t0 = absl::FromUnixSeconds(1000);
   const float row[3] = {1, 2, 3};
-  cache.Insert(RowCache::kIdTable, 7, row, 3, t0,
-               cache.generation(RowCache::kIdTable));
+  cache.Insert(kIds, 7, row, 3, t0,
+               cache.generation(kIds));
   float out[3] = {};
-  EXPECT_EQ(cache.Lookup(RowCache::kIdTable, 7, 3, t0 + absl::Milliseconds(500),
+  EXPECT_EQ(cache.Lookup(kIds, 7, 3, t0 + absl::Milliseconds(500),
                          out),
             RowCache::Found::kFresh);
   EXPECT_EQ(out[2], 3.0f);
-  EXPECT_EQ(cache.Lookup(RowCache::kIdTable, 7, 3, t0 + absl::Seconds(5), out),
+  EXPECT_EQ(cache.Lookup(kIds, 7, 3, t0 + absl::Seconds(5), out),
             RowCache::Found::kStale);
-  EXPECT_EQ(cache.Lookup(RowCache::kIdTable, 7, 3, t0 + absl::Seconds(11), out),
+  EXPECT_EQ(cache.Lookup(kIds, 7, 3, t0 + absl::Seconds(11), out),
             RowCache::Found::kMiss);
   // Dropped once past max_stale.
   EXPECT_EQ(cache.stats().entries, 0);
   // Tables are separate key spaces; a different dim is a miss.
-  cache.Insert(RowCache::kIdTable, 7, row, 3, t0,
-               cache.generation(RowCache::kIdTable));
-  EXPECT_EQ(cache.Lookup(RowCache::kContentTable, 7, 3, t0, out),
+  cache.Insert(kIds, 7, row, 3, t0,
+               cache.generation(kIds));
+  EXPECT_EQ(cache.Lookup(kContent, 7, 3, t0, out),
             RowCache::Found::kMiss);
-  EXPECT_EQ(cache.Lookup(RowCache::kIdTable, 7, 2, t0, out),
+  EXPECT_EQ(cache.Lookup(kIds, 7, 2, t0, out),
             RowCache::Found::kMiss);
   const RowCache::Stats st = cache.stats();
   EXPECT_EQ(st.hits, 1);
@@ -52,24 +60,24 @@ TEST(RowCacheTest, InsertAfterInvalidateOfAnEarlierFetchIsRefused) {
   const float old_row[2] = {1, 1};
   const float new_row[2] = {2, 2};
   // A request takes the generation, then fetches the old row...
-  const uint64_t g = cache.generation(RowCache::kContentTable);
+  const uint64_t g = cache.generation(kContent);
   // ...meanwhile an upsert lands and invalidates the key...
-  cache.Invalidate(RowCache::kContentTable, 42);
+  cache.Invalidate(kContent, 42);
   // ...and the late insert of the old row must not stick.
-  cache.Insert(RowCache::kContentTable, 42, old_row, 2, t0, g);
+  cache.Insert(kContent, 42, old_row, 2, t0, g);
   float out[2];
-  EXPECT_EQ(cache.Lookup(RowCache::kContentTable, 42, 2, t0, out),
+  EXPECT_EQ(cache.Lookup(kContent, 42, 2, t0, out),
             RowCache::Found::kMiss);
-  cache.Insert(RowCache::kContentTable, 42, new_row, 2, t0,
-               cache.generation(RowCache::kContentTable));
-  EXPECT_EQ(cache.Lookup(RowCache::kContentTable, 42, 2, t0, out),
+  cache.Insert(kContent, 42, new_row, 2, t0,
+               cache.generation(kContent));
+  EXPECT_EQ(cache.Lookup(kContent, 42, 2, t0, out),
             RowCache::Found::kFresh);
   EXPECT_EQ(out[0], 2.0f);
   // The ID table's generation is untouched by content invalidations.
-  const uint64_t gid = cache.generation(RowCache::kIdTable);
-  cache.InvalidateTable(RowCache::kContentTable);
-  EXPECT_EQ(cache.generation(RowCache::kIdTable), gid);
-  EXPECT_EQ(cache.Lookup(RowCache::kContentTable, 42, 2, t0, out),
+  const uint64_t gid = cache.generation(kIds);
+  cache.InvalidateTable(kContent);
+  EXPECT_EQ(cache.generation(kIds), gid);
+  EXPECT_EQ(cache.Lookup(kContent, 42, 2, t0, out),
             RowCache::Found::kMiss);
 }
 
@@ -81,17 +89,31 @@ TEST(RowCacheTest, StaysWithinItsByteBudgetEvictingLeastRecent) {
   const absl::Time t0 = absl::FromUnixSeconds(1000);
   std::vector<float> row(64, 1.0f);
   for (uint64_t k = 0; k < 25; ++k) {
-    cache.Insert(RowCache::kIdTable, k, row.data(), 64, t0,
-                 cache.generation(RowCache::kIdTable));
+    cache.Insert(kIds, k, row.data(), 64, t0,
+                 cache.generation(kIds));
   }
   const RowCache::Stats st = cache.stats();
   EXPECT_EQ(st.entries, 10);
   EXPECT_LE(st.bytes, o.capacity_bytes);
   EXPECT_EQ(st.evictions, 15);
   float out[64];
-  EXPECT_EQ(cache.Lookup(RowCache::kIdTable, 24, 64, t0, out),
+  EXPECT_EQ(cache.Lookup(kIds, 24, 64, t0, out),
             RowCache::Found::kFresh);
-  EXPECT_EQ(cache.Lookup(RowCache::kIdTable, 0, 64, t0, out),
+  EXPECT_EQ(cache.Lookup(kIds, 0, 64, t0, out),
+            RowCache::Found::kMiss);
+}
+
+TEST(RowCacheTest, TablesBeyondTheLimitAreNotCached) {
+  RowCache cache(Opts());
+  for (int i = 0; i < RowCache::kMaxTables; ++i) {
+    EXPECT_EQ(cache.TableId("t" + std::to_string(i)), i);
+  }
+  const RowCache::Table extra = cache.TableId("one too many");
+  EXPECT_EQ(extra, RowCache::kUncached);
+  const float row[1] = {1};
+  cache.Insert(extra, 1, row, 1, absl::Now(), cache.generation(extra));
+  float out[1];
+  EXPECT_EQ(cache.Lookup(extra, 1, 1, absl::Now(), out),
             RowCache::Found::kMiss);
 }
 
@@ -100,10 +122,10 @@ TEST(RowCacheTest, ZeroCapacityDisablesIt) {
   o.capacity_bytes = 0;
   RowCache cache(o);
   const float row[1] = {1};
-  cache.Insert(RowCache::kIdTable, 1, row, 1, absl::Now(),
-               cache.generation(RowCache::kIdTable));
+  cache.Insert(kIds, 1, row, 1, absl::Now(),
+               cache.generation(kIds));
   float out[1];
-  EXPECT_EQ(cache.Lookup(RowCache::kIdTable, 1, 1, absl::Now(), out),
+  EXPECT_EQ(cache.Lookup(kIds, 1, 1, absl::Now(), out),
             RowCache::Found::kMiss);
 }
 
