@@ -1,13 +1,14 @@
-#include "serving/executor.h"
+#include "base/executor.h"
 
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
-namespace mim::serving {
+namespace mim::base {
 
-Executor::Executor(int threads, int max_queue) : max_queue_(max_queue) {
+Executor::Executor(int threads, int max_queue, std::string name)
+    : max_queue_(max_queue), name_(std::move(name)) {
   for (int i = 0; i < std::max(1, threads); ++i) {
     threads_.emplace_back([this] { Work(); });
   }
@@ -26,7 +27,7 @@ absl::Status Executor::Submit(absl::Time deadline, Task task) {
   if (stopping_) return absl::CancelledError("the server is shutting down");
   if (static_cast<int64_t>(queue_.size()) >= max_queue_) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "serving queue full (", queue_.size(),
+        name_, " queue full (", queue_.size(),
         " requests waiting, --max_queue); retry with backoff"));
   }
   queue_.push_back(Item{deadline, std::move(task)});
@@ -52,12 +53,13 @@ void Executor::Work() {
       queue_.pop_front();
     }
     if (absl::Now() >= item.deadline) {
-      item.task(absl::DeadlineExceededError(
-          "the deadline passed while the request waited for a serving thread"));
+      item.task(absl::DeadlineExceededError(absl::StrCat(
+          "the deadline passed while the request waited in the ", name_,
+          " queue for a thread")));
     } else {
       item.task(absl::OkStatus());
     }
   }
 }
 
-}  // namespace mim::serving
+}  // namespace mim::base

@@ -1,16 +1,18 @@
 // Executor: a fixed pool of threads running tasks from a bounded queue,
-// each task with a deadline. The serving tier's gRPC callback handlers hand
-// their blocking work (shard pulls, scoring) to it, so that no gRPC thread
-// blocks and a burst of requests waits in the queue within its deadline
-// instead of being refused for want of a thread.
+// each task with a deadline. The gRPC callback handlers of the serving tier
+// and of the shards hand their blocking work (shard pulls, scoring, store
+// calls) to it, so that no gRPC thread blocks and a burst of requests waits
+// in the queue within its deadline instead of being refused for want of a
+// thread (the sync server's "Server Threadpool Exhausted").
 //
 // Thread-safety: safe for concurrent access.
-#ifndef MIM_SERVING_EXECUTOR_H_
-#define MIM_SERVING_EXECUTOR_H_
+#ifndef MIM_BASE_EXECUTOR_H_
+#define MIM_BASE_EXECUTOR_H_
 
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -19,7 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
-namespace mim::serving {
+namespace mim::base {
 
 class Executor {
  public:
@@ -28,8 +30,9 @@ class Executor {
   // that).
   using Task = std::function<void(const absl::Status& admitted)>;
 
-  // `threads` >= 1 workers; at most `max_queue` tasks wait.
-  Executor(int threads, int max_queue);
+  // `threads` >= 1 workers; at most `max_queue` tasks wait. `name` says
+  // whose queue it is in error messages ("serving", "shard 0/2").
+  Executor(int threads, int max_queue, std::string name);
   // Runs every task still queued (each told OK or DEADLINE_EXCEEDED as
   // usual), then joins the workers. Submit meanwhile: CANCELLED.
   ~Executor();
@@ -37,7 +40,8 @@ class Executor {
   Executor& operator=(const Executor&) = delete;
 
   // Queues `task`. When the queue is full the task is not queued and this
-  // returns RESOURCE_EXHAUSTED naming the queue size (the task is not run).
+  // returns RESOURCE_EXHAUSTED naming the queue and its size (the task is
+  // not run).
   absl::Status Submit(absl::Time deadline, Task task);
 
   int64_t queued() const;
@@ -50,12 +54,13 @@ class Executor {
   void Work();
 
   const int max_queue_;
+  const std::string name_;
   mutable absl::Mutex mu_;
   std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };
 
-}  // namespace mim::serving
+}  // namespace mim::base
 
-#endif  // MIM_SERVING_EXECUTOR_H_
+#endif  // MIM_BASE_EXECUTOR_H_

@@ -1,4 +1,4 @@
-#include "serving/executor.h"
+#include "base/executor.h"
 
 #include <atomic>
 #include <vector>
@@ -7,7 +7,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 
-namespace mim::serving {
+namespace mim::base {
 namespace {
 
 TEST(ExecutorTest, RunsTasksAndRefusesBeyondTheQueue) {
@@ -15,7 +15,7 @@ TEST(ExecutorTest, RunsTasksAndRefusesBeyondTheQueue) {
   std::atomic<int> ran{0};
   std::vector<absl::StatusCode> codes(4, absl::StatusCode::kUnknown);
   {
-    Executor ex(/*threads=*/1, /*max_queue=*/2);
+    Executor ex(/*threads=*/1, /*max_queue=*/2, "test");
     const absl::Time later = absl::Now() + absl::Hours(1);
     // The first task holds the only thread until released.
     ASSERT_TRUE(ex.Submit(later, [&](const absl::Status& s) {
@@ -35,7 +35,8 @@ TEST(ExecutorTest, RunsTasksAndRefusesBeyondTheQueue) {
     }
     const absl::Status full = ex.Submit(later, [](const absl::Status&) {});
     EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
-    EXPECT_NE(full.message().find("2 requests waiting"), std::string::npos);
+    EXPECT_NE(full.message().find("test queue full (2 requests waiting"),
+              std::string::npos);
     release.Notify();
   }
   EXPECT_EQ(ran.load(), 3);
@@ -46,7 +47,7 @@ TEST(ExecutorTest, ATaskWhoseDeadlinePassedWhileQueuedIsToldSo) {
   absl::Notification release;
   absl::StatusCode late = absl::StatusCode::kUnknown;
   {
-    Executor ex(1, 10);
+    Executor ex(1, 10, "test");
     ASSERT_TRUE(ex.Submit(absl::Now() + absl::Hours(1),
                           [&](const absl::Status&) {
                             release.WaitForNotification();
@@ -62,4 +63,4 @@ TEST(ExecutorTest, ATaskWhoseDeadlinePassedWhileQueuedIsToldSo) {
 }
 
 }  // namespace
-}  // namespace mim::serving
+}  // namespace mim::base

@@ -234,7 +234,7 @@ int main(int argc, char** argv) {
   predictor_options.metrics = metrics->get();
   mim::serving::Predictor predictor(models->get(), ps->get(), &cache,
                                     predictor_options);
-  mim::serving::Executor executor(FLAGS_threads, FLAGS_max_queue);
+  mim::base::Executor executor(FLAGS_threads, FLAGS_max_queue, "serving");
   mim::serving::PredictionServiceImpl service(&predictor, models->get(), &cache,
                                               &executor, metrics->get(),
                                               authorizer.get());

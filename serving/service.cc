@@ -63,7 +63,7 @@ absl::StatusOr<PredictInput> PredictInputFromProto(const PredictRequest& r) {
 PredictionServiceImpl::PredictionServiceImpl(Predictor* predictor,
                                              ModelManager* models,
                                              RowCache* cache,
-                                             Executor* executor,
+                                             base::Executor* executor,
                                              base::Metrics* metrics,
                                              const base::Authorizer* authorizer)
     : predictor_(predictor),

@@ -27,7 +27,7 @@
 #include "base/metrics.h"
 #include "proto/serving.grpc.pb.h"
 #include "serving/model_manager.h"
-#include "serving/executor.h"
+#include "base/executor.h"
 #include "serving/predictor.h"
 #include "serving/row_cache.h"
 
@@ -45,7 +45,7 @@ class PredictionServiceImpl final
   // Everything must outlive the service. `metrics` may be null;
   // `authorizer` null: authentication off.
   PredictionServiceImpl(Predictor* predictor, ModelManager* models,
-                        RowCache* cache, Executor* executor,
+                        RowCache* cache, base::Executor* executor,
                         base::Metrics* metrics,
                         const base::Authorizer* authorizer = nullptr);
   ~PredictionServiceImpl() override;
@@ -77,7 +77,7 @@ class PredictionServiceImpl final
   Predictor* const predictor_;
   ModelManager* const models_;
   RowCache* const cache_;
-  Executor* const executor_;
+  base::Executor* const executor_;
   base::Metrics* const metrics_;
   const base::Authorizer* const authorizer_;
   int64_t scrape_callback_ = -1;
