@@ -25,10 +25,12 @@
 // (seed, key)), so every row in memory is also in RocksDB.
 //
 // Locking: `write_mu_` is shared by writers (Push, Upsert, CreateTable) and
-// held exclusively by Checkpoint and Restore, so a checkpoint sees no write
+// held exclusively by Checkpoint and by Restore while it swaps the database
+// (not while it loads the checkpoint), so a checkpoint sees no write
 // half-done across tables. `tables_mu_` guards the table map; readers hold
 // it shared for the whole call, Restore exclusively while swapping tables.
-// Order: write_mu_ before tables_mu_.
+// Order: write_mu_ before tables_mu_. `admin_mu_` only guards the name of
+// the checkpoint operation in progress (one at a time).
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -107,6 +109,10 @@ class Reader {
   }
   bool GetFloats(float* f, size_t n) {
     if (in_.size() < n * sizeof(float)) return false;
+    // A content row has no optimizer state: `f` is then an empty vector's
+    // data(), possibly null, and memcpy from or to null is undefined even
+    // for 0 bytes (UBSan, tests/fuzz ps_service).
+    if (n == 0) return true;
     std::memcpy(f, in_.data(), n * sizeof(float));
     in_.remove_prefix(n * sizeof(float));
     return true;
@@ -355,6 +361,19 @@ class StoreImpl : public EmbeddingStore {
     return t->Pull(keys, values, missing);
   }
 
+  absl::Status PullInto(absl::string_view table,
+                        absl::Span<const uint64_t> keys,
+                        const RowBuffer& buffer,
+                        std::vector<uint32_t>* missing) override {
+    MIM_RETURN_IF_ERROR(CheckSize(keys.size()));
+    absl::ReaderMutexLock lock(&tables_mu_);
+    EmbeddingTable* t = Find(table);
+    if (t == nullptr) return NoTable(table);
+    absl::StatusOr<float*> values = buffer(t->dim());
+    if (!values.ok()) return values.status();
+    return t->Pull(keys, *values, missing);
+  }
+
   absl::StatusOr<uint32_t> Dim(absl::string_view table) const override {
     absl::ReaderMutexLock lock(&tables_mu_);
     const EmbeddingTable* t = Find(table);
@@ -418,29 +437,67 @@ class StoreImpl : public EmbeddingStore {
                                 absl::UTCTimeZone());
     }
     MIM_RETURN_IF_ERROR(ValidateCheckpointName(chosen));
-    absl::MutexLock writers(&write_mu_);
-    MIM_RETURN_IF_ERROR(storage_->CreateCheckpoint(chosen));
+    MIM_ASSIGN_OR_RETURN(AdminOperation op,
+                         BeginAdmin(absl::StrCat("Checkpoint '", chosen, "'")));
     CheckpointInfo info;
-    info.name = chosen;
-    info.path = storage_->CheckpointPath(chosen);
-    absl::ReaderMutexLock lock(&tables_mu_);
-    for (const auto& [n, t] : tables_) info.rows += t->Stats().rows;
+    {
+      absl::MutexLock writers(&write_mu_);
+      MIM_RETURN_IF_ERROR(storage_->CreateCheckpoint(chosen));
+      info.name = chosen;
+      info.path = storage_->CheckpointPath(chosen);
+      absl::ReaderMutexLock lock(&tables_mu_);
+      for (const auto& [n, t] : tables_) info.rows += t->Stats().rows;
+    }
+    if (options_.keep_checkpoints > 0) {
+      std::vector<StoredCheckpoint> all = storage_->ListCheckpoints();
+      const size_t excess = all.size() > options_.keep_checkpoints
+                                ? all.size() - options_.keep_checkpoints
+                                : 0;
+      for (size_t i = 0; i < excess; ++i) {
+        if (all[i].name == chosen) continue;  // never the one just taken
+        absl::Status st = storage_->DeleteCheckpoint(all[i].name);
+        if (!st.ok()) {
+          info.retention_error = absl::StrCat(
+              "keeping the newest ", options_.keep_checkpoints,
+              " checkpoints: could not delete '", all[i].name, "': ",
+              st.message());
+          break;
+        }
+        info.deleted.push_back(all[i].name);
+      }
+    }
     return info;
   }
 
+  absl::Status DeleteCheckpoint(const std::string& name) override {
+    MIM_RETURN_IF_ERROR(ValidateCheckpointName(name));
+    MIM_ASSIGN_OR_RETURN(
+        AdminOperation op,
+        BeginAdmin(absl::StrCat("DeleteCheckpoint '", name, "'")));
+    return storage_->DeleteCheckpoint(name);
+  }
+
   absl::StatusOr<CheckpointInfo> Restore(const std::string& name) override {
-    absl::MutexLock writers(&write_mu_);
+    MIM_ASSIGN_OR_RETURN(
+        AdminOperation op,
+        BeginAdmin(absl::StrCat("Restore '", name.empty() ? "<newest>" : name,
+                                "'")));
     std::string chosen = name;
     if (chosen.empty()) {
       const std::vector<StoredCheckpoint> all = storage_->ListCheckpoints();
       if (all.empty()) return absl::NotFoundError("there are no checkpoints");
       chosen = all.back().name;  // the most recently created, not the greatest
     }
+    // The checkpoint does not change (no other checkpoint operation runs),
+    // so it is loaded while reads and writes go on.
     auto snapshot = storage_->OpenCheckpoint(chosen);
     if (!snapshot.ok()) return snapshot.status();
     auto tables = LoadTables(**snapshot);
     snapshot->reset();
     if (!tables.ok()) return tables.status();
+    // Writes acknowledged until here are replaced by the checkpoint, as if
+    // they had come before the restore.
+    absl::MutexLock writers(&write_mu_);
     MIM_RETURN_IF_ERROR(storage_->RestoreCheckpoint(chosen));
     CheckpointInfo info;
     info.name = chosen;
@@ -480,6 +537,40 @@ class StoreImpl : public EmbeddingStore {
   StartupRecovery Recovery() const override { return recovery_; }
 
  private:
+  // The checkpoint operation in progress, for as long as this lives.
+  class AdminOperation {
+   public:
+    explicit AdminOperation(StoreImpl* store) : store_(store) {}
+    AdminOperation(AdminOperation&& other) noexcept : store_(other.store_) {
+      other.store_ = nullptr;
+    }
+    AdminOperation& operator=(AdminOperation&&) = delete;
+    ~AdminOperation() {
+      if (store_ == nullptr) return;
+      absl::MutexLock lock(&store_->admin_mu_);
+      store_->admin_op_.clear();
+    }
+
+   private:
+    StoreImpl* store_;
+  };
+
+  // UNAVAILABLE while another checkpoint operation runs (see the header).
+  absl::StatusOr<AdminOperation> BeginAdmin(std::string what) {
+    absl::MutexLock lock(&admin_mu_);
+    if (!admin_op_.empty()) {
+      return absl::UnavailableError(absl::StrCat(
+          "busy with ", admin_op_, " (running for ",
+          absl::FormatDuration(
+              absl::Trunc(absl::Now() - admin_start_, absl::Milliseconds(1))),
+          "); checkpoint operations run one at a time: retry when it is "
+          "done"));
+    }
+    admin_op_ = std::move(what);
+    admin_start_ = absl::Now();
+    return AdminOperation(this);
+  }
+
   static absl::Status NoTable(absl::string_view table) {
     return absl::NotFoundError(absl::StrCat("no table named '", table, "'"));
   }
@@ -514,6 +605,9 @@ class StoreImpl : public EmbeddingStore {
   const Options options_;
   const StartupRecovery recovery_;
   const std::unique_ptr<Storage> storage_;
+  absl::Mutex admin_mu_;
+  std::string admin_op_ ABSL_GUARDED_BY(admin_mu_);  // empty: none
+  absl::Time admin_start_ ABSL_GUARDED_BY(admin_mu_);
   absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(tables_mu_);
   mutable absl::Mutex tables_mu_;
   TableMap tables_ ABSL_GUARDED_BY(tables_mu_);

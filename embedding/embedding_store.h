@@ -22,6 +22,12 @@
 // Thread-safety: safe for concurrent access. Pulls and pushes on different
 // keys run in parallel (striped locks inside each table); Checkpoint briefly
 // blocks writers so that all tables are captured at one consistent point.
+// A Restore loads its checkpoint while reads and writes go on, then blocks
+// writers while the database is swapped and readers only for the moment
+// the tables are swapped. Checkpoint, Restore and DeleteCheckpoint run one
+// at a time: one that starts while another runs fails at once with
+// UNAVAILABLE naming the one in progress (retry when it is done), so admin
+// calls never pile up behind a long restore.
 #ifndef MIM_EMBEDDING_EMBEDDING_STORE_H_
 #define MIM_EMBEDDING_EMBEDDING_STORE_H_
 
@@ -63,6 +69,10 @@ struct CheckpointInfo {
   std::string name;
   std::string path;
   uint64_t rows = 0;
+  // Checkpoint: the older checkpoints deleted by Options::keep_checkpoints,
+  // and what went wrong deleting one (empty: nothing).
+  std::vector<std::string> deleted;
+  std::string retention_error;
 };
 
 // What opening the store dropped to start (Options::accept_data_loss). All
@@ -113,6 +123,9 @@ class EmbeddingStore {
     // Start even when that drops acknowledged writes (a damaged write-ahead
     // log, a missing database); Recovery() then says what was dropped.
     bool accept_data_loss = false;
+    // Checkpoints kept: after a successful Checkpoint, the oldest ones (by
+    // creation order) beyond this many are deleted. 0: keep all.
+    uint32_t keep_checkpoints = 0;
   };
 
   // Opens (or creates) the store and loads every table found in
@@ -153,6 +166,17 @@ class EmbeddingStore {
                             absl::Span<const uint64_t> keys, float* values,
                             std::vector<uint32_t>* missing) = 0;
 
+  // As Pull, into the buffer that `buffer(dim)` returns once the table's
+  // dim is known (keys.size() * dim floats), under the same lock as the
+  // read, so the rows always have the dim the buffer was made for, even
+  // when a Restore replaces the table meanwhile. An error from `buffer` is
+  // returned as is and nothing is read.
+  using RowBuffer = std::function<absl::StatusOr<float*>(uint32_t dim)>;
+  virtual absl::Status PullInto(absl::string_view table,
+                                absl::Span<const uint64_t> keys,
+                                const RowBuffer& buffer,
+                                std::vector<uint32_t>* missing) = 0;
+
   // Dimension of `table`, or NOT_FOUND.
   virtual absl::StatusOr<uint32_t> Dim(absl::string_view table) const = 0;
 
@@ -190,14 +214,25 @@ class EmbeddingStore {
   // metadata, configs) under <data_dir>/checkpoints/<name>, recording its
   // place in creation order with it. An empty name picks
   // "ckpt-YYYYmmdd-HHMMSS.ffffff" (UTC). ALREADY_EXISTS if the name is
-  // taken, INVALID_ARGUMENT for a name with '/' or "..".
+  // taken, INVALID_ARGUMENT for a name with '/' or "..". With
+  // Options::keep_checkpoints, then deletes the oldest checkpoints beyond
+  // that many (a failure to delete one is logged, not returned: the new
+  // checkpoint is good). UNAVAILABLE while another Checkpoint, Restore or
+  // DeleteCheckpoint runs.
   virtual absl::StatusOr<CheckpointInfo> Checkpoint(const std::string& name) = 0;
+
+  // Deletes checkpoint `name` (its files; the live tables are untouched).
+  // NOT_FOUND when there is none; UNAVAILABLE while another Checkpoint,
+  // Restore or DeleteCheckpoint runs. A crash during the delete leaves no
+  // half-deleted checkpoint that ListCheckpoints would list.
+  virtual absl::Status DeleteCheckpoint(const std::string& name) = 0;
 
   // Replaces every table with the contents of checkpoint `name` (empty: the
   // most recently created one, whatever the names; see ListCheckpoints),
   // bit-identical to when it was taken, and makes that durable. NOT_FOUND if
   // there is no such checkpoint; DATA_LOSS (as Open) if a stored record
-  // in it is corrupt. On failure the live state is unchanged.
+  // in it is corrupt; UNAVAILABLE while another Checkpoint, Restore or
+  // DeleteCheckpoint runs. On failure the live state is unchanged.
   virtual absl::StatusOr<CheckpointInfo> Restore(const std::string& name) = 0;
 
   // Every checkpoint in creation order, oldest first (not name order:

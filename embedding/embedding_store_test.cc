@@ -11,9 +11,11 @@
 #include <limits>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "embedding/storage/storage.h"
 #include "embedding/store_with_storage.h"
 #include "gtest/gtest.h"
@@ -224,6 +226,37 @@ TEST_F(EmbeddingStoreTest, PullOfUnseenKeysLeavesRowsMemoryAndCheckpointsAlone) 
   EXPECT_EQ(DumpTable(*store_, "user_id"), ids);
   Reopen();
   EXPECT_EQ(DumpTable(*store_, "user_id"), ids);
+}
+
+TEST_F(EmbeddingStoreTest, DeleteCheckpointAndRetention) {
+  Write(0);
+  ASSERT_TRUE(store_->Checkpoint("c1").ok());
+  EXPECT_EQ(store_->DeleteCheckpoint("nope").code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->DeleteCheckpoint("../db").code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(store_->DeleteCheckpoint("c1").ok());
+  EXPECT_TRUE(CheckpointNames(*store_).empty());
+  EXPECT_EQ(store_->Restore("c1").status().code(), absl::StatusCode::kNotFound);
+
+  // Keep the newest two: each checkpoint beyond deletes the oldest, by
+  // creation order (not name order).
+  options_.keep_checkpoints = 2;
+  Reopen();
+  const Dump before = DumpTable(*store_, "user_id");
+  std::vector<std::vector<std::string>> deleted;
+  for (const char* name : {"z", "y", "x", "w"}) {
+    auto info = store_->Checkpoint(name);
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_TRUE(info->retention_error.empty()) << info->retention_error;
+    deleted.push_back(info->deleted);
+  }
+  EXPECT_EQ(deleted, (std::vector<std::vector<std::string>>{
+                         {}, {}, {"z"}, {"y"}}));
+  EXPECT_EQ(CheckpointNames(*store_), (std::vector<std::string>{"x", "w"}));
+  EXPECT_EQ(DumpTable(*store_, "user_id"), before);  // live rows untouched
+  ASSERT_TRUE(store_->Restore("x").ok());
+  EXPECT_EQ(DumpTable(*store_, "user_id"), before);
 }
 
 // Rows are loaded a page (4096) at a time; pages end inside one table and
@@ -613,6 +646,9 @@ class FlakyStorage : public Storage {
       const std::string& n) const override {
     return inner_->OpenCheckpoint(n);
   }
+  absl::Status DeleteCheckpoint(const std::string& n) override {
+    return inner_->DeleteCheckpoint(n);
+  }
   absl::Status RestoreCheckpoint(const std::string& n) override {
     return inner_->RestoreCheckpoint(n);
   }
@@ -621,6 +657,71 @@ class FlakyStorage : public Storage {
   std::unique_ptr<Storage> inner_;
   std::atomic<bool>* fail_;
 };
+
+// FlakyStorage whose OpenCheckpoint (where a Restore starts loading)
+// announces itself and then waits to be released.
+class GatedStorage : public FlakyStorage {
+ public:
+  GatedStorage(std::unique_ptr<Storage> inner, std::atomic<bool>* fail,
+               absl::Notification* entered, absl::Notification* release)
+      : FlakyStorage(std::move(inner), fail),
+        entered_(entered),
+        release_(release) {}
+  absl::StatusOr<std::unique_ptr<Storage>> OpenCheckpoint(
+      const std::string& n) const override {
+    if (!entered_->HasBeenNotified()) entered_->Notify();
+    release_->WaitForNotification();
+    return FlakyStorage::OpenCheckpoint(n);
+  }
+
+ private:
+  absl::Notification* entered_;
+  absl::Notification* release_;
+};
+
+// While a Restore loads its checkpoint, reads and writes go on (they see
+// the tables as they were), and every other checkpoint operation is refused
+// UNAVAILABLE naming the restore; the restore then replaces everything.
+TEST(EmbeddingStoreAdminTest, RestoreHoldsNoReadNorWriteAndRunsAlone) {
+  std::atomic<bool> fail{false};
+  absl::Notification entered, release;
+  auto s = OpenEmbeddingStoreWithStorage(
+      std::make_unique<GatedStorage>(NewMemoryStorage(), &fail, &entered,
+                                     &release),
+      EmbeddingStore::Options());
+  ASSERT_TRUE(s.ok()) << s.status();
+  EmbeddingStore& store = **s;
+  ASSERT_TRUE(store.CreateTable(AdamTable(), false).ok());
+  ASSERT_TRUE(store.Push("user_id", {1, 2}, Ramp(16, 0)).ok());
+  const Dump at_c1 = DumpTable(store, "user_id");
+  ASSERT_TRUE(store.Checkpoint("c1").ok());
+  ASSERT_TRUE(store.Push("user_id", {3}, Ramp(8, 1)).ok());
+
+  absl::StatusOr<CheckpointInfo> restored;
+  std::thread restore([&] { restored = store.Restore("c1"); });
+  entered.WaitForNotification();
+  std::vector<float> row(8);
+  EXPECT_TRUE(store.Pull("user_id", {3}, row.data(), nullptr).ok());
+  EXPECT_TRUE(store.Push("user_id", {4}, Ramp(8, 2)).ok());
+  EXPECT_EQ(store.Stats("user_id")->front().rows, 4u);
+  for (const absl::Status& refused :
+       {store.Checkpoint("c2").status(), store.Restore("c1").status(),
+        store.DeleteCheckpoint("c1")}) {
+    EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
+    EXPECT_NE(refused.message().find("busy with Restore 'c1'"),
+              std::string::npos)
+        << refused;
+  }
+  release.Notify();
+  restore.join();
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(restored->rows, 2u);
+  EXPECT_EQ(DumpTable(store, "user_id"), at_c1);
+  // Done: the next checkpoint operation runs.
+  EXPECT_TRUE(store.Checkpoint("c2").ok());
+  EXPECT_TRUE(store.DeleteCheckpoint("c1").ok());
+  EXPECT_EQ(CheckpointNames(store), std::vector<std::string>{"c2"});
+}
 
 TEST(EmbeddingStoreFaultTest, FailedStorageWriteLeavesMemoryUnchanged) {
   std::atomic<bool> fail{false};

@@ -70,6 +70,7 @@ MIM_PS_DEFINE_RPC(GetRows)
 MIM_PS_DEFINE_RPC(Checkpoint)
 MIM_PS_DEFINE_RPC(Restore)
 MIM_PS_DEFINE_RPC(ListCheckpoints)
+MIM_PS_DEFINE_RPC(DeleteCheckpoint)
 #undef MIM_PS_DEFINE_RPC
 
 // Waits for `n` completions on `cq`, then shuts it down and drains it (a
@@ -113,6 +114,10 @@ absl::Status CheckFinite(absl::Span<const uint64_t> keys,
   return absl::OkStatus();
 }
 
+size_t MessageBytes(const PsClient::Options& options) {
+  return static_cast<size_t>(std::max(0, options.max_message_bytes));
+}
+
 absl::StatusOr<size_t> RowDim(size_t num_keys, size_t num_floats,
                               absl::string_view what) {
   if (num_floats % num_keys != 0 || num_floats == 0) {
@@ -126,8 +131,11 @@ absl::StatusOr<size_t> RowDim(size_t num_keys, size_t num_floats,
 // Where each distinct key of a request goes: keys are deduplicated, then
 // appended, in first-seen order, to a call to their shard. A shard's keys are
 // split into up to Options::max_calls_per_shard calls of at least
-// Options::max_keys_per_call keys; the calls of one request go out together, so a large batch is served by several shard threads at once and
-// the client reads one answer while the shard computes the next.
+// Options::max_keys_per_call keys, so a large batch is served by several
+// shard threads at once and the client reads one answer while the shard
+// computes the next; but no call gets more than `max_keys` keys (what the
+// shard accepts and what fits a message), which may take more calls. Calls
+// go out in waves of at most max_calls_per_shard per shard.
 struct Routing {
   std::vector<uint32_t> call_of_unique;
   std::vector<uint32_t> pos_of_unique;   // index in its call's request
@@ -135,11 +143,13 @@ struct Routing {
   std::vector<std::vector<uint32_t>> unique_at;  // [call][pos] -> unique
   std::vector<uint32_t> shard_of_call;
   std::vector<uint32_t> calls;           // 0 .. number of calls - 1
+  std::vector<std::vector<uint32_t>> waves;  // the calls sent together
 };
 
 template <typename AddKey>  // void(uint32_t call, uint64_t key)
 Routing Route(absl::Span<const uint64_t> keys, uint32_t num_shards,
-              const PsClient::Options& options, const AddKey& add) {
+              const PsClient::Options& options, size_t max_keys,
+              const AddKey& add) {
   Routing r;
   r.unique_of_key.resize(keys.size());
   // Pass 1: distinct keys and their shards.
@@ -171,7 +181,9 @@ Routing Route(absl::Span<const uint64_t> keys, uint32_t num_shards,
   const size_t max_calls =
       static_cast<size_t>(std::max(1, options.max_calls_per_shard));
   for (uint32_t s = 0; s < num_shards; ++s) {
-    chunk[s] = std::max(min_chunk, (per_shard[s] + max_calls - 1) / max_calls);
+    chunk[s] = std::min(
+        std::max<size_t>(1, max_keys),
+        std::max(min_chunk, (per_shard[s] + max_calls - 1) / max_calls));
   }
   // Pass 2: append each distinct key to its shard's open call.
   r.call_of_unique.resize(unique.size());
@@ -191,7 +203,13 @@ Routing Route(absl::Span<const uint64_t> keys, uint32_t num_shards,
     r.unique_at[call].push_back(u);
     add(static_cast<uint32_t>(call), unique[u]);
   }
-  for (uint32_t c = 0; c < r.shard_of_call.size(); ++c) r.calls.push_back(c);
+  std::vector<size_t> calls_so_far(num_shards, 0);
+  for (uint32_t c = 0; c < r.shard_of_call.size(); ++c) {
+    r.calls.push_back(c);
+    const size_t wave = calls_so_far[r.shard_of_call[c]]++ / max_calls;
+    if (wave == r.waves.size()) r.waves.emplace_back();
+    r.waves[wave].push_back(c);
+  }
   return r;
 }
 
@@ -200,8 +218,8 @@ Routing Route(absl::Span<const uint64_t> keys, uint32_t num_shards,
 template <typename Request>
 Routing RouteRequests(absl::string_view table, absl::Span<const uint64_t> keys,
                       uint32_t num_shards, const PsClient::Options& options,
-                      std::vector<Request>* requests) {
-  Routing routing = Route(keys, num_shards, options,
+                      size_t max_keys, std::vector<Request>* requests) {
+  Routing routing = Route(keys, num_shards, options, max_keys,
                           [requests](uint32_t c, uint64_t key) {
                             if (c == requests->size()) requests->emplace_back();
                             (*requests)[c].add_keys(key);
@@ -421,6 +439,23 @@ class ShardCaller {
     return first_error;
   }
 
+  // Sends the calls of `routing` wave by wave (Call each); stops at the
+  // first wave that fails.
+  template <typename Rpc>
+  static absl::Status CallRouted(
+      const PsClient& client, const Routing& routing,
+      const std::vector<typename Rpc::Request>& requests,
+      std::vector<typename Rpc::Response>* responses, Resend resend,
+      bool push = false) {
+    responses->resize(requests.size());
+    for (const std::vector<uint32_t>& wave : routing.waves) {
+      absl::Status status = Call<Rpc>(client, wave, routing.shard_of_call,
+                                      requests, responses, resend, push);
+      if (!status.ok()) return status;
+    }
+    return absl::OkStatus();
+  }
+
   // Sends `request` to every shard; the responses in shard order.
   template <typename Rpc>
   static absl::StatusOr<std::vector<typename Rpc::Response>> CallAll(
@@ -540,11 +575,33 @@ absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(
         "max_attempts must be >= 1, timeout positive and retry_budget not "
         "negative");
   }
+  if (options.max_message_bytes < (64 << 10) ||
+      options.max_keys_per_rpc < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_message_bytes must be >= 64 KiB (got ", options.max_message_bytes,
+        ") and max_keys_per_rpc >= 0 (got ", options.max_keys_per_rpc, ")"));
+  }
   return std::unique_ptr<PsClient>(new PsClient(std::move(addresses), options));
 }
 
 uint32_t PsClient::num_shards() const {
   return static_cast<uint32_t>(addresses_.size());
+}
+
+size_t PsClient::KeysPerCall(size_t fit) const {
+  if (options_.max_keys_per_rpc <= 0) return fit;
+  return std::min(fit, static_cast<size_t>(options_.max_keys_per_rpc));
+}
+
+uint32_t PsClient::KnownDim(absl::string_view table) const {
+  absl::MutexLock lock(&dims_mu_);
+  auto it = dims_.find(table);
+  return it == dims_.end() ? 0 : it->second;
+}
+
+void PsClient::SetKnownDim(absl::string_view table, uint32_t dim) const {
+  absl::MutexLock lock(&dims_mu_);
+  dims_[table] = dim;
 }
 
 absl::Status PsClient::ShardError(uint32_t shard,
@@ -595,11 +652,26 @@ absl::Status PsClient::PullRows(
     const std::function<absl::StatusOr<float*>(uint32_t dim)>& buffer,
     std::vector<uint32_t>* missing) {
   std::vector<PullRequest> requests;
-  const Routing routing =
-      RouteRequests(table, keys, num_shards(), options_, &requests);
   std::vector<PullResponse> responses;
-  absl::Status status = ShardCaller::Call<PullRpc>(
-      *this, routing.calls, routing.shard_of_call, requests, &responses, Resend::kAlways);
+  Routing routing;
+  absl::Status status;
+  // Calls are sized by the table's dim as last seen; when a shard refuses
+  // a call as too large anyway (the table was restored with a larger dim),
+  // once more sized by the largest dim.
+  for (const uint32_t known : {KnownDim(table), uint32_t{0}}) {
+    const uint32_t dim = known > 0 ? known : kMaxRowDim;
+    requests.clear();
+    routing = RouteRequests(
+        table, keys, num_shards(), options_,
+        KeysPerCall(MaxKeysForResponse(MessageBytes(options_), dim,
+                                       /*get_rows=*/false)),
+        &requests);
+    status = ShardCaller::CallRouted<PullRpc>(*this, routing, requests,
+                                              &responses, Resend::kAlways);
+    if (known == 0 || status.code() != absl::StatusCode::kResourceExhausted) {
+      break;
+    }
+  }
   if (!status.ok()) return status;
   const uint32_t dim = responses[routing.calls[0]].dim();
   for (const uint32_t s : routing.calls) {
@@ -614,6 +686,7 @@ absl::Status PsClient::PullRows(
           requests[s].keys_size(), dim));
     }
   }
+  SetKnownDim(table, dim);
   absl::StatusOr<float*> out = buffer(dim);
   if (!out.ok()) return out.status();
   const std::vector<char> unique_missing = UniqueMissing(routing, responses);
@@ -691,8 +764,11 @@ absl::StatusOr<uint64_t> PsClient::Push(absl::string_view table,
     return s;
   }
   std::vector<PushRequest> requests;
-  const Routing routing =
-      RouteRequests(table, keys, num_shards(), options_, &requests);
+  const Routing routing = RouteRequests(
+      table, keys, num_shards(), options_,
+      KeysPerCall(MaxKeysForRowsRequest(MessageBytes(options_),
+                                        static_cast<uint32_t>(*dim))),
+      &requests);
   for (const uint32_t s : routing.calls) {
     requests[s].mutable_gradients()->assign(
         sizeof(float) * *dim * requests[s].keys_size(), '\0');
@@ -707,9 +783,9 @@ absl::StatusOr<uint64_t> PsClient::Push(absl::string_view table,
     for (size_t j = 0; j < *dim; ++j) row[j] += g[j];
   }
   std::vector<PushResponse> responses;
-  absl::Status status = ShardCaller::Call<PushRpc>(
-      *this, routing.calls, routing.shard_of_call, requests, &responses,
-      PushResend(options_.push_retry), /*push=*/true);
+  absl::Status status = ShardCaller::CallRouted<PushRpc>(
+      *this, routing, requests, &responses, PushResend(options_.push_retry),
+      /*push=*/true);
   if (!status.ok()) return status;
   uint64_t updated = 0;
   for (const uint32_t s : routing.calls) {
@@ -730,8 +806,11 @@ absl::StatusOr<PsClient::UpsertResult> PsClient::Upsert(
     return s;
   }
   std::vector<UpsertRequest> requests;
-  const Routing routing =
-      RouteRequests(table, keys, num_shards(), options_, &requests);
+  const Routing routing = RouteRequests(
+      table, keys, num_shards(), options_,
+      KeysPerCall(MaxKeysForRowsRequest(MessageBytes(options_),
+                                        static_cast<uint32_t>(*dim))),
+      &requests);
   for (const uint32_t s : routing.calls) {
     requests[s].set_version(version);
     requests[s].mutable_values()->resize(sizeof(float) * *dim *
@@ -746,8 +825,8 @@ absl::StatusOr<PsClient::UpsertResult> PsClient::Upsert(
     std::memcpy(row, values.data() + i * *dim, sizeof(float) * *dim);
   }
   std::vector<UpsertResponse> responses;
-  absl::Status status = ShardCaller::Call<UpsertRpc>(
-      *this, routing.calls, routing.shard_of_call, requests, &responses, Resend::kAlways);
+  absl::Status status = ShardCaller::CallRouted<UpsertRpc>(
+      *this, routing, requests, &responses, Resend::kAlways);
   if (!status.ok()) return status;
   for (const uint32_t s : routing.calls) {
     result.rows_written += responses[s].rows_written();
@@ -761,11 +840,24 @@ absl::StatusOr<PsClient::GetRowsResult> PsClient::GetRows(
   GetRowsResult result;
   if (keys.empty()) return result;
   std::vector<GetRowsRequest> requests;
-  const Routing routing =
-      RouteRequests(table, keys, num_shards(), options_, &requests);
   std::vector<GetRowsResponse> responses;
-  absl::Status status = ShardCaller::Call<GetRowsRpc>(
-      *this, routing.calls, routing.shard_of_call, requests, &responses, Resend::kAlways);
+  Routing routing;
+  absl::Status status;
+  // Sized as pulls are (see PullRows).
+  for (const uint32_t known : {KnownDim(table), uint32_t{0}}) {
+    requests.clear();
+    routing = RouteRequests(
+        table, keys, num_shards(), options_,
+        KeysPerCall(MaxKeysForResponse(MessageBytes(options_),
+                                       known > 0 ? known : kMaxRowDim,
+                                       /*get_rows=*/true)),
+        &requests);
+    status = ShardCaller::CallRouted<GetRowsRpc>(*this, routing, requests,
+                                                 &responses, Resend::kAlways);
+    if (known == 0 || status.code() != absl::StatusCode::kResourceExhausted) {
+      break;
+    }
+  }
   if (!status.ok()) return status;
   const uint32_t dim = responses[routing.calls[0]].dim();
   for (const uint32_t s : routing.calls) {
@@ -781,6 +873,7 @@ absl::StatusOr<PsClient::GetRowsResult> PsClient::GetRows(
           responses[s].meta_size(), n));
     }
   }
+  SetKnownDim(table, dim);
   result.dim = dim;
   result.values.resize(keys.size() * dim);
   result.meta.resize(keys.size());
@@ -895,6 +988,27 @@ absl::StatusOr<std::vector<PsClient::ShardRestore>> PsClient::Restore(
   }
   return WithAddresses(addresses_, std::move(responses),
                        &ShardRestore::restore);
+}
+
+absl::StatusOr<std::vector<PsClient::ShardDelete>> PsClient::DeleteCheckpoint(
+    const std::string& name) {
+  DeleteCheckpointRequest request;
+  request.set_name(name);
+  absl::StatusOr<std::vector<DeleteCheckpointResponse>> responses =
+      ShardCaller::CallAll<DeleteCheckpointRpc>(*this, request,
+                                                Resend::kAlways);
+  if (!responses.ok()) return responses.status();
+  const bool any = std::any_of(
+      responses->begin(), responses->end(),
+      [](const DeleteCheckpointResponse& r) { return r.deleted(); });
+  if (!any) {
+    absl::StatusOr<std::vector<ShardCheckpoints>> lists = ListCheckpoints();
+    return absl::NotFoundError(absl::StrCat(
+        "no shard has checkpoint '", name, "'",
+        lists.ok() ? absl::StrCat(": ", EveryShardsCheckpoints(*lists)) : ""));
+  }
+  return WithAddresses(addresses_, *std::move(responses),
+                       &ShardDelete::deleted);
 }
 
 std::vector<absl::Status> PsClient::Health() {

@@ -42,8 +42,11 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "proto/ps.pb.h"
+#include "ps/limits.h"
 
 namespace grpc {
 class ChannelCredentials;
@@ -98,8 +101,17 @@ class PsClient {
     // max_calls_per_shard calls per shard (larger calls beyond that).
     int max_keys_per_call = 0;
     int max_calls_per_shard = 4;
-    // Max message size for both directions (batch 16384 x 64-d is 4 MiB).
-    int max_message_bytes = 256 << 20;
+    // Hard bounds of one call, whatever the split above: at most
+    // max_keys_per_rpc keys (0: no bound; the shards refuse more than their
+    // --max_keys_per_request, default the same), and no message above
+    // max_message_bytes (the shards' --max_message_mb, default the same).
+    // A larger request is split into more calls, sent in waves of at most
+    // max_calls_per_shard calls per shard, so a caller never meets these
+    // limits. A pull's rows are sized by the table's dim, learned from the
+    // shards' first answer (until then the largest dim a table may have
+    // is assumed). Defaults: ps/limits.h.
+    int max_keys_per_rpc = static_cast<int>(kDefaultMaxKeysPerRequest);
+    int max_message_bytes = static_cast<int>(kDefaultMaxMessageBytes);
     // Channel credentials of every connection (base/grpc_tls.h builds TLS
     // ones from --tls_ca etc.); null: insecure.
     std::shared_ptr<grpc::ChannelCredentials> credentials;
@@ -144,6 +156,10 @@ class PsClient {
   struct ShardCheckpoints {
     std::string address;
     ListCheckpointsResponse list;  // oldest first by that shard's creation
+  };
+  struct ShardDelete {
+    std::string address;
+    DeleteCheckpointResponse deleted;  // deleted() false: it had none
   };
 
   // Creates channels to `addresses` ("host:port", shard order). Connections
@@ -247,6 +263,14 @@ class PsClient {
   // the restore of that name converges once the cause is fixed.
   absl::StatusOr<std::vector<ShardRestore>> Restore(const std::string& name);
 
+  // Deletes checkpoint `name` on every shard that has it, shard order (a
+  // shard without it answers deleted = false). NOT_FOUND naming each
+  // shard's checkpoints when no shard had it. Retried on UNAVAILABLE (a
+  // shard restarting, or busy with another checkpoint operation: those run
+  // one at a time per shard); a repeat after a lost answer is not an error.
+  absl::StatusOr<std::vector<ShardDelete>> DeleteCheckpoint(
+      const std::string& name);
+
   // grpc.health.v1 Check of every shard, shard order: OK when SERVING,
   // UNAVAILABLE (naming the address) when unreachable or not serving.
   // Not retried: a health check reports the state now.
@@ -263,11 +287,20 @@ class PsClient {
       std::vector<uint32_t>* missing);
   // `status` of shard `shard`, with the shard named in its message.
   absl::Status ShardError(uint32_t shard, const absl::Status& status) const;
+  // Most keys in one call: Options::max_keys_per_rpc and the keys whose
+  // message fits Options::max_message_bytes (`fit`).
+  size_t KeysPerCall(size_t fit) const;
+  // The dim the shards last answered for `table`; 0 when not known yet.
+  uint32_t KnownDim(absl::string_view table) const;
+  void SetKnownDim(absl::string_view table, uint32_t dim) const;
 
   std::vector<std::string> addresses_;
   Options options_;
   std::vector<std::unique_ptr<Shard>> shards_;
   mutable std::atomic<uint64_t> next_channel_{0};
+  mutable absl::Mutex dims_mu_;
+  mutable absl::flat_hash_map<std::string, uint32_t> dims_
+      ABSL_GUARDED_BY(dims_mu_);
 
   friend class ShardCaller;
 };

@@ -36,7 +36,10 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
+#include "base/executor.h"
+#include "ps/callback_service.h"
 #include "ps/health_service.h"
+#include "ps/limits.h"
 #include "ps/service.h"
 
 DEFINE_string(host, "127.0.0.1",
@@ -56,12 +59,38 @@ DEFINE_bool(accept_data_loss,
             "writes that are lost (a start without it refuses, exit 2, "
             "naming them); what was dropped is logged and reported in "
             "TableStats and /metrics. See docs/OPERATIONS.md, Recovery.");
-DEFINE_uint64(max_keys_per_request, 1 << 20,
-              "Requests with more keys are refused (RESOURCE_EXHAUSTED).");
-DEFINE_int32(threads, 64,
-             "Maximum threads serving RPCs; calls beyond it are refused "
-             "(RESOURCE_EXHAUSTED).");
-DEFINE_int32(max_message_mb, 256, "Max request/response size in MiB.");
+DEFINE_uint32(keep_checkpoints,
+              mim::embedding::EmbeddingStore::Options().keep_checkpoints,
+              "Checkpoints kept: after each Checkpoint the oldest beyond "
+              "this many (by creation order) are deleted. 0: keep all.");
+DEFINE_uint64(max_keys_per_request, mim::ps::kDefaultMaxKeysPerRequest,
+              "Requests with more keys are refused (RESOURCE_EXHAUSTED). "
+              "PsClient splits its calls to at most its max_keys_per_rpc, "
+              "by default the same number.");
+DEFINE_int32(threads, 16,
+             "Threads running calls (the executor of the callback service): "
+             "calls beyond it wait in a queue within their deadline.");
+DEFINE_int32(max_queue, 4096,
+             "Calls that may wait for a thread; one that finds the queue "
+             "full is refused (RESOURCE_EXHAUSTED naming this flag).");
+DEFINE_int32(max_message_mb,
+             static_cast<int>(mim::ps::kDefaultMaxMessageBytes >> 20),
+             "Largest request or answer in MiB, 1..1024: gRPC refuses a "
+             "larger request (RESOURCE_EXHAUSTED 'Received message larger "
+             "than max'), Pull and GetRows an answer that could exceed it. "
+             "PsClient splits its calls to fit its max_message_bytes, by "
+             "default the same size.");
+DEFINE_int32(max_inflight_mb,
+             static_cast<int>(mim::ps::kDefaultMaxInflightBytes >> 20),
+             "Requests and answers of the Pull, GetRows, Push and Upsert "
+             "calls in progress, in MiB: a call that would take them past "
+             "this while others run is refused (RESOURCE_EXHAUSTED naming "
+             "this flag). 0: no limit.");
+DEFINE_int32(grpc_memory_mb,
+             static_cast<int>(mim::ps::kDefaultGrpcMemoryBytes >> 20),
+             "Memory quota of gRPC's own buffers (connections, messages "
+             "being received), in MiB: past it gRPC stops accepting "
+             "connections and cancels calls to get back under it.");
 DEFINE_int32(metrics_port, mim::base::Metrics::Options().port,
              "HTTP port of Prometheus /metrics; -1 disables it, 0 picks a "
              "free one (printed on stdout as 'metrics listening on ...').");
@@ -108,8 +137,24 @@ int main(int argc, char** argv) {
   if (FLAGS_data_dir.empty()) return Fail("--data_dir is required");
   if (FLAGS_port < 0 || FLAGS_port > 65535) return Fail("--port out of range");
   if (FLAGS_threads < 2) return Fail("--threads must be >= 2");
+  if (FLAGS_max_queue < 1) return Fail("--max_queue must be >= 1");
   if (FLAGS_max_keys_per_request < 1) {
     return Fail("--max_keys_per_request must be >= 1");
+  }
+  if (FLAGS_max_message_mb < 1 || FLAGS_max_message_mb > 1024) {
+    return Fail(absl::StrCat("--max_message_mb must be in [1, 1024], got ",
+                             FLAGS_max_message_mb));
+  }
+  if (FLAGS_max_inflight_mb < 0 || FLAGS_max_inflight_mb > (1 << 20)) {
+    return Fail(absl::StrCat("--max_inflight_mb must be in [0, 1048576], got ",
+                             FLAGS_max_inflight_mb));
+  }
+  if (FLAGS_grpc_memory_mb < 2 * FLAGS_max_message_mb ||
+      FLAGS_grpc_memory_mb > (1 << 20)) {
+    return Fail(absl::StrCat(
+        "--grpc_memory_mb must be at least twice --max_message_mb (",
+        2 * FLAGS_max_message_mb, ") and at most 1048576, got ",
+        FLAGS_grpc_memory_mb));
   }
 
   // Block the shutdown signals before gRPC starts threads, so that they are
@@ -163,6 +208,7 @@ int main(int argc, char** argv) {
   store_options.sync_writes = FLAGS_sync_writes;
   store_options.max_keys_per_request = FLAGS_max_keys_per_request;
   store_options.accept_data_loss = FLAGS_accept_data_loss;
+  store_options.keep_checkpoints = FLAGS_keep_checkpoints;
   const absl::Time open_start = absl::Now();
   auto store = mim::embedding::EmbeddingStore::Open(store_options);
   if (!store.ok()) {
@@ -180,12 +226,21 @@ int main(int argc, char** argv) {
   service_options.shard_index = FLAGS_shard_index;
   service_options.num_shards = FLAGS_num_shards;
   service_options.max_keys_per_request = FLAGS_max_keys_per_request;
-  service_options.max_response_bytes = static_cast<size_t>(FLAGS_max_message_mb) << 20;
+  service_options.max_response_bytes =
+      static_cast<size_t>(FLAGS_max_message_mb) << 20;
+  service_options.max_inflight_bytes =
+      static_cast<size_t>(FLAGS_max_inflight_mb) << 20;
   service_options.metrics = metrics->get();
   service_options.authorizer = authorizer.get();
   service_options.data_dir = FLAGS_data_dir;
   auto service = std::make_unique<mim::ps::ParameterServerService>(
       store->get(), service_options);
+  // Outlives the server: a call still queued at shutdown is answered.
+  auto executor = std::make_unique<mim::base::Executor>(
+      FLAGS_threads, FLAGS_max_queue,
+      absl::StrCat("shard ", FLAGS_shard_index, "/", FLAGS_num_shards));
+  mim::ps::ShardCallbackService callback_service(service.get(),
+                                                 executor.get());
 
   // Our own health service, which checks tokens, instead of gRPC's
   // built-in one (EnableDefaultHealthCheckService), which answers anyone.
@@ -203,24 +258,13 @@ int main(int argc, char** argv) {
   // Without reuseport there is one socket (and no other process of this
   // user can bind the port beside it).
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.RegisterService(service.get());
+  builder.RegisterService(&callback_service);
   builder.RegisterService(&health);
   builder.SetMaxReceiveMessageSize(FLAGS_max_message_mb << 20);
   builder.SetMaxSendMessageSize(FLAGS_max_message_mb << 20);
   grpc::ResourceQuota quota("ps_server");
-  quota.SetMaxThreads(FLAGS_threads);
+  quota.Resize(static_cast<size_t>(FLAGS_grpc_memory_mb) << 20);
   builder.SetResourceQuota(quota);
-  // The sync server's defaults (1..2 pollers per queue) make a thread exit
-  // after most calls and a new one start for the next (seen in profiles as
-  // a fresh thread id per call). Keeping up to 8 idle pollers alive stops
-  // that churn; one queue is enough for the few cores a shard gets.
-  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::NUM_CQS,
-                              1);
-  builder.SetSyncServerOption(
-      grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 2);
-  builder.SetSyncServerOption(
-      grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
-      std::min(FLAGS_threads, 8));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::StrCat(
@@ -249,7 +293,8 @@ int main(int argc, char** argv) {
   });
   server->Wait();
   waiter.join();
-  server.reset();
+  server.reset();  // waits for every call to be answered
+  executor.reset();
   service.reset();  // no scrape reads the store after this
   store->reset();  // closes the storage after the last call has finished
   LOG(INFO) << "shard " << FLAGS_shard_index << " stopped";

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -16,7 +17,9 @@
 #include "absl/types/span.h"
 #include "base/grpc_auth.h"
 #include "base/metrics.h"
+#include "base/status_macros.h"
 #include "embedding/sharding.h"
+#include "embedding/table_config.h"
 #include "glog/logging.h"
 #include "ps/status_convert.h"
 #include "ps/table_config_convert.h"
@@ -42,7 +45,8 @@ absl::Span<const float> FloatSpan(const std::string& bytes) {
 // The `method` label of each Method, as in proto/ps.proto.
 constexpr const char* kMethodNames[] = {
     "Pull",       "Push",    "Upsert",     "CreateTable", "ListTables",
-    "TableStats", "GetRows", "Checkpoint", "Restore",     "ListCheckpoints"};
+    "TableStats", "GetRows", "Checkpoint", "Restore",     "ListCheckpoints",
+    "DeleteCheckpoint"};
 
 // The role each Method needs: admin for everything that writes or
 // restores, read for the rest. Same order as kMethodNames.
@@ -50,7 +54,7 @@ constexpr base::Role kMethodRoles[] = {
     base::Role::kRead,  base::Role::kAdmin, base::Role::kAdmin,
     base::Role::kAdmin, base::Role::kRead,  base::Role::kRead,
     base::Role::kRead,  base::Role::kAdmin, base::Role::kAdmin,
-    base::Role::kRead};
+    base::Role::kRead,  base::Role::kAdmin};
 
 // Paths in it are relative to the data dir already (storage.h).
 void SetRecovery(const embedding::StartupRecovery& r, StartupRecovery* out) {
@@ -158,9 +162,12 @@ struct ParameterServerService::Instruments {
   }
 };
 
+static_assert(kMaxRowDim == embedding::kMaxDim,
+              "PsClient sizes calls by the largest dim a table may have");
+
 ParameterServerService::ParameterServerService(
     embedding::EmbeddingStore* store, const Options& options)
-    : store_(store), options_(options) {
+    : store_(store), options_(options), inflight_(options.max_inflight_bytes) {
   if (!options_.data_dir.empty()) {
     namespace fs = std::filesystem;
     std::error_code ec;
@@ -240,7 +247,7 @@ ParameterServerService::~ParameterServerService() {
 }
 
 grpc::Status ParameterServerService::Observe(
-    Method method, int keys, const grpc::ServerContext& context,
+    Method method, int keys, const grpc::ServerContextBase& context,
     absl::FunctionRef<grpc::Status()> handler) {
   const auto start = std::chrono::steady_clock::now();
   grpc::Status status;
@@ -356,17 +363,35 @@ absl::StatusOr<uint32_t> ParameterServerService::CheckRows(
   return *dim;
 }
 
-absl::Status ParameterServerService::CheckResponseSize(const Keys& keys,
-                                                       uint32_t dim) const {
-  const size_t bytes = sizeof(float) * size_t{dim} * keys.size();
+absl::Status ParameterServerService::CheckResponseSize(Method method,
+                                                       const Keys& keys,
+                                                       uint32_t dim,
+                                                       size_t bytes) const {
   if (bytes <= options_.max_response_bytes) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrFormat(
-      "%d keys x dim %d need %d response bytes; the limit is %d "
-      "(--max_message_mb); split the batch",
-      keys.size(), dim, bytes, options_.max_response_bytes));
+      "%s of %d keys x dim %d needs an answer of up to %d bytes; shard %d/%d "
+      "sends at most %d (--max_message_mb=%d); split the call (PsClient "
+      "does)",
+      kMethodNames[method], keys.size(), dim, bytes, options_.shard_index,
+      options_.num_shards, options_.max_response_bytes,
+      options_.max_response_bytes >> 20));
 }
 
-grpc::Status ParameterServerService::Pull(grpc::ServerContext* context,
+absl::StatusOr<ParameterServerService::InflightLease>
+ParameterServerService::Admit(Method method, size_t bytes) {
+  if (inflight_.TryAcquire(bytes)) return InflightLease(&inflight_, bytes);
+  constexpr double kMiB = 1 << 20;
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "shard %d/%d is busy: calls in progress hold %.1f MiB of requests and "
+      "answers, and this %s needs %.1f MiB more, over the limit of %.0f MiB "
+      "(--max_inflight_mb); retry later or send smaller calls",
+      options_.shard_index, options_.num_shards,
+      static_cast<double>(inflight_.in_flight()) / kMiB, kMethodNames[method],
+      static_cast<double>(bytes) / kMiB,
+      static_cast<double>(inflight_.limit()) / kMiB));
+}
+
+grpc::Status ParameterServerService::HandlePull(grpc::ServerContextBase* context,
                                           const PullRequest* request,
                                           PullResponse* response) {
   return Observe(kPull, request->keys_size(), *context, [&]() -> grpc::Status {
@@ -376,20 +401,26 @@ grpc::Status ParameterServerService::Pull(grpc::ServerContext* context,
     if (absl::Status s = CheckKeys(request->keys()); !s.ok()) {
       return ToGrpcStatus(s);
     }
-    absl::ReaderMutexLock lock(&restore_mu_);
-    absl::StatusOr<uint32_t> dim = store_->Dim(request->table());
-    if (!dim.ok()) return ToGrpcStatus(dim.status());
-    if (absl::Status s = CheckResponseSize(request->keys(), *dim); !s.ok()) {
-      return ToGrpcStatus(s);
-    }
-    response->set_dim(*dim);
-    // The store writes the rows straight into the response's bytes.
-    std::string* values = response->mutable_values();
-    values->resize(sizeof(float) * size_t{*dim} * request->keys_size());
+    // The store writes the rows straight into the response's bytes, sized
+    // under its lock for the dim the table has then (a Restore may change
+    // it at any time).
+    std::optional<InflightLease> lease;
     std::vector<uint32_t> missing;
-    absl::Status s =
-        store_->Pull(request->table(), KeySpan(request->keys()),
-                     reinterpret_cast<float*>(values->data()), &missing);
+    absl::Status s = store_->PullInto(
+        request->table(), KeySpan(request->keys()),
+        [&](uint32_t dim) -> absl::StatusOr<float*> {
+          const size_t answer = PullResponseBytes(request->keys_size(), dim);
+          MIM_RETURN_IF_ERROR(
+              CheckResponseSize(kPull, request->keys(), dim, answer));
+          MIM_ASSIGN_OR_RETURN(InflightLease admitted,
+                               Admit(kPull, request->ByteSizeLong() + answer));
+          lease.emplace(std::move(admitted));
+          response->set_dim(dim);
+          std::string* values = response->mutable_values();
+          values->resize(sizeof(float) * size_t{dim} * request->keys_size());
+          return reinterpret_cast<float*>(values->data());
+        },
+        &missing);
     if (!s.ok()) {
       response->Clear();
       return ToGrpcStatus(s);
@@ -399,7 +430,7 @@ grpc::Status ParameterServerService::Pull(grpc::ServerContext* context,
   });
 }
 
-grpc::Status ParameterServerService::Push(grpc::ServerContext* context,
+grpc::Status ParameterServerService::HandlePush(grpc::ServerContextBase* context,
                                           const PushRequest* request,
                                           PushResponse* response) {
   return Observe(kPush, request->keys_size(), *context, [&]() -> grpc::Status {
@@ -409,7 +440,11 @@ grpc::Status ParameterServerService::Push(grpc::ServerContext* context,
     if (absl::Status s = CheckKeys(request->keys()); !s.ok()) {
       return ToGrpcStatus(s);
     }
-    absl::ReaderMutexLock lock(&restore_mu_);
+    absl::StatusOr<InflightLease> lease =
+        Admit(kPush, request->ByteSizeLong());
+    if (!lease.ok()) return ToGrpcStatus(lease.status());
+    // The store checks the length again under its lock (a Restore may
+    // change the table's dim after this check).
     absl::StatusOr<uint32_t> dim = CheckRows(request->table(), request->keys(),
                                              request->gradients(), "gradients");
     if (!dim.ok()) return ToGrpcStatus(dim.status());
@@ -422,7 +457,7 @@ grpc::Status ParameterServerService::Push(grpc::ServerContext* context,
   });
 }
 
-grpc::Status ParameterServerService::Upsert(grpc::ServerContext* context,
+grpc::Status ParameterServerService::HandleUpsert(grpc::ServerContextBase* context,
                                             const UpsertRequest* request,
                                             UpsertResponse* response) {
   return Observe(kUpsert, request->keys_size(), *context,
@@ -433,7 +468,9 @@ grpc::Status ParameterServerService::Upsert(grpc::ServerContext* context,
     if (absl::Status s = CheckKeys(request->keys()); !s.ok()) {
       return ToGrpcStatus(s);
     }
-    absl::ReaderMutexLock lock(&restore_mu_);
+    absl::StatusOr<InflightLease> lease =
+        Admit(kUpsert, request->ByteSizeLong());
+    if (!lease.ok()) return ToGrpcStatus(lease.status());
     absl::StatusOr<uint32_t> dim = CheckRows(request->table(), request->keys(),
                                              request->values(), "values");
     if (!dim.ok()) return ToGrpcStatus(dim.status());
@@ -447,8 +484,8 @@ grpc::Status ParameterServerService::Upsert(grpc::ServerContext* context,
   });
 }
 
-grpc::Status ParameterServerService::CreateTable(
-    grpc::ServerContext* context, const CreateTableRequest* request,
+grpc::Status ParameterServerService::HandleCreateTable(
+    grpc::ServerContextBase* context, const CreateTableRequest* request,
     CreateTableResponse*) {
   return Observe(kCreateTable, 0, *context, [&]() -> grpc::Status {
     absl::StatusOr<embedding::TableConfig> config =
@@ -458,7 +495,7 @@ grpc::Status ParameterServerService::CreateTable(
   });
 }
 
-grpc::Status ParameterServerService::ListTables(grpc::ServerContext* context,
+grpc::Status ParameterServerService::HandleListTables(grpc::ServerContextBase* context,
                                                 const ListTablesRequest*,
                                                 ListTablesResponse* response) {
   return Observe(kListTables, 0, *context, [&]() -> grpc::Status {
@@ -469,8 +506,8 @@ grpc::Status ParameterServerService::ListTables(grpc::ServerContext* context,
   });
 }
 
-grpc::Status ParameterServerService::TableStats(
-    grpc::ServerContext* context, const TableStatsRequest* request,
+grpc::Status ParameterServerService::HandleTableStats(
+    grpc::ServerContextBase* context, const TableStatsRequest* request,
     TableStatsResponse* response) {
   return Observe(kTableStats, 0, *context, [&]() -> grpc::Status {
     if (absl::Status s = CheckTableName(request->table()); !s.ok()) {
@@ -489,7 +526,7 @@ grpc::Status ParameterServerService::TableStats(
   });
 }
 
-grpc::Status ParameterServerService::GetRows(grpc::ServerContext* context,
+grpc::Status ParameterServerService::HandleGetRows(grpc::ServerContextBase* context,
                                              const GetRowsRequest* request,
                                              GetRowsResponse* response) {
   return Observe(kGetRows, request->keys_size(), *context,
@@ -500,12 +537,21 @@ grpc::Status ParameterServerService::GetRows(grpc::ServerContext* context,
     if (absl::Status s = CheckKeys(request->keys()); !s.ok()) {
       return ToGrpcStatus(s);
     }
-    absl::ReaderMutexLock lock(&restore_mu_);
+    // A Restore may change the dim after this check; the store sizes the
+    // rows itself, so at worst the answer exceeds the estimate and gRPC
+    // refuses to send it.
     absl::StatusOr<uint32_t> dim = store_->Dim(request->table());
     if (!dim.ok()) return ToGrpcStatus(dim.status());
-    if (absl::Status s = CheckResponseSize(request->keys(), *dim); !s.ok()) {
+    const size_t answer = GetRowsResponseBytes(request->keys_size(), *dim);
+    if (absl::Status s =
+            CheckResponseSize(kGetRows, request->keys(), *dim, answer);
+        !s.ok()) {
       return ToGrpcStatus(s);
     }
+    // The rows are copied once more into the answer.
+    absl::StatusOr<InflightLease> lease =
+        Admit(kGetRows, request->ByteSizeLong() + 2 * answer);
+    if (!lease.ok()) return ToGrpcStatus(lease.status());
     std::vector<float> values;
     std::vector<embedding::RowMeta> meta;
     std::vector<uint32_t> missing;
@@ -521,8 +567,8 @@ grpc::Status ParameterServerService::GetRows(grpc::ServerContext* context,
   });
 }
 
-grpc::Status ParameterServerService::Checkpoint(
-    grpc::ServerContext* context, const CheckpointRequest* request,
+grpc::Status ParameterServerService::HandleCheckpoint(
+    grpc::ServerContextBase* context, const CheckpointRequest* request,
     CheckpointResponse* response) {
   return Observe(kCheckpoint, 0, *context, [&]() -> grpc::Status {
     if (absl::Status s = CheckCheckpointName(request->name()); !s.ok()) {
@@ -534,18 +580,26 @@ grpc::Status ParameterServerService::Checkpoint(
     response->set_name(info->name);
     response->set_path(RelativePath(info->path));
     response->set_rows(info->rows);
+    for (const std::string& d : info->deleted) {
+      LOG(INFO) << "deleted checkpoint '" << d << "' (--keep_checkpoints)";
+      response->add_deleted(d);
+    }
+    if (!info->retention_error.empty()) {
+      LOG(WARNING) << "checkpoint '" << info->name
+                   << "' taken, but retention failed: "
+                   << info->retention_error;
+    }
     return grpc::Status::OK;
   });
 }
 
-grpc::Status ParameterServerService::Restore(grpc::ServerContext* context,
+grpc::Status ParameterServerService::HandleRestore(grpc::ServerContextBase* context,
                                              const RestoreRequest* request,
                                              RestoreResponse* response) {
   return Observe(kRestore, 0, *context, [&]() -> grpc::Status {
     if (absl::Status s = CheckCheckpointName(request->name()); !s.ok()) {
       return ToGrpcStatus(s);
     }
-    absl::WriterMutexLock lock(&restore_mu_);
     absl::StatusOr<embedding::CheckpointInfo> info =
         store_->Restore(request->name());
     if (!info.ok()) return ToGrpcStatus(info.status());
@@ -555,8 +609,8 @@ grpc::Status ParameterServerService::Restore(grpc::ServerContext* context,
   });
 }
 
-grpc::Status ParameterServerService::ListCheckpoints(
-    grpc::ServerContext* context, const ListCheckpointsRequest*,
+grpc::Status ParameterServerService::HandleListCheckpoints(
+    grpc::ServerContextBase* context, const ListCheckpointsRequest*,
     ListCheckpointsResponse* response) {
   return Observe(kListCheckpoints, 0, *context, [&]() -> grpc::Status {
     response->set_shard_index(options_.shard_index);
@@ -568,6 +622,25 @@ grpc::Status ParameterServerService::ListCheckpoints(
       out->set_sequence(c.sequence);
       out->set_created_micros(c.created_micros);
     }
+    return grpc::Status::OK;
+  });
+}
+
+grpc::Status ParameterServerService::HandleDeleteCheckpoint(
+    grpc::ServerContextBase* context, const DeleteCheckpointRequest* request,
+    DeleteCheckpointResponse* response) {
+  return Observe(kDeleteCheckpoint, 0, *context, [&]() -> grpc::Status {
+    if (absl::Status s = CheckCheckpointName(request->name()); !s.ok()) {
+      return ToGrpcStatus(s);
+    }
+    absl::Status s = store_->DeleteCheckpoint(request->name());
+    if (s.code() == absl::StatusCode::kNotFound) {
+      response->set_deleted(false);  // absent: a retry after a lost answer
+      return grpc::Status::OK;
+    }
+    if (!s.ok()) return ToGrpcStatus(s);
+    LOG(INFO) << "deleted checkpoint '" << request->name() << "'";
+    response->set_deleted(true);
     return grpc::Status::OK;
   });
 }

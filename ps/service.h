@@ -8,13 +8,23 @@
 //
 // Error codes: NOT_FOUND unknown table; INVALID_ARGUMENT wrong byte length or
 // non-finite values; RESOURCE_EXHAUSTED more keys than
-// Options::max_keys_per_request; FAILED_PRECONDITION a key owned by another
-// shard (the message names this shard "I/N", the key and its owner).
+// Options::max_keys_per_request, an answer larger than
+// Options::max_response_bytes, or a call that would take the bytes of calls
+// in progress past Options::max_inflight_bytes (each message names the
+// limit and its flag); FAILED_PRECONDITION a key owned by another shard
+// (the message names this shard "I/N", the key and its owner); UNAVAILABLE
+// a Checkpoint, Restore or DeleteCheckpoint while another one runs (the
+// message names it; retry when it is done).
+//
+// Reads never wait for a restore: Pull, GetRows and the stats read the
+// tables as they are until the restored ones replace them at once (the
+// store swaps them in a moment), so a long Restore holds no read up.
 //
 // Authentication (Options::authorizer set): every call is checked before
 // anything else (base/grpc_auth.h); read calls (Pull, GetRows, TableStats,
 // ListTables, ListCheckpoints) need the read role, calls that write or
-// restore (CreateTable, Push, Upsert, Checkpoint, Restore) the admin role.
+// restore (CreateTable, Push, Upsert, Checkpoint, Restore, DeleteCheckpoint)
+// the admin role.
 // UNAUTHENTICATED (no or unknown token) and PERMISSION_DENIED (read token on
 // an admin call) change nothing.
 //
@@ -32,8 +42,8 @@
 // the keys of successful Pull, Push, Upsert and GetRows calls count in
 // mim_ps_keys_total; each table's rows and bytes are read at scrape time.
 //
-// Thread-safety: safe for concurrent access (the sync gRPC server calls the
-// handlers from its thread pool).
+// Thread-safety: safe for concurrent access (the handlers run on the
+// executor threads of ShardCallbackService, or on a sync server's threads).
 #ifndef MIM_PS_SERVICE_H_
 #define MIM_PS_SERVICE_H_
 
@@ -49,6 +59,7 @@
 #include "embedding/embedding_store.h"
 #include "google/protobuf/repeated_field.h"
 #include "proto/ps.grpc.pb.h"
+#include "ps/limits.h"
 
 namespace mim::base {
 class Authorizer;
@@ -62,10 +73,15 @@ class ParameterServerService final : public ParameterServer::Service {
   struct Options {
     uint32_t shard_index = 0;
     uint32_t num_shards = 1;
-    size_t max_keys_per_request = 1 << 20;
+    size_t max_keys_per_request = kDefaultMaxKeysPerRequest;
     // Pull and GetRows refuse (RESOURCE_EXHAUSTED) before allocating rows
-    // that could not be sent anyway: keys x dim x 4 bytes above this.
-    size_t max_response_bytes = size_t{256} << 20;
+    // that could not be sent anyway: an answer that may be larger than
+    // this (ps/limits.h bounds; the server's gRPC message limit).
+    size_t max_response_bytes = kDefaultMaxMessageBytes;
+    // Request plus answer bytes of the Pull, GetRows, Push and Upsert calls
+    // in progress: a call that would take the total past this while others
+    // run is refused RESOURCE_EXHAUSTED (retry later); 0: no limit.
+    size_t max_inflight_bytes = kDefaultMaxInflightBytes;
     // Where the service records its metrics; null: none. Must outlive the
     // service. The service reads `store` from a scrape callback until it
     // is destroyed, so destroy the service before the store.
@@ -84,41 +100,99 @@ class ParameterServerService final : public ParameterServer::Service {
                          const Options& options);
   ~ParameterServerService() override;
 
-  grpc::Status Pull(grpc::ServerContext* context, const PullRequest* request,
-                    PullResponse* response) override;
-  grpc::Status Push(grpc::ServerContext* context, const PushRequest* request,
-                    PushResponse* response) override;
-  grpc::Status Upsert(grpc::ServerContext* context,
-                      const UpsertRequest* request,
-                      UpsertResponse* response) override;
-  grpc::Status CreateTable(grpc::ServerContext* context,
+  // The handlers, callable with the context of either server API:
+  // ShardCallbackService (the shard binary) runs them on its executor, the
+  // sync overrides below (in-process servers in tests) on gRPC's threads.
+  grpc::Status HandlePull(grpc::ServerContextBase* context,
+                          const PullRequest* request, PullResponse* response);
+  grpc::Status HandlePush(grpc::ServerContextBase* context,
+                          const PushRequest* request, PushResponse* response);
+  grpc::Status HandleUpsert(grpc::ServerContextBase* context,
+                            const UpsertRequest* request,
+                            UpsertResponse* response);
+  grpc::Status HandleCreateTable(grpc::ServerContextBase* context,
+                                 const CreateTableRequest* request,
+                                 CreateTableResponse* response);
+  grpc::Status HandleListTables(grpc::ServerContextBase* context,
+                                const ListTablesRequest* request,
+                                ListTablesResponse* response);
+  grpc::Status HandleTableStats(grpc::ServerContextBase* context,
+                                const TableStatsRequest* request,
+                                TableStatsResponse* response);
+  grpc::Status HandleGetRows(grpc::ServerContextBase* context,
+                             const GetRowsRequest* request,
+                             GetRowsResponse* response);
+  grpc::Status HandleCheckpoint(grpc::ServerContextBase* context,
+                                const CheckpointRequest* request,
+                                CheckpointResponse* response);
+  grpc::Status HandleRestore(grpc::ServerContextBase* context,
+                             const RestoreRequest* request,
+                             RestoreResponse* response);
+  grpc::Status HandleListCheckpoints(grpc::ServerContextBase* context,
+                                     const ListCheckpointsRequest* request,
+                                     ListCheckpointsResponse* response);
+  grpc::Status HandleDeleteCheckpoint(grpc::ServerContextBase* context,
+                                      const DeleteCheckpointRequest* request,
+                                      DeleteCheckpointResponse* response);
+
+  // ParameterServer::Service (sync API).
+  grpc::Status Pull(grpc::ServerContext* c, const PullRequest* request,
+                    PullResponse* response) override {
+    return HandlePull(c, request, response);
+  }
+  grpc::Status Push(grpc::ServerContext* c, const PushRequest* request,
+                    PushResponse* response) override {
+    return HandlePush(c, request, response);
+  }
+  grpc::Status Upsert(grpc::ServerContext* c, const UpsertRequest* request,
+                      UpsertResponse* response) override {
+    return HandleUpsert(c, request, response);
+  }
+  grpc::Status CreateTable(grpc::ServerContext* c,
                            const CreateTableRequest* request,
-                           CreateTableResponse* response) override;
-  grpc::Status ListTables(grpc::ServerContext* context,
+                           CreateTableResponse* response) override {
+    return HandleCreateTable(c, request, response);
+  }
+  grpc::Status ListTables(grpc::ServerContext* c,
                           const ListTablesRequest* request,
-                          ListTablesResponse* response) override;
-  grpc::Status TableStats(grpc::ServerContext* context,
+                          ListTablesResponse* response) override {
+    return HandleListTables(c, request, response);
+  }
+  grpc::Status TableStats(grpc::ServerContext* c,
                           const TableStatsRequest* request,
-                          TableStatsResponse* response) override;
-  grpc::Status GetRows(grpc::ServerContext* context,
-                       const GetRowsRequest* request,
-                       GetRowsResponse* response) override;
-  grpc::Status Checkpoint(grpc::ServerContext* context,
+                          TableStatsResponse* response) override {
+    return HandleTableStats(c, request, response);
+  }
+  grpc::Status GetRows(grpc::ServerContext* c, const GetRowsRequest* request,
+                       GetRowsResponse* response) override {
+    return HandleGetRows(c, request, response);
+  }
+  grpc::Status Checkpoint(grpc::ServerContext* c,
                           const CheckpointRequest* request,
-                          CheckpointResponse* response) override;
-  grpc::Status Restore(grpc::ServerContext* context,
-                       const RestoreRequest* request,
-                       RestoreResponse* response) override;
-  grpc::Status ListCheckpoints(grpc::ServerContext* context,
+                          CheckpointResponse* response) override {
+    return HandleCheckpoint(c, request, response);
+  }
+  grpc::Status Restore(grpc::ServerContext* c, const RestoreRequest* request,
+                       RestoreResponse* response) override {
+    return HandleRestore(c, request, response);
+  }
+  grpc::Status ListCheckpoints(grpc::ServerContext* c,
                                const ListCheckpointsRequest* request,
-                               ListCheckpointsResponse* response) override;
+                               ListCheckpointsResponse* response) override {
+    return HandleListCheckpoints(c, request, response);
+  }
+  grpc::Status DeleteCheckpoint(grpc::ServerContext* c,
+                                const DeleteCheckpointRequest* request,
+                                DeleteCheckpointResponse* response) override {
+    return HandleDeleteCheckpoint(c, request, response);
+  }
 
  private:
   using Keys = google::protobuf::RepeatedField<uint64_t>;
 
   enum Method {
     kPull, kPush, kUpsert, kCreateTable, kListTables, kTableStats, kGetRows,
-    kCheckpoint, kRestore, kListCheckpoints, kNumMethods
+    kCheckpoint, kRestore, kListCheckpoints, kDeleteCheckpoint, kNumMethods
   };
   // Metric objects, resolved once in the constructor (defined in service.cc).
   struct Instruments;
@@ -128,7 +202,7 @@ class ParameterServerService final : public ParameterServer::Service {
   // call in the metrics (if any): count, latency, error code, and `keys`
   // when it succeeded.
   grpc::Status Observe(Method method, int keys,
-                       const grpc::ServerContext& context,
+                       const grpc::ServerContextBase& context,
                        absl::FunctionRef<grpc::Status()> handler);
   // `status` as a client may see it (see the file comment); logs what it
   // leaves out.
@@ -143,10 +217,33 @@ class ParameterServerService final : public ParameterServer::Service {
   absl::StatusOr<uint32_t> CheckRows(const std::string& table,
                                      const Keys& keys,
                                      const std::string& bytes,
-                                     const char* field) const
-      ABSL_SHARED_LOCKS_REQUIRED(restore_mu_);
-  // RESOURCE_EXHAUSTED when keys x dim rows exceed max_response_bytes.
-  absl::Status CheckResponseSize(const Keys& keys, uint32_t dim) const;
+                                     const char* field) const;
+  // RESOURCE_EXHAUSTED when the answer may exceed max_response_bytes
+  // (`bytes` its bound, ps/limits.h).
+  absl::Status CheckResponseSize(Method method, const Keys& keys,
+                                 uint32_t dim, size_t bytes) const;
+  // Bytes of Options::max_inflight_bytes held by one call. Not
+  // thread-safe (owned by the call).
+  class InflightLease {
+   public:
+    InflightLease(InflightBytes* budget, size_t bytes)
+        : budget_(budget), bytes_(bytes) {}
+    InflightLease(InflightLease&& other) noexcept
+        : budget_(other.budget_), bytes_(other.bytes_) {
+      other.budget_ = nullptr;
+    }
+    InflightLease& operator=(InflightLease&&) = delete;
+    ~InflightLease() {
+      if (budget_ != nullptr) budget_->Release(bytes_);
+    }
+
+   private:
+    InflightBytes* budget_;
+    size_t bytes_;
+  };
+  // Reserves `bytes` of Options::max_inflight_bytes for a call until the
+  // returned lease is destroyed; RESOURCE_EXHAUSTED when it does not fit.
+  absl::StatusOr<InflightLease> Admit(Method method, size_t bytes);
   // INVALID_ARGUMENT quoting `name` capped when it is longer than any
   // valid table (or checkpoint) name, so no later message quotes it whole.
   static absl::Status CheckTableName(const std::string& name);
@@ -156,10 +253,7 @@ class ParameterServerService final : public ParameterServer::Service {
   const Options options_;
   // Options::data_dir as given, absolute and canonical, longest first.
   std::vector<std::string> data_dir_forms_;
-  // Row calls hold this shared, Restore exclusively: a restore may replace a
-  // table with one of another dim, and Pull sizes its buffer from Dim()
-  // before the store writes dim floats per key into it.
-  mutable absl::Mutex restore_mu_;
+  InflightBytes inflight_;
   // Null when Options::metrics is null.
   std::unique_ptr<Instruments> instruments_;
 };

@@ -13,17 +13,22 @@
 //                [--lr=0.05] [--init=normal] [--init_scale=0.01] [--seed=0]
 //                [--beta1 --beta2 --epsilon --initial_accumulator --l1 --l2
 //                 --lr_power: sent only when given]
-//   checkpoint [NAME]               on every shard (default: timestamp)
+//   checkpoint [NAME]               on every shard (default: timestamp);
+//                                   names the older ones a shard deleted to
+//                                   keep its --keep_checkpoints
 //   checkpoints                     each shard's checkpoints, oldest first,
 //                                   '*' marking those on every shard
+//   delete-checkpoint NAME          on every shard that has it (NOT_FOUND,
+//                                   exit 1, when none has)
 //   restore [NAME]                  on every shard, only if every shard has
 //                                   it (default: the newest checkpoint on
 //                                   every shard)
 //   health                          grpc.health.v1 of every shard
 //
 // Security: --tls_ca (+ --tls_client_cert/--tls_client_key) and
-// --auth_token_file (base/client_security.h); create-table, checkpoint and
-// restore need an admin token on a shard with --auth_tokens.
+// --auth_token_file (base/client_security.h); create-table, checkpoint,
+// restore and delete-checkpoint need an admin token on a shard with
+// --auth_tokens.
 //
 // Exit status: 0 success, 1 an RPC failed (the message names the shard and
 // its address), 2 bad usage. Output is for people unless --json is given, in
@@ -335,15 +340,23 @@ int Checkpoint(PsClient& client, const std::string& name) {
   json j = json::array();
   for (size_t s = 0; s < shards->size(); ++s) {
     const auto& c = (*shards)[s];
+    const std::vector<std::string> deleted(c.checkpoint.deleted().begin(),
+                                           c.checkpoint.deleted().end());
     j.push_back({{"shard", s},
                  {"address", c.address},
                  {"name", c.checkpoint.name()},
                  {"path", c.checkpoint.path()},
-                 {"rows", c.checkpoint.rows()}});
+                 {"rows", c.checkpoint.rows()},
+                 {"deleted", deleted}});
     if (!FLAGS_json) {
       std::cout << absl::StrFormat("shard %d (%s): checkpoint %s rows=%d at %s\n",
                                    s, c.address, c.checkpoint.name(),
                                    c.checkpoint.rows(), c.checkpoint.path());
+      if (!deleted.empty()) {
+        std::cout << absl::StrFormat(
+            "shard %d (%s): deleted older %s (--keep_checkpoints)\n", s,
+            c.address, absl::StrJoin(deleted, ", "));
+      }
     }
   }
   if (FLAGS_json) std::cout << json{{"ok", true}, {"shards", j}}.dump(2) << "\n";
@@ -436,6 +449,29 @@ int Restore(PsClient& client, const std::string& name) {
   return 0;
 }
 
+int DeleteCheckpoint(PsClient& client, const std::string& name) {
+  auto shards = client.DeleteCheckpoint(name);
+  if (!shards.ok()) return Failed(shards.status());
+  json j = json::array();
+  for (size_t s = 0; s < shards->size(); ++s) {
+    const auto& d = (*shards)[s];
+    j.push_back({{"shard", s},
+                 {"address", d.address},
+                 {"deleted", d.deleted.deleted()}});
+    if (!FLAGS_json) {
+      std::cout << absl::StrFormat(
+          "shard %d (%s): %s\n", s, d.address,
+          d.deleted.deleted() ? absl::StrCat("deleted ", name)
+                              : absl::StrCat("had no ", name));
+    }
+  }
+  if (FLAGS_json) {
+    std::cout << json{{"ok", true}, {"name", name}, {"shards", j}}.dump(2)
+              << "\n";
+  }
+  return 0;
+}
+
 int Health(PsClient& client) {
   const std::vector<absl::Status> health = client.Health();
   bool all_ok = true;
@@ -471,7 +507,7 @@ int main(int argc, char** argv) {
       "commands: tables | stats TABLE | get TABLE KEY... | create-table NAME "
       "--kind=id|content --dim=D [--optimizer=...] [--lr=...] [--init=...] "
       "[--init_scale=...] | checkpoint [NAME] | checkpoints | restore [NAME] "
-      "| health");
+      "| delete-checkpoint NAME | health");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty()) return Usage("no command given");
@@ -507,6 +543,9 @@ int main(int argc, char** argv) {
   if (command == "checkpoints" && rest.empty()) return Checkpoints(**client);
   if (command == "restore" && rest.size() <= 1) {
     return Restore(**client, rest.empty() ? "" : rest[0]);
+  }
+  if (command == "delete-checkpoint" && rest.size() == 1) {
+    return DeleteCheckpoint(**client, rest[0]);
   }
   if (command == "health" && rest.empty()) return Health(**client);
   return Usage("unknown command or wrong arguments: " +

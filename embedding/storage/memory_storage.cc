@@ -103,6 +103,13 @@ class MemoryStorage : public Storage {
     return absl::OkStatus();
   }
 
+  absl::Status DeleteCheckpoint(const std::string& name) override {
+    if (read_only_) return ReadOnlyError();
+    absl::MutexLock lock(&mu_);
+    if (checkpoints_.erase(name) == 0) return MissingCheckpoint(name);
+    return absl::OkStatus();
+  }
+
  private:
   static absl::Status ReadOnlyError() {
     return absl::FailedPreconditionError(

@@ -28,7 +28,11 @@
 //     unknown name.
 //  5. RestoreCheckpoint durably replaces the live contents with the
 //     checkpoint's; NOT_FOUND for an unknown name; on any failure the live
-//     contents are unchanged.
+//     contents are unchanged. DeleteCheckpoint removes one (NOT_FOUND for
+//     an unknown name); a crash in the middle never leaves a partly
+//     deleted checkpoint that ListCheckpoints lists or OpenCheckpoint
+//     opens. The caller must not delete a checkpoint that it has open
+//     (EmbeddingStore runs checkpoint operations one at a time).
 //  6. Errors from the backend are converted here: DATA_LOSS for corruption,
 //     INTERNAL for I/O errors, UNAVAILABLE for retryable conditions.
 //  7. A failed Write is not acknowledged and leaves nothing readable that a
@@ -102,6 +106,7 @@ class Storage {
   virtual absl::StatusOr<std::unique_ptr<Storage>> OpenCheckpoint(
       const std::string& name) const = 0;
   virtual absl::Status RestoreCheckpoint(const std::string& name) = 0;
+  virtual absl::Status DeleteCheckpoint(const std::string& name) = 0;
 };
 
 // INVALID_ARGUMENT unless `name` is a valid checkpoint name (contract 3).

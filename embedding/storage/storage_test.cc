@@ -227,6 +227,32 @@ TYPED_TEST(StorageTest, RestoreReplacesLiveContents) {
   EXPECT_EQ(this->ScanAll(**cp, "").size(), 1u);
 }
 
+TYPED_TEST(StorageTest, DeleteCheckpointRemovesOnlyThatOne) {
+  this->Put("k1", "v1");
+  ASSERT_TRUE(this->storage_->CreateCheckpoint("c1").ok());
+  ASSERT_TRUE(this->storage_->CreateCheckpoint("c2").ok());
+  ASSERT_TRUE(this->storage_->DeleteCheckpoint("c1").ok());
+  EXPECT_EQ(Names(*this->storage_), std::vector<std::string>{"c2"});
+  EXPECT_EQ(this->storage_->OpenCheckpoint("c1").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(this->storage_->RestoreCheckpoint("c1").code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(this->storage_->DeleteCheckpoint("c1").code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(this->storage_->DeleteCheckpoint("../db").code(),
+            absl::StatusCode::kNotFound);
+  // The live contents and the other checkpoint are untouched; the name
+  // can be taken again, and is then the newest.
+  EXPECT_EQ(this->ScanAll(*this->storage_, ""),
+            (std::map<std::string, std::string>{{"k1", "v1"}}));
+  auto c2 = this->storage_->OpenCheckpoint("c2");
+  ASSERT_TRUE(c2.ok()) << c2.status();
+  EXPECT_EQ(this->ScanAll(**c2, "").size(), 1u);
+  ASSERT_TRUE(this->storage_->CreateCheckpoint("c1").ok());
+  EXPECT_EQ(Names(*this->storage_),
+            (std::vector<std::string>{"c2", "c1"}));
+}
+
 TYPED_TEST(StorageTest, RestoreOfMissingCheckpointChangesNothing) {
   this->Put("k1", "v1");
   EXPECT_EQ(this->storage_->RestoreCheckpoint("missing").code(),
@@ -340,6 +366,29 @@ TEST(RocksDbStorageTest, InterruptedRestoreIsUndoneOnOpen) {
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(*(*s)->Get("a"), "1");
   EXPECT_FALSE(fs::exists(options.data_dir + "/db.restore"));
+}
+
+// A crash in the middle of DeleteCheckpoint leaves the checkpoint renamed
+// to "<name>.deleting.tmp": never listed nor opened, removed by the next
+// delete.
+TEST(RocksDbStorageTest, InterruptedDeleteLeavesNothingListed) {
+  RocksDbStorageOptions options;
+  options.data_dir = FreshDir("interrupted-delete");
+  auto s = OpenRocksDbStorage(options);
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_TRUE((*s)->CreateCheckpoint("c1").ok());
+  ASSERT_TRUE((*s)->CreateCheckpoint("c2").ok());
+  namespace fs = std::filesystem;
+  const std::string dir = options.data_dir + "/checkpoints/";
+  fs::rename(dir + "c1", dir + "c1.deleting.tmp");
+  EXPECT_EQ(Names(**s), std::vector<std::string>{"c2"});
+  EXPECT_EQ((*s)->OpenCheckpoint("c1").status().code(),
+            absl::StatusCode::kNotFound);
+  ASSERT_TRUE((*s)->DeleteCheckpoint("c2").ok());
+  EXPECT_TRUE(Names(**s).empty());
+  EXPECT_FALSE(fs::exists(dir + "c1.deleting.tmp"));
+  EXPECT_FALSE(fs::exists(dir + "c2.deleting.tmp"));
+  EXPECT_FALSE(fs::exists(dir + "c2"));
 }
 
 }  // namespace

@@ -1,0 +1,118 @@
+#include "ps/callback_service.h"
+
+#include <chrono>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "ps/status_convert.h"
+
+namespace mim::ps {
+namespace {
+
+// The call's deadline; InfiniteFuture when the client set none.
+absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
+  const auto deadline = context.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
+}
+
+}  // namespace
+
+template <typename Request, typename Response>
+grpc::ServerUnaryReactor* ShardCallbackService::Queue(
+    grpc::CallbackServerContext* context, const Request* request,
+    Response* response, Handler<Request, Response> handler) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status queued = executor_->Submit(
+      DeadlineOf(*context), [this, context, request, response, handler,
+                             reactor](const absl::Status& admitted) {
+        if (!admitted.ok()) {
+          reactor->Finish(ToGrpcStatus(admitted));
+          return;
+        }
+        reactor->Finish((handlers_->*handler)(context, request, response));
+      });
+  if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ShardCallbackService::Pull(
+    grpc::CallbackServerContext* context, const PullRequest* request,
+    PullResponse* response) {
+  return Queue(context, request, response, &ParameterServerService::HandlePull);
+}
+
+grpc::ServerUnaryReactor* ShardCallbackService::Push(
+    grpc::CallbackServerContext* context, const PushRequest* request,
+    PushResponse* response) {
+  return Queue(context, request, response, &ParameterServerService::HandlePush);
+}
+
+grpc::ServerUnaryReactor* ShardCallbackService::Upsert(
+    grpc::CallbackServerContext* context, const UpsertRequest* request,
+    UpsertResponse* response) {
+  return Queue(context, request, response,
+               &ParameterServerService::HandleUpsert);
+}
+
+grpc::ServerUnaryReactor* ShardCallbackService::CreateTable(
+    grpc::CallbackServerContext* context, const CreateTableRequest* request,
+    CreateTableResponse* response) {
+  return Queue(context, request, response,
+               &ParameterServerService::HandleCreateTable);
+}
+
+grpc::ServerUnaryReactor* ShardCallbackService::ListTables(
+    grpc::CallbackServerContext* context, const ListTablesRequest* request,
+    ListTablesResponse* response) {
+  return Queue(context, request, response,
+               &ParameterServerService::HandleListTables);
+}
+
+grpc::ServerUnaryReactor* ShardCallbackService::TableStats(
+    grpc::CallbackServerContext* context, const TableStatsRequest* request,
+    TableStatsResponse* response) {
+  return Queue(context, request, response,
+               &ParameterServerService::HandleTableStats);
+}
+
+grpc::ServerUnaryReactor* ShardCallbackService::GetRows(
+    grpc::CallbackServerContext* context, const GetRowsRequest* request,
+    GetRowsResponse* response) {
+  return Queue(context, request, response,
+               &ParameterServerService::HandleGetRows);
+}
+
+grpc::ServerUnaryReactor* ShardCallbackService::Checkpoint(
+    grpc::CallbackServerContext* context, const CheckpointRequest* request,
+    CheckpointResponse* response) {
+  return Queue(context, request, response,
+               &ParameterServerService::HandleCheckpoint);
+}
+
+grpc::ServerUnaryReactor* ShardCallbackService::Restore(
+    grpc::CallbackServerContext* context, const RestoreRequest* request,
+    RestoreResponse* response) {
+  return Queue(context, request, response,
+               &ParameterServerService::HandleRestore);
+}
+
+grpc::ServerUnaryReactor* ShardCallbackService::ListCheckpoints(
+    grpc::CallbackServerContext* context,
+    const ListCheckpointsRequest* request,
+    ListCheckpointsResponse* response) {
+  return Queue(context, request, response,
+               &ParameterServerService::HandleListCheckpoints);
+}
+
+grpc::ServerUnaryReactor* ShardCallbackService::DeleteCheckpoint(
+    grpc::CallbackServerContext* context,
+    const DeleteCheckpointRequest* request,
+    DeleteCheckpointResponse* response) {
+  return Queue(context, request, response,
+               &ParameterServerService::HandleDeleteCheckpoint);
+}
+
+}  // namespace mim::ps

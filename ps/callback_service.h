@@ -1,0 +1,85 @@
+// ShardCallbackService: the shard binary's gRPC face, on gRPC's callback
+// API. Each call is queued on an Executor (fixed threads, bounded queue)
+// that runs ParameterServerService's handler for it, so no gRPC thread
+// blocks in the store and no call is ever refused for want of a thread:
+// a burst, or calls held up behind a long Checkpoint or Restore, wait in
+// the queue within their own deadline. A call whose deadline passes while
+// it waits gets DEADLINE_EXCEEDED; one that finds the queue full,
+// RESOURCE_EXHAUSTED naming the queue (--max_queue). Both change nothing.
+// The token check, the metrics and every other error are the handler's
+// (ps/service.h).
+//
+// Thread-safety: safe for concurrent access.
+#ifndef MIM_PS_CALLBACK_SERVICE_H_
+#define MIM_PS_CALLBACK_SERVICE_H_
+
+#include "base/executor.h"
+#include "proto/ps.grpc.pb.h"
+#include "ps/service.h"
+
+namespace mim::ps {
+
+class ShardCallbackService final : public ParameterServer::CallbackService {
+ public:
+  // `handlers` and `executor` must outlive the server this is registered
+  // with (destroy the executor after the server, so that a call queued at
+  // shutdown is still answered).
+  ShardCallbackService(ParameterServerService* handlers,
+                       base::Executor* executor)
+      : handlers_(handlers), executor_(executor) {}
+
+  grpc::ServerUnaryReactor* Pull(grpc::CallbackServerContext* context,
+                                 const PullRequest* request,
+                                 PullResponse* response) override;
+  grpc::ServerUnaryReactor* Push(grpc::CallbackServerContext* context,
+                                 const PushRequest* request,
+                                 PushResponse* response) override;
+  grpc::ServerUnaryReactor* Upsert(grpc::CallbackServerContext* context,
+                                   const UpsertRequest* request,
+                                   UpsertResponse* response) override;
+  grpc::ServerUnaryReactor* CreateTable(grpc::CallbackServerContext* context,
+                                        const CreateTableRequest* request,
+                                        CreateTableResponse* response) override;
+  grpc::ServerUnaryReactor* ListTables(grpc::CallbackServerContext* context,
+                                       const ListTablesRequest* request,
+                                       ListTablesResponse* response) override;
+  grpc::ServerUnaryReactor* TableStats(grpc::CallbackServerContext* context,
+                                       const TableStatsRequest* request,
+                                       TableStatsResponse* response) override;
+  grpc::ServerUnaryReactor* GetRows(grpc::CallbackServerContext* context,
+                                    const GetRowsRequest* request,
+                                    GetRowsResponse* response) override;
+  grpc::ServerUnaryReactor* Checkpoint(grpc::CallbackServerContext* context,
+                                       const CheckpointRequest* request,
+                                       CheckpointResponse* response) override;
+  grpc::ServerUnaryReactor* Restore(grpc::CallbackServerContext* context,
+                                    const RestoreRequest* request,
+                                    RestoreResponse* response) override;
+  grpc::ServerUnaryReactor* ListCheckpoints(
+      grpc::CallbackServerContext* context,
+      const ListCheckpointsRequest* request,
+      ListCheckpointsResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteCheckpoint(
+      grpc::CallbackServerContext* context,
+      const DeleteCheckpointRequest* request,
+      DeleteCheckpointResponse* response) override;
+
+ private:
+  template <typename Request, typename Response>
+  using Handler = grpc::Status (ParameterServerService::*)(
+      grpc::ServerContextBase*, const Request*, Response*);
+
+  // Queues `handler` for the call and returns its reactor, finished by the
+  // handler's status or by the executor's refusal.
+  template <typename Request, typename Response>
+  grpc::ServerUnaryReactor* Queue(grpc::CallbackServerContext* context,
+                                  const Request* request, Response* response,
+                                  Handler<Request, Response> handler);
+
+  ParameterServerService* const handlers_;
+  base::Executor* const executor_;
+};
+
+}  // namespace mim::ps
+
+#endif  // MIM_PS_CALLBACK_SERVICE_H_
