@@ -37,6 +37,7 @@
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "base/executor.h"
+#include "base/server_connections.h"
 #include "ps/callback_service.h"
 #include "ps/health_service.h"
 #include "ps/limits.h"
@@ -258,6 +259,11 @@ int main(int argc, char** argv) {
   // Without reuseport there is one socket (and no other process of this
   // user can bind the port beside it).
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Idle and old connections are closed, dead peers found by keepalive
+  // pings (flags in base/server_connections.h).
+  if (absl::Status s = mim::base::ApplyConnectionFlags(&builder); !s.ok()) {
+    return Fail(s.ToString());
+  }
   builder.RegisterService(&callback_service);
   builder.RegisterService(&health);
   builder.SetMaxReceiveMessageSize(FLAGS_max_message_mb << 20);

@@ -31,6 +31,7 @@
 #include "base/grpc_auth.h"
 #include "base/grpc_tls.h"
 #include "base/metrics.h"
+#include "base/server_connections.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -253,6 +254,10 @@ int main(int argc, char** argv) {
   // One listening socket: with reuseport gRPC binds one more per polling
   // queue, each to its own ephemeral port when --port=0 (ps/server_main.cc).
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Idle and old connections closed, keepalive pings (the shards' flags).
+  if (absl::Status s = mim::base::ApplyConnectionFlags(&builder); !s.ok()) {
+    return Fail(s.ToString());
+  }
   builder.RegisterService(&service);
   builder.RegisterService(&health);
   builder.SetMaxReceiveMessageSize(FLAGS_max_message_kb << 10);

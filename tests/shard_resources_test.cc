@@ -367,12 +367,40 @@ TEST(ShardCheckpointsTest, DeleteCheckpointNeedsAnAdminToken) {
   EXPECT_TRUE((*deleted)[0].deleted.deleted());
 }
 
+// --max_connection_idle_ms: the shard closes a connection that has had no
+// call for that long (GOAWAY: the client's channel goes idle), and the next
+// call reconnects.
+TEST(ShardConnectionsTest, IdleConnectionIsClosedAfterTheIdleLimit) {
+  auto shard = StartShard({"--max_connection_idle_ms=300"});
+  ASSERT_NE(shard, nullptr);
+  auto channel = grpc::CreateChannel(shard->address(),
+                                     grpc::InsecureChannelCredentials());
+  auto stub = ParameterServer::NewStub(channel);
+  ListTablesResponse tables;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->ListTables(&context, ListTablesRequest(), &tables).ok());
+  }
+  ASSERT_EQ(channel->GetState(false), GRPC_CHANNEL_READY);
+  ASSERT_TRUE(channel->WaitForStateChange(
+      GRPC_CHANNEL_READY,
+      absl::ToChronoTime(absl::Now() + absl::Seconds(60))))
+      << "the shard kept the idle connection open";
+  EXPECT_EQ(channel->GetState(false), GRPC_CHANNEL_IDLE);
+  grpc::ClientContext context;
+  EXPECT_TRUE(stub->ListTables(&context, ListTablesRequest(), &tables).ok());
+}
+
 TEST(ShardLimitsTest, BadLimitFlagsStopTheShardNamingTheFlag) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"--max_message_mb=0", "--max_message_mb must be in [1, 1024], got 0"},
       {"--max_message_mb=2048", "--max_message_mb must be in [1, 1024]"},
       {"--max_inflight_mb=-1", "--max_inflight_mb must be in"},
       {"--grpc_memory_mb=100", "--grpc_memory_mb must be at least twice"},
+      {"--keepalive_timeout_ms=0",
+       "--keepalive_timeout_ms must be in [1, 2147483647] ms, got 0"},
+      {"--max_connection_idle_ms=-5",
+       "--max_connection_idle_ms must be in [0, 2147483647] ms, got -5"},
   };
   for (const auto& [flag, message] : cases) {
     auto result = RunCommand({Runfile("ps/server"), "--data_dir=" + TestDir(),
