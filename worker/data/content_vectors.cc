@@ -64,6 +64,11 @@ absl::StatusOr<std::unique_ptr<ContentVectorReader>> ContentVectorReader::Open(
         absl::StrCat(path, ":1: header is '", header.substr(0, 80),
                      "', expected ", expected_form));
   }
+  if (dim > kMaxContentVectorDim) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ":1: dim=", dim, " is above the largest vector "
+                     "file dim, ", kMaxContentVectorDim));
+  }
   if (expected_dim > 0 && dim != expected_dim) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ":1: dim=", dim, " but the caller expects dim=",
@@ -153,8 +158,9 @@ ContentVectorWriter::ContentVectorWriter(std::string path, std::ofstream out,
 
 absl::StatusOr<std::unique_ptr<ContentVectorWriter>> ContentVectorWriter::Open(
     const std::string& path, int dim, const std::string& modality) {
-  if (dim < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("dim=", dim, ", need >= 1"));
+  if (dim < 1 || dim > kMaxContentVectorDim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dim=", dim, ", need 1..", kMaxContentVectorDim));
   }
   if (!IsToken(modality)) {
     return absl::InvalidArgumentError(absl::StrCat(

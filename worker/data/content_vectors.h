@@ -23,6 +23,12 @@
 
 namespace mim::data {
 
+// Largest dim a vector file may declare. The reader sizes each row's
+// buffer from the header, so an unchecked dim (a damaged or hostile header)
+// would have it allocate gigabytes per row; no content table holds more
+// than 4096 anyway (embedding/table_config.h).
+inline constexpr int kMaxContentVectorDim = 1 << 16;
+
 // Plain value type; not thread-safe.
 struct ItemVector {
   int64_t item_id = 0;
@@ -34,8 +40,9 @@ class ContentVectorReader {
  public:
   // Opens `path` and parses its header. If `expected_dim` > 0 the header's
   // dim must equal it. Errors: NOT_FOUND if it cannot be opened;
-  // INVALID_ARGUMENT for a bad header or a dim mismatch (message names the
-  // file and both dims).
+  // INVALID_ARGUMENT for a bad header, a dim outside
+  // 1..kMaxContentVectorDim or a dim mismatch (message names the file and
+  // the dims).
   static absl::StatusOr<std::unique_ptr<ContentVectorReader>> Open(
       const std::string& path, int expected_dim = 0);
 
@@ -69,8 +76,9 @@ absl::StatusOr<std::vector<ItemVector>> ReadAllContentVectors(
 // Writes a vector file. Not thread-safe.
 class ContentVectorWriter {
  public:
-  // Creates `path` and writes the header. dim must be >= 1 and modality a
-  // non-empty token without whitespace (INVALID_ARGUMENT otherwise);
+  // Creates `path` and writes the header. dim must be in
+  // 1..kMaxContentVectorDim and modality a non-empty token without
+  // whitespace (INVALID_ARGUMENT otherwise);
   // INTERNAL if the file cannot be created.
   static absl::StatusOr<std::unique_ptr<ContentVectorWriter>> Open(
       const std::string& path, int dim, const std::string& modality);

@@ -87,6 +87,30 @@ TEST(ContentVectorsTest, BadRowsNameFileAndLine) {
   EXPECT_THAT(std::string(all.status().message()), HasSubstr(path + ":1:"));
 }
 
+// A header's dim sizes every row's buffer: one far above any table's was
+// an 8 GB allocation per row (found by tests/fuzz content_vectors).
+TEST(ContentVectorsTest, DimAboveTheLimitIsRefusedAtOpen) {
+  const std::string path = TempPath("huge_dim.txt");
+  WriteFile(path,
+            "#mim-vectors v1\tdim=2000000000\tmodality=text\n1\t0.5\n");
+  auto r = ContentVectorReader::Open(path);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.status().message(),
+            path + ":1: dim=2000000000 is above the largest vector file dim, "
+                   "65536");
+  EXPECT_EQ(ReadAllContentVectors(path).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  WriteFile(path, "#mim-vectors v1\tdim=65536\tmodality=text\n");
+  r = ContentVectorReader::Open(path);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)->dim(), kMaxContentVectorDim);
+
+  auto w = ContentVectorWriter::Open(TempPath("w.txt"),
+                                     kMaxContentVectorDim + 1, "text");
+  EXPECT_EQ(w.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ContentVectorsTest, L2Normalize) {
   std::vector<float> v = {1, 1, 1, 1};
   ASSERT_TRUE(L2Normalize(&v));
