@@ -241,10 +241,18 @@ absl::StatusOr<ModelFileInfo> ScanModelFile(const std::string& path) {
   }
   // The input matrix (words, then subword buckets) and the output matrix.
   auto matrix = [&](absl::string_view name, int64_t rows) -> absl::Status {
-    bool quantised;
+    // fastText writes a bool: byte 0 or 1. Read as a byte, since loading
+    // any other value into a bool is undefined, and fastText (which reads
+    // it into a bool) must never see one.
+    uint8_t quantised = 0;
     int64_t m = 0, n = 0;
     if (!in.ReadValue(&quantised)) return truncated(name);
-    if (quantised) return bad(absl::StrCat("quantised ", name));
+    if (quantised == 1) return bad(absl::StrCat("quantised ", name));
+    if (quantised != 0) {
+      return bad(absl::StrCat(name, " has quantisation flag byte ",
+                              static_cast<int>(quantised),
+                              ", expected 0 or 1"));
+    }
     if (!in.ReadValue(&m) || !in.ReadValue(&n)) return truncated(name);
     if (m != rows || n != dim) {
       return bad(absl::StrCat(name, " is ", m, " x ", n, ", expected ", rows,

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -10,6 +11,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -390,6 +392,44 @@ TEST_F(ContentEncoderTest, GarbageModel) {
                                      Fnv1a64Hex(flipped +
                                                 ReadFile(dir + "/mean.txt")),
                                      " but encoder.txt says ", *saved_id_)));
+}
+
+// Offset of the input matrix's quantisation flag in a fastText 0.9 model
+// file: after the signature and Args (64 bytes), the dictionary header
+// (28 bytes) and its entries (word, NUL, int64 count, int8 type).
+size_t InputMatrixFlagOffset(const std::string& bin) {
+  int32_t entries = 0;
+  std::memcpy(&entries, bin.data() + 64, sizeof(entries));
+  size_t at = 64 + 28;
+  for (int32_t i = 0; i < entries; ++i) at = bin.find('\0', at) + 1 + 8 + 1;
+  return at;
+}
+
+// fastText stores the flag as a bool; any byte but 0 and 1 is refused
+// before fastText would read it into a bool (found by tests/fuzz
+// content_encoder: reading such a byte into a bool is undefined).
+TEST_F(ContentEncoderTest, QuantisationFlagOtherThanZeroOrOne) {
+  const std::string dir = CopyDir("quantisation_flag");
+  const std::string bin = ReadFile(dir + "/model.bin");
+  const size_t flag = InputMatrixFlagOffset(bin);
+  ASSERT_EQ(bin[flag], 0);
+  for (const auto& [byte, message] :
+       std::vector<std::pair<char, std::string>>{
+           {1, "quantised input matrix"},
+           {2, "input matrix has quantisation flag byte 2, expected 0 or 1"},
+           {static_cast<char>(0x99),
+            "input matrix has quantisation flag byte 153, expected 0 or 1"}}) {
+    std::string damaged = bin;
+    damaged[flag] = byte;
+    WriteFile(dir + "/model.bin", damaged);
+    auto loaded = ContentEncoder::Load(dir);
+    EXPECT_EQ(loaded.status().code(), absl::StatusCode::kDataLoss) << message;
+    EXPECT_THAT(std::string(loaded.status().message()),
+                HasSubstr(absl::StrCat(
+                    dir, "/model.bin: not a fastText model as content_vectors "
+                         "saves it: ",
+                    message, " (at byte ", flag + 1, ")")));
+  }
 }
 
 TEST_F(ContentEncoderTest, MeanFileWithWrongDim) {
