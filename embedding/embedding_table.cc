@@ -672,8 +672,12 @@ absl::Status EmbeddingTable::LoadRow(uint64_t key, const RowMeta& meta,
   Store<uint64_t>(rec + kKeyOffset, key);
   WriteMeta(rec, meta);
   std::memcpy(Values(rec), values.data(), sizeof(float) * values.size());
-  std::memcpy(Values(rec) + config_.dim, state.data(),
-              sizeof(float) * state.size());
+  // Content rows have no state: state.data() may be null, and memcpy from
+  // null is undefined even for 0 bytes (UBSan, tests/fuzz ps_service).
+  if (!state.empty()) {
+    std::memcpy(Values(rec) + config_.dim, state.data(),
+                sizeof(float) * state.size());
+  }
   if (fresh) stripe.index.insert(static_cast<uint32_t>(slot));
   uint64_t prev = max_version_.load(std::memory_order_relaxed);
   while (prev < meta.version &&
