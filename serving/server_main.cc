@@ -130,6 +130,9 @@ int main(int argc, char** argv) {
   if (FLAGS_port < 0 || FLAGS_port > 65535) return Fail("--port out of range");
   if (FLAGS_max_candidates < 1) return Fail("--max_candidates must be >= 1");
   if (FLAGS_max_behaviors < 0) return Fail("--max_behaviors must be >= 0");
+  if (FLAGS_cache_mb > (int64_t{1} << 20) || FLAGS_max_message_kb > (1 << 20)) {
+    return Fail("--cache_mb and --max_message_kb must be at most 1048576");
+  }
   if (FLAGS_cache_mb < 0 || FLAGS_cache_ttl_ms < 0 ||
       FLAGS_cache_max_stale_ms < FLAGS_cache_ttl_ms) {
     return Fail("--cache_mb and --cache_ttl_ms must be >= 0 and "
@@ -213,10 +216,12 @@ int main(int argc, char** argv) {
   if (!models.ok()) {
     return Fail(absl::StrCat("--model_dir: ", models.status().ToString()));
   }
-  const auto first = (*models)->Current();
-  if (static_cast<int>((*ps)->num_shards()) != first->manifest().num_shards) {
+  // Copied out, so that the first version is not kept alive after reloads.
+  const mim::model::ModelManifest first_manifest =
+      (*models)->Current()->manifest();
+  if (static_cast<int>((*ps)->num_shards()) != first_manifest.num_shards) {
     LOG(WARNING) << "the model was trained with "
-                 << first->manifest().num_shards << " shards, --ps names "
+                 << first_manifest.num_shards << " shards, --ps names "
                  << (*ps)->num_shards()
                  << "; rows are looked up by key on the shards given";
   }
@@ -271,8 +276,8 @@ int main(int argc, char** argv) {
             : " (or gRPC refused --tls_cert/--tls_key: are they a matching "
               "PEM certificate and key?)"));
   }
-  LOG(INFO) << "serving model " << first->manifest().model_version << " ("
-            << first->manifest().model_name << ") from " << FLAGS_model_dir;
+  LOG(INFO) << "serving model " << first_manifest.model_version << " ("
+            << first_manifest.model_name << ") from " << FLAGS_model_dir;
   std::printf("serving listening on %s:%d\n", FLAGS_host.c_str(), port);
   if ((*metrics)->port() >= 0) {
     std::printf("metrics listening on %s\n", (*metrics)->endpoint().c_str());

@@ -1,5 +1,6 @@
 #include "serving/service.h"
 
+#include <algorithm>
 #include <limits>
 #include <string>
 
@@ -16,12 +17,16 @@ constexpr const char* kMethodNames[] = {"Predict", "UpsertItem", "GetStatus"};
 constexpr base::Role kMethodRoles[] = {base::Role::kRead, base::Role::kAdmin,
                                        base::Role::kRead};
 
+// The caller's deadline, capped: a call without one (or with a very
+// distant one) ends within kMaxRequestTime, so a dead shard cannot keep a
+// queued request, or the server's shutdown, waiting for ever.
+constexpr absl::Duration kMaxRequestTime = absl::Seconds(30);
+
 absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
   const auto d = context.deadline();
-  if (d == std::chrono::system_clock::time_point::max()) {
-    return absl::InfiniteFuture();
-  }
-  return absl::FromChrono(d);
+  const absl::Time cap = absl::Now() + kMaxRequestTime;
+  if (d == std::chrono::system_clock::time_point::max()) return cap;
+  return std::min(absl::FromChrono(d), cap);
 }
 
 }  // namespace
@@ -165,8 +170,14 @@ grpc::ServerUnaryReactor* PredictionServiceImpl::Dispatch(
   }
   absl::Status queued = executor_->Submit(
       DeadlineOf(*context),
-      [this, method, start, reactor, work = std::move(work)](
+      [this, method, start, reactor, context, work = std::move(work)](
           const absl::Status& admitted) {
+        if (admitted.ok() && context->IsCancelled()) {
+          // The caller gave up while the call waited: do not pull or score.
+          Finish(method, start, reactor,
+                 absl::CancelledError("cancelled by the caller"));
+          return;
+        }
         Finish(method, start, reactor, admitted.ok() ? work() : admitted);
       });
   if (!queued.ok()) Finish(method, start, reactor, queued);
