@@ -5,6 +5,8 @@
 //   "r/" + table name + "/" + u64 key (big-endian, so a table's rows are
 //                                          contiguous and sorted)
 //                                          -> encoded row
+//   "c/" + u64 client id (big-endian)      -> the client's applied pushes
+//                                          (embedding/push_log.h)
 // Table names cannot contain '/', so prefixes never collide.
 // Row value, little-endian:
 //   u8 format (1) | u32 dim | u32 state floats | i64 last_update_micros |
@@ -41,6 +43,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
@@ -50,6 +53,7 @@
 #include "embedding/embedding_store.h"
 #include "embedding/embedding_table.h"
 #include "embedding/optimizers.h"
+#include "embedding/push_log.h"
 #include "embedding/storage/storage.h"
 #include "embedding/store_with_storage.h"
 
@@ -312,14 +316,45 @@ absl::StatusOr<TableMap> LoadTables(const Storage& storage) {
   return tables;
 }
 
+// Loads every client's push log record from `storage` into `log`. The
+// records are decoded during the scan and loaded after it: the scan holds
+// the storage's lock, and a push holds its client's lock around a write
+// (storage.h, contract 2).
+absl::Status LoadPushLog(const Storage& storage, PushLog* log) {
+  struct Record {
+    uint64_t client;
+    ClientWindow window;
+    int64_t last_used;
+  };
+  std::vector<Record> records;
+  MIM_RETURN_IF_ERROR(storage.Scan(
+      kPushLogPrefix, [&](absl::string_view key, absl::string_view value) {
+        Record r;
+        if (!ParsePushLogKey(key, &r.client)) {
+          return absl::DataLossError(
+              absl::StrCat("malformed push log key of ", key.size(), " bytes"));
+        }
+        absl::StatusOr<ClientWindow> window =
+            ClientWindow::Decode(r.client, value, &r.last_used);
+        if (!window.ok()) return window.status();
+        r.window = *window;
+        records.push_back(r);
+        return absl::OkStatus();
+      }));
+  for (const Record& r : records) log->Load(r.client, r.window, r.last_used);
+  return absl::OkStatus();
+}
+
 // Safe for concurrent access (see the locking note at the top).
 class StoreImpl : public EmbeddingStore {
  public:
   StoreImpl(const Options& options, std::unique_ptr<Storage> storage,
-            TableMap tables, StartupRecovery recovery)
+            TableMap tables, std::unique_ptr<PushLog> push_log,
+            StartupRecovery recovery)
       : options_(options),
         recovery_(std::move(recovery)),
         storage_(std::move(storage)),
+        push_log_(std::move(push_log)),
         tables_(std::move(tables)) {}
 
   absl::Status CreateTable(const TableConfig& config,
@@ -390,6 +425,59 @@ class StoreImpl : public EmbeddingStore {
     EmbeddingTable* t = Find(table);
     if (t == nullptr) return NoTable(table);
     return t->Push(keys, gradients, NowMicros(), PersistFor(*t));
+  }
+
+  absl::StatusOr<PushOutcome> PushOnce(absl::string_view table,
+                                       absl::Span<const uint64_t> keys,
+                                       absl::Span<const float> gradients,
+                                       const PushTag& tag) override {
+    if (tag.client_id == 0) {
+      MIM_ASSIGN_OR_RETURN(uint64_t updated, Push(table, keys, gradients));
+      return PushOutcome{updated, false};
+    }
+    if (tag.sequence == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "push of client ", tag.client_id,
+          " has sequence 0; tagged pushes number from 1"));
+    }
+    MIM_RETURN_IF_ERROR(CheckSize(keys.size()));
+    absl::ReaderMutexLock writers(&write_mu_);
+    absl::ReaderMutexLock lock(&tables_mu_);
+    EmbeddingTable* t = Find(table);
+    if (t == nullptr) return NoTable(table);
+    const int64_t now = NowMicros();
+    std::vector<uint64_t> evicted;
+    std::shared_ptr<PushLog::Entry> client =
+        push_log_->Get(tag.client_id, now, &evicted);
+    absl::MutexLock client_lock(&client->mu);
+    switch (client->window.Check(tag.sequence)) {
+      case ClientWindow::Seen::kApplied: {
+        client->last_used_micros = now;  // in memory only: nothing changed
+        absl::flat_hash_set<uint64_t> distinct(keys.begin(), keys.end());
+        return PushOutcome{distinct.size(), true};
+      }
+      case ClientWindow::Seen::kTooOld:
+        return absl::FailedPreconditionError(absl::StrCat(
+            "push ", tag.sequence, " of client ", tag.client_id,
+            " is more than ", ClientWindow::kWindow,
+            " pushes older than its newest (", client->window.highest(),
+            "): the shard cannot tell whether it was applied, so it is not "
+            "applied again"));
+      case ClientWindow::Seen::kNew:
+        break;
+    }
+    ClientWindow next = client->window;
+    next.Mark(tag.sequence);
+    StorageBatch extra;
+    extra.puts.emplace_back(PushLogKey(tag.client_id), next.Encode(now));
+    for (uint64_t gone : evicted) extra.deletes.push_back(PushLogKey(gone));
+    MIM_ASSIGN_OR_RETURN(
+        uint64_t updated,
+        t->Push(keys, gradients, now, PersistFor(*t, std::move(extra))));
+    client->window = next;
+    client->last_used_micros = now;
+    if (options_.test_after_push_applied) options_.test_after_push_applied();
+    return PushOutcome{updated, false};
   }
 
   absl::StatusOr<UpsertResult> Upsert(absl::string_view table,
@@ -493,8 +581,10 @@ class StoreImpl : public EmbeddingStore {
     auto snapshot = storage_->OpenCheckpoint(chosen);
     if (!snapshot.ok()) return snapshot.status();
     auto tables = LoadTables(**snapshot);
-    snapshot->reset();
     if (!tables.ok()) return tables.status();
+    PushLog push_log(options_.max_push_clients);
+    MIM_RETURN_IF_ERROR(LoadPushLog(**snapshot, &push_log));
+    snapshot->reset();
     // Writes acknowledged until here are replaced by the checkpoint, as if
     // they had come before the restore.
     absl::MutexLock writers(&write_mu_);
@@ -509,6 +599,7 @@ class StoreImpl : public EmbeddingStore {
       old.swap(tables_);
       tables_ = std::move(*tables);
     }
+    push_log_->Swap(&push_log);  // no push runs: write_mu_ is held
     return info;  // `old` is freed outside tables_mu_
   }
 
@@ -588,9 +679,11 @@ class StoreImpl : public EmbeddingStore {
     return it == tables_.end() ? nullptr : it->second.get();
   }
 
-  // Writes the changed rows of one request as one batch.
-  EmbeddingTable::PersistFn PersistFor(const EmbeddingTable& t) {
-    return [this, &t](const ChangedRows& rows) {
+  // Writes the changed rows of one request as one batch, with `extra`
+  // (a push log record) in the same batch.
+  EmbeddingTable::PersistFn PersistFor(const EmbeddingTable& t,
+                                       StorageBatch extra = {}) {
+    return [this, &t, extra = std::move(extra)](const ChangedRows& rows) {
       StorageBatch batch;
       batch.puts.resize(rows.size());
       const std::string& name = t.config().name;
@@ -598,6 +691,9 @@ class StoreImpl : public EmbeddingStore {
         batch.puts[i].first = RowKey(name, rows.key(i));
         EncodeRow(rows, i, t.dim(), t.state_floats(), &batch.puts[i].second);
       }
+      batch.puts.insert(batch.puts.end(), extra.puts.begin(),
+                        extra.puts.end());
+      batch.deletes = extra.deletes;
       return storage_->Write(batch);
     };
   }
@@ -609,6 +705,9 @@ class StoreImpl : public EmbeddingStore {
   std::string admin_op_ ABSL_GUARDED_BY(admin_mu_);  // empty: none
   absl::Time admin_start_ ABSL_GUARDED_BY(admin_mu_);
   absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(tables_mu_);
+  // Guarded by write_mu_ for replacement (Restore holds it exclusively);
+  // the log is itself safe for concurrent access.
+  const std::unique_ptr<PushLog> push_log_;
   mutable absl::Mutex tables_mu_;
   TableMap tables_ ABSL_GUARDED_BY(tables_mu_);
 };
@@ -625,8 +724,11 @@ absl::StatusOr<std::unique_ptr<EmbeddingStore>> OpenStore(
   }
   auto tables = LoadTables(*storage);
   if (!tables.ok()) return tables.status();
-  return std::unique_ptr<EmbeddingStore>(new StoreImpl(
-      options, std::move(storage), std::move(*tables), std::move(recovery)));
+  auto push_log = std::make_unique<PushLog>(options.max_push_clients);
+  MIM_RETURN_IF_ERROR(LoadPushLog(*storage, push_log.get()));
+  return std::unique_ptr<EmbeddingStore>(
+      new StoreImpl(options, std::move(storage), std::move(*tables),
+                    std::move(push_log), std::move(recovery)));
 }
 
 }  // namespace

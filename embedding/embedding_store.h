@@ -60,6 +60,18 @@ struct TableStats {
   uint64_t max_version = 0;    // content tables
 };
 
+// One push of one client, for exactly-once application (PushOnce). A
+// client_id of 0 is "untagged": the push is applied like Push.
+struct PushTag {
+  uint64_t client_id = 0;
+  uint64_t sequence = 0;  // 1, 2, ...; a resend keeps its number
+};
+
+struct PushOutcome {
+  uint64_t rows_updated = 0;  // distinct keys (a duplicate: of the request)
+  bool duplicate = false;     // applied before; acknowledged, not applied
+};
+
 struct UpsertResult {
   uint64_t rows_written = 0;
   uint64_t rows_stale = 0;  // stored version was newer; row left alone
@@ -126,6 +138,12 @@ class EmbeddingStore {
     // Checkpoints kept: after a successful Checkpoint, the oldest ones (by
     // creation order) beyond this many are deleted. 0: keep all.
     uint32_t keep_checkpoints = 0;
+    // Clients whose applied pushes PushOnce remembers (embedding/push_log.h:
+    // the least recently used is forgotten beyond this).
+    size_t max_push_clients = 4096;
+    // Tests only: PushOnce calls this after a tagged push is durable and
+    // applied, before it returns (e.g. to abort the process there).
+    std::function<void()> test_after_push_applied;
   };
 
   // Opens (or creates) the store and loads every table found in
@@ -188,6 +206,21 @@ class EmbeddingStore {
   virtual absl::StatusOr<uint64_t> Push(absl::string_view table,
                                         absl::Span<const uint64_t> keys,
                                         absl::Span<const float> gradients) = 0;
+
+  // As Push, but applied at most once per tag: a push whose (client_id,
+  // sequence) this store has applied before is acknowledged (duplicate,
+  // rows_updated = the request's distinct keys) and not applied again,
+  // whether the first one was answered or not. The record of applied tags
+  // (embedding/push_log.h) is written in the same storage batch as the
+  // rows, so it is exactly as durable (it survives kill -9) and comes back
+  // with a checkpoint's Restore. Pushes of one client run one at a time.
+  // INVALID_ARGUMENT for a tag with a client id and sequence 0;
+  // FAILED_PRECONDITION for a sequence too far below the client's newest
+  // to tell whether it was applied (ClientWindow::kWindow); otherwise as
+  // Push. An untagged push (client_id 0) is a plain Push.
+  virtual absl::StatusOr<PushOutcome> PushOnce(
+      absl::string_view table, absl::Span<const uint64_t> keys,
+      absl::Span<const float> gradients, const PushTag& tag) = 0;
 
   // Writes content rows with `version`. A repeated key keeps its last value
   // in the request. Rows whose stored version is greater than `version` are

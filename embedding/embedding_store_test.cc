@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "embedding/push_log.h"
 #include "embedding/storage/storage.h"
 #include "embedding/store_with_storage.h"
 #include "gtest/gtest.h"
@@ -226,6 +227,83 @@ TEST_F(EmbeddingStoreTest, PullOfUnseenKeysLeavesRowsMemoryAndCheckpointsAlone) 
   EXPECT_EQ(DumpTable(*store_, "user_id"), ids);
   Reopen();
   EXPECT_EQ(DumpTable(*store_, "user_id"), ids);
+}
+
+// Exactly-once pushes: a tag applied before is acknowledged and not applied
+// again, in any order, after a reopen (the log is durable with the rows),
+// and a restore brings back the log of its checkpoint.
+TEST_F(EmbeddingStoreTest, PushOnceAppliesEachTagOnce) {
+  const std::vector<uint64_t> keys = {5, 6, 5};
+  const std::vector<float> grad = Ramp(3 * 8, 0.5f);
+  auto push = [&](uint64_t client, uint64_t seq) {
+    return store_->PushOnce("user_id", keys, grad, PushTag{client, seq});
+  };
+  auto first = push(7, 3);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->rows_updated, 2u);
+  EXPECT_FALSE(first->duplicate);
+  const Dump once = DumpTable(*store_, "user_id");
+  auto again = push(7, 3);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->duplicate);
+  EXPECT_EQ(again->rows_updated, 2u);
+  EXPECT_EQ(DumpTable(*store_, "user_id"), once);
+  EXPECT_EQ(store_->Stats("user_id")->front().rows, 2u);
+
+  // An older sequence of the same client is new (calls arrive out of
+  // order); another client's sequence 3 is its own.
+  ASSERT_FALSE(push(7, 2)->duplicate);
+  ASSERT_FALSE(push(8, 3)->duplicate);
+  const Dump three = DumpTable(*store_, "user_id");
+  // Three pushes applied: update_count 3.
+  EXPECT_EQ(three.at(5).substr(8, 4), std::string("\x03\0\0\0", 4));
+
+  ASSERT_TRUE(store_->Checkpoint("after-three").ok());
+  Reopen();
+  for (auto [client, seq] : {std::pair<uint64_t, uint64_t>{7, 3}, {7, 2},
+                             {8, 3}}) {
+    auto resent = push(client, seq);
+    ASSERT_TRUE(resent.ok()) << resent.status();
+    EXPECT_TRUE(resent->duplicate) << client << "/" << seq;
+  }
+  EXPECT_EQ(DumpTable(*store_, "user_id"), three);
+  ASSERT_FALSE(push(7, 4)->duplicate);
+  ASSERT_TRUE(store_->Restore("after-three").ok());
+  EXPECT_EQ(DumpTable(*store_, "user_id"), three);
+  EXPECT_FALSE(push(7, 4)->duplicate);  // the checkpoint had not seen it
+  EXPECT_TRUE(push(7, 4)->duplicate);
+
+  // Refusals: sequence 0 with a client, a sequence below the window. An
+  // untagged push (client 0) is always applied.
+  EXPECT_EQ(push(7, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_FALSE(push(9, 5000)->duplicate);
+  auto old = push(9, 5000 - ClientWindow::kWindow);
+  EXPECT_EQ(old.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(old.status().message().find("cannot tell whether it was applied"),
+            std::string::npos);
+  EXPECT_FALSE(push(0, 0)->duplicate);
+  EXPECT_FALSE(push(0, 0)->duplicate);
+}
+
+// The log remembers at most max_push_clients clients, least recently used
+// out first, and drops the evicted record from storage too.
+TEST_F(EmbeddingStoreTest, PushLogIsBounded) {
+  options_.max_push_clients = 2;
+  Reopen();
+  const std::vector<float> grad = Ramp(8, 0.5f);
+  // Client 2 is the least recently used when 3 arrives.
+  for (auto [client, seq] : {std::pair<uint64_t, uint64_t>{1, 1}, {2, 1},
+                             {1, 2}, {3, 1}}) {
+    ASSERT_TRUE(store_->PushOnce("user_id", {1}, grad, PushTag{client, seq})
+                    .ok());
+  }
+  Reopen();
+  EXPECT_TRUE(
+      store_->PushOnce("user_id", {1}, grad, PushTag{1, 1})->duplicate);
+  EXPECT_TRUE(
+      store_->PushOnce("user_id", {1}, grad, PushTag{3, 1})->duplicate);
+  EXPECT_FALSE(
+      store_->PushOnce("user_id", {1}, grad, PushTag{2, 1})->duplicate);
 }
 
 TEST_F(EmbeddingStoreTest, DeleteCheckpointAndRetention) {

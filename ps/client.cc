@@ -11,6 +11,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/random/random.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -292,7 +293,9 @@ bool HasCheckpoint(const ListCheckpointsResponse& list,
 enum class Resend {
   kNever,   // one attempt
   kUnsent,  // only a call not sent yet: sent once its channel is connected
-  kAlways,  // every UNAVAILABLE (idempotent calls)
+  // Every UNAVAILABLE and DEADLINE_EXCEEDED (idempotent calls, and tagged
+  // pushes, which a shard applies once however often they arrive).
+  kAlways,
 };
 
 // Payload type URL of a push error whose effect on the shard is unknown.
@@ -333,12 +336,19 @@ class ShardCaller {
         std::min(start + options.retry_budget, call_deadline);
     responses->resize(requests.size());
     std::vector<grpc::Status> status(requests.size());
-    // Whether an attempt of the call may have reached its shard, and how
-    // many attempts it had.
+    // Whether an attempt of the call may have reached its shard, whether
+    // one may have been applied there without an answer (it went out and
+    // ended UNAVAILABLE or DEADLINE_EXCEEDED), and how many attempts it
+    // had.
     std::vector<char> sent(requests.size(), 0);
+    std::vector<char> maybe_applied(requests.size(), 0);
     std::vector<int> tries(requests.size(), 0);
     std::vector<uint32_t> pending(calls.begin(), calls.end());
     absl::Duration backoff = options.initial_backoff;
+    // Pushes (resent or not) go out only over a connected channel, so that
+    // a push to a shard that stayed down is known never to have been sent.
+    const bool only_connected =
+        resend == Resend::kUnsent || (push && resend == Resend::kAlways);
     for (int attempt = 1;; ++attempt) {
       // An attempt takes at least the backoff: a failed call is retried,
       // and an unconnected shard waited for, until then.
@@ -350,7 +360,7 @@ class ShardCaller {
         const PsClient::Shard& shard = *client.shards_[shard_of_call[s]];
         (*responses)[s].Clear();
         ++tries[s];
-        if (resend == Resend::kUnsent &&
+        if (only_connected &&
             !WaitConnected(shard.channels[c].get(), round_end,
                            absl::Now() + options.timeout)) {
           status[s] = grpc::Status(
@@ -386,14 +396,22 @@ class ShardCaller {
         }
         AwaitAll(&cq, go.size());
       }
+      for (const uint32_t s : go) {
+        const grpc::StatusCode code = status[s].error_code();
+        if (code == grpc::StatusCode::UNAVAILABLE ||
+            code == grpc::StatusCode::DEADLINE_EXCEEDED) {
+          maybe_applied[s] = 1;
+        }
+      }
       std::vector<uint32_t> again;
       if (attempt < max_attempts && absl::Now() < give_up) {
         for (const uint32_t s : pending) {
-          if (status[s].error_code() != grpc::StatusCode::UNAVAILABLE) {
-            continue;
-          }
-          if (resend == Resend::kAlways ||
-              (resend == Resend::kUnsent && !sent[s])) {
+          const grpc::StatusCode code = status[s].error_code();
+          if (resend == Resend::kAlways
+                  ? code == grpc::StatusCode::UNAVAILABLE ||
+                        code == grpc::StatusCode::DEADLINE_EXCEEDED
+                  : resend == Resend::kUnsent && !sent[s] &&
+                        code == grpc::StatusCode::UNAVAILABLE) {
             again.push_back(s);
           }
         }
@@ -401,9 +419,8 @@ class ShardCaller {
       if (again.empty()) break;
       if (options.on_retry) {
         for (const uint32_t s : again) {
-          options.on_retry(
-              client.ShardError(shard_of_call[s], FromGrpcStatus(status[s])),
-              attempt);
+          options.on_retry(AttemptError(client, shard_of_call[s], status[s]),
+                           attempt);
         }
       }
       const absl::Time now = absl::Now();
@@ -416,11 +433,8 @@ class ShardCaller {
     absl::Status first_error;
     for (const uint32_t s : calls) {
       if (status[s].ok()) continue;
-      const grpc::StatusCode code = status[s].error_code();
-      const bool in_doubt =
-          push && sent[s] &&
-          (code == grpc::StatusCode::UNAVAILABLE ||
-           code == grpc::StatusCode::DEADLINE_EXCEEDED);
+      // Whatever the last attempt's error, an earlier one may have landed.
+      const bool in_doubt = push && maybe_applied[s];
       if (!in_doubt) {
         return Described(client, shard_of_call[s], status[s], tries[s],
                          start);
@@ -501,11 +515,25 @@ class ShardCaller {
     return true;
   }
 
+  // The error of one attempt of a call to `shard`, naming it; a deadline
+  // says what it means (the shard took the call but did not answer).
+  static absl::Status AttemptError(const PsClient& client, uint32_t shard,
+                                   const grpc::Status& status) {
+    absl::Status e = client.ShardError(shard, FromGrpcStatus(status));
+    if (e.code() != absl::StatusCode::kDeadlineExceeded) return e;
+    return absl::Status(
+        e.code(),
+        absl::StrCat(e.message(), " (no answer before the deadline, at most ",
+                     absl::FormatDuration(client.options_.timeout),
+                     " per attempt: the shard is reachable but not "
+                     "answering; hung, stopped or overloaded?)"));
+  }
+
   // The error of a call to `shard`, naming it, and its retries if any.
   static absl::Status Described(const PsClient& client, uint32_t shard,
                                 const grpc::Status& status, int attempts,
                                 absl::Time start) {
-    absl::Status e = client.ShardError(shard, FromGrpcStatus(status));
+    absl::Status e = AttemptError(client, shard, status);
     if (attempts == 1) return e;
     const PsClient::Options& o = client.options_;
     return absl::Status(
@@ -522,8 +550,19 @@ class ShardCaller {
   }
 };
 
+// A random nonzero 64-bit id: two clients (or one client restarted) that
+// pushed to the same shard must not share one.
+uint64_t NewClientId() {
+  absl::BitGen gen;
+  uint64_t id = 0;
+  while (id == 0) id = absl::Uniform<uint64_t>(gen);
+  return id;
+}
+
 PsClient::PsClient(std::vector<std::string> addresses, const Options& options)
-    : addresses_(std::move(addresses)), options_(options) {
+    : addresses_(std::move(addresses)),
+      options_(options),
+      client_id_(NewClientId()) {
   for (size_t s = 0; s < addresses_.size(); ++s) {
     auto shard = std::make_unique<Shard>();
     const int channels = std::max(1, options_.channels_per_shard);
@@ -772,6 +811,10 @@ absl::StatusOr<uint64_t> PsClient::Push(absl::string_view table,
   for (const uint32_t s : routing.calls) {
     requests[s].mutable_gradients()->assign(
         sizeof(float) * *dim * requests[s].keys_size(), '\0');
+    // Every call its own number; a resend (ShardCaller) sends the same
+    // request again, so the shard applies it once.
+    requests[s].set_client_id(client_id_);
+    requests[s].set_sequence(next_sequence_.fetch_add(1) + 1);
   }
   // Sum the gradients of repeated keys into their one row, request order.
   for (size_t i = 0; i < keys.size(); ++i) {

@@ -14,17 +14,23 @@
 // "shard 1/2 (127.0.0.1:5001): <server message>"; one that outlived its
 // retries adds how many attempts over how long.
 //
-// Pushes are not idempotent (the shard's optimizer applies every push it
-// receives), so by default (PushRetry::kUnsent) a push is sent to a shard
-// only once its connection is up, waiting for an unreachable shard with the
-// same backoff and limits, and is never resent once sent: a push whose
-// connection broke mid-call (shard killed or restarted) or that ran into
-// its deadline may or may not have been applied. Such an error is marked:
-// IsPushInDoubt() tells it apart from a shard that stayed unreachable
-// (nothing was sent to it) or refused the push. Every acknowledged push is
-// applied exactly once (and durable, see the server); a push in doubt is
-// applied at most once. Options::push_retry picks at-least-once or a single
-// attempt instead.
+// Pulls, GetRows and the other idempotent calls are also retried when an
+// attempt runs into its deadline (Options::timeout): a shard that is up but
+// hung (e.g. SIGSTOP) is asked again until the retry limits run out, and
+// the error names it ("no answer before the deadline ... hung, stopped or
+// overloaded?").
+//
+// Pushes are exactly once: every push call carries this client's random id
+// and its own sequence number (PushRequest), and a shard applies each
+// (id, sequence) once, acknowledging a resend without applying it again
+// (embedding/push_log.h). So by default (PushRetry::kAlways) a push is
+// resent like a pull, on UNAVAILABLE (connection broken, shard restarting)
+// and DEADLINE_EXCEEDED, and a push cut off after it was sent is resent
+// until its shard answers: none is lost, none applied twice. Only when the
+// retry limits run out is a push "in doubt": IsPushInDoubt() tells that
+// apart from a shard that stayed unreachable (nothing was sent to it) or
+// refused the push. Options::push_retry picks the older policies (never
+// resend a sent push; a single attempt) instead.
 //
 // Thread-safety: safe for concurrent access (channels and stubs are
 // thread-safe; each call keeps its state on the stack).
@@ -82,15 +88,15 @@ class PsClient {
       // One attempt. Any UNAVAILABLE or DEADLINE_EXCEEDED is in doubt.
       kNever,
       // Sent only over a connected channel (waiting for it within the retry
-      // limits), never resent: exactly once when acknowledged, at most once
-      // when in doubt (see the file comment).
+      // limits), never resent: at most once when in doubt.
       kUnsent,
-      // Resent on every UNAVAILABLE, like a pull: at least once. A push
-      // whose first attempt the shard applied before the connection broke
-      // is applied again (a doubled gradient step on its rows).
+      // Resent on every UNAVAILABLE and DEADLINE_EXCEEDED, like a pull.
+      // Exactly once: the shard recognizes a resend by its tag (see the
+      // file comment). A shard built before tags existed ignores them and
+      // applies a resend again (at least once).
       kAlways,
     };
-    PushRetry push_retry = PushRetry::kUnsent;
+    PushRetry push_retry = PushRetry::kAlways;
     // Called on the calling thread before each retry (and each wait for an
     // unreachable shard) with the error naming the shard and the attempt
     // that failed (1 = the first); e.g. for a log line. May be empty.
@@ -298,6 +304,9 @@ class PsClient {
   Options options_;
   std::vector<std::unique_ptr<Shard>> shards_;
   mutable std::atomic<uint64_t> next_channel_{0};
+  // Tags of this client's pushes (PushRequest.client_id, sequence).
+  const uint64_t client_id_;
+  std::atomic<uint64_t> next_sequence_{0};
   mutable absl::Mutex dims_mu_;
   mutable absl::flat_hash_map<std::string, uint32_t> dims_
       ABSL_GUARDED_BY(dims_mu_);
@@ -306,12 +315,11 @@ class PsClient {
 };
 
 // Whether `status` (from PsClient::Push) says the push may or may not have
-// been applied: it was sent (or, with PushRetry::kNever / kAlways, may have
-// been) and then failed UNAVAILABLE (connection broke) or DEADLINE_EXCEEDED.
-// Under PushRetry::kUnsent (the default), other errors of a Push mean that
-// the failing shard did not apply it (with several shards, the others may
-// have applied their parts). Under kAlways an earlier attempt may have been
-// applied whatever the final error; treat any error as in doubt there.
+// been applied: an attempt was sent (or may have been) and ended
+// UNAVAILABLE (connection broke) or DEADLINE_EXCEEDED, and the retries did
+// not get an answer (whatever the last attempt's error). Other errors of a
+// Push mean that the failing shard did not apply it (with several shards,
+// the others may have applied their parts).
 bool IsPushInDoubt(const absl::Status& status);
 
 // Sum of per-shard stats for each table name, in the order of first shard.

@@ -82,7 +82,8 @@ class PsClientTest : public ::testing::Test {
     id.mutable_optimizer()->set_learning_rate(1.0f);
     id.mutable_initializer()->set_name("uniform");
     id.mutable_initializer()->set_scale(0.5f);
-    ASSERT_TRUE(client_->CreateTable(id, false).ok());
+    const absl::Status created = client_->CreateTable(id, false);
+    ASSERT_TRUE(created.ok()) << created;
     TableConfig content;
     content.set_name("item");
     content.set_kind(CONTENT);

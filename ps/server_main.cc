@@ -64,6 +64,14 @@ DEFINE_uint32(keep_checkpoints,
               mim::embedding::EmbeddingStore::Options().keep_checkpoints,
               "Checkpoints kept: after each Checkpoint the oldest beyond "
               "this many (by creation order) are deleted. 0: keep all.");
+DEFINE_uint64(max_push_clients,
+              mim::embedding::EmbeddingStore::Options().max_push_clients,
+              "Clients whose applied pushes the shard remembers, so that a "
+              "resent push is not applied twice; beyond it the least "
+              "recently used client is forgotten.");
+DEFINE_uint64(test_crash_after_apply_before_ack, 0,
+              "Tests only: abort() right after the N-th tagged push is "
+              "applied and durable, before it is answered (0: never).");
 DEFINE_uint64(max_keys_per_request, mim::ps::kDefaultMaxKeysPerRequest,
               "Requests with more keys are refused (RESOURCE_EXHAUSTED). "
               "PsClient splits its calls to at most its max_keys_per_rpc, "
@@ -210,6 +218,8 @@ int main(int argc, char** argv) {
   store_options.max_keys_per_request = FLAGS_max_keys_per_request;
   store_options.accept_data_loss = FLAGS_accept_data_loss;
   store_options.keep_checkpoints = FLAGS_keep_checkpoints;
+  if (FLAGS_max_push_clients < 1) return Fail("--max_push_clients must be >= 1");
+  store_options.max_push_clients = FLAGS_max_push_clients;
   const absl::Time open_start = absl::Now();
   auto store = mim::embedding::EmbeddingStore::Open(store_options);
   if (!store.ok()) {
@@ -231,6 +241,13 @@ int main(int argc, char** argv) {
       static_cast<size_t>(FLAGS_max_message_mb) << 20;
   service_options.max_inflight_bytes =
       static_cast<size_t>(FLAGS_max_inflight_mb) << 20;
+  service_options.test_crash_after_push_applied =
+      FLAGS_test_crash_after_apply_before_ack;
+  if (FLAGS_test_crash_after_apply_before_ack > 0) {
+    LOG(WARNING) << "--test_crash_after_apply_before_ack="
+                 << FLAGS_test_crash_after_apply_before_ack
+                 << ": this shard aborts on purpose (tests only)";
+  }
   service_options.metrics = metrics->get();
   service_options.authorizer = authorizer.get();
   service_options.data_dir = FLAGS_data_dir;

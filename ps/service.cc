@@ -4,6 +4,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <optional>
 #include <utility>
@@ -448,11 +449,23 @@ grpc::Status ParameterServerService::HandlePush(grpc::ServerContextBase* context
     absl::StatusOr<uint32_t> dim = CheckRows(request->table(), request->keys(),
                                              request->gradients(), "gradients");
     if (!dim.ok()) return ToGrpcStatus(dim.status());
-    absl::StatusOr<uint64_t> updated =
-        store_->Push(request->table(), KeySpan(request->keys()),
-                     FloatSpan(request->gradients()));
-    if (!updated.ok()) return ToGrpcStatus(updated.status());
-    response->set_rows_updated(*updated);
+    absl::StatusOr<embedding::PushOutcome> pushed = store_->PushOnce(
+        request->table(), KeySpan(request->keys()),
+        FloatSpan(request->gradients()),
+        embedding::PushTag{request->client_id(), request->sequence()});
+    if (!pushed.ok()) return ToGrpcStatus(pushed.status());
+    if (options_.test_crash_after_push_applied > 0 && !pushed->duplicate &&
+        request->client_id() != 0 &&
+        tagged_pushes_applied_.fetch_add(1) + 1 ==
+            options_.test_crash_after_push_applied) {
+      LOG(ERROR) << "--test_crash_after_apply_before_ack: aborting after "
+                    "applying push "
+                 << request->sequence() << " of client "
+                 << request->client_id() << ", before answering it";
+      std::abort();
+    }
+    response->set_rows_updated(pushed->rows_updated);
+    response->set_duplicate(pushed->duplicate);
     return grpc::Status::OK;
   });
 }

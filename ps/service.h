@@ -47,6 +47,7 @@
 #ifndef MIM_PS_SERVICE_H_
 #define MIM_PS_SERVICE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -89,6 +90,10 @@ class ParameterServerService final : public ParameterServer::Service {
     // Checks every call's token; null: authentication off. Must outlive
     // the service.
     const base::Authorizer* authorizer = nullptr;
+    // Tests only: abort() once this many tagged pushes have been applied
+    // and made durable, before the last one is answered (0: never), to
+    // test a crash between apply and acknowledgement.
+    uint64_t test_crash_after_push_applied = 0;
     // The store's data directory: removed from messages sent to clients,
     // and checkpoint paths are sent relative to it (empty: paths are not
     // sent).
@@ -254,6 +259,7 @@ class ParameterServerService final : public ParameterServer::Service {
   // Options::data_dir as given, absolute and canonical, longest first.
   std::vector<std::string> data_dir_forms_;
   InflightBytes inflight_;
+  std::atomic<uint64_t> tagged_pushes_applied_{0};
   // Null when Options::metrics is null.
   std::unique_ptr<Instruments> instruments_;
 };

@@ -56,6 +56,9 @@ class ShardProcess {
 
   // Sends `signal` and waits for the exit; returns the wait status.
   int Kill(int signal);
+  // Waits for the process to end by itself (e.g. a fault injected with a
+  // test-only flag); returns the wait status.
+  int Wait() { return Kill(0); }
 
  private:
   ShardProcess(const Flags& flags, pid_t pid, int stdout_fd, int port)

@@ -71,6 +71,10 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
     return bad("--ps_retry_seconds = ", o.ps_retry_seconds,
                "; expected in [0, 1e6]");
   }
+  if (!(o.ps_timeout_seconds >= 0.001 && o.ps_timeout_seconds <= 1e6)) {
+    return bad("--ps_timeout_seconds = ", o.ps_timeout_seconds,
+               "; expected in [0.001, 1e6]");
+  }
   if (o.batch_size < 1 || o.eval_batch_size < 1) {
     return bad("batch sizes must be >= 1");
   }
@@ -864,13 +868,14 @@ absl::Status EvaluateSavedModel(const TrainerOptions& o, ps::PsClient* ps,
 
 ps::PsClient::Options ClientOptions(const TrainerOptions& options) {
   ps::PsClient::Options client_options;
-  client_options.timeout = absl::Seconds(60);
+  client_options.timeout = absl::Seconds(options.ps_timeout_seconds);
   client_options.channels_per_shard = 2;  // trainer thread + prefetch thread
   client_options.credentials = options.ps_credentials;
   client_options.auth_token = options.ps_auth_token;
-  // Ride through a shard restart: retries are bounded by time, not count.
-  // Pushes are sent only over a connected channel and never resent
-  // (PushRetry::kUnsent): a push in doubt is counted, not applied twice.
+  // Ride through a shard restart or hang: retries are bounded by time, not
+  // count. Pushes are resent too (PushRetry::kAlways): the shards apply
+  // each once, so no step is lost; only a push still unanswered when the
+  // budget runs out is in doubt (counted in pushes_in_doubt).
   client_options.max_attempts = std::numeric_limits<int>::max();
   client_options.retry_budget = absl::Seconds(options.ps_retry_seconds);
   client_options.on_retry = [budget = options.ps_retry_seconds](

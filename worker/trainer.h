@@ -90,10 +90,15 @@ struct TrainerOptions {
   bool prefetch = true;
   int loss_every = 10;  // batches per loss-curve point
   double barrier_timeout_s = 3600;
-  // How long a call to an unavailable shard (down, restarting) is retried
-  // before the job fails naming the shard (PsClient::Options::retry_budget;
-  // 0: one attempt). A shard restarted within it costs only the wait.
+  // How long a call to an unavailable shard (down, restarting, or up but
+  // not answering) is retried before the job fails naming the shard
+  // (PsClient::Options::retry_budget; 0: one attempt). A shard restarted or
+  // resumed within it costs only the wait; pushes are resent exactly once.
   double ps_retry_seconds = 60;
+  // Deadline of one attempt of a shard call (PsClient::Options::timeout):
+  // a shard that does not answer within it (hung) is asked again, within
+  // ps_retry_seconds.
+  double ps_timeout_seconds = 10;
   // TLS credentials and bearer token for the shards
   // (PsClient::Options::credentials and auth_token; the trainer's
   // --tls_ca, --tls_client_cert, --tls_client_key and --auth_token_file,

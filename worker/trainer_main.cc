@@ -106,11 +106,16 @@ DEFINE_int32(loss_every, kDefaults.loss_every, "Batches per loss-curve point");
 DEFINE_double(barrier_timeout_s, kDefaults.barrier_timeout_s,
               "Worker 0's wait for the other workers");
 DEFINE_double(ps_retry_seconds, kDefaults.ps_retry_seconds,
-              "How long a call to an unreachable shard (down, restarting) is "
-              "retried, with backoff, before the job fails naming the shard "
-              "(0: no retries). A gradient push is never resent once sent: "
-              "one whose connection broke mid-call is counted in the "
+              "How long a call to a shard that is unreachable (down, "
+              "restarting) or not answering (hung) is retried, with backoff, "
+              "before the job fails naming the shard (0: no retries). "
+              "Gradient pushes are resent too and applied once by the shard; "
+              "one still unanswered when this runs out is counted in the "
               "metrics' pushes_in_doubt");
+DEFINE_double(ps_timeout_seconds, kDefaults.ps_timeout_seconds,
+              "Deadline of one attempt of a shard call; a shard that does "
+              "not answer within it is asked again (within "
+              "--ps_retry_seconds)");
 DEFINE_bool(progress, true, "Progress bar on stderr");
 
 namespace {
@@ -182,6 +187,7 @@ int main(int argc, char** argv) {
   o.loss_every = FLAGS_loss_every;
   o.barrier_timeout_s = FLAGS_barrier_timeout_s;
   o.ps_retry_seconds = FLAGS_ps_retry_seconds;
+  o.ps_timeout_seconds = FLAGS_ps_timeout_seconds;
   absl::StatusOr<mim::base::ClientSecurity> security =
       mim::base::ClientSecurityFromFlags();
   if (!security.ok()) {

@@ -1,0 +1,227 @@
+// Exactly-once pushes and hung shards, with a real shard (the //ps:server
+// binary on loopback): a shard that dies between applying a push and
+// answering it (--test_crash_after_apply_before_ack) applies the client's
+// resend zero more times; a shard stopped with SIGSTOP is asked again until
+// it answers, and named when it does not.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "embedding/sharding.h"
+#include "gmock/gmock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "gtest/gtest.h"
+#include "proto/ps.grpc.pb.h"
+#include "ps/client.h"
+#include "tests/process.h"
+
+namespace mim::ps {
+namespace {
+
+using ::mim::testing::ShardProcess;
+using ::testing::HasSubstr;
+
+// SGD with learning rate 1 from zeros: a row is minus the sum of the
+// gradients applied to it, and its update_count says how many pushes.
+TableConfig SgdTable() {
+  TableConfig c;
+  c.set_name("t");
+  c.set_kind(ID);
+  c.set_dim(2);
+  c.mutable_optimizer()->set_name("sgd");
+  c.mutable_optimizer()->set_learning_rate(1.0f);
+  c.mutable_initializer()->set_name("zeros");
+  return c;
+}
+
+std::string TestDir() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  return absl::StrCat(std::getenv("TEST_TMPDIR"), "/", info->name());
+}
+
+std::unique_ptr<ShardProcess> StartShard(const std::string& data_dir,
+                                         int port,
+                                         std::vector<std::string> extra) {
+  ShardProcess::Flags f;
+  f.data_dir = data_dir;
+  f.port = port;
+  f.extra = std::move(extra);
+  auto shard = ShardProcess::Start(f);
+  EXPECT_TRUE(shard.ok()) << shard.status();
+  return shard.ok() ? *std::move(shard) : nullptr;
+}
+
+// A client that rides through a shard's restart or hang for up to 60 s,
+// calling `on_retry` (when set) before each retry.
+std::unique_ptr<PsClient> PatientClient(
+    const std::string& address, absl::Duration timeout,
+    std::function<void(const absl::Status&, int)> on_retry = nullptr) {
+  PsClient::Options o;
+  o.timeout = timeout;
+  o.max_attempts = std::numeric_limits<int>::max();
+  o.retry_budget = absl::Seconds(60);
+  o.initial_backoff = absl::Milliseconds(20);
+  o.max_backoff = absl::Milliseconds(200);
+  o.on_retry = std::move(on_retry);
+  auto client = PsClient::Create({address}, o);
+  EXPECT_TRUE(client.ok()) << client.status();
+  return client.ok() ? *std::move(client) : nullptr;
+}
+
+// The shard aborts right after the push's WriteBatch is committed, before
+// it answers. The client's resend reaches the restarted shard, which knows
+// (durably) that it applied that push: acknowledged, applied once.
+TEST(ExactlyOncePushTest, KilledBetweenApplyAndAckTheResendIsNotApplied) {
+  const std::string dir = TestDir() + "/shard";
+  auto shard = StartShard(dir, 0, {"--test_crash_after_apply_before_ack=2"});
+  ASSERT_NE(shard, nullptr);
+  const int port = shard->port();
+  auto client = PatientClient(shard->address(), absl::Seconds(10));
+  ASSERT_TRUE(client->CreateTable(SgdTable(), false).ok());
+  ASSERT_TRUE(client->Push("t", {7}, {1.0f, 1.0f}).ok());  // push 1: fine
+
+  absl::StatusOr<uint64_t> pushed;
+  std::thread pusher(
+      [&] { pushed = client->Push("t", {7, 8}, {10.0f, 20.0f, 1.0f, 2.0f}); });
+  const int status = shard->Wait();  // push 2 applied, then abort()
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT)
+      << "wait status " << status;
+  shard = StartShard(dir, port, {});
+  ASSERT_NE(shard, nullptr);
+  pusher.join();
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  EXPECT_EQ(*pushed, 2u);
+
+  auto rows = client->GetRows("t", {7, 8});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->values, (std::vector<float>{-11.0f, -21.0f, -1.0f, -2.0f}));
+  EXPECT_EQ(rows->meta[0].update_count(), 2u);
+  EXPECT_EQ(rows->meta[1].update_count(), 1u);
+
+  // The same tag sent by hand: acknowledged as a duplicate, not applied;
+  // a new sequence is applied.
+  auto stub = ParameterServer::NewStub(grpc::CreateChannel(
+      shard->address(), grpc::InsecureChannelCredentials()));
+  PushRequest request;
+  request.set_table("t");
+  request.add_keys(9);
+  request.mutable_gradients()->assign(2 * sizeof(float), '\0');
+  reinterpret_cast<float*>(request.mutable_gradients()->data())[0] = 5.0f;
+  request.set_client_id(0x5eed);
+  request.set_sequence(1);
+  for (const bool duplicate : {false, true, true}) {
+    PushResponse response;
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->Push(&context, request, &response).ok());
+    EXPECT_EQ(response.duplicate(), duplicate);
+    EXPECT_EQ(response.rows_updated(), 1u);
+  }
+  rows = client->GetRows("t", {9});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->values, (std::vector<float>{-5.0f, 0.0f}));
+  EXPECT_EQ(rows->meta[0].update_count(), 1u);
+}
+
+// Sends SIGCONT to the shard when it goes out of scope, so that a failed
+// assertion never leaves a stopped process behind.
+class Resumer {
+ public:
+  explicit Resumer(pid_t pid) : pid_(pid) {}
+  ~Resumer() { kill(pid_, SIGCONT); }
+
+ private:
+  pid_t pid_;
+};
+
+// A shard stopped with SIGSTOP: calls run into their deadline, are asked
+// again (the retry names the shard and says it is not answering), and
+// succeed once it resumes; a push resent meanwhile is applied once. Left
+// stopped, a pull fails within the retry budget naming the shard.
+TEST(HungShardTest, CallsAreRetriedUntilTheShardAnswers) {
+  auto shard = StartShard(TestDir() + "/shard", 0, {});
+  ASSERT_NE(shard, nullptr);
+  Resumer resume_at_end(shard->pid());
+  absl::Mutex mu;
+  std::vector<std::string> retries;
+  auto retried = std::make_shared<absl::Notification>();
+  auto client = PatientClient(
+      shard->address(), absl::Milliseconds(300),
+      [&](const absl::Status& error, int) {
+        absl::MutexLock lock(&mu);
+        retries.push_back(error.ToString());
+        if (!retried->HasBeenNotified()) retried->Notify();
+      });
+  // Stops the shard; a thread resumes it once a call has been retried.
+  auto stop_until_retried = [&] {
+    std::shared_ptr<absl::Notification> next;
+    {
+      absl::MutexLock lock(&mu);
+      retried = std::make_shared<absl::Notification>();
+      next = retried;
+    }
+    EXPECT_EQ(kill(shard->pid(), SIGSTOP), 0);
+    return std::thread([next, pid = shard->pid()] {
+      next->WaitForNotification();  // a call timed out and is asked again
+      kill(pid, SIGCONT);
+    });
+  };
+  ASSERT_TRUE(client->CreateTable(SgdTable(), false).ok());
+  ASSERT_TRUE(client->Push("t", {1}, {1.0f, 1.0f}).ok());
+
+  std::thread resumer = stop_until_retried();
+  absl::StatusOr<uint64_t> pushed = client->Push("t", {1}, {2.0f, 2.0f});
+  resumer.join();
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  auto pulled = client->Pull("t", {1});
+  ASSERT_TRUE(pulled.ok()) << pulled.status();
+  EXPECT_EQ(pulled->values, (std::vector<float>{-3.0f, -3.0f}));
+  auto rows = client->GetRows("t", {1});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->meta[0].update_count(), 2u);  // the resend was not applied
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_FALSE(retries.empty());
+    EXPECT_THAT(retries[0], HasSubstr("DEADLINE_EXCEEDED"));
+    EXPECT_THAT(retries[0], HasSubstr(absl::StrCat("shard 0/1 (",
+                                                   shard->address(), ")")));
+    EXPECT_THAT(retries[0], HasSubstr("not answering"));
+  }
+
+  // A pull (idempotent) is retried just the same.
+  std::thread resumer2 = stop_until_retried();
+  pulled = client->Pull("t", {1});
+  resumer2.join();
+  ASSERT_TRUE(pulled.ok()) << pulled.status();
+  EXPECT_EQ(pulled->values, (std::vector<float>{-3.0f, -3.0f}));
+
+  // Stopped for longer than the budget: the pull fails naming the shard.
+  PsClient::Options o;
+  o.timeout = absl::Milliseconds(200);
+  o.max_attempts = std::numeric_limits<int>::max();
+  o.retry_budget = absl::Seconds(1);
+  o.initial_backoff = absl::Milliseconds(20);
+  auto impatient = PsClient::Create({shard->address()}, o);
+  ASSERT_TRUE(impatient.ok());
+  ASSERT_TRUE((*impatient)->Pull("t", {1}).ok());  // connected
+  ASSERT_EQ(kill(shard->pid(), SIGSTOP), 0);
+  const absl::Status hung = (*impatient)->Pull("t", {1}).status();
+  kill(shard->pid(), SIGCONT);
+  EXPECT_EQ(hung.code(), absl::StatusCode::kDeadlineExceeded) << hung;
+  EXPECT_THAT(std::string(hung.message()),
+              HasSubstr(absl::StrCat("shard 0/1 (", shard->address(), ")")));
+  EXPECT_THAT(std::string(hung.message()), HasSubstr("not answering"));
+  EXPECT_THAT(std::string(hung.message()), HasSubstr("retry budget 1s"));
+}
+
+}  // namespace
+}  // namespace mim::ps
