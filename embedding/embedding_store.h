@@ -225,7 +225,7 @@ class EmbeddingStore {
   // Writes content rows with `version`. A repeated key keeps its last value
   // in the request. Rows whose stored version is greater than `version` are
   // left alone and counted as stale. INVALID_ARGUMENT for an ID table, wrong
-  // length or non-finite values.
+  // length, non-finite values or a version above kMaxContentVersion (2^53).
   virtual absl::StatusOr<UpsertResult> Upsert(absl::string_view table,
                                               absl::Span<const uint64_t> keys,
                                               absl::Span<const float> values,

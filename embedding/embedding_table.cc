@@ -545,6 +545,13 @@ absl::StatusOr<UpsertResult> EmbeddingTable::Upsert(
         "table '", config_.name, "': expected ", keys.size(), " keys x dim ",
         dim, " = ", keys.size() * dim, " floats, got ", values.size()));
   }
+  if (version > kMaxContentVersion) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "table '", config_.name, "': version ", version,
+        " is above the largest a content row may have, 2^53 = ",
+        kMaxContentVersion, " (a row written with it could never be "
+        "updated again)"));
+  }
   absl::Status st = CheckFinite(keys, values, dim, "value");
   if (!st.ok()) return st;
   keys_pushed_.fetch_add(keys.size(), std::memory_order_relaxed);

@@ -205,6 +205,25 @@ TEST(EmbeddingTableTest, PushSumsRepeatedKeysAndUsesRowStep) {
   EXPECT_EQ(table->Stats().keys_pushed, 5u);
 }
 
+// A version above 2^53 would pin a row forever (nothing newer could be
+// written): refused, naming the bound, and nothing changes.
+TEST(EmbeddingTableTest, ContentVersionIsBounded) {
+  auto table = MakeTable(ContentConfig(2));
+  ASSERT_TRUE(table->Upsert({1}, {1, 2}, kMaxContentVersion, 5, nullptr).ok());
+  for (const uint64_t version :
+       {kMaxContentVersion + 1, std::numeric_limits<uint64_t>::max()}) {
+    auto refused = table->Upsert({1, 2}, {3, 4, 5, 6}, version, 6, nullptr);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(refused.status().message().find(
+                  "is above the largest a content row may have, 2^53 = "
+                  "9007199254740992"),
+              std::string::npos)
+        << refused.status();
+  }
+  EXPECT_EQ(table->Stats().rows, 1u);
+  EXPECT_EQ(table->Stats().max_version, kMaxContentVersion);
+}
+
 TEST(EmbeddingTableTest, ContentTableUpsertVersionsAndMissing) {
   auto table = MakeTable(ContentConfig(2));
   auto r = table->Upsert({1, 2, 1}, {1, 1, 2, 2, 3, 3}, 5, 100, nullptr);

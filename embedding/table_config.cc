@@ -58,8 +58,11 @@ absl::Status ValidateTableConfig(const TableConfig& c) {
     return Invalid(c.name, absl::StrCat(field, " must be ", rule, ", got ",
                                         got));
   };
-  if (!std::isfinite(o.learning_rate) || o.learning_rate <= 0) {
-    return bad("optimizer.learning_rate", "finite and > 0", o.learning_rate);
+  if (!std::isfinite(o.learning_rate) || o.learning_rate <= 0 ||
+      o.learning_rate > kMaxLearningRate) {
+    return bad("optimizer.learning_rate",
+               absl::StrCat("in (0, ", kMaxLearningRate, "]"),
+               o.learning_rate);
   }
   if (!std::isfinite(o.beta1) || o.beta1 < 0 || o.beta1 >= 1) {
     return bad("optimizer.beta1", "in [0, 1)", o.beta1);
@@ -104,11 +107,10 @@ absl::Status ValidateTableConfig(const TableConfig& c) {
     default:
       return Invalid(c.name, "unknown initializer kind");
   }
-  if (!std::isfinite(i.scale) || i.scale < 0) {
-    return Invalid(c.name, absl::StrCat(
-                               "initializer.scale must be finite and >= 0, "
-                               "got ",
-                               i.scale));
+  if (!std::isfinite(i.scale) || i.scale < 0 || i.scale > kMaxInitializerScale) {
+    return Invalid(c.name, absl::StrCat("initializer.scale must be in [0, ",
+                                        kMaxInitializerScale, "], got ",
+                                        i.scale));
   }
   return absl::OkStatus();
 }

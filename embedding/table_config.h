@@ -59,10 +59,20 @@ struct TableConfig {
 // Limits enforced by ValidateTableConfig.
 inline constexpr uint32_t kMaxDim = 4096;
 inline constexpr size_t kMaxTableNameLength = 128;
+// Far above any useful value, and small enough that rows stay finite: an
+// initializer scale of 3e38 gave non-finite rows that no push could train,
+// a learning rate of 3e38 overflowed the first step.
+inline constexpr float kMaxInitializerScale = 1000.0f;
+inline constexpr float kMaxLearningRate = 1000.0f;
+// Largest content version an Upsert may write (2^53: every version is exact
+// as a double in JSON clients; microsecond timestamps fit for centuries).
+// A row written with 2^64-1 could never be updated again.
+inline constexpr uint64_t kMaxContentVersion = uint64_t{1} << 53;
 
 // OK when the name is 1..128 characters of [A-Za-z0-9_.-], 1 <= dim <= 4096,
-// and every optimizer/initializer number is finite and in range (positive
-// learning rate, beta in [0,1), epsilon > 0 for adam, ...). Otherwise
+// and every optimizer/initializer number is finite and in range (learning
+// rate in (0, 1000], beta in [0,1), epsilon > 0 for adam, initializer scale
+// in [0, 1000], ...). Otherwise
 // INVALID_ARGUMENT naming the table, the field (as on the wire, e.g.
 // "optimizer.beta1") and the value. Content tables ignore the optimizer
 // and initializer.

@@ -58,13 +58,13 @@ TEST(TableConfigTest, InvalidNumbersNameTheFieldAndValue) {
 #define MIM_FIELD(f) [](TableConfig* c, float v) { c->f = v; }
   const std::vector<Case> cases = {
       {OptimizerKind::kSgd, MIM_FIELD(optimizer.learning_rate), 0,
-       "table 't': optimizer.learning_rate must be finite and > 0, got 0"},
+       "table 't': optimizer.learning_rate must be in (0, 1000], got 0"},
       {OptimizerKind::kSgd, MIM_FIELD(optimizer.learning_rate), -0.1f,
-       "optimizer.learning_rate must be finite and > 0, got -0.1"},
+       "optimizer.learning_rate must be in (0, 1000], got -0.1"},
       {OptimizerKind::kSgd, MIM_FIELD(optimizer.learning_rate), nan,
-       "optimizer.learning_rate must be finite and > 0, got nan"},
+       "optimizer.learning_rate must be in (0, 1000], got nan"},
       {OptimizerKind::kSgd, MIM_FIELD(optimizer.learning_rate), inf,
-       "optimizer.learning_rate must be finite and > 0, got inf"},
+       "optimizer.learning_rate must be in (0, 1000], got inf"},
       {OptimizerKind::kAdam, MIM_FIELD(optimizer.beta1), 1,
        "optimizer.beta1 must be in [0, 1), got 1"},
       {OptimizerKind::kAdam, MIM_FIELD(optimizer.beta1), -0.5f,
@@ -90,9 +90,16 @@ TEST(TableConfigTest, InvalidNumbersNameTheFieldAndValue) {
       {OptimizerKind::kFtrl, MIM_FIELD(optimizer.lr_power), -inf,
        "optimizer.lr_power must be finite and <= 0, got -inf"},
       {OptimizerKind::kSgd, MIM_FIELD(initializer.scale), -1,
-       "initializer.scale must be finite and >= 0, got -1"},
+       "initializer.scale must be in [0, 1000], got -1"},
       {OptimizerKind::kSgd, MIM_FIELD(initializer.scale), inf,
-       "initializer.scale must be finite and >= 0, got inf"},
+       "initializer.scale must be in [0, 1000], got inf"},
+      // Finite but absurd: rows of 3e38 overflow, steps of 3e38 too.
+      {OptimizerKind::kSgd, MIM_FIELD(initializer.scale), 3e38f,
+       "initializer.scale must be in [0, 1000], got 3e+38"},
+      {OptimizerKind::kSgd, MIM_FIELD(optimizer.learning_rate), 3e38f,
+       "optimizer.learning_rate must be in (0, 1000], got 3e+38"},
+      {OptimizerKind::kSgd, MIM_FIELD(optimizer.learning_rate), 1000.5f,
+       "optimizer.learning_rate must be in (0, 1000], got 1000.5"},
   };
 #undef MIM_FIELD
   for (const Case& t : cases) {

@@ -271,6 +271,42 @@ TEST_F(PsClientTest, StatsTotalsAndHealth) {
   for (const absl::Status& h : client_->Health()) EXPECT_TRUE(h.ok()) << h;
 }
 
+// Values a shard used to take: an initializer scale of 3e38 (non-finite
+// rows), a learning rate of 3e38, a content version of 2^64-1 (a row that
+// could never be updated again). Each is refused naming its bound, and
+// nothing changes.
+TEST_F(PsClientTest, AbsurdValuesAreRefusedNamingTheBound) {
+  TableConfig t;
+  t.set_name("absurd");
+  t.set_kind(ID);
+  t.set_dim(2);
+  t.mutable_optimizer()->set_name("sgd");
+  t.mutable_initializer()->set_name("normal");
+  t.mutable_initializer()->set_scale(3e38f);
+  absl::Status st = client_->CreateTable(t, false);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_THAT(std::string(st.message()),
+              HasSubstr("initializer.scale must be in [0, 1000], got 3e+38"));
+  t.mutable_initializer()->set_scale(0.1f);
+  t.mutable_optimizer()->set_learning_rate(3e38f);
+  st = client_->CreateTable(t, false);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_THAT(std::string(st.message()),
+              HasSubstr("optimizer.learning_rate must be in (0, 1000], got "
+                        "3e+38"));
+  for (auto& shard : shards_) EXPECT_EQ(shard.store->ListTables().size(), 2u);
+
+  auto upserted = client_->Upsert("item", {1, 2}, {1, 2, 3, 4},
+                                  std::numeric_limits<uint64_t>::max());
+  EXPECT_EQ(upserted.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(upserted.status().message()),
+              HasSubstr("version 18446744073709551615 is above the largest a "
+                        "content row may have, 2^53 = 9007199254740992"));
+  auto rows = client_->GetRows("item", {1, 2});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->missing.size(), 2u);
+}
+
 // Over gRPC, a hyperparameter that is set is used as given (0 included) and
 // an invalid one is refused naming the field; unset ones take the defaults.
 TEST_F(PsClientTest, CreateTableHonoursExplicitValuesAndRefusesInvalidOnes) {
@@ -283,8 +319,8 @@ TEST_F(PsClientTest, CreateTableHonoursExplicitValuesAndRefusesInvalidOnes) {
   absl::Status st = client_->CreateTable(bad, false);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
   EXPECT_THAT(std::string(st.message()),
-              HasSubstr("table 'bad': optimizer.learning_rate must be finite "
-                        "and > 0, got 0"));
+              HasSubstr("table 'bad': optimizer.learning_rate must be in "
+                        "(0, 1000], got 0"));
   bad.mutable_optimizer()->set_name("adam");
   bad.mutable_optimizer()->set_learning_rate(0.01f);
   bad.mutable_optimizer()->set_beta2(1);

@@ -69,7 +69,7 @@ TEST(TableConfigConvertTest, ExplicitZeroIsZeroNotTheDefault) {
   const absl::Status st = embedding::ValidateTableConfig(*got);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(st.message())
-                .find("optimizer.learning_rate must be finite and > 0, got 0"),
+                .find("optimizer.learning_rate must be in (0, 1000], got 0"),
             std::string::npos)
       << st;
 }

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "worker/data/text_lines.h"
 
 namespace mim::data {
 namespace {
@@ -87,6 +88,8 @@ absl::StatusOr<size_t> ContentVectorReader::ReadBatch(
   batch->resize(max_items);
   while (n < max_items && std::getline(in_, line_)) {
     ++line_number_;
+    // Only the last line can end without a newline: one that was cut short.
+    const bool unterminated = in_.eof();
     if (!line_.empty() && line_.back() == '\r') line_.pop_back();
     if (line_.empty()) continue;
     auto error = [&](absl::string_view what) {
@@ -94,6 +97,7 @@ absl::StatusOr<size_t> ContentVectorReader::ReadBatch(
       return absl::InvalidArgumentError(
           absl::StrCat(path_, ":", line_number_, ": ", what));
     };
+    if (unterminated) return error(UnterminatedLine());
     const size_t tab = line_.find('\t');
     if (tab == std::string::npos) {
       return error("expected '<item_id><TAB><values>'");

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -85,6 +86,27 @@ TEST(ContentVectorsTest, BadRowsNameFileAndLine) {
   all = ReadAllContentVectors(path);
   EXPECT_EQ(all.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(all.status().message()), HasSubstr(path + ":1:"));
+}
+
+// "2\t0.6 0.8" cut to "2\t0.6 0.8"... or to "2\t0.6 0.": the last value
+// parses either way; without the final newline the line is refused.
+TEST(ContentVectorsTest, LastLineWithoutNewlineIsRefusedNamingIt) {
+  const std::string path = TempPath("cut.txt");
+  for (const char* last : {"2\t0.6 0.", "2\t0.6 0.8", "2\t0.6"}) {
+    WriteFile(path, absl::StrCat("#mim-vectors v1\tdim=2\tmodality=text\n"
+                                 "1\t1 0\n",
+                                 last));
+    auto all = ReadAllContentVectors(path);
+    EXPECT_EQ(all.status().code(), absl::StatusCode::kInvalidArgument) << last;
+    EXPECT_THAT(std::string(all.status().message()),
+                HasSubstr(path + ":3: the last line ends without a newline"))
+        << last;
+  }
+  WriteFile(path,
+            "#mim-vectors v1\tdim=2\tmodality=text\n1\t1 0\n2\t0.6 0.8\n");
+  auto all = ReadAllContentVectors(path);
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->size(), 2u);
 }
 
 // A header's dim sizes every row's buffer: one far above any table's was

@@ -4,6 +4,7 @@
 
 #include "absl/memory/memory.h"
 #include "absl/strings/str_cat.h"
+#include "worker/data/text_lines.h"
 
 namespace mim::data {
 
@@ -42,8 +43,16 @@ absl::StatusOr<size_t> SampleReader::ReadBatch(size_t max_samples,
   batch->resize(max_samples);
   while (n < max_samples && std::getline(in_, line_)) {
     ++line_number_;
+    // getline stops at the end of the file without a newline only on the
+    // last line: one that was cut short (an id may be truncated).
+    const bool unterminated = in_.eof();
     if (!line_.empty() && line_.back() == '\r') line_.pop_back();
     if (line_.empty()) continue;  // Tolerate a blank trailing line.
+    if (unterminated) {
+      batch->resize(n);
+      return absl::InvalidArgumentError(
+          absl::StrCat(path_, ":", line_number_, ": ", UnterminatedLine()));
+    }
     absl::Status st = ParseSample(line_, &(*batch)[n]);
     if (!st.ok()) {
       batch->resize(n);

@@ -127,6 +127,48 @@ TEST(SampleIoTest, MalformedRowNamesFileLineAndField) {
               HasSubstr(path + ":3: field 'item' (column 3): got 'abc'"));
 }
 
+// A file cut short in its last line: "...\t1234" became "...\t12", which
+// would parse as another id. Without the final newline it is refused,
+// naming the line; the same line with its newline reads.
+TEST(SampleIoTest, LastLineWithoutNewlineIsRefusedNamingIt) {
+  const std::string path = TempPath("cut.tsv");
+  const std::string rows = std::string(kSampleHeader) +
+                           "\n1\t2\t3\t1\t0\t0\t0\t\t\n"
+                           "0\t7\t12";
+  WriteFile(path, rows);
+  auto r = SampleReader::Open(path);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<Sample> batch;
+  auto n = (*r)->ReadBatch(10, &batch);
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(n.status().message()),
+              HasSubstr(path + ":3: the last line ends without a newline"));
+  // Even when the cut line parses completely.
+  WriteFile(path, std::string(kSampleHeader) +
+                      "\n1\t2\t3\t1\t0\t0\t0\t\t\n"
+                      "1\t2\t3\t1\t0\t0\t0\t\t");
+  r = SampleReader::Open(path);
+  ASSERT_TRUE(r.ok()) << r.status();
+  n = (*r)->ReadBatch(10, &batch);
+  EXPECT_THAT(std::string(n.status().message()),
+              HasSubstr(path + ":3: the last line ends without a newline"));
+  WriteFile(path, std::string(kSampleHeader) +
+                      "\n1\t2\t3\t1\t0\t0\t0\t\t\n"
+                      "1\t2\t3\t1\t0\t0\t0\t\t\n");
+  r = SampleReader::Open(path);
+  ASSERT_TRUE(r.ok()) << r.status();
+  n = (*r)->ReadBatch(10, &batch);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 2u);
+  // A header alone without a newline is an empty file, not a cut one.
+  WriteFile(path, std::string(kSampleHeader));
+  r = SampleReader::Open(path);
+  ASSERT_TRUE(r.ok()) << r.status();
+  n = (*r)->ReadBatch(10, &batch);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 0u);
+}
+
 TEST(SampleIoTest, WrongHeaderAndMissingFile) {
   const std::string path = TempPath("nohdr.tsv");
   WriteFile(path, "1\t2\t3\t1\t0\t0\t0\t\t\n");
