@@ -727,6 +727,17 @@ absl::Status CiubmModel::Predict(const Batch& batch, ModelWorkspace* workspace,
   ModelWorkspace::State* w = workspace->state_.get();
   MIM_RETURN_IF_ERROR(impl_->RunForward(batch, w));
   Sigmoid(w->logits, w->B, probs);
+  // Finite parameters can still overflow (inf - inf) on some inputs; a NaN
+  // must not reach a caller as a score.
+  for (int64_t b = 0; b < w->B; ++b) {
+    if (std::isnan((*probs)[b])) {
+      return absl::InternalError(absl::StrFormat(
+          "Predict: the score of batch row %d is NaN: the model's dense "
+          "parameters or the rows overflow on this input (a diverged or "
+          "damaged model)",
+          b));
+    }
+  }
   return absl::OkStatus();
 }
 

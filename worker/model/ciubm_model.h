@@ -147,8 +147,10 @@ class CiubmModel {
 
   // probs[b] = predicted click probability, computed in `workspace` (one of
   // this model's, used by no other caller meanwhile). INVALID_ARGUMENT if
-  // the batch is malformed (ValidateBatch) or workspace is null; *probs is
-  // then unspecified. The same batch gives the same bits as Forward.
+  // the batch is malformed (ValidateBatch) or workspace is null; INTERNAL
+  // naming the row if a score is NaN (finite parameters or rows that
+  // overflow on this input: a diverged or damaged model); *probs is then
+  // unspecified. The same batch gives the same bits as Forward.
   absl::Status Predict(const Batch& batch, ModelWorkspace* workspace,
                        std::vector<float>* probs) const;
 

@@ -372,6 +372,27 @@ TEST(CiubmModelTest, MalformedBatchIsRejected) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Finite but huge parameters overflow to inf - inf = NaN; Predict refuses
+// rather than hand out a NaN score (found by tests/fuzz model_file: a
+// model file with finite weights up to 1e34 loaded and scored NaN).
+TEST(CiubmModelTest, PredictRefusesANanScore) {
+  const ModelConfig c = SmallConfig("din_ct");
+  auto model = CiubmModel::Create(c).value();
+  const Batch batch = RandomBatch(4, 5, 12, 6, c.id_dim, c.content_dim, 13);
+  std::vector<float>& params = model->dense_params();
+  for (size_t i = 0; i < params.size(); ++i) {
+    params[i] = i % 2 == 0 ? 3e38f : -3e38f;
+  }
+  std::unique_ptr<ModelWorkspace> ws = model->NewWorkspace();
+  std::vector<float> probs;
+  const absl::Status st = model->Predict(batch, ws.get(), &probs);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << st;
+  EXPECT_NE(st.message().find("is NaN: the model's dense parameters or the "
+                              "rows overflow on this input"),
+            std::string::npos)
+      << st;
+}
+
 // --- Save / Load errors ---------------------------------------------------
 
 std::string ReadAll(const std::string& path) {
