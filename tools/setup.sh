@@ -11,6 +11,7 @@ PACKAGES=(
   libfasttext-dev fasttext nlohmann-json3-dev
   redis-server python3 python3-numpy python3-matplotlib python3-torch
   prometheus-cpp-dev prometheus python3-grpcio python3-protobuf openssl
+  clang-14 libclang-rt-14-dev libfuzzer-14-dev
 )
 
 missing=()

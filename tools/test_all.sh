@@ -5,8 +5,11 @@
 # plus one failure per test target that failed to build or left no result,
 # one more if Bazel failed while every listed test passed (e.g. a
 # non-test target that does not build: the summary alone would miss it),
-# and one if tools/check_deps.sh finds a dependency against the arrows of
-# docs/ARCHITECTURE.md.
+# one if tools/check_deps.sh finds a dependency against the arrows of
+# docs/ARCHITECTURE.md, and one case per libFuzzer target of tests/fuzz
+# (tools/fuzz.sh, after the Bazel tests: each target fuzzed for
+# MIM_FUZZ_SECONDS, default 15; a crash, leak, hang, broken invariant or a
+# target that does not build fails it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,11 +39,20 @@ echo "== bazel test //..."
 bazel test --jobs=2 --test_summary=short //... 2>&1 | tee "$log"
 bazel_rc=${PIPESTATUS[0]}
 
-python3 - "$log" "$(bazel info bazel-testlogs 2>/dev/null)" "$status" "$bazel_rc" "$deps_failed" <<'PY'
+echo "== tools/fuzz.sh (libFuzzer targets in tests/fuzz, ${MIM_FUZZ_SECONDS:-15} s each)"
+fuzz_log=$(mktemp)
+tools/fuzz.sh --seconds="${MIM_FUZZ_SECONDS:-15}" 2>&1 | tee "$fuzz_log"
+# Its last line is "fuzz: N passed, N failed"; none means it broke: 1 failure.
+fuzz_counts=$(sed -nE 's/^fuzz: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$fuzz_log" | tail -1)
+[[ -n "$fuzz_counts" ]] || { echo "tools/fuzz.sh gave no result line"; fuzz_counts="0 1"; }
+rm -f "$fuzz_log"
+
+python3 - "$log" "$(bazel info bazel-testlogs 2>/dev/null)" "$status" "$bazel_rc" "$deps_failed" $fuzz_counts <<'PY'
 import os, re, sys, glob
 import xml.etree.ElementTree as ET
 log, testlogs, cuda_failed, bazel_rc = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 deps_failed = int(sys.argv[5])
+fuzz_passed, fuzz_failed = int(sys.argv[6]), int(sys.argv[7])
 text = open(log, errors="replace").read()
 passed = failed = 0
 targets = re.findall(r"^(//\S+)\s+(?:\(cached\)\s+)?(PASSED|FAILED|TIMEOUT|NO STATUS|FAILED TO BUILD|FLAKY|SKIPPED)", text, re.M)
@@ -70,6 +82,9 @@ failed += cuda_failed
 if deps_failed:  # one failure, whatever tools/check_deps.sh found
     print("dependency check failed (tools/check_deps.sh, see above)")
     failed += 1
+if fuzz_failed:
+    print(f"fuzzing failed for {fuzz_failed} target(s) (tools/fuzz.sh, see above)")
+passed += fuzz_passed; failed += fuzz_failed
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
 PY
