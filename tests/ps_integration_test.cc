@@ -588,8 +588,8 @@ TEST_F(PsClusterTest, AdminCliAgainstLiveShards) {
   r = Admin({"create-table", "zero_lr", "--kind=id", "--dim=4", "--lr=0"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT"));
-  EXPECT_THAT(r.err, HasSubstr("optimizer.learning_rate must be finite and "
-                               "> 0, got 0"));
+  EXPECT_THAT(r.err,
+              HasSubstr("optimizer.learning_rate must be in (0, 1000], got 0"));
   // The other hyperparameters reach the shard when given, and are checked
   // there: beta1 = 0 is a valid Adam setting, beta2 = 1 is not.
   r = Admin({"create-table", "adam_b0", "--kind=id", "--dim=4",
