@@ -132,6 +132,16 @@ TEST(ExactlyOncePushTest, KilledBetweenApplyAndAckTheResendIsNotApplied) {
   EXPECT_EQ(rows->meta[0].update_count(), 1u);
 }
 
+// Stops the shard (a child of this process) and returns once it is stopped:
+// kill() only queues the signal, and a call sent before the shard stops
+// would be answered.
+void StopShard(pid_t pid) {
+  ASSERT_EQ(kill(pid, SIGSTOP), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, WUNTRACED), pid);
+  ASSERT_TRUE(WIFSTOPPED(status)) << "wait status " << status;
+}
+
 // Sends SIGCONT to the shard when it goes out of scope, so that a failed
 // assertion never leaves a stopped process behind.
 class Resumer {
@@ -161,7 +171,9 @@ TEST(HungShardTest, CallsAreRetriedUntilTheShardAnswers) {
         retries.push_back(error.ToString());
         if (!retried->HasBeenNotified()) retried->Notify();
       });
-  // Stops the shard; a thread resumes it once a call has been retried.
+  // Stops the shard; a thread resumes it once a call has been retried (or
+  // after a minute, so that a call answered without a retry fails the
+  // test below instead of hanging it).
   auto stop_until_retried = [&] {
     std::shared_ptr<absl::Notification> next;
     {
@@ -169,9 +181,10 @@ TEST(HungShardTest, CallsAreRetriedUntilTheShardAnswers) {
       retried = std::make_shared<absl::Notification>();
       next = retried;
     }
-    EXPECT_EQ(kill(shard->pid(), SIGSTOP), 0);
+    StopShard(shard->pid());
     return std::thread([next, pid = shard->pid()] {
-      next->WaitForNotification();  // a call timed out and is asked again
+      // A call timed out and is asked again.
+      EXPECT_TRUE(next->WaitForNotificationWithTimeout(absl::Seconds(60)));
       kill(pid, SIGCONT);
     });
   };
@@ -213,7 +226,7 @@ TEST(HungShardTest, CallsAreRetriedUntilTheShardAnswers) {
   auto impatient = PsClient::Create({shard->address()}, o);
   ASSERT_TRUE(impatient.ok());
   ASSERT_TRUE((*impatient)->Pull("t", {1}).ok());  // connected
-  ASSERT_EQ(kill(shard->pid(), SIGSTOP), 0);
+  StopShard(shard->pid());
   const absl::Status hung = (*impatient)->Pull("t", {1}).status();
   kill(shard->pid(), SIGCONT);
   EXPECT_EQ(hung.code(), absl::StatusCode::kDeadlineExceeded) << hung;
