@@ -134,7 +134,9 @@ absl::Status ValidateManifest(const ModelManifest& m) {
 
 std::string FormatManifest(const ModelManifest& m) {
   Json j;
-  j["format"] = kFormatV2;
+  // The struct's own format: a format 1 manifest read and written back
+  // stays format 1 (format 2 would demand fields it never had).
+  j["format"] = m.format_version == 1 ? kFormatV1 : kFormatV2;
   j["model_version"] = m.model_version;
   j["model"] = m.model_name;
   j["model_file"] = m.model_file;

@@ -91,6 +91,13 @@ TEST(ManifestTest, ReadsFormatOneManifests) {
   EXPECT_EQ(m->format_version, 1);
   EXPECT_TRUE(m->model_version.empty());
   EXPECT_EQ(m->model_file_checksum, 0u);
+  // Written back, it stays a format 1 manifest that parses (found by
+  // tests/fuzz manifest: it came back as format 2 without the fields
+  // format 2 requires).
+  absl::StatusOr<ModelManifest> again = ParseManifest(FormatManifest(*m));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->format_version, 1);
+  EXPECT_EQ(FormatManifest(*again), FormatManifest(*m));
 }
 
 TEST(ManifestTest, WriteThenReadFromDirectory) {
