@@ -22,6 +22,26 @@
 // reached or --json_out not written, 2 bad usage. TLS and token:
 // --tls_ca, --tls_client_cert, --tls_client_key, --auth_token_file
 // (base/client_security.h; UpsertItem needs an admin token).
+//
+// --mode=upsert_visible measures how long a new item takes to be scored
+// with its content (upsert-to-visible):
+//
+//   load_test --target=HOST:PORT --mode=upsert_visible --upserts=N
+//             --upsert_texts=item_text.tsv [--background_qps=Q] ...
+//
+// For each of N new item ids (from --upsert_item_base up, ids no dataset
+// uses): one Predict with the new item as candidate 0 gives its score s0
+// (no ID row, no content yet); then the clock starts, UpsertItem writes the
+// item with a text from --upsert_texts (mim-item-text v1, used in turn),
+// and Predicts of the same request follow back to back until one scores
+// candidate 0 differently from s0; the time from before UpsertItem to that
+// reply is the item's upsert-to-visible time. Calls are synchronous, one
+// item at a time, over the first channel. With --background_qps > 0, an
+// open-loop Predict load at that rate (the other flags as in the default
+// mode) runs over the other channels meanwhile. Reports p50/p99/max of
+// upsert-to-visible and of the UpsertItem call alone, how many Predicts it
+// took, items never seen changed within --visible_timeout_ms, errors, and
+// the background load's own latencies.
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,6 +50,7 @@
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -50,6 +71,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/ascii.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "base/atomic_file.h"
@@ -103,6 +125,23 @@ DEFINE_int32(connect_timeout_ms, 10000,
              "How long to wait for every channel to connect before starting.");
 DEFINE_bool(status, true, "Call GetStatus before and after the run.");
 DEFINE_string(json_out, "", "If set, also write the report as JSON here.");
+DEFINE_string(mode, "load",
+              "load: open-loop Predict load; upsert_visible: time from "
+              "UpsertItem of a new item to the first Predict that scores it "
+              "differently (see the file's comment).");
+DEFINE_int32(upserts, 200, "upsert_visible: new items to upsert.");
+DEFINE_string(upsert_texts, "",
+              "upsert_visible: item text file (mim-item-text v1, e.g. "
+              "tools/gen_synthetic's item_text.tsv); its texts are used in "
+              "turn for the new items.");
+DEFINE_int64(upsert_item_base, 2000000000,
+             "upsert_visible: first new item id (ids upsert_item_base + i).");
+DEFINE_int32(visible_timeout_ms, 5000,
+             "upsert_visible: give up on an item not seen changed this long "
+             "after its UpsertItem started.");
+DEFINE_double(background_qps, 0,
+              "upsert_visible: open-loop Predict load meanwhile, requests per "
+              "second (0: none).");
 
 namespace {
 
@@ -405,14 +444,19 @@ struct SendResult {
   double max_lag_ms = 0;  // worst delay of a send behind its schedule
 };
 
-// Sends qps * duration requests on their schedule, over the stubs in turn.
+// Sends `total` requests at `qps` on their schedule, over stubs[first..] in
+// turn; stops early once `stop` (if given) is set.
 SendResult SendOnSchedule(
     const std::vector<std::unique_ptr<PredictionService::Stub>>& stubs,
-    RequestGenerator& generator, Recorder& recorder, int64_t total) {
+    RequestGenerator& generator, Recorder& recorder, int64_t total,
+    double qps, size_t first = 0,
+    const std::atomic<bool>* stop = nullptr) {
   SendResult r;
-  const std::chrono::duration<double> interval(1.0 / FLAGS_qps);
+  const std::chrono::duration<double> interval(1.0 / qps);
+  const size_t n_stubs = stubs.size() - first;
   r.start = Clock::now();
   for (int64_t i = 0; i < total; ++i) {
+    if (stop != nullptr && stop->load()) break;
     auto* call = new Call;
     generator.Fill(&call->request);
     call->scheduled =
@@ -424,7 +468,7 @@ SendResult SendOnSchedule(
                                std::chrono::milliseconds(FLAGS_deadline_ms));
     mim::base::AddBearerToken(Security().auth_token, &call->context);
     recorder.Sent();
-    stubs[i % stubs.size()]->async()->Predict(
+    stubs[first + i % n_stubs]->async()->Predict(
         &call->context, &call->request, &call->response,
         [call, &recorder](grpc::Status status) {
           recorder.Record(status, call->response,
@@ -583,8 +627,265 @@ int Usage(const std::string& message) {
   return kExitUsage;
 }
 
+// --- upsert_visible mode ---------------------------------------------------
+
+// The texts of an item text file ("<id>\t<text>[\t<text>...]", '#' lines
+// skipped), each with its text columns joined by spaces.
+absl::StatusOr<std::vector<std::string>> ReadTexts(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat("--upsert_texts: cannot open '", path, "'"));
+  }
+  std::vector<std::string> texts;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::vector<absl::string_view> cols = absl::StrSplit(line, '\t');
+    if (cols.size() < 2) continue;
+    std::string text = absl::StrJoin(cols.begin() + 1, cols.end(), " ");
+    if (!absl::StripAsciiWhitespace(text).empty()) texts.push_back(text);
+  }
+  if (texts.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--upsert_texts: '", path,
+        "' has no line '<item_id>\\t<text>' with a non-empty text"));
+  }
+  return texts;
+}
+
+grpc::Status CallPredict(PredictionService::Stub& stub,
+                         const PredictRequest& request,
+                         PredictResponse* response) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::milliseconds(FLAGS_deadline_ms));
+  mim::base::AddBearerToken(Security().auth_token, &context);
+  return stub.Predict(&context, request, response);
+}
+
+// One new item's measurement; `visible_ms` < 0 when it never became visible.
+struct UpsertTiming {
+  double upsert_ms = 0;
+  double visible_ms = -1;
+  int predicts = 0;  // Predicts after UpsertItem, the visible one included
+};
+
+// Upserts item `item` and times it to visibility (see the file's comment).
+// Errors: the first failed call, as "<what>: CODE: message".
+absl::StatusOr<UpsertTiming> TimeOneUpsert(PredictionService::Stub& stub,
+                                           PredictRequest request,
+                                           int64_t item,
+                                           const std::string& text) {
+  request.set_candidate_item_ids(0, item);
+  PredictResponse before;
+  grpc::Status st = CallPredict(stub, request, &before);
+  if (!st.ok() || before.scores_size() < 1) {
+    return absl::UnavailableError(absl::StrCat(
+        "Predict before UpsertItem: ", CodeName(st.error_code()), ": ",
+        st.error_message()));
+  }
+  const float s0 = before.scores(0);
+  mim::serving::UpsertItemRequest up;
+  up.set_item_id(item);
+  up.set_text(text);
+  mim::serving::UpsertItemResponse up_response;
+  UpsertTiming t;
+  const Clock::time_point start = Clock::now();
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::milliseconds(FLAGS_deadline_ms));
+    mim::base::AddBearerToken(Security().auth_token, &context);
+    st = stub.UpsertItem(&context, up, &up_response);
+  }
+  t.upsert_ms = Ms(Clock::now() - start);
+  if (!st.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "UpsertItem: ", CodeName(st.error_code()), ": ", st.error_message()));
+  }
+  const auto give_up =
+      start + std::chrono::milliseconds(FLAGS_visible_timeout_ms);
+  while (Clock::now() < give_up) {
+    PredictResponse after;
+    st = CallPredict(stub, request, &after);
+    ++t.predicts;
+    if (!st.ok() || after.scores_size() < 1) {
+      return absl::UnavailableError(absl::StrCat(
+          "Predict after UpsertItem: ", CodeName(st.error_code()), ": ",
+          st.error_message()));
+    }
+    if (after.scores(0) != s0) {
+      t.visible_ms = Ms(Clock::now() - start);
+      break;
+    }
+  }
+  return t;
+}
+
+json SummaryJson(const LatencySummary& s) {
+  return {{"count", s.count}, {"p50", s.p50}, {"p99", s.p99},
+          {"p999", s.p999},   {"max", s.max}, {"mean", s.mean}};
+}
+
+int RunUpsertVisible(
+    const std::vector<std::unique_ptr<PredictionService::Stub>>& stubs,
+    const IdRange& users, const IdRange& items) {
+  absl::StatusOr<std::vector<std::string>> texts =
+      ReadTexts(FLAGS_upsert_texts);
+  if (!texts.ok()) return Usage(std::string(texts.status().message()));
+
+  // Background load over the other channels (all of them if only one).
+  Recorder recorder;
+  std::atomic<bool> stop{false};
+  std::optional<SendResult> background;
+  std::thread sender;
+  if (FLAGS_background_qps > 0) {
+    sender = std::thread([&] {
+      RequestGenerator generator(FLAGS_seed, users, items, FLAGS_behaviors,
+                                 FLAGS_candidates, FLAGS_genres);
+      const int64_t most = static_cast<int64_t>(FLAGS_background_qps * 86400);
+      background = SendOnSchedule(stubs, generator, recorder, most,
+                                  FLAGS_background_qps,
+                                  stubs.size() > 1 ? 1 : 0, &stop);
+    });
+    // Let the load reach its rate before the first item.
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+
+  RequestGenerator probes(FLAGS_seed + 1, users, items, FLAGS_behaviors,
+                          FLAGS_candidates, FLAGS_genres);
+  std::vector<double> visible_ms, upsert_ms;
+  int64_t not_visible = 0, failed = 0, predicts = 0;
+  int max_predicts = 0;
+  std::string first_error;
+  const Clock::time_point start = Clock::now();
+  for (int i = 0; i < FLAGS_upserts; ++i) {
+    PredictRequest request;
+    probes.Fill(&request);
+    const int64_t item = FLAGS_upsert_item_base + i;
+    absl::StatusOr<UpsertTiming> t = TimeOneUpsert(
+        *stubs[0], request, item, (*texts)[i % texts->size()]);
+    if (!t.ok()) {
+      ++failed;
+      if (first_error.empty()) first_error = std::string(t.status().message());
+      continue;
+    }
+    upsert_ms.push_back(t->upsert_ms);
+    predicts += t->predicts;
+    max_predicts = std::max(max_predicts, t->predicts);
+    if (t->visible_ms < 0) {
+      ++not_visible;
+    } else {
+      visible_ms.push_back(t->visible_ms);
+    }
+    if ((i + 1) % 50 == 0) {
+      std::fprintf(stderr, "%5.0fs upserts %d, visible %zu, not visible %" PRId64
+                   ", failed %" PRId64 "\n",
+                   Ms(Clock::now() - start) / 1000, i + 1, visible_ms.size(),
+                   not_visible, failed);
+    }
+  }
+  stop.store(true);
+  if (sender.joinable()) sender.join();
+  recorder.AwaitIdle();
+
+  const LatencySummary vis = Summarize(visible_ms);
+  const LatencySummary ups = Summarize(upsert_ms);
+  json j = {
+      {"target", FLAGS_target},
+      {"mode", "upsert_visible"},
+      {"config",
+       {{"upserts", FLAGS_upserts}, {"upsert_item_base", FLAGS_upsert_item_base},
+        {"upsert_texts", FLAGS_upsert_texts}, {"texts", texts->size()},
+        {"candidates", FLAGS_candidates}, {"behaviors", FLAGS_behaviors},
+        {"users", RangeText(users)}, {"items", RangeText(items)},
+        {"deadline_ms", FLAGS_deadline_ms},
+        {"visible_timeout_ms", FLAGS_visible_timeout_ms},
+        {"background_qps", FLAGS_background_qps},
+        {"channels", FLAGS_channels}, {"seed", FLAGS_seed}}},
+      {"measured_from", "just before UpsertItem is sent, to the reply of the "
+                        "first Predict that scores the new item differently"},
+      {"visible_ms", SummaryJson(vis)},
+      {"upsert_rpc_ms", SummaryJson(ups)},
+      {"predicts_after_upsert",
+       {{"mean", Ratio(predicts, upsert_ms.size())}, {"max", max_predicts}}},
+      {"not_visible", not_visible},
+      {"failed", failed},
+      {"first_error", first_error}};
+  if (background.has_value()) {
+    Recorder::Totals t = recorder.Take();
+    const LatencySummary lat = Summarize(t.latencies_ms);
+    int64_t errors = 0;
+    for (const auto& [code, n] : t.errors) errors += n;
+    j["background"] = {
+        {"sent", t.sent},
+        {"achieved_qps",
+         Ratio(t.sent, Ms(background->end - background->start) / 1000)},
+        {"error_total", errors},
+        {"first_error", t.first_error},
+        {"latency_ms", SummaryJson(lat)}};
+  }
+
+  std::printf("load_test %s upsert_visible: %d new items (ids from %" PRId64
+              "), %d candidates, %d behaviors, background %g qps\n",
+              FLAGS_target.c_str(), FLAGS_upserts, FLAGS_upsert_item_base,
+              FLAGS_candidates, FLAGS_behaviors, FLAGS_background_qps);
+  std::printf("  upsert-to-visible ms  p50 %.3f  p99 %.3f  max %.3f  mean %.3f"
+              "  (%zu items)\n",
+              vis.p50, vis.p99, vis.max, vis.mean, vis.count);
+  std::printf("  UpsertItem call ms    p50 %.3f  p99 %.3f  max %.3f\n",
+              ups.p50, ups.p99, ups.max);
+  std::printf("  Predicts after upsert mean %.2f, max %d; not visible within "
+              "%d ms: %" PRId64 "; failed: %" PRId64 "%s\n",
+              Ratio(predicts, upsert_ms.size()), max_predicts,
+              FLAGS_visible_timeout_ms, not_visible, failed,
+              first_error.empty() ? ""
+                                  : absl::StrCat(" (first: ", first_error, ")")
+                                        .c_str());
+  if (j.contains("background")) {
+    const json& b = j["background"];
+    const json& l = b["latency_ms"];
+    std::printf("  background load       %" PRId64 " sent, %.1f qps, p50 %.3f"
+                "  p99 %.3f  max %.3f ms, %" PRId64 " errors\n",
+                b["sent"].get<int64_t>(), b["achieved_qps"].get<double>(),
+                l["p50"].get<double>(), l["p99"].get<double>(),
+                l["max"].get<double>(), b["error_total"].get<int64_t>());
+  }
+  if (!FLAGS_json_out.empty()) {
+    const absl::Status written =
+        mim::base::WriteFileAtomically(FLAGS_json_out, j.dump(2) + "\n");
+    if (!written.ok()) {
+      std::fprintf(stderr, "load_test: --json_out: %s\n",
+                   written.ToString().c_str());
+      return kExitFailed;
+    }
+  }
+  return failed > 0 && visible_ms.empty() ? kExitFailed : 0;
+}
+
 int Run() {
   if (FLAGS_target.empty()) return Usage("--target=HOST:PORT is required");
+  const bool upsert_mode = FLAGS_mode == "upsert_visible";
+  if (!upsert_mode && FLAGS_mode != "load") {
+    return Usage(absl::StrCat("--mode='", FLAGS_mode,
+                              "': expected load or upsert_visible"));
+  }
+  if (upsert_mode) {
+    if (FLAGS_upserts < 1) return Usage("--upserts must be >= 1");
+    if (FLAGS_upsert_texts.empty()) {
+      return Usage("--mode=upsert_visible needs --upsert_texts=FILE");
+    }
+    if (FLAGS_upsert_item_base < 0) {
+      return Usage("--upsert_item_base must be >= 0");
+    }
+    if (FLAGS_visible_timeout_ms < 1) {
+      return Usage("--visible_timeout_ms must be >= 1");
+    }
+    if (!(FLAGS_background_qps >= 0)) {
+      return Usage("--background_qps must be >= 0");
+    }
+  }
   if (!(FLAGS_qps > 0)) return Usage("--qps must be > 0");
   if (!(FLAGS_duration > 0)) return Usage("--duration must be > 0 seconds");
   if (FLAGS_candidates < 1) return Usage("--candidates must be >= 1");
@@ -607,6 +908,7 @@ int Run() {
     std::fprintf(stderr, "load_test: %s\n", stubs.status().ToString().c_str());
     return kExitFailed;
   }
+  if (upsert_mode) return RunUpsertVisible(*stubs, *users, *items);
   std::optional<GetStatusResponse> before;
   if (FLAGS_status) {
     absl::StatusOr<GetStatusResponse> s = GetStatus(*(*stubs)[0]);
@@ -626,8 +928,8 @@ int Run() {
   std::thread progress([&] {
     ReportProgress(recorder, progress_start, sending_done);
   });
-  const SendResult send = SendOnSchedule(*stubs, generator, recorder,
-                                         static_cast<int64_t>(total_d));
+  const SendResult send = SendOnSchedule(
+      *stubs, generator, recorder, static_cast<int64_t>(total_d), FLAGS_qps);
   recorder.AwaitIdle();
   sending_done.Notify();
   progress.join();
@@ -663,7 +965,9 @@ int main(int argc, char** argv) {
   gflags::SetUsageMessage(
       "load_test --target=HOST:PORT --qps=Q --duration=S --candidates=C "
       "--behaviors=B [--users=LO-HI] [--items=LO-HI] [--deadline_ms=D] "
-      "[--seed=S] [--json_out=F]\nOpen-loop Predict load against "
+      "[--seed=S] [--json_out=F]\n  or  load_test --target=HOST:PORT "
+      "--mode=upsert_visible --upserts=N --upsert_texts=FILE "
+      "[--background_qps=Q]\nOpen-loop Predict load against "
       "//serving:server; see the comment at the top of tools/load_test.cc.");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   if (argc > 1) return Usage(absl::StrCat("unexpected argument '", argv[1], "'"));
