@@ -65,13 +65,14 @@ class PsClient {
   struct Options {
     // Deadline of every RPC attempt.
     absl::Duration timeout = absl::Seconds(10);
-    // UNAVAILABLE is retried while both limits allow: at most max_attempts
-    // attempts in total (>= 1), and no attempt starts later than
-    // retry_budget after the call's first one. A call gives up within
-    // retry_budget plus one timeout, plus, for pushes under
-    // PushRetry::kUnsent, the time its last wait for the shard's connection
-    // took (each connect try is short: about max_backoff at most, unless
-    // name resolution hangs). Backoff between attempts: from
+    // UNAVAILABLE and DEADLINE_EXCEEDED (idempotent calls and pushes; see
+    // the file comment) are retried while both limits allow: at most
+    // max_attempts attempts in total (>= 1), and no attempt starts later
+    // than retry_budget after the call's first one. A call gives up within
+    // retry_budget plus one timeout, plus, for pushes (which go out only
+    // over a connected channel), the time its last wait for the shard's
+    // connection took (each connect try is short: about max_backoff at
+    // most, unless name resolution hangs). Backoff between attempts: from
     // initial_backoff, doubling up to max_backoff. To ride through a shard
     // restart, bound the time, not the count: e.g. retry_budget 60 s and
     // max_attempts std::numeric_limits<int>::max() (the trainer's
