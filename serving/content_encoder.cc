@@ -12,6 +12,7 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -54,6 +55,9 @@ constexpr int32_t kModelCbow = 1;  // fasttext::model_name
 constexpr int32_t kModelSkipgram = 2;
 constexpr int32_t kMaxVocabulary = 30000000;  // Dictionary::MAX_VOCAB_SIZE
 constexpr int32_t kMaxDim = 1 << 16;
+// Below the count fastText's hierarchical-softmax tree gives a node not
+// built yet (1e15; see ScanModelFile).
+constexpr int64_t kMaxWordCount = 999999999999999;
 
 constexpr uint64_t kFnvOffset = 14695981039346656037ull;
 constexpr uint64_t kFnvPrime = 1099511628211ull;
@@ -220,14 +224,22 @@ absl::StatusOr<ModelFileInfo> ScanModelFile(const std::string& path) {
       !in.ReadValue(&pruneidx_size)) {
     return truncated("the dictionary header");
   }
-  if (nwords < 0 || nwords > kMaxVocabulary || nlabels != 0 ||
+  // No word at all loads, and then fastText divides by its empty hash
+  // table's size on the first word it looks up (SIGFPE).
+  if (nwords < 1 || nwords > kMaxVocabulary || nlabels != 0 ||
       size != nwords) {
     return bad(absl::StrCat("dictionary of ", size, " entries, ", nwords,
                             " words and ", nlabels,
-                            " labels; expected only words, at most ",
+                            " labels; expected only words, 1 to ",
                             kMaxVocabulary));
   }
   if (pruneidx_size != -1) return bad("pruned dictionary");
+  // fastText's hierarchical softmax builds its tree from the word counts,
+  // with 1e15 standing for "no node yet": a count at or above it makes
+  // loadModel read and write past the tree (heap corruption), and counts
+  // whose sum passes int64 overflow its node counts. A saved dictionary
+  // counts every word at least once (minCount).
+  int64_t total_count = 0;
   for (int32_t i = 0; i < size; ++i) {
     int64_t count;
     int8_t type;
@@ -238,6 +250,14 @@ absl::StatusOr<ModelFileInfo> ScanModelFile(const std::string& path) {
       return bad(absl::StrCat("dictionary entry ", i, " has type ", type,
                               ", expected 0 (word)"));
     }
+    if (count < 1 || count > kMaxWordCount) {
+      return bad(absl::StrCat("dictionary entry ", i, " has count ", count,
+                              ", expected 1..", kMaxWordCount));
+    }
+    if (count > std::numeric_limits<int64_t>::max() - total_count) {
+      return bad("dictionary counts sum past 2^63");
+    }
+    total_count += count;
   }
   // The input matrix (words, then subword buckets) and the output matrix.
   auto matrix = [&](absl::string_view name, int64_t rows) -> absl::Status {

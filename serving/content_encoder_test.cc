@@ -432,6 +432,65 @@ TEST_F(ContentEncoderTest, QuantisationFlagOtherThanZeroOrOne) {
   }
 }
 
+// fastText's hierarchical-softmax tree takes 1e15 for "no node yet"; a
+// word count that large made loadModel read and write past the tree (heap
+// corruption, found by tests/fuzz content_encoder and confirmed under
+// valgrind). Counts are refused before fastText sees them.
+TEST_F(ContentEncoderTest, DictionaryCountsOutOfRange) {
+  const std::string dir = CopyDir("dictionary_counts");
+  const std::string bin = ReadFile(dir + "/model.bin");
+  const size_t count_at = bin.find('\0', 64 + 28) + 1;  // entry 0's count
+  for (const int64_t count : {int64_t{1000000000000000}, int64_t{0},
+                              int64_t{-5}}) {
+    std::string damaged = bin;
+    std::memcpy(&damaged[count_at], &count, sizeof(count));
+    WriteFile(dir + "/model.bin", damaged);
+    auto loaded = ContentEncoder::Load(dir);
+    EXPECT_EQ(loaded.status().code(), absl::StatusCode::kDataLoss) << count;
+    EXPECT_THAT(std::string(loaded.status().message()),
+                HasSubstr(absl::StrCat(
+                    dir, "/model.bin: not a fastText model as content_vectors "
+                         "saves it: dictionary entry 0 has count ",
+                    count, ", expected 1..999999999999999 (at byte ",
+                    count_at + 9, ")")))
+        << count;
+  }
+}
+
+// A dictionary without words loaded, and fastText then divided by zero on
+// the first word it looked up (SIGFPE in Encode; found while checking the
+// fuzz target's finding above).
+TEST_F(ContentEncoderTest, EmptyDictionary) {
+  const std::string dir = CopyDir("empty_dictionary");
+  std::string bin = ReadFile(dir + "/model.bin");
+  // Args: dim is the 1st int32 after the signature, bucket the 9th.
+  int32_t dim = 0, bucket = 0;
+  std::memcpy(&dim, bin.data() + 8, sizeof(dim));
+  std::memcpy(&bucket, bin.data() + 8 + 8 * 4, sizeof(bucket));
+  // Header with 0 entries, then an input matrix of `bucket` rows and an
+  // empty output matrix.
+  std::string empty = bin.substr(0, 64);
+  const int32_t no_words[3] = {0, 0, 0};
+  const int64_t tokens_pruneidx[2] = {0, -1};
+  empty.append(reinterpret_cast<const char*>(no_words), sizeof(no_words));
+  empty.append(reinterpret_cast<const char*>(tokens_pruneidx),
+               sizeof(tokens_pruneidx));
+  for (const int64_t rows : {int64_t{bucket}, int64_t{0}}) {
+    empty.push_back('\0');  // not quantised
+    const int64_t shape[2] = {rows, dim};
+    empty.append(reinterpret_cast<const char*>(shape), sizeof(shape));
+    empty.append(static_cast<size_t>(rows) * dim * sizeof(float), '\0');
+  }
+  WriteFile(dir + "/model.bin", empty);
+  auto loaded = ContentEncoder::Load(dir);
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(loaded.status().message()),
+              HasSubstr(absl::StrCat(
+                  dir, "/model.bin: not a fastText model as content_vectors "
+                       "saves it: dictionary of 0 entries, 0 words and 0 "
+                       "labels; expected only words, 1 to 30000000")));
+}
+
 TEST_F(ContentEncoderTest, MeanFileWithWrongDim) {
   const std::string dir = CopyDir("wrong_dim_mean");
   WriteFile(dir + "/mean.txt",
