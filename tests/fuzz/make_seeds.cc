@@ -15,6 +15,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/message.h"
 #include "proto/serving.pb.h"
 #include "tests/fuzz/fasttext_bin.h"
 #include "tests/fuzz/ps_session.pb.h"
@@ -37,6 +40,19 @@ void Write(const std::string& target, const std::string& name,
     std::fprintf(stderr, "make_seeds: cannot write %s\n", path.c_str());
     std::exit(1);
   }
+}
+
+// Map fields (user_features) in a fixed order, so that seeds do not change
+// from one generation to the next.
+std::string Serialize(const google::protobuf::Message& m) {
+  std::string out;
+  {
+    google::protobuf::io::StringOutputStream stream(&out);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    m.SerializeToCodedStream(&coded);
+  }
+  return out;
 }
 
 std::string ReadFile(const std::string& path) {
@@ -139,9 +155,10 @@ void ManifestSeeds() {
 
   Write("manifest", "v1",
         R"({"format": "mim-model-manifest v1", "model": "din",)"
-        R"( "model_file": "model.mimmodel", "id_dim": 8, "content_dim": 4,)"
-        R"( "uses_content": false, "num_shards": 1,)"
-        R"( "id_table": {"name": "ids", "dim": 8}})");
+        R"( "model_file": "model.mimmodel", "num_shards": 1,)"
+        R"( "model_config": {"name": "din", "id_dim": 8, "content_dim": 4,)"
+        R"( "uses_content": false, "seed": 3},)"
+        R"( "id_table": {"name": "ids", "dim": 8}, "dense_params": "local"})");
   Write("manifest", "not-object", "[1, 2, {\"format\": null}]");
 }
 
@@ -231,7 +248,7 @@ void PsSeeds() {
     mim::fuzz::PsCall stats;
     stats.mutable_table_stats()->set_table("ids");
     add(&s, stats);
-    Write("ps_service", "push-pull", s.SerializeAsString());
+    Write("ps_service", "push-pull", Serialize(s));
   }
   {
     PsSession s;
@@ -240,7 +257,7 @@ void PsSeeds() {
     add(&s, Pull("content", {10, 12, 11}));
     add(&s, GetRows("content", {12}));
     add(&s, Push("content", {10}, Floats({1, 1, 1})));  // refused
-    Write("ps_service", "upsert-content", s.SerializeAsString());
+    Write("ps_service", "upsert-content", Serialize(s));
   }
   {
     PsSession s;
@@ -265,7 +282,7 @@ void PsSeeds() {
     mim::fuzz::PsCall all_stats;
     all_stats.mutable_table_stats();
     add(&s, all_stats);
-    Write("ps_service", "create-table", s.SerializeAsString());
+    Write("ps_service", "create-table", Serialize(s));
   }
   for (bool on_disk : {false, true}) {
     PsSession s;
@@ -298,7 +315,7 @@ void PsSeeds() {
     add(&s, del);
     add(&s, list);
     Write("ps_service", on_disk ? "checkpoint-on-disk" : "checkpoint",
-          s.SerializeAsString());
+          Serialize(s));
   }
   {
     PsSession s;
@@ -311,7 +328,7 @@ void PsSeeds() {
     add(&s, Push("ids", {1},
                  Floats({1, 2, 3, std::numeric_limits<float>::infinity()})));
     add(&s, Upsert("ids", {1}, Floats({1, 2, 3, 4}), 1));
-    Write("ps_service", "refusals", s.SerializeAsString());
+    Write("ps_service", "refusals", Serialize(s));
   }
 }
 
@@ -328,20 +345,20 @@ void ServingSeeds() {
     r.add_candidate_item_ids(c);
     r.add_candidate_features()->add_genres(static_cast<int32_t>(c % 4));
   }
-  Write("serving_request", "valid", r.SerializeAsString());
+  Write("serving_request", "valid", Serialize(r));
   mim::serving::PredictRequest plain;
   plain.set_user_id(1);
   plain.add_candidate_item_ids(9);
-  Write("serving_request", "minimal", plain.SerializeAsString());
+  Write("serving_request", "minimal", Serialize(plain));
   mim::serving::PredictRequest bad = r;
   (*bad.mutable_user_features())["height"] = 180;
-  Write("serving_request", "unknown-feature", bad.SerializeAsString());
+  Write("serving_request", "unknown-feature", Serialize(bad));
   bad = r;
   bad.add_candidate_features();  // one too many
-  Write("serving_request", "features-mismatch", bad.SerializeAsString());
+  Write("serving_request", "features-mismatch", Serialize(bad));
   bad = r;
   bad.set_user_id(-4);
-  Write("serving_request", "negative-user", bad.SerializeAsString());
+  Write("serving_request", "negative-user", Serialize(bad));
 }
 
 // --- content_encoder -------------------------------------------------------
