@@ -35,6 +35,7 @@
 #include "gflags/gflags.h"
 #include "glog/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "kernels/common.h"
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
@@ -80,6 +81,9 @@ DEFINE_int64(ps_timeout_ms, 2000,
              "shorter, wins)");
 DEFINE_int32(threads, 8,
              "Threads that run requests (pulls from the shards, scoring)");
+DEFINE_int32(cpu_threads, 1,
+             "Threads the model's kernels (and OpenBLAS) use per request; "
+             "requests already run in parallel on --threads");
 DEFINE_int32(max_queue, 4096,
              "Requests that may wait for a thread; beyond, RESOURCE_EXHAUSTED "
              "(a waiting request still ends by its deadline)");
@@ -141,6 +145,11 @@ int main(int argc, char** argv) {
   if (FLAGS_ps_timeout_ms < 1) return Fail("--ps_timeout_ms must be >= 1");
   if (FLAGS_threads < 1) return Fail("--threads must be >= 1");
   if (FLAGS_max_queue < 1) return Fail("--max_queue must be >= 1");
+  if (FLAGS_cpu_threads < 1) return Fail("--cpu_threads must be >= 1");
+  // Without this OpenBLAS keeps its own thread pool, whose workers
+  // busy-wait after every matrix product: 2-5x the CPU per request
+  // (docs/BENCHMARKS.md, "Serving").
+  mim::kernels::SetCpuThreads(FLAGS_cpu_threads);
   if (FLAGS_max_message_kb < 1) return Fail("--max_message_kb must be >= 1");
 
   sigset_t signals;
