@@ -15,6 +15,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 
 extern char** environ;
@@ -54,6 +56,77 @@ std::string DescribeWait(int status) {
   return absl::StrCat("wait status ", status);
 }
 
+// Sends `signal` to *pid (if still ours), reaps it, closes `fd`; returns
+// the wait status. Sets *pid to 0.
+int KillAndReap(pid_t* pid, int fd, int signal) {
+  if (*pid <= 0) return 0;
+  kill(*pid, signal);
+  int status = 0;
+  waitpid(*pid, &status, 0);
+  *pid = 0;
+  close(fd);
+  return status;
+}
+
+// A server child process whose first `lines` stdout lines were read.
+struct Launched {
+  pid_t pid = 0;
+  int stdout_fd = -1;
+  std::vector<std::string> lines;
+};
+
+// Spawns argv with stdout on a pipe and reads until `lines` complete lines
+// are out, bounded by 60 s. Fails (killing the child) with its output and
+// exit status if it ended or stayed silent; `what` names it.
+absl::StatusOr<Launched> LaunchAndAwaitLines(
+    const std::vector<std::string>& argv, size_t lines,
+    const std::string& what) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return Errno("pipe");
+  absl::StatusOr<pid_t> pid = Spawn(argv, fds[1], -1, {fds[0]});
+  close(fds[1]);
+  if (!pid.ok()) {
+    close(fds[0]);
+    return pid.status();
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  std::string out;
+  while (static_cast<size_t>(std::count(out.begin(), out.end(), '\n')) <
+         lines) {
+    const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
+    pollfd p = {fds[0], POLLIN, 0};
+    const int ready = left > 0 ? poll(&p, 1, static_cast<int>(left)) : 0;
+    char buf[512];
+    const ssize_t n = ready > 0 ? read(fds[0], buf, sizeof(buf)) : 0;
+    if (n <= 0) {
+      pid_t child = *pid;
+      const int status = KillAndReap(&child, fds[0], SIGKILL);
+      return absl::UnavailableError(absl::StrCat(
+          what, " did not report listening (",
+          ready == 0 ? "timeout" : "stdout closed", "; ", DescribeWait(status),
+          "); output: ", out));
+    }
+    out.append(buf, static_cast<size_t>(n));
+  }
+  Launched launched{*pid, fds[0], {}};
+  for (absl::string_view line : absl::StrSplit(out, '\n')) {
+    if (launched.lines.size() == lines) break;
+    launched.lines.emplace_back(line);
+  }
+  return launched;
+}
+
+// The port of a line "<prefix>... listening on HOST:PORT" (only that line:
+// a later line's address is never taken for it).
+bool ListeningPort(const std::string& line, absl::string_view prefix,
+                   int* port) {
+  const size_t colon = line.rfind(':');
+  return absl::StartsWith(line, prefix) &&
+         absl::StrContains(line, "listening on") &&
+         colon != std::string::npos &&
+         absl::SimpleAtoi(line.substr(colon + 1), port);
+}
+
 }  // namespace
 
 std::string Runfile(const std::string& path) {
@@ -72,48 +145,18 @@ absl::StatusOr<std::unique_ptr<ShardProcess>> ShardProcess::Start(
       absl::StrCat("--data_dir=", flags.data_dir),
       "--threads=4"};
   argv.insert(argv.end(), flags.extra.begin(), flags.extra.end());
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) return Errno("pipe");
-  absl::StatusOr<pid_t> pid = Spawn(argv, fds[1], -1, {fds[0]});
-  close(fds[1]);
-  if (!pid.ok()) {
-    close(fds[0]);
-    return pid.status();
-  }
-  // Read until the readiness line, bounded by a deadline.
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
-  std::string out;
-  while (out.find('\n') == std::string::npos) {
-    const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
-    pollfd p = {fds[0], POLLIN, 0};
-    const int ready = left > 0 ? poll(&p, 1, static_cast<int>(left)) : 0;
-    char buf[512];
-    const ssize_t n = ready > 0 ? read(fds[0], buf, sizeof(buf)) : 0;
-    if (n <= 0) {
-      kill(*pid, SIGKILL);
-      int status = 0;
-      waitpid(*pid, &status, 0);
-      close(fds[0]);
-      return absl::UnavailableError(absl::StrCat(
-          "shard ", flags.shard_index, " did not report listening (",
-          ready == 0 ? "timeout" : "stdout closed", "; ", DescribeWait(status),
-          "); output: ", out));
-    }
-    out.append(buf, static_cast<size_t>(n));
-  }
+  absl::StatusOr<Launched> launched = LaunchAndAwaitLines(
+      argv, 1, absl::StrCat("shard ", flags.shard_index));
+  if (!launched.ok()) return launched.status();
   // "ps shard I/N listening on HOST:PORT"
-  const size_t colon = out.rfind(':');
   int port = 0;
-  if (!absl::StrContains(out, "listening on") || colon == std::string::npos ||
-      !absl::SimpleAtoi(out.substr(colon + 1, out.find('\n') - colon - 1),
-                        &port)) {
-    kill(*pid, SIGKILL);
-    waitpid(*pid, nullptr, 0);
-    close(fds[0]);
-    return absl::InternalError("unexpected server output: " + out);
+  if (!ListeningPort(launched->lines[0], "ps shard ", &port)) {
+    KillAndReap(&launched->pid, launched->stdout_fd, SIGKILL);
+    return absl::InternalError("unexpected server output: " +
+                               launched->lines[0]);
   }
   return std::unique_ptr<ShardProcess>(
-      new ShardProcess(flags, *pid, fds[0], port));
+      new ShardProcess(flags, launched->pid, launched->stdout_fd, port));
 }
 
 std::string ShardProcess::address() const {
@@ -121,13 +164,7 @@ std::string ShardProcess::address() const {
 }
 
 int ShardProcess::Kill(int signal) {
-  if (pid_ <= 0) return 0;
-  kill(pid_, signal);
-  int status = 0;
-  waitpid(pid_, &status, 0);
-  pid_ = 0;
-  close(stdout_fd_);
-  return status;
+  return KillAndReap(&pid_, stdout_fd_, signal);
 }
 
 ShardProcess::~ShardProcess() { Kill(SIGTERM); }
@@ -161,58 +198,23 @@ absl::Status ShardProcess::Restart(std::unique_ptr<ShardProcess>* shard) {
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     const std::vector<std::string>& argv, bool expect_metrics) {
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) return Errno("pipe");
-  absl::StatusOr<pid_t> pid = Spawn(argv, fds[1], -1, {fds[0]});
-  close(fds[1]);
-  if (!pid.ok()) {
-    close(fds[0]);
-    return pid.status();
-  }
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
-  std::string out;
-  const size_t lines = expect_metrics ? 2 : 1;
-  while (static_cast<size_t>(std::count(out.begin(), out.end(), '\n')) <
-         lines) {
-    const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
-    pollfd p = {fds[0], POLLIN, 0};
-    const int ready = left > 0 ? poll(&p, 1, static_cast<int>(left)) : 0;
-    char buf[512];
-    const ssize_t n = ready > 0 ? read(fds[0], buf, sizeof(buf)) : 0;
-    if (n <= 0) {
-      kill(*pid, SIGKILL);
-      int status = 0;
-      waitpid(*pid, &status, 0);
-      close(fds[0]);
-      return absl::UnavailableError(absl::StrCat(
-          argv[0], " did not report listening (",
-          ready == 0 ? "timeout" : "stdout closed", "; ", DescribeWait(status),
-          "); output: ", out));
-    }
-    out.append(buf, static_cast<size_t>(n));
-  }
-  const std::string line = out.substr(0, out.find('\n'));
-  const size_t colon = line.rfind(':');
+  absl::StatusOr<Launched> launched =
+      LaunchAndAwaitLines(argv, expect_metrics ? 2 : 1, argv[0]);
+  if (!launched.ok()) return launched.status();
   int port = 0;
-  if (!absl::StrContains(line, "listening on") || colon == std::string::npos ||
-      !absl::SimpleAtoi(line.substr(colon + 1), &port)) {
-    kill(*pid, SIGKILL);
-    waitpid(*pid, nullptr, 0);
-    close(fds[0]);
-    return absl::InternalError("unexpected server output: " + out);
+  int metrics_port = -1;
+  if (!ListeningPort(launched->lines[0], "", &port) ||
+      (expect_metrics &&
+       !ListeningPort(launched->lines[1], "metrics listening on ",
+                      &metrics_port))) {
+    KillAndReap(&launched->pid, launched->stdout_fd, SIGKILL);
+    return absl::InternalError(
+        "unexpected server output: " +
+        absl::StrJoin(launched->lines, "\n"));
   }
-  auto server = std::unique_ptr<ServerProcess>(
-      new ServerProcess(argv, *pid, fds[0], port));
-  if (expect_metrics) {
-    const size_t start = out.find('\n') + 1;
-    const std::string second = out.substr(start, out.find('\n', start) - start);
-    const size_t c = second.rfind(':');
-    if (!absl::StartsWith(second, "metrics listening on ") ||
-        c == std::string::npos ||
-        !absl::SimpleAtoi(second.substr(c + 1), &server->metrics_port_)) {
-      return absl::InternalError("unexpected metrics line: " + out);
-    }
-  }
+  auto server = std::unique_ptr<ServerProcess>(new ServerProcess(
+      argv, launched->pid, launched->stdout_fd, port));
+  server->metrics_port_ = metrics_port;
   return server;
 }
 
@@ -221,13 +223,7 @@ std::string ServerProcess::address() const {
 }
 
 int ServerProcess::Kill(int signal) {
-  if (pid_ <= 0) return 0;
-  kill(pid_, signal);
-  int status = 0;
-  waitpid(pid_, &status, 0);
-  pid_ = 0;
-  close(stdout_fd_);
-  return status;
+  return KillAndReap(&pid_, stdout_fd_, signal);
 }
 
 ServerProcess::~ServerProcess() { Kill(SIGTERM); }

@@ -3,13 +3,9 @@
 // the keys sent, text accepted by `promtool check metrics`), gRPC server
 // reflection and grpc.health.v1.
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -44,8 +40,6 @@
 #include "tests/ops_util.h"
 #include "tests/reflection.pb.h"
 
-extern char** environ;
-
 namespace mim::ps {
 namespace {
 
@@ -54,6 +48,7 @@ using ::mim::testing::HttpGet;
 using ::mim::testing::MetricSample;
 using ::mim::testing::ReflectionStream;
 using ::mim::testing::RunCommand;
+using ::mim::testing::ServerProcess;
 using ::mim::testing::Runfile;
 using ::testing::Contains;
 using ::testing::HasSubstr;
@@ -61,87 +56,15 @@ using ::testing::IsEmpty;
 
 constexpr char kPromtool[] = "/usr/bin/promtool";
 
-// A shard started with --metrics_port=0. Started here rather than through
-// testing::ShardProcess, which reads only the first stdout line (the gRPC
-// address); the metrics address is the second.
-class MetricsShard {
- public:
-  // Returns once both "listening on" lines are out (the shard serves gRPC
-  // and /metrics from then on), or fails with what the shard printed.
-  static absl::StatusOr<std::unique_ptr<MetricsShard>> Start(
-      const std::string& data_dir) {
-    const std::vector<std::string> argv = {
-        Runfile("ps/server"),     "--host=127.0.0.1", "--port=0",
-        "--data_dir=" + data_dir, "--threads=4",      "--metrics_port=0"};
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0) {
-      return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
-    }
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
-    std::vector<char*> args;
-    for (const std::string& a : argv) {
-      args.push_back(const_cast<char*>(a.c_str()));
-    }
-    args.push_back(nullptr);
-    pid_t pid = 0;
-    const int rc =
-        posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    close(fds[1]);
-    if (rc != 0) {
-      close(fds[0]);
-      return absl::InternalError(
-          absl::StrCat("posix_spawn ", argv[0], ": ", std::strerror(rc)));
-    }
-    std::unique_ptr<MetricsShard> shard(new MetricsShard(pid, fds[0]));
-
-    // Both lines, bounded by a deadline (poll wakes on output or exit).
-    const absl::Time deadline = absl::Now() + absl::Seconds(60);
-    std::string out;
-    while (std::count(out.begin(), out.end(), '\n') < 2) {
-      const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
-      pollfd p = {fds[0], POLLIN, 0};
-      const int ready = left > 0 ? poll(&p, 1, static_cast<int>(left)) : 0;
-      char buf[512];
-      const ssize_t n = ready > 0 ? read(fds[0], buf, sizeof(buf)) : 0;
-      if (n <= 0) {
-        return absl::UnavailableError(absl::StrCat(
-            "shard did not report both addresses (",
-            ready == 0 ? "timeout" : "stdout closed", "); output: ", out));
-      }
-      out.append(buf, static_cast<size_t>(n));
-    }
-    const std::vector<std::string> lines = absl::StrSplit(out, '\n');
-    if (!absl::StartsWith(lines[0], "ps shard 0/1 listening on ") ||
-        !absl::StartsWith(lines[1], "metrics listening on 127.0.0.1:") ||
-        !absl::SimpleAtoi(lines[0].substr(lines[0].rfind(':') + 1),
-                          &shard->grpc_port_) ||
-        !absl::SimpleAtoi(lines[1].substr(lines[1].rfind(':') + 1),
-                          &shard->metrics_port_)) {
-      return absl::InternalError("unexpected server output: " + out);
-    }
-    return shard;
-  }
-
-  ~MetricsShard() {
-    kill(pid_, SIGTERM);
-    waitpid(pid_, nullptr, 0);
-    close(stdout_fd_);
-  }
-
-  std::string address() const { return absl::StrCat("127.0.0.1:", grpc_port_); }
-  int metrics_port() const { return metrics_port_; }
-
- private:
-  MetricsShard(pid_t pid, int stdout_fd) : pid_(pid), stdout_fd_(stdout_fd) {}
-
-  const pid_t pid_;
-  const int stdout_fd_;
-  int grpc_port_ = 0;
-  int metrics_port_ = 0;
-};
+// A shard started with --metrics_port=0: ServerProcess waits for both
+// "listening on" lines (gRPC, then /metrics).
+absl::StatusOr<std::unique_ptr<ServerProcess>> StartMetricsShard(
+    const std::string& data_dir) {
+  return ServerProcess::Start(
+      {Runfile("ps/server"), "--host=127.0.0.1", "--port=0",
+       "--data_dir=" + data_dir, "--threads=4", "--metrics_port=0"},
+      /*expect_metrics=*/true);
+}
 
 std::string ByMethod(const std::string& name, const std::string& method) {
   return absl::StrCat(name, "{method=\"", method, "\"}");
@@ -171,7 +94,7 @@ class ShardMetricsTest : public ::testing::Test {
   void SetUp() override {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     data_dir_ = absl::StrCat(std::getenv("TEST_TMPDIR"), "/", info->name());
-    auto shard = MetricsShard::Start(data_dir_);
+    auto shard = StartMetricsShard(data_dir_);
     ASSERT_TRUE(shard.ok()) << shard.status();
     shard_ = std::move(*shard);
     PsClient::Options options;
@@ -189,7 +112,7 @@ class ShardMetricsTest : public ::testing::Test {
   }
 
   std::string data_dir_;
-  std::unique_ptr<MetricsShard> shard_;
+  std::unique_ptr<ServerProcess> shard_;
   std::unique_ptr<PsClient> client_;
 };
 
