@@ -28,6 +28,7 @@
 #include "base/grpc_auth.h"
 #include "base/grpc_tls.h"
 #include "base/metrics.h"
+#include "base/server_security.h"
 #include "embedding/embedding_store.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
@@ -105,17 +106,6 @@ DEFINE_int32(metrics_port, mim::base::Metrics::Options().port,
              "free one (printed on stdout as 'metrics listening on ...').");
 DEFINE_string(metrics_address, mim::base::Metrics::Options().address,
               "Numeric IPv4 address the /metrics endpoint binds to.");
-DEFINE_string(tls_cert, "",
-              "PEM certificate chain of this shard; with --tls_key, serve "
-              "TLS only.");
-DEFINE_string(tls_key, "", "PEM private key of --tls_cert.");
-DEFINE_string(tls_client_ca, "",
-              "PEM CA: clients must present a certificate it signed "
-              "(mutual TLS); needs --tls_cert.");
-DEFINE_string(auth_tokens, "",
-              "File of 'ROLE TOKEN' lines (ROLE read or admin; mode 600): "
-              "every call needs a token with its role. Empty: no "
-              "authentication.");
 
 namespace {
 
@@ -176,29 +166,11 @@ int main(int argc, char** argv) {
 
   // Credentials and tokens before the store is opened, so that a bad file
   // fails at once.
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
-      mim::base::ServerCredentialsFromFiles(
-          {FLAGS_tls_cert, FLAGS_tls_key, FLAGS_tls_client_ca});
-  if (!credentials.ok()) return Fail(credentials.status().ToString());
-  std::unique_ptr<mim::base::Authorizer> authorizer;
-  if (!FLAGS_auth_tokens.empty()) {
-    absl::StatusOr<std::unique_ptr<mim::base::Authorizer>> loaded =
-        mim::base::Authorizer::FromFile(FLAGS_auth_tokens);
-    if (!loaded.ok()) return Fail(loaded.status().ToString());
-    authorizer = *std::move(loaded);
-    LOG(INFO) << "authentication on: "
-              << authorizer->count(mim::base::Role::kRead) << " read and "
-              << authorizer->count(mim::base::Role::kAdmin)
-              << " admin token(s) from " << FLAGS_auth_tokens;
-  } else {
-    LOG(WARNING) << "authentication off (no --auth_tokens): any client that "
-                    "reaches the port may read and write every table";
-  }
-  LOG(INFO) << (FLAGS_tls_cert.empty()
-                    ? "TLS off (no --tls_cert)"
-                    : FLAGS_tls_client_ca.empty()
-                          ? "TLS on"
-                          : "TLS on, client certificates required");
+  absl::StatusOr<mim::base::ServerSecurity> security =
+      mim::base::ServerSecurityFromFlags("read and write every table");
+  if (!security.ok()) return Fail(security.status().ToString());
+  const std::unique_ptr<mim::base::Authorizer>& authorizer =
+      security->authorizer;
 
   // Before the store is opened (recovery can take a while), so that a
   // taken port fails at once.
@@ -269,7 +241,7 @@ int main(int argc, char** argv) {
   if (authorizer != nullptr) builder.SetOption(mim::base::WithoutReflection());
   const std::string address = absl::StrCat(FLAGS_host, ":", FLAGS_port);
   int port = 0;
-  builder.AddListeningPort(address, *credentials, &port);
+  builder.AddListeningPort(address, security->credentials, &port);
   // gRPC's SO_REUSEPORT listener opens one more socket per polling queue
   // and binds it to the address as given, so with --port=0 each got its
   // own ephemeral port: an unprinted second port serving the whole API.

@@ -31,6 +31,7 @@
 #include "base/grpc_auth.h"
 #include "base/grpc_tls.h"
 #include "base/metrics.h"
+#include "base/server_security.h"
 #include "base/server_connections.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
@@ -93,17 +94,6 @@ DEFINE_int32(metrics_port, mim::base::Metrics::Options().port,
              "'metrics listening on ...').");
 DEFINE_string(metrics_address, mim::base::Metrics::Options().address,
               "Address of the /metrics endpoint");
-DEFINE_string(tls_cert, "",
-              "PEM certificate chain of this server; with --tls_key, serve "
-              "TLS only.");
-DEFINE_string(tls_key, "", "PEM private key of --tls_cert.");
-DEFINE_string(tls_client_ca, "",
-              "PEM CA: clients must present a certificate it signed "
-              "(mutual TLS); needs --tls_cert.");
-DEFINE_string(auth_tokens, "",
-              "File of 'ROLE TOKEN' lines (ROLE read or admin; mode 600): "
-              "Predict and GetStatus need read, UpsertItem admin. Empty: no "
-              "authentication.");
 DEFINE_string(ps_tls_ca, "",
               "PEM CA of the shards' certificates: talk TLS to the shards.");
 DEFINE_string(ps_tls_client_cert, "",
@@ -168,29 +158,11 @@ int main(int argc, char** argv) {
                              metrics.status().ToString()));
   }
 
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
-      mim::base::ServerCredentialsFromFiles(
-          {FLAGS_tls_cert, FLAGS_tls_key, FLAGS_tls_client_ca});
-  if (!credentials.ok()) return Fail(credentials.status().ToString());
-  std::unique_ptr<mim::base::Authorizer> authorizer;
-  if (!FLAGS_auth_tokens.empty()) {
-    absl::StatusOr<std::unique_ptr<mim::base::Authorizer>> loaded =
-        mim::base::Authorizer::FromFile(FLAGS_auth_tokens);
-    if (!loaded.ok()) return Fail(loaded.status().ToString());
-    authorizer = *std::move(loaded);
-    LOG(INFO) << "authentication on: "
-              << authorizer->count(mim::base::Role::kRead) << " read and "
-              << authorizer->count(mim::base::Role::kAdmin)
-              << " admin token(s) from " << FLAGS_auth_tokens;
-  } else {
-    LOG(WARNING) << "authentication off (no --auth_tokens): any client that "
-                    "reaches the port may call Predict and UpsertItem";
-  }
-  LOG(INFO) << (FLAGS_tls_cert.empty()
-                    ? "TLS off (no --tls_cert)"
-                    : FLAGS_tls_client_ca.empty()
-                          ? "TLS on"
-                          : "TLS on, client certificates required");
+  absl::StatusOr<mim::base::ServerSecurity> security =
+      mim::base::ServerSecurityFromFlags("call Predict and UpsertItem");
+  if (!security.ok()) return Fail(security.status().ToString());
+  const std::unique_ptr<mim::base::Authorizer>& authorizer =
+      security->authorizer;
   mim::base::TlsClientFiles ps_tls{FLAGS_ps_tls_ca, FLAGS_ps_tls_client_cert,
                                    FLAGS_ps_tls_client_key, "ps_"};
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ps_credentials =
@@ -264,7 +236,7 @@ int main(int argc, char** argv) {
   if (authorizer != nullptr) builder.SetOption(mim::base::WithoutReflection());
   const std::string address = absl::StrCat(FLAGS_host, ":", FLAGS_port);
   int port = 0;
-  builder.AddListeningPort(address, *credentials, &port);
+  builder.AddListeningPort(address, security->credentials, &port);
   // One listening socket: with reuseport gRPC binds one more per polling
   // queue, each to its own ephemeral port when --port=0 (ps/server_main.cc).
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
