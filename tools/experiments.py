@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs the model comparison of docs/RESULTS.md end to end on real shards.
 
-  /usr/bin/python3 tools/experiments.py --data=movielens:../shared/data/movielens-100k \
+  /usr/bin/python3 tools/experiments.py --data=movielens:/path/to/movielens-100k \
       --out=runs/ml --seeds=1,2,3
 
 Steps: prepare the samples (MovieLens construction of docs/DATA_FORMAT.md or
