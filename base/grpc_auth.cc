@@ -137,11 +137,18 @@ absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::FromText(
     } else if (fields[0] == "admin") {
       role = Role::kAdmin;
     } else {
+      // A word as long as a token may be one (the line written 'TOKEN
+      // ROLE'): never quote any part of it, a log must not leak a secret.
+      if (fields[0].size() >= kMinTokenLength) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "%s line %d: unknown role (a %d-character word, long enough to "
+            "be a token: is the line written 'TOKEN ROLE'?); expected 'ROLE "
+            "TOKEN' with ROLE read or admin",
+            source, line_number, fields[0].size()));
+      }
       return absl::InvalidArgumentError(absl::StrFormat(
           "%s line %d: unknown role '%s'; expected read or admin", source,
-          line_number,
-          fields[0].size() > 16 ? absl::StrCat(fields[0].substr(0, 16), "...")
-                                : std::string(fields[0])));
+          line_number, fields[0]));
     }
     if (!IsValidToken(fields[1])) {
       return absl::InvalidArgumentError(absl::StrFormat(

@@ -64,6 +64,10 @@ TEST(AuthorizerTest, RefusesBadFilesNamingTheLineNotTheToken) {
       {"", "holds no token"},
       {"# only a comment\n", "holds no token"},
       {absl::StrCat("writer ", kAdmin, "\n"), "line 1: unknown role 'writer'"},
+      {absl::StrCat(kAdmin, " admin\n"),
+       "line 1: unknown role (a " + std::to_string(kAdmin.size()) +
+           "-character word, long enough to be a token: is the line written "
+           "'TOKEN ROLE'?)"},
       {absl::StrCat("read ", kRead, " extra\n"), "line 1: expected 'ROLE TOKEN'"},
       {"read\n", "line 1: expected 'ROLE TOKEN'"},
       {"\nadmin short\n", "line 2: not a valid token (5 characters)"},
@@ -80,6 +84,9 @@ TEST(AuthorizerTest, RefusesBadFilesNamingTheLineNotTheToken) {
     EXPECT_THAT(a.status().message(), HasSubstr("tokens.txt")) << c.text;
     EXPECT_THAT(a.status().message(), Not(HasSubstr(kRead)));
     EXPECT_THAT(a.status().message(), Not(HasSubstr(kAdmin)));
+    // Not even a prefix of a token: 8 characters already narrow a guess.
+    EXPECT_THAT(a.status().message(), Not(HasSubstr(kRead.substr(0, 8))));
+    EXPECT_THAT(a.status().message(), Not(HasSubstr(kAdmin.substr(0, 8))));
   }
   // Trailing '=' padding is part of the alphabet.
   EXPECT_TRUE(
