@@ -10,7 +10,14 @@
 // Writes every catalogue item's tuned vector (mim-vectors, modality=csft),
 // the selected encoder (encoder.h for the format), and, with --ps, upserts
 // the vectors into a content table on the shards, which the trainer reads
-// with --content_table. docs/ARCHITECTURE.md (C-SFT) explains the choices.
+// with --content_table. TLS and token flags: base/client_security.h
+// (CreateTable and Upsert need the admin role).
+//
+// One process: there is no --num_workers. The paper's cross-worker
+// negatives (other workers' batches) would need the workers to exchange
+// item embeddings every step; that part of the space-time negatives is
+// not built (docs/ARCHITECTURE.md, C-SFT; bench/csft_bench.sh measures
+// what one process does). docs/ARCHITECTURE.md (C-SFT) explains the choices.
 #include <cstdint>
 #include <cstdio>
 #include <ctime>
@@ -24,6 +31,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "base/atomic_file.h"
+#include "base/client_security.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
 #include "proto/ps.pb.h"
@@ -69,6 +77,13 @@ DEFINE_int32(queue_batches, kDefaults.queue_batches, "queue of the last k batche
 DEFINE_int32(genre_dim, kDefaults.genre_dim, "fusion genre embedding dim");
 DEFINE_int32(hidden, kDefaults.hidden, "MLP hidden width");
 DEFINE_string(fusion, "tensor", "tensor ([a;1] outer [b;1]) or concat ([a;b], ablation)");
+DEFINE_double(residual_gate, kDefaults.residual_gate,
+              "K > 0: an item in n training pairs gets its residual scaled by "
+              "n / (n + K), so items training never saw (and new items "
+              "upserted later) keep their plain vector; 0: off");
+DEFINE_bool(select_last_epoch, kDefaults.select_last_epoch,
+            "keep the last epoch's encoder instead of the best on held-out "
+            "items (tests)");
 DEFINE_int32(max_train_pairs, 0,
              "if > 0, an evenly spaced subsample of the training pairs "
              "(quick runs: the demo, the bench)");
@@ -148,6 +163,7 @@ int main(int argc, char** argv) {
     }
     split->train = std::move(kept);
   }
+  mim::csft::CountInteractions(split->train, &*catalog);
   LOG(INFO) << "csft: " << catalog->ids.size() << " items (dim "
             << catalog->dim << ", input " << catalog->input_dim << ", "
             << catalog->num_genres << " genre ids), " << pairs->size()
@@ -171,6 +187,8 @@ int main(int argc, char** argv) {
   o.genre_dim = FLAGS_genre_dim;
   o.hidden = FLAGS_hidden;
   o.tensor_fusion = FLAGS_fusion == "tensor";
+  o.residual_gate = FLAGS_residual_gate;
+  o.select_last_epoch = FLAGS_select_last_epoch;
   o.max_eval_pairs = FLAGS_max_eval_pairs;
   o.seed = FLAGS_seed;
   auto result = mim::csft::TrainCsft(*catalog, *split, o);
@@ -234,7 +252,13 @@ int main(int argc, char** argv) {
                                  : static_cast<uint64_t>(std::time(nullptr));
     std::vector<std::string> addresses =
         absl::StrSplit(FLAGS_ps, ',', absl::SkipEmpty());
-    auto client = mim::ps::PsClient::Create(addresses);
+    absl::StatusOr<mim::base::ClientSecurity> security =
+        mim::base::ClientSecurityFromFlags();
+    if (!security.ok()) return Fail("security flags", security.status());
+    mim::ps::PsClient::Options client_options;
+    client_options.credentials = security->credentials;
+    client_options.auth_token = security->auth_token;
+    auto client = mim::ps::PsClient::Create(addresses, client_options);
     if (!client.ok()) return Fail("connect", client.status());
     mim::ps::TableConfig config;
     config.set_name(FLAGS_table);

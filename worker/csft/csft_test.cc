@@ -116,13 +116,15 @@ double EncoderLoss(const CsftEncoder& e, const std::vector<ItemInput>& in,
   return l + lambda * pen / double(pass.rows);
 }
 
-class EncoderGradTest : public ::testing::TestWithParam<bool> {};
-
-TEST_P(EncoderGradTest, BackwardMatchesFiniteDifferences) {
-  // Float code path (the encoder is float only): central differences with
-  // step 1e-2 against the analytic gradient, |num - ana| <= 3e-3 + 3e-2|num|.
-  const Catalog c = TestCatalog(5, 3);
-  EncoderConfig config{3, 5, 6, 2, 4, GetParam()};
+// Float code path (the encoder is float only): central differences with
+// step 1e-2 against the analytic gradient, |num - ana| <= 3e-3 + 3e-2|num|.
+void CheckGradients(const EncoderConfig& config,
+                    const std::vector<int64_t>& interactions) {
+  Catalog c = TestCatalog(5, 3);
+  c.interactions.assign(c.ids.size(), 0);
+  c.interactions[0] = interactions[0];
+  c.interactions[25] = interactions[1];
+  c.interactions[31] = interactions[2];
   auto e = CsftEncoder::Create(config, 2);
   ASSERT_TRUE(e.ok());
   std::mt19937 rng(9);
@@ -158,7 +160,49 @@ TEST_P(EncoderGradTest, BackwardMatchesFiniteDifferences) {
   EXPECT_EQ(checked, (*e)->num_params());
 }
 
+class EncoderGradTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(EncoderGradTest, BackwardMatchesFiniteDifferences) {
+  CheckGradients(EncoderConfig{3, 5, 6, 2, 4, GetParam()}, {0, 0, 0});
+}
+
 INSTANTIATE_TEST_SUITE_P(Fusion, EncoderGradTest, ::testing::Bool());
+
+TEST(EncoderTest, GatedResidualBackwardMatchesFiniteDifferences) {
+  EncoderConfig config{3, 5, 6, 2, 4, true};
+  config.residual_gate = 3;
+  CheckGradients(config, {1, 0, 9});  // g = 0.25, 0, 0.75
+}
+
+TEST(EncoderTest, GatedResidualKeepsItemsWithoutPairsAtTheirPlainVector) {
+  Catalog c = TestCatalog(8, 6);
+  EncoderConfig config{6, 8, 6, 4, 16, true};
+  config.residual_gate = 4;
+  auto e = CsftEncoder::Create(config, 1);
+  ASSERT_TRUE(e.ok());
+  for (float& p : *(*e)->mutable_params()) p += 0.05f;  // W2, b2 != 0
+  c.interactions.assign(c.ids.size(), 0);
+  c.interactions[4] = 12;
+  std::vector<float> fresh(6), seen(6);
+  ASSERT_TRUE((*e)->Encode({c.Input(3)}, fresh.data()).ok());
+  ASSERT_TRUE((*e)->Encode({c.Input(4)}, seen.data()).ok());
+  double moved = 0;
+  for (int k = 0; k < 6; ++k) {
+    EXPECT_NEAR(fresh[k], c.features[3 * 8 + k], 1e-6);
+    moved += std::abs(seen[k] - c.features[4 * 8 + k]);
+  }
+  EXPECT_GT(moved, 1e-2);  // n = 12: g = 0.75 of a non-zero residual
+
+  // The gate is part of the file.
+  const std::string path = ::testing::TempDir() + "/gated.bin";
+  ASSERT_TRUE((*e)->Save(path).ok());
+  auto loaded = CsftEncoder::Load(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->config().residual_gate, 4.0f);
+  std::vector<float> again(6);
+  ASSERT_TRUE((*loaded)->Encode({c.Input(4)}, again.data()).ok());
+  EXPECT_EQ(again, seen);
+}
 
 TEST(EncoderTest, SaveLoadRoundTripAndCorruption) {
   const Catalog c = TestCatalog(8, 6);

@@ -92,6 +92,17 @@ absl::StatusOr<Catalog> BuildCatalog(
   return c;
 }
 
+void CountInteractions(const std::vector<InterestPair>& train,
+                       Catalog* catalog) {
+  catalog->interactions.assign(catalog->ids.size(), 0);
+  for (const InterestPair& p : train) {
+    for (int64_t item : {p.query, p.item}) {
+      const int i = catalog->IndexOf(item);
+      if (i >= 0) ++catalog->interactions[i];
+    }
+  }
+}
+
 Recall EvaluateRecall(const Catalog& catalog, const std::vector<float>& vectors,
                       const std::vector<InterestPair>& pairs) {
   Recall r;
@@ -135,13 +146,13 @@ absl::StatusOr<std::unique_ptr<CsftTrainer>> CsftTrainer::Create(
     const std::vector<int64_t>& train_items) {
   if (o.batch_size < 1 || !(o.temperature > 0) || !(o.learning_rate > 0) ||
       o.queue_batches < 0 || o.alpha < 0 || o.beta < 0 ||
-      o.residual_penalty < 0) {
+      o.residual_penalty < 0 || !(o.residual_gate >= 0)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "C-SFT options batch_size=", o.batch_size, " temperature=",
         o.temperature, " learning_rate=", o.learning_rate, " queue_batches=",
         o.queue_batches, " alpha=", o.alpha, " beta=", o.beta,
-        " residual_penalty=", o.residual_penalty,
-        "; expected batch_size >= 1, temperature and learning_rate > 0, the "
+        " residual_penalty=", o.residual_penalty, " residual_gate=",
+        o.residual_gate, "; expected batch_size >= 1, temperature and learning_rate > 0, the "
         "rest >= 0"));
   }
   std::unique_ptr<CsftTrainer> t(new CsftTrainer(catalog, o));
@@ -152,6 +163,7 @@ absl::StatusOr<std::unique_ptr<CsftTrainer>> CsftTrainer::Create(
   config.genre_dim = o.genre_dim;
   config.hidden = o.hidden;
   config.tensor_fusion = o.tensor_fusion;
+  config.residual_gate = static_cast<float>(o.residual_gate);
   MIM_ASSIGN_OR_RETURN(t->encoder_, CsftEncoder::Create(config, o.seed));
   const int64_t n = t->encoder_->num_params();
   t->grads_.assign(n, 0.0f);
@@ -429,7 +441,10 @@ absl::StatusOr<TrainResult> TrainCsft(const Catalog& catalog,
               << log.valid_warm.at10 << " @50 " << log.valid_warm.at50
               << ", " << log.pairs_per_second << " pairs/s";
     result.log.push_back(log);
-    if (better(log.valid_new, best)) {
+    if (options.select_last_epoch) {
+      best_params = trainer->encoder().params();
+      result.best_epoch = epoch;
+    } else if (better(log.valid_new, best)) {
       best = log.valid_new;
       best_params = trainer->encoder().params();
       result.best_epoch = epoch;

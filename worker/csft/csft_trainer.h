@@ -34,15 +34,24 @@ struct Catalog {
   std::vector<int64_t> ids;
   std::vector<float> features;  // [ids.size(), input_dim]
   std::vector<std::vector<int32_t>> genres;
+  // Training pairs per item (CountInteractions); empty: all 0.
+  std::vector<int64_t> interactions;
   absl::flat_hash_map<int64_t, int> index;
   int IndexOf(int64_t item) const {
     auto it = index.find(item);
     return it == index.end() ? -1 : it->second;
   }
   ItemInput Input(int i) const {
-    return {features.data() + int64_t(i) * input_dim, &genres[i]};
+    return {features.data() + int64_t(i) * input_dim, &genres[i],
+            interactions.empty() ? 0 : interactions[i]};
   }
 };
+
+// Sets catalog->interactions: per item, the pairs of `train` it is in (as
+// query or positive; an item in both sides of a pair counts twice). Items
+// held out of training keep 0, as a new item has (the residual gate).
+void CountInteractions(const std::vector<InterestPair>& train,
+                       Catalog* catalog);
 
 // The first file's items are the catalogue (its vectors are the plain ones,
 // L2-normalised here); later files are extra modalities appended to the
@@ -80,6 +89,10 @@ struct CsftOptions {
   int genre_dim = 8;
   int hidden = 128;
   bool tensor_fusion = true;
+  double residual_gate = 0;    // K of g = n / (n + K) (encoder.h); 0: off
+  // Keep the last epoch's encoder instead of the best on valid-new (for
+  // tests that need a trained encoder; not for choosing vectors).
+  bool select_last_epoch = false;
   int max_eval_pairs = 5000;   // deterministic subsample of each valid set
   uint64_t seed = 1;
 };

@@ -59,13 +59,14 @@ CsftEncoder::CsftEncoder(const EncoderConfig& config)
 absl::StatusOr<std::unique_ptr<CsftEncoder>> CsftEncoder::Create(
     const EncoderConfig& c, uint64_t seed) {
   if (c.dim < 1 || c.input_dim < c.dim || c.num_genres < 1 ||
-      c.genre_dim < 1 || c.hidden < 1) {
+      c.genre_dim < 1 || c.hidden < 1 || !(c.residual_gate >= 0) ||
+      !std::isfinite(c.residual_gate)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "encoder config dim=", c.dim, " input_dim=", c.input_dim,
         " num_genres=", c.num_genres, " genre_dim=", c.genre_dim,
-        " hidden=", c.hidden,
-        "; expected all >= 1 and input_dim >= dim (the plain vector comes "
-        "first)"));
+        " hidden=", c.hidden, " residual_gate=", c.residual_gate,
+        "; expected all >= 1, input_dim >= dim (the plain vector comes "
+        "first) and a finite residual_gate >= 0"));
   }
   std::unique_ptr<CsftEncoder> e(new CsftEncoder(c));
   std::mt19937_64 rng(seed);
@@ -88,11 +89,15 @@ uint64_t CsftEncoder::Fingerprint() const {
 
 absl::Status CsftEncoder::Save(const std::string& path) const {
   const EncoderConfig& c = config_;
+  const std::string gate =
+      c.residual_gate > 0 ? absl::StrFormat("\tresidual_gate=%.9g", c.residual_gate)
+                          : "";
   std::string out = absl::StrFormat(
       "%s\tdim=%d\tinput_dim=%d\tnum_genres=%d\tgenre_dim=%d\thidden=%d\t"
-      "fusion=%s\tparams=%d\tfnv1a64=%016x\n",
+      "fusion=%s%s\tparams=%d\tfnv1a64=%016x\n",
       kMagic, c.dim, c.input_dim, c.num_genres, c.genre_dim, c.hidden,
-      c.tensor_fusion ? "tensor" : "concat", params_.size(), Fingerprint());
+      c.tensor_fusion ? "tensor" : "concat", gate, params_.size(),
+      Fingerprint());
   out.append(reinterpret_cast<const char*>(params_.data()),
              params_.size() * sizeof(float));
   return base::WriteFileAtomically(path, out);
@@ -126,6 +131,9 @@ absl::StatusOr<std::unique_ptr<CsftEncoder>> CsftEncoder::Load(
     else if (kv.first == "genre_dim") ok = absl::SimpleAtoi(kv.second, &c.genre_dim);
     else if (kv.first == "hidden") ok = absl::SimpleAtoi(kv.second, &c.hidden);
     else if (kv.first == "params") ok = absl::SimpleAtoi(kv.second, &n);
+    else if (kv.first == "residual_gate") {
+      ok = absl::SimpleAtof(kv.second, &c.residual_gate) && c.residual_gate > 0;
+    }
     else if (kv.first == "fusion") {
       ok = kv.second == "tensor" || kv.second == "concat";
       c.tensor_fusion = kv.second == "tensor";
@@ -211,11 +219,17 @@ absl::Status CsftEncoder::Forward(const std::vector<ItemInput>& items,
       {rows, c.hidden, c.dim}, pass->h1.data(), params_.data() + off_.w2,
       params_.data() + off_.b2, kernels::Activation::kNone, pass->r.data()));
   pass->u.resize(rows * c.dim);
+  pass->gate.assign(rows, 1.0f);
   std::vector<float> plain(rows * c.dim);
   for (int64_t r = 0; r < rows; ++r) {
+    if (c.residual_gate > 0) {
+      const double n = double(std::max<int64_t>(items[r].interactions, 0));
+      pass->gate[r] = float(n / (n + c.residual_gate));
+    }
+    const float g = pass->gate[r];
     for (int k = 0; k < c.dim; ++k) {
       plain[r * c.dim + k] = pass->a[r * c.input_dim + k];
-      pass->u[r * c.dim + k] = plain[r * c.dim + k] + pass->r[r * c.dim + k];
+      pass->u[r * c.dim + k] = plain[r * c.dim + k] + g * pass->r[r * c.dim + k];
     }
   }
   pass->v.resize(rows * c.dim);
@@ -243,12 +257,14 @@ absl::Status CsftEncoder::Backward(const EncoderPass& pass,
   const int64_t rows = pass.rows;
   const int64_t f = c.fusion_dim();
   if (rows == 0) return absl::OkStatus();
-  // h = normalize(plain + r): grad_r = grad_u + 2 lambda r / rows.
+  // h = normalize(plain + g r): grad_r = g grad_u + 2 lambda r / rows.
   std::vector<float> grad_r(rows * c.dim);
   MIM_RETURN_IF_ERROR(kernels::L2NormalizeBackwardCpu(
       rows, c.dim, pass.u.data(), grad_v, grad_r.data()));
   const float pen = 2.0f * residual_penalty / float(rows);
-  for (int64_t i = 0; i < rows * c.dim; ++i) grad_r[i] += pen * pass.r[i];
+  for (int64_t i = 0; i < rows * c.dim; ++i) {
+    grad_r[i] = pass.gate[i / c.dim] * grad_r[i] + pen * pass.r[i];
+  }
 
   std::vector<float> grad_h1(rows * c.hidden), gw2(int64_t(c.hidden) * c.dim),
       gb2(c.dim);

@@ -6,7 +6,13 @@
 //   b   = mean of the fusion genre embeddings of the item's genres (0: none)
 //   z   = [a; 1] (outer) [b; 1] flattened     (tensor fusion; or [a; b])
 //   r   = W2 relu(W1 z + b1) + b2             the residual, size penalised
-//   h   = normalize(plain + r)
+//   g   = n / (n + K) with the residual gate K > 0 (n: the item's training
+//         pairs), else 1
+//   h   = normalize(plain + g r)
+//
+// The gate keeps an item the encoder saw little or nothing of at (or near)
+// its plain vector: a new item (n = 0, e.g. one the serving tier upserts)
+// gets exactly normalize(plain).
 //
 // Keeping the plain vector in h (a residual whose size the loss penalises,
 // W2 = 0 at the start) is the guard against what a naive port showed: an
@@ -39,6 +45,8 @@ struct EncoderConfig {
   int genre_dim = 8;
   int hidden = 128;
   bool tensor_fusion = true;
+  // K of the residual gate n / (n + K); 0: no gate (g = 1 for every item).
+  float residual_gate = 0;
   int fusion_dim() const {
     return tensor_fusion ? (input_dim + 1) * (genre_dim + 1)
                          : input_dim + genre_dim;
@@ -49,12 +57,16 @@ struct EncoderConfig {
 struct ItemInput {
   const float* features = nullptr;            // input_dim floats
   const std::vector<int32_t>* genres = nullptr;  // may be null: none
+  // Training pairs the item is in (read only with a residual gate); 0 for
+  // an item training never saw.
+  int64_t interactions = 0;
 };
 
 // Activations of one forward pass, kept for the backward. Not thread-safe.
 struct EncoderPass {
   int64_t rows = 0;
   std::vector<float> a, b, z, h1, r, u, v, tu, t, cu, c;
+  std::vector<float> gate;  // g per row
   std::vector<const std::vector<int32_t>*> genres;
 };
 
@@ -70,7 +82,8 @@ class CsftEncoder {
 
   // The file format (docs/ARCHITECTURE.md, C-SFT): one text header line
   //   #mim-csft-encoder v1<TAB>dim=D<TAB>input_dim=I<TAB>num_genres=G
-  //   <TAB>genre_dim=E<TAB>hidden=H<TAB>fusion=tensor|concat<TAB>params=N
+  //   <TAB>genre_dim=E<TAB>hidden=H<TAB>fusion=tensor|concat
+  //   [<TAB>residual_gate=K, only when K > 0]<TAB>params=N
   //   <TAB>fnv1a64=<16 hex digits of the parameter bytes>
   // then N float32 little-endian in the order Gf, W1, b1, W2, b2, P, bt, Gc.
   // Load: NOT_FOUND if unreadable, DATA_LOSS naming the file for a bad
