@@ -12,11 +12,13 @@ namespace mim::serving {
 
 ServableModel::ServableModel(std::string dir, model::ModelManifest manifest,
                              std::unique_ptr<const model::CiubmModel> model,
-                             std::shared_ptr<const ContentEncoder> encoder)
+                             std::shared_ptr<const ContentEncoder> encoder,
+                             std::shared_ptr<const csft::CsftEncoder> csft_encoder)
     : dir_(std::move(dir)),
       manifest_(std::move(manifest)),
       model_(std::move(model)),
-      encoder_(std::move(encoder)) {}
+      encoder_(std::move(encoder)),
+      csft_encoder_(std::move(csft_encoder)) {}
 
 std::unique_ptr<ScoringScratch> ServableModel::Acquire() const {
   {
@@ -36,6 +38,78 @@ void ServableModel::Release(std::unique_ptr<ScoringScratch> scratch) const {
   absl::MutexLock lock(&mu_);
   pool_.push_back(std::move(scratch));
 }
+
+namespace {
+
+std::string InDir(const std::string& dir, const std::string& path) {
+  return !path.empty() && path[0] != '/' ? dir + "/" + path : path;
+}
+
+// The fastText encoder at `path` (relative to the model dir `dir`), or
+// `hint` when it is the same encoder (same id and dim).
+absl::StatusOr<std::shared_ptr<const ContentEncoder>> LoadTextEncoder(
+    const std::string& dir, const std::string& manifest_path,
+    const std::string& id, int dim,
+    std::shared_ptr<const ContentEncoder> hint) {
+  if (hint != nullptr && !id.empty() && hint->id() == id &&
+      hint->dim() == dim) {
+    return hint;
+  }
+  const std::string path = InDir(dir, manifest_path);
+  absl::StatusOr<std::unique_ptr<ContentEncoder>> loaded =
+      ContentEncoder::Load(path);
+  if (!loaded.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        dir, "/manifest.json names content encoder ", path,
+        " which cannot be loaded: ", loaded.status().message()));
+  }
+  if (!id.empty() && (*loaded)->id() != id) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "content encoder ", path, " has id ", (*loaded)->id(), ", but ",
+        dir, "/manifest.json was trained on the table encoder ", id,
+        " filled (the encoder was replaced since)"));
+  }
+  if ((*loaded)->dim() != dim) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "content encoder ", path, " has dim ", (*loaded)->dim(),
+        ", the model's content table has dim ", dim));
+  }
+  return std::shared_ptr<const ContentEncoder>(std::move(*loaded));
+}
+
+// The C-SFT encoder the manifest names, checked against its id and the
+// content table's dim; it must read the text vector only (input_dim ==
+// dim): the serving tier has no other modality of a new item.
+absl::StatusOr<std::shared_ptr<const csft::CsftEncoder>> LoadCsftEncoder(
+    const std::string& dir, const model::ContentEncoderInfo& info, int dim) {
+  const std::string path = InDir(dir, info.path);
+  absl::StatusOr<std::unique_ptr<csft::CsftEncoder>> loaded =
+      csft::CsftEncoder::Load(path);
+  if (!loaded.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        dir, "/manifest.json names C-SFT encoder ", path,
+        " which cannot be loaded: ", loaded.status().message()));
+  }
+  const std::string id = absl::StrFormat("%016x", (*loaded)->Fingerprint());
+  if (!info.id.empty() && id != info.id) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "C-SFT encoder ", path, " has id ", id, ", but ", dir,
+        "/manifest.json was trained on the table encoder ", info.id,
+        " filled (the encoder was replaced since)"));
+  }
+  const csft::EncoderConfig& c = (*loaded)->config();
+  if (c.dim != dim || c.input_dim != dim) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "C-SFT encoder ", path, " has dim ", c.dim, " and input_dim ",
+        c.input_dim, "; the serving tier encodes new items from their text "
+        "only, so both must be the content table's dim ", dim,
+        " (an encoder trained with extra modalities cannot encode new items "
+        "here: upsert their vectors instead)"));
+  }
+  return std::shared_ptr<const csft::CsftEncoder>(std::move(*loaded));
+}
+
+}  // namespace
 
 absl::StatusOr<std::shared_ptr<const ServableModel>> LoadServableModel(
     const std::string& dir, std::shared_ptr<const ContentEncoder> encoder_hint) {
@@ -72,40 +146,26 @@ absl::StatusOr<std::shared_ptr<const ServableModel>> LoadServableModel(
         manifest.content_dim, ")"));
   }
   std::shared_ptr<const ContentEncoder> encoder;
-  if (manifest.content_table.has_value() &&
-      manifest.content_table->encoder.kind == "fasttext") {
-    std::string path = manifest.content_table->encoder.path;
-    if (!path.empty() && path[0] != '/') path = dir + "/" + path;
-    if (encoder_hint != nullptr && !manifest.content_table->encoder.id.empty() &&
-        encoder_hint->id() == manifest.content_table->encoder.id &&
-        encoder_hint->dim() == manifest.content_dim) {
-      encoder = std::move(encoder_hint);
-    } else {
-      absl::StatusOr<std::unique_ptr<ContentEncoder>> loaded =
-          ContentEncoder::Load(path);
-      if (!loaded.ok()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            dir, "/manifest.json names content encoder ", path,
-            " which cannot be loaded: ", loaded.status().message()));
-      }
-      if (!manifest.content_table->encoder.id.empty() &&
-          (*loaded)->id() != manifest.content_table->encoder.id) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "content encoder ", path, " has id ", (*loaded)->id(), ", but ",
-            dir, "/manifest.json was trained on the table encoder ",
-            manifest.content_table->encoder.id,
-            " filled (the encoder was replaced since)"));
-      }
-      if ((*loaded)->dim() != manifest.content_dim) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "content encoder ", path, " has dim ", (*loaded)->dim(),
-            ", the model's content table has dim ", manifest.content_dim));
-      }
-      encoder = std::move(*loaded);
+  std::shared_ptr<const csft::CsftEncoder> csft_encoder;
+  if (manifest.content_table.has_value()) {
+    const model::ContentEncoderInfo& info = manifest.content_table->encoder;
+    if (info.kind == "fasttext") {
+      MIM_ASSIGN_OR_RETURN(
+          encoder, LoadTextEncoder(dir, info.path, info.id,
+                                   manifest.content_dim,
+                                   std::move(encoder_hint)));
+    } else if (info.kind == "csft") {
+      MIM_ASSIGN_OR_RETURN(
+          encoder, LoadTextEncoder(dir, info.text_path, info.text_id,
+                                   manifest.content_dim,
+                                   std::move(encoder_hint)));
+      MIM_ASSIGN_OR_RETURN(csft_encoder,
+                           LoadCsftEncoder(dir, info, manifest.content_dim));
     }
   }
-  return std::make_shared<const ServableModel>(dir, std::move(manifest),
-                                               std::move(m), std::move(encoder));
+  return std::make_shared<const ServableModel>(
+      dir, std::move(manifest), std::move(m), std::move(encoder),
+      std::move(csft_encoder));
 }
 
 ModelManager::ModelManager(const Options& options) : options_(options) {}

@@ -28,6 +28,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "serving/content_encoder.h"
+#include "worker/csft/encoder.h"
 #include "worker/model/batch.h"
 #include "worker/model/ciubm_model.h"
 #include "worker/model/manifest.h"
@@ -51,15 +52,23 @@ class ServableModel {
  public:
   ServableModel(std::string dir, model::ModelManifest manifest,
                 std::unique_ptr<const model::CiubmModel> model,
-                std::shared_ptr<const ContentEncoder> encoder);
+                std::shared_ptr<const ContentEncoder> encoder,
+                std::shared_ptr<const csft::CsftEncoder> csft_encoder = nullptr);
 
   const std::string& dir() const { return dir_; }
   const model::ModelManifest& manifest() const { return manifest_; }
   const model::CiubmModel& model() const { return *model_; }
-  // Null for a model without content or with an "external" encoder.
+  // Null for a model without content or with an "external" encoder. For
+  // a "csft" table, the fastText encoder of the C-SFT encoder's input.
   const ContentEncoder* encoder() const { return encoder_.get(); }
   std::shared_ptr<const ContentEncoder> shared_encoder() const {
     return encoder_;
+  }
+  // The C-SFT encoder applied after encoder() when the content table was
+  // filled by //worker/csft:csft (manifest encoder kind "csft"); else null.
+  const csft::CsftEncoder* csft_encoder() const { return csft_encoder_.get(); }
+  std::shared_ptr<const csft::CsftEncoder> shared_csft_encoder() const {
+    return csft_encoder_;
   }
 
   // A scratch for one request; give it back with Release.
@@ -71,6 +80,7 @@ class ServableModel {
   const model::ModelManifest manifest_;
   const std::unique_ptr<const model::CiubmModel> model_;
   const std::shared_ptr<const ContentEncoder> encoder_;
+  const std::shared_ptr<const csft::CsftEncoder> csft_encoder_;
   mutable absl::Mutex mu_;
   mutable std::vector<std::unique_ptr<ScoringScratch>> pool_
       ABSL_GUARDED_BY(mu_);
@@ -79,9 +89,12 @@ class ServableModel {
 // Loads the version in `dir`. Errors: NOT_FOUND (no manifest or model
 // file), INVALID_ARGUMENT / DATA_LOSS naming the file for a bad manifest
 // or model file, FAILED_PRECONDITION when the model file does not match
-// the manifest's checksum or dims, or its encoder cannot be loaded.
-// `encoder_hint` is reused when the manifest names the same encoder path
-// and id (so a reload does not reload the fastText model).
+// the manifest's checksum or dims, or its encoder cannot be loaded (for a
+// "csft" encoder also: its id is not the manifest's, its dim is not the
+// content table's, or it reads modalities besides the text vector, which
+// UpsertItem cannot supply). `encoder_hint` is reused when the manifest
+// names the same encoder id (so a reload does not reload the fastText
+// model).
 absl::StatusOr<std::shared_ptr<const ServableModel>> LoadServableModel(
     const std::string& dir,
     std::shared_ptr<const ContentEncoder> encoder_hint = nullptr);

@@ -6,8 +6,10 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "base/status_macros.h"
 #include "glog/logging.h"
+#include "worker/data/content_vectors.h"
 
 namespace mim::serving {
 namespace {
@@ -240,11 +242,40 @@ absl::StatusOr<PredictOutput> Predictor::Predict(const PredictInput& in,
   return result;
 }
 
+namespace {
+
+// `plain` (a unit fastText vector) through the C-SFT encoder, with the
+// arithmetic of //worker/csft:csft: BuildCatalog L2-normalises the plain
+// vector (data::L2Normalize), then CsftEncoder::Encode.
+absl::StatusOr<std::vector<float>> CsftEncode(
+    const csft::CsftEncoder& encoder, std::vector<float> plain,
+    absl::Span<const int32_t> genres) {
+  const int num_genres = encoder.config().num_genres;
+  for (size_t i = 0; i < genres.size(); ++i) {
+    if (genres[i] < 0 || genres[i] >= num_genres) {
+      return Invalid(absl::StrCat("genres[", i, "]"),
+                     absl::StrCat(genres[i], " is not a genre id the C-SFT "
+                                  "encoder knows (0..", num_genres - 1, ")"));
+    }
+  }
+  data::L2Normalize(&plain);
+  const std::vector<int32_t> ids(genres.begin(), genres.end());
+  std::vector<float> out(encoder.config().dim);
+  MIM_RETURN_IF_ERROR(encoder.Encode({{plain.data(), &ids}}, out.data()));
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<UpsertItemOutput> Predictor::UpsertItem(
     int64_t item_id, const std::string& text, absl::Span<const float> vector,
-    absl::Time deadline) {
+    absl::Span<const int32_t> genres, absl::Time deadline) {
   if (item_id < 0) {
     return Invalid("item_id", absl::StrCat(item_id, " is negative"));
+  }
+  if (static_cast<int>(genres.size()) > options_.max_genres) {
+    return Invalid("genres", absl::StrCat(genres.size(), " genres; at most ",
+                                          options_.max_genres));
   }
   ps::PsClient::ScopedDeadline scoped(deadline);
   const std::shared_ptr<const ServableModel> servable = models_->Current();
@@ -282,8 +313,15 @@ absl::StatusOr<UpsertItemOutput> Predictor::UpsertItem(
     if (text.empty()) return Invalid("text", "is empty and no vector given");
     MIM_ASSIGN_OR_RETURN(EncodeOutcome outcome,
                          servable->encoder()->Encode(text, &row));
-    (void)outcome;  // a text with no known word writes zeros: "no content"
     out.encoder = servable->encoder()->id();
+    // A text with no known word writes zeros: "no content", for C-SFT too.
+    if (servable->csft_encoder() != nullptr && outcome == EncodeOutcome::kEncoded) {
+      MIM_ASSIGN_OR_RETURN(row, CsftEncode(*servable->csft_encoder(), row,
+                                           genres));
+      out.encoder = absl::StrFormat("csft:%016x+%s",
+                                    servable->csft_encoder()->Fingerprint(),
+                                    servable->encoder()->id());
+    }
   }
   for (float v : row) out.norm += v * v;
   const uint64_t key = static_cast<uint64_t>(item_id);

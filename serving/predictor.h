@@ -61,7 +61,8 @@ struct PredictOutput {
 
 struct UpsertItemOutput {
   uint64_t content_version = 0;
-  std::string encoder;  // encoder id, or "caller"
+  // Encoder id, or "caller"; for C-SFT "csft:<C-SFT id>+<fastText id>".
+  std::string encoder;
   float norm = 0;       // squared L2 norm of the written vector
 };
 
@@ -99,15 +100,21 @@ class Predictor {
 
   // Writes item `item_id`'s content vector: `vector` when not empty (it
   // must have the content table's dim and finite values), else `text`
-  // encoded with the model's content encoder. The version written is one
-  // above the newest this server knows of. When this returns OK, every
-  // Predict that starts afterwards reads the new row. Errors:
-  // INVALID_ARGUMENT (negative id, wrong dim, non-finite value, empty text
-  // without vector), FAILED_PRECONDITION (the model has no content table,
-  // or its encoder is external and no vector was given), shard errors.
+  // encoded with the model's content encoder. For a table C-SFT filled
+  // (manifest encoder kind "csft"), the text's fastText vector then goes
+  // through the C-SFT encoder with the item's `genres`, exactly as
+  // //worker/csft:csft encodes a catalogue item (a text with no known word
+  // writes zeros, as for fastText). The version written is one above the
+  // newest this server knows of. When this returns OK, every Predict that
+  // starts afterwards reads the new row. Errors: INVALID_ARGUMENT (negative
+  // id, wrong dim, non-finite value, empty text without vector, more than
+  // max_genres genres, a genre id the C-SFT encoder does not know),
+  // FAILED_PRECONDITION (the model has no content table, or its encoder is
+  // external and no vector was given), shard errors.
   absl::StatusOr<UpsertItemOutput> UpsertItem(int64_t item_id,
                                               const std::string& text,
                                               absl::Span<const float> vector,
+                                              absl::Span<const int32_t> genres,
                                               absl::Time deadline);
 
   // Reads the content table's newest version from the shards; flushes the

@@ -211,6 +211,7 @@ grpc::ServerUnaryReactor* PredictionServiceImpl::UpsertItem(
     absl::StatusOr<UpsertItemOutput> out = predictor_->UpsertItem(
         request->item_id(), request->text(),
         absl::MakeConstSpan(request->vector().data(), request->vector_size()),
+        absl::MakeConstSpan(request->genres().data(), request->genres_size()),
         deadline);
     if (!out.ok()) return out.status();
     response->set_content_version(out->content_version);

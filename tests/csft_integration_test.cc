@@ -2,7 +2,8 @@
 // (items of 4 genres, users who like one genre), C-SFT trains, writes the
 // vectors, the encoder and the metrics, and upserts every item's vector
 // into a new content table; the rows on the shards equal the file, the
-// saved encoder reproduces them, and din_mim trains on the new table.
+// saved encoder reproduces them, and din_mim trains on the new table. Then
+// the serving tier's UpsertItem with the C-SFT encoder.
 #include <cmath>
 #include <cstdint>
 #include <fstream>
@@ -10,12 +11,21 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
+#include "proto/serving.grpc.pb.h"
 #include "ps/client.h"
 #include "tests/process.h"
 #include "worker/csft/encoder.h"
+#include "worker/csft/pairs.h"
 #include "worker/data/content_vectors.h"
 #include "worker/data/sample.h"
 #include "worker/data/sample_io.h"
@@ -26,6 +36,7 @@ namespace {
 using ::mim::testing::CommandResult;
 using ::mim::testing::RunCommand;
 using ::mim::testing::Runfile;
+using ::mim::testing::ServerProcess;
 using ::mim::testing::ShardProcess;
 
 constexpr int kItems = 60;
@@ -137,6 +148,145 @@ TEST(CsftIntegrationTest, TrainsUpsertsAndDinMimTrainsOnTheNewTable) {
                     "--metrics_out=" + dir + "/din_mim.json"});
   ASSERT_TRUE(run.ok()) << run.status();
   EXPECT_EQ(run->exit_code, 0) << run->err;
+}
+
+// The serving tier with a table C-SFT filled: tools/content_vectors trains
+// fastText on the synthetic item texts, csft tunes those vectors and
+// upserts them, the trainer records both encoders in the manifest, and
+// //serving:server's UpsertItem of a new item id with an existing item's
+// text and genres writes exactly the row csft wrote for that item (the
+// decimal text of the file: 1e-6), not the plain fastText vector.
+TEST(CsftIntegrationTest, ServingUpsertsANewItemWithTheCsftEncoder) {
+  const std::string dir = ::testing::TempDir() + "/csft_serving";
+  const std::string data = dir + "/data";
+  ASSERT_EQ(system(("rm -rf " + dir + " && mkdir -p " + data).c_str()), 0);
+  auto ok = [](const std::vector<std::string>& argv) {
+    absl::StatusOr<CommandResult> r = RunCommand(argv);
+    if (!r.ok()) return r.status();
+    if (r->exit_code != 0) {
+      return absl::InternalError(absl::StrCat(argv[0], " exited ",
+                                              r->exit_code, ": ",
+                                              r->err.substr(0, 4000)));
+    }
+    return absl::OkStatus();
+  };
+  absl::Status st = ok({Runfile("tools/gen_synthetic"), "--output_dir=" + data,
+                        "--num_samples=4000", "--num_items=300",
+                        "--num_users=100", "--seed=3"});
+  ASSERT_TRUE(st.ok()) << st;
+  st = ok({Runfile("tools/content_vectors"),
+           "--item_text=" + data + "/item_text.tsv",
+           "--output=" + data + "/vectors.tsv",
+           "--encoder_out=" + data + "/encoder", "--dim=8", "--epoch=1",
+           "--threads=1"});
+  ASSERT_TRUE(st.ok()) << st;
+  auto shards = ShardProcess::StartCluster(dir + "/ps", 2);
+  ASSERT_TRUE(shards.ok()) << shards.status();
+  const std::string ps =
+      absl::StrCat((*shards)[0]->address(), ",", (*shards)[1]->address());
+  // The last epoch, at a high learning rate: the tuned vectors must differ
+  // from the plain ones for the comparison below to mean anything.
+  st = ok({Runfile("worker/csft/csft"), "--train=" + data + "/train.tsv",
+           "--vectors=" + data + "/vectors.tsv",
+           "--genres_from=" + data + "/test.tsv",
+           "--out_vectors=" + dir + "/csft.tsv",
+           "--encoder_out=" + dir + "/csft.encoder", "--ps=" + ps,
+           "--table=item_content_csft", "--content_version=1", "--epochs=1",
+           "--batch_size=64", "--lr=0.01", "--select_last_epoch",
+           "--max_train_pairs=3000", "--holdout_items=0.2"});
+  ASSERT_TRUE(st.ok()) << st;
+  const std::string model_dir = dir + "/model";
+  st = ok({Runfile("worker/trainer"), "--ps=" + ps,
+           "--train=" + data + "/train.tsv", "--test=" + data + "/test.tsv",
+           "--model=din_mim", "--content_table=item_content_csft",
+           "--content_encoder=" + data + "/encoder",
+           "--csft_encoder=" + dir + "/csft.encoder", "--epochs=1",
+           "--batch_size=256", "--threads=1", "--progress=false",
+           "--model_dir=" + model_dir});
+  ASSERT_TRUE(st.ok()) << st;
+  auto server = ServerProcess::Start({Runfile("serving/server"), "--port=0",
+                                      "--ps=" + ps, "--model_dir=" + model_dir,
+                                      "--metrics_port=-1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+
+  // Item X: the first item of item_text.tsv, its text as content_vectors
+  // read it and its genres as csft took them (first sample that has it).
+  std::ifstream texts(data + "/item_text.tsv");
+  std::string line, text;
+  int64_t item = -1;
+  while (std::getline(texts, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::vector<std::string> cols =
+        absl::StrSplit(line, absl::MaxSplits('\t', 1));
+    ASSERT_EQ(cols.size(), 2u) << line;
+    ASSERT_TRUE(absl::SimpleAtoi(cols[0], &item)) << line;
+    text = cols[1];
+    break;
+  }
+  ASSERT_GE(item, 0);
+  absl::flat_hash_map<int64_t, std::vector<int32_t>> genres;
+  for (const char* f : {"/train.tsv", "/test.tsv"}) {
+    auto samples = csft::ReadSamples(data + f);
+    ASSERT_TRUE(samples.ok()) << samples.status();
+    csft::CollectGenres(*samples, &genres);
+  }
+  ASSERT_TRUE(genres.contains(item));
+  auto tuned = data::ReadAllContentVectors(dir + "/csft.tsv", 8);
+  auto plain = data::ReadAllContentVectors(data + "/vectors.tsv", 8);
+  ASSERT_TRUE(tuned.ok() && plain.ok());
+  std::vector<float> want, plain_row;
+  for (const auto& iv : *tuned) {
+    if (iv.item_id == item) want = iv.values;
+  }
+  for (const auto& iv : *plain) {
+    if (iv.item_id == item) plain_row = iv.values;
+  }
+  ASSERT_EQ(want.size(), 8u);
+  ASSERT_EQ(plain_row.size(), 8u);
+  double moved = 0;
+  for (int k = 0; k < 8; ++k) moved = std::max<double>(moved, std::abs(want[k] - plain_row[k]));
+  ASSERT_GT(moved, 1e-3) << "csft wrote the plain vector; the check below "
+                            "would not tell the encoders apart";
+
+  auto stub = serving::PredictionService::NewStub(grpc::CreateChannel(
+      (*server)->address(), grpc::InsecureChannelCredentials()));
+  constexpr int64_t kNewItem = 987654;
+  serving::UpsertItemRequest up;
+  up.set_item_id(kNewItem);
+  up.set_text(text);
+  for (int32_t g : genres[item]) up.add_genres(g);
+  serving::UpsertItemResponse resp;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    const grpc::Status g = stub->UpsertItem(&ctx, up, &resp);
+    ASSERT_TRUE(g.ok()) << g.error_message();
+  }
+  auto encoder = csft::CsftEncoder::Load(dir + "/csft.encoder");
+  ASSERT_TRUE(encoder.ok()) << encoder.status();
+  EXPECT_TRUE(absl::StartsWith(
+      resp.encoder(),
+      absl::StrFormat("csft:%016x+", (*encoder)->Fingerprint())))
+      << resp.encoder();
+  auto client = ps::PsClient::Create(
+      std::vector<std::string>{(*shards)[0]->address(), (*shards)[1]->address()});
+  ASSERT_TRUE(client.ok());
+  const uint64_t key = kNewItem;
+  auto rows = (*client)->GetRows("item_content_csft", absl::MakeConstSpan(&key, 1));
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_TRUE(rows->missing.empty());
+  EXPECT_EQ(rows->meta[0].version(), resp.content_version());
+  for (int k = 0; k < 8; ++k) {
+    EXPECT_NEAR(rows->values[k], want[k], 1e-6) << "dim " << k;
+  }
+
+  // A genre the encoder never saw is refused, naming it.
+  up.add_genres(100000);
+  grpc::ClientContext ctx;
+  const grpc::Status g = stub->UpsertItem(&ctx, up, &resp);
+  EXPECT_EQ(g.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(g.error_message(), "100000 is not a genre id"))
+      << g.error_message();
 }
 
 }  // namespace

@@ -3,8 +3,8 @@
 // port), TLS and mutual TLS with certificates from tools/make_test_certs.sh,
 // bearer tokens with the read and admin roles on every RPC (refused calls
 // change nothing), error messages without server paths or unbounded client
-// input, and the trainer, ps_admin, ingest_content, the serving tier and
-// tools/serving_client.py working with TLS and tokens end to end.
+// input, and the trainer, ps_admin, ingest_content, csft, the serving tier
+// and tools/serving_client.py working with TLS and tokens end to end.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -807,6 +807,30 @@ TEST_F(SecureSystemTest, TrainerNeedsTheAdminToken) {
   EXPECT_EQ(r->exit_code, 1);
   EXPECT_THAT(r->err, HasSubstr("PERMISSION_DENIED"));
   EXPECT_FALSE(fs::exists(secure->dir + "/model_by_reader/manifest.json"));
+}
+
+TEST_F(SecureSystemTest, CsftUpsertsWithTlsAndTheAdminToken) {
+  const Secrets& s = secure->secrets;
+  auto csft = [&](const std::string& token_file, const std::string& table) {
+    return RunCommand(With(
+        {Runfile("worker/csft/csft"), "--train=" + secure->data + "/train.tsv",
+         "--vectors=" + secure->data + "/vectors.tsv",
+         "--out_vectors=" + secure->dir + "/" + table + ".tsv",
+         "--ps=" + secure->ps, "--table=" + table, "--content_version=1",
+         "--epochs=1", "--batch_size=64", "--max_train_pairs=500"},
+        ClientFlags(token_file)));
+  };
+  auto r = csft(s.read_token(), "csft_by_reader");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->exit_code, 1);
+  EXPECT_THAT(r->err, HasSubstr("PERMISSION_DENIED"));
+  r = csft(s.admin_token(), "csft_by_admin");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->exit_code, 0) << r->err;
+  CommandResult tables = Admin({"tables"}, s.read_token());
+  EXPECT_EQ(tables.exit_code, 0) << tables.err;
+  EXPECT_THAT(tables.out, HasSubstr("csft_by_admin"));
+  EXPECT_THAT(tables.out, Not(HasSubstr("csft_by_reader")));
 }
 
 TEST_F(SecureSystemTest, ServingNeedsReadForPredictAndAdminForUpsert) {

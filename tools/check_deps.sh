@@ -90,15 +90,16 @@ rule "ps:client -> embedding:sharding, proto/, base/" \
   "//ps:client" "//ps/..." "//embedding:sharding + //proto/... + //base/..."
 rule "ps:server -> embedding/, proto/, base/" \
   "//ps/..." "//ps/..." "//embedding/... + //proto/... + //base/..."
-rule "worker/model, worker/data -> kernels/, base/" \
-  "//worker/model/... + //worker/data/..." \
-  "//worker/model/... + //worker/data/..." "//kernels/... + //base/..."
+rule "worker/model, worker/data, worker/csft:encoder -> kernels/, base/" \
+  "//worker/model/... + //worker/data/... + //worker/csft:encoder" \
+  "//worker/model/... + //worker/data/... + //worker/csft:encoder" \
+  "//kernels/... + //base/..."
 rule "worker/ -> ps:client, embedding:sharding, kernels/, proto/, base/" \
   "//worker/..." "//worker/..." \
   "//ps:client + //embedding:sharding + //kernels/... + //proto/... + //base/..."
-rule "serving/ -> worker/model, worker/data, ps:client, ps:health_service, embedding:sharding, kernels/, proto/, base/" \
+rule "serving/ -> worker/model, worker/data, worker/csft:encoder, ps:client, ps:health_service, embedding:sharding, kernels/, proto/, base/" \
   "//serving/..." "//serving/..." \
-  "//worker/model/... + //worker/data/... + //ps:client + //ps:health_service + //embedding:sharding + //kernels/... + //proto/... + //base/..."
+  "//worker/model/... + //worker/data/... + //worker/csft:encoder + //ps:client + //ps:health_service + //embedding:sharding + //kernels/... + //proto/... + //base/..."
 # Nothing outside tools/, tests/ and bench/ depends on them (this also
 # covers a new top-level package that has no rule above yet).
 rule "nothing outside tools/, tests/, bench/ -> tools/, tests/, bench/" \

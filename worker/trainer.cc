@@ -26,6 +26,7 @@
 #include "worker/dense_sync.h"
 #include "worker/dense_sync_local.h"
 #include "worker/dense_sync_ps.h"
+#include "worker/csft/encoder.h"
 #include "worker/model/manifest.h"
 #include "worker/trainer_pipeline.h"
 #include "worker/trainer_progress.h"
@@ -43,6 +44,12 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat(parts...));
   };
   if (o.ps_addresses.empty()) return bad("--ps: no shard addresses");
+  if (!o.csft_encoder.empty() && o.content_encoder.empty()) {
+    return bad("--csft_encoder=", o.csft_encoder,
+               " needs --content_encoder=DIR: the fastText encoder "
+               "(tools/content_vectors --encoder_out) whose vectors C-SFT "
+               "read");
+  }
   if (o.eval_only) {
     if (o.model_dir.empty()) {
       return bad("--eval_only needs --model_dir=DIR of a trained model");
@@ -329,6 +336,31 @@ absl::StatusOr<std::string> EncoderId(const std::string& dir, int dim) {
   return id;
 }
 
+// The id (16 hex digits of its parameter fingerprint) of the C-SFT encoder
+// file //worker/csft:csft --encoder_out wrote, checked to map the content
+// table's dim to itself.
+absl::StatusOr<std::string> CsftEncoderId(const std::string& path, int dim) {
+  absl::StatusOr<std::unique_ptr<csft::CsftEncoder>> e =
+      csft::CsftEncoder::Load(path);
+  if (!e.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--csft_encoder=", path, ": ", e.status().message(),
+        " (expected the file //worker/csft:csft --encoder_out wrote)"));
+  }
+  if ((*e)->config().dim != dim) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--csft_encoder=", path, " has dim ", (*e)->config().dim,
+                     "; the content table has dim ", dim));
+  }
+  return absl::StrFormat("%016x", (*e)->Fingerprint());
+}
+
+std::string AbsolutePath(const std::string& path) {
+  std::error_code ec;
+  const std::filesystem::path abs = std::filesystem::absolute(path, ec);
+  return ec ? path : abs.lexically_normal().string();
+}
+
 // The manifest of the model saved in `dir`: what the dense parameters were
 // trained with, pinned for the serving tier and for warm starts.
 absl::Status WriteModelManifest(const std::string& dir, const TrainerOptions& o,
@@ -371,13 +403,20 @@ absl::Status WriteModelManifest(const std::string& dir, const TrainerOptions& o,
       c.encoder.kind = "external";
     } else {
       c.encoder.kind = "fasttext";
-      std::error_code ec;
-      const std::filesystem::path abs =
-          std::filesystem::absolute(o.content_encoder, ec);
-      c.encoder.path = ec ? o.content_encoder : abs.lexically_normal().string();
+      c.encoder.path = AbsolutePath(o.content_encoder);
       absl::StatusOr<std::string> id =
           EncoderId(o.content_encoder, r.config.content_dim);
       if (!id.ok()) return id.status();
+      c.encoder.id = *id;
+    }
+    if (!o.csft_encoder.empty()) {
+      absl::StatusOr<std::string> id =
+          CsftEncoderId(o.csft_encoder, r.config.content_dim);
+      if (!id.ok()) return id.status();
+      c.encoder.text_path = c.encoder.path;
+      c.encoder.text_id = c.encoder.id;
+      c.encoder.kind = "csft";
+      c.encoder.path = AbsolutePath(o.csft_encoder);
       c.encoder.id = *id;
     }
     m.content_table = std::move(c);

@@ -75,6 +75,10 @@ struct TrainerOptions {
   // (tools/content_vectors --encoder_out); named in the model manifest so
   // the serving tier encodes new items the same way. Empty: "external".
   std::string content_encoder;
+  // The C-SFT encoder file (//worker/csft:csft --encoder_out) when the
+  // content table holds C-SFT vectors; then content_encoder is the
+  // fastText encoder of its input (required). Recorded as kind "csft".
+  std::string csft_encoder;
   std::string id_table;       // empty: <table_prefix><model>_s<seed>_id
   std::string table_prefix;
   int num_workers = 1;

@@ -78,6 +78,11 @@ DEFINE_string(content_table, kDefaults.content_table.c_str(),
 DEFINE_string(content_encoder, kDefaults.content_encoder.c_str(),
               "Encoder dir that filled --content_table (tools/content_vectors "
               "--encoder_out); recorded in the manifest for serving");
+DEFINE_string(csft_encoder, kDefaults.csft_encoder.c_str(),
+              "C-SFT encoder file (//worker/csft:csft --encoder_out) when "
+              "--content_table holds C-SFT vectors; needs --content_encoder "
+              "(the fastText encoder of its input); recorded in the manifest "
+              "so serving encodes new items the same way");
 DEFINE_string(id_table, kDefaults.id_table.c_str(),
               "ID table name (empty: <table_prefix><model>_s<seed>_id)");
 DEFINE_string(table_prefix, kDefaults.table_prefix.c_str(),
@@ -171,6 +176,7 @@ int main(int argc, char** argv) {
   o.seed = FLAGS_seed;
   o.content_table = FLAGS_content_table;
   o.content_encoder = FLAGS_content_encoder;
+  o.csft_encoder = FLAGS_csft_encoder;
   o.predictions_out = UserPath(FLAGS_predictions_out);
   o.id_table = FLAGS_id_table;
   o.table_prefix = FLAGS_table_prefix;

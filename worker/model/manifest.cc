@@ -124,6 +124,18 @@ absl::Status ValidateManifest(const ModelManifest& m) {
                               " differs from model_config.content_dim ",
                               m.content_dim, " or is not positive"));
     }
+    const ContentEncoderInfo& e = m.content_table->encoder;
+    if (!e.kind.empty() && e.kind != "fasttext" && e.kind != "csft" &&
+        e.kind != "external") {
+      return Bad("content_table.encoder.kind",
+                 absl::StrCat("'", e.kind,
+                              "' is not fasttext, csft or external"));
+    }
+    if (e.kind == "csft" && (e.path.empty() || e.text_path.empty())) {
+      return Bad("content_table.encoder",
+                 "of kind csft needs path (the C-SFT encoder file) and "
+                 "text_encoder.path (the fastText encoder of its input)");
+    }
   }
   if (m.dense_params != "local" && m.dense_params != "ps") {
     return Bad("dense_params", absl::StrCat("'", m.dense_params,
@@ -158,13 +170,17 @@ std::string FormatManifest(const ModelManifest& m) {
                    {"pushes", m.id_table.pushes}};
   if (m.content_table.has_value()) {
     const ModelManifest::ContentTable& c = *m.content_table;
+    Json encoder = {{"kind", c.encoder.kind},
+                    {"path", c.encoder.path},
+                    {"id", c.encoder.id}};
+    if (c.encoder.kind == "csft") {
+      encoder["text_encoder"] = {{"path", c.encoder.text_path},
+                                 {"id", c.encoder.text_id}};
+    }
     j["content_table"] = {{"name", c.name},
                           {"dim", c.dim},
                           {"version", c.version},
-                          {"encoder",
-                           {{"kind", c.encoder.kind},
-                            {"path", c.encoder.path},
-                            {"id", c.encoder.id}}}};
+                          {"encoder", std::move(encoder)}};
   } else {
     j["content_table"] = nullptr;
   }
@@ -252,6 +268,16 @@ absl::StatusOr<ModelManifest> ParseManifest(absl::string_view text) {
       MIM_RETURN_IF_ERROR(ef.String("kind", &c.encoder.kind));
       MIM_RETURN_IF_ERROR(ef.String("path", &c.encoder.path, true));
       MIM_RETURN_IF_ERROR(ef.String("id", &c.encoder.id, true));
+      if (c.encoder.kind == "csft") {
+        const Json* text = ef.Find("text_encoder");
+        if (text == nullptr || !text->is_object()) {
+          return Bad("content_table.encoder.text_encoder",
+                     "must be an object for an encoder of kind csft");
+        }
+        Fields tf(*text, "content_table.encoder.text_encoder.");
+        MIM_RETURN_IF_ERROR(tf.String("path", &c.encoder.text_path));
+        MIM_RETURN_IF_ERROR(tf.String("id", &c.encoder.text_id, true));
+      }
     } else if (v2) {
       return Bad("content_table.encoder", "is missing");
     }

@@ -27,12 +27,19 @@ inline constexpr char kModelFileName[] = "model.mimmodel";
 // The encoder that turned item content into the content table's vectors.
 // Plain value type.
 struct ContentEncoderInfo {
-  std::string kind;  // "fasttext" (tools/content_vectors) or "external"
+  // "fasttext" (tools/content_vectors), "csft" (//worker/csft:csft on top
+  // of a fastText encoder's vectors) or "external".
+  std::string kind;
   // For "fasttext": the saved encoder (fastText .bin plus its centring
-  // mean), as written by tools/content_vectors --encoder_out. May be
-  // relative to the manifest's directory. Empty for "external".
+  // mean), as written by tools/content_vectors --encoder_out. For "csft":
+  // the C-SFT encoder file (csft --encoder_out). May be relative to the
+  // manifest's directory. Empty for "external".
   std::string path;
   std::string id;  // content hash of the encoder files; "" when unknown
+  // For "csft" only (both required): the fastText encoder directory whose
+  // vectors are the C-SFT encoder's plain input, and its id.
+  std::string text_path;
+  std::string text_id;
 };
 
 // Plain value type.
@@ -90,7 +97,8 @@ struct ModelManifest {
 // OK when the manifest is consistent: known format version, non-empty model
 // version / name / file / ID table name, positive dims, id_table.dim ==
 // id_dim, a content table exactly when uses_content, with dim ==
-// content_dim. Else INVALID_ARGUMENT naming the field.
+// content_dim; an encoder kind of "", fasttext, csft or external, and for
+// csft a path and a text_path. Else INVALID_ARGUMENT naming the field.
 absl::Status ValidateManifest(const ModelManifest& m);
 
 // JSON text (2-space indented, trailing newline).

@@ -63,6 +63,35 @@ TEST(ManifestTest, RejectsInconsistentManifestsNamingTheField) {
   EXPECT_EQ(ValidateManifest(m).code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(ManifestTest, CsftEncoderRoundTripsWithItsTextEncoder) {
+  ModelManifest m = Sample();
+  m.content_table->encoder = {"csft", "/models/csft.encoder",
+                              "00112233aabbccdd", "/models/text_encoder",
+                              "abcd"};
+  absl::StatusOr<ModelManifest> back = ParseManifest(FormatManifest(m));
+  ASSERT_TRUE(back.ok()) << back.status();
+  const ContentEncoderInfo& e = back->content_table->encoder;
+  EXPECT_EQ(e.kind, "csft");
+  EXPECT_EQ(e.path, "/models/csft.encoder");
+  EXPECT_EQ(e.id, "00112233aabbccdd");
+  EXPECT_EQ(e.text_path, "/models/text_encoder");
+  EXPECT_EQ(e.text_id, "abcd");
+  EXPECT_EQ(FormatManifest(*back), FormatManifest(m));
+
+  m.content_table->encoder.text_path.clear();
+  absl::Status s = ValidateManifest(m);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(),
+            "manifest: content_table.encoder of kind csft needs path "
+            "(the C-SFT encoder file) and text_encoder.path (the fastText "
+            "encoder of its input)");
+  m.content_table->encoder.kind = "word2vec";
+  s = ValidateManifest(m);
+  EXPECT_EQ(s.message(),
+            "manifest: content_table.encoder.kind 'word2vec' is not "
+            "fasttext, csft or external");
+}
+
 TEST(ManifestTest, ParseErrorsNameTheField) {
   EXPECT_EQ(ParseManifest("not json").status().code(),
             absl::StatusCode::kInvalidArgument);
