@@ -4,13 +4,16 @@
 // CUDA backend (the *Cuda twins on one stream, device buffers) implements
 // the same interface.
 //
-// Each method has the signature and contract of its twins in
-// kernels/*_ops.h (pointers are row-major float32 blocks in the backend's
-// memory; errors are the twins' INVALID_ARGUMENT for bad shapes or null
-// tensors).
+// Each op has the signature and contract of its twins in kernels/*_ops.h
+// (pointers are row-major float32 blocks in the backend's memory; errors
+// are the twins' INVALID_ARGUMENT for bad shapes or null tensors). The
+// memory methods let a model keep its parameters and activations in the
+// backend's memory (device memory for CUDA) and move a batch in and its
+// results out in one copy each.
 #ifndef MIM_KERNELS_BACKEND_H_
 #define MIM_KERNELS_BACKEND_H_
 
+#include <cstddef>
 #include <cstdint>
 
 #include "absl/status/status.h"
@@ -20,6 +23,7 @@
 #include "kernels/content_ops.h"
 #include "kernels/dense_ops.h"
 #include "kernels/embedding_ops.h"
+#include "kernels/memory_ops.h"
 #include "kernels/sequence_ops.h"
 
 namespace mim::kernels {
@@ -32,6 +36,40 @@ class ComputeBackend {
   virtual ~ComputeBackend() = default;
 
   virtual absl::string_view name() const = 0;  // "cpu", "cuda", ...
+
+  // --- Memory ---------------------------------------------------------------
+  // True when the backend's pointers are host pointers (CPU): host data may
+  // then be passed to the ops as it is, without a copy.
+  virtual bool host_memory() const = 0;
+  // `bytes` of the backend's memory, contents unspecified; *ptr is null for
+  // 0 bytes. Errors: INTERNAL naming the size when the allocator fails;
+  // UNIMPLEMENTED for CUDA built without CUDA.
+  virtual absl::Status Allocate(size_t bytes, void** ptr) const = 0;
+  virtual void Free(void* ptr) const = 0;
+  // Host memory to stage copies in (page-locked for CUDA, so copies from it
+  // are asynchronous). Errors as Allocate.
+  virtual absl::Status AllocateHost(size_t bytes, void** ptr) const = 0;
+  virtual void FreeHost(void* ptr) const = 0;
+  // Host -> backend. Ops called afterwards on this thread see the data.
+  // `src` must stay unchanged until the next CopyToHost on this thread
+  // returns (the copy may still be in flight). Errors: INTERNAL naming the
+  // size (e.g. a range outside an allocation).
+  virtual absl::Status CopyToBackend(void* dst, const void* src,
+                                     size_t bytes) const = 0;
+  // Backend -> host; returns once every op queued before it has finished
+  // and `dst` holds the data (this is where asynchronous kernel errors
+  // surface). Errors as CopyToBackend.
+  virtual absl::Status CopyToHost(void* dst, const void* src,
+                                  size_t bytes) const = 0;
+  // Within the backend's memory; the ranges must not overlap.
+  virtual absl::Status Copy(void* dst, const void* src,
+                            size_t bytes) const = 0;
+  virtual absl::Status Zero(void* ptr, size_t bytes) const = 0;
+  // Strided column copy and in-place add (memory_ops.h).
+  virtual absl::Status CopyColumns(const ColumnCopyShape& s, const float* src,
+                                   float* dst) const = 0;
+  virtual absl::Status AddInto(int64_t n, const float* src,
+                               float* dst) const = 0;
 
   // Embedding gather / segment-sum backward (embedding_ops.h).
   virtual absl::Status EmbeddingGather(const GatherShape& s,
@@ -114,6 +152,14 @@ class ComputeBackend {
 
 // The CPU twins (host memory). Lives for the whole process.
 const ComputeBackend& CpuBackend();
+
+// The CUDA twins on device memory (backend_cuda.cc): cuBLAS in strict fp32
+// for the dense layers, the project's kernels for the rest, all on the
+// default stream of device 0; copies in go through the calling thread's
+// copy stream. Lives for the whole process. Every call returns
+// UNIMPLEMENTED when built without CUDA; check CudaDeviceStatus() first.
+// Under the grid emulator (kernels/testing) it runs on the CPU.
+const ComputeBackend& CudaBackend();
 
 }  // namespace mim::kernels
 

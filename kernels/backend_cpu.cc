@@ -1,4 +1,8 @@
 // CpuBackend: forwards every op to its *Cpu twin.
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
 #include "kernels/backend.h"
 
 namespace mim::kernels {
@@ -7,6 +11,50 @@ namespace {
 class CpuComputeBackend final : public ComputeBackend {
  public:
   absl::string_view name() const override { return "cpu"; }
+
+  bool host_memory() const override { return true; }
+  absl::Status Allocate(size_t bytes, void** ptr) const override {
+    *ptr = nullptr;
+    if (bytes == 0) return absl::OkStatus();
+    // 64-byte aligned like the SIMD paths prefer; rounded up as
+    // aligned_alloc requires.
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    *ptr = std::aligned_alloc(64, rounded);
+    if (*ptr == nullptr) {
+      return absl::InternalError(absl::StrFormat(
+          "CpuBackend: cannot allocate %d bytes of host memory", bytes));
+    }
+    return absl::OkStatus();
+  }
+  void Free(void* ptr) const override { std::free(ptr); }
+  absl::Status AllocateHost(size_t bytes, void** ptr) const override {
+    return Allocate(bytes, ptr);
+  }
+  void FreeHost(void* ptr) const override { std::free(ptr); }
+  absl::Status CopyToBackend(void* dst, const void* src,
+                             size_t bytes) const override {
+    return Copy(dst, src, bytes);
+  }
+  absl::Status CopyToHost(void* dst, const void* src,
+                          size_t bytes) const override {
+    return Copy(dst, src, bytes);
+  }
+  absl::Status Copy(void* dst, const void* src, size_t bytes) const override {
+    if (bytes > 0) std::memcpy(dst, src, bytes);
+    return absl::OkStatus();
+  }
+  absl::Status Zero(void* ptr, size_t bytes) const override {
+    if (bytes > 0) std::memset(ptr, 0, bytes);
+    return absl::OkStatus();
+  }
+  absl::Status CopyColumns(const ColumnCopyShape& s, const float* src,
+                           float* dst) const override {
+    return CopyColumnsCpu(s, src, dst);
+  }
+  absl::Status AddInto(int64_t n, const float* src,
+                       float* dst) const override {
+    return AddIntoCpu(n, src, dst);
+  }
 
   absl::Status EmbeddingGather(const GatherShape& s, const float* table,
                                const int32_t* index,

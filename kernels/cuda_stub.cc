@@ -2,11 +2,13 @@
 // callers and tests can tell "built without CUDA" from a device failure.
 #include "absl/status/status.h"
 #include "kernels/attention_ops.h"
+#include "kernels/backend_runtime.h"
 #include "kernels/common.h"
 #include "kernels/content_ops.h"
 #include "kernels/dense_ops.h"
 #include "kernels/device_buffer.h"
 #include "kernels/embedding_ops.h"
+#include "kernels/memory_ops.h"
 #include "kernels/sequence_ops.h"
 
 namespace mim::kernels {
@@ -25,6 +27,15 @@ void DeviceFree(void*) {}
 absl::Status CopyHostToDevice(void*, const void*, size_t) { return NoCuda(); }
 absl::Status CopyDeviceToHost(void*, const void*, size_t) { return NoCuda(); }
 absl::Status DeviceMemsetZero(void*, size_t) { return NoCuda(); }
+absl::Status PinnedAlloc(size_t, void** ptr) {
+  *ptr = nullptr;
+  return NoCuda();
+}
+void PinnedFree(void*) {}
+absl::Status CopyHostToDeviceOnCopyStream(void*, const void*, size_t) {
+  return NoCuda();
+}
+absl::Status CopyDeviceToDevice(void*, const void*, size_t) { return NoCuda(); }
 }  // namespace internal
 
 absl::Status EmbeddingGatherCuda(const GatherShape&, const float*,
@@ -101,5 +112,10 @@ absl::Status AdamUpdateCuda(const AdamConfig&, int64_t, int64_t, const float*,
                             float*, float*, float*) {
   return NoCuda();
 }
+
+absl::Status CopyColumnsCuda(const ColumnCopyShape&, const float*, float*) {
+  return NoCuda();
+}
+absl::Status AddIntoCuda(int64_t, const float*, float*) { return NoCuda(); }
 
 }  // namespace mim::kernels

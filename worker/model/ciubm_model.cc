@@ -8,13 +8,16 @@
 #include <iterator>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "base/atomic_file.h"
 #include "base/status_macros.h"
 #include "kernels/backend.h"
+#include "kernels/backend_buffer.h"
 #include "worker/model/modules.h"
 
 namespace mim::model {
@@ -108,10 +111,6 @@ std::vector<ParamSlice> Layout(const ModelConfig& c,
     AppendSlice(&out, init, absl::StrCat("mlp.", l, ".b"), widths[l + 1], {});
   }
   return out;
-}
-
-void AddInto(const float* src, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
 }
 
 // --- Serialization ---------------------------------------------------------
@@ -429,35 +428,175 @@ std::vector<ParamSlice> DenseParamLayout(const ModelConfig& c) {
 // so one gather fills all inputs and one segment-sum backward produces the
 // per-unique-row gradient.
 struct ModelWorkspace::State {
-  State(const ModelConfig& c, const kernels::ComputeBackend& backend)
-      : id_interest(backend, c.backbone, c.id_dim, AttShape(c), c.sim_k),
-        content(backend, c.id_dim, c.content_dim),
-        mlp(backend, MlpInputWidth(c), c.mlp_hidden) {}
+  State(const ModelConfig& c, const kernels::ComputeBackend& b)
+      : backend(&b),
+        id_interest(b, c.backbone, c.id_dim, AttShape(c), c.sim_k),
+        content(b, c.id_dim, c.content_dim),
+        mlp(b, MlpInputWidth(c), c.mlp_hidden),
+        inputs(&b),
+        gathered(&b),
+        grad_gathered(&b),
+        genre_mean(&b),
+        grad_genre_mean(&b),
+        id_out(&b),
+        grad_id_out(&b),
+        grad_target_tmp(&b),
+        grad_beh_tmp(&b),
+        content_gathered(&b),
+        h_mm(&b),
+        h_fusion(&b),
+        grad_h_fusion(&b),
+        mlp_in(&b),
+        grad_mlp_in(&b),
+        logits(&b),
+        grad_logits(&b),
+        loss(&b),
+        grad_id_rows(&b) {}
+  ~State() { backend->FreeHost(staging); }
 
+  const kernels::ComputeBackend* backend;
   IdInterestModule id_interest;
   ContentInterestModule content;
   MlpTower mlp;
 
   int64_t B = 0, L = 0, G = 0;
-  std::vector<int32_t> id_index, genre_lens;
-  std::vector<float> gathered, grad_gathered;
-  std::vector<float> genre_mean, grad_genre_mean;
-  std::vector<float> id_out, grad_id_out, grad_target_tmp, grad_beh_tmp;
-  std::vector<int32_t> content_index;
-  std::vector<float> content_gathered;  // m_t B | m B*L
-  std::vector<float> h_mm, h_fusion, grad_h_fusion;
-  std::vector<float> mlp_in, grad_mlp_in, logits, grad_logits;
+  // Packed on the host (see above).
+  std::vector<int32_t> id_index, genre_lens, content_index;
+  // The batch's inputs in the backend's memory: on a host backend the
+  // Batch's and the vectors above; else views into `inputs`, which
+  // StageInputs fills with one copy from the pinned `staging` buffer.
+  struct Inputs {
+    const float* id_rows = nullptr;
+    const float* content_rows = nullptr;
+    const float* labels = nullptr;
+    const int32_t* id_index = nullptr;
+    const int32_t* genre_lens = nullptr;
+    const int32_t* lens = nullptr;
+    const int32_t* content_index = nullptr;
+  } in;
+  void* staging = nullptr;
+  size_t staging_bytes = 0;
+  kernels::BackendArray<float> inputs;  // 4-byte words, floats and int32s
+
+  kernels::BackendArray<float> gathered, grad_gathered;
+  kernels::BackendArray<float> genre_mean, grad_genre_mean;
+  kernels::BackendArray<float> id_out, grad_id_out, grad_target_tmp,
+      grad_beh_tmp;
+  kernels::BackendArray<float> content_gathered;  // m_t B | m B*L
+  kernels::BackendArray<float> h_mm, h_fusion, grad_h_fusion;
+  kernels::BackendArray<float> mlp_in, grad_mlp_in, logits, grad_logits;
+  kernels::BackendArray<float> loss, grad_id_rows;  // device backends only
+  std::vector<float> logits_host;                   // device backends only
+
+  // Puts the batch's inputs where the backend computes: a host backend
+  // reads them in place; a device backend gets them in one copy from
+  // pinned host memory (rows pulled from the shards, the packed indices,
+  // lens, labels).
+  absl::Status StageInputs(const Batch& b, bool content);
+  // probs = sigmoid(logits), read back from the backend.
+  absl::Status Probs(std::vector<float>* probs);
 };
 
 ModelWorkspace::ModelWorkspace(std::unique_ptr<State> state)
     : state_(std::move(state)) {}
 ModelWorkspace::~ModelWorkspace() = default;
 
-// Read-only after construction except through the training methods
-// (params, Adam state, gradient and the training workspace).
+namespace {
+
+// Copies `v` into the staging words at *at and returns where the copy
+// will be in the backend's buffer `base`.
+template <typename T>
+const T* StageVector(const std::vector<T>& v, char* staging, size_t* at,
+                     const float* base) {
+  static_assert(sizeof(T) == sizeof(float), "staging holds 4-byte words");
+  if (v.empty()) return nullptr;
+  std::memcpy(staging + *at, v.data(), v.size() * sizeof(T));
+  const T* out = reinterpret_cast<const T*>(
+      reinterpret_cast<const char*>(base) + *at);
+  *at += v.size() * sizeof(T);
+  return out;
+}
+
+}  // namespace
+
+absl::Status ModelWorkspace::State::StageInputs(const Batch& b,
+                                                bool content) {
+  State* w = this;
+  const kernels::ComputeBackend& backend = *w->backend;
+  Inputs& in = w->in;
+  const bool labels = static_cast<int64_t>(b.labels.size()) == b.batch_size;
+  if (backend.host_memory()) {
+    in.id_rows = b.id_rows.data();
+    in.content_rows = content ? b.content_rows.data() : nullptr;
+    in.labels = labels ? b.labels.data() : nullptr;
+    in.id_index = w->id_index.data();
+    in.genre_lens = w->genre_lens.data();
+    in.lens = b.lens.data();
+    in.content_index = content ? w->content_index.data() : nullptr;
+    return absl::OkStatus();
+  }
+  static const std::vector<float> kNone;
+  const std::vector<float>& content_rows = content ? b.content_rows : kNone;
+  const std::vector<float>& label_vec = labels ? b.labels : kNone;
+  static const std::vector<int32_t> kNoIndex;
+  const std::vector<int32_t>& content_index =
+      content ? w->content_index : kNoIndex;
+  const size_t words = b.id_rows.size() + content_rows.size() +
+                       label_vec.size() + w->id_index.size() +
+                       w->genre_lens.size() + b.lens.size() +
+                       content_index.size();
+  const size_t bytes = words * sizeof(float);
+  if (w->staging_bytes < bytes) {
+    backend.FreeHost(w->staging);
+    w->staging = nullptr;
+    w->staging_bytes = 0;
+    MIM_RETURN_IF_ERROR(backend.AllocateHost(bytes, &w->staging));
+    w->staging_bytes = bytes;
+  }
+  MIM_RETURN_IF_ERROR(w->inputs.Resize(static_cast<int64_t>(words)));
+  char* staging = static_cast<char*>(w->staging);
+  const float* base = w->inputs.data();
+  size_t at = 0;
+  in.id_rows = StageVector(b.id_rows, staging, &at, base);
+  in.content_rows = StageVector(content_rows, staging, &at, base);
+  in.labels = StageVector(label_vec, staging, &at, base);
+  in.id_index = StageVector(w->id_index, staging, &at, base);
+  in.genre_lens = StageVector(w->genre_lens, staging, &at, base);
+  in.lens = StageVector(b.lens, staging, &at, base);
+  in.content_index = StageVector(content_index, staging, &at, base);
+  return backend.CopyToBackend(w->inputs.data(), staging, bytes);
+}
+
+absl::Status ModelWorkspace::State::Probs(std::vector<float>* probs) {
+  const int64_t n = B;
+  const float* z = logits.data();
+  if (!backend->host_memory()) {
+    logits_host.resize(n);
+    MIM_RETURN_IF_ERROR(
+        backend->CopyToHost(logits_host.data(), z, n * sizeof(float)));
+    z = logits_host.data();
+  }
+  probs->resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    (*probs)[i] = 1.0f / (1.0f + std::exp(-z[i]));
+  }
+  return absl::OkStatus();
+}
+
+// The config and layout are read-only after construction. The dense state
+// lives in host vectors; a device backend computes on device copies of it
+// (d_*), synchronised lazily in both directions under sync_mu, so that
+// concurrent Predict calls upload changed parameters once.
 struct CiubmModel::Impl {
   Impl(const ModelConfig& c, const kernels::ComputeBackend& b)
-      : config(c), backend(&b), layout(Layout(c, &init)) {
+      : config(c),
+        backend(&b),
+        layout(Layout(c, &init)),
+        d_params(&b),
+        d_grads(&b),
+        d_m(&b),
+        d_v(&b),
+        d_ext_grads(&b) {
     int64_t n = 0;
     for (const ParamSlice& s : layout) n += s.size;
     params.assign(n, 0.0f);
@@ -470,6 +609,16 @@ struct CiubmModel::Impl {
       IdInterestModule probe(b, c.backbone, c.id_dim, AttShape(c), c.sim_k);
       mlp_offset = probe.num_params();
     }
+  }
+
+  // The device copies of the dense state (nothing on a host backend).
+  absl::Status AllocateDeviceState() {
+    if (backend->host_memory()) return absl::OkStatus();
+    const int64_t n = static_cast<int64_t>(params.size());
+    for (kernels::BackendArray<float>* a : {&d_params, &d_grads, &d_m, &d_v}) {
+      MIM_RETURN_IF_ERROR(a->Resize(n));
+    }
+    return absl::OkStatus();
   }
 
   void InitParams() {
@@ -488,6 +637,7 @@ struct CiubmModel::Impl {
         p[j] = rng.Uniform(static_cast<float>(limit));
       }
     }
+    MarkHostNewer(/*adam=*/true);
   }
 
   // Adam state from a model file; empty moments (version 1) mean fresh.
@@ -500,6 +650,7 @@ struct CiubmModel::Impl {
       adam_m = std::move(s.m);
       adam_v = std::move(s.v);
     }
+    MarkHostNewer(/*adam=*/true);
   }
 
   ModelWorkspace::State& train() {
@@ -507,6 +658,80 @@ struct CiubmModel::Impl {
       train_ws = std::make_unique<ModelWorkspace::State>(config, *backend);
     }
     return *train_ws;
+  }
+
+  // --- Dense state on the backend -----------------------------------------
+  bool on_host() const { return backend->host_memory(); }
+  const float* BackendParams() const {
+    return on_host() ? params.data() : d_params.data();
+  }
+  float* BackendGrads() { return on_host() ? grads.data() : d_grads.data(); }
+
+  // The host params (and Adam state) were or may be written: the device
+  // copies are stale.
+  void MarkHostNewer(bool adam) {
+    absl::MutexLock lock(&sync_mu);
+    host_params_newer = true;
+    if (adam) host_adam_newer = true;
+    device_newer = false;
+  }
+  // Uploads what the host changed. Safe for concurrent callers.
+  absl::Status EnsureDeviceState() const {
+    if (on_host()) return absl::OkStatus();
+    absl::MutexLock lock(&sync_mu);
+    const size_t bytes = params.size() * sizeof(float);
+    // From pageable memory the copy has left `params` when this returns,
+    // so the host vectors may change right after.
+    if (host_params_newer) {
+      MIM_RETURN_IF_ERROR(
+          backend->CopyToBackend(d_params.data(), params.data(), bytes));
+      host_params_newer = false;
+    }
+    if (host_adam_newer) {
+      MIM_RETURN_IF_ERROR(
+          backend->CopyToBackend(d_m.data(), adam_m.data(), bytes));
+      MIM_RETURN_IF_ERROR(
+          backend->CopyToBackend(d_v.data(), adam_v.data(), bytes));
+      host_adam_newer = false;
+    }
+    return absl::OkStatus();
+  }
+  // Downloads what the device changed (params and Adam state after Adam
+  // steps there). Safe for concurrent callers.
+  absl::Status EnsureHostState() const {
+    if (on_host()) return absl::OkStatus();
+    absl::MutexLock lock(&sync_mu);
+    if (!device_newer) return absl::OkStatus();
+    const size_t bytes = params.size() * sizeof(float);
+    MIM_RETURN_IF_ERROR(backend->CopyToHost(params.data(), d_params.data(), bytes));
+    MIM_RETURN_IF_ERROR(backend->CopyToHost(adam_m.data(), d_m.data(), bytes));
+    MIM_RETURN_IF_ERROR(backend->CopyToHost(adam_v.data(), d_v.data(), bytes));
+    device_newer = false;
+    return absl::OkStatus();
+  }
+  absl::Status EnsureHostGrads() const {
+    if (on_host() || !host_grads_stale) return absl::OkStatus();
+    MIM_RETURN_IF_ERROR(backend->CopyToHost(
+        grads.data(), d_grads.data(), grads.size() * sizeof(float)));
+    host_grads_stale = false;
+    return absl::OkStatus();
+  }
+  // One Adam step with a gradient in the backend's memory.
+  absl::Status AdamOnBackend(const float* grad) {
+    const int64_t n = static_cast<int64_t>(params.size());
+    if (n == 0) return absl::OkStatus();
+    MIM_RETURN_IF_ERROR(EnsureDeviceState());
+    ++adam_step;
+    if (on_host()) {
+      return backend->AdamUpdate(config.adam, adam_step, n, grad,
+                                 params.data(), adam_m.data(), adam_v.data());
+    }
+    MIM_RETURN_IF_ERROR(backend->AdamUpdate(config.adam, adam_step, n, grad,
+                                            d_params.data(), d_m.data(),
+                                            d_v.data()));
+    absl::MutexLock lock(&sync_mu);
+    device_newer = true;
+    return absl::OkStatus();
   }
 
   absl::Status RunForward(const Batch& b, ModelWorkspace::State* w) const;
@@ -520,9 +745,21 @@ struct CiubmModel::Impl {
   std::vector<ParamSlice> layout;
   int64_t att_offset = 0, mlp_offset = 0;
 
-  std::vector<float> params, grads, adam_m, adam_v;
+  // Host dense state. Mutable: const methods (Predict, Save) may bring it
+  // up to date from the device (EnsureHostState, under sync_mu).
+  mutable std::vector<float> params, grads, adam_m, adam_v;
   int64_t adam_step = 0;
   std::unique_ptr<ModelWorkspace::State> train_ws;  // training methods only
+
+  // Device copies (device backends only) and which side is newer.
+  mutable kernels::BackendArray<float> d_params, d_grads, d_m, d_v;
+  kernels::BackendArray<float> d_ext_grads;  // ApplyDenseGradients' input
+  mutable absl::Mutex sync_mu;
+  mutable bool host_params_newer ABSL_GUARDED_BY(sync_mu) = true;
+  mutable bool host_adam_newer ABSL_GUARDED_BY(sync_mu) = true;
+  mutable bool device_newer ABSL_GUARDED_BY(sync_mu) = false;
+  // d_grads holds a gradient `grads` lacks (training methods only).
+  mutable bool host_grads_stale = false;
 };
 
 absl::Status CiubmModel::Impl::RunForward(const Batch& b,
@@ -555,45 +792,52 @@ absl::Status CiubmModel::Impl::RunForward(const Batch& b,
     std::copy(b.genre_rows.begin() + lo, b.genre_rows.begin() + hi, row);
     std::fill(row + (hi - lo), row + G, -1);
   }
-  w->gathered.resize(n_idx * d);
-  MIM_RETURN_IF_ERROR(backend->EmbeddingGather(
-      {b.num_id_rows, d, n_idx}, b.id_rows.data(), w->id_index.data(),
-      w->gathered.data()));
-  const float* user = w->gathered.data();
-  const float* target = user + 4 * B * d;
-  const float* beh = user + 5 * B * d;
-  const float* genres = beh + B * L * d;
-
-  w->genre_mean.resize(B * d);
-  MIM_RETURN_IF_ERROR(backend->MaskedMeanPoolForward(
-      {B, G, d}, genres, w->genre_lens.data(), w->genre_mean.data()));
-
-  const kernels::SeqShape seq{B, L, d};
-  if (c.use_id_interest) {
-    w->id_out.resize(B * d);
-    MIM_RETURN_IF_ERROR(w->id_interest.Forward(seq, beh, target, b.lens.data(),
-                                            params.data() + att_offset,
-                                            w->id_out.data()));
-  }
-  const float* m_t = nullptr;
   if (UsesContent(c)) {
     w->content_index.resize(B * (1 + L));
     std::copy(b.content_target_idx.begin(), b.content_target_idx.end(),
               w->content_index.begin());
     std::copy(b.content_behavior_idx.begin(), b.content_behavior_idx.end(),
               w->content_index.begin() + B);
-    w->content_gathered.resize(B * (1 + L) * dm);
+  }
+  MIM_RETURN_IF_ERROR(w->StageInputs(b, UsesContent(c)));
+  MIM_RETURN_IF_ERROR(EnsureDeviceState());
+  const float* params = BackendParams();
+  const ModelWorkspace::State::Inputs& in = w->in;
+
+  MIM_RETURN_IF_ERROR(w->gathered.Resize(n_idx * d));
+  MIM_RETURN_IF_ERROR(backend->EmbeddingGather(
+      {b.num_id_rows, d, n_idx}, in.id_rows, in.id_index,
+      w->gathered.data()));
+  const float* user = w->gathered.data();
+  const float* target = user + 4 * B * d;
+  const float* beh = user + 5 * B * d;
+  const float* genres = beh + B * L * d;
+
+  MIM_RETURN_IF_ERROR(w->genre_mean.Resize(B * d));
+  MIM_RETURN_IF_ERROR(backend->MaskedMeanPoolForward(
+      {B, G, d}, genres, in.genre_lens, w->genre_mean.data()));
+
+  const kernels::SeqShape seq{B, L, d};
+  if (c.use_id_interest) {
+    MIM_RETURN_IF_ERROR(w->id_out.Resize(B * d));
+    MIM_RETURN_IF_ERROR(w->id_interest.Forward(seq, beh, target, in.lens,
+                                               params + att_offset,
+                                               w->id_out.data()));
+  }
+  const float* m_t = nullptr;
+  if (UsesContent(c)) {
+    MIM_RETURN_IF_ERROR(w->content_gathered.Resize(B * (1 + L) * dm));
     MIM_RETURN_IF_ERROR(backend->EmbeddingGather(
-        {b.num_content_rows, dm, B * (1 + L)}, b.content_rows.data(),
-        w->content_index.data(), w->content_gathered.data()));
+        {b.num_content_rows, dm, B * (1 + L)}, in.content_rows,
+        in.content_index, w->content_gathered.data()));
     m_t = w->content_gathered.data();
   }
   if (UsesContentInterest(c) || UsesFusion(c)) {
-    w->h_mm.resize(B * dm);
-    w->h_fusion.resize(B * d);
+    MIM_RETURN_IF_ERROR(w->h_mm.Resize(B * dm));
+    MIM_RETURN_IF_ERROR(w->h_fusion.Resize(B * d));
     MIM_RETURN_IF_ERROR(w->content.Forward(seq, m_t + B * dm, m_t, beh,
-                                        b.lens.data(), w->h_mm.data(),
-                                        w->h_fusion.data()));
+                                           in.lens, w->h_mm.data(),
+                                           w->h_fusion.data()));
   }
   // Feature concat, in the order documented in ciubm_model.h.
   ColumnBlock blocks[10];
@@ -606,11 +850,13 @@ absl::Status CiubmModel::Impl::RunForward(const Batch& b,
   if (UsesFusion(c)) blocks[nb++] = {w->h_fusion.data(), d};
   if (UsesContent(c)) blocks[nb++] = {m_t, dm};
   const int64_t width = MlpInputWidth(c);
-  w->mlp_in.resize(B * width);
-  ConcatColumns(B, absl::MakeConstSpan(blocks, nb), w->mlp_in.data());
-  w->logits.resize(B);
-  return w->mlp.Forward(B, w->mlp_in.data(), params.data() + mlp_offset,
-                     w->logits.data());
+  MIM_RETURN_IF_ERROR(w->mlp_in.Resize(B * width));
+  MIM_RETURN_IF_ERROR(ConcatColumns(*backend, B,
+                                    absl::MakeConstSpan(blocks, nb),
+                                    w->mlp_in.data()));
+  MIM_RETURN_IF_ERROR(w->logits.Resize(B));
+  return w->mlp.Forward(B, w->mlp_in.data(), params + mlp_offset,
+                        w->logits.data());
 }
 
 absl::Status CiubmModel::Impl::RunBackward(
@@ -619,23 +865,25 @@ absl::Status CiubmModel::Impl::RunBackward(
   const ModelConfig& c = config;
   const int64_t d = c.id_dim, dm = c.content_dim;
   const int64_t B = w->B, L = w->L, G = w->G;
-  w->grad_logits.resize(B);
+  const ModelWorkspace::State::Inputs& in = w->in;
+  MIM_RETURN_IF_ERROR(w->grad_logits.Resize(B));
   MIM_RETURN_IF_ERROR(backend->SigmoidCrossEntropyBackward(
-      B, w->logits.data(), b.labels.data(), w->grad_logits.data()));
+      B, w->logits.data(), in.labels, w->grad_logits.data()));
   const int64_t width = MlpInputWidth(c);
-  w->grad_mlp_in.resize(B * width);
-  MIM_RETURN_IF_ERROR(w->mlp.Backward(w->grad_logits.data(), w->grad_mlp_in.data(),
-                                   grad_dense + mlp_offset));
+  MIM_RETURN_IF_ERROR(w->grad_mlp_in.Resize(B * width));
+  MIM_RETURN_IF_ERROR(w->mlp.Backward(w->grad_logits.data(),
+                                      w->grad_mlp_in.data(),
+                                      grad_dense + mlp_offset));
 
   const int64_t n_idx = B * (5 + L + G);
-  w->grad_gathered.resize(n_idx * d);
+  MIM_RETURN_IF_ERROR(w->grad_gathered.Resize(n_idx * d));
   float* g_user = w->grad_gathered.data();
   float* g_target = g_user + 4 * B * d;
   float* g_beh = g_user + 5 * B * d;
   float* g_genres = g_beh + B * L * d;
-  w->grad_genre_mean.resize(B * d);
-  w->grad_id_out.resize(B * d);
-  w->grad_h_fusion.resize(B * d);
+  MIM_RETURN_IF_ERROR(w->grad_genre_mean.Resize(B * d));
+  MIM_RETURN_IF_ERROR(w->grad_id_out.Resize(B * d));
+  MIM_RETURN_IF_ERROR(w->grad_h_fusion.Resize(B * d));
   MutableColumnBlock blocks[10];
   int nb = 0;
   for (int k = 0; k < 4; ++k) blocks[nb++] = {g_user + k * B * d, d};
@@ -647,30 +895,43 @@ absl::Status CiubmModel::Impl::RunBackward(
   if (UsesContentInterest(c)) blocks[nb++] = {nullptr, dm};
   if (UsesFusion(c)) blocks[nb++] = {w->grad_h_fusion.data(), d};
   if (UsesContent(c)) blocks[nb++] = {nullptr, dm};
-  SplitColumns(B, w->grad_mlp_in.data(), absl::MakeConstSpan(blocks, nb));
+  MIM_RETURN_IF_ERROR(SplitColumns(*backend, B, w->grad_mlp_in.data(),
+                                   absl::MakeConstSpan(blocks, nb)));
 
   MIM_RETURN_IF_ERROR(backend->MaskedMeanPoolBackward(
-      {B, G, d}, w->grad_genre_mean.data(), w->genre_lens.data(), g_genres));
+      {B, G, d}, w->grad_genre_mean.data(), in.genre_lens, g_genres));
 
   if (c.use_id_interest) {
-    w->grad_target_tmp.resize(B * d);
-    MIM_RETURN_IF_ERROR(w->id_interest.Backward(w->grad_id_out.data(), g_beh,
-                                             w->grad_target_tmp.data(),
-                                             grad_dense + att_offset));
-    AddInto(w->grad_target_tmp.data(), B * d, g_target);
+    MIM_RETURN_IF_ERROR(w->grad_target_tmp.Resize(B * d));
+    MIM_RETURN_IF_ERROR(w->id_interest.Backward(
+        w->grad_id_out.data(), g_beh, w->grad_target_tmp.data(),
+        grad_dense + att_offset));
+    MIM_RETURN_IF_ERROR(
+        backend->AddInto(B * d, w->grad_target_tmp.data(), g_target));
   } else {
-    std::fill(g_beh, g_beh + B * L * d, 0.0f);
+    MIM_RETURN_IF_ERROR(
+        backend->Zero(g_beh, static_cast<size_t>(B * L * d) * sizeof(float)));
   }
   if (UsesFusion(c)) {
-    w->grad_beh_tmp.resize(B * L * d);
+    MIM_RETURN_IF_ERROR(w->grad_beh_tmp.Resize(B * L * d));
+    MIM_RETURN_IF_ERROR(w->content.Backward(nullptr, w->grad_h_fusion.data(),
+                                            w->grad_beh_tmp.data()));
     MIM_RETURN_IF_ERROR(
-        w->content.Backward(nullptr, w->grad_h_fusion.data(), w->grad_beh_tmp.data()));
-    AddInto(w->grad_beh_tmp.data(), B * L * d, g_beh);
+        backend->AddInto(B * L * d, w->grad_beh_tmp.data(), g_beh));
   }
   grad_id_rows->resize(b.num_id_rows * d);
-  return backend->EmbeddingGatherBackward(
-      {b.num_id_rows, d, n_idx}, w->grad_gathered.data(), w->id_index.data(),
-      kernels::GradMode::kDeterministic, grad_id_rows->data());
+  float* grad_rows = grad_id_rows->data();
+  if (!backend->host_memory()) {
+    MIM_RETURN_IF_ERROR(w->grad_id_rows.Resize(b.num_id_rows * d));
+    grad_rows = w->grad_id_rows.data();
+  }
+  MIM_RETURN_IF_ERROR(backend->EmbeddingGatherBackward(
+      {b.num_id_rows, d, n_idx}, w->grad_gathered.data(), in.id_index,
+      kernels::GradMode::kDeterministic, grad_rows));
+  if (backend->host_memory()) return absl::OkStatus();
+  // The step's one copy out of the sparse gradient.
+  return backend->CopyToHost(grad_id_rows->data(), grad_rows,
+                             grad_id_rows->size() * sizeof(float));
 }
 
 // ---------------------------------------------------------------------------
@@ -682,6 +943,7 @@ absl::StatusOr<std::unique_ptr<CiubmModel>> CiubmModel::Create(
     const ModelConfig& config, const kernels::ComputeBackend& backend) {
   MIM_RETURN_IF_ERROR(ValidateModelConfig(config));
   auto impl = std::make_unique<Impl>(config, backend);
+  MIM_RETURN_IF_ERROR(impl->AllocateDeviceState());
   impl->InitParams();
   return std::unique_ptr<CiubmModel>(new CiubmModel(std::move(impl)));
 }
@@ -693,6 +955,7 @@ absl::StatusOr<std::unique_ptr<CiubmModel>> CiubmModel::LoadFromFile(
   AdamState adam;
   MIM_RETURN_IF_ERROR(ReadModelFile(path, &config, &params, &adam));
   auto impl = std::make_unique<Impl>(config, backend);
+  MIM_RETURN_IF_ERROR(impl->AllocateDeviceState());
   impl->params = std::move(params);
   impl->SetAdamState(std::move(adam));
   return std::unique_ptr<CiubmModel>(new CiubmModel(std::move(impl)));
@@ -709,16 +972,6 @@ std::unique_ptr<ModelWorkspace> CiubmModel::NewWorkspace() const {
                                               *impl_->backend)));
 }
 
-namespace {
-void Sigmoid(const std::vector<float>& logits, int64_t n,
-             std::vector<float>* probs) {
-  probs->resize(n);
-  for (int64_t i = 0; i < n; ++i) {
-    (*probs)[i] = 1.0f / (1.0f + std::exp(-logits[i]));
-  }
-}
-}  // namespace
-
 absl::Status CiubmModel::Predict(const Batch& batch, ModelWorkspace* workspace,
                                  std::vector<float>* probs) const {
   if (workspace == nullptr) {
@@ -726,7 +979,7 @@ absl::Status CiubmModel::Predict(const Batch& batch, ModelWorkspace* workspace,
   }
   ModelWorkspace::State* w = workspace->state_.get();
   MIM_RETURN_IF_ERROR(impl_->RunForward(batch, w));
-  Sigmoid(w->logits, w->B, probs);
+  MIM_RETURN_IF_ERROR(w->Probs(probs));
   // Finite parameters can still overflow (inf - inf) on some inputs; a NaN
   // must not reach a caller as a score.
   for (int64_t b = 0; b < w->B; ++b) {
@@ -745,20 +998,33 @@ absl::Status CiubmModel::Forward(const Batch& batch,
                                  std::vector<float>* probs) {
   ModelWorkspace::State* w = &impl_->train();
   MIM_RETURN_IF_ERROR(impl_->RunForward(batch, w));
-  Sigmoid(w->logits, w->B, probs);
-  return absl::OkStatus();
+  return w->Probs(probs);
 }
 
 absl::Status CiubmModel::ForwardBackward(const Batch& batch, float* loss,
                                          std::vector<float>* grad_id_rows,
                                          std::vector<float>* grad_dense) {
-  ModelWorkspace::State* w = &impl_->train();
-  MIM_RETURN_IF_ERROR(impl_->RunForward(batch, w));
-  MIM_RETURN_IF_ERROR(impl_->backend->SigmoidCrossEntropyForward(
-      w->B, w->logits.data(), batch.labels.data(), loss));
+  Impl& m = *impl_;
+  ModelWorkspace::State* w = &m.train();
+  MIM_RETURN_IF_ERROR(m.RunForward(batch, w));
+  float* loss_out = loss;
+  if (!m.on_host()) {
+    MIM_RETURN_IF_ERROR(w->loss.Resize(1));
+    loss_out = w->loss.data();
+  }
+  MIM_RETURN_IF_ERROR(m.backend->SigmoidCrossEntropyForward(
+      w->B, w->logits.data(), w->in.labels, loss_out));
+  m.host_grads_stale = !m.on_host();
   MIM_RETURN_IF_ERROR(
-      impl_->RunBackward(batch, w, impl_->grads.data(), grad_id_rows));
-  if (grad_dense != nullptr) *grad_dense = impl_->grads;
+      m.RunBackward(batch, w, m.BackendGrads(), grad_id_rows));
+  if (!m.on_host()) {
+    MIM_RETURN_IF_ERROR(
+        m.backend->CopyToHost(loss, loss_out, sizeof(float)));
+  }
+  if (grad_dense != nullptr) {
+    MIM_RETURN_IF_ERROR(m.EnsureHostGrads());
+    *grad_dense = m.grads;
+  }
   return absl::OkStatus();
 }
 
@@ -766,8 +1032,11 @@ absl::Status CiubmModel::TrainStep(const Batch& batch, float* loss,
                                    std::vector<float>* grad_id_rows,
                                    std::vector<float>* probs) {
   MIM_RETURN_IF_ERROR(ForwardBackward(batch, loss, grad_id_rows, nullptr));
-  if (probs != nullptr) Sigmoid(impl_->train_ws->logits, impl_->train_ws->B, probs);
-  return ApplyDenseGradients(impl_->grads);
+  if (probs != nullptr) {
+    MIM_RETURN_IF_ERROR(impl_->train_ws->Probs(probs));
+  }
+  // The gradient stays where it was computed.
+  return impl_->AdamOnBackend(impl_->BackendGrads());
 }
 
 absl::Status CiubmModel::ApplyDenseGradients(absl::Span<const float> grad) {
@@ -778,10 +1047,11 @@ absl::Status CiubmModel::ApplyDenseGradients(absl::Span<const float> grad) {
         "ApplyDenseGradients: %d gradients, expected %d", grad.size(), n));
   }
   if (n == 0) return absl::OkStatus();
-  ++m.adam_step;
-  return m.backend->AdamUpdate(m.config.adam, m.adam_step, n, grad.data(),
-                               m.params.data(), m.adam_m.data(),
-                               m.adam_v.data());
+  if (m.on_host()) return m.AdamOnBackend(grad.data());
+  MIM_RETURN_IF_ERROR(m.d_ext_grads.Resize(n));
+  MIM_RETURN_IF_ERROR(m.backend->CopyToBackend(
+      m.d_ext_grads.data(), grad.data(), n * sizeof(float)));
+  return m.AdamOnBackend(m.d_ext_grads.data());
 }
 
 void CiubmModel::set_learning_rate(float lr) {
@@ -791,13 +1061,30 @@ void CiubmModel::set_learning_rate(float lr) {
 int64_t CiubmModel::num_dense_params() const {
   return static_cast<int64_t>(impl_->params.size());
 }
-std::vector<float>& CiubmModel::dense_params() { return impl_->params; }
+std::vector<float>& CiubmModel::dense_params() {
+  // A download failure leaves the last host copy; the device keeps the
+  // newer state and the next call tries again.
+  const absl::Status st = impl_->EnsureHostState();
+  if (!st.ok()) {
+    std::fprintf(stderr, "CiubmModel::dense_params: %s\n",
+                 std::string(st.message()).c_str());
+    return impl_->params;
+  }
+  impl_->MarkHostNewer(/*adam=*/false);
+  return impl_->params;
+}
 const std::vector<float>& CiubmModel::dense_gradients() const {
+  const absl::Status st = impl_->EnsureHostGrads();
+  if (!st.ok()) {
+    std::fprintf(stderr, "CiubmModel::dense_gradients: %s\n",
+                 std::string(st.message()).c_str());
+  }
   return impl_->grads;
 }
 int64_t CiubmModel::adam_step() const { return impl_->adam_step; }
 
 absl::Status CiubmModel::Save(const std::string& path) const {
+  MIM_RETURN_IF_ERROR(impl_->EnsureHostState());
   Writer payload;
   WriteConfig(impl_->config, &payload);
   const size_t n = impl_->params.size();

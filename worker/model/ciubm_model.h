@@ -18,9 +18,14 @@
 // behaviour sequence, also for SIM.
 //
 // All math runs on a kernels::ComputeBackend chosen when the model is built
-// (the CPU twins by default). Dense parameters live in one flat float
-// vector (layout: DenseParamLayout); ID embeddings live on the PS and come
-// in with the Batch; their gradients go out per unique row.
+// (the CPU twins by default, or kernels::CudaBackend()). Dense parameters
+// live in one flat float vector (layout: DenseParamLayout); ID embeddings
+// live on the PS and come in with the Batch; their gradients go out per
+// unique row. On a device backend the dense parameters, the Adam state and
+// every activation stay in device memory across steps; a batch's inputs
+// (pulled rows, indices, lengths, labels) go in with one copy from pinned
+// host memory and the ID-row gradients come out with one copy; the host
+// vector dense_params() is a copy synchronised on access.
 //
 // Serving and training share this class: Predict is const and takes a
 // per-call ModelWorkspace, so one loaded model serves any number of
@@ -181,7 +186,12 @@ class CiubmModel {
 
   int64_t num_dense_params() const;
   // Flat dense parameters (DenseParamLayout). Writable, e.g. to broadcast
-  // parameters from a leader replica; the size must not change.
+  // parameters from a leader replica; the size must not change. On a
+  // device backend each call brings the host copy up to date and marks it
+  // as the newer one, so writes through the returned reference reach the
+  // device at the next compute call; a reference kept across compute calls
+  // must be fetched again before writing (a CPU backend computes on this
+  // vector itself).
   std::vector<float>& dense_params();
   const std::vector<float>& dense_gradients() const;
   int64_t adam_step() const;

@@ -4,37 +4,38 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "base/status_macros.h"
 
 namespace mim::model {
 
-void ConcatColumns(int64_t rows, absl::Span<const ColumnBlock> in,
-                   float* out) {
+absl::Status ConcatColumns(const kernels::ComputeBackend& backend,
+                           int64_t rows, absl::Span<const ColumnBlock> in,
+                           float* out) {
   int64_t total = 0;
   for (const ColumnBlock& c : in) total += c.width;
   int64_t off = 0;
   for (const ColumnBlock& c : in) {
-    const size_t bytes = static_cast<size_t>(c.width) * sizeof(float);
-    for (int64_t r = 0; r < rows; ++r) {
-      std::memcpy(out + r * total + off, c.data + r * c.width, bytes);
-    }
+    MIM_RETURN_IF_ERROR(backend.CopyColumns({rows, c.width, c.width, total},
+                                            c.data, out + off));
     off += c.width;
   }
+  return absl::OkStatus();
 }
 
-void SplitColumns(int64_t rows, const float* in,
-                  absl::Span<const MutableColumnBlock> out) {
+absl::Status SplitColumns(const kernels::ComputeBackend& backend,
+                          int64_t rows, const float* in,
+                          absl::Span<const MutableColumnBlock> out) {
   int64_t total = 0;
   for (const MutableColumnBlock& c : out) total += c.width;
   int64_t off = 0;
   for (const MutableColumnBlock& c : out) {
     if (c.data != nullptr) {
-      const size_t bytes = static_cast<size_t>(c.width) * sizeof(float);
-      for (int64_t r = 0; r < rows; ++r) {
-        std::memcpy(c.data + r * c.width, in + r * total + off, bytes);
-      }
+      MIM_RETURN_IF_ERROR(backend.CopyColumns({rows, c.width, total, c.width},
+                                              in + off, c.data));
     }
     off += c.width;
   }
+  return absl::OkStatus();
 }
 
 // ---------------------------------------------------------------------------
@@ -47,7 +48,11 @@ IdInterestModule::IdInterestModule(const kernels::ComputeBackend& backend,
       backbone_(backbone),
       dim_(dim),
       att_(att),
-      sim_k_(sim_k) {}
+      sim_k_(sim_k),
+      positions_(&backend),
+      new_lens_(&backend),
+      selected_(&backend),
+      grad_selected_(&backend) {}
 
 int64_t IdInterestModule::num_params() const {
   if (backbone_ == Backbone::kAvgPool) return 0;
@@ -104,9 +109,9 @@ absl::Status IdInterestModule::Forward(const kernels::SeqShape& s,
     case Backbone::kSim: {
       k_ = static_cast<int>(std::min<int64_t>(sim_k_, s.max_len));
       k_ = std::max(k_, 1);
-      positions_.resize(s.batch * k_);
-      new_lens_.resize(s.batch);
-      selected_.resize(s.batch * k_ * s.dim);
+      MIM_RETURN_IF_ERROR(positions_.Resize(s.batch * k_));
+      MIM_RETURN_IF_ERROR(new_lens_.Resize(s.batch));
+      MIM_RETURN_IF_ERROR(selected_.Resize(s.batch * k_ * s.dim));
       absl::Status st = backend_->TopKSelect(s, h, h_t, lens, k_,
                                                positions_.data(),
                                                new_lens_.data());
@@ -128,7 +133,8 @@ absl::Status IdInterestModule::Backward(const float* grad_out, float* grad_h,
   const kernels::SeqShape& s = shape_;
   switch (backbone_) {
     case Backbone::kAvgPool:
-      std::fill(grad_h_t, grad_h_t + s.batch * s.dim, 0.0f);
+      MIM_RETURN_IF_ERROR(backend_->Zero(
+          grad_h_t, static_cast<size_t>(s.batch * s.dim) * sizeof(float)));
       return backend_->MaskedMeanPoolBackward(s, grad_out, lens_, grad_h);
     case Backbone::kDin: {
       const kernels::AttentionMlpParams ap = Params(params_);
@@ -139,7 +145,7 @@ absl::Status IdInterestModule::Backward(const float* grad_out, float* grad_h,
     case Backbone::kSim: {
       const kernels::AttentionMlpParams ap = Params(params_);
       const kernels::AttentionMlpGrads g = Grads(grad_params);
-      grad_selected_.resize(selected_.size());
+      MIM_RETURN_IF_ERROR(grad_selected_.Resize(selected_.size()));
       const kernels::SeqShape ks{s.batch, k_, s.dim};
       absl::Status st = backend_->DinAttentionBackward(
           ks, att_, selected_.data(), h_t_, new_lens_.data(), ap, grad_out,
@@ -157,7 +163,10 @@ absl::Status IdInterestModule::Backward(const float* grad_out, float* grad_h,
 ContentInterestModule::ContentInterestModule(
     const kernels::ComputeBackend& backend, int64_t id_dim,
     int64_t content_dim)
-    : backend_(&backend), id_dim_(id_dim), content_dim_(content_dim) {}
+    : backend_(&backend),
+      id_dim_(id_dim),
+      content_dim_(content_dim),
+      zeros_(&backend) {}
 
 absl::Status ContentInterestModule::Forward(const kernels::SeqShape& s,
                                             const float* m, const float* m_t,
@@ -181,7 +190,7 @@ absl::Status ContentInterestModule::Backward(const float* grad_mm,
                                              float* grad_h) {
   const int64_t need =
       shape_.batch * std::max(id_dim_, content_dim_);
-  if (static_cast<int64_t>(zeros_.size()) < need) zeros_.assign(need, 0.0f);
+  if (zeros_.size() < need) MIM_RETURN_IF_ERROR(zeros_.ResizeZeroed(need));
   kernels::ContentShape cs;
   cs.content = shape_;
   cs.id_dim = id_dim_;
@@ -198,8 +207,10 @@ MlpTower::MlpTower(const kernels::ComputeBackend& backend, int64_t input_width,
   widths_.push_back(input_width);
   for (int h : hidden) widths_.push_back(h);
   widths_.push_back(1);
-  acts_.resize(widths_.size() - 1);
-  grads_.resize(widths_.size() - 1);
+  for (size_t l = 0; l + 1 < widths_.size(); ++l) {
+    acts_.emplace_back(&backend);
+    grads_.emplace_back(&backend);
+  }
 }
 
 int64_t MlpTower::num_params() const {
@@ -223,7 +234,7 @@ absl::Status MlpTower::Forward(int64_t rows, const float* x,
     const bool last = l + 1 == layers;
     float* out = last ? logits : nullptr;
     if (!last) {
-      acts_[l].resize(rows * widths_[l + 1]);
+      MIM_RETURN_IF_ERROR(acts_[l].Resize(rows * widths_[l + 1]));
       out = acts_[l].data();
     }
     absl::Status st = backend_->DenseForward(
@@ -251,7 +262,7 @@ absl::Status MlpTower::Backward(const float* grad_logits, float* grad_x,
     const float* y = last ? grad_logits : acts_[l].data();
     float* gx = nullptr;
     if (l > 0) {
-      grads_[l - 1].resize(rows_ * widths_[l]);
+      MIM_RETURN_IF_ERROR(grads_[l - 1].Resize(rows_ * widths_[l]));
       gx = grads_[l - 1].data();
     } else {
       gx = grad_x;

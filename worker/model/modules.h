@@ -1,11 +1,13 @@
-// Building blocks of the CiUBM model, each with forward and backward on the
-// kernels/ CPU twins, so each can be tested on its own. Internal to
+// Building blocks of the CiUBM model, each with forward and backward on a
+// kernels::ComputeBackend, so each can be tested on its own. Internal to
 // worker/model (the public API is ciubm_model.h).
 //
 // Conventions: row-major float32; outputs and gradients are overwritten;
 // buffers grow on first use and are reused afterwards. Every op runs on the
 // kernels::ComputeBackend given at construction (it must outlive the
-// module). A module keeps its last Forward's inputs for Backward, so it is
+// module), and every pointer argument is in that backend's memory (host
+// memory for the CPU, device memory for CUDA); so are the modules' own
+// buffers. A module keeps its last Forward's inputs for Backward, so it is
 // per-call state: one per model workspace, never shared.
 #ifndef MIM_WORKER_MODEL_MODULES_H_
 #define MIM_WORKER_MODEL_MODULES_H_
@@ -17,6 +19,7 @@
 #include "absl/types/span.h"
 #include "kernels/attention_ops.h"
 #include "kernels/backend.h"
+#include "kernels/backend_buffer.h"
 #include "kernels/common.h"
 #include "worker/model/ciubm_model.h"
 
@@ -32,13 +35,17 @@ struct MutableColumnBlock {
   int64_t width = 0;
 };
 
-// out[r, off_k : off_k + w_k] = in_k[r, :], off_k = sum of earlier widths.
-// out must hold rows * sum(w_k) floats.
-void ConcatColumns(int64_t rows, absl::Span<const ColumnBlock> in, float* out);
+// out[r, off_k : off_k + w_k] = in_k[r, :], off_k = sum of earlier widths,
+// on `backend`. out must hold rows * sum(w_k) floats. Errors: the
+// backend's (CopyColumns).
+absl::Status ConcatColumns(const kernels::ComputeBackend& backend,
+                           int64_t rows, absl::Span<const ColumnBlock> in,
+                           float* out);
 // The inverse (the backward of ConcatColumns): out_k[r, :] =
 // in[r, off_k : off_k + w_k]. `in` has rows * sum(w_k) floats.
-void SplitColumns(int64_t rows, const float* in,
-                  absl::Span<const MutableColumnBlock> out);
+absl::Status SplitColumns(const kernels::ComputeBackend& backend,
+                          int64_t rows, const float* in,
+                          absl::Span<const MutableColumnBlock> out);
 
 // ID interest of one backbone over behaviours h [B, L, d] and target
 // h_t [B, d]: masked mean (kAvgPool), DIN attention (kDin) or top-k by dot
@@ -81,8 +88,8 @@ class IdInterestModule {
   const float* params_ = nullptr;
   int k_ = 0;  // kSim: min(sim_k, L)
   // kSim buffers.
-  std::vector<int32_t> positions_, new_lens_;
-  std::vector<float> selected_, grad_selected_;
+  kernels::BackendArray<int32_t> positions_, new_lens_;
+  kernels::BackendArray<float> selected_, grad_selected_;
 };
 
 // Content interest + fusion over content m [B, L, dm], m_t [B, dm] and ID
@@ -111,7 +118,7 @@ class ContentInterestModule {
   const float* m_t_ = nullptr;
   const float* h_ = nullptr;
   const int32_t* lens_ = nullptr;
-  std::vector<float> zeros_;
+  kernels::BackendArray<float> zeros_;
 };
 
 // MLP tower: hidden ReLU layers then one linear output (the logit).
@@ -139,8 +146,8 @@ class MlpTower {
   int64_t rows_ = 0;
   const float* x_ = nullptr;
   const float* params_ = nullptr;
-  std::vector<std::vector<float>> acts_;   // outputs of each layer
-  std::vector<std::vector<float>> grads_;  // grads of each layer's input
+  std::vector<kernels::BackendArray<float>> acts_;   // outputs of each layer
+  std::vector<kernels::BackendArray<float>> grads_;  // grads of each layer's input
 };
 
 }  // namespace mim::model

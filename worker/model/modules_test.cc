@@ -19,13 +19,13 @@ TEST(ConcatColumnsTest, LaysOutBlocksSideBySideAndSplitInverts) {
   const std::vector<float> c = {7, 8, 9, 10, 11, 12};  // 2 x 3
   std::vector<float> out(12);
   const ColumnBlock in[] = {{a.data(), 2}, {b.data(), 1}, {c.data(), 3}};
-  ConcatColumns(2, in, out.data());
+  ASSERT_TRUE(ConcatColumns(kernels::CpuBackend(), 2, in, out.data()).ok());
   EXPECT_EQ(out, (std::vector<float>{1, 2, 5, 7, 8, 9, 3, 4, 6, 10, 11, 12}));
 
   std::vector<float> a2(4, -1), c2(6, -1);
   const MutableColumnBlock split[] = {
       {a2.data(), 2}, {nullptr, 1}, {c2.data(), 3}};
-  SplitColumns(2, out.data(), split);
+  ASSERT_TRUE(SplitColumns(kernels::CpuBackend(), 2, out.data(), split).ok());
   EXPECT_EQ(a2, a);
   EXPECT_EQ(c2, c);
 }
