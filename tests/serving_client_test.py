@@ -322,6 +322,14 @@ class ClientTest(unittest.TestCase):
                 ",".join(["0.5"] * CONTENT_DIM), check_rc=0)
         self.assertRegex(r.stdout, rf"^item {NUM_ITEMS + 2000}: "
                                    r"content_version=\d+ encoder=caller")
+        # --genres travels with the text; a fastText table ignores them (a
+        # C-SFT one fuses them: tests/csft_integration_test).
+        r = cli("--json", "upsert", f"--item={NUM_ITEMS + 2001}", "--text",
+                "a new item about space robots", "--genres", "1,2",
+                check_rc=0)
+        self.assertEqual(json.loads(r.stdout)["encoder"], ids[0])
+        cli("upsert", f"--item={NUM_ITEMS + 2001}", "--text", "x",
+            "--genres", "1,b", check_rc=2)
 
 
 class LoadTestTest(unittest.TestCase):

@@ -21,7 +21,7 @@ As a command (exit 0: success, 1: the RPC failed, 2: bad usage):
     tools/serving_client.py --target=H:P predict --user=1 \\
         --features age_bucket=2,gender=1 --behaviors=1,2,3 --candidates=4,5,6 \\
         [--genres "1,2;3;"]
-    tools/serving_client.py --target=H:P upsert --item=N --text "..."
+    tools/serving_client.py --target=H:P upsert --item=N --text "..." [--genres 1,2]
     tools/serving_client.py --target=H:P upsert --item=N --vector 0.1,0.2,...
     tools/serving_client.py --target=H:P status
 
@@ -301,16 +301,20 @@ class MimServingClient:
                                   candidates, candidate_genres)
         return list(r.scores), r.model_version, r.stale
 
-    def upsert_item(self, item_id, text=None, vector=None):
+    def upsert_item(self, item_id, text=None, vector=None, genres=None):
         """Writes one item's content vector: encoded from `text` by the
-        server, or `vector` as given. Returns {"content_version", "encoder",
-        "norm"}; once it returns, every later Predict reads the new vector."""
+        server, or `vector` as given. `genres` (genre ids) are read when the
+        content table was filled by C-SFT, whose encoder fuses them with the
+        text. Returns {"content_version", "encoder", "norm"}; once it
+        returns, every later Predict reads the new vector."""
         if text is None and vector is None:
             raise ValueError("upsert_item needs text or vector")
         request = self._pb.UpsertItemRequest(item_id=_int(item_id, "item_id"),
                                              text=text or "")
         if vector is not None:
             request.vector.extend(float(v) for v in vector)
+        if genres is not None:
+            request.genres.extend(_int(g, "genre id") for g in genres)
         return _fields(self._call("UpsertItem", request))
 
     def status(self):
@@ -420,7 +424,11 @@ def cmd_upsert(client, args):
                              f"comma-separated list of numbers")
     if args.text is None and vector is None:
         raise UsageError("upsert needs --text or --vector")
-    r = client.upsert_item(args.item, text=args.text, vector=vector)
+    genres = None
+    if args.genres is not None:
+        genres = _int_list(args.genres, "--genres")
+    r = client.upsert_item(args.item, text=args.text, vector=vector,
+                           genres=genres)
     if args.json:
         _print_json({"ok": True, "item": args.item, **r})
         return
@@ -485,6 +493,9 @@ def build_parser():
     up.add_argument("--text", default=None, help="item text to encode")
     up.add_argument("--vector", default=None,
                     help="the vector itself: comma-separated floats")
+    up.add_argument("--genres", default=None,
+                    help="the item's genre ids, comma-separated (read when "
+                         "the content table was filled by C-SFT)")
     up.set_defaults(run=cmd_upsert)
 
     st = sub.add_parser("status", help="served model and counters")
