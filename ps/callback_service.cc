@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "ps/status_convert.h"
@@ -39,9 +40,31 @@ grpc::ServerUnaryReactor* ShardCallbackService::Queue(
 }
 
 grpc::ServerUnaryReactor* ShardCallbackService::Pull(
-    grpc::CallbackServerContext* context, const PullRequest* request,
-    PullResponse* response) {
-  return Queue(context, request, response, &ParameterServerService::HandlePull);
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status queued = executor_->Submit(
+      DeadlineOf(*context), [this, context, request, response,
+                             reactor](const absl::Status& admitted) {
+        if (!admitted.ok()) {
+          reactor->Finish(ToGrpcStatus(admitted));
+          return;
+        }
+        // Parsed here, not on gRPC's thread; the copy shares the slices.
+        grpc::ByteBuffer bytes(*request);
+        PullRequest pull;
+        if (!grpc::SerializationTraits<PullRequest>::Deserialize(&bytes, &pull)
+                 .ok()) {
+          reactor->Finish(grpc::Status(
+              grpc::StatusCode::INVALID_ARGUMENT,
+              absl::StrCat("Pull request of ", request->Length(),
+                           " bytes is not a mim.ps.PullRequest")));
+          return;
+        }
+        reactor->Finish(handlers_->HandlePullWire(context, &pull, response));
+      });
+  if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* ShardCallbackService::Push(

@@ -9,6 +9,11 @@
 // The token check, the metrics and every other error are the handler's
 // (ps/service.h).
 //
+// Pull is served raw: the request is parsed on the executor thread and the
+// answer is the wire bytes of HandlePullWire (ps/pull_wire.h), rows
+// written straight into the slice gRPC sends. A request that is not a
+// PullRequest gets INVALID_ARGUMENT naming its size.
+//
 // Thread-safety: safe for concurrent access.
 #ifndef MIM_PS_CALLBACK_SERVICE_H_
 #define MIM_PS_CALLBACK_SERVICE_H_
@@ -19,7 +24,9 @@
 
 namespace mim::ps {
 
-class ShardCallbackService final : public ParameterServer::CallbackService {
+class ShardCallbackService final
+    : public ParameterServer::WithRawCallbackMethod_Pull<
+          ParameterServer::CallbackService> {
  public:
   // `handlers` and `executor` must outlive the server this is registered
   // with (destroy the executor after the server, so that a call queued at
@@ -29,8 +36,8 @@ class ShardCallbackService final : public ParameterServer::CallbackService {
       : handlers_(handlers), executor_(executor) {}
 
   grpc::ServerUnaryReactor* Pull(grpc::CallbackServerContext* context,
-                                 const PullRequest* request,
-                                 PullResponse* response) override;
+                                 const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Push(grpc::CallbackServerContext* context,
                                  const PushRequest* request,
                                  PushResponse* response) override;

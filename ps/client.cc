@@ -22,10 +22,12 @@
 #include "grpcpp/channel.h"
 #include "grpcpp/completion_queue.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "proto/ps.grpc.pb.h"
 #include "ps/health.grpc.pb.h"
+#include "ps/pull_wire.h"
 #include "ps/status_convert.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -33,15 +35,30 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 
 namespace mim::ps {
 
+namespace {
+
+using Stub = ParameterServer::Stub;
+// Pull's answer is read in place (ps/pull_wire.h), not parsed into a
+// PullResponse.
+using PullStub = grpc::TemplatedGenericStub<PullRequest, PullReply>;
+constexpr char kPullMethod[] = "/mim.ps.ParameterServer/Pull";
+
+// The stubs of one channel.
+struct ChannelStubs {
+  Stub* stub;
+  PullStub* pull;
+};
+
+}  // namespace
+
 struct PsClient::Shard {
   std::vector<std::shared_ptr<grpc::Channel>> channels;  // one per stub
   std::vector<std::unique_ptr<ParameterServer::Stub>> stubs;
+  std::vector<std::unique_ptr<PullStub>> pull_stubs;  // one per channel
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
 };
 
 namespace {
-
-using Stub = ParameterServer::Stub;
 
 // Both call forms of one RPC, so that the fan-out below is written once.
 // A single-shard call is a plain blocking call; several shards go out
@@ -51,17 +68,17 @@ using Stub = ParameterServer::Stub;
   struct Name##Rpc {                                                         \
     using Request = Name##Request;                                           \
     using Response = Name##Response;                                         \
-    static grpc::Status Sync(Stub* stub, grpc::ClientContext* context,       \
+    static grpc::Status Sync(const ChannelStubs& stubs,                      \
+                             grpc::ClientContext* context,                   \
                              const Request& request, Response* response) {   \
-      return stub->Name(context, request, response);                         \
+      return stubs.stub->Name(context, request, response);                   \
     }                                                                        \
     static std::unique_ptr<grpc::ClientAsyncResponseReader<Response>> Async( \
-        Stub* stub, grpc::ClientContext* context, const Request& request,    \
-        grpc::CompletionQueue* cq) {                                         \
-      return stub->Async##Name(context, request, cq);                        \
+        const ChannelStubs& stubs, grpc::ClientContext* context,             \
+        const Request& request, grpc::CompletionQueue* cq) {                 \
+      return stubs.stub->Async##Name(context, request, cq);                  \
     }                                                                        \
   };
-MIM_PS_DEFINE_RPC(Pull)
 MIM_PS_DEFINE_RPC(Push)
 MIM_PS_DEFINE_RPC(Upsert)
 MIM_PS_DEFINE_RPC(CreateTable)
@@ -74,6 +91,23 @@ MIM_PS_DEFINE_RPC(ListCheckpoints)
 MIM_PS_DEFINE_RPC(DeleteCheckpoint)
 #undef MIM_PS_DEFINE_RPC
 
+// Pull with its answer read in place: the same method on the wire.
+struct PullRpc {
+  using Request = PullRequest;
+  using Response = PullReply;
+  static std::unique_ptr<grpc::ClientAsyncResponseReader<Response>> Async(
+      const ChannelStubs& stubs, grpc::ClientContext* context,
+      const Request& request, grpc::CompletionQueue* cq) {
+    auto reader = stubs.pull->PrepareUnaryCall(context, kPullMethod, request,
+                                               cq);
+    reader->StartCall();
+    return reader;
+  }
+  static grpc::Status Sync(const ChannelStubs& stubs,
+                           grpc::ClientContext* context,
+                           const Request& request, Response* response);
+};
+
 // Waits for `n` completions on `cq`, then shuts it down and drains it (a
 // CompletionQueue must be empty before it is destroyed).
 void AwaitAll(grpc::CompletionQueue* cq, size_t n) {
@@ -84,6 +118,18 @@ void AwaitAll(grpc::CompletionQueue* cq, size_t n) {
   cq->Shutdown();
   while (cq->Next(&tag, &ok)) {
   }
+}
+
+grpc::Status PullRpc::Sync(const ChannelStubs& stubs,
+                           grpc::ClientContext* context,
+                           const Request& request, Response* response) {
+  // A blocking call is a completion queue drained by this thread, as
+  // gRPC's own blocking calls are.
+  grpc::CompletionQueue cq;
+  grpc::Status status;
+  Async(stubs, context, request, &cq)->Finish(response, &status, nullptr);
+  AwaitAll(&cq, 1);
+  return status;
 }
 
 // The deadline set by the innermost PsClient::ScopedDeadline on this
@@ -354,7 +400,7 @@ class ShardCaller {
       // and an unconnected shard waited for, until then.
       const absl::Time round_end = std::min(absl::Now() + backoff, give_up);
       std::vector<uint32_t> go;
-      std::vector<ParameterServer::Stub*> stubs;
+      std::vector<ChannelStubs> stubs;
       for (const uint32_t s : pending) {
         const size_t c = ChannelFor(client, shard_of_call[s]);
         const PsClient::Shard& shard = *client.shards_[shard_of_call[s]];
@@ -370,7 +416,7 @@ class ShardCaller {
         }
         sent[s] = 1;
         go.push_back(s);
-        stubs.push_back(shard.stubs[c].get());
+        stubs.push_back({shard.stubs[c].get(), shard.pull_stubs[c].get()});
       }
       if (go.size() == 1) {
         grpc::ClientContext context;
@@ -589,6 +635,7 @@ PsClient::PsClient(std::vector<std::string> addresses, const Options& options)
           args);
       if (c == 0) shard->health = grpc::health::v1::Health::NewStub(channel);
       shard->stubs.push_back(ParameterServer::NewStub(channel));
+      shard->pull_stubs.push_back(std::make_unique<PullStub>(channel));
       shard->channels.push_back(std::move(channel));
     }
     shards_.push_back(std::move(shard));
@@ -691,7 +738,7 @@ absl::Status PsClient::PullRows(
     const std::function<absl::StatusOr<float*>(uint32_t dim)>& buffer,
     std::vector<uint32_t>* missing) {
   std::vector<PullRequest> requests;
-  std::vector<PullResponse> responses;
+  std::vector<PullReply> responses;
   Routing routing;
   absl::Status status;
   // Calls are sized by the table's dim as last seen; when a shard refuses
@@ -712,16 +759,24 @@ absl::Status PsClient::PullRows(
     }
   }
   if (!status.ok()) return status;
+  for (const uint32_t s : routing.calls) {
+    if (!responses[s].parse_status().ok()) {
+      return absl::InternalError(absl::StrFormat(
+          "shard %d (%s) sent a Pull answer that does not parse: %s",
+          routing.shard_of_call[s], addresses_[routing.shard_of_call[s]],
+          responses[s].parse_status().message()));
+    }
+  }
   const uint32_t dim = responses[routing.calls[0]].dim();
   for (const uint32_t s : routing.calls) {
     if (responses[s].dim() != dim || dim == 0 ||
-        responses[s].values().size() !=
+        responses[s].value_bytes() !=
             size_t{4} * dim * requests[s].keys_size()) {
       return absl::InternalError(absl::StrFormat(
           "shard %d (%s) answered dim %d with %d value bytes for %d keys "
           "(other shards: dim %d)",
           routing.shard_of_call[s], addresses_[routing.shard_of_call[s]],
-          responses[s].dim(), responses[s].values().size(),
+          responses[s].dim(), responses[s].value_bytes(),
           requests[s].keys_size(), dim));
     }
   }
@@ -730,11 +785,11 @@ absl::Status PsClient::PullRows(
   if (!out.ok()) return out.status();
   const std::vector<char> unique_missing = UniqueMissing(routing, responses);
   if (missing != nullptr) missing->clear();
+  const size_t row_bytes = sizeof(float) * dim;
   for (size_t i = 0; i < keys.size(); ++i) {
     const uint32_t u = routing.unique_of_key[i];
-    const float* row = RowsOf(responses[routing.call_of_unique[u]].values()) +
-                       size_t{routing.pos_of_unique[u]} * dim;
-    std::memcpy(*out + i * dim, row, sizeof(float) * dim);
+    responses[routing.call_of_unique[u]].CopyValues(
+        routing.pos_of_unique[u] * row_bytes, row_bytes, *out + i * dim);
     if (unique_missing[u] && missing != nullptr) {
       missing->push_back(static_cast<uint32_t>(i));
     }
@@ -771,7 +826,7 @@ absl::Status PsClient::PullInto(absl::string_view table,
     if (missing != nullptr) missing->clear();
     return absl::OkStatus();
   }
-  // Rows are copied once, from the shards' response bytes into `out`.
+  // Rows are copied once, from the slices gRPC received into `out`.
   return PullRows(
       table, keys,
       [&](uint32_t dim) -> absl::StatusOr<float*> {

@@ -22,6 +22,7 @@
 #include "embedding/sharding.h"
 #include "embedding/table_config.h"
 #include "glog/logging.h"
+#include "ps/pull_wire.h"
 #include "ps/status_convert.h"
 #include "ps/table_config_convert.h"
 
@@ -392,43 +393,71 @@ ParameterServerService::Admit(Method method, size_t bytes) {
       static_cast<double>(inflight_.limit()) / kMiB));
 }
 
+grpc::Status ParameterServerService::ServePull(
+    grpc::ServerContextBase* context, const PullRequest& request,
+    absl::FunctionRef<float*(uint32_t dim)> rows,
+    std::vector<uint32_t>* missing) {
+  return Observe(kPull, request.keys_size(), *context, [&]() -> grpc::Status {
+    if (absl::Status s = CheckTableName(request.table()); !s.ok()) {
+      return ToGrpcStatus(s);
+    }
+    if (absl::Status s = CheckKeys(request.keys()); !s.ok()) {
+      return ToGrpcStatus(s);
+    }
+    // The store writes the rows straight into the answer, sized under its
+    // lock for the dim the table has then (a Restore may change it at any
+    // time).
+    std::optional<InflightLease> lease;
+    absl::Status s = store_->PullInto(
+        request.table(), KeySpan(request.keys()),
+        [&](uint32_t dim) -> absl::StatusOr<float*> {
+          const size_t answer = PullResponseBytes(request.keys_size(), dim);
+          MIM_RETURN_IF_ERROR(
+              CheckResponseSize(kPull, request.keys(), dim, answer));
+          MIM_ASSIGN_OR_RETURN(InflightLease admitted,
+                               Admit(kPull, request.ByteSizeLong() + answer));
+          lease.emplace(std::move(admitted));
+          return rows(dim);
+        },
+        missing);
+    return ToGrpcStatus(s);
+  });
+}
+
 grpc::Status ParameterServerService::HandlePull(grpc::ServerContextBase* context,
                                           const PullRequest* request,
                                           PullResponse* response) {
-  return Observe(kPull, request->keys_size(), *context, [&]() -> grpc::Status {
-    if (absl::Status s = CheckTableName(request->table()); !s.ok()) {
-      return ToGrpcStatus(s);
-    }
-    if (absl::Status s = CheckKeys(request->keys()); !s.ok()) {
-      return ToGrpcStatus(s);
-    }
-    // The store writes the rows straight into the response's bytes, sized
-    // under its lock for the dim the table has then (a Restore may change
-    // it at any time).
-    std::optional<InflightLease> lease;
-    std::vector<uint32_t> missing;
-    absl::Status s = store_->PullInto(
-        request->table(), KeySpan(request->keys()),
-        [&](uint32_t dim) -> absl::StatusOr<float*> {
-          const size_t answer = PullResponseBytes(request->keys_size(), dim);
-          MIM_RETURN_IF_ERROR(
-              CheckResponseSize(kPull, request->keys(), dim, answer));
-          MIM_ASSIGN_OR_RETURN(InflightLease admitted,
-                               Admit(kPull, request->ByteSizeLong() + answer));
-          lease.emplace(std::move(admitted));
-          response->set_dim(dim);
-          std::string* values = response->mutable_values();
-          values->resize(sizeof(float) * size_t{dim} * request->keys_size());
-          return reinterpret_cast<float*>(values->data());
-        },
-        &missing);
-    if (!s.ok()) {
-      response->Clear();
-      return ToGrpcStatus(s);
-    }
-    response->mutable_missing()->Add(missing.begin(), missing.end());
-    return grpc::Status::OK;
-  });
+  std::vector<uint32_t> missing;
+  grpc::Status status = ServePull(
+      context, *request,
+      [&](uint32_t dim) {
+        response->set_dim(dim);
+        std::string* values = response->mutable_values();
+        values->resize(sizeof(float) * size_t{dim} * request->keys_size());
+        return reinterpret_cast<float*>(values->data());
+      },
+      &missing);
+  if (!status.ok()) {
+    response->Clear();
+    return status;
+  }
+  response->mutable_missing()->Add(missing.begin(), missing.end());
+  return status;
+}
+
+grpc::Status ParameterServerService::HandlePullWire(
+    grpc::ServerContextBase* context, const PullRequest* request,
+    grpc::ByteBuffer* response) {
+  PullResponseWriter writer;
+  std::vector<uint32_t> missing;
+  grpc::Status status = ServePull(
+      context, *request,
+      [&](uint32_t dim) {
+        return writer.Start(dim, static_cast<size_t>(request->keys_size()));
+      },
+      &missing);
+  if (status.ok()) *response = writer.Finish(missing);
+  return status;
 }
 
 grpc::Status ParameterServerService::HandlePush(grpc::ServerContextBase* context,

@@ -110,6 +110,12 @@ class ParameterServerService final : public ParameterServer::Service {
   // sync overrides below (in-process servers in tests) on gRPC's threads.
   grpc::Status HandlePull(grpc::ServerContextBase* context,
                           const PullRequest* request, PullResponse* response);
+  // As HandlePull, answering with the message's wire bytes (ps/pull_wire.h):
+  // the rows are written straight into the slice gRPC sends. Same checks,
+  // errors and metrics; `response` is set only on success.
+  grpc::Status HandlePullWire(grpc::ServerContextBase* context,
+                              const PullRequest* request,
+                              grpc::ByteBuffer* response);
   grpc::Status HandlePush(grpc::ServerContextBase* context,
                           const PushRequest* request, PushResponse* response);
   grpc::Status HandleUpsert(grpc::ServerContextBase* context,
@@ -214,6 +220,14 @@ class ParameterServerService final : public ParameterServer::Service {
   grpc::Status ClientStatus(Method method, const grpc::Status& status) const;
   // `path` relative to Options::data_dir; empty when it is not under it.
   std::string RelativePath(const std::string& path) const;
+
+  // Pull's engine under Observe: the checks, admission and the store read.
+  // `rows(dim)` returns where keys_size() rows of `dim` floats go; it is
+  // called at most once, after the checks, under the store's lock.
+  grpc::Status ServePull(grpc::ServerContextBase* context,
+                         const PullRequest& request,
+                         absl::FunctionRef<float*(uint32_t dim)> rows,
+                         std::vector<uint32_t>* missing);
 
   // RESOURCE_EXHAUSTED for too many keys, FAILED_PRECONDITION for the first
   // key this shard does not own.
