@@ -19,6 +19,7 @@
 #include "base/atomic_file.h"
 #include "base/status_macros.h"
 #include "glog/logging.h"
+#include "kernels/backend.h"
 #include "kernels/common.h"
 #include "proto/ps.pb.h"
 #include "ps/client.h"
@@ -63,6 +64,9 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
     }
     if (o.eval_batch_size < 1) return bad("--eval_batch_size must be >= 1");
     if (o.threads < 1) return bad("--threads must be >= 1");
+    if (o.device != "cpu" && o.device != "cuda") {
+      return bad("--device = '", o.device, "', expected cpu or cuda");
+    }
     return absl::OkStatus();
   }
   if (o.train_path.empty()) return bad("--train is required");
@@ -114,6 +118,9 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
                "supported");
   }
   if (o.threads < 1) return bad("--threads must be >= 1");
+  if (o.device != "cpu" && o.device != "cuda") {
+    return bad("--device = '", o.device, "', expected cpu or cuda");
+  }
   if (o.loss_every < 1) return bad("--loss_every must be >= 1");
   if (o.max_train_samples < 0) return bad("--max_train_samples must be >= 0");
   return absl::OkStatus();
@@ -529,14 +536,32 @@ absl::StatusOr<model::ModelConfig> ConfigureModel(const TrainerOptions& o,
   return config;
 }
 
+// The compute backend of --device; FAILED_PRECONDITION naming the reason
+// when --device=cuda finds no usable device (or the build has no CUDA).
+absl::StatusOr<const kernels::ComputeBackend*> DeviceBackend(
+    const TrainerOptions& o) {
+  if (o.device == "cpu") return &kernels::CpuBackend();
+  const absl::Status st = kernels::CudaDeviceStatus();
+  if (!st.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--device=cuda: ", st.message(),
+        "; build the trainer with --config=cuda and run it on a GPU "
+        "machine, or use //worker:trainer_cuda_emulated (the CUDA path on "
+        "the CPU grid emulator, for tests)"));
+  }
+  return &kernels::CudaBackend();
+}
+
 // The model (warm-started from init_model_dir if given) and its ID table
 // on the shards.
 absl::StatusOr<std::unique_ptr<model::CiubmModel>> CreateModel(
     const TrainerOptions& o, ps::PsClient* ps, TrainReport* report) {
   MIM_ASSIGN_OR_RETURN(const model::ModelConfig config,
                        ConfigureModel(o, ps, report));
+  MIM_ASSIGN_OR_RETURN(const kernels::ComputeBackend* backend,
+                       DeviceBackend(o));
   MIM_ASSIGN_OR_RETURN(std::unique_ptr<model::CiubmModel> model,
-                       model::CiubmModel::Create(config));
+                       model::CiubmModel::Create(config, *backend));
   report->config = model->config();
   report->id_table = IdTableName(o);
   if (!o.init_model_dir.empty()) {
@@ -817,8 +842,10 @@ absl::StatusOr<std::unique_ptr<model::CiubmModel>> LoadSavedModel(
           path, sum, manifest->model_file_checksum));
     }
   }
+  MIM_ASSIGN_OR_RETURN(const kernels::ComputeBackend* backend,
+                       DeviceBackend(o));
   MIM_ASSIGN_OR_RETURN(std::unique_ptr<model::CiubmModel> m,
-                       model::CiubmModel::LoadFromFile(path));
+                       model::CiubmModel::LoadFromFile(path, *backend));
   const model::ModelConfig& c = m->config();
   if (c.id_dim != manifest->id_dim ||
       model::UsesContent(c) != manifest->uses_content) {

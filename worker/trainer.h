@@ -87,6 +87,11 @@ struct TrainerOptions {
   std::string dense_params = "auto";
   double validation_tail_fraction = 0.0;
   int threads = 1;
+  // Where the model computes: "cpu" (the CPU twins, --threads of them) or
+  // "cuda" (kernels::CudaBackend(): needs a --config=cuda build on a GPU
+  // machine, or //worker:trainer_cuda_emulated, which runs the same CUDA
+  // path on the grid emulator).
+  std::string device = "cpu";
   int64_t max_train_samples = 0;  // 0: all
   bool no_id_interest = false;
   bool no_content_interest = false;

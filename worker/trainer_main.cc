@@ -98,6 +98,10 @@ DEFINE_double(validation_tail_fraction, kDefaults.validation_tail_fraction,
               "If > 0, hold out this last fraction of the training period "
               "(by timestamp) and evaluate on it instead of --test");
 DEFINE_int32(threads, kDefaults.threads, "CPU threads of the model kernels");
+DEFINE_string(device, kDefaults.device.c_str(),
+              "Where the model computes: cpu, or cuda (a --config=cuda "
+              "build on a GPU machine; //worker:trainer_cuda_emulated runs "
+              "the CUDA path on the CPU grid emulator)");
 DEFINE_int64(max_train_samples, kDefaults.max_train_samples,
              "Train on at most this many samples per epoch (0: all)");
 DEFINE_bool(no_id_interest, kDefaults.no_id_interest,
@@ -183,6 +187,7 @@ int main(int argc, char** argv) {
   o.num_workers = FLAGS_num_workers;
   o.worker_index = FLAGS_worker_index;
   o.dense_params = FLAGS_dense_params;
+  o.device = FLAGS_device;
   o.validation_tail_fraction = FLAGS_validation_tail_fraction;
   o.threads = FLAGS_threads;
   o.max_train_samples = FLAGS_max_train_samples;

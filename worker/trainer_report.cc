@@ -32,6 +32,7 @@ std::string MetricsJson(
   j["flags"] = flag_json;
   j["worker"] = {{"index", o.worker_index}, {"num_workers", o.num_workers}};
   j["dense_params"] = r.dense_mode;
+  j["device"] = o.device;
   j["tables"] = {
       {"id", r.id_table},
       {"content", r.content_table.empty() ? Json(nullptr) : Json(r.content_table)},

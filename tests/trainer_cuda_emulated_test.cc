@@ -1,0 +1,132 @@
+// The trainer's CUDA path end to end without a GPU: //worker:trainer_cuda_emulated
+// (the trainer with the CUDA twins on the grid emulator,
+// kernels/testing/README.md) trains the default model (din_mim, default
+// epochs, batch size and learning rates) with --device=cuda on a small
+// tools/gen_synthetic stream, against a real //ps:server shard on
+// loopback; //worker:trainer does the same with --device=cpu on its own
+// tables. The two must evaluate alike.
+//
+// Bounds. Both runs are deterministic (fixed seeds, one worker, no
+// prefetch: the same batches in the same order), so this test cannot fail
+// by chance; the runs differ only by the twins' floating-point summation
+// orders (kernels_cuda_test.cc), which perturb every step slightly. The
+// AUC bound 0.005 is far above that perturbation's effect (when this test
+// was written: the same AUC, logloss 3e-9 apart) and far below the AUC's sampling noise at
+// 800 test samples (standard error about 0.02), so a CUDA path that trains
+// a different model (a wrong gradient, a buffer left stale) cannot pass;
+// per-sample predictions must agree within 2e-3 (probabilities).
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/process.h"
+
+namespace mim {
+namespace {
+
+using ::mim::testing::CommandResult;
+using ::mim::testing::RunCommand;
+using ::mim::testing::Runfile;
+using ::mim::testing::ShardProcess;
+using Json = nlohmann::json;
+
+constexpr double kAucBound = 0.005;
+constexpr double kPredictionBound = 2e-3;
+
+absl::Status RunTool(const std::vector<std::string>& argv) {
+  absl::StatusOr<CommandResult> r = RunCommand(argv);
+  if (!r.ok()) return r.status();
+  if (r->exit_code != 0) {
+    return absl::InternalError(absl::StrCat(argv[0], " exited ", r->exit_code,
+                                            ": ", r->err.substr(0, 4000)));
+  }
+  return absl::OkStatus();
+}
+
+Json ReadJson(const std::string& path) {
+  std::ifstream in(path);
+  return Json::parse(in);
+}
+
+// Scores of a --predictions_out file, in file order.
+std::vector<double> ReadScores(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::vector<double> scores;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::vector<std::string> f = absl::StrSplit(line, '\t');
+    scores.push_back(std::stod(f.back()));
+  }
+  return scores;
+}
+
+TEST(TrainerCudaEmulatedTest, TrainsTheSyntheticDefaultLikeTheCpuPath) {
+  const std::string dir =
+      absl::StrCat(std::getenv("TEST_TMPDIR"), "/trainer_cuda");
+  const std::string data = dir + "/data";
+  std::filesystem::create_directories(data);
+  auto shards = ShardProcess::StartCluster(dir, 1);
+  ASSERT_TRUE(shards.ok()) << shards.status();
+  const std::string ps = (*shards)[0]->address();
+  ASSERT_TRUE(RunTool({Runfile("tools/gen_synthetic"), "--output_dir=" + data,
+                   "--num_samples=4000", "--num_items=300",
+                   "--num_users=200", "--seed=5"})
+                  .ok());
+  const absl::Status ingested =
+      RunTool({Runfile("tools/ingest_content"), "--ps=" + ps,
+           "--vectors=" + data + "/item_vectors.tsv", "--table=content",
+           "--content_version=1"});
+  ASSERT_TRUE(ingested.ok()) << ingested;
+
+  Json metrics[2];
+  std::vector<double> scores[2];
+  const char* devices[] = {"cpu", "cuda"};
+  for (int i = 0; i < 2; ++i) {
+    const std::string dev = devices[i];
+    const std::string bin =
+        Runfile(dev == "cpu" ? "worker/trainer" : "worker/trainer_cuda_emulated");
+    const absl::Status trained = RunTool(
+        {bin, "--ps=" + ps, "--train=" + data + "/train.tsv",
+         "--test=" + data + "/test.tsv", "--content_table=content",
+         "--device=" + dev, "--prefetch=false", "--progress=false",
+         "--table_prefix=" + dev + "_",
+         "--metrics_out=" + dir + "/metrics_" + dev + ".json",
+         "--predictions_out=" + dir + "/predictions_" + dev + ".tsv"});
+    ASSERT_TRUE(trained.ok()) << dev << ": " << trained;
+    metrics[i] = ReadJson(dir + "/metrics_" + dev + ".json");
+    scores[i] = ReadScores(dir + "/predictions_" + dev + ".tsv");
+    EXPECT_EQ(metrics[i]["device"], dev);
+    EXPECT_EQ(metrics[i]["model"], "din_mim");
+    std::cout << dev << ": AUC " << metrics[i]["auc"] << ", logloss "
+              << metrics[i]["logloss"] << ", "
+              << metrics[i]["train_samples_per_sec"] << " samples/s\n";
+  }
+  const Json& cpu = metrics[0];
+  const Json& cuda = metrics[1];
+  EXPECT_EQ(cpu["train_samples"], cuda["train_samples"]);
+  EXPECT_EQ(cpu["eval_n"], cuda["eval_n"]);
+  // Both learned something (the generator plants a learnable signal).
+  EXPECT_GT(cpu["auc"].get<double>(), 0.6);
+  EXPECT_NEAR(cuda["auc"].get<double>(), cpu["auc"].get<double>(), kAucBound);
+  EXPECT_NEAR(cuda["logloss"].get<double>(), cpu["logloss"].get<double>(),
+              kAucBound);
+  ASSERT_EQ(scores[0].size(), scores[1].size());
+  ASSERT_EQ(static_cast<int64_t>(scores[0].size()), cpu["eval_n"].get<int64_t>());
+  for (size_t k = 0; k < scores[0].size(); ++k) {
+    ASSERT_NEAR(scores[0][k], scores[1][k], kPredictionBound) << "sample " << k;
+  }
+}
+
+}  // namespace
+}  // namespace mim
