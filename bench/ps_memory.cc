@@ -35,6 +35,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gflags/gflags.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/ps.grpc.pb.h"
@@ -45,6 +47,19 @@ DEFINE_string(concurrency, "1,4,16", "Client threads sending at once.");
 DEFINE_int32(rounds, 2, "Calls per thread per scenario.");
 DEFINE_string(scenarios, "push-64MiB,pull-64MiB,push-200MiB",
               "Which scenarios to run.");
+DEFINE_string(ps, "",
+              "An existing shard (HOST:PORT) instead of a fresh one per case, "
+              "e.g. one started under heaptrack; pass --shard_pid for RSS.");
+DEFINE_int32(shard_pid, 0, "With --ps: the shard's pid.");
+DEFINE_double(idle_seconds, 12,
+              "How long after the calls the 'idle' RSS is read (allocators "
+              "return freed memory lazily: jemalloc after ~10 s).");
+DEFINE_int32(client_max_message_mb, 0,
+             "PsClient's max_message_bytes in MiB (0: its default); set it "
+             "with a shard's --max_message_mb.");
+DEFINE_string(shard_flags, "",
+              "More flags for the started shards, space-separated, e.g. "
+              "'--max_message_mb=16 --grpc_memory_mb=256'.");
 
 namespace {
 
@@ -91,22 +106,36 @@ int main(int argc, char** argv) {
   if (mkdtemp(tmpl) == nullptr) Die("mkdtemp failed");
   const std::string root = tmpl;
 
-  std::printf("%-12s %5s | %9s %9s %9s | %s\n", "scenario", "calls",
-              "start MB", "peak MB", "after MB", "outcomes");
+  std::printf("%-12s %5s | %9s %9s %9s %9s | %s\n", "scenario", "calls",
+              "start MB", "peak MB", "after MB", "idle MB", "outcomes");
   int run = 0;
   for (absl::string_view scenario : absl::StrSplit(FLAGS_scenarios, ',')) {
     for (int threads : ParseInts(FLAGS_concurrency)) {
-      mim::testing::ShardProcess::Flags flags;
-      flags.data_dir = absl::StrCat(root, "/run", run++);
-      flags.extra = {"--threads=16"};
-      auto shard = mim::testing::ShardProcess::Start(flags);
-      if (!shard.ok()) Die(shard.status().ToString());
-      const pid_t pid = (*shard)->pid();
+      std::unique_ptr<mim::testing::ShardProcess> started;
+      std::string address = FLAGS_ps;
+      pid_t pid = FLAGS_shard_pid;
+      if (address.empty()) {
+        mim::testing::ShardProcess::Flags flags;
+        flags.data_dir = absl::StrCat(root, "/run", run++);
+        flags.extra = {"--threads=16"};
+        for (absl::string_view f :
+             absl::StrSplit(FLAGS_shard_flags, ' ', absl::SkipEmpty())) {
+          flags.extra.emplace_back(f);
+        }
+        auto shard = mim::testing::ShardProcess::Start(flags);
+        if (!shard.ok()) Die(shard.status().ToString());
+        started = std::move(*shard);
+        address = started->address();
+        pid = started->pid();
+      }
 
       mim::ps::PsClient::Options options;
       options.timeout = absl::Seconds(120);
       options.max_attempts = 1;  // count refusals, do not hide them
-      auto client = mim::ps::PsClient::Create({(*shard)->address()}, options);
+      if (FLAGS_client_max_message_mb > 0) {
+        options.max_message_bytes = FLAGS_client_max_message_mb << 20;
+      }
+      auto client = mim::ps::PsClient::Create({address}, options);
       if (!client.ok()) Die(client.status().ToString());
       mim::ps::TableConfig table;
       table.set_name("t");
@@ -114,7 +143,7 @@ int main(int argc, char** argv) {
       table.set_dim(kDim);
       table.mutable_optimizer()->set_name("sgd");
       table.mutable_initializer()->set_name("zeros");
-      if (absl::Status s = (*client)->CreateTable(table, false); !s.ok()) {
+      if (absl::Status s = (*client)->CreateTable(table, true); !s.ok()) {
         Die(s.ToString());
       }
       const double start_mb = StatusMb(pid, "VmRSS");
@@ -137,7 +166,7 @@ int main(int argc, char** argv) {
           args.SetMaxReceiveMessageSize(-1);
           args.SetInt("mim.bench.thread", t);  // no channel sharing
           auto stub = mim::ps::ParameterServer::NewStub(
-              grpc::CreateCustomChannel((*shard)->address(),
+              grpc::CreateCustomChannel(address,
                                         grpc::InsecureChannelCredentials(),
                                         args));
           for (int r = 0; r < FLAGS_rounds; ++r) {
@@ -169,9 +198,12 @@ int main(int argc, char** argv) {
         absl::StrAppend(&outcome_text, outcome_text.empty() ? "" : ", ", what,
                         " x", n);
       }
-      std::printf("%-12s %2dx%-2d | %9.1f %9.1f %9.1f | %s\n",
+      const double peak_mb = StatusMb(pid, "VmHWM");
+      const double after_mb = StatusMb(pid, "VmRSS");
+      absl::SleepFor(absl::Seconds(FLAGS_idle_seconds));
+      std::printf("%-12s %2dx%-2d | %9.1f %9.1f %9.1f %9.1f | %s\n",
                   std::string(scenario).c_str(), threads, FLAGS_rounds,
-                  start_mb, StatusMb(pid, "VmHWM"), StatusMb(pid, "VmRSS"),
+                  start_mb, peak_mb, after_mb, StatusMb(pid, "VmRSS"),
                   outcome_text.c_str());
       std::fflush(stdout);
     }

@@ -74,6 +74,10 @@ uint32_t Fnv1a(const char* data, size_t n) {
 // Little-endian encoder / bounds-checked decoder.
 class Writer {
  public:
+  // `reserve`: the bytes the caller will put, checksum included, so that
+  // the string is allocated once (a row appended field by field grew
+  // through 6-7 reallocations).
+  explicit Writer(size_t reserve = 0) { out_.reserve(reserve); }
   template <typename T>
   void Put(T v) {
     char buf[sizeof(T)];
@@ -199,7 +203,9 @@ absl::StatusOr<TableConfig> DecodeConfig(absl::string_view key,
 
 void EncodeRow(const ChangedRows& rows, size_t i, uint32_t dim,
                uint32_t state_floats, std::string* out) {
-  Writer w;
+  Writer w(sizeof(uint8_t) + 2 * sizeof(uint32_t) + sizeof(int64_t) +
+           sizeof(uint32_t) + sizeof(uint64_t) +
+           (size_t{dim} + state_floats) * sizeof(float) + sizeof(uint32_t));
   const RowMeta m = rows.meta(i);
   w.Put<uint8_t>(kFormat);
   w.Put<uint32_t>(dim);
