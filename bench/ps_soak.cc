@@ -6,10 +6,12 @@
 // Starts one //ps:server (fresh data_dir under /tmp; or --ps=HOST:PORT with
 // --shard_pid for its RSS), creates an ID table (SGD) and a content table,
 // then issues Pull, Push and Upsert calls at a fixed total rate (open loop:
-// call i is due at start + i / rate whatever the earlier ones took, so a
-// stall shows as latency instead of hiding as a lower rate), from
-// --client_threads threads. Latency is measured from the due time (queueing
-// in the client included) to the answer. Every --sample_seconds it prints
+// call i of an op is due at start + i / (that op's rate) whatever the
+// earlier ones took, so a stall shows as latency instead of hiding as a
+// lower rate). Each op has its own --client_threads threads, so a stall of
+// one op (pushes waiting on the disk) does not delay the others' calls in
+// the client. Latency is measured from the due time (queueing in the client
+// included) to the answer. Every --sample_seconds it prints
 // one line and appends one CSV row: the shard's RSS (VmRSS of
 // /proc/PID/status), calls and errors per op, p50/p99/max latency per op in
 // that interval.
@@ -58,7 +60,7 @@ DEFINE_int32(batch, 256, "Keys per call.");
 DEFINE_uint64(id_keys, 500000, "Key space of the ID table.");
 DEFINE_uint64(content_keys, 50000, "Key space of the content table.");
 DEFINE_uint32(dim, 64, "Floats per row (both tables).");
-DEFINE_int32(client_threads, 8, "Threads issuing the calls.");
+DEFINE_int32(client_threads, 4, "Threads issuing the calls, per op.");
 DEFINE_double(sample_seconds, 10, "Seconds between RSS/latency samples.");
 DEFINE_string(csv, "", "Write the samples here (CSV); empty: none.");
 DEFINE_uint64(seed, 1, "Seed of the key and op sequences.");
@@ -232,7 +234,7 @@ int main(int argc, char** argv) {
 
   std::printf(
       "ps_soak: shard %s (pid %d), %.0f calls/s (%s) of %d keys x %u floats, "
-      "%d client threads, %.1f min\n",
+      "%d client threads per op, %.1f min\n",
       address.c_str(), static_cast<int>(pid), FLAGS_rate, FLAGS_mix.c_str(),
       FLAGS_batch, FLAGS_dim, FLAGS_client_threads, FLAGS_minutes);
   std::fflush(stdout);
@@ -256,25 +258,30 @@ int main(int argc, char** argv) {
 
   Recorder recorder;
   const absl::Time start = absl::Now();
-  const absl::Duration period = absl::Seconds(1.0 / FLAGS_rate);
-  const uint64_t total =
-      static_cast<uint64_t>(FLAGS_minutes * 60.0 * FLAGS_rate);
-  std::atomic<uint64_t> next_call{0};
   const int share_sum = share[0] + share[1] + share[2];
+  uint64_t total[kNumOps];
+  absl::Duration period[kNumOps];
+  std::atomic<uint64_t> next_call[kNumOps];
+  for (int op = 0; op < kNumOps; ++op) {
+    const double rate = FLAGS_rate * share[op] / share_sum;
+    total[op] = static_cast<uint64_t>(FLAGS_minutes * 60.0 * rate);
+    period[op] = rate > 0 ? absl::Seconds(1.0 / rate) : absl::ZeroDuration();
+    next_call[op].store(0);
+  }
+  std::atomic<int> running{0};
 
-  auto worker = [&](int thread) {
+  auto worker = [&](Op op, int thread) {
     std::mt19937_64 rng(FLAGS_seed * 1000003 + thread);
     std::vector<uint64_t> keys(FLAGS_batch);
     std::vector<float> values(static_cast<size_t>(FLAGS_batch) * FLAGS_dim);
     for (;;) {
-      const uint64_t i = next_call.fetch_add(1);
-      if (i >= total) return;
-      const absl::Time due = start + period * static_cast<double>(i);
+      const uint64_t i = next_call[op].fetch_add(1);
+      if (i >= total[op]) {
+        --running;
+        return;
+      }
+      const absl::Time due = start + period[op] * static_cast<double>(i);
       absl::SleepFor(due - absl::Now());
-      const int pick = static_cast<int>(i * 7919 % share_sum);
-      const Op op = pick < share[0]              ? kPull
-                    : pick < share[0] + share[1] ? kPush
-                                                 : kUpsert;
       absl::Status status;
       if (op == kUpsert) {
         // Distinct keys, so one call's rows all carry its version.
@@ -319,7 +326,14 @@ int main(int argc, char** argv) {
     }
   };
   std::vector<std::thread> threads;
-  for (int t = 0; t < FLAGS_client_threads; ++t) threads.emplace_back(worker, t);
+  for (int op = 0; op < kNumOps; ++op) {
+    if (total[op] == 0) continue;
+    for (int t = 0; t < FLAGS_client_threads; ++t) {
+      ++running;
+      threads.emplace_back(worker, static_cast<Op>(op),
+                           op * FLAGS_client_threads + t);
+    }
+  }
 
   // Sampling on this thread until the calls are done.
   struct Sample {
@@ -357,7 +371,7 @@ int main(int argc, char** argv) {
     const absl::Time at = start + every * n;
     bool done = false;
     while (absl::Now() < at) {
-      if (next_call.load() >= total + FLAGS_client_threads) {
+      if (running.load() == 0) {
         done = true;
         break;
       }
@@ -404,10 +418,12 @@ int main(int argc, char** argv) {
     }
   }
 
+  uint64_t done = 0;
+  for (int op = 0; op < kNumOps; ++op) {
+    done += std::min(next_call[op].load(), total[op]);
+  }
   std::printf("\nsummary after %.1f s (%.0f calls/s asked, %.0f done):\n",
-              elapsed, FLAGS_rate,
-              static_cast<double>(std::min(next_call.load(), total)) /
-                  elapsed);
+              elapsed, FLAGS_rate, static_cast<double>(done) / elapsed);
   const auto all = recorder.All();
   uint64_t errors = 0;
   for (int op = 0; op < kNumOps; ++op) {
