@@ -11,16 +11,72 @@ on test.tsv's pairs (warm vs new positive items, plain vs C-SFT) and upserts
 its vectors into item_content_csft_s<seed>; then din, din_ct and din_mim
 train with the plain table and with the C-SFT table and are evaluated on
 test.tsv. Writes csft_s<seed>.json, runs/<name>.json and summary.md.
-Needs the binaries built (bazel build).
+Needs the binaries built (bazel build; --bin=DIR for a copy of them).
+
+--phase=validation makes every choice without the test file: C-SFT trains
+on the training period before the trainer's validation tail (the last 10%
+of its time span, written as train_head.tsv / train_tail.tsv; retrieval is
+evaluated on the tail's pairs), and the CTR models train on train.tsv with
+--validation_tail_fraction=0.1, so they are scored on the tail, whose cold
+items neither C-SFT nor the CTR model saw. --concat also trains the content
+models on [plain; C-SFT] / sqrt(2) (both vectors as one 2*dim input).
 """
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from experiments import BIN, Shards, log, run  # noqa: E402
+import experiments  # noqa: E402
+from experiments import Shards, log, run  # noqa: E402
+
+BIN = experiments.BIN
+TAIL_FRACTION = 0.1
+
+
+def read_vectors(path):
+    rows = {}
+    with open(path) as f:
+        header = f.readline()
+        for line in f:
+            item, vals = line.rstrip("\n").split("\t")
+            rows[int(item)] = [float(x) for x in vals.split(" ")]
+    return header, rows
+
+
+def write_concat(plain_path, tuned_path, out_path):
+    """[plain; tuned] / sqrt(2) per item: both unit vectors, one unit row."""
+    _, plain = read_vectors(plain_path)
+    _, tuned = read_vectors(tuned_path)
+    dim = len(next(iter(plain.values()))) + len(next(iter(tuned.values())))
+    with open(out_path, "w") as f:
+        f.write(f"#mim-vectors v1\tdim={dim}\tmodality=plain_csft\n")
+        for item in sorted(plain):
+            if item not in tuned:
+                continue
+            v = [x / math.sqrt(2) for x in plain[item] + tuned[item]]
+            f.write(f"{item}\t" + " ".join(f"{x:.7g}" for x in v) + "\n")
+
+
+def split_tail(train_path, out_dir):
+    """train_head.tsv / train_tail.tsv at the trainer's validation cutoff
+    (worker/trainer.cc ValidationCutoff: min + ceil(0.9 * span))."""
+    with open(train_path) as f:
+        header = f.readline()
+        lines = f.readlines()
+    ts = [int(l.split("\t", 1)[0]) for l in lines]
+    lo, hi = min(ts), max(ts)
+    cutoff = lo + math.ceil((1.0 - TAIL_FRACTION) * (hi - lo))
+    head = os.path.join(out_dir, "train_head.tsv")
+    tail = os.path.join(out_dir, "train_tail.tsv")
+    with open(head, "w") as h, open(tail, "w") as t:
+        h.write(header)
+        t.write(header)
+        for l, x in zip(lines, ts):
+            (t if x >= cutoff else h).write(l)
+    return head, tail
 
 MODELS = ["din", "din_ct", "din_mim"]
 
@@ -42,9 +98,21 @@ def main():
     ap.add_argument("--tag", default="csft", help="name of this C-SFT variant in the outputs")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--skip_plain", action="store_true", help="train CTR models on C-SFT vectors only")
+    ap.add_argument("--phase", default="test", choices=["test", "validation"])
+    ap.add_argument("--concat", action="store_true", help="also [plain; C-SFT] tables")
+    ap.add_argument("--bin", default=None, help="directory of the binaries (default bazel-bin)")
     args = ap.parse_args()
+    global BIN
+    if args.bin:
+        BIN = experiments.BIN = os.path.abspath(args.bin)
     os.makedirs(os.path.join(args.out, "runs"), exist_ok=True)
     d = args.data_dir
+    validation = args.phase == "validation"
+    csft_train, eval_samples = f"{d}/train.tsv", f"{d}/test.tsv"
+    genres_from = f"{d}/test.tsv"
+    if validation:
+        csft_train, eval_samples = split_tail(f"{d}/train.tsv", args.out)
+        genres_from = f"{d}/train.tsv"
     seeds = [int(s) for s in args.seeds.split(",")]
     models = args.models.split(",")
     shards = Shards(args.out)
@@ -56,25 +124,37 @@ def main():
         for seed in seeds:
             table = f"item_content_{args.tag}_s{seed}"
             metrics = os.path.join(args.out, f"{args.tag}_s{seed}.json")
-            run([f"{BIN}/worker/csft/csft", f"--train={d}/train.tsv",
-                 f"--vectors={d}/content_vectors.tsv", f"--genres_from={d}/test.tsv",
-                 f"--eval_samples={d}/test.tsv", f"--seed={seed}",
+            run([f"{BIN}/worker/csft/csft", f"--train={csft_train}",
+                 f"--vectors={d}/content_vectors.tsv", f"--genres_from={genres_from}",
+                 f"--eval_samples={eval_samples}", f"--seed={seed}",
                  f"--out_vectors={args.out}/{args.tag}_s{seed}.vec",
                  f"--encoder_out={args.out}/{args.tag}_s{seed}.encoder",
                  f"--metrics_out={metrics}", f"--ps={shards.addresses}",
                  f"--table={table}", "--content_version=1"]
                 + args.csft_flags.split())
             retrieval[seed] = json.load(open(metrics))
+            concat_table = f"item_content_{args.tag}_concat_s{seed}"
+            if args.concat:
+                cpath = f"{args.out}/{args.tag}_concat_s{seed}.vec"
+                write_concat(f"{d}/content_vectors.tsv",
+                             f"{args.out}/{args.tag}_s{seed}.vec", cpath)
+                run([f"{BIN}/tools/ingest_content", f"--ps={shards.addresses}",
+                     f"--vectors={cpath}", f"--table={concat_table}",
+                     "--content_version=1"])
             for model in models:
                 variants = [("plain", "item_content"), (args.tag, table)]
+                if args.concat:
+                    variants.append((f"{args.tag}_concat", concat_table))
                 if args.skip_plain or model == "din":
                     variants = variants[1:] if model != "din" else variants[:1]
                 for vname, vtable in variants:
                     name = f"{model}_{vname}_s{seed}"
                     out = os.path.join(args.out, "runs", f"{name}.json")
                     if not os.path.exists(out):
+                        split = (["--validation_tail_fraction=0.1"] if validation
+                                 else [f"--test={d}/test.tsv"])
                         cmd = [f"{BIN}/worker/trainer", f"--ps={shards.addresses}",
-                               f"--train={d}/train.tsv", f"--test={d}/test.tsv",
+                               f"--train={d}/train.tsv", *split,
                                f"--model={model}", f"--seed={seed}", "--threads=2",
                                f"--table_prefix={name}_", f"--metrics_out={out}",
                                "--progress=false"]
@@ -85,8 +165,9 @@ def main():
     finally:
         shards.close()
 
-    lines = [f"C-SFT variant `{args.tag}` ({args.csft_flags or 'defaults'}), seeds {args.seeds}", "",
-             "Retrieval on the test period's pairs (recall over all items):", "",
+    period = "validation tail" if validation else "test period"
+    lines = [f"C-SFT variant `{args.tag}` ({args.csft_flags or 'defaults'}), seeds {args.seeds}, {args.phase}", "",
+             f"Retrieval on the {period}'s pairs (recall over all items):", "",
              "| positive items | pairs | plain @10 | C-SFT @10 | plain @50 | C-SFT @50 |",
              "|---|---|---|---|---|---|"]
     for kind in ["warm", "new"]:
