@@ -5,9 +5,11 @@
 //   LocalDenseSync (dense_sync_local.h): Adam in the model, one worker.
 //   PsDenseSync (dense_sync_ps.h): a shared Adam table on the shards,
 //     data-parallel workers (PsDenseParams, trainer_sync.h).
-// A new mode (e.g. an all-reduce over NCCL) is a new implementation in its
-// own file plus one case where the trainer chooses it (CreateDenseSync in
-// trainer.cc); the step loop does not change.
+//   NcclDenseSync (dense_sync_nccl.h): each GPU worker's own copy, the
+//     dense gradient all-reduced with NCCL every step.
+// A new mode is a new implementation in its own file plus one case where
+// the trainer chooses it (CreateDenseSync in trainer.cc); the step loop
+// does not change.
 #ifndef MIM_WORKER_DENSE_SYNC_H_
 #define MIM_WORKER_DENSE_SYNC_H_
 

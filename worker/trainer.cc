@@ -26,6 +26,7 @@
 #include "worker/data/sample_io.h"
 #include "worker/dense_sync.h"
 #include "worker/dense_sync_local.h"
+#include "worker/dense_sync_nccl.h"
 #include "worker/dense_sync_ps.h"
 #include "worker/csft/encoder.h"
 #include "worker/model/manifest.h"
@@ -99,9 +100,13 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
                o.num_workers, "; expected 0 <= worker_index < num_workers");
   }
   if (o.dense_params != "auto" && o.dense_params != "local" &&
-      o.dense_params != "ps") {
+      o.dense_params != "ps" && o.dense_params != "nccl") {
     return bad("--dense_params = '", o.dense_params,
-               "'; expected auto, local or ps");
+               "'; expected auto, local, ps or nccl");
+  }
+  if (o.dense_params == "nccl" && o.device != "cuda") {
+    return bad("--dense_params=nccl all-reduces on the GPUs: it needs "
+               "--device=cuda (got --device=", o.device, ")");
   }
   if (o.dense_params == "local" && o.num_workers > 1) {
     return bad("--dense_params=local with --num_workers=", o.num_workers,
@@ -581,7 +586,13 @@ absl::StatusOr<std::unique_ptr<DenseSync>> CreateDenseSync(
   const bool on_ps = o.dense_params == "ps" ||
                      (o.dense_params == "auto" && o.num_workers > 1);
   std::unique_ptr<DenseSync> dense;
-  if (on_ps) {
+  if (o.dense_params == "nccl") {
+    // The params stay on the GPUs (and in the model file); the shards only
+    // carry the NCCL id.
+    MIM_ASSIGN_OR_RETURN(
+        dense, NcclDenseSync::Create(ps, TableBase(o) + "_nccl_id",
+                                     o.num_workers, o.worker_index, model));
+  } else if (on_ps) {
     report->dense_table = TableBase(o) + "_dense";
     MIM_ASSIGN_OR_RETURN(
         dense, PsDenseSync::Create(ps, report->dense_table, model, o.seed));

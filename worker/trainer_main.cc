@@ -93,7 +93,9 @@ DEFINE_int32(worker_index, kDefaults.worker_index,
              "This worker, 0..num_workers-1 (0 evaluates)");
 DEFINE_string(dense_params, kDefaults.dense_params.c_str(),
               "Where dense params live: local (one worker), ps (a shared "
-              "Adam table on the shards), auto (ps iff num_workers > 1)");
+              "Adam table on the shards), nccl (on each worker's GPU, "
+              "gradients all-reduced with NCCL; --device=cuda), auto (ps "
+              "iff num_workers > 1)");
 DEFINE_double(validation_tail_fraction, kDefaults.validation_tail_fraction,
               "If > 0, hold out this last fraction of the training period "
               "(by timestamp) and evaluate on it instead of --test");

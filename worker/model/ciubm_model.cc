@@ -1054,6 +1054,16 @@ absl::Status CiubmModel::ApplyDenseGradients(absl::Span<const float> grad) {
   return m.AdamOnBackend(m.d_ext_grads.data());
 }
 
+float* CiubmModel::backend_dense_gradients() {
+  // The caller may change it in place: the host copy is then stale.
+  impl_->host_grads_stale = !impl_->on_host();
+  return impl_->BackendGrads();
+}
+
+absl::Status CiubmModel::ApplyBackendDenseGradients() {
+  return impl_->AdamOnBackend(impl_->BackendGrads());
+}
+
 void CiubmModel::set_learning_rate(float lr) {
   impl_->config.adam.learning_rate = lr;
 }

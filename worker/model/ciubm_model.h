@@ -184,6 +184,14 @@ class CiubmModel {
   absl::Status ApplyDenseGradients(absl::Span<const float> grad);
   void set_learning_rate(float lr);
 
+  // The dense gradient of the last ForwardBackward where the backend keeps
+  // it (device memory for CUDA; dense_gradients() is its host copy), for a
+  // collective to reduce in place, e.g. an NCCL all-reduce across replicas;
+  // then ApplyBackendDenseGradients() takes the Adam step with it, without
+  // a trip through host memory. num_dense_params() floats.
+  float* backend_dense_gradients();
+  absl::Status ApplyBackendDenseGradients();
+
   int64_t num_dense_params() const;
   // Flat dense parameters (DenseParamLayout). Writable, e.g. to broadcast
   // parameters from a leader replica; the size must not change. On a

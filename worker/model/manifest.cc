@@ -137,9 +137,10 @@ absl::Status ValidateManifest(const ModelManifest& m) {
                  "text_encoder.path (the fastText encoder of its input)");
     }
   }
-  if (m.dense_params != "local" && m.dense_params != "ps") {
+  if (m.dense_params != "local" && m.dense_params != "ps" &&
+      m.dense_params != "nccl") {
     return Bad("dense_params", absl::StrCat("'", m.dense_params,
-                                            "' is not local or ps"));
+                                            "' is not local, ps or nccl"));
   }
   return absl::OkStatus();
 }

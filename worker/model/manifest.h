@@ -87,7 +87,7 @@ struct ModelManifest {
   };
   std::optional<ContentTable> content_table;  // models without content: none
 
-  std::string dense_params = "local";  // "local" or "ps"
+  std::string dense_params = "local";  // "local", "ps" or "nccl"
   std::string dense_table;             // set for "ps"
   int64_t train_samples = 0;
   std::string init_model;  // warm start source, or empty

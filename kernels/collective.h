@@ -1,0 +1,50 @@
+// Collectives over float buffers in device memory across processes, one GPU
+// each: NCCL under --config=cuda; UNIMPLEMENTED otherwise (the default
+// build and the grid emulator, which has no NCCL). The group's unique id
+// travels between processes out of band (the trainer uses the parameter
+// server: worker/nccl_id_exchange.h).
+#ifndef MIM_KERNELS_COLLECTIVE_H_
+#define MIM_KERNELS_COLLECTIVE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace mim::kernels {
+
+// One rank's membership of a group. Not thread-safe; calls are collective:
+// every rank makes the same calls in the same order.
+class DeviceCollective {
+ public:
+  virtual ~DeviceCollective() = default;
+
+  // In place: buf[i] = the mean over the ranks of their buf[i] (NCCL
+  // ncclAvg, on the default stream, ordered after the work queued there).
+  // Every rank ends with the same bits. INVALID_ARGUMENT for n < 0 or a
+  // null buffer with n > 0; INTERNAL naming the NCCL error.
+  virtual absl::Status AllReduceMean(float* buf, int64_t n) = 0;
+
+  virtual int rank() const = 0;
+  virtual int num_ranks() const = 0;
+};
+
+// Bytes of a unique id (NCCL_UNIQUE_ID_BYTES).
+inline constexpr int kCollectiveIdBytes = 128;
+
+// A new unique id (rank 0 makes it and hands it to the others).
+// UNIMPLEMENTED without NCCL; INTERNAL naming the NCCL error.
+absl::StatusOr<std::string> NewCollectiveId();
+
+// Joins the group `id` as `rank` of `num_ranks` on the current device;
+// returns once every rank has joined (ncclCommInitRank). INVALID_ARGUMENT
+// for an id of another size or a bad rank; UNIMPLEMENTED without NCCL;
+// INTERNAL naming the NCCL error.
+absl::StatusOr<std::unique_ptr<DeviceCollective>> JoinCollective(
+    const std::string& id, int rank, int num_ranks);
+
+}  // namespace mim::kernels
+
+#endif  // MIM_KERNELS_COLLECTIVE_H_
