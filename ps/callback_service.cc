@@ -1,6 +1,8 @@
 #include "ps/callback_service.h"
 
 #include <chrono>
+#include <memory>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -26,9 +28,21 @@ grpc::ServerUnaryReactor* ShardCallbackService::Queue(
     grpc::CallbackServerContext* context, const Request* request,
     Response* response, Handler<Request, Response> handler) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  // The parsed request's memory counts while it waits (dropped as the
+  // handler starts, which reserves what it needs itself).
+  absl::StatusOr<ParameterServerService::InflightLease> waiting =
+      handlers_->AdmitQueued(Request::descriptor()->name(),
+                             request->ByteSizeLong());
+  if (!waiting.ok()) {
+    reactor->Finish(ToGrpcStatus(waiting.status()));
+    return reactor;
+  }
+  auto hold = std::make_shared<std::optional<ParameterServerService::InflightLease>>(
+      std::move(*waiting));
   absl::Status queued = executor_->Submit(
       DeadlineOf(*context), [this, context, request, response, handler,
-                             reactor](const absl::Status& admitted) {
+                             reactor, hold](const absl::Status& admitted) {
+        hold->reset();
         if (!admitted.ok()) {
           reactor->Finish(ToGrpcStatus(admitted));
           return;
@@ -43,9 +57,18 @@ grpc::ServerUnaryReactor* ShardCallbackService::Pull(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<ParameterServerService::InflightLease> waiting =
+      handlers_->AdmitQueued("PullRequest", request->Length());
+  if (!waiting.ok()) {
+    reactor->Finish(ToGrpcStatus(waiting.status()));
+    return reactor;
+  }
+  auto hold = std::make_shared<std::optional<ParameterServerService::InflightLease>>(
+      std::move(*waiting));
   absl::Status queued = executor_->Submit(
-      DeadlineOf(*context), [this, context, request, response,
-                             reactor](const absl::Status& admitted) {
+      DeadlineOf(*context), [this, context, request, response, reactor,
+                             hold](const absl::Status& admitted) {
+        hold->reset();
         if (!admitted.ok()) {
           reactor->Finish(ToGrpcStatus(admitted));
           return;

@@ -31,6 +31,12 @@ inline constexpr uint32_t kMaxRowDim = 4096;
 // RESOURCE_EXHAUSTED while others are in progress.
 inline constexpr size_t kDefaultMaxInflightBytes = size_t{512} << 20;
 
+// A Push or Upsert holds about this many times its request's bytes while
+// it is applied: the request, the rows encoded for the store, RocksDB's
+// write batch and its memtable copy (heaptrack of a 64k-row push,
+// bench/ps_memory). Its --max_inflight_mb reservation is this multiple.
+inline constexpr size_t kWriteMemoryFactor = 4;
+
 // Memory gRPC itself may use for a shard's connections and buffers
 // (--grpc_memory_mb, a grpc::ResourceQuota).
 inline constexpr size_t kDefaultGrpcMemoryBytes = size_t{1} << 30;

@@ -381,14 +381,26 @@ absl::Status ParameterServerService::CheckResponseSize(Method method,
 
 absl::StatusOr<ParameterServerService::InflightLease>
 ParameterServerService::Admit(Method method, size_t bytes) {
+  return AdmitBytes(kMethodNames[method], bytes);
+}
+
+absl::StatusOr<ParameterServerService::InflightLease>
+ParameterServerService::AdmitQueued(absl::string_view method,
+                                    size_t request_bytes) {
+  return AdmitBytes(method, request_bytes);
+}
+
+absl::StatusOr<ParameterServerService::InflightLease>
+ParameterServerService::AdmitBytes(absl::string_view method, size_t bytes) {
   if (inflight_.TryAcquire(bytes)) return InflightLease(&inflight_, bytes);
   constexpr double kMiB = 1 << 20;
   return absl::ResourceExhaustedError(absl::StrFormat(
-      "shard %d/%d is busy: calls in progress hold %.1f MiB of requests and "
-      "answers, and this %s needs %.1f MiB more, over the limit of %.0f MiB "
-      "(--max_inflight_mb); retry later or send smaller calls",
+      "shard %d/%d is busy: calls waiting or in progress hold %.1f MiB of "
+      "requests and answers, and this %s needs %.1f MiB more, over the "
+      "limit of %.0f MiB (--max_inflight_mb); retry later or send smaller "
+      "calls",
       options_.shard_index, options_.num_shards,
-      static_cast<double>(inflight_.in_flight()) / kMiB, kMethodNames[method],
+      static_cast<double>(inflight_.in_flight()) / kMiB, method,
       static_cast<double>(bytes) / kMiB,
       static_cast<double>(inflight_.limit()) / kMiB));
 }
@@ -471,7 +483,7 @@ grpc::Status ParameterServerService::HandlePush(grpc::ServerContextBase* context
       return ToGrpcStatus(s);
     }
     absl::StatusOr<InflightLease> lease =
-        Admit(kPush, request->ByteSizeLong());
+        Admit(kPush, kWriteMemoryFactor * request->ByteSizeLong());
     if (!lease.ok()) return ToGrpcStatus(lease.status());
     // The store checks the length again under its lock (a Restore may
     // change the table's dim after this check).
@@ -511,7 +523,7 @@ grpc::Status ParameterServerService::HandleUpsert(grpc::ServerContextBase* conte
       return ToGrpcStatus(s);
     }
     absl::StatusOr<InflightLease> lease =
-        Admit(kUpsert, request->ByteSizeLong());
+        Admit(kUpsert, kWriteMemoryFactor * request->ByteSizeLong());
     if (!lease.ok()) return ToGrpcStatus(lease.status());
     absl::StatusOr<uint32_t> dim = CheckRows(request->table(), request->keys(),
                                              request->values(), "values");

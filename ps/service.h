@@ -56,6 +56,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "embedding/embedding_store.h"
 #include "google/protobuf/repeated_field.h"
@@ -79,9 +80,11 @@ class ParameterServerService final : public ParameterServer::Service {
     // that could not be sent anyway: an answer that may be larger than
     // this (ps/limits.h bounds; the server's gRPC message limit).
     size_t max_response_bytes = kDefaultMaxMessageBytes;
-    // Request plus answer bytes of the Pull, GetRows, Push and Upsert calls
-    // in progress: a call that would take the total past this while others
-    // run is refused RESOURCE_EXHAUSTED (retry later); 0: no limit.
+    // Memory of the calls waiting for a thread (their requests) and of the
+    // Pull, GetRows, Push and Upsert calls in progress (request and answer;
+    // a Push or Upsert kWriteMemoryFactor times its request): a call that
+    // would take the total past this while others hold some is refused
+    // RESOURCE_EXHAUSTED (retry later); 0: no limit.
     size_t max_inflight_bytes = kDefaultMaxInflightBytes;
     // Where the service records its metrics; null: none. Must outlive the
     // service. The service reads `store` from a scrape callback until it
@@ -104,6 +107,35 @@ class ParameterServerService final : public ParameterServer::Service {
   ParameterServerService(embedding::EmbeddingStore* store,
                          const Options& options);
   ~ParameterServerService() override;
+
+  // Bytes of Options::max_inflight_bytes held by one call. Not
+  // thread-safe (owned by the call).
+  class InflightLease {
+   public:
+    InflightLease(InflightBytes* budget, size_t bytes)
+        : budget_(budget), bytes_(bytes) {}
+    InflightLease(InflightLease&& other) noexcept
+        : budget_(other.budget_), bytes_(other.bytes_) {
+      other.budget_ = nullptr;
+    }
+    InflightLease& operator=(InflightLease&&) = delete;
+    ~InflightLease() {
+      if (budget_ != nullptr) budget_->Release(bytes_);
+    }
+
+   private:
+    InflightBytes* budget_;
+    size_t bytes_;
+  };
+  // Memory of a call that waits for an executor thread
+  // (ShardCallbackService): gRPC has parsed its request, which holds its
+  // bytes before any handler runs, so a queue of large requests is bounded
+  // by the same budget. Reserves `request_bytes` of
+  // Options::max_inflight_bytes; the caller drops the lease as the handler
+  // starts (the handler then reserves what it needs). RESOURCE_EXHAUSTED
+  // naming `method` and --max_inflight_mb when it does not fit.
+  absl::StatusOr<InflightLease> AdmitQueued(absl::string_view method,
+                                            size_t request_bytes);
 
   // The handlers, callable with the context of either server API:
   // ShardCallbackService (the shard binary) runs them on its executor, the
@@ -241,28 +273,11 @@ class ParameterServerService final : public ParameterServer::Service {
   // (`bytes` its bound, ps/limits.h).
   absl::Status CheckResponseSize(Method method, const Keys& keys,
                                  uint32_t dim, size_t bytes) const;
-  // Bytes of Options::max_inflight_bytes held by one call. Not
-  // thread-safe (owned by the call).
-  class InflightLease {
-   public:
-    InflightLease(InflightBytes* budget, size_t bytes)
-        : budget_(budget), bytes_(bytes) {}
-    InflightLease(InflightLease&& other) noexcept
-        : budget_(other.budget_), bytes_(other.bytes_) {
-      other.budget_ = nullptr;
-    }
-    InflightLease& operator=(InflightLease&&) = delete;
-    ~InflightLease() {
-      if (budget_ != nullptr) budget_->Release(bytes_);
-    }
-
-   private:
-    InflightBytes* budget_;
-    size_t bytes_;
-  };
   // Reserves `bytes` of Options::max_inflight_bytes for a call until the
   // returned lease is destroyed; RESOURCE_EXHAUSTED when it does not fit.
   absl::StatusOr<InflightLease> Admit(Method method, size_t bytes);
+  absl::StatusOr<InflightLease> AdmitBytes(absl::string_view method,
+                                           size_t bytes);
   // INVALID_ARGUMENT quoting `name` capped when it is longer than any
   // valid table (or checkpoint) name, so no later message quotes it whole.
   static absl::Status CheckTableName(const std::string& name);

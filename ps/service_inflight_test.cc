@@ -1,0 +1,131 @@
+// The shard's memory budget (--max_inflight_mb) counts calls waiting for a
+// thread (AdmitQueued, what ShardCallbackService reserves for a parsed
+// request) together with the calls in progress, and a Push reserves
+// kWriteMemoryFactor times its request.
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "embedding/embedding_store.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "proto/ps.grpc.pb.h"
+#include "ps/limits.h"
+#include "ps/service.h"
+
+namespace mim::ps {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr size_t kMiB = size_t{1} << 20;
+constexpr uint32_t kDim = 64;
+
+class InflightTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    embedding::EmbeddingStore::Options options;
+    options.data_dir = absl::StrCat(
+        std::getenv("TEST_TMPDIR"), "/",
+        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    auto store = embedding::EmbeddingStore::Open(options);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+    ParameterServerService::Options service_options;
+    service_options.max_inflight_bytes = kMiB;
+    service_ = std::make_unique<ParameterServerService>(store_.get(),
+                                                        service_options);
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port);
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    stub_ = ParameterServer::NewStub(grpc::CreateChannel(
+        absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+
+    CreateTableRequest create;
+    create.mutable_config()->set_name("t");
+    create.mutable_config()->set_kind(ID);
+    create.mutable_config()->set_dim(kDim);
+    create.mutable_config()->mutable_optimizer()->set_name("sgd");
+    create.mutable_config()->mutable_initializer()->set_name("zeros");
+    CreateTableResponse created;
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub_->CreateTable(&context, create, &created).ok());
+  }
+
+  void TearDown() override { server_->Shutdown(); }
+
+  // A push of `keys` rows (keys 1..keys, gradient 1).
+  grpc::Status Push(size_t keys, PushResponse* response) {
+    PushRequest push;
+    push.set_table("t");
+    for (size_t k = 1; k <= keys; ++k) push.add_keys(k);
+    std::vector<float> gradients(keys * kDim, 1.0f);
+    push.set_gradients(gradients.data(), gradients.size() * sizeof(float));
+    grpc::ClientContext context;
+    return stub_->Push(&context, push, response);
+  }
+
+  uint64_t Rows() {
+    TableStatsRequest request;
+    request.set_table("t");
+    TableStatsResponse stats;
+    grpc::ClientContext context;
+    EXPECT_TRUE(stub_->TableStats(&context, request, &stats).ok());
+    return stats.tables_size() == 1 ? stats.tables(0).rows() : 0;
+  }
+
+  std::unique_ptr<embedding::EmbeddingStore> store_;
+  std::unique_ptr<ParameterServerService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<ParameterServer::Stub> stub_;
+};
+
+TEST_F(InflightTest, WaitingRequestsCountAgainstTheBudget) {
+  // A 600 KiB request waiting for a thread.
+  std::optional<ParameterServerService::InflightLease> waiting;
+  {
+    auto admitted = service_->AdmitQueued("PushRequest", 600 * 1024);
+    ASSERT_TRUE(admitted.ok()) << admitted.status();
+    waiting.emplace(std::move(*admitted));
+  }
+
+  // 1000 rows of 64 floats: a 264 KB request reserving 4x that, which
+  // does not fit beside the waiting one.
+  PushResponse response;
+  grpc::Status s = Push(1000, &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("calls waiting or in progress hold 0.6 MiB"));
+  EXPECT_THAT(s.error_message(), HasSubstr("this Push needs 1.0 MiB more"));
+  EXPECT_THAT(s.error_message(), HasSubstr("(--max_inflight_mb)"));
+  EXPECT_EQ(Rows(), 0u);  // nothing applied
+
+  // Another request arriving while the first waits does not fit either.
+  auto second = service_->AdmitQueued("PullRequest", 500 * 1024);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(second.status().message(),
+              HasSubstr("this PullRequest needs 0.5 MiB more"));
+
+  // A small push fits beside it: 100 rows reserve 4 x 26 KB.
+  ASSERT_TRUE(Push(100, &response).ok());
+  EXPECT_EQ(response.rows_updated(), 100u);
+
+  // Once the waiting call has started (its lease dropped), the large push
+  // runs: a call alone is admitted whatever its size.
+  waiting.reset();
+  ASSERT_TRUE(Push(1000, &response).ok());
+  EXPECT_EQ(response.rows_updated(), 1000u);
+  EXPECT_EQ(Rows(), 1000u);
+}
+
+}  // namespace
+}  // namespace mim::ps
