@@ -49,12 +49,14 @@ class SliceReader {
   size_t remaining() const { return length_ - position_; }
   bool AtEnd() const { return position_ == length_; }
 
-  // Protobuf's base-128 varint (at most 10 bytes; bits past 64 dropped,
-  // as protobuf does). `what` names it in the error.
-  absl::Status ReadVarint(const char* what, uint64_t* value) {
+  // Protobuf's base-128 varint of at most `max_bytes` bytes (10 for
+  // values, 5 for tags and lengths, as protobuf reads them), bits past 64
+  // dropped as protobuf does. `what` names it in the error.
+  absl::Status ReadVarint(const char* what, uint64_t* value,
+                          int max_bytes = 10) {
     const size_t start = position_;
     uint64_t v = 0;
-    for (int shift = 0; shift < 70; shift += 7) {
+    for (int shift = 0; shift < 7 * max_bytes; shift += 7) {
       if (AtEnd()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "PullResponse ends inside the ", what, " that starts at byte ",
@@ -69,8 +71,8 @@ class SliceReader {
       }
     }
     return absl::InvalidArgumentError(
-        absl::StrCat("PullResponse has a ", what, " longer than 10 bytes at byte ",
-                     start, " of ", length_));
+        absl::StrCat("PullResponse has a ", what, " longer than ", max_bytes,
+                     " bytes at byte ", start, " of ", length_));
   }
 
   // Passes the next `n` bytes (n <= remaining()) to `piece(data, size)` as
@@ -193,14 +195,20 @@ absl::Status PullReply::ParseSlices(const grpc::ByteBuffer& buffer) {
   SliceReader in(slices_, length);
   while (!in.AtEnd()) {
     const size_t at = in.position();
-    uint64_t tag = 0;
-    if (absl::Status s = in.ReadVarint("field tag", &tag); !s.ok()) return s;
-    const uint64_t field = tag >> 3;
+    // Tags are 32-bit, read from at most 5 bytes with the bits past 32
+    // dropped, as protobuf reads them (so a field number never exceeds
+    // 2^29 - 1).
+    uint64_t tag64 = 0;
+    if (absl::Status s = in.ReadVarint("field tag", &tag64, 5); !s.ok()) {
+      return s;
+    }
+    const uint32_t tag = static_cast<uint32_t>(tag64);
+    const uint32_t field = tag >> 3;
     const int wire_type = static_cast<int>(tag & 7);
-    if (field == 0 || field > (uint64_t{1} << 29) - 1) {
+    if (field == 0) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "PullResponse has field number ", field, " at byte ", at, " of ",
-          length, "; field numbers are 1..536870911"));
+          "PullResponse has field number 0 at byte ", at, " of ", length,
+          "; field numbers are 1..536870911"));
     }
     uint64_t value = 0;
     switch (wire_type) {
@@ -224,7 +232,11 @@ absl::Status PullReply::ParseSlices(const grpc::ByteBuffer& buffer) {
         break;
       }
       case 2: {  // length-delimited
-        if (absl::Status s = in.ReadVarint("length", &value); !s.ok()) return s;
+        // At most 5 bytes, as protobuf reads a length (and below 2 GiB,
+        // which the check against what remains implies).
+        if (absl::Status s = in.ReadVarint("length", &value, 5); !s.ok()) {
+          return s;
+        }
         if (value > in.remaining()) {
           return absl::InvalidArgumentError(absl::StrCat(
               "PullResponse field ", field, " at byte ", at, " declares ",

@@ -187,6 +187,20 @@ TEST(PullReply, AcceptsEveryValidEncoding) {
   EXPECT_EQ(parsed.values(), "\xaa\xbb\xcc\xdd");
 }
 
+// Found by tests/fuzz/pull_reply: a 5-byte tag whose bits past 32 are set
+// is a valid tag to protobuf (they are dropped), here field 1 as fixed64.
+TEST(PullReply, ReadsTagsAsProtobufDoesPast32Bits) {
+  const std::string wire("\x89\x80\x80\x80\x10\x01\x02\x03\x04\x05\x06\x07\x08"
+                         "\x08\x03",
+                         15);
+  PullResponse parsed;
+  ASSERT_TRUE(parsed.ParseFromString(wire));
+  PullReply reply;
+  ASSERT_TRUE(reply.Parse(Received(wire, 2)).ok());
+  EXPECT_EQ(reply.dim(), parsed.dim());
+  EXPECT_EQ(reply.dim(), 3u);
+}
+
 TEST(PullReply, EmptyMessageIsAnEmptyReply) {
   PullReply reply;
   ASSERT_TRUE(reply.Parse(grpc::ByteBuffer()).ok());
@@ -219,6 +233,10 @@ TEST(PullReply, RefusesMalformedInputNamingTheByte) {
        "1..536870911"},
       {std::string("\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 12),
        "PullResponse has a varint longer than 10 bytes at byte 1 of 12"},
+      {std::string("\x88\x80\x80\x80\x80\x00\x01", 7),
+       "PullResponse has a field tag longer than 5 bytes at byte 0 of 7"},
+      {std::string("\x12\x81\x80\x80\x80\x80\x00\x01", 8),
+       "PullResponse has a length longer than 5 bytes at byte 1 of 8"},
       {std::string("\x1a\x01\x80\x01", 4),
        "PullResponse field 3 at byte 0 (packed, 1 bytes) ends inside a "
        "varint"},

@@ -18,6 +18,7 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/message.h"
+#include "proto/ps.pb.h"
 #include "proto/serving.pb.h"
 #include "tests/fuzz/fasttext_bin.h"
 #include "tests/fuzz/ps_session.pb.h"
@@ -408,6 +409,31 @@ void AuthSeeds() {
         "read aaaaaaaaaaaaaaaaaaaa\nadmin aaaaaaaaaaaaaaaaaaaa\n");
 }
 
+// --- pull_reply ------------------------------------------------------------
+
+// First byte: the slice size - 1; then a PullResponse as the shard sends it.
+void PullReplySeeds() {
+  mim::ps::PullResponse response;
+  response.set_dim(4);
+  std::string values;
+  for (int i = 0; i < 16; ++i) {
+    const float v = 0.5f * static_cast<float>(i);
+    values.append(reinterpret_cast<const char*>(&v), sizeof(v));
+  }
+  response.set_values(values);
+  response.add_missing(1);
+  response.add_missing(300);
+  Write("pull_reply", "four-rows", std::string(1, '\x06') +
+                                       response.SerializeAsString());
+  response.clear_missing();
+  Write("pull_reply", "one-slice", std::string(1, '\xff') +
+                                       response.SerializeAsString());
+  // Unpacked missing and an unknown field, as another encoder may send.
+  Write("pull_reply", "unpacked",
+        std::string("\x00\x08\x01\x18\x07\x20\x01\x12\x04\x00\x00\x80\x3f",
+                    13));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -426,6 +452,7 @@ int main(int argc, char** argv) {
   ServingSeeds();
   EncoderSeeds();
   AuthSeeds();
+  PullReplySeeds();
   std::filesystem::remove_all(scratch);
   std::printf("make_seeds: wrote the seeds under %s\n", g_dir.c_str());
   return 0;
