@@ -126,6 +126,24 @@ TEST(TrainerCudaEmulatedTest, TrainsTheSyntheticDefaultLikeTheCpuPath) {
   for (size_t k = 0; k < scores[0].size(); ++k) {
     ASSERT_NEAR(scores[0][k], scores[1][k], kPredictionBound) << "sample " << k;
   }
+
+  // --dense_params=nccl reaches NCCL only in a --config=cuda build: the
+  // emulated trainer says so (the grid emulator has no NCCL), and the CPU
+  // path refuses it.
+  for (const std::string dev : {"cpu", "cuda"}) {
+    absl::StatusOr<CommandResult> r = RunCommand(
+        {Runfile(dev == "cpu" ? "worker/trainer" : "worker/trainer_cuda_emulated"),
+         "--ps=" + ps, "--train=" + data + "/train.tsv",
+         "--test=" + data + "/test.tsv", "--content_table=content",
+         "--device=" + dev, "--dense_params=nccl", "--progress=false",
+         "--table_prefix=nccl_" + dev + "_"});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_NE(r->exit_code, 0) << dev;
+    EXPECT_NE(r->err.find(dev == "cpu" ? "--dense_params=nccl all-reduces on the GPUs"
+                                       : "built without NCCL"),
+              std::string::npos)
+        << dev << ": " << r->err;
+  }
 }
 
 }  // namespace

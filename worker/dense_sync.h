@@ -38,6 +38,10 @@ namespace mim::worker {
 //     made its last Step, leaves model->dense_params() holding the trained
 //     parameters, so that evaluation and Save see them. Errors as Step.
 //  4. name() is the mode's name in reports and the model manifest.
+//  5. EndEpoch(model) is called by every worker after its last Step of an
+//     epoch (workers may have one batch more or less than others); a mode
+//     whose Step waits for every worker (an all-reduce) takes part there
+//     in the rounds of the workers that still step. Errors as Step.
 // Not thread-safe: owned and called by the training loop.
 class DenseSync {
  public:
@@ -48,6 +52,11 @@ class DenseSync {
                             std::vector<float>* grad_id) = 0;
 
   virtual absl::Status Finish(model::CiubmModel* model) = 0;
+
+  virtual absl::Status EndEpoch(model::CiubmModel* model) {
+    (void)model;
+    return absl::OkStatus();
+  }
 
   // Dense updates in doubt so far (contract 2).
   virtual int64_t pushes_in_doubt() const = 0;

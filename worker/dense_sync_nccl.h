@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "kernels/backend_buffer.h"
 #include "kernels/collective.h"
 #include "ps/client.h"
 #include "worker/dense_sync.h"
@@ -37,21 +38,32 @@ class NcclDenseSync final : public DenseSync {
       int worker_index, model::CiubmModel* model,
       const NcclIdExchangeOptions& options = {});
 
-  // ForwardBackward, all-reduce (mean) of the dense gradient on the
-  // device, one Adam step with it. Every worker must call Step the same
-  // number of times (the all-reduce waits for all of them): the trainer's
-  // pipeline gives each worker an equal share of batches per epoch.
+  // Each round all-reduces a "still stepping" flag, then the dense
+  // gradient (mean), then takes one Adam step with it on the device. Step:
+  // a round with this worker's ForwardBackward gradient. EndEpoch: rounds
+  // with a zero gradient while any other worker still steps (batches go
+  // round-robin, so workers' counts differ by one), so that every worker
+  // takes the same Adam steps and the parameters stay equal.
   absl::Status Step(const model::Batch& batch, model::CiubmModel* model,
                     float* loss, std::vector<float>* grad_id) override;
+  absl::Status EndEpoch(model::CiubmModel* model) override;
   // Nothing to do: every worker holds the same trained parameters.
   absl::Status Finish(model::CiubmModel* model) override;
   int64_t pushes_in_doubt() const override { return 0; }
   absl::string_view name() const override { return "nccl"; }
 
  private:
-  explicit NcclDenseSync(std::unique_ptr<kernels::DeviceCollective> group);
+  NcclDenseSync(std::unique_ptr<kernels::DeviceCollective> group,
+                kernels::BackendArray<float> flag);
+
+  // All-reduces `stepping` (1 or 0) and returns whether any worker steps.
+  absl::StatusOr<bool> AnyStepping(const kernels::ComputeBackend& backend,
+                                   bool stepping);
+  // All-reduce of the model's dense gradient and the Adam step.
+  absl::Status Reduce(model::CiubmModel* model);
 
   std::unique_ptr<kernels::DeviceCollective> group_;
+  kernels::BackendArray<float> flag_;  // one float on the device
 };
 
 }  // namespace mim::worker

@@ -770,6 +770,7 @@ absl::Status RunEpochs(const TrainerOptions& o, ps::PsClient* ps,
   for (int epoch = 1; epoch <= o.epochs; ++epoch) {
     MIM_RETURN_IF_ERROR(
         RunEpoch(o, ps, progress, epoch, setup, &curve, report));
+    MIM_RETURN_IF_ERROR(setup->dense->EndEpoch(setup->model.get()));
   }
   curve.Flush(o.epochs, report);
   report->pushes_in_doubt += setup->dense->pushes_in_doubt();
