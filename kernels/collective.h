@@ -35,13 +35,15 @@ class DeviceCollective {
 inline constexpr int kCollectiveIdBytes = 128;
 
 // A new unique id (rank 0 makes it and hands it to the others).
-// UNIMPLEMENTED without NCCL; INTERNAL naming the NCCL error.
+// UNIMPLEMENTED in a build without NCCL; UNAVAILABLE when libnccl.so.2
+// cannot be loaded (it is opened at the first call); INTERNAL naming the
+// NCCL error.
 absl::StatusOr<std::string> NewCollectiveId();
 
 // Joins the group `id` as `rank` of `num_ranks` on the current device;
 // returns once every rank has joined (ncclCommInitRank). INVALID_ARGUMENT
-// for an id of another size or a bad rank; UNIMPLEMENTED without NCCL;
-// INTERNAL naming the NCCL error.
+// for an id of another size or a bad rank; UNIMPLEMENTED or UNAVAILABLE
+// as NewCollectiveId; INTERNAL naming the NCCL error.
 absl::StatusOr<std::unique_ptr<DeviceCollective>> JoinCollective(
     const std::string& id, int rank, int num_ranks);
 
