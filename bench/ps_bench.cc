@@ -93,6 +93,10 @@ DEFINE_bool(quick, false,
             "Smoke run: 100k rows, pool 200k, batches 256,1024, 1 thread, "
             "2 short reps.");
 DEFINE_bool(push, true, "Also measure Push.");
+DEFINE_bool(load, true,
+            "Write the rows first. --noload measures a shard (--ps) that an "
+            "earlier run with the same --rows and --dim filled; needs "
+            "--noredis (a started Redis is empty).");
 DEFINE_int32(max_keys_per_call, 0,
              "PsClient::Options::max_keys_per_call (0: one call per shard).");
 
@@ -572,6 +576,9 @@ int main(int argc, char** argv) {
   if (FLAGS_reps < 1) Die("--reps must be >= 1");
   int max_threads = 1;
   for (int t : thread_counts) max_threads = std::max(max_threads, t);
+  if (!FLAGS_load && (FLAGS_ps.empty() || FLAGS_redis)) {
+    Die("--noload needs --ps (a filled shard) and --noredis");
+  }
   for (int b : batches) {
     if (static_cast<uint64_t>(b) > FLAGS_rows) {
       Die("a batch of distinct keys cannot exceed --rows");
@@ -638,7 +645,8 @@ int main(int argc, char** argv) {
   std::unique_ptr<RedisConnection> redis_load;
   if (FLAGS_redis) redis_load = RedisConnection::Connect(redis_port);
   constexpr uint64_t kLoadBatch = 16384;
-  for (uint64_t first = 0; first < FLAGS_rows; first += kLoadBatch) {
+  for (uint64_t first = 0; FLAGS_load && first < FLAGS_rows;
+       first += kLoadBatch) {
     const uint64_t n = std::min<uint64_t>(FLAGS_rows, first + kLoadBatch) - first;
     std::vector<uint64_t> keys(n);
     std::vector<float> values(n * dim);
@@ -661,7 +669,8 @@ int main(int argc, char** argv) {
     redis_load->Send(mset);
     if (redis_load->ReadReply() != "OK") Die("MSET failed");
   }
-  std::printf("loaded %llu rows of %u floats into ps (%s) and %s in %.1f s\n",
+  std::printf("%s %llu rows of %u floats into ps (%s) and %s in %.1f s\n",
+              FLAGS_load ? "loaded" : "did not load (--noload)",
               static_cast<unsigned long long>(FLAGS_rows), dim,
               ps_address.c_str(),
               FLAGS_redis ? absl::StrCat("redis (port ", redis_port, ")").c_str()
