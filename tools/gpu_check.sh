@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Builds every CUDA test and the GPU benchmark with --config=cuda, packs them
-# with the non-system shared libraries they need into .gpu_pack/ (git-ignored,
-# kept under 64 MiB) and writes .gpu_pack/run_all.sh, which runs the tests
-# (under compute-sanitizer too, when present) and the GPU benchmark and writes
-# $OUT/report.txt. Then prints the one device call to make.
+# Builds every CUDA test, the GPU benchmark and the trainer with its tools
+# with --config=cuda, packs them with the non-system shared libraries they
+# need into .gpu_pack/ (git-ignored, kept under 64 MiB) and writes
+# .gpu_pack/run_all.sh, which runs the tests (under compute-sanitizer too,
+# when present), the GPU benchmark, and the trainer on a synthetic stream
+# with --device=cpu and --device=cuda (samples/s and AUC of each), and
+# writes $OUT/report.txt. Then prints the one device call to make.
 #
 #   bash tools/gpu_check.sh            # here: build + pack + dry run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACK=.gpu_pack
 FLAGS=(--config=cuda --dynamic_mode=off -c opt --jobs=2)
-TARGETS=(//kernels:kernels_cuda_test //kernels:kernels_cpu_test //bench:kernels_bench)
+TARGETS=(//kernels:kernels_cuda_test //kernels:kernels_cpu_test //bench:kernels_bench
+         //kernels:backend_cuda_test //worker/model:ciubm_model_cuda_test
+         //worker:trainer //ps:server //tools:gen_synthetic //tools:ingest_content)
 
 bazel build "${FLAGS[@]}" "${TARGETS[@]}"
 BIN=$(bazel info "${FLAGS[@]}" bazel-bin 2>/dev/null)
@@ -18,21 +22,32 @@ BIN=$(bazel info "${FLAGS[@]}" bazel-bin 2>/dev/null)
 rm -rf "$PACK"
 mkdir -p "$PACK/lib"
 cp "$BIN/kernels/kernels_cuda_test" "$BIN/kernels/kernels_cpu_test" \
-   "$BIN/bench/kernels_bench" "$PACK/"
+   "$BIN/bench/kernels_bench" "$BIN/kernels/backend_cuda_test" \
+   "$BIN/worker/model/ciubm_model_cuda_test" "$BIN/worker/trainer" \
+   "$BIN/tools/gen_synthetic" "$BIN/tools/ingest_content" "$PACK/"
+cp "$BIN/ps/server" "$PACK/ps_server"
 cp bench/kernels_bench_torch.py "$PACK/"
 chmod u+w "$PACK"/*
 
 # Shared libraries beyond glibc, libstdc++/libgcc and CUDA's own (the GPU
 # image has CUDA 13.0; libcublasLt alone is 542 MB).
-for b in "$PACK"/kernels_cuda_test "$PACK"/kernels_cpu_test "$PACK"/kernels_bench; do
+for b in "$PACK"/kernels_cuda_test "$PACK"/kernels_cpu_test "$PACK"/kernels_bench \
+         "$PACK"/backend_cuda_test "$PACK"/ciubm_model_cuda_test "$PACK"/trainer \
+         "$PACK"/ps_server "$PACK"/gen_synthetic "$PACK"/ingest_content; do
   ldd "$b" | awk '/=> \// {print $1, $3}' | while read -r name path; do
     case "$name" in
       libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libstdc++.so*|\
-      libgcc_s.so*|libcuda.so*|libcudart.so*|libcublas.so*|libcublasLt.so*) ;;
+      libgcc_s.so*|libcuda.so*|libcudart.so*|libcublas.so*|libcublasLt.so*|\
+      libnccl.so*) ;;
       *) cp -L -n "$path" "$PACK/lib/$name" ;;
     esac
   done
 done
+
+# The libraries go compressed (OpenBLAS alone is 36 MB; the shard's
+# RocksDB and gRPC bring the pack past 64 MiB uncompressed).
+tar -C "$PACK" -czf "$PACK/lib.tgz" lib
+rm -rf "$PACK/lib"
 
 cat > "$PACK/run_all.sh" <<'RUN'
 #!/usr/bin/env bash
@@ -41,6 +56,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${OUT:-$HERE/out}"
 mkdir -p "$OUT"
 REPORT="$OUT/report.txt"
+[ -d "$HERE/lib" ] || tar -C "$HERE" -xzf "$HERE/lib.tgz"
 export LD_LIBRARY_PATH="$HERE/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 : > "$REPORT"
 log() { echo "$@" | tee -a "$REPORT"; }
@@ -67,6 +83,38 @@ if [ -n "$SAN" ]; then
 else
   log "compute-sanitizer: not found"
 fi
+log "== backend_cuda_test (CudaBackend vs CpuBackend, op by op)"
+"$HERE/backend_cuda_test" 2>&1 | tee -a "$REPORT" | tail -3; [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+log "== ciubm_model_cuda_test (the model on the GPU vs the CPU, every variant)"
+"$HERE/ciubm_model_cuda_test" 2>&1 | tee -a "$REPORT" | tail -3; [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+log "== trainer: --device=cuda vs --device=cpu (din_mim, gen_synthetic ${MIM_GPU_SAMPLES:=100000} samples)"
+T=$(mktemp -d)
+"$HERE/gen_synthetic" --output_dir="$T/data" --num_samples="$MIM_GPU_SAMPLES" --seed=1 > "$T/gen.txt" 2>&1
+# The shard prints "... listening on HOST:PORT" as its first line; read it
+# from the pipe (waits for that line, at most 60 s).
+exec 3< <("$HERE/ps_server" --data_dir="$T/shard" --port=0 --threads=16 2> "$T/shard.err")
+SHARD_PID=$!
+if read -r -t 60 line <&3 && [[ "$line" == *"listening on "* ]]; then
+  PS_ADDR=${line##*listening on }
+  "$HERE/ingest_content" --ps="$PS_ADDR" --vectors="$T/data/item_vectors.tsv" \
+    --table=content --content_version=1 2>&1 | tail -1 | tee -a "$REPORT"
+  for dev in cpu cuda; do
+    "$HERE/trainer" --ps="$PS_ADDR" --train="$T/data/train.tsv" --test="$T/data/test.tsv" \
+      --content_table=content --device="$dev" --threads="$(nproc)" --progress=false \
+      --table_prefix="${dev}_" --metrics_out="$T/metrics_$dev.json" > "$T/train_$dev.txt" 2>&1
+    trc=$?
+    tail -2 "$T/train_$dev.txt" | tee -a "$REPORT"
+    if [ "$trc" = 0 ]; then
+      python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print("trainer --device=%s: %.0f samples/s, AUC %.5f, logloss %.5f (%d train samples)" % (m["device"], m["train_samples_per_sec"], m["auc"], m["logloss"], m["train_samples"]))' \
+        "$T/metrics_$dev.json" | tee -a "$REPORT"
+    else
+      log "trainer --device=$dev FAILED (exit $trc)"; rc=1
+    fi
+  done
+else
+  log "FAILED: the shard did not start: $line $(tail -3 "$T/shard.err")"; rc=1
+fi
+kill "$SHARD_PID" 2>/dev/null; wait "$SHARD_PID" 2>/dev/null
 log "== GPU benchmark (C++ CUDA twins vs PyTorch eager, same GPU)"
 if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
   python3 "$HERE/kernels_bench_torch.py" --bench "$HERE/kernels_bench" --gpu --skip-cpu \
