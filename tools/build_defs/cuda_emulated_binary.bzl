@@ -29,6 +29,21 @@ _emulation_transition = transition(
     outputs = ["//kernels:cuda_emulation"],
 )
 
+def _emulation_asan_transition_impl(settings, attr):
+    return {
+        "//kernels:cuda_emulation": True,
+        "//kernels:cuda_emulation_asan": True,
+    }
+
+# The same with the emulator and the CUDA twins under ASan + UBSan
+# (:cuda_emulated_asan): an out-of-bounds access to device memory is then a
+# heap overflow in the kernel's frame.
+_emulation_asan_transition = transition(
+    implementation = _emulation_asan_transition_impl,
+    inputs = [],
+    outputs = ["//kernels:cuda_emulation", "//kernels:cuda_emulation_asan"],
+)
+
 def _cuda_emulated_binary_impl(ctx):
     info = ctx.attr.binary[0][DefaultInfo]
     exe = info.files_to_run.executable
@@ -64,5 +79,16 @@ cuda_emulated_binary = rule(
 cuda_emulated_test = rule(
     implementation = _cuda_emulated_binary_impl,
     attrs = _ATTRS,
+    test = True,
+)
+
+# cuda_emulated_test with the emulated kernels under ASan + UBSan.
+cuda_emulated_asan_test = rule(
+    implementation = _cuda_emulated_binary_impl,
+    attrs = dict(_ATTRS, binary = attr.label(
+        cfg = _emulation_asan_transition,
+        executable = True,
+        mandatory = True,
+    )),
     test = True,
 )
