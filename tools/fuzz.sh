@@ -146,7 +146,8 @@ done
 # a target needs, so a new source file needs no change here.
 LIB_SRCS=()
 for src in base/*.cc embedding/*.cc embedding/storage/*.cc ps/*.cc \
-           serving/*.cc worker/data/*.cc worker/model/*.cc kernels/*.cc; do
+           serving/*.cc worker/data/*.cc worker/model/*.cc kernels/*.cc \
+           worker/csft/encoder.cc; do
   [[ $src == *_test.cc || $src == *_main.cc ]] || LIB_SRCS+=("$src")
 done
 for proto in "${PROTOS[@]}"; do
