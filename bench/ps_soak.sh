@@ -13,5 +13,5 @@ echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$out.log"
 rc=0
 bazel-bin/bench/ps_soak --csv="$out.csv" "$@" 2>&1 | tee -a "$out.log" || rc=$?
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out.log"
-python3 bench/ps_soak_plot.py "$out.csv" "$out.png"
+/usr/bin/python3 bench/ps_soak_plot.py "$out.csv" "$out.png"
 exit $rc

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Plots a bench/ps_soak CSV: shard RSS (top) and p99 latency per op (bottom)
 over the run.
 
