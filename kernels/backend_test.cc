@@ -273,6 +273,43 @@ TEST(CudaBackendTest, TopKSelectAndSelectRows) {
       /*exact=*/true);
 }
 
+// Smallest |pre-activation| of either hidden layer of the attention MLP
+// over the valid behaviours, in double (layout: attention_ops.h). Near 0,
+// GPU rounding could put the twins on opposite sides of a ReLU kink, so
+// the inputs below are checked to stay clear of it.
+double MinAbsPreActivation(const SeqShape& s, const AttentionMlpShape& a,
+                           const std::vector<int32_t>& lens,
+                           const std::vector<float>& h,
+                           const std::vector<float>& ht,
+                           const std::vector<std::vector<float>>& p) {
+  const int64_t d = s.dim, h1 = a.hidden1, h2 = a.hidden2;
+  double best = std::numeric_limits<double>::infinity();
+  std::vector<double> a1(h1);
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t i = 0; i < lens[b]; ++i) {
+      const float* x = &h[(b * s.max_len + i) * d];
+      const float* t = &ht[b * d];
+      for (int64_t j = 0; j < h1; ++j) {
+        double z = p[1][j];
+        for (int64_t k = 0; k < d; ++k) {
+          z += double(x[k]) * p[0][k * h1 + j] +
+               double(t[k]) * p[0][(d + k) * h1 + j] +
+               (double(x[k]) - t[k]) * p[0][(2 * d + k) * h1 + j] +
+               double(x[k]) * t[k] * p[0][(3 * d + k) * h1 + j];
+        }
+        best = std::min(best, std::abs(z));
+        a1[j] = std::max(z, 0.0);
+      }
+      for (int64_t j = 0; j < h2; ++j) {
+        double z = p[3][j];
+        for (int64_t q = 0; q < h1; ++q) z += a1[q] * p[2][q * h2 + j];
+        best = std::min(best, std::abs(z));
+      }
+    }
+  }
+  return best;
+}
+
 TEST(CudaBackendTest, DinAttention) {
   SKIP_WITHOUT_CUDA();
   const SeqShape s{kB, kL, kD};
@@ -287,6 +324,8 @@ TEST(CudaBackendTest, DinAttention) {
       RandomVec<float>(a.hidden2, 19),
       RandomVec<float>(1, 20)};
   const auto go = RandomVec<float>(kB * kD, 21);
+  // 1e-4 is 500x the twins' float disagreement at these sizes.
+  ASSERT_GT(MinAbsPreActivation(s, a, kLens, h, ht, params), 1e-4);
   Compare(
       [&](const ComputeBackend& b, Mem& m) {
         const float *hs = m.In(h), *hts = m.In(ht);
