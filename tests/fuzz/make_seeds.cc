@@ -22,6 +22,7 @@
 #include "proto/serving.pb.h"
 #include "tests/fuzz/fasttext_bin.h"
 #include "tests/fuzz/ps_session.pb.h"
+#include "worker/csft/encoder.h"
 #include "worker/data/sample.h"
 #include "worker/model/ciubm_model.h"
 #include "worker/model/manifest.h"
@@ -398,6 +399,33 @@ void EncoderSeeds() {
                      mean));
 }
 
+// --- csft_encoder ----------------------------------------------------------
+
+void CsftSeeds(const std::string& scratch) {
+  // Files CsftEncoder::Save writes (the '#' form), with and without a gate.
+  for (float gate : {0.0f, 20.0f}) {
+    mim::csft::EncoderConfig c{3, 4, 3, 2, 4, true};
+    c.residual_gate = gate;
+    auto e = mim::csft::CsftEncoder::Create(c, 5).value();
+    for (float& p : *e->mutable_params()) p += 0.125f;
+    const std::string path = scratch + "/csft.encoder";
+    if (!e->Save(path).ok()) {
+      std::fprintf(stderr, "make_seeds: cannot save a C-SFT encoder\n");
+      std::exit(1);
+    }
+    Write("csft_encoder", gate > 0 ? "saved-gate20" : "saved",
+          ReadFile(path));
+  }
+  // The config-bytes form: dim 2, input 2, 1 genre, genre_dim 1, hidden 2,
+  // tensor fusion, gate 3, then parameters (1.0f each, the rest zeros).
+  std::string bytes = {1, 0, 0, 0, 1, 0, 3};
+  const float one = 1.0f;
+  for (int i = 0; i < 8; ++i) {
+    bytes.append(reinterpret_cast<const char*>(&one), sizeof(one));
+  }
+  Write("csft_encoder", "config-bytes", bytes);
+}
+
 // --- auth_tokens -----------------------------------------------------------
 
 void AuthSeeds() {
@@ -451,6 +479,7 @@ int main(int argc, char** argv) {
   PsSeeds();
   ServingSeeds();
   EncoderSeeds();
+  CsftSeeds(scratch);
   AuthSeeds();
   PullReplySeeds();
   std::filesystem::remove_all(scratch);

@@ -227,6 +227,14 @@ TEST(EncoderTest, SaveLoadRoundTripAndCorruption) {
             absl::StatusCode::kDataLoss);
   EXPECT_EQ(CsftEncoder::Load(path + ".missing").status().code(),
             absl::StatusCode::kNotFound);
+
+  // A NaN parameter under a right checksum is refused, naming it.
+  (*e)->mutable_params()->at(5) = std::nanf("");
+  ASSERT_TRUE((*e)->Save(path).ok());
+  absl::Status s = CsftEncoder::Load(path).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("parameter 5 is not finite"), std::string::npos)
+      << s.message();
 }
 
 // Batch of 4 distinct pairs: queries 100+{20..23}, positives 100+{0..3}

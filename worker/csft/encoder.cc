@@ -156,6 +156,11 @@ absl::StatusOr<std::unique_ptr<CsftEncoder>> CsftEncoder::Load(
   }
   std::memcpy(e->params_.data(), bytes.data() + nl + 1, n * sizeof(float));
   if (e->Fingerprint() != sum) return bad("checksum mismatch");
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(e->params_[i])) {
+      return bad(absl::StrCat("parameter ", i, " is not finite"));
+    }
+  }
   return e;
 }
 
@@ -336,6 +341,14 @@ absl::Status CsftEncoder::Encode(const std::vector<ItemInput>& items,
                                  float* out) const {
   EncoderPass pass;
   MIM_RETURN_IF_ERROR(Forward(items, &pass));
+  for (size_t i = 0; i < pass.v.size(); ++i) {
+    if (!std::isfinite(pass.v[i])) {
+      return absl::DataLossError(absl::StrFormat(
+          "C-SFT encoder %016x gave a non-finite value for input row %d "
+          "(parameters out of range for this input)",
+          Fingerprint(), int64_t(i) / config_.dim));
+    }
+  }
   std::copy(pass.v.begin(), pass.v.end(), out);
   return absl::OkStatus();
 }

@@ -87,14 +87,17 @@ class CsftEncoder {
   //   <TAB>fnv1a64=<16 hex digits of the parameter bytes>
   // then N float32 little-endian in the order Gf, W1, b1, W2, b2, P, bt, Gc.
   // Load: NOT_FOUND if unreadable, DATA_LOSS naming the file for a bad
-  // header, a short file or a checksum mismatch. Save: INTERNAL on a write
+  // header, a short file, a checksum mismatch or a non-finite parameter. Save: INTERNAL on a write
   // failure (written to a temporary name, then renamed).
   static absl::StatusOr<std::unique_ptr<CsftEncoder>> Load(
       const std::string& path);
   absl::Status Save(const std::string& path) const;
 
   // h_MM of each item into out [items.size(), dim]. INVALID_ARGUMENT for a
-  // null feature pointer or a genre id outside [0, num_genres).
+  // null feature pointer or a genre id outside [0, num_genres); DATA_LOSS
+  // naming the encoder when an output is not finite (a guard: the kernels
+  // normalise overflowed rows, so none is known to reach it); `out` is
+  // untouched on error.
   absl::Status Encode(const std::vector<ItemInput>& items, float* out) const;
 
   // Training: forward keeps activations; backward adds the gradient of
