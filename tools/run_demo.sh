@@ -153,19 +153,22 @@ for m in "${MODEL_LIST[@]}"; do
 done
 if [[ ",$MODELS," == *",din_mim,"* ]]; then
   # C-SFT: tune the content vectors on the training pairs (selection on
-  # held-out items), upsert them as a new table and train din_mim on it.
-  # ingest_content writes them (it carries the shards' security flags).
+  # held-out items), upsert them as a new table (csft carries the shards'
+  # security flags) and train din_mim on it; the manifest names both
+  # encoders, so a server of models/din_mim_csft encodes new items (text
+  # and genres) into the tuned space.
   echo "-- C-SFT, then din_mim on its table (item_content_csft)"
   "$BIN/worker/csft/csft" --train="$DATA_DIR/train.tsv" \
     --vectors="$DATA_DIR/content_vectors.tsv" --eval_samples="$DATA_DIR/test.tsv" \
     --out_vectors="$OUT/csft_vectors.tsv" --encoder_out="$OUT/csft.encoder" \
-    --metrics_out="$OUT/csft.json" --epochs=1 --max_train_pairs=50000
-  "$BIN/tools/ingest_content" --ps="$PS" "${ADMIN[@]}" \
-    --vectors="$OUT/csft_vectors.tsv" --table=item_content_csft --content_version=1
+    --metrics_out="$OUT/csft.json" --epochs=1 --max_train_pairs=50000 \
+    --ps="$PS" "${ADMIN[@]}" --table=item_content_csft --content_version=1
   "$BIN/worker/trainer" --ps="$PS" "${ADMIN[@]}" \
     --train="$DATA_DIR/train.tsv" --test="$DATA_DIR/test.tsv" \
     --model=din_mim --epochs="$EPOCHS" --content_table=item_content_csft \
-    --table_prefix=csft_ --threads=2 --metrics_out="$OUT/din_mim_csft.json"
+    --content_encoder="$DATA_DIR/encoder" --csft_encoder="$OUT/csft.encoder" \
+    --table_prefix=csft_ --threads=2 --metrics_out="$OUT/din_mim_csft.json" \
+    --model_dir="$OUT/models/din_mim_csft"
   METRICS+=("$OUT/din_mim_csft.json")
 fi
 "$BIN/tools/ps_admin" --ps="$PS" "${READER[@]}" tables
