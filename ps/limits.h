@@ -38,8 +38,12 @@ inline constexpr size_t kDefaultMaxInflightBytes = size_t{512} << 20;
 inline constexpr size_t kWriteMemoryFactor = 4;
 
 // Memory gRPC itself may use for a shard's connections and buffers
-// (--grpc_memory_mb, a grpc::ResourceQuota).
-inline constexpr size_t kDefaultGrpcMemoryBytes = size_t{1} << 30;
+// (--grpc_memory_mb, a grpc::ResourceQuota; at least twice the message
+// limit). gRPC reads a request whole before refusing it as too large, so
+// this is what bounds a flood of oversized requests: 16 concurrent 200 MiB
+// pushes peaked at 1143 MB with 1 GiB, 348 MB with 256 MiB
+// (bench/ps_memory), while 16 concurrent 64 MiB pulls all still passed.
+inline constexpr size_t kDefaultGrpcMemoryBytes = size_t{256} << 20;
 
 // Room left in a message for everything but the rows: the table name (at
 // most 128 bytes), field tags and lengths, the version.
