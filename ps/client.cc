@@ -624,7 +624,16 @@ PsClient::PsClient(std::vector<std::string> addresses, const Options& options)
       const int backoff_ms = static_cast<int>(
           absl::ToInt64Milliseconds(options_.initial_backoff));
       args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, backoff_ms);
-      args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, backoff_ms);
+      // gRPC reads this one as the time one connection attempt may take
+      // (TCP, TLS handshake, the server's first SETTINGS frame), not as a
+      // backoff: at 50 ms (clamped to 100) a TLS handshake on a loaded
+      // machine timed out ("connection attempt timed out before receiving
+      // SETTINGS frame") on every attempt. A shard that is down refuses at
+      // once whatever this is, so the retry schedule above is unchanged.
+      args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+                  static_cast<int>(std::clamp<int64_t>(
+                      absl::ToInt64Milliseconds(options_.timeout), 1000,
+                      20000)));
       args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
                   static_cast<int>(
                       absl::ToInt64Milliseconds(options_.max_backoff)));
