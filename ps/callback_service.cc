@@ -23,71 +23,60 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
 
 }  // namespace
 
-template <typename Request, typename Response>
-grpc::ServerUnaryReactor* ShardCallbackService::Queue(
-    grpc::CallbackServerContext* context, const Request* request,
-    Response* response, Handler<Request, Response> handler) {
+template <typename Run>
+grpc::ServerUnaryReactor* ShardCallbackService::Enqueue(
+    grpc::CallbackServerContext* context, absl::string_view what,
+    size_t request_bytes, Run run) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   // The parsed request's memory counts while it waits (dropped as the
   // handler starts, which reserves what it needs itself).
   absl::StatusOr<ParameterServerService::InflightLease> waiting =
-      handlers_->AdmitQueued(Request::descriptor()->name(),
-                             request->ByteSizeLong());
+      handlers_->AdmitQueued(what, request_bytes);
   if (!waiting.ok()) {
     reactor->Finish(ToGrpcStatus(waiting.status()));
     return reactor;
   }
-  auto hold = std::make_shared<std::optional<ParameterServerService::InflightLease>>(
-      std::move(*waiting));
+  using Hold = std::optional<ParameterServerService::InflightLease>;
+  auto hold = std::make_shared<Hold>(std::move(*waiting));
   absl::Status queued = executor_->Submit(
-      DeadlineOf(*context), [this, context, request, response, handler,
-                             reactor, hold](const absl::Status& admitted) {
+      DeadlineOf(*context), [reactor, hold, run = std::move(run)](
+                                const absl::Status& admitted) {
         hold->reset();
-        if (!admitted.ok()) {
-          reactor->Finish(ToGrpcStatus(admitted));
-          return;
-        }
-        reactor->Finish((handlers_->*handler)(context, request, response));
+        reactor->Finish(admitted.ok() ? run() : ToGrpcStatus(admitted));
       });
   if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
   return reactor;
 }
 
+template <typename Request, typename Response>
+grpc::ServerUnaryReactor* ShardCallbackService::Queue(
+    grpc::CallbackServerContext* context, const Request* request,
+    Response* response, Handler<Request, Response> handler) {
+  return Enqueue(context, Request::descriptor()->name(),
+                 request->ByteSizeLong(),
+                 [this, context, request, response, handler] {
+                   return (handlers_->*handler)(context, request, response);
+                 });
+}
+
 grpc::ServerUnaryReactor* ShardCallbackService::Pull(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<ParameterServerService::InflightLease> waiting =
-      handlers_->AdmitQueued("PullRequest", request->Length());
-  if (!waiting.ok()) {
-    reactor->Finish(ToGrpcStatus(waiting.status()));
-    return reactor;
-  }
-  auto hold = std::make_shared<std::optional<ParameterServerService::InflightLease>>(
-      std::move(*waiting));
-  absl::Status queued = executor_->Submit(
-      DeadlineOf(*context), [this, context, request, response, reactor,
-                             hold](const absl::Status& admitted) {
-        hold->reset();
-        if (!admitted.ok()) {
-          reactor->Finish(ToGrpcStatus(admitted));
-          return;
-        }
+  return Enqueue(
+      context, "PullRequest", request->Length(),
+      [this, context, request, response]() -> grpc::Status {
         // Parsed here, not on gRPC's thread; the copy shares the slices.
         grpc::ByteBuffer bytes(*request);
         PullRequest pull;
         if (!grpc::SerializationTraits<PullRequest>::Deserialize(&bytes, &pull)
                  .ok()) {
-          reactor->Finish(grpc::Status(
+          return grpc::Status(
               grpc::StatusCode::INVALID_ARGUMENT,
               absl::StrCat("Pull request of ", request->Length(),
-                           " bytes is not a mim.ps.PullRequest")));
-          return;
+                           " bytes is not a mim.ps.PullRequest"));
         }
-        reactor->Finish(handlers_->HandlePullWire(context, &pull, response));
+        return handlers_->HandlePullWire(context, &pull, response);
       });
-  if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
-  return reactor;
 }
 
 grpc::ServerUnaryReactor* ShardCallbackService::Push(

@@ -18,6 +18,9 @@
 #ifndef MIM_PS_CALLBACK_SERVICE_H_
 #define MIM_PS_CALLBACK_SERVICE_H_
 
+#include <cstddef>
+
+#include "absl/strings/string_view.h"
 #include "base/executor.h"
 #include "proto/ps.grpc.pb.h"
 #include "ps/service.h"
@@ -76,8 +79,16 @@ class ShardCallbackService final
   using Handler = grpc::Status (ParameterServerService::*)(
       grpc::ServerContextBase*, const Request*, Response*);
 
-  // Queues `handler` for the call and returns its reactor, finished by the
-  // handler's status or by the executor's refusal.
+  // Queues `run` (returning the call's status) on the executor and returns
+  // the call's reactor, finished by run's status or by a refusal: the
+  // in-flight budget (the request's `request_bytes`, held while it waits,
+  // named `what` in the error) or the executor's.
+  template <typename Run>
+  grpc::ServerUnaryReactor* Enqueue(grpc::CallbackServerContext* context,
+                                    absl::string_view what,
+                                    size_t request_bytes, Run run);
+
+  // Enqueue for a generated handler of a parsed request.
   template <typename Request, typename Response>
   grpc::ServerUnaryReactor* Queue(grpc::CallbackServerContext* context,
                                   const Request* request, Response* response,
