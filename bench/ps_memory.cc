@@ -23,7 +23,6 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -63,24 +62,14 @@ DEFINE_string(shard_flags, "",
 
 namespace {
 
+using ::mim::testing::ProcStatusMiB;
+
 constexpr uint32_t kDim = 240;
 constexpr size_t kKeys = 65536;
 
 [[noreturn]] void Die(const std::string& message) {
   std::fprintf(stderr, "ps_memory: %s\n", message.c_str());
   std::exit(2);
-}
-
-// Field `name` ("VmRSS", "VmHWM") of /proc/PID/status in MiB; -1 if absent.
-double StatusMb(pid_t pid, const std::string& name) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(name + ":", 0) == 0) {
-      return std::strtod(line.c_str() + name.size() + 1, nullptr) / 1024.0;
-    }
-  }
-  return -1;
 }
 
 std::vector<int> ParseInts(const std::string& flag) {
@@ -146,7 +135,7 @@ int main(int argc, char** argv) {
       if (absl::Status s = (*client)->CreateTable(table, true); !s.ok()) {
         Die(s.ToString());
       }
-      const double start_mb = StatusMb(pid, "VmRSS");
+      const double start_mb = ProcStatusMiB(pid, "VmRSS");
 
       std::mutex mu;
       std::map<std::string, int> outcomes;
@@ -198,12 +187,12 @@ int main(int argc, char** argv) {
         absl::StrAppend(&outcome_text, outcome_text.empty() ? "" : ", ", what,
                         " x", n);
       }
-      const double peak_mb = StatusMb(pid, "VmHWM");
-      const double after_mb = StatusMb(pid, "VmRSS");
+      const double peak_mb = ProcStatusMiB(pid, "VmHWM");
+      const double after_mb = ProcStatusMiB(pid, "VmRSS");
       absl::SleepFor(absl::Seconds(FLAGS_idle_seconds));
       std::printf("%-12s %2dx%-2d | %9.1f %9.1f %9.1f %9.1f | %s\n",
                   std::string(scenario).c_str(), threads, FLAGS_rounds,
-                  start_mb, peak_mb, after_mb, StatusMb(pid, "VmRSS"),
+                  start_mb, peak_mb, after_mb, ProcStatusMiB(pid, "VmRSS"),
                   outcome_text.c_str());
       std::fflush(stdout);
     }

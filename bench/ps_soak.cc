@@ -31,7 +31,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -67,6 +66,8 @@ DEFINE_uint64(seed, 1, "Seed of the key and op sequences.");
 
 namespace {
 
+using ::mim::testing::ProcStatusMiB;
+
 using mim::ps::PsClient;
 
 enum Op { kPull = 0, kPush = 1, kUpsert = 2, kNumOps = 3 };
@@ -75,18 +76,6 @@ const char* const kOpNames[kNumOps] = {"pull", "push", "upsert"};
 [[noreturn]] void Die(const std::string& message) {
   std::fprintf(stderr, "ps_soak: %s\n", message.c_str());
   std::exit(2);
-}
-
-// Resident set size of `pid` in MiB (VmRSS), or -1 when unreadable.
-double RssMb(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) {
-      return std::strtod(line.c_str() + 6, nullptr) / 1024.0;
-    }
-  }
-  return -1;
 }
 
 // Latencies (microseconds) and error counts of one op in one interval.
@@ -341,7 +330,7 @@ int main(int argc, char** argv) {
   };
   std::vector<Sample> samples;
   auto take_sample = [&](double seconds) {
-    const double rss = RssMb(pid);
+    const double rss = ProcStatusMiB(pid, "VmRSS");
     samples.push_back({seconds, rss});
     std::vector<OpWindow> w = recorder.TakeWindow();
     std::string line = absl::StrFormat("t=%6.0fs rss=%7.1f MB", seconds, rss);
@@ -449,9 +438,9 @@ int main(int argc, char** argv) {
     sx += s.seconds, sy += s.rss_mb, sxx += s.seconds * s.seconds,
         sxy += s.seconds * s.rss_mb, ++n;
   }
+  const double denominator = n * sxx - sx * sx;
   const double slope =
-      n >= 2 && n * sxx - sx * sx > 0 ? (n * sxy - sx * sy) / (n * sxx - sx * sx)
-                                      : 0;
+      n >= 2 && denominator > 0 ? (n * sxy - sx * sy) / denominator : 0;
   std::printf("  shard RSS: first %.1f MB, last %.1f MB, max %.1f MB; "
               "second-half slope %+.2f MB per 10 min\n",
               samples.empty() ? 0 : samples.front().rss_mb,

@@ -19,6 +19,10 @@ namespace mim::testing {
 // Path of a binary in the test's runfiles, e.g. Runfile("ps/server").
 std::string Runfile(const std::string& path);
 
+// Field `name` of /proc/PID/status ("VmRSS", "VmHWM": a process's resident
+// and peak resident memory) in MiB; -1 when the process or field is gone.
+double ProcStatusMiB(pid_t pid, const std::string& name);
+
 // A running shard. The destructor sends SIGTERM and reaps it.
 class ShardProcess {
  public:
