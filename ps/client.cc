@@ -459,6 +459,10 @@ class ShardCaller {
                   : resend == Resend::kUnsent && !sent[s] &&
                         code == grpc::StatusCode::UNAVAILABLE) {
             again.push_back(s);
+          } else if (resend != Resend::kNever && ShardBusy(status[s])) {
+            // Refused before the shard did anything: safe to send again,
+            // a push too, whatever the resend policy.
+            again.push_back(s);
           }
         }
       }
@@ -563,6 +567,13 @@ class ShardCaller {
 
   // The error of one attempt of a call to `shard`, naming it; a deadline
   // says what it means (the shard took the call but did not answer).
+  // A shard's "busy, retry later" refusal (ps/status_convert.h).
+  static bool ShardBusy(const grpc::Status& status) {
+    return status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED &&
+           !status.error_details().empty() &&
+           IsRetryLater(FromGrpcStatus(status));
+  }
+
   static absl::Status AttemptError(const PsClient& client, uint32_t shard,
                                    const grpc::Status& status) {
     absl::Status e = client.ShardError(shard, FromGrpcStatus(status));
@@ -582,7 +593,7 @@ class ShardCaller {
     absl::Status e = AttemptError(client, shard, status);
     if (attempts == 1) return e;
     const PsClient::Options& o = client.options_;
-    return absl::Status(
+    absl::Status described(
         e.code(),
         absl::StrCat(e.message(), " (gave up after ", attempts,
                      " attempts over ", absl::FormatDuration(absl::Trunc(
@@ -593,6 +604,11 @@ class ShardCaller {
                          : absl::StrCat("; retry budget ",
                                         absl::FormatDuration(o.retry_budget)),
                      ")"));
+    e.ForEachPayload(
+        [&described](absl::string_view url, const absl::Cord& payload) {
+          described.SetPayload(url, payload);
+        });
+    return described;
   }
 };
 
@@ -701,9 +717,13 @@ void PsClient::SetKnownDim(absl::string_view table, uint32_t dim) const {
 
 absl::Status PsClient::ShardError(uint32_t shard,
                                   const absl::Status& s) const {
-  return absl::Status(
+  absl::Status named(
       s.code(), absl::StrFormat("shard %d/%d (%s): %s", shard, num_shards(),
                                 addresses_[shard], s.message()));
+  s.ForEachPayload([&named](absl::string_view url, const absl::Cord& payload) {
+    named.SetPayload(url, payload);
+  });
+  return named;
 }
 
 absl::Status PsClient::CreateTable(const TableConfig& config,
@@ -763,7 +783,8 @@ absl::Status PsClient::PullRows(
         &requests);
     status = ShardCaller::CallRouted<PullRpc>(*this, routing, requests,
                                               &responses, Resend::kAlways);
-    if (known == 0 || status.code() != absl::StatusCode::kResourceExhausted) {
+    if (known == 0 || status.code() != absl::StatusCode::kResourceExhausted ||
+        IsRetryLater(status)) {
       break;
     }
   }
@@ -961,7 +982,8 @@ absl::StatusOr<PsClient::GetRowsResult> PsClient::GetRows(
         &requests);
     status = ShardCaller::CallRouted<GetRowsRpc>(*this, routing, requests,
                                                  &responses, Resend::kAlways);
-    if (known == 0 || status.code() != absl::StatusCode::kResourceExhausted) {
+    if (known == 0 || status.code() != absl::StatusCode::kResourceExhausted ||
+        IsRetryLater(status)) {
       break;
     }
   }

@@ -76,7 +76,10 @@ class PsClient {
     // initial_backoff, doubling up to max_backoff. To ride through a shard
     // restart, bound the time, not the count: e.g. retry_budget 60 s and
     // max_attempts std::numeric_limits<int>::max() (the trainer's
-    // --ps_retry_seconds).
+    // --ps_retry_seconds). A shard's "busy" refusal (RESOURCE_EXHAUSTED
+    // marked retry-later, ps/status_convert.h: it did nothing) is retried
+    // within the same limits by every call but those of PushRetry::kNever;
+    // when they run out the caller gets it, IsRetryLater() true.
     int max_attempts = 5;
     absl::Duration retry_budget = absl::InfiniteDuration();
     absl::Duration initial_backoff = absl::Milliseconds(50);

@@ -394,7 +394,7 @@ absl::StatusOr<ParameterServerService::InflightLease>
 ParameterServerService::AdmitBytes(absl::string_view method, size_t bytes) {
   if (inflight_.TryAcquire(bytes)) return InflightLease(&inflight_, bytes);
   constexpr double kMiB = 1 << 20;
-  return absl::ResourceExhaustedError(absl::StrFormat(
+  return MarkRetryLater(absl::ResourceExhaustedError(absl::StrFormat(
       "shard %d/%d is busy: calls waiting or in progress hold %.1f MiB of "
       "requests and answers, and this %s needs %.1f MiB more, over the "
       "limit of %.0f MiB (--max_inflight_mb); retry later or send smaller "
@@ -402,7 +402,7 @@ ParameterServerService::AdmitBytes(absl::string_view method, size_t bytes) {
       options_.shard_index, options_.num_shards,
       static_cast<double>(inflight_.in_flight()) / kMiB, method,
       static_cast<double>(bytes) / kMiB,
-      static_cast<double>(inflight_.limit()) / kMiB));
+      static_cast<double>(inflight_.limit()) / kMiB)));
 }
 
 grpc::Status ParameterServerService::ServePull(

@@ -14,8 +14,10 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "proto/ps.grpc.pb.h"
+#include "ps/client.h"
 #include "ps/limits.h"
 #include "ps/service.h"
+#include "ps/status_convert.h"
 
 namespace mim::ps {
 namespace {
@@ -24,6 +26,7 @@ using ::testing::HasSubstr;
 
 constexpr size_t kMiB = size_t{1} << 20;
 constexpr uint32_t kDim = 64;
+constexpr float kLearningRate = 0.5f;
 
 class InflightTest : public ::testing::Test {
  protected:
@@ -46,14 +49,17 @@ class InflightTest : public ::testing::Test {
     builder.RegisterService(service_.get());
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
-    stub_ = ParameterServer::NewStub(grpc::CreateChannel(
-        absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+    address_ = absl::StrCat("127.0.0.1:", port);
+    stub_ = ParameterServer::NewStub(
+        grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()));
 
     CreateTableRequest create;
     create.mutable_config()->set_name("t");
     create.mutable_config()->set_kind(ID);
     create.mutable_config()->set_dim(kDim);
     create.mutable_config()->mutable_optimizer()->set_name("sgd");
+    create.mutable_config()->mutable_optimizer()->set_learning_rate(
+        kLearningRate);
     create.mutable_config()->mutable_initializer()->set_name("zeros");
     CreateTableResponse created;
     grpc::ClientContext context;
@@ -85,6 +91,7 @@ class InflightTest : public ::testing::Test {
   std::unique_ptr<embedding::EmbeddingStore> store_;
   std::unique_ptr<ParameterServerService> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::string address_;
   std::unique_ptr<ParameterServer::Stub> stub_;
 };
 
@@ -125,6 +132,75 @@ TEST_F(InflightTest, WaitingRequestsCountAgainstTheBudget) {
   ASSERT_TRUE(Push(1000, &response).ok());
   EXPECT_EQ(response.rows_updated(), 1000u);
   EXPECT_EQ(Rows(), 1000u);
+}
+
+// The busy refusal is marked "retry later" on the wire, and PsClient sends
+// the call again (with backoff) rather than failing its caller: the push is
+// applied once, when room is made.
+TEST_F(InflightTest, PsClientRetriesABusyShardAndAppliesThePushOnce) {
+  std::optional<ParameterServerService::InflightLease> waiting;
+  {
+    auto admitted = service_->AdmitQueued("PushRequest", 600 * 1024);
+    ASSERT_TRUE(admitted.ok()) << admitted.status();
+    waiting.emplace(std::move(*admitted));
+  }
+  const std::vector<uint64_t> keys = [] {
+    std::vector<uint64_t> k(1000);
+    for (size_t i = 0; i < k.size(); ++i) k[i] = i + 1;
+    return k;
+  }();
+  const std::vector<float> gradients(keys.size() * kDim, 1.0f);
+
+  // One attempt: the caller sees the refusal, marked retry-later, naming
+  // the shard; nothing applied.
+  PsClient::Options once;
+  once.max_attempts = 1;
+  auto single = PsClient::Create({address_}, once);
+  ASSERT_TRUE(single.ok());
+  const absl::Status refused =
+      (*single)->Push("t", keys, gradients).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(IsRetryLater(refused)) << refused;
+  EXPECT_FALSE(IsPushInDoubt(refused));
+  EXPECT_THAT(std::string(refused.message()),
+              HasSubstr("shard 0/1 (" + address_ + "): shard 0/1 is busy"));
+  EXPECT_EQ(Rows(), 0u);
+
+  // With retries, the first refusal is reported to on_retry, which makes
+  // room (the waiting call starts); the resend is applied.
+  std::vector<std::string> retried;
+  PsClient::Options options;
+  options.initial_backoff = absl::Milliseconds(1);
+  options.on_retry = [&](const absl::Status& error, int attempt) {
+    retried.push_back(absl::StrCat(attempt, ": ", error.message()));
+    waiting.reset();
+  };
+  auto client = PsClient::Create({address_}, options);
+  ASSERT_TRUE(client.ok());
+  absl::StatusOr<uint64_t> pushed = (*client)->Push("t", keys, gradients);
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  EXPECT_EQ(*pushed, 1000u);
+  ASSERT_EQ(retried.size(), 1u);
+  EXPECT_THAT(retried[0], HasSubstr("1: shard 0/1 ("));
+  EXPECT_THAT(retried[0], HasSubstr("is busy"));
+  EXPECT_EQ(Rows(), 1000u);
+  // Applied once: one sgd step of gradient 1 from zeros.
+  absl::StatusOr<PsClient::PullResult> rows = (*client)->Pull("t", {1, 1000});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(rows->values.size(), 2 * kDim);
+  for (const float v : rows->values) EXPECT_FLOAT_EQ(v, -kLearningRate);
+
+  // A pull refused as busy is retried the same way.
+  {
+    auto admitted = service_->AdmitQueued("PushRequest", 1000 * 1024);
+    ASSERT_TRUE(admitted.ok()) << admitted.status();
+    waiting.emplace(std::move(*admitted));
+  }
+  retried.clear();
+  absl::StatusOr<PsClient::PullResult> pulled = (*client)->Pull("t", keys);
+  ASSERT_TRUE(pulled.ok()) << pulled.status();
+  EXPECT_EQ(retried.size(), 1u);
+  EXPECT_EQ(pulled->values.size(), keys.size() * kDim);
 }
 
 }  // namespace

@@ -2,7 +2,9 @@
 
 #include <string>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "proto/ps.pb.h"
 
 namespace mim::ps {
 
@@ -12,16 +14,34 @@ std::string QuoteInput(absl::string_view input, size_t max_bytes) {
                       " bytes)");
 }
 
+absl::Status MarkRetryLater(absl::Status status) {
+  status.SetPayload(kRetryLaterUrl, absl::Cord());
+  return status;
+}
+
+bool IsRetryLater(const absl::Status& status) {
+  return status.GetPayload(kRetryLaterUrl).has_value();
+}
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   absl::string_view message = status.message();
-  if (message.size() <= kMaxErrorMessageBytes) {
-    return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                        std::string(message));
-  }
-  return grpc::Status(
-      static_cast<grpc::StatusCode>(status.code()),
-      absl::StrCat(message.substr(0, kMaxErrorMessageBytes - 3), "..."));
+  std::string capped =
+      message.size() <= kMaxErrorMessageBytes
+          ? std::string(message)
+          : absl::StrCat(message.substr(0, kMaxErrorMessageBytes - 3), "...");
+  WireStatus details;
+  status.ForEachPayload(
+      [&details](absl::string_view url, const absl::Cord& payload) {
+        WireAny* any = details.add_details();
+        any->set_type_url(std::string(url));
+        any->set_value(std::string(payload));
+      });
+  const auto code = static_cast<grpc::StatusCode>(status.code());
+  if (details.details().empty()) return grpc::Status(code, std::move(capped));
+  details.set_code(static_cast<int32_t>(status.code()));
+  details.set_message(capped);
+  return grpc::Status(code, std::move(capped), details.SerializeAsString());
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
@@ -32,8 +52,18 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (code < 0 || code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
     return absl::UnknownError(status.error_message());
   }
-  return absl::Status(static_cast<absl::StatusCode>(code),
-                      status.error_message());
+  absl::Status out(static_cast<absl::StatusCode>(code),
+                   status.error_message());
+  WireStatus details;
+  if (!status.error_details().empty() &&
+      details.ParseFromString(status.error_details())) {
+    for (const WireAny& any : details.details()) {
+      if (!any.type_url().empty()) {
+        out.SetPayload(any.type_url(), absl::Cord(any.value()));
+      }
+    }
+  }
+  return out;
 }
 
 }  // namespace mim::ps

@@ -3,7 +3,9 @@
 // same numbers in both libraries, so the code travels unchanged; a message
 // sent to a client is capped at kMaxErrorMessageBytes (it travels in HTTP/2
 // trailers, whose size is limited: a longer one would reach the client as
-// a metadata-size error instead of the real one).
+// a metadata-size error instead of the real one). The status's payloads
+// travel too, as the details of a google.rpc.Status (WireStatus in
+// proto/ps.proto): that is how a shard tells a client it may retry.
 #ifndef MIM_PS_STATUS_CONVERT_H_
 #define MIM_PS_STATUS_CONVERT_H_
 
@@ -20,6 +22,15 @@ inline constexpr size_t kMaxErrorMessageBytes = 1024;
 // How much of a client's own input (a table or checkpoint name, a feature
 // name) an error message quotes.
 inline constexpr size_t kMaxQuotedInputBytes = 64;
+// Payload (absl::Status::SetPayload type URL) of a refusal that left the
+// shard unchanged and may be retried as it is: the shard was busy.
+inline constexpr char kRetryLaterUrl[] =
+    "type.googleapis.com/mim.ps.RetryLater";
+
+// `status` marked kRetryLaterUrl.
+absl::Status MarkRetryLater(absl::Status status);
+// Whether `status` carries kRetryLaterUrl.
+bool IsRetryLater(const absl::Status& status);
 
 // `input` as an error message may quote it: unchanged when at most
 // `max_bytes` long, else its first `max_bytes` bytes and "... (N bytes)".
@@ -27,6 +38,8 @@ std::string QuoteInput(absl::string_view input,
                        size_t max_bytes = kMaxQuotedInputBytes);
 
 // The message is cut to kMaxErrorMessageBytes (ending "...") when longer.
+// Payloads go into error_details (a serialized WireStatus) and come back
+// from it; error_details that do not parse as one are ignored.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 absl::Status FromGrpcStatus(const grpc::Status& status);
 

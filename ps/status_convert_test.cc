@@ -1,6 +1,8 @@
 #include "ps/status_convert.h"
 
+#include "absl/strings/cord.h"
 #include "gtest/gtest.h"
+#include "proto/ps.pb.h"
 
 namespace mim::ps {
 namespace {
@@ -45,6 +47,39 @@ TEST(StatusConvertTest, OutOfRangeCodeIsUnknown) {
       FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(99), "odd"));
   EXPECT_EQ(s.code(), absl::StatusCode::kUnknown);
   EXPECT_EQ(s.message(), "odd");
+}
+
+TEST(StatusConvertTest, RetryLaterTravels) {
+  const absl::Status busy =
+      MarkRetryLater(absl::ResourceExhaustedError("shard 0/1 is busy"));
+  EXPECT_TRUE(IsRetryLater(busy));
+  const grpc::Status wire = ToGrpcStatus(busy);
+  EXPECT_EQ(wire.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(wire.error_message(), "shard 0/1 is busy");
+  // The details are a google.rpc.Status in layout.
+  WireStatus details;
+  ASSERT_TRUE(details.ParseFromString(wire.error_details()));
+  EXPECT_EQ(details.code(), 8);
+  EXPECT_EQ(details.message(), "shard 0/1 is busy");
+  ASSERT_EQ(details.details_size(), 1);
+  EXPECT_EQ(details.details(0).type_url(), kRetryLaterUrl);
+  const absl::Status back = FromGrpcStatus(wire);
+  EXPECT_TRUE(IsRetryLater(back));
+  EXPECT_EQ(back, busy);
+}
+
+TEST(StatusConvertTest, OtherPayloadsTravelAndPlainErrorsHaveNoDetails) {
+  absl::Status s = absl::InternalError("x");
+  EXPECT_TRUE(ToGrpcStatus(s).error_details().empty());
+  EXPECT_FALSE(IsRetryLater(FromGrpcStatus(ToGrpcStatus(s))));
+  s.SetPayload("type.example/a", absl::Cord(absl::string_view("bytes\0in", 8)));
+  EXPECT_EQ(FromGrpcStatus(ToGrpcStatus(s)), s);
+}
+
+TEST(StatusConvertTest, DetailsThatDoNotParseAreIgnored) {
+  const absl::Status s = FromGrpcStatus(
+      grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "m", "\xff\xff\xff"));
+  EXPECT_EQ(s, absl::ResourceExhaustedError("m"));
 }
 
 }  // namespace
