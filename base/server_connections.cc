@@ -6,6 +6,8 @@
 #include "absl/strings/str_cat.h"
 #include "gflags/gflags.h"
 #include "grpc/grpc.h"
+#include "grpcpp/resource_quota.h"
+#include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 
 DEFINE_int64(max_connection_idle_ms, 10 * 60 * 1000,
@@ -71,6 +73,39 @@ absl::Status ApplyConnectionFlags(grpc::ServerBuilder* builder) {
     builder->AddChannelArgument(args[i].arg, value);
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<StartedServer> StartServer(ServerSpec spec) {
+  if (spec.max_message_bytes == 0 || spec.max_message_bytes > INT_MAX ||
+      spec.memory_bytes == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "server ", spec.address, ": message limit ", spec.max_message_bytes,
+        " bytes (1..", INT_MAX, ") and memory quota ", spec.memory_bytes,
+        " bytes (> 0) must both be set"));
+  }
+  grpc::ServerBuilder builder;
+  for (auto& option : spec.options) builder.SetOption(std::move(option));
+  StartedServer started;
+  builder.AddListeningPort(spec.address, spec.credentials, &started.port);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  if (absl::Status s = ApplyConnectionFlags(&builder); !s.ok()) return s;
+  for (grpc::Service* service : spec.services) {
+    builder.RegisterService(service);
+  }
+  builder.SetMaxReceiveMessageSize(static_cast<int>(spec.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(spec.max_message_bytes));
+  grpc::ResourceQuota quota(spec.quota_name);
+  quota.Resize(spec.memory_bytes);
+  builder.SetResourceQuota(quota);
+  started.server = builder.BuildAndStart();
+  if (started.server == nullptr || started.port == 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", spec.address,
+        spec.tls ? " (or gRPC refused --tls_cert/--tls_key: are they a "
+                   "matching PEM certificate and key?)"
+                 : ""));
+  }
+  return started;
 }
 
 }  // namespace mim::base

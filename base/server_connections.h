@@ -21,14 +21,28 @@
 //
 // 0 turns the idle and age limits off. docs/OPERATIONS.md, "Connections".
 //
+// StartServer builds and starts a server the way every binary of the
+// project does (one listening socket, the flags above, message limits, a
+// memory quota), so the shard and the serving tier cannot drift apart.
+//
 // Thread-safety: call from main before the server starts.
 #ifndef MIM_BASE_SERVER_CONNECTIONS_H_
 #define MIM_BASE_SERVER_CONNECTIONS_H_
 
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "grpcpp/impl/server_builder_option.h"
 
 namespace grpc {
+class Server;
 class ServerBuilder;
+class ServerCredentials;
+class Service;
 }  // namespace grpc
 
 namespace mim::base {
@@ -36,6 +50,33 @@ namespace mim::base {
 // Sets the flags above on `builder`. INVALID_ARGUMENT naming the flag when
 // one is negative, or a timeout is 0.
 absl::Status ApplyConnectionFlags(grpc::ServerBuilder* builder);
+
+struct ServerSpec {
+  std::string address;  // "host:port"; port 0 picks a free one
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  // Only for the error message: whether credentials came from --tls_cert.
+  bool tls = false;
+  std::vector<grpc::Service*> services;  // not owned; outlive the server
+  std::vector<std::unique_ptr<grpc::ServerBuilderOption>> options;
+  size_t max_message_bytes = 0;  // each way; must be > 0
+  // gRPC's own buffers (connections, messages being read), a
+  // grpc::ResourceQuota named `quota_name`; must be > 0.
+  size_t memory_bytes = 0;
+  std::string quota_name;
+};
+
+struct StartedServer {
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;  // the port bound
+};
+
+// Builds and starts the server of `spec` with ApplyConnectionFlags and
+// without SO_REUSEPORT: gRPC would otherwise open one more listening
+// socket per polling queue, each bound to its own ephemeral port when the
+// port is 0 (an unprinted second port serving the whole API). Errors:
+// INVALID_ARGUMENT for a bad flag or spec, UNAVAILABLE "cannot listen on
+// ADDRESS" (with a TLS hint when `tls`).
+absl::StatusOr<StartedServer> StartServer(ServerSpec spec);
 
 }  // namespace mim::base
 

@@ -33,10 +33,8 @@
 #include "gflags/gflags.h"
 #include "glog/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
-#include "grpcpp/server_builder.h"
 #include "base/executor.h"
 #include "base/server_connections.h"
 #include "ps/callback_service.h"
@@ -237,38 +235,26 @@ int main(int argc, char** argv) {
   mim::ps::HealthService health({mim::ps::ParameterServer::service_full_name()},
                                 authorizer.get());
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  if (authorizer != nullptr) builder.SetOption(mim::base::WithoutReflection());
-  const std::string address = absl::StrCat(FLAGS_host, ":", FLAGS_port);
-  int port = 0;
-  builder.AddListeningPort(address, security->credentials, &port);
-  // gRPC's SO_REUSEPORT listener opens one more socket per polling queue
-  // and binds it to the address as given, so with --port=0 each got its
-  // own ephemeral port: an unprinted second port serving the whole API.
-  // Without reuseport there is one socket (and no other process of this
-  // user can bind the port beside it).
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  // Idle and old connections are closed, dead peers found by keepalive
-  // pings (flags in base/server_connections.h).
-  if (absl::Status s = mim::base::ApplyConnectionFlags(&builder); !s.ok()) {
-    return Fail(s.ToString());
+  mim::base::ServerSpec spec;
+  spec.address = absl::StrCat(FLAGS_host, ":", FLAGS_port);
+  spec.credentials = security->credentials;
+  spec.tls = !FLAGS_tls_cert.empty();
+  spec.services = {&callback_service, &health};
+  if (authorizer != nullptr) {
+    spec.options.push_back(mim::base::WithoutReflection());
   }
-  builder.RegisterService(&callback_service);
-  builder.RegisterService(&health);
-  builder.SetMaxReceiveMessageSize(FLAGS_max_message_mb << 20);
-  builder.SetMaxSendMessageSize(FLAGS_max_message_mb << 20);
-  grpc::ResourceQuota quota("ps_server");
-  quota.Resize(static_cast<size_t>(FLAGS_grpc_memory_mb) << 20);
-  builder.SetResourceQuota(quota);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    return Fail(absl::StrCat(
-        "cannot listen on ", address,
-        FLAGS_tls_cert.empty()
-            ? ""
-            : " (or gRPC refused --tls_cert/--tls_key: are they a matching "
-              "PEM certificate and key?)"));
+  spec.max_message_bytes = static_cast<size_t>(FLAGS_max_message_mb) << 20;
+  spec.memory_bytes = static_cast<size_t>(FLAGS_grpc_memory_mb) << 20;
+  spec.quota_name = "ps_server";
+  absl::StatusOr<mim::base::StartedServer> started =
+      mim::base::StartServer(std::move(spec));
+  if (!started.ok()) {
+    return Fail(started.status().code() == absl::StatusCode::kUnavailable
+                    ? std::string(started.status().message())
+                    : started.status().ToString());
   }
+  std::unique_ptr<grpc::Server> server = std::move(started->server);
+  const int port = started->port;
 
   std::printf("ps shard %u/%u listening on %s:%d\n", FLAGS_shard_index,
               FLAGS_num_shards, FLAGS_host.c_str(), port);

@@ -37,10 +37,8 @@
 #include "glog/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "kernels/common.h"
-#include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
-#include "grpcpp/server_builder.h"
 #include "ps/client.h"
 #include "ps/health_service.h"
 #include "serving/model_manager.h"
@@ -89,6 +87,11 @@ DEFINE_int32(max_queue, 4096,
              "Requests that may wait for a thread; beyond, RESOURCE_EXHAUSTED "
              "(a waiting request still ends by its deadline)");
 DEFINE_int32(max_message_kb, 1024, "Max request/response size in KiB");
+DEFINE_int32(grpc_memory_mb, 64,
+             "Memory quota of gRPC's own buffers (connections, messages "
+             "being received), in MiB, at least twice --max_message_kb: "
+             "past it gRPC stops accepting connections and cancels calls to "
+             "get back under it.");
 DEFINE_int32(metrics_port, mim::base::Metrics::Options().port,
              "Prometheus /metrics port; -1: none; 0: a free one (printed as "
              "'metrics listening on ...').");
@@ -141,6 +144,14 @@ int main(int argc, char** argv) {
   // (docs/BENCHMARKS.md, "Serving").
   mim::kernels::SetCpuThreads(FLAGS_cpu_threads);
   if (FLAGS_max_message_kb < 1) return Fail("--max_message_kb must be >= 1");
+  if (FLAGS_grpc_memory_mb < 1 || FLAGS_grpc_memory_mb > (1 << 20) ||
+      (int64_t{FLAGS_grpc_memory_mb} << 20) <
+          2 * (int64_t{FLAGS_max_message_kb} << 10)) {
+    return Fail(absl::StrCat(
+        "--grpc_memory_mb must be at least twice --max_message_kb (",
+        FLAGS_max_message_kb, " KiB) and at most 1048576, got ",
+        FLAGS_grpc_memory_mb));
+  }
 
   sigset_t signals;
   sigemptyset(&signals);
@@ -232,31 +243,26 @@ int main(int argc, char** argv) {
       authorizer.get());
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  if (authorizer != nullptr) builder.SetOption(mim::base::WithoutReflection());
-  const std::string address = absl::StrCat(FLAGS_host, ":", FLAGS_port);
-  int port = 0;
-  builder.AddListeningPort(address, security->credentials, &port);
-  // One listening socket: with reuseport gRPC binds one more per polling
-  // queue, each to its own ephemeral port when --port=0 (ps/server_main.cc).
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  // Idle and old connections closed, keepalive pings (the shards' flags).
-  if (absl::Status s = mim::base::ApplyConnectionFlags(&builder); !s.ok()) {
-    return Fail(s.ToString());
+  mim::base::ServerSpec spec;
+  spec.address = absl::StrCat(FLAGS_host, ":", FLAGS_port);
+  spec.credentials = security->credentials;
+  spec.tls = !FLAGS_tls_cert.empty();
+  spec.services = {&service, &health};
+  if (authorizer != nullptr) {
+    spec.options.push_back(mim::base::WithoutReflection());
   }
-  builder.RegisterService(&service);
-  builder.RegisterService(&health);
-  builder.SetMaxReceiveMessageSize(FLAGS_max_message_kb << 10);
-  builder.SetMaxSendMessageSize(FLAGS_max_message_kb << 10);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    return Fail(absl::StrCat(
-        "cannot listen on ", address,
-        FLAGS_tls_cert.empty()
-            ? ""
-            : " (or gRPC refused --tls_cert/--tls_key: are they a matching "
-              "PEM certificate and key?)"));
+  spec.max_message_bytes = static_cast<size_t>(FLAGS_max_message_kb) << 10;
+  spec.memory_bytes = static_cast<size_t>(FLAGS_grpc_memory_mb) << 20;
+  spec.quota_name = "serving";
+  absl::StatusOr<mim::base::StartedServer> started =
+      mim::base::StartServer(std::move(spec));
+  if (!started.ok()) {
+    return Fail(started.status().code() == absl::StatusCode::kUnavailable
+                    ? std::string(started.status().message())
+                    : started.status().ToString());
   }
+  std::unique_ptr<grpc::Server> server = std::move(started->server);
+  const int port = started->port;
   LOG(INFO) << "serving model " << first_manifest.model_version << " ("
             << first_manifest.model_name << ") from " << FLAGS_model_dir;
   std::printf("serving listening on %s:%d\n", FLAGS_host.c_str(), port);

@@ -178,6 +178,25 @@ class ServingTest : public ::testing::Test {
   }
 };
 
+// Flags are checked before anything starts, each error naming its flag
+// (exit status 1).
+TEST(ServingFlagsTest, BadLimitsExitNamingTheFlag) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--grpc_memory_mb=1",
+       "--grpc_memory_mb must be at least twice --max_message_kb (1024 KiB)"},
+      {"--grpc_memory_mb=0", "--grpc_memory_mb must be at least twice"},
+      {"--max_message_kb=0", "--max_message_kb must be >= 1"},
+  };
+  for (const auto& [flag, message] : cases) {
+    absl::StatusOr<CommandResult> r = RunCommand(
+        {Runfile("serving/server"), "--ps=127.0.0.1:1", "--model_dir=/none",
+         "--port=0", flag});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->exit_code, 1) << flag << ": " << r->err;
+    EXPECT_NE(r->err.find(message), std::string::npos) << flag << ": " << r->err;
+  }
+}
+
 TEST_F(ServingTest, ScoresEqualTheTrainersEvaluation) {
   const size_t n = std::min<size_t>(300, env->test_samples.size());
   std::string version;
