@@ -83,10 +83,36 @@ struct LaunchConfig {
 namespace internal {
 // True when p points into (or one past) a cudaMalloc or pinned allocation.
 bool IsDeviceAddress(const void* p);
+// A pointer an operation queued on a stream uses, for the stream-order
+// checker (emulator_internal.h, StreamOp): a kernel's `const T*` argument is
+// read, a `T*` argument written (and read).
+struct Operand {
+  const void* ptr;
+  bool write;
+};
 // Runs body(ctx) for every thread of the grid; bad_pointer_arg >= 0 names a
 // kernel argument that is not a device address (the launch then faults).
+// `operands`: the kernel's pointer arguments.
 void Launch(const char* kernel, const LaunchConfig& cfg, void (*body)(void*), void* ctx,
-            int bad_pointer_arg, const void* bad_pointer);
+            int bad_pointer_arg, const void* bad_pointer, const Operand* operands,
+            int num_operands);
+
+// The pointer arguments among `params`, with their constness.
+template <typename Tuple, size_t... I>
+int PointerOperands(const Tuple& params, Operand* out, std::index_sequence<I...>) {
+  int n = 0;
+  auto add = [&](const auto& v) {
+    using V = std::decay_t<decltype(v)>;
+    if constexpr (std::is_pointer_v<V>) {
+      if (v != nullptr) {
+        out[n++] = Operand{static_cast<const void*>(v),
+                           !std::is_const_v<std::remove_pointer_t<V>>};
+      }
+    }
+  };
+  (add(std::get<I>(params)), ...);
+  return n;
+}
 
 template <typename Tuple, size_t... I>
 int FirstHostPointer(const Tuple& params, const void** bad, std::index_sequence<I...>) {
@@ -117,12 +143,15 @@ void LaunchKernel(const char* name, void (*kernel)(P...), const LaunchConfig& cf
   const void* bad = nullptr;
   const int bad_arg =
       internal::FirstHostPointer(ctx.params, &bad, std::index_sequence_for<P...>{});
+  internal::Operand operands[sizeof...(P) + 1];
+  const int num_operands =
+      internal::PointerOperands(ctx.params, operands, std::index_sequence_for<P...>{});
   internal::Launch(
       name, cfg, [](void* c) {
         Ctx* x = static_cast<Ctx*>(c);
         std::apply(x->kernel, x->params);  // each thread gets its own copies
       },
-      &ctx, bad_arg, bad);
+      &ctx, bad_arg, bad, operands, num_operands);
 }
 
 // ---- barriers and warp intrinsics ----

@@ -6,8 +6,12 @@
 // Model: one emulated device (ordinal 0). Device memory is host memory
 // from posix_memalign, registered so that copies, kernel arguments and GEMM
 // operands can be checked against the allocation they point into. Every
-// call is synchronous: streams and events exist but are no-ops, which is a
-// legal schedule of in-order streams. Launches, copies and GEMMs are
+// call is synchronous, which is a legal schedule of in-order streams; the
+// ordering the stream and event calls declare is checked instead: an
+// operation that touches an allocation another stream's operation also
+// touches (one of them writing), with no event wait or host
+// synchronization ordering the two, is a fault (a stream-order hazard:
+// what a GPU could run in either order). Launches, copies and GEMMs are
 // serialised by one process-wide lock (the legacy default stream), so
 // calls from several host threads are safe.
 //
@@ -64,6 +68,8 @@ typedef struct CUstream_st* cudaStream_t;
 typedef struct CUevent_st* cudaEvent_t;
 #define cudaStreamNonBlocking 0x01
 #define cudaHostAllocDefault 0x00
+#define cudaEventDefault 0x00
+#define cudaEventDisableTiming 0x02
 
 struct cudaDeviceProp {
   char name[256];
@@ -112,6 +118,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags = 0);
 cudaError_t cudaEventCreate(cudaEvent_t* event);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int flags);
 cudaError_t cudaEventDestroy(cudaEvent_t event);
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr);
 cudaError_t cudaEventSynchronize(cudaEvent_t event);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <cub/device/device_radix_sort.cuh>
@@ -568,6 +569,105 @@ TEST_F(EmulatorTest, StreamsAndEventsAreInOrderNoOps) {
   cudaStreamDestroy(s);
   cudaFree(din);
   cudaFree(dout);
+}
+
+// The stream-order checker: a GPU may run a non-blocking stream's copy
+// while kernels queued earlier on the default stream still read the
+// buffer it overwrites, unless an event orders them. The emulator runs
+// everything at once, so it checks the ordering the calls declare.
+class StreamOrderTest : public EmulatorTest {
+ protected:
+  void SetUp() override {
+    EmulatorTest::SetUp();
+    ASSERT_EQ(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking), cudaSuccess);
+    ASSERT_EQ(cudaEventCreate(&read_done_), cudaSuccess);
+    ASSERT_EQ(cudaEventCreate(&copied_), cudaSuccess);
+    ASSERT_EQ(cudaMallocHost(reinterpret_cast<void**>(&staging_), 64 * sizeof(float)),
+              cudaSuccess);
+    for (int i = 0; i < 64; ++i) staging_[i] = static_cast<float>(i);
+    in_ = DeviceCopy(std::vector<float>(64, 1.f));
+    out_ = DeviceCopy(std::vector<float>(64, 0.f));
+  }
+  void TearDown() override {
+    cudaFree(in_);
+    cudaFree(out_);
+    cudaFreeHost(staging_);
+    cudaEventDestroy(read_done_);
+    cudaEventDestroy(copied_);
+    cudaStreamDestroy(copy_);
+    EmulatorTest::TearDown();
+  }
+  cudaError_t CopyIn() {
+    return cudaMemcpyAsync(in_, staging_, 64 * sizeof(float), cudaMemcpyHostToDevice, copy_);
+  }
+  cudaStream_t copy_ = nullptr;
+  cudaEvent_t read_done_ = nullptr, copied_ = nullptr;
+  float* staging_ = nullptr;
+  float *in_ = nullptr, *out_ = nullptr;
+};
+
+TEST_F(StreamOrderTest, CopyOverABufferAQueuedKernelReadsIsAHazard) {
+  CopyKernel<<<1, 64>>>(in_, out_, 64);
+  EXPECT_EQ(CopyIn(), cudaErrorLaunchFailure);
+  EXPECT_THAT(OneFault(cudaErrorLaunchFailure),
+              AllOf(HasSubstr("stream order: 'cudaMemcpyAsync' on stream"),
+                    HasSubstr("writes allocation"),
+                    HasSubstr("which 'CopyKernel' on the default stream reads")));
+}
+
+TEST_F(StreamOrderTest, KernelReadingBeforeTheCopyLandsIsAHazard) {
+  ASSERT_EQ(CopyIn(), cudaSuccess);
+  CopyKernel<<<1, 64>>>(in_, out_, 64);
+  EXPECT_THAT(OneFault(cudaErrorLaunchFailure),
+              AllOf(HasSubstr("'CopyKernel' on the default stream reads"),
+                    HasSubstr("which 'cudaMemcpyAsync' on stream")));
+}
+
+TEST_F(StreamOrderTest, EventsOrderTheCopyAfterTheReadAndTheNextReadAfterTheCopy) {
+  for (int round = 0; round < 3; ++round) {
+    CopyKernel<<<1, 64>>>(in_, out_, 64);
+    ASSERT_EQ(cudaEventRecord(read_done_, nullptr), cudaSuccess);
+    ASSERT_EQ(cudaStreamWaitEvent(copy_, read_done_, 0), cudaSuccess);
+    ASSERT_EQ(CopyIn(), cudaSuccess);
+    ASSERT_EQ(cudaEventRecord(copied_, copy_), cudaSuccess);
+    ASSERT_EQ(cudaStreamWaitEvent(nullptr, copied_, 0), cudaSuccess);
+  }
+  CopyKernel<<<1, 64>>>(in_, out_, 64);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_THAT(cuda_emu::TakeReports(), IsEmpty());
+  EXPECT_EQ(HostCopy(out_, 64)[63], 63.f);
+}
+
+TEST_F(StreamOrderTest, AHostSynchronizationOrdersWhatTheThreadQueuesNext) {
+  CopyKernel<<<1, 64>>>(in_, out_, 64);
+  ASSERT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
+  EXPECT_EQ(CopyIn(), cudaSuccess);
+  ASSERT_EQ(cudaEventSynchronize(nullptr), cudaSuccess);  // never recorded: no-op
+  ASSERT_EQ(cudaStreamSynchronize(copy_), cudaSuccess);
+  CopyKernel<<<1, 64>>>(in_, out_, 64);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_THAT(cuda_emu::TakeReports(), IsEmpty());
+}
+
+TEST_F(StreamOrderTest, AnotherThreadsSynchronizationDoesNotOrderThisThread) {
+  CopyKernel<<<1, 64>>>(in_, out_, 64);
+  std::thread([] { EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess); }).join();
+  // This thread never waited: the copy may overtake the kernel.
+  EXPECT_EQ(CopyIn(), cudaErrorLaunchFailure);
+  EXPECT_THAT(OneFault(cudaErrorLaunchFailure), HasSubstr("stream order"));
+}
+
+TEST_F(StreamOrderTest, AnEventRecordedOnAnotherThreadOrdersAcrossThreads) {
+  // The double-buffered input pattern: the compute thread records, the
+  // staging thread's copy stream waits.
+  std::thread([&] {
+    CopyKernel<<<1, 64>>>(in_, out_, 64);
+    EXPECT_EQ(cudaEventRecord(read_done_, nullptr), cudaSuccess);
+  }).join();
+  ASSERT_EQ(cudaStreamWaitEvent(copy_, read_done_, 0), cudaSuccess);
+  EXPECT_EQ(CopyIn(), cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_THAT(cuda_emu::TakeReports(), IsEmpty());
 }
 
 #if defined(__SANITIZE_ADDRESS__)

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "kernels/testing/emulator_internal.h"
 #include "kernels/testing/include/cublas_v2.h"
@@ -114,6 +115,12 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa,
                               "cublasSgemm [" + shape + "]: operand outside device memory");
     return CUBLAS_STATUS_EXECUTION_FAILED;
   }
+  if (!cuda_emu::internal::Queue(handle->stream, "cublasSgemm",
+                                 {{reads_ab ? A : nullptr, false},
+                                  {reads_ab ? B : nullptr, false},
+                                  {C, true}})) {
+    return CUBLAS_STATUS_EXECUTION_FAILED;
+  }
   std::lock_guard<std::mutex> lock(cuda_emu::internal::DeviceMutex());
   if (k == 0) {
     // BLAS: C = beta C, and C is not read when beta is 0.
@@ -133,8 +140,9 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa,
 namespace cuda_emu::internal {
 
 cudaError_t CheckCubOperands(const char* what, const void* const* ptrs, const size_t* bytes,
-                             int n) {
+                             const bool* writes, int n, cudaStream_t stream) {
   if (const cudaError_t s = StickyError(); s != cudaSuccess) return s;
+  std::vector<Operand> ops;
   for (int i = 0; i < n; ++i) {
     if (!InDeviceRange(ptrs[i], bytes[i], true)) {
       Fault(cudaErrorIllegalAddress, std::string(what) + ": operand " + std::to_string(i) +
@@ -142,6 +150,12 @@ cudaError_t CheckCubOperands(const char* what, const void* const* ptrs, const si
                                          " bytes) is not inside one device allocation");
       return cudaErrorIllegalAddress;
     }
+    ops.push_back({ptrs[i], writes[i]});
+  }
+  const std::string hazard = StreamOp(stream, what, ops.data(), n);
+  if (!hazard.empty()) {
+    Fault(cudaErrorLaunchFailure, hazard);
+    return cudaErrorLaunchFailure;
   }
   return cudaSuccess;
 }

@@ -1,5 +1,6 @@
 // CUDA runtime API of the grid emulator on host memory (see
 // cuda_emu_runtime.h for the model and the error contract).
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -26,6 +27,38 @@ struct Allocation {
   bool pinned;  // cudaMallocHost: host memory kernels may also address
 };
 
+// Stream-order bookkeeping (emulator_internal.h, StreamOp). A clock maps a
+// stream index to the number of operations of that stream ordered before
+// (or at) a point; index 0 is the legacy default stream.
+using Clock = std::vector<uint64_t>;
+
+void Join(Clock* into, const Clock& from) {
+  if (into->size() < from.size()) into->resize(from.size(), 0);
+  for (size_t i = 0; i < from.size(); ++i) (*into)[i] = std::max((*into)[i], from[i]);
+}
+
+// One queued operation's use of an allocation.
+struct Touch {
+  int stream = -1;  // -1: none
+  uint64_t tick = 0;
+  const char* what = nullptr;
+};
+
+// Whether `t` is ordered before the operation whose clock is `c`.
+bool Before(const Touch& t, const Clock& c) {
+  return t.stream < 0 || (static_cast<size_t>(t.stream) < c.size() && c[t.stream] >= t.tick);
+}
+
+struct AllocationUse {
+  Touch write;               // the last writer
+  std::vector<Touch> reads;  // the last reader per stream since then
+};
+
+struct StreamState {
+  Clock clock;
+  bool blocking = true;  // synchronizes with the legacy default stream
+};
+
 struct Device {
   std::mutex device_mu;  // DeviceMutex()
   std::mutex mu;         // everything below
@@ -36,6 +69,11 @@ struct Device {
   std::vector<std::string> reports;
   long long launches = 0;
   std::atomic<int> order{-1};
+  // Stream-order bookkeeping.
+  std::map<const void*, int> stream_index;  // handle -> index in streams
+  std::vector<StreamState> streams{StreamState{}};  // [0]: the default stream
+  std::map<const void*, Clock> events;              // at their last record
+  std::map<uintptr_t, AllocationUse> uses;          // by allocation base
 };
 
 Device& Dev() {
@@ -44,6 +82,8 @@ Device& Dev() {
 }
 
 thread_local cudaError_t t_last_error = cudaSuccess;
+// What the calling host thread has synchronized with.
+thread_local Clock t_host_clock;
 
 const char* Name(cudaError_t e) {
   switch (e) {
@@ -134,12 +174,142 @@ cudaError_t Free(void* ptr, bool pinned, const char* what) {
     }
     d.bytes_in_use -= it->second.bytes;
     d.allocations.erase(it);
+    d.uses.erase(reinterpret_cast<uintptr_t>(ptr));
+    // cudaFree and cudaFreeHost wait for the device.
+    for (const StreamState& st : d.streams) Join(&t_host_clock, st.clock);
   }
   std::free(ptr);
   return Sticky();  // freed either way, so RAII owners do not leak
 }
 
+int StreamIndex(Device& d, cudaStream_t s) {
+  if (s == nullptr) return 0;
+  auto [it, added] = d.stream_index.emplace(s, static_cast<int>(d.streams.size()));
+  if (added) d.streams.emplace_back();  // unknown handle: a blocking stream
+  return it->second;
+}
+
+std::string StreamName(int s) {
+  return s == 0 ? std::string("the default stream") : "stream " + std::to_string(s);
+}
+
+// Makes the clock of stream `s` take in the queuing thread's knowledge and
+// the legacy default stream's implicit synchronization; returns it.
+Clock& QueueOn(Device& d, int s) {
+  Join(&d.streams[s].clock, t_host_clock);
+  if (s != 0 && d.streams[s].blocking) {
+    const Clock def = d.streams[0].clock;
+    Join(&d.streams[s].clock, def);
+  } else if (s == 0) {
+    for (size_t i = 1; i < d.streams.size(); ++i) {
+      if (d.streams[i].blocking) {
+        const Clock other = d.streams[i].clock;
+        Join(&d.streams[0].clock, other);
+      }
+    }
+  }
+  Clock& c = d.streams[s].clock;
+  if (c.size() <= static_cast<size_t>(s)) c.resize(s + 1, 0);
+  return c;
+}
+
+std::string Hazard(const Touch& now, bool now_writes, const Touch& before, bool before_wrote,
+                   uintptr_t base, size_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%p", reinterpret_cast<void*>(base));
+  return std::string("stream order: '") + now.what + "' on " + StreamName(now.stream) +
+         (now_writes ? " writes" : " reads") + " allocation " + buf + " (" +
+         std::to_string(bytes) + " bytes), which '" + before.what + "' on " +
+         StreamName(before.stream) + (before_wrote ? " writes" : " reads") +
+         ", and no event wait or host synchronization orders the second after the first "
+         "(a buffer rewritten while queued work may still read it, or read before its "
+         "copy lands)";
+}
+
 }  // namespace
+
+std::string StreamOp(cudaStream_t stream, const char* what, const Operand* operands, int n) {
+  Device& d = Dev();
+  std::lock_guard<std::mutex> l(d.mu);
+  const int s = StreamIndex(d, stream);
+  Clock& c = QueueOn(d, s);
+  const Touch me{s, ++c[s], what};
+  std::string report;
+  for (int i = 0; i < n; ++i) {
+    const auto* a = Find(d, operands[i].ptr);
+    if (a == nullptr) continue;  // host memory
+    AllocationUse& u = d.uses[a->first];
+    const bool w = operands[i].write;
+    if (report.empty() && !Before(u.write, c)) {
+      report = Hazard(me, w, u.write, true, a->first, a->second.bytes);
+    }
+    if (w) {
+      for (const Touch& r : u.reads) {
+        if (report.empty() && !Before(r, c)) {
+          report = Hazard(me, true, r, false, a->first, a->second.bytes);
+        }
+      }
+      u.write = me;
+      u.reads.clear();
+    } else {
+      auto it = std::find_if(u.reads.begin(), u.reads.end(),
+                             [&](const Touch& r) { return r.stream == s; });
+      if (it == u.reads.end()) {
+        u.reads.push_back(me);
+      } else {
+        *it = me;
+      }
+    }
+  }
+  return report;
+}
+
+void HostWaitsForStream(cudaStream_t stream) {
+  Device& d = Dev();
+  std::lock_guard<std::mutex> l(d.mu);
+  const int s = StreamIndex(d, stream);
+  Join(&t_host_clock, QueueOn(d, s));
+}
+
+void HostWaitsForDevice() {
+  Device& d = Dev();
+  std::lock_guard<std::mutex> l(d.mu);
+  for (const StreamState& st : d.streams) Join(&t_host_clock, st.clock);
+}
+
+void RegisterStream(cudaStream_t stream, bool blocking) {
+  Device& d = Dev();
+  std::lock_guard<std::mutex> l(d.mu);
+  d.streams[StreamIndex(d, stream)].blocking = blocking;
+}
+
+void RecordEvent(cudaEvent_t event, cudaStream_t stream) {
+  Device& d = Dev();
+  std::lock_guard<std::mutex> l(d.mu);
+  d.events[event] = QueueOn(d, StreamIndex(d, stream));
+}
+
+void StreamWaitsForEvent(cudaStream_t stream, cudaEvent_t event) {
+  Device& d = Dev();
+  std::lock_guard<std::mutex> l(d.mu);
+  Clock& c = QueueOn(d, StreamIndex(d, stream));
+  auto it = d.events.find(event);
+  if (it != d.events.end()) Join(&c, it->second);  // never recorded: no-op
+}
+
+void HostWaitsForEvent(cudaEvent_t event) {
+  Device& d = Dev();
+  std::lock_guard<std::mutex> l(d.mu);
+  auto it = d.events.find(event);
+  if (it != d.events.end()) Join(&t_host_clock, it->second);
+}
+
+bool Queue(cudaStream_t stream, const char* what, std::initializer_list<Operand> ops) {
+  const std::string hazard = StreamOp(stream, what, ops.begin(), static_cast<int>(ops.size()));
+  if (hazard.empty()) return true;
+  Fault(cudaErrorLaunchFailure, hazard);
+  return false;
+}
 
 std::mutex& DeviceMutex() { return Dev().device_mu; }
 
@@ -297,7 +467,10 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize() { return cuda_emu::internal::Sticky(); }
+cudaError_t cudaDeviceSynchronize() {
+  cuda_emu::internal::HostWaitsForDevice();
+  return cuda_emu::internal::Sticky();
+}
 
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   return cuda_emu::internal::Allocate(ptr, bytes, false, "cudaMalloc");
@@ -313,7 +486,11 @@ cudaError_t cudaFreeHost(void* ptr) {
   return cuda_emu::internal::Free(ptr, true, "cudaFreeHost");
 }
 
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+namespace {
+
+// cudaMemcpy (sync) or cudaMemcpyAsync on `stream`.
+cudaError_t Memcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                   cudaStream_t stream, bool async) {
   if (const cudaError_t s = cuda_emu::internal::Sticky(); s != cudaSuccess) return s;
   if (bytes == 0) return cudaSuccess;
   if (dst == nullptr || src == nullptr) {
@@ -351,17 +528,24 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind 
     return CallError(cudaErrorInvalidValue,
                      what + ": a device pointer where the copy kind says host memory");
   }
-  std::lock_guard<std::mutex> l(cuda_emu::internal::DeviceMutex());
-  std::memmove(dst, src, bytes);
+  // A synchronous copy to or from the host returns once it is done (and
+  // one from the host starts after the default stream's earlier work); a
+  // device-to-device one does not wait.
+  const bool host_sync = !async && !(want_dst_dev && want_src_dev);
+  if (host_sync) cuda_emu::internal::HostWaitsForStream(nullptr);
+  if (!cuda_emu::internal::Queue(stream, async ? "cudaMemcpyAsync" : "cudaMemcpy",
+                                 {{src, false}, {dst, true}})) {
+    return cuda_emu::internal::Sticky();
+  }
+  {
+    std::lock_guard<std::mutex> l(cuda_emu::internal::DeviceMutex());
+    std::memmove(dst, src, bytes);
+  }
+  if (host_sync) cuda_emu::internal::HostWaitsForStream(nullptr);
   return cudaSuccess;
 }
 
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
-                            cudaStream_t) {
-  return cudaMemcpy(dst, src, bytes, kind);
-}
-
-cudaError_t cudaMemset(void* ptr, int value, size_t bytes) {
+cudaError_t Memset(void* ptr, int value, size_t bytes, cudaStream_t stream, bool async) {
   if (const cudaError_t s = cuda_emu::internal::Sticky(); s != cudaSuccess) return s;
   if (bytes == 0) return cudaSuccess;
   if (!InDeviceRange(ptr, bytes, true)) {
@@ -369,13 +553,32 @@ cudaError_t cudaMemset(void* ptr, int value, size_t bytes) {
                      "cudaMemset of " + std::to_string(bytes) + " bytes at " +
                          cuda_emu::internal::Hex(ptr) + ": not inside one device allocation");
   }
+  if (!cuda_emu::internal::Queue(stream, async ? "cudaMemsetAsync" : "cudaMemset",
+                                 {{ptr, true}})) {
+    return cuda_emu::internal::Sticky();
+  }
   std::lock_guard<std::mutex> l(cuda_emu::internal::DeviceMutex());
   std::memset(ptr, value, bytes);
   return cudaSuccess;
 }
 
-cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t) {
-  return cudaMemset(ptr, value, bytes);
+}  // namespace
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  return Memcpy(dst, src, bytes, kind, nullptr, false);
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t stream) {
+  return Memcpy(dst, src, bytes, kind, stream, true);
+}
+
+cudaError_t cudaMemset(void* ptr, int value, size_t bytes) {
+  return Memset(ptr, value, bytes, nullptr, false);
+}
+
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t stream) {
+  return Memset(ptr, value, bytes, stream, true);
 }
 
 // Streams and events: every call is synchronous, so they only need to be
@@ -388,21 +591,41 @@ cudaError_t NewHandle(H* h, const char* what) {
   *h = reinterpret_cast<H>(g_next_handle.fetch_add(16));
   return cuda_emu::internal::Sticky();
 }
+
+cudaError_t NewStream(cudaStream_t* s, unsigned int flags, const char* what) {
+  const cudaError_t e = NewHandle(s, what);
+  if (s == nullptr) return e;
+  cuda_emu::internal::RegisterStream(*s, (flags & cudaStreamNonBlocking) == 0);
+  return e;
+}
 }  // namespace
 
-cudaError_t cudaStreamCreate(cudaStream_t* s) { return NewHandle(s, "cudaStreamCreate"); }
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) {
-  return NewHandle(s, "cudaStreamCreateWithFlags");
+cudaError_t cudaStreamCreate(cudaStream_t* s) { return NewStream(s, 0, "cudaStreamCreate"); }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int flags) {
+  return NewStream(s, flags, "cudaStreamCreateWithFlags");
 }
 cudaError_t cudaStreamDestroy(cudaStream_t) { return cuda_emu::internal::Sticky(); }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cuda_emu::internal::Sticky(); }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) {
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  cuda_emu::internal::HostWaitsForStream(s);
+  return cuda_emu::internal::Sticky();
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int) {
+  cuda_emu::internal::StreamWaitsForEvent(s, e);
   return cuda_emu::internal::Sticky();
 }
 cudaError_t cudaEventCreate(cudaEvent_t* e) { return NewHandle(e, "cudaEventCreate"); }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int) {
+  return NewHandle(e, "cudaEventCreateWithFlags");
+}
 cudaError_t cudaEventDestroy(cudaEvent_t) { return cuda_emu::internal::Sticky(); }
-cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cuda_emu::internal::Sticky(); }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cuda_emu::internal::Sticky(); }
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  cuda_emu::internal::RecordEvent(e, s);
+  return cuda_emu::internal::Sticky();
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  cuda_emu::internal::HostWaitsForEvent(e);
+  return cuda_emu::internal::Sticky();
+}
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
   if (ms == nullptr) return CallError(cudaErrorInvalidValue, "cudaEventElapsedTime: null ms");
   *ms = 0.f;

@@ -562,7 +562,8 @@ void CheckShadow(HostThread& h, BlockRun& r, const SharedDecl& d, size_t decl_ba
 // ---- entry points used by the device header ----
 
 void Launch(const char* kernel, const LaunchConfig& cfg, void (*body)(void*), void* ctx,
-            int bad_pointer_arg, const void* bad_pointer) {
+            int bad_pointer_arg, const void* bad_pointer, const Operand* operands,
+            int num_operands) {
   HostThread& h = Host();
   if (h.run != nullptr) {
     std::fprintf(stderr, "cuda_emu: kernel '%s' launched from device code (not emulated)\n",
@@ -599,6 +600,11 @@ void Launch(const char* kernel, const LaunchConfig& cfg, void (*body)(void*), vo
           Str("kernel '%s': argument %d (%p) is not a device address (a host pointer faults "
               "on the GPU)",
               kernel, bad_pointer_arg, bad_pointer));
+    return;
+  }
+  if (std::string hazard = StreamOp(cfg.stream, kernel, operands, num_operands);
+      !hazard.empty()) {
+    Fault(cudaErrorLaunchFailure, hazard);
     return;
   }
   LaunchRun l{kernel, cfg, body, ctx, 0, {}};

@@ -15,10 +15,11 @@
 #include "kernels/testing/cuda_emu_runtime.h"
 
 namespace cuda_emu::internal {
-// The device-side checks of a CUB call: each range inside one allocation
-// and no sticky error; otherwise reports `what` and returns the error.
+// The device-side checks of a CUB call queued on `stream`: each range
+// inside one allocation, no sticky error, no stream-order hazard (`writes`:
+// which operands it writes); otherwise reports `what` and returns the error.
 cudaError_t CheckCubOperands(const char* what, const void* const* ptrs, const size_t* bytes,
-                             int n);
+                             const bool* writes, int n, cudaStream_t stream);
 }  // namespace cuda_emu::internal
 
 namespace cub {
@@ -30,7 +31,6 @@ struct DeviceRadixSort {
                                ValueT* d_values_out, NumItemsT num_items, int begin_bit = 0,
                                int end_bit = sizeof(KeyT) * 8, cudaStream_t stream = nullptr) {
     static_assert(std::is_integral_v<KeyT>, "the emulated SortPairs takes integer keys only");
-    (void)stream;
     const size_t n = num_items > 0 ? static_cast<size_t>(num_items) : 0;
     // What CUB needs is an implementation detail; asking for some makes a
     // caller that skips the query or the allocation fail here too.
@@ -45,9 +45,10 @@ struct DeviceRadixSort {
     const void* ptrs[] = {d_temp_storage, d_keys_in, d_keys_out, d_values_in, d_values_out};
     const size_t bytes[] = {needed, n * sizeof(KeyT), n * sizeof(KeyT), n * sizeof(ValueT),
                             n * sizeof(ValueT)};
+    const bool writes[] = {true, false, true, false, true};
     if (temp_storage_bytes < needed) return cudaErrorInvalidValue;
     if (const cudaError_t e = cuda_emu::internal::CheckCubOperands(
-            "cub::DeviceRadixSort::SortPairs", ptrs, bytes, n == 0 ? 1 : 5);
+            "cub::DeviceRadixSort::SortPairs", ptrs, bytes, writes, n == 0 ? 1 : 5, stream);
         e != cudaSuccess) {
       return e;
     }
