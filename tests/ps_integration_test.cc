@@ -23,11 +23,14 @@
 #include "proto/ps.grpc.pb.h"
 #include "ps/client.h"
 #include "tests/process.h"
+#include "tests/ps_tables.h"
 
 namespace mim::ps {
 namespace {
 
 using ::mim::testing::CommandResult;
+using ::mim::testing::ContentTable;
+using ::mim::testing::IdTable;
 using ::mim::testing::RunCommand;
 using ::mim::testing::Runfile;
 using ::mim::testing::ShardProcess;
@@ -36,25 +39,6 @@ using ::testing::Not;
 
 constexpr uint32_t kShards = 2;
 constexpr size_t kMaxKeys = 4096;
-
-TableConfig IdTable(const std::string& name, uint32_t dim) {
-  TableConfig c;
-  c.set_name(name);
-  c.set_kind(ID);
-  c.set_dim(dim);
-  c.mutable_optimizer()->set_name("sgd");
-  c.mutable_optimizer()->set_learning_rate(0.5f);
-  c.mutable_initializer()->set_name("zeros");
-  return c;
-}
-
-TableConfig ContentTable(const std::string& name, uint32_t dim) {
-  TableConfig c;
-  c.set_name(name);
-  c.set_kind(CONTENT);
-  c.set_dim(dim);
-  return c;
-}
 
 // The first key >= start owned by `shard`.
 uint64_t KeyOfShard(uint32_t shard, uint64_t start = 1) {

@@ -37,6 +37,7 @@
 #include "ps/health.grpc.pb.h"
 #include "tests/ops_util.h"
 #include "tests/process.h"
+#include "tests/ps_tables.h"
 
 namespace mim::testing {
 namespace {
@@ -203,25 +204,6 @@ TEST(ListenTest, ShardOnAllInterfacesOnlyWhenAsked) {
 }
 
 // ------------------------------------------------------- shards: TLS, mTLS
-
-ps::TableConfig IdTable(const std::string& name, uint32_t dim) {
-  ps::TableConfig c;
-  c.set_name(name);
-  c.set_kind(ps::ID);
-  c.set_dim(dim);
-  c.mutable_optimizer()->set_name("sgd");
-  c.mutable_optimizer()->set_learning_rate(0.5f);
-  c.mutable_initializer()->set_name("zeros");
-  return c;
-}
-
-ps::TableConfig ContentTable(const std::string& name, uint32_t dim) {
-  ps::TableConfig c;
-  c.set_name(name);
-  c.set_kind(ps::CONTENT);
-  c.set_dim(dim);
-  return c;
-}
 
 std::unique_ptr<PsClient> Client(
     const std::string& address,

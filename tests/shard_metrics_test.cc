@@ -37,6 +37,7 @@
 #include "proto/ps.pb.h"
 #include "ps/client.h"
 #include "tests/process.h"
+#include "tests/ps_tables.h"
 #include "tests/ops_util.h"
 #include "tests/reflection.pb.h"
 
@@ -44,6 +45,8 @@ namespace mim::ps {
 namespace {
 
 using ::mim::testing::CommandResult;
+using ::mim::testing::ContentTable;
+using ::mim::testing::IdTable;
 using ::mim::testing::HttpGet;
 using ::mim::testing::MetricSample;
 using ::mim::testing::ReflectionStream;
@@ -68,25 +71,6 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> StartMetricsShard(
 
 std::string ByMethod(const std::string& name, const std::string& method) {
   return absl::StrCat(name, "{method=\"", method, "\"}");
-}
-
-TableConfig IdTable(const std::string& name, uint32_t dim) {
-  TableConfig c;
-  c.set_name(name);
-  c.set_kind(ID);
-  c.set_dim(dim);
-  c.mutable_optimizer()->set_name("sgd");
-  c.mutable_optimizer()->set_learning_rate(0.5f);
-  c.mutable_initializer()->set_name("zeros");
-  return c;
-}
-
-TableConfig ContentTable(const std::string& name, uint32_t dim) {
-  TableConfig c;
-  c.set_name(name);
-  c.set_kind(CONTENT);
-  c.set_dim(dim);
-  return c;
 }
 
 class ShardMetricsTest : public ::testing::Test {
