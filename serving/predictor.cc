@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "base/status_macros.h"
+#include "absl/synchronization/notification.h"
 #include "glog/logging.h"
 #include "worker/data/content_vectors.h"
 
@@ -46,6 +47,11 @@ absl::Status ForCaller(absl::string_view what, const absl::Status& s) {
 Predictor::Predictor(ModelManager* models, ps::PsClient* ps, RowCache* cache,
                      const Options& options)
     : models_(models), ps_(ps), cache_(cache), options_(options) {
+  if (options_.fetch_threads > 0) {
+    fetch_executor_ = std::make_unique<base::Executor>(
+        options_.fetch_threads, /*max_queue=*/4 * options_.fetch_threads,
+        "serving content fetch");
+  }
   if (options_.metrics != nullptr) {
     const char* name = "mim_serving_shard_pull_seconds";
     const char* help = "Time of one pull of a request's uncached rows from "
@@ -129,68 +135,107 @@ absl::Status Predictor::ValidatePredictInput(const PredictInput& in) const {
   return absl::OkStatus();
 }
 
-absl::Status Predictor::FetchRows(Side side, const std::string& table,
-                                  absl::Span<const uint64_t> keys, int dim,
-                                  float* out, PredictOutput* result) {
-  const bool id_table = side == kIdSide;
-  const RowCache::Table which = cache_->TableId(table);
-  const absl::Time now = absl::Now();
-  const uint64_t generation = cache_->generation(which);
-  std::vector<uint64_t> miss_keys;
-  std::vector<size_t> miss_pos;
-  bool all_misses_have_stale_copy = true;
+void Predictor::LookupCached(Side side, const std::string& table,
+                             absl::Span<const uint64_t> keys, int dim,
+                             float* out, RowFetch* f) {
+  f->side = side;
+  f->table = &table;
+  f->dim = dim;
+  f->out = out;
+  f->which = cache_->TableId(table);
+  f->now = absl::Now();
+  f->generation = cache_->generation(f->which);
   for (size_t i = 0; i < keys.size(); ++i) {
-    switch (cache_->Lookup(which, keys[i], dim, now, out + i * dim)) {
+    switch (cache_->Lookup(f->which, keys[i], dim, f->now, out + i * dim)) {
       case RowCache::Found::kFresh:
-        ++result->cache_hits;
+        ++f->cache_hits;
         continue;
       case RowCache::Found::kStale:
         break;  // refetched; the stale copy stays in `out` as a fallback
       case RowCache::Found::kMiss:
-        all_misses_have_stale_copy = false;
+        f->all_misses_have_stale_copy = false;
         break;
     }
-    miss_keys.push_back(keys[i]);
-    miss_pos.push_back(i);
+    f->miss_keys.push_back(keys[i]);
+    f->miss_pos.push_back(i);
   }
-  if (miss_keys.empty()) return absl::OkStatus();
-  std::vector<float> rows(miss_keys.size() * dim);
+}
+
+void Predictor::PullMisses(RowFetch* f) {
+  if (f->miss_keys.empty()) return;
+  const bool id_table = f->side == kIdSide;
+  const int dim = f->dim;
+  std::vector<float> rows(f->miss_keys.size() * dim);
   absl::Status fetched;
   const absl::Time pull_start = absl::Now();
   if (id_table) {
     absl::StatusOr<ps::PsClient::GetRowsResult> got =
-        ps_->GetRows(table, miss_keys);
+        ps_->GetRows(*f->table, f->miss_keys);
     if (got.ok() && got->values.size() != rows.size()) {
       fetched = absl::FailedPreconditionError(absl::StrCat(
-          "table ", table, " has dim ", got->dim, ", the model expects ", dim));
+          "table ", *f->table, " has dim ", got->dim, ", the model expects ",
+          dim));
     } else if (got.ok()) {
       rows = std::move(got->values);
     } else {
       fetched = got.status();
     }
   } else {
-    fetched = ps_->PullInto(table, miss_keys, absl::MakeSpan(rows), nullptr);
+    fetched =
+        ps_->PullInto(*f->table, f->miss_keys, absl::MakeSpan(rows), nullptr);
   }
-  if (pull_seconds_[side] != nullptr) {
-    pull_seconds_[side]->Observe(
+  if (pull_seconds_[f->side] != nullptr) {
+    pull_seconds_[f->side]->Observe(
         absl::ToDoubleSeconds(absl::Now() - pull_start));
   }
   if (!fetched.ok()) {
-    if (Unreachable(fetched) && all_misses_have_stale_copy) {
-      result->stale = true;  // serve the stale copies already in `out`
-      return absl::OkStatus();
+    if (Unreachable(fetched) && f->all_misses_have_stale_copy) {
+      f->stale = true;  // serve the stale copies already in `out`
+      return;
     }
-    return ForCaller(id_table ? "reading ID rows" : "reading content rows",
-                     fetched);
+    f->status = ForCaller(id_table ? "reading ID rows" : "reading content rows",
+                          fetched);
+    return;
   }
-  result->rows_pulled += static_cast<int32_t>(miss_keys.size());
-  for (size_t j = 0; j < miss_keys.size(); ++j) {
+  f->rows_pulled = static_cast<int32_t>(f->miss_keys.size());
+  for (size_t j = 0; j < f->miss_keys.size(); ++j) {
     const float* row = rows.data() + j * dim;
-    std::memcpy(out + miss_pos[j] * dim, row, sizeof(float) * dim);
+    std::memcpy(f->out + f->miss_pos[j] * dim, row, sizeof(float) * dim);
     // Stamped with the time before the fetch: never fresher than it is.
-    cache_->Insert(which, miss_keys[j], row, dim, now, generation);
+    cache_->Insert(f->which, f->miss_keys[j], row, dim, f->now, f->generation);
   }
-  return absl::OkStatus();
+}
+
+absl::Status Predictor::PullBoth(RowFetch* id, RowFetch* content,
+                                 absl::Time deadline) {
+  if (id->miss_keys.empty() || content->miss_keys.empty() ||
+      fetch_executor_ == nullptr) {
+    PullMisses(id);
+    if (id->status.ok()) PullMisses(content);
+    return id->status.ok() ? content->status : id->status;
+  }
+  // Both sides miss: the content pull runs on the fetch executor while this
+  // thread pulls the ID rows, so the request waits for the slower of the
+  // two round trips, not their sum.
+  absl::Notification done;
+  const absl::Status queued = fetch_executor_->Submit(
+      deadline, [this, content, deadline, &done](const absl::Status& admitted) {
+        if (admitted.ok()) {
+          ps::PsClient::ScopedDeadline scoped(deadline);
+          PullMisses(content);
+        } else {
+          content->status = admitted;
+        }
+        done.Notify();
+      });
+  if (!queued.ok()) {  // the fetch queue is full: one after the other
+    PullMisses(id);
+    if (id->status.ok()) PullMisses(content);
+    return id->status.ok() ? content->status : id->status;
+  }
+  PullMisses(id);
+  done.WaitForNotification();
+  return id->status.ok() ? content->status : id->status;
 }
 
 absl::StatusOr<PredictOutput> Predictor::Predict(const PredictInput& in,
@@ -223,13 +268,21 @@ absl::StatusOr<PredictOutput> Predictor::Predict(const PredictInput& in,
   absl::Status st = s->builder.Build(s->rows, config.id_dim, content_dim,
                                      &s->batch, &s->id_keys, &s->content_keys);
   if (st.ok()) {
-    st = FetchRows(kIdSide, manifest.id_table.name, s->id_keys, config.id_dim,
-                   s->batch.id_rows.data(), &result);
-  }
-  if (st.ok() && model::UsesContent(config)) {
-    st = FetchRows(kContentSide, manifest.content_table->name,
+    RowFetch id;
+    RowFetch content;
+    LookupCached(kIdSide, manifest.id_table.name, s->id_keys, config.id_dim,
+                 s->batch.id_rows.data(), &id);
+    if (model::UsesContent(config)) {
+      LookupCached(kContentSide, manifest.content_table->name,
                    s->content_keys, config.content_dim,
-                   s->batch.content_rows.data(), &result);
+                   s->batch.content_rows.data(), &content);
+    }
+    st = PullBoth(&id, &content, deadline);
+    for (const RowFetch* f : {&id, &content}) {
+      result.cache_hits += f->cache_hits;
+      result.rows_pulled += f->rows_pulled;
+      result.stale = result.stale || f->stale;
+    }
   }
   if (st.ok()) {
     st = ForCaller("scoring",

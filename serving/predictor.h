@@ -32,6 +32,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "base/executor.h"
 #include "base/metrics.h"
 #include "ps/client.h"
 #include "serving/model_manager.h"
@@ -79,6 +80,9 @@ class Predictor {
     // Where shard pull latencies go (mim_serving_shard_pull_seconds by
     // table); may be null.
     base::Metrics* metrics = nullptr;
+    // Threads that pull a request's content rows while its own thread
+    // pulls the ID rows (when both miss the cache). 0: one after the other.
+    int fetch_threads = 4;
   };
 
   // `models`, `ps` and `cache` must outlive the predictor.
@@ -131,9 +135,35 @@ class Predictor {
   // Fills out[i * dim ..] with the row of keys[i] from the cache or the
   // table. `id_table`: GetRows (unseen keys read zero) vs Pull.
   enum Side { kIdSide = 0, kContentSide = 1 };
-  absl::Status FetchRows(Side side, const std::string& table,
-                         absl::Span<const uint64_t> keys, int dim, float* out,
-                         PredictOutput* result);
+  // One side's rows of a request: what the cache had, what to pull.
+  struct RowFetch {
+    Side side = kIdSide;
+    const std::string* table = nullptr;
+    int dim = 0;
+    float* out = nullptr;  // keys.size() * dim floats
+    RowCache::Table which{};
+    absl::Time now;
+    uint64_t generation = 0;
+    std::vector<uint64_t> miss_keys;  // not fresh in the cache
+    std::vector<size_t> miss_pos;     // their index among the keys
+    bool all_misses_have_stale_copy = true;
+    int32_t cache_hits = 0;
+    int32_t rows_pulled = 0;
+    bool stale = false;  // shards unreachable, stale copies served
+    absl::Status status;
+  };
+  // Fills out[i * dim ..] with the fresh cached row of keys[i] (a stale one
+  // as fallback) and lists the rest in `f`.
+  void LookupCached(Side side, const std::string& table,
+                    absl::Span<const uint64_t> keys, int dim, float* out,
+                    RowFetch* f);
+  // Pulls f's misses into f->out and the cache (ID table: GetRows, so
+  // unseen keys read their initial value without creating rows; content:
+  // Pull). Sets f->status.
+  void PullMisses(RowFetch* f);
+  // Both sides' misses, concurrently when both have some (the content side
+  // on fetch_executor_); the first error, ID side first.
+  absl::Status PullBoth(RowFetch* id, RowFetch* content, absl::Time deadline);
   void PollLoop();
 
   ModelManager* const models_;
@@ -141,6 +171,7 @@ class Predictor {
   RowCache* const cache_;
   const Options options_;
   prometheus::Histogram* pull_seconds_[2] = {nullptr, nullptr};
+  std::unique_ptr<base::Executor> fetch_executor_;  // null: fetch_threads 0
   std::atomic<uint64_t> content_version_{0};
   std::atomic<uint64_t> last_polled_version_{0};
   absl::Notification stop_;

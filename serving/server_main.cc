@@ -83,6 +83,9 @@ DEFINE_int32(threads, 8,
 DEFINE_int32(cpu_threads, 1,
              "Threads the model's kernels (and OpenBLAS) use per request; "
              "requests already run in parallel on --threads");
+DEFINE_int32(fetch_threads, 4,
+             "Threads that pull a request's uncached content rows while its "
+             "own thread pulls the uncached ID rows; 0: one after the other");
 DEFINE_int32(max_queue, 4096,
              "Requests that may wait for a thread; beyond, RESOURCE_EXHAUSTED "
              "(a waiting request still ends by its deadline)");
@@ -137,6 +140,9 @@ int main(int argc, char** argv) {
   }
   if (FLAGS_ps_timeout_ms < 1) return Fail("--ps_timeout_ms must be >= 1");
   if (FLAGS_threads < 1) return Fail("--threads must be >= 1");
+  if (FLAGS_fetch_threads < 0 || FLAGS_fetch_threads > 1024) {
+    return Fail("--fetch_threads must be in [0, 1024]");
+  }
   if (FLAGS_max_queue < 1) return Fail("--max_queue must be >= 1");
   if (FLAGS_cpu_threads < 1) return Fail("--cpu_threads must be >= 1");
   // Without this OpenBLAS keeps its own thread pool, whose workers
@@ -230,6 +236,7 @@ int main(int argc, char** argv) {
   predictor_options.content_poll_interval =
       absl::Milliseconds(FLAGS_content_poll_ms);
   predictor_options.metrics = metrics->get();
+  predictor_options.fetch_threads = FLAGS_fetch_threads;
   mim::serving::Predictor predictor(models->get(), ps->get(), &cache,
                                     predictor_options);
   mim::base::Executor executor(FLAGS_threads, FLAGS_max_queue, "serving");

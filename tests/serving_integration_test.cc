@@ -212,6 +212,46 @@ TEST_F(ServingTest, ScoresEqualTheTrainersEvaluation) {
   EXPECT_TRUE(absl::EndsWith(version, "-din_mim")) << version;
 }
 
+// Without a cache every request misses both tables, so the content rows are
+// pulled on the fetch threads while the ID rows are pulled on the request's
+// thread: the scores are those of pulling one after the other, bit for bit.
+TEST_F(ServingTest, ConcurrentIdAndContentPullsScoreAsSequentialOnes) {
+  std::vector<std::vector<float>> scores;
+  for (const char* fetch_threads : {"--fetch_threads=0", "--fetch_threads=4"}) {
+    auto server = ServerProcess::Start(
+        {Runfile("serving/server"), "--port=0", "--ps=" + env->ps,
+         "--model_dir=" + env->model_dir, "--cache_mb=0", "--metrics_port=-1",
+         fetch_threads});
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto stub = PredictionService::NewStub(grpc::CreateChannel(
+        (*server)->address(), grpc::InsecureChannelCredentials()));
+    scores.emplace_back();
+    for (size_t i = 0; i < std::min<size_t>(60, env->test_samples.size());
+         ++i) {
+      PredictRequest request = RequestFor(env->test_samples[i]);
+      // Three candidates, so a request pulls several content rows.
+      for (size_t j = 1; j <= 2; ++j) {
+        const data::Sample& other =
+            env->test_samples[(i + j) % env->test_samples.size()];
+        request.add_candidate_item_ids(other.item_id);
+        serving::ItemFeatures* features = request.add_candidate_features();
+        for (int32_t g : other.genres) features->add_genres(g);
+      }
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+      PredictResponse resp;
+      const grpc::Status st = stub->Predict(&ctx, request, &resp);
+      ASSERT_TRUE(st.ok()) << fetch_threads << ": " << st.error_message();
+      ASSERT_EQ(resp.scores_size(), 3);
+      EXPECT_EQ(resp.cache_hits(), 0);
+      scores.back().insert(scores.back().end(), resp.scores().begin(),
+                           resp.scores().end());
+    }
+  }
+  ASSERT_EQ(scores.size(), 2u);
+  EXPECT_EQ(scores[0], scores[1]);
+}
+
 // Every kind of model the trainer trains is served with the trainer's own
 // scores: with and without content, each backbone.
 TEST_F(ServingTest, EveryModelKindIsServedAsTheTrainerScoresIt) {
