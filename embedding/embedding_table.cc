@@ -8,15 +8,14 @@
 //      [u64 key][i64 last_update_micros][u64 version][u32 update_count]
 //      [u32 reserved][dim values][state_floats optimizer state]
 //    padded to a multiple of 8 bytes.
-//  - an index: absl::flat_hash_set<uint32_t slot> whose hash and equality
-//    read the key from the record (heterogeneous lookup by key), i.e. 5
-//    bytes per bucket (4-byte slot + 1 control byte) instead of 17 for a
-//    flat_hash_map<uint64_t, uint32_t>.
-// For a 64-d SGD or content table that is 288 bytes of record + 5 bytes /
-// load factor (7/16..7/8) of index + at most one partly filled chunk per
-// stripe: ~300 bytes per row against 256 raw float bytes, 1.17x (measured:
-// 300.7 for 200k rows in embedding_table_test, 300.2 for 1M rows in
-// bench/embedding_bench; the test asserts <= 1.25x).
+//  - an index (SlotIndex, slot_index.h): 64-byte groups of 8 entries, each
+//    a 4-byte slot number and 32 bits of the key's hash, at most 7/8 full,
+//    so a lookup reads one index cache line and then only the record of
+//    the matching entry: 8 bytes per entry, 9.1-18.3 bytes per row.
+// For a 64-d SGD or content table that is 288 bytes of record + the index
+// + at most one partly filled chunk per stripe: ~300-310 bytes per row
+// against 256 raw float bytes, at most 1.25x (embedding_table_test asserts
+// it; bench/embedding_bench prints it for 1M rows).
 #include "embedding/embedding_table.h"
 
 #include <algorithm>
@@ -29,12 +28,12 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "embedding/initializer.h"
 #include "embedding/optimizers.h"
 #include "embedding/sharding.h"
+#include "embedding/slot_index.h"
 
 namespace mim::embedding {
 
@@ -184,31 +183,20 @@ class RowArena {
   std::vector<char*> chunks_;  // owned by pool_
 };
 
-// Lookup probe, distinct from a slot number so overloads cannot mix them up.
-struct KeyProbe {
-  uint64_t key;
-};
+// The index's 32 bits of a key's mixed hash: those below the stripe bits,
+// so that keys of one stripe differ in them.
+uint32_t IndexHash(uint64_t mixed) {
+  return static_cast<uint32_t>(mixed >> (64 - kStripeBits - 32));
+}
 
-struct SlotHash {
-  using is_transparent = void;
-  const RowArena* arena;
-  size_t operator()(uint32_t slot) const { return MixKey(arena->key(slot)); }
-  size_t operator()(KeyProbe p) const { return MixKey(p.key); }
-};
-
-struct SlotEq {
-  using is_transparent = void;
-  const RowArena* arena;
-  bool operator()(uint32_t a, uint32_t b) const { return a == b; }
-  bool operator()(uint32_t a, KeyProbe p) const {
-    return arena->key(a) == p.key;
+// Starts loading every cache line of a record's header and values.
+void PrefetchRecord(const char* record, size_t bytes) {
+  const uintptr_t first = reinterpret_cast<uintptr_t>(record) & ~uintptr_t{63};
+  const uintptr_t end = reinterpret_cast<uintptr_t>(record) + bytes;
+  for (uintptr_t line = first; line < end; line += 64) {
+    __builtin_prefetch(reinterpret_cast<const void*>(line));
   }
-  bool operator()(KeyProbe p, uint32_t a) const {
-    return arena->key(a) == p.key;
-  }
-};
-
-using SlotIndex = absl::flat_hash_set<uint32_t, SlotHash, SlotEq>;
+}
 
 absl::Status CheckFinite(absl::Span<const uint64_t> keys,
                          absl::Span<const float> data, uint32_t dim,
@@ -227,8 +215,7 @@ absl::Status CheckFinite(absl::Span<const uint64_t> keys,
 }  // namespace
 
 struct EmbeddingTable::Stripe {
-  Stripe(size_t stride, ChunkPool* pool)
-      : arena(stride, pool), index(0, SlotHash{&arena}, SlotEq{&arena}) {}
+  Stripe(size_t stride, ChunkPool* pool) : arena(stride, pool) {}
 
   // Orders writes (stage, persist, install) touching this stripe; taken
   // before `mu`, in ascending stripe order.
@@ -237,10 +224,19 @@ struct EmbeddingTable::Stripe {
   RowArena arena ABSL_GUARDED_BY(mu);
   SlotIndex index ABSL_GUARDED_BY(mu);
 
-  // Slot of `key` or -1.
+  // Slot of `key` or -1 (SlotIndex::kNone).
   int64_t Find(uint64_t key) const ABSL_SHARED_LOCKS_REQUIRED(mu) {
-    auto it = index.find(KeyProbe{key});
-    return it == index.end() ? -1 : static_cast<int64_t>(*it);
+    return Find(IndexHash(MixKey(key)), key);
+  }
+  int64_t Find(uint32_t hash, uint64_t key) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu) {
+    return index.Find(hash, key, [this](uint32_t slot)
+                                     ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                                       return arena.key(slot);
+                                     });
+  }
+  void Insert(uint64_t key, uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    index.Insert(IndexHash(MixKey(key)), slot);
   }
 };
 
@@ -329,10 +325,14 @@ absl::Status EmbeddingTable::Pull(absl::Span<const uint64_t> keys,
   if (keys.empty()) return absl::OkStatus();
 
   // Counting sort of request positions by stripe: each lock taken once.
+  // The index hash of each key is kept from the same mix.
   uint32_t start[kNumStripes + 1] = {0};
   std::vector<uint8_t> stripe_of(keys.size());
+  std::vector<uint32_t> hash_of(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) {
-    stripe_of[i] = static_cast<uint8_t>(StripeOf(keys[i]));
+    const uint64_t mixed = MixKey(keys[i]);
+    stripe_of[i] = static_cast<uint8_t>(mixed >> (64 - kStripeBits));
+    hash_of[i] = IndexHash(mixed);
     ++start[stripe_of[i] + 1];
   }
   for (size_t s = 0; s < kNumStripes; ++s) start[s + 1] += start[s];
@@ -345,42 +345,54 @@ absl::Status EmbeddingTable::Pull(absl::Span<const uint64_t> keys,
     }
   }
 
-  // Lookups are memory-latency bound (index group, then the record), so
-  // each block of keys goes through three passes: prefetch the index
-  // probes, find the records and prefetch them, then copy. The misses of a
-  // block overlap instead of queueing one key at a time.
-  constexpr uint32_t kBlock = 16;
+  // Lookups are memory-latency bound: one index group, then the record.
+  // Each stripe's keys go through a software pipeline, so that the misses
+  // of many keys overlap instead of queueing one key at a time: key j's
+  // row is copied while key j + kAhead's record and key j + 2 kAhead's
+  // index group are being loaded. The index is probed by hash alone (no
+  // record read); the key is confirmed when its record, by then in cache,
+  // is copied.
+  constexpr uint32_t kAhead = 8;
+  constexpr uint32_t kRing = 16;  // > kAhead, a power of two
+  const size_t record_bytes = kHeaderBytes + row_bytes;
   std::vector<uint32_t> absent;
   for (size_t s = 0; s < kNumStripes; ++s) {
-    if (start[s] == start[s + 1]) continue;
+    const uint32_t b = start[s], e = start[s + 1];
+    if (b == e) continue;
     const Stripe& stripe = *stripes_[s];
     absl::ReaderMutexLock lock(&stripe.mu);
-    for (uint32_t b = start[s]; b < start[s + 1]; b += kBlock) {
-      const uint32_t e = std::min(b + kBlock, start[s + 1]);
-      for (uint32_t j = b; j < e; ++j) {
-        stripe.index.prefetch(KeyProbe{keys[order[j]]});
+    const char* candidate[kRing];
+    const auto probe = [&](uint32_t j) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      const int64_t slot = stripe.index.FindHash(hash_of[order[j]]);
+      const char* rec = nullptr;
+      if (slot != SlotIndex::kNone) {
+        rec = stripe.arena.record(static_cast<uint32_t>(slot));
+        PrefetchRecord(rec, record_bytes);
       }
-      const char* found[kBlock];
-      for (uint32_t j = b; j < e; ++j) {
-        const int64_t slot = stripe.Find(keys[order[j]]);
-        if (slot < 0) {
-          found[j - b] = nullptr;
-          continue;
-        }
-        const char* rec = stripe.arena.record(static_cast<uint32_t>(slot));
-        found[j - b] = rec;
-        for (size_t off = 64; off < kHeaderBytes + row_bytes; off += 64) {
-          __builtin_prefetch(rec + off);
-        }
+      candidate[j % kRing] = rec;
+    };
+    for (uint32_t j = b; j < e && j < b + 2 * kAhead; ++j) {
+      stripe.index.Prefetch(hash_of[order[j]]);
+    }
+    for (uint32_t j = b; j < e && j < b + kAhead; ++j) probe(j);
+    for (uint32_t j = b; j < e; ++j) {
+      if (j + 2 * kAhead < e) {
+        stripe.index.Prefetch(hash_of[order[j + 2 * kAhead]]);
       }
-      for (uint32_t j = b; j < e; ++j) {
-        const uint32_t i = order[j];
-        if (found[j - b] != nullptr) {
-          std::memcpy(values + size_t{i} * dim, Values(found[j - b]),
-                      row_bytes);
-        } else {
-          absent.push_back(i);
-        }
+      if (j + kAhead < e) probe(j + kAhead);
+      const uint32_t i = order[j];
+      const char* rec = candidate[j % kRing];
+      if (rec != nullptr && Load<uint64_t>(rec + kKeyOffset) != keys[i]) {
+        // Another key with the same 32-bit hash: the full probe.
+        const int64_t slot = stripe.Find(hash_of[i], keys[i]);
+        rec = slot == SlotIndex::kNone
+                  ? nullptr
+                  : stripe.arena.record(static_cast<uint32_t>(slot));
+      }
+      if (rec != nullptr) {
+        std::memcpy(values + size_t{i} * dim, Values(rec), row_bytes);
+      } else {
+        absent.push_back(i);
       }
     }
   }
@@ -445,7 +457,8 @@ void EmbeddingTable::Install(
         slot = stripe.arena.Append();
         std::memcpy(stripe.arena.record(static_cast<uint32_t>(slot)), rec,
                     stride_);
-        stripe.index.insert(static_cast<uint32_t>(slot));
+        stripe.Insert(Load<uint64_t>(rec + kKeyOffset),
+                      static_cast<uint32_t>(slot));
       } else {
         std::memcpy(stripe.arena.record(static_cast<uint32_t>(slot)), rec,
                     stride_);
@@ -685,7 +698,7 @@ absl::Status EmbeddingTable::LoadRow(uint64_t key, const RowMeta& meta,
     std::memcpy(Values(rec) + config_.dim, state.data(),
                 sizeof(float) * state.size());
   }
-  if (fresh) stripe.index.insert(static_cast<uint32_t>(slot));
+  if (fresh) stripe.Insert(key, static_cast<uint32_t>(slot));
   uint64_t prev = max_version_.load(std::memory_order_relaxed);
   while (prev < meta.version &&
          !max_version_.compare_exchange_weak(prev, meta.version,
@@ -718,10 +731,7 @@ TableStats EmbeddingTable::Stats() const {
     absl::ReaderMutexLock lock(&stripe.mu);
     stats.rows += stripe.index.size();
     bytes += stripe.arena.bytes();
-    // Slots plus one control byte each; the table also keeps a group's
-    // worth (16) of cloned control bytes.
-    const size_t cap = stripe.index.capacity();
-    if (cap > 0) bytes += cap * (sizeof(uint32_t) + 1) + 16;
+    bytes += stripe.index.bytes();
   }
   stats.bytes = bytes;
   stats.bytes_per_row =

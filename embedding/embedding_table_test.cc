@@ -1,5 +1,6 @@
 #include "embedding/embedding_table.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -8,6 +9,7 @@
 
 #include "embedding/initializer.h"
 #include "embedding/optimizers.h"
+#include "embedding/sharding.h"
 #include "gtest/gtest.h"
 
 namespace mim::embedding {
@@ -399,6 +401,122 @@ TEST(EmbeddingTableTest, ConcurrentPushesAndPullsLoseNoUpdates) {
   std::vector<float> v, s;
   ASSERT_TRUE(table->ReadRow(keys[3], &m, &v, &s));
   EXPECT_EQ(m.update_count, static_cast<uint32_t>(pushes));
+}
+
+// The key whose MixKey is `mixed` (MixKey is a bijection: xorshift by 33
+// is its own inverse on 64 bits, and odd multipliers have inverses mod
+// 2^64).
+uint64_t UnmixKey(uint64_t mixed) {
+  const auto inverse = [](uint64_t c) {
+    uint64_t inv = c;  // Newton's iteration doubles the correct bits
+    for (int i = 0; i < 6; ++i) inv *= 2 - c * inv;
+    return inv;
+  };
+  uint64_t k = mixed;
+  k ^= k >> 33;
+  k *= inverse(0xc4ceb9fe1a85ec53ULL);
+  k ^= k >> 33;
+  k *= inverse(0xff51afd7ed558ccdULL);
+  k ^= k >> 33;
+  return k;
+}
+
+TEST(EmbeddingTableTest, KeysWithTheSameIndexHashAreToldApart) {
+  // Keys whose mixed hashes differ only in their 25 low bits share the
+  // stripe and the index's 32-bit hash: the pull pipeline's hash-only probe
+  // finds the first of them, and every other must still get its own row.
+  constexpr uint64_t kBase = 0x5a5a5a5a5a000000ULL;
+  std::vector<uint64_t> keys;
+  for (uint64_t low = 0; low < 24; ++low) keys.push_back(UnmixKey(kBase + low));
+  for (const uint64_t k : keys) ASSERT_EQ(MixKey(k) >> 25, kBase >> 25);
+  auto table = MakeTable(ContentConfig(2));
+  std::vector<float> values;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    values.push_back(static_cast<float>(i));
+    values.push_back(static_cast<float>(100 + i));
+  }
+  ASSERT_TRUE(table->Upsert(keys, values, 1, 1, nullptr).ok());
+
+  // Backwards, with one more key of the same hash that has no row, and an
+  // ordinary key between them.
+  const uint64_t absent = UnmixKey(kBase + 24);
+  std::vector<uint64_t> pull = {absent};
+  for (size_t i = keys.size(); i-- > 0;) pull.push_back(keys[i]);
+  pull.push_back(77);
+  std::vector<float> got(pull.size() * 2, -1.0f);
+  std::vector<uint32_t> missing;
+  ASSERT_TRUE(table->Pull(pull, got.data(), &missing).ok());
+  EXPECT_EQ(missing, std::vector<uint32_t>({0, static_cast<uint32_t>(
+                                                  pull.size() - 1)}));
+  EXPECT_EQ(got[0], 0.0f);
+  EXPECT_EQ(got[1], 0.0f);
+  for (size_t p = 1; p + 1 < pull.size(); ++p) {
+    const size_t i = keys.size() - p;
+    EXPECT_EQ(got[2 * p], static_cast<float>(i)) << "key " << pull[p];
+    EXPECT_EQ(got[2 * p + 1], static_cast<float>(100 + i)) << "key " << pull[p];
+  }
+  EXPECT_EQ(table->Stats().rows, keys.size());
+}
+
+TEST(EmbeddingTableTest, PullsDuringGrowthSeeEveryFinishedWriteExactly) {
+  // One writer upserts fresh keys batch after batch (every stripe's index
+  // grows many times); readers pull every key written so far, plus the
+  // batch in progress, at the same time. A finished batch must read back
+  // exactly; a batch in progress reads as missing or exact, never torn.
+  constexpr uint32_t kDim = 4;
+  constexpr uint64_t kBatches = 100, kBatch = 500;
+  auto table = MakeTable(ContentConfig(kDim));
+  const auto value = [](uint64_t key, uint32_t d) {
+    return static_cast<float>((key % 100003) * 4 + d);
+  };
+  const auto key_at = [](uint64_t i) { return i * 2654435761ULL + 17; };
+  std::atomic<uint64_t> done{0};  // keys [0, done) are written
+  std::thread writer([&] {
+    std::vector<uint64_t> keys(kBatch);
+    std::vector<float> values(kBatch * kDim);
+    for (uint64_t b = 0; b < kBatches; ++b) {
+      for (uint64_t i = 0; i < kBatch; ++i) {
+        keys[i] = key_at(b * kBatch + i);
+        for (uint32_t d = 0; d < kDim; ++d) {
+          values[i * kDim + d] = value(keys[i], d);
+        }
+      }
+      ASSERT_TRUE(table->Upsert(keys, values, 1, 1, nullptr).ok());
+      done.store((b + 1) * kBatch, std::memory_order_release);
+    }
+  });
+  std::vector<uint64_t> wrong(2, 0), checked(2, 0);
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 2; ++t) {
+    readers.emplace_back([&, t] {
+      uint64_t seen = 0;
+      while (seen < kBatches * kBatch) {
+        seen = done.load(std::memory_order_acquire);
+        const uint64_t upto = std::min(seen + kBatch, kBatches * kBatch);
+        std::vector<uint64_t> keys;
+        for (uint64_t i = 0; i < upto; ++i) keys.push_back(key_at(i));
+        std::vector<float> got(keys.size() * kDim);
+        std::vector<uint32_t> missing;
+        if (!table->Pull(keys, got.data(), &missing).ok()) ++wrong[t];
+        size_t m = 0;
+        for (uint64_t i = 0; i < keys.size(); ++i) {
+          const bool is_missing = m < missing.size() && missing[m] == i;
+          if (is_missing) ++m;
+          if (is_missing && i < seen) ++wrong[t];  // a finished write lost
+          for (uint32_t d = 0; d < kDim; ++d) {
+            const float want = is_missing ? 0.0f : value(keys[i], d);
+            if (got[i * kDim + d] != want) ++wrong[t];
+          }
+        }
+        checked[t] += keys.size();
+      }
+    });
+  }
+  writer.join();
+  for (std::thread& th : readers) th.join();
+  EXPECT_EQ(wrong, std::vector<uint64_t>(2, 0));
+  EXPECT_GE(checked[0], kBatches * kBatch);
+  EXPECT_EQ(table->Stats().rows, kBatches * kBatch);
 }
 
 // Memory goal: at most 1.25x the raw float bytes (64 floats = 256 bytes) for
