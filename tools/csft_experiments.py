@@ -20,11 +20,28 @@ evaluated on the tail's pairs), and the CTR models train on train.tsv with
 --validation_tail_fraction=0.1, so they are scored on the tail, whose cold
 items neither C-SFT nor the CTR model saw. --concat also trains the content
 models on [plain; C-SFT] / sqrt(2) (both vectors as one 2*dim input).
+
+--holdout_item_fraction=F (e.g. 0.2) holds a seeded random fraction of the
+items (--holdout_seed; the same set for every model seed and variant) out
+of every training input: their samples are dropped from the CTR trainer's
+training file and from C-SFT's (so no interest pair is mined with them),
+and they are removed from the behaviour column of the remaining training
+samples. The evaluation files are left whole, so the test period's (or the
+validation tail's) samples on those items are new-item samples by
+construction: about F of the evaluation samples instead of the few items
+that are new by date. The text model (content_vectors.tsv) is not re-run:
+an item's text exists when the item is ingested, so its plain vector is
+available for held-out items too. With it, the validation phase trains on
+the filtered head and evaluates on the whole tail (--train/--test, the
+same cutoff as --validation_tail_fraction), and every CTR run writes its
+predictions, from which the AUC on the held-out items' samples is computed
+(`holdout_auc`, with its sample and positive counts).
 """
 import argparse
 import json
 import math
 import os
+import random
 import statistics
 import sys
 
@@ -78,6 +95,66 @@ def split_tail(train_path, out_dir):
             (t if x >= cutoff else h).write(l)
     return head, tail
 
+def holdout_items(paths, fraction, seed):
+    """A seeded random `fraction` of the target items of `paths`, sorted
+    first so the set depends on the seed and the data only."""
+    items = set()
+    for path in paths:
+        with open(path) as f:
+            f.readline()
+            for line in f:
+                items.add(int(line.split("\t", 3)[2]))
+    items = sorted(items)
+    k = round(fraction * len(items))
+    return set(random.Random(seed).sample(items, k)), len(items)
+
+
+def filter_samples(in_path, out_path, held):
+    """Copies a mim-samples file without the samples whose target is in
+    `held` and without `held` items in the behaviour column (the last).
+    Returns (samples kept, samples dropped, behaviour entries dropped)."""
+    kept = dropped = stripped = 0
+    with open(in_path) as f, open(out_path, "w") as out:
+        out.write(f.readline())
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            if int(cols[2]) in held:
+                dropped += 1
+                continue
+            behaviour = [b for b in cols[-1].split(",") if b]
+            keep = [b for b in behaviour if int(b) not in held]
+            stripped += len(behaviour) - len(keep)
+            cols[-1] = ",".join(keep)
+            out.write("\t".join(cols) + "\n")
+            kept += 1
+    return kept, dropped, stripped
+
+
+def holdout_auc(predictions_path, held):
+    """AUC (ties count half) over the predictions whose item is in `held`:
+    (auc, samples, positives); auc None for one class only."""
+    pos, neg = [], []
+    with open(predictions_path) as f:
+        f.readline()
+        for line in f:
+            user, item, label, score = line.split("\t")
+            if int(item) in held:
+                (pos if int(label) == 1 else neg).append(float(score))
+    if not pos or not neg:
+        return None, len(pos) + len(neg), len(pos)
+    ranked = sorted([(x, 1) for x in pos] + [(x, 0) for x in neg])
+    rank_sum, i = 0.0, 0
+    while i < len(ranked):
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        mid = (i + j + 1) / 2.0  # mean 1-based rank of the tie group
+        rank_sum += mid * sum(lab for _, lab in ranked[i:j])
+        i = j
+    auc = (rank_sum - len(pos) * (len(pos) + 1) / 2.0) / (len(pos) * len(neg))
+    return auc, len(pos) + len(neg), len(pos)
+
+
 MODELS = ["din", "din_ct", "din_mim"]
 
 
@@ -101,6 +178,9 @@ def main():
     ap.add_argument("--phase", default="test", choices=["test", "validation"])
     ap.add_argument("--concat", action="store_true", help="also [plain; C-SFT] tables")
     ap.add_argument("--bin", default=None, help="directory of the binaries (default bazel-bin)")
+    ap.add_argument("--holdout_item_fraction", type=float, default=0.0,
+                    help="fraction of items held out of every training input (0: off)")
+    ap.add_argument("--holdout_seed", type=int, default=1)
     args = ap.parse_args()
     global BIN
     if args.bin:
@@ -113,6 +193,32 @@ def main():
     if validation:
         csft_train, eval_samples = split_tail(f"{d}/train.tsv", args.out)
         genres_from = f"{d}/train.tsv"
+    ctr_train = f"{d}/train.tsv"
+    ctr_split = (["--validation_tail_fraction=0.1"] if validation
+                 else [f"--test={d}/test.tsv"])
+    held = set()
+    holdout_note = ""
+    if args.holdout_item_fraction > 0:
+        held, n_items = holdout_items([f"{d}/train.tsv", f"{d}/test.tsv"],
+                                      args.holdout_item_fraction, args.holdout_seed)
+        filtered = os.path.join(args.out, "train_holdout.tsv")
+        kept, dropped, stripped = filter_samples(csft_train, filtered, held)
+        csft_train = ctr_train = filtered
+        ctr_split = [f"--test={eval_samples}"]
+        # Genres are item metadata, like the text: from every file.
+        genres_from = f"{d}/train.tsv,{d}/test.tsv"
+        with open(eval_samples) as f:
+            f.readline()
+            ev = [l.split("\t", 5) for l in f]
+        ev_held = [r for r in ev if int(r[2]) in held]
+        holdout_note = (
+            f"held out: {len(held)} of {n_items} items (seed {args.holdout_seed}); "
+            f"training samples kept {kept}, dropped {dropped}, behaviour entries "
+            f"removed {stripped}; evaluation samples {len(ev)}, on held-out items "
+            f"{len(ev_held)} ({sum(int(r[3]) for r in ev_held)} positive)")
+        log(holdout_note)
+        with open(os.path.join(args.out, "holdout_items.txt"), "w") as f:
+            f.write("\n".join(str(i) for i in sorted(held)) + "\n")
     seeds = [int(s) for s in args.seeds.split(",")]
     models = args.models.split(",")
     shards = Shards(args.out)
@@ -150,23 +256,29 @@ def main():
                 for vname, vtable in variants:
                     name = f"{model}_{vname}_s{seed}"
                     out = os.path.join(args.out, "runs", f"{name}.json")
+                    preds = os.path.join(args.out, "runs", f"{name}.pred.tsv")
                     if not os.path.exists(out):
-                        split = (["--validation_tail_fraction=0.1"] if validation
-                                 else [f"--test={d}/test.tsv"])
                         cmd = [f"{BIN}/worker/trainer", f"--ps={shards.addresses}",
-                               f"--train={d}/train.tsv", *split,
+                               f"--train={ctr_train}", *ctr_split,
                                f"--model={model}", f"--seed={seed}", "--threads=2",
                                f"--table_prefix={name}_", f"--metrics_out={out}",
                                "--progress=false"]
                         if model != "din":
                             cmd.append(f"--content_table={vtable}")
+                        if held:
+                            cmd.append(f"--predictions_out={preds}")
                         run(cmd)
-                    ctr.setdefault((model, vname), []).append(json.load(open(out)))
+                    result = json.load(open(out))
+                    if held:
+                        (result["holdout_auc"], result["holdout_n"],
+                         result["holdout_positives"]) = holdout_auc(preds, held)
+                    ctr.setdefault((model, vname), []).append(result)
     finally:
         shards.close()
 
     period = "validation tail" if validation else "test period"
     lines = [f"C-SFT variant `{args.tag}` ({args.csft_flags or 'defaults'}), seeds {args.seeds}, {args.phase}", "",
+             *([holdout_note, ""] if holdout_note else []),
              f"Retrieval on the {period}'s pairs (recall over all items):", "",
              "| positive items | pairs | plain @10 | C-SFT @10 | plain @50 | C-SFT @50 |",
              "|---|---|---|---|---|---|"]
@@ -185,10 +297,13 @@ def main():
               f"| valid_warm | {ms([x['valid_warm']['recall_at_50'] for x in v0])} | "
               f"{ms([x['valid_warm']['recall_at_50'] for x in vb])} | |",
               f"", f"C-SFT training pairs/s: {ms([retrieval[s]['pairs_per_second'] for s in seeds])}", "",
-              "| model | vectors | AUC | GAUC | logloss | cold AUC |", "|---|---|---|---|---|---|"]
+              "| model | vectors | AUC | GAUC | logloss | cold AUC | held-out AUC (n, pos) |",
+              "|---|---|---|---|---|---|---|"]
     for (model, vname), runs in sorted(ctr.items()):
+        h = (f"{ms([r.get('holdout_auc') for r in runs])} ({runs[0]['holdout_n']}, "
+             f"{runs[0]['holdout_positives']})" if held else "-")
         lines.append(f"| {model} | {vname} | {ms([r.get('auc') for r in runs])} | {ms([r.get('gauc') for r in runs])} | "
-                     f"{ms([r.get('logloss') for r in runs])} | {ms([r.get('cold_auc') for r in runs])} |")
+                     f"{ms([r.get('logloss') for r in runs])} | {ms([r.get('cold_auc') for r in runs])} | {h} |")
     open(os.path.join(args.out, f"summary_{args.tag}.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
