@@ -81,6 +81,10 @@ DEFINE_double(residual_gate, kDefaults.residual_gate,
               "K > 0: an item in n training pairs gets its residual scaled by "
               "n / (n + K), so items training never saw (and new items "
               "upserted later) keep their plain vector; 0: off");
+DEFINE_double(modality_dropout, kDefaults.modality_dropout,
+              "probability that a training row's modality vectors are hidden "
+              "from the fusion (its residual then comes from the genres); "
+              "in [0, 1), 0: off");
 DEFINE_bool(select_last_epoch, kDefaults.select_last_epoch,
             "keep the last epoch's encoder instead of the best on held-out "
             "items (tests)");
@@ -188,6 +192,7 @@ int main(int argc, char** argv) {
   o.hidden = FLAGS_hidden;
   o.tensor_fusion = FLAGS_fusion == "tensor";
   o.residual_gate = FLAGS_residual_gate;
+  o.modality_dropout = FLAGS_modality_dropout;
   o.select_last_epoch = FLAGS_select_last_epoch;
   o.max_eval_pairs = FLAGS_max_eval_pairs;
   o.seed = FLAGS_seed;

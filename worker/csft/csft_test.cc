@@ -117,9 +117,13 @@ double EncoderLoss(const CsftEncoder& e, const std::vector<ItemInput>& in,
 }
 
 // Float code path (the encoder is float only): central differences with
-// step 1e-2 against the analytic gradient, |num - ana| <= 3e-3 + 3e-2|num|.
+// step `step` against the analytic gradient, |num - ana| <= 3e-3 + 3e-2|num|.
+// A ReLU input within `step` of its kink would fail the check by chance,
+// not by a wrong gradient: the step is chosen below the smallest one.
 void CheckGradients(const EncoderConfig& config,
-                    const std::vector<int64_t>& interactions) {
+                    const std::vector<int64_t>& interactions,
+                    const std::vector<bool>& drop = {false, false, false},
+                    float step = 1e-2f) {
   Catalog c = TestCatalog(5, 3);
   c.interactions.assign(c.ids.size(), 0);
   c.interactions[0] = interactions[0];
@@ -131,6 +135,7 @@ void CheckGradients(const EncoderConfig& config,
   std::uniform_real_distribution<float> u(-0.5f, 0.5f);
   for (float& p : *(*e)->mutable_params()) p += u(rng);  // W2 != 0 too
   std::vector<ItemInput> in = {c.Input(0), c.Input(25), c.Input(31)};
+  for (size_t i = 0; i < in.size(); ++i) in[i].drop_modalities = drop[i];
   const size_t n = in.size() * config.dim;
   std::vector<float> wv(n), wt(n), wc(n);
   for (float& x : wv) x = u(rng);
@@ -147,12 +152,12 @@ void CheckGradients(const EncoderConfig& config,
   int checked = 0;
   for (size_t i = 0; i < params.size(); ++i) {
     const float saved = params[i];
-    params[i] = saved + 1e-2f;
+    params[i] = saved + step;
     const double up = EncoderLoss(**e, in, wv, wt, wc, lambda);
-    params[i] = saved - 1e-2f;
+    params[i] = saved - step;
     const double down = EncoderLoss(**e, in, wv, wt, wc, lambda);
     params[i] = saved;
-    const double num = (up - down) / 2e-2;
+    const double num = (up - down) / (2.0 * step);
     ASSERT_NEAR(grads[i], num, 3e-3 + 3e-2 * std::abs(num))
         << "parameter " << i;
     ++checked;
@@ -172,6 +177,40 @@ TEST(EncoderTest, GatedResidualBackwardMatchesFiniteDifferences) {
   EncoderConfig config{3, 5, 6, 2, 4, true};
   config.residual_gate = 3;
   CheckGradients(config, {1, 0, 9});  // g = 0.25, 0, 0.75
+}
+
+TEST_P(EncoderGradTest, ModalityDropoutBackwardMatchesFiniteDifferences) {
+  // Dropped rows have few non-zero fusion inputs, so ReLU inputs sit closer
+  // to the kink (one at 0.008 with tensor fusion): step 1e-3.
+  CheckGradients(EncoderConfig{3, 5, 6, 2, 4, GetParam()}, {0, 0, 0},
+                 {true, false, true}, 1e-3f);
+}
+
+TEST(EncoderTest, DroppedModalitiesLeaveTheResidualToTheGenres) {
+  const Catalog c = TestCatalog(8, 6);
+  auto e = CsftEncoder::Create({6, 8, 6, 4, 16, true}, 1);
+  ASSERT_TRUE(e.ok());
+  for (float& p : *(*e)->mutable_params()) p += 0.05f;  // W2, b2 != 0
+  // Items 21 and 24 have different vectors and the same genres {2, 3}.
+  ASSERT_EQ(c.genres[21], c.genres[24]);
+  std::vector<ItemInput> in = {c.Input(21), c.Input(24), c.Input(21)};
+  in[0].drop_modalities = in[1].drop_modalities = true;
+  EncoderPass pass;
+  ASSERT_TRUE((*e)->Forward(in, &pass).ok());
+  EncoderPass kept;
+  ASSERT_TRUE((*e)->Forward({c.Input(21)}, &kept).ok());
+  double moved = 0;
+  for (int k = 0; k < 6; ++k) {
+    // Dropped rows: one residual (genres only), each its own plain vector.
+    EXPECT_EQ(pass.r[k], pass.r[6 + k]);
+    EXPECT_EQ(pass.u[k], c.features[21 * 8 + k] + pass.r[k]);
+    EXPECT_EQ(pass.u[6 + k], c.features[24 * 8 + k] + pass.r[6 + k]);
+    EXPECT_EQ(pass.t[k], pass.t[12 + k]);  // the text head reads the text
+    // A row not dropped is the encoding of the item (the table's vector).
+    EXPECT_EQ(pass.v[12 + k], kept.v[k]);
+    moved += std::abs(pass.r[k] - pass.r[12 + k]);
+  }
+  EXPECT_GT(moved, 1e-3);  // the text does change the residual
 }
 
 TEST(EncoderTest, GatedResidualKeepsItemsWithoutPairsAtTheirPlainVector) {
@@ -303,6 +342,24 @@ TEST(NegativeCountTest, RepeatedPositiveIsNotItsOwnNegative) {
   EXPECT_EQ(s->negatives, 1 + 1 + 0);
   EXPECT_EQ((*t)->Step(std::vector<InterestPair>{{120, 999}}).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CsftTrainerTest, ModalityDropoutOutsideZeroToOneIsRefused) {
+  const Catalog c = TestCatalog();
+  for (double p : {-0.1, 1.0}) {
+    CsftOptions o;
+    o.modality_dropout = p;
+    EXPECT_EQ(CsftTrainer::Create(&c, o, {}).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << p;
+  }
+  CsftOptions o;
+  o.modality_dropout = 0.5;
+  auto t = CsftTrainer::Create(&c, o, {104, 105, 106, 107, 108, 109});
+  ASSERT_TRUE(t.ok()) << t.status();
+  auto s = (*t)->Step(Batch(10));
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->negatives, 4 * 7);  // dropout changes no negative count
 }
 
 TEST(RecallTest, RanksByCosineExcludingTheQuery) {

@@ -139,21 +139,26 @@ Recall EvaluateRecall(const Catalog& catalog, const std::vector<float>& vectors,
 }
 
 CsftTrainer::CsftTrainer(const Catalog* catalog, const CsftOptions& options)
-    : catalog_(catalog), options_(options), rng_(options.seed * 7919 + 17) {}
+    : catalog_(catalog),
+      options_(options),
+      rng_(options.seed * 7919 + 17),
+      dropout_rng_(options.seed * 104729 + 31) {}
 
 absl::StatusOr<std::unique_ptr<CsftTrainer>> CsftTrainer::Create(
     const Catalog* catalog, const CsftOptions& o,
     const std::vector<int64_t>& train_items) {
   if (o.batch_size < 1 || !(o.temperature > 0) || !(o.learning_rate > 0) ||
       o.queue_batches < 0 || o.alpha < 0 || o.beta < 0 ||
-      o.residual_penalty < 0 || !(o.residual_gate >= 0)) {
+      o.residual_penalty < 0 || !(o.residual_gate >= 0) ||
+      !(o.modality_dropout >= 0 && o.modality_dropout < 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "C-SFT options batch_size=", o.batch_size, " temperature=",
         o.temperature, " learning_rate=", o.learning_rate, " queue_batches=",
         o.queue_batches, " alpha=", o.alpha, " beta=", o.beta,
         " residual_penalty=", o.residual_penalty, " residual_gate=",
-        o.residual_gate, "; expected batch_size >= 1, temperature and learning_rate > 0, the "
-        "rest >= 0"));
+        o.residual_gate, " modality_dropout=", o.modality_dropout,
+        "; expected batch_size >= 1, temperature and learning_rate > 0, "
+        "modality_dropout in [0, 1), the rest >= 0"));
   }
   std::unique_ptr<CsftTrainer> t(new CsftTrainer(catalog, o));
   EncoderConfig config;
@@ -228,6 +233,10 @@ absl::StatusOr<StepStats> CsftTrainer::Step(
       inputs[2 * b + i] = cat.Input(h);
       ids[2 * b + i] = cat.ids[h];
     }
+  }
+  if (options_.modality_dropout > 0) {
+    std::bernoulli_distribution drop(options_.modality_dropout);
+    for (ItemInput& in : inputs) in.drop_modalities = drop(dropout_rng_);
   }
   EncoderPass pass;
   MIM_RETURN_IF_ERROR(encoder_->Forward(inputs, &pass));

@@ -90,6 +90,12 @@ struct CsftOptions {
   int hidden = 128;
   bool tensor_fusion = true;
   double residual_gate = 0;    // K of g = n / (n + K) (encoder.h); 0: off
+  // Probability that a training row's modality vectors are hidden from the
+  // fusion (ItemInput::drop_modalities), drawn per row and step from its
+  // own seeded stream: the residual must then come from the genres, so it
+  // leans less on recognising an item by its text. In [0, 1); 0: off.
+  // Encoding (the table, new items) never drops.
+  double modality_dropout = 0;
   // Keep the last epoch's encoder instead of the best on valid-new (for
   // tests that need a trained encoder; not for choosing vectors).
   bool select_last_epoch = false;
@@ -136,6 +142,7 @@ class CsftTrainer {
   std::vector<float> grads_, adam_m_, adam_v_;
   int64_t step_ = 0;
   std::mt19937_64 rng_;
+  std::mt19937_64 dropout_rng_;  // modality dropout only, so rng_ is unchanged
   absl::flat_hash_map<int32_t, std::vector<int>> pool_by_genre_;
   std::vector<int> pool_all_;
   struct QueueEntry {

@@ -181,8 +181,12 @@ absl::Status CsftEncoder::Forward(const std::vector<ItemInput>& items,
       return absl::InvalidArgumentError(
           absl::StrCat("encoder input row ", r, " has no features"));
     }
-    std::copy(items[r].features, items[r].features + c.input_dim,
-              pass->a.begin() + r * c.input_dim);
+    if (items[r].drop_modalities) {
+      std::fill_n(pass->a.begin() + r * c.input_dim, c.input_dim, 0.0f);
+    } else {
+      std::copy(items[r].features, items[r].features + c.input_dim,
+                pass->a.begin() + r * c.input_dim);
+    }
     pass->genres[r] = items[r].genres;
     if (items[r].genres == nullptr || items[r].genres->empty()) continue;
     const float inv = 1.0f / float(items[r].genres->size());
@@ -225,7 +229,8 @@ absl::Status CsftEncoder::Forward(const std::vector<ItemInput>& items,
       params_.data() + off_.b2, kernels::Activation::kNone, pass->r.data()));
   pass->u.resize(rows * c.dim);
   pass->gate.assign(rows, 1.0f);
-  std::vector<float> plain(rows * c.dim);
+  std::vector<float>& plain = pass->plain;
+  plain.resize(rows * c.dim);
   for (int64_t r = 0; r < rows; ++r) {
     if (c.residual_gate > 0) {
       const double n = double(std::max<int64_t>(items[r].interactions, 0));
@@ -233,7 +238,7 @@ absl::Status CsftEncoder::Forward(const std::vector<ItemInput>& items,
     }
     const float g = pass->gate[r];
     for (int k = 0; k < c.dim; ++k) {
-      plain[r * c.dim + k] = pass->a[r * c.input_dim + k];
+      plain[r * c.dim + k] = items[r].features[k];
       pass->u[r * c.dim + k] = plain[r * c.dim + k] + g * pass->r[r * c.dim + k];
     }
   }
@@ -318,17 +323,12 @@ absl::Status CsftEncoder::Backward(const EncoderPass& pass,
     }
   }
   if (grad_t != nullptr) {
-    std::vector<float> grad_tu(rows * c.dim), plain(rows * c.dim);
+    std::vector<float> grad_tu(rows * c.dim);
     MIM_RETURN_IF_ERROR(kernels::L2NormalizeBackwardCpu(
         rows, c.dim, pass.tu.data(), grad_t, grad_tu.data()));
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int k = 0; k < c.dim; ++k) {
-        plain[r * c.dim + k] = pass.a[r * c.input_dim + k];
-      }
-    }
     std::vector<float> gp(int64_t(c.dim) * c.dim), gbt(c.dim);
     MIM_RETURN_IF_ERROR(kernels::DenseBackwardCpu(
-        {rows, c.dim, c.dim}, plain.data(), params_.data() + off_.p,
+        {rows, c.dim, c.dim}, pass.plain.data(), params_.data() + off_.p,
         pass.tu.data(), grad_tu.data(), kernels::Activation::kNone, nullptr,
         gp.data(), gbt.data()));
     AddInto(gp, grads + off_.p);

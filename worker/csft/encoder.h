@@ -60,12 +60,19 @@ struct ItemInput {
   // Training pairs the item is in (read only with a residual gate); 0 for
   // an item training never saw.
   int64_t interactions = 0;
+  // Training only (C-SFT's modality dropout, CsftOptions): the fusion sees
+  // zeros in place of the modality vectors, so this row's residual comes
+  // from its genres alone; the plain vector in h and the text head keep
+  // the real input.
+  bool drop_modalities = false;
 };
 
 // Activations of one forward pass, kept for the backward. Not thread-safe.
 struct EncoderPass {
   int64_t rows = 0;
-  std::vector<float> a, b, z, h1, r, u, v, tu, t, cu, c;
+  // a: the fusion's modality input (zeros for a dropped row); plain: the
+  // plain vectors [rows, dim].
+  std::vector<float> a, plain, b, z, h1, r, u, v, tu, t, cu, c;
   std::vector<float> gate;  // g per row
   std::vector<const std::vector<int32_t>*> genres;
 };
