@@ -65,6 +65,30 @@ class ComputeBackend {
   virtual absl::Status Copy(void* dst, const void* src,
                             size_t bytes) const = 0;
   virtual absl::Status Zero(void* ptr, size_t bytes) const = 0;
+  // --- Ordering across threads: double-buffered inputs ----------------------
+  // An event marks a point in the backend's queues (a CUDA event), so that
+  // a batch can be copied in on one thread's copy stream while the compute
+  // stream still works on the previous batch. A host backend runs every
+  // call at once: its events are null and these calls only copy (or do
+  // nothing).
+  // A new event; *event is null on a host backend. Errors as Allocate.
+  virtual absl::Status NewEvent(void** event) const = 0;
+  virtual void DeleteEvent(void* event) const = 0;
+  // Records `event` after the ops queued so far on the compute stream.
+  virtual absl::Status RecordEvent(void* event) const = 0;
+  // Ops queued on the compute stream after this call start after the last
+  // record of `event` has completed (no-op if it was never recorded).
+  virtual absl::Status WaitEvent(void* event) const = 0;
+  // Returns once the last record of `event` has completed.
+  virtual absl::Status SyncEvent(void* event) const = 0;
+  // Host -> backend on the calling thread's copy stream: starts after the
+  // last record of `after` (null: no wait), and records `done` once
+  // complete. Unlike CopyToBackend, ops on the compute stream do not wait
+  // for it: they must WaitEvent(done). `src` (AllocateHost memory) must stay
+  // unchanged until SyncEvent(done) returns. Errors as CopyToBackend.
+  virtual absl::Status CopyToBackendAsync(void* dst, const void* src,
+                                          size_t bytes, void* after,
+                                          void* done) const = 0;
   // Strided column copy and in-place add (memory_ops.h).
   virtual absl::Status CopyColumns(const ColumnCopyShape& s, const float* src,
                                    float* dst) const = 0;

@@ -1,6 +1,7 @@
 // BackendArray<T>: a growable array in a ComputeBackend's memory (device
 // memory for CUDA, host memory for the CPU), for buffers reused across
 // calls: Reserve grows, never shrinks, and keeps nothing on growth.
+// BackendEvent: one of the backend's events.
 #ifndef MIM_KERNELS_BACKEND_BUFFER_H_
 #define MIM_KERNELS_BACKEND_BUFFER_H_
 
@@ -68,6 +69,32 @@ class BackendArray {
   T* ptr_ = nullptr;
   int64_t size_ = 0;
   int64_t capacity_ = 0;
+};
+
+// Owner of one of a ComputeBackend's events (ComputeBackend::NewEvent):
+// null on a host backend, whose event calls do nothing. Move-only. Not
+// thread-safe; recording on one thread and waiting on another is the
+// point, ordered by the caller (the record must be made before the wait).
+class BackendEvent {
+ public:
+  explicit BackendEvent(const ComputeBackend* backend) : backend_(backend) {}
+  ~BackendEvent() { backend_->DeleteEvent(event_); }
+  BackendEvent(BackendEvent&& o) noexcept
+      : backend_(o.backend_), event_(std::exchange(o.event_, nullptr)) {}
+  BackendEvent& operator=(BackendEvent&&) = delete;
+  BackendEvent(const BackendEvent&) = delete;
+  BackendEvent& operator=(const BackendEvent&) = delete;
+
+  // Makes the event (once). Errors as ComputeBackend::NewEvent.
+  absl::Status Create() {
+    if (event_ != nullptr) return absl::OkStatus();
+    return backend_->NewEvent(&event_);
+  }
+  void* get() const { return event_; }
+
+ private:
+  const ComputeBackend* backend_;
+  void* event_ = nullptr;
 };
 
 }  // namespace mim::kernels

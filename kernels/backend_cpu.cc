@@ -47,6 +47,18 @@ class CpuComputeBackend final : public ComputeBackend {
     if (bytes > 0) std::memset(ptr, 0, bytes);
     return absl::OkStatus();
   }
+  absl::Status NewEvent(void** event) const override {
+    *event = nullptr;
+    return absl::OkStatus();
+  }
+  void DeleteEvent(void*) const override {}
+  absl::Status RecordEvent(void*) const override { return absl::OkStatus(); }
+  absl::Status WaitEvent(void*) const override { return absl::OkStatus(); }
+  absl::Status SyncEvent(void*) const override { return absl::OkStatus(); }
+  absl::Status CopyToBackendAsync(void* dst, const void* src, size_t bytes,
+                                  void*, void*) const override {
+    return Copy(dst, src, bytes);
+  }
   absl::Status CopyColumns(const ColumnCopyShape& s, const float* src,
                            float* dst) const override {
     return CopyColumnsCpu(s, src, dst);

@@ -39,6 +39,25 @@ class CudaComputeBackend final : public ComputeBackend {
   absl::Status Zero(void* ptr, size_t bytes) const override {
     return internal::DeviceMemsetZero(ptr, bytes);
   }
+  absl::Status NewEvent(void** event) const override {
+    return internal::EventCreate(event);
+  }
+  void DeleteEvent(void* event) const override {
+    internal::EventDestroy(event);
+  }
+  absl::Status RecordEvent(void* event) const override {
+    return internal::EventRecordOnCompute(event);
+  }
+  absl::Status WaitEvent(void* event) const override {
+    return internal::ComputeWaitsForEvent(event);
+  }
+  absl::Status SyncEvent(void* event) const override {
+    return internal::HostWaitsForEvent(event);
+  }
+  absl::Status CopyToBackendAsync(void* dst, const void* src, size_t bytes,
+                                  void* after, void* done) const override {
+    return internal::CopyHostToDeviceAfter(dst, src, bytes, after, done);
+  }
   absl::Status CopyColumns(const ColumnCopyShape& s, const float* src,
                            float* dst) const override {
     return CopyColumnsCuda(s, src, dst);

@@ -23,6 +23,22 @@ void PinnedFree(void* ptr);
 absl::Status CopyHostToDeviceOnCopyStream(void* dst, const void* src,
                                           size_t bytes);
 
+// CUDA events (cudaEvent_t as void*), for double-buffered inputs
+// (ComputeBackend's event methods). Record and wait act on the default
+// stream, where the kernels run; HostWaitsForEvent is
+// cudaEventSynchronize. A null event is refused (INVALID_ARGUMENT).
+absl::Status EventCreate(void** event);
+void EventDestroy(void* event);
+absl::Status EventRecordOnCompute(void* event);
+absl::Status ComputeWaitsForEvent(void* event);
+absl::Status HostWaitsForEvent(void* event);
+
+// Queues a host-to-device copy on the calling thread's copy stream after
+// the last record of `after` (null: no wait) and records `done` after it.
+// The default stream does not wait for it (ComputeWaitsForEvent(done)).
+absl::Status CopyHostToDeviceAfter(void* dst, const void* src, size_t bytes,
+                                   void* after, void* done);
+
 // Device-to-device copy on the default stream.
 absl::Status CopyDeviceToDevice(void* dst, const void* src, size_t bytes);
 

@@ -36,6 +36,17 @@ absl::Status CopyHostToDeviceOnCopyStream(void*, const void*, size_t) {
   return NoCuda();
 }
 absl::Status CopyDeviceToDevice(void*, const void*, size_t) { return NoCuda(); }
+absl::Status EventCreate(void** event) {
+  *event = nullptr;
+  return NoCuda();
+}
+void EventDestroy(void*) {}
+absl::Status EventRecordOnCompute(void*) { return NoCuda(); }
+absl::Status ComputeWaitsForEvent(void*) { return NoCuda(); }
+absl::Status HostWaitsForEvent(void*) { return NoCuda(); }
+absl::Status CopyHostToDeviceAfter(void*, const void*, size_t, void*, void*) {
+  return NoCuda();
+}
 }  // namespace internal
 
 absl::Status EmbeddingGatherCuda(const GatherShape&, const float*,

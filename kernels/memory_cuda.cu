@@ -125,6 +125,67 @@ absl::Status CopyHostToDeviceOnCopyStream(void* dst, const void* src,
                      "cudaStreamWaitEvent (default stream)", what);
 }
 
+namespace {
+absl::Status NullEvent(const char* what) {
+  return absl::InvalidArgumentError(
+      absl::StrFormat("%s: null event; expected one from EventCreate", what));
+}
+}  // namespace
+
+absl::Status EventCreate(void** event) {
+  *event = nullptr;
+  cudaEvent_t e = nullptr;
+  // Without timing: recording and waiting are then cheaper.
+  MIM_RETURN_IF_ERROR(cuda::Check(
+      cudaEventCreateWithFlags(&e, cudaEventDisableTiming),
+      "cudaEventCreateWithFlags", "input event"));
+  *event = e;
+  return absl::OkStatus();
+}
+
+void EventDestroy(void* event) {
+  if (event != nullptr) cudaEventDestroy(static_cast<cudaEvent_t>(event));
+}
+
+absl::Status EventRecordOnCompute(void* event) {
+  if (event == nullptr) return NullEvent("EventRecordOnCompute");
+  return cuda::Check(cudaEventRecord(static_cast<cudaEvent_t>(event), nullptr),
+                     "cudaEventRecord (default stream)", "input event");
+}
+
+absl::Status ComputeWaitsForEvent(void* event) {
+  if (event == nullptr) return NullEvent("ComputeWaitsForEvent");
+  return cuda::Check(
+      cudaStreamWaitEvent(nullptr, static_cast<cudaEvent_t>(event), 0),
+      "cudaStreamWaitEvent (default stream)", "input event");
+}
+
+absl::Status HostWaitsForEvent(void* event) {
+  if (event == nullptr) return NullEvent("HostWaitsForEvent");
+  return cuda::Check(cudaEventSynchronize(static_cast<cudaEvent_t>(event)),
+                     "cudaEventSynchronize", "input event");
+}
+
+absl::Status CopyHostToDeviceAfter(void* dst, const void* src, size_t bytes,
+                                   void* after, void* done) {
+  if (done == nullptr) return NullEvent("CopyHostToDeviceAfter");
+  CopyStream* s = nullptr;
+  MIM_RETURN_IF_ERROR(ThreadCopyStream(&s));
+  const std::string what = absl::StrFormat("%d bytes", bytes);
+  if (after != nullptr) {
+    MIM_RETURN_IF_ERROR(cuda::Check(
+        cudaStreamWaitEvent(s->stream, static_cast<cudaEvent_t>(after), 0),
+        "cudaStreamWaitEvent (copy stream)", what));
+  }
+  if (bytes > 0) {
+    MIM_RETURN_IF_ERROR(cuda::Check(
+        cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s->stream),
+        "cudaMemcpyAsync H2D (copy stream)", what));
+  }
+  return cuda::Check(cudaEventRecord(static_cast<cudaEvent_t>(done), s->stream),
+                     "cudaEventRecord (copy stream)", what);
+}
+
 absl::Status CopyDeviceToDevice(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return absl::OkStatus();
   return cuda::Check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice),

@@ -501,6 +501,8 @@ struct TrainerSetup {
   std::unique_ptr<model::CiubmModel> model;
   std::unique_ptr<DenseSync> dense;
   std::unique_ptr<FinishBarrier> barrier;  // num_workers > 1 only
+  // --overlap_copies on a device: the pipelines stage inputs with it.
+  std::unique_ptr<model::InputStager> stager;
   BatchPipeline::Options train_pipe;       // this worker's training pass
   // The evaluated samples: the held-out tail of the train file with
   // validation_tail_fraction > 0, else all of the test file.
@@ -658,6 +660,7 @@ absl::Status PlanData(const TrainerOptions& o, TrainerSetup* setup,
   setup->epoch_samples = WorkerShare(counts.second, o.batch_size,
                                      o.num_workers, o.worker_index);
   setup->train_pipe = TrainPipelineOptions(o, train_filter, *report);
+  setup->train_pipe.stager = setup->stager.get();  // evaluation's too
   return absl::OkStatus();
 }
 
@@ -667,6 +670,9 @@ absl::Status SetUp(const TrainerOptions& o, ps::PsClient* ps,
                    TrainerSetup* setup, TrainReport* report) {
   kernels::SetCpuThreads(o.threads);
   MIM_ASSIGN_OR_RETURN(setup->model, CreateModel(o, ps, report));
+  if (o.overlap_copies && !setup->model->backend().host_memory()) {
+    setup->stager = setup->model->NewInputStager();
+  }
   MIM_ASSIGN_OR_RETURN(setup->dense,
                        CreateDenseSync(o, ps, setup->model.get(), report));
   if (o.num_workers > 1) {

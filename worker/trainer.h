@@ -97,6 +97,12 @@ struct TrainerOptions {
   bool no_content_interest = false;
   bool no_fusion = false;
   bool prefetch = true;
+  // With --device=cuda: each batch's inputs are staged into the device as
+  // soon as its rows are pulled (model::InputStager: two pinned buffers
+  // and two device input sets, a copy stream and events), on the prefetch
+  // thread, so the copy overlaps the previous batch's compute. The same
+  // bits either way; false: the model copies each batch in at its step.
+  bool overlap_copies = true;
   int loss_every = 10;  // batches per loss-curve point
   double barrier_timeout_s = 3600;
   // How long a call to an unavailable shard (down, restarting, or up but

@@ -113,6 +113,11 @@ DEFINE_bool(no_content_interest, kDefaults.no_content_interest,
 DEFINE_bool(no_fusion, kDefaults.no_fusion, "Ablation: drop the fusion module");
 DEFINE_bool(prefetch, kDefaults.prefetch,
             "Read and pull the next batch on a second thread");
+DEFINE_bool(overlap_copies, kDefaults.overlap_copies,
+            "With --device=cuda: copy each batch's inputs into the GPU on "
+            "the prefetch thread (pinned memory, a copy stream, two input "
+            "buffers), overlapping the previous batch's compute; the same "
+            "results either way");
 DEFINE_int32(loss_every, kDefaults.loss_every, "Batches per loss-curve point");
 DEFINE_double(barrier_timeout_s, kDefaults.barrier_timeout_s,
               "Worker 0's wait for the other workers");
@@ -197,6 +202,7 @@ int main(int argc, char** argv) {
   o.no_content_interest = FLAGS_no_content_interest;
   o.no_fusion = FLAGS_no_fusion;
   o.prefetch = FLAGS_prefetch;
+  o.overlap_copies = FLAGS_overlap_copies;
   o.loss_every = FLAGS_loss_every;
   o.barrier_timeout_s = FLAGS_barrier_timeout_s;
   o.ps_retry_seconds = FLAGS_ps_retry_seconds;

@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "base/status_macros.h"
 #include "glog/logging.h"
 #include "worker/data/sample_io.h"
 
@@ -178,6 +179,10 @@ class BatchPipeline::Impl {
         absl::Status pulled = PullRows(&batch);
         if (!pulled.ok()) got = pulled;
       }
+      if (got.ok() && *got) {
+        absl::Status staged = Stage(&batch);
+        if (!staged.ok()) got = staged;
+      }
       absl::MutexLock lock(&mu_);
       if (!got.ok() || !*got) {
         producer_status_ = got.ok() ? absl::OkStatus() : got.status();
@@ -235,6 +240,7 @@ class BatchPipeline::Impl {
       if (pull) {
         absl::Status pulled = PullRows(out);
         if (!pulled.ok()) return pulled;
+        MIM_RETURN_IF_ERROR(Stage(out));
       }
       return true;
     }
@@ -259,6 +265,12 @@ class BatchPipeline::Impl {
     }
     pushes->clear();
     return absl::OkStatus();
+  }
+
+  // The batch's inputs into the model's backend (Options::stager).
+  absl::Status Stage(PreparedBatch* out) {
+    if (options_.stager == nullptr) return absl::OkStatus();
+    return options_.stager->Stage(&out->batch);
   }
 
   absl::Status PullRows(PreparedBatch* out) {

@@ -29,6 +29,7 @@
 #include "ps/client.h"
 #include "worker/data/sample.h"
 #include "worker/model/batch.h"
+#include "worker/model/ciubm_model.h"
 
 namespace mim::worker {
 
@@ -72,6 +73,13 @@ class BatchPipeline {
     // read as zeros, for evaluation). Neither creates rows.
     bool create_id_rows = true;
     bool prefetch = true;
+    // When set, each batch's inputs go into the model's backend
+    // (InputStager::Stage) right after its rows are pulled: with prefetch
+    // on the prefetch thread, so that on a GPU the copy overlaps the
+    // model's compute of the previous batch. The consumer must compute
+    // each batch before taking the one after next (a training or
+    // evaluation loop does). Not owned; outlives the pipeline.
+    model::InputStager* stager = nullptr;
   };
 
   // Opens the file (NOT_FOUND / INVALID_ARGUMENT as data::SampleReader) and,

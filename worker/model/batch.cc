@@ -180,6 +180,7 @@ absl::Status BatchBuilder::Build(absl::Span<const FeatureRow> samples,
                              static_cast<int32_t>(s.behavior.size())));
   }
   Batch& b = *batch;
+  b.staged = StagedInputs{};  // the fields change: staged inputs are stale
   b.batch_size = B;
   b.max_len = L;
   b.lens.resize(B);

@@ -20,6 +20,7 @@
 #define MIM_WORKER_MODEL_BATCH_H_
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -28,6 +29,15 @@
 #include "worker/data/sample.h"
 
 namespace mim::model {
+
+class InputSlot;  // ciubm_model.cc
+
+// Where an InputStager (ciubm_model.h) put a batch's inputs in the model's
+// backend memory ahead of its compute. Plain value type.
+struct StagedInputs {
+  std::shared_ptr<InputSlot> slot;  // null: not staged
+  uint64_t sequence = 0;            // which staging of that slot
+};
 
 // Plain value type; not thread-safe (no shared state). All vectors are
 // row-major. Index arrays may hold -1, which reads as an all-zero row and
@@ -59,6 +69,10 @@ struct Batch {
   std::vector<int32_t> content_behavior_idx;  // [B * L]
 
   std::vector<float> labels;  // [B], 0 or 1 (unused by Forward)
+
+  // Set by InputStager::Stage only: the model then reads these instead of
+  // copying the fields above in itself (which must not change after Stage).
+  StagedInputs staged;
 };
 
 // One example as the model sees it: user features, the behaviour sequence

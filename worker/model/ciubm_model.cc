@@ -1,11 +1,13 @@
 #include "worker/model/ciubm_model.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -419,6 +421,145 @@ std::vector<ParamSlice> DenseParamLayout(const ModelConfig& c) {
 
 // ---------------------------------------------------------------------------
 
+namespace {
+
+// A batch's lookups packed on the host for the one ID gather (see
+// ModelWorkspace::State) and the content gather.
+struct Lookups {
+  int64_t G = 0;  // most genres in a row
+  std::vector<int32_t> id_index, genre_lens, content_index;
+};
+
+int64_t MostGenres(const Batch& b) {
+  int64_t G = 0;
+  for (int64_t r = 0; r < b.batch_size; ++r) {
+    G = std::max<int64_t>(G, b.genre_offsets[r + 1] - b.genre_offsets[r]);
+  }
+  return G;
+}
+
+// Fills *l from `b` (a valid batch).
+void PackLookups(const Batch& b, bool content, Lookups* l) {
+  const int64_t B = b.batch_size, L = b.max_len;
+  const int64_t G = MostGenres(b);
+  l->G = G;
+  l->id_index.resize(B * (5 + L + G));
+  int32_t* ix = l->id_index.data();
+  for (const std::vector<int32_t>* v :
+       {&b.user_idx, &b.age_idx, &b.gender_idx, &b.occ_idx, &b.target_idx,
+        &b.behavior_idx}) {
+    ix = std::copy(v->begin(), v->end(), ix);
+  }
+  l->genre_lens.resize(B);
+  for (int64_t r = 0; r < B; ++r) {
+    const int32_t lo = b.genre_offsets[r], hi = b.genre_offsets[r + 1];
+    l->genre_lens[r] = hi - lo;
+    int32_t* row = ix + r * G;
+    std::copy(b.genre_rows.begin() + lo, b.genre_rows.begin() + hi, row);
+    std::fill(row + (hi - lo), row + G, -1);
+  }
+  l->content_index.clear();
+  if (content) {
+    l->content_index.resize(B * (1 + L));
+    std::copy(b.content_target_idx.begin(), b.content_target_idx.end(),
+              l->content_index.begin());
+    std::copy(b.content_behavior_idx.begin(), b.content_behavior_idx.end(),
+              l->content_index.begin() + B);
+  }
+}
+
+bool HasLabels(const Batch& b) {
+  return static_cast<int64_t>(b.labels.size()) == b.batch_size;
+}
+
+// 4-byte words of a batch's inputs in the one-copy layout of LayOutInputs
+// (G: MostGenres(b)).
+size_t InputWords(const Batch& b, bool content, int64_t G) {
+  const size_t B = b.batch_size, L = b.max_len;
+  size_t words = b.id_rows.size() + (HasLabels(b) ? B : 0) +
+                 B * (5 + L + G) + B + b.lens.size();
+  if (content) words += b.content_rows.size() + B * (1 + L);
+  return words;
+}
+
+// Copies `v` into the staging words at *at and returns where the copy
+// will be in the backend's buffer `base`.
+template <typename T>
+const T* StageVector(const std::vector<T>& v, char* staging, size_t* at,
+                     const float* base) {
+  static_assert(sizeof(T) == sizeof(float), "staging holds 4-byte words");
+  if (v.empty()) return nullptr;
+  std::memcpy(staging + *at, v.data(), v.size() * sizeof(T));
+  const T* out = reinterpret_cast<const T*>(
+      reinterpret_cast<const char*>(base) + *at);
+  *at += v.size() * sizeof(T);
+  return out;
+}
+
+}  // namespace
+
+// A batch's inputs where the backend computes (backend pointers).
+struct ModelInputs {
+  const float* id_rows = nullptr;
+  const float* content_rows = nullptr;
+  const float* labels = nullptr;
+  const int32_t* id_index = nullptr;
+  const int32_t* genre_lens = nullptr;
+  const int32_t* lens = nullptr;
+  const int32_t* content_index = nullptr;
+};
+
+namespace {
+
+// Writes the inputs into `staging` (InputWords words) and returns their
+// views in a backend buffer `base` that will hold the same bytes.
+ModelInputs LayOutInputs(const Batch& b, bool content, const Lookups& l,
+                         char* staging, const float* base) {
+  static const std::vector<float> kNone;
+  static const std::vector<int32_t> kNoIndex;
+  ModelInputs in;
+  size_t at = 0;
+  in.id_rows = StageVector(b.id_rows, staging, &at, base);
+  in.content_rows =
+      StageVector(content ? b.content_rows : kNone, staging, &at, base);
+  in.labels = StageVector(HasLabels(b) ? b.labels : kNone, staging, &at, base);
+  in.id_index = StageVector(l.id_index, staging, &at, base);
+  in.genre_lens = StageVector(l.genre_lens, staging, &at, base);
+  in.lens = StageVector(b.lens, staging, &at, base);
+  in.content_index =
+      StageVector(content ? l.content_index : kNoIndex, staging, &at, base);
+  return in;
+}
+
+}  // namespace
+
+// One of an InputStager's two buffers: pinned staging, the device input
+// set, and the events ordering it (see InputStager). Written by the
+// staging thread in Stage; read by the computing thread once the batch is
+// handed over (the hand-over orders the two); `released` is the one field
+// both touch at once.
+class InputSlot {
+ public:
+  explicit InputSlot(const kernels::ComputeBackend& b)
+      : backend(&b), inputs(&b), copied(&b), read_done(&b) {}
+  ~InputSlot() { backend->FreeHost(staging); }
+
+  const kernels::ComputeBackend* const backend;
+  void* staging = nullptr;
+  size_t staging_bytes = 0;
+  kernels::BackendArray<float> inputs;  // 4-byte words, floats and int32s
+  // Recorded on the staging thread's copy stream after the copy in; on the
+  // compute stream after the last op that reads `inputs`.
+  kernels::BackendEvent copied, read_done;
+  ModelInputs in;  // views into `inputs`
+  int64_t B = 0, G = 0;
+  size_t words = 0;
+  bool content = false;
+  uint64_t sequence = 0;  // stagings so far
+  // The last staging whose compute is queued and recorded in read_done.
+  std::atomic<uint64_t> released{0};
+};
+
 // Per-call state: the modules (each keeps its last Forward's inputs for
 // Backward) and the work buffers, reused across calls. The ID gather packs
 // every lookup of the batch into one index list, blocks of rows in this
@@ -460,20 +601,13 @@ struct ModelWorkspace::State {
   MlpTower mlp;
 
   int64_t B = 0, L = 0, G = 0;
-  // Packed on the host (see above).
-  std::vector<int32_t> id_index, genre_lens, content_index;
+  Lookups lookups;  // packed on the host (see above)
   // The batch's inputs in the backend's memory: on a host backend the
-  // Batch's and the vectors above; else views into `inputs`, which
-  // StageInputs fills with one copy from the pinned `staging` buffer.
-  struct Inputs {
-    const float* id_rows = nullptr;
-    const float* content_rows = nullptr;
-    const float* labels = nullptr;
-    const int32_t* id_index = nullptr;
-    const int32_t* genre_lens = nullptr;
-    const int32_t* lens = nullptr;
-    const int32_t* content_index = nullptr;
-  } in;
+  // Batch's and `lookups`; for a batch an InputStager staged, views into
+  // its slot; else views into `inputs`, which StageInputs fills with one
+  // copy from the pinned `staging` buffer.
+  using Inputs = ModelInputs;
+  Inputs in;
   void* staging = nullptr;
   size_t staging_bytes = 0;
   kernels::BackendArray<float> inputs;  // 4-byte words, floats and int32s
@@ -501,50 +635,22 @@ ModelWorkspace::ModelWorkspace(std::unique_ptr<State> state)
     : state_(std::move(state)) {}
 ModelWorkspace::~ModelWorkspace() = default;
 
-namespace {
-
-// Copies `v` into the staging words at *at and returns where the copy
-// will be in the backend's buffer `base`.
-template <typename T>
-const T* StageVector(const std::vector<T>& v, char* staging, size_t* at,
-                     const float* base) {
-  static_assert(sizeof(T) == sizeof(float), "staging holds 4-byte words");
-  if (v.empty()) return nullptr;
-  std::memcpy(staging + *at, v.data(), v.size() * sizeof(T));
-  const T* out = reinterpret_cast<const T*>(
-      reinterpret_cast<const char*>(base) + *at);
-  *at += v.size() * sizeof(T);
-  return out;
-}
-
-}  // namespace
-
 absl::Status ModelWorkspace::State::StageInputs(const Batch& b,
                                                 bool content) {
   State* w = this;
   const kernels::ComputeBackend& backend = *w->backend;
   Inputs& in = w->in;
-  const bool labels = static_cast<int64_t>(b.labels.size()) == b.batch_size;
   if (backend.host_memory()) {
     in.id_rows = b.id_rows.data();
     in.content_rows = content ? b.content_rows.data() : nullptr;
-    in.labels = labels ? b.labels.data() : nullptr;
-    in.id_index = w->id_index.data();
-    in.genre_lens = w->genre_lens.data();
+    in.labels = HasLabels(b) ? b.labels.data() : nullptr;
+    in.id_index = w->lookups.id_index.data();
+    in.genre_lens = w->lookups.genre_lens.data();
     in.lens = b.lens.data();
-    in.content_index = content ? w->content_index.data() : nullptr;
+    in.content_index = content ? w->lookups.content_index.data() : nullptr;
     return absl::OkStatus();
   }
-  static const std::vector<float> kNone;
-  const std::vector<float>& content_rows = content ? b.content_rows : kNone;
-  const std::vector<float>& label_vec = labels ? b.labels : kNone;
-  static const std::vector<int32_t> kNoIndex;
-  const std::vector<int32_t>& content_index =
-      content ? w->content_index : kNoIndex;
-  const size_t words = b.id_rows.size() + content_rows.size() +
-                       label_vec.size() + w->id_index.size() +
-                       w->genre_lens.size() + b.lens.size() +
-                       content_index.size();
+  const size_t words = InputWords(b, content, w->lookups.G);
   const size_t bytes = words * sizeof(float);
   if (w->staging_bytes < bytes) {
     backend.FreeHost(w->staging);
@@ -554,17 +660,9 @@ absl::Status ModelWorkspace::State::StageInputs(const Batch& b,
     w->staging_bytes = bytes;
   }
   MIM_RETURN_IF_ERROR(w->inputs.Resize(static_cast<int64_t>(words)));
-  char* staging = static_cast<char*>(w->staging);
-  const float* base = w->inputs.data();
-  size_t at = 0;
-  in.id_rows = StageVector(b.id_rows, staging, &at, base);
-  in.content_rows = StageVector(content_rows, staging, &at, base);
-  in.labels = StageVector(label_vec, staging, &at, base);
-  in.id_index = StageVector(w->id_index, staging, &at, base);
-  in.genre_lens = StageVector(w->genre_lens, staging, &at, base);
-  in.lens = StageVector(b.lens, staging, &at, base);
-  in.content_index = StageVector(content_index, staging, &at, base);
-  return backend.CopyToBackend(w->inputs.data(), staging, bytes);
+  in = LayOutInputs(b, content, w->lookups, static_cast<char*>(w->staging),
+                    w->inputs.data());
+  return backend.CopyToBackend(w->inputs.data(), w->staging, bytes);
 }
 
 absl::Status ModelWorkspace::State::Probs(std::vector<float>* probs) {
@@ -735,6 +833,13 @@ struct CiubmModel::Impl {
   }
 
   absl::Status RunForward(const Batch& b, ModelWorkspace::State* w) const;
+  // A batch an InputStager staged: its inputs in the slot, once the copy in
+  // has landed (the compute stream waits for it). FAILED_PRECONDITION when
+  // the slot belongs to another backend or model kind, or was restaged.
+  absl::Status UseStaged(const Batch& b, ModelWorkspace::State* w) const;
+  // After the last op that reads a staged batch's inputs: marks them free
+  // for the stager (nothing for an unstaged batch).
+  absl::Status ReleaseStaged(const Batch& b) const;
   absl::Status RunBackward(const Batch& b, ModelWorkspace::State* w,
                            float* grad_dense,
                            std::vector<float>* grad_id_rows) const;
@@ -768,38 +873,17 @@ absl::Status CiubmModel::Impl::RunForward(const Batch& b,
   const int64_t d = c.id_dim, dm = c.content_dim;
   MIM_RETURN_IF_ERROR(ValidateBatch(b, d, UsesContent(c) ? dm : 0));
   const int64_t B = b.batch_size, L = b.max_len;
-  int64_t G = 0;
-  for (int64_t r = 0; r < B; ++r) {
-    G = std::max<int64_t>(G, b.genre_offsets[r + 1] - b.genre_offsets[r]);
-  }
   w->B = B;
   w->L = L;
-  w->G = G;
-  // Pack the lookups.
+  if (b.staged.slot != nullptr) {
+    MIM_RETURN_IF_ERROR(UseStaged(b, w));
+  } else {
+    PackLookups(b, UsesContent(c), &w->lookups);
+    w->G = w->lookups.G;
+    MIM_RETURN_IF_ERROR(w->StageInputs(b, UsesContent(c)));
+  }
+  const int64_t G = w->G;
   const int64_t n_idx = B * (5 + L + G);
-  w->id_index.resize(n_idx);
-  int32_t* ix = w->id_index.data();
-  for (const std::vector<int32_t>* v :
-       {&b.user_idx, &b.age_idx, &b.gender_idx, &b.occ_idx, &b.target_idx,
-        &b.behavior_idx}) {
-    ix = std::copy(v->begin(), v->end(), ix);
-  }
-  w->genre_lens.resize(B);
-  for (int64_t r = 0; r < B; ++r) {
-    const int32_t lo = b.genre_offsets[r], hi = b.genre_offsets[r + 1];
-    w->genre_lens[r] = hi - lo;
-    int32_t* row = ix + r * G;
-    std::copy(b.genre_rows.begin() + lo, b.genre_rows.begin() + hi, row);
-    std::fill(row + (hi - lo), row + G, -1);
-  }
-  if (UsesContent(c)) {
-    w->content_index.resize(B * (1 + L));
-    std::copy(b.content_target_idx.begin(), b.content_target_idx.end(),
-              w->content_index.begin());
-    std::copy(b.content_behavior_idx.begin(), b.content_behavior_idx.end(),
-              w->content_index.begin() + B);
-  }
-  MIM_RETURN_IF_ERROR(w->StageInputs(b, UsesContent(c)));
   MIM_RETURN_IF_ERROR(EnsureDeviceState());
   const float* params = BackendParams();
   const ModelWorkspace::State::Inputs& in = w->in;
@@ -857,6 +941,45 @@ absl::Status CiubmModel::Impl::RunForward(const Batch& b,
   MIM_RETURN_IF_ERROR(w->logits.Resize(B));
   return w->mlp.Forward(B, w->mlp_in.data(), params + mlp_offset,
                         w->logits.data());
+}
+
+absl::Status CiubmModel::Impl::UseStaged(const Batch& b,
+                                         ModelWorkspace::State* w) const {
+  InputSlot& s = *b.staged.slot;
+  const bool content = UsesContent(config);
+  if (s.backend != backend || s.content != content) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "batch staged by an InputStager of another model (backend '",
+        s.backend->name(), "', content ", s.content, "); expected one from "
+        "this model's NewInputStager (backend '", backend->name(),
+        "', content ", content, ")"));
+  }
+  if (b.staged.sequence != s.sequence) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "the batch's staged inputs were overwritten: it holds staging %d of "
+        "its slot, which now holds staging %d; stage at most one batch ahead "
+        "of the model",
+        b.staged.sequence, s.sequence));
+  }
+  const int64_t G = MostGenres(b);
+  if (s.B != b.batch_size || s.G != G ||
+      s.words != InputWords(b, content, G)) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "the batch changed after InputStager::Stage: staged B=%d G=%d with "
+        "%d input words, now B=%d G=%d with %d",
+        s.B, s.G, s.words, b.batch_size, G, InputWords(b, content, G)));
+  }
+  w->G = G;
+  w->in = s.in;
+  return backend->WaitEvent(s.copied.get());
+}
+
+absl::Status CiubmModel::Impl::ReleaseStaged(const Batch& b) const {
+  if (b.staged.slot == nullptr) return absl::OkStatus();
+  InputSlot& s = *b.staged.slot;
+  MIM_RETURN_IF_ERROR(backend->RecordEvent(s.read_done.get()));
+  s.released.store(b.staged.sequence, std::memory_order_release);
+  return absl::OkStatus();
 }
 
 absl::Status CiubmModel::Impl::RunBackward(
@@ -979,6 +1102,7 @@ absl::Status CiubmModel::Predict(const Batch& batch, ModelWorkspace* workspace,
   }
   ModelWorkspace::State* w = workspace->state_.get();
   MIM_RETURN_IF_ERROR(impl_->RunForward(batch, w));
+  MIM_RETURN_IF_ERROR(impl_->ReleaseStaged(batch));
   MIM_RETURN_IF_ERROR(w->Probs(probs));
   // Finite parameters can still overflow (inf - inf) on some inputs; a NaN
   // must not reach a caller as a score.
@@ -998,6 +1122,7 @@ absl::Status CiubmModel::Forward(const Batch& batch,
                                  std::vector<float>* probs) {
   ModelWorkspace::State* w = &impl_->train();
   MIM_RETURN_IF_ERROR(impl_->RunForward(batch, w));
+  MIM_RETURN_IF_ERROR(impl_->ReleaseStaged(batch));
   return w->Probs(probs);
 }
 
@@ -1017,6 +1142,7 @@ absl::Status CiubmModel::ForwardBackward(const Batch& batch, float* loss,
   m.host_grads_stale = !m.on_host();
   MIM_RETURN_IF_ERROR(
       m.RunBackward(batch, w, m.BackendGrads(), grad_id_rows));
+  MIM_RETURN_IF_ERROR(m.ReleaseStaged(batch));
   if (!m.on_host()) {
     MIM_RETURN_IF_ERROR(
         m.backend->CopyToHost(loss, loss_out, sizeof(float)));
@@ -1127,6 +1253,78 @@ absl::Status CiubmModel::Load(const std::string& path) {
   impl_->params = std::move(params);
   impl_->SetAdamState(std::move(adam));
   return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+
+struct InputStager::Impl {
+  Impl(const ModelConfig& c, const kernels::ComputeBackend& b)
+      : id_dim(c.id_dim),
+        content_dim(c.content_dim),
+        content(UsesContent(c)),
+        backend(&b),
+        slots{std::make_shared<InputSlot>(b), std::make_shared<InputSlot>(b)} {}
+
+  const int64_t id_dim, content_dim;
+  const bool content;
+  const kernels::ComputeBackend* const backend;
+  std::shared_ptr<InputSlot> slots[2];
+  uint64_t staged = 0;  // batches staged so far
+  Lookups lookups;      // scratch
+};
+
+InputStager::InputStager(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+InputStager::~InputStager() = default;
+
+absl::Status InputStager::Stage(Batch* batch) {
+  Impl& m = *impl_;
+  batch->staged = StagedInputs{};
+  if (m.backend->host_memory()) return absl::OkStatus();
+  MIM_RETURN_IF_ERROR(
+      ValidateBatch(*batch, m.id_dim, m.content ? m.content_dim : 0));
+  const int k = static_cast<int>(m.staged % 2);
+  InputSlot& s = *m.slots[k];
+  if (s.released.load(std::memory_order_acquire) != s.sequence) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "InputStager: slot %d still holds staging %d, which the model has "
+        "not computed on yet; stage at most one batch ahead of the model",
+        k, s.sequence));
+  }
+  MIM_RETURN_IF_ERROR(s.copied.Create());
+  MIM_RETURN_IF_ERROR(s.read_done.Create());
+  // The previous copy out of this slot's pinned buffer must be done before
+  // the host rewrites it.
+  if (s.sequence > 0) MIM_RETURN_IF_ERROR(m.backend->SyncEvent(s.copied.get()));
+  PackLookups(*batch, m.content, &m.lookups);
+  const size_t words = InputWords(*batch, m.content, m.lookups.G);
+  const size_t bytes = words * sizeof(float);
+  if (s.staging_bytes < bytes) {
+    m.backend->FreeHost(s.staging);
+    s.staging = nullptr;
+    s.staging_bytes = 0;
+    MIM_RETURN_IF_ERROR(m.backend->AllocateHost(bytes, &s.staging));
+    s.staging_bytes = bytes;
+  }
+  MIM_RETURN_IF_ERROR(s.inputs.Resize(static_cast<int64_t>(words)));
+  s.in = LayOutInputs(*batch, m.content, m.lookups,
+                      static_cast<char*>(s.staging), s.inputs.data());
+  s.B = batch->batch_size;
+  s.G = m.lookups.G;
+  s.words = words;
+  s.content = m.content;
+  // After the compute that last read this set (two batches ago).
+  MIM_RETURN_IF_ERROR(m.backend->CopyToBackendAsync(
+      s.inputs.data(), s.staging, bytes,
+      s.sequence > 0 ? s.read_done.get() : nullptr, s.copied.get()));
+  ++s.sequence;
+  ++m.staged;
+  batch->staged = StagedInputs{m.slots[k], s.sequence};
+  return absl::OkStatus();
+}
+
+std::unique_ptr<InputStager> CiubmModel::NewInputStager() const {
+  return std::unique_ptr<InputStager>(new InputStager(
+      std::make_unique<InputStager::Impl>(impl_->config, *impl_->backend)));
 }
 
 }  // namespace mim::model

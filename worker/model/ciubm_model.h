@@ -117,6 +117,42 @@ class ModelWorkspace {
   std::unique_ptr<State> state_;
 };
 
+// Double-buffered inputs for a device backend: copies each batch's inputs
+// (pulled rows, packed indices, lens, labels) into the backend ahead of the
+// model's compute, so that the copy of batch N+1 overlaps batch N's
+// compute. Two slots, each a pinned host buffer and a device input set;
+// Stage packs batch N+1 into slot (N+1) % 2 and queues its copy on the
+// calling thread's copy stream, ordered after the compute that last read
+// that set (batch N-1, through an event the model records) and before any
+// compute that reads it (the model's compute stream waits for the copy's
+// event). The model then reads the staged inputs of a batch instead of
+// copying it in itself; the results are the same bits.
+// Made by CiubmModel::NewInputStager. Not thread-safe: one thread stages
+// (e.g. BatchPipeline's prefetch thread) while another computes; the
+// caller hands each staged batch over (a mutex or queue orders the two).
+class InputStager {
+ public:
+  ~InputStager();
+  InputStager(const InputStager&) = delete;
+  InputStager& operator=(const InputStager&) = delete;
+
+  // Stages `batch` (batch->staged) for the model's next Forward,
+  // ForwardBackward, TrainStep or Predict on it; the batch must not change
+  // afterwards. Batches must be computed in staging order, at most one
+  // ahead: slot (N+1) % 2 is reused only once the model has queued its
+  // compute of batch N-1. On a host backend it does nothing (the model
+  // reads the batch in place). Errors: INVALID_ARGUMENT as ValidateBatch;
+  // FAILED_PRECONDITION naming the slot when it is staged again before the
+  // model computed its last batch; the backend's copy and event errors.
+  absl::Status Stage(Batch* batch);
+
+ private:
+  friend class CiubmModel;
+  struct Impl;
+  explicit InputStager(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
 // A CiUBM/baseline model: dense parameters and Adam state.
 // Const methods are safe for concurrent access (Predict with one workspace
 // per caller); the others (training, Load, dense_params()) need external
@@ -149,6 +185,11 @@ class CiubmModel {
 
   // A new workspace for Predict.
   std::unique_ptr<ModelWorkspace> NewWorkspace() const;
+  // A stager of this model's inputs (see InputStager); it must not outlive
+  // the model's backend. A batch it staged is refused (FAILED_PRECONDITION)
+  // by a model of another backend or content kind, or once its slot was
+  // staged again.
+  std::unique_ptr<InputStager> NewInputStager() const;
 
   // probs[b] = predicted click probability, computed in `workspace` (one of
   // this model's, used by no other caller meanwhile). INVALID_ARGUMENT if

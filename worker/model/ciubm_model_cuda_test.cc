@@ -17,8 +17,11 @@
 // the backend; with 1e-3 such a component moves it by ~lr * |g| / 1e-3.
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -121,6 +124,120 @@ TEST_P(CudaModelTest, TrainsLikeTheCpuBackend) {
   std::vector<float> pr_again;
   ASSERT_TRUE(cuda->Predict(b, ws_cuda.get(), &pr_again).ok());
   EXPECT_EQ(pr_loaded, pr_again);
+}
+
+// Double-buffered inputs: batch N+1 is staged on another thread while the
+// model trains on batch N (what the trainer's prefetch thread does). The
+// staged path must give the same bits as the model copying each batch in
+// itself; a slot rewritten before its compute finished would differ, and
+// the emulator faults on a copy that no event orders after the compute
+// that reads its buffer (or a compute that reads before the copy lands).
+TEST_P(CudaModelTest, StagedInputsTrainToTheSameBits) {
+  const ModelConfig c = SmallConfig(GetParam());
+  auto plain = CiubmModel::Create(c, kernels::CudaBackend()).value();
+  auto staged = CiubmModel::Create(c, kernels::CudaBackend()).value();
+  std::unique_ptr<InputStager> stager = staged->NewInputStager();
+  const int shapes[][4] = {{4, 5, 12, 6}, {6, 7, 20, 9}, {3, 2, 8, 4},
+                           {6, 7, 20, 9}, {5, 3, 10, 5}, {2, 6, 9, 4}};
+  std::vector<Batch> batches;
+  uint32_t seed = 11;
+  for (const auto& sh : shapes) {
+    batches.push_back(RandomBatch(sh[0], sh[1], sh[2], sh[3], c.id_dim,
+                                  c.content_dim, seed++));
+  }
+  std::vector<Batch> copies = batches;
+  absl::Status staged0;
+  std::thread([&] { staged0 = stager->Stage(&copies[0]); }).join();
+  ASSERT_TRUE(staged0.ok()) << staged0;
+  for (size_t n = 0; n < batches.size(); ++n) {
+    SCOPED_TRACE(::testing::Message() << "batch " << n);
+    ASSERT_NE(copies[n].staged.slot, nullptr);
+    absl::Status next_staged;
+    std::thread stage_next([&] {
+      if (n + 1 < copies.size()) next_staged = stager->Stage(&copies[n + 1]);
+    });
+    float loss_plain = 0, loss_staged = 0;
+    std::vector<float> g_plain, g_staged, p_plain, p_staged;
+    ASSERT_TRUE(plain->TrainStep(batches[n], &loss_plain, &g_plain, &p_plain).ok());
+    const absl::Status st =
+        staged->TrainStep(copies[n], &loss_staged, &g_staged, &p_staged);
+    stage_next.join();
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_TRUE(next_staged.ok()) << next_staged;
+    EXPECT_EQ(loss_plain, loss_staged);
+    EXPECT_EQ(g_plain, g_staged);
+    EXPECT_EQ(p_plain, p_staged);
+  }
+  EXPECT_EQ(plain->dense_params(), staged->dense_params());
+  // The saved files are byte for byte the same.
+  const std::string dir = std::string(std::getenv("TEST_TMPDIR")) + "/";
+  ASSERT_TRUE(plain->Save(dir + GetParam() + ".plain").ok());
+  ASSERT_TRUE(staged->Save(dir + GetParam() + ".staged").ok());
+  auto slurp = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  EXPECT_EQ(slurp(dir + GetParam() + ".plain"),
+            slurp(dir + GetParam() + ".staged"));
+
+  // Predict and Forward read staged inputs too.
+  Batch b = RandomBatch(5, 4, 10, 5, c.id_dim, c.content_dim, 99);
+  Batch b_staged = b;
+  ASSERT_TRUE(stager->Stage(&b_staged).ok());
+  auto ws = staged->NewWorkspace();
+  std::vector<float> pr, pr_staged;
+  ASSERT_TRUE(plain->Predict(b, plain->NewWorkspace().get(), &pr).ok());
+  ASSERT_TRUE(staged->Predict(b_staged, ws.get(), &pr_staged).ok());
+  EXPECT_EQ(pr, pr_staged);
+}
+
+TEST(CudaModelStagingTest, StagingMoreThanOneBatchAheadIsRefused) {
+  const ModelConfig c = SmallConfig("din_mim");
+  auto model = CiubmModel::Create(c, kernels::CudaBackend()).value();
+  std::unique_ptr<InputStager> stager = model->NewInputStager();
+  std::vector<Batch> b;
+  for (uint32_t i = 0; i < 3; ++i) {
+    b.push_back(RandomBatch(4, 5, 12, 6, c.id_dim, c.content_dim, 20 + i));
+  }
+  ASSERT_TRUE(stager->Stage(&b[0]).ok());
+  ASSERT_TRUE(stager->Stage(&b[1]).ok());
+  // Slot 0 still holds batch 0, not computed yet.
+  const absl::Status ahead = stager->Stage(&b[2]);
+  EXPECT_EQ(ahead.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(ahead.message().find("slot 0 still holds staging 1"),
+            std::string::npos)
+      << ahead;
+  EXPECT_EQ(b[2].staged.slot, nullptr);
+
+  float loss = 0;
+  std::vector<float> grad;
+  ASSERT_TRUE(model->TrainStep(b[0], &loss, &grad).ok());
+  ASSERT_TRUE(stager->Stage(&b[2]).ok());
+  // Batch 0's slot now holds batch 2.
+  const absl::Status stale = model->TrainStep(b[0], &loss, &grad);
+  EXPECT_EQ(stale.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(stale.message().find("overwritten"), std::string::npos) << stale;
+  // A batch changed after staging.
+  Batch changed = RandomBatch(6, 7, 20, 9, c.id_dim, c.content_dim, 5);
+  changed.staged = b[2].staged;
+  const absl::Status differs = model->TrainStep(changed, &loss, &grad);
+  EXPECT_EQ(differs.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(differs.message().find("changed after InputStager::Stage"),
+            std::string::npos)
+      << differs;
+  // Another model's stager.
+  auto other = CiubmModel::Create(SmallConfig("din"), kernels::CudaBackend()).value();
+  const absl::Status foreign = other->TrainStep(b[2], &loss, &grad);
+  EXPECT_EQ(foreign.code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(CudaModelStagingTest, TheCpuBackendReadsBatchesInPlace) {
+  const ModelConfig c = SmallConfig("din_mim");
+  auto model = CiubmModel::Create(c, kernels::CpuBackend()).value();
+  std::unique_ptr<InputStager> stager = model->NewInputStager();
+  Batch b = RandomBatch(4, 5, 12, 6, c.id_dim, c.content_dim, 1);
+  ASSERT_TRUE(stager->Stage(&b).ok());
+  EXPECT_EQ(b.staged.slot, nullptr);
 }
 
 TEST(CudaModelErrorsTest, BadIndexIsInvalidArgument) {
