@@ -352,8 +352,9 @@ absl::Status EmbeddingTable::Pull(absl::Span<const uint64_t> keys,
   // index group are being loaded. The index is probed by hash alone (no
   // record read); the key is confirmed when its record, by then in cache,
   // is copied.
-  constexpr uint32_t kAhead = 8;
-  constexpr uint32_t kRing = 16;  // > kAhead, a power of two
+  // 16 measured faster than 8 and 4 (docs/BENCHMARKS.md, issue 13).
+  constexpr uint32_t kAhead = 16;
+  constexpr uint32_t kRing = 32;  // > kAhead, a power of two
   const size_t record_bytes = kHeaderBytes + row_bytes;
   std::vector<uint32_t> absent;
   for (size_t s = 0; s < kNumStripes; ++s) {

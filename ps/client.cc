@@ -193,6 +193,63 @@ struct Routing {
   std::vector<std::vector<uint32_t>> waves;  // the calls sent together
 };
 
+// The distinct keys of one request, numbered in first-seen order: an
+// open-addressing table of (key, number), one per thread, reused from call
+// to call. Entries of earlier calls are told apart by a generation number,
+// so nothing is cleared between calls, and a call reads and writes about
+// 32 bytes per key, within the first 2 * keys (rounded up to a power of
+// two) entries. Not thread-safe (per thread).
+class KeyNumbering {
+ public:
+  // Starts a call of up to `keys` keys.
+  void Reset(size_t keys) {
+    size_t capacity = 16;
+    while (capacity < 2 * keys) capacity <<= 1;
+    if (capacity > entries_.size()) {
+      entries_.assign(capacity, Entry{});
+      generation_ = 0;
+    }
+    mask_ = capacity - 1;
+    if (++generation_ == 0) {  // wrapped: forget every earlier call
+      for (Entry& e : entries_) e.generation = 0;
+      generation_ = 1;
+    }
+  }
+
+  // The number of `key`: `next` if it is new (then `inserted`), else the
+  // number it got first.
+  std::pair<uint32_t, bool> Number(uint64_t key, uint32_t next) {
+    for (size_t i = embedding::MixKey(key) & mask_;; i = (i + 1) & mask_) {
+      Entry& e = entries_[i];
+      if (e.generation != generation_) {
+        e = Entry{key, next, generation_};
+        return {next, true};
+      }
+      if (e.key == key) return {e.number, false};
+    }
+  }
+
+  // The table a thread keeps for calls of up to `keys` keys; larger calls
+  // get `one_off`, so that no thread keeps a huge table for good.
+  static KeyNumbering& For(size_t keys, KeyNumbering* one_off) {
+    constexpr size_t kKeptKeys = size_t{1} << 16;  // 2 MiB of entries
+    thread_local KeyNumbering kept;
+    KeyNumbering& n = keys <= kKeptKeys ? kept : *one_off;
+    n.Reset(keys);
+    return n;
+  }
+
+ private:
+  struct Entry {
+    uint64_t key = 0;
+    uint32_t number = 0;
+    uint32_t generation = 0;  // 0: never used
+  };
+  std::vector<Entry> entries_;
+  size_t mask_ = 0;
+  uint32_t generation_ = 0;
+};
+
 template <typename AddKey>  // void(uint32_t call, uint64_t key)
 Routing Route(absl::Span<const uint64_t> keys, uint32_t num_shards,
               const PsClient::Options& options, size_t max_keys,
@@ -205,12 +262,12 @@ Routing Route(absl::Span<const uint64_t> keys, uint32_t num_shards,
   unique.reserve(keys.size());
   shard_of_unique.reserve(keys.size());
   std::vector<size_t> per_shard(num_shards, 0);
-  absl::flat_hash_map<uint64_t, uint32_t> index;
-  index.reserve(keys.size());
+  KeyNumbering one_off;
+  KeyNumbering& numbering = KeyNumbering::For(keys.size(), &one_off);
   for (size_t i = 0; i < keys.size(); ++i) {
-    const auto [it, inserted] =
-        index.try_emplace(keys[i], static_cast<uint32_t>(unique.size()));
-    r.unique_of_key[i] = it->second;
+    const auto [number, inserted] =
+        numbering.Number(keys[i], static_cast<uint32_t>(unique.size()));
+    r.unique_of_key[i] = number;
     if (!inserted) continue;
     const uint32_t shard =
         num_shards == 1 ? 0 : embedding::ShardOf(keys[i], num_shards);

@@ -148,6 +148,48 @@ TEST_F(PsClientTest, PullRoutesDistinctKeysAndRepeatsRows) {
   }
 }
 
+TEST_F(PsClientTest, EveryCallNumbersItsOwnKeysAfresh) {
+  // The client's table of distinct keys is kept per thread from call to
+  // call (and a call over 65536 keys gets its own): a key seen by an
+  // earlier call must not count as seen in the next one. Each call sends
+  // every shard exactly its distinct keys, and a repeated key gets the row
+  // its first position got.
+  const auto pulled_on_all = [&] {
+    uint64_t sum = 0;
+    for (uint32_t s = 0; s < kShards; ++s) sum += KeysPulledOn(s);
+    return sum;
+  };
+  const auto check = [&](const std::vector<uint64_t>& distinct,
+                         size_t repeats) {
+    std::vector<uint64_t> keys;
+    for (size_t r = 0; r < repeats; ++r) {
+      keys.insert(keys.end(), distinct.rbegin(), distinct.rend());
+    }
+    const uint64_t before = pulled_on_all();
+    auto each = client_->Pull("user", distinct);
+    ASSERT_TRUE(each.ok()) << each.status();
+    auto repeated = client_->Pull("user", keys);
+    ASSERT_TRUE(repeated.ok()) << repeated.status();
+    EXPECT_EQ(pulled_on_all() - before, 2 * distinct.size());
+    ASSERT_EQ(repeated->values.size(), keys.size() * 2);
+    size_t wrong = 0;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      const size_t d = distinct.size() - 1 - i % distinct.size();
+      wrong += repeated->values[2 * i] != each->values[2 * d] ||
+               repeated->values[2 * i + 1] != each->values[2 * d + 1];
+    }
+    EXPECT_EQ(wrong, 0u) << distinct.size() << " keys x " << repeats;
+  };
+  std::vector<uint64_t> first, overlapping, large;
+  for (uint64_t k = 0; k < 100; ++k) first.push_back(k);
+  for (uint64_t k = 50; k < 150; ++k) overlapping.push_back(k);
+  for (uint64_t k = 0; k < 70000; ++k) large.push_back(k * 3 + 1);
+  check(first, 3);
+  check(overlapping, 2);
+  check(large, 2);
+  check(first, 1);
+}
+
 TEST_F(PsClientTest, SplitCallsReassembleLikeOneCall) {
   PsClient::Options options;
   options.max_keys_per_call = 2;
