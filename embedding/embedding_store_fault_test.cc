@@ -17,66 +17,22 @@
 #include "embedding/storage/storage.h"
 #include "embedding/store_with_storage.h"
 #include "gmock/gmock.h"
+#include "embedding/store_test_util.h"
 #include "gtest/gtest.h"
 
 namespace mim::embedding {
 namespace {
 
+using testing::AdamTable;
+using testing::ContentTable;
+using testing::Dump;
+using testing::DumpTable;
+using testing::FreshDir;
+using testing::Ramp;
+
 namespace fs = std::filesystem;
 using Op = StorageFaultInjector::Op;
 using ::testing::HasSubstr;
-
-std::string FreshDir(const std::string& tag) {
-  static int counter = 0;
-  const std::string dir = std::string(std::getenv("TEST_TMPDIR")) + "/" + tag +
-                          std::to_string(counter++);
-  fs::remove_all(dir);
-  return dir;
-}
-
-TableConfig AdamTable() {
-  TableConfig c;
-  c.name = "user_id";
-  c.kind = TableKind::kId;
-  c.dim = 8;
-  c.optimizer.kind = OptimizerKind::kAdam;
-  c.optimizer.learning_rate = 0.01f;
-  c.initializer.seed = 5;
-  return c;
-}
-
-TableConfig ContentTable() {
-  TableConfig c;
-  c.name = "item_mm";
-  c.kind = TableKind::kContent;
-  c.dim = 4;
-  return c;
-}
-
-std::vector<float> Ramp(size_t n, float start) {
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = start + 0.01f * static_cast<float>(i);
-  return v;
-}
-
-// Every row of a table as raw bytes of meta, values and state.
-using Dump = std::map<uint64_t, std::string>;
-Dump DumpTable(const EmbeddingStore& store, const std::string& table) {
-  Dump out;
-  absl::Status st = store.ExportRows(
-      table, [&](uint64_t key, const RowMeta& m, absl::Span<const float> v,
-                 absl::Span<const float> s) {
-        std::string b;
-        b.append(reinterpret_cast<const char*>(&m.last_update_micros), 8);
-        b.append(reinterpret_cast<const char*>(&m.update_count), 4);
-        b.append(reinterpret_cast<const char*>(&m.version), 8);
-        b.append(reinterpret_cast<const char*>(v.data()), v.size() * 4);
-        b.append(reinterpret_cast<const char*>(s.data()), s.size() * 4);
-        out[key] = b;
-      });
-  EXPECT_TRUE(st.ok()) << st;
-  return out;
-}
 
 class StoreFaultTest : public ::testing::Test {
  protected:
