@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kernels/cuda_util.cuh"
+#include "kernels/dense_ops.h"
 #include "kernels/device_buffer.h"
 
 namespace mim::kernels {
@@ -47,6 +48,7 @@ absl::Status RequireNonNull(const char* op, std::initializer_list<PtrArg> args) 
 namespace {
 struct HandleHolder {
   cublasHandle_t h = nullptr;
+  CudaMath math = CudaMath::kFp32;
   ~HandleHolder() {
     if (h != nullptr) cublasDestroy(h);
   }
@@ -59,19 +61,31 @@ struct ScratchSlots {
 };
 }  // namespace
 
+namespace {
+cublasMath_t BlasMath(CudaMath m) {
+  return m == CudaMath::kTf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
+}
+}  // namespace
+
 absl::Status BlasHandle(const char* op, cublasHandle_t* out) {
   thread_local HandleHolder holder;
+  const CudaMath math = GetCudaMath();
   if (holder.h == nullptr) {
     cublasHandle_t h = nullptr;
     MIM_RETURN_IF_ERROR(CheckBlas(cublasCreate(&h), "cublasCreate", op));
-    // Strict fp32: TF32 tensor cores are not used (see dense_ops.h).
+    // Strict fp32 unless SetCudaMath(kTf32) (dense_ops.h).
     const absl::Status st =
-        CheckBlas(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), "cublasSetMathMode", op);
+        CheckBlas(cublasSetMathMode(h, BlasMath(math)), "cublasSetMathMode", op);
     if (!st.ok()) {
       cublasDestroy(h);
       return st;
     }
     holder.h = h;  // only a fully set-up handle is kept
+    holder.math = math;
+  } else if (holder.math != math) {
+    MIM_RETURN_IF_ERROR(
+        CheckBlas(cublasSetMathMode(holder.h, BlasMath(math)), "cublasSetMathMode", op));
+    holder.math = math;
   }
   *out = holder.h;
   return absl::OkStatus();

@@ -42,7 +42,8 @@ struct PtrArg {
 };
 absl::Status RequireNonNull(const char* op, std::initializer_list<PtrArg> args);
 
-// The calling thread's cuBLAS handle (strict fp32: TF32 is not enabled).
+// The calling thread's cuBLAS handle, in the math mode GetCudaMath() says
+// (dense_ops.h; strict fp32 by default).
 absl::Status BlasHandle(const char* op, cublasHandle_t* out);
 
 // Row-major C[M,N] = alpha op(A) op(B) + beta C via column-major cuBLAS.

@@ -1,5 +1,6 @@
 // Dense layers, the CTR loss and the Adam update for dense parameters.
-// CPU uses CBLAS (OpenBLAS); CUDA uses cuBLAS in strict fp32 (TF32 off).
+// CPU uses CBLAS (OpenBLAS); CUDA uses cuBLAS, in strict fp32 unless
+// SetCudaMath(kTf32).
 #ifndef MIM_KERNELS_DENSE_OPS_H_
 #define MIM_KERNELS_DENSE_OPS_H_
 
@@ -17,6 +18,18 @@ struct DenseShape {
 };
 
 enum class Activation { kNone, kRelu };
+
+// The math of every cuBLAS GEMM of the CUDA twins (the dense layers and
+// the DIN attention MLP's layers). kFp32: strict fp32 (CUBLAS_DEFAULT_MATH).
+// kTf32: TF32 tensor cores (CUBLAS_TF32_TENSOR_OP_MATH): each operand
+// rounded to a 10-bit mantissa, products accumulated in fp32, so an output
+// is within about 2^-10 * sum_k |x_k w_k| of the exact product
+// (kernels_cuda_test.cc checks the bound). The CPU twins, and the project's
+// own kernels, are unaffected. Process-wide; a GEMM of an op started after
+// the call uses it. Safe for concurrent access.
+enum class CudaMath { kFp32, kTf32 };
+void SetCudaMath(CudaMath math);
+CudaMath GetCudaMath();
 
 absl::Status DenseForwardCpu(const DenseShape& s, const float* x,
                              const float* w, const float* b, Activation act,

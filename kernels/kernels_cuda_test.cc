@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <iostream>
 #include <limits>
 #include <ostream>
 #include <string>
@@ -332,6 +333,92 @@ TEST_P(CudaVsCpuTest, DenseLossAdam) {
 INSTANTIATE_TEST_SUITE_P(AwkwardShapes, CudaVsCpuTest,
                          ::testing::Values(Case{1, 1, 7}, Case{5, 50, 33}, Case{3, 1000, 64},
                                            Case{8, 50, 32}, Case{2, 1000, 7}));
+
+// TF32 for the cuBLAS GEMMs (SetCudaMath, dense_ops.h): every output of a
+// dense layer's forward and backward stays within the TF32 error bound of
+// the exact (double) product, and that error is really TF32's (larger than
+// strict fp32's). Bound per output, S = sum_k |a_k b_k| (+ |bias|): each
+// operand rounded to a 10-bit mantissa is off by at most 2^-10 relative
+// (2^-11 to nearest; 2^-10 allows truncating hardware), so a product by
+// 2^-9; fp32 accumulation of K terms adds at most (K + 1) 2^-23 S.
+class CudaMathScope {
+ public:
+  explicit CudaMathScope(CudaMath m) { SetCudaMath(m); }
+  ~CudaMathScope() { SetCudaMath(CudaMath::kFp32); }
+};
+
+// max over outputs of |got - exact| / S, each GEMM output with its S.
+struct GemmError {
+  double worst = 0;  // of |err| / S
+  void Add(double got, double exact, double s) {
+    if (s > 0) worst = std::max(worst, std::abs(got - exact) / s);
+  }
+};
+
+TEST(CudaTf32Test, DenseLayersStayWithinTheTf32Bound) {
+  SKIP_WITHOUT_CUDA();
+  // An MLP layer of the default din_mim at batch 256: 352 inputs, 200 out.
+  const DenseShape s{256, 352, 200};
+  const auto x = RandomVec<float>(s.rows * s.in, 61), w = RandomVec<float>(s.in * s.out, 62),
+             b = RandomVec<float>(s.out, 63), gy = RandomVec<float>(s.rows * s.out, 64);
+  auto dx = Up(x), dw = Up(w), db = Up(b), dgy = Up(gy);
+  GemmError fwd[2], gx_err[2], gw_err[2];
+  for (int mode = 0; mode < 2; ++mode) {
+    CudaMathScope scope(mode == 0 ? CudaMath::kFp32 : CudaMath::kTf32);
+    auto dy = Zeros<float>(s.rows * s.out), dgx = Zeros<float>(s.rows * s.in),
+         dgw = Zeros<float>(s.in * s.out), dgb = Zeros<float>(s.out);
+    ASSERT_TRUE(DenseForwardCuda(s, dx.data(), dw.data(), db.data(), Activation::kNone,
+                                 dy.data()).ok());
+    ASSERT_TRUE(DenseBackwardCuda(s, dx.data(), dw.data(), dy.data(), dgy.data(),
+                                  Activation::kNone, dgx.data(), dgw.data(), dgb.data()).ok());
+    const std::vector<float> y = Down(dy), gx = Down(dgx), gw = Down(dgw);
+    for (int64_t r = 0; r < s.rows; ++r) {
+      for (int64_t o = 0; o < s.out; ++o) {
+        double exact = b[o], sum = std::abs(b[o]);
+        for (int64_t k = 0; k < s.in; ++k) {
+          exact += double(x[r * s.in + k]) * w[k * s.out + o];
+          sum += std::abs(double(x[r * s.in + k]) * w[k * s.out + o]);
+        }
+        fwd[mode].Add(y[r * s.out + o], exact, sum);
+      }
+      for (int64_t k = 0; k < s.in; ++k) {
+        double exact = 0, sum = 0;
+        for (int64_t o = 0; o < s.out; ++o) {
+          exact += double(gy[r * s.out + o]) * w[k * s.out + o];
+          sum += std::abs(double(gy[r * s.out + o]) * w[k * s.out + o]);
+        }
+        gx_err[mode].Add(gx[r * s.in + k], exact, sum);
+      }
+    }
+    for (int64_t k = 0; k < s.in; ++k) {
+      for (int64_t o = 0; o < s.out; ++o) {
+        double exact = 0, sum = 0;
+        for (int64_t r = 0; r < s.rows; ++r) {
+          exact += double(x[r * s.in + k]) * gy[r * s.out + o];
+          sum += std::abs(double(x[r * s.in + k]) * gy[r * s.out + o]);
+        }
+        gw_err[mode].Add(gw[k * s.out + o], exact, sum);
+      }
+    }
+  }
+  const double accumulate = std::ldexp(1.0, -23);
+  const double tf32 = std::ldexp(1.0, -9);
+  struct Check {
+    const char* what;
+    const GemmError* err;
+    int64_t k;
+  } checks[] = {{"y", fwd, s.in + 1}, {"grad_x", gx_err, s.out}, {"grad_w", gw_err, s.rows}};
+  for (const Check& c : checks) {
+    SCOPED_TRACE(c.what);
+    std::cout << c.what << ": worst |err| / sum|a b|: fp32 " << c.err[0].worst << ", tf32 "
+              << c.err[1].worst << "\n";
+    EXPECT_LE(c.err[0].worst, (c.k + 1) * accumulate);
+    EXPECT_LE(c.err[1].worst, tf32 + (c.k + 1) * accumulate);
+    // The operands really were rounded: TF32's error is of its own order.
+    EXPECT_GT(c.err[1].worst, 4 * c.err[0].worst);
+    EXPECT_GT(c.err[1].worst, std::ldexp(1.0, -16));
+  }
+}
 
 TEST(CudaErrorsTest, BadLensAreInvalidArgument) {
   SKIP_WITHOUT_CUDA();

@@ -101,17 +101,21 @@ TEST(TrainerCudaEmulatedTest, TrainsTheSyntheticDefaultLikeTheCpuPath) {
   // step (no prefetch thread); the CUDA path with the inputs staged on the
   // prefetch thread into double-buffered device inputs while the previous
   // batch computes (--overlap_copies, the default).
+  // And the CUDA path with TF32 GEMMs (--cuda_math=tf32).
   struct Run {
     const char* name;
     const char* device;
     bool overlap;
+    const char* math;
   };
-  const Run runs[] = {{"cpu", "cpu", false},
-                      {"cuda", "cuda", false},
-                      {"cuda_overlap", "cuda", true}};
-  Json metrics[3];
-  std::vector<double> scores[3];
-  for (int i = 0; i < 3; ++i) {
+  const Run runs[] = {{"cpu", "cpu", false, "fp32"},
+                      {"cuda", "cuda", false, "fp32"},
+                      {"cuda_overlap", "cuda", true, "fp32"},
+                      {"cuda_tf32", "cuda", false, "tf32"}};
+  constexpr int kRuns = sizeof(runs) / sizeof(runs[0]);
+  Json metrics[kRuns];
+  std::vector<double> scores[kRuns];
+  for (int i = 0; i < kRuns; ++i) {
     const std::string name = runs[i].name, dev = runs[i].device;
     const std::string bin =
         Runfile(dev == "cpu" ? "worker/trainer" : "worker/trainer_cuda_emulated");
@@ -120,7 +124,8 @@ TEST(TrainerCudaEmulatedTest, TrainsTheSyntheticDefaultLikeTheCpuPath) {
         {bin, "--ps=" + ps, "--train=" + data + "/train.tsv",
          "--test=" + data + "/test.tsv", "--content_table=content",
          "--device=" + dev, "--prefetch=" + overlap,
-         "--overlap_copies=" + overlap, "--progress=false",
+         "--overlap_copies=" + overlap, "--cuda_math=" + std::string(runs[i].math),
+         "--progress=false",
          "--table_prefix=" + name + "_", "--model_dir=" + dir + "/model_" + name,
          "--metrics_out=" + dir + "/metrics_" + name + ".json",
          "--predictions_out=" + dir + "/predictions_" + name + ".tsv"});
@@ -146,6 +151,17 @@ TEST(TrainerCudaEmulatedTest, TrainsTheSyntheticDefaultLikeTheCpuPath) {
   EXPECT_EQ(ReadBytes(dir + "/model_cuda_overlap/model.mimmodel"),
             ReadBytes(dir + "/model_cuda/model.mimmodel"));
   EXPECT_FALSE(ReadBytes(dir + "/model_cuda/model.mimmodel").empty());
+
+  // TF32 GEMMs (operands rounded to 10-bit mantissas) train a model that
+  // evaluates like strict fp32's, within the bound the CPU path is held to
+  // (far below the AUC's sampling noise).
+  const Json& tf32 = metrics[3];
+  std::cout << "tf32 - fp32: AUC "
+            << tf32["auc"].get<double>() - metrics[1]["auc"].get<double>() << ", logloss "
+            << tf32["logloss"].get<double>() - metrics[1]["logloss"].get<double>() << "\n";
+  EXPECT_EQ(tf32["train_batches"], metrics[1]["train_batches"]);
+  EXPECT_NEAR(tf32["auc"].get<double>(), metrics[1]["auc"].get<double>(), kAucBound);
+  EXPECT_NEAR(tf32["logloss"].get<double>(), metrics[1]["logloss"].get<double>(), kAucBound);
   const Json& cpu = metrics[0];
   const Json& cuda = metrics[1];
   EXPECT_EQ(cpu["train_samples"], cuda["train_samples"]);

@@ -4,7 +4,8 @@
 # need into .gpu_pack/ (git-ignored, kept under 64 MiB) and writes
 # .gpu_pack/run_all.sh, which runs the tests (under compute-sanitizer too,
 # when present), the GPU benchmark, and the trainer on a synthetic stream
-# with --device=cpu and --device=cuda (samples/s and AUC of each), and
+# with --device=cpu and --device=cuda (strict fp32 with and without
+# overlapped input copies, and TF32; samples/s and AUC of each), and
 # writes $OUT/report.txt. Then prints the one device call to make.
 #
 #   bash tools/gpu_check.sh            # here: build + pack + dry run
@@ -98,17 +99,23 @@ if read -r -t 60 line <&3 && [[ "$line" == *"listening on "* ]]; then
   PS_ADDR=${line##*listening on }
   "$HERE/ingest_content" --ps="$PS_ADDR" --vectors="$T/data/item_vectors.tsv" \
     --table=content --content_version=1 2>&1 | tail -1 | tee -a "$REPORT"
-  for dev in cpu cuda; do
+  # device:cuda_math:overlap_copies. TF32 against strict fp32 on the real
+  # tensor cores (the emulator only models the operand rounding), and the
+  # overlapped input copies' samples/s against copies at each step.
+  for run in cpu:fp32:true cuda:fp32:false cuda:fp32:true cuda:tf32:true; do
+    IFS=: read -r dev math overlap <<< "$run"
+    name="${dev}_${math}_${overlap}"
     "$HERE/trainer" --ps="$PS_ADDR" --train="$T/data/train.tsv" --test="$T/data/test.tsv" \
-      --content_table=content --device="$dev" --threads="$(nproc)" --progress=false \
-      --table_prefix="${dev}_" --metrics_out="$T/metrics_$dev.json" > "$T/train_$dev.txt" 2>&1
+      --content_table=content --device="$dev" --cuda_math="$math" --overlap_copies="$overlap" \
+      --threads="$(nproc)" --progress=false \
+      --table_prefix="${name}_" --metrics_out="$T/metrics_$name.json" > "$T/train_$name.txt" 2>&1
     trc=$?
-    tail -2 "$T/train_$dev.txt" | tee -a "$REPORT"
+    tail -2 "$T/train_$name.txt" | tee -a "$REPORT"
     if [ "$trc" = 0 ]; then
-      python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print("trainer --device=%s: %.0f samples/s, AUC %.5f, logloss %.5f (%d train samples)" % (m["device"], m["train_samples_per_sec"], m["auc"], m["logloss"], m["train_samples"]))' \
-        "$T/metrics_$dev.json" | tee -a "$REPORT"
+      python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print("trainer --device=%s %s: %.0f samples/s, AUC %.5f, logloss %.5f (%d train samples)" % (m["device"], sys.argv[2], m["train_samples_per_sec"], m["auc"], m["logloss"], m["train_samples"]))' \
+        "$T/metrics_$name.json" "--cuda_math=$math --overlap_copies=$overlap" | tee -a "$REPORT"
     else
-      log "trainer --device=$dev FAILED (exit $trc)"; rc=1
+      log "trainer $name FAILED (exit $trc)"; rc=1
     fi
   done
 else

@@ -68,6 +68,9 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
     if (o.device != "cpu" && o.device != "cuda") {
       return bad("--device = '", o.device, "', expected cpu or cuda");
     }
+    if (o.cuda_math != "fp32" && o.cuda_math != "tf32") {
+      return bad("--cuda_math = '", o.cuda_math, "', expected fp32 or tf32");
+    }
     return absl::OkStatus();
   }
   if (o.train_path.empty()) return bad("--train is required");
@@ -125,6 +128,9 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
   if (o.threads < 1) return bad("--threads must be >= 1");
   if (o.device != "cpu" && o.device != "cuda") {
     return bad("--device = '", o.device, "', expected cpu or cuda");
+  }
+  if (o.cuda_math != "fp32" && o.cuda_math != "tf32") {
+    return bad("--cuda_math = '", o.cuda_math, "', expected fp32 or tf32");
   }
   if (o.loss_every < 1) return bad("--loss_every must be >= 1");
   if (o.max_train_samples < 0) return bad("--max_train_samples must be >= 0");
@@ -556,6 +562,8 @@ absl::StatusOr<const kernels::ComputeBackend*> DeviceBackend(
         "machine, or use //worker:trainer_cuda_emulated (the CUDA path on "
         "the CPU grid emulator, for tests)"));
   }
+  kernels::SetCudaMath(o.cuda_math == "tf32" ? kernels::CudaMath::kTf32
+                                             : kernels::CudaMath::kFp32);
   return &kernels::CudaBackend();
 }
 

@@ -92,6 +92,12 @@ struct TrainerOptions {
   // machine, or //worker:trainer_cuda_emulated, which runs the same CUDA
   // path on the grid emulator).
   std::string device = "cpu";
+  // The cuBLAS GEMMs' math with --device=cuda (kernels::SetCudaMath):
+  // "fp32" (strict) or "tf32" (TF32 tensor cores, fp32 accumulation). The
+  // CPU path ignores it. tf32 by default: on the synthetic default it
+  // evaluates like fp32 (tests/trainer_cuda_emulated_test; the figures are
+  // in docs/ARCHITECTURE.md).
+  std::string cuda_math = "tf32";
   int64_t max_train_samples = 0;  // 0: all
   bool no_id_interest = false;
   bool no_content_interest = false;

@@ -104,6 +104,10 @@ DEFINE_string(device, kDefaults.device.c_str(),
               "Where the model computes: cpu, or cuda (a --config=cuda "
               "build on a GPU machine; //worker:trainer_cuda_emulated runs "
               "the CUDA path on the CPU grid emulator)");
+DEFINE_string(cuda_math, kDefaults.cuda_math.c_str(),
+              "With --device=cuda, the cuBLAS GEMMs' math: tf32 (TF32 "
+              "tensor cores, operands rounded to 10-bit mantissas, fp32 "
+              "accumulation) or fp32 (strict); ignored on cpu");
 DEFINE_int64(max_train_samples, kDefaults.max_train_samples,
              "Train on at most this many samples per epoch (0: all)");
 DEFINE_bool(no_id_interest, kDefaults.no_id_interest,
@@ -195,6 +199,7 @@ int main(int argc, char** argv) {
   o.worker_index = FLAGS_worker_index;
   o.dense_params = FLAGS_dense_params;
   o.device = FLAGS_device;
+  o.cuda_math = FLAGS_cuda_math;
   o.validation_tail_fraction = FLAGS_validation_tail_fraction;
   o.threads = FLAGS_threads;
   o.max_train_samples = FLAGS_max_train_samples;

@@ -4,6 +4,7 @@
 // index, a read of unwritten shared memory, a deadlock, a host pointer as
 // kernel argument). Built only through cuda_emulated_library.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <numeric>
 #include <string>
@@ -515,6 +516,42 @@ TEST_F(EmulatorTest, SgemmIsColumnMajorWithCublasChecks) {
   cudaFree(da);
   cudaFree(db);
   cudaFree(dc);
+}
+
+// TF32 tensor-op math rounds A and B to 10-bit mantissas (to nearest,
+// ties to even) and accumulates in fp32; the default mode is exact fp32.
+TEST_F(EmulatorTest, Tf32MathRoundsTheOperandsToNearestEven) {
+  const float u = std::ldexp(1.f, -11);  // half a TF32 ulp at 1
+  // a: 1 + u (a tie: to 1), 1 + 3u (a tie: to 1 + 4u), 1 + 0.75u (to 1),
+  // 1 + 2.75u (to 1 + 2u); b = 1. Each is a 1x1x1 product.
+  const std::vector<float> a = {1.f + u, 1.f + 3 * u, 1.f + 0.75f * u, 1.f + 2.75f * u};
+  const std::vector<float> want = {1.f, 1.f + 4 * u, 1.f, 1.f + 2 * u};
+  cublasHandle_t h = nullptr;
+  ASSERT_EQ(cublasCreate(&h), CUBLAS_STATUS_SUCCESS);
+  const float one = 1.f, zero = 0.f;
+  float* db = DeviceCopy(std::vector<float>{1.f});
+  float* dc = DeviceCopy(std::vector<float>{0.f});
+  for (size_t i = 0; i < a.size(); ++i) {
+    float* da = DeviceCopy(std::vector<float>{a[i]});
+    ASSERT_EQ(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), CUBLAS_STATUS_SUCCESS);
+    ASSERT_EQ(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, da, 1, db, 1, &zero, dc, 1),
+              CUBLAS_STATUS_SUCCESS);
+    EXPECT_EQ(HostCopy(dc, 1)[0], a[i]) << "fp32, case " << i;
+    ASSERT_EQ(cublasSetMathMode(h, CUBLAS_TF32_TENSOR_OP_MATH), CUBLAS_STATUS_SUCCESS);
+    ASSERT_EQ(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, da, 1, db, 1, &zero, dc, 1),
+              CUBLAS_STATUS_SUCCESS);
+    EXPECT_EQ(HostCopy(dc, 1)[0], want[i]) << "tf32, case " << i;
+    cudaFree(da);
+  }
+  // Products of rounded operands accumulate in fp32: (1+3u)(1+3u) + 1*1
+  // = (1+4u)^2 + 1 = 2 + 8u + 16u^2, exact in fp32.
+  float* da = DeviceCopy(std::vector<float>{1.f + 3 * u, 1.f});
+  float* db2 = DeviceCopy(std::vector<float>{1.f + 3 * u, 1.f});
+  ASSERT_EQ(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 2, &one, da, 1, db2, 2, &zero, dc, 1),
+            CUBLAS_STATUS_SUCCESS);
+  EXPECT_EQ(HostCopy(dc, 1)[0], 2.f + 8 * u + 16 * u * u);
+  EXPECT_EQ(cublasDestroy(h), CUBLAS_STATUS_SUCCESS);
+  for (float* p : {da, db, db2, dc}) cudaFree(p);
 }
 
 TEST_F(EmulatorTest, SortPairsIsStableWithSignedKeys) {

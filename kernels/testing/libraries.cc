@@ -3,7 +3,9 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -29,6 +31,28 @@ bool MatrixInDevice(const float* p, int rows, int cols, int ld) {
   if (rows == 0 || cols == 0) return true;
   const size_t elems = static_cast<size_t>(cols - 1) * static_cast<size_t>(ld) + rows;
   return cuda_emu::internal::InDeviceRange(p, elems * sizeof(float), true);
+}
+
+// x rounded to TF32 (8-bit exponent, 10-bit mantissa), to nearest, ties
+// to even; infinities and NaN unchanged.
+float RoundToTf32(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  if ((u & 0x7f800000u) == 0x7f800000u) return x;
+  u += 0x0fffu + ((u >> 13) & 1u);
+  u &= 0xffffe000u;
+  std::memcpy(&x, &u, sizeof(x));
+  return x;
+}
+
+// A column-major rows x cols matrix (leading dimension ld), every element
+// rounded to TF32, in the same layout.
+std::vector<float> Tf32Copy(const float* p, int rows, int cols, int ld) {
+  const size_t elems =
+      rows == 0 || cols == 0 ? 0 : static_cast<size_t>(cols - 1) * ld + rows;
+  std::vector<float> out(p, p + elems);
+  for (float& v : out) v = RoundToTf32(v);
+  return out;
 }
 
 }  // namespace
@@ -130,6 +154,15 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa,
         c = *beta == 0.f ? 0.f : *beta * c;
       }
     }
+    return CUBLAS_STATUS_SUCCESS;
+  }
+  if (handle->math == CUBLAS_TF32_TENSOR_OP_MATH && reads_ab) {
+    // TF32 tensor cores: A and B enter with 10-bit mantissas, the products
+    // accumulate in fp32.
+    const std::vector<float> a = Tf32Copy(A, a_rows, a_cols, lda);
+    const std::vector<float> b = Tf32Copy(B, b_rows, b_cols, ldb);
+    cblas_sgemm(CblasColMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                m, n, k, *alpha, a.data(), lda, b.data(), ldb, *beta, C, ldc);
     return CUBLAS_STATUS_SUCCESS;
   }
   cblas_sgemm(CblasColMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
