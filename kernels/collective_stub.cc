@@ -12,7 +12,7 @@ absl::Status NoNccl() {
 absl::StatusOr<std::string> NewCollectiveId() { return NoNccl(); }
 
 absl::StatusOr<std::unique_ptr<DeviceCollective>> JoinCollective(
-    const std::string&, int, int) {
+    const std::string&, int, int, absl::Duration) {
   return NoNccl();
 }
 

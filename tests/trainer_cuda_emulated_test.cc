@@ -26,6 +26,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -193,6 +194,19 @@ TEST(TrainerCudaEmulatedTest, TrainsTheSyntheticDefaultLikeTheCpuPath) {
                                        : "built without NCCL"),
               std::string::npos)
         << dev << ": " << r->err;
+  }
+  // Bad values of the CUDA path's flags are refused, naming them.
+  const std::pair<std::string, std::string> bad_flags[] = {
+      {"--cuda_math=bf16", "--cuda_math = 'bf16', expected fp32 or tf32"},
+      {"--nccl_timeout_s=0", "--nccl_timeout_s = 0, expected > 0"}};
+  for (const auto& [flag, message] : bad_flags) {
+    absl::StatusOr<CommandResult> r = RunCommand(
+        {Runfile("worker/trainer_cuda_emulated"), "--ps=" + ps,
+         "--train=" + data + "/train.tsv", "--test=" + data + "/test.tsv",
+         "--device=cuda", "--progress=false", flag});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_NE(r->exit_code, 0) << flag;
+    EXPECT_NE(r->err.find(message), std::string::npos) << flag << ": " << r->err;
   }
 }
 

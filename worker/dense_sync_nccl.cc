@@ -6,6 +6,16 @@
 #include "base/status_macros.h"
 
 namespace mim::worker {
+namespace {
+
+// A collective that timed out names the flag that bounds it.
+absl::Status NameTimeoutFlag(absl::Status st) {
+  if (!absl::IsDeadlineExceeded(st)) return st;
+  return absl::DeadlineExceededError(absl::StrCat(
+      st.message(), "; raise --nccl_timeout_s if the workers are only slow"));
+}
+
+}  // namespace
 
 NcclDenseSync::NcclDenseSync(std::unique_ptr<kernels::DeviceCollective> group,
                              kernels::BackendArray<float> flag)
@@ -13,7 +23,7 @@ NcclDenseSync::NcclDenseSync(std::unique_ptr<kernels::DeviceCollective> group,
 
 absl::StatusOr<std::unique_ptr<NcclDenseSync>> NcclDenseSync::Create(
     ps::PsClient* client, const std::string& id_table, int num_workers,
-    int worker_index, model::CiubmModel* model,
+    int worker_index, model::CiubmModel* model, absl::Duration timeout,
     const NcclIdExchangeOptions& options) {
   const kernels::ComputeBackend& backend = model->backend();
   if (backend.host_memory()) {
@@ -27,25 +37,25 @@ absl::StatusOr<std::unique_ptr<NcclDenseSync>> NcclDenseSync::Create(
       const std::string id,
       ExchangeNcclId(client, id_table, num_workers, worker_index,
                      kernels::NewCollectiveId, options));
-  MIM_ASSIGN_OR_RETURN(
-      std::unique_ptr<kernels::DeviceCollective> group,
-      kernels::JoinCollective(id, worker_index, num_workers));
+  absl::StatusOr<std::unique_ptr<kernels::DeviceCollective>> group =
+      kernels::JoinCollective(id, worker_index, num_workers, timeout);
+  if (!group.ok()) return NameTimeoutFlag(group.status());
   return std::unique_ptr<NcclDenseSync>(
-      new NcclDenseSync(std::move(group), std::move(flag)));
+      new NcclDenseSync(std::move(*group), std::move(flag)));
 }
 
 absl::StatusOr<bool> NcclDenseSync::AnyStepping(
     const kernels::ComputeBackend& backend, bool stepping) {
   float v = stepping ? 1.0f : 0.0f;
   MIM_RETURN_IF_ERROR(backend.CopyToBackend(flag_.data(), &v, sizeof(v)));
-  MIM_RETURN_IF_ERROR(group_->AllReduceMean(flag_.data(), 1));
+  MIM_RETURN_IF_ERROR(NameTimeoutFlag(group_->AllReduceMean(flag_.data(), 1)));
   MIM_RETURN_IF_ERROR(backend.CopyToHost(&v, flag_.data(), sizeof(v)));
   return v > 0.0f;
 }
 
 absl::Status NcclDenseSync::Reduce(model::CiubmModel* model) {
-  MIM_RETURN_IF_ERROR(group_->AllReduceMean(model->backend_dense_gradients(),
-                                            model->num_dense_params()));
+  MIM_RETURN_IF_ERROR(NameTimeoutFlag(group_->AllReduceMean(
+      model->backend_dense_gradients(), model->num_dense_params())));
   return model->ApplyBackendDenseGradients();
 }
 

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "kernels/backend_buffer.h"
 #include "kernels/collective.h"
 #include "ps/client.h"
@@ -29,13 +30,16 @@ class NcclDenseSync final : public DenseSync {
   // Exchanges the NCCL id through `id_table` on the shards and joins the
   // group of `num_workers`. The workers start from equal dense params
   // because the initialisation is seeded (--seed) and the trainer refuses
-  // a warm start with more than one worker. UNIMPLEMENTED in
-  // a build without NCCL (the default build, the emulated trainer);
-  // FAILED_PRECONDITION when `model` does not compute on a device; else
-  // the exchange's and NCCL's errors.
+  // a warm start with more than one worker. `timeout` bounds the join and
+  // every all-reduce (kernels::JoinCollective): a worker that died or hung
+  // makes the others fail with DEADLINE_EXCEEDED naming the op, their rank
+  // and the timeout (--nccl_timeout_s) instead of waiting forever.
+  // UNIMPLEMENTED in a build without NCCL (the default build, the emulated
+  // trainer); FAILED_PRECONDITION when `model` does not compute on a
+  // device; else the exchange's and NCCL's errors.
   static absl::StatusOr<std::unique_ptr<NcclDenseSync>> Create(
       ps::PsClient* client, const std::string& id_table, int num_workers,
-      int worker_index, model::CiubmModel* model,
+      int worker_index, model::CiubmModel* model, absl::Duration timeout,
       const NcclIdExchangeOptions& options = {});
 
   // Each round all-reduces a "still stepping" flag, then the dense

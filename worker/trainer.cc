@@ -132,6 +132,9 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
   if (o.cuda_math != "fp32" && o.cuda_math != "tf32") {
     return bad("--cuda_math = '", o.cuda_math, "', expected fp32 or tf32");
   }
+  if (!(o.nccl_timeout_s > 0)) {
+    return bad("--nccl_timeout_s = ", o.nccl_timeout_s, ", expected > 0");
+  }
   if (o.loss_every < 1) return bad("--loss_every must be >= 1");
   if (o.max_train_samples < 0) return bad("--max_train_samples must be >= 0");
   return absl::OkStatus();
@@ -601,7 +604,8 @@ absl::StatusOr<std::unique_ptr<DenseSync>> CreateDenseSync(
     // carry the NCCL id.
     MIM_ASSIGN_OR_RETURN(
         dense, NcclDenseSync::Create(ps, TableBase(o) + "_nccl_id",
-                                     o.num_workers, o.worker_index, model));
+                                     o.num_workers, o.worker_index, model,
+                                     absl::Seconds(o.nccl_timeout_s)));
   } else if (on_ps) {
     report->dense_table = TableBase(o) + "_dense";
     MIM_ASSIGN_OR_RETURN(

@@ -111,6 +111,10 @@ struct TrainerOptions {
   bool overlap_copies = true;
   int loss_every = 10;  // batches per loss-curve point
   double barrier_timeout_s = 3600;
+  // --dense_params=nccl: how long joining the NCCL group, or one
+  // all-reduce, may take before the communicator is aborted and the run
+  // fails naming the op and this worker's rank (a peer died or hung).
+  double nccl_timeout_s = 600;
   // How long a call to an unavailable shard (down, restarting, or up but
   // not answering) is retried before the job fails naming the shard
   // (PsClient::Options::retry_budget; 0: one attempt). A shard restarted or

@@ -125,6 +125,10 @@ DEFINE_bool(overlap_copies, kDefaults.overlap_copies,
 DEFINE_int32(loss_every, kDefaults.loss_every, "Batches per loss-curve point");
 DEFINE_double(barrier_timeout_s, kDefaults.barrier_timeout_s,
               "Worker 0's wait for the other workers");
+DEFINE_double(nccl_timeout_s, kDefaults.nccl_timeout_s,
+              "--dense_params=nccl: seconds joining the NCCL group or one "
+              "all-reduce may take before the communicator is aborted and "
+              "the run fails (a peer died or hung)");
 DEFINE_double(ps_retry_seconds, kDefaults.ps_retry_seconds,
               "How long a call to a shard that is unreachable (down, "
               "restarting) or not answering (hung) is retried, with backoff, "
@@ -210,6 +214,7 @@ int main(int argc, char** argv) {
   o.overlap_copies = FLAGS_overlap_copies;
   o.loss_every = FLAGS_loss_every;
   o.barrier_timeout_s = FLAGS_barrier_timeout_s;
+  o.nccl_timeout_s = FLAGS_nccl_timeout_s;
   o.ps_retry_seconds = FLAGS_ps_retry_seconds;
   o.ps_timeout_seconds = FLAGS_ps_timeout_seconds;
   absl::StatusOr<mim::base::ClientSecurity> security =
