@@ -534,10 +534,10 @@ ModelInputs LayOutInputs(const Batch& b, bool content, const Lookups& l,
 }  // namespace
 
 // One of an InputStager's two buffers: pinned staging, the device input
-// set, and the events ordering it (see InputStager). Written by the
-// staging thread in Stage; read by the computing thread once the batch is
-// handed over (the hand-over orders the two); `released` is the one field
-// both touch at once.
+// set, and the events ordering it (see InputStager). Not thread-safe:
+// written by the staging thread in Stage and read by the computing thread
+// once the batch is handed over (the hand-over orders the two);
+// `released`, which both touch at once, is atomic.
 class InputSlot {
  public:
   explicit InputSlot(const kernels::ComputeBackend& b)
