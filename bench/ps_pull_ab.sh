@@ -7,8 +7,9 @@
 #
 # Each DIR holds a `server` (//ps:server) and a `ps_bench` (//bench:ps_bench)
 # of one build; PS_ADMIN is a //tools:ps_admin binary. One shard per build
-# is started on loopback and filled once (ps_bench's rows, no pushes after
-# that, so no RocksDB flush or compaction runs during the timed pulls).
+# is started on loopback and filled once (ps_bench's rows; no pushes after
+# that, so RocksDB works only on what the fill left, if anything, in the
+# first runs).
 # Then, ROUNDS times, for each batch size, A and B alternately: one ps_bench
 # run of Pull only (3 reps), with the shard's CPU (utime + stime from
 # /proc/PID/stat) and its table's pull counter (ps_admin stats) read around
@@ -16,7 +17,7 @@
 # key (warm-up and checked replies included), and ps_bench's own line.
 set -euo pipefail
 if [[ $# -lt 3 ]]; then
-  sed -n '2,16p' "$0"
+  sed -n '2,17p' "$0"
   exit 2
 fi
 declare -A DIR PID PORT
