@@ -42,36 +42,35 @@ namespace mim::embedding {
 // chunks are carved from 2 MiB-aligned slabs marked MADV_HUGEPAGE: random
 // pulls from a large table are TLB-miss bound, and huge pages cut the pull
 // cost by about half on the development VM (bench/embedding_bench).
+// Slabs come from regions of address space mapped for the pool alone and
+// marked before any page of them is touched, so that the kernel can back
+// every slab with a huge page when it is first written (slabs from the
+// heap were huge only where the heap had not touched them before: about a
+// third of a 1M-row table, docs/BENCHMARKS.md, issue 13). A region's pages
+// are only counted (RSS, bytes()) once a slab of it is handed out.
 // Chunks are freed only with the pool. Safe for concurrent access.
 class ChunkPool {
  public:
   static constexpr size_t kSlabBytes = size_t{2} << 20;
+  static constexpr size_t kRegionBytes = size_t{32} << 20;
   static constexpr size_t kHugePageAfterBytes = size_t{16} << 20;
 
   explicit ChunkPool(size_t chunk_bytes) : chunk_bytes_(chunk_bytes) {}
   ~ChunkPool() {
-    for (void* slab : slabs_) std::free(slab);
+    for (void* region : regions_) ::munmap(region, kRegionBytes);
   }
 
   char* Allocate() {
     absl::MutexLock lock(&mu_);
     if (chunk_bytes_ > kSlabBytes || bytes_ < kHugePageAfterBytes) {
-      small_.emplace_back(new char[chunk_bytes_]);
-      bytes_ += chunk_bytes_;
-      return small_.back().get();
+      return SmallChunk();
     }
     if (cursor_ + chunk_bytes_ > slab_end_) {
-      void* slab = std::aligned_alloc(kSlabBytes, kSlabBytes);
-      if (slab == nullptr) {  // fall back to the plain heap
-        small_.emplace_back(new char[chunk_bytes_]);
-        bytes_ += chunk_bytes_;
-        return small_.back().get();
-      }
-      ::madvise(slab, kSlabBytes, MADV_HUGEPAGE);  // a hint; failure is fine
-      slabs_.push_back(slab);
+      char* slab = NextSlab();
+      if (slab == nullptr) return SmallChunk();  // no address space left
       bytes_ += kSlabBytes;
-      cursor_ = static_cast<char*>(slab);
-      slab_end_ = cursor_ + kSlabBytes;
+      cursor_ = slab;
+      slab_end_ = slab + kSlabBytes;
     }
     char* chunk = cursor_;
     cursor_ += chunk_bytes_;
@@ -82,15 +81,51 @@ class ChunkPool {
   size_t bytes() const {
     absl::MutexLock lock(&mu_);
     return bytes_ + small_.capacity() * sizeof(small_[0]) +
-           slabs_.capacity() * sizeof(slabs_[0]);
+           regions_.capacity() * sizeof(regions_[0]);
   }
 
  private:
+  char* SmallChunk() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    small_.emplace_back(new char[chunk_bytes_]);
+    bytes_ += chunk_bytes_;
+    return small_.back().get();
+  }
+
+  // The next 2 MiB-aligned slab of the current region (a new region when
+  // it is used up), or null when no region can be mapped.
+  char* NextSlab() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (region_next_ == region_end_) {
+      // Map one slab more than the region and trim to 2 MiB alignment.
+      const size_t mapped = kRegionBytes + kSlabBytes;
+      void* p = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) return nullptr;
+      const uintptr_t raw = reinterpret_cast<uintptr_t>(p);
+      const uintptr_t start = (raw + kSlabBytes - 1) & ~(kSlabBytes - 1);
+      const size_t head = start - raw;
+      if (head > 0) ::munmap(p, head);
+      if (kSlabBytes - head > 0) {
+        ::munmap(reinterpret_cast<void*>(start + kRegionBytes),
+                 kSlabBytes - head);
+      }
+      char* region = reinterpret_cast<char*>(start);
+      ::madvise(region, kRegionBytes, MADV_HUGEPAGE);  // a hint
+      regions_.push_back(region);
+      region_next_ = region;
+      region_end_ = region + kRegionBytes;
+    }
+    char* slab = region_next_;
+    region_next_ += kSlabBytes;
+    return slab;
+  }
+
   const size_t chunk_bytes_;
   mutable absl::Mutex mu_;
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::unique_ptr<char[]>> small_ ABSL_GUARDED_BY(mu_);
-  std::vector<void*> slabs_ ABSL_GUARDED_BY(mu_);
+  std::vector<char*> regions_ ABSL_GUARDED_BY(mu_);  // kRegionBytes each
+  char* region_next_ ABSL_GUARDED_BY(mu_) = nullptr;
+  char* region_end_ ABSL_GUARDED_BY(mu_) = nullptr;
   char* cursor_ ABSL_GUARDED_BY(mu_) = nullptr;
   char* slab_end_ ABSL_GUARDED_BY(mu_) = nullptr;
 };
