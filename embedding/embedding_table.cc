@@ -44,9 +44,9 @@ namespace mim::embedding {
 // cost by about half on the development VM (bench/embedding_bench).
 // Slabs come from regions of address space mapped for the pool alone and
 // marked before any page of them is touched, so that the kernel can back
-// every slab with a huge page when it is first written (slabs from the
-// heap were huge only where the heap had not touched them before: about a
-// third of a 1M-row table, docs/BENCHMARKS.md, issue 13). A region's pages
+// every slab with a huge page when it is first written (a slab from the
+// heap that the heap had touched before kept 4 KiB pages whatever madvise
+// said; docs/BENCHMARKS.md, issue 13). A region's pages
 // are only counted (RSS, bytes()) once a slab of it is handed out.
 // Chunks are freed only with the pool. Safe for concurrent access.
 class ChunkPool {
