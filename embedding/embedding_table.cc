@@ -46,8 +46,8 @@ namespace mim::embedding {
 // marked before any page of them is touched, so that the kernel can back
 // every slab with a huge page when it is first written (a slab from the
 // heap that the heap had touched before kept 4 KiB pages whatever madvise
-// said; docs/BENCHMARKS.md, issue 13). A region's pages
-// are only counted (RSS, bytes()) once a slab of it is handed out.
+// said; docs/BENCHMARKS.md, issue 13). A region is address space until
+// used: bytes() counts a slab once it is handed out, RSS once it is written.
 // Chunks are freed only with the pool. Safe for concurrent access.
 class ChunkPool {
  public:
