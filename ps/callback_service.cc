@@ -44,7 +44,8 @@ grpc::ServerUnaryReactor* ShardCallbackService::Enqueue(
         hold->reset();
         reactor->Finish(admitted.ok() ? run() : ToGrpcStatus(admitted));
       });
-  if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
+  // A full queue ran nothing: the caller may send the call again.
+  if (!queued.ok()) reactor->Finish(ToGrpcStatus(MarkRetryLater(queued)));
   return reactor;
 }
 

@@ -8,12 +8,16 @@
 #include <string>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "embedding/embedding_store.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "proto/ps.grpc.pb.h"
+#include "base/executor.h"
+#include "ps/callback_service.h"
 #include "ps/client.h"
 #include "ps/limits.h"
 #include "ps/service.h"
@@ -201,6 +205,70 @@ TEST_F(InflightTest, PsClientRetriesABusyShardAndAppliesThePushOnce) {
   ASSERT_TRUE(pulled.ok()) << pulled.status();
   EXPECT_EQ(retried.size(), 1u);
   EXPECT_EQ(pulled->values.size(), keys.size() * kDim);
+}
+
+// The shard binary's callback server: a call that finds the executor's
+// queue full ran nothing, so it is refused retry-later too, and PsClient
+// sends it again.
+TEST_F(InflightTest, FullQueueIsRetryLaterAndPsClientResends) {
+  // Declared before the executor: its tasks wait on them until it joins.
+  absl::Notification release;
+  absl::Notification running;
+  base::Executor executor(/*threads=*/1, /*max_queue=*/1, "shard 0/1");
+  ShardCallbackService callback(service_.get(), &executor);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  builder.RegisterService(&callback);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  const std::string address = absl::StrCat("127.0.0.1:", port);
+
+  // The only thread busy (its task has started) and the one queue place
+  // taken. Whatever happens below, the blocked tasks end before the
+  // executor is destroyed.
+  absl::Cleanup unblock = [&release] {
+    if (!release.HasBeenNotified()) release.Notify();
+  };
+  ASSERT_TRUE(executor
+                  .Submit(absl::InfiniteFuture(),
+                          [&release, &running](const absl::Status&) {
+                            running.Notify();
+                            release.WaitForNotification();
+                          })
+                  .ok());
+  running.WaitForNotification();
+  ASSERT_TRUE(executor
+                  .Submit(absl::InfiniteFuture(),
+                          [&release](const absl::Status&) {
+                            release.WaitForNotification();
+                          })
+                  .ok());
+  PsClient::Options once;
+  once.max_attempts = 1;
+  auto single = PsClient::Create({address}, once);
+  ASSERT_TRUE(single.ok());
+  const absl::Status refused = (*single)->Pull("t", {1, 2}).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_TRUE(IsRetryLater(refused)) << refused;
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("queue full"));
+
+  int retries = 0;
+  PsClient::Options options;
+  options.initial_backoff = absl::Milliseconds(1);
+  options.on_retry = [&](const absl::Status& error, int) {
+    ++retries;
+    EXPECT_THAT(std::string(error.message()), HasSubstr("queue full"));
+    if (!release.HasBeenNotified()) release.Notify();
+  };
+  auto client = PsClient::Create({address}, options);
+  ASSERT_TRUE(client.ok());
+  absl::StatusOr<PsClient::PullResult> pulled = (*client)->Pull("t", {1, 2});
+  ASSERT_TRUE(pulled.ok()) << pulled.status();
+  EXPECT_EQ(pulled->values.size(), 2 * kDim);
+  EXPECT_GE(retries, 1);
+  server->Shutdown();
 }
 
 }  // namespace

@@ -31,8 +31,16 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
           ? std::string(message)
           : absl::StrCat(message.substr(0, kMaxErrorMessageBytes - 3), "...");
   WireStatus details;
+  size_t detail_bytes = 0;
   status.ForEachPayload(
-      [&details](absl::string_view url, const absl::Cord& payload) {
+      [&details, &detail_bytes](absl::string_view url,
+                                const absl::Cord& payload) {
+        // The details travel in the trailers too: a payload that would take
+        // them past kMaxErrorDetailBytes stays on this side (whatever the
+        // visiting order, one that fits beside the others is kept).
+        const size_t bytes = url.size() + payload.size();
+        if (detail_bytes + bytes > kMaxErrorDetailBytes) return;
+        detail_bytes += bytes;
         WireAny* any = details.add_details();
         any->set_type_url(std::string(url));
         any->set_value(std::string(payload));

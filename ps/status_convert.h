@@ -19,6 +19,9 @@
 namespace mim::ps {
 
 inline constexpr size_t kMaxErrorMessageBytes = 1024;
+// Payload bytes (type URLs and values) a status carries to a client; the
+// payloads beyond are dropped, whole.
+inline constexpr size_t kMaxErrorDetailBytes = 1024;
 // How much of a client's own input (a table or checkpoint name, a feature
 // name) an error message quotes.
 inline constexpr size_t kMaxQuotedInputBytes = 64;

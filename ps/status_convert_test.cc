@@ -76,6 +76,15 @@ TEST(StatusConvertTest, OtherPayloadsTravelAndPlainErrorsHaveNoDetails) {
   EXPECT_EQ(FromGrpcStatus(ToGrpcStatus(s)), s);
 }
 
+TEST(StatusConvertTest, PayloadsBeyondTheCapStayHere) {
+  absl::Status s = MarkRetryLater(absl::UnavailableError("x"));
+  s.SetPayload("type.example/big", absl::Cord(std::string(2000, 'b')));
+  const absl::Status back = FromGrpcStatus(ToGrpcStatus(s));
+  EXPECT_TRUE(IsRetryLater(back));
+  EXPECT_FALSE(back.GetPayload("type.example/big").has_value());
+  EXPECT_LE(ToGrpcStatus(s).error_details().size(), kMaxErrorDetailBytes + 64);
+}
+
 TEST(StatusConvertTest, DetailsThatDoNotParseAreIgnored) {
   const absl::Status s = FromGrpcStatus(
       grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "m", "\xff\xff\xff"));
