@@ -223,6 +223,10 @@ absl::Status Predictor::PullBoth(RowFetch* id, RowFetch* content,
         if (admitted.ok()) {
           ps::PsClient::ScopedDeadline scoped(deadline);
           PullMisses(content);
+        } else if (content->all_misses_have_stale_copy) {
+          // The deadline passed while queued: as a pull past its deadline
+          // would, serve the stale copies already in place.
+          content->stale = true;
         } else {
           content->status = admitted;
         }

@@ -83,7 +83,7 @@ DEFINE_int32(threads, 8,
 DEFINE_int32(cpu_threads, 1,
              "Threads the model's kernels (and OpenBLAS) use per request; "
              "requests already run in parallel on --threads");
-DEFINE_int32(fetch_threads, 4,
+DEFINE_int32(fetch_threads, mim::serving::Predictor::Options().fetch_threads,
              "Threads that pull a request's uncached content rows while its "
              "own thread pulls the uncached ID rows; 0: one after the other");
 DEFINE_int32(max_queue, 4096,
@@ -141,7 +141,8 @@ int main(int argc, char** argv) {
   if (FLAGS_ps_timeout_ms < 1) return Fail("--ps_timeout_ms must be >= 1");
   if (FLAGS_threads < 1) return Fail("--threads must be >= 1");
   if (FLAGS_fetch_threads < 0 || FLAGS_fetch_threads > 1024) {
-    return Fail("--fetch_threads must be in [0, 1024]");
+    return Fail(absl::StrCat("--fetch_threads must be in [0, 1024], got ",
+                             FLAGS_fetch_threads));
   }
   if (FLAGS_max_queue < 1) return Fail("--max_queue must be >= 1");
   if (FLAGS_cpu_threads < 1) return Fail("--cpu_threads must be >= 1");
