@@ -247,7 +247,14 @@ class CeilingService final
     }
     absl::Status queued = executor_->Submit(
         absl::InfiniteFuture(),
-        [answer](const absl::Status& admitted) { answer(); });
+        [answer, reactor](const absl::Status& admitted) {
+          if (admitted.ok()) {
+            answer();
+          } else {
+            reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                         std::string(admitted.message())));
+          }
+        });
     if (!queued.ok()) {
       reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                                    std::string(queued.message())));
