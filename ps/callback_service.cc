@@ -60,24 +60,35 @@ grpc::ServerUnaryReactor* ShardCallbackService::Queue(
                  });
 }
 
+grpc::Status ShardCallbackService::PullNow(grpc::CallbackServerContext* context,
+                                           const grpc::ByteBuffer* request,
+                                           grpc::ByteBuffer* response) {
+  grpc::ByteBuffer bytes(*request);  // shares the slices
+  PullRequest pull;
+  if (!grpc::SerializationTraits<PullRequest>::Deserialize(&bytes, &pull)
+           .ok()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("Pull request of ", request->Length(),
+                                     " bytes is not a mim.ps.PullRequest"));
+  }
+  return handlers_->HandlePullWire(context, &pull, response);
+}
+
 grpc::ServerUnaryReactor* ShardCallbackService::Pull(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  return Enqueue(
-      context, "PullRequest", request->Length(),
-      [this, context, request, response]() -> grpc::Status {
-        // Parsed here, not on gRPC's thread; the copy shares the slices.
-        grpc::ByteBuffer bytes(*request);
-        PullRequest pull;
-        if (!grpc::SerializationTraits<PullRequest>::Deserialize(&bytes, &pull)
-                 .ok()) {
-          return grpc::Status(
-              grpc::StatusCode::INVALID_ARGUMENT,
-              absl::StrCat("Pull request of ", request->Length(),
-                           " bytes is not a mim.ps.PullRequest"));
-        }
-        return handlers_->HandlePullWire(context, &pull, response);
-      });
+  if (request->Length() <= inline_pull_bytes_) {
+    // Nothing waits, so nothing is held for waiting; the handler reserves
+    // its answer's bytes itself.
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(PullNow(context, request, response));
+    return reactor;
+  }
+  return Enqueue(context, "PullRequest", request->Length(),
+                 [this, context, request, response]() -> grpc::Status {
+                   // Parsed here, not on gRPC's thread.
+                   return PullNow(context, request, response);
+                 });
 }
 
 grpc::ServerUnaryReactor* ShardCallbackService::Push(

@@ -12,7 +12,11 @@
 // Pull is served raw: the request is parsed on the executor thread and the
 // answer is the wire bytes of HandlePullWire (ps/pull_wire.h), rows
 // written straight into the slice gRPC sends. A request that is not a
-// PullRequest gets INVALID_ARGUMENT naming its size.
+// PullRequest gets INVALID_ARGUMENT naming its size. A small Pull (at most
+// `inline_pull_keys` keys, judged by its size) runs on gRPC's own thread
+// instead: it only reads rows in memory, a few microseconds of work, and
+// the hop to the executor and back cost more than that
+// (docs/BENCHMARKS.md, "gRPC's own ceiling").
 //
 // Thread-safety: safe for concurrent access.
 #ifndef MIM_PS_CALLBACK_SERVICE_H_
@@ -34,9 +38,15 @@ class ShardCallbackService final
   // `handlers` and `executor` must outlive the server this is registered
   // with (destroy the executor after the server, so that a call queued at
   // shutdown is still answered).
+  // Pulls of at most `inline_pull_keys` keys run on gRPC's thread (0:
+  // every call goes through the executor).
   ShardCallbackService(ParameterServerService* handlers,
-                       base::Executor* executor)
-      : handlers_(handlers), executor_(executor) {}
+                       base::Executor* executor, size_t inline_pull_keys = 0)
+      : handlers_(handlers),
+        executor_(executor),
+        inline_pull_bytes_(inline_pull_keys == 0
+                               ? 0
+                               : 8 * inline_pull_keys + kPullOverheadBytes) {}
 
   grpc::ServerUnaryReactor* Pull(grpc::CallbackServerContext* context,
                                  const grpc::ByteBuffer* request,
@@ -94,8 +104,18 @@ class ShardCallbackService final
                                   const Request* request, Response* response,
                                   Handler<Request, Response> handler);
 
+  // Parses `request` as a PullRequest and runs HandlePullWire.
+  grpc::Status PullNow(grpc::CallbackServerContext* context,
+                       const grpc::ByteBuffer* request,
+                       grpc::ByteBuffer* response);
+
+  // A PullRequest's bytes beyond its keys' 8 each: the table name (at most
+  // 128 bytes) and the field tags and lengths.
+  static constexpr size_t kPullOverheadBytes = 160;
+
   ParameterServerService* const handlers_;
   base::Executor* const executor_;
+  const size_t inline_pull_bytes_;  // 0: none inline
 };
 
 }  // namespace mim::ps

@@ -78,6 +78,11 @@ DEFINE_uint64(max_keys_per_request, mim::ps::kDefaultMaxKeysPerRequest,
 DEFINE_int32(threads, 16,
              "Threads running calls (the executor of the callback service): "
              "calls beyond it wait in a queue within their deadline.");
+DEFINE_int32(inline_pull_keys, 1024,
+             "Pulls of at most this many keys run on gRPC's own thread "
+             "rather than the executor (--threads): they only read rows in "
+             "memory, and the hop costs more than the work. 0: every call "
+             "goes through the executor.");
 DEFINE_int32(max_queue, 4096,
              "Calls that may wait for a thread; one that finds the queue "
              "full is refused (RESOURCE_EXHAUSTED naming this flag).");
@@ -137,6 +142,12 @@ int main(int argc, char** argv) {
   if (FLAGS_max_queue < 1) return Fail("--max_queue must be >= 1");
   if (FLAGS_max_keys_per_request < 1) {
     return Fail("--max_keys_per_request must be >= 1");
+  }
+  if (FLAGS_inline_pull_keys < 0 ||
+      FLAGS_inline_pull_keys > static_cast<int>(mim::ps::kDefaultMaxKeysPerRequest)) {
+    return Fail(absl::StrCat("--inline_pull_keys must be in [0, ",
+                             mim::ps::kDefaultMaxKeysPerRequest, "], got ",
+                             FLAGS_inline_pull_keys));
   }
   if (FLAGS_max_message_mb < 1 || FLAGS_max_message_mb > 1024) {
     return Fail(absl::StrCat("--max_message_mb must be in [1, 1024], got ",
@@ -227,8 +238,9 @@ int main(int argc, char** argv) {
   auto executor = std::make_unique<mim::base::Executor>(
       FLAGS_threads, FLAGS_max_queue,
       absl::StrCat("shard ", FLAGS_shard_index, "/", FLAGS_num_shards));
-  mim::ps::ShardCallbackService callback_service(service.get(),
-                                                 executor.get());
+  mim::ps::ShardCallbackService callback_service(
+      service.get(), executor.get(),
+      static_cast<size_t>(FLAGS_inline_pull_keys));
 
   // Our own health service, which checks tokens, instead of gRPC's
   // built-in one (EnableDefaultHealthCheckService), which answers anyone.

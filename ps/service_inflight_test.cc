@@ -271,5 +271,71 @@ TEST_F(InflightTest, FullQueueIsRetryLaterAndPsClientResends) {
   server->Shutdown();
 }
 
+// With inline_pull_keys, a small Pull runs on gRPC's thread: it is answered
+// while the executor is blocked and its queue full, with the rows a queued
+// pull returns; a larger one still goes through the executor.
+TEST_F(InflightTest, SmallPullsRunInlineWithTheSameRows) {
+  absl::Notification release;
+  absl::Notification running;
+  base::Executor executor(/*threads=*/1, /*max_queue=*/1, "shard 0/1");
+  ShardCallbackService callback(service_.get(), &executor,
+                                /*inline_pull_keys=*/16);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  builder.RegisterService(&callback);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  PsClient::Options once;
+  once.max_attempts = 1;
+  auto inline_client =
+      PsClient::Create({absl::StrCat("127.0.0.1:", port)}, once);
+  ASSERT_TRUE(inline_client.ok());
+  auto queued_client = PsClient::Create({address_}, once);  // sync server
+  ASSERT_TRUE(queued_client.ok());
+
+  PushResponse pushed;
+  ASSERT_TRUE(Push(40, &pushed).ok());  // keys 1..40, rows -0.5 each
+  std::vector<uint64_t> small = {3, 1, 2, 40, 39};
+  absl::StatusOr<PsClient::PullResult> expected =
+      (*queued_client)->Pull("t", small);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+
+  absl::Cleanup unblock = [&release] {
+    if (!release.HasBeenNotified()) release.Notify();
+  };
+  ASSERT_TRUE(executor
+                  .Submit(absl::InfiniteFuture(),
+                          [&release, &running](const absl::Status&) {
+                            running.Notify();
+                            release.WaitForNotification();
+                          })
+                  .ok());
+  running.WaitForNotification();
+  ASSERT_TRUE(executor
+                  .Submit(absl::InfiniteFuture(),
+                          [&release](const absl::Status&) {
+                            release.WaitForNotification();
+                          })
+                  .ok());
+
+  absl::StatusOr<PsClient::PullResult> got =
+      (*inline_client)->Pull("t", small);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->values, expected->values);
+  std::vector<uint64_t> large(40);
+  for (size_t i = 0; i < large.size(); ++i) large[i] = i + 1;
+  const absl::Status refused = (*inline_client)->Pull("t", large).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("queue full"));
+  release.Notify();
+  absl::StatusOr<PsClient::PullResult> all =
+      (*inline_client)->Pull("t", large);
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->values, std::vector<float>(40 * kDim, -kLearningRate));
+  server->Shutdown();
+}
+
 }  // namespace
 }  // namespace mim::ps
