@@ -840,6 +840,10 @@ struct CiubmModel::Impl {
   // After the last op that reads a staged batch's inputs: marks them free
   // for the stager (nothing for an unstaged batch).
   absl::Status ReleaseStaged(const Batch& b) const;
+  // Returns `status`; when it is an error, first frees the slot of a batch
+  // whose staged inputs the failed call took, so that a caller that goes
+  // on (and stages again) is not refused that slot forever.
+  absl::Status AbandonStagedOnError(const Batch& b, absl::Status status) const;
   absl::Status RunBackward(const Batch& b, ModelWorkspace::State* w,
                            float* grad_dense,
                            std::vector<float>* grad_id_rows) const;
@@ -982,6 +986,25 @@ absl::Status CiubmModel::Impl::ReleaseStaged(const Batch& b) const {
   return absl::OkStatus();
 }
 
+absl::Status CiubmModel::Impl::AbandonStagedOnError(const Batch& b,
+                                                    absl::Status status) const {
+  if (status.ok() || b.staged.slot == nullptr) return status;
+  InputSlot& s = *b.staged.slot;
+  // Only a staging this model may use and that is still the slot's own; a
+  // foreign or overwritten one is left to whoever holds it.
+  if (s.backend != backend || s.content != UsesContent(config) ||
+      s.sequence != b.staged.sequence ||
+      s.released.load(std::memory_order_acquire) == s.sequence) {
+    return status;
+  }
+  // After whatever the failed call queued; if even that fails the device
+  // is broken and the slot stays held (Stage then refuses it).
+  if (backend->RecordEvent(s.read_done.get()).ok()) {
+    s.released.store(b.staged.sequence, std::memory_order_release);
+  }
+  return status;
+}
+
 absl::Status CiubmModel::Impl::RunBackward(
     const Batch& b, ModelWorkspace::State* w, float* grad_dense,
     std::vector<float>* grad_id_rows) const {
@@ -1101,7 +1124,8 @@ absl::Status CiubmModel::Predict(const Batch& batch, ModelWorkspace* workspace,
     return absl::InvalidArgumentError("Predict: workspace is null");
   }
   ModelWorkspace::State* w = workspace->state_.get();
-  MIM_RETURN_IF_ERROR(impl_->RunForward(batch, w));
+  MIM_RETURN_IF_ERROR(
+      impl_->AbandonStagedOnError(batch, impl_->RunForward(batch, w)));
   MIM_RETURN_IF_ERROR(impl_->ReleaseStaged(batch));
   MIM_RETURN_IF_ERROR(w->Probs(probs));
   // Finite parameters can still overflow (inf - inf) on some inputs; a NaN
@@ -1121,7 +1145,8 @@ absl::Status CiubmModel::Predict(const Batch& batch, ModelWorkspace* workspace,
 absl::Status CiubmModel::Forward(const Batch& batch,
                                  std::vector<float>* probs) {
   ModelWorkspace::State* w = &impl_->train();
-  MIM_RETURN_IF_ERROR(impl_->RunForward(batch, w));
+  MIM_RETURN_IF_ERROR(
+      impl_->AbandonStagedOnError(batch, impl_->RunForward(batch, w)));
   MIM_RETURN_IF_ERROR(impl_->ReleaseStaged(batch));
   return w->Probs(probs);
 }
@@ -1131,17 +1156,20 @@ absl::Status CiubmModel::ForwardBackward(const Batch& batch, float* loss,
                                          std::vector<float>* grad_dense) {
   Impl& m = *impl_;
   ModelWorkspace::State* w = &m.train();
-  MIM_RETURN_IF_ERROR(m.RunForward(batch, w));
   float* loss_out = loss;
-  if (!m.on_host()) {
-    MIM_RETURN_IF_ERROR(w->loss.Resize(1));
-    loss_out = w->loss.data();
-  }
-  MIM_RETURN_IF_ERROR(m.backend->SigmoidCrossEntropyForward(
-      w->B, w->logits.data(), w->in.labels, loss_out));
-  m.host_grads_stale = !m.on_host();
-  MIM_RETURN_IF_ERROR(
-      m.RunBackward(batch, w, m.BackendGrads(), grad_id_rows));
+  // Everything that reads the batch's inputs.
+  const absl::Status computed = [&]() -> absl::Status {
+    MIM_RETURN_IF_ERROR(m.RunForward(batch, w));
+    if (!m.on_host()) {
+      MIM_RETURN_IF_ERROR(w->loss.Resize(1));
+      loss_out = w->loss.data();
+    }
+    MIM_RETURN_IF_ERROR(m.backend->SigmoidCrossEntropyForward(
+        w->B, w->logits.data(), w->in.labels, loss_out));
+    m.host_grads_stale = !m.on_host();
+    return m.RunBackward(batch, w, m.BackendGrads(), grad_id_rows);
+  }();
+  MIM_RETURN_IF_ERROR(m.AbandonStagedOnError(batch, computed));
   MIM_RETURN_IF_ERROR(m.ReleaseStaged(batch));
   if (!m.on_host()) {
     MIM_RETURN_IF_ERROR(

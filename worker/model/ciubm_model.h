@@ -144,6 +144,9 @@ class InputStager {
   // reads the batch in place). Errors: INVALID_ARGUMENT as ValidateBatch;
   // FAILED_PRECONDITION naming the slot when it is staged again before the
   // model computed its last batch; the backend's copy and event errors.
+  // A model call that fails on a staged batch gives its slot back (the
+  // batch must be staged again to be computed), so a caller that goes on
+  // after an error is not refused that slot.
   absl::Status Stage(Batch* batch);
 
  private:

@@ -231,6 +231,67 @@ TEST(CudaModelStagingTest, StagingMoreThanOneBatchAheadIsRefused) {
   EXPECT_EQ(foreign.code(), absl::StatusCode::kFailedPrecondition);
 }
 
+TEST(CudaModelStagingTest, AFailedComputeFreesItsSlot) {
+  const ModelConfig c = SmallConfig("din_mim");
+  auto model = CiubmModel::Create(c, kernels::CudaBackend()).value();
+  auto plain = CiubmModel::Create(c, kernels::CudaBackend()).value();
+  std::unique_ptr<InputStager> stager = model->NewInputStager();
+  std::vector<Batch> b;
+  for (uint32_t i = 0; i < 4; ++i) {
+    b.push_back(RandomBatch(4, 5, 12, 6, c.id_dim, c.content_dim, 40 + i));
+  }
+  ASSERT_TRUE(stager->Stage(&b[0]).ok());  // slot 0
+  ASSERT_TRUE(stager->Stage(&b[1]).ok());  // slot 1
+  // A call on batch 0's staged inputs that fails: the batch no longer
+  // matches what was staged.
+  Batch changed = RandomBatch(6, 7, 20, 9, c.id_dim, c.content_dim, 5);
+  changed.staged = b[0].staged;
+  float loss = 0;
+  std::vector<float> grad, probs;
+  ASSERT_EQ(model->TrainStep(changed, &loss, &grad).code(),
+            absl::StatusCode::kFailedPrecondition);
+  // Slot 0 is free again, and the model goes on with the same results as
+  // one that never failed.
+  ASSERT_TRUE(stager->Stage(&b[2]).ok());
+  float loss_plain = 0;
+  std::vector<float> grad_plain;
+  ASSERT_TRUE(model->TrainStep(b[1], &loss, &grad).ok());
+  ASSERT_TRUE(plain->TrainStep(b[1], &loss_plain, &grad_plain).ok());
+  EXPECT_EQ(loss, loss_plain);
+  EXPECT_EQ(grad, grad_plain);
+  ASSERT_TRUE(model->TrainStep(b[2], &loss, &grad).ok());
+  Batch b2 = b[2];
+  b2.staged = StagedInputs{};
+  ASSERT_TRUE(plain->TrainStep(b2, &loss_plain, &grad_plain).ok());
+  EXPECT_EQ(loss, loss_plain);
+  EXPECT_EQ(grad, grad_plain);
+  // A failed Predict frees its slot too.
+  ASSERT_TRUE(stager->Stage(&b[3]).ok());  // slot 1
+  Batch changed3 = RandomBatch(6, 7, 20, 9, c.id_dim, c.content_dim, 6);
+  changed3.staged = b[3].staged;
+  auto ws = model->NewWorkspace();
+  ASSERT_EQ(model->Predict(changed3, ws.get(), &probs).code(),
+            absl::StatusCode::kFailedPrecondition);
+  Batch again = b[0];
+  again.staged = StagedInputs{};
+  EXPECT_TRUE(stager->Stage(&again).ok());  // slot 0 (batch 2 computed)
+  EXPECT_TRUE(stager->Stage(&b[1]).ok());   // slot 1, freed by the failure
+  // A foreign model's failure leaves the slot alone.
+  auto other = CiubmModel::Create(SmallConfig("din"), kernels::CudaBackend()).value();
+  ASSERT_EQ(other->TrainStep(b[1], &loss, &grad).code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(model->TrainStep(again, &loss, &grad).ok());  // frees slot 0
+  Batch extra = b[3];
+  extra.staged = StagedInputs{};
+  ASSERT_TRUE(stager->Stage(&extra).ok());  // slot 0
+  Batch next = b[2];
+  next.staged = StagedInputs{};
+  const absl::Status held = stager->Stage(&next);  // slot 1: b[1], not computed
+  EXPECT_EQ(held.code(), absl::StatusCode::kFailedPrecondition) << held;
+  EXPECT_NE(held.message().find("slot 1 still holds"), std::string::npos)
+      << held;
+}
+
 TEST(CudaModelStagingTest, TheCpuBackendReadsBatchesInPlace) {
   const ModelConfig c = SmallConfig("din_mim");
   auto model = CiubmModel::Create(c, kernels::CpuBackend()).value();
