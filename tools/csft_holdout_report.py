@@ -9,6 +9,15 @@ C-SFT third round), from the output folders of
 Per folder and CTR run name (<model>_<vectors>_s<seed>): AUC, GAUC and the
 AUC on the held-out items' samples (from the run's predictions), mean ± sd
 over seeds; per C-SFT tag: warm / new recall@10 and @50. Prints markdown.
+--val may be left out (test folder only).
+
+--sets=DIR,DIR,... (one test folder per held-out item set, each with the
+runs din_plain, din_mim_plain and din_mim_<--tag> over the same seeds)
+instead prints, per set and as the mean over sets, the 3-seed means of AUC
+and held-out AUC and the differences C-SFT - din and C-SFT - plain, and
+whether each set meets the target (C-SFT - din at least --target_auc on AUC
+and at least --target_heldout on held-out AUC, both at once); --png then
+plots each set's C-SFT - din differences against the target.
 """
 import argparse
 import collections
@@ -37,9 +46,11 @@ def collect(out):
     held = {int(x) for x in open(os.path.join(out, "holdout_items.txt")) if x.strip()}
     ctr = collections.defaultdict(lambda: collections.defaultdict(list))
     for path in sorted(glob.glob(os.path.join(out, "runs", "*_s[0-9]*.json"))):
-        name = re.match(r"(.*)_s(\d+)\.json$", os.path.basename(path)).group(1)
+        m = re.match(r"(.*)_s(\d+)\.json$", os.path.basename(path))
+        name = m.group(1)
         r = json.load(open(path))
         auc, n, pos = holdout_auc(path[:-len(".json")] + ".pred.tsv", held)
+        ctr[name]["seeds"].append(int(m.group(2)))
         ctr[name]["auc"].append(r["auc"])
         ctr[name]["gauc"].append(r["gauc"])
         ctr[name]["held"].append(auc)
@@ -56,13 +67,116 @@ def collect(out):
     return ctr, ret
 
 
+def set_summary(ctr, tag, where):
+    """The means over seeds of one item set's din, plain-vector din_mim and
+    C-SFT din_mim (`din_mim_<tag>`) runs, and the differences. Raises
+    ValueError, naming `where`, when a run is missing, a held-out AUC could
+    not be computed, or the three runs' seeds differ."""
+    names = {"din": "din_plain", "plain": "din_mim_plain", "csft": f"din_mim_{tag}"}
+    seeds = None
+    row = {}
+    for key, name in names.items():
+        if name not in ctr:
+            raise ValueError(f"{where}: no runs named {name}_s<seed> "
+                             f"(have: {', '.join(sorted(ctr)) or 'none'})")
+        m = ctr[name]
+        if seeds is None:
+            seeds = sorted(m["seeds"])
+        elif sorted(m["seeds"]) != seeds:
+            raise ValueError(f"{where}: {name} has seeds {sorted(m['seeds'])}, "
+                             f"{names['din']} has {seeds}; the means need the same seeds")
+        if any(h is None for h in m["held"]):
+            raise ValueError(f"{where}: {name} has a seed without a held-out AUC "
+                             "(its held-out samples have one class only)")
+        row[key] = (statistics.mean(m["auc"]), statistics.mean(m["held"]))
+    for ref in ("din", "plain"):
+        row[f"csft-{ref}"] = tuple(c - r for c, r in zip(row["csft"], row[ref]))
+    row["seeds"] = seeds
+    return row
+
+
+def meets(diff, target_auc, target_heldout):
+    """Whether a (AUC, held-out AUC) difference reaches both targets."""
+    return diff[0] >= target_auc and diff[1] >= target_heldout
+
+
+def print_sets(rows, target_auc, target_heldout):
+    """Markdown: one line per item set, then the mean over sets."""
+    print("| item set | din AUC / held-out | plain AUC / held-out | C-SFT AUC / held-out "
+          "| C-SFT - din | C-SFT - plain | target met |\n|---|---|---|---|---|---|---|")
+    for label, r in rows:
+        cells = [f"{r[k][0]:.4f} / {r[k][1]:.4f}" for k in ("din", "plain", "csft")]
+        cells += [f"{r[k][0]:+.4f} / {r[k][1]:+.4f}" for k in ("csft-din", "csft-plain")]
+        ok = meets(r["csft-din"], target_auc, target_heldout)
+        print(f"| {label} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} |")
+    mean = {k: tuple(statistics.mean(r[k][i] for _, r in rows) for i in (0, 1))
+            for k in ("din", "plain", "csft", "csft-din", "csft-plain")}
+    n_ok = sum(meets(r["csft-din"], target_auc, target_heldout) for _, r in rows)
+    cells = [f"{mean[k][0]:.4f} / {mean[k][1]:.4f}" for k in ("din", "plain", "csft")]
+    cells += [f"{mean[k][0]:+.4f} / {mean[k][1]:+.4f}" for k in ("csft-din", "csft-plain")]
+    ok = meets(mean["csft-din"], target_auc, target_heldout)
+    print(f"| mean of {len(rows)} | " + " | ".join(cells)
+          + f" | {'yes' if ok else 'no'} (sets: {n_ok} of {len(rows)}) |")
+    return mean
+
+
+def plot_sets(rows, mean, target_auc, target_heldout, png):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for label, r in rows:
+        ax.plot(*r["csft-din"], "o", color="tab:blue")
+        ax.annotate(label, r["csft-din"], fontsize=8, xytext=(4, 4),
+                    textcoords="offset points")
+    ax.plot(*mean["csft-din"], "*", color="tab:red", markersize=14,
+            label=f"mean of {len(rows)} item sets")
+    ax.axvline(target_auc, color="gray", ls="--")
+    ax.axhline(target_heldout, color="gray", ls="--", label="target (both at once: upper right)")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel("C-SFT din_mim - din: AUC (3-seed means)")
+    ax.set_ylabel("C-SFT din_mim - din: held-out-item AUC")
+    ax.set_title("Test period, one point per held-out item set")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--val", required=True)
-    ap.add_argument("--test", required=True)
+    ap.add_argument("--val", default=None)
+    ap.add_argument("--test", default=None)
+    ap.add_argument("--sets", default=None,
+                    help="test folders, one per held-out item set, comma-separated")
+    ap.add_argument("--tag", default="mdrop50", help="the C-SFT variant's tag (--sets)")
+    ap.add_argument("--target_auc", type=float, default=0.004)
+    ap.add_argument("--target_heldout", type=float, default=0.02)
     ap.add_argument("--png", default=None)
     args = ap.parse_args()
-    data = {"validation": collect(args.val), "test": collect(args.test)}
+    if args.sets is not None:
+        if args.val or args.test:
+            sys.exit("--sets replaces --val and --test: give one or the other")
+        dirs = [d for d in args.sets.split(",") if d]
+        if not dirs:
+            sys.exit("--sets: no folder given")
+        rows = []
+        try:
+            for d in dirs:
+                rows.append((os.path.basename(os.path.normpath(d)),
+                             set_summary(collect(d)[0], args.tag, d)))
+        except (ValueError, OSError) as e:
+            sys.exit(f"--sets: {e}")
+        mean = print_sets(rows, args.target_auc, args.target_heldout)
+        if args.png:
+            plot_sets(rows, mean, args.target_auc, args.target_heldout, args.png)
+        return
+    if not args.test:
+        sys.exit("need --test (and optionally --val), or --sets")
+    data = {}
+    if args.val:
+        data["validation"] = collect(args.val)
+    data["test"] = collect(args.test)
     for phase, (ctr, ret) in data.items():
         print(f"\n{phase}\n")
         print("| run | AUC | GAUC | held-out AUC | n (pos) |\n|---|---|---|---|---|")
@@ -84,8 +198,8 @@ def main():
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-        for ax, (phase, (ctr, _)) in zip(axes, data.items()):
+        fig, axes = plt.subplots(1, len(data), figsize=(6 * len(data), 5), squeeze=False)
+        for ax, (phase, (ctr, _)) in zip(axes[0], data.items()):
             for name, m in sorted(ctr.items()):
                 if "_abl_" in name:  # ablations: in the tables only
                     continue
