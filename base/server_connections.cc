@@ -1,10 +1,14 @@
 #include "base/server_connections.h"
 
+#include <pthread.h>
+
 #include <climits>
 #include <cstdint>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "gflags/gflags.h"
+#include "glog/logging.h"
 #include "grpc/grpc.h"
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/server.h"
@@ -106,6 +110,35 @@ absl::StatusOr<StartedServer> StartServer(ServerSpec spec) {
                  : ""));
   }
   return started;
+}
+
+std::string StartFailureText(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kUnavailable
+             ? std::string(status.message())
+             : status.ToString();
+}
+
+sigset_t BlockShutdownSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return signals;
+}
+
+void ServeUntilSignal(grpc::Server* server, const sigset_t& signals,
+                      const std::function<void()>& on_signal,
+                      absl::Duration grace) {
+  std::thread waiter([server, &signals, &on_signal, grace] {
+    int signal = 0;
+    sigwait(&signals, &signal);
+    LOG(INFO) << "signal " << signal << ": shutting down";
+    if (on_signal) on_signal();
+    server->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  });
+  server->Wait();
+  waiter.join();
 }
 
 }  // namespace mim::base

@@ -29,13 +29,17 @@
 #ifndef MIM_BASE_SERVER_CONNECTIONS_H_
 #define MIM_BASE_SERVER_CONNECTIONS_H_
 
+#include <signal.h>
+
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "grpcpp/impl/server_builder_option.h"
 
 namespace grpc {
@@ -77,6 +81,23 @@ struct StartedServer {
 // INVALID_ARGUMENT for a bad flag or spec, UNAVAILABLE "cannot listen on
 // ADDRESS" (with a TLS hint when `tls`).
 absl::StatusOr<StartedServer> StartServer(ServerSpec spec);
+
+// What a server binary prints when StartServer fails: UNAVAILABLE's
+// message alone (it names the address and the hint), else the status.
+std::string StartFailureText(const absl::Status& status);
+
+// Blocks SIGTERM and SIGINT in the calling thread and returns them. Call it
+// before any thread starts (gRPC's included), so that the signals reach
+// only ServeUntilSignal's waiter.
+sigset_t BlockShutdownSignals();
+
+// Returns once `server` has stopped: a thread waits for one of `signals`,
+// logs it, runs `on_signal` (e.g. health answers NOT_SERVING) and shuts
+// the server down, giving calls in flight `grace` before they are
+// cancelled.
+void ServeUntilSignal(grpc::Server* server, const sigset_t& signals,
+                      const std::function<void()>& on_signal,
+                      absl::Duration grace);
 
 }  // namespace mim::base
 

@@ -13,14 +13,12 @@
 // turn TLS on, --tls_client_ca requires client certificates (base/grpc_tls.h);
 // --auth_tokens=FILE checks a bearer token on every call (base/grpc_auth.h,
 // roles in ps/service.h). docs/OPERATIONS.md, "Security".
-#include <pthread.h>
 #include <signal.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -167,11 +165,7 @@ int main(int argc, char** argv) {
 
   // Block the shutdown signals before gRPC starts threads, so that they are
   // delivered only to the waiter thread below.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const sigset_t signals = mim::base::BlockShutdownSignals();
 
   // Credentials and tokens before the store is opened, so that a bad file
   // fails at once.
@@ -261,9 +255,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<mim::base::StartedServer> started =
       mim::base::StartServer(std::move(spec));
   if (!started.ok()) {
-    return Fail(started.status().code() == absl::StatusCode::kUnavailable
-                    ? std::string(started.status().message())
-                    : started.status().ToString());
+    return Fail(mim::base::StartFailureText(started.status()));
   }
   std::unique_ptr<grpc::Server> server = std::move(started->server);
   const int port = started->port;
@@ -276,16 +268,10 @@ int main(int argc, char** argv) {
   }
   std::fflush(stdout);
 
-  std::thread waiter([&server, &signals, &health] {
-    int signal = 0;
-    sigwait(&signals, &signal);
-    LOG(INFO) << "signal " << signal << ": shutting down";
-    health.SetServing(false);
-    // In-flight calls get a few seconds to finish, then are cancelled.
-    server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-  });
-  server->Wait();
-  waiter.join();
+  // In-flight calls get a few seconds to finish, then are cancelled.
+  mim::base::ServeUntilSignal(
+      server.get(), signals, [&health] { health.SetServing(false); },
+      absl::Seconds(5));
   server.reset();  // waits for every call to be answered
   executor.reset();
   service.reset();  // no scrape reads the store after this

@@ -14,14 +14,12 @@
 // client of the shards, --ps_tls_ca, --ps_tls_client_cert,
 // --ps_tls_client_key and --ps_auth_token_file (an admin token when
 // UpsertItem is used: it writes to the content table).
-#include <pthread.h>
 #include <signal.h>
 
 #include <cstdio>
 #include <limits>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -160,11 +158,7 @@ int main(int argc, char** argv) {
         FLAGS_grpc_memory_mb));
   }
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const sigset_t signals = mim::base::BlockShutdownSignals();
 
   mim::base::Metrics::Options metrics_options;
   metrics_options.address = FLAGS_metrics_address;
@@ -265,9 +259,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<mim::base::StartedServer> started =
       mim::base::StartServer(std::move(spec));
   if (!started.ok()) {
-    return Fail(started.status().code() == absl::StatusCode::kUnavailable
-                    ? std::string(started.status().message())
-                    : started.status().ToString());
+    return Fail(mim::base::StartFailureText(started.status()));
   }
   std::unique_ptr<grpc::Server> server = std::move(started->server);
   const int port = started->port;
@@ -279,15 +271,9 @@ int main(int argc, char** argv) {
   }
   std::fflush(stdout);
 
-  std::thread waiter([&server, &signals, &health] {
-    int signal = 0;
-    sigwait(&signals, &signal);
-    LOG(INFO) << "signal " << signal << ": shutting down";
-    health.SetServing(false);
-    server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-  });
-  server->Wait();
-  waiter.join();
+  mim::base::ServeUntilSignal(
+      server.get(), signals, [&health] { health.SetServing(false); },
+      absl::Seconds(5));
   server.reset();
   return 0;
 }
