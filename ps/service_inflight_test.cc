@@ -32,6 +32,36 @@ constexpr size_t kMiB = size_t{1} << 20;
 constexpr uint32_t kDim = 64;
 constexpr float kLearningRate = 0.5f;
 
+// A callback server on a free loopback port (*port), serving `callback`.
+std::unique_ptr<grpc::Server> StartOnLoopback(ShardCallbackService* callback,
+                                              int* port) {
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           port);
+  builder.RegisterService(callback);
+  return builder.BuildAndStart();
+}
+
+// Occupies a 1-thread, 1-place executor until `release` is notified: its
+// thread runs a task (started when this returns) and its queue holds one.
+void Saturate(base::Executor* executor, absl::Notification* release) {
+  absl::Notification running;
+  ASSERT_TRUE(executor
+                  ->Submit(absl::InfiniteFuture(),
+                           [release, &running](const absl::Status&) {
+                             running.Notify();
+                             release->WaitForNotification();
+                           })
+                  .ok());
+  running.WaitForNotification();
+  ASSERT_TRUE(executor
+                  ->Submit(absl::InfiniteFuture(),
+                           [release](const absl::Status&) {
+                             release->WaitForNotification();
+                           })
+                  .ok());
+}
+
 class InflightTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -213,15 +243,10 @@ TEST_F(InflightTest, PsClientRetriesABusyShardAndAppliesThePushOnce) {
 TEST_F(InflightTest, FullQueueIsRetryLaterAndPsClientResends) {
   // Declared before the executor: its tasks wait on them until it joins.
   absl::Notification release;
-  absl::Notification running;
   base::Executor executor(/*threads=*/1, /*max_queue=*/1, "shard 0/1");
   ShardCallbackService callback(service_.get(), &executor);
-  grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                           &port);
-  builder.RegisterService(&callback);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  std::unique_ptr<grpc::Server> server = StartOnLoopback(&callback, &port);
   ASSERT_NE(server, nullptr);
   const std::string address = absl::StrCat("127.0.0.1:", port);
 
@@ -231,20 +256,7 @@ TEST_F(InflightTest, FullQueueIsRetryLaterAndPsClientResends) {
   absl::Cleanup unblock = [&release] {
     if (!release.HasBeenNotified()) release.Notify();
   };
-  ASSERT_TRUE(executor
-                  .Submit(absl::InfiniteFuture(),
-                          [&release, &running](const absl::Status&) {
-                            running.Notify();
-                            release.WaitForNotification();
-                          })
-                  .ok());
-  running.WaitForNotification();
-  ASSERT_TRUE(executor
-                  .Submit(absl::InfiniteFuture(),
-                          [&release](const absl::Status&) {
-                            release.WaitForNotification();
-                          })
-                  .ok());
+  Saturate(&executor, &release);
   PsClient::Options once;
   once.max_attempts = 1;
   auto single = PsClient::Create({address}, once);
@@ -276,16 +288,11 @@ TEST_F(InflightTest, FullQueueIsRetryLaterAndPsClientResends) {
 // pull returns; a larger one still goes through the executor.
 TEST_F(InflightTest, SmallPullsRunInlineWithTheSameRows) {
   absl::Notification release;
-  absl::Notification running;
   base::Executor executor(/*threads=*/1, /*max_queue=*/1, "shard 0/1");
   ShardCallbackService callback(service_.get(), &executor,
                                 /*inline_pull_keys=*/16);
-  grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                           &port);
-  builder.RegisterService(&callback);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  std::unique_ptr<grpc::Server> server = StartOnLoopback(&callback, &port);
   ASSERT_NE(server, nullptr);
   PsClient::Options once;
   once.max_attempts = 1;
@@ -305,20 +312,7 @@ TEST_F(InflightTest, SmallPullsRunInlineWithTheSameRows) {
   absl::Cleanup unblock = [&release] {
     if (!release.HasBeenNotified()) release.Notify();
   };
-  ASSERT_TRUE(executor
-                  .Submit(absl::InfiniteFuture(),
-                          [&release, &running](const absl::Status&) {
-                            running.Notify();
-                            release.WaitForNotification();
-                          })
-                  .ok());
-  running.WaitForNotification();
-  ASSERT_TRUE(executor
-                  .Submit(absl::InfiniteFuture(),
-                          [&release](const absl::Status&) {
-                            release.WaitForNotification();
-                          })
-                  .ok());
+  Saturate(&executor, &release);
 
   absl::StatusOr<PsClient::PullResult> got =
       (*inline_client)->Pull("t", small);
