@@ -324,6 +324,17 @@ TEST_F(InflightTest, SmallPullsRunInlineWithTheSameRows) {
   EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
   EXPECT_THAT(std::string(refused.message()), HasSubstr("queue full"));
   release.Notify();
+  // Until the blocked tasks are done: a task queued after them has run
+  // (one thread, first in first out). Its Submit is refused while the
+  // queue is still full.
+  absl::Notification drained;
+  while (!executor
+              .Submit(absl::InfiniteFuture(),
+                      [&drained](const absl::Status&) { drained.Notify(); })
+              .ok()) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  drained.WaitForNotification();
   absl::StatusOr<PsClient::PullResult> all =
       (*inline_client)->Pull("t", large);
   ASSERT_TRUE(all.ok()) << all.status();
