@@ -588,6 +588,10 @@ int RunClient(const std::vector<int>& batches,
   mim::ps::PsClient::Options options;
   options.channels_per_shard = max_threads;
   options.timeout = absl::Seconds(30);
+  // One call per Pull: the server answers by the request's length, so it
+  // knows only whole batches (splitting is measured against a real shard,
+  // bench/ps_bench).
+  options.pull_keys_per_call = 0;
   auto ps_or = mim::ps::PsClient::Create({server.address}, options);
   if (!ps_or.ok()) Die(ps_or.status().ToString());
   mim::ps::PsClient& ps = **ps_or;

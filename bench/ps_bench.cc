@@ -68,6 +68,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gflags/gflags.h"
 #include "ps/client.h"
@@ -99,6 +100,15 @@ DEFINE_bool(load, true,
             "--noredis (a started Redis is empty).");
 DEFINE_int32(max_keys_per_call, 0,
              "PsClient::Options::max_keys_per_call (0: one call per shard).");
+DEFINE_int32(pull_keys_per_call, -1,
+             "PsClient::Options::pull_keys_per_call (-1: its default; 0: "
+             "Pulls not split).");
+DEFINE_int32(max_calls_per_shard, -1,
+             "PsClient::Options::max_calls_per_shard (-1: its default).");
+DEFINE_bool(mutex_deadlock_detection, true,
+            "Leave Abseil's Mutex deadlock detection as the library was "
+            "built (Debian: on, as in the trainer and serving); false turns "
+            "it off, as //ps:server does.");
 
 namespace {
 
@@ -558,6 +568,9 @@ std::string DefaultServerPath(const char* argv0) {
 
 int main(int argc, char** argv) {
   gflags::ParseCommandLineFlags(&argc, &argv, true);
+  if (!FLAGS_mutex_deadlock_detection) {
+    absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  }
   signal(SIGPIPE, SIG_IGN);
   if (FLAGS_quick) {
     FLAGS_rows = 100000;
@@ -622,6 +635,12 @@ int main(int argc, char** argv) {
   PsClient::Options options;
   options.channels_per_shard = max_threads;
   options.max_keys_per_call = FLAGS_max_keys_per_call;
+  if (FLAGS_pull_keys_per_call >= 0) {
+    options.pull_keys_per_call = FLAGS_pull_keys_per_call;
+  }
+  if (FLAGS_max_calls_per_shard >= 0) {
+    options.max_calls_per_shard = FLAGS_max_calls_per_shard;
+  }
   options.timeout = absl::Seconds(30);
   auto client_or = PsClient::Create({ps_address}, options);
   if (!client_or.ok()) Die(client_or.status().ToString());

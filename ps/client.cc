@@ -38,9 +38,9 @@ namespace mim::ps {
 namespace {
 
 using Stub = ParameterServer::Stub;
-// Pull's answer is read in place (ps/pull_wire.h), not parsed into a
-// PullResponse.
-using PullStub = grpc::TemplatedGenericStub<PullRequest, PullReply>;
+// Pull's request is written straight into a slice and its answer read in
+// place (ps/pull_wire.h): no PullRequest or PullResponse object.
+using PullStub = grpc::TemplatedGenericStub<grpc::ByteBuffer, PullReply>;
 constexpr char kPullMethod[] = "/mim.ps.ParameterServer/Pull";
 
 // The stubs of one channel.
@@ -91,9 +91,10 @@ MIM_PS_DEFINE_RPC(ListCheckpoints)
 MIM_PS_DEFINE_RPC(DeleteCheckpoint)
 #undef MIM_PS_DEFINE_RPC
 
-// Pull with its answer read in place: the same method on the wire.
+// Pull with its request prebuilt (PullRequestBuffer) and its answer read in
+// place: the same method on the wire.
 struct PullRpc {
-  using Request = PullRequest;
+  using Request = grpc::ByteBuffer;
   using Response = PullReply;
   static std::unique_ptr<grpc::ClientAsyncResponseReader<Response>> Async(
       const ChannelStubs& stubs, grpc::ClientContext* context,
@@ -108,16 +109,38 @@ struct PullRpc {
                            const Request& request, Response* response);
 };
 
-// Waits for `n` completions on `cq`, then shuts it down and drains it (a
-// CompletionQueue must be empty before it is destroyed).
-void AwaitAll(grpc::CompletionQueue* cq, size_t n) {
+// Waits for `n` completions on `cq`.
+void Await(grpc::CompletionQueue* cq, size_t n) {
   void* tag = nullptr;
   bool ok = false;
   for (size_t i = 0; i < n && cq->Next(&tag, &ok); ++i) {
   }
+}
+
+// Waits for `n` completions on `cq`, then shuts it down and drains it (a
+// CompletionQueue must be empty before it is destroyed).
+void AwaitAll(grpc::CompletionQueue* cq, size_t n) {
+  Await(cq, n);
   cq->Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
   while (cq->Next(&tag, &ok)) {
   }
+}
+
+// The completion queue of this thread's calls, made once per thread
+// rather than once per call (its creation and shutdown showed in the
+// client's profile). Every call waits for all of its completions before
+// it returns, so the queue is empty between calls (a nested call, e.g.
+// from Options::on_retry, runs between attempts); it is shut down and
+// drained when the thread ends. Not thread-safe (per thread).
+grpc::CompletionQueue* ThreadQueue() {
+  struct Queue {
+    grpc::CompletionQueue cq;
+    ~Queue() { AwaitAll(&cq, 0); }
+  };
+  thread_local Queue queue;
+  return &queue.cq;
 }
 
 grpc::Status PullRpc::Sync(const ChannelStubs& stubs,
@@ -125,10 +148,10 @@ grpc::Status PullRpc::Sync(const ChannelStubs& stubs,
                            const Request& request, Response* response) {
   // A blocking call is a completion queue drained by this thread, as
   // gRPC's own blocking calls are.
-  grpc::CompletionQueue cq;
+  grpc::CompletionQueue* cq = ThreadQueue();
   grpc::Status status;
-  Async(stubs, context, request, &cq)->Finish(response, &status, nullptr);
-  AwaitAll(&cq, 1);
+  Async(stubs, context, request, cq)->Finish(response, &status, nullptr);
+  Await(cq, 1);
   return status;
 }
 
@@ -184,6 +207,7 @@ absl::StatusOr<size_t> RowDim(size_t num_keys, size_t num_floats,
 // shard accepts and what fits a message), which may take more calls. Calls
 // go out in waves of at most max_calls_per_shard per shard.
 struct Routing {
+  std::vector<uint64_t> unique;          // the distinct keys, first-seen order
   std::vector<uint32_t> call_of_unique;
   std::vector<uint32_t> pos_of_unique;   // index in its call's request
   std::vector<uint32_t> unique_of_key;   // per request position
@@ -229,6 +253,13 @@ class KeyNumbering {
     }
   }
 
+  // Starts loading the entry where `key`'s probe begins, so that the
+  // probes of a batch miss the cache in parallel rather than one by one
+  // (the probe was most of routing's time at 16384 keys).
+  void Prefetch(uint64_t key) const {
+    __builtin_prefetch(&entries_[embedding::MixKey(key) & mask_], 1);
+  }
+
   // The table a thread keeps for calls of up to `keys` keys; larger calls
   // get `one_off`, so that no thread keeps a huge table for good.
   static KeyNumbering& For(size_t keys, KeyNumbering* one_off) {
@@ -250,21 +281,43 @@ class KeyNumbering {
   uint32_t generation_ = 0;
 };
 
+// The split of Routing, from PsClient::Options: a shard's keys go in calls
+// of at least `keys_per_call` keys (0: one call, unless max_keys needs
+// more), at most `max_calls` calls per shard and wave.
+struct Split {
+  int keys_per_call;
+  int max_calls;
+};
+
+// How Pull splits a shard's keys: by Options::pull_keys_per_call, or as
+// every other call when that is off.
+Split PullSplit(const PsClient::Options& options) {
+  return Split{options.pull_keys_per_call > 1 ? options.pull_keys_per_call
+                                              : options.max_keys_per_call,
+               options.max_calls_per_shard};
+}
+
 template <typename AddKey>  // void(uint32_t call, uint64_t key)
 Routing Route(absl::Span<const uint64_t> keys, uint32_t num_shards,
-              const PsClient::Options& options, size_t max_keys,
-              const AddKey& add) {
+              Split split, size_t max_keys, const AddKey& add) {
   Routing r;
   r.unique_of_key.resize(keys.size());
   // Pass 1: distinct keys and their shards.
-  std::vector<uint64_t> unique;
+  std::vector<uint64_t>& unique = r.unique;
   std::vector<uint32_t> shard_of_unique;
   unique.reserve(keys.size());
   shard_of_unique.reserve(keys.size());
   std::vector<size_t> per_shard(num_shards, 0);
   KeyNumbering one_off;
   KeyNumbering& numbering = KeyNumbering::For(keys.size(), &one_off);
+  constexpr size_t kPrefetchAhead = 16;
+  for (size_t i = 0; i < std::min(kPrefetchAhead, keys.size()); ++i) {
+    numbering.Prefetch(keys[i]);
+  }
   for (size_t i = 0; i < keys.size(); ++i) {
+    if (i + kPrefetchAhead < keys.size()) {
+      numbering.Prefetch(keys[i + kPrefetchAhead]);
+    }
     const auto [number, inserted] =
         numbering.Number(keys[i], static_cast<uint32_t>(unique.size()));
     r.unique_of_key[i] = number;
@@ -279,11 +332,10 @@ Routing Route(absl::Span<const uint64_t> keys, uint32_t num_shards,
   // max_calls_per_shard calls, so one request cannot occupy every thread of
   // a shard.
   std::vector<size_t> chunk(num_shards);
-  const size_t min_chunk = options.max_keys_per_call > 0
-                               ? static_cast<size_t>(options.max_keys_per_call)
+  const size_t min_chunk = split.keys_per_call > 0
+                               ? static_cast<size_t>(split.keys_per_call)
                                : std::numeric_limits<size_t>::max();
-  const size_t max_calls =
-      static_cast<size_t>(std::max(1, options.max_calls_per_shard));
+  const size_t max_calls = static_cast<size_t>(std::max(1, split.max_calls));
   for (uint32_t s = 0; s < num_shards; ++s) {
     chunk[s] = std::min(
         std::max<size_t>(1, max_keys),
@@ -323,8 +375,10 @@ template <typename Request>
 Routing RouteRequests(absl::string_view table, absl::Span<const uint64_t> keys,
                       uint32_t num_shards, const PsClient::Options& options,
                       size_t max_keys, std::vector<Request>* requests) {
-  Routing routing = Route(keys, num_shards, options, max_keys,
-                          [requests](uint32_t c, uint64_t key) {
+  Routing routing = Route(keys, num_shards,
+                          Split{options.max_keys_per_call,
+                                options.max_calls_per_shard},
+                          max_keys, [requests](uint32_t c, uint64_t key) {
                             if (c == requests->size()) requests->emplace_back();
                             (*requests)[c].add_keys(key);
                           });
@@ -482,7 +536,7 @@ class ShardCaller {
         status[go[0]] = Rpc::Sync(stubs[0], &context, requests[go[0]],
                                   &(*responses)[go[0]]);
       } else if (!go.empty()) {
-        grpc::CompletionQueue cq;
+        grpc::CompletionQueue* cq = ThreadQueue();
         std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
         std::vector<std::unique_ptr<
             grpc::ClientAsyncResponseReader<typename Rpc::Response>>>
@@ -493,11 +547,11 @@ class ShardCaller {
           contexts.back()->set_deadline(Deadline(options.timeout));
           base::AddBearerToken(options.auth_token, contexts.back().get());
           readers.push_back(Rpc::Async(stubs[i], contexts.back().get(),
-                                       requests[s], &cq));
+                                       requests[s], cq));
           readers.back()->Finish(&(*responses)[s], &status[s],
                                  reinterpret_cast<void*>(uintptr_t{s}));
         }
-        AwaitAll(&cq, go.size());
+        Await(cq, go.size());
       }
       for (const uint32_t s : go) {
         const grpc::StatusCode code = status[s].error_code();
@@ -749,6 +803,11 @@ absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(
         "max_message_bytes must be >= 64 KiB (got ", options.max_message_bytes,
         ") and max_keys_per_rpc >= 0 (got ", options.max_keys_per_rpc, ")"));
   }
+  if (options.pull_keys_per_call < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "pull_keys_per_call must be >= 0 (0 or 1: Pulls are not split; got ",
+        options.pull_keys_per_call, ")"));
+  }
   return std::unique_ptr<PsClient>(new PsClient(std::move(addresses), options));
 }
 
@@ -823,21 +882,26 @@ absl::Status PsClient::PullRows(
     absl::string_view table, absl::Span<const uint64_t> keys,
     const std::function<absl::StatusOr<float*>(uint32_t dim)>& buffer,
     std::vector<uint32_t>* missing) {
-  std::vector<PullRequest> requests;
+  std::vector<grpc::ByteBuffer> requests;
   std::vector<PullReply> responses;
   Routing routing;
   absl::Status status;
+  const uint32_t known_dim = KnownDim(table);
   // Calls are sized by the table's dim as last seen; when a shard refuses
   // a call as too large anyway (the table was restored with a larger dim),
   // once more sized by the largest dim.
-  for (const uint32_t known : {KnownDim(table), uint32_t{0}}) {
+  for (const uint32_t known : {known_dim, uint32_t{0}}) {
     const uint32_t dim = known > 0 ? known : kMaxRowDim;
-    requests.clear();
-    routing = RouteRequests(
-        table, keys, num_shards(), options_,
+    routing = Route(
+        keys, num_shards(), PullSplit(options_),
         KeysPerCall(MaxKeysForResponse(MessageBytes(options_), dim,
                                        /*get_rows=*/false)),
-        &requests);
+        [](uint32_t, uint64_t) {});
+    requests.clear();
+    requests.reserve(routing.unique_at.size());
+    for (const std::vector<uint32_t>& picks : routing.unique_at) {
+      requests.push_back(PullRequestBuffer(table, routing.unique, picks));
+    }
     status = ShardCaller::CallRouted<PullRpc>(*this, routing, requests,
                                               &responses, Resend::kAlways);
     if (known == 0 || status.code() != absl::StatusCode::kResourceExhausted ||
@@ -856,28 +920,53 @@ absl::Status PsClient::PullRows(
   }
   const uint32_t dim = responses[routing.calls[0]].dim();
   for (const uint32_t s : routing.calls) {
+    const size_t n = routing.unique_at[s].size();
     if (responses[s].dim() != dim || dim == 0 ||
-        responses[s].value_bytes() !=
-            size_t{4} * dim * requests[s].keys_size()) {
+        responses[s].value_bytes() != size_t{4} * dim * n) {
       return absl::InternalError(absl::StrFormat(
           "shard %d (%s) answered dim %d with %d value bytes for %d keys "
           "(other shards: dim %d)",
           routing.shard_of_call[s], addresses_[routing.shard_of_call[s]],
-          responses[s].dim(), responses[s].value_bytes(),
-          requests[s].keys_size(), dim));
+          responses[s].dim(), responses[s].value_bytes(), n, dim));
     }
   }
-  SetKnownDim(table, dim);
+  if (dim != known_dim) SetKnownDim(table, dim);
   absl::StatusOr<float*> out = buffer(dim);
   if (!out.ok()) return out.status();
-  const std::vector<char> unique_missing = UniqueMissing(routing, responses);
-  if (missing != nullptr) missing->clear();
   const size_t row_bytes = sizeof(float) * dim;
+  if (routing.unique.size() == keys.size()) {
+    // Every key distinct, so key i is distinct key i: a call's rows go to
+    // runs of consecutive positions (one run per call with one shard),
+    // copied a run at a time rather than a row at a time.
+    char* const base = reinterpret_cast<char*>(*out);
+    for (const uint32_t c : routing.calls) {
+      const std::vector<uint32_t>& at = routing.unique_at[c];
+      for (size_t p = 0; p < at.size();) {
+        size_t q = p + 1;
+        while (q < at.size() && at[q] == at[q - 1] + 1) ++q;
+        responses[c].CopyValues(p * row_bytes, (q - p) * row_bytes,
+                                base + size_t{at[p]} * row_bytes);
+        p = q;
+      }
+    }
+  } else {
+    for (size_t i = 0; i < keys.size(); ++i) {
+      const uint32_t u = routing.unique_of_key[i];
+      responses[routing.call_of_unique[u]].CopyValues(
+          routing.pos_of_unique[u] * row_bytes, row_bytes, *out + i * dim);
+    }
+  }
+  if (missing == nullptr) return absl::OkStatus();
+  missing->clear();
+  const bool any_missing =
+      std::any_of(routing.calls.begin(), routing.calls.end(),
+                  [&responses](uint32_t c) {
+                    return !responses[c].missing().empty();
+                  });
+  if (!any_missing) return absl::OkStatus();
+  const std::vector<char> unique_missing = UniqueMissing(routing, responses);
   for (size_t i = 0; i < keys.size(); ++i) {
-    const uint32_t u = routing.unique_of_key[i];
-    responses[routing.call_of_unique[u]].CopyValues(
-        routing.pos_of_unique[u] * row_bytes, row_bytes, *out + i * dim);
-    if (unique_missing[u] && missing != nullptr) {
+    if (unique_missing[routing.unique_of_key[i]]) {
       missing->push_back(static_cast<uint32_t>(i));
     }
   }

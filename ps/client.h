@@ -60,6 +60,10 @@ class ChannelCredentials;
 
 namespace mim::ps {
 
+// PsClient::Options::pull_keys_per_call's default (docs/BENCHMARKS.md,
+// "Issue 13: the client side").
+inline constexpr int kDefaultPullKeysPerCall = 2048;
+
 class PsClient {
  public:
   struct Options {
@@ -111,6 +115,14 @@ class PsClient {
     // max_calls_per_shard calls per shard (larger calls beyond that).
     int max_keys_per_call = 0;
     int max_calls_per_shard = 4;
+    // A Pull's part for one shard is split the same way by this many keys
+    // instead (0 or 1: as every other call, by max_keys_per_call): calls
+    // of at least pull_keys_per_call keys, at most max_calls_per_shard of
+    // them, sent together. The shard looks up one call's rows while
+    // another's travel, on as many of its threads, and calls small enough
+    // run on its gRPC thread (--inline_pull_keys). Rows, missing keys and
+    // errors are those of one call (an error names the shard, as always).
+    int pull_keys_per_call = kDefaultPullKeysPerCall;
     // Hard bounds of one call, whatever the split above: at most
     // max_keys_per_rpc keys (0: no bound; the shards refuse more than their
     // --max_keys_per_request, default the same), and no message above

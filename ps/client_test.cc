@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <limits>
 #include <string>
@@ -215,6 +216,135 @@ TEST_F(PsClientTest, SplitCallsReassembleLikeOneCall) {
   EXPECT_EQ(rows->values,
             (std::vector<float>{5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0}));
   EXPECT_EQ(rows->missing, (std::vector<uint32_t>{5}));
+}
+
+TEST_F(PsClientTest, SplitPullsReturnTheBytesOfOneCall) {
+  // Content rows for every third key, so that each call has missing keys.
+  std::vector<uint64_t> stored;
+  std::vector<float> values;
+  for (uint64_t k = 0; k < 3000; k += 3) {
+    stored.push_back(k);
+    values.push_back(0.5f * k);
+    values.push_back(-1.0f - k);
+  }
+  ASSERT_TRUE(client_->Upsert("item", stored, values, 1).ok());
+  std::vector<uint64_t> distinct, repeated;
+  for (uint64_t k = 0; k < 2000; ++k) distinct.push_back((k * 7919) % 3000);
+  for (uint64_t k = 0; k < 2000; ++k) repeated.push_back((k * 13) % 700);
+  PsClient::Options whole;
+  whole.pull_keys_per_call = 0;
+  auto one_call = PsClient::Create(addresses_, whole);
+  ASSERT_TRUE(one_call.ok());
+  // Split by size, in waves (more calls than max_calls_per_shard), and by
+  // a message-size cap on top.
+  std::vector<PsClient::Options> splits(3);
+  splits[0].pull_keys_per_call = 50;
+  splits[0].max_calls_per_shard = 3;
+  splits[1].pull_keys_per_call = 2;
+  splits[1].max_calls_per_shard = 4;
+  splits[1].max_keys_per_rpc = 37;
+  splits[2].pull_keys_per_call = 1000;
+  for (const PsClient::Options& options : splits) {
+    auto split = PsClient::Create(addresses_, options);
+    ASSERT_TRUE(split.ok());
+    for (const std::string table : {"item", "user"}) {
+      for (const auto* keys : {&distinct, &repeated}) {
+        SCOPED_TRACE(testing::Message()
+                     << table << ", " << options.pull_keys_per_call
+                     << " keys per call, "
+                     << (keys == &distinct ? "distinct" : "repeated"));
+        std::vector<float> want(keys->size() * 2, -9.0f);
+        std::vector<float> got(keys->size() * 2, -7.0f);
+        std::vector<uint32_t> want_missing, got_missing = {12345};
+        ASSERT_TRUE((*one_call)
+                        ->PullInto(table, *keys, absl::MakeSpan(want),
+                                   &want_missing)
+                        .ok());
+        ASSERT_TRUE((*split)
+                        ->PullInto(table, *keys, absl::MakeSpan(got),
+                                   &got_missing)
+                        .ok());
+        EXPECT_EQ(0, std::memcmp(got.data(), want.data(),
+                                 got.size() * sizeof(float)));
+        EXPECT_EQ(got_missing, want_missing);
+        if (table == "item") {
+          EXPECT_FALSE(want_missing.empty());
+          for (const uint32_t i : want_missing) {
+            EXPECT_NE((*keys)[i] % 3, 0u);
+          }
+        } else {
+          EXPECT_TRUE(want_missing.empty());
+        }
+      }
+    }
+  }
+  PsClient::Options negative;
+  negative.pull_keys_per_call = -1;
+  const auto refused = PsClient::Create(addresses_, negative);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr("pull_keys_per_call must be >= 0"));
+}
+
+TEST(PsClientSplitTest, AnErrorOfOneCallNamesTheShard) {
+  // One shard that accepts at most 3 keys per request; a Pull of 6 keys
+  // split into calls of 4 and 2: the first call is refused, the second
+  // answered, and the Pull fails with the shard's error, naming it.
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  embedding::EmbeddingStore::Options store_options;
+  store_options.data_dir =
+      absl::StrCat(std::getenv("TEST_TMPDIR"), "/", info->name());
+  auto store = embedding::EmbeddingStore::Open(store_options);
+  ASSERT_TRUE(store.ok()) << store.status();
+  ParameterServerService::Options service_options{0, 1, 3};
+  service_options.data_dir = store_options.data_dir;
+  ParameterServerService service(store->get(), service_options);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  const std::string address = absl::StrCat("127.0.0.1:", port);
+  auto plain = PsClient::Create({address});
+  ASSERT_TRUE(plain.ok());
+  TableConfig id;
+  id.set_name("user");
+  id.set_kind(ID);
+  id.set_dim(2);
+  id.mutable_optimizer()->set_name("sgd");
+  id.mutable_initializer()->set_name("uniform");
+  id.mutable_initializer()->set_scale(0.5f);
+  ASSERT_TRUE((*plain)->CreateTable(id, false).ok());
+
+  const std::vector<uint64_t> keys = {1, 2, 3, 4, 5, 6};
+  PsClient::Options options;
+  options.pull_keys_per_call = 4;
+  auto split = PsClient::Create({address}, options);
+  ASSERT_TRUE(split.ok());
+  std::vector<float> out(keys.size() * 2, -7.0f);
+  const absl::Status refused =
+      (*split)->PullInto("user", keys, absl::MakeSpan(out), nullptr);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(refused.message()),
+              HasSubstr(absl::StrCat("shard 0/1 (", address,
+                                     "): request has 4 keys; shard 0/1 "
+                                     "accepts at most 3 per request")));
+  // Capped to what the shard accepts (max_keys_per_rpc), the same split
+  // Pull succeeds, with the rows of 1-key calls.
+  options.max_keys_per_rpc = 3;
+  auto capped = PsClient::Create({address}, options);
+  ASSERT_TRUE(capped.ok());
+  ASSERT_TRUE(
+      (*capped)->PullInto("user", keys, absl::MakeSpan(out), nullptr).ok());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto row = (*plain)->Pull("user", {keys[i]});
+    ASSERT_TRUE(row.ok()) << row.status();
+    EXPECT_EQ(row->values[0], out[2 * i]);
+    EXPECT_EQ(row->values[1], out[2 * i + 1]);
+  }
+  server->Shutdown();
 }
 
 TEST_F(PsClientTest, PullIntoWritesCallerBuffer) {

@@ -8,6 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "grpc/slice.h"
 
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "keys and rows travel as little-endian fixed64 and float32");
+
 namespace mim::ps {
 namespace {
 
@@ -109,6 +112,34 @@ class SliceReader {
 };
 
 }  // namespace
+
+grpc::ByteBuffer PullRequestBuffer(absl::string_view table,
+                                   absl::Span<const uint64_t> keys,
+                                   absl::Span<const uint32_t> picks) {
+  constexpr uint8_t kTableTag = (1 << 3) | 2;  // string table = 1
+  constexpr uint8_t kKeysTag = (2 << 3) | 2;   // packed fixed64 keys = 2
+  const size_t key_bytes = sizeof(uint64_t) * picks.size();
+  size_t size = 0;
+  if (!table.empty()) size += 1 + VarintSize(table.size()) + table.size();
+  if (key_bytes != 0) size += 1 + VarintSize(key_bytes) + key_bytes;
+  grpc::Slice slice(grpc_slice_malloc_large(size), grpc::Slice::STEAL_REF);
+  uint8_t* p = const_cast<uint8_t*>(slice.begin());
+  if (!table.empty()) {
+    *p++ = kTableTag;
+    p = PutVarint(table.size(), p);
+    std::memcpy(p, table.data(), table.size());
+    p += table.size();
+  }
+  if (key_bytes != 0) {
+    *p++ = kKeysTag;
+    p = PutVarint(key_bytes, p);
+    for (const uint32_t i : picks) {  // little-endian, as fixed64 travels
+      std::memcpy(p, &keys[i], sizeof(uint64_t));
+      p += sizeof(uint64_t);
+    }
+  }
+  return grpc::ByteBuffer(&slice, 1);
+}
 
 float* PullResponseWriter::Start(uint32_t dim, size_t keys) {
   const size_t value_bytes = sizeof(float) * size_t{dim} * keys;

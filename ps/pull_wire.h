@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/impl/serialization_traits.h"
@@ -21,6 +22,15 @@
 #include "grpcpp/support/status.h"
 
 namespace mim::ps {
+
+// The PullRequest {table, keys[picks[0]], keys[picks[1]], ...} as one
+// slice, byte for byte what the generated serializer writes (field 1 left
+// out when `table` is empty, packed fixed64 keys), written without a
+// PullRequest object: the client's request in one pass over its keys.
+// Every index in `picks` must be below keys.size().
+grpc::ByteBuffer PullRequestBuffer(absl::string_view table,
+                                   absl::Span<const uint64_t> keys,
+                                   absl::Span<const uint32_t> picks);
 
 // Builds one PullResponse message: Start sizes it and hands out the row
 // memory (16-byte aligned, uninitialised: the caller writes every row),

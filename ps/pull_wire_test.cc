@@ -77,6 +77,35 @@ const Case kCases[] = {
     {4096, 3, {1, 300}},   // multi-byte varints in the header
 };
 
+TEST(PullRequestBuffer, WritesWhatTheGeneratedSerializerWrites) {
+  const std::vector<uint64_t> keys = {0, 1, ~uint64_t{0}, uint64_t{1} << 63,
+                                      0x0102030405060708};
+  const std::string long_table(200, 't');  // a two-byte length varint
+  const std::vector<std::vector<uint32_t>> picks = {
+      {}, {0}, {4, 2, 2, 0}, {1, 2, 3, 4, 0}};
+  for (const std::string& table : {std::string(), std::string("user"),
+                                    long_table}) {
+    for (const std::vector<uint32_t>& p : picks) {
+      SCOPED_TRACE(testing::Message() << "table '" << table << "', "
+                                      << p.size() << " keys");
+      PullRequest expected;
+      expected.set_table(table);
+      for (const uint32_t i : p) expected.add_keys(keys[i]);
+      std::string want;
+      ASSERT_TRUE(expected.SerializeToString(&want));
+      const std::string wire = Bytes(PullRequestBuffer(table, keys, p));
+      EXPECT_EQ(wire, want);
+      PullRequest parsed;
+      ASSERT_TRUE(parsed.ParseFromString(wire));
+      EXPECT_EQ(parsed.table(), table);
+      ASSERT_EQ(parsed.keys_size(), static_cast<int>(p.size()));
+      for (size_t j = 0; j < p.size(); ++j) {
+        EXPECT_EQ(parsed.keys(static_cast<int>(j)), keys[p[j]]);
+      }
+    }
+  }
+}
+
 TEST(PullResponseWriter, WritesWhatTheGeneratedSerializerWrites) {
   for (const Case& c : kCases) {
     SCOPED_TRACE(testing::Message() << "dim " << c.dim << " keys " << c.keys);
