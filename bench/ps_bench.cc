@@ -5,6 +5,8 @@
 //   bazel run //bench:ps_bench                     (~2 min)
 //   bazel run //bench:ps_bench -- --quick          (smoke, seconds)
 //   bazel run //bench:ps_bench -- --ps=HOST:PORT   (an existing shard)
+//   ... --ps=HOST:PORT --noload --noredis --nopull (Push only, as
+//   bench/ps_push_ab.sh runs it)
 //
 // Setup. The bench starts //ps:server (one shard, --port=0, a fresh
 // data_dir under /tmp) and redis-server (free port, no persistence), and
@@ -93,6 +95,9 @@ DEFINE_int32(server_threads, 0,
 DEFINE_bool(quick, false,
             "Smoke run: 100k rows, pool 200k, batches 256,1024, 1 thread, "
             "2 short reps.");
+DEFINE_bool(pull, true,
+            "Measure Pull (and Redis MGET); --nopull measures only Push and "
+            "needs --noredis.");
 DEFINE_bool(push, true, "Also measure Push.");
 DEFINE_bool(load, true,
             "Write the rows first. --noload measures a shard (--ps) that an "
@@ -589,6 +594,8 @@ int main(int argc, char** argv) {
   if (FLAGS_reps < 1) Die("--reps must be >= 1");
   int max_threads = 1;
   for (int t : thread_counts) max_threads = std::max(max_threads, t);
+  if (!FLAGS_pull && FLAGS_redis) Die("--nopull needs --noredis");
+  if (!FLAGS_pull && !FLAGS_push) Die("--nopull needs --push");
   if (!FLAGS_load && (FLAGS_ps.empty() || FLAGS_redis)) {
     Die("--noload needs --ps (a filled shard) and --noredis");
   }
@@ -741,7 +748,7 @@ int main(int argc, char** argv) {
       for (int t = 0; t < threads; ++t) ps_cursor[t] = redis_cursor[t] = t;
       // Warm-up, untimed: connections, the shard's threads, both caches of
       // the code paths (not of these keys: the pool is larger than a rep).
-      for (int t = 0; t < threads; ++t) {
+      for (int t = 0; FLAGS_pull && t < threads; ++t) {
         for (int i = 0; i < FLAGS_warmup_calls; ++i) {
           const size_t b = (pool.batches - 1 - i) % pool.batches;
           ps_pull(t, b, i, FLAGS_sample_rows);
@@ -749,7 +756,7 @@ int main(int argc, char** argv) {
         }
       }
       Series ps, rd;
-      for (int rep = 0; rep < FLAGS_reps; ++rep) {
+      for (int rep = 0; FLAGS_pull && rep < FLAGS_reps; ++rep) {
         // One whole reply of each checked before the rep.
         ps_pull(0, ps_cursor[0], rep, 0);
         Rep(threads, FLAGS_rep_seconds, pool, ps_child.pid, &ps_cursor, &ps,
@@ -768,11 +775,13 @@ int main(int argc, char** argv) {
         redis_keys_fetched +=
             rd.keys + static_cast<uint64_t>(threads) * FLAGS_warmup_calls * batch;
       }
-      std::printf("%-4s %3d %6d | %s | %s | %5.2f\n", "pull", threads, batch,
-                  Summary(ps, ps_child.pid > 0).c_str(),
-                  FLAGS_redis ? Summary(rd, true).c_str() : "-",
-                  FLAGS_redis ? MedianOf(ps) / MedianOf(rd) : 0.0);
-      std::fflush(stdout);
+      if (FLAGS_pull) {
+        std::printf("%-4s %3d %6d | %s | %s | %5.2f\n", "pull", threads,
+                    batch, Summary(ps, ps_child.pid > 0).c_str(),
+                    FLAGS_redis ? Summary(rd, true).c_str() : "-",
+                    FLAGS_redis ? MedianOf(ps) / MedianOf(rd) : 0.0);
+        std::fflush(stdout);
+      }
       if (!FLAGS_push) continue;
       // Zero gradients: rows keep their values (see the file comment).
       const std::vector<float> grads(static_cast<size_t>(batch) * dim, 0.0f);
