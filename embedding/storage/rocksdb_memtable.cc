@@ -83,6 +83,11 @@ void SortEntries(const MemTableRep::KeyComparator& compare, Entries* entries) {
 
 class InlineKeyVectorRep;
 
+// The iterators made by GetDynamicPrefixIterator(nullptr) while this thread
+// is inside InlineKeyVectorRep::Get (null outside): that Get deletes them.
+thread_local std::vector<std::unique_ptr<MemTableRep::Iterator>>*
+    tls_point_lookup_iterators = nullptr;
+
 // Iterates a sorted vector of entries: the memtable's own once it is
 // read-only (sorted in place, once, whichever iterator comes first), or a
 // private copy taken while it is still written. Not thread-safe (RocksDB
@@ -202,6 +207,28 @@ class InlineKeyVectorRep : public MemTableRep {
     // temporary keys exist only while the flush sorts.
     return sizeof(*this) +
            count_.load(std::memory_order_relaxed) * sizeof(const char*);
+  }
+
+  // RocksDB's MemTableRep::Get (a point lookup: DB::Get) seeks an iterator
+  // from GetDynamicPrefixIterator() and never deletes it (RocksDB's own
+  // memtables override Get using LookupKey, which is not a public type).
+  // This Get runs it and then deletes the iterators it made.
+  void Get(const rocksdb::LookupKey& k, void* callback_args,
+           bool (*callback_func)(void* arg, const char* entry)) override {
+    std::vector<std::unique_ptr<MemTableRep::Iterator>> made;
+    auto* outer = tls_point_lookup_iterators;
+    tls_point_lookup_iterators = &made;
+    MemTableRep::Get(k, callback_args, callback_func);
+    tls_point_lookup_iterators = outer;
+  }
+
+  MemTableRep::Iterator* GetDynamicPrefixIterator(
+      rocksdb::Arena* arena) override {
+    MemTableRep::Iterator* it = GetIterator(arena);
+    if (arena == nullptr && tls_point_lookup_iterators != nullptr) {
+      tls_point_lookup_iterators->emplace_back(it);
+    }
+    return it;
   }
 
   MemTableRep::Iterator* GetIterator(rocksdb::Arena* arena) override {
