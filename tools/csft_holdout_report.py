@@ -13,9 +13,9 @@ over seeds; per C-SFT tag: warm / new recall@10 and @50. Prints markdown.
 
 --sets=DIR,DIR,... (one test folder per held-out item set, each with the
 runs din_plain, din_mim_plain and din_mim_<--tag> over the same seeds)
-instead prints, per set and as the mean over sets, the 3-seed means of AUC
-and held-out AUC and the differences C-SFT - din and C-SFT - plain, and
-whether each set meets the target (C-SFT - din at least --target_auc on AUC
+instead prints, per set and as the mean (and sd) over sets, the means over
+seeds of AUC and held-out AUC and the differences C-SFT - din and C-SFT -
+plain, and whether each set meets the target (C-SFT - din at least --target_auc on AUC
 and at least --target_heldout on held-out AUC, both at once); --png then
 plots each set's C-SFT - din differences against the target.
 """
@@ -117,6 +117,12 @@ def print_sets(rows, target_auc, target_heldout):
     ok = meets(mean["csft-din"], target_auc, target_heldout)
     print(f"| mean of {len(rows)} | " + " | ".join(cells)
           + f" | {'yes' if ok else 'no'} (sets: {n_ok} of {len(rows)}) |")
+    if len(rows) > 1:  # the spread between item sets, not between seeds
+        sd = {k: tuple(statistics.stdev(r[k][i] for _, r in rows) for i in (0, 1))
+              for k in ("din", "plain", "csft", "csft-din", "csft-plain")}
+        print("| sd over sets | " + " | ".join(
+            f"{sd[k][0]:.4f} / {sd[k][1]:.4f}"
+            for k in ("din", "plain", "csft", "csft-din", "csft-plain")) + " | |")
     return mean
 
 

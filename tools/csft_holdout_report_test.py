@@ -124,6 +124,9 @@ class SetsTest(unittest.TestCase):
         self.assertAlmostEqual(mean["csft-din"][1], 0.07 / 3)
         self.assertIn("| mean of 3 |", lines[5])
         self.assertTrue(lines[5].endswith("| yes (sets: 1 of 3) |"))
+        # The spread between sets: AUC differences 0.006, 0.006, 0.002.
+        self.assertTrue(lines[6].startswith("| sd over sets |"))
+        self.assertIn("| 0.0023 / 0.0306 | 0.0023 / 0.0306 | |", lines[6])
 
 
 if __name__ == "__main__":
