@@ -201,7 +201,8 @@ absl::StatusOr<size_t> RowDim(size_t num_keys, size_t num_floats,
 // Where each distinct key of a request goes: keys are deduplicated, then
 // appended, in first-seen order, to a call to their shard. A shard's keys are
 // split into up to Options::max_calls_per_shard calls of at least
-// Options::max_keys_per_call keys, so a large batch is served by several
+// Options::max_keys_per_call keys (a Pull's: Options::pull_keys_per_call;
+// see Split), so a large batch is served by several
 // shard threads at once and the client reads one answer while the shard
 // computes the next; but no call gets more than `max_keys` keys (what the
 // shard accepts and what fits a message), which may take more calls. Calls

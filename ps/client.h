@@ -3,8 +3,11 @@
 // Holds one or more gRPC channels to every shard (addresses in shard order:
 // address i is shard i of N). Key-based calls deduplicate the keys, route each
 // distinct key with embedding::ShardOf, send one request per involved shard in
-// parallel (async calls on a CompletionQueue drained by the caller's thread;
-// one shard: a blocking call), and reassemble the answers in request order, so a repeated key gets the same row at every position.
+// parallel (a large one as several concurrent calls: Options::
+// pull_keys_per_call, max_keys_per_call; async calls on a CompletionQueue
+// that the caller's thread keeps and drains; one call: a blocking call), and
+// reassemble the answers in request order, so a repeated key gets the same
+// row at every position.
 //
 // Every RPC carries a deadline (Options::timeout). A shard answering
 // UNAVAILABLE (down, restarting, connection refused or broken) is retried
