@@ -171,7 +171,11 @@ TEST_F(EmbeddingStoreTest, PullOfUnseenKeysLeavesRowsMemoryAndCheckpointsAlone) 
   EXPECT_EQ(DumpTable(*store_, "user_id"), ids);
 
   uint64_t rows = 0;
-  for (const TableStats& t : *store_->Stats("")) rows += t.rows;
+  // Held by name: `*store_->Stats("")` in the loop would point into a
+  // temporary destroyed before the loop runs.
+  const auto all = store_->Stats("");
+  ASSERT_TRUE(all.ok()) << all.status();
+  for (const TableStats& t : *all) rows += t.rows;
   auto info = store_->Checkpoint("after-pulls");
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(info->rows, rows);
