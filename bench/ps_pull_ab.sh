@@ -27,8 +27,9 @@ PS_ADMIN=$3
 ROUNDS=${4:-3}
 BATCHES=${5:-"256 1024 4096 16384"}
 THREADS=${6:-1}
-PORT[A]=47121
-PORT[B]=47122
+# PORT_BASE=N picks the two ports (N, N+1), so that two runs can share a machine.
+PORT[A]=${PORT_BASE:-47121}
+PORT[B]=$((PORT[A] + 1))
 TICK=$(getconf CLK_TCK)
 SCRATCH=$(mktemp -d /tmp/ps_pull_ab.XXXXXX)
 cleanup() {

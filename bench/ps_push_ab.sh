@@ -38,8 +38,9 @@ THREADS=${6:-1}
 REPS=${7:-5}
 ENVS[A]=${ENV_A:-}
 ENVS[B]=${ENV_B:-}
-PORT[A]=47131
-PORT[B]=47132
+# PORT_BASE=N picks the two ports (N, N+1), so that two runs can share a machine.
+PORT[A]=${PORT_BASE:-47131}
+PORT[B]=$((PORT[A] + 1))
 TICK=$(getconf CLK_TCK)
 SCRATCH=$(mktemp -d /tmp/ps_push_ab.XXXXXX)
 cleanup() {
