@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/io/coded_stream.h"
 #include "grpc/slice.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -23,21 +24,11 @@ constexpr uint8_t kMissingTag = (3 << 3) | 2;  // packed uint32 missing = 3
 constexpr size_t kRowAlignment = 16;
 
 size_t VarintSize(uint64_t v) {
-  size_t n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    ++n;
-  }
-  return n;
+  return google::protobuf::io::CodedOutputStream::VarintSize64(v);
 }
 
 uint8_t* PutVarint(uint64_t v, uint8_t* p) {
-  while (v >= 0x80) {
-    *p++ = static_cast<uint8_t>(v | 0x80);
-    v >>= 7;
-  }
-  *p++ = static_cast<uint8_t>(v);
-  return p;
+  return google::protobuf::io::CodedOutputStream::WriteVarint64ToArray(v, p);
 }
 
 // A forward reader over a message's slices. Not thread-safe.
