@@ -73,7 +73,9 @@
 #include "absl/time/time.h"
 #include "base/executor.h"
 #include "base/server_connections.h"
+#include "bench/bench_util.h"
 #include "gflags/gflags.h"
+#include "google/protobuf/io/coded_stream.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/completion_queue.h"
 #include "grpcpp/create_channel.h"
@@ -110,6 +112,11 @@ DEFINE_bool(quick, false,
 
 namespace {
 
+using mim::bench::ExpectedRow;
+using mim::bench::Mix;
+using mim::bench::ProcUsage;
+using mim::bench::SelfUsage;
+
 constexpr char kPullMethod[] = "/mim.ps.ParameterServer/Pull";
 constexpr char kTable[] = "bench";
 
@@ -138,40 +145,14 @@ std::vector<int> ParseList(const std::string& flag, const std::string& text) {
   return out;
 }
 
-uint64_t Mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
-// Row `i` of every answer: the same function of the row index that
-// ps_bench uses of the key, so the bytes are not trivially compressible
-// or constant.
-void ExpectedRow(uint64_t i, uint32_t dim, float* out) {
-  for (uint32_t j = 0; j < dim; ++j) {
-    const uint64_t h = Mix(i * 131 + j);
-    out[j] = static_cast<float>(static_cast<int32_t>(h >> 44) - (1 << 19)) /
-             1024.0f;
-  }
-}
-
 size_t VarintSize(uint64_t v) {
-  size_t n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    ++n;
-  }
-  return n;
+  return google::protobuf::io::CodedOutputStream::VarintSize64(v);
 }
 
 char* PutVarint(uint64_t v, char* p) {
-  while (v >= 0x80) {
-    *p++ = static_cast<char>(v | 0x80);
-    v >>= 7;
-  }
-  *p++ = static_cast<char>(v);
-  return p;
+  return reinterpret_cast<char*>(
+      google::protobuf::io::CodedOutputStream::WriteVarint64ToArray(
+          v, reinterpret_cast<uint8_t*>(p)));
 }
 
 // Bytes of the PullRequest {table: kTable, keys: n packed fixed64} that
@@ -363,31 +344,10 @@ Child StartServer() {
   return child;
 }
 
-struct ProcUsage {
-  double cpu_seconds = 0;
-};
-
 ProcUsage UsageOf(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  std::string stat((std::istreambuf_iterator<char>(in)),
-                   std::istreambuf_iterator<char>());
-  const size_t close = stat.rfind(')');
-  if (close == std::string::npos) Die("cannot read /proc/<pid>/stat");
-  std::vector<std::string> f = absl::StrSplit(stat.substr(close + 2), ' ');
-  uint64_t utime = 0, stime = 0;
-  if (f.size() < 13 || !absl::SimpleAtoi(f[11], &utime) ||
-      !absl::SimpleAtoi(f[12], &stime)) {
-    Die("cannot parse /proc/<pid>/stat");
-  }
-  return {static_cast<double>(utime + stime) /
-          static_cast<double>(sysconf(_SC_CLK_TCK))};
-}
-
-ProcUsage SelfUsage() {
-  rusage r{};
-  getrusage(RUSAGE_SELF, &r);
-  return {r.ru_utime.tv_sec + r.ru_utime.tv_usec * 1e-6 +
-          r.ru_stime.tv_sec + r.ru_stime.tv_usec * 1e-6};
+  absl::StatusOr<ProcUsage> u = mim::bench::UsageOf(pid);
+  if (!u.ok()) Die(std::string(u.status().message()));
+  return *u;
 }
 
 // The rows of one answer in its received slices, read in place. Not

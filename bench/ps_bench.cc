@@ -72,6 +72,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "bench/bench_util.h"
 #include "gflags/gflags.h"
 #include "ps/client.h"
 
@@ -117,6 +118,10 @@ DEFINE_bool(mutex_deadlock_detection, true,
 
 namespace {
 
+using mim::bench::ExpectedRow;
+using mim::bench::Mix;
+using mim::bench::ProcUsage;
+using mim::bench::SelfUsage;
 using mim::ps::PsClient;
 
 // Children to stop when the bench ends early.
@@ -197,67 +202,15 @@ int FreePort() {
   return ntohs(addr.sin_port);
 }
 
-// CPU seconds (user + system) and minor page faults of a process.
-struct ProcUsage {
-  double cpu_seconds = 0;
-  uint64_t minflt = 0;
-};
-
-// Of process `pid` from /proc/<pid>/stat; zeros when pid is 0 (a server
-// this bench did not start).
+// Of process `pid` (zeros when pid is 0: a server this bench did not
+// start).
 ProcUsage UsageOf(pid_t pid) {
-  ProcUsage u;
-  if (pid <= 0) return u;
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  std::string stat((std::istreambuf_iterator<char>(in)),
-                   std::istreambuf_iterator<char>());
-  // Fields after the command name, which may hold spaces: "pid (comm) S ...".
-  const size_t close = stat.rfind(')');
-  if (close == std::string::npos) Die("cannot read /proc/<pid>/stat");
-  std::vector<std::string> f = absl::StrSplit(stat.substr(close + 2), ' ');
-  // f[0] is field 3 (state): minflt is field 10, utime 14, stime 15.
-  uint64_t minflt = 0, utime = 0, stime = 0;
-  if (f.size() < 13 || !absl::SimpleAtoi(f[7], &minflt) ||
-      !absl::SimpleAtoi(f[11], &utime) || !absl::SimpleAtoi(f[12], &stime)) {
-    Die("cannot parse /proc/<pid>/stat");
-  }
-  u.minflt = minflt;
-  u.cpu_seconds = static_cast<double>(utime + stime) /
-                  static_cast<double>(sysconf(_SC_CLK_TCK));
-  return u;
-}
-
-// Of this bench process (all its threads).
-ProcUsage SelfUsage() {
-  rusage r{};
-  getrusage(RUSAGE_SELF, &r);
-  ProcUsage u;
-  u.minflt = static_cast<uint64_t>(r.ru_minflt);
-  u.cpu_seconds = r.ru_utime.tv_sec + r.ru_utime.tv_usec * 1e-6 +
-                  r.ru_stime.tv_sec + r.ru_stime.tv_usec * 1e-6;
-  return u;
-}
-
-// splitmix64's finalizer: a bijection, so distinct inputs stay distinct.
-uint64_t Mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
+  absl::StatusOr<ProcUsage> u = mim::bench::UsageOf(pid);
+  if (!u.ok()) Die(std::string(u.status().message()));
+  return *u;
 }
 
 uint64_t KeyOfRow(uint64_t row) { return Mix(row + 1); }
-
-// The row every server must answer for `key`: multiples of 1/1024 in
-// [-512, 512), exact in float32 (so Push of -value onto zeros stores it
-// bit for bit).
-void ExpectedRow(uint64_t key, uint32_t dim, float* out) {
-  for (uint32_t j = 0; j < dim; ++j) {
-    const uint64_t h = Mix(key * 131 + j);
-    out[j] = static_cast<float>(static_cast<int32_t>(h >> 44) - (1 << 19)) /
-             1024.0f;
-  }
-}
 
 // Whether `rows` (batch x dim) hold the expected rows of `keys` at the
 // positions `check` (all when empty); Die naming the first wrong one.
