@@ -20,59 +20,28 @@ if [[ $# -lt 3 ]]; then
   sed -n '2,17p' "$0"
   exit 2
 fi
-declare -A DIR PID PORT
+declare -A DIR ENVS
 DIR[A]=$1
 DIR[B]=$2
 PS_ADMIN=$3
 ROUNDS=${4:-3}
 BATCHES=${5:-"256 1024 4096 16384"}
 THREADS=${6:-1}
-# PORT_BASE=N picks the two ports (N, N+1), so that two runs can share a machine.
-PORT[A]=${PORT_BASE:-47121}
-PORT[B]=$((PORT[A] + 1))
-TICK=$(getconf CLK_TCK)
-SCRATCH=$(mktemp -d /tmp/ps_pull_ab.XXXXXX)
-cleanup() {
-  for v in A B; do
-    if [[ -n "${PID[$v]:-}" ]]; then kill "${PID[$v]}" 2>/dev/null || true; fi
-  done
-  wait 2>/dev/null || true
-  rm -rf "$SCRATCH"
-}
-trap cleanup EXIT
-for v in A B; do
-  mkdir "$SCRATCH/$v"
-  "${DIR[$v]}/server" --port=${PORT[$v]} --shard_index=0 --num_shards=1 \
-    --data_dir="$SCRATCH/$v" >"$SCRATCH/$v.log" 2>&1 &
-  PID[$v]=$!
-done
-# Each shard prints "listening on" once it takes calls; then fill its table.
-for v in A B; do
-  if ! timeout 60 grep -q -m1 'listening on' \
-      <(tail -f -n +1 "$SCRATCH/$v.log"); then
-    echo "shard ${DIR[$v]}/server did not start:" >&2
-    cat "$SCRATCH/$v.log" >&2
-    exit 1
-  fi
-  "${DIR[$v]}/ps_bench" --ps=127.0.0.1:${PORT[$v]} --noredis --nopush \
-    --batches=1024 --threads=1 --reps=1 --rep_seconds=0.1 >/dev/null
-done
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-pulls() {
-  "$PS_ADMIN" --ps=127.0.0.1:$1 stats bench | grep -o 'pulls=[0-9]*' |
-    head -1 | cut -d= -f2
-}
+AB_DEFAULT_PORT=47121
+source "$(dirname "$0")/ab_shards.sh"
+ab_start_shards
+for v in A B; do ab_wait_and_fill $v; done
 for r in $(seq "$ROUNDS"); do
   for b in $BATCHES; do
     for v in A B; do
       c0=$(cpu_ticks ${PID[$v]})
-      k0=$(pulls ${PORT[$v]})
+      k0=$(table_counter ${PORT[$v]} pulls)
       load=$(cut -d' ' -f1 /proc/loadavg)
       line=$("${DIR[$v]}/ps_bench" --ps=127.0.0.1:${PORT[$v]} --noredis \
         --nopush --noload --batches=$b --threads=$THREADS --reps=3 |
         grep '^pull')
       c1=$(cpu_ticks ${PID[$v]})
-      k1=$(pulls ${PORT[$v]})
+      k1=$(table_counter ${PORT[$v]} pulls)
       awk -v r=$r -v v=$v -v b=$b -v load=$load -v c=$((c1 - c0)) \
         -v k=$((k1 - k0)) -v tick=$TICK -v line="$line" 'BEGIN {
           printf "round %d %s batch %5d load %5s shard %.3f us/key (%d keys) | %s\n",

@@ -28,7 +28,7 @@ if [[ $# -lt 3 ]]; then
   sed -n '2,25p' "$0"
   exit 2
 fi
-declare -A DIR PID PORT ENVS TOTAL_TICKS TOTAL_KEYS
+declare -A DIR ENVS TOTAL_TICKS TOTAL_KEYS
 DIR[A]=$1
 DIR[B]=$2
 PS_ADMIN=$3
@@ -38,27 +38,8 @@ THREADS=${6:-1}
 REPS=${7:-5}
 ENVS[A]=${ENV_A:-}
 ENVS[B]=${ENV_B:-}
-# PORT_BASE=N picks the two ports (N, N+1), so that two runs can share a machine.
-PORT[A]=${PORT_BASE:-47131}
-PORT[B]=$((PORT[A] + 1))
-TICK=$(getconf CLK_TCK)
-SCRATCH=$(mktemp -d /tmp/ps_push_ab.XXXXXX)
-cleanup() {
-  for v in A B; do
-    if [[ -n "${PID[$v]:-}" ]]; then kill "${PID[$v]}" 2>/dev/null || true; fi
-  done
-  wait 2>/dev/null || true
-  rm -rf "$SCRATCH"
-}
-trap cleanup EXIT
-for v in A B; do
-  mkdir "$SCRATCH/$v"
-  # shellcheck disable=SC2086  # ENVS holds NAME=VALUE words
-  env ${ENVS[$v]} "${DIR[$v]}/server" --port=${PORT[$v]} --shard_index=0 \
-    --num_shards=1 --data_dir="$SCRATCH/$v" >"$SCRATCH/$v.log" 2>&1 &
-  PID[$v]=$!
-done
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+AB_DEFAULT_PORT=47131
+source "$(dirname "$0")/ab_shards.sh"
 # Waits until the shard used at most one tick in each of two successive
 # seconds (its background work is done), at most 120 s; prints the seconds.
 settle() {
@@ -73,34 +54,23 @@ settle() {
   done
   echo "$waited"
 }
-# Each shard prints "listening on" once it takes calls; then fill its table.
+ab_start_shards
 for v in A B; do
-  if ! timeout 60 grep -q -m1 'listening on' \
-      <(tail -f -n +1 "$SCRATCH/$v.log"); then
-    echo "shard ${DIR[$v]}/server did not start:" >&2
-    cat "$SCRATCH/$v.log" >&2
-    exit 1
-  fi
-  "${DIR[$v]}/ps_bench" --ps=127.0.0.1:${PORT[$v]} --noredis --nopush \
-    --batches=1024 --threads=1 --reps=1 --rep_seconds=0.1 >/dev/null
+  ab_wait_and_fill $v
   settle "${PID[$v]}" >/dev/null
 done
-pushes() {
-  "$PS_ADMIN" --ps=127.0.0.1:$1 stats bench | grep -o 'pushes=[0-9]*' |
-    head -1 | cut -d= -f2
-}
 for r in $(seq "$ROUNDS"); do
   for b in $BATCHES; do
     for v in A B; do
       c0=$(cpu_ticks ${PID[$v]})
-      k0=$(pushes ${PORT[$v]})
+      k0=$(table_counter ${PORT[$v]} pushes)
       load=$(cut -d' ' -f1 /proc/loadavg)
       line=$("${DIR[$v]}/ps_bench" --ps=127.0.0.1:${PORT[$v]} --noredis \
         --noload --nopull --batches=$b --threads=$THREADS --reps=$REPS |
         grep '^push')
       waited=$(settle ${PID[$v]})
       c1=$(cpu_ticks ${PID[$v]})
-      k1=$(pushes ${PORT[$v]})
+      k1=$(table_counter ${PORT[$v]} pushes)
       TOTAL_TICKS[$v]=$((${TOTAL_TICKS[$v]:-0} + c1 - c0))
       TOTAL_KEYS[$v]=$((${TOTAL_KEYS[$v]:-0} + k1 - k0))
       awk -v r=$r -v v=$v -v b=$b -v load=$load -v c=$((c1 - c0)) \
