@@ -49,15 +49,7 @@ class SlotIndex {
   // key (a different key with the same 32-bit hash is possible) and, when
   // it differs, calls Find.
   int64_t FindHash(uint32_t hash) const {
-    if (groups_ == 0) return kNone;
-    for (size_t g = GroupOf(hash);; g = (g + 1) & mask_) {
-      const Group& group = table_[g];
-      for (size_t e = 0; e < kGroupEntries; ++e) {
-        const Entry& entry = group.entries[e];
-        if (entry.slot_plus_one == 0) return kNone;
-        if (entry.hash == hash) return int64_t{entry.slot_plus_one} - 1;
-      }
-    }
+    return Probe(hash, [](uint32_t) { return true; });
   }
 
   // The slot whose key is `key`, or kNone. `hash` is the 32-bit hash the
@@ -65,17 +57,7 @@ class SlotIndex {
   // (read only for entries whose hash matches).
   template <typename KeyOf>
   int64_t Find(uint32_t hash, uint64_t key, const KeyOf& key_of) const {
-    if (groups_ == 0) return kNone;
-    for (size_t g = GroupOf(hash);; g = (g + 1) & mask_) {
-      const Group& group = table_[g];
-      for (size_t e = 0; e < kGroupEntries; ++e) {
-        const Entry& entry = group.entries[e];
-        if (entry.slot_plus_one == 0) return kNone;
-        if (entry.hash == hash && key_of(entry.slot_plus_one - 1) == key) {
-          return int64_t{entry.slot_plus_one} - 1;
-        }
-      }
-    }
+    return Probe(hash, [&](uint32_t slot) { return key_of(slot) == key; });
   }
 
   // Adds `slot` under `hash`. The caller guarantees that the key is not in
@@ -101,6 +83,24 @@ class SlotIndex {
   // every entry from its stored hash alone.
   size_t GroupOf(uint32_t hash) const {
     return static_cast<size_t>(uint64_t{hash} >> shift_);
+  }
+
+  // Walks `hash`'s probe sequence up to the first empty entry: the first
+  // slot whose stored hash equals `hash` and that `match(slot)` accepts, or
+  // kNone.
+  template <typename Match>
+  int64_t Probe(uint32_t hash, const Match& match) const {
+    if (groups_ == 0) return kNone;
+    for (size_t g = GroupOf(hash);; g = (g + 1) & mask_) {
+      const Group& group = table_[g];
+      for (size_t e = 0; e < kGroupEntries; ++e) {
+        const Entry& entry = group.entries[e];
+        if (entry.slot_plus_one == 0) return kNone;
+        if (entry.hash == hash && match(entry.slot_plus_one - 1)) {
+          return int64_t{entry.slot_plus_one} - 1;
+        }
+      }
+    }
   }
 
   void Place(uint32_t hash, uint32_t slot_plus_one) {
