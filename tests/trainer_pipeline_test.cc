@@ -5,6 +5,7 @@
 // pulled while batch k computes, so they miss batch k's push (exactly that
 // one, with prefetch on and off alike) and include every earlier one; every
 // push is applied once Next has returned false.
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -19,6 +20,7 @@
 #include "worker/data/feature_key.h"
 #include "worker/data/sample.h"
 #include "worker/data/sample_io.h"
+#include "worker/model/batch.h"
 #include "worker/trainer_pipeline.h"
 
 namespace mim {
@@ -155,11 +157,83 @@ TEST_P(TrainerPipelineTest, AFailedPushEndsThePass) {
   EXPECT_EQ(ShardValue(), 0.0f);
 }
 
+TEST_P(TrainerPipelineTest, TargetIdDropoutDrawsTheSameRowsInEveryMode) {
+  worker::BatchPipeline::Options options;
+  options.path = path_;
+  options.batch_size = 1;
+  options.id_table = kTable;
+  options.id_dim = kDim;
+  options.prefetch = GetParam();
+  options.target_id_dropout = 0.5;
+  options.dropout_seed = 11;
+  absl::StatusOr<std::unique_ptr<worker::BatchPipeline>> pipeline =
+      worker::BatchPipeline::Start(client_.get(), options);
+  ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+  worker::PreparedBatch batch;
+  for (int k = 0; k < kBatches; ++k) {
+    absl::StatusOr<bool> got = (*pipeline)->Next(&batch);
+    ASSERT_TRUE(got.ok() && *got) << "batch " << k;
+    ASSERT_EQ(batch.batch.target_idx.size(), 1u);
+    // The draw of DropTargetIds for (seed 11, batch k, row 0), whatever
+    // thread built the batch.
+    model::Batch expected;
+    expected.target_idx = {7};
+    worker::DropTargetIds(0.5, 11, k, &expected);
+    if (expected.target_idx[0] == -1) {
+      EXPECT_EQ(batch.batch.target_idx[0], -1) << "batch " << k;
+    } else {
+      EXPECT_GE(batch.batch.target_idx[0], 0) << "batch " << k;
+    }
+    // The item's row is still pulled (behaviours may use it).
+    const uint64_t item = data::FeatureKey(data::FeatureField::kItem, 42);
+    EXPECT_NE(std::find(batch.id_keys.begin(), batch.id_keys.end(), item),
+              batch.id_keys.end());
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(PrefetchOnAndOff, TrainerPipelineTest,
                          ::testing::Bool(),
                          [](const ::testing::TestParamInfo<bool>& info) {
                            return info.param ? "Prefetch" : "Synchronous";
                          });
+
+// DropTargetIds alone: a pure function of (probability, seed, batch, row)
+// that touches target_idx only.
+TEST(DropTargetIdsTest, DrawsAreSeededAndAtTheRequestedRate) {
+  constexpr int kRows = 20000;
+  auto draw = [](double p, uint64_t seed, int64_t batch_index) {
+    model::Batch b;
+    b.target_idx.assign(kRows, 3);
+    b.user_idx.assign(kRows, 5);
+    worker::DropTargetIds(p, seed, batch_index, &b);
+    for (int32_t u : b.user_idx) EXPECT_EQ(u, 5);
+    for (int32_t t : b.target_idx) EXPECT_TRUE(t == 3 || t == -1) << t;
+    return b.target_idx;
+  };
+  auto dropped = [](const std::vector<int32_t>& idx) {
+    int n = 0;
+    for (int32_t t : idx) n += t == -1;
+    return n;
+  };
+  EXPECT_EQ(dropped(draw(0.0, 1, 0)), 0);
+  EXPECT_EQ(dropped(draw(-1.0, 1, 0)), 0);
+  // Same arguments, same rows.
+  EXPECT_EQ(draw(0.3, 1, 4), draw(0.3, 1, 4));
+  // Another seed or batch draws other rows.
+  EXPECT_NE(draw(0.3, 1, 4), draw(0.3, 2, 4));
+  EXPECT_NE(draw(0.3, 1, 4), draw(0.3, 1, 5));
+  // The rate: these fixed draws (no chance involved: the seeds are fixed)
+  // sit within 3 standard deviations (sqrt(n p (1-p)) ~ 65) of n p.
+  for (const double p : {0.1, 0.3, 0.5, 0.9}) {
+    EXPECT_NEAR(dropped(draw(p, 1, 0)), p * kRows, 200) << p;
+  }
+  // Nested: a row dropped at 0.3 is also dropped at 0.5 (one uniform per
+  // row), so raising the rate only adds rows.
+  const std::vector<int32_t> low = draw(0.3, 9, 2), high = draw(0.5, 9, 2);
+  for (int r = 0; r < kRows; ++r) {
+    if (low[r] == -1) EXPECT_EQ(high[r], -1) << r;
+  }
+}
 
 }  // namespace
 }  // namespace mim

@@ -302,5 +302,41 @@ TEST_F(TrainerReproducibilityTest, ContentModelWithoutContentTableIsRefused) {
   }
 }
 
+TEST_F(TrainerReproducibilityTest, TargetIdDropoutIsReproducibleAndTakesEffect) {
+  std::vector<RunOutput> runs;  // prefetch on, on, off
+  for (const std::string name : {"drop_prefetch_1", "drop_prefetch_2",
+                                 "drop_sync"}) {
+    SCOPED_TRACE(name);
+    runs.push_back(Train(name, {"--target_id_dropout=0.3",
+                                absl::StrCat("--prefetch=",
+                                             name != "drop_sync")}));
+    // gflags prints the double in full ("0.29999999999999999").
+    EXPECT_DOUBLE_EQ(std::stod(runs.back()
+                                   .metrics["flags"]["target_id_dropout"]
+                                   .get<std::string>()),
+                     0.3);
+  }
+  ExpectSameRun(runs[0], runs[1]);
+  ExpectSameRun(runs[0], runs[2]);
+  // Dropped targets train differently from none dropped: a model file that
+  // equalled the plain run's would mean the flag never reached the batches.
+  const RunOutput plain = Train("drop_none", {});
+  ASSERT_FALSE(plain.model_file.empty());
+  EXPECT_FALSE(plain.model_file == runs[0].model_file);
+}
+
+TEST_F(TrainerReproducibilityTest, TargetIdDropoutOutOfRangeIsRefused) {
+  for (const std::string value : {"1", "-0.1", "nan"}) {
+    absl::StatusOr<CommandResult> run = RunCommand(
+        Args("drop_bad", {"--target_id_dropout=" + value}));
+    ASSERT_TRUE(run.ok()) << run.status();
+    EXPECT_EQ(run->exit_code, 1) << value;
+    EXPECT_TRUE(absl::StrContains(run->err, "--target_id_dropout = "))
+        << run->err;
+    EXPECT_TRUE(absl::StrContains(run->err, "expected in [0, 1)"))
+        << run->err;
+  }
+}
+
 }  // namespace
 }  // namespace mim

@@ -181,6 +181,13 @@ def main():
     ap.add_argument("--holdout_item_fraction", type=float, default=0.0,
                     help="fraction of items held out of every training input (0: off)")
     ap.add_argument("--holdout_seed", type=int, default=1)
+    ap.add_argument("--trainer_flags", default="",
+                    help="extra flags for every CTR run, space-separated (e.g. --target_id_dropout=0.2)")
+    ap.add_argument("--ctr_tag", default="",
+                    help="suffix of the CTR run names, so runs with other --trainer_flags sit beside them")
+    ap.add_argument("--csft_from", default=None,
+                    help="take <tag>_s<seed>.vec/.json from this earlier --out of the same phase, data and "
+                         "holdout instead of training C-SFT again (the vectors are ingested as they are)")
     args = ap.parse_args()
     global BIN
     if args.bin:
@@ -230,15 +237,21 @@ def main():
         for seed in seeds:
             table = f"item_content_{args.tag}_s{seed}"
             metrics = os.path.join(args.out, f"{args.tag}_s{seed}.json")
-            run([f"{BIN}/worker/csft/csft", f"--train={csft_train}",
-                 f"--vectors={d}/content_vectors.tsv", f"--genres_from={genres_from}",
-                 f"--eval_samples={eval_samples}", f"--seed={seed}",
-                 f"--out_vectors={args.out}/{args.tag}_s{seed}.vec",
-                 f"--encoder_out={args.out}/{args.tag}_s{seed}.encoder",
-                 f"--metrics_out={metrics}", f"--ps={shards.addresses}",
-                 f"--table={table}", "--content_version=1"]
-                + args.csft_flags.split())
-            retrieval[seed] = json.load(open(metrics))
+            if args.csft_from:
+                src = os.path.join(args.csft_from, f"{args.tag}_s{seed}")
+                run([f"{BIN}/tools/ingest_content", f"--ps={shards.addresses}",
+                     f"--vectors={src}.vec", f"--table={table}", "--content_version=1"])
+                retrieval[seed] = json.load(open(f"{src}.json"))
+            else:
+                run([f"{BIN}/worker/csft/csft", f"--train={csft_train}",
+                     f"--vectors={d}/content_vectors.tsv", f"--genres_from={genres_from}",
+                     f"--eval_samples={eval_samples}", f"--seed={seed}",
+                     f"--out_vectors={args.out}/{args.tag}_s{seed}.vec",
+                     f"--encoder_out={args.out}/{args.tag}_s{seed}.encoder",
+                     f"--metrics_out={metrics}", f"--ps={shards.addresses}",
+                     f"--table={table}", "--content_version=1"]
+                    + args.csft_flags.split())
+                retrieval[seed] = json.load(open(metrics))
             concat_table = f"item_content_{args.tag}_concat_s{seed}"
             if args.concat:
                 cpath = f"{args.out}/{args.tag}_concat_s{seed}.vec"
@@ -254,7 +267,7 @@ def main():
                 if args.skip_plain or model == "din":
                     variants = variants[1:] if model != "din" else variants[:1]
                 for vname, vtable in variants:
-                    name = f"{model}_{vname}_s{seed}"
+                    name = f"{model}_{vname}{args.ctr_tag}_s{seed}"
                     out = os.path.join(args.out, "runs", f"{name}.json")
                     preds = os.path.join(args.out, "runs", f"{name}.pred.tsv")
                     if not os.path.exists(out):
@@ -262,7 +275,7 @@ def main():
                                f"--train={ctr_train}", *ctr_split,
                                f"--model={model}", f"--seed={seed}", "--threads=2",
                                f"--table_prefix={name}_", f"--metrics_out={out}",
-                               "--progress=false"]
+                               "--progress=false"] + args.trainer_flags.split()
                         if model != "din":
                             cmd.append(f"--content_table={vtable}")
                         if held:
@@ -277,7 +290,8 @@ def main():
         shards.close()
 
     period = "validation tail" if validation else "test period"
-    lines = [f"C-SFT variant `{args.tag}` ({args.csft_flags or 'defaults'}), seeds {args.seeds}, {args.phase}", "",
+    lines = [f"C-SFT variant `{args.tag}` ({args.csft_flags or 'defaults'}), seeds {args.seeds}, {args.phase}"
+             + (f"; CTR runs `{args.ctr_tag}` with {args.trainer_flags}" if args.trainer_flags else ""), "",
              *([holdout_note, ""] if holdout_note else []),
              f"Retrieval on the {period}'s pairs (recall over all items):", "",
              "| positive items | pairs | plain @10 | C-SFT @10 | plain @50 | C-SFT @50 |",
@@ -304,7 +318,7 @@ def main():
              f"{runs[0]['holdout_positives']})" if held else "-")
         lines.append(f"| {model} | {vname} | {ms([r.get('auc') for r in runs])} | {ms([r.get('gauc') for r in runs])} | "
                      f"{ms([r.get('logloss') for r in runs])} | {ms([r.get('cold_auc') for r in runs])} | {h} |")
-    open(os.path.join(args.out, f"summary_{args.tag}.md"), "w").write("\n".join(lines) + "\n")
+    open(os.path.join(args.out, f"summary_{args.tag}{args.ctr_tag}.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -82,6 +82,10 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
                "; expected in [0, 1)");
   }
   if (o.epochs < 1) return bad("--epochs = ", o.epochs, "; expected >= 1");
+  if (!(o.target_id_dropout >= 0.0 && o.target_id_dropout < 1.0)) {
+    return bad("--target_id_dropout = ", o.target_id_dropout,
+               "; expected in [0, 1)");
+  }
   if (!(o.ps_retry_seconds >= 0 && o.ps_retry_seconds <= 1e6)) {
     return bad("--ps_retry_seconds = ", o.ps_retry_seconds,
                "; expected in [0, 1e6]");
@@ -262,6 +266,7 @@ absl::StatusOr<EvalReport> Evaluate(
   options.num_workers = 1;
   options.worker_index = 0;
   options.create_id_rows = false;
+  options.target_id_dropout = 0.0;
   absl::StatusOr<std::unique_ptr<BatchPipeline>> pipeline =
       BatchPipeline::Start(client, options);
   if (!pipeline.ok()) return pipeline.status();
@@ -647,6 +652,7 @@ BatchPipeline::Options TrainPipelineOptions(const TrainerOptions& o,
   pipe.content_table = o.content_table;
   pipe.content_dim = report.config.content_dim;
   pipe.create_id_rows = true;
+  pipe.target_id_dropout = o.target_id_dropout;
   pipe.prefetch = o.prefetch;
   return pipe;
 }
@@ -753,8 +759,12 @@ absl::StatusOr<float> TrainBatch(const TrainerOptions& o, int epoch,
 absl::Status RunEpoch(const TrainerOptions& o, ps::PsClient* ps,
                       std::ostream* progress, int epoch, TrainerSetup* setup,
                       LossCurve* curve, TrainReport* report) {
+  BatchPipeline::Options pipe = setup->train_pipe;
+  // A fresh draw of dropped targets each epoch, the same in every run.
+  pipe.dropout_seed =
+      o.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(epoch);
   MIM_ASSIGN_OR_RETURN(std::unique_ptr<BatchPipeline> pipeline,
-                       BatchPipeline::Start(ps, setup->train_pipe));
+                       BatchPipeline::Start(ps, pipe));
   ProgressBar bar(progress, epoch, o.epochs, setup->epoch_samples);
   int64_t epoch_done = 0;
   double smoothed = std::numeric_limits<double>::quiet_NaN();

@@ -65,6 +65,12 @@ struct TrainerOptions {
   double id_lr = 0.05;         // ID table optimizer on the shards
   std::string id_optimizer = "adagrad";
   double id_init_scale = 0.01;  // normal(0, scale) for new ID rows
+  // Probability that a training sample's target item is read as one the
+  // ID table never saw (a zero row, as evaluation reads an unseen item),
+  // so the model learns to score new items from content, genres and the
+  // user (BatchPipeline::Options::target_id_dropout; drawn per epoch from
+  // `seed`). 0: off. docs/RESULTS.md has the validation that chose it.
+  double target_id_dropout = 0.0;
   // Push ID gradients of the summed (not mean) batch loss.
   bool id_grad_sum = true;
   int id_dim = 32;

@@ -67,6 +67,10 @@ DEFINE_string(id_optimizer, kDefaults.id_optimizer.c_str(),
               "ID table optimizer: sgd, adagrad, adam, ftrl");
 DEFINE_double(id_init_scale, kDefaults.id_init_scale,
               "Stddev of new ID rows (normal initializer)");
+DEFINE_double(target_id_dropout, kDefaults.target_id_dropout,
+              "Training only: probability that a sample's target item is "
+              "read as an unseen item (zero ID row), so the model learns to "
+              "score new items from content; 0: off");
 DEFINE_bool(id_grad_sum, kDefaults.id_grad_sum,
             "Push ID-row gradients of the summed batch loss (false: of the "
             "mean loss, i.e. divided by the batch size)");
@@ -190,6 +194,7 @@ int main(int argc, char** argv) {
   o.id_lr = FLAGS_id_lr;
   o.id_optimizer = FLAGS_id_optimizer;
   o.id_init_scale = FLAGS_id_init_scale;
+  o.target_id_dropout = FLAGS_target_id_dropout;
   o.id_dim = FLAGS_id_dim;
   o.id_grad_sum = FLAGS_id_grad_sum;
   o.seed = FLAGS_seed;

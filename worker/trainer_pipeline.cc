@@ -11,6 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "base/status_macros.h"
 #include "glog/logging.h"
+#include "worker/data/feature_key.h"
 #include "worker/data/sample_io.h"
 
 namespace mim::worker {
@@ -237,6 +238,8 @@ class BatchPipeline::Impl {
           builder_.Build(out->samples, options_.id_dim, options_.content_dim,
                          &out->batch, &out->id_keys, &out->content_keys);
       if (!built.ok()) return built;
+      DropTargetIds(options_.target_id_dropout, options_.dropout_seed,
+                    out->index, &out->batch);
       if (pull) {
         absl::Status pulled = PullRows(out);
         if (!pulled.ok()) return pulled;
@@ -329,6 +332,19 @@ class BatchPipeline::Impl {
   absl::Status producer_status_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 };
+
+void DropTargetIds(double probability, uint64_t seed, int64_t batch_index,
+                   model::Batch* batch) {
+  if (!(probability > 0)) return;
+  // splitmix64 of (seed, batch, row): 53 uniform bits per row.
+  const uint64_t batch_seed = data::MixFeatureValue(
+      seed ^ data::MixFeatureValue(static_cast<uint64_t>(batch_index)));
+  for (size_t b = 0; b < batch->target_idx.size(); ++b) {
+    const uint64_t h = data::MixFeatureValue(batch_seed + b);
+    const double u = static_cast<double>(h >> 11) * 0x1.0p-53;
+    if (u < probability) batch->target_idx[b] = -1;
+  }
+}
 
 absl::StatusOr<std::unique_ptr<BatchPipeline>> BatchPipeline::Start(
     ps::PsClient* client, const Options& options) {

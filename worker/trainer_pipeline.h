@@ -52,6 +52,12 @@ struct PreparedBatch {
   std::vector<uint64_t> content_keys;
 };
 
+// Options::target_id_dropout: sets target_idx[b] = -1 for the rows b of
+// `batch` drawn with `probability`, each draw a pure function of (seed,
+// batch_index, b). probability <= 0 changes nothing.
+void DropTargetIds(double probability, uint64_t seed, int64_t batch_index,
+                   model::Batch* batch);
+
 // Not thread-safe: one consumer calls Next; the prefetch thread is private.
 class BatchPipeline {
  public:
@@ -72,6 +78,16 @@ class BatchPipeline {
     // first push starts from; for training); false: GetRows (unseen rows
     // read as zeros, for evaluation). Neither creates rows.
     bool create_id_rows = true;
+    // Training only (0 for evaluation): each row's target item is read as
+    // an item the ID table has never seen, with this probability: its
+    // target_idx becomes -1 (a zero row, no gradient), which is exactly
+    // what evaluation's GetRows gives an item training never saw. So the
+    // model learns to score a target from its content, genres and the
+    // user when the item's ID says nothing (DropoutNet's item dropout).
+    // Which rows is a pure function of (dropout_seed, batch index, row):
+    // the same with prefetch on or off and with any thread count.
+    double target_id_dropout = 0.0;
+    uint64_t dropout_seed = 0;
     bool prefetch = true;
     // When set, each batch's inputs go into the model's backend
     // (InputStager::Stage) right after its rows are pulled: with prefetch
