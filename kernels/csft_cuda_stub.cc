@@ -1,5 +1,5 @@
-// The C-SFT kernels have no CUDA twin yet (C-SFT runs offline on the CPU);
-// every build links these, so callers get UNIMPLEMENTED, never a link error.
+// Default build (no --config=cuda): the C-SFT CUDA twins (csft_cuda.cu)
+// report UNIMPLEMENTED, as every other CUDA twin does (cuda_stub.cc).
 #include <string>
 
 #include "absl/status/status.h"
@@ -9,8 +9,7 @@ namespace mim::kernels {
 namespace {
 absl::Status NoCudaTwin(const char* op) {
   return absl::UnimplementedError(
-      std::string(op) +
-      ": no CUDA twin of the C-SFT kernels yet; call the *Cpu twin");
+      std::string(op) + ": built without CUDA (use --config=cuda)");
 }
 }  // namespace
 

@@ -7,9 +7,11 @@
 // Shared failure contract of kernels/common.h (INVALID_ARGUMENT for a bad
 // shape, a non-positive temperature or a required null pointer). Outputs are
 // overwritten. The CPU twins are templates (csft_cpu.h) instantiated for
-// float (shipped) and double (finite-difference tests). The CUDA twins are
-// declared beside them and return UNIMPLEMENTED in every build for now
-// (csft_cuda_stub.cc): C-SFT runs offline on the CPU.
+// float (shipped) and double (finite-difference tests). The CUDA twins
+// (csft_cuda.cu; all pointers device memory, the loss and negative counts
+// too) are checked against them on the grid emulator in every CI run
+// (kernels_cuda_test.cc); without --config=cuda they return UNIMPLEMENTED.
+// //worker/csft:csft itself runs on the CPU twins.
 #ifndef MIM_KERNELS_CSFT_OPS_H_
 #define MIM_KERNELS_CSFT_OPS_H_
 

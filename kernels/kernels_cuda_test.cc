@@ -25,6 +25,7 @@
 #include "kernels/common.h"
 #include "kernels/content_ops.h"
 #include "kernels/cpu_test_util.h"
+#include "kernels/csft_ops.h"
 #include "kernels/dense_ops.h"
 #include "kernels/device_buffer.h"
 #include "kernels/embedding_ops.h"
@@ -908,6 +909,200 @@ TEST(CudaErrorsTest, NullDevicePointersAreInvalidArgument) {
     EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << name << ": " << st;
     EXPECT_THAT(std::string(st.message()), ::testing::HasSubstr(name)) << st;
   }
+  EXPECT_TRUE(CudaSynchronize().ok());
+}
+
+// ---- C-SFT (csft_ops.h): tensor fusion, L2 normalisation, InfoNCE ----
+
+struct CsftCase {
+  int64_t rows, dim_a, dim_b;  // tensor fusion; L2 over [rows, dim_a]
+  int64_t batch, candidates, dim;  // InfoNCE
+  bool masked;  // with query and candidate ids (duplicates in both)
+};
+std::string Name(const CsftCase& c) {
+  return absl::StrFormat("rows=%d da=%d db=%d batch=%d cand=%d dim=%d%s", c.rows, c.dim_a,
+                         c.dim_b, c.batch, c.candidates, c.dim, c.masked ? " masked" : "");
+}
+void PrintTo(const CsftCase& c, std::ostream* os) { *os << Name(c); }
+
+class CsftCudaVsCpuTest : public ::testing::TestWithParam<CsftCase> {};
+
+TEST_P(CsftCudaVsCpuTest, TensorFusionForwardAndBackward) {
+  SKIP_WITHOUT_CUDA();
+  const CsftCase c = GetParam();
+  const TensorFusionShape s{c.rows, c.dim_a, c.dim_b};
+  auto a = RandomVec<float>(c.rows * c.dim_a, 51), b = RandomVec<float>(c.rows * c.dim_b, 52),
+       g = RandomVec<float>(c.rows * s.out_dim(), 53);
+  std::vector<float> out(c.rows * s.out_dim()), ga(a.size()), gb(b.size());
+  ASSERT_OK(TensorFusionForwardCpu(s, a.data(), b.data(), out.data()));
+  ASSERT_OK(TensorFusionBackwardCpu(s, a.data(), b.data(), g.data(), ga.data(), gb.data()));
+  auto da = Up(a), db = Up(b), dg = Up(g);
+  auto dout = Zeros<float>(out.size()), dga = Zeros<float>(ga.size()), dgb = Zeros<float>(gb.size());
+  ASSERT_OK(TensorFusionForwardCuda(s, da.data(), db.data(), dout.data()));
+  ASSERT_OK(TensorFusionBackwardCuda(s, da.data(), db.data(), dg.data(), dga.data(), dgb.data()));
+  // The products are single multiplications: the same bits on both sides.
+  EXPECT_EQ(out, Down(dout)) << Name(c);
+  ExpectClose(ga, Down(dga), "fusion grad_a " + Name(c));
+  ExpectClose(gb, Down(dgb), "fusion grad_b " + Name(c));
+  // Either gradient alone (the other null) is the same as with both.
+  auto dga2 = Zeros<float>(ga.size());
+  ASSERT_OK(TensorFusionBackwardCuda(s, da.data(), db.data(), dg.data(), dga2.data(), nullptr));
+  EXPECT_EQ(Down(dga), Down(dga2));
+}
+
+TEST_P(CsftCudaVsCpuTest, L2NormalizeForwardAndBackward) {
+  SKIP_WITHOUT_CUDA();
+  const CsftCase c = GetParam();
+  auto x = RandomVec<float>(c.rows * c.dim_a, 61), gy = RandomVec<float>(x.size(), 62);
+  if (c.rows > 1) std::fill_n(x.begin() + c.dim_a, c.dim_a, 0.f);  // a zero row stays zero
+  std::vector<float> y(x.size()), gx(x.size());
+  ASSERT_OK(L2NormalizeForwardCpu(c.rows, c.dim_a, x.data(), y.data()));
+  ASSERT_OK(L2NormalizeBackwardCpu(c.rows, c.dim_a, x.data(), gy.data(), gx.data()));
+  auto dx = Up(x), dgy = Up(gy);
+  auto dy = Zeros<float>(y.size()), dgx = Zeros<float>(gx.size());
+  ASSERT_OK(L2NormalizeForwardCuda(c.rows, c.dim_a, dx.data(), dy.data()));
+  ASSERT_OK(L2NormalizeBackwardCuda(c.rows, c.dim_a, dx.data(), dgy.data(), dgx.data()));
+  const std::vector<float> ycuda = Down(dy);
+  ExpectClose(y, ycuda, "l2 y " + Name(c));
+  if (c.rows > 1) {
+    for (int64_t k = 0; k < c.dim_a; ++k) EXPECT_EQ(ycuda[c.dim_a + k], 0.f) << k;
+  }
+  // A zero row's gradient is grad_y / sqrt(eps) = 1e6 grad_y: compared
+  // relative to each element's own size rather than the buffer's largest.
+  const std::vector<float> gxcuda = Down(dgx);
+  for (size_t i = 0; i < gx.size(); ++i) {
+    ASSERT_NEAR(gx[i], gxcuda[i], kAtol + kRtol * std::abs(gx[i])) << "l2 grad_x " << i << " "
+                                                                   << Name(c);
+  }
+}
+
+TEST_P(CsftCudaVsCpuTest, InfoNceForwardAndBackward) {
+  SKIP_WITHOUT_CUDA();
+  const CsftCase c = GetParam();
+  const InfoNceShape s{c.batch, c.candidates, c.dim};
+  // Unit rows, as C-SFT feeds them, so scores / tau stay in softmax range.
+  auto q = RandomVec<float>(c.batch * c.dim, 71), cand = RandomVec<float>(c.candidates * c.dim, 72);
+  ASSERT_OK(L2NormalizeForwardCpu(c.batch, c.dim, q.data(), q.data()));
+  ASSERT_OK(L2NormalizeForwardCpu(c.candidates, c.dim, cand.data(), cand.data()));
+  // Ids with repeats: candidate j is item j % 7 (so positives repeat among
+  // each other and the negatives), query b is item (b + 3) % 7.
+  std::vector<int64_t> qid(c.batch), cid(c.candidates);
+  for (int64_t b = 0; b < c.batch; ++b) qid[b] = (b + 3) % 7;
+  for (int64_t j = 0; j < c.candidates; ++j) cid[j] = j % 7;
+  const int64_t* hq = c.masked ? qid.data() : nullptr;
+  const int64_t* hc = c.masked ? cid.data() : nullptr;
+  const float tau = 0.1f, grad_loss = 1.7f;
+  float loss = 0;
+  std::vector<float> prob(c.batch * c.candidates), gq(q.size()), gc(cand.size());
+  std::vector<int32_t> neg(c.batch);
+  ASSERT_OK(InfoNceForwardCpu(s, tau, q.data(), cand.data(), hq, hc, &loss, prob.data(),
+                              neg.data()));
+  ASSERT_OK(InfoNceBackwardCpu(s, tau, q.data(), cand.data(), prob.data(), grad_loss, gq.data(),
+                               gc.data()));
+  auto dq = Up(q), dc = Up(cand);
+  auto dqid = Up(qid), dcid = Up(cid);
+  auto dloss = Zeros<float>(1), dprob = Zeros<float>(prob.size()), dgq = Zeros<float>(gq.size()),
+       dgc = Zeros<float>(gc.size());
+  auto dneg = Zeros<int32_t>(neg.size());
+  ASSERT_OK(InfoNceForwardCuda(s, tau, dq.data(), dc.data(), c.masked ? dqid.data() : nullptr,
+                               c.masked ? dcid.data() : nullptr, dloss.data(), dprob.data(),
+                               dneg.data()));
+  ExpectClose({loss}, Down(dloss), "infonce loss " + Name(c));
+  const std::vector<float> pcuda = Down(dprob);
+  ExpectClose(prob, pcuda, "infonce prob " + Name(c));
+  // Masked candidates are exactly 0 on both sides; the counts are equal.
+  for (size_t i = 0; i < prob.size(); ++i) {
+    if (prob[i] == 0.f) {
+      EXPECT_EQ(pcuda[i], 0.f) << i;
+    }
+  }
+  EXPECT_EQ(neg, Down(dneg)) << Name(c);
+  // Backward from the CPU's prob, so only the backward is compared.
+  auto dprob_cpu = Up(prob);
+  ASSERT_OK(InfoNceBackwardCuda(s, tau, dq.data(), dc.data(), dprob_cpu.data(), grad_loss,
+                                dgq.data(), dgc.data()));
+  ExpectClose(gq, Down(dgq), "infonce grad_q " + Name(c));
+  ExpectClose(gc, Down(dgc), "infonce grad_c " + Name(c));
+  // Run to run: the same bits (fixed-order reductions).
+  auto dprob2 = Zeros<float>(prob.size()), dloss2 = Zeros<float>(1);
+  ASSERT_OK(InfoNceForwardCuda(s, tau, dq.data(), dc.data(), c.masked ? dqid.data() : nullptr,
+                               c.masked ? dcid.data() : nullptr, dloss2.data(), dprob2.data(),
+                               nullptr));
+  EXPECT_EQ(pcuda, Down(dprob2));
+  EXPECT_EQ(Down(dloss), Down(dloss2));
+}
+
+// 1 x 1 everything; C-SFT's own sizes (64-d text + 20 genres fused, batch
+// 256 with a hard negative each and a queue); odd sizes past one block.
+INSTANTIATE_TEST_SUITE_P(
+    CsftShapes, CsftCudaVsCpuTest,
+    ::testing::Values(CsftCase{1, 1, 1, 1, 1, 1, false}, CsftCase{1, 1, 1, 1, 1, 1, true},
+                      CsftCase{37, 64, 20, 37, 79, 64, true},
+                      CsftCase{256, 64, 16, 256, 1024, 65, true},
+                      CsftCase{5, 300, 3, 3, 300, 129, false}));
+
+// Shapes and null pointers the CPU twins refuse are refused alike (same
+// code, the same words after the op's name), before any launch; empty
+// shapes are no-ops on both.
+TEST(CsftCudaErrorsTest, RefusalsMatchCpu) {
+  SKIP_WITHOUT_CUDA();
+  auto buf = Up(Padded(511, 300));
+  float* x = buf.data();
+  std::vector<float> host = Padded(511, 300);
+  float* hx = host.data();
+  auto dloss = Zeros<float>(1);
+  float hloss = 0;
+  auto after_op = [](const absl::Status& st) {
+    const std::string m(st.message());
+    return m.substr(m.find(':'));
+  };
+  struct Pair {
+    std::string name;
+    std::function<absl::Status()> cpu, cuda;
+  };
+  const TensorFusionShape neg_fusion{-1, 2, 2}, fusion{2, 2, 2};
+  const InfoNceShape nce{2, 3, 4}, bad_nce{3, 2, 4};
+  const std::vector<Pair> pairs = {
+      {"fusion negative shape", [&] { return TensorFusionForwardCpu(neg_fusion, hx, hx, hx); },
+       [&] { return TensorFusionForwardCuda(neg_fusion, x, x, x); }},
+      {"fusion null out", [&] { return TensorFusionForwardCpu(fusion, hx, hx, nullptr); },
+       [&] { return TensorFusionForwardCuda(fusion, x, x, nullptr); }},
+      {"fusion backward null grad_out",
+       [&] { return TensorFusionBackwardCpu(fusion, hx, hx, nullptr, hx, hx); },
+       [&] { return TensorFusionBackwardCuda(fusion, x, x, nullptr, x, x); }},
+      {"l2 negative", [&] { return L2NormalizeForwardCpu(-2, 3, hx, hx); },
+       [&] { return L2NormalizeForwardCuda(-2, 3, x, x); }},
+      {"l2 null y", [&] { return L2NormalizeForwardCpu(2, 3, hx, nullptr); },
+       [&] { return L2NormalizeForwardCuda(2, 3, x, nullptr); }},
+      {"l2 backward null grad_x", [&] { return L2NormalizeBackwardCpu(2, 3, hx, hx, nullptr); },
+       [&] { return L2NormalizeBackwardCuda(2, 3, x, x, nullptr); }},
+      {"infonce candidates < batch",
+       [&] { return InfoNceForwardCpu(bad_nce, 0.1f, hx, hx, nullptr, nullptr, &hloss, hx, nullptr); },
+       [&] { return InfoNceForwardCuda(bad_nce, 0.1f, x, x, nullptr, nullptr, dloss.data(), x, nullptr); }},
+      {"infonce temperature 0",
+       [&] { return InfoNceForwardCpu(nce, 0.f, hx, hx, nullptr, nullptr, &hloss, hx, nullptr); },
+       [&] { return InfoNceForwardCuda(nce, 0.f, x, x, nullptr, nullptr, dloss.data(), x, nullptr); }},
+      {"infonce null loss",
+       [&] { return InfoNceForwardCpu(nce, 0.1f, hx, hx, nullptr, nullptr, nullptr, hx, nullptr); },
+       [&] { return InfoNceForwardCuda(nce, 0.1f, x, x, nullptr, nullptr, nullptr, x, nullptr); }},
+      {"infonce backward NaN temperature",
+       [&] { return InfoNceBackwardCpu(nce, std::nanf(""), hx, hx, hx, 1.f, hx, hx); },
+       [&] { return InfoNceBackwardCuda(nce, std::nanf(""), x, x, x, 1.f, x, x); }},
+      {"infonce backward null prob",
+       [&] { return InfoNceBackwardCpu(nce, 0.1f, hx, hx, nullptr, 1.f, hx, hx); },
+       [&] { return InfoNceBackwardCuda(nce, 0.1f, x, x, nullptr, 1.f, x, x); }},
+  };
+  for (const Pair& p : pairs) {
+    const absl::Status cpu = p.cpu(), gpu = p.cuda();
+    EXPECT_EQ(cpu.code(), absl::StatusCode::kInvalidArgument) << p.name << ": " << cpu;
+    EXPECT_EQ(gpu.code(), absl::StatusCode::kInvalidArgument) << p.name << ": " << gpu;
+    EXPECT_EQ(after_op(cpu), after_op(gpu)) << p.name;
+    EXPECT_THAT(std::string(gpu.message()), ::testing::HasSubstr("Cuda: ")) << gpu;
+  }
+  // Empty shapes: OK without touching (null) buffers.
+  EXPECT_TRUE(TensorFusionForwardCuda({0, 3, 4}, nullptr, nullptr, nullptr).ok());
+  EXPECT_TRUE(L2NormalizeForwardCuda(0, 3, nullptr, nullptr).ok());
+  EXPECT_TRUE(L2NormalizeBackwardCuda(3, 0, nullptr, nullptr, nullptr).ok());
   EXPECT_TRUE(CudaSynchronize().ok());
 }
 
