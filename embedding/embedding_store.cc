@@ -33,6 +33,7 @@
 // it shared for the whole call, Restore exclusively while swapping tables.
 // Order: write_mu_ before tables_mu_. `admin_mu_` only guards the name of
 // the checkpoint operation in progress (one at a time).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -72,20 +73,14 @@ uint32_t Fnv1a(const char* data, size_t n) {
 }
 
 // Little-endian encoder / bounds-checked decoder.
+// (Rows are encoded by PutRows, straight into the storage's batch.)
 class Writer {
  public:
-  // `reserve`: the bytes the caller will put, checksum included, so that
-  // the string is allocated once (a row appended field by field grew
-  // through 6-7 reallocations).
-  explicit Writer(size_t reserve = 0) { out_.reserve(reserve); }
   template <typename T>
   void Put(T v) {
     char buf[sizeof(T)];
     std::memcpy(buf, &v, sizeof(T));  // the supported hosts are little-endian
     out_.append(buf, sizeof(T));
-  }
-  void PutFloats(const float* f, size_t n) {
-    out_.append(reinterpret_cast<const char*>(f), n * sizeof(float));
   }
   void PutBytes(absl::string_view s) { out_.append(s.data(), s.size()); }
   std::string Finish() {
@@ -143,13 +138,6 @@ std::string TableKey(absl::string_view table) {
 std::string RowPrefix(absl::string_view table) {
   return absl::StrCat("r/", table, "/");
 }
-std::string RowKey(absl::string_view table, uint64_t key) {
-  std::string k = RowPrefix(table);
-  for (int shift = 56; shift >= 0; shift -= 8) {
-    k.push_back(static_cast<char>((key >> shift) & 0xff));
-  }
-  return k;
-}
 
 std::string EncodeConfig(const TableConfig& c) {
   Writer w;
@@ -201,21 +189,103 @@ absl::StatusOr<TableConfig> DecodeConfig(absl::string_view key,
   return c;
 }
 
-void EncodeRow(const ChangedRows& rows, size_t i, uint32_t dim,
-               uint32_t state_floats, std::string* out) {
-  Writer w(sizeof(uint8_t) + 2 * sizeof(uint32_t) + sizeof(int64_t) +
-           sizeof(uint32_t) + sizeof(uint64_t) +
-           (size_t{dim} + state_floats) * sizeof(float) + sizeof(uint32_t));
-  const RowMeta m = rows.meta(i);
-  w.Put<uint8_t>(kFormat);
-  w.Put<uint32_t>(dim);
-  w.Put<uint32_t>(state_floats);
-  w.Put<int64_t>(m.last_update_micros);
-  w.Put<uint32_t>(m.update_count);
-  w.Put<uint64_t>(m.version);
-  w.PutFloats(rows.values(i), dim);
-  w.PutFloats(rows.state(i), state_floats);
-  *out = w.Finish();
+// Continues the FNV-1a hashes h[0..n) (1 <= n <= kFnvLanes) of n buffers
+// with their next `size` bytes, data[0..n). FNV-1a is one serial chain of
+// (xor, multiply) per byte, about 4 cycles a byte, so a row of 64 floats
+// took ~1200 cycles alone; kFnvLanes rows hashed together are independent
+// chains that the CPU runs side by side in about the time of one (issue 13:
+// the checksum was most of a Push's row encoding). Each result is Fnv1a's.
+constexpr size_t kFnvLanes = 8;
+constexpr uint32_t kFnvBasis = 2166136261u;
+void Fnv1aLanes(const char* const* data, size_t n, size_t size, uint32_t* h) {
+  const uint8_t* p[kFnvLanes];
+  uint32_t x[kFnvLanes];
+  for (size_t l = 0; l < kFnvLanes; ++l) {
+    // Unused lanes hash the last buffer again: the loop has a fixed width.
+    p[l] = reinterpret_cast<const uint8_t*>(data[l < n ? l : n - 1]);
+    x[l] = h[l < n ? l : n - 1];
+  }
+  for (size_t i = 0; i < size; ++i) {
+#pragma GCC unroll 8
+    for (size_t l = 0; l < kFnvLanes; ++l) x[l] = (x[l] ^ p[l][i]) * 16777619u;
+  }
+  for (size_t l = 0; l < n; ++l) h[l] = x[l];
+}
+
+// Bytes of a row value before its floats (see the file comment).
+constexpr size_t kRowHeaderBytes = sizeof(uint8_t) + 2 * sizeof(uint32_t) +
+                                   sizeof(int64_t) + sizeof(uint32_t) +
+                                   sizeof(uint64_t);
+
+template <typename T>
+char* PutLittleEndian(char* out, T v) {
+  std::memcpy(out, &v, sizeof(T));  // the supported hosts are little-endian
+  return out + sizeof(T);
+}
+
+// Puts every row into `batch`: key RowPrefix + the u64 key big-endian,
+// value the file comment's row format. Each row goes in as parts (key
+// prefix and bytes; header, values, state, checksum) from where they
+// already are, kFnvLanes rows at a time so that their checksums are
+// computed together.
+void PutRows(absl::string_view table, const ChangedRows& rows, uint32_t dim,
+             uint32_t state_floats, StorageBatchBuilder* batch) {
+  const std::string prefix = RowPrefix(table);
+  const size_t value_bytes = size_t{dim} * sizeof(float);
+  const size_t state_bytes = size_t{state_floats} * sizeof(float);
+  for (size_t first = 0; first < rows.size(); first += kFnvLanes) {
+    const size_t n = std::min(kFnvLanes, rows.size() - first);
+    char header[kFnvLanes][kRowHeaderBytes];
+    char key[kFnvLanes][sizeof(uint64_t)];
+    char checksum[kFnvLanes][sizeof(uint32_t)];
+    const char* part[kFnvLanes];
+    uint32_t h[kFnvLanes];
+    for (size_t l = 0; l < n; ++l) {
+      const size_t i = first + l;
+      const uint64_t k = rows.key(i);
+      for (int b = 0; b < 8; ++b) {
+        key[l][b] = static_cast<char>((k >> (56 - 8 * b)) & 0xff);
+      }
+      const RowMeta m = rows.meta(i);
+      char* p = header[l];
+      p = PutLittleEndian<uint8_t>(p, kFormat);
+      p = PutLittleEndian<uint32_t>(p, dim);
+      p = PutLittleEndian<uint32_t>(p, state_floats);
+      p = PutLittleEndian<int64_t>(p, m.last_update_micros);
+      p = PutLittleEndian<uint32_t>(p, m.update_count);
+      PutLittleEndian<uint64_t>(p, m.version);
+      h[l] = kFnvBasis;
+    }
+    for (size_t l = 0; l < n; ++l) part[l] = header[l];
+    Fnv1aLanes(part, n, kRowHeaderBytes, h);
+    for (size_t l = 0; l < n; ++l) {
+      part[l] = reinterpret_cast<const char*>(rows.values(first + l));
+    }
+    Fnv1aLanes(part, n, value_bytes, h);
+    if (state_floats > 0) {  // a content row's state() may be past its end
+      for (size_t l = 0; l < n; ++l) {
+        part[l] = reinterpret_cast<const char*>(rows.state(first + l));
+      }
+      Fnv1aLanes(part, n, state_bytes, h);
+    }
+    for (size_t l = 0; l < n; ++l) {
+      PutLittleEndian<uint32_t>(checksum[l], h[l]);
+      const absl::string_view key_parts[] = {
+          prefix, absl::string_view(key[l], sizeof(key[l]))};
+      const absl::string_view value_parts[] = {
+          absl::string_view(header[l], kRowHeaderBytes),
+          absl::string_view(
+              reinterpret_cast<const char*>(rows.values(first + l)),
+              value_bytes),
+          absl::string_view(
+              state_floats > 0
+                  ? reinterpret_cast<const char*>(rows.state(first + l))
+                  : header[l],
+              state_bytes),
+          absl::string_view(checksum[l], sizeof(checksum[l]))};
+      batch->PutParts(key_parts, value_parts);
+    }
+  }
 }
 
 int64_t NowMicros() { return absl::ToUnixMicros(absl::Now()); }
@@ -690,17 +760,19 @@ class StoreImpl : public EmbeddingStore {
   EmbeddingTable::PersistFn PersistFor(const EmbeddingTable& t,
                                        StorageBatch extra = {}) {
     return [this, &t, extra = std::move(extra)](const ChangedRows& rows) {
-      StorageBatch batch;
-      batch.puts.resize(rows.size());
       const std::string& name = t.config().name;
-      for (size_t i = 0; i < rows.size(); ++i) {
-        batch.puts[i].first = RowKey(name, rows.key(i));
-        EncodeRow(rows, i, t.dim(), t.state_floats(), &batch.puts[i].second);
-      }
-      batch.puts.insert(batch.puts.end(), extra.puts.begin(),
-                        extra.puts.end());
-      batch.deletes = extra.deletes;
-      return storage_->Write(batch);
+      // Key ("r/" name "/" u64) and value (header, floats, checksum).
+      const size_t row_bytes = name.size() + 3 + sizeof(uint64_t) +
+                               kRowHeaderBytes +
+                               (size_t{t.dim()} + t.state_floats()) *
+                                   sizeof(float) +
+                               sizeof(uint32_t);
+      std::unique_ptr<StorageBatchBuilder> batch = storage_->NewBatchBuilder(
+          rows.size() + extra.puts.size(), rows.size() * row_bytes);
+      PutRows(name, rows, t.dim(), t.state_floats(), batch.get());
+      for (const auto& [k, v] : extra.puts) batch->Put(k, v);
+      for (const std::string& k : extra.deletes) batch->Delete(k);
+      return storage_->WriteBuilt(std::move(batch));
     };
   }
 

@@ -538,6 +538,68 @@ std::string WithStateFloat(std::string row, uint32_t dim, size_t index,
   return row;
 }
 
+// Every stored row is in the documented format with its FNV-1a, whatever
+// the size of the batch that wrote it (rows are checksummed several at a
+// time, so batches of 1 to 19 rows cover full and partial groups).
+TEST_F(EmbeddingStoreTest, StoredRowsHaveTheDocumentedFormatAndChecksum) {
+  std::vector<uint64_t> all_ids, all_items;
+  uint64_t next = 1;
+  for (size_t n = 1; n <= 19; ++n) {
+    std::vector<uint64_t> ids, items;
+    for (size_t i = 0; i < n; ++i) ids.push_back(next++ * 0x0102030405ull);
+    for (size_t i = 0; i < n; ++i) items.push_back(next++);
+    ASSERT_TRUE(store_->Push("user_id", ids, Ramp(n * 8, 0.5f)).ok());
+    ASSERT_TRUE(store_->Upsert("item_mm", items, Ramp(n * 4, 1), n).ok());
+    all_ids.insert(all_ids.end(), ids.begin(), ids.end());
+    all_items.insert(all_items.end(), items.begin(), items.end());
+  }
+  store_.reset();
+  const std::map<std::string, std::string> stored =
+      ScanStorage(options_.data_dir);
+  Reopen();
+  struct Case {
+    std::string table;
+    const std::vector<uint64_t>* keys;
+    uint32_t dim, state_floats;
+  };
+  for (const Case& c : {Case{"user_id", &all_ids, 8, 16},
+                        Case{"item_mm", &all_items, 4, 0}}) {
+    std::vector<float> values;
+    std::vector<RowMeta> meta;
+    std::vector<uint32_t> missing;
+    ASSERT_TRUE(store_->GetRows(c.table, *c.keys, &values, &meta, &missing)
+                    .ok());
+    ASSERT_TRUE(missing.empty());
+    for (size_t i = 0; i < c.keys->size(); ++i) {
+      std::string key = "r/" + c.table + "/";
+      for (int shift = 56; shift >= 0; shift -= 8) {
+        key.push_back(static_cast<char>(((*c.keys)[i] >> shift) & 0xff));
+      }
+      auto it = stored.find(key);
+      ASSERT_NE(it, stored.end()) << c.table << " " << (*c.keys)[i];
+      const std::string& row = it->second;
+      ASSERT_EQ(row.size(), kRowHeader + 4 * (c.dim + c.state_floats) + 4);
+      std::string want_header(kRowHeader, '\0');
+      char* h = &want_header[0];
+      h[0] = 1;  // format
+      std::memcpy(h + 1, &c.dim, 4);
+      std::memcpy(h + 5, &c.state_floats, 4);
+      std::memcpy(h + 9, &meta[i].last_update_micros, 8);
+      std::memcpy(h + 17, &meta[i].update_count, 4);
+      std::memcpy(h + 21, &meta[i].version, 8);
+      EXPECT_EQ(row.substr(0, kRowHeader), want_header) << key;
+      EXPECT_EQ(std::memcmp(row.data() + kRowHeader, &values[i * c.dim],
+                            4 * c.dim),
+                0)
+          << key;
+      const std::string checked = row.substr(0, row.size() - 4);
+      uint32_t sum;
+      std::memcpy(&sum, row.data() + row.size() - 4, 4);
+      EXPECT_EQ(sum, Fnv1a(checked)) << key;
+    }
+  }
+}
+
 // A row whose optimizer state is NaN, infinite or out of its domain, stored
 // with a valid checksum, makes Open (and Restore) fail with DATA_LOSS naming
 // the table, key and float, and changes nothing.

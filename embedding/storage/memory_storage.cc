@@ -1,5 +1,6 @@
 // In-memory Storage backend: a sorted map, checkpoints are shared immutable
-// copies of it, numbered in creation order.
+// copies of it, numbered in creation order. Also what the Storage interface
+// defines for every backend (the default batch builder, checkpoint names).
 #include <algorithm>
 #include <map>
 #include <memory>
@@ -8,6 +9,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -132,7 +134,41 @@ class MemoryStorage : public Storage {
   uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
 };
 
+// Storage's default builder: a StorageBatch.
+class PlainBatchBuilder : public StorageBatchBuilder {
+ public:
+  explicit PlainBatchBuilder(const Storage* owner) : owner_(owner) {}
+  void PutParts(absl::Span<const absl::string_view> key_parts,
+                absl::Span<const absl::string_view> value_parts) override {
+    batch_.puts.emplace_back(absl::StrJoin(key_parts, ""),
+                             absl::StrJoin(value_parts, ""));
+  }
+  void Delete(absl::string_view key) override {
+    batch_.deletes.emplace_back(key);
+  }
+  const Storage* owner() const { return owner_; }
+  const StorageBatch& batch() const { return batch_; }
+
+ private:
+  const Storage* const owner_;
+  StorageBatch batch_;
+};
+
 }  // namespace
+
+std::unique_ptr<StorageBatchBuilder> Storage::NewBatchBuilder(
+    size_t /*puts*/, size_t /*bytes*/) {
+  return std::make_unique<PlainBatchBuilder>(this);
+}
+
+absl::Status Storage::WriteBuilt(std::unique_ptr<StorageBatchBuilder> batch) {
+  const auto* plain = dynamic_cast<const PlainBatchBuilder*>(batch.get());
+  if (plain == nullptr || plain->owner() != this) {
+    return absl::InvalidArgumentError(
+        "WriteBuilt takes a batch from the same storage's NewBatchBuilder");
+  }
+  return Write(plain->batch());
+}
 
 absl::Status ValidateCheckpointName(absl::string_view name) {
   if (name.empty() || name.size() > 128 || name == "." ||

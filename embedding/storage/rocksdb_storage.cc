@@ -439,9 +439,78 @@ class RocksDbStorage : public Storage {
       rocksdb::Status s = wb.Delete(k);
       if (!s.ok()) return FromRocks(s, "batch delete");
     }
+    return WriteRocks(&wb);
+  }
+
+  // Puts go straight into a rocksdb::WriteBatch, each from its parts.
+  class Builder : public StorageBatchBuilder {
+   public:
+    Builder(const RocksDbStorage* owner, size_t reserve_bytes)
+        : owner_(owner), wb_(reserve_bytes) {}
+    void PutParts(absl::Span<const absl::string_view> key_parts,
+                  absl::Span<const absl::string_view> value_parts) override {
+      if (!status_.ok()) return;
+      // The parts of a row are a handful; more take the slow way.
+      constexpr size_t kMaxParts = 8;
+      if (key_parts.size() > kMaxParts || value_parts.size() > kMaxParts) {
+        const std::string k = absl::StrJoin(key_parts, "");
+        const std::string v = absl::StrJoin(value_parts, "");
+        status_ = wb_.Put(k, v);
+        return;
+      }
+      rocksdb::Slice k[kMaxParts], v[kMaxParts];
+      for (size_t i = 0; i < key_parts.size(); ++i) {
+        k[i] = rocksdb::Slice(key_parts[i].data(), key_parts[i].size());
+      }
+      for (size_t i = 0; i < value_parts.size(); ++i) {
+        v[i] = rocksdb::Slice(value_parts[i].data(), value_parts[i].size());
+      }
+      status_ = wb_.Put(
+          rocksdb::SliceParts(k, static_cast<int>(key_parts.size())),
+          rocksdb::SliceParts(v, static_cast<int>(value_parts.size())));
+    }
+    // Kept aside and added last: deletes apply after every put.
+    void Delete(absl::string_view key) override {
+      deletes_.emplace_back(key);
+    }
+
+   private:
+    friend class RocksDbStorage;
+    const RocksDbStorage* const owner_;
+    rocksdb::WriteBatch wb_;
+    rocksdb::Status status_;  // of the first failed put
+    std::vector<std::string> deletes_;
+  };
+
+  std::unique_ptr<StorageBatchBuilder> NewBatchBuilder(size_t puts,
+                                                       size_t bytes) override {
+    return std::make_unique<Builder>(
+        this, kWriteBatchHeaderBytes + puts * (1 + 2 * kMaxVarint32Bytes) +
+                  bytes);
+  }
+
+  absl::Status WriteBuilt(
+      std::unique_ptr<StorageBatchBuilder> batch) override {
+    auto* built = dynamic_cast<Builder*>(batch.get());
+    if (built == nullptr || built->owner_ != this) {
+      return absl::InvalidArgumentError(
+          "WriteBuilt takes a batch from the same storage's NewBatchBuilder");
+    }
+    if (read_only_) return ReadOnlyError();
+    if (!built->status_.ok()) return FromRocks(built->status_, "batch put");
+    for (const std::string& k : built->deletes_) {
+      rocksdb::Status s = built->wb_.Delete(k);
+      if (!s.ok()) return FromRocks(s, "batch delete");
+    }
+    return WriteRocks(&built->wb_);
+  }
+
+ private:
+  // Writes `wb` to the live database (Write's contract).
+  absl::Status WriteRocks(rocksdb::WriteBatch* wb) {
     absl::ReaderMutexLock lock(&mu_);
     if (db_ == nullptr) return ClosedError();
-    rocksdb::Status s = db_->Write(write_options_, &wb);
+    rocksdb::Status s = db_->Write(write_options_, wb);
     if (s.ok()) return absl::OkStatus();
     write_failed_.store(true);
     if (!s.IsIOError()) return FromRocks(s, "write batch");
@@ -452,6 +521,8 @@ class RocksDbStorage : public Storage {
         "; the database takes no more writes after an I/O error: restart "
         "the shard once the cause (disk full, failing disk) is fixed"));
   }
+
+ public:
   absl::StatusOr<std::string> Get(absl::string_view key) const override {
     absl::ReaderMutexLock lock(&mu_);
     if (db_ == nullptr) return ClosedError();
