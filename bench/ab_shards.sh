@@ -49,6 +49,18 @@ ab_wait_and_fill() {
 # CPU ticks (utime + stime, all threads) of process $1.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# CPU ticks of process $1's RocksDB background threads (flushes and
+# compactions: the threads named "rocksdb:*"), which are never reaped, so
+# cpu_ticks minus this is the rest of the shard (gRPC and the handlers).
+# The comm field is matched whole: a thread name never holds ") ".
+rocksdb_ticks() {
+  cat /proc/"$1"/task/*/stat 2>/dev/null |
+    awk '{ c = $0; sub(/^[0-9]+ \(/, "", c); name = substr(c, 1, index(c, ") ") - 1)
+           rest = substr(c, index(c, ") ") + 2); split(rest, f, " ")
+           if (name ~ /^rocksdb:/) t += f[12] + f[13] }
+         END { print t + 0 }'
+}
+
 # The bench table's counter $2 (pulls, pushes) on the shard at port $1.
 table_counter() {
   "$PS_ADMIN" --ps=127.0.0.1:$1 stats bench | grep -o "$2=[0-9]*" |
