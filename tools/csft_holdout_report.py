@@ -67,12 +67,15 @@ def collect(out):
     return ctr, ret
 
 
-def set_summary(ctr, tag, where):
+def set_summary(ctr, tag, where, ctr_tag=""):
     """The means over seeds of one item set's din, plain-vector din_mim and
-    C-SFT din_mim (`din_mim_<tag>`) runs, and the differences. Raises
+    C-SFT din_mim (`din_mim_<tag>`) runs, and the differences; with
+    `ctr_tag` (csft_experiments.py --ctr_tag) the two din_mim runs are
+    `din_mim_plain<ctr_tag>` and `din_mim_<tag><ctr_tag>`, `din` stays. Raises
     ValueError, naming `where`, when a run is missing, a held-out AUC could
     not be computed, or the three runs' seeds differ."""
-    names = {"din": "din_plain", "plain": "din_mim_plain", "csft": f"din_mim_{tag}"}
+    names = {"din": "din_plain", "plain": f"din_mim_plain{ctr_tag}",
+             "csft": f"din_mim_{tag}{ctr_tag}"}
     seeds = None
     row = {}
     for key, name in names.items():
@@ -156,6 +159,8 @@ def main():
     ap.add_argument("--sets", default=None,
                     help="test folders, one per held-out item set, comma-separated")
     ap.add_argument("--tag", default="mdrop50", help="the C-SFT variant's tag (--sets)")
+    ap.add_argument("--ctr_tag", default="",
+                    help="the CTR runs' suffix (csft_experiments.py --ctr_tag; --sets)")
     ap.add_argument("--target_auc", type=float, default=0.004)
     ap.add_argument("--target_heldout", type=float, default=0.02)
     ap.add_argument("--png", default=None)
@@ -170,7 +175,7 @@ def main():
         try:
             for d in dirs:
                 rows.append((os.path.basename(os.path.normpath(d)),
-                             set_summary(collect(d)[0], args.tag, d)))
+                             set_summary(collect(d)[0], args.tag, d, args.ctr_tag)))
         except (ValueError, OSError) as e:
             sys.exit(f"--sets: {e}")
         mean = print_sets(rows, args.target_auc, args.target_heldout)

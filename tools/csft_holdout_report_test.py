@@ -86,6 +86,21 @@ class SetsTest(unittest.TestCase):
         self.assertAlmostEqual(r["csft-plain"][0], 0.02)
         self.assertEqual(r["csft-plain"][1], 0.25)
 
+    def test_ctr_tag_picks_the_din_mim_runs_and_keeps_din(self):
+        d = make_set("t", {
+            "din_plain": {1: (0.68, 0.5)},
+            "din_mim_plain": {1: (0.60, 0.0)},  # without the suffix: not read
+            "din_mim_mdrop50": {1: (0.60, 0.0)},
+            "din_mim_plain_knn30": {1: (0.69, 0.75)},
+            "din_mim_mdrop50_knn30": {1: (0.70, 1.0)},
+        })
+        r = hr.set_summary(hr.collect(d)[0], "mdrop50", d, "_knn30")
+        self.assertAlmostEqual(r["plain"][0], 0.69)
+        self.assertEqual(r["csft"][1], 1.0)
+        self.assertEqual(r["csft-din"][1], 0.5)
+        with self.assertRaisesRegex(ValueError, r"no runs named din_mim_plain_knn3_s<seed>"):
+            hr.set_summary(hr.collect(d)[0], "mdrop50", d, "_knn3")
+
     def test_a_missing_run_is_refused_with_the_folder_and_name(self):
         d = make_set("b", {"din_plain": {1: (0.68, 0.5)},
                            "din_mim_plain": {1: (0.69, 0.5)}})
