@@ -233,6 +233,20 @@ void PrefetchRecord(const char* record, size_t bytes) {
   }
 }
 
+// The same, for a record about to be overwritten.
+void PrefetchRecordForWrite(char* record, size_t bytes) {
+  const uintptr_t first = reinterpret_cast<uintptr_t>(record) & ~uintptr_t{63};
+  const uintptr_t end = reinterpret_cast<uintptr_t>(record) + bytes;
+  for (uintptr_t line = first; line < end; line += 64) {
+    __builtin_prefetch(reinterpret_cast<void*>(line), /*rw=*/1);
+  }
+}
+
+// How far ahead Stage and Install fetch (see Stage); kStageRing > it, a
+// power of two.
+constexpr size_t kStageAhead = 8;
+constexpr size_t kStageRing = 16;
+
 absl::Status CheckFinite(absl::Span<const uint64_t> keys,
                          absl::Span<const float> data, uint32_t dim,
                          absl::string_view what) {
@@ -456,19 +470,50 @@ absl::Status EmbeddingTable::Pull(absl::Span<const uint64_t> keys,
 void EmbeddingTable::Stage(absl::Span<const uint64_t> keys,
                            const std::vector<std::vector<uint32_t>>& by_stripe,
                            bool init_missing, ChangedRows* rows,
-                           std::vector<bool>* existed) const {
-  existed->assign(keys.size(), false);
+                           std::vector<int64_t>* slots) const {
+  slots->assign(keys.size(), SlotIndex::kNone);
   for (size_t s = 0; s < kNumStripes; ++s) {
-    if (by_stripe[s].empty()) continue;
+    const std::vector<uint32_t>& us = by_stripe[s];
+    if (us.empty()) continue;
     const Stripe& stripe = *stripes_[s];
     absl::ReaderMutexLock lock(&stripe.mu);
-    for (uint32_t u : by_stripe[s]) {
-      const int64_t slot = stripe.Find(keys[u]);
+    // The same software pipeline as Pull's (see there): key j's record is
+    // copied while key j + kStageAhead's record and key j + 2 kStageAhead's
+    // index group are loading; the index is probed by hash and the key
+    // confirmed when its record, by then in cache, is read.
+    int64_t candidate[kStageRing];
+    const auto hash_of = [&](size_t j) {
+      return IndexHash(MixKey(keys[us[j]]));
+    };
+    const auto probe = [&](size_t j) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      const int64_t slot = stripe.index.FindHash(hash_of(j));
+      if (slot != SlotIndex::kNone) {
+        PrefetchRecord(stripe.arena.record(static_cast<uint32_t>(slot)),
+                       stride_);
+      }
+      candidate[j % kStageRing] = slot;
+    };
+    const size_t n = us.size();
+    for (size_t j = 0; j < n && j < 2 * kStageAhead; ++j) {
+      stripe.index.Prefetch(hash_of(j));
+    }
+    for (size_t j = 0; j < n && j < kStageAhead; ++j) probe(j);
+    for (size_t j = 0; j < n; ++j) {
+      if (j + 2 * kStageAhead < n) {
+        stripe.index.Prefetch(hash_of(j + 2 * kStageAhead));
+      }
+      if (j + kStageAhead < n) probe(j + kStageAhead);
+      const uint32_t u = us[j];
+      int64_t slot = candidate[j % kStageRing];
+      if (slot != SlotIndex::kNone &&
+          stripe.arena.key(static_cast<uint32_t>(slot)) != keys[u]) {
+        slot = stripe.Find(keys[u]);  // another key with the same hash
+      }
       char* out = rows->record(u);
-      if (slot >= 0) {
+      if (slot != SlotIndex::kNone) {
         std::memcpy(out, stripe.arena.record(static_cast<uint32_t>(slot)),
                     stride_);
-        (*existed)[u] = true;
+        (*slots)[u] = slot;
       } else if (init_missing) {
         InitRecord(keys[u], out);
       } else {
@@ -481,15 +526,30 @@ void EmbeddingTable::Stage(absl::Span<const uint64_t> keys,
 
 void EmbeddingTable::Install(
     const ChangedRows& rows,
-    const std::vector<std::vector<uint32_t>>& by_stripe) {
+    const std::vector<std::vector<uint32_t>>& by_stripe,
+    const std::vector<int64_t>& slots) {
   for (size_t s = 0; s < kNumStripes; ++s) {
-    if (by_stripe[s].empty()) continue;
+    const std::vector<uint32_t>& us = by_stripe[s];
+    if (us.empty()) continue;
     Stripe& stripe = *stripes_[s];
     absl::MutexLock lock(&stripe.mu);
-    for (uint32_t u : by_stripe[s]) {
+    // Rows that existed at Stage are still in the slot it found: the
+    // caller has held the stripe's commit_mu since, and every change to
+    // an arena or index (Install, LoadRow) holds it; slots never move.
+    // Their records are fetched for writing kStageAhead rows ahead.
+    const size_t n = us.size();
+    for (size_t j = 0; j < n; ++j) {
+      if (j + kStageAhead < n) {
+        const int64_t ahead = slots[us[j + kStageAhead]];
+        if (ahead != SlotIndex::kNone) {
+          PrefetchRecordForWrite(
+              stripe.arena.record(static_cast<uint32_t>(ahead)), stride_);
+        }
+      }
+      const uint32_t u = us[j];
       const char* rec = rows.record(u);
-      int64_t slot = stripe.Find(Load<uint64_t>(rec + kKeyOffset));
-      if (slot < 0) {
+      int64_t slot = slots[u];
+      if (slot == SlotIndex::kNone) {
         slot = stripe.arena.Append();
         std::memcpy(stripe.arena.record(static_cast<uint32_t>(slot)), rec,
                     stride_);
@@ -548,8 +608,8 @@ absl::StatusOr<uint64_t> EmbeddingTable::Push(
 
   CommitLocks commit(stripes_, by_stripe);
   ChangedRows rows = NewChangedRows(unique.size());
-  std::vector<bool> existed;
-  Stage(unique, by_stripe, /*init_missing=*/true, &rows, &existed);
+  std::vector<int64_t> slots;
+  Stage(unique, by_stripe, /*init_missing=*/true, &rows, &slots);
   for (size_t u = 0; u < unique.size(); ++u) {
     char* rec = rows.record(u);
     RowMeta meta = ReadMeta(rec);
@@ -575,7 +635,7 @@ absl::StatusOr<uint64_t> EmbeddingTable::Push(
     st = persist(rows);
     if (!st.ok()) return st;
   }
-  Install(rows, by_stripe);
+  Install(rows, by_stripe, slots);
   return unique.size();
 }
 
@@ -629,17 +689,19 @@ absl::StatusOr<UpsertResult> EmbeddingTable::Upsert(
 
   CommitLocks commit(stripes_, by_stripe);
   ChangedRows staged = NewChangedRows(unique.size());
-  std::vector<bool> existed;
-  Stage(unique, by_stripe, /*init_missing=*/false, &staged, &existed);
+  std::vector<int64_t> slots;
+  Stage(unique, by_stripe, /*init_missing=*/false, &staged, &slots);
 
   // Keep only rows whose stored version is not newer.
   std::vector<std::vector<uint32_t>> write_by_stripe(kNumStripes);
+  std::vector<int64_t> write_slots;  // of rows' records, for Install
+  write_slots.reserve(unique.size());
   ChangedRows rows = NewChangedRows(0);
   size_t n = 0;
   for (size_t s = 0; s < kNumStripes; ++s) {
     for (uint32_t u : by_stripe[s]) {
       const RowMeta old = ReadMeta(staged.record(u));
-      if (existed[u] && old.version > version) {
+      if (slots[u] != SlotIndex::kNone && old.version > version) {
         ++result.rows_stale;
         continue;
       }
@@ -654,6 +716,7 @@ absl::StatusOr<UpsertResult> EmbeddingTable::Upsert(
       std::memcpy(Values(rec), values.data() + size_t{source[u]} * dim,
                   sizeof(float) * dim);
       write_by_stripe[s].push_back(static_cast<uint32_t>(n));
+      write_slots.push_back(slots[u]);
       ++n;
     }
   }
@@ -663,7 +726,7 @@ absl::StatusOr<UpsertResult> EmbeddingTable::Upsert(
     st = persist(rows);
     if (!st.ok()) return st;
   }
-  Install(rows, write_by_stripe);
+  Install(rows, write_by_stripe, write_slots);
   if (n > 0) {
     uint64_t prev = max_version_.load(std::memory_order_relaxed);
     while (prev < version && !max_version_.compare_exchange_weak(

@@ -121,14 +121,18 @@ class EmbeddingTable {
   size_t StripeOf(uint64_t key) const;
   // Fills a fresh record for `key` (initial values and state, zero meta).
   void InitRecord(uint64_t key, char* record) const;
-  // Looks up each staged key and installs its record (stripe by stripe).
+  // Installs each staged record (stripe by stripe): into slots[i] for row
+  // i, or a new slot where that is SlotIndex::kNone. The caller holds the
+  // commit locks of the stripes since the Stage that found the slots.
   void Install(const ChangedRows& rows,
-               const std::vector<std::vector<uint32_t>>& by_stripe);
-  // Copies the current (or a fresh) record of each key into `rows`.
+               const std::vector<std::vector<uint32_t>>& by_stripe,
+               const std::vector<int64_t>& slots);
+  // Copies the current (or a fresh) record of each key into `rows`, and
+  // sets (*slots)[i] to key i's slot, or SlotIndex::kNone if it has none.
   void Stage(absl::Span<const uint64_t> keys,
              const std::vector<std::vector<uint32_t>>& by_stripe,
              bool init_missing, ChangedRows* rows,
-             std::vector<bool>* existed) const;
+             std::vector<int64_t>* slots) const;
   ChangedRows NewChangedRows(size_t count) const;
 
   const TableConfig config_;
