@@ -25,6 +25,9 @@ ab_start_shards() {
   local v
   for v in A B; do
     mkdir "$SCRATCH/$v"
+    # Created here, not by the background shard's redirection, which may
+    # come after ab_wait_and_fill's tail has looked for the file.
+    : >"$SCRATCH/$v.log"
     # shellcheck disable=SC2086  # ENVS holds NAME=VALUE words
     env ${ENVS[$v]:-} "${DIR[$v]}/server" --port=${PORT[$v]} --shard_index=0 \
       --num_shards=1 --data_dir="$SCRATCH/$v" >"$SCRATCH/$v.log" 2>&1 &
