@@ -165,6 +165,34 @@ TEST(EmbeddingTableTest, PullOfUnseenKeysStoresNothingAndPushStartsThere) {
   EXPECT_EQ(table->Stats().rows, 3u);
 }
 
+// Keys new after the first repeat get their own gradients, repeats the sum
+// (Push copies the gradients only from the first repeat on).
+TEST(EmbeddingTableTest, PushWithRepeatsEqualsPushOfTheSums) {
+  TableConfig c = IdConfig(OptimizerKind::kAdagrad, 2);
+  auto repeated = MakeTable(c);
+  auto summed = MakeTable(c);
+  ASSERT_TRUE(repeated
+                  ->Push({5, 6, 5, 7, 6, 8},
+                         {1, 2, 3, 4, 0.5f, -1, 7, 8, 0.25f, 2, 9, 10}, 1000,
+                         nullptr)
+                  .ok());
+  ASSERT_TRUE(summed
+                  ->Push({5, 6, 7, 8},
+                         {1 + 0.5f, 2 + -1.0f, 3 + 0.25f, 4 + 2.0f, 7, 8, 9,
+                          10},
+                         1000, nullptr)
+                  .ok());
+  for (uint64_t k : {5, 6, 7, 8}) {
+    RowMeta m1, m2;
+    std::vector<float> v1, v2, s1, s2;
+    ASSERT_TRUE(repeated->ReadRow(k, &m1, &v1, &s1)) << k;
+    ASSERT_TRUE(summed->ReadRow(k, &m2, &v2, &s2)) << k;
+    EXPECT_EQ(v1, v2) << k;
+    EXPECT_EQ(s1, s2) << k;
+    EXPECT_EQ(m1.update_count, 1u) << k;
+  }
+}
+
 TEST(EmbeddingTableTest, PushSumsRepeatedKeysAndUsesRowStep) {
   TableConfig c = IdConfig(OptimizerKind::kAdam, 2);
   auto table = MakeTable(c);
