@@ -20,9 +20,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "proto/ps.pb.h"
@@ -30,7 +28,6 @@
 #include "tests/planted_samples.h"
 #include "tests/process.h"
 #include "worker/data/sample.h"
-#include "worker/data/sample_io.h"
 
 namespace mim {
 namespace {
@@ -339,78 +336,6 @@ TEST_F(TrainerReproducibilityTest, TargetIdDropoutOutOfRangeIsRefused) {
     EXPECT_TRUE(absl::StrContains(run->err, "expected in [0, 1)"))
         << run->err;
   }
-}
-
-// --cold_item_neighbors changes evaluation only: the same trained model
-// (byte for byte), the same scores for items training saw, other scores
-// for the items it never saw (items kTrainItems and up), the same bits
-// run to run.
-TEST_F(TrainerReproducibilityTest, ColdItemNeighboursChangeOnlyNewItemScores) {
-  const RunOutput plain = Train("cold_plain", {});
-  const RunOutput knn1 = Train("cold_knn_1", {"--cold_item_neighbors=5"});
-  const RunOutput knn2 = Train("cold_knn_2", {"--cold_item_neighbors=5"});
-  ExpectSameRun(knn1, knn2);
-  ASSERT_FALSE(plain.model_file.empty());
-  EXPECT_TRUE(plain.model_file == knn1.model_file) << "training changed";
-  auto lines = [](const std::string& text) {
-    std::vector<std::string> out = absl::StrSplit(text, '\n', absl::SkipEmpty());
-    return out;
-  };
-  const std::vector<std::string> a = lines(plain.predictions),
-                                 b = lines(knn1.predictions);
-  ASSERT_EQ(a.size(), b.size());
-  ASSERT_EQ(a.size(), kTestSamples + 1u);  // header + one line per sample
-  // The test samples, in prediction order: a score may change only where
-  // the target or a behaviour is an item training never saw.
-  auto reader = data::SampleReader::Open(TestPath());
-  ASSERT_TRUE(reader.ok()) << reader.status();
-  std::vector<data::Sample> test;
-  ASSERT_TRUE((*reader)->ReadBatch(kTestSamples + 1, &test).ok());
-  ASSERT_EQ(test.size(), static_cast<size_t>(kTestSamples));
-  int new_targets = 0, changed_targets = 0, all_warm = 0;
-  for (size_t i = 1; i < a.size(); ++i) {
-    const data::Sample& t = test[i - 1];
-    ASSERT_TRUE(absl::StartsWith(a[i], absl::StrCat(t.user_id, "\t", t.item_id,
-                                                    "\t")))
-        << a[i];
-    bool touches_new = t.item_id >= kTrainItems;
-    for (int64_t h : t.behavior) touches_new |= h >= kTrainItems;
-    if (!touches_new) {
-      ++all_warm;
-      EXPECT_EQ(a[i], b[i]) << "a sample of trained items only changed";
-    }
-    if (t.item_id >= kTrainItems) {
-      ++new_targets;
-      changed_targets += a[i] != b[i];
-    }
-  }
-  ASSERT_GT(new_targets, 0);
-  ASSERT_GT(all_warm, 0);
-  EXPECT_EQ(changed_targets, new_targets)
-      << "every new target item gets an imputed ID row";
-  // Warm metrics are untouched; the cold ones are reported as before.
-  EXPECT_EQ(plain.metrics["cold"]["n"], knn1.metrics["cold"]["n"]);
-}
-
-TEST_F(TrainerReproducibilityTest, ColdItemNeighboursNeedAContentModel) {
-  std::vector<std::string> args =
-      Args("cold_din", {"--cold_item_neighbors=5"});
-  for (std::string& a : args) {
-    if (absl::StartsWith(a, "--model=")) a = "--model=din";
-    if (absl::StartsWith(a, "--content_table=")) a = "--content_table=";
-  }
-  absl::StatusOr<CommandResult> run = RunCommand(args);
-  ASSERT_TRUE(run.ok()) << run.status();
-  EXPECT_EQ(run->exit_code, 1);
-  EXPECT_TRUE(absl::StrContains(run->err, "--cold_item_neighbors matches "
-                                          "items by content"))
-      << run->err;
-  absl::StatusOr<CommandResult> negative =
-      RunCommand(Args("cold_neg", {"--cold_item_neighbors=-1"}));
-  ASSERT_TRUE(negative.ok()) << negative.status();
-  EXPECT_EQ(negative->exit_code, 1);
-  EXPECT_TRUE(absl::StrContains(negative->err, "expected >= 0"))
-      << negative->err;
 }
 
 }  // namespace

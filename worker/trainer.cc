@@ -23,7 +23,6 @@
 #include "kernels/common.h"
 #include "proto/ps.pb.h"
 #include "ps/client.h"
-#include "worker/cold_items.h"
 #include "worker/data/sample_io.h"
 #include "worker/dense_sync.h"
 #include "worker/dense_sync_local.h"
@@ -83,14 +82,6 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
                "; expected in [0, 1)");
   }
   if (o.epochs < 1) return bad("--epochs = ", o.epochs, "; expected >= 1");
-  if (o.cold_item_neighbors < 0) {
-    return bad("--cold_item_neighbors = ", o.cold_item_neighbors,
-               "; expected >= 0");
-  }
-  if (o.cold_item_neighbors > 0 && !o.eval_only && o.content_table.empty()) {
-    return bad("--cold_item_neighbors matches items by content: it needs a "
-               "content model and its --content_table");
-  }
   if (!(o.target_id_dropout >= 0.0 && o.target_id_dropout < 1.0)) {
     return bad("--target_id_dropout = ", o.target_id_dropout,
                "; expected in [0, 1)");
@@ -276,29 +267,6 @@ absl::StatusOr<EvalReport> Evaluate(
   options.worker_index = 0;
   options.create_id_rows = false;
   options.target_id_dropout = 0.0;
-  if (o.cold_item_neighbors > 0) {
-    // Refused earlier for a model without content; here the training
-    // items are what the imputer may borrow rows from.
-    if (!train_item_counts.has_value() || options.content_table.empty()) {
-      return absl::InvalidArgumentError(
-          "--cold_item_neighbors needs the training items (--train) and a "
-          "content model with its --content_table");
-    }
-    std::vector<int64_t> items;
-    for (const auto& [item, count] : *train_item_counts) items.push_back(item);
-    MIM_ASSIGN_OR_RETURN(
-        std::shared_ptr<ColdItemImputer> imputer,
-        ColdItemImputer::Build(client, o.cold_item_neighbors,
-                               options.content_table, options.content_dim,
-                               options.id_table, options.id_dim,
-                               std::move(items)));
-    LOG(INFO) << "cold items of " << source << ": ID rows from the "
-              << o.cold_item_neighbors << " nearest by content of "
-              << imputer->trained_items() << " trained items";
-    options.after_pull = [imputer](PreparedBatch* b) {
-      return imputer->Fill(b);
-    };
-  }
   absl::StatusOr<std::unique_ptr<BatchPipeline>> pipeline =
       BatchPipeline::Start(client, options);
   if (!pipeline.ok()) return pipeline.status();

@@ -71,11 +71,6 @@ struct TrainerOptions {
   // user (BatchPipeline::Options::target_id_dropout; drawn per epoch from
   // `seed`). 0: off. docs/RESULTS.md has the validation that chose it.
   double target_id_dropout = 0.0;
-  // Evaluation: an item the ID table has no row for (never trained) gets
-  // the similarity-weighted mean ID row of its this-many nearest training
-  // items by content (worker/cold_items.h) instead of zeros. Content
-  // models only; 0: off (zeros). docs/RESULTS.md has its validation.
-  int cold_item_neighbors = 0;
   // Push ID gradients of the summed (not mean) batch loss.
   bool id_grad_sum = true;
   int id_dim = 32;

@@ -71,10 +71,6 @@ DEFINE_double(target_id_dropout, kDefaults.target_id_dropout,
               "Training only: probability that a sample's target item is "
               "read as an unseen item (zero ID row), so the model learns to "
               "score new items from content; 0: off");
-DEFINE_int32(cold_item_neighbors, kDefaults.cold_item_neighbors,
-             "Evaluation: an item the ID table never trained gets the "
-             "similarity-weighted mean ID row of this many training items "
-             "nearest by content (content models); 0: zeros");
 DEFINE_bool(id_grad_sum, kDefaults.id_grad_sum,
             "Push ID-row gradients of the summed batch loss (false: of the "
             "mean loss, i.e. divided by the batch size)");
@@ -199,7 +195,6 @@ int main(int argc, char** argv) {
   o.id_optimizer = FLAGS_id_optimizer;
   o.id_init_scale = FLAGS_id_init_scale;
   o.target_id_dropout = FLAGS_target_id_dropout;
-  o.cold_item_neighbors = FLAGS_cold_item_neighbors;
   o.id_dim = FLAGS_id_dim;
   o.id_grad_sum = FLAGS_id_grad_sum;
   o.seed = FLAGS_seed;

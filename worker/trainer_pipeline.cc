@@ -278,7 +278,6 @@ class BatchPipeline::Impl {
 
   absl::Status PullRows(PreparedBatch* out) {
     absl::Status status;
-    out->missing_id_rows.clear();
     if (options_.create_id_rows) {
       status = client_->PullInto(options_.id_table, out->id_keys,
                                  absl::MakeSpan(out->batch.id_rows), nullptr);
@@ -294,7 +293,6 @@ class BatchPipeline::Impl {
             options_.id_dim));
       }
       out->batch.id_rows = std::move(rows->values);
-      out->missing_id_rows = std::move(rows->missing);
     }
     if (!options_.content_table.empty() && !out->content_keys.empty()) {
       // Missing content rows come back as zeros, which the model reads as
@@ -304,7 +302,6 @@ class BatchPipeline::Impl {
                                  nullptr);
       if (!status.ok()) return status;
     }
-    if (options_.after_pull) return options_.after_pull(out);
     return absl::OkStatus();
   }
 

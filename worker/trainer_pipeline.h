@@ -20,7 +20,6 @@
 #define MIM_WORKER_TRAINER_PIPELINE_H_
 
 #include <cstdint>
-#include <functional>
 #include <limits>
 #include <memory>
 #include <string>
@@ -51,10 +50,6 @@ struct PreparedBatch {
   model::Batch batch;
   std::vector<uint64_t> id_keys;
   std::vector<uint64_t> content_keys;
-  // Evaluation (Options::create_id_rows false): the positions in id_keys
-  // of the keys the ID table has no row for (read as zeros). Training:
-  // empty.
-  std::vector<uint32_t> missing_id_rows;
 };
 
 // Options::target_id_dropout: sets target_idx[b] = -1 for the rows b of
@@ -101,12 +96,6 @@ class BatchPipeline {
     // each batch before taking the one after next (a training or
     // evaluation loop does). Not owned; outlives the pipeline.
     model::InputStager* stager = nullptr;
-    // When set, called with each batch once its rows are pulled and before
-    // it is staged, on the thread that prepares batches (the prefetch
-    // thread with prefetch on): it may rewrite the batch's rows (e.g.
-    // ColdItemImputer). An error ends the pass as a pull error does. Must
-    // be safe to call from that thread while the consumer runs.
-    std::function<absl::Status(PreparedBatch*)> after_pull;
   };
 
   // Opens the file (NOT_FOUND / INVALID_ARGUMENT as data::SampleReader) and,
