@@ -80,21 +80,31 @@ __global__ void TensorFusionGradBKernel(TensorFusionShape s, const float* a,
 
 // ---- L2 normalisation ----
 
-// Sums v over the block (blockDim.x == kRowThreads, a power of two) in a
-// fixed order; every thread gets the total. `part` is the block's scratch.
-template <typename Part>
-__device__ float BlockSum(float v, Part& part) {
+template <typename T>
+struct SumOp {
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct MaxOp {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+// Reduces v over the block (blockDim.x == kThreads, a power of two) with
+// `op` in a fixed order; every thread gets the result. `part` is the
+// block's shared scratch of kThreads elements of T.
+template <int kThreads, typename T, typename Part, typename Op>
+__device__ T BlockReduce(T v, Part& part, Op op) {
   part[threadIdx.x] = v;
   __syncthreads();
-  for (int o = kRowThreads / 2; o > 0; o >>= 1) {
+  for (int o = kThreads / 2; o > 0; o >>= 1) {
     if (threadIdx.x < o) {
-      const float x = part[threadIdx.x] + part[threadIdx.x + o];
-      part[threadIdx.x] = x;
+      const T a = part[threadIdx.x];
+      const T b = part[threadIdx.x + o];
+      part[threadIdx.x] = op(a, b);
     }
     __syncthreads();
   }
-  const float total = part[0];
-  __syncthreads();  // part is reused by the caller's next sum
+  const T total = part[0];
+  __syncthreads();  // part is reused by the caller's next reduction
   return total;
 }
 
@@ -111,7 +121,7 @@ __global__ void L2NormalizeKernel(int64_t dim, const float* x,
     ss += xr[k] * xr[k];
     if (gr != nullptr) xg += xr[k] * gr[k];
   }
-  ss = BlockSum(ss, part);
+  ss = BlockReduce<kRowThreads>(ss, part, SumOp<float>());
   const float n2 = ss + static_cast<float>(kCsftNormEps);
   const float n = sqrtf(n2);
   if (gr == nullptr) {
@@ -120,7 +130,7 @@ __global__ void L2NormalizeKernel(int64_t dim, const float* x,
     }
     return;
   }
-  xg = BlockSum(xg, part);
+  xg = BlockReduce<kRowThreads>(xg, part, SumOp<float>());
   const float c = xg / (n2 * n);
   for (int64_t k = threadIdx.x; k < dim; k += blockDim.x) {
     out[r * dim + k] = gr[k] / n - xr[k] * c;
@@ -154,35 +164,14 @@ __global__ void InfoNceSoftmaxKernel(InfoNceShape s, const int64_t* query_ids,
     zmax = fmaxf(zmax, z[j]);
     if (j != b) ++count;
   }
-  fpart[threadIdx.x] = zmax;
-  ipart[threadIdx.x] = count;
-  __syncthreads();
-  for (int o = kNceThreads / 2; o > 0; o >>= 1) {
-    if (threadIdx.x < o) {
-      const float m = fmaxf(fpart[threadIdx.x], fpart[threadIdx.x + o]);
-      const int c = ipart[threadIdx.x] + ipart[threadIdx.x + o];
-      fpart[threadIdx.x] = m;
-      ipart[threadIdx.x] = c;
-    }
-    __syncthreads();
-  }
-  zmax = fpart[0];
-  count = ipart[0];
-  __syncthreads();
+  zmax = BlockReduce<kNceThreads>(zmax, fpart, MaxOp());
+  count = BlockReduce<kNceThreads>(count, ipart, SumOp<int>());
   float sum = 0.f;
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
     if (Kept(b, j, query_ids, cand_ids)) sum += expf(z[j] - zmax);
   }
-  fpart[threadIdx.x] = sum;
-  __syncthreads();
-  for (int o = kNceThreads / 2; o > 0; o >>= 1) {
-    if (threadIdx.x < o) {
-      const float x = fpart[threadIdx.x] + fpart[threadIdx.x + o];
-      fpart[threadIdx.x] = x;
-    }
-    __syncthreads();
-  }
-  const float lse = zmax + logf(fpart[0]);
+  sum = BlockReduce<kNceThreads>(sum, fpart, SumOp<float>());
+  const float lse = zmax + logf(sum);
   const float zb = z[b];
   __syncthreads();  // every thread has read z[b] before it is overwritten
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
@@ -199,16 +188,8 @@ __global__ void MeanKernel(int64_t n, const float* v, float* out) {
   __shared__ double part[kNceThreads];
   double acc = 0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc += v[i];
-  part[threadIdx.x] = acc;
-  __syncthreads();
-  for (int o = kNceThreads / 2; o > 0; o >>= 1) {
-    if (threadIdx.x < o) {
-      const double x = part[threadIdx.x] + part[threadIdx.x + o];
-      part[threadIdx.x] = x;
-    }
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) *out = static_cast<float>(part[0] / static_cast<double>(n));
+  acc = BlockReduce<kNceThreads>(acc, part, SumOp<double>());
+  if (threadIdx.x == 0) *out = static_cast<float>(acc / static_cast<double>(n));
 }
 
 // dz[b, j] = (prob[b, j] - [j == b]) * scale.

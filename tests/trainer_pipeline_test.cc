@@ -85,14 +85,18 @@ class TrainerPipelineTest : public ::testing::TestWithParam<bool> {
     return rows.ok() ? rows->values[0] : -1.0f;
   }
 
-  // One sample per batch; prefetch as the test parameter says.
-  absl::StatusOr<std::unique_ptr<worker::BatchPipeline>> StartPipeline() {
+  // One sample per batch; prefetch as the test parameter says; targets
+  // dropped as Options::target_id_dropout says.
+  absl::StatusOr<std::unique_ptr<worker::BatchPipeline>> StartPipeline(
+      double target_id_dropout = 0.0, uint64_t dropout_seed = 0) {
     worker::BatchPipeline::Options options;
     options.path = path_;
     options.batch_size = 1;
     options.id_table = kTable;
     options.id_dim = kDim;
     options.prefetch = GetParam();
+    options.target_id_dropout = target_id_dropout;
+    options.dropout_seed = dropout_seed;
     return worker::BatchPipeline::Start(client_.get(), options);
   }
 
@@ -158,16 +162,8 @@ TEST_P(TrainerPipelineTest, AFailedPushEndsThePass) {
 }
 
 TEST_P(TrainerPipelineTest, TargetIdDropoutDrawsTheSameRowsInEveryMode) {
-  worker::BatchPipeline::Options options;
-  options.path = path_;
-  options.batch_size = 1;
-  options.id_table = kTable;
-  options.id_dim = kDim;
-  options.prefetch = GetParam();
-  options.target_id_dropout = 0.5;
-  options.dropout_seed = 11;
   absl::StatusOr<std::unique_ptr<worker::BatchPipeline>> pipeline =
-      worker::BatchPipeline::Start(client_.get(), options);
+      StartPipeline(/*target_id_dropout=*/0.5, /*dropout_seed=*/11);
   ASSERT_TRUE(pipeline.ok()) << pipeline.status();
   worker::PreparedBatch batch;
   for (int k = 0; k < kBatches; ++k) {
