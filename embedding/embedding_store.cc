@@ -822,6 +822,12 @@ absl::StatusOr<std::unique_ptr<EmbeddingStore>> EmbeddingStore::Open(
   storage_options.data_dir = options.data_dir;
   storage_options.sync_writes = options.sync_writes;
   storage_options.accept_data_loss = options.accept_data_loss;
+  if (options.memtable_mb < 0 || options.memtable_mb > 65536) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "memtable size ", options.memtable_mb,
+        " MiB; expected 0 (RocksDB's default) to 65536"));
+  }
+  storage_options.memtable_bytes = size_t(options.memtable_mb) << 20;
   StorageRecovery dropped;
   auto storage = OpenRocksDbStorage(storage_options, &dropped);
   if (!storage.ok()) return storage.status();

@@ -135,6 +135,9 @@ class EmbeddingStore {
     // Start even when that drops acknowledged writes (a damaged write-ahead
     // log, a missing database); Recovery() then says what was dropped.
     bool accept_data_loss = false;
+    // RocksDbStorageOptions::memtable_bytes, in MiB (0: RocksDB's default,
+    // 64). The server's --memtable_mb.
+    int memtable_mb = 0;
     // Checkpoints kept: after a successful Checkpoint, the oldest ones (by
     // creation order) beyond this many are deleted. 0: keep all.
     uint32_t keep_checkpoints = 0;

@@ -50,6 +50,10 @@ DEFINE_uint32(num_shards, 1, "Number of shards in the cluster.");
 DEFINE_string(data_dir, "", "Directory of this shard's tables (required).");
 DEFINE_bool(sync_writes, false,
             "fsync the write-ahead log on every acknowledged write.");
+DEFINE_int32(memtable_mb, 64,
+             "MiB of one RocksDB memtable (up to two are held): larger ones "
+             "take less flush and compaction CPU per pushed key for that "
+             "much more memory (docs/BENCHMARKS.md, 'a larger memtable').");
 DEFINE_bool(accept_data_loss,
             mim::embedding::EmbeddingStore::Options().accept_data_loss,
             "Start even when --data_dir's write-ahead log is damaged or cut "
@@ -190,6 +194,11 @@ int main(int argc, char** argv) {
   mim::embedding::EmbeddingStore::Options store_options;
   store_options.data_dir = FLAGS_data_dir;
   store_options.sync_writes = FLAGS_sync_writes;
+  if (FLAGS_memtable_mb < 1 || FLAGS_memtable_mb > 65536) {
+    return Fail(absl::StrCat("--memtable_mb=", FLAGS_memtable_mb,
+                             ": expected 1 to 65536"));
+  }
+  store_options.memtable_mb = FLAGS_memtable_mb;
   store_options.max_keys_per_request = FLAGS_max_keys_per_request;
   store_options.accept_data_loss = FLAGS_accept_data_loss;
   store_options.keep_checkpoints = FLAGS_keep_checkpoints;

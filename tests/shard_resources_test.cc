@@ -401,6 +401,8 @@ TEST(ShardLimitsTest, BadLimitFlagsStopTheShardNamingTheFlag) {
        "--keepalive_timeout_ms must be in [1, 2147483647] ms, got 0"},
       {"--max_connection_idle_ms=-5",
        "--max_connection_idle_ms must be in [0, 2147483647] ms, got -5"},
+      {"--memtable_mb=0", "--memtable_mb=0: expected 1 to 65536"},
+      {"--memtable_mb=70000", "--memtable_mb=70000: expected 1 to 65536"},
   };
   for (const auto& [flag, message] : cases) {
     auto result = RunCommand({Runfile("ps/server"), "--data_dir=" + TestDir(),

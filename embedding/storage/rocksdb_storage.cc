@@ -203,7 +203,16 @@ struct DbOpenMode {
   // Keep the recovered WAL files instead of flushing them at open.
   bool keep_wal = false;
   rocksdb::WalFilter* wal_filter = nullptr;
+  // RocksDBStorageOptions::memtable_bytes (0: RocksDB's default).
+  size_t memtable_bytes = 0;
 };
+
+// How the live database (not a checkpoint) is opened.
+DbOpenMode LiveMode(const RocksDbStorageOptions& options) {
+  DbOpenMode mode;
+  mode.memtable_bytes = options.memtable_bytes;
+  return mode;
+}
 
 // Options every open shares. `env` may be null (the default Env).
 rocksdb::Options BaseOptions(rocksdb::Env* env) {
@@ -236,6 +245,7 @@ absl::StatusOr<std::unique_ptr<rocksdb::DB>> OpenDb(const std::string& path,
   options.wal_recovery_mode = mode.wal_recovery;
   options.avoid_flush_during_recovery = mode.keep_wal;
   options.wal_filter = mode.wal_filter;
+  if (mode.memtable_bytes > 0) options.write_buffer_size = mode.memtable_bytes;
   rocksdb::DB* db = nullptr;
   rocksdb::Status s = mode.read_only
                           ? rocksdb::DB::OpenForReadOnly(options, path, &db)
@@ -665,7 +675,7 @@ class RocksDbStorage : public Storage {
     st = Rename(live, old);
     if (st.ok()) st = Rename(staged, live);
     if (st.ok()) {
-      auto db = OpenDb(live.string(), "db/", env_.get(), DbOpenMode());
+      auto db = OpenDb(live.string(), "db/", env_.get(), LiveMode(options_));
       if (db.ok()) {
         db_ = std::move(*db);
         write_failed_.store(false);  // a new WAL; the old one goes
@@ -678,7 +688,7 @@ class RocksDbStorage : public Storage {
     // Put the previous database back so the live state is unchanged.
     if (!fs::exists(live) && fs::exists(old)) fs::rename(old, live, ec);
     fs::remove_all(staged, ec);
-    auto db = OpenDb(live.string(), "db/", env_.get(), DbOpenMode());
+    auto db = OpenDb(live.string(), "db/", env_.get(), LiveMode(options_));
     if (db.ok()) db_ = std::move(*db);
     return st;
   }
@@ -799,7 +809,7 @@ class Opener {
 
     const std::optional<uint64_t> clean =
         has_db ? ReadCleanShutdown(root_) : std::nullopt;
-    DbOpenMode mode;
+    DbOpenMode mode = LiveMode(options_);
     mode.create_if_missing = !has_db;
     if (clean.has_value()) {
       mode.wal_recovery = rocksdb::WALRecoveryMode::kAbsoluteConsistency;
@@ -927,7 +937,7 @@ class Opener {
 
     MIM_ASSIGN_OR_RETURN(recovery_.salvage_dir, SalvageWal(root_, live_));
     WalRecordLog replayed(/*replay=*/true);
-    DbOpenMode mode;
+    DbOpenMode mode = LiveMode(options_);
     mode.wal_recovery = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
     mode.wal_filter = &replayed;
     auto db = OpenDb(live_.string(), "db/", env_.get(), mode);

@@ -171,6 +171,12 @@ struct RocksDbStorageOptions {
   // Live database in <data_dir>/db, checkpoints in <data_dir>/checkpoints.
   std::string data_dir;
   bool sync_writes = false;
+  // Bytes of one RocksDB memtable of the live database (write_buffer_size;
+  // RocksDB keeps up to two, one being flushed). 0: RocksDB's default, 64
+  // MiB. Larger ones cost that much more memory and take more versions of
+  // a hot row before a flush: fewer flush and compaction bytes per pushed
+  // key (docs/BENCHMARKS.md, "Issue 13: a larger memtable").
+  size_t memtable_bytes = 0;
   // Open even when that loses acknowledged writes (see OpenRocksDbStorage),
   // reporting what was lost in StorageRecovery.
   bool accept_data_loss = false;

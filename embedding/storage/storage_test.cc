@@ -339,6 +339,72 @@ TEST(RocksDbStorageTest, ReopenKeepsWritesAndRestores) {
   EXPECT_EQ(Names(**s), std::vector<std::string>{"cp"});
 }
 
+// RocksDB only: memtable_bytes reaches the live database (its OPTIONS
+// file records write_buffer_size), on the first open, after a reopen and
+// after a restore; 0 leaves RocksDB's default. A memtable smaller than the
+// writes flushes them on the way: every row still reads back.
+TEST(RocksDbStorageTest, MemtableBytesReachTheLiveDatabase) {
+  namespace fs = std::filesystem;
+  auto write_buffer_size = [](const std::string& dir) {
+    // The newest OPTIONS-<number> file of the live database.
+    std::string newest;
+    for (const auto& e : fs::directory_iterator(fs::path(dir) / "db")) {
+      const std::string name = e.path().filename().string();
+      if (name.rfind("OPTIONS-", 0) == 0 &&
+          (newest.empty() || std::stoull(name.substr(8)) >
+                                 std::stoull(newest.substr(8)))) {
+        newest = name;
+      }
+    }
+    std::ifstream in(fs::path(dir) / "db" / newest);
+    std::string line;
+    while (std::getline(in, line)) {
+      // The column family's option, not DBOptions' db_write_buffer_size.
+      const size_t start = line.find_first_not_of(" \t");
+      if (start != std::string::npos &&
+          line.compare(start, 18, "write_buffer_size=") == 0) {
+        return line.substr(start + 18);
+      }
+    }
+    return std::string("none in ") + newest;
+  };
+  RocksDbStorageOptions options;
+  options.data_dir = FreshDir("memtable");
+  options.memtable_bytes = size_t{1} << 20;
+  {
+    auto s = OpenRocksDbStorage(options);
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(write_buffer_size(options.data_dir), "1048576");
+    // 4 MB of rows through a 1 MiB memtable.
+    for (int b = 0; b < 40; ++b) {
+      StorageBatch batch;
+      for (int i = 0; i < 100; ++i) {
+        batch.puts.emplace_back("r/" + std::to_string(b * 100 + i),
+                                std::string(1000, static_cast<char>('a' + b % 26)));
+      }
+      ASSERT_TRUE((*s)->Write(batch).ok());
+    }
+    ASSERT_TRUE((*s)->CreateCheckpoint("cp").ok());
+    ASSERT_TRUE((*s)->RestoreCheckpoint("cp").ok());
+    EXPECT_EQ(write_buffer_size(options.data_dir), "1048576");
+  }
+  options.memtable_bytes = size_t{3} << 20;
+  {
+    auto s = OpenRocksDbStorage(options);
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(write_buffer_size(options.data_dir), "3145728");
+    for (int k : {0, 1999, 3999}) {
+      absl::StatusOr<std::string> v = (*s)->Get("r/" + std::to_string(k));
+      ASSERT_TRUE(v.ok()) << k << ": " << v.status();
+      EXPECT_EQ(*v, std::string(1000, static_cast<char>('a' + (k / 100) % 26)));
+    }
+  }
+  options.memtable_bytes = 0;
+  auto s = OpenRocksDbStorage(options);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(write_buffer_size(options.data_dir), "67108864");
+}
+
 // RocksDB only: rows written in random order, several times each, scan in
 // key order with their last values from the memtable being written, after
 // a flush (the checkpoint's) and after a reopen (the WAL replayed into a
