@@ -14,7 +14,10 @@
 
 namespace mim::kernels {
 using cuda::Blocks;
+using cuda::BlockReduce;
 using cuda::CheckLaunch;
+using cuda::MaxOp;
+using cuda::SumOp;
 
 namespace {
 
@@ -79,34 +82,6 @@ __global__ void TensorFusionGradBKernel(TensorFusionShape s, const float* a,
 }
 
 // ---- L2 normalisation ----
-
-template <typename T>
-struct SumOp {
-  __device__ T operator()(T a, T b) const { return a + b; }
-};
-struct MaxOp {
-  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-
-// Reduces v over the block (blockDim.x == kThreads, a power of two) with
-// `op` in a fixed order; every thread gets the result. `part` is the
-// block's shared scratch of kThreads elements of T.
-template <int kThreads, typename T, typename Part, typename Op>
-__device__ T BlockReduce(T v, Part& part, Op op) {
-  part[threadIdx.x] = v;
-  __syncthreads();
-  for (int o = kThreads / 2; o > 0; o >>= 1) {
-    if (threadIdx.x < o) {
-      const T a = part[threadIdx.x];
-      const T b = part[threadIdx.x + o];
-      part[threadIdx.x] = op(a, b);
-    }
-    __syncthreads();
-  }
-  const T total = part[0];
-  __syncthreads();  // part is reused by the caller's next reduction
-  return total;
-}
 
 // Block per row. Forward (gy null): y = x / n. Backward: grad_x = gy / n -
 // x (x . gy) / n^3; n = sqrt(|x|^2 + eps).

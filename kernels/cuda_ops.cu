@@ -296,13 +296,8 @@ __global__ void XentKernel(int64_t n, const float* z, const float* y, float* los
     const double zi = z[i];
     acc += fmax(zi, 0.0) - zi * y[i] + log1p(exp(-fabs(zi)));
   }
-  part[threadIdx.x] = acc;
-  __syncthreads();
-  for (int o = blockDim.x / 2; o > 0; o >>= 1) {
-    if (threadIdx.x < o) part[threadIdx.x] += part[threadIdx.x + o];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) *loss = static_cast<float>(part[0] / static_cast<double>(n));
+  acc = cuda::BlockReduce<1024>(acc, part, cuda::SumOp<double>());
+  if (threadIdx.x == 0) *loss = static_cast<float>(acc / static_cast<double>(n));
 }
 __global__ void XentBackwardKernel(int64_t n, const float* z, const float* y, float* g) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;

@@ -100,6 +100,36 @@ inline unsigned Blocks(int64_t n, int threads = 256) {
   return static_cast<unsigned>((n + threads - 1) / threads);
 }
 
+template <typename T>
+struct SumOp {
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct MaxOp {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+// Reduces v over the block (blockDim.x == kThreads, a power of two) with
+// `op` in a fixed order (a tree over shared memory), so results are the
+// same bits run to run; every thread gets the result. `part` is the
+// block's __shared__ scratch of kThreads elements of T. Every thread of
+// the block must call it.
+template <int kThreads, typename T, typename Part, typename Op>
+__device__ T BlockReduce(T v, Part& part, Op op) {
+  part[threadIdx.x] = v;
+  __syncthreads();
+  for (int o = kThreads / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o) {
+      const T a = part[threadIdx.x];
+      const T b = part[threadIdx.x + o];
+      part[threadIdx.x] = op(a, b);
+    }
+    __syncthreads();
+  }
+  const T total = part[0];
+  __syncthreads();  // part is reused by the caller's next reduction
+  return total;
+}
+
 }  // namespace mim::kernels::cuda
 
 #define MIM_RETURN_IF_ERROR(expr)        \
