@@ -43,6 +43,7 @@ import math
 import os
 import random
 import statistics
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -185,6 +186,9 @@ def main():
                     help="extra flags for every CTR run, space-separated (e.g. --target_id_dropout=0.2)")
     ap.add_argument("--ctr_tag", default="",
                     help="suffix of the CTR run names, so runs with other --trainer_flags sit beside them")
+    ap.add_argument("--csft_workers", type=int, default=1,
+                    help="run C-SFT as this many data-parallel csft processes through the shards "
+                         "(--num_workers; worker 0 writes the outputs)")
     ap.add_argument("--csft_from", default=None,
                     help="take <tag>_s<seed>.vec/.json from this earlier --out of the same phase, data and "
                          "holdout instead of training C-SFT again (the vectors are ingested as they are)")
@@ -243,14 +247,31 @@ def main():
                      f"--vectors={src}.vec", f"--table={table}", "--content_version=1"])
                 retrieval[seed] = json.load(open(f"{src}.json"))
             else:
-                run([f"{BIN}/worker/csft/csft", f"--train={csft_train}",
-                     f"--vectors={d}/content_vectors.tsv", f"--genres_from={genres_from}",
-                     f"--eval_samples={eval_samples}", f"--seed={seed}",
-                     f"--out_vectors={args.out}/{args.tag}_s{seed}.vec",
-                     f"--encoder_out={args.out}/{args.tag}_s{seed}.encoder",
-                     f"--metrics_out={metrics}", f"--ps={shards.addresses}",
-                     f"--table={table}", "--content_version=1"]
-                    + args.csft_flags.split())
+                common = [f"{BIN}/worker/csft/csft", f"--train={csft_train}",
+                          f"--vectors={d}/content_vectors.tsv", f"--genres_from={genres_from}",
+                          f"--seed={seed}", f"--ps={shards.addresses}"] + args.csft_flags.split()
+                workers = []
+                if args.csft_workers > 1:
+                    group = [f"--num_workers={args.csft_workers}",
+                             f"--worker_prefix=csftw_{args.tag}_s{seed}"]
+                    common += group
+                    for w in range(1, args.csft_workers):
+                        cmd = common + [f"--worker_index={w}"]
+                        log(" ".join(cmd))
+                        workers.append(subprocess.Popen(cmd))
+                try:
+                    run(common + [f"--eval_samples={eval_samples}",
+                                  f"--out_vectors={args.out}/{args.tag}_s{seed}.vec",
+                                  f"--encoder_out={args.out}/{args.tag}_s{seed}.encoder",
+                                  f"--metrics_out={metrics}", f"--table={table}",
+                                  "--content_version=1"])
+                except BaseException:
+                    for p in workers:  # they would wait for worker 0 until their timeout
+                        p.kill()
+                    raise
+                for w, p in enumerate(workers, start=1):
+                    if p.wait() != 0:
+                        raise RuntimeError(f"csft worker {w} exited {p.returncode}")
                 retrieval[seed] = json.load(open(metrics))
             concat_table = f"item_content_{args.tag}_concat_s{seed}"
             if args.concat:

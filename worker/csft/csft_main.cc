@@ -13,15 +13,17 @@
 // with --content_table. TLS and token flags: base/client_security.h
 // (CreateTable and Upsert need the admin role).
 //
-// One process: there is no --num_workers. The paper's cross-worker
-// negatives (other workers' batches) would need the workers to exchange
-// item embeddings every step; that part of the space-time negatives is
-// not built (docs/ARCHITECTURE.md, C-SFT; bench/csft_bench.sh measures
-// what one process does). docs/ARCHITECTURE.md (C-SFT) explains the choices.
+// Data parallelism: N processes with the same inputs and flags, --ps, and
+// --num_workers=N --worker_index=0..N-1 train one encoder through the
+// shards (csft_workers.h): each takes every N-th batch, and the other
+// workers' positives are negatives too (--worker_negatives). Worker 0
+// evaluates, selects and writes every output; the others write none.
+// docs/ARCHITECTURE.md (C-SFT) explains the choices.
 #include <cstdint>
 #include <cstdio>
 #include <ctime>
 #include <algorithm>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -30,6 +32,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "base/atomic_file.h"
 #include "base/client_security.h"
 #include "gflags/gflags.h"
@@ -37,6 +40,7 @@
 #include "proto/ps.pb.h"
 #include "ps/client.h"
 #include "worker/csft/csft_trainer.h"
+#include "worker/csft/csft_workers.h"
 #include "worker/csft/pairs.h"
 #include "worker/data/content_vectors.h"
 
@@ -99,6 +103,20 @@ DEFINE_string(metrics_out, "", "output metrics JSON");
 DEFINE_string(ps, "", "shard addresses; with it, the vectors are upserted");
 DEFINE_string(table, "item_content_csft", "content table to upsert into");
 DEFINE_uint64(content_version, 0, "version of the upserted rows (0: Unix time)");
+DEFINE_int32(num_workers, 1,
+             "data-parallel csft processes (> 1 needs --ps; each takes every "
+             "N-th batch)");
+DEFINE_int32(worker_index, 0, "this process's index, 0 .. num_workers - 1");
+DEFINE_string(worker_prefix, "csft_workers",
+              "prefix of the tables the workers share (csft_workers.h)");
+DEFINE_bool(worker_negatives, true,
+            "with several workers, the other workers' latest positives are "
+            "q2item negatives too");
+DEFINE_int32(worker_staleness, 8,
+             "other workers' positives are taken from steps at most this far "
+             "from this worker's");
+DEFINE_int32(worker_timeout_s, 600,
+             "how long a worker waits for the others at an epoch's end");
 
 namespace {
 
@@ -120,8 +138,34 @@ int main(int argc, char** argv) {
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   google::InitGoogleLogging(argv[0]);
   FLAGS_logtostderr = true;
-  if (FLAGS_train.empty() || FLAGS_vectors.empty() || FLAGS_out_vectors.empty()) {
-    std::fprintf(stderr, "csft: --train, --vectors and --out_vectors are required\n");
+  const bool chief = FLAGS_worker_index == 0;
+  if (FLAGS_train.empty() || FLAGS_vectors.empty() ||
+      (chief && FLAGS_out_vectors.empty())) {
+    std::fprintf(stderr,
+                 "csft: --train, --vectors and (on worker 0) --out_vectors "
+                 "are required\n");
+    return 2;
+  }
+  if (FLAGS_num_workers < 1 || FLAGS_worker_index < 0 ||
+      FLAGS_worker_index >= FLAGS_num_workers) {
+    std::fprintf(stderr,
+                 "csft: --worker_index=%d of --num_workers=%d; expected 0 <= "
+                 "worker_index < num_workers\n",
+                 FLAGS_worker_index, FLAGS_num_workers);
+    return 2;
+  }
+  if (FLAGS_num_workers > 1 && FLAGS_ps.empty()) {
+    std::fprintf(stderr,
+                 "csft: --num_workers=%d needs --ps: the workers share the "
+                 "encoder through the shards\n",
+                 FLAGS_num_workers);
+    return 2;
+  }
+  if (FLAGS_worker_staleness < 0 || FLAGS_worker_timeout_s < 1) {
+    std::fprintf(stderr,
+                 "csft: --worker_staleness=%d, --worker_timeout_s=%d; "
+                 "expected >= 0 and >= 1\n",
+                 FLAGS_worker_staleness, FLAGS_worker_timeout_s);
     return 2;
   }
   if (FLAGS_fusion != "tensor" && FLAGS_fusion != "concat") {
@@ -196,8 +240,53 @@ int main(int argc, char** argv) {
   o.select_last_epoch = FLAGS_select_last_epoch;
   o.max_eval_pairs = FLAGS_max_eval_pairs;
   o.seed = FLAGS_seed;
-  auto result = mim::csft::TrainCsft(*catalog, *split, o);
+  o.worker_negatives = FLAGS_worker_negatives;
+
+  // One client for the worker group and the upsert.
+  std::unique_ptr<mim::ps::PsClient> client;
+  if (!FLAGS_ps.empty()) {
+    std::vector<std::string> addresses =
+        absl::StrSplit(FLAGS_ps, ',', absl::SkipEmpty());
+    absl::StatusOr<mim::base::ClientSecurity> security =
+        mim::base::ClientSecurityFromFlags();
+    if (!security.ok()) return Fail("security flags", security.status());
+    mim::ps::PsClient::Options client_options;
+    client_options.credentials = security->credentials;
+    client_options.auth_token = security->auth_token;
+    auto c = mim::ps::PsClient::Create(addresses, client_options);
+    if (!c.ok()) return Fail("connect", c.status());
+    client = std::move(*c);
+  }
+  std::unique_ptr<mim::csft::PsWorkerGroup> group;
+  if (FLAGS_num_workers > 1) {
+    auto initial = mim::csft::InitialEncoderParams(*catalog, o);
+    if (!initial.ok()) return Fail("encoder", initial.status());
+    mim::csft::PsWorkerGroupOptions go;
+    go.num_workers = FLAGS_num_workers;
+    go.worker_index = FLAGS_worker_index;
+    go.prefix = FLAGS_worker_prefix;
+    go.dim = catalog->dim;
+    go.max_positives = o.batch_size;
+    go.staleness = FLAGS_worker_staleness;
+    go.learning_rate = static_cast<float>(o.learning_rate);
+    go.timeout = absl::Seconds(FLAGS_worker_timeout_s);
+    auto g = mim::csft::PsWorkerGroup::Create(client.get(), go,
+                                              std::move(*initial), o.seed);
+    if (!g.ok()) return Fail("worker group", g.status());
+    group = std::move(*g);
+    LOG(INFO) << "csft: worker " << FLAGS_worker_index << " of "
+              << FLAGS_num_workers << ", generation " << group->generation()
+              << " (tables " << group->exchange_table() << ", "
+              << group->dense_table() << ")";
+  }
+  auto result = mim::csft::TrainCsft(*catalog, *split, o, group.get());
   if (!result.ok()) return Fail("train", result.status());
+  if (group != nullptr) {
+    LOG(INFO) << "csft: worker " << FLAGS_worker_index << " took "
+              << result->steps << " steps, " << result->peer_rows
+              << " rows of other workers' batches as negatives";
+  }
+  if (!result->chief) return 0;  // worker 0 writes the outputs
 
   const int n = static_cast<int>(catalog->ids.size());
   const int d = catalog->dim;
@@ -251,30 +340,20 @@ int main(int argc, char** argv) {
                              ", \"csft\": ", RecallJson(cn), "}}");
   }
 
-  if (!FLAGS_ps.empty()) {
+  if (client != nullptr) {
     const uint64_t version = FLAGS_content_version != 0
                                  ? FLAGS_content_version
                                  : static_cast<uint64_t>(std::time(nullptr));
-    std::vector<std::string> addresses =
-        absl::StrSplit(FLAGS_ps, ',', absl::SkipEmpty());
-    absl::StatusOr<mim::base::ClientSecurity> security =
-        mim::base::ClientSecurityFromFlags();
-    if (!security.ok()) return Fail("security flags", security.status());
-    mim::ps::PsClient::Options client_options;
-    client_options.credentials = security->credentials;
-    client_options.auth_token = security->auth_token;
-    auto client = mim::ps::PsClient::Create(addresses, client_options);
-    if (!client.ok()) return Fail("connect", client.status());
     mim::ps::TableConfig config;
     config.set_name(FLAGS_table);
     config.set_kind(mim::ps::CONTENT);
     config.set_dim(d);
-    absl::Status created = (*client)->CreateTable(config, true);
+    absl::Status created = client->CreateTable(config, true);
     if (!created.ok()) return Fail("create table " + FLAGS_table, created);
     std::vector<uint64_t> keys(catalog->ids.begin(), catalog->ids.end());
     for (int start = 0; start < n; start += 4096) {
       const int end = std::min(n, start + 4096);
-      auto up = (*client)->Upsert(
+      auto up = client->Upsert(
           FLAGS_table,
           absl::MakeConstSpan(keys.data() + start, end - start),
           absl::MakeConstSpan(tuned.data() + int64_t(start) * d,
@@ -298,10 +377,12 @@ int main(int argc, char** argv) {
     const std::string json = absl::StrFormat(
         "{\"best_epoch\": %d, \"train_pairs\": %d, \"valid_new_pairs\": %d, "
         "\"valid_warm_pairs\": %d, \"held_out_items\": %d, "
-        "\"pairs_per_second\": %.1f, \"epochs\": [%s], \"test\": %s}\n",
+        "\"pairs_per_second\": %.1f, \"num_workers\": %d, "
+        "\"peer_rows\": %d, \"epochs\": [%s], \"test\": %s}\n",
         result->best_epoch, result->train_pairs, split->valid_new.size(),
         split->valid_warm.size(), split->held_out_items.size(),
-        result->pairs_per_second, absl::StrJoin(epochs, ", "), test_json);
+        result->pairs_per_second, FLAGS_num_workers, result->peer_rows,
+        absl::StrJoin(epochs, ", "), test_json);
     absl::Status s = mim::base::WriteFileAtomically(FLAGS_metrics_out, json);
     if (!s.ok()) return Fail("write " + FLAGS_metrics_out, s);
   }

@@ -138,6 +138,27 @@ Recall EvaluateRecall(const Catalog& catalog, const std::vector<float>& vectors,
   return r;
 }
 
+EncoderConfig EncoderConfigFor(const Catalog& catalog,
+                               const CsftOptions& o) {
+  EncoderConfig config;
+  config.dim = catalog.dim;
+  config.input_dim = catalog.input_dim;
+  config.num_genres = catalog.num_genres;
+  config.genre_dim = o.genre_dim;
+  config.hidden = o.hidden;
+  config.tensor_fusion = o.tensor_fusion;
+  config.residual_gate = static_cast<float>(o.residual_gate);
+  return config;
+}
+
+absl::StatusOr<std::vector<float>> InitialEncoderParams(
+    const Catalog& catalog, const CsftOptions& options) {
+  MIM_ASSIGN_OR_RETURN(
+      std::unique_ptr<CsftEncoder> encoder,
+      CsftEncoder::Create(EncoderConfigFor(catalog, options), options.seed));
+  return encoder->params();
+}
+
 CsftTrainer::CsftTrainer(const Catalog* catalog, const CsftOptions& options)
     : catalog_(catalog),
       options_(options),
@@ -161,15 +182,8 @@ absl::StatusOr<std::unique_ptr<CsftTrainer>> CsftTrainer::Create(
         "modality_dropout in [0, 1), the rest >= 0"));
   }
   std::unique_ptr<CsftTrainer> t(new CsftTrainer(catalog, o));
-  EncoderConfig config;
-  config.dim = catalog->dim;
-  config.input_dim = catalog->input_dim;
-  config.num_genres = catalog->num_genres;
-  config.genre_dim = o.genre_dim;
-  config.hidden = o.hidden;
-  config.tensor_fusion = o.tensor_fusion;
-  config.residual_gate = static_cast<float>(o.residual_gate);
-  MIM_ASSIGN_OR_RETURN(t->encoder_, CsftEncoder::Create(config, o.seed));
+  MIM_ASSIGN_OR_RETURN(t->encoder_,
+                       CsftEncoder::Create(EncoderConfigFor(*catalog, o), o.seed));
   const int64_t n = t->encoder_->num_params();
   t->grads_.assign(n, 0.0f);
   t->adam_m_.assign(n, 0.0f);
@@ -238,8 +252,24 @@ absl::StatusOr<StepStats> CsftTrainer::Step(
     std::bernoulli_distribution drop(options_.modality_dropout);
     for (ItemInput& in : inputs) in.drop_modalities = drop(dropout_rng_);
   }
+  if (group_ != nullptr) MIM_RETURN_IF_ERROR(FetchGroupParams());
   EncoderPass pass;
   MIM_RETURN_IF_ERROR(encoder_->Forward(inputs, &pass));
+  // Other workers' latest positives (detached, like the queue's rows).
+  std::vector<int64_t> peer_ids;
+  std::vector<float> peer_vectors;
+  if (group_ != nullptr && group_->num_workers() > 1 &&
+      options_.worker_negatives) {
+    MIM_RETURN_IF_ERROR(group_->ExchangePositives(
+        step_, absl::MakeConstSpan(ids.data() + b, b),
+        absl::MakeConstSpan(pass.v.data() + b * d, b * d), &peer_ids,
+        &peer_vectors));
+    if (peer_vectors.size() != peer_ids.size() * size_t(d)) {
+      return absl::InternalError(absl::StrCat(
+          "worker group returned ", peer_ids.size(), " peer ids and ",
+          peer_vectors.size(), " floats; expected dim ", d, " per id"));
+    }
+  }
   std::vector<float> grad_v(rows * d, 0.0f), grad_t(rows * d, 0.0f),
       grad_c(rows * d, 0.0f);
   std::vector<int64_t> cat_keys(rows);
@@ -250,6 +280,7 @@ absl::StatusOr<StepStats> CsftTrainer::Step(
 
   StepStats stats;
   stats.rows = b;
+  stats.peer_rows = static_cast<int64_t>(peer_ids.size());
   // Query groups: the whole batch shares its candidates (in-batch
   // negatives), or each query stands alone (ablation).
   std::vector<std::vector<int64_t>> groups;
@@ -261,8 +292,9 @@ absl::StatusOr<StepStats> CsftTrainer::Step(
   }
   const float tau = static_cast<float>(options_.temperature);
   // One InfoNCE over `group`'s queries against `cand_rows` of `source`
-  // (rows of this pass) plus, with `queue`, the queue's rows; gradients go
-  // to grad_v (queries) and `grad_source` (candidates; queue dropped).
+  // (rows of this pass) plus, with `queue`, the queue's rows and the other
+  // workers' positives; gradients go to grad_v (queries) and `grad_source`
+  // (candidates; the detached queue and peer rows get none).
   auto level = [&](const std::vector<int64_t>& group,
                    const std::vector<int64_t>& cand_rows,
                    const std::vector<float>& source,
@@ -271,7 +303,7 @@ absl::StatusOr<StepStats> CsftTrainer::Step(
                    int64_t* negatives) -> absl::Status {
     const int64_t g = static_cast<int64_t>(group.size());
     int64_t qrows = 0;
-    if (queue) qrows = static_cast<int64_t>(queue_rows());
+    if (queue) qrows = static_cast<int64_t>(queue_rows() + peer_ids.size());
     const int64_t n = static_cast<int64_t>(cand_rows.size()) + qrows;
     std::vector<float> qv(g * d), cv(n * d), prob(g * n), gq(g * d),
         gc(n * d);
@@ -291,6 +323,8 @@ absl::StatusOr<StepStats> CsftTrainer::Step(
         std::copy(e.ids.begin(), e.ids.end(), cid.begin() + j);
         j += static_cast<int64_t>(e.ids.size());
       }
+      std::copy(peer_vectors.begin(), peer_vectors.end(), cv.begin() + j * d);
+      std::copy(peer_ids.begin(), peer_ids.end(), cid.begin() + j);
     }
     float loss = 0;
     std::vector<int32_t> neg(g);
@@ -326,8 +360,8 @@ absl::StatusOr<StepStats> CsftTrainer::Step(
     }
     MIM_RETURN_IF_ERROR(level(group, item_rows, pass.v, ids,
                               /*use_query_ids=*/true,
-                              options_.queue_batches > 0, 1.0, &grad_v,
-                              &stats.negatives));
+                              options_.queue_batches > 0 || !peer_ids.empty(),
+                              1.0, &grad_v, &stats.negatives));
     if (options_.alpha > 0) {
       MIM_RETURN_IF_ERROR(level(group, pos_rows, pass.t, ids, true, false,
                                 options_.alpha, &grad_t, nullptr));
@@ -346,12 +380,16 @@ absl::StatusOr<StepStats> CsftTrainer::Step(
       pass, grad_v.data(), options_.alpha > 0 ? grad_t.data() : nullptr,
       options_.beta > 0 ? grad_c.data() : nullptr,
       static_cast<float>(options_.residual_penalty), grads_.data()));
-  kernels::AdamConfig adam;
-  adam.learning_rate = static_cast<float>(options_.learning_rate);
   ++step_;
-  MIM_RETURN_IF_ERROR(kernels::AdamUpdateCpu(
-      adam, step_, encoder_->num_params(), grads_.data(),
-      encoder_->mutable_params()->data(), adam_m_.data(), adam_v_.data()));
+  if (group_ != nullptr) {
+    MIM_RETURN_IF_ERROR(group_->PushGradient(grads_));
+  } else {
+    kernels::AdamConfig adam;
+    adam.learning_rate = static_cast<float>(options_.learning_rate);
+    MIM_RETURN_IF_ERROR(kernels::AdamUpdateCpu(
+        adam, step_, encoder_->num_params(), grads_.data(),
+        encoder_->mutable_params()->data(), adam_m_.data(), adam_v_.data()));
+  }
 
   if (options_.queue_batches > 0) {
     QueueEntry e;
@@ -361,6 +399,18 @@ absl::StatusOr<StepStats> CsftTrainer::Step(
     while (queue_.size() > size_t(options_.queue_batches)) queue_.pop_front();
   }
   return stats;
+}
+
+absl::Status CsftTrainer::FetchGroupParams() {
+  if (group_ == nullptr) return absl::OkStatus();
+  std::vector<float>* params = encoder_->mutable_params();
+  const size_t n = params->size();
+  MIM_RETURN_IF_ERROR(group_->FetchParams(params));
+  if (params->size() != n) {
+    return absl::InternalError(absl::StrCat(
+        "worker group returned ", params->size(), " parameters; the encoder has ", n));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<float>> CsftTrainer::EncodeAll() const {
@@ -379,7 +429,16 @@ absl::StatusOr<std::vector<float>> CsftTrainer::EncodeAll() const {
 
 absl::StatusOr<TrainResult> TrainCsft(const Catalog& catalog,
                                       const PairSplit& split,
-                                      const CsftOptions& options) {
+                                      const CsftOptions& options,
+                                      WorkerGroup* group) {
+  const int num_workers = group != nullptr ? group->num_workers() : 1;
+  const int worker = group != nullptr ? group->worker_index() : 0;
+  if (num_workers < 1 || worker < 0 || worker >= num_workers) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "C-SFT worker ", worker, " of ", num_workers,
+        "; expected 0 <= worker < num_workers"));
+  }
+  const bool chief = worker == 0;
   std::vector<InterestPair> train;
   absl::flat_hash_set<int64_t> items;
   for (const InterestPair& p : split.train) {
@@ -401,7 +460,9 @@ absl::StatusOr<TrainResult> TrainCsft(const Catalog& catalog,
       std::unique_ptr<CsftTrainer> trainer,
       CsftTrainer::Create(&catalog, options,
                           std::vector<int64_t>(items.begin(), items.end())));
+  trainer->set_group(group);
   TrainResult result;
+  result.chief = chief;
   result.train_pairs = static_cast<int64_t>(train.size());
   auto evaluate = [&](EpochLog* log) -> absl::Status {
     MIM_ASSIGN_OR_RETURN(std::vector<float> v, trainer->EncodeAll());
@@ -412,15 +473,19 @@ absl::StatusOr<TrainResult> TrainCsft(const Catalog& catalog,
   auto better = [](const Recall& a, const Recall& b) {
     return a.at50 > b.at50 || (a.at50 == b.at50 && a.at10 > b.at10);
   };
+  // Epoch 0 is the untrained encoder (every worker starts from the same
+  // seeded parameters), evaluated before any step.
   EpochLog start;
-  MIM_RETURN_IF_ERROR(evaluate(&start));
+  if (chief) MIM_RETURN_IF_ERROR(evaluate(&start));
   result.log.push_back(start);
   std::vector<float> best_params = trainer->encoder().params();
   Recall best = start.valid_new;
-  LOG(INFO) << "csft epoch 0 (plain): valid_new recall@10 "
-            << start.valid_new.at10 << " @50 " << start.valid_new.at50
-            << ", valid_warm @10 " << start.valid_warm.at10 << " @50 "
-            << start.valid_warm.at50;
+  if (chief) {
+    LOG(INFO) << "csft epoch 0 (plain): valid_new recall@10 "
+              << start.valid_new.at10 << " @50 " << start.valid_new.at50
+              << ", valid_warm @10 " << start.valid_warm.at10 << " @50 "
+              << start.valid_warm.at50;
+  }
   int since_best = 0;
   double train_seconds = 0;
   int64_t pairs_done = 0;
@@ -430,19 +495,39 @@ absl::StatusOr<TrainResult> TrainCsft(const Catalog& catalog,
     EpochLog log;
     log.epoch = epoch;
     const absl::Time t0 = absl::Now();
-    int64_t steps = 0;
-    for (size_t i = 0; i < train.size(); i += options.batch_size) {
+    int64_t steps = 0, epoch_pairs = 0;
+    int64_t batch_number = 0;
+    for (size_t i = 0; i < train.size();
+         i += options.batch_size, ++batch_number) {
+      if (batch_number % num_workers != worker) continue;  // another's
       const size_t n = std::min(train.size() - i, size_t(options.batch_size));
       MIM_ASSIGN_OR_RETURN(StepStats s,
                            trainer->Step(absl::MakeConstSpan(&train[i], n)));
       log.loss += s.loss;
+      result.peer_rows += s.peer_rows;
+      epoch_pairs += static_cast<int64_t>(n);
       ++steps;
     }
     const double secs = absl::ToDoubleSeconds(absl::Now() - t0);
     train_seconds += secs;
-    pairs_done += static_cast<int64_t>(train.size());
+    pairs_done += epoch_pairs;
+    result.steps += steps;
     log.loss /= std::max<int64_t>(steps, 1);
-    log.pairs_per_second = secs > 0 ? train.size() / secs : 0;
+    log.pairs_per_second = secs > 0 ? epoch_pairs / secs : 0;
+    if (group != nullptr) MIM_RETURN_IF_ERROR(group->EndEpoch(epoch));
+    if (!chief) {
+      LOG(INFO) << "csft worker " << worker << " epoch " << epoch
+                << ": loss " << log.loss << ", " << log.pairs_per_second
+                << " pairs/s";
+      result.log.push_back(log);
+      MIM_ASSIGN_OR_RETURN(const bool stop, group->AwaitDecision(epoch));
+      if (stop) break;
+      continue;
+    }
+    if (group != nullptr) {
+      MIM_RETURN_IF_ERROR(group->AwaitEpoch(epoch));
+      MIM_RETURN_IF_ERROR(trainer->FetchGroupParams());
+    }
     MIM_RETURN_IF_ERROR(evaluate(&log));
     LOG(INFO) << "csft epoch " << epoch << ": loss " << log.loss
               << ", valid_new recall@10 " << log.valid_new.at10 << " @50 "
@@ -450,6 +535,7 @@ absl::StatusOr<TrainResult> TrainCsft(const Catalog& catalog,
               << log.valid_warm.at10 << " @50 " << log.valid_warm.at50
               << ", " << log.pairs_per_second << " pairs/s";
     result.log.push_back(log);
+    bool stop = epoch == options.epochs;
     if (options.select_last_epoch) {
       best_params = trainer->encoder().params();
       result.best_epoch = epoch;
@@ -459,8 +545,14 @@ absl::StatusOr<TrainResult> TrainCsft(const Catalog& catalog,
       result.best_epoch = epoch;
       since_best = 0;
     } else if (++since_best >= options.patience) {
-      break;
+      stop = true;
     }
+    if (group != nullptr) MIM_RETURN_IF_ERROR(group->Decide(epoch, stop));
+    if (stop) break;
+  }
+  if (!chief) {
+    MIM_RETURN_IF_ERROR(trainer->FetchGroupParams());
+    best_params = trainer->encoder().params();
   }
   result.pairs_per_second = train_seconds > 0 ? pairs_done / train_seconds : 0;
   *trainer->mutable_encoder()->mutable_params() = best_params;

@@ -8,6 +8,14 @@
 // whose positive item never appears in training (pairs.h). Epoch 0, the
 // untrained encoder, is a candidate too: it is the plain vectors, so the
 // selected vectors never score below them on that validation.
+//
+// Data parallelism (WorkerGroup below; csft_workers.h shares it through
+// the shards): worker w of N takes every N-th batch, computes on the
+// group's shared encoder parameters and hands its gradient to the group's
+// optimizer, and its q2item candidates also hold the other workers'
+// latest positives (the paper's "space" negatives beside the queue's
+// "time" ones). Worker 0 evaluates and selects after every epoch, once
+// every worker finished it.
 #ifndef MIM_WORKER_CSFT_CSFT_TRAINER_H_
 #define MIM_WORKER_CSFT_CSFT_TRAINER_H_
 
@@ -101,7 +109,18 @@ struct CsftOptions {
   bool select_last_epoch = false;
   int max_eval_pairs = 5000;   // deterministic subsample of each valid set
   uint64_t seed = 1;
+  // With a WorkerGroup of several workers: the other workers' latest
+  // positives join q2item's candidates (detached, masked as the queue's).
+  bool worker_negatives = true;
 };
+
+// The encoder CsftTrainer::Create builds for `catalog` and `options`, and
+// its seeded parameters before any step (the same in every process given
+// the same catalogue and options: a worker group's initial vector).
+EncoderConfig EncoderConfigFor(const Catalog& catalog,
+                               const CsftOptions& options);
+absl::StatusOr<std::vector<float>> InitialEncoderParams(
+    const Catalog& catalog, const CsftOptions& options);
 
 // What one step did. Plain value type.
 struct StepStats {
@@ -109,6 +128,40 @@ struct StepStats {
   int64_t rows = 0;
   // q2item negatives summed over the batch's queries (after masking).
   int64_t negatives = 0;
+  // Rows of other workers' batches among q2item's candidates.
+  int64_t peer_rows = 0;
+};
+
+// What data-parallel C-SFT workers share: the encoder's parameters and
+// optimizer, each step's positives, and the end of every epoch.
+// csft_workers.h implements it through the shards; tests may use their
+// own. Calls come from one training loop.
+class WorkerGroup {
+ public:
+  virtual ~WorkerGroup() = default;
+  virtual int num_workers() const = 0;
+  virtual int worker_index() const = 0;
+  // The shared parameters now (*params is resized to the encoder's size
+  // by the caller; a different size is INVALID_ARGUMENT).
+  virtual absl::Status FetchParams(std::vector<float>* params) = 0;
+  // This worker's gradient of one step, for the shared optimizer.
+  virtual absl::Status PushGradient(absl::Span<const float> gradient) = 0;
+  // Publishes this worker's positives of step `step` (ids, [n, dim]) and
+  // returns the other workers' latest published ones of this run (within
+  // the group's staleness bound), appended to *peer_ids / *peer_vectors.
+  virtual absl::Status ExchangePositives(int64_t step,
+                                         absl::Span<const int64_t> ids,
+                                         absl::Span<const float> vectors,
+                                         std::vector<int64_t>* peer_ids,
+                                         std::vector<float>* peer_vectors) = 0;
+  // Every worker, after its last step of `epoch`.
+  virtual absl::Status EndEpoch(int epoch) = 0;
+  // Worker 0: waits until every worker ended `epoch`, then (after its
+  // evaluation) publishes whether the run stops there.
+  virtual absl::Status AwaitEpoch(int epoch) = 0;
+  virtual absl::Status Decide(int epoch, bool stop) = 0;
+  // Other workers: worker 0's decision for `epoch` (true: stop).
+  virtual absl::StatusOr<bool> AwaitDecision(int epoch) = 0;
 };
 
 // One encoder, its Adam state, the queue and the hard-negative pools.
@@ -122,8 +175,15 @@ class CsftTrainer {
       const std::vector<int64_t>& train_items);
 
   // One Adam step on `batch` (items must be in the catalogue: pairs with
-  // an unknown item are INVALID_ARGUMENT naming it).
+  // an unknown item are INVALID_ARGUMENT naming it). With a group set, the
+  // step computes on the group's parameters and pushes its gradient there
+  // instead (the group's errors are returned).
   absl::StatusOr<StepStats> Step(absl::Span<const InterestPair> batch);
+
+  // Data-parallel steps through `group` (not owned; null: alone).
+  void set_group(WorkerGroup* group) { group_ = group; }
+  // Loads the group's current parameters into the encoder.
+  absl::Status FetchGroupParams();
 
   // Every catalogue item's h_MM, [n, dim].
   absl::StatusOr<std::vector<float>> EncodeAll() const;
@@ -150,6 +210,7 @@ class CsftTrainer {
     std::vector<int64_t> ids;
   };
   std::deque<QueueEntry> queue_;
+  WorkerGroup* group_ = nullptr;
 };
 
 struct EpochLog {
@@ -160,19 +221,29 @@ struct EpochLog {
 };
 
 struct TrainResult {
-  std::unique_ptr<CsftEncoder> encoder;  // the selected epoch's
+  // The selected epoch's; on a worker other than 0 of a group, the shared
+  // parameters at its end (selection is worker 0's).
+  std::unique_ptr<CsftEncoder> encoder;
   int best_epoch = 0;
   std::vector<EpochLog> log;
   int64_t train_pairs = 0;
-  double pairs_per_second = 0;  // over all training steps
+  double pairs_per_second = 0;  // over all training steps (this worker)
+  int64_t steps = 0;            // this worker's
+  int64_t peer_rows = 0;        // StepStats::peer_rows summed
+  bool chief = true;            // worker 0 (or alone): evaluated, selected
 };
 
 // Trains on split.train, evaluates after every epoch on split.valid_new
 // (selection: recall@50, then @10) and split.valid_warm (reported), stops
 // after `patience` epochs without improvement; logs one line per epoch.
+// With `group` (not owned), this process is one of its workers (see the
+// file comment): every worker must pass the same catalogue, split and
+// options; only worker 0 evaluates, and the log of the others holds
+// their losses only.
 absl::StatusOr<TrainResult> TrainCsft(const Catalog& catalog,
                                       const PairSplit& split,
-                                      const CsftOptions& options);
+                                      const CsftOptions& options,
+                                      WorkerGroup* group = nullptr);
 
 }  // namespace mim::csft
 

@@ -1,0 +1,268 @@
+#include "worker/csft/csft_workers.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "base/status_macros.h"
+#include "proto/ps.pb.h"
+
+namespace mim::csft {
+namespace {
+
+constexpr uint64_t kSlotStride = uint64_t{1} << 24;
+constexpr uint64_t kCountBase = uint64_t{1} << 40;
+constexpr uint64_t kEpochBase = uint64_t{1} << 41;
+constexpr uint64_t kDecisionKey = uint64_t{1} << 42;
+constexpr int kIdParts = 3;
+constexpr int kIdPartBits = 21;
+constexpr uint64_t kIdPartMask = (uint64_t{1} << kIdPartBits) - 1;
+constexpr int kMaxWorkers = 4096;
+
+uint64_t SlotKey(int worker, int slot) {
+  return static_cast<uint64_t>(worker) * kSlotStride +
+         static_cast<uint64_t>(slot);
+}
+
+uint64_t Versioned(uint64_t generation, uint64_t low) {
+  return (generation << 32) | low;
+}
+
+}  // namespace
+
+PsWorkerGroup::PsWorkerGroup(ps::PsClient* client,
+                             const PsWorkerGroupOptions& options,
+                             uint64_t generation)
+    : client_(client),
+      options_(options),
+      generation_(generation),
+      exchange_table_(options.prefix + "_exchange") {
+  for (int w = 0; w < options_.num_workers; ++w) {
+    if (w == options_.worker_index) continue;
+    for (int s = 0; s < options_.max_positives; ++s) {
+      peer_keys_.push_back(SlotKey(w, s));
+    }
+  }
+}
+
+absl::StatusOr<std::unique_ptr<PsWorkerGroup>> PsWorkerGroup::Create(
+    ps::PsClient* client, const PsWorkerGroupOptions& o,
+    std::vector<float> initial, uint64_t seed) {
+  if (o.num_workers < 1 || o.num_workers > kMaxWorkers ||
+      o.worker_index < 0 || o.worker_index >= o.num_workers || o.dim < 1 ||
+      o.max_positives < 1 || uint64_t(o.max_positives) > kSlotStride ||
+      o.staleness < 0 || !(o.learning_rate > 0) || o.prefix.empty() ||
+      o.timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "C-SFT worker group: worker ", o.worker_index, " of ", o.num_workers,
+        ", prefix '", o.prefix, "', dim ", o.dim, ", max_positives ",
+        o.max_positives, ", staleness ", o.staleness, ", learning_rate ",
+        o.learning_rate, "; expected 0 <= worker < num_workers <= ",
+        kMaxWorkers, ", a prefix, dim and max_positives >= 1 (at most ",
+        kSlotStride, " positives), staleness >= 0, learning_rate and "
+        "timeout > 0"));
+  }
+  ps::TableConfig config;
+  config.set_name(o.prefix + "_exchange");
+  config.set_kind(ps::CONTENT);
+  config.set_dim(o.dim + kIdParts);
+  MIM_RETURN_IF_ERROR(client->CreateTable(config, /*if_not_exists=*/true));
+
+  // This run's generation: this worker's run count + 1 (file comment).
+  const uint64_t count_key = kCountBase + uint64_t(o.worker_index);
+  MIM_ASSIGN_OR_RETURN(
+      ps::PsClient::GetRowsResult counts,
+      client->GetRows(config.name(), absl::MakeConstSpan(&count_key, 1)));
+  if (counts.dim != static_cast<uint32_t>(o.dim + kIdParts)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "C-SFT exchange table ", config.name(), " has dim ", counts.dim,
+        "; expected ", o.dim + kIdParts, " (h_MM dim ", o.dim,
+        " + 3): use another --worker_prefix"));
+  }
+  const uint64_t generation = counts.meta[0].version() + 1;
+  // Later rows of worker 0's decision mean a run this worker missed.
+  MIM_ASSIGN_OR_RETURN(
+      ps::PsClient::GetRowsResult decision,
+      client->GetRows(config.name(), absl::MakeConstSpan(&kDecisionKey, 1)));
+  if ((decision.meta[0].version() >> 32) >= generation) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "C-SFT exchange table ", config.name(), " holds generation ",
+        decision.meta[0].version() >> 32, " but worker ", o.worker_index,
+        " is at generation ", generation,
+        ": earlier runs' workers did not all start; use another "
+        "--worker_prefix"));
+  }
+  std::unique_ptr<PsWorkerGroup> g(new PsWorkerGroup(client, o, generation));
+  MIM_RETURN_IF_ERROR(g->WriteControl(count_key, generation));
+  worker::PsDenseParams::AdamOptions adam;
+  adam.learning_rate = o.learning_rate;
+  MIM_ASSIGN_OR_RETURN(
+      g->params_,
+      worker::PsDenseParams::Create(
+          client, absl::StrCat(o.prefix, "_dense_g", generation),
+          std::move(initial), adam, seed));
+  return g;
+}
+
+absl::Status PsWorkerGroup::WriteControl(uint64_t key, uint64_t version) {
+  row_buffer_.assign(options_.dim + kIdParts, 0.0f);
+  return client_
+      ->Upsert(exchange_table_, absl::MakeConstSpan(&key, 1), row_buffer_,
+               version)
+      .status();
+}
+
+absl::Status PsWorkerGroup::FetchParams(std::vector<float>* params) {
+  return params_->Fetch(params);
+}
+
+absl::Status PsWorkerGroup::PushGradient(absl::Span<const float> gradient) {
+  return params_->PushGradient(gradient);
+}
+
+absl::Status PsWorkerGroup::ExchangePositives(
+    int64_t step, absl::Span<const int64_t> ids,
+    absl::Span<const float> vectors, std::vector<int64_t>* peer_ids,
+    std::vector<float>* peer_vectors) {
+  const int d = options_.dim;
+  const int width = d + kIdParts;
+  if (step < 0 || step >= (int64_t{1} << 32) - 1 ||
+      ids.size() > size_t(options_.max_positives) ||
+      vectors.size() != ids.size() * size_t(d)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "C-SFT exchange of step ", step, ": ", ids.size(), " ids, ",
+        vectors.size(), " floats; expected at most ", options_.max_positives,
+        " ids of dim ", d, " and a step below 2^32 - 1"));
+  }
+  std::vector<uint64_t> keys(ids.size());
+  row_buffer_.resize(ids.size() * width);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("C-SFT exchange: item id ", ids[i], " is negative"));
+    }
+    keys[i] = SlotKey(options_.worker_index, static_cast<int>(i));
+    float* row = row_buffer_.data() + i * width;
+    std::copy_n(vectors.data() + i * d, d, row);
+    for (int p = 0; p < kIdParts; ++p) {
+      row[d + p] = static_cast<float>(
+          (static_cast<uint64_t>(ids[i]) >> (p * kIdPartBits)) & kIdPartMask);
+    }
+  }
+  if (!keys.empty()) {
+    MIM_RETURN_IF_ERROR(client_
+                            ->Upsert(exchange_table_, keys, row_buffer_,
+                                     Versioned(generation_, uint64_t(step) + 1))
+                            .status());
+  }
+  if (peer_keys_.empty()) return absl::OkStatus();
+  MIM_ASSIGN_OR_RETURN(ps::PsClient::GetRowsResult rows,
+                       client_->GetRows(exchange_table_, peer_keys_));
+  if (rows.dim != static_cast<uint32_t>(width) ||
+      rows.meta.size() != peer_keys_.size()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "C-SFT exchange table ", exchange_table_, " answered dim ", rows.dim,
+        " for ", rows.meta.size(), " rows; expected ", width, " for ",
+        peer_keys_.size()));
+  }
+  for (size_t k = 0; k < peer_keys_.size(); ++k) {
+    const uint64_t version = rows.meta[k].version();
+    if ((version >> 32) != generation_ || (version & 0xffffffffu) == 0) {
+      continue;  // not written in this run (or missing: version 0)
+    }
+    const int64_t their_step = int64_t(version & 0xffffffffu) - 1;
+    if (their_step < step - options_.staleness ||
+        their_step > step + options_.staleness) {
+      continue;
+    }
+    const float* row = rows.values.data() + k * width;
+    uint64_t id = 0;
+    for (int p = 0; p < kIdParts; ++p) {
+      const float part = row[d + p];
+      if (!(part >= 0.0f && part <= float(kIdPartMask)) ||
+          part != static_cast<float>(static_cast<uint64_t>(part))) {
+        return absl::DataLossError(absl::StrCat(
+            "C-SFT exchange table ", exchange_table_, " row ", peer_keys_[k],
+            ": id part ", p, " reads ", part, "; expected an integer 0..",
+            kIdPartMask));
+      }
+      id |= static_cast<uint64_t>(part) << (p * kIdPartBits);
+    }
+    peer_ids->push_back(static_cast<int64_t>(id));
+    peer_vectors->insert(peer_vectors->end(), row, row + d);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PsWorkerGroup::EndEpoch(int epoch) {
+  return WriteControl(kEpochBase + uint64_t(options_.worker_index),
+                      Versioned(generation_, uint64_t(epoch)));
+}
+
+absl::Status PsWorkerGroup::AwaitEpoch(int epoch) {
+  std::vector<uint64_t> keys;
+  for (int w = 0; w < options_.num_workers; ++w) {
+    keys.push_back(kEpochBase + uint64_t(w));
+  }
+  const absl::Time deadline = absl::Now() + options_.timeout;
+  const uint64_t want = Versioned(generation_, uint64_t(epoch));
+  while (true) {
+    MIM_ASSIGN_OR_RETURN(ps::PsClient::GetRowsResult rows,
+                         client_->GetRows(exchange_table_, keys));
+    std::vector<int> missing;
+    for (int w = 0; w < options_.num_workers; ++w) {
+      if (rows.meta[w].version() < want) missing.push_back(w);
+    }
+    if (missing.empty()) return absl::OkStatus();
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "C-SFT worker 0: worker(s) ", absl::StrJoin(missing, ", "),
+          " did not finish epoch ", epoch, " of generation ", generation_,
+          " within ", absl::FormatDuration(options_.timeout)));
+    }
+    // The shards have no notification RPC, so waits poll (as
+    // FinishBarrier::WaitAll does).
+    absl::SleepFor(options_.poll);
+  }
+}
+
+absl::Status PsWorkerGroup::Decide(int epoch, bool stop) {
+  return WriteControl(kDecisionKey, Versioned(generation_,
+                                              (uint64_t(epoch) << 1) |
+                                                  (stop ? 1u : 0u)));
+}
+
+absl::StatusOr<bool> PsWorkerGroup::AwaitDecision(int epoch) {
+  const absl::Time deadline = absl::Now() + options_.timeout;
+  while (true) {
+    MIM_ASSIGN_OR_RETURN(
+        ps::PsClient::GetRowsResult rows,
+        client_->GetRows(exchange_table_,
+                         absl::MakeConstSpan(&kDecisionKey, 1)));
+    const uint64_t version = rows.meta[0].version();
+    if ((version >> 32) > generation_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "C-SFT worker ", options_.worker_index, ": worker 0 decided for "
+          "generation ", version >> 32, ", this worker is at ", generation_,
+          "; use another --worker_prefix"));
+    }
+    if ((version >> 32) == generation_) {
+      const uint64_t low = version & 0xffffffffu;
+      if ((low >> 1) >= uint64_t(epoch)) {
+        // A later epoch's decision means this one went on.
+        return (low >> 1) == uint64_t(epoch) && (low & 1) != 0;
+      }
+    }
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "C-SFT worker ", options_.worker_index, ": worker 0 did not decide "
+          "after epoch ", epoch, " of generation ", generation_, " within ",
+          absl::FormatDuration(options_.timeout)));
+    }
+    absl::SleepFor(options_.poll);
+  }
+}
+
+}  // namespace mim::csft
