@@ -486,6 +486,18 @@ absl::StatusOr<TrainResult> TrainCsft(const Catalog& catalog,
               << ", valid_warm @10 " << start.valid_warm.at10 << " @50 "
               << start.valid_warm.at50;
   }
+  // A start barrier: every worker starts its first step once all are up
+  // and worker 0 has evaluated epoch 0, so their steps run side by side
+  // (the other workers' positives are taken within a step bound).
+  if (group != nullptr) {
+    MIM_RETURN_IF_ERROR(group->EndEpoch(0));
+    if (chief) {
+      MIM_RETURN_IF_ERROR(group->AwaitEpoch(0));
+      MIM_RETURN_IF_ERROR(group->Decide(0, false));
+    } else {
+      MIM_RETURN_IF_ERROR(group->AwaitDecision(0).status());
+    }
+  }
   int since_best = 0;
   double train_seconds = 0;
   int64_t pairs_done = 0;

@@ -15,7 +15,8 @@
 // optimizer, and its q2item candidates also hold the other workers'
 // latest positives (the paper's "space" negatives beside the queue's
 // "time" ones). Worker 0 evaluates and selects after every epoch, once
-// every worker finished it.
+// every worker finished it; the first step waits for every worker and
+// for worker 0's evaluation of the untrained encoder.
 #ifndef MIM_WORKER_CSFT_CSFT_TRAINER_H_
 #define MIM_WORKER_CSFT_CSFT_TRAINER_H_
 
@@ -154,7 +155,8 @@ class WorkerGroup {
                                          absl::Span<const float> vectors,
                                          std::vector<int64_t>* peer_ids,
                                          std::vector<float>* peer_vectors) = 0;
-  // Every worker, after its last step of `epoch`.
+  // Every worker, after its last step of `epoch` (epoch 0: before its
+  // first step).
   virtual absl::Status EndEpoch(int epoch) = 0;
   // Worker 0: waits until every worker ended `epoch`, then (after its
   // evaluation) publishes whether the run stops there.

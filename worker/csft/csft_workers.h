@@ -27,7 +27,8 @@
 // publish). So a run of several workers is not reproducible to the bit.
 // Epochs are synchronous: worker 0 evaluates once every worker finished
 // the epoch, and every worker waits for its decision. A wait gives up
-// after `timeout` with DEADLINE_EXCEEDED naming the workers missing.
+// after `timeout` with DEADLINE_EXCEEDED naming the workers missing. The
+// start is an epoch too (epoch 0): no worker steps before all are up.
 #ifndef MIM_WORKER_CSFT_CSFT_WORKERS_H_
 #define MIM_WORKER_CSFT_CSFT_WORKERS_H_
 
