@@ -193,6 +193,8 @@ TEST_F(CsftWorkersTest, ExchangeCarriesIdsAndVectorsExactly) {
   got.clear();
   ASSERT_TRUE((*g0)->ExchangePositives(9, {}, {}, &got_ids, &got).ok());
   EXPECT_TRUE(got_ids.empty());
+  EXPECT_EQ((*g0)->rows_too_old(), 4);
+  EXPECT_EQ((*g0)->rows_too_new(), 0);
   ASSERT_TRUE((*g0)->ExchangePositives(8, {}, {}, &got_ids, &got).ok());
   EXPECT_EQ(got_ids.size(), 4u);
 

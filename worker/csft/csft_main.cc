@@ -284,7 +284,10 @@ int main(int argc, char** argv) {
   if (group != nullptr) {
     LOG(INFO) << "csft: worker " << FLAGS_worker_index << " took "
               << result->steps << " steps, " << result->peer_rows
-              << " rows of other workers' batches as negatives";
+              << " rows of other workers' batches as negatives ("
+              << group->rows_too_old() << " older and "
+              << group->rows_too_new() << " newer than --worker_staleness="
+              << FLAGS_worker_staleness << " steps left out)";
   }
   if (!result->chief) return 0;  // worker 0 writes the outputs
 

@@ -173,8 +173,12 @@ absl::Status PsWorkerGroup::ExchangePositives(
       continue;  // not written in this run (or missing: version 0)
     }
     const int64_t their_step = int64_t(version & 0xffffffffu) - 1;
-    if (their_step < step - options_.staleness ||
-        their_step > step + options_.staleness) {
+    if (their_step < step - options_.staleness) {
+      ++rows_too_old_;
+      continue;
+    }
+    if (their_step > step + options_.staleness) {
+      ++rows_too_new_;
       continue;
     }
     const float* row = rows.values.data() + k * width;

@@ -85,6 +85,9 @@ class PsWorkerGroup final : public WorkerGroup {
   absl::StatusOr<bool> AwaitDecision(int epoch) override;
 
   uint64_t generation() const { return generation_; }
+  // Other workers' rows of this run left out by the staleness bound.
+  int64_t rows_too_old() const { return rows_too_old_; }
+  int64_t rows_too_new() const { return rows_too_new_; }
   const std::string& exchange_table() const { return exchange_table_; }
   const std::string& dense_table() const { return params_->table(); }
 
@@ -101,6 +104,7 @@ class PsWorkerGroup final : public WorkerGroup {
   std::unique_ptr<worker::PsDenseParams> params_;
   std::vector<uint64_t> peer_keys_;  // every other worker's slots
   std::vector<float> row_buffer_;
+  int64_t rows_too_old_ = 0, rows_too_new_ = 0;
 };
 
 }  // namespace mim::csft
