@@ -99,7 +99,9 @@ DEFINE_int32(max_eval_pairs, kDefaults.max_eval_pairs, "cap per validation set")
 DEFINE_uint64(seed, kDefaults.seed, "seed");
 DEFINE_string(out_vectors, "", "output mim-vectors file of every item's h_MM");
 DEFINE_string(encoder_out, "", "output encoder file");
-DEFINE_string(metrics_out, "", "output metrics JSON");
+DEFINE_string(metrics_out, "",
+              "output metrics JSON (a worker other than 0: its steps, pairs/s "
+              "and peer rows only)");
 DEFINE_string(ps, "", "shard addresses; with it, the vectors are upserted");
 DEFINE_string(table, "item_content_csft", "content table to upsert into");
 DEFINE_uint64(content_version, 0, "version of the upserted rows (0: Unix time)");
@@ -289,7 +291,28 @@ int main(int argc, char** argv) {
               << group->rows_too_new() << " newer than --worker_staleness="
               << FLAGS_worker_staleness << " steps left out)";
   }
-  if (!result->chief) return 0;  // worker 0 writes the outputs
+  if (!result->chief) {
+    // Worker 0 writes the outputs; another worker only its own figures.
+    if (!FLAGS_metrics_out.empty()) {
+      std::vector<std::string> epochs;
+      for (size_t e = 1; e < result->log.size(); ++e) {
+        epochs.push_back(absl::StrFormat(
+            "{\"epoch\": %d, \"loss\": %.6f, \"pairs_per_second\": %.1f}",
+            result->log[e].epoch, result->log[e].loss,
+            result->log[e].pairs_per_second));
+      }
+      const std::string json = absl::StrFormat(
+          "{\"worker_index\": %d, \"num_workers\": %d, \"steps\": %d, "
+          "\"pairs_per_second\": %.1f, \"peer_rows\": %d, \"epochs\": "
+          "[%s]}\n",
+          FLAGS_worker_index, FLAGS_num_workers, result->steps,
+          result->pairs_per_second, result->peer_rows,
+          absl::StrJoin(epochs, ", "));
+      absl::Status s = mim::base::WriteFileAtomically(FLAGS_metrics_out, json);
+      if (!s.ok()) return Fail("write " + FLAGS_metrics_out, s);
+    }
+    return 0;
+  }
 
   const int n = static_cast<int>(catalog->ids.size());
   const int d = catalog->dim;

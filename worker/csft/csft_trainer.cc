@@ -401,6 +401,16 @@ absl::StatusOr<StepStats> CsftTrainer::Step(
   return stats;
 }
 
+void CsftTrainer::set_group(WorkerGroup* group) {
+  group_ = group;
+  const int w = group != nullptr ? group->worker_index() : 0;
+  if (w > 0) {
+    const uint64_t mix = 0x9e3779b97f4a7c15ULL * uint64_t(w);
+    rng_.seed((options_.seed * 7919 + 17) ^ mix);
+    dropout_rng_.seed((options_.seed * 104729 + 31) ^ mix);
+  }
+}
+
 absl::Status CsftTrainer::FetchGroupParams() {
   if (group_ == nullptr) return absl::OkStatus();
   std::vector<float>* params = encoder_->mutable_params();

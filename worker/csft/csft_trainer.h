@@ -182,8 +182,10 @@ class CsftTrainer {
   // instead (the group's errors are returned).
   absl::StatusOr<StepStats> Step(absl::Span<const InterestPair> batch);
 
-  // Data-parallel steps through `group` (not owned; null: alone).
-  void set_group(WorkerGroup* group) { group_ = group; }
+  // Data-parallel steps through `group` (not owned; null: alone), before
+  // the first step. A worker other than 0 reseeds its hard-negative and
+  // dropout streams with its index, so the workers do not draw alike.
+  void set_group(WorkerGroup* group);
   // Loads the group's current parameters into the encoder.
   absl::Status FetchGroupParams();
 
