@@ -10,7 +10,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
-#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "ps/client.h"
 #include "tests/process.h"
+#include "worker/csft/csft_test_util.h"
 #include "worker/csft/csft_trainer.h"
 #include "worker/csft/csft_workers.h"
 
@@ -34,40 +34,10 @@ using ::mim::csft::InterestPair;
 using ::mim::csft::PairSplit;
 using ::mim::csft::PsWorkerGroup;
 using ::mim::csft::PsWorkerGroupOptions;
+using ::mim::csft::testing::Batch;
+using ::mim::csft::testing::TestCatalog;
 using ::mim::testing::ShardProcess;
 
-// 40 items 100..139: i < 20 genre {1}, the rest {2, 3 + i % 3}; random
-// unit vectors of dim 6.
-Catalog TestCatalog() {
-  Catalog c;
-  c.dim = 6;
-  c.input_dim = 6;
-  std::mt19937 rng(5);
-  std::normal_distribution<float> normal;
-  for (int i = 0; i < 40; ++i) {
-    c.ids.push_back(100 + i);
-    c.index[100 + i] = i;
-    std::vector<float> v(6);
-    double ss = 0;
-    for (float& x : v) {
-      x = normal(rng);
-      ss += double(x) * x;
-    }
-    for (float& x : v) x = float(x / std::sqrt(ss));
-    c.features.insert(c.features.end(), v.begin(), v.end());
-    c.genres.push_back(i < 20 ? std::vector<int32_t>{1}
-                              : std::vector<int32_t>{2, 3 + i % 3});
-  }
-  c.num_genres = 6;
-  return c;
-}
-
-// 4 distinct pairs: queries 120+offset.., positives 100+offset.. (genre 1).
-std::vector<InterestPair> Batch(int offset) {
-  std::vector<InterestPair> b;
-  for (int i = 0; i < 4; ++i) b.push_back({120 + offset + i, 100 + offset + i});
-  return b;
-}
 
 class CsftWorkersTest : public ::testing::Test {
  protected:

@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
+#include "worker/csft/csft_test_util.h"
 #include "worker/csft/csft_trainer.h"
 #include "worker/csft/encoder.h"
 #include "worker/csft/pairs.h"
@@ -68,28 +69,8 @@ TEST(SplitPairsTest, HeldOutItemsNeverTrainAndValidNewHasThemAsPositive) {
             absl::StatusCode::kInvalidArgument);
 }
 
-// 40 items: i < 20 genre {1}, i >= 20 genre {2, i % 3}; random vectors.
-Catalog TestCatalog(int input_dim = 6, int dim = 6) {
-  Catalog c;
-  c.dim = dim;
-  c.input_dim = input_dim;
-  std::mt19937 rng(5);
-  std::normal_distribution<float> normal;
-  for (int i = 0; i < 40; ++i) {
-    c.ids.push_back(100 + i);
-    c.index[100 + i] = i;
-    double ss = 0;
-    std::vector<float> v(input_dim);
-    for (float& x : v) x = normal(rng);
-    for (int k = 0; k < dim; ++k) ss += double(v[k]) * v[k];
-    for (int k = 0; k < dim; ++k) v[k] = float(v[k] / std::sqrt(ss));
-    c.features.insert(c.features.end(), v.begin(), v.end());
-    c.genres.push_back(i < 20 ? std::vector<int32_t>{1}
-                              : std::vector<int32_t>{2, 3 + i % 3});
-  }
-  c.num_genres = 6;
-  return c;
-}
+using ::mim::csft::testing::Batch;
+using ::mim::csft::testing::TestCatalog;
 
 TEST(EncoderTest, UntrainedEncoderIsThePlainVector) {
   const Catalog c = TestCatalog(8, 6);
@@ -276,14 +257,9 @@ TEST(EncoderTest, SaveLoadRoundTripAndCorruption) {
       << s.message();
 }
 
-// Batch of 4 distinct pairs: queries 100+{20..23}, positives 100+{0..3}
-// (genre 1); hard negatives come from items 100+{4..9} (genre 1 too), so
-// nothing is masked and the counts are exact.
-std::vector<InterestPair> Batch(int offset) {
-  std::vector<InterestPair> b;
-  for (int i = 0; i < 4; ++i) b.push_back({120 + offset + i, 100 + offset + i});
-  return b;
-}
+// Batches of 4 distinct pairs (Batch): hard negatives come from items
+// 100+{4..9} (genre 1, as the positives), so nothing is masked and the
+// counts are exact.
 
 struct NegCase {
   bool in_batch, hard;
