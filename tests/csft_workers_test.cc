@@ -139,6 +139,7 @@ TEST_F(CsftWorkersTest, PeerPositivesJoinTheCandidatesWithExactCounts) {
 TEST_F(CsftWorkersTest, ExchangeCarriesIdsAndVectorsExactly) {
   auto c0 = Client(), c1 = Client();
   PsWorkerGroupOptions o0 = Options("exact", 0), o1 = Options("exact", 1);
+  o0.staleness = o1.staleness = 8;
   std::vector<float> initial(10, 0.5f);
   auto g0 = PsWorkerGroup::Create(c0.get(), o0, initial, 1);
   auto g1 = PsWorkerGroup::Create(c1.get(), o1, initial, 1);

@@ -114,9 +114,10 @@ DEFINE_string(worker_prefix, "csft_workers",
 DEFINE_bool(worker_negatives, true,
             "with several workers, the other workers' latest positives are "
             "q2item negatives too");
-DEFINE_int32(worker_staleness, 8,
+DEFINE_int32(worker_staleness, 32,
              "other workers' positives are taken from steps at most this far "
-             "from this worker's");
+             "from this worker's (their step counts drift apart within an "
+             "epoch; the epoch's end aligns them)");
 DEFINE_int32(worker_timeout_s, 600,
              "how long a worker waits for the others at an epoch's end");
 

@@ -53,7 +53,7 @@ struct PsWorkerGroupOptions {
   std::string prefix = "csft_workers";
   int dim = 0;             // h_MM dim
   int max_positives = 0;   // per step (the batch size)
-  int64_t staleness = 8;   // steps
+  int64_t staleness = 32;  // steps (of this worker and the other)
   float learning_rate = 3e-4f;  // the shared Adam's
   absl::Duration timeout = absl::Minutes(10);
   absl::Duration poll = absl::Milliseconds(10);
