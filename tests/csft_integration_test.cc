@@ -2,13 +2,15 @@
 // (items of 4 genres, users who like one genre), C-SFT trains, writes the
 // vectors, the encoder and the metrics, and upserts every item's vector
 // into a new content table; the rows on the shards equal the file, the
-// saved encoder reproduces them, and din_mim trains on the new table. Then
+// saved encoder reproduces them, and din_mim trains on the new table. Two
+// csft processes as data-parallel workers through the same shards. Then
 // the serving tier's UpsertItem with the C-SFT encoder.
 #include <cmath>
 #include <cstdint>
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -148,6 +150,112 @@ TEST(CsftIntegrationTest, TrainsUpsertsAndDinMimTrainsOnTheNewTable) {
                     "--metrics_out=" + dir + "/din_mim.json"});
   ASSERT_TRUE(run.ok()) << run.status();
   EXPECT_EQ(run->exit_code, 0) << run->err;
+}
+
+// Two csft processes (--num_workers=2) through the same shards: both end
+// OK, worker 0 writes every output (the shards' rows equal its file) and
+// both took the other's positives as negatives; worker 1 writes only its
+// own figures. A worker alone gives up naming worker 0; bad worker flags
+// are refused naming them.
+TEST(CsftIntegrationTest, TwoWorkerProcessesTrainOneEncoderThroughTheShards) {
+  const std::string dir = ::testing::TempDir() + "/csft_workers_e2e";
+  ASSERT_EQ(system(("rm -rf " + dir + " && mkdir -p " + dir).c_str()), 0);
+  WriteData(dir);
+  auto shards = ShardProcess::StartCluster(dir + "/ps", 2);
+  ASSERT_TRUE(shards.ok()) << shards.status();
+  const std::string ps =
+      absl::StrCat((*shards)[0]->address(), ",", (*shards)[1]->address());
+  const std::vector<std::string> common = {
+      Runfile("worker/csft/csft"), "--train=" + dir + "/train.tsv",
+      "--vectors=" + dir + "/vec.tsv", "--ps=" + ps, "--epochs=2",
+      "--batch_size=16", "--holdout_items=0.2", "--num_workers=2",
+      "--worker_prefix=e2e_workers", "--worker_timeout_s=120"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> argv = common;
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return argv;
+  };
+  absl::StatusOr<CommandResult> one = absl::UnknownError("not run");
+  std::thread other([&] {
+    one = RunCommand(with({"--worker_index=1",
+                           "--metrics_out=" + dir + "/worker1.json"}));
+  });
+  absl::StatusOr<CommandResult> zero = RunCommand(
+      with({"--worker_index=0", "--out_vectors=" + dir + "/csft.tsv",
+            "--encoder_out=" + dir + "/csft.encoder",
+            "--metrics_out=" + dir + "/worker0.json",
+            "--table=item_content_csft2", "--content_version=3"}));
+  other.join();
+  ASSERT_TRUE(zero.ok()) << zero.status();
+  ASSERT_TRUE(one.ok()) << one.status();
+  ASSERT_EQ(zero->exit_code, 0) << zero->err;
+  ASSERT_EQ(one->exit_code, 0) << one->err;
+
+  auto tuned = data::ReadAllContentVectors(dir + "/csft.tsv", kDim);
+  ASSERT_TRUE(tuned.ok()) << tuned.status();
+  ASSERT_EQ(tuned->size(), size_t(kItems));
+  auto client = ps::PsClient::Create(
+      std::vector<std::string>{(*shards)[0]->address(), (*shards)[1]->address()});
+  ASSERT_TRUE(client.ok());
+  std::vector<uint64_t> keys;
+  for (const auto& iv : *tuned) keys.push_back(uint64_t(iv.item_id));
+  auto rows = (*client)->GetRows("item_content_csft2", keys);
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_TRUE(rows->missing.empty());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    EXPECT_EQ(rows->meta[i].version(), 3u);
+    for (int k = 0; k < kDim; ++k) {
+      ASSERT_NEAR(rows->values[i * kDim + k], (*tuned)[i].values[k], 1e-6);
+    }
+  }
+  // Peer rows: each worker's count, from its metrics; both above zero
+  // (by epoch 2 at the latest the epoch barrier has made the other's
+  // epoch-1 positives visible).
+  for (const std::string& name : {"worker0", "worker1"}) {
+    std::ifstream f(dir + "/" + name + ".json");
+    std::string json((std::istreambuf_iterator<char>(f)),
+                     std::istreambuf_iterator<char>());
+    EXPECT_NE(json.find("\"num_workers\": 2"), std::string::npos) << json;
+    const size_t at = json.find("\"peer_rows\": ");
+    ASSERT_NE(at, std::string::npos) << json;
+    int64_t peer_rows = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(
+        json.substr(at + 13, json.find_first_of(",}", at) - at - 13),
+        &peer_rows))
+        << json;
+    EXPECT_GT(peer_rows, 0) << name << ": " << json;
+  }
+
+  // A worker alone: it waits for worker 0 at the start, then gives up.
+  absl::StatusOr<CommandResult> alone =
+      RunCommand({Runfile("worker/csft/csft"), "--train=" + dir + "/train.tsv",
+                  "--vectors=" + dir + "/vec.tsv", "--ps=" + ps,
+                  "--num_workers=2", "--worker_index=1",
+                  "--worker_prefix=e2e_alone", "--worker_timeout_s=1"});
+  ASSERT_TRUE(alone.ok());
+  EXPECT_EQ(alone->exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(alone->err, "DEADLINE_EXCEEDED"))
+      << alone->err;
+  EXPECT_TRUE(absl::StrContains(alone->err, "worker 0 did not start"))
+      << alone->err;
+
+  // Bad worker flags.
+  absl::StatusOr<CommandResult> bad =
+      RunCommand({Runfile("worker/csft/csft"), "--train=" + dir + "/train.tsv",
+                  "--vectors=" + dir + "/vec.tsv", "--num_workers=2",
+                  "--worker_index=1"});
+  ASSERT_TRUE(bad.ok());
+  EXPECT_EQ(bad->exit_code, 2);
+  EXPECT_TRUE(absl::StrContains(bad->err, "--num_workers=2 needs --ps"))
+      << bad->err;
+  bad = RunCommand({Runfile("worker/csft/csft"),
+                    "--train=" + dir + "/train.tsv",
+                    "--vectors=" + dir + "/vec.tsv", "--ps=" + ps,
+                    "--num_workers=2", "--worker_index=2"});
+  ASSERT_TRUE(bad.ok());
+  EXPECT_EQ(bad->exit_code, 2);
+  EXPECT_TRUE(absl::StrContains(bad->err, "--worker_index=2 of --num_workers=2"))
+      << bad->err;
 }
 
 // The serving tier with a table C-SFT filled: tools/content_vectors trains

@@ -261,9 +261,12 @@ absl::StatusOr<bool> PsWorkerGroup::AwaitDecision(int epoch) {
     }
     if (absl::Now() >= deadline) {
       return absl::DeadlineExceededError(absl::StrCat(
-          "C-SFT worker ", options_.worker_index, ": worker 0 did not decide "
-          "after epoch ", epoch, " of generation ", generation_, " within ",
-          absl::FormatDuration(options_.timeout)));
+          "C-SFT worker ", options_.worker_index, ": worker 0 did not ",
+          epoch == 0 ? "start (the start barrier, epoch 0)"
+                     : absl::StrCat("decide after epoch ", epoch),
+          " of generation ", generation_, " within ",
+          absl::FormatDuration(options_.timeout),
+          ": is it running with the same --worker_prefix and shards?"));
     }
     absl::SleepFor(options_.poll);
   }
