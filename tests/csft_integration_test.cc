@@ -236,7 +236,7 @@ TEST(CsftIntegrationTest, TwoWorkerProcessesTrainOneEncoderThroughTheShards) {
   EXPECT_EQ(alone->exit_code, 1);
   EXPECT_TRUE(absl::StrContains(alone->err, "DEADLINE_EXCEEDED"))
       << alone->err;
-  EXPECT_TRUE(absl::StrContains(alone->err, "worker 0 did not start"))
+  EXPECT_TRUE(absl::StrContains(alone->err, "did not release the start barrier"))
       << alone->err;
 
   // Bad worker flags.

@@ -265,17 +265,65 @@ TEST_F(CsftWorkersTest, TwoWorkersTrainOneEncoderAndFollowWorkerZero) {
   EXPECT_EQ(r0->log.size(), 4u);  // epoch 0 and three epochs
   EXPECT_EQ(r1->log.size(), 4u);
   EXPECT_GT(r0->peer_rows + r1->peer_rows, 0);
-  // Worker 0's selection holds as alone: never below plain on valid_new.
-  const csft::Recall& plain = r0->log[0].valid_new;
-  const csft::Recall& chosen = r0->log[r0->best_epoch].valid_new;
-  EXPECT_GE(chosen.at50, plain.at50);
+  // Worker 0 evaluated every epoch; worker 1 did not.
+  for (const csft::EpochLog& e : r0->log) EXPECT_GT(e.valid_new.pairs, 0);
+  for (const csft::EpochLog& e : r1->log) EXPECT_EQ(e.valid_new.pairs, 0);
   // Worker 1 ends on the shared parameters as the shards hold them.
   std::vector<float> shared;
   ASSERT_TRUE(g1->FetchParams(&shared).ok());
   EXPECT_EQ(r1->encoder->params(), shared);
+
+  // Patience 1 over 5 epochs (a new run over the prefix): whenever worker 0
+  // stops, worker 1 stops after the same epoch.
+  o.epochs = 5;
+  o.patience = 1;
+  auto h0 = Group(c0.get(), go0, c, o);
+  auto h1 = Group(c1.get(), go1, c, o);
+  ASSERT_TRUE(h0 && h1);
+  std::thread again([&] { r1 = csft::TrainCsft(c, split, o, h1.get()); });
+  r0 = csft::TrainCsft(c, split, o, h0.get());
+  again.join();
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  EXPECT_EQ(r1->log.size(), r0->log.size());
+  EXPECT_EQ(r0->steps + r1->steps,
+            int64_t(r0->log.size() - 1) * batches);
 }
 
-TEST_F(CsftWorkersTest, MissingWorkerEndsTheWaitNamingIt) {
+TEST_F(CsftWorkersTest, WorkersFollowWorkerZerosDecisions) {
+  auto client = Client();
+  PsWorkerGroupOptions o = Options("decisions", 0);
+  o.timeout = absl::Milliseconds(300);
+  auto g0 = PsWorkerGroup::Create(client.get(), o, std::vector<float>(4, 0), 1);
+  o.worker_index = 1;
+  auto g1 = PsWorkerGroup::Create(client.get(), o, std::vector<float>(4, 0), 1);
+  ASSERT_TRUE(g0.ok() && g1.ok());
+  // No decision yet: the wait gives up naming what it waited for.
+  absl::StatusOr<bool> d = (*g1)->AwaitDecision(1);
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_NE(d.status().message().find("worker 0 did not decide after epoch 1"),
+            std::string::npos)
+      << d.status().message();
+  d = (*g1)->AwaitDecision(0);
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_NE(d.status().message().find("did not release the start barrier"),
+            std::string::npos)
+      << d.status().message();
+  // Go on after 1, stop after 2; a later decision means "went on".
+  ASSERT_TRUE((*g0)->Decide(1, false).ok());
+  d = (*g1)->AwaitDecision(1);
+  ASSERT_TRUE(d.ok());
+  EXPECT_FALSE(*d);
+  ASSERT_TRUE((*g0)->Decide(2, true).ok());
+  d = (*g1)->AwaitDecision(1);
+  ASSERT_TRUE(d.ok());
+  EXPECT_FALSE(*d);
+  d = (*g1)->AwaitDecision(2);
+  ASSERT_TRUE(d.ok());
+  EXPECT_TRUE(*d);
+}
+
+TEST_F(CsftWorkersTest, MissingWorkerEndsTheRunNamingIt) {
   auto client = Client();
   PsWorkerGroupOptions o = Options("missing", 0, 3);
   o.timeout = absl::Milliseconds(300);
@@ -283,6 +331,7 @@ TEST_F(CsftWorkersTest, MissingWorkerEndsTheWaitNamingIt) {
   ASSERT_TRUE(g0.ok());
   ASSERT_TRUE((*g0)->EndEpoch(1).ok());
   o.worker_index = 2;
+  o.timeout = absl::Seconds(60);
   auto g2 = PsWorkerGroup::Create(client.get(), o, std::vector<float>(4, 0), 1);
   ASSERT_TRUE(g2.ok());
   ASSERT_TRUE((*g2)->EndEpoch(1).ok());
@@ -291,24 +340,72 @@ TEST_F(CsftWorkersTest, MissingWorkerEndsTheWaitNamingIt) {
   EXPECT_NE(s.message().find("worker(s) 1 did not finish epoch 1"),
             std::string::npos)
       << s.message();
+  // Worker 0 gave up and said so: worker 2 ends at once, ABORTED, instead
+  // of waiting out its own minute.
+  const absl::Time t0 = absl::Now();
   absl::StatusOr<bool> d = (*g2)->AwaitDecision(1);
-  EXPECT_EQ(d.status().code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_NE(d.status().message().find("worker 0 did not decide after epoch 1"),
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kAborted) << d.status();
+  EXPECT_NE(d.status().message().find("worker 0 ended run 1"),
             std::string::npos)
       << d.status().message();
-  // Worker 0 decides: worker 2 follows (stop after 1, go on after 2 is
-  // "not stopped at 1").
-  ASSERT_TRUE((*g0)->Decide(1, false).ok());
-  d = (*g2)->AwaitDecision(1);
-  ASSERT_TRUE(d.ok());
-  EXPECT_FALSE(*d);
-  ASSERT_TRUE((*g0)->Decide(2, true).ok());
-  d = (*g2)->AwaitDecision(1);
-  ASSERT_TRUE(d.ok());
-  EXPECT_FALSE(*d);
-  d = (*g2)->AwaitDecision(2);
-  ASSERT_TRUE(d.ok());
-  EXPECT_TRUE(*d);
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(30));
+}
+
+TEST_F(CsftWorkersTest, AWorkerOfAnotherGenerationEndsTheRun) {
+  auto client = Client();
+  PsWorkerGroupOptions o0 = Options("gens", 0), o1 = Options("gens", 1);
+  o0.timeout = o1.timeout = absl::Seconds(60);
+  const std::vector<float> initial(4, 0.0f);
+  // Worker 1 ran once alone over the prefix: it is one run ahead.
+  ASSERT_TRUE(PsWorkerGroup::Create(client.get(), o1, initial, 1).ok());
+  auto g0 = PsWorkerGroup::Create(client.get(), o0, initial, 1);
+  auto g1 = PsWorkerGroup::Create(client.get(), o1, initial, 1);
+  ASSERT_TRUE(g0.ok() && g1.ok());
+  EXPECT_EQ((*g0)->generation(), 1u);
+  EXPECT_EQ((*g1)->generation(), 2u);
+  ASSERT_TRUE((*g0)->EndEpoch(0).ok());
+  ASSERT_TRUE((*g1)->EndEpoch(0).ok());
+  absl::Status s = (*g0)->AwaitEpoch(0);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("worker 1 is at generation 2, worker 0 at 1"),
+            std::string::npos)
+      << s.message();
+}
+
+TEST_F(CsftWorkersTest, WorkersWithOtherInputsAreRefusedAtTheStart) {
+  auto client = Client();
+  PsWorkerGroupOptions o0 = Options("inputs", 0), o1 = Options("inputs", 1);
+  o0.fingerprint = 12345;
+  o1.fingerprint = 12346;
+  const std::vector<float> initial(4, 0.0f);
+  auto g0 = PsWorkerGroup::Create(client.get(), o0, initial, 1);
+  auto g1 = PsWorkerGroup::Create(client.get(), o1, initial, 1);
+  ASSERT_TRUE(g0.ok() && g1.ok());
+  ASSERT_TRUE((*g0)->EndEpoch(0).ok());
+  ASSERT_TRUE((*g1)->EndEpoch(0).ok());
+  absl::Status s = (*g0)->AwaitEpoch(0);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("worker 1's inputs differ from worker 0's"),
+            std::string::npos)
+      << s.message();
+  absl::StatusOr<bool> d = (*g1)->AwaitDecision(0);
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kAborted) << d.status();
+
+  // The fingerprint sees a pair, an option and a catalogue vector.
+  const Catalog c = TestCatalog();
+  const std::vector<InterestPair> train = Batch(0);
+  const CsftOptions o;
+  const uint64_t base = csft::WorkerInputsFingerprint(c, train, o);
+  EXPECT_EQ(csft::WorkerInputsFingerprint(c, train, o), base);
+  std::vector<InterestPair> other = train;
+  other[2].item = 111;
+  EXPECT_NE(csft::WorkerInputsFingerprint(c, other, o), base);
+  CsftOptions more = o;
+  more.epochs = 4;
+  EXPECT_NE(csft::WorkerInputsFingerprint(c, train, more), base);
+  Catalog moved = c;
+  moved.features[7] += 1e-6f;
+  EXPECT_NE(csft::WorkerInputsFingerprint(moved, train, o), base);
 }
 
 TEST_F(CsftWorkersTest, BadOptionsAreRefused) {

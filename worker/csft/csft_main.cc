@@ -116,8 +116,8 @@ DEFINE_bool(worker_negatives, true,
             "q2item negatives too");
 DEFINE_int32(worker_staleness, 32,
              "other workers' positives are taken from steps at most this far "
-             "from this worker's (their step counts drift apart within an "
-             "epoch; the epoch's end aligns them)");
+             "from this worker's (steps are numbered per epoch alike on "
+             "every worker; they drift apart within an epoch)");
 DEFINE_int32(worker_timeout_s, 600,
              "how long a worker waits for the others at an epoch's end");
 
@@ -273,6 +273,8 @@ int main(int argc, char** argv) {
     go.staleness = FLAGS_worker_staleness;
     go.learning_rate = static_cast<float>(o.learning_rate);
     go.timeout = absl::Seconds(FLAGS_worker_timeout_s);
+    go.fingerprint =
+        mim::csft::WorkerInputsFingerprint(*catalog, split->train, o);
     auto g = mim::csft::PsWorkerGroup::Create(client.get(), go,
                                               std::move(*initial), o.seed);
     if (!g.ok()) return Fail("worker group", g.status());

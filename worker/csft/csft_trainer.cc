@@ -221,7 +221,7 @@ int CsftTrainer::HardNegative(int positive, int query) {
 }
 
 absl::StatusOr<StepStats> CsftTrainer::Step(
-    absl::Span<const InterestPair> batch) {
+    absl::Span<const InterestPair> batch, int64_t exchange_step) {
   const Catalog& cat = *catalog_;
   const int d = cat.dim;
   const int64_t b = static_cast<int64_t>(batch.size());
@@ -261,7 +261,8 @@ absl::StatusOr<StepStats> CsftTrainer::Step(
   if (group_ != nullptr && group_->num_workers() > 1 &&
       options_.worker_negatives) {
     MIM_RETURN_IF_ERROR(group_->ExchangePositives(
-        step_, absl::MakeConstSpan(ids.data() + b, b),
+        exchange_step >= 0 ? exchange_step : step_,
+        absl::MakeConstSpan(ids.data() + b, b),
         absl::MakeConstSpan(pass.v.data() + b * d, b * d), &peer_ids,
         &peer_vectors));
     if (peer_vectors.size() != peer_ids.size() * size_t(d)) {
@@ -519,12 +520,20 @@ absl::StatusOr<TrainResult> TrainCsft(const Catalog& catalog,
     const absl::Time t0 = absl::Now();
     int64_t steps = 0, epoch_pairs = 0;
     int64_t batch_number = 0;
+    // Epoch-aligned step for the exchange: the k-th step of every worker
+    // in an epoch has the same number, however the batches divide.
+    const int64_t batches =
+        (static_cast<int64_t>(train.size()) + options.batch_size - 1) /
+        options.batch_size;
+    const int64_t epoch_base =
+        (epoch - 1) * ((batches + num_workers - 1) / num_workers);
     for (size_t i = 0; i < train.size();
          i += options.batch_size, ++batch_number) {
       if (batch_number % num_workers != worker) continue;  // another's
       const size_t n = std::min(train.size() - i, size_t(options.batch_size));
       MIM_ASSIGN_OR_RETURN(StepStats s,
-                           trainer->Step(absl::MakeConstSpan(&train[i], n)));
+                           trainer->Step(absl::MakeConstSpan(&train[i], n),
+                                         epoch_base + steps));
       log.loss += s.loss;
       result.peer_rows += s.peer_rows;
       epoch_pairs += static_cast<int64_t>(n);

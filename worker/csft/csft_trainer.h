@@ -142,8 +142,8 @@ class WorkerGroup {
   virtual ~WorkerGroup() = default;
   virtual int num_workers() const = 0;
   virtual int worker_index() const = 0;
-  // The shared parameters now (*params is resized to the encoder's size
-  // by the caller; a different size is INVALID_ARGUMENT).
+  // The shared parameters now, into *params (resized to their count; the
+  // trainer refuses a count other than its encoder's, INTERNAL).
   virtual absl::Status FetchParams(std::vector<float>* params) = 0;
   // This worker's gradient of one step, for the shared optimizer.
   virtual absl::Status PushGradient(absl::Span<const float> gradient) = 0;
@@ -158,8 +158,9 @@ class WorkerGroup {
   // Every worker, after its last step of `epoch` (epoch 0: before its
   // first step).
   virtual absl::Status EndEpoch(int epoch) = 0;
-  // Worker 0: waits until every worker ended `epoch`, then (after its
-  // evaluation) publishes whether the run stops there.
+  // Worker 0: waits until every worker ended `epoch` (epoch 0: also
+  // checks that their inputs match), then (after its evaluation)
+  // publishes whether the run stops there.
   virtual absl::Status AwaitEpoch(int epoch) = 0;
   virtual absl::Status Decide(int epoch, bool stop) = 0;
   // Other workers: worker 0's decision for `epoch` (true: stop).
@@ -179,8 +180,11 @@ class CsftTrainer {
   // One Adam step on `batch` (items must be in the catalogue: pairs with
   // an unknown item are INVALID_ARGUMENT naming it). With a group set, the
   // step computes on the group's parameters and pushes its gradient there
-  // instead (the group's errors are returned).
-  absl::StatusOr<StepStats> Step(absl::Span<const InterestPair> batch);
+  // instead (the group's errors are returned); `exchange_step` is the step
+  // its positives are published under and peers' are compared with (-1:
+  // this trainer's own step count; TrainCsft passes an epoch-aligned one).
+  absl::StatusOr<StepStats> Step(absl::Span<const InterestPair> batch,
+                                 int64_t exchange_step = -1);
 
   // Data-parallel steps through `group` (not owned; null: alone), before
   // the first step. A worker other than 0 reseeds its hard-negative and

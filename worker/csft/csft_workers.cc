@@ -30,7 +30,88 @@ uint64_t Versioned(uint64_t generation, uint64_t low) {
   return (generation << 32) | low;
 }
 
+// Worker 0's decision that ends the run for everyone (a worker's inputs
+// differ): the low half of the decision row's version.
+constexpr uint64_t kAbortLow = 0xffffffffu;
+
+// A 63-bit value as three 21-bit integers (exact in float), and back
+// (false for anything else).
+void PutParts(uint64_t value, float* out) {
+  for (int p = 0; p < kIdParts; ++p) {
+    out[p] = static_cast<float>((value >> (p * kIdPartBits)) & kIdPartMask);
+  }
+}
+bool GetParts(const float* in, uint64_t* value) {
+  *value = 0;
+  for (int p = 0; p < kIdParts; ++p) {
+    const float part = in[p];
+    if (!(part >= 0.0f && part <= float(kIdPartMask)) ||
+        part != static_cast<float>(static_cast<uint64_t>(part))) {
+      return false;
+    }
+    *value |= static_cast<uint64_t>(part) << (p * kIdPartBits);
+  }
+  return true;
+}
+
+class Fnv {
+ public:
+  void Add(const void* data, size_t bytes) {
+    const unsigned char* p = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < bytes; ++i) {
+      h_ ^= p[i];
+      h_ *= 0x100000001b3ULL;
+    }
+  }
+  template <typename T>
+  void Add(const T& value) {
+    Add(&value, sizeof(value));
+  }
+  uint64_t value() const { return h_; }
+
+ private:
+  uint64_t h_ = 0xcbf29ce484222325ULL;
+};
+
 }  // namespace
+
+uint64_t WorkerInputsFingerprint(const Catalog& catalog,
+                                 const std::vector<InterestPair>& train,
+                                 const CsftOptions& o) {
+  Fnv f;
+  f.Add(catalog.dim);
+  f.Add(catalog.input_dim);
+  f.Add(catalog.num_genres);
+  f.Add(catalog.ids.size());
+  f.Add(catalog.ids.data(), catalog.ids.size() * sizeof(int64_t));
+  f.Add(catalog.features.data(), catalog.features.size() * sizeof(float));
+  for (const std::vector<int32_t>& g : catalog.genres) {
+    f.Add(g.size());
+    f.Add(g.data(), g.size() * sizeof(int32_t));
+  }
+  f.Add(catalog.interactions.data(),
+        catalog.interactions.size() * sizeof(int64_t));
+  f.Add(train.size());
+  for (const InterestPair& p : train) {
+    f.Add(p.query);
+    f.Add(p.item);
+  }
+  for (const int v : {o.epochs, o.patience, o.batch_size, o.queue_batches,
+                      o.genre_dim, o.hidden, o.max_eval_pairs}) {
+    f.Add(v);
+  }
+  for (const double v : {o.learning_rate, o.temperature, o.alpha, o.beta,
+                         o.residual_penalty, o.residual_gate,
+                         o.modality_dropout}) {
+    f.Add(v);
+  }
+  for (const bool v : {o.in_batch_negatives, o.hard_negatives, o.tensor_fusion,
+                       o.select_last_epoch, o.worker_negatives}) {
+    f.Add(v);
+  }
+  f.Add(o.seed);
+  return f.value();
+}
 
 PsWorkerGroup::PsWorkerGroup(ps::PsClient* client,
                              const PsWorkerGroupOptions& options,
@@ -95,7 +176,21 @@ absl::StatusOr<std::unique_ptr<PsWorkerGroup>> PsWorkerGroup::Create(
         "--worker_prefix"));
   }
   std::unique_ptr<PsWorkerGroup> g(new PsWorkerGroup(client, o, generation));
-  MIM_RETURN_IF_ERROR(g->WriteControl(count_key, generation));
+  // The count row carries this worker's inputs fingerprint, which worker 0
+  // compares at the start barrier.
+  g->row_buffer_.assign(o.dim + kIdParts, 0.0f);
+  PutParts(o.fingerprint & ((uint64_t{1} << 63) - 1), g->row_buffer_.data());
+  MIM_ASSIGN_OR_RETURN(
+      ps::PsClient::UpsertResult counted,
+      client->Upsert(config.name(), absl::MakeConstSpan(&count_key, 1),
+                     g->row_buffer_, generation));
+  if (counted.rows_stale != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "C-SFT exchange table ", config.name(), ": worker ", o.worker_index,
+        "'s run count moved past ", generation,
+        " while it started: is another process running as --worker_index=",
+        o.worker_index, " with --worker_prefix=", o.prefix, "?"));
+  }
   worker::PsDenseParams::AdamOptions adam;
   adam.learning_rate = o.learning_rate;
   MIM_ASSIGN_OR_RETURN(
@@ -146,10 +241,7 @@ absl::Status PsWorkerGroup::ExchangePositives(
     keys[i] = SlotKey(options_.worker_index, static_cast<int>(i));
     float* row = row_buffer_.data() + i * width;
     std::copy_n(vectors.data() + i * d, d, row);
-    for (int p = 0; p < kIdParts; ++p) {
-      row[d + p] = static_cast<float>(
-          (static_cast<uint64_t>(ids[i]) >> (p * kIdPartBits)) & kIdPartMask);
-    }
+    PutParts(static_cast<uint64_t>(ids[i]), row + d);
   }
   if (!keys.empty()) {
     MIM_RETURN_IF_ERROR(client_
@@ -183,16 +275,11 @@ absl::Status PsWorkerGroup::ExchangePositives(
     }
     const float* row = rows.values.data() + k * width;
     uint64_t id = 0;
-    for (int p = 0; p < kIdParts; ++p) {
-      const float part = row[d + p];
-      if (!(part >= 0.0f && part <= float(kIdPartMask)) ||
-          part != static_cast<float>(static_cast<uint64_t>(part))) {
-        return absl::DataLossError(absl::StrCat(
-            "C-SFT exchange table ", exchange_table_, " row ", peer_keys_[k],
-            ": id part ", p, " reads ", part, "; expected an integer 0..",
-            kIdPartMask));
-      }
-      id |= static_cast<uint64_t>(part) << (p * kIdPartBits);
+    if (!GetParts(row + d, &id)) {
+      return absl::DataLossError(absl::StrCat(
+          "C-SFT exchange table ", exchange_table_, " row ", peer_keys_[k],
+          ": the id reads ", row[d], ", ", row[d + 1], ", ", row[d + 2],
+          "; expected three integers 0..", kIdPartMask));
     }
     peer_ids->push_back(static_cast<int64_t>(id));
     peer_vectors->insert(peer_vectors->end(), row, row + d);
@@ -211,25 +298,64 @@ absl::Status PsWorkerGroup::AwaitEpoch(int epoch) {
     keys.push_back(kEpochBase + uint64_t(w));
   }
   const absl::Time deadline = absl::Now() + options_.timeout;
-  const uint64_t want = Versioned(generation_, uint64_t(epoch));
   while (true) {
     MIM_ASSIGN_OR_RETURN(ps::PsClient::GetRowsResult rows,
                          client_->GetRows(exchange_table_, keys));
     std::vector<int> missing;
     for (int w = 0; w < options_.num_workers; ++w) {
-      if (rows.meta[w].version() < want) missing.push_back(w);
+      const uint64_t version = rows.meta[w].version();
+      if ((version >> 32) > generation_) {
+        return Abort(absl::FailedPreconditionError(absl::StrCat(
+            "C-SFT worker ", w, " is at generation ", version >> 32,
+            ", worker 0 at ", generation_, " (", exchange_table_,
+            "): their earlier runs over this prefix differ (a worker that "
+            "ran alone or was restarted); use another --worker_prefix")));
+      }
+      if ((version >> 32) < generation_ ||
+          (version & 0xffffffffu) < uint64_t(epoch)) {
+        missing.push_back(w);
+      }
     }
-    if (missing.empty()) return absl::OkStatus();
+    if (missing.empty()) break;
     if (absl::Now() >= deadline) {
-      return absl::DeadlineExceededError(absl::StrCat(
+      return Abort(absl::DeadlineExceededError(absl::StrCat(
           "C-SFT worker 0: worker(s) ", absl::StrJoin(missing, ", "),
-          " did not finish epoch ", epoch, " of generation ", generation_,
-          " within ", absl::FormatDuration(options_.timeout)));
+          epoch == 0 ? " did not start" :
+                       absl::StrCat(" did not finish epoch ", epoch),
+          " of generation ", generation_, " within ",
+          absl::FormatDuration(options_.timeout))));
     }
     // The shards have no notification RPC, so waits poll (as
     // FinishBarrier::WaitAll does).
     absl::SleepFor(options_.poll);
   }
+  if (epoch != 0) return absl::OkStatus();
+  // Every worker is up: their inputs must be this worker's, or batches
+  // would be taken twice or never.
+  std::vector<uint64_t> count_keys;
+  for (int w = 0; w < options_.num_workers; ++w) {
+    count_keys.push_back(kCountBase + uint64_t(w));
+  }
+  MIM_ASSIGN_OR_RETURN(ps::PsClient::GetRowsResult counts,
+                       client_->GetRows(exchange_table_, count_keys));
+  const uint64_t mine = options_.fingerprint & ((uint64_t{1} << 63) - 1);
+  for (int w = 0; w < options_.num_workers; ++w) {
+    uint64_t theirs = 0;
+    const float* row = counts.values.data() + size_t(w) * (options_.dim + kIdParts);
+    if (!GetParts(row, &theirs) || theirs != mine) {
+      return Abort(absl::FailedPreconditionError(absl::StrCat(
+          "C-SFT worker ", w, "'s inputs differ from worker 0's (fingerprint ",
+          theirs, " vs ", mine, " of the training pairs, catalogue and "
+          "options): every worker needs the same data and flags")));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PsWorkerGroup::Abort(const absl::Status& why) {
+  // Best effort: the others stop waiting; `why` is what this worker says.
+  (void)WriteControl(kDecisionKey, Versioned(generation_, kAbortLow));
+  return why;
 }
 
 absl::Status PsWorkerGroup::Decide(int epoch, bool stop) {
@@ -254,6 +380,12 @@ absl::StatusOr<bool> PsWorkerGroup::AwaitDecision(int epoch) {
     }
     if ((version >> 32) == generation_) {
       const uint64_t low = version & 0xffffffffu;
+      if (low == kAbortLow) {
+        return absl::AbortedError(absl::StrCat(
+            "C-SFT worker ", options_.worker_index, ": worker 0 ended run ",
+            generation_, " (its log says why: a missing worker, another "
+            "generation, or inputs that differ)"));
+      }
       if ((low >> 1) >= uint64_t(epoch)) {
         // A later epoch's decision means this one went on.
         return (low >> 1) == uint64_t(epoch) && (low & 1) != 0;
@@ -262,7 +394,8 @@ absl::StatusOr<bool> PsWorkerGroup::AwaitDecision(int epoch) {
     if (absl::Now() >= deadline) {
       return absl::DeadlineExceededError(absl::StrCat(
           "C-SFT worker ", options_.worker_index, ": worker 0 did not ",
-          epoch == 0 ? "start (the start barrier, epoch 0)"
+          epoch == 0 ? "release the start barrier (worker 0, or another "
+                       "worker, is missing)"
                      : absl::StrCat("decide after epoch ", epoch),
           " of generation ", generation_, " within ",
           absl::FormatDuration(options_.timeout),

@@ -7,10 +7,12 @@
 //     w * 2^24 + s holds worker w's s-th positive of its latest step: the
 //     item's h_MM, then its id in three 21-bit parts (exact in float);
 //     the row version is (generation << 32) | (step + 1). Row 2^40 + w
-//     counts worker w's runs over the prefix (its version); row 2^41 + w
+//     counts worker w's runs over the prefix (its version) and holds its
+//     inputs fingerprint (63 bits in three 21-bit parts); row 2^41 + w
 //     says which epoch worker w finished (version (generation << 32) |
 //     epoch); row 2^42 is worker 0's decision after each epoch (version
-//     (generation << 32) | (epoch << 1) | stop).
+//     (generation << 32) | (epoch << 1) | stop, or (generation << 32) |
+//     0xffffffff when worker 0 ended the run).
 //   P_dense_g<generation>: the encoder's parameters as PsDenseParams
 //     (trainer_sync.h: an Adam table of 64-float chunks added to the
 //     seeded initial vector every worker builds alike), a fresh table per
@@ -26,7 +28,11 @@
 // `staleness` of its own (whatever they last published; none before they
 // publish). So a run of several workers is not reproducible to the bit.
 // Epochs are synchronous: worker 0 evaluates once every worker finished
-// the epoch, and every worker waits for its decision. A wait gives up
+// the epoch, and every worker waits for its decision. At the start worker
+// 0 also compares every worker's inputs fingerprint (kept in its count
+// row) with its own. When worker 0 gives up (a worker missing, at another
+// generation, or with other inputs) it publishes an abort, and the others
+// end ABORTED instead of waiting out their timeout. A wait gives up
 // after `timeout` with DEADLINE_EXCEEDED naming the workers missing. The
 // start is an epoch too (epoch 0): no worker steps before all are up.
 #ifndef MIM_WORKER_CSFT_CSFT_WORKERS_H_
@@ -55,9 +61,20 @@ struct PsWorkerGroupOptions {
   int max_positives = 0;   // per step (the batch size)
   int64_t staleness = 32;  // steps (of this worker and the other)
   float learning_rate = 3e-4f;  // the shared Adam's
+  // Of this worker's inputs (training pairs, catalogue, options: see
+  // csft_main.cc); worker 0 refuses to start with a worker whose differs.
+  uint64_t fingerprint = 0;
   absl::Duration timeout = absl::Minutes(10);
   absl::Duration poll = absl::Milliseconds(10);
 };
+
+// What every worker of a group must share, as one 64-bit FNV-1a value:
+// the catalogue (ids, features, genres, interaction counts), the training
+// pairs in order and every option that shapes the batches or the model.
+// PsWorkerGroupOptions::fingerprint.
+uint64_t WorkerInputsFingerprint(const Catalog& catalog,
+                                 const std::vector<InterestPair>& train,
+                                 const CsftOptions& options);
 
 // Not thread-safe (one training loop); the client may be shared.
 class PsWorkerGroup final : public WorkerGroup {
@@ -65,8 +82,11 @@ class PsWorkerGroup final : public WorkerGroup {
   // Creates the tables (if_not_exists) and this run's generation.
   // `initial` is the encoder's seeded parameters (the same on every
   // worker). INVALID_ARGUMENT for bad options; FAILED_PRECONDITION when
-  // the prefix holds a later generation than this worker's (earlier runs'
-  // workers did not all start: use a new prefix); the client's errors.
+  // worker 0's decision row is at this worker's generation or later
+  // (earlier runs' workers did not all start: use a new prefix) or when
+  // another process took this worker's count at the same time; the
+  // client's errors. A worker at another generation than worker 0's is
+  // found by worker 0's AwaitEpoch (FAILED_PRECONDITION naming both).
   static absl::StatusOr<std::unique_ptr<PsWorkerGroup>> Create(
       ps::PsClient* client, const PsWorkerGroupOptions& options,
       std::vector<float> initial, uint64_t seed);
@@ -96,6 +116,9 @@ class PsWorkerGroup final : public WorkerGroup {
                 uint64_t generation);
 
   absl::Status WriteControl(uint64_t key, uint64_t version);
+  // Worker 0: publishes that the run ends (the others' AwaitDecision then
+  // returns ABORTED) and returns `why`.
+  absl::Status Abort(const absl::Status& why);
 
   ps::PsClient* client_;
   PsWorkerGroupOptions options_;
