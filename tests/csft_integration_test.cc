@@ -4,7 +4,14 @@
 // into a new content table; the rows on the shards equal the file, the
 // saved encoder reproduces them, and din_mim trains on the new table. Two
 // csft processes as data-parallel workers through the same shards. Then
-// the serving tier's UpsertItem with the C-SFT encoder.
+// the serving tier's UpsertItem with the C-SFT encoder. And a worker
+// killed mid-run (fault test with real processes).
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdint>
 #include <fstream>
@@ -31,6 +38,8 @@
 #include "worker/data/content_vectors.h"
 #include "worker/data/sample.h"
 #include "worker/data/sample_io.h"
+
+extern char** environ;
 
 namespace mim {
 namespace {
@@ -256,6 +265,127 @@ TEST(CsftIntegrationTest, TwoWorkerProcessesTrainOneEncoderThroughTheShards) {
   EXPECT_EQ(bad->exit_code, 2);
   EXPECT_TRUE(absl::StrContains(bad->err, "--worker_index=2 of --num_workers=2"))
       << bad->err;
+}
+
+// Starts argv with stdout and stderr appended to `log`; returns its pid.
+pid_t SpawnLogged(const std::vector<std::string>& argv, const std::string& log) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(),
+                                   O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, args[0], &actions, nullptr, args.data(),
+                             environ);
+  posix_spawn_file_actions_destroy(&actions);
+  EXPECT_EQ(rc, 0) << "posix_spawn " << argv[0];
+  return rc == 0 ? pid : -1;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path);
+  return std::string((std::istreambuf_iterator<char>(f)),
+                     std::istreambuf_iterator<char>());
+}
+
+// Waits (up to 120 s) until `path` holds `text`.
+bool WaitForText(const std::string& path, const std::string& text) {
+  for (int i = 0; i < 6000; ++i) {
+    if (absl::StrContains(ReadAll(path), text)) return true;
+    usleep(20000);
+  }
+  return false;
+}
+
+// Exit code of `pid` (-1 when a signal ended it).
+int WaitExit(pid_t pid) {
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid) return -2;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// A worker killed (SIGKILL) mid-run: the other side ends within its
+// --worker_timeout_s naming it, and worker 0 writes no output at all (no
+// vectors from a run that lost a worker). Then the run starts over with a
+// new prefix and ends OK, as docs/OPERATIONS.md says to do.
+TEST(CsftIntegrationTest, AKilledWorkerEndsTheRunAndNothingIsWritten) {
+  const std::string dir = ::testing::TempDir() + "/csft_workers_kill";
+  ASSERT_EQ(system(("rm -rf " + dir + " && mkdir -p " + dir).c_str()), 0);
+  WriteData(dir);
+  auto shards = ShardProcess::StartCluster(dir + "/ps", 2);
+  ASSERT_TRUE(shards.ok()) << shards.status();
+  const std::string ps =
+      absl::StrCat((*shards)[0]->address(), ",", (*shards)[1]->address());
+  auto argv = [&](int worker, const std::string& prefix, int epochs,
+                  int timeout_s) {
+    std::vector<std::string> a = {
+        Runfile("worker/csft/csft"), "--train=" + dir + "/train.tsv",
+        "--vectors=" + dir + "/vec.tsv", "--ps=" + ps,
+        absl::StrCat("--epochs=", epochs), absl::StrCat("--patience=", epochs),
+        "--batch_size=16", "--holdout_items=0.2", "--num_workers=2",
+        absl::StrCat("--worker_index=", worker), "--worker_prefix=" + prefix,
+        absl::StrCat("--worker_timeout_s=", timeout_s)};
+    if (worker == 0) {
+      a.push_back("--out_vectors=" + dir + "/" + prefix + ".tsv");
+      a.push_back("--table=" + prefix);
+    }
+    return a;
+  };
+
+  // How long the surviving side waits: long enough that a loaded machine
+  // does not make a live worker look dead (an epoch here takes
+  // milliseconds), short enough for a test.
+  constexpr int kGiveUpS = 8;
+
+  // Worker 1 dies after its second epoch: worker 0 gives up naming it.
+  {
+    const std::string l0 = dir + "/kill1_w0.log", l1 = dir + "/kill1_w1.log";
+    const pid_t w0 = SpawnLogged(argv(0, "kill1", 100000, kGiveUpS), l0);
+    const pid_t w1 = SpawnLogged(argv(1, "kill1", 100000, 600), l1);
+    ASSERT_GT(w0, 0);
+    ASSERT_GT(w1, 0);
+    ASSERT_TRUE(WaitForText(l1, "csft worker 1 epoch 2:")) << ReadAll(l1);
+    kill(w1, SIGKILL);
+    EXPECT_EQ(WaitExit(w1), -1);
+    EXPECT_EQ(WaitExit(w0), 1) << ReadAll(l0);
+    EXPECT_TRUE(absl::StrContains(
+        ReadAll(l0),
+        "DEADLINE_EXCEEDED: C-SFT worker 0: worker(s) 1 did not finish epoch"))
+        << ReadAll(l0);
+    EXPECT_FALSE(std::ifstream(dir + "/kill1.tsv").good());
+  }
+  // Worker 0 dies after its second epoch: worker 1 gives up naming it.
+  {
+    const std::string l0 = dir + "/kill0_w0.log", l1 = dir + "/kill0_w1.log";
+    const pid_t w0 = SpawnLogged(argv(0, "kill0", 100000, 600), l0);
+    const pid_t w1 = SpawnLogged(argv(1, "kill0", 100000, kGiveUpS), l1);
+    ASSERT_GT(w0, 0);
+    ASSERT_GT(w1, 0);
+    ASSERT_TRUE(WaitForText(l0, "csft epoch 2:")) << ReadAll(l0);
+    kill(w0, SIGKILL);
+    EXPECT_EQ(WaitExit(w0), -1);
+    EXPECT_EQ(WaitExit(w1), 1) << ReadAll(l1);
+    EXPECT_TRUE(
+        absl::StrContains(ReadAll(l1), "worker 0 did not decide after epoch"))
+        << ReadAll(l1);
+    EXPECT_FALSE(std::ifstream(dir + "/kill0.tsv").good());
+  }
+  // Started over with a new prefix: both end OK and worker 0 writes.
+  {
+    const std::string l0 = dir + "/again_w0.log", l1 = dir + "/again_w1.log";
+    const pid_t w0 = SpawnLogged(argv(0, "again", 2, 120), l0);
+    const pid_t w1 = SpawnLogged(argv(1, "again", 2, 120), l1);
+    ASSERT_GT(w0, 0);
+    ASSERT_GT(w1, 0);
+    EXPECT_EQ(WaitExit(w1), 0) << ReadAll(l1);
+    EXPECT_EQ(WaitExit(w0), 0) << ReadAll(l0);
+    auto tuned = data::ReadAllContentVectors(dir + "/again.tsv", kDim);
+    ASSERT_TRUE(tuned.ok()) << tuned.status();
+    EXPECT_EQ(tuned->size(), size_t(kItems));
+  }
 }
 
 // The serving tier with a table C-SFT filled: tools/content_vectors trains
