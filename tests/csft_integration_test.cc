@@ -90,6 +90,34 @@ void WriteData(const std::string& dir) {
   }
 }
 
+// The vectors file at `path` holds every item, and content table `table`
+// on the shards holds exactly its vectors (decimal text: 1e-6), each row
+// at `version`. *tuned gets the file's vectors.
+void ExpectShardsHoldFile(
+    const std::vector<std::unique_ptr<ShardProcess>>& shards,
+    const std::string& table, uint64_t version, const std::string& path,
+    std::vector<data::ItemVector>* tuned) {
+  auto read = data::ReadAllContentVectors(path, kDim);
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_EQ(read->size(), size_t(kItems));
+  *tuned = std::move(*read);
+  auto client = ps::PsClient::Create(
+      std::vector<std::string>{shards[0]->address(), shards[1]->address()});
+  ASSERT_TRUE(client.ok());
+  std::vector<uint64_t> keys;
+  for (const auto& iv : *tuned) keys.push_back(uint64_t(iv.item_id));
+  auto rows = (*client)->GetRows(table, keys);
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_TRUE(rows->missing.empty());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    EXPECT_EQ(rows->meta[i].version(), version) << "item " << keys[i];
+    for (int k = 0; k < kDim; ++k) {
+      ASSERT_NEAR(rows->values[i * kDim + k], (*tuned)[i].values[k], 1e-6)
+          << "item " << keys[i];
+    }
+  }
+}
+
 TEST(CsftIntegrationTest, TrainsUpsertsAndDinMimTrainsOnTheNewTable) {
   const std::string dir = ::testing::TempDir() + "/csft_e2e";
   ASSERT_EQ(system(("rm -rf " + dir + " && mkdir -p " + dir).c_str()), 0);
@@ -110,26 +138,10 @@ TEST(CsftIntegrationTest, TrainsUpsertsAndDinMimTrainsOnTheNewTable) {
   ASSERT_TRUE(run.ok()) << run.status();
   ASSERT_EQ(run->exit_code, 0) << run->err;
 
-  auto tuned = data::ReadAllContentVectors(dir + "/csft.tsv", kDim);
-  ASSERT_TRUE(tuned.ok()) << tuned.status();
-  ASSERT_EQ(tuned->size(), size_t(kItems));
-
-  // The shards hold exactly the file's vectors (decimal text: 1e-6).
-  auto client = ps::PsClient::Create(
-      std::vector<std::string>{(*shards)[0]->address(), (*shards)[1]->address()});
-  ASSERT_TRUE(client.ok());
-  std::vector<uint64_t> keys;
-  for (const auto& iv : *tuned) keys.push_back(uint64_t(iv.item_id));
-  auto rows = (*client)->GetRows("item_content_csft", keys);
-  ASSERT_TRUE(rows.ok()) << rows.status();
-  EXPECT_TRUE(rows->missing.empty());
-  for (size_t i = 0; i < keys.size(); ++i) {
-    EXPECT_EQ(rows->meta[i].version(), 7u) << "item " << keys[i];
-    for (int k = 0; k < kDim; ++k) {
-      ASSERT_NEAR(rows->values[i * kDim + k], (*tuned)[i].values[k], 1e-6)
-          << "item " << keys[i];
-    }
-  }
+  std::vector<data::ItemVector> tuned;
+  ExpectShardsHoldFile(*shards, "item_content_csft", 7, dir + "/csft.tsv",
+                       &tuned);
+  if (HasFatalFailure()) return;
 
   // The saved encoder encodes an item to its row.
   auto encoder = csft::CsftEncoder::Load(dir + "/csft.encoder");
@@ -142,7 +154,7 @@ TEST(CsftIntegrationTest, TrainsUpsertsAndDinMimTrainsOnTheNewTable) {
   std::vector<float> out(kDim);
   ASSERT_TRUE((*encoder)->Encode({{x.data(), &genres}}, out.data()).ok());
   for (int k = 0; k < kDim; ++k) {
-    EXPECT_NEAR(out[k], (*tuned)[5].values[k], 1e-6);
+    EXPECT_NEAR(out[k], tuned[5].values[k], 1e-6);
   }
 
   std::ifstream metrics(dir + "/csft.json");
@@ -200,23 +212,10 @@ TEST(CsftIntegrationTest, TwoWorkerProcessesTrainOneEncoderThroughTheShards) {
   ASSERT_EQ(zero->exit_code, 0) << zero->err;
   ASSERT_EQ(one->exit_code, 0) << one->err;
 
-  auto tuned = data::ReadAllContentVectors(dir + "/csft.tsv", kDim);
-  ASSERT_TRUE(tuned.ok()) << tuned.status();
-  ASSERT_EQ(tuned->size(), size_t(kItems));
-  auto client = ps::PsClient::Create(
-      std::vector<std::string>{(*shards)[0]->address(), (*shards)[1]->address()});
-  ASSERT_TRUE(client.ok());
-  std::vector<uint64_t> keys;
-  for (const auto& iv : *tuned) keys.push_back(uint64_t(iv.item_id));
-  auto rows = (*client)->GetRows("item_content_csft2", keys);
-  ASSERT_TRUE(rows.ok()) << rows.status();
-  EXPECT_TRUE(rows->missing.empty());
-  for (size_t i = 0; i < keys.size(); ++i) {
-    EXPECT_EQ(rows->meta[i].version(), 3u);
-    for (int k = 0; k < kDim; ++k) {
-      ASSERT_NEAR(rows->values[i * kDim + k], (*tuned)[i].values[k], 1e-6);
-    }
-  }
+  std::vector<data::ItemVector> tuned;
+  ExpectShardsHoldFile(*shards, "item_content_csft2", 3, dir + "/csft.tsv",
+                       &tuned);
+  if (HasFatalFailure()) return;
   // Peer rows: each worker's count, from its metrics; both above zero
   // (by epoch 2 at the latest the epoch barrier has made the other's
   // epoch-1 positives visible).
