@@ -27,10 +27,11 @@
 // (seed, key)), so every row in memory is also in RocksDB.
 //
 // Locking: `write_mu_` is shared by writers (Push, Upsert, CreateTable) and
-// held exclusively by Checkpoint and by Restore while it swaps the database
-// (not while it loads the checkpoint), so a checkpoint sees no write
-// half-done across tables. `tables_mu_` guards the table map; readers hold
-// it shared for the whole call, Restore exclusively while swapping tables.
+// held exclusively by Checkpoint, by DropTable and by Restore while it swaps
+// the database (not while it loads the checkpoint), so a checkpoint sees no
+// write half-done across tables. `tables_mu_` guards the table map; readers
+// hold it shared for the whole call, Restore and DropTable exclusively while
+// they swap tables or erase one.
 // Order: write_mu_ before tables_mu_. `admin_mu_` only guards the name of
 // the checkpoint operation in progress (one at a time).
 #include <algorithm>
@@ -454,6 +455,28 @@ class StoreImpl : public EmbeddingStore {
     MIM_RETURN_IF_ERROR(storage_->Write(batch));
     tables_[config.name] = std::move(*table);
     return absl::OkStatus();
+  }
+
+  absl::StatusOr<uint64_t> DropTable(absl::string_view table) override {
+    std::unique_ptr<EmbeddingTable> dropped;  // freed outside the locks
+    {
+      absl::MutexLock writers(&write_mu_);
+      {
+        absl::ReaderMutexLock lock(&tables_mu_);
+        if (Find(table) == nullptr) return NoTable(table);
+      }
+      // The table cannot go meanwhile: only a writer (or a Restore's swap,
+      // under write_mu_ too) changes the map.
+      StorageBatch batch;
+      batch.deletes.push_back(TableKey(table));
+      batch.delete_prefixes.push_back(RowPrefix(table));
+      MIM_RETURN_IF_ERROR(storage_->Write(batch));
+      absl::MutexLock lock(&tables_mu_);
+      auto it = tables_.find(table);
+      dropped = std::move(it->second);
+      tables_.erase(it);
+    }
+    return dropped->Stats().rows;
   }
 
   std::vector<TableConfig> ListTables() const override {

@@ -4,7 +4,8 @@
 // converts protobuf to these calls and absl::Status to grpc::Status, nothing
 // more. It owns the in-memory EmbeddingTables and the RocksDB storage.
 //
-// Durability: a mutating call (Push, Upsert, CreateTable) returns OK only
+// Durability: a mutating call (Push, Upsert, CreateTable, DropTable) returns
+// OK only
 // after the rows it changed (values, optimizer state, metadata) are written
 // to RocksDB's write-ahead log, so an acknowledged write survives the process
 // being killed (SIGKILL). With Options::sync_writes the WAL is also fsynced,
@@ -175,6 +176,17 @@ class EmbeddingStore {
                                    bool if_not_exists) = 0;
 
   virtual std::vector<TableConfig> ListTables() const = 0;
+
+  // Drops a table: its config, every row and its optimizer state, from
+  // memory and, in one storage write (a range delete of its rows with the
+  // config's delete), from disk, so a crash leaves it either whole or gone.
+  // Returns the rows it held. NOT_FOUND for an unknown table. Writers wait
+  // for the drop as for a Checkpoint (a checkpoint holds the table whole or
+  // not at all); a call already reading the table finishes first, later
+  // ones get NOT_FOUND. Checkpoints keep the table: a Restore of one taken
+  // before the drop brings it back. A table of the same name created later
+  // starts empty.
+  virtual absl::StatusOr<uint64_t> DropTable(absl::string_view table) = 0;
 
   // Writes keys.size() * dim floats into `values` (resized), in key order.
   // A missing row of an ID table reads as its initial value (the table's

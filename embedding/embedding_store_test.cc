@@ -127,6 +127,79 @@ TEST_F(EmbeddingStoreTest, RejectedRequestsHaveExactCodesAndChangeNothing) {
   EXPECT_EQ(DumpTable(*store_, "item_mm"), items);
 }
 
+// DropTable removes one table from memory and disk: the other table and
+// its rows are untouched, the drop holds through a reopen (no orphaned row
+// makes Open fail), a table of that name created again starts empty with
+// its own config, and a checkpoint taken before the drop restores it whole.
+TEST_F(EmbeddingStoreTest, DropTableRemovesOneTableDurably) {
+  for (int round = 0; round < 3; ++round) Write(round);
+  const Dump ids = DumpTable(*store_, "user_id");
+  const Dump items = DumpTable(*store_, "item_mm");
+  ASSERT_TRUE(store_->Checkpoint("before-drop").ok());
+
+  absl::StatusOr<uint64_t> dropped = store_->DropTable("user_id");
+  ASSERT_TRUE(dropped.ok()) << dropped.status();
+  EXPECT_EQ(*dropped, ids.size());
+  ASSERT_EQ(store_->ListTables().size(), 1u);
+  EXPECT_EQ(store_->ListTables()[0].name, "item_mm");
+  std::vector<float> row(8);
+  EXPECT_EQ(store_->Pull("user_id", {1}, row.data(), nullptr).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Push("user_id", {1}, Ramp(8, 0)).status().code(),
+            absl::StatusCode::kNotFound);
+  absl::StatusOr<uint64_t> again = store_->DropTable("user_id");
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(again.status().message().find("no table named 'user_id'"),
+            std::string::npos)
+      << again.status();
+  EXPECT_EQ(DumpTable(*store_, "item_mm"), items);
+
+  Reopen();
+  ASSERT_EQ(store_->ListTables().size(), 1u);
+  EXPECT_EQ(DumpTable(*store_, "item_mm"), items);
+
+  // The same name again, another dim: empty, and it reopens as created.
+  TableConfig wider = AdamTable();
+  wider.dim = 16;
+  ASSERT_TRUE(store_->CreateTable(wider, false).ok());
+  EXPECT_EQ(store_->Stats("user_id")->front().rows, 0u);
+  ASSERT_TRUE(store_->Push("user_id", {5}, Ramp(16, 0)).ok());
+  Reopen();
+  EXPECT_EQ(*store_->Dim("user_id"), 16u);
+  EXPECT_EQ(store_->Stats("user_id")->front().rows, 1u);
+
+  ASSERT_TRUE(store_->Restore("before-drop").ok());
+  EXPECT_EQ(*store_->Dim("user_id"), 8u);
+  EXPECT_EQ(DumpTable(*store_, "user_id"), ids);
+  EXPECT_EQ(DumpTable(*store_, "item_mm"), items);
+  Reopen();
+  EXPECT_EQ(DumpTable(*store_, "user_id"), ids);
+}
+
+// A table whose name is a prefix of another's ("user" of "user_id", and
+// "user_id" of "user_id2") takes none of the other's rows with it.
+TEST_F(EmbeddingStoreTest, DropTableLeavesTablesWithLongerNamesAlone) {
+  Write(1);
+  const Dump ids = DumpTable(*store_, "user_id");
+  TableConfig shorter = AdamTable();
+  shorter.name = "user";
+  TableConfig longer = AdamTable();
+  longer.name = "user_id2";
+  ASSERT_TRUE(store_->CreateTable(shorter, false).ok());
+  ASSERT_TRUE(store_->CreateTable(longer, false).ok());
+  ASSERT_TRUE(store_->Push("user", {1, 2}, Ramp(16, 0)).ok());
+  ASSERT_TRUE(store_->Push("user_id2", {3}, Ramp(8, 0)).ok());
+  const Dump longer_rows = DumpTable(*store_, "user_id2");
+  ASSERT_TRUE(store_->DropTable("user").ok());
+  ASSERT_TRUE(store_->DropTable("user_id2").ok());
+  Reopen();
+  ASSERT_EQ(store_->ListTables().size(), 2u);
+  EXPECT_EQ(DumpTable(*store_, "user_id"), ids);
+  ASSERT_TRUE(store_->CreateTable(longer, false).ok());
+  EXPECT_EQ(store_->Stats("user_id2")->front().rows, 0u);
+  EXPECT_NE(longer_rows.size(), 0u);
+}
+
 TEST_F(EmbeddingStoreTest, ReopenRecoversEverythingBitIdentical) {
   for (int round = 0; round < 4; ++round) Write(round);
   const Dump ids = DumpTable(*store_, "user_id");
@@ -844,6 +917,8 @@ TEST(EmbeddingStoreFaultTest, FailedStorageWriteLeavesMemoryUnchanged) {
   TableConfig extra = ContentTable();
   extra.name = "extra";
   EXPECT_EQ(store.CreateTable(extra, false).code(),
+            absl::StatusCode::kInternal);
+  EXPECT_EQ(store.DropTable("item_mm").status().code(),
             absl::StatusCode::kInternal);
   EXPECT_EQ(DumpTable(store, "user_id"), ids);
   EXPECT_EQ(DumpTable(store, "item_mm"), items);

@@ -13,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/status_macros.h"
 #include "embedding/storage/storage.h"
 
 namespace mim::embedding {
@@ -30,9 +31,18 @@ class MemoryStorage : public Storage {
 
   absl::Status Write(const StorageBatch& batch) override {
     if (read_only_) return ReadOnlyError();
+    for (const auto& prefix : batch.delete_prefixes) {
+      MIM_RETURN_IF_ERROR(ValidateDeletePrefix(prefix));
+    }
     absl::MutexLock lock(&mu_);
     for (const auto& [k, v] : batch.puts) data_[k] = v;
     for (const auto& k : batch.deletes) data_.erase(k);
+    for (const auto& prefix : batch.delete_prefixes) {
+      auto it = data_.lower_bound(prefix);
+      while (it != data_.end() && absl::StartsWith(it->first, prefix)) {
+        it = data_.erase(it);
+      }
+    }
     return absl::OkStatus();
   }
 
@@ -146,6 +156,9 @@ class PlainBatchBuilder : public StorageBatchBuilder {
   void Delete(absl::string_view key) override {
     batch_.deletes.emplace_back(key);
   }
+  void DeletePrefix(absl::string_view prefix) override {
+    batch_.delete_prefixes.emplace_back(prefix);
+  }
   const Storage* owner() const { return owner_; }
   const StorageBatch& batch() const { return batch_; }
 
@@ -168,6 +181,20 @@ absl::Status Storage::WriteBuilt(std::unique_ptr<StorageBatchBuilder> batch) {
         "WriteBuilt takes a batch from the same storage's NewBatchBuilder");
   }
   return Write(plain->batch());
+}
+
+absl::Status ValidateDeletePrefix(absl::string_view prefix) {
+  if (prefix.empty()) {
+    return absl::InvalidArgumentError(
+        "a prefix delete needs a non-empty prefix (an empty one would delete "
+        "every key)");
+  }
+  for (char c : prefix) {
+    if (static_cast<uint8_t>(c) != 0xff) return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "a prefix delete of ", prefix.size(),
+      " 0xff bytes only is not supported (no key bounds its range)"));
 }
 
 absl::Status ValidateCheckpointName(absl::string_view name) {

@@ -443,6 +443,7 @@ class RocksDbStorage : public Storage {
         NewBatchBuilder(batch.puts.size(), bytes);
     for (const auto& [k, v] : batch.puts) built->Put(k, v);
     for (const auto& k : batch.deletes) built->Delete(k);
+    for (const auto& p : batch.delete_prefixes) built->DeletePrefix(p);
     return WriteBuilt(std::move(built));
   }
 
@@ -477,6 +478,9 @@ class RocksDbStorage : public Storage {
     void Delete(absl::string_view key) override {
       deletes_.emplace_back(key);
     }
+    void DeletePrefix(absl::string_view prefix) override {
+      delete_prefixes_.emplace_back(prefix);
+    }
 
    private:
     friend class RocksDbStorage;
@@ -484,6 +488,7 @@ class RocksDbStorage : public Storage {
     rocksdb::WriteBatch wb_;
     rocksdb::Status status_;  // of the first failed put
     std::vector<std::string> deletes_;
+    std::vector<std::string> delete_prefixes_;
   };
 
   std::unique_ptr<StorageBatchBuilder> NewBatchBuilder(size_t puts,
@@ -505,6 +510,18 @@ class RocksDbStorage : public Storage {
     for (const std::string& k : built->deletes_) {
       rocksdb::Status s = built->wb_.Delete(k);
       if (!s.ok()) return FromRocks(s, "batch delete");
+    }
+    for (const std::string& prefix : built->delete_prefixes_) {
+      MIM_RETURN_IF_ERROR(ValidateDeletePrefix(prefix));
+      // [prefix, the least key above every key with the prefix): the
+      // prefix with its last byte below 0xff raised by one, the 0xff bytes
+      // after it dropped (ValidateDeletePrefix refused a prefix of 0xff
+      // bytes only, which has no such key).
+      std::string end = prefix;
+      while (static_cast<uint8_t>(end.back()) == 0xff) end.pop_back();
+      end.back() = static_cast<char>(static_cast<uint8_t>(end.back()) + 1);
+      rocksdb::Status s = built->wb_.DeleteRange(prefix, end);
+      if (!s.ok()) return FromRocks(s, "batch prefix delete");
     }
     return WriteRocks(&built->wb_);
   }

@@ -7,7 +7,8 @@
 // Contract for implementations:
 //  1. Write applies the whole batch atomically or not at all; OK means the
 //     batch is durable as far as the backend promises (RocksDB: in the WAL,
-//     fsynced when sync_writes).
+//     fsynced when sync_writes). A batch with an empty prefix to delete, or
+//     one of 0xff bytes only, is INVALID_ARGUMENT and writes nothing.
 //  2. Get returns NOT_FOUND for an absent key; ScanAfter visits the keys
 //     with the prefix that are greater than `after` (all of them for an
 //     empty `after`) in ascending byte order and stops at the first non-OK
@@ -76,10 +77,13 @@ struct StoredCheckpoint {
   int64_t created_micros = 0;
 };
 
-// Puts and deletes applied together; deletes are applied after puts.
+// Puts and deletes applied together; deletes are applied after puts, and
+// prefix deletes (every key that starts with one of them, e.g. all rows of
+// a dropped table) after the deletes. A prefix is never empty.
 struct StorageBatch {
   std::vector<std::pair<std::string, std::string>> puts;
   std::vector<std::string> deletes;
+  std::vector<std::string> delete_prefixes;
 };
 
 // A batch being built for Storage::WriteBuilt, in the form its backend
@@ -100,6 +104,10 @@ class StorageBatchBuilder {
     PutParts({&key, 1}, {&value, 1});
   }
   virtual void Delete(absl::string_view key) = 0;
+  // Deletes every key that starts with `prefix` (see ValidateDeletePrefix),
+  // after the puts and deletes. RocksDB: one range tombstone, whatever the
+  // number of keys.
+  virtual void DeletePrefix(absl::string_view prefix) = 0;
 };
 
 class Storage {
@@ -141,6 +149,10 @@ class Storage {
   virtual absl::Status RestoreCheckpoint(const std::string& name) = 0;
   virtual absl::Status DeleteCheckpoint(const std::string& name) = 0;
 };
+
+// INVALID_ARGUMENT for an empty prefix to delete or one of 0xff bytes only
+// (contract 1).
+absl::Status ValidateDeletePrefix(absl::string_view prefix);
 
 // INVALID_ARGUMENT unless `name` is a valid checkpoint name (contract 3).
 absl::Status ValidateCheckpointName(absl::string_view name);

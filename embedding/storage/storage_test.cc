@@ -150,6 +150,58 @@ TYPED_TEST(StorageTest, BuiltBatchAppliesPartsInOrderThenDeletes) {
             absl::StatusCode::kNotFound);
 }
 
+// A prefix delete removes every key with the prefix, keys written before
+// and in the same batch, and nothing else: not a key that is a prefix of
+// it, nor one that shares all but its last byte, nor one whose bytes after
+// the prefix's are 0xff; a checkpoint taken before still holds them all.
+TYPED_TEST(StorageTest, PrefixDeleteRemovesExactlyThePrefixAfterPuts) {
+  const std::string high("r/t/\xff\xff", 6);
+  for (const char* k : {"r/t", "r/t/1", "r/t/2", "r/t0", "r/s/1", "r/t."}) {
+    this->Put(k, "v");
+  }
+  this->Put(high, "v");
+  ASSERT_TRUE(this->storage_->CreateCheckpoint("before").ok());
+  StorageBatch b;
+  b.puts = {{"r/t/3", "put in the same batch"}, {"t/u", "config"}};
+  b.deletes = {"r/s/1"};
+  b.delete_prefixes = {"r/t/"};
+  ASSERT_TRUE(this->storage_->Write(b).ok());
+  EXPECT_EQ(this->ScanAll(*this->storage_, "r/"),
+            (std::map<std::string, std::string>{
+                {"r/t", "v"}, {"r/t.", "v"}, {"r/t0", "v"}}));
+  EXPECT_EQ(*this->storage_->Get("t/u"), "config");
+  auto before = this->storage_->OpenCheckpoint("before");
+  ASSERT_TRUE(before.ok()) << before.status();
+  EXPECT_EQ(this->ScanAll(**before, "r/t/").size(), 3u);
+
+  // Through a builder too, with a prefix ending in 0xff (its range ends at
+  // "{", the byte before the 0xff raised by one).
+  this->Put(std::string("z\xfe", 2), "v");
+  this->Put("{", "v");
+  std::unique_ptr<StorageBatchBuilder> built =
+      this->storage_->NewBatchBuilder(1, 8);
+  built->Put(std::string("z\xff\x01", 3), "v");
+  built->Put(std::string("z\xff", 2), "v");
+  built->DeletePrefix(std::string("z\xff", 2));
+  ASSERT_TRUE(this->storage_->WriteBuilt(std::move(built)).ok());
+  EXPECT_EQ(this->ScanAll(*this->storage_, "z").size(), 1u);
+  EXPECT_EQ(*this->storage_->Get(std::string("z\xfe", 2)), "v");
+  EXPECT_EQ(*this->storage_->Get("{"), "v");
+
+  // An empty prefix, or one of 0xff bytes only, is refused and the whole
+  // batch writes nothing.
+  for (const std::string& bad : {std::string(), std::string("\xff\xff", 2)}) {
+    StorageBatch refused;
+    refused.puts = {{"r/new", "v"}};
+    refused.delete_prefixes = {"r/t", bad};
+    absl::Status st = this->storage_->Write(refused);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_EQ(this->storage_->Get("r/new").status().code(),
+              absl::StatusCode::kNotFound);
+    EXPECT_EQ(*this->storage_->Get("r/t"), "v");
+  }
+}
+
 TYPED_TEST(StorageTest, ScanVisitsOnlyThePrefixInOrderAndStopsOnError) {
   for (const char* k : {"a/2", "a/1", "a0", "b/1", "a/3", "a"}) this->Put(k, k);
   std::vector<std::string> seen;
@@ -456,6 +508,55 @@ TEST(RocksDbStorageTest, RandomOrderWritesScanSortedThroughFlushAndReopen) {
   auto s = OpenRocksDbStorage(options);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(scan(**s), Rows(expected.begin(), expected.end()));
+}
+
+// RocksDB only: a prefix delete (a range tombstone) holds through a flush,
+// a reopen and a restore of a checkpoint taken after it, and rows written
+// under the prefix afterwards are seen again.
+TEST(RocksDbStorageTest, PrefixDeleteSurvivesFlushReopenAndRestore) {
+  RocksDbStorageOptions options;
+  options.data_dir = FreshDir("prefix");
+  options.memtable_bytes = 64 << 10;  // flushes on the way
+  auto key = [](const std::string& table, int i) {
+    return "r/" + table + "/" + std::to_string(100000 + i);
+  };
+  {
+    auto s = OpenRocksDbStorage(options);
+    ASSERT_TRUE(s.ok()) << s.status();
+    for (int b = 0; b < 20; ++b) {
+      StorageBatch batch;
+      for (int i = 0; i < 100; ++i) {
+        batch.puts.emplace_back(key("a", b * 100 + i), std::string(200, 'a'));
+        batch.puts.emplace_back(key("b", b * 100 + i), std::string(200, 'b'));
+      }
+      ASSERT_TRUE((*s)->Write(batch).ok());
+    }
+    StorageBatch drop;
+    drop.deletes = {"t/a"};
+    drop.delete_prefixes = {"r/a/"};
+    ASSERT_TRUE((*s)->Write(drop).ok());
+    ASSERT_TRUE((*s)->CreateCheckpoint("after").ok());
+    StorageBatch again;
+    again.puts = {{key("a", 7), "new"}};
+    ASSERT_TRUE((*s)->Write(again).ok());
+  }
+  auto count = [](const Storage& s, const std::string& prefix) {
+    size_t n = 0;
+    EXPECT_TRUE(s.Scan(prefix, [&](absl::string_view, absl::string_view) {
+                   ++n;
+                   return absl::OkStatus();
+                 }).ok());
+    return n;
+  };
+  auto s = OpenRocksDbStorage(options);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(count(**s, "r/a/"), 1u);
+  EXPECT_EQ(*(*s)->Get(key("a", 7)), "new");
+  EXPECT_EQ((*s)->Get(key("a", 8)).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(count(**s, "r/b/"), 2000u);
+  ASSERT_TRUE((*s)->RestoreCheckpoint("after").ok());
+  EXPECT_EQ(count(**s, "r/a/"), 0u);
+  EXPECT_EQ(count(**s, "r/b/"), 2000u);
 }
 
 // RocksDB only: creation order is on disk with each checkpoint, survives
