@@ -162,4 +162,11 @@ grpc::ServerUnaryReactor* ShardCallbackService::DeleteCheckpoint(
                &ParameterServerService::HandleDeleteCheckpoint);
 }
 
+grpc::ServerUnaryReactor* ShardCallbackService::DropTable(
+    grpc::CallbackServerContext* context, const DropTableRequest* request,
+    DropTableResponse* response) {
+  return Queue(context, request, response,
+               &ParameterServerService::HandleDropTable);
+}
+
 }  // namespace mim::ps

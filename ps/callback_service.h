@@ -83,6 +83,9 @@ class ShardCallbackService final
       grpc::CallbackServerContext* context,
       const DeleteCheckpointRequest* request,
       DeleteCheckpointResponse* response) override;
+  grpc::ServerUnaryReactor* DropTable(grpc::CallbackServerContext* context,
+                                      const DropTableRequest* request,
+                                      DropTableResponse* response) override;
 
  private:
   template <typename Request, typename Response>

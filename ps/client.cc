@@ -89,6 +89,7 @@ MIM_PS_DEFINE_RPC(Checkpoint)
 MIM_PS_DEFINE_RPC(Restore)
 MIM_PS_DEFINE_RPC(ListCheckpoints)
 MIM_PS_DEFINE_RPC(DeleteCheckpoint)
+MIM_PS_DEFINE_RPC(DropTable)
 #undef MIM_PS_DEFINE_RPC
 
 // Pull with its request prebuilt (PullRequestBuffer) and its answer read in
@@ -1285,6 +1286,36 @@ absl::StatusOr<std::vector<PsClient::ShardDelete>> PsClient::DeleteCheckpoint(
   }
   return WithAddresses(addresses_, *std::move(responses),
                        &ShardDelete::deleted);
+}
+
+absl::StatusOr<std::vector<PsClient::ShardDrop>> PsClient::DropTable(
+    const std::string& table) {
+  DropTableRequest request;
+  request.set_table(table);
+  absl::StatusOr<std::vector<DropTableResponse>> responses =
+      ShardCaller::CallAll<DropTableRpc>(*this, request, Resend::kAlways);
+  {
+    absl::MutexLock lock(&dims_mu_);
+    dims_.erase(table);
+  }
+  if (!responses.ok()) return responses.status();
+  const bool any =
+      std::any_of(responses->begin(), responses->end(),
+                  [](const DropTableResponse& r) { return r.dropped(); });
+  if (!any) {
+    absl::StatusOr<std::vector<TableConfig>> tables = ListTables();
+    std::vector<std::string> names;
+    if (tables.ok()) {
+      for (const TableConfig& t : *tables) names.push_back(t.name());
+    }
+    return absl::NotFoundError(absl::StrCat(
+        "no shard has table '", table, "'",
+        tables.ok() ? absl::StrCat("; tables: ", names.empty()
+                                                     ? "none"
+                                                     : absl::StrJoin(names, ", "))
+                    : ""));
+  }
+  return WithAddresses(addresses_, *std::move(responses), &ShardDrop::drop);
 }
 
 std::vector<absl::Status> PsClient::Health() {

@@ -188,6 +188,10 @@ class PsClient {
     std::string address;
     DeleteCheckpointResponse deleted;  // deleted() false: it had none
   };
+  struct ShardDrop {
+    std::string address;
+    DropTableResponse drop;  // dropped() false: it had no such table
+  };
 
   // Creates channels to `addresses` ("host:port", shard order). Connections
   // are made lazily on the first call. INVALID_ARGUMENT for an empty list or
@@ -297,6 +301,14 @@ class PsClient {
   // one at a time per shard); a repeat after a lost answer is not an error.
   absl::StatusOr<std::vector<ShardDelete>> DeleteCheckpoint(
       const std::string& name);
+
+  // Drops `table` on every shard that has it, shard order (a shard without
+  // it answers dropped = false), and forgets its dim. NOT_FOUND naming the
+  // tables there are when no shard had it. Retried on UNAVAILABLE; a
+  // repeat after a lost answer is not an error. A shard that fails its
+  // drop fails the call naming it; the shards that did drop it stay
+  // dropped, and repeating the drop converges.
+  absl::StatusOr<std::vector<ShardDrop>> DropTable(const std::string& table);
 
   // grpc.health.v1 Check of every shard, shard order: OK when SERVING,
   // UNAVAILABLE (naming the address) when unreachable or not serving.

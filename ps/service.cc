@@ -48,7 +48,7 @@ absl::Span<const float> FloatSpan(const std::string& bytes) {
 constexpr const char* kMethodNames[] = {
     "Pull",       "Push",    "Upsert",     "CreateTable", "ListTables",
     "TableStats", "GetRows", "Checkpoint", "Restore",     "ListCheckpoints",
-    "DeleteCheckpoint"};
+    "DeleteCheckpoint", "DropTable"};
 
 // The role each Method needs: admin for everything that writes or
 // restores, read for the rest. Same order as kMethodNames.
@@ -56,7 +56,7 @@ constexpr base::Role kMethodRoles[] = {
     base::Role::kRead,  base::Role::kAdmin, base::Role::kAdmin,
     base::Role::kAdmin, base::Role::kRead,  base::Role::kRead,
     base::Role::kRead,  base::Role::kAdmin, base::Role::kAdmin,
-    base::Role::kRead,  base::Role::kAdmin};
+    base::Role::kRead,  base::Role::kAdmin, base::Role::kAdmin};
 
 // Paths in it are relative to the data dir already (storage.h).
 void SetRecovery(const embedding::StartupRecovery& r, StartupRecovery* out) {
@@ -695,6 +695,27 @@ grpc::Status ParameterServerService::HandleDeleteCheckpoint(
     if (!s.ok()) return ToGrpcStatus(s);
     LOG(INFO) << "deleted checkpoint '" << request->name() << "'";
     response->set_deleted(true);
+    return grpc::Status::OK;
+  });
+}
+
+grpc::Status ParameterServerService::HandleDropTable(
+    grpc::ServerContextBase* context, const DropTableRequest* request,
+    DropTableResponse* response) {
+  return Observe(kDropTable, 0, *context, [&]() -> grpc::Status {
+    if (absl::Status s = CheckTableName(request->table()); !s.ok()) {
+      return ToGrpcStatus(s);
+    }
+    absl::StatusOr<uint64_t> rows = store_->DropTable(request->table());
+    if (rows.status().code() == absl::StatusCode::kNotFound) {
+      response->set_dropped(false);  // absent: a retry after a lost answer
+      return grpc::Status::OK;
+    }
+    if (!rows.ok()) return ToGrpcStatus(rows.status());
+    LOG(INFO) << "dropped table '" << request->table() << "' (" << *rows
+              << " rows)";
+    response->set_dropped(true);
+    response->set_rows(*rows);
     return grpc::Status::OK;
   });
 }

@@ -23,8 +23,8 @@
 // Authentication (Options::authorizer set): every call is checked before
 // anything else (base/grpc_auth.h); read calls (Pull, GetRows, TableStats,
 // ListTables, ListCheckpoints) need the read role, calls that write or
-// restore (CreateTable, Push, Upsert, Checkpoint, Restore, DeleteCheckpoint)
-// the admin role.
+// restore (CreateTable, DropTable, Push, Upsert, Checkpoint, Restore,
+// DeleteCheckpoint) the admin role.
 // UNAUTHENTICATED (no or unknown token) and PERMISSION_DENIED (read token on
 // an admin call) change nothing.
 //
@@ -177,6 +177,9 @@ class ParameterServerService final : public ParameterServer::Service {
   grpc::Status HandleDeleteCheckpoint(grpc::ServerContextBase* context,
                                       const DeleteCheckpointRequest* request,
                                       DeleteCheckpointResponse* response);
+  grpc::Status HandleDropTable(grpc::ServerContextBase* context,
+                               const DropTableRequest* request,
+                               DropTableResponse* response);
 
   // ParameterServer::Service (sync API).
   grpc::Status Pull(grpc::ServerContext* c, const PullRequest* request,
@@ -229,13 +232,19 @@ class ParameterServerService final : public ParameterServer::Service {
                                 DeleteCheckpointResponse* response) override {
     return HandleDeleteCheckpoint(c, request, response);
   }
+  grpc::Status DropTable(grpc::ServerContext* c,
+                         const DropTableRequest* request,
+                         DropTableResponse* response) override {
+    return HandleDropTable(c, request, response);
+  }
 
  private:
   using Keys = google::protobuf::RepeatedField<uint64_t>;
 
   enum Method {
     kPull, kPush, kUpsert, kCreateTable, kListTables, kTableStats, kGetRows,
-    kCheckpoint, kRestore, kListCheckpoints, kDeleteCheckpoint, kNumMethods
+    kCheckpoint, kRestore, kListCheckpoints, kDeleteCheckpoint, kDropTable,
+    kNumMethods
   };
   // Metric objects, resolved once in the constructor (defined in service.cc).
   struct Instruments;

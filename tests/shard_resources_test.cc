@@ -1,18 +1,22 @@
 // Bounded resources of a real shard (the //ps:server binary on loopback):
 // message size, keys per request and PsClient's splitting of calls that
 // exceed them; reads during a long Restore; checkpoint retention and
-// deletion.
+// deletion; dropping a table.
+#include <signal.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "grpcpp/completion_queue.h"
@@ -365,6 +369,149 @@ TEST(ShardCheckpointsTest, DeleteCheckpointNeedsAnAdminToken) {
   auto deleted = admin->DeleteCheckpoint("c1");
   ASSERT_TRUE(deleted.ok()) << deleted.status();
   EXPECT_TRUE((*deleted)[0].deleted.deleted());
+}
+
+// ps_admin drop-table on a cluster of two real shards: without --yes it
+// only says what it would drop; with it the table goes on every shard while
+// another client pulls it (each pull OK or NOT_FOUND, nothing else), the
+// other table is untouched, the drop holds through kill -9 and a restart,
+// the name can be created again with another dim (a client that knew the
+// old dim pulls the new one), and a checkpoint taken before brings the old
+// table back bit for bit.
+TEST(ShardDropTableTest, DropTableOnEveryShardSurvivesKillAndRestores) {
+  auto shards = ShardProcess::StartCluster(TestDir(), 2);
+  ASSERT_TRUE(shards.ok()) << shards.status();
+  const std::vector<std::string> addresses = {(*shards)[0]->address(),
+                                              (*shards)[1]->address()};
+  const std::string ps = absl::StrJoin(addresses, ",");
+  auto client = PsClient::Create(addresses);
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->CreateTable(IdTable("t", 4), false).ok());
+  ASSERT_TRUE((*client)->CreateTable(IdTable("keep", 4), false).ok());
+  std::vector<float> grads(400);
+  for (size_t i = 0; i < grads.size(); ++i) grads[i] = 0.001f * i;
+  ASSERT_TRUE((*client)->Push("t", Keys(100), grads).ok());
+  ASSERT_TRUE((*client)->Push("keep", Keys(100), grads).ok());
+  auto t_before = (*client)->Pull("t", Keys(100));
+  auto keep_before = (*client)->Pull("keep", Keys(100));
+  ASSERT_TRUE(t_before.ok() && keep_before.ok());
+  ASSERT_TRUE((*client)->Checkpoint("before").ok());
+
+  auto run = RunCommand(
+      {Runfile("tools/ps_admin"), "--ps=" + ps, "drop-table", "t"});
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_EQ(run->exit_code, 2) << run->err;
+  EXPECT_THAT(run->err,
+              HasSubstr("would drop table 't' (100 rows on 2 shards"));
+  EXPECT_THAT(run->err, HasSubstr("repeat with --yes"));
+  ASSERT_TRUE((*client)->Pull("t", Keys(1)).ok());
+
+  // Another client pulls the table while it is dropped.
+  auto puller = PsClient::Create(addresses);
+  ASSERT_TRUE(puller.ok()) << puller.status();
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, not_found{0};
+  std::vector<std::string> other;
+  std::thread pulls([&] {
+    while (!stop.load()) {
+      auto got = (*puller)->Pull("t", Keys(100));
+      if (got.ok()) {
+        ++ok;
+      } else if (got.status().code() == absl::StatusCode::kNotFound) {
+        ++not_found;
+      } else {
+        other.push_back(got.status().ToString());
+      }
+    }
+  });
+  // Waits (up to a minute) for the pulls to have seen `count` grow.
+  auto await = [](const std::atomic<int>& count) {
+    for (int i = 0; i < 6000 && count.load() == 0; ++i) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+  };
+  await(ok);
+  run = RunCommand(
+      {Runfile("tools/ps_admin"), "--ps=" + ps, "drop-table", "t", "--yes"});
+  await(not_found);
+  stop = true;
+  pulls.join();
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_EQ(run->exit_code, 0) << run->err;
+  EXPECT_THAT(run->out, HasSubstr(absl::StrCat("shard 0 (", addresses[0],
+                                               "): dropped t (")));
+  EXPECT_THAT(run->out, HasSubstr(absl::StrCat("shard 1 (", addresses[1],
+                                               "): dropped t (")));
+  EXPECT_GT(ok, 0);
+  EXPECT_GT(not_found, 0);
+  EXPECT_THAT(other, ::testing::IsEmpty());
+
+  run = RunCommand({Runfile("tools/ps_admin"), "--ps=" + ps, "--json",
+                    "drop-table", "t", "--yes"});
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_EQ(run->exit_code, 1);
+  EXPECT_THAT(run->err, HasSubstr("no shard has table 't'; tables: keep"));
+
+  for (auto& shard : *shards) {
+    shard->Kill(SIGKILL);
+    ASSERT_TRUE(ShardProcess::Restart(&shard).ok());
+  }
+  auto tables = (*client)->ListTables();
+  ASSERT_TRUE(tables.ok()) << tables.status();
+  ASSERT_EQ(tables->size(), 1u);
+  EXPECT_EQ((*tables)[0].name(), "keep");
+  auto keep_after = (*client)->Pull("keep", Keys(100));
+  ASSERT_TRUE(keep_after.ok()) << keep_after.status();
+  EXPECT_EQ(keep_after->values, keep_before->values);
+  EXPECT_EQ((*client)->Pull("t", Keys(1)).status().code(),
+            absl::StatusCode::kNotFound);
+
+  // Created again, wider: the client that pulled dim 4 pulls dim 8.
+  ASSERT_TRUE((*client)->CreateTable(IdTable("t", 8), false).ok());
+  auto wider = (*puller)->Pull("t", Keys(2000));
+  ASSERT_TRUE(wider.ok()) << wider.status();
+  EXPECT_EQ(wider->dim, 8u);
+  auto stats = (*client)->Stats("t");
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(TotalStats(*stats)[0].rows(), 0u);
+
+  auto restored = (*client)->Restore("before");
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  auto t_back = (*client)->Pull("t", Keys(100));
+  ASSERT_TRUE(t_back.ok()) << t_back.status();
+  EXPECT_EQ(t_back->dim, 4u);
+  EXPECT_EQ(t_back->values, t_before->values);
+}
+
+// DropTable needs the admin role; a read token changes nothing.
+TEST(ShardDropTableTest, DropTableNeedsAnAdminToken) {
+  const std::string tokens = TestDir() + "-tokens";
+  {
+    std::ofstream out(tokens);
+    out << "read read-token-0123456789abcdef\n"
+        << "admin admin-token-0123456789abcdef\n";
+  }
+  ASSERT_EQ(chmod(tokens.c_str(), 0600), 0);
+  auto shard = StartShard({"--auth_tokens=" + tokens});
+  ASSERT_NE(shard, nullptr);
+  PsClient::Options admin_options, read_options;
+  admin_options.auth_token = "admin-token-0123456789abcdef";
+  read_options.auth_token = "read-token-0123456789abcdef";
+  auto admin = Client(*shard, admin_options);
+  auto reader = Client(*shard, read_options);
+  ASSERT_TRUE(admin->CreateTable(IdTable("t", 4), false).ok());
+  ASSERT_TRUE(admin->Push("t", Keys(3), std::vector<float>(12, 1.0f)).ok());
+  auto refused = reader->DropTable("t");
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kPermissionDenied)
+      << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("DropTable"));
+  auto stats = reader->Stats("t");
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(TotalStats(*stats)[0].rows(), 3u);
+  auto dropped = admin->DropTable("t");
+  ASSERT_TRUE(dropped.ok()) << dropped.status();
+  EXPECT_TRUE((*dropped)[0].drop.dropped());
+  EXPECT_EQ((*dropped)[0].drop.rows(), 3u);
 }
 
 // --max_connection_idle_ms: the shard closes a connection that has had no

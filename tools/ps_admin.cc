@@ -20,15 +20,20 @@
 //                                   '*' marking those on every shard
 //   delete-checkpoint NAME          on every shard that has it (NOT_FOUND,
 //                                   exit 1, when none has)
+//   drop-table NAME --yes           drops the table (config, rows, optimizer
+//                                   state) on every shard that has it;
+//                                   without --yes only says what it would
+//                                   drop (exit 2); NOT_FOUND, exit 1, when
+//                                   no shard has it. Checkpoints keep it.
 //   restore [NAME]                  on every shard, only if every shard has
 //                                   it (default: the newest checkpoint on
 //                                   every shard)
 //   health                          grpc.health.v1 of every shard
 //
 // Security: --tls_ca (+ --tls_client_cert/--tls_client_key) and
-// --auth_token_file (base/client_security.h); create-table, checkpoint,
-// restore and delete-checkpoint need an admin token on a shard with
-// --auth_tokens.
+// --auth_token_file (base/client_security.h); create-table, drop-table,
+// checkpoint, restore and delete-checkpoint need an admin token on a shard
+// with --auth_tokens.
 //
 // Exit status: 0 success, 1 an RPC failed (the message names the shard and
 // its address), 2 bad usage. Output is for people unless --json is given, in
@@ -76,6 +81,8 @@ DEFINE_double(init_scale, 0.01, "create-table: initializer scale.");
 DEFINE_uint64(seed, 0, "create-table: initializer seed.");
 DEFINE_bool(if_not_exists, false,
             "create-table: succeed if the same table exists.");
+DEFINE_bool(yes, false,
+            "drop-table: drop it (without: say what would be dropped).");
 
 namespace {
 
@@ -472,6 +479,44 @@ int DeleteCheckpoint(PsClient& client, const std::string& name) {
   return 0;
 }
 
+int DropTable(PsClient& client, const std::string& table) {
+  if (!FLAGS_yes) {
+    auto shards = client.Stats(table);
+    if (!shards.ok()) return Failed(shards.status());
+    const std::vector<mim::ps::TableStats> totals =
+        mim::ps::TotalStats(*shards);
+    const uint64_t rows = totals.empty() ? 0 : totals[0].rows();
+    std::fprintf(stderr,
+                 "ps_admin: would drop table '%s' (%" PRIu64
+                 " rows on %zu shards, optimizer state included; checkpoints "
+                 "keep it): repeat with --yes to drop it\n",
+                 table.c_str(), rows, shards->size());
+    return kExitUsage;
+  }
+  auto shards = client.DropTable(table);
+  if (!shards.ok()) return Failed(shards.status());
+  json j = json::array();
+  for (size_t s = 0; s < shards->size(); ++s) {
+    const auto& d = (*shards)[s];
+    j.push_back({{"shard", s},
+                 {"address", d.address},
+                 {"dropped", d.drop.dropped()},
+                 {"rows", d.drop.rows()}});
+    if (!FLAGS_json) {
+      std::cout << absl::StrFormat(
+          "shard %d (%s): %s\n", s, d.address,
+          d.drop.dropped()
+              ? absl::StrCat("dropped ", table, " (", d.drop.rows(), " rows)")
+              : absl::StrCat("had no ", table));
+    }
+  }
+  if (FLAGS_json) {
+    std::cout << json{{"ok", true}, {"table", table}, {"shards", j}}.dump(2)
+              << "\n";
+  }
+  return 0;
+}
+
 int Health(PsClient& client) {
   const std::vector<absl::Status> health = client.Health();
   bool all_ok = true;
@@ -506,8 +551,8 @@ int main(int argc, char** argv) {
       "ps_admin --ps=HOST:PORT[,HOST:PORT...] [--json] COMMAND [ARGS]\n"
       "commands: tables | stats TABLE | get TABLE KEY... | create-table NAME "
       "--kind=id|content --dim=D [--optimizer=...] [--lr=...] [--init=...] "
-      "[--init_scale=...] | checkpoint [NAME] | checkpoints | restore [NAME] "
-      "| delete-checkpoint NAME | health");
+      "[--init_scale=...] | drop-table NAME --yes | checkpoint [NAME] | "
+      "checkpoints | restore [NAME] | delete-checkpoint NAME | health");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty()) return Usage("no command given");
@@ -536,6 +581,9 @@ int main(int argc, char** argv) {
   }
   if (command == "create-table" && rest.size() == 1) {
     return CreateTable(**client, rest[0]);
+  }
+  if (command == "drop-table" && rest.size() == 1) {
+    return DropTable(**client, rest[0]);
   }
   if (command == "checkpoint" && rest.size() <= 1) {
     return Checkpoint(**client, rest.empty() ? "" : rest[0]);

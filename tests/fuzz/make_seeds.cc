@@ -319,6 +319,42 @@ void PsSeeds() {
     Write("ps_service", on_disk ? "checkpoint-on-disk" : "checkpoint",
           Serialize(s));
   }
+  for (const bool on_disk : {false, true}) {
+    // A table dropped, dropped again (absent: dropped = false), created
+    // with another dim and written; a checkpoint from before restores it.
+    PsSession s;
+    s.set_on_disk(on_disk);
+    add(&s, Push("ids", {3, 4}, Floats({1, 1, 1, 1, 2, 2, 2, 2})));
+    mim::fuzz::PsCall cp;
+    cp.mutable_checkpoint()->set_name("before");
+    add(&s, cp);
+    mim::fuzz::PsCall drop;
+    drop.mutable_drop_table()->set_table("ids");
+    add(&s, drop);
+    add(&s, drop);
+    add(&s, Pull("ids", {3}));
+    drop.mutable_drop_table()->set_table(std::string(200, 'x'));
+    add(&s, drop);
+    mim::fuzz::PsCall create;
+    mim::ps::TableConfig* c = create.mutable_create_table()->mutable_config();
+    c->set_name("ids");
+    c->set_kind(mim::ps::ID);
+    c->set_dim(2);
+    c->mutable_optimizer()->set_name("sgd");
+    c->mutable_optimizer()->set_learning_rate(0.1f);
+    c->mutable_initializer()->set_name("zeros");
+    add(&s, create);
+    add(&s, Push("ids", {5}, Floats({1, 1})));
+    add(&s, Upsert("content", {8}, Floats({0, 1, 0}), 1));
+    drop.mutable_drop_table()->set_table("content");
+    add(&s, drop);
+    mim::fuzz::PsCall restore;
+    restore.mutable_restore()->set_name("before");
+    add(&s, restore);
+    add(&s, Pull("ids", {3, 4}));
+    Write("ps_service", on_disk ? "drop-table-on-disk" : "drop-table",
+          Serialize(s));
+  }
   {
     PsSession s;
     s.set_num_shards(2);

@@ -187,6 +187,18 @@ grpc::Status Run(ParameterServerService* service, const EmbeddingStore& store,
       return service->HandleDeleteCheckpoint(&context,
                                              &call.delete_checkpoint(), &resp);
     }
+    case mim::fuzz::PsCall::kDropTable: {
+      mim::ps::DropTableResponse resp;
+      grpc::Status s =
+          service->HandleDropTable(&context, &call.drop_table(), &resp);
+      if (s.ok()) {
+        Require(!store.Dim(call.drop_table().table()).ok(),
+                "a table is still there after DropTable answered OK");
+        Require(resp.dropped() || resp.rows() == 0,
+                "DropTable counted rows of a table it did not drop");
+      }
+      return s;
+    }
     case mim::fuzz::PsCall::REQUEST_NOT_SET:
       break;
   }
