@@ -29,6 +29,7 @@
 #include "absl/strings/str_split.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "proto/serving.grpc.pb.h"
 #include "ps/client.h"
@@ -216,6 +217,22 @@ TEST(CsftIntegrationTest, TwoWorkerProcessesTrainOneEncoderThroughTheShards) {
   ExpectShardsHoldFile(*shards, "item_content_csft2", 3, dir + "/csft.tsv",
                        &tuned);
   if (HasFatalFailure()) return;
+  // Worker 0 dropped the run's parameter table; the exchange table stays.
+  EXPECT_TRUE(absl::StrContains(
+      zero->err, "dropped the run's parameter table e2e_workers_dense_g1"))
+      << zero->err;
+  {
+    auto client = ps::PsClient::Create(
+        {(*shards)[0]->address(), (*shards)[1]->address()});
+    ASSERT_TRUE(client.ok()) << client.status();
+    auto tables = (*client)->ListTables();
+    ASSERT_TRUE(tables.ok()) << tables.status();
+    std::vector<std::string> names;
+    for (const auto& t : *tables) names.push_back(t.name());
+    EXPECT_THAT(names, ::testing::Contains("e2e_workers_exchange"));
+    EXPECT_THAT(names, ::testing::Not(::testing::Contains(
+                           "e2e_workers_dense_g1")));
+  }
   // Peer rows: each worker's count, from its metrics; both above zero
   // (by epoch 2 at the latest the epoch barrier has made the other's
   // epoch-1 positives visible).

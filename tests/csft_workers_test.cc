@@ -272,6 +272,17 @@ TEST_F(CsftWorkersTest, TwoWorkersTrainOneEncoderAndFollowWorkerZero) {
   std::vector<float> shared;
   ASSERT_TRUE(g1->FetchParams(&shared).ok());
   EXPECT_EQ(r1->encoder->params(), shared);
+  // The run over, worker 0 drops its parameter table (another worker may
+  // not); the exchange table, which counts the runs, stays.
+  EXPECT_EQ(g1->DropRunTable().status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(g0->dense_table(), "train_dense_g1");
+  absl::StatusOr<uint64_t> dropped = g0->DropRunTable();
+  ASSERT_TRUE(dropped.ok()) << dropped.status();
+  EXPECT_GT(*dropped, 0u);
+  EXPECT_EQ(c0->Stats("train_dense_g1").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(c0->Stats("train_exchange").ok());
 
   // Patience 1 over 5 epochs (a new run over the prefix): whenever worker 0
   // stops, worker 1 stops after the same epoch.
@@ -288,6 +299,27 @@ TEST_F(CsftWorkersTest, TwoWorkersTrainOneEncoderAndFollowWorkerZero) {
   EXPECT_EQ(r1->log.size(), r0->log.size());
   EXPECT_EQ(r0->steps + r1->steps,
             int64_t(r0->log.size() - 1) * batches);
+  EXPECT_EQ(h0->dense_table(), "train_dense_g2");
+
+  // The exchange table dropped (its run counts start over) while the
+  // second run's parameter table was kept: the run that reaches
+  // generation 2 again refuses to start from those parameters.
+  ASSERT_TRUE(c0->DropTable("train_exchange").ok());
+  auto first = Group(c0.get(), go0, c, o);  // generation 1: dropped, fresh
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->generation(), 1u);
+  auto initial = csft::InitialEncoderParams(c, o);
+  ASSERT_TRUE(initial.ok());
+  auto stale = PsWorkerGroup::Create(c0.get(), go0, *initial, o.seed);
+  EXPECT_EQ(stale.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(stale.status().message().find(
+                "C-SFT parameter table train_dense_g2 already holds"),
+            std::string::npos)
+      << stale.status();
+  EXPECT_NE(stale.status().message().find(
+                "ps_admin drop-table train_dense_g2 --yes"),
+            std::string::npos)
+      << stale.status();
 }
 
 TEST_F(CsftWorkersTest, WorkersFollowWorkerZerosDecisions) {
@@ -321,6 +353,22 @@ TEST_F(CsftWorkersTest, WorkersFollowWorkerZerosDecisions) {
   d = (*g1)->AwaitDecision(2);
   ASSERT_TRUE(d.ok());
   EXPECT_TRUE(*d);
+  // Worker 0 drops the parameter table only once worker 1 is done with it.
+  ASSERT_TRUE((*g0)->PushGradient(std::vector<float>(4, 1.0f)).ok());
+  absl::StatusOr<uint64_t> dropped = (*g0)->DropRunTable();
+  EXPECT_EQ(dropped.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_NE(dropped.status().message().find(
+                "worker(s) 1 did not say they were done with "
+                "decisions_dense_g1"),
+            std::string::npos)
+      << dropped.status();
+  EXPECT_TRUE(client->Stats("decisions_dense_g1").ok());
+  ASSERT_TRUE((*g1)->Finished().ok());
+  dropped = (*g0)->DropRunTable();
+  ASSERT_TRUE(dropped.ok()) << dropped.status();
+  EXPECT_EQ(*dropped, 1u);
+  EXPECT_EQ(client->Stats("decisions_dense_g1").status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST_F(CsftWorkersTest, MissingWorkerEndsTheRunNamingIt) {

@@ -415,5 +415,20 @@ int main(int argc, char** argv) {
     absl::Status s = mim::base::WriteFileAtomically(FLAGS_metrics_out, json);
     if (!s.ok()) return Fail("write " + FLAGS_metrics_out, s);
   }
+  if (group != nullptr) {
+    // The outputs hold the parameters; once every worker has taken them
+    // the run's table has served its purpose. Failing to drop it leaves a
+    // table behind, not a bad result.
+    auto dropped = group->DropRunTable();
+    if (dropped.ok()) {
+      LOG(INFO) << "csft: dropped the run's parameter table "
+                << group->dense_table() << " (" << *dropped << " rows)";
+    } else {
+      LOG(WARNING) << "csft: could not drop the run's parameter table "
+                   << group->dense_table() << " (" << dropped.status()
+                   << "); drop it with ps_admin drop-table "
+                   << group->dense_table() << " --yes";
+    }
+  }
   return 0;
 }

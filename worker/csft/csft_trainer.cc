@@ -584,6 +584,7 @@ absl::StatusOr<TrainResult> TrainCsft(const Catalog& catalog,
   if (!chief) {
     MIM_RETURN_IF_ERROR(trainer->FetchGroupParams());
     best_params = trainer->encoder().params();
+    MIM_RETURN_IF_ERROR(group->Finished());
   }
   result.pairs_per_second = train_seconds > 0 ? pairs_done / train_seconds : 0;
   *trainer->mutable_encoder()->mutable_params() = best_params;

@@ -165,6 +165,9 @@ class WorkerGroup {
   virtual absl::Status Decide(int epoch, bool stop) = 0;
   // Other workers: worker 0's decision for `epoch` (true: stop).
   virtual absl::StatusOr<bool> AwaitDecision(int epoch) = 0;
+  // Other workers, last: done with the shared parameters (after the stop,
+  // each takes them once more as its result's encoder).
+  virtual absl::Status Finished() = 0;
 };
 
 // One encoder, its Adam state, the queue and the hard-negative pools.

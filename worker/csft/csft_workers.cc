@@ -34,6 +34,10 @@ uint64_t Versioned(uint64_t generation, uint64_t low) {
 // differ): the low half of the decision row's version.
 constexpr uint64_t kAbortLow = 0xffffffffu;
 
+// The low half of a worker's epoch row once it is done with the run's
+// parameters (Finished): above every epoch.
+constexpr uint64_t kFinishedLow = 0xfffffffeu;
+
 // A 63-bit value as three 21-bit integers (exact in float), and back
 // (false for anything else).
 void PutParts(uint64_t value, float* out) {
@@ -198,7 +202,48 @@ absl::StatusOr<std::unique_ptr<PsWorkerGroup>> PsWorkerGroup::Create(
       worker::PsDenseParams::Create(
           client, absl::StrCat(o.prefix, "_dense_g", generation),
           std::move(initial), adam, seed));
+  // No worker of this run pushes before every worker is past Create (the
+  // start barrier), so rows mean an earlier run's parameters: the exchange
+  // table was dropped and its generations started over, while this
+  // generation's parameter table was kept.
+  MIM_ASSIGN_OR_RETURN(std::vector<ps::PsClient::ShardStats> stats,
+                       client->Stats(g->params_->table()));
+  const std::vector<ps::TableStats> total = ps::TotalStats(stats);
+  if (!total.empty() && total[0].rows() != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "C-SFT parameter table ", g->params_->table(), " already holds ",
+        total[0].rows(), " rows of an earlier run at generation ", generation,
+        " (was ", config.name(), " dropped without it?): drop it with "
+        "ps_admin drop-table ", g->params_->table(),
+        " --yes, or use another --worker_prefix"));
+  }
   return g;
+}
+
+absl::Status PsWorkerGroup::Finished() {
+  return WriteControl(kEpochBase + uint64_t(options_.worker_index),
+                      Versioned(generation_, kFinishedLow));
+}
+
+absl::StatusOr<uint64_t> PsWorkerGroup::DropRunTable() {
+  if (options_.worker_index != 0) {
+    return absl::FailedPreconditionError(
+        "only worker 0 drops the run's parameter table, after the run");
+  }
+  MIM_RETURN_IF_ERROR(Finished());
+  MIM_ASSIGN_OR_RETURN(std::vector<int> missing,
+                       AwaitEpochRows(kFinishedLow));
+  if (!missing.empty()) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "C-SFT worker 0: worker(s) ", absl::StrJoin(missing, ", "),
+        " did not say they were done with ", params_->table(), " within ",
+        absl::FormatDuration(options_.timeout), "; the table is kept"));
+  }
+  MIM_ASSIGN_OR_RETURN(std::vector<ps::PsClient::ShardDrop> drops,
+                       client_->DropTable(params_->table()));
+  uint64_t rows = 0;
+  for (const ps::PsClient::ShardDrop& d : drops) rows += d.drop.rows();
+  return rows;
 }
 
 absl::Status PsWorkerGroup::WriteControl(uint64_t key, uint64_t version) {
@@ -292,7 +337,8 @@ absl::Status PsWorkerGroup::EndEpoch(int epoch) {
                       Versioned(generation_, uint64_t(epoch)));
 }
 
-absl::Status PsWorkerGroup::AwaitEpoch(int epoch) {
+absl::StatusOr<std::vector<int>> PsWorkerGroup::AwaitEpochRows(
+    uint64_t low) {
   std::vector<uint64_t> keys;
   for (int w = 0; w < options_.num_workers; ++w) {
     keys.push_back(kEpochBase + uint64_t(w));
@@ -305,29 +351,33 @@ absl::Status PsWorkerGroup::AwaitEpoch(int epoch) {
     for (int w = 0; w < options_.num_workers; ++w) {
       const uint64_t version = rows.meta[w].version();
       if ((version >> 32) > generation_) {
-        return Abort(absl::FailedPreconditionError(absl::StrCat(
+        return absl::FailedPreconditionError(absl::StrCat(
             "C-SFT worker ", w, " is at generation ", version >> 32,
             ", worker 0 at ", generation_, " (", exchange_table_,
             "): their earlier runs over this prefix differ (a worker that "
-            "ran alone or was restarted); use another --worker_prefix")));
+            "ran alone or was restarted); use another --worker_prefix"));
       }
-      if ((version >> 32) < generation_ ||
-          (version & 0xffffffffu) < uint64_t(epoch)) {
+      if ((version >> 32) < generation_ || (version & 0xffffffffu) < low) {
         missing.push_back(w);
       }
     }
-    if (missing.empty()) break;
-    if (absl::Now() >= deadline) {
-      return Abort(absl::DeadlineExceededError(absl::StrCat(
-          "C-SFT worker 0: worker(s) ", absl::StrJoin(missing, ", "),
-          epoch == 0 ? " did not start" :
-                       absl::StrCat(" did not finish epoch ", epoch),
-          " of generation ", generation_, " within ",
-          absl::FormatDuration(options_.timeout))));
-    }
+    if (missing.empty() || absl::Now() >= deadline) return missing;
     // The shards have no notification RPC, so waits poll (as
     // FinishBarrier::WaitAll does).
     absl::SleepFor(options_.poll);
+  }
+}
+
+absl::Status PsWorkerGroup::AwaitEpoch(int epoch) {
+  absl::StatusOr<std::vector<int>> missing = AwaitEpochRows(uint64_t(epoch));
+  if (!missing.ok()) return Abort(missing.status());
+  if (!missing->empty()) {
+    return Abort(absl::DeadlineExceededError(absl::StrCat(
+        "C-SFT worker 0: worker(s) ", absl::StrJoin(*missing, ", "),
+        epoch == 0 ? " did not start" :
+                     absl::StrCat(" did not finish epoch ", epoch),
+        " of generation ", generation_, " within ",
+        absl::FormatDuration(options_.timeout))));
   }
   if (epoch != 0) return absl::OkStatus();
   // Every worker is up: their inputs must be this worker's, or batches

@@ -10,13 +10,16 @@
 //     counts worker w's runs over the prefix (its version) and holds its
 //     inputs fingerprint (63 bits in three 21-bit parts); row 2^41 + w
 //     says which epoch worker w finished (version (generation << 32) |
-//     epoch); row 2^42 is worker 0's decision after each epoch (version
+//     epoch, and epoch 0xfffffffe once it is done with the parameters:
+//     Finished); row 2^42 is worker 0's decision after each epoch (version
 //     (generation << 32) | (epoch << 1) | stop, or (generation << 32) |
 //     0xffffffff when worker 0 ended the run).
 //   P_dense_g<generation>: the encoder's parameters as PsDenseParams
 //     (trainer_sync.h: an Adam table of 64-float chunks added to the
 //     seeded initial vector every worker builds alike), a fresh table per
-//     run, so a run never starts from an earlier run's parameters.
+//     run, so a run never starts from an earlier run's parameters (Create
+//     refuses one that holds rows already); worker 0 drops it when the run
+//     ends well (DropRunTable).
 // The generation is a worker's own run count + 1: workers of one run have
 // taken part in the same earlier runs over the prefix, so they agree on
 // it without talking (as nccl_id_exchange.h does); an earlier run's rows
@@ -103,6 +106,15 @@ class PsWorkerGroup final : public WorkerGroup {
   absl::Status AwaitEpoch(int epoch) override;
   absl::Status Decide(int epoch, bool stop) override;
   absl::StatusOr<bool> AwaitDecision(int epoch) override;
+  absl::Status Finished() override;
+
+  // Worker 0, once the run has ended well: waits (up to the timeout) until
+  // every other worker is Finished, then drops this run's parameter table,
+  // which no later run reads (each run has its own). Returns the rows
+  // dropped; DEADLINE_EXCEEDED naming the workers not done (the table is
+  // kept). A run that fails keeps its table for inspection (drop it with
+  // ps_admin drop-table). FAILED_PRECONDITION on another worker.
+  absl::StatusOr<uint64_t> DropRunTable();
 
   uint64_t generation() const { return generation_; }
   // Other workers' rows of this run left out by the staleness bound.
@@ -116,6 +128,11 @@ class PsWorkerGroup final : public WorkerGroup {
                 uint64_t generation);
 
   absl::Status WriteControl(uint64_t key, uint64_t version);
+  // Waits (up to the timeout) until every worker's epoch row of this
+  // generation has at least `low` in its version's low half; returns the
+  // workers still below it (empty: all there). FAILED_PRECONDITION for a
+  // worker at a later generation.
+  absl::StatusOr<std::vector<int>> AwaitEpochRows(uint64_t low);
   // Worker 0: publishes that the run ends (the others' AwaitDecision then
   // returns ABORTED) and returns `why`.
   absl::Status Abort(const absl::Status& why);
