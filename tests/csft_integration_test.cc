@@ -92,8 +92,8 @@ void WriteData(const std::string& dir) {
 }
 
 // The vectors file at `path` holds every item, and content table `table`
-// on the shards holds exactly its vectors (decimal text: 1e-6), each row
-// at `version`. *tuned gets the file's vectors.
+// on the shards holds exactly its vectors (bit for bit: the file's %.9g
+// reads back as the float written), each row at `version`. *tuned gets the file's vectors.
 void ExpectShardsHoldFile(
     const std::vector<std::unique_ptr<ShardProcess>>& shards,
     const std::string& table, uint64_t version, const std::string& path,
@@ -112,10 +112,10 @@ void ExpectShardsHoldFile(
   EXPECT_TRUE(rows->missing.empty());
   for (size_t i = 0; i < keys.size(); ++i) {
     EXPECT_EQ(rows->meta[i].version(), version) << "item " << keys[i];
-    for (int k = 0; k < kDim; ++k) {
-      ASSERT_NEAR(rows->values[i * kDim + k], (*tuned)[i].values[k], 1e-6)
-          << "item " << keys[i];
-    }
+    EXPECT_EQ(std::vector<float>(rows->values.begin() + i * kDim,
+                                 rows->values.begin() + (i + 1) * kDim),
+              (*tuned)[i].values)
+        << "item " << keys[i];
   }
 }
 
@@ -154,9 +154,7 @@ TEST(CsftIntegrationTest, TrainsUpsertsAndDinMimTrainsOnTheNewTable) {
   const std::vector<int32_t> genres = {1 + 5 % 4};
   std::vector<float> out(kDim);
   ASSERT_TRUE((*encoder)->Encode({{x.data(), &genres}}, out.data()).ok());
-  for (int k = 0; k < kDim; ++k) {
-    EXPECT_NEAR(out[k], tuned[5].values[k], 1e-6);
-  }
+  EXPECT_EQ(out, tuned[5].values);
 
   std::ifstream metrics(dir + "/csft.json");
   std::string json((std::istreambuf_iterator<char>(metrics)),
@@ -408,8 +406,8 @@ TEST(CsftIntegrationTest, AKilledWorkerEndsTheRunAndNothingIsWritten) {
 // fastText on the synthetic item texts, csft tunes those vectors and
 // upserts them, the trainer records both encoders in the manifest, and
 // //serving:server's UpsertItem of a new item id with an existing item's
-// text and genres writes exactly the row csft wrote for that item (the
-// decimal text of the file: 1e-6), not the plain fastText vector.
+// text and genres writes exactly the row csft wrote for that item (bit for
+// bit), not the plain fastText vector.
 TEST(CsftIntegrationTest, ServingUpsertsANewItemWithTheCsftEncoder) {
   const std::string dir = ::testing::TempDir() + "/csft_serving";
   const std::string data = dir + "/data";
@@ -530,9 +528,7 @@ TEST(CsftIntegrationTest, ServingUpsertsANewItemWithTheCsftEncoder) {
   ASSERT_TRUE(rows.ok()) << rows.status();
   ASSERT_TRUE(rows->missing.empty());
   EXPECT_EQ(rows->meta[0].version(), resp.content_version());
-  for (int k = 0; k < 8; ++k) {
-    EXPECT_NEAR(rows->values[k], want[k], 1e-6) << "dim " << k;
-  }
+  EXPECT_EQ(rows->values, want);
 
   // A genre the encoder never saw is refused, naming it.
   up.add_genres(100000);

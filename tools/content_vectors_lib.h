@@ -5,7 +5,7 @@
 // serving/content_encoder.h), so that items added later (the serving tier's
 // UpsertItem) are encoded into the same space: ContentEncoder::Encode on an
 // item's text returns exactly the floats this tool hands the writer for it
-// (which prints them with %.7g).
+// (which prints them with %.9g, so the file holds them exactly).
 #ifndef MIM_TOOLS_CONTENT_VECTORS_LIB_H_
 #define MIM_TOOLS_CONTENT_VECTORS_LIB_H_
 

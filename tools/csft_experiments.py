@@ -75,7 +75,7 @@ def write_concat(plain_path, tuned_path, out_path):
             if item not in tuned:
                 continue
             v = [x / math.sqrt(2) for x in plain[item] + tuned[item]]
-            f.write(f"{item}\t" + " ".join(f"{x:.7g}" for x in v) + "\n")
+            f.write(f"{item}\t" + " ".join(f"{x:.9g}" for x in v) + "\n")
 
 
 def split_tail(train_path, out_dir):

@@ -197,10 +197,12 @@ absl::Status ContentVectorWriter::Write(int64_t item_id,
   }
   std::string line = absl::StrCat(item_id, "\t");
   for (int i = 0; i < dim_; ++i) {
-    // %.7g keeps float precision within ~1 ulp and the file compact.
+    // %.9g (FLT_DECIMAL_DIG digits): reading the text back gives the very
+    // float written, so a table filled from the file holds what the writer
+    // was handed, bit for bit (%.7g was within about one ulp).
     if (i > 0) line.push_back(' ');
     char buf[32];
-    std::snprintf(buf, sizeof(buf), "%.7g", v[i]);
+    std::snprintf(buf, sizeof(buf), "%.9g", v[i]);
     line += buf;
   }
   line.push_back('\n');
