@@ -51,6 +51,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/big_endian.h"
 #include "base/status_macros.h"
 #include "embedding/embedding_store.h"
 #include "embedding/embedding_table.h"
@@ -244,9 +245,7 @@ void PutRows(absl::string_view table, const ChangedRows& rows, uint32_t dim,
     for (size_t l = 0; l < n; ++l) {
       const size_t i = first + l;
       const uint64_t k = rows.key(i);
-      for (int b = 0; b < 8; ++b) {
-        key[l][b] = static_cast<char>((k >> (56 - 8 * b)) & 0xff);
-      }
+      base::StoreBigEndian64(k, key[l]);
       const RowMeta m = rows.meta(i);
       char* p = header[l];
       p = PutLittleEndian<uint8_t>(p, kFormat);
@@ -305,10 +304,7 @@ absl::Status LoadRow(const TableMap& tables, absl::string_view key,
         absl::StrCat("malformed row key of ", key.size(), " bytes"));
   }
   const absl::string_view name = key.substr(2, key.size() - 11);
-  uint64_t k = 0;
-  for (size_t i = key.size() - 8; i < key.size(); ++i) {
-    k = (k << 8) | static_cast<uint8_t>(key[i]);
-  }
+  const uint64_t k = base::LoadBigEndian64(key.data() + key.size() - 8);
   auto it = tables.find(name);
   if (it == tables.end()) {
     return absl::DataLossError(absl::StrCat(

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "base/big_endian.h"
 
 namespace mim::embedding {
 namespace {
@@ -100,9 +101,8 @@ absl::StatusOr<ClientWindow> ClientWindow::Decode(uint64_t client_id,
 
 std::string PushLogKey(uint64_t client_id) {
   std::string key(kPushLogPrefix);
-  for (int shift = 56; shift >= 0; shift -= 8) {
-    key.push_back(static_cast<char>((client_id >> shift) & 0xFF));
-  }
+  key.resize(kPushLogPrefix.size() + 8);
+  base::StoreBigEndian64(client_id, key.data() + kPushLogPrefix.size());
   return key;
 }
 
@@ -111,11 +111,7 @@ bool ParsePushLogKey(absl::string_view key, uint64_t* client_id) {
       key.substr(0, kPushLogPrefix.size()) != kPushLogPrefix) {
     return false;
   }
-  uint64_t id = 0;
-  for (size_t i = kPushLogPrefix.size(); i < key.size(); ++i) {
-    id = (id << 8) | static_cast<uint8_t>(key[i]);
-  }
-  *client_id = id;
+  *client_id = base::LoadBigEndian64(key.data() + kPushLogPrefix.size());
   return true;
 }
 

@@ -11,6 +11,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "base/big_endian.h"
 #include "rocksdb/slice.h"
 
 namespace mim::embedding {
@@ -37,12 +38,6 @@ struct SortKey {
   const char* entry;
 };
 
-uint64_t LoadBigEndian(const char* p) {
-  uint64_t v;
-  std::memcpy(&v, p, sizeof(v));
-  return __builtin_bswap64(v);
-}
-
 SortKey MakeSortKey(const MemTableRep::KeyComparator& compare,
                     const char* entry) {
   SortKey k;
@@ -54,7 +49,7 @@ SortKey MakeSortKey(const MemTableRep::KeyComparator& compare,
   char padded[8 * kPrefixWords] = {};
   std::memcpy(padded, internal.data(), std::min(user_bytes, sizeof(padded)));
   for (size_t w = 0; w < kPrefixWords; ++w) {
-    k.words[w] = LoadBigEndian(padded + 8 * w);
+    k.words[w] = base::LoadBigEndian64(padded + 8 * w);
   }
   return k;
 }
