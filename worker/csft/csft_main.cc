@@ -333,10 +333,15 @@ int main(int argc, char** argv) {
   auto writer =
       mim::data::ContentVectorWriter::Open(FLAGS_out_vectors, d, "csft");
   if (!writer.ok()) return Fail("open " + FLAGS_out_vectors, writer.status());
+  // The table gets what the file holds (the writer's normalised floats),
+  // so that the shards and the file agree bit for bit.
+  std::vector<float> written;
   for (int i = 0; i < n; ++i) {
+    float* row = tuned.data() + int64_t(i) * d;
     absl::Status s = (*writer)->Write(
-        catalog->ids[i], absl::MakeConstSpan(tuned.data() + int64_t(i) * d, d));
+        catalog->ids[i], absl::MakeConstSpan(row, d), &written);
     if (!s.ok()) return Fail("write", s);
+    std::copy(written.begin(), written.end(), row);
   }
   absl::Status closed = (*writer)->Close();
   if (!closed.ok()) return Fail("close " + FLAGS_out_vectors, closed);

@@ -179,7 +179,8 @@ absl::StatusOr<std::unique_ptr<ContentVectorWriter>> ContentVectorWriter::Open(
 }
 
 absl::Status ContentVectorWriter::Write(int64_t item_id,
-                                        absl::Span<const float> values) {
+                                        absl::Span<const float> values,
+                                        std::vector<float>* written) {
   if (static_cast<int>(values.size()) != dim_) {
     return absl::InvalidArgumentError(absl::StrCat(
         "item ", item_id, ": ", values.size(), " values, expected ", dim_));
@@ -210,6 +211,7 @@ absl::Status ContentVectorWriter::Write(int64_t item_id,
   if (!out_) {
     return absl::InternalError(absl::StrCat("write failed on ", path_));
   }
+  if (written != nullptr) *written = std::move(v);
   return absl::OkStatus();
 }
 

@@ -85,7 +85,10 @@ class ContentVectorWriter {
 
   // Writes `values` L2-normalised. INVALID_ARGUMENT if the size is not dim
   // or a value is non-finite or the norm is zero; INTERNAL on write failure.
-  absl::Status Write(int64_t item_id, absl::Span<const float> values);
+  // `written`, when not null, gets the floats the line holds (what reading
+  // the file gives, bit for bit), e.g. to put the same rows in a table.
+  absl::Status Write(int64_t item_id, absl::Span<const float> values,
+                     std::vector<float>* written = nullptr);
 
   // Flushes and closes. INTERNAL if the flush fails.
   absl::Status Close();
