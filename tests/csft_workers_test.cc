@@ -320,6 +320,34 @@ TEST_F(CsftWorkersTest, TwoWorkersTrainOneEncoderAndFollowWorkerZero) {
                 "ps_admin drop-table train_dense_g2 --yes"),
             std::string::npos)
       << stale.status();
+  // The refusal left worker 0's run count alone: with the table dropped
+  // as the message says, it starts at generation 2, not 3.
+  ASSERT_TRUE(c0->DropTable("train_dense_g2").ok());
+  auto second = Group(c0.get(), go0, c, o);
+  ASSERT_TRUE(second);
+  EXPECT_EQ(second->generation(), 2u);
+}
+
+// Worker 0 drops its run's table when another worker has already started
+// a later run over the prefix (its epoch row is at the next generation:
+// it is done with this run's table).
+TEST_F(CsftWorkersTest, DropRunTableCountsAWorkerInALaterRunAsDone) {
+  auto client = Client();
+  PsWorkerGroupOptions o = Options("later", 0);
+  const std::vector<float> initial(4, 0.0f);
+  auto g0 = PsWorkerGroup::Create(client.get(), o, initial, 1);
+  o.worker_index = 1;
+  auto g1 = PsWorkerGroup::Create(client.get(), o, initial, 1);
+  ASSERT_TRUE(g0.ok() && g1.ok());
+  ASSERT_TRUE((*g1)->Finished().ok());
+  auto next = PsWorkerGroup::Create(client.get(), o, initial, 1);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ((*next)->generation(), 2u);
+  ASSERT_TRUE((*next)->EndEpoch(0).ok());
+  absl::StatusOr<uint64_t> dropped = (*g0)->DropRunTable();
+  ASSERT_TRUE(dropped.ok()) << dropped.status();
+  EXPECT_EQ(client->Stats("later_dense_g1").status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST_F(CsftWorkersTest, WorkersFollowWorkerZerosDecisions) {

@@ -584,7 +584,13 @@ absl::StatusOr<TrainResult> TrainCsft(const Catalog& catalog,
   if (!chief) {
     MIM_RETURN_IF_ERROR(trainer->FetchGroupParams());
     best_params = trainer->encoder().params();
-    MIM_RETURN_IF_ERROR(group->Finished());
+    // Only lets worker 0 drop the run's table sooner: a failure to say so
+    // costs worker 0 a wait, not this worker its result.
+    if (absl::Status s = group->Finished(); !s.ok()) {
+      LOG(WARNING) << "csft worker " << worker
+                   << ": could not mark itself finished (" << s
+                   << "); worker 0 keeps the run's table after its wait";
+    }
   }
   result.pairs_per_second = train_seconds > 0 ? pairs_done / train_seconds : 0;
   *trainer->mutable_encoder()->mutable_params() = best_params;

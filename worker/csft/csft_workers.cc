@@ -179,6 +179,28 @@ absl::StatusOr<std::unique_ptr<PsWorkerGroup>> PsWorkerGroup::Create(
         ": earlier runs' workers did not all start; use another "
         "--worker_prefix"));
   }
+  // No worker of this run pushes before every worker is past Create (the
+  // start barrier), so rows mean an earlier run's parameters: the exchange
+  // table was dropped and its generations started over, while this
+  // generation's parameter table was kept. Checked before this worker's
+  // count moves on, so that a refused worker keeps its generation.
+  const std::string dense_table =
+      absl::StrCat(o.prefix, "_dense_g", generation);
+  MIM_ASSIGN_OR_RETURN(std::vector<ps::PsClient::ShardStats> stats,
+                       client->Stats(""));
+  uint64_t stale_rows = 0;
+  for (const ps::PsClient::ShardStats& shard : stats) {
+    for (const ps::TableStats& t : shard.stats.tables()) {
+      if (t.config().name() == dense_table) stale_rows += t.rows();
+    }
+  }
+  if (stale_rows != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "C-SFT parameter table ", dense_table, " already holds ", stale_rows,
+        " rows of an earlier run at generation ", generation, " (was ",
+        config.name(), " dropped without it?): drop it with ps_admin "
+        "drop-table ", dense_table, " --yes, or use another --worker_prefix"));
+  }
   std::unique_ptr<PsWorkerGroup> g(new PsWorkerGroup(client, o, generation));
   // The count row carries this worker's inputs fingerprint, which worker 0
   // compares at the start barrier.
@@ -199,24 +221,8 @@ absl::StatusOr<std::unique_ptr<PsWorkerGroup>> PsWorkerGroup::Create(
   adam.learning_rate = o.learning_rate;
   MIM_ASSIGN_OR_RETURN(
       g->params_,
-      worker::PsDenseParams::Create(
-          client, absl::StrCat(o.prefix, "_dense_g", generation),
-          std::move(initial), adam, seed));
-  // No worker of this run pushes before every worker is past Create (the
-  // start barrier), so rows mean an earlier run's parameters: the exchange
-  // table was dropped and its generations started over, while this
-  // generation's parameter table was kept.
-  MIM_ASSIGN_OR_RETURN(std::vector<ps::PsClient::ShardStats> stats,
-                       client->Stats(g->params_->table()));
-  const std::vector<ps::TableStats> total = ps::TotalStats(stats);
-  if (!total.empty() && total[0].rows() != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "C-SFT parameter table ", g->params_->table(), " already holds ",
-        total[0].rows(), " rows of an earlier run at generation ", generation,
-        " (was ", config.name(), " dropped without it?): drop it with "
-        "ps_admin drop-table ", g->params_->table(),
-        " --yes, or use another --worker_prefix"));
-  }
+      worker::PsDenseParams::Create(client, dense_table, std::move(initial),
+                                    adam, seed));
   return g;
 }
 
@@ -231,8 +237,10 @@ absl::StatusOr<uint64_t> PsWorkerGroup::DropRunTable() {
         "only worker 0 drops the run's parameter table, after the run");
   }
   MIM_RETURN_IF_ERROR(Finished());
-  MIM_ASSIGN_OR_RETURN(std::vector<int> missing,
-                       AwaitEpochRows(kFinishedLow));
+  // A worker already in a later run over the prefix is done with this one.
+  MIM_ASSIGN_OR_RETURN(
+      std::vector<int> missing,
+      AwaitEpochRows(kFinishedLow, /*later_generation_passes=*/true));
   if (!missing.empty()) {
     return absl::DeadlineExceededError(absl::StrCat(
         "C-SFT worker 0: worker(s) ", absl::StrJoin(missing, ", "),
@@ -338,7 +346,7 @@ absl::Status PsWorkerGroup::EndEpoch(int epoch) {
 }
 
 absl::StatusOr<std::vector<int>> PsWorkerGroup::AwaitEpochRows(
-    uint64_t low) {
+    uint64_t low, bool later_generation_passes) {
   std::vector<uint64_t> keys;
   for (int w = 0; w < options_.num_workers; ++w) {
     keys.push_back(kEpochBase + uint64_t(w));
@@ -350,6 +358,7 @@ absl::StatusOr<std::vector<int>> PsWorkerGroup::AwaitEpochRows(
     std::vector<int> missing;
     for (int w = 0; w < options_.num_workers; ++w) {
       const uint64_t version = rows.meta[w].version();
+      if ((version >> 32) > generation_ && later_generation_passes) continue;
       if ((version >> 32) > generation_) {
         return absl::FailedPreconditionError(absl::StrCat(
             "C-SFT worker ", w, " is at generation ", version >> 32,
@@ -369,7 +378,8 @@ absl::StatusOr<std::vector<int>> PsWorkerGroup::AwaitEpochRows(
 }
 
 absl::Status PsWorkerGroup::AwaitEpoch(int epoch) {
-  absl::StatusOr<std::vector<int>> missing = AwaitEpochRows(uint64_t(epoch));
+  absl::StatusOr<std::vector<int>> missing =
+      AwaitEpochRows(uint64_t(epoch), /*later_generation_passes=*/false);
   if (!missing.ok()) return Abort(missing.status());
   if (!missing->empty()) {
     return Abort(absl::DeadlineExceededError(absl::StrCat(

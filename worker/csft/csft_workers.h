@@ -130,9 +130,11 @@ class PsWorkerGroup final : public WorkerGroup {
   absl::Status WriteControl(uint64_t key, uint64_t version);
   // Waits (up to the timeout) until every worker's epoch row of this
   // generation has at least `low` in its version's low half; returns the
-  // workers still below it (empty: all there). FAILED_PRECONDITION for a
-  // worker at a later generation.
-  absl::StatusOr<std::vector<int>> AwaitEpochRows(uint64_t low);
+  // workers still below it (empty: all there). A worker at a later
+  // generation passes with `later_generation_passes`, else it is
+  // FAILED_PRECONDITION.
+  absl::StatusOr<std::vector<int>> AwaitEpochRows(uint64_t low,
+                                                  bool later_generation_passes);
   // Worker 0: publishes that the run ends (the others' AwaitDecision then
   // returns ABORTED) and returns `why`.
   absl::Status Abort(const absl::Status& why);
