@@ -6,6 +6,8 @@
 #include <functional>
 #include <limits>
 #include <numeric>
+#include <set>
+#include <string>
 #include <tuple>
 #include <utility>
 
@@ -1290,6 +1292,21 @@ absl::StatusOr<std::vector<PsClient::ShardDelete>> PsClient::DeleteCheckpoint(
 
 absl::StatusOr<std::vector<PsClient::ShardDrop>> PsClient::DropTable(
     const std::string& table) {
+  // Which shards hold the table, and how many rows: a resend after a lost
+  // answer finds the table gone, and this tells that shard from one that
+  // never had it.
+  absl::StatusOr<std::vector<ShardStats>> before = Stats("");
+  if (!before.ok()) return before.status();
+  std::vector<int64_t> rows_before(num_shards(), -1);  // -1: not there
+  std::set<std::string> names;
+  for (uint32_t s = 0; s < num_shards(); ++s) {
+    for (const TableStats& t : (*before)[s].stats.tables()) {
+      names.insert(t.config().name());
+      if (t.config().name() == table) {
+        rows_before[s] = static_cast<int64_t>(t.rows());
+      }
+    }
+  }
   DropTableRequest request;
   request.set_table(table);
   absl::StatusOr<std::vector<DropTableResponse>> responses =
@@ -1299,23 +1316,23 @@ absl::StatusOr<std::vector<PsClient::ShardDrop>> PsClient::DropTable(
     dims_.erase(table);
   }
   if (!responses.ok()) return responses.status();
-  const bool any =
-      std::any_of(responses->begin(), responses->end(),
-                  [](const DropTableResponse& r) { return r.dropped(); });
-  if (!any) {
-    absl::StatusOr<std::vector<TableConfig>> tables = ListTables();
-    std::vector<std::string> names;
-    if (tables.ok()) {
-      for (const TableConfig& t : *tables) names.push_back(t.name());
+  std::vector<ShardDrop> out =
+      WithAddresses(addresses_, *std::move(responses), &ShardDrop::drop);
+  bool any = false;
+  for (uint32_t s = 0; s < num_shards(); ++s) {
+    if (!out[s].drop.dropped() && rows_before[s] >= 0) {
+      out[s].answer_lost = true;
+      out[s].drop.set_dropped(true);
+      out[s].drop.set_rows(static_cast<uint64_t>(rows_before[s]));
     }
-    return absl::NotFoundError(absl::StrCat(
-        "no shard has table '", table, "'",
-        tables.ok() ? absl::StrCat("; tables: ", names.empty()
-                                                     ? "none"
-                                                     : absl::StrJoin(names, ", "))
-                    : ""));
+    any = any || out[s].drop.dropped();
   }
-  return WithAddresses(addresses_, *std::move(responses), &ShardDrop::drop);
+  if (!any) {
+    return absl::NotFoundError(absl::StrCat(
+        "no shard has table '", table, "'; tables: ",
+        names.empty() ? "none" : absl::StrJoin(names, ", ")));
+  }
+  return out;
 }
 
 std::vector<absl::Status> PsClient::Health() {

@@ -191,6 +191,10 @@ class PsClient {
   struct ShardDrop {
     std::string address;
     DropTableResponse drop;  // dropped() false: it had no such table
+    // The shard had the table before the drop and answered dropped() false:
+    // an earlier attempt dropped it and its answer was lost. drop is then
+    // marked dropped, with the rows the shard held before.
+    bool answer_lost = false;
   };
 
   // Creates channels to `addresses` ("host:port", shard order). Connections
@@ -303,10 +307,12 @@ class PsClient {
       const std::string& name);
 
   // Drops `table` on every shard that has it, shard order (a shard without
-  // it answers dropped = false), and forgets its dim. NOT_FOUND naming the
-  // tables there are when no shard had it. Retried on UNAVAILABLE; a
-  // repeat after a lost answer is not an error. A shard that fails its
-  // drop fails the call naming it; the shards that did drop it stay
+  // it answers dropped = false), and forgets its dim. Each shard's tables
+  // are read first, so that a shard whose answer was lost (it dropped the
+  // table, the client resent, the resend found nothing) is reported as
+  // dropped (ShardDrop::answer_lost). NOT_FOUND naming the tables there
+  // are when no shard had it. Retried on UNAVAILABLE. A shard that fails
+  // its drop fails the call naming it; the shards that did drop it stay
   // dropped, and repeating the drop converges.
   absl::StatusOr<std::vector<ShardDrop>> DropTable(const std::string& table);
 

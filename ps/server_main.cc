@@ -73,6 +73,9 @@ DEFINE_uint64(max_push_clients,
 DEFINE_uint64(test_crash_after_apply_before_ack, 0,
               "Tests only: abort() right after the N-th tagged push is "
               "applied and durable, before it is answered (0: never).");
+DEFINE_uint32(test_delay_first_drop_answer_ms, 0,
+              "Tests only: answer the first successful DropTable this many "
+              "ms after the table is dropped (0: at once).");
 DEFINE_uint64(max_keys_per_request, mim::ps::kDefaultMaxKeysPerRequest,
               "Requests with more keys are refused (RESOURCE_EXHAUSTED). "
               "PsClient splits its calls to at most its max_keys_per_rpc, "
@@ -232,6 +235,8 @@ int main(int argc, char** argv) {
                  << FLAGS_test_crash_after_apply_before_ack
                  << ": this shard aborts on purpose (tests only)";
   }
+  service_options.test_delay_first_drop_answer_ms =
+      FLAGS_test_delay_first_drop_answer_ms;
   service_options.metrics = metrics->get();
   service_options.authorizer = authorizer.get();
   service_options.data_dir = FLAGS_data_dir;

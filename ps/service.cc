@@ -15,6 +15,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "base/grpc_auth.h"
 #include "base/metrics.h"
@@ -714,6 +716,11 @@ grpc::Status ParameterServerService::HandleDropTable(
     if (!rows.ok()) return ToGrpcStatus(rows.status());
     LOG(INFO) << "dropped table '" << request->table() << "' (" << *rows
               << " rows)";
+    if (options_.test_delay_first_drop_answer_ms > 0 &&
+        !drop_answer_delayed_.exchange(true)) {
+      absl::SleepFor(
+          absl::Milliseconds(options_.test_delay_first_drop_answer_ms));
+    }
     response->set_dropped(true);
     response->set_rows(*rows);
     return grpc::Status::OK;

@@ -97,6 +97,10 @@ class ParameterServerService final : public ParameterServer::Service {
     // and made durable, before the last one is answered (0: never), to
     // test a crash between apply and acknowledgement.
     uint64_t test_crash_after_push_applied = 0;
+    // Tests only: the first successful DropTable is answered this many
+    // milliseconds after the table is dropped (a lost answer, for a client
+    // with a shorter deadline). 0: at once.
+    uint32_t test_delay_first_drop_answer_ms = 0;
     // The store's data directory: removed from messages sent to clients,
     // and checkpoint paths are sent relative to it (empty: paths are not
     // sent).
@@ -298,6 +302,7 @@ class ParameterServerService final : public ParameterServer::Service {
   std::vector<std::string> data_dir_forms_;
   InflightBytes inflight_;
   std::atomic<uint64_t> tagged_pushes_applied_{0};
+  std::atomic<bool> drop_answer_delayed_{false};
   // Null when Options::metrics is null.
   std::unique_ptr<Instruments> instruments_;
 };

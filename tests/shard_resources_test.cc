@@ -402,7 +402,7 @@ TEST(ShardDropTableTest, DropTableOnEveryShardSurvivesKillAndRestores) {
   ASSERT_TRUE(run.ok()) << run.status();
   EXPECT_EQ(run->exit_code, 2) << run->err;
   EXPECT_THAT(run->err,
-              HasSubstr("would drop table 't' (100 rows on 2 shards"));
+              HasSubstr("would drop table 't' (100 rows on 2 of 2 shards"));
   EXPECT_THAT(run->err, HasSubstr("repeat with --yes"));
   ASSERT_TRUE((*client)->Pull("t", Keys(1)).ok());
 
@@ -446,11 +446,16 @@ TEST(ShardDropTableTest, DropTableOnEveryShardSurvivesKillAndRestores) {
   EXPECT_GT(not_found, 0);
   EXPECT_THAT(other, ::testing::IsEmpty());
 
-  run = RunCommand({Runfile("tools/ps_admin"), "--ps=" + ps, "--json",
-                    "drop-table", "t", "--yes"});
-  ASSERT_TRUE(run.ok()) << run.status();
-  EXPECT_EQ(run->exit_code, 1);
-  EXPECT_THAT(run->err, HasSubstr("no shard has table 't'; tables: keep"));
+  for (const bool yes : {true, false}) {
+    std::vector<std::string> argv = {Runfile("tools/ps_admin"), "--ps=" + ps,
+                                     "--json", "drop-table", "t"};
+    if (yes) argv.push_back("--yes");
+    run = RunCommand(argv);
+    ASSERT_TRUE(run.ok()) << run.status();
+    EXPECT_EQ(run->exit_code, 1) << yes;
+    EXPECT_THAT(run->err, HasSubstr("no shard has table 't'; tables: keep"));
+    EXPECT_THAT(run->out, HasSubstr("\"ok\": false"));
+  }
 
   for (auto& shard : *shards) {
     shard->Kill(SIGKILL);
@@ -481,6 +486,40 @@ TEST(ShardDropTableTest, DropTableOnEveryShardSurvivesKillAndRestores) {
   ASSERT_TRUE(t_back.ok()) << t_back.status();
   EXPECT_EQ(t_back->dim, 4u);
   EXPECT_EQ(t_back->values, t_before->values);
+}
+
+// A drop whose answer is lost: the shard drops the table and answers
+// late (--test_delay_first_drop_answer_ms), the client's deadline passes,
+// its resend finds the table gone. PsClient reports the shard as dropped
+// (answer lost, with the rows it held), not NOT_FOUND; ps_admin prints so.
+TEST(ShardDropTableTest, ADropWhoseAnswerWasLostIsReportedAsDropped) {
+  auto shard = StartShard({"--test_delay_first_drop_answer_ms=8000"});
+  ASSERT_NE(shard, nullptr);
+  PsClient::Options options;
+  options.max_attempts = 3;
+  auto client = Client(*shard, options);
+  ASSERT_TRUE(client->CreateTable(IdTable("t", 4), false).ok());
+  ASSERT_TRUE(client->Push("t", Keys(7), std::vector<float>(28, 1.0f)).ok());
+  auto impatient = PsClient::Create({shard->address()}, [&] {
+    PsClient::Options o;
+    o.timeout = absl::Seconds(2);
+    o.max_attempts = 3;
+    o.initial_backoff = absl::Milliseconds(10);
+    return o;
+  }());
+  ASSERT_TRUE(impatient.ok()) << impatient.status();
+  auto dropped = (*impatient)->DropTable("t");
+  ASSERT_TRUE(dropped.ok()) << dropped.status();
+  EXPECT_TRUE((*dropped)[0].drop.dropped());
+  EXPECT_TRUE((*dropped)[0].answer_lost);
+  EXPECT_EQ((*dropped)[0].drop.rows(), 7u);
+  EXPECT_EQ(client->Stats("t").status().code(), absl::StatusCode::kNotFound);
+  // Dropped for good: a drop now is NOT_FOUND naming what there is.
+  ASSERT_TRUE(client->CreateTable(IdTable("other", 4), false).ok());
+  auto again = (*impatient)->DropTable("t");
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(again.status().message()),
+              HasSubstr("no shard has table 't'; tables: other"));
 }
 
 // DropTable needs the admin role; a read token changes nothing.

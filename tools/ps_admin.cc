@@ -42,6 +42,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <iostream>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -481,16 +482,41 @@ int DeleteCheckpoint(PsClient& client, const std::string& name) {
 
 int DropTable(PsClient& client, const std::string& table) {
   if (!FLAGS_yes) {
-    auto shards = client.Stats(table);
+    // Every shard's tables: the table may be on some shards only (a drop
+    // that failed part way).
+    auto shards = client.Stats("");
     if (!shards.ok()) return Failed(shards.status());
-    const std::vector<mim::ps::TableStats> totals =
-        mim::ps::TotalStats(*shards);
-    const uint64_t rows = totals.empty() ? 0 : totals[0].rows();
+    uint64_t rows = 0;
+    size_t holding = 0;
+    std::set<std::string> names;
+    for (const auto& shard : *shards) {
+      for (const auto& t : shard.stats.tables()) {
+        names.insert(t.config().name());
+        if (t.config().name() != table) continue;
+        rows += t.rows();
+        ++holding;
+      }
+    }
+    if (holding == 0) {
+      return Failed(absl::NotFoundError(absl::StrCat(
+          "no shard has table '", table, "'; tables: ",
+          names.empty() ? "none" : absl::StrJoin(names, ", "))));
+    }
+    if (FLAGS_json) {
+      std::cout << json{{"ok", false},
+                        {"dry_run", true},
+                        {"table", table},
+                        {"rows", rows},
+                        {"shards_with_table", holding},
+                        {"shards", shards->size()}}
+                       .dump(2)
+                << "\n";
+    }
     std::fprintf(stderr,
                  "ps_admin: would drop table '%s' (%" PRIu64
-                 " rows on %zu shards, optimizer state included; checkpoints "
-                 "keep it): repeat with --yes to drop it\n",
-                 table.c_str(), rows, shards->size());
+                 " rows on %zu of %zu shards, optimizer state included; "
+                 "checkpoints keep it): repeat with --yes to drop it\n",
+                 table.c_str(), rows, holding, shards->size());
     return kExitUsage;
   }
   auto shards = client.DropTable(table);
@@ -501,12 +527,18 @@ int DropTable(PsClient& client, const std::string& table) {
     j.push_back({{"shard", s},
                  {"address", d.address},
                  {"dropped", d.drop.dropped()},
-                 {"rows", d.drop.rows()}});
+                 {"rows", d.drop.rows()},
+                 {"answer_lost", d.answer_lost}});
     if (!FLAGS_json) {
       std::cout << absl::StrFormat(
           "shard %d (%s): %s\n", s, d.address,
           d.drop.dropped()
-              ? absl::StrCat("dropped ", table, " (", d.drop.rows(), " rows)")
+              ? absl::StrCat("dropped ", table, " (", d.drop.rows(), " rows",
+                             d.answer_lost
+                                 ? "; its answer was lost, the retry found "
+                                   "the table gone"
+                                 : "",
+                             ")")
               : absl::StrCat("had no ", table));
     }
   }

@@ -106,7 +106,10 @@ class StorageBatchBuilder {
   virtual void Delete(absl::string_view key) = 0;
   // Deletes every key that starts with `prefix` (see ValidateDeletePrefix),
   // after the puts and deletes. RocksDB: one range tombstone, whatever the
-  // number of keys.
+  // number of keys; once it is written, the files that hold only keys of
+  // the prefix are removed. So no write of a key with the prefix may run
+  // at the same time as the batch (EmbeddingStore::DropTable holds every
+  // writer off).
   virtual void DeletePrefix(absl::string_view prefix) = 0;
 };
 

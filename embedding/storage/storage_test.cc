@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
@@ -557,6 +558,55 @@ TEST(RocksDbStorageTest, PrefixDeleteSurvivesFlushReopenAndRestore) {
   ASSERT_TRUE((*s)->RestoreCheckpoint("after").ok());
   EXPECT_EQ(count(**s, "r/a/"), 0u);
   EXPECT_EQ(count(**s, "r/b/"), 2000u);
+}
+
+// RocksDB only: a prefix delete gives the disk space back. The deleted
+// rows' files are removed or compacted away in the background, so the
+// live database's files shrink to about the rows that are left, without
+// any other write to trigger a compaction (waits up to a minute).
+TEST(RocksDbStorageTest, PrefixDeleteGivesTheDiskSpaceBack) {
+  RocksDbStorageOptions options;
+  options.data_dir = FreshDir("reclaim");
+  options.memtable_bytes = 256 << 10;  // many files
+  auto sst_bytes = [&] {
+    uint64_t total = 0;
+    for (const auto& f :
+         std::filesystem::directory_iterator(options.data_dir + "/db")) {
+      if (f.path().extension() == ".sst") total += f.file_size();
+    }
+    return total;
+  };
+  auto s = OpenRocksDbStorage(options);
+  ASSERT_TRUE(s.ok()) << s.status();
+  for (int b = 0; b < 40; ++b) {
+    StorageBatch batch;
+    for (int i = 0; i < 250; ++i) {
+      const std::string k = std::to_string(1000000 + b * 250 + i);
+      batch.puts.emplace_back("r/big/" + k, std::string(400, 'x'));
+      if (i % 10 == 0) batch.puts.emplace_back("r/small/" + k, "kept");
+    }
+    ASSERT_TRUE((*s)->Write(batch).ok());
+  }
+  ASSERT_TRUE((*s)->CreateCheckpoint("flush").ok());  // everything in files
+  const uint64_t before = sst_bytes();
+  ASSERT_GT(before, 3u << 20);
+  StorageBatch drop;
+  drop.delete_prefixes = {"r/big/"};
+  ASSERT_TRUE((*s)->Write(drop).ok());
+  uint64_t after = sst_bytes();
+  for (int i = 0; i < 600 && after > before / 10; ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+    after = sst_bytes();
+  }
+  EXPECT_LE(after, before / 10) << "before " << before;
+  size_t small = 0;
+  ASSERT_TRUE((*s)->Scan("r/", [&](absl::string_view k, absl::string_view v) {
+                     EXPECT_TRUE(absl::StartsWith(k, "r/small/")) << k;
+                     EXPECT_EQ(v, "kept");
+                     ++small;
+                     return absl::OkStatus();
+                   }).ok());
+  EXPECT_EQ(small, 1000u);
 }
 
 // RocksDB only: creation order is on disk with each checkpoint, survives
