@@ -472,6 +472,10 @@ class StoreImpl : public EmbeddingStore {
       dropped = std::move(it->second);
       tables_.erase(it);
     }
+    // The space the rows still take on disk, with writers going on. A
+    // failure frees it later (compaction), and a failed flush shows in the
+    // next write's error: the drop itself is done either way.
+    (void)storage_->CompactDeletedPrefix(RowPrefix(table));
     return dropped->Stats().rows;
   }
 

@@ -44,6 +44,9 @@ struct ScoringScratch {
   std::vector<uint64_t> id_keys, content_keys;
   std::vector<model::FeatureRow> rows;
   std::vector<float> probs;
+  // Request candidate i is scored as rows[row_of_candidate[i]]: a repeated
+  // candidate (same item, same features) is one row.
+  std::vector<uint32_t> row_of_candidate;
 };
 
 // One loaded model version. The model, manifest and encoder are immutable;

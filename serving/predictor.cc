@@ -5,6 +5,8 @@
 #include <cstring>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "base/status_macros.h"
@@ -242,6 +244,25 @@ absl::Status Predictor::PullBoth(RowFetch* id, RowFetch* content,
   return id->status.ok() ? content->status : id->status;
 }
 
+namespace {
+
+// A candidate as (item id, its genres): equal when both are.
+struct CandidateHash {
+  size_t operator()(
+      const std::pair<int64_t, const std::vector<int32_t>*>& c) const {
+    return absl::HashOf(c.first, *c.second);
+  }
+};
+struct CandidateEq {
+  bool operator()(
+      const std::pair<int64_t, const std::vector<int32_t>*>& a,
+      const std::pair<int64_t, const std::vector<int32_t>*>& b) const {
+    return a.first == b.first && *a.second == *b.second;
+  }
+};
+
+}  // namespace
+
 absl::StatusOr<PredictOutput> Predictor::Predict(const PredictInput& in,
                                                  absl::Time deadline) {
   MIM_RETURN_IF_ERROR(ValidatePredictInput(in));
@@ -256,17 +277,31 @@ absl::StatusOr<PredictOutput> Predictor::Predict(const PredictInput& in,
   PredictOutput result;
   result.model_version = manifest.model_version;
 
+  // One row per distinct candidate (item and features): a repeat gets the
+  // very score of its first occurrence (a batched matrix product may round
+  // a row differently by where it sits) and costs nothing more.
   const size_t n = in.candidates.size();
-  s->rows.assign(n, model::FeatureRow());
+  static const std::vector<int32_t> kNoGenres;
+  absl::flat_hash_map<std::pair<int64_t, const std::vector<int32_t>*>,
+                      uint32_t, CandidateHash, CandidateEq>
+      first_row;
+  s->rows.clear();
+  s->row_of_candidate.resize(n);
   for (size_t i = 0; i < n; ++i) {
-    model::FeatureRow& r = s->rows[i];
+    const std::vector<int32_t>* genres =
+        in.candidate_genres.empty() ? &kNoGenres : &in.candidate_genres[i];
+    auto [it, fresh] = first_row.try_emplace(
+        {in.candidates[i], genres}, static_cast<uint32_t>(s->rows.size()));
+    s->row_of_candidate[i] = it->second;
+    if (!fresh) continue;
+    model::FeatureRow& r = s->rows.emplace_back();
     r.user_id = in.user_id;
     r.age_bucket = in.age_bucket;
     r.gender = in.gender;
     r.occupation = in.occupation;
     r.behavior = in.behaviors;
     r.item_id = in.candidates[i];
-    if (!in.candidate_genres.empty()) r.genres = in.candidate_genres[i];
+    r.genres = *genres;
   }
   const int64_t content_dim = std::max(1, config.content_dim);
   absl::Status st = s->builder.Build(s->rows, config.id_dim, content_dim,
@@ -293,7 +328,12 @@ absl::StatusOr<PredictOutput> Predictor::Predict(const PredictInput& in,
                    servable->model().Predict(s->batch, s->workspace.get(),
                                              &s->probs));
   }
-  if (st.ok()) result.scores = s->probs;
+  if (st.ok()) {
+    result.scores.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      result.scores[i] = s->probs[s->row_of_candidate[i]];
+    }
+  }
   servable->Release(std::move(s));
   if (!st.ok()) return st;
   return result;
@@ -303,7 +343,8 @@ namespace {
 
 // `plain` (a unit fastText vector) through the C-SFT encoder, with the
 // arithmetic of //worker/csft:csft: BuildCatalog L2-normalises the plain
-// vector (data::L2Normalize), then CsftEncoder::Encode.
+// vector (data::L2Normalize), then CsftEncoder::Encode, and the vectors
+// writer L2-normalises the output once more (what csft puts in its table).
 absl::StatusOr<std::vector<float>> CsftEncode(
     const csft::CsftEncoder& encoder, std::vector<float> plain,
     absl::Span<const int32_t> genres) {
@@ -319,6 +360,7 @@ absl::StatusOr<std::vector<float>> CsftEncode(
   const std::vector<int32_t> ids(genres.begin(), genres.end());
   std::vector<float> out(encoder.config().dim);
   MIM_RETURN_IF_ERROR(encoder.Encode({{plain.data(), &ids}}, out.data()));
+  data::L2Normalize(&out);
   return out;
 }
 

@@ -397,10 +397,13 @@ TEST(ShardDropTableTest, DropTableOnEveryShardSurvivesKillAndRestores) {
   ASSERT_TRUE(t_before.ok() && keep_before.ok());
   ASSERT_TRUE((*client)->Checkpoint("before").ok());
 
-  auto run = RunCommand(
-      {Runfile("tools/ps_admin"), "--ps=" + ps, "drop-table", "t"});
+  auto run = RunCommand({Runfile("tools/ps_admin"), "--ps=" + ps, "--json",
+                         "drop-table", "t"});
   ASSERT_TRUE(run.ok()) << run.status();
   EXPECT_EQ(run->exit_code, 2) << run->err;
+  EXPECT_THAT(run->out, HasSubstr("\"dry_run\": true"));
+  EXPECT_THAT(run->out, HasSubstr("\"has_table\": true"));
+  EXPECT_THAT(run->out, HasSubstr("\"shards_with_table\": 2"));
   EXPECT_THAT(run->err,
               HasSubstr("would drop table 't' (100 rows on 2 of 2 shards"));
   EXPECT_THAT(run->err, HasSubstr("repeat with --yes"));

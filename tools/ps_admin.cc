@@ -489,13 +489,22 @@ int DropTable(PsClient& client, const std::string& table) {
     uint64_t rows = 0;
     size_t holding = 0;
     std::set<std::string> names;
-    for (const auto& shard : *shards) {
-      for (const auto& t : shard.stats.tables()) {
+    json per_shard = json::array();
+    for (size_t s = 0; s < shards->size(); ++s) {
+      bool has = false;
+      uint64_t shard_rows = 0;
+      for (const auto& t : (*shards)[s].stats.tables()) {
         names.insert(t.config().name());
         if (t.config().name() != table) continue;
-        rows += t.rows();
-        ++holding;
+        has = true;
+        shard_rows = t.rows();
       }
+      rows += shard_rows;
+      holding += has ? 1 : 0;
+      per_shard.push_back({{"shard", s},
+                           {"address", (*shards)[s].address},
+                           {"has_table", has},
+                           {"rows", shard_rows}});
     }
     if (holding == 0) {
       return Failed(absl::NotFoundError(absl::StrCat(
@@ -503,12 +512,13 @@ int DropTable(PsClient& client, const std::string& table) {
           names.empty() ? "none" : absl::StrJoin(names, ", "))));
     }
     if (FLAGS_json) {
+      // "ok": false because nothing was dropped (exit 2).
       std::cout << json{{"ok", false},
                         {"dry_run", true},
                         {"table", table},
                         {"rows", rows},
                         {"shards_with_table", holding},
-                        {"shards", shards->size()}}
+                        {"shards", per_shard}}
                        .dump(2)
                 << "\n";
     }

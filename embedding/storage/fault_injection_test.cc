@@ -158,6 +158,38 @@ TEST_F(FaultInjectionTest, FailedFlushFailsTheCheckpointOnly) {
   EXPECT_EQ(Contents(*storage_), acked_);
 }
 
+// A prefix delete whose flush (CompactDeletedPrefix) fails on an SST write:
+// the delete itself was acknowledged and synced before any file was
+// removed, so after the reopen the prefix is gone whole and every other
+// row is there; the store's writes are refused until then, as after any
+// failed flush.
+TEST_F(FaultInjectionTest, FailedFlushAfterAPrefixDeleteLosesNothingElse) {
+  Acknowledged(0, 20, 0);
+  for (int b = 0; b < 20; ++b) {
+    StorageBatch batch;
+    for (int i = 0; i < 200; ++i) {
+      batch.puts.emplace_back(absl::StrFormat("r/t/%06d", b * 200 + i),
+                              std::string(300, 'r'));
+    }
+    ASSERT_TRUE(storage_->Write(batch).ok());
+  }
+  ASSERT_TRUE(storage_->CreateCheckpoint("files").ok());  // rows in SSTs
+  Acknowledged(20, 30, 0);  // and some only in the WAL and memtable
+  faults_->FailFrom(Op::kWrite, Contains({".sst"}));
+  StorageBatch drop;
+  drop.delete_prefixes = {"r/t/"};
+  ASSERT_TRUE(storage_->Write(drop).ok());
+  absl::Status st = storage_->CompactDeletedPrefix("r/t/");
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << st;
+  EXPECT_EQ(Contents(*storage_), acked_);
+  faults_->Clear();
+  Reopen();
+  EXPECT_EQ(Contents(*storage_), acked_);
+  Acknowledged(30, 40, 1);
+  Reopen();
+  EXPECT_EQ(Contents(*storage_), acked_);
+}
+
 // The backend's own renames: the checkpoint's final rename, and the two
 // directory swaps of a restore.
 TEST_F(FaultInjectionTest, FailedRenamesLeaveCheckpointsAndLiveDataAlone) {

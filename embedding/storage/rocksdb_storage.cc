@@ -528,35 +528,51 @@ class RocksDbStorage : public Storage {
       ranges.emplace_back(prefix, std::move(end));
     }
     MIM_RETURN_IF_ERROR(WriteRocks(&built->wb_));
-    for (const auto& [begin, end] : ranges) ReclaimRange(begin, end);
+    for (const auto& [begin, end] : ranges) RemoveFilesOfRange(begin, end);
     return absl::OkStatus();
   }
 
- private:
-  // Writes `wb` to the live database (Write's contract).
-  // After a prefix delete: the SST files (below level 0) that hold only
-  // keys of [begin, end), all deleted now, are removed at once, and the
-  // rest are compacted in the background; a leveled database does not
-  // schedule a compaction for a range tombstone alone. So a dropped
-  // table's disk space comes back, and later opens' scans do not step
-  // over its rows.
-  // Safe because no key of the range is written meanwhile (storage.h).
-  // Best effort: a failure leaves the files to compaction.
-  void ReclaimRange(const std::string& begin, const std::string& end) {
+  // The range tombstone into a file (a compaction can only leave out the
+  // keys it covers once it is in one), then the files that still hold keys
+  // of the prefix (at its ends, and level 0: a leveled database schedules
+  // no compaction for a tombstone alone) marked for RocksDB's background
+  // compaction. Writers may go on meanwhile.
+  absl::Status CompactDeletedPrefix(absl::string_view prefix) override {
+    MIM_RETURN_IF_ERROR(ValidateDeletePrefix(prefix));
+    std::string end(prefix);
+    while (static_cast<uint8_t>(end.back()) == 0xff) end.pop_back();
+    end.back() = static_cast<char>(static_cast<uint8_t>(end.back()) + 1);
     absl::ReaderMutexLock lock(&mu_);
-    if (db_ == nullptr) return;
-    const rocksdb::Slice b(begin), e(end);
-    // The range tombstone into a file first: a compaction can only leave
-    // out the keys it covers once it is in one.
-    (void)db_->Flush(rocksdb::FlushOptions());
-    (void)rocksdb::DeleteFilesInRange(db_.get(), db_->DefaultColumnFamily(),
-                                      &b, &e, /*include_end=*/false);
-    // The files that hold keys of the range and others (at its ends, and
-    // level 0) are marked for compaction, which RocksDB's background
-    // threads then run, leaving the range's keys out.
-    (void)rocksdb::experimental::SuggestCompactRange(db_.get(), &b, &e);
+    if (db_ == nullptr) return ClosedError();
+    if (read_only_) return ReadOnlyError();
+    rocksdb::FlushOptions flush;
+    flush.allow_write_stall = true;
+    MIM_RETURN_IF_ERROR(FromRocks(db_->Flush(flush), "flush"));
+    const rocksdb::Slice b(prefix.data(), prefix.size()), e(end);
+    return FromRocks(rocksdb::experimental::SuggestCompactRange(db_.get(), &b, &e),
+                     "suggest compaction");
   }
 
+ private:
+  // After a prefix delete is written: the SST files (below level 0) that
+  // hold only keys of [begin, end), all deleted now, are removed at once,
+  // so a dropped table's disk space comes back and later opens' scans do
+  // not step over its rows. Only once the delete is durable in the WAL
+  // (synced here also without sync_writes): removed files are gone for
+  // good, and a crash must not bring back the range's other keys without
+  // them. Safe because no key of the range is written meanwhile
+  // (storage.h). Best effort: on a failure the files are left to
+  // compaction (CompactDeletedPrefix).
+  void RemoveFilesOfRange(const std::string& begin, const std::string& end) {
+    absl::ReaderMutexLock lock(&mu_);
+    if (db_ == nullptr) return;
+    if (!db_->SyncWAL().ok()) return;
+    const rocksdb::Slice b(begin), e(end);
+    (void)rocksdb::DeleteFilesInRange(db_.get(), db_->DefaultColumnFamily(),
+                                      &b, &e, /*include_end=*/false);
+  }
+
+  // Writes `wb` to the live database (Write's contract).
   absl::Status WriteRocks(rocksdb::WriteBatch* wb) {
     absl::ReaderMutexLock lock(&mu_);
     if (db_ == nullptr) return ClosedError();

@@ -106,12 +106,16 @@ class StorageBatchBuilder {
   virtual void Delete(absl::string_view key) = 0;
   // Deletes every key that starts with `prefix` (see ValidateDeletePrefix),
   // after the puts and deletes. RocksDB: one range tombstone, whatever the
-  // number of keys; once it is written, the files that hold only keys of
-  // the prefix are removed. So no write of a key with the prefix may run
-  // at the same time as the batch (EmbeddingStore::DropTable holds every
-  // writer off).
+  // number of keys; once it is written and synced, the files that hold
+  // only keys of the prefix are removed. So no write of a key with the
+  // prefix may run at the same time as the batch (EmbeddingStore::DropTable
+  // holds every writer off).
   virtual void DeletePrefix(absl::string_view prefix) = 0;
 };
+
+// INVALID_ARGUMENT for an empty prefix to delete or one of 0xff bytes only
+// (contract 1).
+absl::Status ValidateDeletePrefix(absl::string_view prefix);
 
 class Storage {
  public:
@@ -150,12 +154,16 @@ class Storage {
   virtual absl::StatusOr<std::unique_ptr<Storage>> OpenCheckpoint(
       const std::string& name) const = 0;
   virtual absl::Status RestoreCheckpoint(const std::string& name) = 0;
+
+  // After a batch that deleted `prefix`: frees the space its keys still
+  // take (RocksDB: flushes, then has the files that hold such keys
+  // compacted in the background). Writes may go on meanwhile. The default
+  // (memory) has nothing to do.
+  virtual absl::Status CompactDeletedPrefix(absl::string_view prefix) {
+    return ValidateDeletePrefix(prefix);
+  }
   virtual absl::Status DeleteCheckpoint(const std::string& name) = 0;
 };
-
-// INVALID_ARGUMENT for an empty prefix to delete or one of 0xff bytes only
-// (contract 1).
-absl::Status ValidateDeletePrefix(absl::string_view prefix);
 
 // INVALID_ARGUMENT unless `name` is a valid checkpoint name (contract 3).
 absl::Status ValidateCheckpointName(absl::string_view name);

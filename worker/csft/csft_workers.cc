@@ -201,6 +201,15 @@ absl::StatusOr<std::unique_ptr<PsWorkerGroup>> PsWorkerGroup::Create(
         config.name(), " dropped without it?): drop it with ps_admin "
         "drop-table ", dense_table, " --yes, or use another --worker_prefix"));
   }
+  // Created (if_not_exists: every worker of the run alike) before this
+  // worker's count moves on, so that a refusal here also leaves its
+  // generation alone; no worker pushes to it before the start barrier.
+  worker::PsDenseParams::AdamOptions adam;
+  adam.learning_rate = o.learning_rate;
+  MIM_ASSIGN_OR_RETURN(
+      std::unique_ptr<worker::PsDenseParams> params,
+      worker::PsDenseParams::Create(client, dense_table, std::move(initial),
+                                    adam, seed));
   std::unique_ptr<PsWorkerGroup> g(new PsWorkerGroup(client, o, generation));
   // The count row carries this worker's inputs fingerprint, which worker 0
   // compares at the start barrier.
@@ -217,12 +226,7 @@ absl::StatusOr<std::unique_ptr<PsWorkerGroup>> PsWorkerGroup::Create(
         " while it started: is another process running as --worker_index=",
         o.worker_index, " with --worker_prefix=", o.prefix, "?"));
   }
-  worker::PsDenseParams::AdamOptions adam;
-  adam.learning_rate = o.learning_rate;
-  MIM_ASSIGN_OR_RETURN(
-      g->params_,
-      worker::PsDenseParams::Create(client, dense_table, std::move(initial),
-                                    adam, seed));
+  g->params_ = std::move(params);
   return g;
 }
 
