@@ -341,22 +341,37 @@ TEST(ShardCheckpointsTest, RetentionAndDeleteCheckpoint) {
   EXPECT_EQ((*restored)[0].restore.name(), "a");
 }
 
-// DeleteCheckpoint needs the admin role; a read token changes nothing.
-TEST(ShardCheckpointsTest, DeleteCheckpointNeedsAnAdminToken) {
+// A shard with --auth_tokens (a read and an admin token) and a client of
+// each role.
+struct TokenShard {
+  std::unique_ptr<ShardProcess> shard;
+  std::unique_ptr<PsClient> admin, reader;
+};
+TokenShard StartTokenShard() {
   const std::string tokens = TestDir() + "-tokens";
   {
     std::ofstream out(tokens);
     out << "read read-token-0123456789abcdef\n"
         << "admin admin-token-0123456789abcdef\n";
   }
-  ASSERT_EQ(chmod(tokens.c_str(), 0600), 0);
-  auto shard = StartShard({"--auth_tokens=" + tokens});
-  ASSERT_NE(shard, nullptr);
+  EXPECT_EQ(chmod(tokens.c_str(), 0600), 0);
+  TokenShard t;
+  t.shard = StartShard({"--auth_tokens=" + tokens});
+  if (t.shard == nullptr) return t;
   PsClient::Options admin_options, read_options;
   admin_options.auth_token = "admin-token-0123456789abcdef";
   read_options.auth_token = "read-token-0123456789abcdef";
-  auto admin = Client(*shard, admin_options);
-  auto reader = Client(*shard, read_options);
+  t.admin = Client(*t.shard, admin_options);
+  t.reader = Client(*t.shard, read_options);
+  return t;
+}
+
+// DeleteCheckpoint needs the admin role; a read token changes nothing.
+TEST(ShardCheckpointsTest, DeleteCheckpointNeedsAnAdminToken) {
+  TokenShard t = StartTokenShard();
+  ASSERT_NE(t.shard, nullptr);
+  PsClient* admin = t.admin.get();
+  PsClient* reader = t.reader.get();
   ASSERT_TRUE(admin->Checkpoint("c1").ok());
   auto refused = reader->DeleteCheckpoint("c1");
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kPermissionDenied)
@@ -527,20 +542,10 @@ TEST(ShardDropTableTest, ADropWhoseAnswerWasLostIsReportedAsDropped) {
 
 // DropTable needs the admin role; a read token changes nothing.
 TEST(ShardDropTableTest, DropTableNeedsAnAdminToken) {
-  const std::string tokens = TestDir() + "-tokens";
-  {
-    std::ofstream out(tokens);
-    out << "read read-token-0123456789abcdef\n"
-        << "admin admin-token-0123456789abcdef\n";
-  }
-  ASSERT_EQ(chmod(tokens.c_str(), 0600), 0);
-  auto shard = StartShard({"--auth_tokens=" + tokens});
-  ASSERT_NE(shard, nullptr);
-  PsClient::Options admin_options, read_options;
-  admin_options.auth_token = "admin-token-0123456789abcdef";
-  read_options.auth_token = "read-token-0123456789abcdef";
-  auto admin = Client(*shard, admin_options);
-  auto reader = Client(*shard, read_options);
+  TokenShard t = StartTokenShard();
+  ASSERT_NE(t.shard, nullptr);
+  PsClient* admin = t.admin.get();
+  PsClient* reader = t.reader.get();
   ASSERT_TRUE(admin->CreateTable(IdTable("t", 4), false).ok());
   ASSERT_TRUE(admin->Push("t", Keys(3), std::vector<float>(12, 1.0f)).ok());
   auto refused = reader->DropTable("t");

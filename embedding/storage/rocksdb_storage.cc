@@ -209,6 +209,17 @@ struct DbOpenMode {
   size_t memtable_bytes = 0;
 };
 
+// The least key above every key that starts with `prefix` (one that
+// ValidateDeletePrefix accepts: not empty, not all 0xff): the prefix with
+// its last byte below 0xff raised by one, the 0xff bytes after it dropped.
+// [prefix, PrefixEnd(prefix)) holds exactly the keys with the prefix.
+std::string PrefixEnd(absl::string_view prefix) {
+  std::string end(prefix);
+  while (static_cast<uint8_t>(end.back()) == 0xff) end.pop_back();
+  end.back() = static_cast<char>(static_cast<uint8_t>(end.back()) + 1);
+  return end;
+}
+
 // How the live database (not a checkpoint) is opened.
 DbOpenMode LiveMode(const RocksDbStorageOptions& options) {
   DbOpenMode mode;
@@ -516,13 +527,7 @@ class RocksDbStorage : public Storage {
     std::vector<std::pair<std::string, std::string>> ranges;
     for (const std::string& prefix : built->delete_prefixes_) {
       MIM_RETURN_IF_ERROR(ValidateDeletePrefix(prefix));
-      // [prefix, the least key above every key with the prefix): the
-      // prefix with its last byte below 0xff raised by one, the 0xff bytes
-      // after it dropped (ValidateDeletePrefix refused a prefix of 0xff
-      // bytes only, which has no such key).
-      std::string end = prefix;
-      while (static_cast<uint8_t>(end.back()) == 0xff) end.pop_back();
-      end.back() = static_cast<char>(static_cast<uint8_t>(end.back()) + 1);
+      std::string end = PrefixEnd(prefix);
       rocksdb::Status s = built->wb_.DeleteRange(prefix, end);
       if (!s.ok()) return FromRocks(s, "batch prefix delete");
       ranges.emplace_back(prefix, std::move(end));
@@ -539,9 +544,7 @@ class RocksDbStorage : public Storage {
   // compaction. Writers may go on meanwhile.
   absl::Status CompactDeletedPrefix(absl::string_view prefix) override {
     MIM_RETURN_IF_ERROR(ValidateDeletePrefix(prefix));
-    std::string end(prefix);
-    while (static_cast<uint8_t>(end.back()) == 0xff) end.pop_back();
-    end.back() = static_cast<char>(static_cast<uint8_t>(end.back()) + 1);
+    const std::string end = PrefixEnd(prefix);
     absl::ReaderMutexLock lock(&mu_);
     if (db_ == nullptr) return ClosedError();
     if (read_only_) return ReadOnlyError();
