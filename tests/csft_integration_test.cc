@@ -103,8 +103,7 @@ void ExpectShardsHoldFile(
   ASSERT_TRUE(read.ok()) << read.status();
   ASSERT_EQ(read->size(), size_t(kItems));
   *tuned = std::move(*read);
-  auto client = ps::PsClient::Create(
-      std::vector<std::string>{shards[0]->address(), shards[1]->address()});
+  auto client = ps::PsClient::Create(ShardProcess::Addresses(shards));
   ASSERT_TRUE(client.ok());
   std::vector<uint64_t> keys;
   for (const auto& iv : *tuned) keys.push_back(uint64_t(iv.item_id));
@@ -127,7 +126,7 @@ TEST(CsftIntegrationTest, TrainsUpsertsAndDinMimTrainsOnTheNewTable) {
   auto shards = ShardProcess::StartCluster(dir + "/ps", 2);
   ASSERT_TRUE(shards.ok()) << shards.status();
   const std::string ps =
-      absl::StrCat((*shards)[0]->address(), ",", (*shards)[1]->address());
+      absl::StrJoin(ShardProcess::Addresses(*shards), ",");
 
   absl::StatusOr<CommandResult> run = RunCommand(
       {Runfile("worker/csft/csft"), "--train=" + dir + "/train.tsv",
@@ -197,7 +196,7 @@ TEST(CsftIntegrationTest, TwoWorkerProcessesTrainOneEncoderThroughTheShards) {
   auto shards = ShardProcess::StartCluster(dir + "/ps", 2);
   ASSERT_TRUE(shards.ok()) << shards.status();
   const std::string ps =
-      absl::StrCat((*shards)[0]->address(), ",", (*shards)[1]->address());
+      absl::StrJoin(ShardProcess::Addresses(*shards), ",");
   const std::vector<std::string> common = {
       Runfile("worker/csft/csft"), "--train=" + dir + "/train.tsv",
       "--vectors=" + dir + "/vec.tsv", "--ps=" + ps, "--epochs=2",
@@ -233,8 +232,7 @@ TEST(CsftIntegrationTest, TwoWorkerProcessesTrainOneEncoderThroughTheShards) {
       zero->err, "dropped the run's parameter table e2e_workers_dense_g1"))
       << zero->err;
   {
-    auto client = ps::PsClient::Create(
-        {(*shards)[0]->address(), (*shards)[1]->address()});
+    auto client = ps::PsClient::Create(ShardProcess::Addresses(*shards));
     ASSERT_TRUE(client.ok()) << client.status();
     auto tables = (*client)->ListTables();
     ASSERT_TRUE(tables.ok()) << tables.status();
@@ -345,7 +343,7 @@ TEST(CsftIntegrationTest, AKilledWorkerEndsTheRunAndNothingIsWritten) {
   auto shards = ShardProcess::StartCluster(dir + "/ps", 2);
   ASSERT_TRUE(shards.ok()) << shards.status();
   const std::string ps =
-      absl::StrCat((*shards)[0]->address(), ",", (*shards)[1]->address());
+      absl::StrJoin(ShardProcess::Addresses(*shards), ",");
   auto argv = [&](int worker, const std::string& prefix, int epochs,
                   int timeout_s) {
     std::vector<std::string> a = {
@@ -449,7 +447,7 @@ TEST(CsftIntegrationTest, ServingUpsertsANewItemWithTheCsftEncoder) {
   auto shards = ShardProcess::StartCluster(dir + "/ps", 2);
   ASSERT_TRUE(shards.ok()) << shards.status();
   const std::string ps =
-      absl::StrCat((*shards)[0]->address(), ",", (*shards)[1]->address());
+      absl::StrJoin(ShardProcess::Addresses(*shards), ",");
   // The last epoch, at a high learning rate: the tuned vectors must differ
   // from the plain ones for the comparison below to mean anything.
   st = ok({Runfile("worker/csft/csft"), "--train=" + data + "/train.tsv",
@@ -534,8 +532,7 @@ TEST(CsftIntegrationTest, ServingUpsertsANewItemWithTheCsftEncoder) {
       resp.encoder(),
       absl::StrFormat("csft:%016x+", (*encoder)->Fingerprint())))
       << resp.encoder();
-  auto client = ps::PsClient::Create(
-      std::vector<std::string>{(*shards)[0]->address(), (*shards)[1]->address()});
+  auto client = ps::PsClient::Create(ShardProcess::Addresses(*shards));
   ASSERT_TRUE(client.ok());
   const uint64_t key = kNewItem;
   auto rows = (*client)->GetRows("item_content_csft", absl::MakeConstSpan(&key, 1));

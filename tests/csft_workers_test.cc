@@ -51,8 +51,7 @@ class CsftWorkersTest : public ::testing::Test {
   static void TearDownTestSuite() { delete shards_; }
 
   static std::unique_ptr<ps::PsClient> Client() {
-    auto c = ps::PsClient::Create(
-        {(*shards_)[0]->address(), (*shards_)[1]->address()});
+    auto c = ps::PsClient::Create(ShardProcess::Addresses(*shards_));
     EXPECT_TRUE(c.ok()) << c.status();
     return std::move(*c);
   }

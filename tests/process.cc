@@ -199,6 +199,13 @@ ShardProcess::StartCluster(const std::string& dir, uint32_t num_shards,
   return shards;
 }
 
+std::vector<std::string> ShardProcess::Addresses(
+    const std::vector<std::unique_ptr<ShardProcess>>& shards) {
+  std::vector<std::string> out;
+  for (const auto& shard : shards) out.push_back(shard->address());
+  return out;
+}
+
 absl::Status ShardProcess::Restart(std::unique_ptr<ShardProcess>* shard) {
   Flags flags = (*shard)->flags();
   flags.port = (*shard)->port();

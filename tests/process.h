@@ -51,6 +51,11 @@ class ShardProcess {
   // data_dir, as a restart after a crash would.
   static absl::Status Restart(std::unique_ptr<ShardProcess>* shard);
 
+  // The shards' "host:port" addresses, in shard order (PsClient::Create's
+  // argument; joined with ',' for a --ps flag).
+  static std::vector<std::string> Addresses(
+      const std::vector<std::unique_ptr<ShardProcess>>& shards);
+
   ~ShardProcess();
 
   int port() const { return port_; }

@@ -276,9 +276,8 @@ TEST(ShardCheckpointsTest, RetentionAndDeleteCheckpoint) {
                                            {"--keep_checkpoints=2"});
   ASSERT_TRUE(shards.ok()) << shards.status();
   const std::string ps =
-      absl::StrCat((*shards)[0]->address(), ",", (*shards)[1]->address());
-  auto client = PsClient::Create(
-      {(*shards)[0]->address(), (*shards)[1]->address()});
+      absl::StrJoin(ShardProcess::Addresses(*shards), ",");
+  auto client = PsClient::Create(ShardProcess::Addresses(*shards));
   ASSERT_TRUE(client.ok()) << client.status();
   ASSERT_TRUE((*client)->CreateTable(IdTable("t", 4), false).ok());
   ASSERT_TRUE(
@@ -396,8 +395,7 @@ TEST(ShardCheckpointsTest, DeleteCheckpointNeedsAnAdminToken) {
 TEST(ShardDropTableTest, DropTableOnEveryShardSurvivesKillAndRestores) {
   auto shards = ShardProcess::StartCluster(TestDir(), 2);
   ASSERT_TRUE(shards.ok()) << shards.status();
-  const std::vector<std::string> addresses = {(*shards)[0]->address(),
-                                              (*shards)[1]->address()};
+  const std::vector<std::string> addresses = ShardProcess::Addresses(*shards);
   const std::string ps = absl::StrJoin(addresses, ",");
   auto client = PsClient::Create(addresses);
   ASSERT_TRUE(client.ok()) << client.status();

@@ -85,8 +85,8 @@ class TrainerIntegrationTest : public ::testing::Test {
     data_ = new SyntheticData(WriteData(*dir_));
 
     // Content vectors: a parity direction plus noise, for every item.
-    absl::StatusOr<std::unique_ptr<ps::PsClient>> client = ps::PsClient::Create(
-        {(*shards_)[0]->address(), (*shards_)[1]->address()});
+    absl::StatusOr<std::unique_ptr<ps::PsClient>> client =
+        ps::PsClient::Create(ShardProcess::Addresses(*shards_));
     ASSERT_TRUE(client.ok()) << client.status();
     ps::TableConfig content;
     content.set_name(kContentTable);

@@ -98,7 +98,7 @@ class TrainerReproducibilityTest : public ::testing::Test {
 
     // Content vectors that reveal an item's parity, plus noise.
     absl::StatusOr<std::unique_ptr<ps::PsClient>> client =
-        ps::PsClient::Create({(*shards_)[0]->address(), (*shards_)[1]->address()});
+        ps::PsClient::Create(ShardProcess::Addresses(*shards_));
     ASSERT_TRUE(client.ok()) << client.status();
     ps::TableConfig content;
     content.set_name(kContentTable);
