@@ -1295,18 +1295,9 @@ absl::StatusOr<std::vector<PsClient::ShardDrop>> PsClient::DropTable(
   // Which shards hold the table, and how many rows: a resend after a lost
   // answer finds the table gone, and this tells that shard from one that
   // never had it.
-  absl::StatusOr<std::vector<ShardStats>> before = Stats("");
-  if (!before.ok()) return before.status();
-  std::vector<int64_t> rows_before(num_shards(), -1);  // -1: not there
-  std::set<std::string> names;
-  for (uint32_t s = 0; s < num_shards(); ++s) {
-    for (const TableStats& t : (*before)[s].stats.tables()) {
-      names.insert(t.config().name());
-      if (t.config().name() == table) {
-        rows_before[s] = static_cast<int64_t>(t.rows());
-      }
-    }
-  }
+  absl::StatusOr<std::vector<ShardStats>> stats = Stats("");
+  if (!stats.ok()) return stats.status();
+  const TableOnShards before = FindTableOnShards(*stats, table);
   DropTableRequest request;
   request.set_table(table);
   absl::StatusOr<std::vector<DropTableResponse>> responses =
@@ -1320,18 +1311,14 @@ absl::StatusOr<std::vector<PsClient::ShardDrop>> PsClient::DropTable(
       WithAddresses(addresses_, *std::move(responses), &ShardDrop::drop);
   bool any = false;
   for (uint32_t s = 0; s < num_shards(); ++s) {
-    if (!out[s].drop.dropped() && rows_before[s] >= 0) {
+    if (!out[s].drop.dropped() && before.rows[s] >= 0) {
       out[s].answer_lost = true;
       out[s].drop.set_dropped(true);
-      out[s].drop.set_rows(static_cast<uint64_t>(rows_before[s]));
+      out[s].drop.set_rows(static_cast<uint64_t>(before.rows[s]));
     }
     any = any || out[s].drop.dropped();
   }
-  if (!any) {
-    return absl::NotFoundError(absl::StrCat(
-        "no shard has table '", table, "'; tables: ",
-        names.empty() ? "none" : absl::StrJoin(names, ", ")));
-  }
+  if (!any) return before.NotFound(table);
   return out;
 }
 
@@ -1371,6 +1358,40 @@ std::vector<absl::Status> PsClient::Health() {
 
 bool IsPushInDoubt(const absl::Status& status) {
   return !status.ok() && status.GetPayload(kPushInDoubtUrl).has_value();
+}
+
+TableOnShards FindTableOnShards(const std::vector<PsClient::ShardStats>& shards,
+                                absl::string_view table) {
+  TableOnShards out;
+  out.rows.assign(shards.size(), -1);
+  std::set<std::string> names;
+  for (size_t s = 0; s < shards.size(); ++s) {
+    for (const TableStats& t : shards[s].stats.tables()) {
+      names.insert(t.config().name());
+      if (t.config().name() == table) {
+        out.rows[s] = static_cast<int64_t>(t.rows());
+      }
+    }
+  }
+  out.names.assign(names.begin(), names.end());
+  return out;
+}
+
+size_t TableOnShards::shards_with_table() const {
+  return static_cast<size_t>(
+      std::count_if(rows.begin(), rows.end(), [](int64_t r) { return r >= 0; }));
+}
+
+uint64_t TableOnShards::total_rows() const {
+  uint64_t total = 0;
+  for (int64_t r : rows) total += r > 0 ? static_cast<uint64_t>(r) : 0;
+  return total;
+}
+
+absl::Status TableOnShards::NotFound(absl::string_view table) const {
+  return absl::NotFoundError(absl::StrCat(
+      "no shard has table '", table, "'; tables: ",
+      names.empty() ? "none" : absl::StrJoin(names, ", ")));
 }
 
 std::vector<TableStats> TotalStats(

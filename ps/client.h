@@ -365,6 +365,20 @@ bool IsPushInDoubt(const absl::Status& status);
 std::vector<TableStats> TotalStats(
     const std::vector<PsClient::ShardStats>& shards);
 
+// Where one table is, from every shard's answer to Stats("") (all tables):
+// a table may be on some shards only (a drop or create that failed part
+// way).
+struct TableOnShards {
+  std::vector<int64_t> rows;      // per shard; -1 where it has no such table
+  std::vector<std::string> names;  // every table on any shard, sorted
+  size_t shards_with_table() const;
+  uint64_t total_rows() const;
+  // NOT_FOUND "no shard has table 'T'; tables: a, b" ("none" if none).
+  absl::Status NotFound(absl::string_view table) const;
+};
+TableOnShards FindTableOnShards(const std::vector<PsClient::ShardStats>& shards,
+                                absl::string_view table);
+
 // The checkpoint names present on every shard, oldest to newest; empty when
 // there are none (or no shards). Order rule: restrict each shard's list to
 // these names, keeping that shard's creation order, and call a name's index

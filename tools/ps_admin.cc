@@ -42,7 +42,6 @@
 #include <cinttypes>
 #include <cstdio>
 #include <iostream>
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -486,32 +485,19 @@ int DropTable(PsClient& client, const std::string& table) {
     // that failed part way).
     auto shards = client.Stats("");
     if (!shards.ok()) return Failed(shards.status());
-    uint64_t rows = 0;
-    size_t holding = 0;
-    std::set<std::string> names;
-    json per_shard = json::array();
-    for (size_t s = 0; s < shards->size(); ++s) {
-      bool has = false;
-      uint64_t shard_rows = 0;
-      for (const auto& t : (*shards)[s].stats.tables()) {
-        names.insert(t.config().name());
-        if (t.config().name() != table) continue;
-        has = true;
-        shard_rows = t.rows();
-      }
-      rows += shard_rows;
-      holding += has ? 1 : 0;
-      per_shard.push_back({{"shard", s},
-                           {"address", (*shards)[s].address},
-                           {"has_table", has},
-                           {"rows", shard_rows}});
-    }
-    if (holding == 0) {
-      return Failed(absl::NotFoundError(absl::StrCat(
-          "no shard has table '", table, "'; tables: ",
-          names.empty() ? "none" : absl::StrJoin(names, ", "))));
-    }
+    const mim::ps::TableOnShards found =
+        mim::ps::FindTableOnShards(*shards, table);
+    if (found.shards_with_table() == 0) return Failed(found.NotFound(table));
+    const uint64_t rows = found.total_rows();
+    const size_t holding = found.shards_with_table();
     if (FLAGS_json) {
+      json per_shard = json::array();
+      for (size_t s = 0; s < shards->size(); ++s) {
+        per_shard.push_back({{"shard", s},
+                             {"address", (*shards)[s].address},
+                             {"has_table", found.rows[s] >= 0},
+                             {"rows", std::max<int64_t>(found.rows[s], 0)}});
+      }
       // "ok": false because nothing was dropped (exit 2).
       std::cout << json{{"ok", false},
                         {"dry_run", true},

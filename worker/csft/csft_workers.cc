@@ -188,12 +188,8 @@ absl::StatusOr<std::unique_ptr<PsWorkerGroup>> PsWorkerGroup::Create(
       absl::StrCat(o.prefix, "_dense_g", generation);
   MIM_ASSIGN_OR_RETURN(std::vector<ps::PsClient::ShardStats> stats,
                        client->Stats(""));
-  uint64_t stale_rows = 0;
-  for (const ps::PsClient::ShardStats& shard : stats) {
-    for (const ps::TableStats& t : shard.stats.tables()) {
-      if (t.config().name() == dense_table) stale_rows += t.rows();
-    }
-  }
+  const uint64_t stale_rows =
+      ps::FindTableOnShards(stats, dense_table).total_rows();
   if (stale_rows != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "C-SFT parameter table ", dense_table, " already holds ", stale_rows,
