@@ -533,7 +533,7 @@ class RocksDbStorage : public Storage {
       ranges.emplace_back(prefix, std::move(end));
     }
     MIM_RETURN_IF_ERROR(WriteRocks(&built->wb_));
-    for (const auto& [begin, end] : ranges) RemoveFilesOfRange(begin, end);
+    if (!ranges.empty()) RemoveFilesOfRanges(ranges);
     return absl::OkStatus();
   }
 
@@ -552,27 +552,31 @@ class RocksDbStorage : public Storage {
     flush.allow_write_stall = true;
     MIM_RETURN_IF_ERROR(FromRocks(db_->Flush(flush), "flush"));
     const rocksdb::Slice b(prefix.data(), prefix.size()), e(end);
-    return FromRocks(rocksdb::experimental::SuggestCompactRange(db_.get(), &b, &e),
-                     "suggest compaction");
+    return FromRocks(
+        rocksdb::experimental::SuggestCompactRange(db_.get(), &b, &e),
+        "suggest compaction");
   }
 
  private:
-  // After a prefix delete is written: the SST files (below level 0) that
-  // hold only keys of [begin, end), all deleted now, are removed at once,
+  // After prefix deletes are written: the SST files (below level 0) that
+  // hold only keys of one deleted [begin, end) range are removed at once,
   // so a dropped table's disk space comes back and later opens' scans do
-  // not step over its rows. Only once the delete is durable in the WAL
-  // (synced here also without sync_writes): removed files are gone for
-  // good, and a crash must not bring back the range's other keys without
+  // not step over its rows. Only once the deletes are durable in the WAL
+  // (synced here, once, also without sync_writes): removed files are gone
+  // for good, and a crash must not bring back a range's other keys without
   // them. Safe because no key of the range is written meanwhile
   // (storage.h). Best effort: on a failure the files are left to
   // compaction (CompactDeletedPrefix).
-  void RemoveFilesOfRange(const std::string& begin, const std::string& end) {
+  void RemoveFilesOfRanges(
+      const std::vector<std::pair<std::string, std::string>>& ranges) {
     absl::ReaderMutexLock lock(&mu_);
     if (db_ == nullptr) return;
     if (!db_->SyncWAL().ok()) return;
-    const rocksdb::Slice b(begin), e(end);
-    (void)rocksdb::DeleteFilesInRange(db_.get(), db_->DefaultColumnFamily(),
-                                      &b, &e, /*include_end=*/false);
+    for (const auto& [begin, end] : ranges) {
+      const rocksdb::Slice b(begin), e(end);
+      (void)rocksdb::DeleteFilesInRange(db_.get(), db_->DefaultColumnFamily(),
+                                        &b, &e, /*include_end=*/false);
+    }
   }
 
   // Writes `wb` to the live database (Write's contract).
