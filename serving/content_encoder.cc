@@ -25,6 +25,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "base/atomic_file.h"
+#include "base/fnv1a.h"
 #include "base/status_macros.h"
 #include "fasttext/args.h"
 #include "fasttext/fasttext.h"
@@ -59,18 +60,6 @@ constexpr int32_t kMaxDim = 1 << 16;
 // built yet (1e15; see ScanModelFile).
 constexpr int64_t kMaxWordCount = 999999999999999;
 
-constexpr uint64_t kFnvOffset = 14695981039346656037ull;
-constexpr uint64_t kFnvPrime = 1099511628211ull;
-
-uint64_t FnvUpdate(uint64_t h, const void* data, size_t n) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < n; ++i) {
-    h ^= p[i];
-    h *= kFnvPrime;
-  }
-  return h;
-}
-
 std::string IdString(uint64_t h) { return absl::StrFormat("%016x", h); }
 
 std::string JoinPath(const std::string& dir, absl::string_view name) {
@@ -86,7 +75,7 @@ class HashingReader {
   // Reads exactly `n` bytes into `dst`; false at end of file or on error.
   bool Read(void* dst, size_t n) {
     const size_t got = std::fread(dst, 1, n, f_);
-    hash_ = FnvUpdate(hash_, dst, got);
+    hash_ = base::Fnv1a64(dst, got, hash_);
     offset_ += got;
     return got == n;
   }
@@ -111,7 +100,7 @@ class HashingReader {
     int c;
     while ((c = std::getc(f_)) != EOF) {
       const unsigned char b = static_cast<unsigned char>(c);
-      hash_ = FnvUpdate(hash_, &b, 1);
+      hash_ = base::Fnv1a64(&b, 1, hash_);
       ++offset_;
       if (b == 0) return true;
     }
@@ -130,7 +119,7 @@ class HashingReader {
 
  private:
   std::FILE* f_;
-  uint64_t hash_ = kFnvOffset;
+  uint64_t hash_ = base::kFnv1a64Basis;
   uint64_t offset_ = 0;
   char buf_[1 << 16];
 };
@@ -528,7 +517,7 @@ absl::StatusOr<std::unique_ptr<ContentEncoder>> ContentEncoder::Load(
         "; the three files must come from one save"));
   }
   const std::string id = IdString(
-      FnvUpdate(model_info.hash, mean_text.data(), mean_text.size()));
+      base::Fnv1a64(mean_text.data(), mean_text.size(), model_info.hash));
   if (id != descriptor.id) {
     return absl::DataLossError(absl::StrCat(
         dir, ": ", kEncoderModelFileName, " and ", kEncoderMeanFileName,
@@ -691,7 +680,7 @@ absl::StatusOr<std::string> ContentEncoder::Save(const std::string& dir) const {
   MIM_RETURN_IF_ERROR(base::WriteFileAtomically(
       JoinPath(dir, kEncoderMeanFileName), mean_text));
   const std::string id =
-      IdString(FnvUpdate(info->hash, mean_text.data(), mean_text.size()));
+      IdString(base::Fnv1a64(mean_text.data(), mean_text.size(), info->hash));
   MIM_RETURN_IF_ERROR(base::WriteFileAtomically(
       JoinPath(dir, kEncoderDescriptorFileName), FormatDescriptor(dim_, id)));
   return id;

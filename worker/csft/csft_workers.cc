@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "base/fnv1a.h"
 #include "base/status_macros.h"
 #include "proto/ps.pb.h"
 
@@ -58,14 +59,11 @@ bool GetParts(const float* in, uint64_t* value) {
   return true;
 }
 
+// base::Fnv1a64 over pieces: bytes, or a value's own bytes.
 class Fnv {
  public:
   void Add(const void* data, size_t bytes) {
-    const unsigned char* p = static_cast<const unsigned char*>(data);
-    for (size_t i = 0; i < bytes; ++i) {
-      h_ ^= p[i];
-      h_ *= 0x100000001b3ULL;
-    }
+    h_ = base::Fnv1a64(data, bytes, h_);
   }
   template <typename T>
   void Add(const T& value) {
@@ -74,7 +72,7 @@ class Fnv {
   uint64_t value() const { return h_; }
 
  private:
-  uint64_t h_ = 0xcbf29ce484222325ULL;
+  uint64_t h_ = base::kFnv1a64Basis;
 };
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "base/atomic_file.h"
+#include "base/fnv1a.h"
 #include "base/status_macros.h"
 #include "kernels/csft_ops.h"
 #include "kernels/dense_ops.h"
@@ -21,16 +22,6 @@ namespace mim::csft {
 namespace {
 
 constexpr char kMagic[] = "#mim-csft-encoder v1";
-
-uint64_t Fnv1a(const void* data, size_t n) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (size_t i = 0; i < n; ++i) {
-    h ^= p[i];
-    h *= 0x100000001b3ULL;
-  }
-  return h;
-}
 
 void AddInto(const std::vector<float>& src, float* dst) {
   for (size_t i = 0; i < src.size(); ++i) dst[i] += src[i];
@@ -84,7 +75,7 @@ absl::StatusOr<std::unique_ptr<CsftEncoder>> CsftEncoder::Create(
 }
 
 uint64_t CsftEncoder::Fingerprint() const {
-  return Fnv1a(params_.data(), params_.size() * sizeof(float));
+  return base::Fnv1a64(params_.data(), params_.size() * sizeof(float));
 }
 
 absl::Status CsftEncoder::Save(const std::string& path) const {

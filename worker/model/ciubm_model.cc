@@ -17,6 +17,7 @@
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "base/atomic_file.h"
+#include "base/fnv1a.h"
 #include "base/status_macros.h"
 #include "kernels/backend.h"
 #include "kernels/backend_buffer.h"
@@ -154,15 +155,6 @@ class Reader {
   const char* end_;
 };
 
-uint64_t Fnv1a64(const char* p, size_t n) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (size_t i = 0; i < n; ++i) {
-    h ^= static_cast<unsigned char>(p[i]);
-    h *= 0x100000001b3ULL;
-  }
-  return h;
-}
-
 void WriteConfig(const ModelConfig& c, Writer* w) {
   w->Pod<uint32_t>(static_cast<uint32_t>(c.name.size()));
   w->Bytes(c.name.data(), c.name.size());
@@ -282,7 +274,7 @@ absl::Status ReadModelFile(const std::string& path, ModelConfig* config,
   const char* payload = data.data() + (data.size() - r.left());
   uint64_t stored_sum = 0;
   std::memcpy(&stored_sum, payload + payload_len, sizeof(stored_sum));
-  if (Fnv1a64(payload, payload_len) != stored_sum) {
+  if (base::Fnv1a64(payload, payload_len) != stored_sum) {
     return loss("checksum mismatch (file corrupted)");
   }
   Reader pr(payload, payload_len);
@@ -1262,7 +1254,7 @@ absl::Status CiubmModel::Save(const std::string& path) const {
   file.Pod<uint32_t>(kFormatVersion);
   file.Pod<uint64_t>(payload.bytes().size());
   file.Bytes(payload.bytes().data(), payload.bytes().size());
-  file.Pod<uint64_t>(Fnv1a64(payload.bytes().data(), payload.bytes().size()));
+  file.Pod<uint64_t>(base::Fnv1a64(payload.bytes().data(), payload.bytes().size()));
 
   return base::WriteFileAtomically(path, file.bytes());
 }

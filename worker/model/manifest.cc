@@ -9,6 +9,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "base/atomic_file.h"
+#include "base/fnv1a.h"
 #include "base/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -314,12 +315,7 @@ absl::Status WriteManifest(const std::string& dir, const ModelManifest& m) {
 absl::StatusOr<uint64_t> FileChecksum(const std::string& path) {
   std::string bytes;
   MIM_RETURN_IF_ERROR(base::ReadFileToString(path, &bytes));
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (unsigned char c : bytes) {
-    h ^= c;
-    h *= 0x100000001b3ULL;
-  }
-  return h;
+  return base::Fnv1a64(bytes.data(), bytes.size());
 }
 
 std::string NewModelVersion(absl::string_view model_name) {
