@@ -39,6 +39,9 @@ constexpr uint64_t kAbortLow = 0xffffffffu;
 // parameters (Finished): above every epoch.
 constexpr uint64_t kFinishedLow = 0xfffffffeu;
 
+// The bits of a value that PutParts keeps: three parts of kIdPartBits.
+constexpr uint64_t kPartsMask = (uint64_t{1} << (kIdParts * kIdPartBits)) - 1;
+
 // A 63-bit value as three 21-bit integers (exact in float), and back
 // (false for anything else).
 void PutParts(uint64_t value, float* out) {
@@ -208,7 +211,7 @@ absl::StatusOr<std::unique_ptr<PsWorkerGroup>> PsWorkerGroup::Create(
   // The count row carries this worker's inputs fingerprint, which worker 0
   // compares at the start barrier.
   g->row_buffer_.assign(o.dim + kIdParts, 0.0f);
-  PutParts(o.fingerprint & ((uint64_t{1} << 63) - 1), g->row_buffer_.data());
+  PutParts(o.fingerprint & kPartsMask, g->row_buffer_.data());
   MIM_ASSIGN_OR_RETURN(
       ps::PsClient::UpsertResult counted,
       client->Upsert(config.name(), absl::MakeConstSpan(&count_key, 1),
@@ -396,10 +399,11 @@ absl::Status PsWorkerGroup::AwaitEpoch(int epoch) {
   }
   MIM_ASSIGN_OR_RETURN(ps::PsClient::GetRowsResult counts,
                        client_->GetRows(exchange_table_, count_keys));
-  const uint64_t mine = options_.fingerprint & ((uint64_t{1} << 63) - 1);
+  const uint64_t mine = options_.fingerprint & kPartsMask;
   for (int w = 0; w < options_.num_workers; ++w) {
     uint64_t theirs = 0;
-    const float* row = counts.values.data() + size_t(w) * (options_.dim + kIdParts);
+    const float* row =
+        counts.values.data() + size_t(w) * (options_.dim + kIdParts);
     if (!GetParts(row, &theirs) || theirs != mine) {
       return Abort(absl::FailedPreconditionError(absl::StrCat(
           "C-SFT worker ", w, "'s inputs differ from worker 0's (fingerprint ",
