@@ -58,6 +58,11 @@ struct PsClient::Shard {
   std::vector<std::unique_ptr<ParameterServer::Stub>> stubs;
   std::vector<std::unique_ptr<PullStub>> pull_stubs;  // one per channel
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
+  // Sequence numbers of this client's push calls to this shard (1, 2, ...).
+  // Per shard, so that the shard's window of remembered sequences
+  // (embedding::ClientWindow::kWindow) covers that many of the calls it
+  // receives, however many shards a push spans.
+  std::atomic<uint64_t> next_sequence{0};
 };
 
 namespace {
@@ -559,10 +564,7 @@ class ShardCaller {
       }
       for (const uint32_t s : go) {
         const grpc::StatusCode code = status[s].error_code();
-        if (code == grpc::StatusCode::UNAVAILABLE ||
-            code == grpc::StatusCode::DEADLINE_EXCEEDED) {
-          maybe_applied[s] = 1;
-        }
+        if (MaybeApplied(code)) maybe_applied[s] = 1;
       }
       std::vector<uint32_t> again;
       if (attempt < max_attempts && absl::Now() < give_up) {
@@ -570,7 +572,8 @@ class ShardCaller {
           const grpc::StatusCode code = status[s].error_code();
           if (resend == Resend::kAlways
                   ? code == grpc::StatusCode::UNAVAILABLE ||
-                        code == grpc::StatusCode::DEADLINE_EXCEEDED
+                        code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+                        code == grpc::StatusCode::CANCELLED
                   : resend == Resend::kUnsent && !sent[s] &&
                         code == grpc::StatusCode::UNAVAILABLE) {
             again.push_back(s);
@@ -594,28 +597,47 @@ class ShardCaller {
       pending = std::move(again);
     }
     // The first error that is not in doubt wins: it is what the caller must
-    // act on (e.g. a shard that stayed down).
-    absl::Status first_error;
+    // act on (e.g. a shard that stayed down). It still carries the in-doubt
+    // mark when another call of the push is in doubt.
+    absl::Status first_clean;
+    absl::Status first_in_doubt;
     for (const uint32_t s : calls) {
       if (status[s].ok()) continue;
       // Whatever the last attempt's error, an earlier one may have landed.
       const bool in_doubt = push && maybe_applied[s];
-      if (!in_doubt) {
-        return Described(client, shard_of_call[s], status[s], tries[s],
-                         start);
-      }
-      if (first_error.ok()) {
-        first_error =
-            Described(client, shard_of_call[s], status[s], tries[s], start);
-        first_error = absl::Status(
-            first_error.code(),
-            absl::StrCat(first_error.message(),
-                         "; the push was sent, so the shard may or may not "
-                         "have applied it"));
-        first_error.SetPayload(kPushInDoubtUrl, absl::Cord("1"));
+      absl::Status& first = in_doubt ? first_in_doubt : first_clean;
+      if (first.ok()) {
+        first = Described(client, shard_of_call[s], status[s], tries[s],
+                          start);
       }
     }
-    return first_error;
+    if (first_in_doubt.ok()) return first_clean;
+    absl::Status error = first_clean.ok() ? first_in_doubt : first_clean;
+    error = absl::Status(
+        error.code(),
+        absl::StrCat(error.message(),
+                     first_clean.ok()
+                         ? "; the push was sent, so the shard may or may not "
+                           "have applied it"
+                         : absl::StrCat("; and another part of the push may "
+                                        "or may not have been applied: ",
+                                        first_in_doubt.message())));
+    error.SetPayload(kPushInDoubtUrl, absl::Cord("1"));
+    return error;
+  }
+
+  // Whether a call that ended with `code` after it went out may have been
+  // applied by its shard: the connection broke (UNAVAILABLE), no answer
+  // came in time (DEADLINE_EXCEEDED), or gRPC ended the call itself after
+  // the handler may have run (CANCELLED at the server's shutdown or by its
+  // memory quota, UNKNOWN for a reset stream). The shard's own refusals
+  // (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED,
+  // ...) change nothing.
+  static bool MaybeApplied(grpc::StatusCode code) {
+    return code == grpc::StatusCode::UNAVAILABLE ||
+           code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+           code == grpc::StatusCode::CANCELLED ||
+           code == grpc::StatusCode::UNKNOWN;
   }
 
   // Sends the calls of `routing` wave by wave (Call each); stops at the
@@ -1049,7 +1071,8 @@ absl::StatusOr<uint64_t> PsClient::Push(absl::string_view table,
     // Every call its own number; a resend (ShardCaller) sends the same
     // request again, so the shard applies it once.
     requests[s].set_client_id(client_id_);
-    requests[s].set_sequence(next_sequence_.fetch_add(1) + 1);
+    requests[s].set_sequence(
+        shards_[routing.shard_of_call[s]]->next_sequence.fetch_add(1) + 1);
   }
   // Sum the gradients of repeated keys into their one row, request order.
   for (size_t i = 0; i < keys.size(); ++i) {
@@ -1059,6 +1082,23 @@ absl::StatusOr<uint64_t> PsClient::Push(absl::string_view table,
         size_t{routing.pos_of_unique[u]} * *dim;
     const float* g = gradients.data() + i * *dim;
     for (size_t j = 0; j < *dim; ++j) row[j] += g[j];
+  }
+  // Finite gradients of a repeated key can sum past float's range; the
+  // shard would refuse that row while the others applied their parts.
+  if (routing.unique.size() < keys.size()) {
+    for (const uint32_t s : routing.calls) {
+      const std::string& rows = requests[s].gradients();
+      const size_t n = rows.size() / sizeof(float);
+      const float* f = RowsOf(rows);
+      for (size_t j = 0; j < n; ++j) {
+        if (std::isfinite(f[j])) continue;
+        const uint32_t u = routing.unique_at[s][j / *dim];
+        return absl::InvalidArgumentError(absl::StrCat(
+            "gradients of key ", routing.unique[u],
+            ", repeated in the push, sum to a value that is not finite at "
+            "dimension ", j % *dim, "; nothing was sent"));
+      }
+    }
   }
   std::vector<PushResponse> responses;
   absl::Status status = ShardCaller::CallRouted<PushRpc>(

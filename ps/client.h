@@ -27,8 +27,9 @@
 // and its own sequence number (PushRequest), and a shard applies each
 // (id, sequence) once, acknowledging a resend without applying it again
 // (embedding/push_log.h). So by default (PushRetry::kAlways) a push is
-// resent like a pull, on UNAVAILABLE (connection broken, shard restarting)
-// and DEADLINE_EXCEEDED, and a push cut off after it was sent is resent
+// resent like a pull, on UNAVAILABLE (connection broken, shard restarting),
+// DEADLINE_EXCEEDED and CANCELLED (gRPC ended the call, e.g. at the shard's
+// shutdown), and a push cut off after it was sent is resent
 // until its shard answers: none is lost, none applied twice. Only when the
 // retry limits run out is a push "in doubt": IsPushInDoubt() tells that
 // apart from a shard that stayed unreachable (nothing was sent to it) or
@@ -343,9 +344,9 @@ class PsClient {
   Options options_;
   std::vector<std::unique_ptr<Shard>> shards_;
   mutable std::atomic<uint64_t> next_channel_{0};
-  // Tags of this client's pushes (PushRequest.client_id, sequence).
+  // Tags of this client's pushes (PushRequest.client_id; the sequence is
+  // per shard, Shard::next_sequence).
   const uint64_t client_id_;
-  std::atomic<uint64_t> next_sequence_{0};
   mutable absl::Mutex dims_mu_;
   mutable absl::flat_hash_map<std::string, uint32_t> dims_
       ABSL_GUARDED_BY(dims_mu_);
@@ -354,11 +355,14 @@ class PsClient {
 };
 
 // Whether `status` (from PsClient::Push) says the push may or may not have
-// been applied: an attempt was sent (or may have been) and ended
-// UNAVAILABLE (connection broke) or DEADLINE_EXCEEDED, and the retries did
-// not get an answer (whatever the last attempt's error). Other errors of a
-// Push mean that the failing shard did not apply it (with several shards,
-// the others may have applied their parts).
+// been applied: an attempt of one of its calls was sent (or may have been)
+// and ended UNAVAILABLE (connection broke), DEADLINE_EXCEEDED, CANCELLED or
+// UNKNOWN (gRPC ended the call after the shard may have run it), and the
+// retries did not get an answer (whatever the last attempt's error). The
+// returned error is then the first call's that is not in doubt, if any, and
+// still counts as in doubt. Other errors of a Push mean that no shard's part
+// was left in doubt: the failing shards did not apply theirs (with several
+// shards, the others may have applied their parts).
 bool IsPushInDoubt(const absl::Status& status);
 
 // Sum of per-shard stats for each table name, in the order of first shard.

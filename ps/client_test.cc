@@ -849,9 +849,13 @@ class ScriptedShard : public ParameterServer::Service {
  public:
   ScriptedShard(grpc::Status answer, absl::Duration delay)
       : answer_(std::move(answer)), delay_(delay) {}
-  grpc::Status Push(grpc::ServerContext*, const PushRequest*,
+  grpc::Status Push(grpc::ServerContext*, const PushRequest* request,
                     PushResponse*) override {
     ++pushes;
+    {
+      absl::MutexLock lock(&mu);
+      tags.emplace_back(request->client_id(), request->sequence());
+    }
     absl::SleepFor(delay_);
     return answer_;
   }
@@ -863,6 +867,9 @@ class ScriptedShard : public ParameterServer::Service {
   }
   std::atomic<int> pushes{0};
   std::atomic<int> pulls{0};
+  absl::Mutex mu;
+  // (client_id, sequence) of every push attempt, in arrival order.
+  std::vector<std::pair<uint64_t, uint64_t>> tags ABSL_GUARDED_BY(mu);
 
  private:
   const grpc::Status answer_;
@@ -930,6 +937,105 @@ TEST(PsClientPushRetryTest, ASentPushIsNotResentAndIsInDoubt) {
   EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(IsPushInDoubt(refused));
   EXPECT_FALSE(IsPushInDoubt(absl::OkStatus()));
+}
+
+// The first key from 0 up that belongs to `shard` of `num_shards`.
+uint64_t KeyOnShard(uint32_t shard, uint32_t num_shards, uint64_t from = 0) {
+  uint64_t key = from;
+  while (embedding::ShardOf(key, num_shards) != shard) ++key;
+  return key;
+}
+
+TEST(PsClientPushRetryTest, SequencesCountPerShard) {
+  // Each shard sees 1, 2, 3, ... of this client's push calls to it, so its
+  // window of 1024 remembered sequences covers 1024 of them whatever the
+  // number of shards.
+  ScriptedServer a(grpc::Status::OK, absl::ZeroDuration());
+  ScriptedServer b(grpc::Status::OK, absl::ZeroDuration());
+  auto client = PsClient::Create({a.address, b.address});
+  ASSERT_TRUE(client.ok());
+  const uint64_t on_a = KeyOnShard(0, 2), on_b = KeyOnShard(1, 2);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE((*client)->Push("t", {on_a, on_b}, {1.0f, 2.0f}).ok());
+  }
+  ASSERT_TRUE((*client)->Push("t", {on_b}, {1.0f}).ok());
+  absl::MutexLock la(&a.service.mu);
+  absl::MutexLock lb(&b.service.mu);
+  ASSERT_EQ(a.service.tags.size(), 3u);
+  ASSERT_EQ(b.service.tags.size(), 4u);
+  const uint64_t id = a.service.tags[0].first;
+  EXPECT_NE(id, 0u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(a.service.tags[i], std::make_pair(id, uint64_t{i + 1}));
+  }
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(b.service.tags[i], std::make_pair(id, uint64_t{i + 1}));
+  }
+}
+
+TEST(PsClientPushRetryTest, RepeatedKeysSummingPastFloatRangeSendNothing) {
+  ScriptedServer shard(grpc::Status::OK, absl::ZeroDuration());
+  auto client = PsClient::Create({shard.address});
+  ASSERT_TRUE(client.ok());
+  // Each gradient is finite; their sum is not.
+  const absl::Status s =
+      (*client)->Push("t", {7, 8, 7}, {3e38f, 1.0f, 3e38f}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("gradients of key 7, repeated in the push, sum to a "
+                        "value that is not finite at dimension 0"));
+  EXPECT_EQ(shard.service.pushes, 0);
+  // Repeats that stay in range go out as one summed row.
+  EXPECT_TRUE((*client)->Push("t", {7, 7}, {1e38f, 1e38f}).ok());
+  EXPECT_EQ(shard.service.pushes, 1);
+}
+
+TEST(PsClientPushRetryTest, APushWithAnyPartInDoubtIsInDoubt) {
+  // One shard refuses its part outright, the other's part ends in doubt:
+  // the caller gets the refusal (what it must act on), still marked in
+  // doubt, and told about the other part.
+  ScriptedServer refusing(
+      grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no"),
+      absl::ZeroDuration());
+  ScriptedServer cut(grpc::Status(grpc::StatusCode::UNAVAILABLE, "cut"),
+                     absl::ZeroDuration());
+  PsClient::Options options;
+  options.max_attempts = 2;
+  options.initial_backoff = absl::Milliseconds(1);
+  auto client = PsClient::Create({refusing.address, cut.address}, options);
+  ASSERT_TRUE(client.ok());
+  const absl::Status s =
+      (*client)
+          ->Push("t", {KeyOnShard(0, 2), KeyOnShard(1, 2)}, {1.0f, 1.0f})
+          .status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_TRUE(IsPushInDoubt(s)) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr(refusing.address));
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("another part of the push may or may not have been "
+                        "applied"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr(cut.address));
+}
+
+TEST(PsClientPushRetryTest, ACancelledPushIsResentAndInDoubt) {
+  // gRPC ends calls CANCELLED itself (a server's shutdown grace, its memory
+  // quota) after the handler may have run: resent like a cut connection,
+  // and in doubt if no answer comes.
+  ScriptedServer shard(grpc::Status(grpc::StatusCode::CANCELLED, "gone"),
+                       absl::ZeroDuration());
+  PsClient::Options options;
+  options.max_attempts = 3;
+  options.initial_backoff = absl::Milliseconds(1);
+  auto client = PsClient::Create({shard.address}, options);
+  ASSERT_TRUE(client.ok());
+  const absl::Status s = (*client)->Push("t", {1}, {1.0f}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  EXPECT_TRUE(IsPushInDoubt(s)) << s;
+  EXPECT_EQ(shard.service.pushes, 3);
+  absl::MutexLock lock(&shard.service.mu);
+  for (const auto& tag : shard.service.tags) {
+    EXPECT_EQ(tag, shard.service.tags[0]);  // one call, resent as it was
+  }
 }
 
 }  // namespace
