@@ -545,38 +545,17 @@ class StoreImpl : public EmbeddingStore {
     EmbeddingTable* t = Find(table);
     if (t == nullptr) return NoTable(table);
     const int64_t now = NowMicros();
-    std::vector<uint64_t> evicted;
-    std::shared_ptr<PushLog::Entry> client =
-        push_log_->Get(tag.client_id, now, &evicted);
-    absl::MutexLock client_lock(&client->mu);
-    switch (client->window.Check(tag.sequence)) {
-      case ClientWindow::Seen::kApplied: {
-        client->last_used_micros = now;  // in memory only: nothing changed
-        absl::flat_hash_set<uint64_t> distinct(keys.begin(), keys.end());
-        return PushOutcome{distinct.size(), true};
-      }
-      case ClientWindow::Seen::kTooOld:
-        return absl::FailedPreconditionError(absl::StrCat(
-            "push ", tag.sequence, " of client ", tag.client_id,
-            " is more than ", ClientWindow::kWindow,
-            " pushes older than its newest (", client->window.highest(),
-            "): the shard cannot tell whether it was applied, so it is not "
-            "applied again"));
-      case ClientWindow::Seen::kNew:
-        break;
+    std::vector<PushLog::Evicted> evicted;
+    PushLog::Pinned client = push_log_->Get(tag.client_id, now, &evicted);
+    absl::StatusOr<PushOutcome> outcome =
+        PushAs(*client, t, keys, gradients, tag, now, evicted);
+    if (!outcome.ok() && !evicted.empty()) {
+      // Nothing was written, the evicted clients' deletions neither: keep
+      // the log as storage has it (outside the client's mutex: the log's
+      // comes first).
+      push_log_->Reinstate(std::move(evicted));
     }
-    ClientWindow next = client->window;
-    next.Mark(tag.sequence);
-    StorageBatch extra;
-    extra.puts.emplace_back(PushLogKey(tag.client_id), next.Encode(now));
-    for (uint64_t gone : evicted) extra.deletes.push_back(PushLogKey(gone));
-    MIM_ASSIGN_OR_RETURN(
-        uint64_t updated,
-        t->Push(keys, gradients, now, PersistFor(*t, std::move(extra))));
-    client->window = next;
-    client->last_used_micros = now;
-    if (options_.test_after_push_applied) options_.test_after_push_applied();
-    return PushOutcome{updated, false};
+    return outcome;
   }
 
   absl::StatusOr<UpsertResult> Upsert(absl::string_view table,
@@ -589,6 +568,47 @@ class StoreImpl : public EmbeddingStore {
     EmbeddingTable* t = Find(table);
     if (t == nullptr) return NoTable(table);
     return t->Upsert(keys, values, version, NowMicros(), PersistFor(*t));
+  }
+
+  // PushOnce's part under the client's mutex: the push applied once, its
+  // record (and the deletions of `evicted`) in the rows' storage batch.
+  absl::StatusOr<PushOutcome> PushAs(
+      PushLog::Entry& client, EmbeddingTable* t,
+      absl::Span<const uint64_t> keys, absl::Span<const float> gradients,
+      const PushTag& tag, int64_t now,
+      const std::vector<PushLog::Evicted>& evicted)
+      ABSL_SHARED_LOCKS_REQUIRED(write_mu_, tables_mu_) {
+    absl::MutexLock client_lock(&client.mu);
+    switch (client.window.Check(tag.sequence)) {
+      case ClientWindow::Seen::kApplied: {
+        client.last_used_micros = now;  // in memory only: nothing changed
+        absl::flat_hash_set<uint64_t> distinct(keys.begin(), keys.end());
+        return PushOutcome{distinct.size(), true};
+      }
+      case ClientWindow::Seen::kTooOld:
+        return absl::FailedPreconditionError(absl::StrCat(
+            "push ", tag.sequence, " of client ", tag.client_id,
+            " is more than ", ClientWindow::kWindow,
+            " pushes older than its newest (", client.window.highest(),
+            "): the shard cannot tell whether it was applied, so it is not "
+            "applied again"));
+      case ClientWindow::Seen::kNew:
+        break;
+    }
+    ClientWindow next = client.window;
+    next.Mark(tag.sequence);
+    StorageBatch extra;
+    extra.puts.emplace_back(PushLogKey(tag.client_id), next.Encode(now));
+    for (const PushLog::Evicted& gone : evicted) {
+      extra.deletes.push_back(PushLogKey(gone.client_id));
+    }
+    MIM_ASSIGN_OR_RETURN(
+        uint64_t updated,
+        t->Push(keys, gradients, now, PersistFor(*t, std::move(extra))));
+    client.window = next;
+    client.last_used_micros = now;
+    if (options_.test_after_push_applied) options_.test_after_push_applied();
+    return PushOutcome{updated, false};
   }
 
   absl::Status GetRows(absl::string_view table,

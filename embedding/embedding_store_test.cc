@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -337,6 +338,28 @@ TEST_F(EmbeddingStoreTest, PushLogIsBounded) {
       store_->PushOnce("user_id", {1}, grad, PushTag{3, 1})->duplicate);
   EXPECT_FALSE(
       store_->PushOnce("user_id", {1}, grad, PushTag{2, 1})->duplicate);
+}
+
+// A new client's push that is refused (here a NaN gradient) writes
+// nothing, so it evicts nobody: the least recently used client keeps its
+// protection, in memory and after a reopen.
+TEST_F(EmbeddingStoreTest, ARefusedPushEvictsNoClient) {
+  options_.max_push_clients = 2;
+  Reopen();
+  const std::vector<float> grad = Ramp(8, 0.5f);
+  ASSERT_TRUE(store_->PushOnce("user_id", {1}, grad, PushTag{1, 1}).ok());
+  ASSERT_TRUE(store_->PushOnce("user_id", {1}, grad, PushTag{2, 1}).ok());
+  std::vector<float> bad = grad;
+  bad[3] = std::nanf("");
+  const Dump before = DumpTable(*store_, "user_id");
+  EXPECT_EQ(store_->PushOnce("user_id", {1}, bad, PushTag{3, 1}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(DumpTable(*store_, "user_id"), before);
+  EXPECT_TRUE(store_->PushOnce("user_id", {1}, grad, PushTag{1, 1})->duplicate);
+  EXPECT_TRUE(store_->PushOnce("user_id", {1}, grad, PushTag{2, 1})->duplicate);
+  Reopen();
+  EXPECT_TRUE(store_->PushOnce("user_id", {1}, grad, PushTag{1, 1})->duplicate);
+  EXPECT_TRUE(store_->PushOnce("user_id", {1}, grad, PushTag{2, 1})->duplicate);
 }
 
 TEST_F(EmbeddingStoreTest, DeleteCheckpointAndRetention) {

@@ -115,25 +115,38 @@ bool ParsePushLogKey(absl::string_view key, uint64_t* client_id) {
   return true;
 }
 
-std::shared_ptr<PushLog::Entry> PushLog::Get(uint64_t client_id,
-                                             int64_t now_micros,
-                                             std::vector<uint64_t>* evicted) {
+PushLog::Pinned::~Pinned() {
+  if (entry_ != nullptr) log_->Unpin(entry_.get());
+}
+
+void PushLog::Unpin(Entry* entry) {
+  absl::MutexLock lock(&mu_);
+  --entry->pins;
+}
+
+PushLog::Pinned PushLog::Get(uint64_t client_id, int64_t now_micros,
+                             std::vector<Evicted>* evicted) {
   absl::MutexLock lock(&mu_);
   auto [it, inserted] = entries_.try_emplace(client_id);
-  if (!inserted) return it->second;
+  if (!inserted) {
+    ++it->second->pins;
+    return Pinned(this, it->second);
+  }
   it->second = std::make_shared<Entry>();
   std::shared_ptr<Entry> entry = it->second;
+  ++entry->pins;
   {
     absl::MutexLock entry_lock(&entry->mu);
     entry->last_used_micros = now_micros;
   }
   while (entries_.size() > max_clients_) {
-    // The least recently used client that no push holds right now.
+    // The least recently used client that no push holds right now. An
+    // unpinned entry's mutex is free (only a pinned holder takes it).
     uint64_t victim = 0;
     int64_t oldest = std::numeric_limits<int64_t>::max();
     bool found = false;
     for (auto& [id, e] : entries_) {
-      if (id == client_id || !e->mu.TryLock()) continue;
+      if (e->pins > 0 || !e->mu.TryLock()) continue;
       const int64_t used = e->last_used_micros;
       e->mu.Unlock();
       if (!found || used < oldest) {
@@ -143,10 +156,18 @@ std::shared_ptr<PushLog::Entry> PushLog::Get(uint64_t client_id,
       }
     }
     if (!found) break;  // every other client is mid-push: over by a few
-    entries_.erase(victim);
-    evicted->push_back(victim);
+    auto gone = entries_.find(victim);
+    evicted->push_back(Evicted{victim, std::move(gone->second)});
+    entries_.erase(gone);
   }
-  return entry;
+  return Pinned(this, std::move(entry));
+}
+
+void PushLog::Reinstate(std::vector<Evicted> evicted) {
+  absl::MutexLock lock(&mu_);
+  for (Evicted& e : evicted) {
+    entries_.try_emplace(e.client_id, std::move(e.entry));
+  }
 }
 
 void PushLog::Load(uint64_t client_id, const ClientWindow& window,

@@ -11,9 +11,9 @@
 // is refused rather than risk a second application.
 //
 // The log is bounded: at most `max_clients` clients are remembered; a new
-// one evicts the least recently used. A client evicted (silent while that
-// many others pushed) loses its protection: a resend of one of its old
-// pushes would be applied again.
+// one evicts the least recently used that is not in a push. A client
+// evicted (silent while that many others pushed) loses its protection: a
+// resend of one of its old pushes would be applied again.
 //
 // Records travel in the same storage batch as the rows they protect, so
 // the log is exactly as durable as the rows (it survives kill -9 and is
@@ -79,16 +79,51 @@ class PushLog {
     absl::Mutex mu;  // held for the whole of one push of this client
     ClientWindow window ABSL_GUARDED_BY(mu);
     int64_t last_used_micros ABSL_GUARDED_BY(mu) = 0;
+    // How many Pinned handles hold this entry; guarded by the log's mu_.
+    // A pinned entry is never evicted.
+    int pins = 0;
+  };
+
+  // A client's entry, kept in the log (never evicted) for as long as this
+  // lives: from Get to the end of the push, including the moment before
+  // the push takes the entry's mutex. Move-only.
+  class Pinned {
+   public:
+    Pinned(Pinned&& other) noexcept
+        : log_(other.log_), entry_(std::move(other.entry_)) {}
+    Pinned& operator=(Pinned&&) = delete;
+    Pinned(const Pinned&) = delete;
+    Pinned& operator=(const Pinned&) = delete;
+    ~Pinned();
+    Entry* operator->() const { return entry_.get(); }
+    Entry& operator*() const { return *entry_; }
+
+   private:
+    friend class PushLog;
+    Pinned(PushLog* log, std::shared_ptr<Entry> entry)
+        : log_(log), entry_(std::move(entry)) {}
+    PushLog* log_;
+    std::shared_ptr<Entry> entry_;
+  };
+
+  // A client dropped from the log by Get.
+  struct Evicted {
+    uint64_t client_id;
+    std::shared_ptr<Entry> entry;
   };
 
   explicit PushLog(size_t max_clients) : max_clients_(max_clients) {}
 
-  // The entry of `client_id`, created if new. When that makes the log
-  // exceed max_clients, the least recently used other client not in a
-  // push is dropped and its id appended to `evicted` (its record must be
-  // deleted from storage in the caller's batch).
-  std::shared_ptr<Entry> Get(uint64_t client_id, int64_t now_micros,
-                             std::vector<uint64_t>* evicted);
+  // The entry of `client_id`, created if new, pinned. When that makes the
+  // log exceed max_clients, the least recently used other client that is
+  // not pinned is dropped and appended to `evicted`: its record must be
+  // deleted from storage in the caller's batch, or, if that batch is not
+  // written, the client put back with Reinstate.
+  Pinned Get(uint64_t client_id, int64_t now_micros,
+             std::vector<Evicted>* evicted);
+  // Puts clients that Get evicted back (their deletion was not written),
+  // except one that came back meanwhile.
+  void Reinstate(std::vector<Evicted> evicted);
   // Loads a stored record (Open, Restore): nothing is evicted.
   void Load(uint64_t client_id, const ClientWindow& window,
             int64_t last_used_micros);
@@ -98,6 +133,8 @@ class PushLog {
   void Swap(PushLog* other);
 
  private:
+  void Unpin(Entry* entry);
+
   const size_t max_clients_;
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Entry>> entries_

@@ -1,9 +1,7 @@
 #include "embedding/push_log.h"
 
-#include <thread>
 #include <vector>
 
-#include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 
 namespace mim::embedding {
@@ -88,32 +86,68 @@ TEST(PushLogTest, KeysRoundTrip) {
 
 TEST(PushLogTest, EvictsTheLeastRecentlyUsedClient) {
   PushLog log(2);
-  std::vector<uint64_t> evicted;
+  std::vector<PushLog::Evicted> evicted;
   log.Get(1, 100, &evicted);
-  auto two = log.Get(2, 50, &evicted);
+  log.Get(2, 50, &evicted);
   EXPECT_TRUE(evicted.empty());
   {
-    auto one = log.Get(1, 0, &evicted);
+    PushLog::Pinned one = log.Get(1, 0, &evicted);
     absl::MutexLock lock(&one->mu);
     one->last_used_micros = 300;  // client 1 pushed again
   }
   log.Get(3, 400, &evicted);
-  EXPECT_EQ(evicted, std::vector<uint64_t>{2});
+  ASSERT_EQ(evicted.size(), 1u);
+  EXPECT_EQ(evicted[0].client_id, 2u);
   EXPECT_EQ(log.size(), 2u);
-  // A client in a push (its mutex held by another thread) is not evicted.
+}
+
+// A client between Get and the end of its push is never evicted, even
+// before its push has taken the entry's mutex (the moment the eviction
+// scan could not see through the mutex alone); once the handle is gone it
+// is evictable again.
+TEST(PushLogTest, APinnedClientIsNotEvicted) {
+  PushLog log(2);
+  std::vector<PushLog::Evicted> evicted;
+  log.Get(1, 100, &evicted);
+  log.Get(2, 200, &evicted);
+  {
+    PushLog::Pinned one = log.Get(1, 0, &evicted);  // oldest, but pinned
+    log.Get(3, 300, &evicted);
+    ASSERT_EQ(evicted.size(), 1u);
+    EXPECT_EQ(evicted[0].client_id, 2u);
+    // Every other client pinned: the log goes over by one rather than
+    // evict a client in a push.
+    evicted.clear();
+    PushLog::Pinned three = log.Get(3, 0, &evicted);
+    log.Get(4, 400, &evicted);
+    EXPECT_TRUE(evicted.empty());
+    EXPECT_EQ(log.size(), 3u);
+  }
+  log.Get(5, 500, &evicted);
+  ASSERT_EQ(evicted.size(), 2u);  // 1 (100), then 3 (300)
+  EXPECT_EQ(evicted[0].client_id, 1u);
+  EXPECT_EQ(evicted[1].client_id, 3u);
+  EXPECT_EQ(log.size(), 2u);
+}
+
+// Clients evicted by a push that then wrote nothing are put back with
+// their windows; one that came back meanwhile keeps its new entry.
+TEST(PushLogTest, ReinstatePutsEvictedClientsBack) {
+  PushLog log(1);
+  std::vector<PushLog::Evicted> evicted;
+  {
+    PushLog::Pinned one = log.Get(1, 100, &evicted);
+    absl::MutexLock lock(&one->mu);
+    one->window.Mark(7);
+  }
+  log.Get(2, 200, &evicted);
+  ASSERT_EQ(evicted.size(), 1u);
+  log.Reinstate(std::move(evicted));
+  EXPECT_EQ(log.size(), 2u);
   evicted.clear();
-  auto three = log.Get(3, 0, &evicted);
-  absl::Notification holding, done;
-  std::thread pusher([&] {
-    absl::MutexLock busy(&three->mu);
-    holding.Notify();
-    done.WaitForNotification();
-  });
-  holding.WaitForNotification();
-  log.Get(4, 500, &evicted);
-  done.Notify();
-  pusher.join();
-  EXPECT_EQ(evicted, std::vector<uint64_t>{1});
+  PushLog::Pinned one = log.Get(1, 0, &evicted);
+  absl::MutexLock lock(&one->mu);
+  EXPECT_EQ(one->window.Check(7), ClientWindow::Seen::kApplied);
 }
 
 }  // namespace
