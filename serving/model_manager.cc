@@ -174,6 +174,7 @@ absl::StatusOr<std::unique_ptr<ModelManager>> ModelManager::Create(
     const Options& options) {
   MIM_ASSIGN_OR_RETURN(std::shared_ptr<const ServableModel> first,
                        LoadServableModel(options.model_dir));
+  if (options.check) MIM_RETURN_IF_ERROR(options.check(*first));
   std::unique_ptr<ModelManager> manager(new ModelManager(options));
   {
     absl::MutexLock lock(&manager->mu_);
@@ -213,6 +214,14 @@ absl::StatusOr<bool> ModelManager::Poll() {
   }
   absl::StatusOr<std::shared_ptr<const ServableModel>> next =
       LoadServableModel(options_.model_dir, current->shared_encoder());
+  if (next.ok() && options_.check) {
+    if (absl::Status checked = options_.check(**next); !checked.ok()) {
+      next = absl::Status(
+          checked.code(),
+          absl::StrCat((*next)->manifest().model_version, ": ",
+                       checked.message()));
+    }
+  }
   if (!next.ok()) {
     ++failed_reloads_;
     if (manifest->model_version != failed_version_) {

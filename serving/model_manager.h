@@ -16,6 +16,7 @@
 #define MIM_SERVING_MODEL_MANAGER_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -110,10 +111,15 @@ class ModelManager {
     // How often the directory is checked for a new version; zero: never
     // (Poll only).
     absl::Duration poll_interval = absl::Seconds(1);
+    // Run on every loaded version before it is installed (the first one
+    // too): an error refuses the version as a failed load does. E.g.
+    // CheckModelTables (predictor.h): the tables it reads exist on the
+    // shards with its dims. May be empty.
+    std::function<absl::Status(const ServableModel&)> check;
   };
 
-  // Loads the current version (errors as LoadServableModel) and starts the
-  // poll thread.
+  // Loads the current version (errors as LoadServableModel, or the
+  // check's) and starts the poll thread.
   static absl::StatusOr<std::unique_ptr<ModelManager>> Create(
       const Options& options);
   ~ModelManager();  // stops the poll thread

@@ -8,6 +8,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_format.h"
 #include "base/status_macros.h"
 #include "absl/synchronization/notification.h"
@@ -394,10 +395,24 @@ absl::StatusOr<UpsertItemOutput> Predictor::UpsertItem(
                                             manifest.content_table->name,
                                             "' has dim ", dim));
     }
+    float squared_norm = 0;
+    size_t largest = 0;
     for (size_t i = 0; i < vector.size(); ++i) {
       if (!std::isfinite(vector[i])) {
         return Invalid(absl::StrCat("vector[", i, "]"), "is not finite");
       }
+      squared_norm += vector[i] * vector[i];
+      if (std::fabs(vector[i]) > std::fabs(vector[largest])) largest = i;
+    }
+    // The content module squares the values (its cosine), in float: past
+    // this every score with the item as candidate or behaviour is NaN.
+    if (!std::isfinite(squared_norm)) {
+      return Invalid("vector",
+                     absl::StrCat("has a squared norm past float's range "
+                                  "(vector[", largest, "] = ",
+                                  vector[largest],
+                                  "): the content module's cosine would "
+                                  "overflow"));
     }
     row.assign(vector.begin(), vector.end());
     out.encoder = "caller";
@@ -497,6 +512,54 @@ void Predictor::PollLoop() {
     }
   } while (!stop_.WaitForNotificationWithTimeout(
       options_.content_poll_interval));
+}
+
+absl::Status CheckModelTables(ps::PsClient* ps, const ServableModel& model) {
+  const model::ModelManifest& m = model.manifest();
+  absl::StatusOr<std::vector<ps::PsClient::ShardStats>> stats = ps->Stats("");
+  if (!stats.ok()) {
+    LOG(WARNING) << "model " << m.model_version
+                 << ": its tables could not be checked on the shards: "
+                 << stats.status();
+    return absl::OkStatus();
+  }
+  std::vector<std::pair<std::string, int>> wanted = {
+      {m.id_table.name, m.id_table.dim}};
+  if (m.content_table.has_value()) {
+    wanted.emplace_back(m.content_table->name, m.content_table->dim);
+  }
+  for (const auto& [name, dim] : wanted) {
+    const ps::TableOnShards on = ps::FindTableOnShards(*stats, name);
+    if (on.shards_with_table() == 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model ", m.model_version, " (", m.model_name, ") reads table '",
+          name, "', which is on no shard (tables there: ",
+          on.names.empty() ? "none" : absl::StrJoin(on.names, ", "), ")"));
+    }
+    std::string wrong;
+    for (size_t s = 0; s < stats->size(); ++s) {
+      const std::string& address = (*stats)[s].address;
+      if (on.rows[s] < 0) {
+        absl::StrAppend(&wrong, wrong.empty() ? "" : "; ", "shard ", s, " (",
+                        address, ") lacks it");
+        continue;
+      }
+      for (const ps::TableStats& t : (*stats)[s].stats.tables()) {
+        if (t.config().name() != name ||
+            static_cast<int>(t.config().dim()) == dim) {
+          continue;
+        }
+        absl::StrAppend(&wrong, wrong.empty() ? "" : "; ", "shard ", s, " (",
+                        address, ") has it with dim ", t.config().dim());
+      }
+    }
+    if (!wrong.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model ", m.model_version, " (", m.model_name, ") reads table '",
+          name, "' with dim ", dim, ": ", wrong));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace mim::serving

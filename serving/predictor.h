@@ -67,6 +67,15 @@ struct UpsertItemOutput {
   float norm = 0;       // squared L2 norm of the written vector
 };
 
+// ModelManager::Options::check for a serving tier on `ps`: OK when every
+// table the model reads (its ID table, and its content table if any) is on
+// every shard with the model's dim. FAILED_PRECONDITION naming the table
+// and the shards when one lacks it or holds it with another dim, so that a
+// version whose every request would fail is not installed. When the shards
+// cannot be asked (down, restarting), the version is not held back: OK,
+// with a warning logged, and requests report the shards as they do.
+absl::Status CheckModelTables(ps::PsClient* ps, const ServableModel& model);
+
 class Predictor {
  public:
   struct Options {

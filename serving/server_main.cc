@@ -204,6 +204,10 @@ int main(int argc, char** argv) {
   mim::serving::ModelManager::Options model_options;
   model_options.model_dir = FLAGS_model_dir;
   model_options.poll_interval = absl::Milliseconds(FLAGS_reload_interval_ms);
+  model_options.check = [client = ps->get()](
+                            const mim::serving::ServableModel& model) {
+    return mim::serving::CheckModelTables(client, model);
+  };
   absl::StatusOr<std::unique_ptr<mim::serving::ModelManager>> models =
       mim::serving::ModelManager::Create(model_options);
   if (!models.ok()) {

@@ -35,6 +35,7 @@
 #include "tests/process.h"
 #include "worker/data/sample.h"
 #include "worker/data/sample_io.h"
+#include "worker/model/manifest.h"
 
 namespace mim::testing {
 namespace {
@@ -443,9 +444,65 @@ TEST_F(ServingTest, BadRequestsAreRefusedNamingTheField) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_TRUE(absl::StrContains(st.error_message(), "has dim 16"))
       << st.error_message();
+  // Finite values whose squares overflow float would make every score of
+  // the item NaN: refused.
+  {
+    grpc::ClientContext huge_ctx;
+    serving::UpsertItemRequest huge;
+    huge.set_item_id(5);
+    for (int i = 0; i < 16; ++i) huge.add_vector(i == 3 ? 2e19f : 0.5f);
+    st = env->stub->UpsertItem(&huge_ctx, huge, &up_resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_TRUE(absl::StrContains(st.error_message(),
+                                  "vector[3] = 2e+19): the content module's "
+                                  "cosine would overflow"))
+        << st.error_message();
+  }
   // The server still answers.
   PredictResponse resp;
   EXPECT_TRUE(Predict(good, &resp).ok());
+}
+
+// A model whose tables are not on the shards (dropped, never created, or
+// another dim) would fail every request: the server does not start on it,
+// naming the table. (A reload to such a version is refused the same way,
+// by the same check, and the current version goes on serving.)
+TEST_F(ServingTest, AModelWhoseTableIsNotOnTheShardsIsRefused) {
+  const std::string dir = env->dir + "/model_missing_table";
+  std::filesystem::remove_all(dir);
+  std::filesystem::copy(env->model_dir, dir,
+                        std::filesystem::copy_options::recursive);
+  absl::StatusOr<model::ModelManifest> m = model::ReadManifest(dir);
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_TRUE(m->content_table.has_value());
+  const std::string content_table = m->content_table->name;
+  m->content_table->name = "no_such_table";
+  ASSERT_TRUE(model::WriteManifest(dir, *m).ok());
+  absl::StatusOr<CommandResult> r = RunCommand(
+      {Runfile("serving/server"), "--port=0", "--ps=" + env->ps,
+       "--model_dir=" + dir, "--metrics_port=-1"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->exit_code, 1) << r->err;
+  EXPECT_TRUE(absl::StrContains(
+      r->err, "reads table 'no_such_table', which is on no shard"))
+      << r->err;
+  EXPECT_TRUE(absl::StrContains(r->err, content_table)) << r->err;  // listed
+
+  // The ID table pointed at the content table, whose dim differs.
+  m->content_table->name = content_table;
+  if (m->id_table.dim != m->content_table->dim) {
+    m->id_table.name = content_table;
+    ASSERT_TRUE(model::WriteManifest(dir, *m).ok());
+    r = RunCommand({Runfile("serving/server"), "--port=0", "--ps=" + env->ps,
+                    "--model_dir=" + dir, "--metrics_port=-1"});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->exit_code, 1) << r->err;
+    EXPECT_TRUE(absl::StrContains(
+        r->err, absl::StrCat("reads table '", content_table, "' with dim ",
+                             m->id_table.dim, ": shard 0 (")))
+        << r->err;
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST_F(ServingTest, NewModelVersionIsPickedUpUnderLoadWithoutAFailedRequest) {
