@@ -750,8 +750,9 @@ class ShardCaller {
 };
 
 // A random nonzero 64-bit id: two clients (or one client restarted) that
-// pushed to the same shard must not share one.
-uint64_t NewClientId() {
+// pushed to the same shard must not share one, nor two restores or drops
+// (RestoreRequest.request_id).
+uint64_t NewRandomId() {
   absl::BitGen gen;
   uint64_t id = 0;
   while (id == 0) id = absl::Uniform<uint64_t>(gen);
@@ -761,7 +762,7 @@ uint64_t NewClientId() {
 PsClient::PsClient(std::vector<std::string> addresses, const Options& options)
     : addresses_(std::move(addresses)),
       options_(options),
-      client_id_(NewClientId()) {
+      client_id_(NewRandomId()) {
   for (size_t s = 0; s < addresses_.size(); ++s) {
     auto shard = std::make_unique<Shard>();
     const int channels = std::max(1, options_.channels_per_shard);
@@ -1282,11 +1283,14 @@ absl::StatusOr<std::vector<PsClient::ShardRestore>> PsClient::Restore(
   }
   RestoreRequest request;
   request.set_name(chosen);
+  // One id for every resend: a shard restores once, and answers a resend
+  // that comes after the first attempt's deadline with that answer.
+  request.set_request_id(NewRandomId());
   std::vector<uint32_t> all(num_shards());
   std::iota(all.begin(), all.end(), 0u);
   const std::vector<RestoreRequest> requests(all.size(), request);
   std::vector<RestoreResponse> responses;
-  // Retried: restoring one explicit name again gives the same state.
+  // Retried: the request id makes a resend safe.
   absl::Status status = ShardCaller::Call<RestoreRpc>(
       *this, all, all, requests, &responses, Resend::kAlways);
   if (!status.ok()) {
@@ -1333,13 +1337,15 @@ absl::StatusOr<std::vector<PsClient::ShardDelete>> PsClient::DeleteCheckpoint(
 absl::StatusOr<std::vector<PsClient::ShardDrop>> PsClient::DropTable(
     const std::string& table) {
   // Which shards hold the table, and how many rows: a resend after a lost
-  // answer finds the table gone, and this tells that shard from one that
-  // never had it.
+  // answer gets the shard's remembered answer, unless the shard restarted
+  // meanwhile; it then finds the table gone, and this tells that shard from
+  // one that never had it.
   absl::StatusOr<std::vector<ShardStats>> stats = Stats("");
   if (!stats.ok()) return stats.status();
   const TableOnShards before = FindTableOnShards(*stats, table);
   DropTableRequest request;
   request.set_table(table);
+  request.set_request_id(NewRandomId());  // as in Restore
   absl::StatusOr<std::vector<DropTableResponse>> responses =
       ShardCaller::CallAll<DropTableRpc>(*this, request, Resend::kAlways);
   {

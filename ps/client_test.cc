@@ -622,6 +622,64 @@ TEST_F(PsClientTest, RestoreNewestPicksNewestCheckpointOnEveryShard) {
                                       "a-later"}));
 }
 
+// A restore resent with the same request id (its answer lost or late)
+// gets the first attempt's answer and does not restore again: a push
+// acknowledged in between stays. Another id restores again; id 0 (an old
+// client) every time.
+TEST_F(PsClientTest, ARestoreResentWithItsIdRestoresOnce) {
+  const std::vector<uint64_t> keys = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  const std::vector<float> grad(2 * keys.size(), 1);
+  ASSERT_TRUE(client_->Push("user", keys, grad).ok());
+  ASSERT_TRUE(client_->Checkpoint("c").ok());
+  const auto at_checkpoint = client_->GetRows("user", keys);
+  ASSERT_TRUE(at_checkpoint.ok());
+  auto stub = RawStub(0);
+  auto restore = [&](uint64_t id, RestoreResponse* response) {
+    grpc::ClientContext context;
+    RestoreRequest request;
+    request.set_name("c");
+    request.set_request_id(id);
+    return stub->Restore(&context, request, response);
+  };
+  RestoreResponse first;
+  ASSERT_TRUE(restore(77, &first).ok());
+  ASSERT_TRUE(client_->Push("user", keys, grad).ok());
+  const auto after_push = client_->GetRows("user", keys);
+  ASSERT_TRUE(after_push.ok());
+  ASSERT_NE(after_push->values, at_checkpoint->values);
+  RestoreResponse resent;
+  ASSERT_TRUE(restore(77, &resent).ok());
+  EXPECT_EQ(resent.name(), first.name());
+  EXPECT_EQ(resent.rows(), first.rows());
+  EXPECT_EQ(client_->GetRows("user", keys)->values, after_push->values);
+  // A refused restore is remembered as refused.
+  {
+    grpc::ClientContext context;
+    RestoreRequest request;
+    request.set_name("nope");
+    request.set_request_id(78);
+    RestoreResponse r;
+    EXPECT_EQ(stub->Restore(&context, request, &r).error_code(),
+              grpc::StatusCode::NOT_FOUND);
+    grpc::ClientContext again;
+    EXPECT_EQ(stub->Restore(&again, request, &r).error_code(),
+              grpc::StatusCode::NOT_FOUND);
+  }
+  // Shard 0 only went back: its rows are the checkpoint's again.
+  RestoreResponse other;
+  ASSERT_TRUE(restore(79, &other).ok());
+  const auto now = client_->GetRows("user", keys);
+  ASSERT_TRUE(now.ok());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const bool on_0 = embedding::ShardOf(keys[i], kShards) == 0;
+    for (int j = 0; j < 2; ++j) {
+      EXPECT_EQ(now->values[2 * i + j],
+                (on_0 ? at_checkpoint : after_push)->values[2 * i + j])
+          << keys[i];
+    }
+  }
+}
+
 // No checkpoint on every shard: Restore("") restores nothing and names
 // each shard's checkpoints; a name some shard lacks restores nothing
 // either, not even on the shards that have it.

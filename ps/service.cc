@@ -656,13 +656,52 @@ grpc::Status ParameterServerService::HandleRestore(grpc::ServerContextBase* cont
     if (absl::Status s = CheckCheckpointName(request->name()); !s.ok()) {
       return ToGrpcStatus(s);
     }
-    absl::StatusOr<embedding::CheckpointInfo> info =
-        store_->Restore(request->name());
-    if (!info.ok()) return ToGrpcStatus(info.status());
-    response->set_name(info->name);
-    response->set_rows(info->rows);
-    return grpc::Status::OK;
+    return Once(request->request_id(), "restore", response,
+                [&]() -> grpc::Status {
+                  absl::StatusOr<embedding::CheckpointInfo> info =
+                      store_->Restore(request->name());
+                  if (!info.ok()) return ToGrpcStatus(info.status());
+                  response->set_name(info->name);
+                  response->set_rows(info->rows);
+                  return grpc::Status::OK;
+                });
   });
+}
+
+grpc::Status ParameterServerService::Once(
+    uint64_t request_id, absl::string_view what,
+    google::protobuf::Message* response,
+    absl::FunctionRef<grpc::Status()> run) {
+  if (request_id == 0) return run();
+  {
+    absl::MutexLock lock(&answers_mu_);
+    auto [it, fresh] = answers_.try_emplace(request_id);
+    if (!fresh) {
+      if (!it->second.done) {
+        return grpc::Status(
+            grpc::StatusCode::UNAVAILABLE,
+            absl::StrCat("the ", what, " with request id ", request_id,
+                         " is still running here; send it again to get its "
+                         "answer"));
+      }
+      response->ParseFromString(it->second.response);
+      return it->second.status;
+    }
+    answer_order_.push_back(request_id);
+    while (answer_order_.size() > kRememberedAnswers) {
+      auto oldest = answers_.find(answer_order_.front());
+      if (!oldest->second.done) break;  // running: kept until it ends
+      answers_.erase(oldest);
+      answer_order_.pop_front();
+    }
+  }
+  const grpc::Status status = run();
+  absl::MutexLock lock(&answers_mu_);
+  Answer& answer = answers_[request_id];
+  answer.status = status;
+  if (status.ok()) response->SerializeToString(&answer.response);
+  answer.done = true;
+  return status;
 }
 
 grpc::Status ParameterServerService::HandleListCheckpoints(
@@ -708,22 +747,25 @@ grpc::Status ParameterServerService::HandleDropTable(
     if (absl::Status s = CheckTableName(request->table()); !s.ok()) {
       return ToGrpcStatus(s);
     }
-    absl::StatusOr<uint64_t> rows = store_->DropTable(request->table());
-    if (rows.status().code() == absl::StatusCode::kNotFound) {
-      response->set_dropped(false);  // absent: a retry after a lost answer
+    return Once(request->request_id(), "drop", response,
+                [&]() -> grpc::Status {
+      absl::StatusOr<uint64_t> rows = store_->DropTable(request->table());
+      if (rows.status().code() == absl::StatusCode::kNotFound) {
+        response->set_dropped(false);  // absent: a retry after a lost answer
+        return grpc::Status::OK;
+      }
+      if (!rows.ok()) return ToGrpcStatus(rows.status());
+      LOG(INFO) << "dropped table '" << request->table() << "' (" << *rows
+                << " rows)";
+      response->set_dropped(true);
+      response->set_rows(*rows);
+      if (options_.test_delay_first_drop_answer_ms > 0 &&
+          !drop_answer_delayed_.exchange(true)) {
+        absl::SleepFor(
+            absl::Milliseconds(options_.test_delay_first_drop_answer_ms));
+      }
       return grpc::Status::OK;
-    }
-    if (!rows.ok()) return ToGrpcStatus(rows.status());
-    LOG(INFO) << "dropped table '" << request->table() << "' (" << *rows
-              << " rows)";
-    if (options_.test_delay_first_drop_answer_ms > 0 &&
-        !drop_answer_delayed_.exchange(true)) {
-      absl::SleepFor(
-          absl::Milliseconds(options_.test_delay_first_drop_answer_ms));
-    }
-    response->set_dropped(true);
-    response->set_rows(*rows);
-    return grpc::Status::OK;
+    });
   });
 }
 

@@ -49,10 +49,12 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -296,8 +298,25 @@ class ParameterServerService final : public ParameterServer::Service {
   static absl::Status CheckTableName(const std::string& name);
   static absl::Status CheckCheckpointName(const std::string& name);
 
+  // Runs `run` for the admin call `request_id` once (0: every time): a
+  // repeat of a finished one gets its status and response (`response`
+  // overwritten with the stored bytes); one of a call still running,
+  // UNAVAILABLE. The last kRememberedAnswers answers are kept.
+  grpc::Status Once(uint64_t request_id, absl::string_view what,
+                    google::protobuf::Message* response,
+                    absl::FunctionRef<grpc::Status()> run);
+  static constexpr size_t kRememberedAnswers = 256;
+  struct Answer {
+    bool done = false;
+    grpc::Status status;
+    std::string response;  // serialized
+  };
+
   embedding::EmbeddingStore* const store_;
   const Options options_;
+  absl::Mutex answers_mu_;
+  absl::flat_hash_map<uint64_t, Answer> answers_ ABSL_GUARDED_BY(answers_mu_);
+  std::deque<uint64_t> answer_order_ ABSL_GUARDED_BY(answers_mu_);
   // Options::data_dir as given, absolute and canonical, longest first.
   std::vector<std::string> data_dir_forms_;
   InflightBytes inflight_;
