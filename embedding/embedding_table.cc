@@ -395,24 +395,33 @@ absl::Status EmbeddingTable::Pull(absl::Span<const uint64_t> keys,
   }
 
   // Lookups are memory-latency bound: one index group, then the record.
-  // Each stripe's keys go through a software pipeline, so that the misses
-  // of many keys overlap instead of queueing one key at a time: key j's
-  // row is copied while key j + kAhead's record and key j + 2 kAhead's
-  // index group are being loaded. The index is probed by hash alone (no
-  // record read); the key is confirmed when its record, by then in cache,
-  // is copied.
+  // The keys go through a software pipeline, so that the misses of many
+  // keys overlap instead of queueing one key at a time: key j's row is
+  // copied while key j + kAhead's record and key j + 2 kAhead's index group
+  // are being loaded. The index is probed by hash alone (no record read);
+  // the key is confirmed when its record, by then in cache, is copied.
   // 16 measured faster than 8 and 4 (docs/BENCHMARKS.md, issue 13).
   constexpr uint32_t kAhead = 16;
   constexpr uint32_t kRing = 32;  // > kAhead, a power of two
+  // The pipeline runs over groups of consecutive stripes holding at least
+  // kGroupKeys keys between them, their reader locks taken together in
+  // ascending order (writers never hold one stripe's lock while taking
+  // another's, so this cannot deadlock): a stripe alone holds too few keys
+  // of a small pull (8 of 1024) for the pipeline to fill.
+  constexpr uint32_t kGroupKeys = kAhead;
   const size_t record_bytes = kHeaderBytes + row_bytes;
   std::vector<uint32_t> absent;
-  for (size_t s = 0; s < kNumStripes; ++s) {
-    const uint32_t b = start[s], e = start[s + 1];
-    if (b == e) continue;
-    const Stripe& stripe = *stripes_[s];
-    absl::ReaderMutexLock lock(&stripe.mu);
+  // Keys [b, e) (stripes locked); probe_stripe(j) and prefetch_stripe(j)
+  // give key j's stripe, called with rising j each.
+  const auto pull_keys = [&](uint32_t b, uint32_t e, auto&& probe_stripe,
+                             auto&& prefetch_stripe)
+                             ABSL_NO_THREAD_SAFETY_ANALYSIS {
     const char* candidate[kRing];
+    const auto prefetch = [&](uint32_t j) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      prefetch_stripe(j).index.Prefetch(hash_of[order[j]]);
+    };
     const auto probe = [&](uint32_t j) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      const Stripe& stripe = probe_stripe(j);
       const int64_t slot = stripe.index.FindHash(hash_of[order[j]]);
       const char* rec = nullptr;
       if (slot != SlotIndex::kNone) {
@@ -421,19 +430,16 @@ absl::Status EmbeddingTable::Pull(absl::Span<const uint64_t> keys,
       }
       candidate[j % kRing] = rec;
     };
-    for (uint32_t j = b; j < e && j < b + 2 * kAhead; ++j) {
-      stripe.index.Prefetch(hash_of[order[j]]);
-    }
+    for (uint32_t j = b; j < e && j < b + 2 * kAhead; ++j) prefetch(j);
     for (uint32_t j = b; j < e && j < b + kAhead; ++j) probe(j);
     for (uint32_t j = b; j < e; ++j) {
-      if (j + 2 * kAhead < e) {
-        stripe.index.Prefetch(hash_of[order[j + 2 * kAhead]]);
-      }
+      if (j + 2 * kAhead < e) prefetch(j + 2 * kAhead);
       if (j + kAhead < e) probe(j + kAhead);
       const uint32_t i = order[j];
       const char* rec = candidate[j % kRing];
       if (rec != nullptr && Load<uint64_t>(rec + kKeyOffset) != keys[i]) {
         // Another key with the same 32-bit hash: the full probe.
+        const Stripe& stripe = *stripes_[stripe_of[i]];
         const int64_t slot = stripe.Find(hash_of[i], keys[i]);
         rec = slot == SlotIndex::kNone
                   ? nullptr
@@ -445,6 +451,44 @@ absl::Status EmbeddingTable::Pull(absl::Span<const uint64_t> keys,
         absent.push_back(i);
       }
     }
+  };
+  // Stripes s0 .. s1 - 1, locked. One stripe: its keys with the stripe at
+  // hand; several: the stripe of the key being probed and of the one being
+  // prefetched followed by a cursor each (positions are sorted by stripe).
+  const auto pull_group = [&](size_t s0, size_t s1) {
+    if (s1 == s0 + 1) {
+      const Stripe& stripe = *stripes_[s0];
+      const auto same = [&stripe](uint32_t) -> const Stripe& { return stripe; };
+      pull_keys(start[s0], start[s1], same, same);
+      return;
+    }
+    size_t probe_s = s0, prefetch_s = s0;
+    pull_keys(
+        start[s0], start[s1],
+        [&](uint32_t j) -> const Stripe& {
+          while (j >= start[probe_s + 1]) ++probe_s;
+          return *stripes_[probe_s];
+        },
+        [&](uint32_t j) -> const Stripe& {
+          while (j >= start[prefetch_s + 1]) ++prefetch_s;
+          return *stripes_[prefetch_s];
+        });
+  };
+  for (size_t s0 = 0; s0 < kNumStripes;) {
+    size_t s1 = s0;
+    while (s1 < kNumStripes && start[s1] - start[s0] < kGroupKeys) ++s1;
+    if (start[s0] != start[s1]) {
+      absl::Mutex* held[kNumStripes];
+      size_t num_held = 0;
+      for (size_t s = s0; s < s1; ++s) {
+        if (start[s] == start[s + 1]) continue;
+        held[num_held] = &stripes_[s]->mu;
+        held[num_held++]->ReaderLock();
+      }
+      pull_group(s0, s1);
+      for (size_t h = num_held; h-- > 0;) held[h]->ReaderUnlock();
+    }
+    s0 = s1;
   }
   if (absent.empty()) return absl::OkStatus();
 

@@ -431,6 +431,47 @@ TEST(EmbeddingTableTest, ConcurrentPushesAndPullsLoseNoUpdates) {
   EXPECT_EQ(m.update_count, static_cast<uint32_t>(pushes));
 }
 
+// Small pulls look keys of several stripes up together, holding those
+// stripes' locks at once (Pull's groups): a pull racing pushes of the same
+// rows must still see each row whole. Every push moves all of a row's
+// values by the same step, so a row read half before and half after a push
+// would hold two different values.
+TEST(EmbeddingTableTest, SmallPullsRacingPushesSeeWholeRows) {
+  constexpr int kDim = 512;  // long row copies: a wide window for a tear
+  TableConfig c = IdConfig(OptimizerKind::kSgd, kDim);
+  c.initializer.kind = InitializerKind::kZeros;
+  auto table = MakeTable(c);
+  std::vector<uint64_t> keys(300);
+  for (size_t i = 0; i < keys.size(); ++i) keys[i] = i * 7919 + 1;
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> pushers;
+  for (int t = 0; t < 2; ++t) {
+    pushers.emplace_back([&] {
+      const std::vector<float> grads(keys.size() * kDim, -1.0f);
+      for (int r = 0; !stop.load() && r < 2000; ++r) {
+        EXPECT_TRUE(table->Push(keys, grads, r, nullptr).ok());
+      }
+    });
+  }
+  int torn = 0, pulls = 0;
+  std::vector<float> out(keys.size() * kDim);
+  for (int r = 0; r < 1500; ++r) {
+    // 1 to 300 keys: one stripe, a few, many groups.
+    const size_t n = 1 + (r * 37) % keys.size();
+    const absl::Span<const uint64_t> some(keys.data(), n);
+    ASSERT_TRUE(table->Pull(some, out.data(), nullptr).ok());
+    ++pulls;
+    for (size_t k = 0; k < n; ++k) {
+      for (int d = 1; d < kDim; ++d) {
+        if (out[k * kDim + d] != out[k * kDim]) ++torn;
+      }
+    }
+  }
+  stop = true;
+  for (auto& th : pushers) th.join();
+  EXPECT_EQ(torn, 0) << "of " << pulls << " pulls";
+}
+
 // The key whose MixKey is `mixed` (MixKey is a bijection: xorshift by 33
 // is its own inverse on 64 bits, and odd multipliers have inverses mod
 // 2^64).
