@@ -13,6 +13,7 @@
 #include "base/status_macros.h"
 #include "absl/synchronization/notification.h"
 #include "glog/logging.h"
+#include "ps/status_convert.h"
 #include "worker/data/content_vectors.h"
 
 namespace mim::serving {
@@ -22,21 +23,29 @@ absl::Status Invalid(absl::string_view field, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
 }
 
+// A shard refused for load (its queue or in-flight budget full), marked
+// so: unlike a RESOURCE_EXHAUSTED for a call beyond its limits, retrying
+// the same call later may succeed.
+bool Overloaded(const absl::Status& s) {
+  return absl::IsResourceExhausted(s) && ps::IsRetryLater(s);
+}
+
 bool Unreachable(const absl::Status& s) {
   return absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) ||
-         absl::IsResourceExhausted(s);
+         Overloaded(s);
 }
 
 // A failure behind the request (shards, model) as the caller should see it:
 // unreachable or overloaded shards are UNAVAILABLE (retry), a deadline is a
-// deadline, anything else is INTERNAL without the internal details (shard
+// deadline, anything else (a shard's limit, a missing table, a token
+// without the role) is INTERNAL without the internal details (shard
 // addresses, table names), which go to the log.
 absl::Status ForCaller(absl::string_view what, const absl::Status& s) {
   if (s.ok() || absl::IsDeadlineExceeded(s) || absl::IsUnavailable(s)) {
     return s;
   }
   LOG(WARNING) << what << ": " << s;
-  if (absl::IsResourceExhausted(s)) {
+  if (Overloaded(s)) {
     return absl::UnavailableError(
         absl::StrCat(what, ": the parameter servers are overloaded; retry"));
   }
@@ -119,10 +128,20 @@ absl::Status Predictor::ValidatePredictInput(const PredictInput& in) const {
                      absl::StrCat(in.candidate_genres[i].size(),
                                   " genres, at most ", options_.max_genres));
     }
-    for (int32_t g : in.candidate_genres[i]) {
+    for (size_t j = 0; j < in.candidate_genres[i].size(); ++j) {
+      const int32_t g = in.candidate_genres[i][j];
       if (g < 0) {
         return Invalid(absl::StrCat("candidate_features[", i, "].genres"),
                        absl::StrCat(g, " is negative"));
+      }
+      // A set, as in training: a repeat would weigh the genre twice in
+      // the mean over the item's genres. (At most max_genres: quadratic
+      // is fine.)
+      for (size_t k = 0; k < j; ++k) {
+        if (in.candidate_genres[i][k] == g) {
+          return Invalid(absl::StrCat("candidate_features[", i, "].genres"),
+                         absl::StrCat("genre ", g, " appears twice"));
+        }
       }
     }
   }
@@ -146,7 +165,7 @@ void Predictor::LookupCached(Side side, const std::string& table,
   f->dim = dim;
   f->out = out;
   f->which = cache_->TableId(table);
-  f->now = absl::Now();
+  f->now = RowCache::Now();  // the cache's own clock
   f->generation = cache_->generation(f->which);
   for (size_t i = 0; i < keys.size(); ++i) {
     switch (cache_->Lookup(f->which, keys[i], dim, f->now, out + i * dim)) {
@@ -346,9 +365,9 @@ namespace {
 // arithmetic of //worker/csft:csft: BuildCatalog L2-normalises the plain
 // vector (data::L2Normalize), then CsftEncoder::Encode, and the vectors
 // writer L2-normalises the output once more (what csft puts in its table).
-absl::StatusOr<std::vector<float>> CsftEncode(
-    const csft::CsftEncoder& encoder, std::vector<float> plain,
-    absl::Span<const int32_t> genres) {
+// INVALID_ARGUMENT naming the first genre id `encoder` does not know.
+absl::Status CheckCsftGenres(const csft::CsftEncoder& encoder,
+                             absl::Span<const int32_t> genres) {
   const int num_genres = encoder.config().num_genres;
   for (size_t i = 0; i < genres.size(); ++i) {
     if (genres[i] < 0 || genres[i] >= num_genres) {
@@ -357,6 +376,13 @@ absl::StatusOr<std::vector<float>> CsftEncode(
                                   "encoder knows (0..", num_genres - 1, ")"));
     }
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> CsftEncode(
+    const csft::CsftEncoder& encoder, std::vector<float> plain,
+    absl::Span<const int32_t> genres) {
+  MIM_RETURN_IF_ERROR(CheckCsftGenres(encoder, genres));
   data::L2Normalize(&plain);
   const std::vector<int32_t> ids(genres.begin(), genres.end());
   std::vector<float> out(encoder.config().dim);
@@ -425,6 +451,11 @@ absl::StatusOr<UpsertItemOutput> Predictor::UpsertItem(
           "); pass the item's vector instead of its text"));
     }
     if (text.empty()) return Invalid("text", "is empty and no vector given");
+    // Checked whether or not the text has a known word (without one the
+    // genres are not used, but they are still the caller's mistake).
+    if (servable->csft_encoder() != nullptr) {
+      MIM_RETURN_IF_ERROR(CheckCsftGenres(*servable->csft_encoder(), genres));
+    }
     MIM_ASSIGN_OR_RETURN(EncodeOutcome outcome,
                          servable->encoder()->Encode(text, &row));
     out.encoder = servable->encoder()->id();
@@ -439,8 +470,26 @@ absl::StatusOr<UpsertItemOutput> Predictor::UpsertItem(
   }
   for (float v : row) out.norm += v * v;
   const uint64_t key = static_cast<uint64_t>(item_id);
+  // The version must exceed the item's own row's (a newer write of it
+  // wins), and otherwise follows the wall clock in seconds, the unit
+  // ingest_content and csft write with by default: a later re-ingest of the
+  // catalogue stays newer than these rows however many items were upserted
+  // meanwhile (a version one above the table's newest would run ahead of
+  // the clock under a steady stream of upserts and make that re-ingest
+  // stale for every item written here).
+  uint64_t row_version = 0;
+  const auto read_row_version = [&]() -> absl::Status {
+    absl::StatusOr<ps::PsClient::GetRowsResult> rows = ps_->GetRows(
+        manifest.content_table->name, absl::MakeConstSpan(&key, 1));
+    if (!rows.ok()) return rows.status();
+    row_version = rows->meta.empty() ? 0 : rows->meta[0].version();
+    return absl::OkStatus();
+  };
+  MIM_RETURN_IF_ERROR(
+      ForCaller("reading the item's content version", read_row_version()));
   for (int attempt = 0;; ++attempt) {
-    const uint64_t version = content_version_.load() + 1;
+    const uint64_t version =
+        std::max<uint64_t>(row_version + 1, absl::ToUnixSeconds(absl::Now()));
     absl::StatusOr<ps::PsClient::UpsertResult> upserted =
         ps_->Upsert(manifest.content_table->name, absl::MakeConstSpan(&key, 1),
                     row, version);
@@ -465,8 +514,8 @@ absl::StatusOr<UpsertItemOutput> Predictor::UpsertItem(
           "item ", item_id, ": a newer content version keeps being written "
           "by another writer; retry"));
     }
-    MIM_RETURN_IF_ERROR(ForCaller("reading the content version",
-                                  RefreshContentVersion()));
+    MIM_RETURN_IF_ERROR(
+        ForCaller("reading the item's content version", read_row_version()));
   }
   cache_->Invalidate(cache_->TableId(manifest.content_table->name), key);
   return out;

@@ -1,10 +1,16 @@
 #include "serving/row_cache.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <utility>
 
 namespace mim::serving {
+
+absl::Time RowCache::Now() {
+  return absl::UnixEpoch() +
+         absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
+}
 
 namespace {
 // Per-entry bookkeeping beyond the row: list node, index slot, vector header.

@@ -65,6 +65,12 @@ class RowCache {
   RowCache(const RowCache&) = delete;
   RowCache& operator=(const RowCache&) = delete;
 
+  // The clock to stamp and age entries with (Lookup's `now`, Insert's
+  // `fetched`): monotonic, so a step of the wall clock (NTP, a migrated VM)
+  // never makes a row look fresher than it is. Its epoch is arbitrary:
+  // compare its times with each other only.
+  static absl::Time Now();
+
   // Copies the row of (table, key) into out[0, dim) when an entry of that
   // dim exists and is younger than max_stale at `now`; kFresh when younger
   // than ttl. An entry past max_stale is dropped (kMiss).

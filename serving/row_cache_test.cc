@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 
 namespace mim::serving {
@@ -130,4 +131,16 @@ TEST(RowCacheTest, ZeroCapacityDisablesIt) {
 }
 
 }  // namespace
+// The cache's clock is monotonic: it never goes back, and it advances.
+TEST(RowCacheTest, ItsClockNeverGoesBack) {
+  absl::Time last = RowCache::Now();
+  for (int i = 0; i < 1000; ++i) {
+    const absl::Time now = RowCache::Now();
+    EXPECT_GE(now, last);
+    last = now;
+  }
+  absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_GE(RowCache::Now() - last, absl::Milliseconds(5));
+}
+
 }  // namespace mim::serving

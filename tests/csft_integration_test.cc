@@ -553,6 +553,14 @@ TEST(CsftIntegrationTest, ServingUpsertsANewItemWithTheCsftEncoder) {
   EXPECT_EQ(g.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_TRUE(absl::StrContains(g.error_message(), "100000 is not a genre id"))
       << g.error_message();
+  // Also when the text has no known word (and the genres would go unused).
+  up.set_text("qqqzzx vvvkkw");
+  grpc::ClientContext ctx2;
+  const grpc::Status unknown = stub->UpsertItem(&ctx2, up, &resp);
+  EXPECT_EQ(unknown.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(
+      absl::StrContains(unknown.error_message(), "100000 is not a genre id"))
+      << unknown.error_message();
 }
 
 }  // namespace

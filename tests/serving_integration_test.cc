@@ -389,6 +389,38 @@ TEST_F(ServingTest, UpsertedNewItemIsScoredWithItsContentAtOnce) {
   EXPECT_EQ(rows->meta[0].version(), up_resp.content_version());
 }
 
+// An upserted row's version is above the item's own and at least the Unix
+// time in seconds, not one above the table's newest: a stream of upserts
+// does not run the table's versions ahead of the clock (which would make a
+// later catalogue re-ingest, at its Unix time, stale for those items).
+TEST_F(ServingTest, UpsertVersionsFollowTheClockNotTheUpsertCount) {
+  const auto upsert = [&](int64_t item) -> uint64_t {
+    grpc::ClientContext ctx;
+    serving::UpsertItemRequest up;
+    up.set_item_id(item);
+    for (int i = 0; i < 16; ++i) up.add_vector(0.25f);
+    serving::UpsertItemResponse resp;
+    const grpc::Status st = env->stub->UpsertItem(&ctx, up, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return resp.content_version();
+  };
+  const uint64_t before = absl::ToUnixSeconds(absl::Now());
+  std::vector<uint64_t> versions;
+  for (int64_t item = 800001; item <= 800020; ++item) {
+    versions.push_back(upsert(item));
+  }
+  const uint64_t after = absl::ToUnixSeconds(absl::Now());
+  for (const uint64_t v : versions) {
+    EXPECT_GE(v, before);
+    EXPECT_LE(v, after);  // 20 upserts did not move it 20 ahead
+  }
+  // The same item again: above its own row's version, whatever the clock.
+  const uint64_t first = upsert(800001);
+  const uint64_t second = upsert(800001);
+  EXPECT_GT(first, versions[0]);
+  EXPECT_GT(second, first);
+}
+
 TEST_F(ServingTest, BadRequestsAreRefusedNamingTheField) {
   const PredictRequest good = RequestFor(env->test_samples[2]);
   struct Case {
@@ -427,6 +459,16 @@ TEST_F(ServingTest, BadRequestsAreRefusedNamingTheField) {
     PredictRequest r = good;
     r.add_candidate_features();
     cases.push_back({"candidate_features", r});
+  }
+  {
+    PredictRequest r = good;
+    r.clear_candidate_features();
+    for (int i = 0; i < r.candidate_item_ids_size(); ++i) {
+      auto* f = r.add_candidate_features();
+      f->add_genres(2);
+      if (i == 0) f->add_genres(2);
+    }
+    cases.push_back({"candidate_features[0].genres: genre 2 appears twice", r});
   }
   for (const Case& c : cases) {
     PredictResponse resp;
