@@ -68,11 +68,12 @@ DEFINE_int64(cache_max_stale_ms,
              "Past the TTL, a cached row is still served (marked stale) "
              "while its shard is unreachable, for up to this long");
 DEFINE_int64(reload_interval_ms, 1000,
-             "How often --model_dir is checked for a new model version");
+             "How often --model_dir is checked for a new model version "
+             "(0: never)");
 DEFINE_int64(content_poll_ms,
              absl::ToInt64Milliseconds(kPredictorDefaults.content_poll_interval),
              "How often the content table's version is checked (a version "
-             "written elsewhere flushes the cached content rows)");
+             "written elsewhere flushes the cached content rows; 0: never)");
 DEFINE_int64(ps_timeout_ms, 2000,
              "Deadline of one shard call (a request's own deadline, when "
              "shorter, wins)");
@@ -128,6 +129,10 @@ int main(int argc, char** argv) {
   if (FLAGS_port < 0 || FLAGS_port > 65535) return Fail("--port out of range");
   if (FLAGS_max_candidates < 1) return Fail("--max_candidates must be >= 1");
   if (FLAGS_max_behaviors < 0) return Fail("--max_behaviors must be >= 0");
+  if (FLAGS_reload_interval_ms < 0 || FLAGS_content_poll_ms < 0) {
+    return Fail("--reload_interval_ms and --content_poll_ms must be >= 0 "
+                "(0: off)");
+  }
   if (FLAGS_cache_mb > (int64_t{1} << 20) || FLAGS_max_message_kb > (1 << 20)) {
     return Fail("--cache_mb and --max_message_kb must be at most 1048576");
   }

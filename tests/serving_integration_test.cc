@@ -187,6 +187,10 @@ TEST(ServingFlagsTest, BadLimitsExitNamingTheFlag) {
        "--grpc_memory_mb must be at least twice --max_message_kb (1024 KiB)"},
       {"--grpc_memory_mb=0", "--grpc_memory_mb must be at least twice"},
       {"--max_message_kb=0", "--max_message_kb must be >= 1"},
+      {"--reload_interval_ms=-5",
+       "--reload_interval_ms and --content_poll_ms must be >= 0"},
+      {"--content_poll_ms=-1",
+       "--reload_interval_ms and --content_poll_ms must be >= 0"},
   };
   for (const auto& [flag, message] : cases) {
     absl::StatusOr<CommandResult> r = RunCommand(
