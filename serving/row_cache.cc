@@ -31,6 +31,7 @@ RowCache::RowCache(const Options& options)
   const int n = std::max(1, options.stripes);
   for (int i = 0; i < n; ++i) stripes_.push_back(std::make_unique<Stripe>());
   for (auto& g : generations_) g.store(1);
+  for (auto& f : flushed_at_) f.store(0);
 }
 
 int64_t RowCache::EntryBytes(int dim) {
@@ -96,10 +97,14 @@ void RowCache::Insert(Table table, uint64_t key, const float* row, int dim,
   if (bytes > stripe_capacity_) return;
   Stripe& s = StripeOf(table, key);
   absl::MutexLock lock(&s.mu);
-  // Under the stripe lock: Invalidate bumps the generation under the same
-  // lock, so either it ran first (and this insert is refused) or it erases
-  // what is inserted here.
-  if (generations_[table].load(std::memory_order_acquire) != generation) return;
+  // Under the stripe lock: Invalidate marks the stripe under the same lock,
+  // so either it ran first (and this insert is refused) or it erases what
+  // is inserted here. InvalidateTable marks the table before it erases
+  // every stripe's rows, with the same effect.
+  if (s.invalidated_at[table] > generation ||
+      flushed_at_[table].load(std::memory_order_acquire) > generation) {
+    return;
+  }
   auto it = s.index.find({table, key});
   if (it != s.index.end()) {
     if (it->second->fetched > fetched) return;  // a newer fetch won
@@ -118,7 +123,8 @@ void RowCache::Invalidate(Table table, uint64_t key) {
   if (table == kUncached) return;
   Stripe& s = StripeOf(table, key);
   absl::MutexLock lock(&s.mu);
-  generations_[table].fetch_add(1, std::memory_order_acq_rel);
+  s.invalidated_at[table] =
+      generations_[table].fetch_add(1, std::memory_order_acq_rel) + 1;
   invalidations_.fetch_add(1, std::memory_order_relaxed);
   auto it = s.index.find({table, key});
   if (it != s.index.end()) EraseLocked(s, it->second);
@@ -126,8 +132,14 @@ void RowCache::Invalidate(Table table, uint64_t key) {
 
 void RowCache::InvalidateTable(Table table) {
   if (table == kUncached) return;
-  // Bump first: inserts that started before are refused from now on.
-  generations_[table].fetch_add(1, std::memory_order_acq_rel);
+  // Mark first: inserts that started before are refused from now on (a
+  // concurrent flush may have marked a later generation: keep the larger).
+  const uint64_t g =
+      generations_[table].fetch_add(1, std::memory_order_acq_rel) + 1;
+  uint64_t marked = flushed_at_[table].load(std::memory_order_acquire);
+  while (marked < g && !flushed_at_[table].compare_exchange_weak(
+                           marked, g, std::memory_order_acq_rel)) {
+  }
   invalidations_.fetch_add(1, std::memory_order_relaxed);
   for (auto& stripe : stripes_) {
     Stripe& s = *stripe;

@@ -15,7 +15,9 @@
 // Read-your-write: a caller takes generation(table) before it fetches rows
 // from the shards and passes it to Insert; Invalidate / InvalidateTable
 // bump the generation, so a row fetched before an invalidation is never
-// inserted after it.
+// inserted after it. Invalidate(table, key) refuses such late inserts only
+// in the key's stripe (1 / Options::stripes of the table), so a stream of
+// upserts does not keep every concurrent request from caching its rows.
 //
 // Thread-safety: safe for concurrent access (striped locks).
 #ifndef MIM_SERVING_ROW_CACHE_H_
@@ -113,6 +115,10 @@ class RowCache {
     absl::flat_hash_map<std::pair<int, uint64_t>, std::list<Entry>::iterator>
         index ABSL_GUARDED_BY(mu);
     int64_t bytes ABSL_GUARDED_BY(mu) = 0;
+    // Per table, the generation of the last Invalidate of a key in this
+    // stripe: a fetch that took an older generation inserts nothing here,
+    // while the table's other stripes still take its rows.
+    uint64_t invalidated_at[kMaxTables] ABSL_GUARDED_BY(mu) = {};
   };
   static int64_t EntryBytes(int dim);
   Stripe& StripeOf(Table table, uint64_t key);
@@ -123,6 +129,8 @@ class RowCache {
   const int64_t stripe_capacity_;
   std::vector<std::unique_ptr<Stripe>> stripes_;
   std::atomic<uint64_t> generations_[kMaxTables];
+  // Per table, the generation of the last InvalidateTable.
+  std::atomic<uint64_t> flushed_at_[kMaxTables];
   absl::Mutex names_mu_;
   absl::flat_hash_map<std::string, Table> names_ ABSL_GUARDED_BY(names_mu_);
   std::atomic<int64_t> hits_{0}, stale_hits_{0}, misses_{0}, evictions_{0},

@@ -82,6 +82,36 @@ TEST(RowCacheTest, InsertAfterInvalidateOfAnEarlierFetchIsRefused) {
             RowCache::Found::kMiss);
 }
 
+// An upsert's Invalidate refuses late inserts only in its key's stripe:
+// a request that fetched other rows of the table before it still caches
+// them (with one stripe, everything is that stripe).
+TEST(RowCacheTest, InvalidatingOneKeySparesTheRestOfTheTable) {
+  RowCache::Options options = Opts();
+  options.stripes = 16;
+  RowCache cache(options);
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  const float row[2] = {3, 4};
+  const uint64_t g = cache.generation(kContent);
+  cache.Invalidate(kContent, 42);
+  int cached = 0;
+  float out[2];
+  for (uint64_t key = 1000; key < 1100; ++key) {
+    cache.Insert(kContent, key, row, 2, t0, g);
+    if (cache.Lookup(kContent, key, 2, t0, out) == RowCache::Found::kFresh) {
+      ++cached;
+    }
+  }
+  EXPECT_GT(cached, 80);   // about 15 in 16
+  EXPECT_LT(cached, 100);  // the invalidated key's stripe took none
+  cache.Insert(kContent, 42, row, 2, t0, g);
+  EXPECT_EQ(cache.Lookup(kContent, 42, 2, t0, out), RowCache::Found::kMiss);
+  // A whole-table flush refuses every late insert.
+  const uint64_t g2 = cache.generation(kContent);
+  cache.InvalidateTable(kContent);
+  cache.Insert(kContent, 7, row, 2, t0, g2);
+  EXPECT_EQ(cache.Lookup(kContent, 7, 2, t0, out), RowCache::Found::kMiss);
+}
+
 TEST(RowCacheTest, StaysWithinItsByteBudgetEvictingLeastRecent) {
   RowCache::Options o = Opts();
   o.stripes = 1;
