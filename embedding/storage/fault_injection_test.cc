@@ -221,6 +221,32 @@ TEST_F(FaultInjectionTest, FailedRenamesLeaveCheckpointsAndLiveDataAlone) {
   EXPECT_EQ(Contents(*storage_), at_c1);
 }
 
+// The sync that makes a restore's directory swap durable failing: the swap
+// is undone before the restored database takes any write, so the live
+// contents are unchanged (in the running store and after a reopen) and the
+// store stays writable; the next restore goes through.
+TEST_F(FaultInjectionTest, FailedSyncOfTheRestoreSwapIsUndone) {
+  Acknowledged(0, 10, 0);
+  ASSERT_TRUE(storage_->CreateCheckpoint("c1").ok());
+  Acknowledged(10, 20, 1);
+  const std::string root = fs::path(options_.data_dir).string();
+  faults_->FailFrom(Op::kSync,
+                    [root](absl::string_view path) { return path == root; });
+  absl::Status st = storage_->RestoreCheckpoint("c1");
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << st;
+  faults_->Clear();
+  EXPECT_EQ(Contents(*storage_), acked_);
+  EXPECT_FALSE(fs::exists(options_.data_dir + "/db.restore"));
+  EXPECT_FALSE(fs::exists(options_.data_dir + "/db.old"));
+  Acknowledged(20, 25, 2);  // still writable
+  Reopen();
+  EXPECT_EQ(Contents(*storage_), acked_);
+  ASSERT_TRUE(storage_->RestoreCheckpoint("c1").ok());
+  std::map<std::string, std::string> at_c1;
+  for (int i = 0; i < 10; ++i) at_c1[Key(i)] = Value(i, 0);
+  EXPECT_EQ(Contents(*storage_), at_c1);
+}
+
 // RocksDB's own rename (a new CURRENT at open) failing fails the open; the
 // next open, fault cleared, has everything.
 TEST_F(FaultInjectionTest, FailedOpenChangesNothing) {

@@ -126,10 +126,23 @@ absl::Status SyncPath(const fs::path& path) {
   return absl::OkStatus();
 }
 
+// The entries of `dir` (not recursive), read without exceptions: a
+// directory that cannot be listed, or an error part way, sets *ec (the
+// entries read until then are returned). A range-for over a
+// directory_iterator would throw from its increment instead.
+std::vector<fs::path> ListDir(const fs::path& dir, std::error_code* ec) {
+  std::vector<fs::path> out;
+  for (fs::directory_iterator it(dir, *ec), end; !*ec && it != end;
+       it.increment(*ec)) {
+    out.push_back(it->path());
+  }
+  return out;
+}
+
 absl::Status SyncTree(const fs::path& dir) {
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    absl::Status st = SyncPath(entry.path());
+  for (const fs::path& entry : ListDir(dir, &ec)) {
+    absl::Status st = SyncPath(entry);
     if (!st.ok()) return st;
   }
   if (ec) return FromErrorCode(ec, absl::StrCat("list ", dir.string()));
@@ -296,11 +309,7 @@ std::vector<std::string> ShardFilesIn(const fs::path& root) {
   for (const char* name : {kDataDirFile, kCleanShutdownFile}) {
     if (fs::exists(root / name, ec)) found.push_back(name);
   }
-  size_t checkpoints = 0;
-  for (const auto& entry : fs::directory_iterator(root / "checkpoints", ec)) {
-    (void)entry;
-    ++checkpoints;
-  }
+  const size_t checkpoints = ListDir(root / "checkpoints", &ec).size();
   if (checkpoints > 0) {
     found.push_back(absl::StrCat(checkpoints, " entr",
                                  checkpoints == 1 ? "y" : "ies",
@@ -321,14 +330,15 @@ absl::StatusOr<std::string> SalvageWal(const fs::path& root,
   std::error_code ec;
   fs::create_directories(dest, ec);
   MIM_RETURN_IF_ERROR(FromErrorCode(ec, absl::StrCat("create ", name)));
-  for (const auto& entry : fs::directory_iterator(db, ec)) {
-    if (entry.path().extension() != ".log") continue;
-    fs::copy_file(entry.path(), dest / entry.path().filename(), ec);
+  std::error_code list_ec;
+  for (const fs::path& entry : ListDir(db, &list_ec)) {
+    if (entry.extension() != ".log") continue;
+    fs::copy_file(entry, dest / entry.filename(), ec);
     MIM_RETURN_IF_ERROR(FromErrorCode(
-        ec, absl::StrCat("copy db/", entry.path().filename().string(), " to ",
+        ec, absl::StrCat("copy db/", entry.filename().string(), " to ",
                          name)));
   }
-  MIM_RETURN_IF_ERROR(FromErrorCode(ec, "list db/"));
+  MIM_RETURN_IF_ERROR(FromErrorCode(list_ec, "list db/"));
   MIM_RETURN_IF_ERROR(SyncTree(dest));
   MIM_RETURN_IF_ERROR(SyncPath(dest.parent_path()));
   return name;
@@ -736,20 +746,36 @@ class RocksDbStorage : public Storage {
     db_.reset();  // closes the live database
     fs::remove_all(old, ec);
     st = Rename(live, old);
+    const bool moved_live = st.ok();
     if (st.ok()) st = Rename(staged, live);
+    const bool swapped = st.ok();
+    // The swap durable before the restored database takes a write: a
+    // failure here is undone like a failed open, nothing written yet.
+    if (st.ok()) {
+      st = CheckFault(injector(), StorageFaultInjector::Op::kSync,
+                      root.string());
+    }
+    if (st.ok()) st = SyncPath(root);
     if (st.ok()) {
       auto db = OpenDb(live.string(), "db/", env_.get(), LiveMode(options_));
       if (db.ok()) {
         db_ = std::move(*db);
         write_failed_.store(false);  // a new WAL; the old one goes
         fs::remove_all(old, ec);
-        return SyncPath(root);
+        return absl::OkStatus();
       }
       st = db.status();
-      fs::remove_all(live, ec);
     }
-    // Put the previous database back so the live state is unchanged.
-    if (!fs::exists(live) && fs::exists(old)) fs::rename(old, live, ec);
+    // Put the previous database back so the live state is unchanged. The
+    // restored copy is renamed aside, never deleted in place: a crash in
+    // between then leaves db.old/ without db/, which the next open renames
+    // back (FinishInterruptedRestore), where a half-deleted db/ would have
+    // made it delete db.old/.
+    if (swapped) fs::rename(live, staged, ec);
+    if (moved_live && !fs::exists(live, ec) && fs::exists(old, ec)) {
+      fs::rename(old, live, ec);
+    }
+    SyncPath(root).IgnoreError();
     fs::remove_all(staged, ec);
     auto db = OpenDb(live.string(), "db/", env_.get(), LiveMode(options_));
     if (db.ok()) db_ = std::move(*db);
@@ -764,9 +790,10 @@ class RocksDbStorage : public Storage {
     MIM_RETURN_IF_ERROR(CheckExists(name));
     absl::MutexLock create(&create_mu_);
     std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(CheckpointDir(), ec)) {
-      if (absl::EndsWith(entry.path().filename().string(), ".deleting.tmp")) {
-        fs::remove_all(entry.path(), ec);
+    for (const fs::path& entry : ListDir(CheckpointDir(), &ec)) {
+      if (absl::EndsWith(entry.filename().string(), ".deleting.tmp")) {
+        std::error_code removed;
+        fs::remove_all(entry, removed);
       }
     }
     const fs::path doomed = CheckpointDir() / (name + ".deleting.tmp");
@@ -808,12 +835,15 @@ class RocksDbStorage : public Storage {
   std::vector<CheckpointOrder> OrderedCheckpoints() const {
     std::vector<CheckpointOrder> out;
     std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(CheckpointDir(), ec)) {
+    for (const fs::path& entry : ListDir(CheckpointDir(), &ec)) {
       CheckpointOrder c;
-      c.name = entry.path().filename().string();
-      if (!entry.is_directory(ec) || absl::EndsWith(c.name, ".tmp")) continue;
-      if (!ReadInfo(entry.path(), &c)) {
-        c.created_micros = MtimeMicros(entry.path() / "CURRENT");
+      c.name = entry.filename().string();
+      std::error_code is_dir;
+      if (!fs::is_directory(entry, is_dir) || absl::EndsWith(c.name, ".tmp")) {
+        continue;
+      }
+      if (!ReadInfo(entry, &c)) {
+        c.created_micros = MtimeMicros(entry / "CURRENT");
       }
       out.push_back(std::move(c));
     }
@@ -863,7 +893,9 @@ class Opener {
 
   absl::StatusOr<std::unique_ptr<Storage>> Open() {
     MIM_RETURN_IF_ERROR(FinishInterruptedRestore());
-    const bool has_db = fs::exists(live_ / "CURRENT");
+    std::error_code looked;
+    const bool has_db = fs::exists(live_ / "CURRENT", looked);
+    MIM_RETURN_IF_ERROR(FromErrorCode(looked, "look for db/CURRENT"));
     if (!has_db) MIM_RETURN_IF_ERROR(CheckNothingLost());
     std::error_code ec;
     fs::create_directories(root_ / "checkpoints", ec);
@@ -906,16 +938,41 @@ class Opener {
                      StorageFaultInjector::Op::kWrite, path));
       MIM_RETURN_IF_ERROR(base::WriteFileAtomically(path, kDataDirContents));
     }
+    SweepCheckpointLeftovers();
     return std::unique_ptr<Storage>(new RocksDbStorage(
         options_, /*read_only=*/false, std::move(env_), std::move(*db)));
   }
 
  private:
+  // Removes what checkpoint operations cut short by a crash left behind
+  // ("<name>.tmp", RocksDB's "<name>.tmp.tmp", "<name>.deleting.tmp"):
+  // never listed or opened, and only holding disk (hard links to the SSTs
+  // of their time) until a checkpoint of the same name, which a timestamped
+  // name never has. No checkpoint operation runs during an open, and the
+  // database's LOCK is held by now. Best effort: what cannot be removed
+  // stays for the next open.
+  void SweepCheckpointLeftovers() {
+    const fs::path dir = root_ / "checkpoints";
+    std::error_code ec;
+    std::vector<fs::path> leftovers;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end;
+         it.increment(ec)) {
+      if (absl::EndsWith(it->path().filename().string(), ".tmp")) {
+        leftovers.push_back(it->path());
+      }
+    }
+    for (const fs::path& p : leftovers) fs::remove_all(p, ec);
+  }
+
   // Crash recovery for RestoreCheckpoint (see the file comment).
   absl::Status FinishInterruptedRestore() {
     const fs::path old = root_ / "db.old";
     std::error_code ec;
-    if (!fs::exists(live_) && fs::exists(old)) {
+    const bool has_live = fs::exists(live_, ec);
+    MIM_RETURN_IF_ERROR(FromErrorCode(ec, "look for db/"));
+    const bool has_old = fs::exists(old, ec);
+    MIM_RETURN_IF_ERROR(FromErrorCode(ec, "look for db.old/"));
+    if (!has_live && has_old) {
       fs::rename(old, live_, ec);
       MIM_RETURN_IF_ERROR(FromErrorCode(ec, "recover db.old/"));
     }

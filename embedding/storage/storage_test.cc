@@ -616,6 +616,37 @@ TEST(RocksDbStorageTest, PrefixDeleteGivesTheDiskSpaceBack) {
   EXPECT_EQ(small, 1000u);
 }
 
+// RocksDB only: what checkpoint operations cut short by a crash leave in
+// checkpoints/ (a staging "<name>.tmp" with hard links to SSTs, RocksDB's
+// "<name>.tmp.tmp", a "<name>.deleting.tmp") is removed at the next open;
+// the checkpoints themselves stay.
+TEST(RocksDbStorageTest, OpenRemovesWhatInterruptedCheckpointsLeft) {
+  namespace fs = std::filesystem;
+  RocksDbStorageOptions options;
+  options.data_dir = FreshDir("leftovers");
+  const std::string dir = options.data_dir + "/checkpoints/";
+  {
+    auto s = OpenRocksDbStorage(options);
+    ASSERT_TRUE(s.ok()) << s.status();
+    StorageBatch b;
+    b.puts = {{"k", "v"}};
+    ASSERT_TRUE((*s)->Write(b).ok());
+    ASSERT_TRUE((*s)->CreateCheckpoint("kept").ok());
+  }
+  for (const char* left : {"ckpt-1.tmp", "ckpt-2.tmp.tmp", "old.deleting.tmp"}) {
+    fs::copy(dir + "kept", dir + left, fs::copy_options::recursive);
+  }
+  auto s = OpenRocksDbStorage(options);
+  ASSERT_TRUE(s.ok()) << s.status();
+  std::vector<std::string> present;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    present.push_back(e.path().filename().string());
+  }
+  EXPECT_EQ(present, std::vector<std::string>{"kept"});
+  EXPECT_EQ(Names(**s), std::vector<std::string>{"kept"});
+  EXPECT_EQ(*(*s)->Get("k"), "v");
+}
+
 // RocksDB only: creation order is on disk with each checkpoint, survives
 // reopening and restores, and checkpoints without it (written before it
 // existed, or with a damaged MIM_CHECKPOINT) come first, by the time their
