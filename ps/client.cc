@@ -597,8 +597,8 @@ class ShardCaller {
       pending = std::move(again);
     }
     // The first error that is not in doubt wins: it is what the caller must
-    // act on (e.g. a shard that stayed down). It still carries the in-doubt
-    // mark when another call of the push is in doubt.
+    // act on (e.g. a shard that stayed down), and the push is not "in
+    // doubt" then (a part of it certainly failed).
     absl::Status first_clean;
     absl::Status first_in_doubt;
     for (const uint32_t s : calls) {
@@ -612,16 +612,22 @@ class ShardCaller {
       }
     }
     if (first_in_doubt.ok()) return first_clean;
-    absl::Status error = first_clean.ok() ? first_in_doubt : first_clean;
-    error = absl::Status(
-        error.code(),
-        absl::StrCat(error.message(),
-                     first_clean.ok()
-                         ? "; the push was sent, so the shard may or may not "
-                           "have applied it"
-                         : absl::StrCat("; and another part of the push may "
-                                        "or may not have been applied: ",
-                                        first_in_doubt.message())));
+    if (!first_clean.ok()) {
+      // Not in doubt as a whole: this part certainly failed, and the caller
+      // must act on that (a trainer that counts in-doubt pushes and goes on
+      // would lose it). The other part is named for whoever reads it.
+      return absl::Status(
+          first_clean.code(),
+          absl::StrCat(first_clean.message(),
+                       "; another part of the push may or may not have been "
+                       "applied: ",
+                       first_in_doubt.message()));
+    }
+    absl::Status error(
+        first_in_doubt.code(),
+        absl::StrCat(first_in_doubt.message(),
+                     "; the push was sent, so the shard may or may not "
+                     "have applied it"));
     error.SetPayload(kPushInDoubtUrl, absl::Cord("1"));
     return error;
   }

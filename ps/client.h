@@ -358,11 +358,11 @@ class PsClient {
 // been applied: an attempt of one of its calls was sent (or may have been)
 // and ended UNAVAILABLE (connection broke), DEADLINE_EXCEEDED, CANCELLED or
 // UNKNOWN (gRPC ended the call after the shard may have run it), and the
-// retries did not get an answer (whatever the last attempt's error). The
-// returned error is then the first call's that is not in doubt, if any, and
-// still counts as in doubt. Other errors of a Push mean that no shard's part
-// was left in doubt: the failing shards did not apply theirs (with several
-// shards, the others may have applied their parts).
+// retries did not get an answer (whatever the last attempt's error), and
+// no other call of the push failed outright. Other errors of a Push mean
+// that the failing shard did not apply its part (with several shards, the
+// others may have applied theirs; one whose part is in doubt is named in
+// the message).
 bool IsPushInDoubt(const absl::Status& status);
 
 // Sum of per-shard stats for each table name, in the order of first shard.

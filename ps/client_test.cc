@@ -1048,10 +1048,10 @@ TEST(PsClientPushRetryTest, RepeatedKeysSummingPastFloatRangeSendNothing) {
   EXPECT_EQ(shard.service.pushes, 1);
 }
 
-TEST(PsClientPushRetryTest, APushWithAnyPartInDoubtIsInDoubt) {
+TEST(PsClientPushRetryTest, AFailedPartWinsOverAPartInDoubt) {
   // One shard refuses its part outright, the other's part ends in doubt:
-  // the caller gets the refusal (what it must act on), still marked in
-  // doubt, and told about the other part.
+  // the caller gets the refusal (what it must act on: that part certainly
+  // failed), not marked in doubt, and is told about the other part.
   ScriptedServer refusing(
       grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no"),
       absl::ZeroDuration());
@@ -1067,7 +1067,7 @@ TEST(PsClientPushRetryTest, APushWithAnyPartInDoubtIsInDoubt) {
           ->Push("t", {KeyOnShard(0, 2), KeyOnShard(1, 2)}, {1.0f, 1.0f})
           .status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  EXPECT_TRUE(IsPushInDoubt(s)) << s;
+  EXPECT_FALSE(IsPushInDoubt(s)) << s;
   EXPECT_THAT(std::string(s.message()), HasSubstr(refusing.address));
   EXPECT_THAT(std::string(s.message()),
               HasSubstr("another part of the push may or may not have been "
