@@ -283,6 +283,51 @@ TEST_F(TrainerReproducibilityTest, EvalOnlyRefusesAnIdTableMissingOnTheShards) {
   EXPECT_TRUE(absl::StrContains(run->err, "--model_dir=")) << run->err;
 }
 
+// A run that is not a warm start refuses an ID table an earlier run
+// trained (the same command again): newly seeded dense weights on trained
+// rows would neither reproduce nor continue anything. The earlier run's
+// rows are left as they were. A warm start from a model file that is not
+// the one its manifest names is refused too.
+TEST_F(TrainerReproducibilityTest, AFreshRunRefusesAnIdTableAnEarlierRunTrained) {
+  const RunOutput first = Train("again", {"--epochs=1"});
+  ASSERT_FALSE(first.model_file.empty());
+  auto client = ps::PsClient::Create(ShardProcess::Addresses(*shards_));
+  ASSERT_TRUE(client.ok()) << client.status();
+  const auto before = (*client)->Stats("again_din_mim_s3_id");
+  ASSERT_TRUE(before.ok()) << before.status();
+  absl::StatusOr<CommandResult> run =
+      RunCommand(Args("again", {"--epochs=1", "--model_dir=" + *dir_ +
+                                                  "/again_second"}));
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_EQ(run->exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(run->err, "FAILED_PRECONDITION")) << run->err;
+  EXPECT_TRUE(absl::StrContains(
+      run->err, "ID table 'again_din_mim_s3_id' already holds"))
+      << run->err;
+  EXPECT_TRUE(absl::StrContains(run->err, "--init_model_dir")) << run->err;
+  const auto after = (*client)->Stats("again_din_mim_s3_id");
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(ps::TotalStats(*after)[0].rows(), ps::TotalStats(*before)[0].rows());
+  EXPECT_FALSE(std::filesystem::exists(*dir_ + "/again_second/manifest.json"));
+
+  // The model file of another save under this manifest: refused by its
+  // checksum before anything is trained.
+  const std::string damaged = *dir_ + "/again_damaged";
+  std::filesystem::create_directories(damaged);
+  std::filesystem::copy_file(*dir_ + "/again/manifest.json",
+                             damaged + "/manifest.json");
+  {
+    std::ofstream out(damaged + "/model.mimmodel", std::ios::binary);
+    out << first.model_file << "x";
+  }
+  run = RunCommand(Args("again", {"--epochs=1", "--init_model_dir=" + damaged,
+                                  "--model_dir=" + *dir_ + "/again_third"}));
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_EQ(run->exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(run->err, "differs from its manifest's"))
+      << run->err;
+}
+
 TEST_F(TrainerReproducibilityTest, ContentModelWithoutContentTableIsRefused) {
   for (const std::string model : {"din_mim", "avgpool_ct"}) {
     std::vector<std::string> args = Args("nocontent_" + model, {});

@@ -52,6 +52,14 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
                "(tools/content_vectors --encoder_out) whose vectors C-SFT "
                "read");
   }
+  if (!(o.ps_retry_seconds >= 0 && o.ps_retry_seconds <= 1e6)) {
+    return bad("--ps_retry_seconds = ", o.ps_retry_seconds,
+               "; expected in [0, 1e6]");
+  }
+  if (!(o.ps_timeout_seconds >= 0.001 && o.ps_timeout_seconds <= 1e6)) {
+    return bad("--ps_timeout_seconds = ", o.ps_timeout_seconds,
+               "; expected in [0.001, 1e6]");
+  }
   if (o.eval_only) {
     if (o.model_dir.empty()) {
       return bad("--eval_only needs --model_dir=DIR of a trained model");
@@ -85,14 +93,6 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
   if (!(o.target_id_dropout >= 0.0 && o.target_id_dropout < 1.0)) {
     return bad("--target_id_dropout = ", o.target_id_dropout,
                "; expected in [0, 1)");
-  }
-  if (!(o.ps_retry_seconds >= 0 && o.ps_retry_seconds <= 1e6)) {
-    return bad("--ps_retry_seconds = ", o.ps_retry_seconds,
-               "; expected in [0, 1e6]");
-  }
-  if (!(o.ps_timeout_seconds >= 0.001 && o.ps_timeout_seconds <= 1e6)) {
-    return bad("--ps_timeout_seconds = ", o.ps_timeout_seconds,
-               "; expected in [0.001, 1e6]");
   }
   if (o.batch_size < 1 || o.eval_batch_size < 1) {
     return bad("batch sizes must be >= 1");
@@ -280,6 +280,14 @@ absl::StatusOr<EvalReport> Evaluate(
     absl::Status forward = model->Forward(batch.batch, &probs);
     if (!forward.ok()) return forward;
     for (size_t i = 0; i < batch.samples.size(); ++i) {
+      // A NaN would break the sort the AUC needs and make the logloss NaN
+      // while the run reported success.
+      if (!std::isfinite(probs[i])) {
+        return absl::InternalError(absl::StrCat(
+            "evaluating on ", source, " (", path, "): the model scored ",
+            probs[i], " for user ", batch.samples[i].user_id, ", item ",
+            batch.samples[i].item_id, " (diverged, or damaged parameters)"));
+      }
       eval::Prediction p;
       p.prob = probs[i];
       p.label = batch.samples[i].label;
@@ -492,6 +500,24 @@ absl::Status WarmStart(const TrainerOptions& o, const std::string& id_table,
   }
   if (!stats.ok()) return stats.status();
   const std::string path = o.init_model_dir + "/" + manifest->model_file;
+  if (manifest->model_file_checksum != 0) {
+    MIM_ASSIGN_OR_RETURN(const uint64_t sum, model::FileChecksum(path));
+    if (sum != manifest->model_file_checksum) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "--init_model_dir: %s: checksum %016x differs from its manifest's "
+          "%016x (a save in progress, or files of two saves)",
+          path, sum, manifest->model_file_checksum));
+    }
+  }
+  if (manifest->dense_params != "local") {
+    // Adam ran on the shards (or per GPU worker): the saved moments are
+    // not its state, so the optimizer starts over on loaded weights.
+    LOG(WARNING) << "--init_model_dir=" << o.init_model_dir
+                 << " was trained with dense params '"
+                 << manifest->dense_params
+                 << "': its file holds the weights but not the Adam state, "
+                    "which starts over (the first steps are full-size)";
+  }
   absl::Status loaded = model->Load(path);
   if (!loaded.ok()) return loaded;
   report->init_model = path;
@@ -575,6 +601,26 @@ absl::StatusOr<const kernels::ComputeBackend*> DeviceBackend(
   return &kernels::CudaBackend();
 }
 
+// A run that is not a warm start must begin on an ID table without rows:
+// one an earlier run trained (the same --model, --seed and --table_prefix,
+// or --id_table) would meet newly seeded dense weights, and the run would
+// neither reproduce nor continue anything. FAILED_PRECONDITION saying what
+// to do instead. (Data-parallel workers share their table as it fills, so
+// only a single worker checks.)
+absl::Status CheckFreshIdTable(const std::string& id_table,
+                               ps::PsClient* ps) {
+  absl::StatusOr<std::vector<ps::PsClient::ShardStats>> stats = ps->Stats("");
+  if (!stats.ok()) return stats.status();
+  const ps::TableOnShards on = ps::FindTableOnShards(*stats, id_table);
+  if (on.total_rows() == 0) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "ID table '", id_table, "' already holds ", on.total_rows(),
+      " rows trained by an earlier run: a fresh run would put newly seeded "
+      "dense weights on them. Continue that run with --init_model_dir=<its "
+      "--model_dir>, drop the table (ps_admin drop-table ", id_table,
+      " --yes), or train into another one (--table_prefix or --id_table)"));
+}
+
 // The model (warm-started from init_model_dir if given) and its ID table
 // on the shards.
 absl::StatusOr<std::unique_ptr<model::CiubmModel>> CreateModel(
@@ -590,6 +636,8 @@ absl::StatusOr<std::unique_ptr<model::CiubmModel>> CreateModel(
   if (!o.init_model_dir.empty()) {
     MIM_RETURN_IF_ERROR(
         WarmStart(o, report->id_table, ps, model.get(), report));
+  } else if (o.num_workers == 1) {
+    MIM_RETURN_IF_ERROR(CheckFreshIdTable(report->id_table, ps));
   }
   MIM_RETURN_IF_ERROR(ps->CreateTable(
       IdTableConfig(o, report->id_table, config.id_dim), true));
@@ -688,6 +736,17 @@ absl::Status SetUp(const TrainerOptions& o, ps::PsClient* ps,
                    TrainerSetup* setup, TrainReport* report) {
   kernels::SetCpuThreads(o.threads);
   MIM_ASSIGN_OR_RETURN(setup->model, CreateModel(o, ps, report));
+  // The encoders go into the manifest of a content model at the end; a
+  // bad one is found now, not after the whole run.
+  const bool content = model::UsesContent(report->config);
+  if (content && !o.content_encoder.empty()) {
+    MIM_RETURN_IF_ERROR(
+        EncoderId(o.content_encoder, report->config.content_dim).status());
+  }
+  if (content && !o.csft_encoder.empty()) {
+    MIM_RETURN_IF_ERROR(
+        CsftEncoderId(o.csft_encoder, report->config.content_dim).status());
+  }
   if (o.overlap_copies && !setup->model->backend().host_memory()) {
     setup->stager = setup->model->NewInputStager();
   }

@@ -199,8 +199,8 @@ int main(int argc, char** argv) {
   o.id_grad_sum = FLAGS_id_grad_sum;
   o.seed = FLAGS_seed;
   o.content_table = FLAGS_content_table;
-  o.content_encoder = FLAGS_content_encoder;
-  o.csft_encoder = FLAGS_csft_encoder;
+  o.content_encoder = UserPath(FLAGS_content_encoder);
+  o.csft_encoder = UserPath(FLAGS_csft_encoder);
   o.predictions_out = UserPath(FLAGS_predictions_out);
   o.id_table = FLAGS_id_table;
   o.table_prefix = FLAGS_table_prefix;
