@@ -546,14 +546,20 @@ class StoreImpl : public EmbeddingStore {
     if (t == nullptr) return NoTable(table);
     const int64_t now = NowMicros();
     std::vector<PushLog::Evicted> evicted;
-    PushLog::Pinned client = push_log_->Get(tag.client_id, now, &evicted);
+    absl::StatusOr<PushLog::Pinned> client =
+        push_log_->Get(tag.client_id, now, &evicted);
+    if (!client.ok()) return client.status();
     absl::StatusOr<PushOutcome> outcome =
-        PushAs(*client, t, keys, gradients, tag, now, evicted);
-    if (!outcome.ok() && !evicted.empty()) {
-      // Nothing was written, the evicted clients' deletions neither: keep
-      // the log as storage has it (outside the client's mutex: the log's
-      // comes first).
-      push_log_->Reinstate(std::move(evicted));
+        PushAs(**client, t, keys, gradients, tag, now, evicted);
+    // Outside the client's mutex: the log's comes first.
+    if (!evicted.empty()) {
+      if (outcome.ok()) {
+        push_log_->EvictionsWritten(evicted);
+      } else {
+        // Nothing was written, the evicted clients' deletions neither:
+        // keep the log as storage has it.
+        push_log_->Reinstate(std::move(evicted));
+      }
     }
     return outcome;
   }

@@ -124,9 +124,16 @@ void PushLog::Unpin(Entry* entry) {
   --entry->pins;
 }
 
-PushLog::Pinned PushLog::Get(uint64_t client_id, int64_t now_micros,
-                             std::vector<Evicted>* evicted) {
+absl::StatusOr<PushLog::Pinned> PushLog::Get(uint64_t client_id,
+                                             int64_t now_micros,
+                                             std::vector<Evicted>* evicted) {
   absl::MutexLock lock(&mu_);
+  if (evicting_.contains(client_id)) {
+    return absl::UnavailableError(absl::StrCat(
+        "the record of client ", client_id,
+        " is being evicted from the push log by another client's push; "
+        "nothing was applied, send the push again"));
+  }
   auto [it, inserted] = entries_.try_emplace(client_id);
   if (!inserted) {
     ++it->second->pins;
@@ -159,13 +166,20 @@ PushLog::Pinned PushLog::Get(uint64_t client_id, int64_t now_micros,
     auto gone = entries_.find(victim);
     evicted->push_back(Evicted{victim, std::move(gone->second)});
     entries_.erase(gone);
+    evicting_.insert(victim);
   }
   return Pinned(this, std::move(entry));
+}
+
+void PushLog::EvictionsWritten(const std::vector<Evicted>& evicted) {
+  absl::MutexLock lock(&mu_);
+  for (const Evicted& e : evicted) evicting_.erase(e.client_id);
 }
 
 void PushLog::Reinstate(std::vector<Evicted> evicted) {
   absl::MutexLock lock(&mu_);
   for (Evicted& e : evicted) {
+    evicting_.erase(e.client_id);
     entries_.try_emplace(e.client_id, std::move(e.entry));
   }
 }

@@ -33,6 +33,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -117,10 +118,15 @@ class PushLog {
   // The entry of `client_id`, created if new, pinned. When that makes the
   // log exceed max_clients, the least recently used other client that is
   // not pinned is dropped and appended to `evicted`: its record must be
-  // deleted from storage in the caller's batch, or, if that batch is not
-  // written, the client put back with Reinstate.
-  Pinned Get(uint64_t client_id, int64_t now_micros,
-             std::vector<Evicted>* evicted);
+  // deleted from storage in the caller's batch, and the caller then calls
+  // EvictionsWritten, or, if that batch is not written, Reinstate. Until
+  // then a push of an evicted client is refused UNAVAILABLE (send it
+  // again): its new record could otherwise be written before the deletion
+  // and deleted by it.
+  absl::StatusOr<Pinned> Get(uint64_t client_id, int64_t now_micros,
+                             std::vector<Evicted>* evicted);
+  // The deletions of `evicted` (from Get) are written.
+  void EvictionsWritten(const std::vector<Evicted>& evicted);
   // Puts clients that Get evicted back (their deletion was not written),
   // except one that came back meanwhile.
   void Reinstate(std::vector<Evicted> evicted);
@@ -139,6 +145,8 @@ class PushLog {
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Entry>> entries_
       ABSL_GUARDED_BY(mu_);
+  // Clients evicted whose record's deletion is not written yet.
+  absl::flat_hash_set<uint64_t> evicting_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace mim::embedding

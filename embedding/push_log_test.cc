@@ -87,15 +87,15 @@ TEST(PushLogTest, KeysRoundTrip) {
 TEST(PushLogTest, EvictsTheLeastRecentlyUsedClient) {
   PushLog log(2);
   std::vector<PushLog::Evicted> evicted;
-  log.Get(1, 100, &evicted);
-  log.Get(2, 50, &evicted);
+  (void)log.Get(1, 100, &evicted);
+  (void)log.Get(2, 50, &evicted);
   EXPECT_TRUE(evicted.empty());
   {
-    PushLog::Pinned one = log.Get(1, 0, &evicted);
+    PushLog::Pinned one = *log.Get(1, 0, &evicted);
     absl::MutexLock lock(&one->mu);
     one->last_used_micros = 300;  // client 1 pushed again
   }
-  log.Get(3, 400, &evicted);
+  (void)log.Get(3, 400, &evicted);
   ASSERT_EQ(evicted.size(), 1u);
   EXPECT_EQ(evicted[0].client_id, 2u);
   EXPECT_EQ(log.size(), 2u);
@@ -108,22 +108,22 @@ TEST(PushLogTest, EvictsTheLeastRecentlyUsedClient) {
 TEST(PushLogTest, APinnedClientIsNotEvicted) {
   PushLog log(2);
   std::vector<PushLog::Evicted> evicted;
-  log.Get(1, 100, &evicted);
-  log.Get(2, 200, &evicted);
+  (void)log.Get(1, 100, &evicted);
+  (void)log.Get(2, 200, &evicted);
   {
-    PushLog::Pinned one = log.Get(1, 0, &evicted);  // oldest, but pinned
-    log.Get(3, 300, &evicted);
+    PushLog::Pinned one = *log.Get(1, 0, &evicted);  // oldest, but pinned
+    (void)log.Get(3, 300, &evicted);
     ASSERT_EQ(evicted.size(), 1u);
     EXPECT_EQ(evicted[0].client_id, 2u);
     // Every other client pinned: the log goes over by one rather than
     // evict a client in a push.
     evicted.clear();
-    PushLog::Pinned three = log.Get(3, 0, &evicted);
-    log.Get(4, 400, &evicted);
+    PushLog::Pinned three = *log.Get(3, 0, &evicted);
+    (void)log.Get(4, 400, &evicted);
     EXPECT_TRUE(evicted.empty());
     EXPECT_EQ(log.size(), 3u);
   }
-  log.Get(5, 500, &evicted);
+  (void)log.Get(5, 500, &evicted);
   ASSERT_EQ(evicted.size(), 2u);  // 1 (100), then 3 (300)
   EXPECT_EQ(evicted[0].client_id, 1u);
   EXPECT_EQ(evicted[1].client_id, 3u);
@@ -136,18 +136,43 @@ TEST(PushLogTest, ReinstatePutsEvictedClientsBack) {
   PushLog log(1);
   std::vector<PushLog::Evicted> evicted;
   {
-    PushLog::Pinned one = log.Get(1, 100, &evicted);
+    PushLog::Pinned one = *log.Get(1, 100, &evicted);
     absl::MutexLock lock(&one->mu);
     one->window.Mark(7);
   }
-  log.Get(2, 200, &evicted);
+  (void)log.Get(2, 200, &evicted);
   ASSERT_EQ(evicted.size(), 1u);
   log.Reinstate(std::move(evicted));
   EXPECT_EQ(log.size(), 2u);
   evicted.clear();
-  PushLog::Pinned one = log.Get(1, 0, &evicted);
+  PushLog::Pinned one = *log.Get(1, 0, &evicted);
   absl::MutexLock lock(&one->mu);
   EXPECT_EQ(one->window.Check(7), ClientWindow::Seen::kApplied);
+}
+
+// A client evicted by another's push is refused (UNAVAILABLE, nothing
+// changed) until that push's batch, which deletes its record, is written:
+// a record it wrote meanwhile could land before the deletion and be
+// deleted by it. Afterwards it starts afresh.
+TEST(PushLogTest, AnEvictedClientWaitsForItsDeletionToBeWritten) {
+  PushLog log(1);
+  std::vector<PushLog::Evicted> evicted;
+  {
+    PushLog::Pinned one = *log.Get(1, 100, &evicted);
+    absl::MutexLock lock(&one->mu);
+    one->window.Mark(7);
+  }
+  ASSERT_TRUE(log.Get(2, 200, &evicted).ok());
+  ASSERT_EQ(evicted.size(), 1u);
+  std::vector<PushLog::Evicted> more;
+  const absl::Status refused = log.Get(1, 300, &more).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
+  EXPECT_TRUE(more.empty());
+  log.EvictionsWritten(evicted);
+  absl::StatusOr<PushLog::Pinned> again = log.Get(1, 300, &more);
+  ASSERT_TRUE(again.ok()) << again.status();
+  absl::MutexLock lock(&(*again)->mu);
+  EXPECT_EQ((*again)->window.Check(7), ClientWindow::Seen::kNew);
 }
 
 }  // namespace
