@@ -6,7 +6,9 @@
 //   db/                    live database (WAL always on)
 //   checkpoints/<name>/    rocksdb::Checkpoint (hard links to SST files)
 //                          plus MIM_CHECKPOINT, its place in creation order
-//   checkpoints/<name>.tmp checkpoint being written (renamed when complete)
+//   checkpoints/<name>.tmp checkpoint being written (renamed when complete);
+//                          any "*.tmp" there at open is a crash's leftover,
+//                          removed
 //   db.restore/            copy of a checkpoint about to replace db/
 //   db.old/                previous db/ while a restore swaps directories
 //   MIM_DATA_DIR           "mim-data-dir 1": written once db/ first exists,
@@ -19,8 +21,11 @@
 //   salvage/<UTC time>/    copies of the WAL files (and db/ remains) taken
 //                          before an open that accepts data loss drops them
 // Restore copies the checkpoint to db.restore/, fsyncs it, closes the live
-// DB, renames db/ -> db.old/ and db.restore/ -> db/, reopens, then deletes
-// db.old/. Open() finishes or undoes a restore interrupted by a crash.
+// DB, renames db/ -> db.old/ and db.restore/ -> db/, fsyncs data_dir,
+// reopens, then deletes db.old/. A failure before the reopen succeeds
+// renames db/ back to db.restore/ and db.old/ back to db/ (never deleting
+// db/ in place), so the live contents are unchanged. Open() finishes or
+// undoes a restore interrupted by a crash.
 //
 // Creation order: MIM_CHECKPOINT ("mim-checkpoint 1", "sequence N",
 // "created_micros T", one per line) is written (temp file, fsync, rename)
