@@ -553,11 +553,12 @@ class StoreImpl : public EmbeddingStore {
         PushAs(**client, t, keys, gradients, tag, now, evicted);
     // Outside the client's mutex: the log's comes first.
     if (!evicted.empty()) {
-      if (outcome.ok()) {
+      if (outcome.ok() && !outcome->duplicate) {
         push_log_->EvictionsWritten(evicted);
       } else {
-        // Nothing was written, the evicted clients' deletions neither:
-        // keep the log as storage has it.
+        // Nothing was written (refused, or a duplicate acknowledged), the
+        // evicted clients' deletions neither: keep the log as storage has
+        // it.
         push_log_->Reinstate(std::move(evicted));
       }
     }

@@ -231,8 +231,10 @@ class EmbeddingStore {
   // with a checkpoint's Restore. Pushes of one client run one at a time.
   // INVALID_ARGUMENT for a tag with a client id and sequence 0;
   // FAILED_PRECONDITION for a sequence too far below the client's newest
-  // to tell whether it was applied (ClientWindow::kWindow); otherwise as
-  // Push. An untagged push (client_id 0) is a plain Push.
+  // to tell whether it was applied (ClientWindow::kWindow); ABORTED, with
+  // nothing applied, while the client's record is being evicted by another
+  // client's push (PushLog::Get; send it again); otherwise as Push. An
+  // untagged push (client_id 0) is a plain Push.
   virtual absl::StatusOr<PushOutcome> PushOnce(
       absl::string_view table, absl::Span<const uint64_t> keys,
       absl::Span<const float> gradients, const PushTag& tag) = 0;

@@ -129,7 +129,7 @@ absl::StatusOr<PushLog::Pinned> PushLog::Get(uint64_t client_id,
                                              std::vector<Evicted>* evicted) {
   absl::MutexLock lock(&mu_);
   if (evicting_.contains(client_id)) {
-    return absl::UnavailableError(absl::StrCat(
+    return absl::AbortedError(absl::StrCat(
         "the record of client ", client_id,
         " is being evicted from the push log by another client's push; "
         "nothing was applied, send the push again"));

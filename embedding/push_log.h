@@ -120,9 +120,9 @@ class PushLog {
   // not pinned is dropped and appended to `evicted`: its record must be
   // deleted from storage in the caller's batch, and the caller then calls
   // EvictionsWritten, or, if that batch is not written, Reinstate. Until
-  // then a push of an evicted client is refused UNAVAILABLE (send it
-  // again): its new record could otherwise be written before the deletion
-  // and deleted by it.
+  // then a push of an evicted client is refused ABORTED (nothing done; send
+  // it again): its new record could otherwise be written before the
+  // deletion and deleted by it.
   absl::StatusOr<Pinned> Get(uint64_t client_id, int64_t now_micros,
                              std::vector<Evicted>* evicted);
   // The deletions of `evicted` (from Get) are written.

@@ -150,7 +150,7 @@ TEST(PushLogTest, ReinstatePutsEvictedClientsBack) {
   EXPECT_EQ(one->window.Check(7), ClientWindow::Seen::kApplied);
 }
 
-// A client evicted by another's push is refused (UNAVAILABLE, nothing
+// A client evicted by another's push is refused (ABORTED, nothing
 // changed) until that push's batch, which deletes its record, is written:
 // a record it wrote meanwhile could land before the deletion and be
 // deleted by it. Afterwards it starts afresh.
@@ -166,7 +166,7 @@ TEST(PushLogTest, AnEvictedClientWaitsForItsDeletionToBeWritten) {
   ASSERT_EQ(evicted.size(), 1u);
   std::vector<PushLog::Evicted> more;
   const absl::Status refused = log.Get(1, 300, &more).status();
-  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
+  EXPECT_EQ(refused.code(), absl::StatusCode::kAborted) << refused;
   EXPECT_TRUE(more.empty());
   log.EvictionsWritten(evicted);
   absl::StatusOr<PushLog::Pinned> again = log.Get(1, 300, &more);

@@ -459,8 +459,9 @@ bool HasCheckpoint(const ListCheckpointsResponse& list,
 enum class Resend {
   kNever,   // one attempt
   kUnsent,  // only a call not sent yet: sent once its channel is connected
-  // Every UNAVAILABLE and DEADLINE_EXCEEDED (idempotent calls, and tagged
-  // pushes, which a shard applies once however often they arrive).
+  // Every UNAVAILABLE, DEADLINE_EXCEEDED and CANCELLED (idempotent calls,
+  // and tagged pushes, which a shard applies once however often they
+  // arrive).
   kAlways,
 };
 
@@ -616,12 +617,17 @@ class ShardCaller {
       // Not in doubt as a whole: this part certainly failed, and the caller
       // must act on that (a trainer that counts in-doubt pushes and goes on
       // would lose it). The other part is named for whoever reads it.
-      return absl::Status(
+      absl::Status error(
           first_clean.code(),
           absl::StrCat(first_clean.message(),
                        "; another part of the push may or may not have been "
                        "applied: ",
                        first_in_doubt.message()));
+      first_clean.ForEachPayload(
+          [&error](absl::string_view url, const absl::Cord& payload) {
+            error.SetPayload(url, payload);
+          });
+      return error;
     }
     absl::Status error(
         first_in_doubt.code(),

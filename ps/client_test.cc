@@ -652,7 +652,8 @@ TEST_F(PsClientTest, ARestoreResentWithItsIdRestoresOnce) {
   EXPECT_EQ(resent.name(), first.name());
   EXPECT_EQ(resent.rows(), first.rows());
   EXPECT_EQ(client_->GetRows("user", keys)->values, after_push->values);
-  // A refused restore is remembered as refused.
+  // A refused restore is not remembered: a resend runs it again (and is
+  // refused again: it changed nothing).
   {
     grpc::ClientContext context;
     RestoreRequest request;

@@ -496,6 +496,12 @@ grpc::Status ParameterServerService::HandlePush(grpc::ServerContextBase* context
         request->table(), KeySpan(request->keys()),
         FloatSpan(request->gradients()),
         embedding::PushTag{request->client_id(), request->sequence()});
+    if (absl::IsAborted(pushed.status())) {
+      // Refused before anything was done (the push log is evicting this
+      // client's record): a busy refusal, which every client resends.
+      return ToGrpcStatus(MarkRetryLater(
+          absl::ResourceExhaustedError(pushed.status().message())));
+    }
     if (!pushed.ok()) return ToGrpcStatus(pushed.status());
     if (options_.test_crash_after_push_applied > 0 && !pushed->duplicate &&
         request->client_id() != 0 &&
@@ -685,21 +691,29 @@ grpc::Status ParameterServerService::Once(
                          "answer"));
       }
       response->ParseFromString(it->second.response);
-      return it->second.status;
+      return grpc::Status::OK;
     }
     answer_order_.push_back(request_id);
     while (answer_order_.size() > kRememberedAnswers) {
       auto oldest = answers_.find(answer_order_.front());
-      if (!oldest->second.done) break;  // running: kept until it ends
-      answers_.erase(oldest);
+      if (oldest != answers_.end()) {
+        if (!oldest->second.done) break;  // running: kept until it ends
+        answers_.erase(oldest);
+      }
       answer_order_.pop_front();
     }
   }
   const grpc::Status status = run();
   absl::MutexLock lock(&answers_mu_);
+  if (!status.ok()) {
+    // A failed restore or drop changed nothing (a busy refusal, a missing
+    // checkpoint, a storage error): a resend runs it again rather than
+    // getting this answer. Left in answer_order_, skipped when evicted.
+    answers_.erase(request_id);
+    return status;
+  }
   Answer& answer = answers_[request_id];
-  answer.status = status;
-  if (status.ok()) response->SerializeToString(&answer.response);
+  response->SerializeToString(&answer.response);
   answer.done = true;
   return status;
 }

@@ -299,17 +299,17 @@ class ParameterServerService final : public ParameterServer::Service {
   static absl::Status CheckCheckpointName(const std::string& name);
 
   // Runs `run` for the admin call `request_id` once (0: every time): a
-  // repeat of a finished one gets its status and response (`response`
-  // overwritten with the stored bytes); one of a call still running,
-  // UNAVAILABLE. The last kRememberedAnswers answers are kept.
+  // repeat of one that succeeded gets its response (`response` overwritten
+  // with the stored bytes); one of a call still running, UNAVAILABLE; one
+  // of a call that failed (which changed nothing) runs again. The last
+  // kRememberedAnswers answers are kept.
   grpc::Status Once(uint64_t request_id, absl::string_view what,
                     google::protobuf::Message* response,
                     absl::FunctionRef<grpc::Status()> run);
   static constexpr size_t kRememberedAnswers = 256;
   struct Answer {
     bool done = false;
-    grpc::Status status;
-    std::string response;  // serialized
+    std::string response;  // serialized, once done
   };
 
   embedding::EmbeddingStore* const store_;
