@@ -528,10 +528,12 @@ absl::Status Predictor::RefreshContentVersion() {
   MIM_ASSIGN_OR_RETURN(std::vector<ps::PsClient::ShardStats> stats,
                        ps_->Stats(table));
   uint64_t newest = 0;
+  uint64_t writes = 0;  // rows upserted since each shard started, summed
   for (const ps::PsClient::ShardStats& shard : stats) {
     for (const ps::TableStats& t : shard.stats.tables()) {
       if (t.config().name() == table) {
         newest = std::max<uint64_t>(newest, t.max_version());
+        writes += t.pushes();
       }
     }
   }
@@ -541,9 +543,12 @@ absl::Status Predictor::RefreshContentVersion() {
   }
   // The table moved since the last poll: rows written by someone else
   // (ingest_content, another replica, even at a version this server also
-  // wrote) may be newer than the cached ones.
+  // wrote, or below the table's newest) may be newer than the cached ones.
+  // The write count tells of writes that leave the newest version where it
+  // is (a shard's restart resets it, which only flushes once more).
   const uint64_t previous = last_polled_version_.exchange(newest);
-  if (newest != previous) {
+  const uint64_t previous_writes = last_polled_writes_.exchange(writes);
+  if (newest != previous || writes != previous_writes) {
     cache_->InvalidateTable(cache_->TableId(table));
   }
   return absl::OkStatus();

@@ -117,9 +117,10 @@ class Predictor {
   // (manifest encoder kind "csft"), the text's fastText vector then goes
   // through the C-SFT encoder with the item's `genres`, exactly as
   // //worker/csft:csft encodes a catalogue item (a text with no known word
-  // writes zeros, as for fastText). The version written is one above the
-  // newest this server knows of. When this returns OK, every Predict that
-  // starts afterwards reads the new row. Errors: INVALID_ARGUMENT (negative
+  // writes zeros, as for fastText). The version written is above the
+  // item's own row's and at least the current Unix time in seconds (the
+  // unit ingest_content and csft use). When this returns OK, every Predict
+  // that starts afterwards reads the new row. Errors: INVALID_ARGUMENT (negative
   // id, wrong dim, non-finite value, empty text without vector, more than
   // max_genres genres, a genre id the C-SFT encoder does not know),
   // FAILED_PRECONDITION (the model has no content table, or its encoder is
@@ -183,6 +184,7 @@ class Predictor {
   std::unique_ptr<base::Executor> fetch_executor_;  // null: fetch_threads 0
   std::atomic<uint64_t> content_version_{0};
   std::atomic<uint64_t> last_polled_version_{0};
+  std::atomic<uint64_t> last_polled_writes_{0};
   absl::Notification stop_;
   std::thread thread_;
 };

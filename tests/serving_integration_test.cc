@@ -257,6 +257,65 @@ TEST_F(ServingTest, ConcurrentIdAndContentPullsScoreAsSequentialOnes) {
   EXPECT_EQ(scores[0], scores[1]);
 }
 
+// A row written by another writer at a version below the table's newest
+// leaves the newest where it is; the content poll still notices it (the
+// table's count of written rows moved) and flushes the cached rows, so a
+// server with a long cache TTL scores the new row within a few polls.
+TEST_F(ServingTest, AWriteBelowTheNewestVersionIsNoticedByThePoll) {
+  auto server = ServerProcess::Start(
+      {Runfile("serving/server"), "--port=0", "--ps=" + env->ps,
+       "--model_dir=" + env->model_dir, "--cache_ttl_ms=600000",
+       "--cache_max_stale_ms=600000", "--content_poll_ms=100",
+       "--metrics_port=-1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = PredictionService::NewStub(grpc::CreateChannel(
+      (*server)->address(), grpc::InsecureChannelCredentials()));
+  const auto predict = [&](const PredictRequest& request) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    PredictResponse resp;
+    const grpc::Status st = stub->Predict(&ctx, request, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return resp;
+  };
+  // The table's newest version is now the clock's (an upsert of another
+  // item), far above the ingest's version 1.
+  {
+    grpc::ClientContext ctx;
+    serving::UpsertItemRequest up;
+    up.set_item_id(800500);
+    for (int i = 0; i < 16; ++i) up.add_vector(0.25f);
+    serving::UpsertItemResponse resp;
+    ASSERT_TRUE(stub->UpsertItem(&ctx, up, &resp).ok());
+  }
+  // Polls that see the upsert's own version flush once; let them pass.
+  absl::SleepFor(absl::Milliseconds(600));
+  const data::Sample& s = env->test_samples[7];
+  const PredictRequest request = RequestFor(s);
+  const PredictResponse before = predict(request);
+  ASSERT_EQ(before.scores_size(), 1);
+  const PredictResponse cached = predict(request);
+  ASSERT_EQ(cached.scores(0), before.scores(0));
+  EXPECT_GT(cached.cache_hits(), 0);
+  // Another writer changes the candidate's row at version 2.
+  auto ps = ps::PsClient::Create(absl::StrSplit(env->ps, ','));
+  ASSERT_TRUE(ps.ok()) << ps.status();
+  const uint64_t key = static_cast<uint64_t>(s.item_id);
+  std::vector<float> other(16);
+  for (int i = 0; i < 16; ++i) other[i] = (i % 2 == 0) ? 0.7f : -0.7f;
+  auto written =
+      (*ps)->Upsert(kContentTable, absl::MakeConstSpan(&key, 1), other, 2);
+  ASSERT_TRUE(written.ok()) << written.status();
+  ASSERT_EQ(written->rows_written, 1u) << "the item's row was above version 2";
+  float after = before.scores(0);
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (after == before.scores(0) && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(100));
+    after = predict(request).scores(0);
+  }
+  EXPECT_NE(after, before.scores(0));
+}
+
 // Every kind of model the trainer trains is served with the trainer's own
 // scores: with and without content, each backbone.
 TEST_F(ServingTest, EveryModelKindIsServedAsTheTrainerScoresIt) {
