@@ -776,12 +776,23 @@ class RocksDbStorage : public Storage {
     // between then leaves db.old/ without db/, which the next open renames
     // back (FinishInterruptedRestore), where a half-deleted db/ would have
     // made it delete db.old/.
-    if (swapped) fs::rename(live, staged, ec);
+    if (swapped) {
+      fs::rename(live, staged, ec);
+      if (ec) fs::remove_all(live, ec);  // last resort: nothing was written
+    }
     if (moved_live && !fs::exists(live, ec) && fs::exists(old, ec)) {
       fs::rename(old, live, ec);
     }
     SyncPath(root).IgnoreError();
     fs::remove_all(staged, ec);
+    if (moved_live && fs::exists(old, ec)) {
+      // The previous database could not be put back: opening db/ would
+      // serve the checkpoint under a store that reports no restore.
+      return absl::InternalError(absl::StrCat(
+          st.message(), "; then the previous database could not be put back "
+          "from db.old/ (the shard is closed: move db.old/ to db/ and "
+          "restart it)"));
+    }
     auto db = OpenDb(live.string(), "db/", env_.get(), LiveMode(options_));
     if (db.ok()) db_ = std::move(*db);
     return st;
