@@ -23,9 +23,10 @@
 // Restore copies the checkpoint to db.restore/, fsyncs it, closes the live
 // DB, renames db/ -> db.old/ and db.restore/ -> db/, fsyncs data_dir,
 // reopens, then deletes db.old/. A failure before the reopen succeeds
-// renames db/ back to db.restore/ and db.old/ back to db/ (never deleting
-// db/ in place), so the live contents are unchanged. Open() finishes or
-// undoes a restore interrupted by a crash.
+// renames db/ back to db.restore/ (deleting it in place only if that
+// rename fails) and db.old/ back to db/, so the live contents are
+// unchanged; if db.old/ cannot be put back the store stays closed. Open()
+// finishes or undoes a restore interrupted by a crash.
 //
 // Creation order: MIM_CHECKPOINT ("mim-checkpoint 1", "sequence N",
 // "created_micros T", one per line) is written (temp file, fsync, rename)
@@ -772,10 +773,10 @@ class RocksDbStorage : public Storage {
       st = db.status();
     }
     // Put the previous database back so the live state is unchanged. The
-    // restored copy is renamed aside, never deleted in place: a crash in
-    // between then leaves db.old/ without db/, which the next open renames
-    // back (FinishInterruptedRestore), where a half-deleted db/ would have
-    // made it delete db.old/.
+    // restored copy is renamed aside rather than deleted in place: a crash
+    // in between then leaves db.old/ without db/, which the next open
+    // renames back (FinishInterruptedRestore), where a half-deleted db/
+    // would have made it delete db.old/.
     if (swapped) {
       fs::rename(live, staged, ec);
       if (ec) fs::remove_all(live, ec);  // last resort: nothing was written
