@@ -11,6 +11,8 @@
 //                          removed
 //   db.restore/            copy of a checkpoint about to replace db/
 //   db.old/                previous db/ while a restore swaps directories
+//   MIM_LOCK               flock'ed by the live storage for its whole life
+//                          (DataDirLock): one storage per data dir
 //   MIM_DATA_DIR           "mim-data-dir 1": written once db/ first exists,
 //                          so a data dir with it but no db/CURRENT is one
 //                          that lost its database, not a new one
@@ -51,11 +53,14 @@
 // WAL to salvage/ and reopens with kPointInTimeRecovery, which flushes what
 // it recovered and deletes the damaged WAL, so the next start is clean.
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -414,16 +419,66 @@ std::string LossSummary(const WalLoss& loss) {
       " unreadable bytes");
 }
 
+// An exclusive lock (flock) on data_dir/MIM_LOCK, held by the live storage
+// from before the open's recovery steps to its destruction: RocksDB's own
+// LOCK covers db/ only while it is open, not the renames and deletes of an
+// interrupted restore's recovery at open, nor the moment a restore swaps
+// directories. A second open of the data dir (another shard process given
+// the same --data_dir, or a second store in this one) is refused.
+class DataDirLock {
+ public:
+  static absl::StatusOr<std::unique_ptr<DataDirLock>> Acquire(
+      const fs::path& root) {
+    std::error_code ec;
+    fs::create_directories(root, ec);
+    if (ec) {
+      return absl::InternalError(
+          absl::StrCat("create ", root.string(), ": ", ec.message()));
+    }
+    const fs::path path = root / kLockFile;
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      return absl::InternalError(absl::StrCat("open ", path.string(), ": ",
+                                              std::strerror(errno)));
+    }
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      ::close(fd);
+      if (err == EWOULDBLOCK) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "data dir ", root.string(), " is in use by another shard (",
+            kLockFile, " is locked): one data dir serves one shard process"));
+      }
+      return absl::InternalError(
+          absl::StrCat("lock ", path.string(), ": ", std::strerror(err)));
+    }
+    return std::unique_ptr<DataDirLock>(new DataDirLock(fd));
+  }
+  ~DataDirLock() { ::close(fd_); }  // releases the flock
+  DataDirLock(const DataDirLock&) = delete;
+  DataDirLock& operator=(const DataDirLock&) = delete;
+
+  static constexpr char kLockFile[] = "MIM_LOCK";
+
+ private:
+  explicit DataDirLock(int fd) : fd_(fd) {}
+  const int fd_;
+};
+
 // Safe for concurrent access: `mu_` is shared by reads and writes and held
 // exclusively only while RestoreCheckpoint swaps the database (and by the
 // destructor); `create_mu_` serializes CreateCheckpoint so that sequences
 // are unique.
 class RocksDbStorage : public Storage {
  public:
+  // `lock`: the data dir's, for the live storage (null for a read-only
+  // checkpoint); released after the database is closed.
   RocksDbStorage(RocksDbStorageOptions options, bool read_only,
                  std::shared_ptr<rocksdb::Env> env,
-                 std::unique_ptr<rocksdb::DB> db)
-      : options_(std::move(options)),
+                 std::unique_ptr<rocksdb::DB> db,
+                 std::unique_ptr<DataDirLock> lock = nullptr)
+      : lock_(std::move(lock)),
+        options_(std::move(options)),
         read_only_(read_only),
         env_(std::move(env)),
         db_(std::move(db)) {
@@ -879,6 +934,8 @@ class RocksDbStorage : public Storage {
     return absl::OkStatus();
   }
 
+  // Declared first, so released last, after the database has closed.
+  const std::unique_ptr<DataDirLock> lock_;
   const RocksDbStorageOptions options_;
   const bool read_only_;
   // Outlives db_ (declared first): RocksDB uses it until the database closes.
@@ -897,8 +954,10 @@ class RocksDbStorage : public Storage {
 // data dir: RocksDB's LOCK file refuses a second).
 class Opener {
  public:
-  Opener(const RocksDbStorageOptions& options, StorageRecovery* recovery)
-      : options_(options),
+  Opener(const RocksDbStorageOptions& options, StorageRecovery* recovery,
+         std::unique_ptr<DataDirLock> lock)
+      : lock_(std::move(lock)),
+        options_(options),
         root_(options.data_dir),
         live_(root_ / "db"),
         recovery_(*recovery) {
@@ -956,8 +1015,9 @@ class Opener {
       MIM_RETURN_IF_ERROR(base::WriteFileAtomically(path, kDataDirContents));
     }
     SweepCheckpointLeftovers();
-    return std::unique_ptr<Storage>(new RocksDbStorage(
-        options_, /*read_only=*/false, std::move(env_), std::move(*db)));
+    return std::unique_ptr<Storage>(
+        new RocksDbStorage(options_, /*read_only=*/false, std::move(env_),
+                           std::move(*db), std::move(lock_)));
   }
 
  private:
@@ -1120,6 +1180,7 @@ class Opener {
     return absl::OkStatus();
   }
 
+  std::unique_ptr<DataDirLock> lock_;  // handed to the storage on success
   const RocksDbStorageOptions& options_;
   const fs::path root_;
   const fs::path live_;
@@ -1134,8 +1195,11 @@ absl::StatusOr<std::unique_ptr<Storage>> OpenRocksDbStorage(
   if (options.data_dir.empty()) {
     return absl::InvalidArgumentError("data_dir must not be empty");
   }
+  // Before anything in the data dir is touched (see DataDirLock).
+  MIM_ASSIGN_OR_RETURN(std::unique_ptr<DataDirLock> lock,
+                       DataDirLock::Acquire(options.data_dir));
   StorageRecovery report;
-  auto storage = Opener(options, &report).Open();
+  auto storage = Opener(options, &report, std::move(lock)).Open();
   if (storage.ok() && recovery != nullptr) *recovery = std::move(report);
   return storage;
 }

@@ -616,6 +616,32 @@ TEST(RocksDbStorageTest, PrefixDeleteGivesTheDiskSpaceBack) {
   EXPECT_EQ(small, 1000u);
 }
 
+// RocksDB only: one live storage per data dir. A second open (another
+// shard process given the same --data_dir, or a second store here) is
+// refused before it touches anything, naming the dir; once the first is
+// gone the dir opens again with everything in it.
+TEST(RocksDbStorageTest, ADataDirServesOneStorageAtATime) {
+  RocksDbStorageOptions options;
+  options.data_dir = FreshDir("one_at_a_time");
+  auto first = OpenRocksDbStorage(options);
+  ASSERT_TRUE(first.ok()) << first.status();
+  StorageBatch b;
+  b.puts = {{"k", "v"}};
+  ASSERT_TRUE((*first)->Write(b).ok());
+  auto second = OpenRocksDbStorage(options);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition)
+      << second.status();
+  EXPECT_TRUE(absl::StrContains(second.status().message(),
+                                options.data_dir + " is in use by another "
+                                                   "shard"))
+      << second.status();
+  EXPECT_EQ(*(*first)->Get("k"), "v");  // the first is untouched
+  first->reset();
+  auto again = OpenRocksDbStorage(options);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*(*again)->Get("k"), "v");
+}
+
 // RocksDB only: what checkpoint operations cut short by a crash leave in
 // checkpoints/ (a staging "<name>.tmp" with hard links to SSTs, RocksDB's
 // "<name>.tmp.tmp", a "<name>.deleting.tmp") is removed at the next open;
