@@ -127,8 +127,8 @@ class PushLog {
                              std::vector<Evicted>* evicted);
   // The deletions of `evicted` (from Get) are written.
   void EvictionsWritten(const std::vector<Evicted>& evicted);
-  // Puts clients that Get evicted back (their deletion was not written),
-  // except one that came back meanwhile.
+  // Puts clients that Get evicted back (their deletion was not written).
+  // None can have come back meanwhile: Get refuses it until then.
   void Reinstate(std::vector<Evicted> evicted);
   // Loads a stored record (Open, Restore): nothing is evicted.
   void Load(uint64_t client_id, const ClientWindow& window,

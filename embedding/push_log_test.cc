@@ -130,17 +130,25 @@ TEST(PushLogTest, APinnedClientIsNotEvicted) {
   EXPECT_EQ(log.size(), 2u);
 }
 
-// Clients evicted by a push that then wrote nothing are put back with
-// their windows; one that came back meanwhile keeps its new entry.
-TEST(PushLogTest, ReinstatePutsEvictedClientsBack) {
-  PushLog log(1);
+// Client 1, having applied sequence 7, evicted from a log of one client
+// by client 2's Get; returns what that Get evicted.
+std::vector<PushLog::Evicted> EvictClientOneBehindTwo(PushLog* log) {
   std::vector<PushLog::Evicted> evicted;
   {
-    PushLog::Pinned one = *log.Get(1, 100, &evicted);
+    PushLog::Pinned one = *log->Get(1, 100, &evicted);
     absl::MutexLock lock(&one->mu);
     one->window.Mark(7);
   }
-  (void)log.Get(2, 200, &evicted);
+  EXPECT_TRUE(log->Get(2, 200, &evicted).ok());
+  EXPECT_EQ(evicted.size(), 1u);
+  return evicted;
+}
+
+// Clients evicted by a push that then wrote nothing are put back with
+// their windows.
+TEST(PushLogTest, ReinstatePutsEvictedClientsBack) {
+  PushLog log(1);
+  std::vector<PushLog::Evicted> evicted = EvictClientOneBehindTwo(&log);
   ASSERT_EQ(evicted.size(), 1u);
   log.Reinstate(std::move(evicted));
   EXPECT_EQ(log.size(), 2u);
@@ -156,13 +164,7 @@ TEST(PushLogTest, ReinstatePutsEvictedClientsBack) {
 // deleted by it. Afterwards it starts afresh.
 TEST(PushLogTest, AnEvictedClientWaitsForItsDeletionToBeWritten) {
   PushLog log(1);
-  std::vector<PushLog::Evicted> evicted;
-  {
-    PushLog::Pinned one = *log.Get(1, 100, &evicted);
-    absl::MutexLock lock(&one->mu);
-    one->window.Mark(7);
-  }
-  ASSERT_TRUE(log.Get(2, 200, &evicted).ok());
+  const std::vector<PushLog::Evicted> evicted = EvictClientOneBehindTwo(&log);
   ASSERT_EQ(evicted.size(), 1u);
   std::vector<PushLog::Evicted> more;
   const absl::Status refused = log.Get(1, 300, &more).status();

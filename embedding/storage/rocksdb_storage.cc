@@ -951,7 +951,7 @@ class RocksDbStorage : public Storage {
 };
 
 // The steps of OpenRocksDbStorage; not thread-safe (one open at a time per
-// data dir: RocksDB's LOCK file refuses a second).
+// data dir: its DataDirLock, taken before, refuses a second).
 class Opener {
  public:
   Opener(const RocksDbStorageOptions& options, StorageRecovery* recovery,
@@ -1026,19 +1026,16 @@ class Opener {
   // never listed or opened, and only holding disk (hard links to the SSTs
   // of their time) until a checkpoint of the same name, which a timestamped
   // name never has. No checkpoint operation runs during an open, and the
-  // database's LOCK is held by now. Best effort: what cannot be removed
+  // data dir is locked (DataDirLock). Best effort: what cannot be removed
   // stays for the next open.
   void SweepCheckpointLeftovers() {
-    const fs::path dir = root_ / "checkpoints";
     std::error_code ec;
-    std::vector<fs::path> leftovers;
-    for (fs::directory_iterator it(dir, ec), end; !ec && it != end;
-         it.increment(ec)) {
-      if (absl::EndsWith(it->path().filename().string(), ".tmp")) {
-        leftovers.push_back(it->path());
+    for (const fs::path& entry : ListDir(root_ / "checkpoints", &ec)) {
+      if (absl::EndsWith(entry.filename().string(), ".tmp")) {
+        std::error_code removed;
+        fs::remove_all(entry, removed);
       }
     }
-    for (const fs::path& p : leftovers) fs::remove_all(p, ec);
   }
 
   // Crash recovery for RestoreCheckpoint (see the file comment).
