@@ -1422,12 +1422,14 @@ TableOnShards FindTableOnShards(const std::vector<PsClient::ShardStats>& shards,
                                 absl::string_view table) {
   TableOnShards out;
   out.rows.assign(shards.size(), -1);
+  out.dims.assign(shards.size(), 0);
   std::set<std::string> names;
   for (size_t s = 0; s < shards.size(); ++s) {
     for (const TableStats& t : shards[s].stats.tables()) {
       names.insert(t.config().name());
       if (t.config().name() == table) {
         out.rows[s] = static_cast<int64_t>(t.rows());
+        out.dims[s] = t.config().dim();
       }
     }
   }

@@ -374,6 +374,7 @@ std::vector<TableStats> TotalStats(
 // way).
 struct TableOnShards {
   std::vector<int64_t> rows;      // per shard; -1 where it has no such table
+  std::vector<uint32_t> dims;     // per shard; 0 where it has no such table
   std::vector<std::string> names;  // every table on any shard, sorted
   size_t shards_with_table() const;
   uint64_t total_rows() const;

@@ -115,15 +115,7 @@ absl::StatusOr<std::shared_ptr<const ServableModel>> LoadServableModel(
     const std::string& dir, std::shared_ptr<const ContentEncoder> encoder_hint) {
   MIM_ASSIGN_OR_RETURN(model::ModelManifest manifest, model::ReadManifest(dir));
   const std::string model_path = dir + "/" + manifest.model_file;
-  if (manifest.model_file_checksum != 0) {
-    MIM_ASSIGN_OR_RETURN(const uint64_t sum, model::FileChecksum(model_path));
-    if (sum != manifest.model_file_checksum) {
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "%s: checksum %016x differs from the manifest's %016x (a save in "
-          "progress, or files of two saves)",
-          model_path, sum, manifest.model_file_checksum));
-    }
-  }
+  MIM_RETURN_IF_ERROR(model::CheckModelFile(model_path, manifest));
   MIM_ASSIGN_OR_RETURN(std::unique_ptr<model::CiubmModel> m,
                        model::CiubmModel::LoadFromFile(model_path));
   if (manifest.model_file_checksum != 0) {

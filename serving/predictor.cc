@@ -596,15 +596,9 @@ absl::Status CheckModelTables(ps::PsClient* ps, const ServableModel& model) {
       if (on.rows[s] < 0) {
         absl::StrAppend(&wrong, wrong.empty() ? "" : "; ", "shard ", s, " (",
                         address, ") lacks it");
-        continue;
-      }
-      for (const ps::TableStats& t : (*stats)[s].stats.tables()) {
-        if (t.config().name() != name ||
-            static_cast<int>(t.config().dim()) == dim) {
-          continue;
-        }
+      } else if (static_cast<int>(on.dims[s]) != dim) {
         absl::StrAppend(&wrong, wrong.empty() ? "" : "; ", "shard ", s, " (",
-                        address, ") has it with dim ", t.config().dim());
+                        address, ") has it with dim ", on.dims[s]);
       }
     }
     if (!wrong.empty()) {

@@ -463,21 +463,6 @@ absl::Status WriteModelManifest(const std::string& dir, const TrainerOptions& o,
   return model::WriteManifest(dir, m);
 }
 
-// FAILED_PRECONDITION (its message after `context`) when the model file at
-// `path` is not the one `manifest` was written with (a save in progress,
-// or files of two saves); OK for a manifest without a checksum (format 1).
-absl::Status CheckModelFile(const std::string& path,
-                            const model::ModelManifest& manifest,
-                            absl::string_view context) {
-  if (manifest.model_file_checksum == 0) return absl::OkStatus();
-  MIM_ASSIGN_OR_RETURN(const uint64_t sum, model::FileChecksum(path));
-  if (sum == manifest.model_file_checksum) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrFormat(
-      "%s%s: checksum %016x differs from its manifest's %016x (a save in "
-      "progress, or files of two saves)",
-      context, path, sum, manifest.model_file_checksum));
-}
-
 // Loads init_model_dir's dense params and Adam state into `model`, after
 // checking that the earlier run trained the ID table this run will use
 // (dense weights on top of fresh ID rows would be silently wrong).
@@ -516,7 +501,7 @@ absl::Status WarmStart(const TrainerOptions& o, const std::string& id_table,
   if (!stats.ok()) return stats.status();
   const std::string path = o.init_model_dir + "/" + manifest->model_file;
   MIM_RETURN_IF_ERROR(
-      CheckModelFile(path, *manifest, "--init_model_dir: "));
+      model::CheckModelFile(path, *manifest, "--init_model_dir: "));
   if (manifest->dense_params != "local") {
     // Adam ran on the shards (or per GPU worker): the saved moments are
     // not its state, so the optimizer starts over on loaded weights.
@@ -940,7 +925,7 @@ absl::StatusOr<std::unique_ptr<model::CiubmModel>> LoadSavedModel(
   }
   *manifest = std::move(*read);
   const std::string path = o.model_dir + "/" + manifest->model_file;
-  MIM_RETURN_IF_ERROR(CheckModelFile(path, *manifest, ""));
+  MIM_RETURN_IF_ERROR(model::CheckModelFile(path, *manifest));
   MIM_ASSIGN_OR_RETURN(const kernels::ComputeBackend* backend,
                        DeviceBackend(o));
   MIM_ASSIGN_OR_RETURN(std::unique_ptr<model::CiubmModel> m,

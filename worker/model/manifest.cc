@@ -318,6 +318,18 @@ absl::StatusOr<uint64_t> FileChecksum(const std::string& path) {
   return base::Fnv1a64(bytes.data(), bytes.size());
 }
 
+absl::Status CheckModelFile(const std::string& path,
+                            const ModelManifest& manifest,
+                            absl::string_view context) {
+  if (manifest.model_file_checksum == 0) return absl::OkStatus();
+  MIM_ASSIGN_OR_RETURN(const uint64_t sum, FileChecksum(path));
+  if (sum == manifest.model_file_checksum) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "%s%s: checksum %016x differs from its manifest's %016x (a save in "
+      "progress, or files of two saves)",
+      context, path, sum, manifest.model_file_checksum));
+}
+
 std::string NewModelVersion(absl::string_view model_name) {
   return absl::StrCat(
       absl::FormatTime("%Y%m%dT%H%M%E6SZ", absl::Now(), absl::UTCTimeZone()),

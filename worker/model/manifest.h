@@ -117,6 +117,14 @@ absl::Status WriteManifest(const std::string& dir, const ModelManifest& m);
 // NOT_FOUND if it cannot be read.
 absl::StatusOr<uint64_t> FileChecksum(const std::string& path);
 
+// OK when the model file at `path` is the one `manifest` was written with
+// (or the manifest has no checksum, format 1); else FAILED_PRECONDITION
+// naming the path and both checksums (a save in progress, or files of two
+// saves), its message after `context`. Errors of FileChecksum otherwise.
+absl::Status CheckModelFile(const std::string& path,
+                            const ModelManifest& manifest,
+                            absl::string_view context = "");
+
 // A new model version string: "<UTC yyyymmddThhmmss.ffffffZ>-<name>".
 std::string NewModelVersion(absl::string_view model_name);
 
