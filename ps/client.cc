@@ -485,6 +485,12 @@ Resend PushResend(PsClient::Options::PushRetry retry) {
 // Sends one request per listed shard, in parallel, retrying UNAVAILABLE.
 class ShardCaller {
  public:
+  // A call that did not end OK, and whether an attempt of it went out and
+  // got no answer (so it may have been applied).
+  struct Unsettled {
+    uint32_t call;
+    bool maybe_applied;
+  };
   // Sends requests[c] for every c in `calls` to shard shard_of_call[c];
   // `responses` gets one entry per request. With `push`, an error that
   // leaves the call's effect unknown carries kPushInDoubtUrl.
@@ -494,7 +500,8 @@ class ShardCaller {
                            absl::Span<const uint32_t> shard_of_call,
                            const std::vector<typename Rpc::Request>& requests,
                            std::vector<typename Rpc::Response>* responses,
-                           Resend resend, bool push = false) {
+                           Resend resend, bool push = false,
+                           std::vector<Unsettled>* unsettled = nullptr) {
     const PsClient::Options& options = client.options_;
     const int max_attempts =
         resend == Resend::kNever ? 1 : std::max(1, options.max_attempts);
@@ -604,6 +611,7 @@ class ShardCaller {
     absl::Status first_in_doubt;
     for (const uint32_t s : calls) {
       if (status[s].ok()) continue;
+      if (unsettled != nullptr) unsettled->push_back({s, maybe_applied[s] != 0});
       // Whatever the last attempt's error, an earlier one may have landed.
       const bool in_doubt = push && maybe_applied[s];
       absl::Status& first = in_doubt ? first_in_doubt : first_clean;
@@ -659,11 +667,12 @@ class ShardCaller {
       const PsClient& client, const Routing& routing,
       const std::vector<typename Rpc::Request>& requests,
       std::vector<typename Rpc::Response>* responses, Resend resend,
-      bool push = false) {
+      bool push = false, std::vector<Unsettled>* unsettled = nullptr) {
     responses->resize(requests.size());
     for (const std::vector<uint32_t>& wave : routing.waves) {
       absl::Status status = Call<Rpc>(client, wave, routing.shard_of_call,
-                                      requests, responses, resend, push);
+                                      requests, responses, resend, push,
+                                      unsettled);
       if (!status.ok()) return status;
     }
     return absl::OkStatus();
@@ -1114,15 +1123,88 @@ absl::StatusOr<uint64_t> PsClient::Push(absl::string_view table,
     }
   }
   std::vector<PushResponse> responses;
+  std::vector<ShardCaller::Unsettled> unsettled;
   absl::Status status = ShardCaller::CallRouted<PushRpc>(
       *this, routing, requests, &responses, PushResend(options_.push_retry),
-      /*push=*/true);
-  if (!status.ok()) return status;
+      /*push=*/true, &unsettled);
+  if (!status.ok()) {
+    // Parts that may have been applied are kept for ResolvePushesInDoubt,
+    // with their sequence numbers: a resend that gets an answer settles
+    // each exactly once.
+    absl::MutexLock lock(&held_mu_);
+    for (const ShardCaller::Unsettled& u : unsettled) {
+      if (!u.maybe_applied) continue;
+      if (held_.size() >= kMaxHeldPushes) {
+        ++held_dropped_;
+        continue;
+      }
+      held_.push_back(
+          HeldPush{routing.shard_of_call[u.call], std::move(requests[u.call])});
+    }
+    return status;
+  }
   uint64_t updated = 0;
   for (const uint32_t s : routing.calls) {
     updated += responses[s].rows_updated();
   }
   return updated;
+}
+
+size_t PsClient::pushes_held_in_doubt() const {
+  absl::MutexLock lock(&held_mu_);
+  return held_.size() + held_dropped_;
+}
+
+absl::Status PsClient::ResolvePushesInDoubt() {
+  std::vector<HeldPush> held;
+  uint64_t dropped = 0;
+  {
+    absl::MutexLock lock(&held_mu_);
+    held.swap(held_);
+    std::swap(dropped, held_dropped_);
+  }
+  const auto not_kept = [dropped](absl::Status status) {
+    if (dropped == 0) return status;
+    return absl::Status(
+        status.ok() ? absl::StatusCode::kDataLoss : status.code(),
+        absl::StrCat(status.message(), status.ok() ? "" : "; ", dropped,
+                     " push parts in doubt were not kept for resending (more "
+                     "than ", kMaxHeldPushes,
+                     " were waiting): whether they were applied is unknown"));
+  };
+  if (held.empty()) return not_kept(absl::OkStatus());
+  std::vector<PushRequest> requests;
+  std::vector<uint32_t> calls, shard_of_call;
+  for (HeldPush& h : held) {
+    calls.push_back(static_cast<uint32_t>(requests.size()));
+    shard_of_call.push_back(h.shard);
+    requests.push_back(std::move(h.request));
+  }
+  std::vector<PushResponse> responses;
+  std::vector<ShardCaller::Unsettled> unsettled;
+  // At most one call per shard at a time would keep their order; every
+  // held push is a separate call with its own sequence, and the shard
+  // applies each once whatever the order.
+  absl::Status status = ShardCaller::Call<PushRpc>(
+      *this, calls, shard_of_call, requests, &responses,
+      PushResend(options_.push_retry), /*push=*/true, &unsettled);
+  if (status.ok()) return not_kept(status);
+  // Whatever failed now is still unknown: an earlier attempt may have
+  // landed. Kept, to be resent again.
+  {
+    absl::MutexLock lock(&held_mu_);
+    for (const ShardCaller::Unsettled& u : unsettled) {
+      held_.push_back(HeldPush{shard_of_call[u.call],
+                               std::move(requests[u.call])});
+    }
+  }
+  return not_kept(absl::Status(
+      status.code(),
+      absl::StrCat(unsettled.size(), " of ", held.size(),
+                   " pushes in doubt are still unsettled after resending "
+                   "them (each is applied at most once, but whether it "
+                   "was is unknown): ",
+                   status.message())));
 }
 
 absl::StatusOr<PsClient::UpsertResult> PsClient::Upsert(

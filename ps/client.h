@@ -263,6 +263,22 @@ class PsClient {
                                 absl::Span<const uint64_t> keys,
                                 absl::Span<const float> gradients);
 
+  // A push in doubt (IsPushInDoubt, or a failed push whose message says a
+  // part "may or may not have been applied") leaves its unanswered parts
+  // here, with their sequence numbers. ResolvePushesInDoubt resends them
+  // all (within the same retry limits as a push): a shard applies each
+  // (client, sequence) once, so a part that gets an answer is settled,
+  // applied exactly once, whether or not its first attempt had landed.
+  // OK when nothing is held or every part got an answer; otherwise the
+  // error (naming the shard) and the parts stay held. A shard refuses a
+  // resend that is older than its window of remembered sequences
+  // (embedding::PushLog::kWindow pushes to that shard since): such a part
+  // stays unknown. Thread-safe.
+  absl::Status ResolvePushesInDoubt();
+  // Parts held for ResolvePushesInDoubt (at most 4096; parts beyond that
+  // are counted, and the next ResolvePushesInDoubt fails naming them).
+  size_t pushes_held_in_doubt() const;
+
   // Writes content rows with `version` (a repeated key keeps its last row).
   absl::StatusOr<UpsertResult> Upsert(absl::string_view table,
                                       absl::Span<const uint64_t> keys,
@@ -347,6 +363,17 @@ class PsClient {
   // Tags of this client's pushes (PushRequest.client_id; the sequence is
   // per shard, Shard::next_sequence).
   const uint64_t client_id_;
+  // Parts of pushes in doubt (ResolvePushesInDoubt).
+  struct HeldPush {
+    uint32_t shard;
+    PushRequest request;
+  };
+  // More are counted, not kept, and reported by the next
+  // ResolvePushesInDoubt.
+  static constexpr size_t kMaxHeldPushes = 4096;
+  mutable absl::Mutex held_mu_;
+  std::vector<HeldPush> held_ ABSL_GUARDED_BY(held_mu_);
+  uint64_t held_dropped_ ABSL_GUARDED_BY(held_mu_) = 0;
   mutable absl::Mutex dims_mu_;
   mutable absl::flat_hash_map<std::string, uint32_t> dims_
       ABSL_GUARDED_BY(dims_mu_);

@@ -236,5 +236,47 @@ TEST(HungShardTest, CallsAreRetriedUntilTheShardAnswers) {
   EXPECT_THAT(std::string(hung.message()), HasSubstr("retry budget 1s"));
 }
 
+// A push that gets no answer within the retry budget (shard stopped) is in
+// doubt, and the client keeps it. Resending it while the shard is still
+// stopped fails and keeps it; once the shard answers, the resend settles
+// it: applied exactly once, whether the first attempt (queued in the
+// stopped shard's socket) landed or not.
+TEST(HungShardTest, APushInDoubtIsSettledByItsResend) {
+  auto shard = StartShard(TestDir() + "/shard", 0, {});
+  ASSERT_NE(shard, nullptr);
+  Resumer resume_at_end(shard->pid());
+  PsClient::Options o;
+  o.timeout = absl::Milliseconds(200);
+  o.max_attempts = std::numeric_limits<int>::max();
+  o.retry_budget = absl::Milliseconds(600);
+  o.initial_backoff = absl::Milliseconds(20);
+  auto client = PsClient::Create({shard->address()}, o);
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->CreateTable(SgdTable(), false).ok());
+  ASSERT_TRUE((*client)->Push("t", {1}, {1.0f, 1.0f}).ok());
+  EXPECT_TRUE((*client)->ResolvePushesInDoubt().ok());  // nothing held
+
+  StopShard(shard->pid());
+  const absl::Status pushed =
+      (*client)->Push("t", {1, 2}, {2.0f, 2.0f, 4.0f, 4.0f}).status();
+  EXPECT_TRUE(IsPushInDoubt(pushed)) << pushed;
+  EXPECT_EQ((*client)->pushes_held_in_doubt(), 1u);
+  const absl::Status still = (*client)->ResolvePushesInDoubt();
+  EXPECT_EQ(still.code(), absl::StatusCode::kDeadlineExceeded) << still;
+  EXPECT_THAT(std::string(still.message()),
+              HasSubstr("1 of 1 pushes in doubt are still unsettled"));
+  EXPECT_EQ((*client)->pushes_held_in_doubt(), 1u);
+
+  kill(shard->pid(), SIGCONT);
+  const absl::Status settled = (*client)->ResolvePushesInDoubt();
+  EXPECT_TRUE(settled.ok()) << settled;
+  EXPECT_EQ((*client)->pushes_held_in_doubt(), 0u);
+  auto rows = (*client)->GetRows("t", {1, 2});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->values, (std::vector<float>{-3.0f, -3.0f, -4.0f, -4.0f}));
+  EXPECT_EQ(rows->meta[0].update_count(), 2u);
+  EXPECT_EQ(rows->meta[1].update_count(), 1u);
+}
+
 }  // namespace
 }  // namespace mim::ps

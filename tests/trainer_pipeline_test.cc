@@ -166,6 +166,8 @@ TEST_P(TrainerPipelineTest, TargetIdDropoutDrawsTheSameRowsInEveryMode) {
       StartPipeline(/*target_id_dropout=*/0.5, /*dropout_seed=*/11);
   ASSERT_TRUE(pipeline.ok()) << pipeline.status();
   worker::PreparedBatch batch;
+  const uint64_t item = data::FeatureKey(data::FeatureField::kItem, 42);
+  int kept = 0, dropped = 0;
   for (int k = 0; k < kBatches; ++k) {
     absl::StatusOr<bool> got = (*pipeline)->Next(&batch);
     ASSERT_TRUE(got.ok() && *got) << "batch " << k;
@@ -175,16 +177,74 @@ TEST_P(TrainerPipelineTest, TargetIdDropoutDrawsTheSameRowsInEveryMode) {
     model::Batch expected;
     expected.target_idx = {7};
     worker::DropTargetIds(0.5, 11, k, &expected);
+    const bool in_keys =
+        std::find(batch.id_keys.begin(), batch.id_keys.end(), item) !=
+        batch.id_keys.end();
     if (expected.target_idx[0] == -1) {
       EXPECT_EQ(batch.batch.target_idx[0], -1) << "batch " << k;
+      // The item is only this sample's target (no behaviours): its row is
+      // neither pulled nor pushed.
+      EXPECT_FALSE(in_keys) << "batch " << k;
+      ++dropped;
     } else {
       EXPECT_GE(batch.batch.target_idx[0], 0) << "batch " << k;
+      EXPECT_TRUE(in_keys) << "batch " << k;
+      ++kept;
     }
-    // The item's row is still pulled (behaviours may use it).
-    const uint64_t item = data::FeatureKey(data::FeatureField::kItem, 42);
-    EXPECT_NE(std::find(batch.id_keys.begin(), batch.id_keys.end(), item),
-              batch.id_keys.end());
+    EXPECT_EQ(batch.batch.num_id_rows,
+              static_cast<int64_t>(batch.id_keys.size()));
+    EXPECT_EQ(batch.batch.id_rows.size(), batch.id_keys.size() * kDim);
+    // Gradient -1 to every row the batch pulled.
+    std::vector<float> grads(batch.id_keys.size() * kDim, -1.0f);
+    (*pipeline)->PushAfter(std::move(batch.id_keys), std::move(grads));
   }
+  absl::StatusOr<bool> end = (*pipeline)->Next(&batch);
+  ASSERT_TRUE(end.ok() && !*end);
+  // Seed 11 drops some of the 5 batches and keeps some, so both branches
+  // above ran; the item's row saw one push per kept batch only.
+  EXPECT_GT(kept, 0);
+  EXPECT_GT(dropped, 0);
+  EXPECT_EQ(ShardValue(), static_cast<float>(kept));
+}
+
+// DropUnreferencedIdRows alone: rows no index uses go, the rest keep their
+// order and every index follows them.
+TEST(DropUnreferencedIdRowsTest, KeepsUsedRowsInOrderAndRenumbers) {
+  model::Batch b;
+  b.batch_size = 2;
+  b.max_len = 2;
+  b.lens = {1, 0};
+  // Rows: 0 user, 1 item A (row 0's target, dropped), 2 item B (row 1's
+  // target, dropped, but row 0's behaviour), 3 genre, 4 user2, 5 item C
+  // (row 1's ... nothing: unused from the start).
+  std::vector<uint64_t> keys = {100, 101, 102, 103, 104, 105};
+  b.num_id_rows = 6;
+  b.id_rows.assign(6 * 3, 1.0f);
+  b.user_idx = {0, 4};
+  b.age_idx = {-1, -1};
+  b.gender_idx = {-1, -1};
+  b.occ_idx = {-1, -1};
+  b.target_idx = {-1, -1};
+  b.genre_offsets = {0, 1, 2};
+  b.genre_rows = {3, 3};
+  b.behavior_idx = {2, -1, -1, -1};
+  worker::DropUnreferencedIdRows(&b, &keys);
+  EXPECT_EQ(keys, (std::vector<uint64_t>{100, 102, 103, 104}));
+  EXPECT_EQ(b.num_id_rows, 4);
+  EXPECT_EQ(b.id_rows.size(), 4u * 3);
+  EXPECT_EQ(b.user_idx, (std::vector<int32_t>{0, 3}));
+  EXPECT_EQ(b.target_idx, (std::vector<int32_t>{-1, -1}));
+  EXPECT_EQ(b.genre_rows, (std::vector<int32_t>{2, 2}));
+  EXPECT_EQ(b.behavior_idx, (std::vector<int32_t>{1, -1, -1, -1}));
+  EXPECT_EQ(b.age_idx, (std::vector<int32_t>{-1, -1}));
+
+  // Nothing unused: nothing changes.
+  model::Batch same = b;
+  std::vector<uint64_t> same_keys = keys;
+  worker::DropUnreferencedIdRows(&same, &same_keys);
+  EXPECT_EQ(same_keys, keys);
+  EXPECT_EQ(same.behavior_idx, b.behavior_idx);
+  EXPECT_EQ(same.id_rows, b.id_rows);
 }
 
 INSTANTIATE_TEST_SUITE_P(PrefetchOnAndOff, TrainerPipelineTest,

@@ -854,6 +854,15 @@ absl::Status RunEpochs(const TrainerOptions& o, ps::PsClient* ps,
   }
   curve.Flush(o.epochs, report);
   report->pushes_in_doubt += setup->dense->pushes_in_doubt();
+  // Every push in doubt is resent (ps::PsClient::ResolvePushesInDoubt) and
+  // so applied exactly once, or the run fails here: it never ends "done"
+  // with a gradient that may be missing.
+  if (absl::Status settled = ps->ResolvePushesInDoubt(); !settled.ok()) {
+    return absl::Status(
+        settled.code(),
+        absl::StrCat("training ended with pushes whose outcome is unknown: ",
+                     settled.message()));
+  }
   report->train_seconds = absl::ToDoubleSeconds(absl::Now() - start);
   report->train_samples_per_sec =
       report->train_seconds > 0 ? report->train_samples / report->train_seconds

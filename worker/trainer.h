@@ -173,9 +173,10 @@ struct TrainReport {
   std::string dense_table;  // empty for local
   int64_t train_samples = 0;  // this worker, all epochs
   int64_t train_batches = 0;
-  // Gradient pushes (ID rows or dense chunks) whose shard connection broke
-  // after they were sent (ps::IsPushInDoubt): they may or may not have been
-  // applied, and are not resent; training goes on (at most once).
+  // Gradient pushes (ID rows or dense chunks) that got no answer within the
+  // retry limits after they were sent (ps::IsPushInDoubt). Each was resent
+  // later and applied exactly once (ps::PsClient::ResolvePushesInDoubt); a
+  // run that cannot settle one fails instead of reporting it here.
   int64_t pushes_in_doubt = 0;
   int64_t train_items = 0;    // distinct target items in the train portion
   int64_t validation_cutoff = 0;  // first held-out timestamp, 0 if none

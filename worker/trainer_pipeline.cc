@@ -238,8 +238,11 @@ class BatchPipeline::Impl {
           builder_.Build(out->samples, options_.id_dim, options_.content_dim,
                          &out->batch, &out->id_keys, &out->content_keys);
       if (!built.ok()) return built;
-      DropTargetIds(options_.target_id_dropout, options_.dropout_seed,
-                    out->index, &out->batch);
+      if (options_.target_id_dropout > 0) {
+        DropTargetIds(options_.target_id_dropout, options_.dropout_seed,
+                      out->index, &out->batch);
+        DropUnreferencedIdRows(&out->batch, &out->id_keys);
+      }
       if (pull) {
         absl::Status pulled = PullRows(out);
         if (!pulled.ok()) return pulled;
@@ -254,19 +257,25 @@ class BatchPipeline::Impl {
         client_->Push(options_.id_table, p.keys, p.gradients).status();
     if (ps::IsPushInDoubt(s)) {
       LOG(WARNING) << "push of " << p.keys.size() << " ID-row gradients in "
-                   << "doubt, not resent: " << s;
+                   << "doubt; resent before the next pull: " << s;
       pushes_in_doubt_.fetch_add(1, std::memory_order_relaxed);
       return absl::OkStatus();
     }
     return s;
   }
 
-  // Pushes in submission order; stops at the first error.
+  // Pushes in submission order; stops at the first error. Then resends
+  // every push in doubt (this pipeline's or the dense sync's, one client):
+  // each is settled, applied exactly once, before the next pull, or the
+  // pass fails.
   absl::Status DoPushes(std::deque<PendingPush>* pushes) {
     for (const PendingPush& p : *pushes) {
       if (absl::Status s = DoPush(p); !s.ok()) return s;
     }
     pushes->clear();
+    if (client_->pushes_held_in_doubt() > 0) {
+      MIM_RETURN_IF_ERROR(client_->ResolvePushesInDoubt());
+    }
     return absl::OkStatus();
   }
 
@@ -344,6 +353,40 @@ void DropTargetIds(double probability, uint64_t seed, int64_t batch_index,
     const double u = static_cast<double>(h >> 11) * 0x1.0p-53;
     if (u < probability) batch->target_idx[b] = -1;
   }
+}
+
+void DropUnreferencedIdRows(model::Batch* batch,
+                            std::vector<uint64_t>* id_keys) {
+  const size_t rows = id_keys->size();
+  // The fields that hold ID-row indices (model::Batch); -1 is "none".
+  std::vector<int32_t>* const fields[] = {
+      &batch->user_idx,   &batch->age_idx,    &batch->gender_idx,
+      &batch->occ_idx,    &batch->target_idx, &batch->genre_rows,
+      &batch->behavior_idx};
+  std::vector<int32_t> renumber(rows, -1);
+  for (const std::vector<int32_t>* f : fields) {
+    for (int32_t r : *f) {
+      if (r >= 0 && static_cast<size_t>(r) < rows) renumber[r] = 0;
+    }
+  }
+  int32_t kept = 0;
+  for (size_t r = 0; r < rows; ++r) {
+    if (renumber[r] == 0) {
+      (*id_keys)[kept] = (*id_keys)[r];
+      renumber[r] = kept++;
+    }
+  }
+  if (static_cast<size_t>(kept) == rows) return;
+  for (std::vector<int32_t>* f : fields) {
+    for (int32_t& r : *f) {
+      if (r >= 0 && static_cast<size_t>(r) < rows) r = renumber[r];
+    }
+  }
+  id_keys->resize(kept);
+  const size_t dim =
+      rows == 0 ? 0 : batch->id_rows.size() / static_cast<size_t>(rows);
+  batch->num_id_rows = kept;
+  batch->id_rows.assign(static_cast<size_t>(kept) * dim, 0.0f);
 }
 
 absl::StatusOr<std::unique_ptr<BatchPipeline>> BatchPipeline::Start(

@@ -58,6 +58,16 @@ struct PreparedBatch {
 void DropTargetIds(double probability, uint64_t seed, int64_t batch_index,
                    model::Batch* batch);
 
+// Removes from `batch` the ID rows no index of it refers to any more (a
+// dropped target's row, unless a behaviour or another row uses it), and
+// their keys from `id_keys` (id_keys[r] is row r's key), renumbering the
+// indices of the rows kept in their order. So a dropped target is neither
+// pulled nor pushed: it gets no zero-gradient push, which would create its
+// row on the shard or move an existing row's optimizer state, as a row
+// the batch does not use must not. Call before the rows are pulled
+// (id_rows is resized to the rows kept, its values not kept).
+void DropUnreferencedIdRows(model::Batch* batch, std::vector<uint64_t>* id_keys);
+
 // Not thread-safe: one consumer calls Next; the prefetch thread is private.
 class BatchPipeline {
  public:
@@ -123,9 +133,12 @@ class BatchPipeline {
   // caller's next step; without, in the caller's next Next. A failed push
   // ends the pass: Next returns its error. Pushes still pending when Next
   // returns false are done before it returns.
-  // A push in doubt (ps::IsPushInDoubt: the shard connection broke after it
-  // was sent) is logged and counted instead, and the pass goes on: it may or
-  // may not have been applied, and is not resent.
+  // A push in doubt (ps::IsPushInDoubt: no answer within the retry limits
+  // after it was sent) is logged and counted instead, and the pass goes on;
+  // the client keeps it and it is resent (ps::PsClient::
+  // ResolvePushesInDoubt) after the due pushes, before the next pull: the
+  // shard applies it exactly once. If that resend gets no answer either,
+  // the pass fails.
   void PushAfter(std::vector<uint64_t> keys, std::vector<float> gradients);
 
   // Pushes in doubt so far (see PushAfter). Thread-safe.

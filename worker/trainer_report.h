@@ -3,8 +3,8 @@
 // metrics. Top-level keys:
 //   model, flags{name: value}, worker{index, num_workers}, dense_params,
 //   tables{id, content, content_version, dense},
-//   train_samples, train_batches, pushes_in_doubt (gradient pushes whose
-//   shard connection broke after sending: maybe applied, not resent),
+//   train_samples, train_batches, pushes_in_doubt (gradient pushes that got
+//   no answer in time after sending, each resent later and applied once),
 //   train_seconds, train_samples_per_sec,
 //   train_items, validation_cutoff, loss_curve[{epoch, batch, samples, loss}],
 //   eval_source, eval_path, eval_n, eval_positives, eval_seconds,
