@@ -1,6 +1,7 @@
 // One typed suite runs every Storage backend through the same scenarios.
 #include "embedding/storage/storage.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -727,6 +728,22 @@ TEST(RocksDbStorageTest, CreationOrderIsStoredWithEachCheckpoint) {
   ASSERT_TRUE((*s)->CreateCheckpoint("a").ok());
   EXPECT_EQ(Names(**s),
             (std::vector<std::string>{"y", "x", "p", "m", "a"}));
+
+  // A damaged sequence at the top of uint64 is damage too (no sequence):
+  // the next checkpoint still sorts last instead of wrapping to 0.
+  const std::string info = dir + "m/MIM_CHECKPOINT";
+  std::ofstream(info, std::ios::trunc)
+      << "mim-checkpoint 1\nsequence 18446744073709551615\ncreated_micros 1\n";
+  ASSERT_TRUE((*s)->CreateCheckpoint("b").ok());
+  const std::vector<std::string> names = Names(**s);
+  ASSERT_EQ(names.size(), 6u);
+  EXPECT_EQ(names.back(), "b");
+  const std::vector<StoredCheckpoint> after = (*s)->ListCheckpoints();
+  EXPECT_EQ(after[static_cast<size_t>(
+                      std::find(names.begin(), names.end(), "m") -
+                      names.begin())]
+                .sequence,
+            0u);
 }
 
 TEST(RocksDbStorageTest, InterruptedRestoreIsUndoneOnOpen) {
