@@ -485,11 +485,13 @@ Resend PushResend(PsClient::Options::PushRetry retry) {
 // Sends one request per listed shard, in parallel, retrying UNAVAILABLE.
 class ShardCaller {
  public:
-  // A call that did not end OK, and whether an attempt of it went out and
-  // got no answer (so it may have been applied).
+  // A call that did not end OK: whether an attempt of it went out and got
+  // no answer (so it may have been applied), or whether it was never tried
+  // (a later wave of CallRouted, after a wave that failed).
   struct Unsettled {
     uint32_t call;
     bool maybe_applied;
+    bool untried = false;
   };
   // Sends requests[c] for every c in `calls` to shard shard_of_call[c];
   // `responses` gets one entry per request. With `push`, an error that
@@ -611,7 +613,9 @@ class ShardCaller {
     absl::Status first_in_doubt;
     for (const uint32_t s : calls) {
       if (status[s].ok()) continue;
-      if (unsettled != nullptr) unsettled->push_back({s, maybe_applied[s] != 0});
+      if (unsettled != nullptr) {
+        unsettled->push_back({s, maybe_applied[s] != 0});
+      }
       // Whatever the last attempt's error, an earlier one may have landed.
       const bool in_doubt = push && maybe_applied[s];
       absl::Status& first = in_doubt ? first_in_doubt : first_clean;
@@ -669,11 +673,19 @@ class ShardCaller {
       std::vector<typename Rpc::Response>* responses, Resend resend,
       bool push = false, std::vector<Unsettled>* unsettled = nullptr) {
     responses->resize(requests.size());
-    for (const std::vector<uint32_t>& wave : routing.waves) {
-      absl::Status status = Call<Rpc>(client, wave, routing.shard_of_call,
-                                      requests, responses, resend, push,
-                                      unsettled);
-      if (!status.ok()) return status;
+    for (size_t w = 0; w < routing.waves.size(); ++w) {
+      absl::Status status =
+          Call<Rpc>(client, routing.waves[w], routing.shard_of_call, requests,
+                    responses, resend, push, unsettled);
+      if (status.ok()) continue;
+      if (unsettled != nullptr) {
+        for (size_t later = w + 1; later < routing.waves.size(); ++later) {
+          for (const uint32_t s : routing.waves[later]) {
+            unsettled->push_back({s, false, /*untried=*/true});
+          }
+        }
+      }
+      return status;
     }
     return absl::OkStatus();
   }
@@ -1128,18 +1140,23 @@ absl::StatusOr<uint64_t> PsClient::Push(absl::string_view table,
       *this, routing, requests, &responses, PushResend(options_.push_retry),
       /*push=*/true, &unsettled);
   if (!status.ok()) {
-    // Parts that may have been applied are kept for ResolvePushesInDoubt,
-    // with their sequence numbers: a resend that gets an answer settles
-    // each exactly once.
-    absl::MutexLock lock(&held_mu_);
-    for (const ShardCaller::Unsettled& u : unsettled) {
-      if (!u.maybe_applied) continue;
-      if (held_.size() >= kMaxHeldPushes) {
-        ++held_dropped_;
-        continue;
+    // With resends on (kAlways), parts that may have been applied are kept
+    // for ResolvePushesInDoubt, with their sequence numbers: a resend that
+    // gets an answer settles each exactly once. When the push as a whole is
+    // in doubt (the caller may go on), so are the parts of later waves
+    // that were never tried: kept too, or they would be lost. (After a
+    // clean failure the caller must act on that failure; only the parts
+    // that may have landed are kept.)
+    if (options_.push_retry == Options::PushRetry::kAlways) {
+      const bool in_doubt = IsPushInDoubt(status);
+      std::vector<HeldPush> hold;
+      for (const ShardCaller::Unsettled& u : unsettled) {
+        if (u.maybe_applied || (in_doubt && u.untried)) {
+          hold.push_back(HeldPush{routing.shard_of_call[u.call],
+                                  std::move(requests[u.call])});
+        }
       }
-      held_.push_back(
-          HeldPush{routing.shard_of_call[u.call], std::move(requests[u.call])});
+      Hold(std::move(hold));
     }
     return status;
   }
@@ -1150,18 +1167,37 @@ absl::StatusOr<uint64_t> PsClient::Push(absl::string_view table,
   return updated;
 }
 
+void PsClient::Hold(std::vector<HeldPush> parts) {
+  absl::MutexLock lock(&held_mu_);
+  for (HeldPush& part : parts) {
+    const size_t bytes = part.request.ByteSizeLong();
+    if (held_.size() >= kMaxHeldPushes ||
+        held_bytes_ + bytes > kMaxHeldPushBytes) {
+      ++held_dropped_;
+      continue;
+    }
+    held_bytes_ += bytes;
+    held_.push_back(std::move(part));
+  }
+}
+
 size_t PsClient::pushes_held_in_doubt() const {
   absl::MutexLock lock(&held_mu_);
-  return held_.size() + held_dropped_;
+  return held_.size() + held_resending_ + held_dropped_;
 }
 
 absl::Status PsClient::ResolvePushesInDoubt() {
+  // One resolve at a time: a second waits and then sees what the first
+  // could not settle.
+  absl::MutexLock resolving(&resolve_mu_);
   std::vector<HeldPush> held;
   uint64_t dropped = 0;
   {
     absl::MutexLock lock(&held_mu_);
     held.swap(held_);
-    std::swap(dropped, held_dropped_);
+    held_bytes_ = 0;
+    held_resending_ = held.size();
+    dropped = held_dropped_;  // sticky: the loss stays reported
   }
   const auto not_kept = [dropped](absl::Status status) {
     if (dropped == 0) return status;
@@ -1169,39 +1205,62 @@ absl::Status PsClient::ResolvePushesInDoubt() {
         status.ok() ? absl::StatusCode::kDataLoss : status.code(),
         absl::StrCat(status.message(), status.ok() ? "" : "; ", dropped,
                      " push parts in doubt were not kept for resending (more "
-                     "than ", kMaxHeldPushes,
-                     " were waiting): whether they were applied is unknown"));
+                     "than ", kMaxHeldPushes, " parts or ",
+                     kMaxHeldPushBytes >> 20,
+                     " MiB were waiting): whether they were applied is "
+                     "unknown"));
   };
   if (held.empty()) return not_kept(absl::OkStatus());
+  // Resent in rounds of at most Options::max_calls_per_shard calls per
+  // shard, as a push's own calls go out, oldest first; the shard applies
+  // each (client, sequence) once whatever the order.
   std::vector<PushRequest> requests;
-  std::vector<uint32_t> calls, shard_of_call;
-  for (HeldPush& h : held) {
-    calls.push_back(static_cast<uint32_t>(requests.size()));
-    shard_of_call.push_back(h.shard);
-    requests.push_back(std::move(h.request));
+  std::vector<uint32_t> shard_of_call;
+  std::vector<std::vector<uint32_t>> rounds;
+  {
+    std::vector<int> per_shard(num_shards(), 0);
+    const int per_round = std::max(1, options_.max_calls_per_shard);
+    for (HeldPush& h : held) {
+      const auto c = static_cast<uint32_t>(requests.size());
+      const size_t round = static_cast<size_t>(per_shard[h.shard]++ / per_round);
+      if (rounds.size() <= round) rounds.resize(round + 1);
+      rounds[round].push_back(c);
+      shard_of_call.push_back(h.shard);
+      requests.push_back(std::move(h.request));
+    }
   }
   std::vector<PushResponse> responses;
   std::vector<ShardCaller::Unsettled> unsettled;
-  // At most one call per shard at a time would keep their order; every
-  // held push is a separate call with its own sequence, and the shard
-  // applies each once whatever the order.
-  absl::Status status = ShardCaller::Call<PushRpc>(
-      *this, calls, shard_of_call, requests, &responses,
-      PushResend(options_.push_retry), /*push=*/true, &unsettled);
-  if (status.ok()) return not_kept(status);
-  // Whatever failed now is still unknown: an earlier attempt may have
-  // landed. Kept, to be resent again.
-  {
-    absl::MutexLock lock(&held_mu_);
-    for (const ShardCaller::Unsettled& u : unsettled) {
-      held_.push_back(HeldPush{shard_of_call[u.call],
-                               std::move(requests[u.call])});
+  absl::Status status;
+  size_t r = 0;
+  for (; r < rounds.size() && status.ok(); ++r) {
+    status = ShardCaller::Call<PushRpc>(*this, rounds[r], shard_of_call,
+                                        requests, &responses,
+                                        PushResend(options_.push_retry),
+                                        /*push=*/true, &unsettled);
+  }
+  // Whatever failed now, or was not tried, is still unknown: an earlier
+  // attempt may have landed. Kept, to be resent again.
+  std::vector<HeldPush> again;
+  for (const ShardCaller::Unsettled& u : unsettled) {
+    again.push_back(HeldPush{shard_of_call[u.call], std::move(requests[u.call])});
+  }
+  for (; r < rounds.size(); ++r) {
+    for (const uint32_t c : rounds[r]) {
+      again.push_back(HeldPush{shard_of_call[c], std::move(requests[c])});
     }
   }
+  const size_t unsettled_parts = again.size();
+  Hold(std::move(again));
+  {
+    absl::MutexLock lock(&held_mu_);
+    held_resending_ = 0;
+  }
+  if (status.ok()) return not_kept(status);
   return not_kept(absl::Status(
       status.code(),
-      absl::StrCat(unsettled.size(), " of ", held.size(),
-                   " pushes in doubt are still unsettled after resending "
+      absl::StrCat(unsettled_parts, " of ", held.size(),
+                   " push parts in doubt are still unsettled after resending "
                    "them (each is applied at most once, but whether it "
                    "was is unknown): ",
                    status.message())));

@@ -263,20 +263,26 @@ class PsClient {
                                 absl::Span<const uint64_t> keys,
                                 absl::Span<const float> gradients);
 
-  // A push in doubt (IsPushInDoubt, or a failed push whose message says a
-  // part "may or may not have been applied") leaves its unanswered parts
-  // here, with their sequence numbers. ResolvePushesInDoubt resends them
-  // all (within the same retry limits as a push): a shard applies each
+  // With Options::push_retry kAlways (the default), a push in doubt
+  // (IsPushInDoubt) leaves here the parts that went out unanswered and
+  // those of its later waves that were never sent, with their sequence
+  // numbers; a push that failed outright ("another part ... may or may
+  // not have been applied") leaves its unanswered parts only, and its
+  // failure is the caller's to act on. ResolvePushesInDoubt resends the
+  // held parts (within the same retry limits as a push, at most
+  // max_calls_per_shard calls per shard at a time): a shard applies each
   // (client, sequence) once, so a part that gets an answer is settled,
   // applied exactly once, whether or not its first attempt had landed.
   // OK when nothing is held or every part got an answer; otherwise the
-  // error (naming the shard) and the parts stay held. A shard refuses a
-  // resend that is older than its window of remembered sequences
-  // (embedding::PushLog::kWindow pushes to that shard since): such a part
-  // stays unknown. Thread-safe.
+  // error (naming the shard), and the unsettled parts stay held. A shard
+  // refuses a resend older than its window of remembered sequences
+  // (embedding::ClientWindow::kWindow pushes to that shard since): such a
+  // part stays unknown. At most 4096 parts and 256 MiB are held; parts
+  // beyond that are counted, and every later ResolvePushesInDoubt fails
+  // with DATA_LOSS naming them. Thread-safe; resolves run one at a time.
   absl::Status ResolvePushesInDoubt();
-  // Parts held for ResolvePushesInDoubt (at most 4096; parts beyond that
-  // are counted, and the next ResolvePushesInDoubt fails naming them).
+  // Parts held for ResolvePushesInDoubt (being resent included), plus
+  // those not kept.
   size_t pushes_held_in_doubt() const;
 
   // Writes content rows with `version` (a repeated key keeps its last row).
@@ -368,11 +374,16 @@ class PsClient {
     uint32_t shard;
     PushRequest request;
   };
-  // More are counted, not kept, and reported by the next
-  // ResolvePushesInDoubt.
+  // Adds `parts` to held_; beyond the limits below they are counted in
+  // held_dropped_ instead.
+  void Hold(std::vector<HeldPush> parts);
   static constexpr size_t kMaxHeldPushes = 4096;
+  static constexpr size_t kMaxHeldPushBytes = size_t{256} << 20;
+  absl::Mutex resolve_mu_;  // held through a ResolvePushesInDoubt
   mutable absl::Mutex held_mu_;
   std::vector<HeldPush> held_ ABSL_GUARDED_BY(held_mu_);
+  size_t held_bytes_ ABSL_GUARDED_BY(held_mu_) = 0;
+  size_t held_resending_ ABSL_GUARDED_BY(held_mu_) = 0;
   uint64_t held_dropped_ ABSL_GUARDED_BY(held_mu_) = 0;
   mutable absl::Mutex dims_mu_;
   mutable absl::flat_hash_map<std::string, uint32_t> dims_

@@ -238,13 +238,17 @@ TEST(HungShardTest, CallsAreRetriedUntilTheShardAnswers) {
 
 // A push that gets no answer within the retry budget (shard stopped) is in
 // doubt, and the client keeps it. Resending it while the shard is still
-// stopped fails and keeps it; once the shard answers, the resend settles
-// it: applied exactly once, whether the first attempt (queued in the
-// stopped shard's socket) landed or not.
+// stopped fails and keeps it. Then the shard is killed (the push, unread in
+// its socket, is lost with it) and restarted: the resend applies it, once.
+// A second push in doubt whose first attempt does reach the shard (resumed
+// with SIGCONT) is settled by a resend that is acknowledged as a
+// duplicate: applied once either way.
 TEST(HungShardTest, APushInDoubtIsSettledByItsResend) {
-  auto shard = StartShard(TestDir() + "/shard", 0, {});
+  const std::string dir = TestDir() + "/shard";
+  auto shard = StartShard(dir, 0, {});
   ASSERT_NE(shard, nullptr);
-  Resumer resume_at_end(shard->pid());
+  const int port = shard->port();
+  auto resumer = std::make_unique<Resumer>(shard->pid());
   PsClient::Options o;
   o.timeout = absl::Milliseconds(200);
   o.max_attempts = std::numeric_limits<int>::max();
@@ -264,18 +268,101 @@ TEST(HungShardTest, APushInDoubtIsSettledByItsResend) {
   const absl::Status still = (*client)->ResolvePushesInDoubt();
   EXPECT_EQ(still.code(), absl::StatusCode::kDeadlineExceeded) << still;
   EXPECT_THAT(std::string(still.message()),
-              HasSubstr("1 of 1 pushes in doubt are still unsettled"));
+              HasSubstr("1 of 1 push parts in doubt are still unsettled"));
   EXPECT_EQ((*client)->pushes_held_in_doubt(), 1u);
 
-  kill(shard->pid(), SIGCONT);
-  const absl::Status settled = (*client)->ResolvePushesInDoubt();
+  // Killed while stopped: nothing of the push was read.
+  ASSERT_EQ(kill(shard->pid(), SIGKILL), 0);
+  shard->Wait();
+  resumer.reset();
+  shard = StartShard(dir, port, {});
+  ASSERT_NE(shard, nullptr);
+  resumer = std::make_unique<Resumer>(shard->pid());
+  auto rows = (*client)->GetRows("t", {1, 2});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->values, (std::vector<float>{-1.0f, -1.0f, 0.0f, 0.0f}))
+      << "the push in doubt had not landed";
+  absl::Status settled = (*client)->ResolvePushesInDoubt();
   EXPECT_TRUE(settled.ok()) << settled;
   EXPECT_EQ((*client)->pushes_held_in_doubt(), 0u);
-  auto rows = (*client)->GetRows("t", {1, 2});
+  rows = (*client)->GetRows("t", {1, 2});
   ASSERT_TRUE(rows.ok()) << rows.status();
   EXPECT_EQ(rows->values, (std::vector<float>{-3.0f, -3.0f, -4.0f, -4.0f}));
   EXPECT_EQ(rows->meta[0].update_count(), 2u);
   EXPECT_EQ(rows->meta[1].update_count(), 1u);
+
+  // Stopped, then resumed: the first attempt may land, the resend does not
+  // apply it again.
+  StopShard(shard->pid());
+  EXPECT_TRUE(IsPushInDoubt((*client)->Push("t", {2}, {1.0f, 1.0f}).status()));
+  kill(shard->pid(), SIGCONT);
+  settled = (*client)->ResolvePushesInDoubt();
+  EXPECT_TRUE(settled.ok()) << settled;
+  rows = (*client)->GetRows("t", {2});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->values, (std::vector<float>{-5.0f, -5.0f}));
+  EXPECT_EQ(rows->meta[0].update_count(), 2u);
+}
+
+// A push split into waves (max_keys_per_rpc 1, one call per shard at a
+// time): the first wave goes out unanswered, so the push is in doubt and
+// the later waves are never sent. All three parts are kept, and the resend
+// applies each once.
+TEST(HungShardTest, APushInDoubtKeepsItsUnsentWavesToo) {
+  const std::string dir = TestDir() + "/shard";
+  auto shard = StartShard(dir, 0, {});
+  ASSERT_NE(shard, nullptr);
+  const int port = shard->port();
+  auto resumer = std::make_unique<Resumer>(shard->pid());
+  PsClient::Options o;
+  o.timeout = absl::Milliseconds(200);
+  o.max_attempts = std::numeric_limits<int>::max();
+  o.retry_budget = absl::Milliseconds(400);
+  o.initial_backoff = absl::Milliseconds(20);
+  o.max_keys_per_rpc = 1;
+  o.max_calls_per_shard = 1;
+  auto client = PsClient::Create({shard->address()}, o);
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->CreateTable(SgdTable(), false).ok());
+  StopShard(shard->pid());
+  const absl::Status pushed =
+      (*client)
+          ->Push("t", {1, 2, 3}, {1.0f, 1.0f, 2.0f, 2.0f, 3.0f, 3.0f})
+          .status();
+  EXPECT_TRUE(IsPushInDoubt(pushed)) << pushed;
+  EXPECT_EQ((*client)->pushes_held_in_doubt(), 3u);
+  ASSERT_EQ(kill(shard->pid(), SIGKILL), 0);
+  shard->Wait();
+  resumer.reset();
+  shard = StartShard(dir, port, {});
+  ASSERT_NE(shard, nullptr);
+  resumer = std::make_unique<Resumer>(shard->pid());
+  const absl::Status settled = (*client)->ResolvePushesInDoubt();
+  EXPECT_TRUE(settled.ok()) << settled;
+  EXPECT_EQ((*client)->pushes_held_in_doubt(), 0u);
+  auto rows = (*client)->GetRows("t", {1, 2, 3});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->values,
+            (std::vector<float>{-1.0f, -1.0f, -2.0f, -2.0f, -3.0f, -3.0f}));
+}
+
+// Under the at-most-once policies nothing is kept: a push in doubt stays
+// the caller's to judge.
+TEST(HungShardTest, OnlyResendingClientsKeepPushesInDoubt) {
+  auto shard = StartShard(TestDir() + "/shard", 0, {});
+  ASSERT_NE(shard, nullptr);
+  Resumer resume_at_end(shard->pid());
+  PsClient::Options o;
+  o.timeout = absl::Milliseconds(200);
+  o.retry_budget = absl::Milliseconds(400);
+  o.initial_backoff = absl::Milliseconds(20);
+  o.push_retry = PsClient::Options::PushRetry::kUnsent;
+  auto client = PsClient::Create({shard->address()}, o);
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->CreateTable(SgdTable(), false).ok());
+  StopShard(shard->pid());
+  EXPECT_TRUE(IsPushInDoubt((*client)->Push("t", {1}, {1.0f, 1.0f}).status()));
+  EXPECT_EQ((*client)->pushes_held_in_doubt(), 0u);
 }
 
 }  // namespace

@@ -33,7 +33,7 @@ namespace mim::worker {
 //  2. An update that may or may not have arrived (ps::IsPushInDoubt) is not
 //     an error: Step logs it, counts it in pushes_in_doubt() and succeeds.
 //     The client keeps it and the trainer resends it (ps::PsClient::
-//     ResolvePushesInDoubt) before its next pull and at the end.
+//     ResolvePushesInDoubt) with its next ID pushes and at the end.
 //     Any other error is returned and ends the run; the model's dense state
 //     is then unspecified.
 //  3. Finish(model), called on the evaluating worker once every worker has

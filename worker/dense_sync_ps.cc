@@ -34,7 +34,7 @@ absl::Status PsDenseSync::Step(const model::Batch& batch,
       model->ForwardBackward(batch, loss, grad_id, &grad_dense_));
   const absl::Status pushed = params_->PushGradient(grad_dense_);
   if (ps::IsPushInDoubt(pushed)) {
-    LOG(WARNING) << "dense gradient push in doubt; resent before the next pull: " << pushed;
+    LOG(WARNING) << "dense gradient push in doubt; the trainer resends it with its next ID pushes: " << pushed;
     ++pushes_in_doubt_;
     return absl::OkStatus();
   }
