@@ -395,48 +395,56 @@ absl::Status EmbeddingTable::Pull(absl::Span<const uint64_t> keys,
   }
 
   // Lookups are memory-latency bound: one index group, then the record.
-  // The keys go through a software pipeline, so that the misses of many
-  // keys overlap instead of queueing one key at a time: key j's row is
-  // copied while key j + kAhead's record and key j + 2 kAhead's index group
-  // are being loaded. The index is probed by hash alone (no record read);
-  // the key is confirmed when its record, by then in cache, is copied.
-  // 16 measured faster than 8 and 4 (docs/BENCHMARKS.md, issue 13).
-  constexpr uint32_t kAhead = 16;
-  constexpr uint32_t kRing = 32;  // > kAhead, a power of two
-  // The pipeline runs over groups of consecutive stripes holding at least
+  // They run in two passes over each group of keys, so that the misses of
+  // many keys overlap instead of queueing one key at a time:
+  //  1. index: key j's group is probed (by hash alone, no record read)
+  //     while key j + kIndexAhead's group is being loaded; the candidate
+  //     record of each key is noted;
+  //  2. records: key j's row is copied while key j + kRecordAhead's
+  //     record is being loaded; the key is confirmed then, its record by
+  //     then in cache.
+  // One pipeline that probed key j + 16 between the copies of key j (each
+  // key's record address waiting on its index group) measured 14-20%
+  // slower from 256 to 16384 keys (docs/BENCHMARKS.md, issue 13, "two
+  // passes"): a pass of probes alone keeps more index loads in flight.
+  constexpr uint32_t kIndexAhead = 32;
+  constexpr uint32_t kRecordAhead = 16;
+  // The passes run over groups of consecutive stripes holding at least
   // kGroupKeys keys between them, their reader locks taken together in
   // ascending order (writers never hold one stripe's lock while taking
   // another's, so this cannot deadlock): a stripe alone holds too few keys
-  // of a small pull (8 of 1024) for the pipeline to fill.
-  constexpr uint32_t kGroupKeys = kAhead;
+  // of a small pull (8 of 1024) for the pipelines to fill.
+  constexpr uint32_t kGroupKeys = 16;
   const size_t record_bytes = kHeaderBytes + row_bytes;
   std::vector<uint32_t> absent;
+  // Pass 1's candidate record of the key at each sorted position.
+  std::vector<const char*> candidate(keys.size());
   // Keys [b, e) (stripes locked); probe_stripe(j) and prefetch_stripe(j)
   // give key j's stripe, called with rising j each.
   const auto pull_keys = [&](uint32_t b, uint32_t e, auto&& probe_stripe,
                              auto&& prefetch_stripe)
                              ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    const char* candidate[kRing];
     const auto prefetch = [&](uint32_t j) ABSL_NO_THREAD_SAFETY_ANALYSIS {
       prefetch_stripe(j).index.Prefetch(hash_of[order[j]]);
     };
-    const auto probe = [&](uint32_t j) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    for (uint32_t j = b; j < e && j < b + kIndexAhead; ++j) prefetch(j);
+    for (uint32_t j = b; j < e; ++j) {
+      if (j + kIndexAhead < e) prefetch(j + kIndexAhead);
       const Stripe& stripe = probe_stripe(j);
       const int64_t slot = stripe.index.FindHash(hash_of[order[j]]);
-      const char* rec = nullptr;
-      if (slot != SlotIndex::kNone) {
-        rec = stripe.arena.record(static_cast<uint32_t>(slot));
-        PrefetchRecord(rec, record_bytes);
-      }
-      candidate[j % kRing] = rec;
-    };
-    for (uint32_t j = b; j < e && j < b + 2 * kAhead; ++j) prefetch(j);
-    for (uint32_t j = b; j < e && j < b + kAhead; ++j) probe(j);
+      candidate[j] = slot == SlotIndex::kNone
+                         ? nullptr
+                         : stripe.arena.record(static_cast<uint32_t>(slot));
+    }
+    for (uint32_t j = b; j < e && j < b + kRecordAhead; ++j) {
+      if (candidate[j] != nullptr) PrefetchRecord(candidate[j], record_bytes);
+    }
     for (uint32_t j = b; j < e; ++j) {
-      if (j + 2 * kAhead < e) prefetch(j + 2 * kAhead);
-      if (j + kAhead < e) probe(j + kAhead);
+      if (j + kRecordAhead < e && candidate[j + kRecordAhead] != nullptr) {
+        PrefetchRecord(candidate[j + kRecordAhead], record_bytes);
+      }
       const uint32_t i = order[j];
-      const char* rec = candidate[j % kRing];
+      const char* rec = candidate[j];
       if (rec != nullptr && Load<uint64_t>(rec + kKeyOffset) != keys[i]) {
         // Another key with the same 32-bit hash: the full probe.
         const Stripe& stripe = *stripes_[stripe_of[i]];
