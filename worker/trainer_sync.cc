@@ -112,7 +112,15 @@ absl::Status FinishBarrier::Add(uint64_t key) {
   const float minus_one = -1.0f;
   absl::StatusOr<uint64_t> pushed = client_->Push(
       table_, absl::MakeConstSpan(&key, 1), absl::MakeConstSpan(&minus_one, 1));
-  return pushed.ok() ? absl::OkStatus() : pushed.status();
+  if (pushed.ok()) return absl::OkStatus();
+  if (!ps::IsPushInDoubt(pushed.status())) return pushed.status();
+  // No answer in time: the client kept the mark, and its resend is applied
+  // exactly once (counted once by WaitAll) or fails here.
+  absl::Status settled = client_->ResolvePushesInDoubt();
+  if (settled.ok()) return settled;
+  return absl::Status(settled.code(),
+                      absl::StrCat("marking key ", key, " of barrier table ",
+                                   table_, ": ", settled.message()));
 }
 
 absl::Status FinishBarrier::Arrive() {
