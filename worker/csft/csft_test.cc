@@ -5,11 +5,13 @@
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "worker/csft/csft_test_util.h"
 #include "worker/csft/csft_trainer.h"
@@ -255,6 +257,31 @@ TEST(EncoderTest, SaveLoadRoundTripAndCorruption) {
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(s.message().find("parameter 5 is not finite"), std::string::npos)
       << s.message();
+
+  // Headers that ask for too much are refused before anything is
+  // allocated: a huge genre count, and a genre_dim whose fusion size
+  // wrapped around in 32 bits (65 * 66076420 = 2^32 + 4).
+  for (const std::string& header :
+       {std::string("num_genres=1000000000\tgenre_dim=8"),
+        std::string("num_genres=6\tgenre_dim=66076419")}) {
+    const std::string bad = ::testing::TempDir() + "/enc_bad.bin";
+    {
+      std::ofstream f(bad, std::ios::binary | std::ios::trunc);
+      f << "#mim-csft-encoder v1\tdim=64\tinput_dim=64\t" << header
+        << "\thidden=16\tfusion=tensor\tparams=100\tfnv1a64=0\n";
+      const std::vector<float> params(100, 0.0f);
+      f.write(reinterpret_cast<const char*>(params.data()),
+              params.size() * sizeof(float));
+    }
+    s = CsftEncoder::Load(bad).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << header;
+    EXPECT_NE(s.message().find("parameters; at most"), std::string::npos)
+        << s.message();
+  }
+  EXPECT_EQ(CsftEncoder::Create({64, 64, 6, 66076419, 16, true}, 1)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // Batches of 4 distinct pairs (Batch): hard negatives come from items
@@ -336,6 +363,54 @@ TEST(CsftTrainerTest, ModalityDropoutOutsideZeroToOneIsRefused) {
   auto s = (*t)->Step(Batch(10));
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->negatives, 4 * 7);  // dropout changes no negative count
+}
+
+TEST(CsftTrainerTest, NonFiniteOptionsAreRefused) {
+  const Catalog c = TestCatalog();
+  const double nan = std::nan("");
+  const double inf = std::numeric_limits<double>::infinity();
+  for (int field = 0; field < 5; ++field) {
+    for (double bad : {nan, inf}) {
+      CsftOptions o;
+      double* target[] = {&o.alpha, &o.beta, &o.residual_penalty,
+                          &o.learning_rate, &o.temperature};
+      *target[field] = bad;
+      EXPECT_EQ(CsftTrainer::Create(&c, o, {}).status().code(),
+                absl::StatusCode::kInvalidArgument)
+          << "field " << field << " = " << bad;
+    }
+  }
+}
+
+// A zero plain vector (no direction) and a genre id out of range are
+// refused with the item named, before any encoder is built.
+TEST(BuildCatalogTest, RefusesZeroVectorsAndHugeGenreIds) {
+  const std::string path = ::testing::TempDir() + "/catalog_vectors.tsv";
+  {
+    std::ofstream f(path, std::ios::trunc);
+    f << "#mim-vectors v1\tdim=2\tmodality=text\n"
+      << "1\t0.5 0.5\n7\t0 0\n";
+  }
+  absl::StatusOr<Catalog> c = BuildCatalog({path}, {});
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("item 7 has an all-zero vector"),
+            std::string::npos)
+      << c.status();
+  {
+    std::ofstream f(path, std::ios::trunc);
+    f << "#mim-vectors v1\tdim=2\tmodality=text\n"
+      << "1\t0.5 0.5\n7\t0 1\n";
+  }
+  for (int32_t id : {kMaxGenreId, std::numeric_limits<int32_t>::max(), -1}) {
+    c = BuildCatalog({path}, {{7, {1, id}}});
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << id;
+    EXPECT_NE(c.status().message().find(absl::StrCat("item 7 has genre id ", id)),
+              std::string::npos)
+        << c.status();
+  }
+  c = BuildCatalog({path}, {{7, {1, 3}}});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->num_genres, 4);
 }
 
 TEST(RecallTest, RanksByCosineExcludingTheQuery) {

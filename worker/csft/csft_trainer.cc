@@ -69,14 +69,28 @@ absl::StatusOr<Catalog> BuildCatalog(
   c.genres.resize(n);
   for (int i = 0; i < n; ++i) {
     std::vector<float> plain = files[0][i].values;
-    data::L2Normalize(&plain);
+    if (!data::L2Normalize(&plain)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          vector_files[0], ": item ", files[0][i].item_id,
+          " has an all-zero vector, which has no direction to fine-tune; "
+          "leave the item out of the file"));
+    }
     c.ids[i] = files[0][i].item_id;
     c.index[c.ids[i]] = i;
     std::copy(plain.begin(), plain.end(),
               c.features.begin() + int64_t(i) * c.input_dim);
     auto g = genres.find(c.ids[i]);
     if (g != genres.end()) c.genres[i] = g->second;
-    for (int32_t id : c.genres[i]) c.num_genres = std::max(c.num_genres, id + 1);
+    for (int32_t id : c.genres[i]) {
+      // The encoder holds an embedding per genre id up to the largest.
+      if (id < 0 || id >= kMaxGenreId) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "item ", c.ids[i], " has genre id ", id, "; expected 0 <= id < ",
+            kMaxGenreId, " (the encoder keeps one embedding per id up to "
+            "the largest)"));
+      }
+      c.num_genres = std::max(c.num_genres, id + 1);
+    }
   }
   int offset = c.dim;
   for (size_t f = 1; f < files.size(); ++f) {
@@ -168,9 +182,15 @@ CsftTrainer::CsftTrainer(const Catalog* catalog, const CsftOptions& options)
 absl::StatusOr<std::unique_ptr<CsftTrainer>> CsftTrainer::Create(
     const Catalog* catalog, const CsftOptions& o,
     const std::vector<int64_t>& train_items) {
-  if (o.batch_size < 1 || !(o.temperature > 0) || !(o.learning_rate > 0) ||
-      o.queue_batches < 0 || o.alpha < 0 || o.beta < 0 ||
-      o.residual_penalty < 0 || !(o.residual_gate >= 0) ||
+  const auto finite_at_least_0 = [](double x) {
+    return x >= 0 && std::isfinite(x);
+  };
+  if (o.batch_size < 1 || !(o.temperature > 0) ||
+      !std::isfinite(o.temperature) || !(o.learning_rate > 0) ||
+      !std::isfinite(o.learning_rate) || o.queue_batches < 0 ||
+      !finite_at_least_0(o.alpha) || !finite_at_least_0(o.beta) ||
+      !finite_at_least_0(o.residual_penalty) ||
+      !finite_at_least_0(o.residual_gate) ||
       !(o.modality_dropout >= 0 && o.modality_dropout < 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "C-SFT options batch_size=", o.batch_size, " temperature=",
@@ -178,8 +198,8 @@ absl::StatusOr<std::unique_ptr<CsftTrainer>> CsftTrainer::Create(
         o.queue_batches, " alpha=", o.alpha, " beta=", o.beta,
         " residual_penalty=", o.residual_penalty, " residual_gate=",
         o.residual_gate, " modality_dropout=", o.modality_dropout,
-        "; expected batch_size >= 1, temperature and learning_rate > 0, "
-        "modality_dropout in [0, 1), the rest >= 0"));
+        "; expected batch_size >= 1, finite temperature and learning_rate "
+        "> 0, modality_dropout in [0, 1), the rest finite and >= 0"));
   }
   std::unique_ptr<CsftTrainer> t(new CsftTrainer(catalog, o));
   MIM_ASSIGN_OR_RETURN(t->encoder_,

@@ -62,10 +62,14 @@ struct Catalog {
 void CountInteractions(const std::vector<InterestPair>& train,
                        Catalog* catalog);
 
+// Genre ids a catalogue may use: [0, kMaxGenreId).
+inline constexpr int32_t kMaxGenreId = 1 << 20;
+
 // The first file's items are the catalogue (its vectors are the plain ones,
 // L2-normalised here); later files are extra modalities appended to the
 // encoder input (zeros for an item a file lacks). Errors as the vector
-// reader; INVALID_ARGUMENT for no file.
+// reader; INVALID_ARGUMENT for no file, an all-zero plain vector (naming
+// the item) or a genre id outside [0, kMaxGenreId).
 absl::StatusOr<Catalog> BuildCatalog(
     const std::vector<std::string>& vector_files,
     const absl::flat_hash_map<int64_t, std::vector<int32_t>>& genres);

@@ -47,8 +47,7 @@ CsftEncoder::Offsets CsftEncoder::Layout(const EncoderConfig& c) {
 CsftEncoder::CsftEncoder(const EncoderConfig& config)
     : config_(config), off_(Layout(config)), params_(off_.end, 0.0f) {}
 
-absl::StatusOr<std::unique_ptr<CsftEncoder>> CsftEncoder::Create(
-    const EncoderConfig& c, uint64_t seed) {
+absl::Status CsftEncoder::CheckConfig(const EncoderConfig& c) {
   if (c.dim < 1 || c.input_dim < c.dim || c.num_genres < 1 ||
       c.genre_dim < 1 || c.hidden < 1 || !(c.residual_gate >= 0) ||
       !std::isfinite(c.residual_gate)) {
@@ -59,6 +58,31 @@ absl::StatusOr<std::unique_ptr<CsftEncoder>> CsftEncoder::Create(
         "; expected all >= 1, input_dim >= dim (the plain vector comes "
         "first) and a finite residual_gate >= 0"));
   }
+  // Counted in floating point, so that no product can wrap: the layout is
+  // computed in int64 only once the total is known to fit.
+  const double fusion =
+      c.tensor_fusion ? (double(c.input_dim) + 1) * (double(c.genre_dim) + 1)
+                      : double(c.input_dim) + c.genre_dim;
+  const double total = double(c.num_genres) * c.genre_dim +
+                       fusion * c.hidden + c.hidden +
+                       double(c.hidden) * c.dim + c.dim +
+                       double(c.dim) * c.dim + c.dim +
+                       double(c.num_genres) * c.dim;
+  if (total > double(kMaxParams)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "encoder config dim=%d input_dim=%d num_genres=%d genre_dim=%d "
+        "hidden=%d fusion=%s needs %.4g parameters; at most %d (%d MiB) are "
+        "allowed",
+        c.dim, c.input_dim, c.num_genres, c.genre_dim, c.hidden,
+        c.tensor_fusion ? "tensor" : "concat", total, kMaxParams,
+        static_cast<int>(kMaxParams * sizeof(float) >> 20)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<CsftEncoder>> CsftEncoder::Create(
+    const EncoderConfig& c, uint64_t seed) {
+  MIM_RETURN_IF_ERROR(CheckConfig(c));
   std::unique_ptr<CsftEncoder> e(new CsftEncoder(c));
   std::mt19937_64 rng(seed);
   auto uniform = [&](int64_t from, int64_t to, double limit) {
@@ -135,6 +159,19 @@ absl::StatusOr<std::unique_ptr<CsftEncoder>> CsftEncoder::Load(
       ok = false;
     }
     if (!ok) return bad(absl::StrCat("bad header field '", fields[i], "'"));
+  }
+  // The config is checked, and its parameter count compared with the
+  // file's size, before anything is allocated: a damaged header must not
+  // ask for gigabytes.
+  if (absl::Status st = CheckConfig(c); !st.ok()) {
+    return bad(std::string(st.message()));
+  }
+  const int64_t needed = Layout(c).end;
+  if (n != needed || !have_sum ||
+      bytes.size() - nl - 1 != size_t(needed) * sizeof(float)) {
+    return bad(absl::StrCat("header says ", n, " parameters, the config needs ",
+                            needed, ", the file holds ",
+                            (bytes.size() - nl - 1) / sizeof(float)));
   }
   auto created = Create(c, 0);
   if (!created.ok()) return bad(std::string(created.status().message()));

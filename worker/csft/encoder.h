@@ -47,9 +47,9 @@ struct EncoderConfig {
   bool tensor_fusion = true;
   // K of the residual gate n / (n + K); 0: no gate (g = 1 for every item).
   float residual_gate = 0;
-  int fusion_dim() const {
-    return tensor_fusion ? (input_dim + 1) * (genre_dim + 1)
-                         : input_dim + genre_dim;
+  int64_t fusion_dim() const {
+    return tensor_fusion ? (int64_t{input_dim} + 1) * (int64_t{genre_dim} + 1)
+                         : int64_t{input_dim} + genre_dim;
   }
 };
 
@@ -81,9 +81,14 @@ struct EncoderPass {
 // synchronization.
 class CsftEncoder {
  public:
+  // Most parameters an encoder may have (2^30 floats, 4 GiB).
+  static constexpr int64_t kMaxParams = int64_t{1} << 30;
+  // OK, or INVALID_ARGUMENT naming the fields: a non-positive size,
+  // input_dim < dim, a bad residual gate, or more than kMaxParams
+  // parameters.
+  static absl::Status CheckConfig(const EncoderConfig& config);
   // Fresh parameters from `seed` (W2, b2 zero: output = normalize(plain)).
-  // INVALID_ARGUMENT naming the field for a non-positive size or
-  // input_dim < dim.
+  // Errors as CheckConfig.
   static absl::StatusOr<std::unique_ptr<CsftEncoder>> Create(
       const EncoderConfig& config, uint64_t seed);
 
