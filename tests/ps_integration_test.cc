@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -518,6 +519,50 @@ TEST_F(PsClusterTest, RestoreWithoutCommonCheckpointChangesNothing) {
   auto after = client_->Pull("user", keys);
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ(Bytes(after->values), Bytes(live->values));
+}
+
+// ingest_content checks the whole file before it creates the table or
+// writes a row: a bad row after the first batch leaves nothing behind; a
+// good file is written whole.
+TEST_F(PsClusterTest, IngestContentWritesAllOrNothing) {
+  const std::string path = base_dir_ + "/vectors.tsv";
+  const auto write_file = [&](const std::string& bad_row) {
+    std::ofstream f(path, std::ios::trunc);
+    f << "#mim-vectors v1\tdim=2\tmodality=text\n";
+    for (int i = 1; i <= 10; ++i) {
+      if (i == 8) f << bad_row;
+      f << i << "\t" << i << " 1\n";
+    }
+  };
+  const auto ingest = [&] {
+    auto r = RunCommand({Runfile("tools/ingest_content"),
+                         "--ps=" + absl::StrJoin(Addresses(), ","),
+                         "--vectors=" + path, "--table=content",
+                         "--content_version=5", "--batch=3"});
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : CommandResult();
+  };
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"99\tnan 1\n", "not a finite float"},
+      {"99\t1\n", "99"},
+      {"3\t3 3\n", "item 3 appears again in data row 8"}};
+  for (const auto& [row, what] : bad) {
+    write_file(row);
+    CommandResult r = ingest();
+    EXPECT_EQ(r.exit_code, 1) << row;
+    EXPECT_THAT(r.err, HasSubstr("nothing written")) << r.err;
+    EXPECT_THAT(r.err, HasSubstr(what)) << r.err;
+    auto tables = client_->ListTables();
+    ASSERT_TRUE(tables.ok()) << tables.status();
+    EXPECT_TRUE(tables->empty()) << "the table was created for " << row;
+  }
+  write_file("");
+  CommandResult r = ingest();
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto rows = client_->GetRows("content", {1, 10});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->missing.size(), 0u);
+  EXPECT_EQ(rows->meta[1].version(), 5u);
 }
 
 TEST_F(PsClusterTest, AdminCliAgainstLiveShards) {

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "base/client_security.h"
@@ -34,6 +36,10 @@ DEFINE_int32(batch, 4096, "rows per Upsert call");
 
 namespace {
 
+// Rows per Upsert call at most (the client splits calls further by the
+// shards' limits; this bounds the read buffer).
+constexpr int kMaxBatch = 1 << 20;
+
 int Fail(const std::string& what, const absl::Status& status) {
   std::fprintf(stderr, "ingest_content: %s: %s\n", what.c_str(),
                status.ToString().c_str());
@@ -49,17 +55,46 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ingest_content: --ps and --vectors are required\n");
     return 2;
   }
-  if (FLAGS_batch <= 0) {
-    std::fprintf(stderr, "ingest_content: --batch must be positive\n");
+  if (FLAGS_batch <= 0 || FLAGS_batch > kMaxBatch) {
+    std::fprintf(stderr, "ingest_content: --batch must be in 1..%d\n",
+                 kMaxBatch);
     return 2;
   }
   const uint64_t version = FLAGS_content_version != 0
                                ? FLAGS_content_version
                                : static_cast<uint64_t>(std::time(nullptr));
 
-  auto reader = mim::data::ContentVectorReader::Open(FLAGS_vectors);
+  // The whole file is checked before the table is created or a row is
+  // written: a bad row (a non-finite value, a wrong count, a repeated item)
+  // halfway through must not leave the table half-ingested at the new
+  // version. One pass to check (every row parsed, ids remembered), one to
+  // write.
+  int dim = 0;
+  {
+    auto check = mim::data::ContentVectorReader::Open(FLAGS_vectors);
+    if (!check.ok()) return Fail("open " + FLAGS_vectors, check.status());
+    dim = (*check)->dim();
+    absl::flat_hash_set<int64_t> seen;
+    std::vector<mim::data::ItemVector> rows;
+    uint64_t row = 0;
+    while (true) {
+      auto n = (*check)->ReadBatch(FLAGS_batch, &rows);
+      if (!n.ok()) return Fail("read (nothing written)", n.status());
+      if (*n == 0) break;
+      for (const auto& item : rows) {
+        ++row;
+        if (!seen.insert(item.item_id).second) {
+          return Fail("read (nothing written)",
+                      absl::InvalidArgumentError(absl::StrCat(
+                          FLAGS_vectors, ": item ", item.item_id,
+                          " appears again in data row ", row,
+                          "; expected one row per item")));
+        }
+      }
+    }
+  }
+  auto reader = mim::data::ContentVectorReader::Open(FLAGS_vectors, dim);
   if (!reader.ok()) return Fail("open " + FLAGS_vectors, reader.status());
-  const int dim = (*reader)->dim();
 
   std::vector<std::string> addresses =
       absl::StrSplit(FLAGS_ps, ',', absl::SkipEmpty());
