@@ -117,11 +117,16 @@ void FtrlUpdate(const OptimizerConfig& config, uint32_t dim, const float* grad,
     const float sigma = (pow_new - pow_old) / lr;
     z[i] += g - sigma * row[i];
     n[i] = n_new;
-    if (std::fabs(z[i]) <= l1) {
+    const float denominator = pow_new / lr + 2.0f * l2;
+    if (std::fabs(z[i]) <= l1 || !(denominator > 0.0f)) {
+      // The second case: no squared gradient has accumulated yet (a first
+      // gradient so small that g * g rounds to 0) and no l2, where the
+      // closed form divides by zero; the weight stays 0, as before any
+      // gradient.
       row[i] = 0.0f;
     } else {
       const float sign = z[i] < 0 ? -1.0f : 1.0f;
-      row[i] = (sign * l1 - z[i]) / (pow_new / lr + 2.0f * l2);
+      row[i] = (sign * l1 - z[i]) / denominator;
     }
   }
 }

@@ -136,6 +136,25 @@ TEST(OptimizersTest, FtrlL1ClampsSmallWeightsToZero) {
   EXPECT_NEAR(state[0], 0.5f, kTol);
 }
 
+// A first gradient so small that its square rounds to 0, without l1 or l2:
+// the closed form would divide by zero (inf weight); the weight stays 0.
+TEST(OptimizersTest, FtrlTinyFirstGradientKeepsTheWeightFinite) {
+  OptimizerConfig c;
+  c.kind = OptimizerKind::kFtrl;
+  c.learning_rate = 0.1f;
+  c.lr_power = -0.5f;
+  float w = 0.0f;
+  float state[2] = {0, 0};
+  float g = 1e-30f;
+  FtrlUpdate(c, 1, &g, &w, state);
+  EXPECT_EQ(w, 0.0f);
+  EXPECT_EQ(state[1], 0.0f);  // g * g rounded to 0
+  g = 0.5f;  // a real gradient afterwards updates as usual
+  FtrlUpdate(c, 1, &g, &w, state);
+  EXPECT_TRUE(std::isfinite(w));
+  EXPECT_NE(w, 0.0f);
+}
+
 TEST(OptimizersTest, CheckOptimizerStateNamesTheFirstBadFloat) {
   const float inf = std::numeric_limits<float>::infinity();
   const float nan = std::numeric_limits<float>::quiet_NaN();
