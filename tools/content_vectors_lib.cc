@@ -17,6 +17,7 @@
 #include "fasttext/fasttext.h"
 #include "serving/content_encoder.h"
 #include "worker/data/content_vectors.h"
+#include "worker/data/text_lines.h"
 
 namespace mim::tools {
 
@@ -28,6 +29,11 @@ absl::StatusOr<ContentVectorStats> BuildContentVectors(
         "content_vectors: need dim >= 2, epoch >= 1, min_count >= 1, "
         "threads >= 1, model skipgram or cbow");
   }
+  // The output is opened (as a temp file; Close puts it in place) before
+  // anything is trained or saved: a bad --modality or --dim fails here,
+  // not after the encoder was replaced.
+  auto writer = data::ContentVectorWriter::Open(o.output, o.dim, o.modality);
+  if (!writer.ok()) return writer.status();
   std::ifstream in(o.item_text);
   if (!in.is_open()) {
     return absl::NotFoundError(absl::StrCat("cannot open item text ", o.item_text));
@@ -40,6 +46,10 @@ absl::StatusOr<ContentVectorStats> BuildContentVectors(
   int64_t line_number = 0;
   while (std::getline(in, line)) {
     ++line_number;
+    if (in.eof() && !line.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          o.item_text, ":", line_number, ": ", data::UnterminatedLine()));
+    }
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty() || (line_number == 1 && line[0] == '#')) continue;
     const size_t tab = line.find('\t');
@@ -100,13 +110,6 @@ absl::StatusOr<ContentVectorStats> BuildContentVectors(
   auto encoder =
       serving::ContentEncoder::FromTrainedModel(std::move(ft), texts, o.center);
   if (!encoder.ok()) return encoder.status();
-  if (!o.encoder_out.empty()) {
-    absl::StatusOr<std::string> id = (*encoder)->Save(o.encoder_out);
-    if (!id.ok()) return id.status();
-    stats.encoder_id = *id;
-  }
-  auto writer = data::ContentVectorWriter::Open(o.output, o.dim, o.modality);
-  if (!writer.ok()) return writer.status();
   // EncodeCentred, not Encode: the writer L2-normalises with the same
   // arithmetic as Encode's last step, and normalising twice could move a
   // last bit.
@@ -121,6 +124,13 @@ absl::StatusOr<ContentVectorStats> BuildContentVectors(
     }
     if (absl::Status st = (*writer)->Write(ids[i], values); !st.ok()) return st;
     ++stats.written;
+  }
+  // The encoder is saved once every vector is written, and the vectors are
+  // put in place after it: a failure before leaves the old pair as it was.
+  if (!o.encoder_out.empty()) {
+    absl::StatusOr<std::string> id = (*encoder)->Save(o.encoder_out);
+    if (!id.ok()) return id.status();
+    stats.encoder_id = *id;
   }
   if (absl::Status st = (*writer)->Close(); !st.ok()) return st;
   return stats;

@@ -1,7 +1,10 @@
 #include "tools/content_vectors_lib.h"
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <utility>
 #include <random>
 #include <set>
 #include <string>
@@ -211,8 +214,63 @@ TEST(ContentVectorsTool, BadInputs) {
   EXPECT_THAT(std::string(stats.status().message()),
               HasSubstr(path + ":2: item id 1 appears twice"));
 
+  // A last line cut short (no newline) is refused, naming the line.
+  {
+    std::ofstream out(path);
+    out << "1\tfine text\n2\tcut sho";
+  }
+  stats = BuildContentVectors(o);
+  EXPECT_EQ(stats.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(stats.status().message()),
+              HasSubstr(path + ":2: the last line ends without a newline"));
+
   o.item_text = TempPath("missing.tsv");
   EXPECT_EQ(BuildContentVectors(o).status().code(), absl::StatusCode::kNotFound);
+}
+
+// A bad --modality fails before anything is trained or saved: the encoder
+// and vectors written by an earlier run stay as they were.
+TEST(ContentVectorsTool, BadModalityChangesNothing) {
+  const std::string text_path = TempPath("modality_items.tsv");
+  {
+    std::ofstream out(text_path);
+    out << "1\trocket galaxy space\n2\tlove wedding romance\n"
+        << "3\tspace rocket launch\n";
+  }
+  ContentVectorOptions o;
+  o.item_text = text_path;
+  o.output = TempPath("modality.vec");
+  o.encoder_out = TempPath("modality_encoder");
+  o.dim = 4;
+  o.epoch = 1;
+  auto first = BuildContentVectors(o);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const auto read_all = [](const std::string& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string vectors = read_all(o.output);
+  const std::string encoder_dir = o.encoder_out;
+  std::vector<std::pair<std::string, std::string>> encoder_files;
+  for (const auto& f : std::filesystem::directory_iterator(encoder_dir)) {
+    encoder_files.push_back({f.path().string(), read_all(f.path().string())});
+  }
+  for (const std::string& modality : {std::string("my text"), std::string()}) {
+    o.modality = modality;
+    auto stats = BuildContentVectors(o);
+    EXPECT_EQ(stats.status().code(), absl::StatusCode::kInvalidArgument)
+        << modality;
+    EXPECT_THAT(std::string(stats.status().message()), HasSubstr("modality"));
+  }
+  EXPECT_EQ(read_all(o.output), vectors);
+  for (const auto& [path, bytes] : encoder_files) {
+    EXPECT_EQ(read_all(path), bytes) << path;
+  }
+  // Checked first: before the item texts are even opened.
+  o.item_text = TempPath("missing_modality_items.tsv");
+  o.modality = "my text";
+  EXPECT_EQ(BuildContentVectors(o).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -170,9 +170,10 @@ absl::StatusOr<std::unique_ptr<ContentVectorWriter>> ContentVectorWriter::Open(
     return absl::InvalidArgumentError(absl::StrCat(
         "modality '", modality, "' must be non-empty without whitespace"));
   }
-  std::ofstream out(path, std::ios::out | std::ios::trunc);
+  std::ofstream out(path + ".tmp", std::ios::out | std::ios::trunc);
   if (!out.is_open()) {
-    return absl::InternalError(absl::StrCat("cannot create vector file ", path));
+    return absl::InternalError(
+        absl::StrCat("cannot create vector file ", path, ".tmp"));
   }
   out << kMagic << "\tdim=" << dim << "\tmodality=" << modality << '\n';
   return absl::WrapUnique(new ContentVectorWriter(path, std::move(out), dim));
@@ -216,14 +217,14 @@ absl::Status ContentVectorWriter::Write(int64_t item_id,
 }
 
 absl::Status ContentVectorWriter::Close() {
-  if (!out_.is_open()) return absl::OkStatus();
-  out_.flush();
-  const bool ok = static_cast<bool>(out_);
-  out_.close();
-  if (!ok || out_.fail()) {
-    return absl::InternalError(absl::StrCat("flush/close failed on ", path_));
+  return CloseAndRename(&out_, path_, "vector file");
+}
+
+ContentVectorWriter::~ContentVectorWriter() {
+  if (out_.is_open()) {
+    out_.close();
+    std::remove((path_ + ".tmp").c_str());  // abandoned: the old file stays
   }
-  return absl::OkStatus();
 }
 
 }  // namespace mim::data

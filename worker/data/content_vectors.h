@@ -76,7 +76,10 @@ absl::StatusOr<std::vector<ItemVector>> ReadAllContentVectors(
 // Writes a vector file. Not thread-safe.
 class ContentVectorWriter {
  public:
-  // Creates `path` and writes the header. dim must be in
+  // Writes the header to `path` + ".tmp"; Close renames it over `path`, so
+  // `path` holds the old file (or none) until a complete new one replaces
+  // it: a failed or abandoned write (destroyed without Close) leaves it
+  // as it was. dim must be in
   // 1..kMaxContentVectorDim and modality a non-empty token without
   // whitespace (INVALID_ARGUMENT otherwise);
   // INTERNAL if the file cannot be created.
@@ -93,10 +96,12 @@ class ContentVectorWriter {
   // Flushes and closes. INTERNAL if the flush fails.
   absl::Status Close();
 
+ ~ContentVectorWriter();
+
  private:
   ContentVectorWriter(std::string path, std::ofstream out, int dim);
 
-  std::string path_;
+  std::string path_;  // the rows go to path_ + ".tmp" until Close
   std::ofstream out_;
   int dim_;
 };

@@ -1,6 +1,7 @@
 #include "worker/data/content_vectors.h"
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -52,6 +53,31 @@ TEST(ContentVectorsTest, WriterNormalisesAndReaderRoundTrips) {
   ASSERT_TRUE(r.ok());
   EXPECT_EQ((*r)->dim(), 3);
   EXPECT_EQ((*r)->modality(), "text");
+}
+
+// The file is replaced only at Close; an abandoned writer leaves the old
+// one whole and no temp file behind.
+TEST(ContentVectorsTest, TheOldFileStaysUntilCloseReplacesIt) {
+  const std::string path = TempPath("replace_vec.txt");
+  {
+    auto w = ContentVectorWriter::Open(path, 2, "text");
+    ASSERT_TRUE(w.ok()) << w.status();
+    ASSERT_TRUE((*w)->Write(1, std::vector<float>{1, 0}).ok());
+    ASSERT_TRUE((*w)->Close().ok());
+  }
+  {
+    auto w = ContentVectorWriter::Open(path, 2, "text");
+    ASSERT_TRUE(w.ok()) << w.status();
+    ASSERT_TRUE((*w)->Write(2, std::vector<float>{0, 1}).ok());
+    auto during = ReadAllContentVectors(path, 2);
+    ASSERT_TRUE(during.ok()) << during.status();
+    EXPECT_EQ((*during)[0].item_id, 1);
+  }  // abandoned
+  auto after = ReadAllContentVectors(path, 2);
+  ASSERT_TRUE(after.ok()) << after.status();
+  ASSERT_EQ(after->size(), 1u);
+  EXPECT_EQ((*after)[0].item_id, 1);
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
 }
 
 TEST(ContentVectorsTest, DimMismatchWithCaller) {

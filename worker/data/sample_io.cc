@@ -74,9 +74,10 @@ SampleWriter::SampleWriter(std::string path, std::ofstream out)
 
 absl::StatusOr<std::unique_ptr<SampleWriter>> SampleWriter::Open(
     const std::string& path) {
-  std::ofstream out(path, std::ios::out | std::ios::trunc);
+  std::ofstream out(path + ".tmp", std::ios::out | std::ios::trunc);
   if (!out.is_open()) {
-    return absl::InternalError(absl::StrCat("cannot create sample file ", path));
+    return absl::InternalError(
+        absl::StrCat("cannot create sample file ", path, ".tmp"));
   }
   out << kSampleHeader << '\n';
   if (!out) {
@@ -99,14 +100,14 @@ absl::Status SampleWriter::Write(const Sample& s) {
 }
 
 absl::Status SampleWriter::Close() {
-  if (!out_.is_open()) return absl::OkStatus();
-  out_.flush();
-  const bool ok = static_cast<bool>(out_);
-  out_.close();
-  if (!ok || out_.fail()) {
-    return absl::InternalError(absl::StrCat("flush/close failed on ", path_));
+  return CloseAndRename(&out_, path_, "sample file");
+}
+
+SampleWriter::~SampleWriter() {
+  if (out_.is_open()) {
+    out_.close();
+    std::remove((path_ + ".tmp").c_str());  // abandoned: the old file stays
   }
-  return absl::OkStatus();
 }
 
 absl::StatusOr<absl::flat_hash_map<int64_t, int64_t>> ItemFirstSeen(

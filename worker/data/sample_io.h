@@ -53,8 +53,10 @@ class SampleReader {
 // Not thread-safe.
 class SampleWriter {
  public:
-  // Creates (truncates) `path` and writes the header.
-  // Errors: INTERNAL if the file cannot be created or written.
+  // Writes the header to `path` + ".tmp"; Close renames it over `path`, so
+  // `path` holds the old file (or none) until a complete new one replaces
+  // it: a failed or abandoned write (destroyed without Close) leaves it as
+  // it was. Errors: INTERNAL if the file cannot be created or written.
   static absl::StatusOr<std::unique_ptr<SampleWriter>> Open(
       const std::string& path);
 
@@ -68,10 +70,12 @@ class SampleWriter {
 
   int64_t num_written() const { return num_written_; }
 
+  ~SampleWriter();
+
  private:
   SampleWriter(std::string path, std::ofstream out);
 
-  std::string path_;
+  std::string path_;  // the rows go to path_ + ".tmp" until Close
   std::ofstream out_;
   int64_t num_written_ = 0;
 };

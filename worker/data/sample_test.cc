@@ -1,3 +1,4 @@
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -111,6 +112,41 @@ TEST(SampleIoTest, WriteThenReadInBatches) {
   auto again = (*r)->ReadBatch(2, &batch);
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(*again, 0u);
+}
+
+// A writer replaces its file only at Close: an abandoned write (an error
+// halfway, a destructor without Close) leaves the old file whole.
+TEST(SampleIoTest, TheOldFileStaysUntilCloseReplacesIt) {
+  const std::string path = TempPath("replace.tsv");
+  const auto count_rows = [&] {
+    auto r = SampleReader::Open(path);
+    EXPECT_TRUE(r.ok()) << r.status();
+    std::vector<Sample> batch;
+    auto n = (*r)->ReadBatch(100, &batch);
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.ok() ? static_cast<int>(*n) : -1;
+  };
+  {
+    auto w = SampleWriter::Open(path);
+    ASSERT_TRUE(w.ok()) << w.status();
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE((*w)->Write(MakeSample(1, i)).ok());
+    ASSERT_TRUE((*w)->Close().ok());
+  }
+  EXPECT_EQ(count_rows(), 3);
+  {
+    auto w = SampleWriter::Open(path);
+    ASSERT_TRUE(w.ok()) << w.status();
+    ASSERT_TRUE((*w)->Write(MakeSample(1, 9)).ok());
+    EXPECT_EQ(count_rows(), 3);  // still the old file while writing
+  }  // abandoned
+  EXPECT_EQ(count_rows(), 3);
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  auto w = SampleWriter::Open(path);
+  ASSERT_TRUE(w.ok()) << w.status();
+  ASSERT_TRUE((*w)->Write(MakeSample(1, 9)).ok());
+  ASSERT_TRUE((*w)->Close().ok());
+  EXPECT_EQ(count_rows(), 1);
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
 }
 
 TEST(SampleIoTest, MalformedRowNamesFileLineAndField) {
