@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <deque>
+#include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <functional>
 #include <string>
 #include <tuple>
@@ -20,6 +22,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/types/span.h"
+#include "base/atomic_file.h"
+#include "base/status_macros.h"
 #include "worker/data/sample.h"
 #include "worker/data/sample_io.h"
 
@@ -276,6 +280,37 @@ absl::StatusOr<MovieLensPrepStats> PrepareMovieLens(
                      std::tie(b.ts, b.user, b.item);
             });
 
+  // Read before anything is written, so that a bad plot file leaves the
+  // outputs of an earlier run as they were.
+  // Plots, joined on (normalised title, year); see NormalizeTitle. Key 1 is
+  // the whole title; key 2 drops a trailing "(...)" alternative title on the
+  // MovieLens side. Duplicates in the plot file: the first wins.
+  absl::flat_hash_map<std::string, std::string> plots;
+  {
+    const std::string path = options.input_dir + "/movies_extrainfos.dat";
+    std::ifstream in(path);
+    std::error_code ec;
+    if (!in.is_open() && std::filesystem::exists(path, ec)) {
+      return absl::NotFoundError(absl::StrCat(
+          "cannot open ", path, " (it exists; without it, items get no plot)"));
+    }
+    std::string line;
+    int64_t line_number = 0;
+    while (in.is_open() && std::getline(in, line)) {
+      ++line_number;
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line.empty()) continue;
+      std::vector<absl::string_view> f = absl::StrSplit(line, "::");
+      if (f.size() < 10) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            options.input_dir, "/movies_extrainfos.dat:", line_number, ": got ",
+            f.size(), " '::'-separated fields, expected at least 10"));
+      }
+      const std::string key =
+          absl::StrCat(NormalizeTitle(f[1]), "|", absl::StripAsciiWhitespace(f[2]));
+      plots.emplace(key, Clean(f[9]));
+    }
+  }
   auto train = SampleWriter::Open(options.output_dir + "/train.tsv");
   if (!train.ok()) return train.status();
   auto test = SampleWriter::Open(options.output_dir + "/test.tsv");
@@ -342,35 +377,8 @@ absl::StatusOr<MovieLensPrepStats> PrepareMovieLens(
     if (!train_items.contains(item)) ++stats.cold_test_samples;
   }
 
-  // Plots, joined on (normalised title, year); see NormalizeTitle. Key 1 is
-  // the whole title; key 2 drops a trailing "(...)" alternative title on the
-  // MovieLens side. Duplicates in the plot file: the first wins.
-  absl::flat_hash_map<std::string, std::string> plots;
   {
-    std::ifstream in(options.input_dir + "/movies_extrainfos.dat");
-    std::string line;
-    int64_t line_number = 0;
-    while (in.is_open() && std::getline(in, line)) {
-      ++line_number;
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      if (line.empty()) continue;
-      std::vector<absl::string_view> f = absl::StrSplit(line, "::");
-      if (f.size() < 10) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            options.input_dir, "/movies_extrainfos.dat:", line_number, ": got ",
-            f.size(), " '::'-separated fields, expected 11"));
-      }
-      const std::string key =
-          absl::StrCat(NormalizeTitle(f[1]), "|", absl::StripAsciiWhitespace(f[2]));
-      plots.emplace(key, Clean(f[9]));
-    }
-  }
-  {
-    std::ofstream out(options.output_dir + "/item_text.tsv");
-    if (!out.is_open()) {
-      return absl::InternalError(
-          absl::StrCat("cannot create ", options.output_dir, "/item_text.tsv"));
-    }
+    std::ostringstream out;
     out << "#mim-item-text v1\titem\ttitle\tyear\tgenres\tplot\n";
     for (int64_t id : item_order) {
       const ItemInfo& info = items[id];
@@ -389,11 +397,8 @@ absl::StatusOr<MovieLensPrepStats> PrepareMovieLens(
       out << id << '\t' << info.title << '\t' << info.year << '\t'
           << info.genre_names << '\t' << plot << '\n';
     }
-    out.flush();
-    if (!out) {
-      return absl::InternalError(
-          absl::StrCat("write failed on ", options.output_dir, "/item_text.tsv"));
-    }
+    MIM_RETURN_IF_ERROR(base::WriteFileAtomically(
+        options.output_dir + "/item_text.tsv", out.str()));
   }
   return stats;
 }

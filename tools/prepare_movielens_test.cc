@@ -178,6 +178,40 @@ TEST(PrepareMovieLens, MalformedRowNamesFileLineAndColumn) {
   EXPECT_EQ(PrepareMovieLens(opt).status().code(), absl::StatusCode::kNotFound);
 }
 
+// A bad plot file is found before anything is written: an earlier run's
+// train.tsv, test.tsv and item_text.tsv stay as they were.
+TEST(PrepareMovieLens, ABadPlotFileWritesNothing) {
+  const std::string dir = MakeDir("badplot");
+  WriteFile(dir + "/ml-100k.user", kUsers);
+  WriteFile(dir + "/ml-100k.item",
+            "item_id:token\tmovie_title:token_seq\trelease_year:token\t"
+            "class:token_seq\n"
+            "11\tToy Story\t1995\tAnimation\n");
+  WriteFile(dir + "/ml-100k.inter",
+            "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+            "1\t11\t4\t100\n2\t11\t5\t200\n");
+  MovieLensPrepOptions opt;
+  opt.input_dir = dir;
+  opt.output_dir = dir;
+  opt.test_start = 150;
+  ASSERT_TRUE(PrepareMovieLens(opt).ok());
+  const std::vector<std::string> train = ReadLines(dir + "/train.tsv");
+  const std::vector<std::string> text = ReadLines(dir + "/item_text.tsv");
+  ASSERT_EQ(ReadAll(dir + "/train.tsv").size(), 1u);
+
+  WriteFile(dir + "/ml-100k.inter",
+            "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+            "1\t11\t4\t100\n2\t11\t5\t120\n");
+  WriteFile(dir + "/movies_extrainfos.dat", "1::Toy Story::1995\n");
+  auto stats = PrepareMovieLens(opt);
+  EXPECT_EQ(stats.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(stats.status().message()),
+              HasSubstr("movies_extrainfos.dat:1: got 3 '::'-separated "
+                        "fields, expected at least 10"));
+  EXPECT_EQ(ReadLines(dir + "/train.tsv"), train);
+  EXPECT_EQ(ReadLines(dir + "/item_text.tsv"), text);
+}
+
 TEST(PrepareMovieLens, TitleNormalisationAndAgeBuckets) {
   EXPECT_EQ(NormalizeTitle("Usual Suspects, The"), "the usual suspects");
   EXPECT_EQ(NormalizeTitle(" The Usual Suspects "), "the usual suspects");
