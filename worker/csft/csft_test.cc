@@ -450,5 +450,28 @@ TEST(TrainCsftTest, SelectionNeverBelowThePlainVectorsOnValidNew) {
   EXPECT_EQ(r->log.size(), size_t(4));
 }
 
+// Without a held-out new-item pair in the catalogue no epoch can beat the
+// plain vectors: refused (unless the last epoch is kept), as are epochs < 1.
+TEST(TrainCsftTest, NothingToSelectOnIsRefused) {
+  const Catalog c = TestCatalog();
+  PairSplit split;
+  for (int q = 0; q < 20; ++q) split.train.push_back({100 + q, 100 + (q + 3) % 20});
+  split.valid_new.push_back({100, 99999});  // an item outside the catalogue
+  CsftOptions o;
+  o.epochs = 1;
+  o.batch_size = 8;
+  auto r = TrainCsft(c, split, o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("no held-out new-item pair (of 1)"),
+            std::string::npos)
+      << r.status();
+  o.select_last_epoch = true;
+  r = TrainCsft(c, split, o);
+  EXPECT_TRUE(r.ok()) << r.status();
+  o.epochs = 0;
+  EXPECT_EQ(TrainCsft(c, split, o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace mim::csft

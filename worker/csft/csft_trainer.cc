@@ -483,8 +483,27 @@ absl::StatusOr<TrainResult> TrainCsft(const Catalog& catalog,
         "no training pair has both items in the catalogue; expected pairs "
         "of items with content vectors");
   }
+  if (options.epochs < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "epochs = ", options.epochs, "; expected >= 1"));
+  }
   const std::vector<InterestPair> valid_new =
       EvenSubsample(split.valid_new, options.max_eval_pairs);
+  // The epoch is picked by held-out new-item recall: with no such pair in
+  // the catalogue nothing can beat epoch 0, and the run would end writing
+  // the untrained (plain) vectors as if C-SFT had found nothing better.
+  if (!options.select_last_epoch &&
+      std::none_of(valid_new.begin(), valid_new.end(),
+                   [&](const InterestPair& p) {
+                     return catalog.IndexOf(p.query) >= 0 &&
+                            catalog.IndexOf(p.item) >= 0;
+                   })) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "no held-out new-item pair (of ", split.valid_new.size(),
+        ") has both items in the catalogue, so no epoch can be selected; "
+        "hold out more items (--holdout_items) or keep the last epoch "
+        "(--select_last_epoch)"));
+  }
   const std::vector<InterestPair> valid_warm =
       EvenSubsample(split.valid_warm, options.max_eval_pairs);
   MIM_ASSIGN_OR_RETURN(
