@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -12,6 +14,7 @@
 #include "worker/data/content_vectors.h"
 #include "worker/data/sample.h"
 #include "worker/data/sample_io.h"
+#include "worker/data/text_lines.h"
 
 namespace mim::tools {
 namespace {
@@ -38,12 +41,20 @@ absl::Status ValidateOptions(const SyntheticOptions& o) {
       !(o.test_fraction < 1) || !(o.initial_items > 0) ||
       !(o.initial_items <= 1) || o.fresh_exposure < 0 ||
       o.topic_exposure < 0 || o.fresh_exposure + o.topic_exposure > 1 ||
-      o.num_items > (int64_t{1} << 31) || o.num_topics > 30000) {
-    return absl::InvalidArgumentError(
-        "gen_synthetic: need num_samples >= 10, num_items in [2, 2^31], "
-        "num_users >= 1, num_topics in [2, 30000], content_dim >= 2, "
+      o.num_items > (int64_t{1} << 31) || o.num_topics > 30000 ||
+      o.num_samples >= (int64_t{1} << 32) || o.num_users > (int64_t{1} << 26) ||
+      o.num_users * o.num_topics > (int64_t{1} << 30) ||
+      o.content_dim > data::kMaxContentVectorDim) {
+    // The upper bounds keep the arrays sized by them (users x topics
+    // preferences, behaviour rings) and the arrival arithmetic (items x
+    // samples) within range; they are checked before any file is touched.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "gen_synthetic: need num_samples in [10, 2^32), num_items in [2, 2^31], "
+        "num_users in [1, 2^26] with num_users * num_topics <= 2^30, "
+        "num_topics in [2, 30000], content_dim in [2, ",
+        data::kMaxContentVectorDim, "], "
         "0 < test_fraction < 1, 0 < initial_items <= 1, fresh_exposure and "
-        "topic_exposure >= 0 with sum <= 1");
+        "topic_exposure >= 0 with sum <= 1"));
   }
   return absl::OkStatus();
 }
@@ -75,12 +86,27 @@ absl::StatusOr<SyntheticStats> GenerateSynthetic(
     if (j < m0) return 0;
     return (j - m0 + 1) * N / (M - m0 + 1);
   };
+  // Every output is written as PATH.tmp and put in place at the end, once
+  // the whole dataset is written: a failure leaves an earlier run's files
+  // as they were, never item files of one run beside samples of another.
+  auto vecs = data::ContentVectorWriter::Open(
+      o.output_dir + "/item_vectors.tsv", o.content_dim, "synthetic");
+  if (!vecs.ok()) return vecs.status();
+  const std::string text_path = o.output_dir + "/item_text.tsv";
+  const std::string truth_path = o.output_dir + "/item_truth.tsv";
+  std::ofstream text(text_path + ".tmp");
+  std::ofstream truth(truth_path + ".tmp");
+  const auto drop_temps = [&] {
+    if (text.is_open()) text.close();
+    if (truth.is_open()) truth.close();
+    std::remove((text_path + ".tmp").c_str());
+    std::remove((truth_path + ".tmp").c_str());
+  };
+  struct OnExit {
+    std::function<void()> f;
+    ~OnExit() { f(); }
+  } cleanup{drop_temps};
   {
-    auto vecs = data::ContentVectorWriter::Open(
-        o.output_dir + "/item_vectors.tsv", o.content_dim, "synthetic");
-    if (!vecs.ok()) return vecs.status();
-    std::ofstream text(o.output_dir + "/item_text.tsv");
-    std::ofstream truth(o.output_dir + "/item_truth.tsv");
     if (!text.is_open() || !truth.is_open()) {
       return absl::InternalError(
           absl::StrCat("cannot create item files under ", o.output_dir));
@@ -116,7 +142,6 @@ absl::StatusOr<SyntheticStats> GenerateSynthetic(
       truth << j + 1 << '\t' << arrival_ts << '\t' << topic[j] << '\t'
             << quality[j] << '\n';
     }
-    if (absl::Status st = (*vecs)->Close(); !st.ok()) return st;
     text.flush();
     truth.flush();
     if (!text || !truth) {
@@ -241,6 +266,15 @@ absl::StatusOr<SyntheticStats> GenerateSynthetic(
   }
   if (absl::Status st = (*train)->Close(); !st.ok()) return st;
   if (absl::Status st = (*test)->Close(); !st.ok()) return st;
+  if (absl::Status st = (*vecs)->Close(); !st.ok()) return st;
+  if (absl::Status st = data::CloseAndRename(&text, text_path, "item text");
+      !st.ok()) {
+    return st;
+  }
+  if (absl::Status st = data::CloseAndRename(&truth, truth_path, "item truth");
+      !st.ok()) {
+    return st;
+  }
   stats.test_items = static_cast<int64_t>(test_items.size());
   for (uint32_t item : test_items) {
     if (!train_items.contains(item)) ++stats.cold_test_items;

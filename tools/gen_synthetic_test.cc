@@ -2,7 +2,9 @@
 
 #include <cmath>
 #include <deque>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -156,6 +158,42 @@ TEST(GenSynthetic, RejectsBadOptions) {
   o.test_fraction = 1.5;
   EXPECT_EQ(GenerateSynthetic(o).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // Sizes that would allocate without bound or overflow are refused before
+  // any file is written.
+  for (int which = 0; which < 3; ++which) {
+    SyntheticOptions big = Small(MakeDir("big"), 1);
+    if (which == 0) big.num_users = int64_t{5} << 30;
+    if (which == 1) big.content_dim = 2000000000;
+    if (which == 2) big.num_samples = int64_t{1} << 40;
+    EXPECT_EQ(GenerateSynthetic(big).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << which;
+    EXPECT_FALSE(std::filesystem::exists(big.output_dir + "/item_vectors.tsv"));
+  }
+}
+
+// A run that fails partway leaves an earlier run's files whole, and no
+// temp files.
+TEST(GenSynthetic, AFailedRunLeavesTheEarlierFiles) {
+  const std::string dir = MakeDir("keep");
+  SyntheticOptions o = Small(dir, 1);
+  ASSERT_TRUE(GenerateSynthetic(o).ok());
+  const auto read_all = [](const std::string& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string vectors = read_all(dir + "/item_vectors.tsv");
+  const std::string train = read_all(dir + "/train.tsv");
+  // test.tsv cannot be created (a directory is in its way): the run fails
+  // after the item files and train.tsv were written to their temp files.
+  std::filesystem::create_directories(dir + "/test.tsv.tmp");
+  o.seed = 2;
+  EXPECT_FALSE(GenerateSynthetic(o).ok());
+  EXPECT_EQ(read_all(dir + "/item_vectors.tsv"), vectors);
+  EXPECT_EQ(read_all(dir + "/train.tsv"), train);
+  EXPECT_FALSE(std::filesystem::exists(dir + "/item_vectors.tsv.tmp"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/item_text.tsv.tmp"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/train.tsv.tmp"));
 }
 
 }  // namespace
