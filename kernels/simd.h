@@ -6,8 +6,10 @@
 // Neither path contracts a*b+c into FMA (target "avx2" does not enable FMA,
 // and :cpu_impl builds with -ffp-contract=off, which GCC's C++ modes do not
 // default to), and every lane does the same operations in the same order,
-// so both paths give bit-identical results: a model trained on an AVX2 machine replays
-// exactly on one without.
+// so both paths give bit-identical results for the ops written with it
+// (content, gather, pooling). The matrix products go through OpenBLAS's
+// sgemm, which picks its kernel per CPU, so a whole training run is the
+// same bits run to run on one machine, not across CPU models.
 #ifndef MIM_KERNELS_SIMD_H_
 #define MIM_KERNELS_SIMD_H_
 
