@@ -125,14 +125,16 @@ absl::StatusOr<ContentVectorStats> BuildContentVectors(
     if (absl::Status st = (*writer)->Write(ids[i], values); !st.ok()) return st;
     ++stats.written;
   }
-  // The encoder is saved once every vector is written, and the vectors are
-  // put in place after it: a failure before leaves the old pair as it was.
+  // The encoder is saved once every vector is written and flushed, and the
+  // vectors are put in place (a rename) after it: a failure before leaves
+  // the old pair as it was.
+  if (absl::Status st = (*writer)->Finish(); !st.ok()) return st;
   if (!o.encoder_out.empty()) {
     absl::StatusOr<std::string> id = (*encoder)->Save(o.encoder_out);
     if (!id.ok()) return id.status();
     stats.encoder_id = *id;
   }
-  if (absl::Status st = (*writer)->Close(); !st.ok()) return st;
+  if (absl::Status st = (*writer)->Commit(); !st.ok()) return st;
   return stats;
 }
 

@@ -264,17 +264,23 @@ absl::StatusOr<SyntheticStats> GenerateSynthetic(
     ts += 1 + static_cast<int64_t>(rng() % 20);
     if (progress && (i + 1) % 1000000 == 0) progress(i + 1);
   }
-  if (absl::Status st = (*train)->Close(); !st.ok()) return st;
-  if (absl::Status st = (*test)->Close(); !st.ok()) return st;
-  if (absl::Status st = (*vecs)->Close(); !st.ok()) return st;
-  if (absl::Status st = data::CloseAndRename(&text, text_path, "item text");
+  // Every output is finished before any is put in place.
+  if (absl::Status st = (*train)->Finish(); !st.ok()) return st;
+  if (absl::Status st = (*test)->Finish(); !st.ok()) return st;
+  if (absl::Status st = (*vecs)->Finish(); !st.ok()) return st;
+  if (absl::Status st = data::FinishTemp(&text, text_path, "item text");
       !st.ok()) {
     return st;
   }
-  if (absl::Status st = data::CloseAndRename(&truth, truth_path, "item truth");
+  if (absl::Status st = data::FinishTemp(&truth, truth_path, "item truth");
       !st.ok()) {
     return st;
   }
+  if (absl::Status st = (*train)->Commit(); !st.ok()) return st;
+  if (absl::Status st = (*test)->Commit(); !st.ok()) return st;
+  if (absl::Status st = (*vecs)->Commit(); !st.ok()) return st;
+  if (absl::Status st = data::CommitTemp(text_path); !st.ok()) return st;
+  if (absl::Status st = data::CommitTemp(truth_path); !st.ok()) return st;
   stats.test_items = static_cast<int64_t>(test_items.size());
   for (uint32_t item : test_items) {
     if (!train_items.contains(item)) ++stats.cold_test_items;

@@ -22,10 +22,10 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/types/span.h"
-#include "base/atomic_file.h"
 #include "base/status_macros.h"
 #include "worker/data/sample.h"
 #include "worker/data/sample_io.h"
+#include "worker/data/text_lines.h"
 
 namespace mim::tools {
 namespace {
@@ -291,7 +291,7 @@ absl::StatusOr<MovieLensPrepStats> PrepareMovieLens(
     std::ifstream in(path);
     std::error_code ec;
     if (!in.is_open() && std::filesystem::exists(path, ec)) {
-      return absl::NotFoundError(absl::StrCat(
+      return absl::FailedPreconditionError(absl::StrCat(
           "cannot open ", path, " (it exists; without it, items get no plot)"));
     }
     std::string line;
@@ -365,8 +365,9 @@ absl::StatusOr<MovieLensPrepStats> PrepareMovieLens(
     }
     begin = end;
   }
-  if (absl::Status st = (*train)->Close(); !st.ok()) return st;
-  if (absl::Status st = (*test)->Close(); !st.ok()) return st;
+  // Finished here, put in place with item_text.tsv at the end.
+  if (absl::Status st = (*train)->Finish(); !st.ok()) return st;
+  if (absl::Status st = (*test)->Finish(); !st.ok()) return st;
   stats.users = static_cast<int64_t>(all_users.size());
   stats.items = static_cast<int64_t>(all_items.size());
   stats.test_items = static_cast<int64_t>(test_items.size());
@@ -397,8 +398,17 @@ absl::StatusOr<MovieLensPrepStats> PrepareMovieLens(
       out << id << '\t' << info.title << '\t' << info.year << '\t'
           << info.genre_names << '\t' << plot << '\n';
     }
-    MIM_RETURN_IF_ERROR(base::WriteFileAtomically(
-        options.output_dir + "/item_text.tsv", out.str()));
+    const std::string text_path = options.output_dir + "/item_text.tsv";
+    std::ofstream text(text_path + ".tmp", std::ios::trunc);
+    if (!text.is_open()) {
+      return absl::InternalError(absl::StrCat("cannot create ", text_path, ".tmp"));
+    }
+    text << out.str();
+    MIM_RETURN_IF_ERROR(data::FinishTemp(&text, text_path, "item text"));
+    // Every output is whole: put them in place together.
+    MIM_RETURN_IF_ERROR((*train)->Commit());
+    MIM_RETURN_IF_ERROR((*test)->Commit());
+    MIM_RETURN_IF_ERROR(data::CommitTemp(text_path));
   }
   return stats;
 }

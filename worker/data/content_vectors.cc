@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "base/status_macros.h"
 #include "worker/data/text_lines.h"
 
 namespace mim::data {
@@ -216,15 +217,29 @@ absl::Status ContentVectorWriter::Write(int64_t item_id,
   return absl::OkStatus();
 }
 
+absl::Status ContentVectorWriter::Finish() {
+  return FinishTemp(&out_, path_, "vector file");
+}
+
+absl::Status ContentVectorWriter::Commit() {
+  if (committed_) return absl::OkStatus();
+  if (out_.is_open()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("commit of vector file ", path_, " before Finish"));
+  }
+  committed_ = true;
+  return CommitTemp(path_);
+}
+
 absl::Status ContentVectorWriter::Close() {
-  return CloseAndRename(&out_, path_, "vector file");
+  MIM_RETURN_IF_ERROR(Finish());
+  return Commit();
 }
 
 ContentVectorWriter::~ContentVectorWriter() {
-  if (out_.is_open()) {
-    out_.close();
-    std::remove((path_ + ".tmp").c_str());  // abandoned: the old file stays
-  }
+  if (out_.is_open()) out_.close();
+  // Abandoned before Commit: the old file stays.
+  if (!committed_) std::remove((path_ + ".tmp").c_str());
 }
 
 }  // namespace mim::data

@@ -94,6 +94,14 @@ class ContentVectorWriter {
                      std::vector<float>* written = nullptr);
 
   // Flushes and closes. INTERNAL if the flush fails.
+  // Close in two steps, for a tool with several outputs that finishes them
+  // all before it puts any in place: Finish flushes and closes the temp
+  // file (errors as Close; no more writes), Commit renames it over the
+  // path. Close does both. A writer destroyed before Commit removes its
+  // temp file, leaving the old file.
+  absl::Status Finish();
+  absl::Status Commit();
+
   absl::Status Close();
 
  ~ContentVectorWriter();
@@ -103,6 +111,7 @@ class ContentVectorWriter {
 
   std::string path_;  // the rows go to path_ + ".tmp" until Close
   std::ofstream out_;
+  bool committed_ = false;
   int dim_;
 };
 

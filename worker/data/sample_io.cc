@@ -1,9 +1,11 @@
 #include "worker/data/sample_io.h"
 
+#include <cstdio>
 #include <utility>
 
 #include "absl/memory/memory.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "worker/data/text_lines.h"
 
 namespace mim::data {
@@ -81,7 +83,10 @@ absl::StatusOr<std::unique_ptr<SampleWriter>> SampleWriter::Open(
   }
   out << kSampleHeader << '\n';
   if (!out) {
-    return absl::InternalError(absl::StrCat("cannot write header to ", path));
+    out.close();
+    std::remove((path + ".tmp").c_str());
+    return absl::InternalError(
+        absl::StrCat("cannot write header to ", path, ".tmp"));
   }
   return absl::WrapUnique(new SampleWriter(path, std::move(out)));
 }
@@ -99,15 +104,29 @@ absl::Status SampleWriter::Write(const Sample& s) {
   return absl::OkStatus();
 }
 
+absl::Status SampleWriter::Finish() {
+  return FinishTemp(&out_, path_, "sample file");
+}
+
+absl::Status SampleWriter::Commit() {
+  if (committed_) return absl::OkStatus();
+  if (out_.is_open()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("commit of sample file ", path_, " before Finish"));
+  }
+  committed_ = true;
+  return CommitTemp(path_);
+}
+
 absl::Status SampleWriter::Close() {
-  return CloseAndRename(&out_, path_, "sample file");
+  MIM_RETURN_IF_ERROR(Finish());
+  return Commit();
 }
 
 SampleWriter::~SampleWriter() {
-  if (out_.is_open()) {
-    out_.close();
-    std::remove((path_ + ".tmp").c_str());  // abandoned: the old file stays
-  }
+  if (out_.is_open()) out_.close();
+  // Abandoned before Commit: the old file stays.
+  if (!committed_) std::remove((path_ + ".tmp").c_str());
 }
 
 absl::StatusOr<absl::flat_hash_map<int64_t, int64_t>> ItemFirstSeen(

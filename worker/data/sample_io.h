@@ -66,6 +66,14 @@ class SampleWriter {
   // Flushes and closes; further writes fail. Errors: INTERNAL if the flush
   // fails (a full disk shows up here). Destruction without Close discards
   // errors, so call it.
+  // Close in two steps, for a tool with several outputs that finishes them
+  // all before it puts any in place: Finish flushes and closes the temp
+  // file (errors as Close; no more writes), Commit renames it over the
+  // path. Close does both. A writer destroyed before Commit removes its
+  // temp file, leaving the old file.
+  absl::Status Finish();
+  absl::Status Commit();
+
   absl::Status Close();
 
   int64_t num_written() const { return num_written_; }
@@ -77,6 +85,7 @@ class SampleWriter {
 
   std::string path_;  // the rows go to path_ + ".tmp" until Close
   std::ofstream out_;
+  bool committed_ = false;
   int64_t num_written_ = 0;
 };
 

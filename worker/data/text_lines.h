@@ -23,23 +23,32 @@
 
 namespace mim::data {
 
-// The writers write `path` + ".tmp" and, once it is whole, this flushes and
-// closes `out` and renames the temp file over `path`: readers and a failed
-// run see the old file (or none) or the complete new one. INTERNAL naming
-// the file if the flush, close or rename fails (the temp file is removed,
-// `path` unchanged). OK if `out` is already closed.
-inline absl::Status CloseAndRename(std::ofstream* out, const std::string& path,
-                                   absl::string_view what) {
+// The writers write `path` + ".tmp"; once it is whole, FinishTemp flushes
+// and closes it and CommitTemp renames it over `path`, so readers and a
+// failed run see the old file (or none) or the complete new one. A tool
+// with several outputs finishes them all before it commits any. Not crash
+// durable (no fsync): it guards against failed and abandoned runs.
+
+// Flushes and closes `out` (OK if already closed). INTERNAL naming the temp
+// file if that fails; the temp file is then removed.
+inline absl::Status FinishTemp(std::ofstream* out, const std::string& path,
+                               absl::string_view what) {
   if (!out->is_open()) return absl::OkStatus();
   out->flush();
   const bool ok = static_cast<bool>(*out);
   out->close();
-  const std::string tmp = path + ".tmp";
   if (!ok || out->fail()) {
-    std::remove(tmp.c_str());
+    std::remove((path + ".tmp").c_str());
     return absl::InternalError(
-        absl::StrCat("flush/close failed on ", what, " ", tmp));
+        absl::StrCat("flush/close failed on ", what, " ", path, ".tmp"));
   }
+  return absl::OkStatus();
+}
+
+// Renames `path` + ".tmp" over `path`. INTERNAL naming both on failure (the
+// temp file is then removed, `path` unchanged).
+inline absl::Status CommitTemp(const std::string& path) {
+  const std::string tmp = path + ".tmp";
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
     std::remove(tmp.c_str());
@@ -47,6 +56,13 @@ inline absl::Status CloseAndRename(std::ofstream* out, const std::string& path,
                                             path, ": ", std::strerror(err)));
   }
   return absl::OkStatus();
+}
+
+// FinishTemp, then CommitTemp.
+inline absl::Status CloseAndRename(std::ofstream* out, const std::string& path,
+                                   absl::string_view what) {
+  if (absl::Status st = FinishTemp(out, path, what); !st.ok()) return st;
+  return CommitTemp(path);
 }
 
 inline const char* UnterminatedLine() {
