@@ -1171,8 +1171,9 @@ void PsClient::Hold(std::vector<HeldPush> parts) {
   absl::MutexLock lock(&held_mu_);
   for (HeldPush& part : parts) {
     const size_t bytes = part.request.ByteSizeLong();
-    if (held_.size() >= kMaxHeldPushes ||
-        held_bytes_ + bytes > kMaxHeldPushBytes) {
+    // Parts out for resending count too: they may all come back.
+    if (held_.size() + held_resending_ >= kMaxHeldPushes ||
+        held_bytes_ + held_resending_bytes_ + bytes > kMaxHeldPushBytes) {
       ++held_dropped_;
       continue;
     }
@@ -1195,6 +1196,7 @@ absl::Status PsClient::ResolvePushesInDoubt() {
   {
     absl::MutexLock lock(&held_mu_);
     held.swap(held_);
+    held_resending_bytes_ = held_bytes_;
     held_bytes_ = 0;
     held_resending_ = held.size();
     dropped = held_dropped_;  // sticky: the loss stays reported
@@ -1251,11 +1253,12 @@ absl::Status PsClient::ResolvePushesInDoubt() {
     }
   }
   const size_t unsettled_parts = again.size();
-  Hold(std::move(again));
   {
     absl::MutexLock lock(&held_mu_);
     held_resending_ = 0;
+    held_resending_bytes_ = 0;
   }
+  Hold(std::move(again));
   if (status.ok()) return not_kept(status);
   return not_kept(absl::Status(
       status.code(),

@@ -37,7 +37,8 @@
 // resend a sent push; a single attempt) instead.
 //
 // Thread-safety: safe for concurrent access (channels and stubs are
-// thread-safe; each call keeps its state on the stack).
+// thread-safe; each call keeps its state on the stack; the pushes held in
+// doubt and the learned dims are under mutexes).
 #ifndef MIM_PS_CLIENT_H_
 #define MIM_PS_CLIENT_H_
 
@@ -384,6 +385,7 @@ class PsClient {
   std::vector<HeldPush> held_ ABSL_GUARDED_BY(held_mu_);
   size_t held_bytes_ ABSL_GUARDED_BY(held_mu_) = 0;
   size_t held_resending_ ABSL_GUARDED_BY(held_mu_) = 0;
+  size_t held_resending_bytes_ ABSL_GUARDED_BY(held_mu_) = 0;
   uint64_t held_dropped_ ABSL_GUARDED_BY(held_mu_) = 0;
   mutable absl::Mutex dims_mu_;
   mutable absl::flat_hash_map<std::string, uint32_t> dims_

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -16,6 +17,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "embedding/sharding.h"
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
@@ -236,6 +239,34 @@ TEST(HungShardTest, CallsAreRetriedUntilTheShardAnswers) {
   EXPECT_THAT(std::string(hung.message()), HasSubstr("retry budget 1s"));
 }
 
+// Calls `f` until it returns OK or 60 s pass (a restarted shard may take a
+// while on a loaded machine; the clients below have short retry budgets,
+// so that a stopped shard makes a push go in doubt quickly).
+absl::Status Eventually(const std::function<absl::Status()>& f) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  absl::Status st = f();
+  while (!st.ok() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));
+    st = f();
+  }
+  return st;
+}
+
+// Creates SgdTable through a patient client (a loaded machine may take
+// longer than the impatient clients' budgets), then waits until `client`
+// has a connection (a push goes out only over a connected channel, and a
+// stopped shard cannot finish a new one).
+bool SetUpTable(const std::string& address, PsClient* client) {
+  auto patient = PatientClient(address, absl::Seconds(10));
+  if (patient == nullptr) return false;
+  const absl::Status created = patient->CreateTable(SgdTable(), false);
+  EXPECT_TRUE(created.ok()) << created;
+  const absl::Status connected =
+      Eventually([&] { return client->GetRows("t", {1}).status(); });
+  EXPECT_TRUE(connected.ok()) << connected;
+  return created.ok() && connected.ok();
+}
+
 // A push that gets no answer within the retry budget (shard stopped) is in
 // doubt, and the client keeps it. Resending it while the shard is still
 // stopped fails and keeps it. Then the shard is killed (the push, unread in
@@ -256,8 +287,10 @@ TEST(HungShardTest, APushInDoubtIsSettledByItsResend) {
   o.initial_backoff = absl::Milliseconds(20);
   auto client = PsClient::Create({shard->address()}, o);
   ASSERT_TRUE(client.ok());
-  ASSERT_TRUE((*client)->CreateTable(SgdTable(), false).ok());
-  ASSERT_TRUE((*client)->Push("t", {1}, {1.0f, 1.0f}).ok());
+  ASSERT_TRUE(SetUpTable(shard->address(), client->get()));
+  ASSERT_TRUE(PatientClient(shard->address(), absl::Seconds(10))
+                  ->Push("t", {1}, {1.0f, 1.0f})
+                  .ok());
   EXPECT_TRUE((*client)->ResolvePushesInDoubt().ok());  // nothing held
 
   StopShard(shard->pid());
@@ -272,21 +305,29 @@ TEST(HungShardTest, APushInDoubtIsSettledByItsResend) {
   EXPECT_EQ((*client)->pushes_held_in_doubt(), 1u);
 
   // Killed while stopped: nothing of the push was read.
+  resumer.reset();  // before the kill: the pid is not reaped yet
   ASSERT_EQ(kill(shard->pid(), SIGKILL), 0);
   shard->Wait();
-  resumer.reset();
   shard = StartShard(dir, port, {});
   ASSERT_NE(shard, nullptr);
   resumer = std::make_unique<Resumer>(shard->pid());
-  auto rows = (*client)->GetRows("t", {1, 2});
-  ASSERT_TRUE(rows.ok()) << rows.status();
+  absl::StatusOr<PsClient::GetRowsResult> rows;
+  ASSERT_TRUE(Eventually([&] {
+                rows = (*client)->GetRows("t", {1, 2});
+                return rows.status();
+              }).ok())
+      << rows.status();
   EXPECT_EQ(rows->values, (std::vector<float>{-1.0f, -1.0f, 0.0f, 0.0f}))
       << "the push in doubt had not landed";
-  absl::Status settled = (*client)->ResolvePushesInDoubt();
+  absl::Status settled =
+      Eventually([&] { return (*client)->ResolvePushesInDoubt(); });
   EXPECT_TRUE(settled.ok()) << settled;
   EXPECT_EQ((*client)->pushes_held_in_doubt(), 0u);
-  rows = (*client)->GetRows("t", {1, 2});
-  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_TRUE(Eventually([&] {
+                rows = (*client)->GetRows("t", {1, 2});
+                return rows.status();
+              }).ok())
+      << rows.status();
   EXPECT_EQ(rows->values, (std::vector<float>{-3.0f, -3.0f, -4.0f, -4.0f}));
   EXPECT_EQ(rows->meta[0].update_count(), 2u);
   EXPECT_EQ(rows->meta[1].update_count(), 1u);
@@ -296,10 +337,13 @@ TEST(HungShardTest, APushInDoubtIsSettledByItsResend) {
   StopShard(shard->pid());
   EXPECT_TRUE(IsPushInDoubt((*client)->Push("t", {2}, {1.0f, 1.0f}).status()));
   kill(shard->pid(), SIGCONT);
-  settled = (*client)->ResolvePushesInDoubt();
+  settled = Eventually([&] { return (*client)->ResolvePushesInDoubt(); });
   EXPECT_TRUE(settled.ok()) << settled;
-  rows = (*client)->GetRows("t", {2});
-  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_TRUE(Eventually([&] {
+                rows = (*client)->GetRows("t", {2});
+                return rows.status();
+              }).ok())
+      << rows.status();
   EXPECT_EQ(rows->values, (std::vector<float>{-5.0f, -5.0f}));
   EXPECT_EQ(rows->meta[0].update_count(), 2u);
 }
@@ -323,7 +367,7 @@ TEST(HungShardTest, APushInDoubtKeepsItsUnsentWavesToo) {
   o.max_calls_per_shard = 1;
   auto client = PsClient::Create({shard->address()}, o);
   ASSERT_TRUE(client.ok());
-  ASSERT_TRUE((*client)->CreateTable(SgdTable(), false).ok());
+  ASSERT_TRUE(SetUpTable(shard->address(), client->get()));
   StopShard(shard->pid());
   const absl::Status pushed =
       (*client)
@@ -331,17 +375,22 @@ TEST(HungShardTest, APushInDoubtKeepsItsUnsentWavesToo) {
           .status();
   EXPECT_TRUE(IsPushInDoubt(pushed)) << pushed;
   EXPECT_EQ((*client)->pushes_held_in_doubt(), 3u);
+  resumer.reset();  // before the kill: the pid is not reaped yet
   ASSERT_EQ(kill(shard->pid(), SIGKILL), 0);
   shard->Wait();
-  resumer.reset();
   shard = StartShard(dir, port, {});
   ASSERT_NE(shard, nullptr);
   resumer = std::make_unique<Resumer>(shard->pid());
-  const absl::Status settled = (*client)->ResolvePushesInDoubt();
+  const absl::Status settled =
+      Eventually([&] { return (*client)->ResolvePushesInDoubt(); });
   EXPECT_TRUE(settled.ok()) << settled;
   EXPECT_EQ((*client)->pushes_held_in_doubt(), 0u);
-  auto rows = (*client)->GetRows("t", {1, 2, 3});
-  ASSERT_TRUE(rows.ok()) << rows.status();
+  absl::StatusOr<PsClient::GetRowsResult> rows;
+  ASSERT_TRUE(Eventually([&] {
+                rows = (*client)->GetRows("t", {1, 2, 3});
+                return rows.status();
+              }).ok())
+      << rows.status();
   EXPECT_EQ(rows->values,
             (std::vector<float>{-1.0f, -1.0f, -2.0f, -2.0f, -3.0f, -3.0f}));
 }
@@ -359,7 +408,7 @@ TEST(HungShardTest, OnlyResendingClientsKeepPushesInDoubt) {
   o.push_retry = PsClient::Options::PushRetry::kUnsent;
   auto client = PsClient::Create({shard->address()}, o);
   ASSERT_TRUE(client.ok());
-  ASSERT_TRUE((*client)->CreateTable(SgdTable(), false).ok());
+  ASSERT_TRUE(SetUpTable(shard->address(), client->get()));
   StopShard(shard->pid());
   EXPECT_TRUE(IsPushInDoubt((*client)->Push("t", {1}, {1.0f, 1.0f}).status()));
   EXPECT_EQ((*client)->pushes_held_in_doubt(), 0u);

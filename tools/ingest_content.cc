@@ -10,6 +10,7 @@
 // by item id). The table is created (if missing) with the file's dimension.
 // TLS and token flags: base/client_security.h (Upsert and CreateTable need
 // an admin token on shards with --auth_tokens).
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -70,6 +71,14 @@ int main(int argc, char** argv) {
   // version. One pass to check (every row parsed, ids remembered), one to
   // write.
   int dim = 0;
+  // The file's identity when checked; the write pass refuses another file
+  // (replaced by a rename, or changed in place) rather than write rows
+  // that were never checked.
+  struct stat checked_stat {};
+  if (::stat(FLAGS_vectors.c_str(), &checked_stat) != 0) {
+    return Fail("open " + FLAGS_vectors,
+                absl::NotFoundError(absl::StrCat("cannot stat ", FLAGS_vectors)));
+  }
   {
     auto check = mim::data::ContentVectorReader::Open(FLAGS_vectors);
     if (!check.ok()) return Fail("open " + FLAGS_vectors, check.status());
@@ -95,6 +104,18 @@ int main(int argc, char** argv) {
   }
   auto reader = mim::data::ContentVectorReader::Open(FLAGS_vectors, dim);
   if (!reader.ok()) return Fail("open " + FLAGS_vectors, reader.status());
+  struct stat write_stat {};
+  if (::stat(FLAGS_vectors.c_str(), &write_stat) != 0 ||
+      write_stat.st_dev != checked_stat.st_dev ||
+      write_stat.st_ino != checked_stat.st_ino ||
+      write_stat.st_size != checked_stat.st_size ||
+      write_stat.st_mtim.tv_sec != checked_stat.st_mtim.tv_sec ||
+      write_stat.st_mtim.tv_nsec != checked_stat.st_mtim.tv_nsec) {
+    return Fail("read (nothing written)",
+                absl::AbortedError(absl::StrCat(
+                    FLAGS_vectors, " changed while it was being checked; run "
+                    "again once it is complete")));
+  }
 
   std::vector<std::string> addresses =
       absl::StrSplit(FLAGS_ps, ',', absl::SkipEmpty());

@@ -161,7 +161,7 @@ absl::Status SyncTree(const fs::path& dir) {
 }
 
 constexpr char kInfoFile[] = "MIM_CHECKPOINT";
-// Above this a MIM_CHECKPOINT sequence reads as damaged (2^48 checkpoints
+// From this on a MIM_CHECKPOINT sequence reads as damaged (2^48 checkpoints
 // would take a million years at one a minute).
 constexpr uint64_t kMaxCheckpointSequence = uint64_t{1} << 48;
 constexpr char kInfoHeader[] = "mim-checkpoint 1";
@@ -207,7 +207,7 @@ bool ReadInfo(const fs::path& dir, CheckpointOrder* order) {
   // Sequences count checkpoints; one this large is damage, and taking it
   // would make the next checkpoint's (one above the greatest) wrap to 0
   // and sort first.
-  if (sequence > kMaxCheckpointSequence) return false;
+  if (sequence >= kMaxCheckpointSequence) return false;
   order->has_info = true;
   order->sequence = sequence;
   order->created_micros = created;
