@@ -628,6 +628,15 @@ TEST_F(PsClusterTest, AdminCliAgainstLiveShards) {
              "--optimizer=adam", "--beta2=1"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("optimizer.beta2 must be in [0, 1), got 1"));
+  // A value beyond float's range is named as typed, not sent as inf.
+  r = Admin({"create-table", "huge_lr", "--kind=id", "--dim=4", "--lr=1e39"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--lr=1e+39"));
+  EXPECT_THAT(r.err, HasSubstr("outside float's range"));
+  r = Admin({"create-table", "huge_l2", "--kind=id", "--dim=4",
+             "--optimizer=ftrl", "--l2=-1e40"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--l2=-1e+40"));
   r = Admin({"frobnicate"});
   EXPECT_EQ(r.exit_code, 2);
 

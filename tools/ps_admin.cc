@@ -40,8 +40,10 @@
 // which case stdout is one JSON document.
 #include <algorithm>
 #include <cinttypes>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -302,6 +304,17 @@ int CreateTable(PsClient& client, const std::string& name) {
   }
   if (FLAGS_dim == 0) return Usage("create-table needs --dim=D (D >= 1)");
   config.set_dim(FLAGS_dim);
+  // A finite double beyond float's range has no float (the cast would be
+  // undefined and the shard would report "inf" for what was typed).
+  const auto out_of_float_range = [](double v) {
+    return std::isfinite(v) &&
+           std::fabs(v) > double(std::numeric_limits<float>::max());
+  };
+  if (out_of_float_range(FLAGS_lr) || out_of_float_range(FLAGS_init_scale)) {
+    return Usage(absl::StrCat("--lr=", FLAGS_lr, " / --init_scale=",
+                              FLAGS_init_scale,
+                              ": outside float's range (|x| <= 3.4e38)"));
+  }
   config.mutable_optimizer()->set_name(FLAGS_optimizer);
   config.mutable_optimizer()->set_learning_rate(
       static_cast<float>(FLAGS_lr));
@@ -323,7 +336,12 @@ int CreateTable(PsClient& client, const std::string& name) {
     const gflags::CommandLineFlagInfo info =
         gflags::GetCommandLineFlagInfoOrDie(flag);
     if (!info.is_default) {
-      (opt->*setter)(static_cast<float>(std::stod(info.current_value)));
+      const double v = std::stod(info.current_value);
+      if (out_of_float_range(v)) {
+        return Usage(absl::StrCat("--", flag, "=", info.current_value,
+                                  ": outside float's range (|x| <= 3.4e38)"));
+      }
+      (opt->*setter)(static_cast<float>(v));
     }
   }
   config.mutable_initializer()->set_name(FLAGS_init);
