@@ -252,6 +252,17 @@ absl::Status Eventually(const std::function<absl::Status()>& f) {
   return st;
 }
 
+// Options of a client that gives up on a stopped shard quickly (200 ms a
+// try, `budget` in all), so that a push to it goes in doubt.
+PsClient::Options ImpatientOptions(absl::Duration budget) {
+  PsClient::Options o;
+  o.timeout = absl::Milliseconds(200);
+  o.max_attempts = std::numeric_limits<int>::max();
+  o.retry_budget = budget;
+  o.initial_backoff = absl::Milliseconds(20);
+  return o;
+}
+
 // Creates SgdTable through a patient client (a loaded machine may take
 // longer than the impatient clients' budgets), then waits until `client`
 // has a connection (a push goes out only over a connected channel, and a
@@ -280,12 +291,8 @@ TEST(HungShardTest, APushInDoubtIsSettledByItsResend) {
   ASSERT_NE(shard, nullptr);
   const int port = shard->port();
   auto resumer = std::make_unique<Resumer>(shard->pid());
-  PsClient::Options o;
-  o.timeout = absl::Milliseconds(200);
-  o.max_attempts = std::numeric_limits<int>::max();
-  o.retry_budget = absl::Milliseconds(600);
-  o.initial_backoff = absl::Milliseconds(20);
-  auto client = PsClient::Create({shard->address()}, o);
+  auto client = PsClient::Create({shard->address()},
+                                 ImpatientOptions(absl::Milliseconds(600)));
   ASSERT_TRUE(client.ok());
   ASSERT_TRUE(SetUpTable(shard->address(), client->get()));
   ASSERT_TRUE(PatientClient(shard->address(), absl::Seconds(10))
@@ -358,11 +365,7 @@ TEST(HungShardTest, APushInDoubtKeepsItsUnsentWavesToo) {
   ASSERT_NE(shard, nullptr);
   const int port = shard->port();
   auto resumer = std::make_unique<Resumer>(shard->pid());
-  PsClient::Options o;
-  o.timeout = absl::Milliseconds(200);
-  o.max_attempts = std::numeric_limits<int>::max();
-  o.retry_budget = absl::Milliseconds(400);
-  o.initial_backoff = absl::Milliseconds(20);
+  PsClient::Options o = ImpatientOptions(absl::Milliseconds(400));
   o.max_keys_per_rpc = 1;
   o.max_calls_per_shard = 1;
   auto client = PsClient::Create({shard->address()}, o);
@@ -401,10 +404,7 @@ TEST(HungShardTest, OnlyResendingClientsKeepPushesInDoubt) {
   auto shard = StartShard(TestDir() + "/shard", 0, {});
   ASSERT_NE(shard, nullptr);
   Resumer resume_at_end(shard->pid());
-  PsClient::Options o;
-  o.timeout = absl::Milliseconds(200);
-  o.retry_budget = absl::Milliseconds(400);
-  o.initial_backoff = absl::Milliseconds(20);
+  PsClient::Options o = ImpatientOptions(absl::Milliseconds(400));
   o.push_retry = PsClient::Options::PushRetry::kUnsent;
   auto client = PsClient::Create({shard->address()}, o);
   ASSERT_TRUE(client.ok());

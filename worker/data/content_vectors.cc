@@ -159,7 +159,7 @@ absl::StatusOr<std::vector<ItemVector>> ReadAllContentVectors(
 
 ContentVectorWriter::ContentVectorWriter(std::string path, std::ofstream out,
                                          int dim)
-    : path_(std::move(path)), out_(std::move(out)), dim_(dim) {}
+    : file_(std::move(path), std::move(out), "vector file"), dim_(dim) {}
 
 absl::StatusOr<std::unique_ptr<ContentVectorWriter>> ContentVectorWriter::Open(
     const std::string& path, int dim, const std::string& modality) {
@@ -209,37 +209,22 @@ absl::Status ContentVectorWriter::Write(int64_t item_id,
     line += buf;
   }
   line.push_back('\n');
-  out_ << line;
-  if (!out_) {
-    return absl::InternalError(absl::StrCat("write failed on ", path_));
+  file_.out() << line;
+  if (!file_.out()) {
+    return absl::InternalError(
+        absl::StrCat("write failed on ", file_.path(), ".tmp"));
   }
   if (written != nullptr) *written = std::move(v);
   return absl::OkStatus();
 }
 
-absl::Status ContentVectorWriter::Finish() {
-  return FinishTemp(&out_, path_, "vector file");
-}
+absl::Status ContentVectorWriter::Finish() { return file_.Finish(); }
 
-absl::Status ContentVectorWriter::Commit() {
-  if (committed_) return absl::OkStatus();
-  if (out_.is_open()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("commit of vector file ", path_, " before Finish"));
-  }
-  committed_ = true;
-  return CommitTemp(path_);
-}
+absl::Status ContentVectorWriter::Commit() { return file_.Commit(); }
 
 absl::Status ContentVectorWriter::Close() {
   MIM_RETURN_IF_ERROR(Finish());
   return Commit();
-}
-
-ContentVectorWriter::~ContentVectorWriter() {
-  if (out_.is_open()) out_.close();
-  // Abandoned before Commit: the old file stays.
-  if (!committed_) std::remove((path_ + ".tmp").c_str());
 }
 
 }  // namespace mim::data

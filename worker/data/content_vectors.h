@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "worker/data/text_lines.h"
 
 namespace mim::data {
 
@@ -104,14 +105,10 @@ class ContentVectorWriter {
 
   absl::Status Close();
 
- ~ContentVectorWriter();
-
  private:
   ContentVectorWriter(std::string path, std::ofstream out, int dim);
 
-  std::string path_;  // the rows go to path_ + ".tmp" until Close
-  std::ofstream out_;
-  bool committed_ = false;
+  TempFile file_;
   int dim_;
 };
 

@@ -72,7 +72,7 @@ absl::StatusOr<size_t> SampleReader::ReadBatch(size_t max_samples,
 }
 
 SampleWriter::SampleWriter(std::string path, std::ofstream out)
-    : path_(std::move(path)), out_(std::move(out)) {}
+    : file_(std::move(path), std::move(out), "sample file") {}
 
 absl::StatusOr<std::unique_ptr<SampleWriter>> SampleWriter::Open(
     const std::string& path) {
@@ -92,41 +92,26 @@ absl::StatusOr<std::unique_ptr<SampleWriter>> SampleWriter::Open(
 }
 
 absl::Status SampleWriter::Write(const Sample& s) {
-  if (!out_.is_open()) {
+  if (!file_.out().is_open()) {
     return absl::FailedPreconditionError(
-        absl::StrCat("write to closed sample file ", path_));
+        absl::StrCat("write to closed sample file ", file_.path()));
   }
-  out_ << FormatSample(s) << '\n';
-  if (!out_) {
-    return absl::InternalError(absl::StrCat("write failed on ", path_));
+  file_.out() << FormatSample(s) << '\n';
+  if (!file_.out()) {
+    return absl::InternalError(
+        absl::StrCat("write failed on ", file_.path(), ".tmp"));
   }
   ++num_written_;
   return absl::OkStatus();
 }
 
-absl::Status SampleWriter::Finish() {
-  return FinishTemp(&out_, path_, "sample file");
-}
+absl::Status SampleWriter::Finish() { return file_.Finish(); }
 
-absl::Status SampleWriter::Commit() {
-  if (committed_) return absl::OkStatus();
-  if (out_.is_open()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("commit of sample file ", path_, " before Finish"));
-  }
-  committed_ = true;
-  return CommitTemp(path_);
-}
+absl::Status SampleWriter::Commit() { return file_.Commit(); }
 
 absl::Status SampleWriter::Close() {
   MIM_RETURN_IF_ERROR(Finish());
   return Commit();
-}
-
-SampleWriter::~SampleWriter() {
-  if (out_.is_open()) out_.close();
-  // Abandoned before Commit: the old file stays.
-  if (!committed_) std::remove((path_ + ".tmp").c_str());
 }
 
 absl::StatusOr<absl::flat_hash_map<int64_t, int64_t>> ItemFirstSeen(

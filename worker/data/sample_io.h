@@ -14,6 +14,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "worker/data/text_lines.h"
 #include "worker/data/sample.h"
 
 namespace mim::data {
@@ -78,14 +79,10 @@ class SampleWriter {
 
   int64_t num_written() const { return num_written_; }
 
-  ~SampleWriter();
-
  private:
   SampleWriter(std::string path, std::ofstream out);
 
-  std::string path_;  // the rows go to path_ + ".tmp" until Close
-  std::ofstream out_;
-  bool committed_ = false;
+  TempFile file_;
   int64_t num_written_ = 0;
 };
 

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -64,6 +65,42 @@ inline absl::Status CloseAndRename(std::ofstream* out, const std::string& path,
   if (absl::Status st = FinishTemp(out, path, what); !st.ok()) return st;
   return CommitTemp(path);
 }
+
+// One output written as `path` + ".tmp": out() takes the writes, Finish
+// and Commit as FinishTemp and CommitTemp (Commit before Finish is
+// FAILED_PRECONDITION; both are no-ops once done). Destroyed before Commit,
+// it removes the temp file and the old file stays. Not thread-safe.
+class TempFile {
+ public:
+  // `out` is open on path + ".tmp"; `what` names the file in errors.
+  TempFile(std::string path, std::ofstream out, std::string what)
+      : path_(std::move(path)), what_(std::move(what)), out_(std::move(out)) {}
+  ~TempFile() {
+    if (out_.is_open()) out_.close();
+    if (!committed_) std::remove((path_ + ".tmp").c_str());
+  }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+
+  std::ofstream& out() { return out_; }
+  const std::string& path() const { return path_; }
+  absl::Status Finish() { return FinishTemp(&out_, path_, what_); }
+  absl::Status Commit() {
+    if (committed_) return absl::OkStatus();
+    if (out_.is_open()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("commit of ", what_, " ", path_, " before Finish"));
+    }
+    committed_ = true;
+    return CommitTemp(path_);
+  }
+
+ private:
+  const std::string path_;
+  const std::string what_;
+  std::ofstream out_;
+  bool committed_ = false;
+};
 
 inline const char* UnterminatedLine() {
   return "the last line ends without a newline: the file looks cut short, "
