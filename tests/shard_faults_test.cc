@@ -252,6 +252,19 @@ absl::Status Eventually(const std::function<absl::Status()>& f) {
   return st;
 }
 
+// Kills the (stopped) shard with SIGKILL, so that whatever sits unread in
+// its sockets is lost, and starts it again on the same data dir and port;
+// the resumer follows the new process. *shard is null if the start failed.
+void KillStoppedAndRestart(const std::string& dir, int port,
+                           std::unique_ptr<ShardProcess>* shard,
+                           std::unique_ptr<Resumer>* resumer) {
+  resumer->reset();  // before the kill: the pid is not reaped yet
+  ASSERT_EQ(kill((*shard)->pid(), SIGKILL), 0);
+  (*shard)->Wait();
+  *shard = StartShard(dir, port, {});
+  if (*shard != nullptr) *resumer = std::make_unique<Resumer>((*shard)->pid());
+}
+
 // Options of a client that gives up on a stopped shard quickly (200 ms a
 // try, `budget` in all), so that a push to it goes in doubt.
 PsClient::Options ImpatientOptions(absl::Duration budget) {
@@ -312,12 +325,8 @@ TEST(HungShardTest, APushInDoubtIsSettledByItsResend) {
   EXPECT_EQ((*client)->pushes_held_in_doubt(), 1u);
 
   // Killed while stopped: nothing of the push was read.
-  resumer.reset();  // before the kill: the pid is not reaped yet
-  ASSERT_EQ(kill(shard->pid(), SIGKILL), 0);
-  shard->Wait();
-  shard = StartShard(dir, port, {});
+  KillStoppedAndRestart(dir, port, &shard, &resumer);
   ASSERT_NE(shard, nullptr);
-  resumer = std::make_unique<Resumer>(shard->pid());
   absl::StatusOr<PsClient::GetRowsResult> rows;
   ASSERT_TRUE(Eventually([&] {
                 rows = (*client)->GetRows("t", {1, 2});
@@ -378,12 +387,8 @@ TEST(HungShardTest, APushInDoubtKeepsItsUnsentWavesToo) {
           .status();
   EXPECT_TRUE(IsPushInDoubt(pushed)) << pushed;
   EXPECT_EQ((*client)->pushes_held_in_doubt(), 3u);
-  resumer.reset();  // before the kill: the pid is not reaped yet
-  ASSERT_EQ(kill(shard->pid(), SIGKILL), 0);
-  shard->Wait();
-  shard = StartShard(dir, port, {});
+  KillStoppedAndRestart(dir, port, &shard, &resumer);
   ASSERT_NE(shard, nullptr);
-  resumer = std::make_unique<Resumer>(shard->pid());
   const absl::Status settled =
       Eventually([&] { return (*client)->ResolvePushesInDoubt(); });
   EXPECT_TRUE(settled.ok()) << settled;
