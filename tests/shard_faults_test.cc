@@ -150,7 +150,12 @@ void StopShard(pid_t pid) {
 class Resumer {
  public:
   explicit Resumer(pid_t pid) : pid_(pid) {}
-  ~Resumer() { kill(pid_, SIGCONT); }
+  ~Resumer() {
+    if (pid_ > 0) kill(pid_, SIGCONT);
+  }
+  // For a process killed meanwhile: no SIGCONT (which would let a stopped
+  // process run before it dies, and could reach a reused pid once reaped).
+  void Disarm() { pid_ = 0; }
 
  private:
   pid_t pid_;
@@ -258,8 +263,10 @@ absl::Status Eventually(const std::function<absl::Status()>& f) {
 void KillStoppedAndRestart(const std::string& dir, int port,
                            std::unique_ptr<ShardProcess>* shard,
                            std::unique_ptr<Resumer>* resumer) {
-  resumer->reset();  // before the kill: the pid is not reaped yet
   ASSERT_EQ(kill((*shard)->pid(), SIGKILL), 0);
+  // Not resumed first: a stopped process dies of SIGKILL without running,
+  // so nothing unread in its sockets is applied.
+  (*resumer)->Disarm();
   (*shard)->Wait();
   *shard = StartShard(dir, port, {});
   if (*shard != nullptr) *resumer = std::make_unique<Resumer>((*shard)->pid());
