@@ -306,6 +306,18 @@ Split PullSplit(const PsClient::Options& options) {
                options.max_calls_per_shard};
 }
 
+// Fills r->calls and r->waves from r->shard_of_call: calls in order, at
+// most `max_calls` of one shard in a wave.
+void AssignWaves(uint32_t num_shards, size_t max_calls, Routing* r) {
+  std::vector<size_t> calls_so_far(num_shards, 0);
+  for (uint32_t c = 0; c < r->shard_of_call.size(); ++c) {
+    r->calls.push_back(c);
+    const size_t wave = calls_so_far[r->shard_of_call[c]]++ / max_calls;
+    if (wave == r->waves.size()) r->waves.emplace_back();
+    r->waves[wave].push_back(c);
+  }
+}
+
 template <typename AddKey>  // void(uint32_t call, uint64_t key)
 Routing Route(absl::Span<const uint64_t> keys, uint32_t num_shards,
               Split split, size_t max_keys, const AddKey& add) {
@@ -368,13 +380,7 @@ Routing Route(absl::Span<const uint64_t> keys, uint32_t num_shards,
     r.unique_at[call].push_back(u);
     add(static_cast<uint32_t>(call), unique[u]);
   }
-  std::vector<size_t> calls_so_far(num_shards, 0);
-  for (uint32_t c = 0; c < r.shard_of_call.size(); ++c) {
-    r.calls.push_back(c);
-    const size_t wave = calls_so_far[r.shard_of_call[c]]++ / max_calls;
-    if (wave == r.waves.size()) r.waves.emplace_back();
-    r.waves[wave].push_back(c);
-  }
+  AssignWaves(num_shards, max_calls, &r);
   return r;
 }
 
@@ -1213,44 +1219,29 @@ absl::Status PsClient::ResolvePushesInDoubt() {
                      "unknown"));
   };
   if (held.empty()) return not_kept(absl::OkStatus());
-  // Resent in rounds of at most Options::max_calls_per_shard calls per
+  // Resent in waves of at most Options::max_calls_per_shard calls per
   // shard, as a push's own calls go out, oldest first; the shard applies
   // each (client, sequence) once whatever the order.
   std::vector<PushRequest> requests;
-  std::vector<uint32_t> shard_of_call;
-  std::vector<std::vector<uint32_t>> rounds;
-  {
-    std::vector<int> per_shard(num_shards(), 0);
-    const int per_round = std::max(1, options_.max_calls_per_shard);
-    for (HeldPush& h : held) {
-      const auto c = static_cast<uint32_t>(requests.size());
-      const size_t round = static_cast<size_t>(per_shard[h.shard]++ / per_round);
-      if (rounds.size() <= round) rounds.resize(round + 1);
-      rounds[round].push_back(c);
-      shard_of_call.push_back(h.shard);
-      requests.push_back(std::move(h.request));
-    }
+  Routing routing;
+  for (HeldPush& h : held) {
+    routing.shard_of_call.push_back(h.shard);
+    requests.push_back(std::move(h.request));
   }
+  AssignWaves(num_shards(),
+              static_cast<size_t>(std::max(1, options_.max_calls_per_shard)),
+              &routing);
   std::vector<PushResponse> responses;
   std::vector<ShardCaller::Unsettled> unsettled;
-  absl::Status status;
-  size_t r = 0;
-  for (; r < rounds.size() && status.ok(); ++r) {
-    status = ShardCaller::Call<PushRpc>(*this, rounds[r], shard_of_call,
-                                        requests, &responses,
-                                        PushResend(options_.push_retry),
-                                        /*push=*/true, &unsettled);
-  }
+  const absl::Status status = ShardCaller::CallRouted<PushRpc>(
+      *this, routing, requests, &responses, PushResend(options_.push_retry),
+      /*push=*/true, &unsettled);
   // Whatever failed now, or was not tried, is still unknown: an earlier
   // attempt may have landed. Kept, to be resent again.
   std::vector<HeldPush> again;
   for (const ShardCaller::Unsettled& u : unsettled) {
-    again.push_back(HeldPush{shard_of_call[u.call], std::move(requests[u.call])});
-  }
-  for (; r < rounds.size(); ++r) {
-    for (const uint32_t c : rounds[r]) {
-      again.push_back(HeldPush{shard_of_call[c], std::move(requests[c])});
-    }
+    again.push_back(
+        HeldPush{routing.shard_of_call[u.call], std::move(requests[u.call])});
   }
   const size_t unsettled_parts = again.size();
   {
