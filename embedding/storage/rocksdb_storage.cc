@@ -150,6 +150,18 @@ std::vector<fs::path> ListDir(const fs::path& dir, std::error_code* ec) {
   return out;
 }
 
+// Removes every entry of `dir` whose name ends with `suffix`, best effort:
+// what cannot be listed or removed stays.
+void RemoveEntriesEndingWith(const fs::path& dir, absl::string_view suffix) {
+  std::error_code ec;
+  for (const fs::path& entry : ListDir(dir, &ec)) {
+    if (absl::EndsWith(entry.filename().string(), suffix)) {
+      std::error_code removed;
+      fs::remove_all(entry, removed);
+    }
+  }
+}
+
 absl::Status SyncTree(const fs::path& dir) {
   std::error_code ec;
   for (const fs::path& entry : ListDir(dir, &ec)) {
@@ -868,16 +880,11 @@ class RocksDbStorage : public Storage {
     if (read_only_) return ReadOnlyError();
     MIM_RETURN_IF_ERROR(CheckExists(name));
     absl::MutexLock create(&create_mu_);
-    std::error_code ec;
-    for (const fs::path& entry : ListDir(CheckpointDir(), &ec)) {
-      if (absl::EndsWith(entry.filename().string(), ".deleting.tmp")) {
-        std::error_code removed;
-        fs::remove_all(entry, removed);
-      }
-    }
+    RemoveEntriesEndingWith(CheckpointDir(), ".deleting.tmp");
     const fs::path doomed = CheckpointDir() / (name + ".deleting.tmp");
     MIM_RETURN_IF_ERROR(Rename(CheckpointDir() / name, doomed));
     MIM_RETURN_IF_ERROR(SyncPath(CheckpointDir()));
+    std::error_code ec;
     fs::remove_all(doomed, ec);
     return FromErrorCode(
         ec, absl::StrCat("remove checkpoint '", name,
@@ -1036,13 +1043,7 @@ class Opener {
   // data dir is locked (DataDirLock). Best effort: what cannot be removed
   // stays for the next open.
   void SweepCheckpointLeftovers() {
-    std::error_code ec;
-    for (const fs::path& entry : ListDir(root_ / "checkpoints", &ec)) {
-      if (absl::EndsWith(entry.filename().string(), ".tmp")) {
-        std::error_code removed;
-        fs::remove_all(entry, removed);
-      }
-    }
+    RemoveEntriesEndingWith(root_ / "checkpoints", ".tmp");
   }
 
   // Crash recovery for RestoreCheckpoint (see the file comment).
