@@ -3,16 +3,16 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
-#include <utility>
 #include <random>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/atomic_file.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "serving/content_encoder.h"
@@ -246,8 +246,10 @@ TEST(ContentVectorsTool, BadModalityChangesNothing) {
   auto first = BuildContentVectors(o);
   ASSERT_TRUE(first.ok()) << first.status();
   const auto read_all = [](const std::string& p) {
-    std::ifstream in(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
+    std::string bytes;
+    const absl::Status read = base::ReadFileToString(p, &bytes);
+    EXPECT_TRUE(read.ok()) << read;
+    return bytes;
   };
   const std::string vectors = read_all(o.output);
   const std::string encoder_dir = o.encoder_out;

@@ -4,13 +4,13 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "base/atomic_file.h"
 #include "gtest/gtest.h"
 #include "worker/data/content_vectors.h"
 #include "worker/data/sample.h"
@@ -179,8 +179,10 @@ TEST(GenSynthetic, AFailedRunLeavesTheEarlierFiles) {
   SyntheticOptions o = Small(dir, 1);
   ASSERT_TRUE(GenerateSynthetic(o).ok());
   const auto read_all = [](const std::string& p) {
-    std::ifstream in(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
+    std::string bytes;
+    const absl::Status read = base::ReadFileToString(p, &bytes);
+    EXPECT_TRUE(read.ok()) << read;
+    return bytes;
   };
   const std::string vectors = read_all(dir + "/item_vectors.tsv");
   const std::string train = read_all(dir + "/train.tsv");
