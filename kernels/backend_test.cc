@@ -35,23 +35,6 @@ using testing::RandomVec;
 
 constexpr double kAtol = 2e-4, kRtol = 1e-3;
 
-// Skips without a device on a real CUDA build (a machine without a GPU);
-// the emulated builds define MIM_CUDA_DEVICE_REQUIRED, where no device is
-// a failure: a skip there would drop every CUDA-vs-CPU check silently.
-#ifdef MIM_CUDA_DEVICE_REQUIRED
-#define SKIP_WITHOUT_CUDA()                                              \
-  do {                                                                   \
-    const absl::Status st = CudaDeviceStatus();                          \
-    if (!st.ok()) GTEST_FAIL() << "no emulated device: " << st.message(); \
-  } while (0)
-#else
-#define SKIP_WITHOUT_CUDA()                                  \
-  do {                                                       \
-    const absl::Status st = CudaDeviceStatus();              \
-    if (!st.ok()) GTEST_SKIP() << std::string(st.message()); \
-  } while (0)
-#endif
-
 // Host vectors placed in one backend's memory, freed at the end.
 class Mem {
  public:

@@ -1,4 +1,5 @@
-// Test helpers: seeded random tensors, finite differences, comparisons.
+// Test helpers: seeded random tensors, finite differences, comparisons,
+// and the CUDA tests' device check.
 #ifndef MIM_KERNELS_CPU_TEST_UTIL_H_
 #define MIM_KERNELS_CPU_TEST_UTIL_H_
 
@@ -10,6 +11,25 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/common.h"
+
+// In a CUDA test body (namespace mim::kernels): skips without a device on
+// a real CUDA build (a machine without a GPU); the emulated builds define
+// MIM_CUDA_DEVICE_REQUIRED, where no device is a failure: a skip there
+// would drop every CUDA-vs-CPU check silently.
+#ifdef MIM_CUDA_DEVICE_REQUIRED
+#define SKIP_WITHOUT_CUDA()                                              \
+  do {                                                                   \
+    const absl::Status st = CudaDeviceStatus();                          \
+    if (!st.ok()) GTEST_FAIL() << "no emulated device: " << st.message(); \
+  } while (0)
+#else
+#define SKIP_WITHOUT_CUDA()                                  \
+  do {                                                       \
+    const absl::Status st = CudaDeviceStatus();              \
+    if (!st.ok()) GTEST_SKIP() << std::string(st.message()); \
+  } while (0)
+#endif
 
 namespace mim::kernels::testing {
 
