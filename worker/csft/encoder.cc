@@ -29,23 +29,26 @@ void AddInto(const std::vector<float>& src, float* dst) {
 
 }  // namespace
 
-CsftEncoder::Offsets CsftEncoder::Layout(const EncoderConfig& c) {
-  Offsets o;
-  const int64_t f = c.fusion_dim();
+template <typename T>
+CsftEncoder::OffsetsIn<T> CsftEncoder::Layout(const EncoderConfig& c) {
+  OffsetsIn<T> o;
+  const T f = T(c.fusion_dim());
   o.gf = 0;
-  o.w1 = o.gf + int64_t(c.num_genres) * c.genre_dim;
+  o.w1 = o.gf + T(c.num_genres) * c.genre_dim;
   o.b1 = o.w1 + f * c.hidden;
   o.w2 = o.b1 + c.hidden;
-  o.b2 = o.w2 + int64_t(c.hidden) * c.dim;
+  o.b2 = o.w2 + T(c.hidden) * c.dim;
   o.p = o.b2 + c.dim;
-  o.bt = o.p + int64_t(c.dim) * c.dim;
+  o.bt = o.p + T(c.dim) * c.dim;
   o.gc = o.bt + c.dim;
-  o.end = o.gc + int64_t(c.num_genres) * c.dim;
+  o.end = o.gc + T(c.num_genres) * c.dim;
   return o;
 }
 
 CsftEncoder::CsftEncoder(const EncoderConfig& config)
-    : config_(config), off_(Layout(config)), params_(off_.end, 0.0f) {}
+    : config_(config),
+      off_(Layout<int64_t>(config)),
+      params_(off_.end, 0.0f) {}
 
 absl::Status CsftEncoder::CheckConfig(const EncoderConfig& c) {
   if (c.dim < 1 || c.input_dim < c.dim || c.num_genres < 1 ||
@@ -60,14 +63,7 @@ absl::Status CsftEncoder::CheckConfig(const EncoderConfig& c) {
   }
   // Counted in floating point, so that no product can wrap: the layout is
   // computed in int64 only once the total is known to fit.
-  const double fusion =
-      c.tensor_fusion ? (double(c.input_dim) + 1) * (double(c.genre_dim) + 1)
-                      : double(c.input_dim) + c.genre_dim;
-  const double total = double(c.num_genres) * c.genre_dim +
-                       fusion * c.hidden + c.hidden +
-                       double(c.hidden) * c.dim + c.dim +
-                       double(c.dim) * c.dim + c.dim +
-                       double(c.num_genres) * c.dim;
+  const double total = Layout<double>(c).end;
   if (total > double(kMaxParams)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "encoder config dim=%d input_dim=%d num_genres=%d genre_dim=%d "
@@ -166,7 +162,7 @@ absl::StatusOr<std::unique_ptr<CsftEncoder>> CsftEncoder::Load(
   if (absl::Status st = CheckConfig(c); !st.ok()) {
     return bad(std::string(st.message()));
   }
-  const int64_t needed = Layout(c).end;
+  const int64_t needed = Layout<int64_t>(c).end;
   if (n != needed || !have_sum ||
       bytes.size() - nl - 1 != size_t(needed) * sizeof(float)) {
     return bad(absl::StrCat("header says ", n, " parameters, the config needs ",

@@ -131,10 +131,16 @@ class CsftEncoder {
 
  private:
   explicit CsftEncoder(const EncoderConfig& config);
-  struct Offsets {
-    int64_t gf, w1, b1, w2, b2, p, bt, gc, end;
+  // Where each parameter block starts; `end` is the parameter count. In
+  // int64_t for the encoder; in double to check a config's size before any
+  // product could wrap (CheckConfig). Layout is defined in encoder.cc.
+  template <typename T>
+  struct OffsetsIn {
+    T gf, w1, b1, w2, b2, p, bt, gc, end;
   };
-  static Offsets Layout(const EncoderConfig& c);
+  using Offsets = OffsetsIn<int64_t>;
+  template <typename T>
+  static OffsetsIn<T> Layout(const EncoderConfig& c);
 
   EncoderConfig config_;
   Offsets off_;
