@@ -2,9 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <fstream>
-#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -92,21 +90,11 @@ absl::StatusOr<SyntheticStats> GenerateSynthetic(
   auto vecs = data::ContentVectorWriter::Open(
       o.output_dir + "/item_vectors.tsv", o.content_dim, "synthetic");
   if (!vecs.ok()) return vecs.status();
-  const std::string text_path = o.output_dir + "/item_text.tsv";
-  const std::string truth_path = o.output_dir + "/item_truth.tsv";
-  std::ofstream text(text_path + ".tmp");
-  std::ofstream truth(truth_path + ".tmp");
-  const auto drop_temps = [&] {
-    if (text.is_open()) text.close();
-    if (truth.is_open()) truth.close();
-    std::remove((text_path + ".tmp").c_str());
-    std::remove((truth_path + ".tmp").c_str());
-  };
-  struct OnExit {
-    std::function<void()> f;
-    ~OnExit() { f(); }
-  } cleanup{drop_temps};
+  data::TempFile text_file(o.output_dir + "/item_text.tsv", "item text");
+  data::TempFile truth_file(o.output_dir + "/item_truth.tsv", "item truth");
   {
+    std::ofstream& text = text_file.out();
+    std::ofstream& truth = truth_file.out();
     if (!text.is_open() || !truth.is_open()) {
       return absl::InternalError(
           absl::StrCat("cannot create item files under ", o.output_dir));
@@ -268,19 +256,13 @@ absl::StatusOr<SyntheticStats> GenerateSynthetic(
   if (absl::Status st = (*train)->Finish(); !st.ok()) return st;
   if (absl::Status st = (*test)->Finish(); !st.ok()) return st;
   if (absl::Status st = (*vecs)->Finish(); !st.ok()) return st;
-  if (absl::Status st = data::FinishTemp(&text, text_path, "item text");
-      !st.ok()) {
-    return st;
-  }
-  if (absl::Status st = data::FinishTemp(&truth, truth_path, "item truth");
-      !st.ok()) {
-    return st;
-  }
+  if (absl::Status st = text_file.Finish(); !st.ok()) return st;
+  if (absl::Status st = truth_file.Finish(); !st.ok()) return st;
   if (absl::Status st = (*train)->Commit(); !st.ok()) return st;
   if (absl::Status st = (*test)->Commit(); !st.ok()) return st;
   if (absl::Status st = (*vecs)->Commit(); !st.ok()) return st;
-  if (absl::Status st = data::CommitTemp(text_path); !st.ok()) return st;
-  if (absl::Status st = data::CommitTemp(truth_path); !st.ok()) return st;
+  if (absl::Status st = text_file.Commit(); !st.ok()) return st;
+  if (absl::Status st = truth_file.Commit(); !st.ok()) return st;
   stats.test_items = static_cast<int64_t>(test_items.size());
   for (uint32_t item : test_items) {
     if (!train_items.contains(item)) ++stats.cold_test_items;

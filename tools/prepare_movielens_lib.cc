@@ -5,7 +5,6 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <functional>
 #include <string>
 #include <tuple>
@@ -379,7 +378,9 @@ absl::StatusOr<MovieLensPrepStats> PrepareMovieLens(
   }
 
   {
-    std::ostringstream out;
+    data::TempFile text(options.output_dir + "/item_text.tsv", "item text");
+    MIM_RETURN_IF_ERROR(text.Opened());
+    std::ofstream& out = text.out();
     out << "#mim-item-text v1\titem\ttitle\tyear\tgenres\tplot\n";
     for (int64_t id : item_order) {
       const ItemInfo& info = items[id];
@@ -398,17 +399,11 @@ absl::StatusOr<MovieLensPrepStats> PrepareMovieLens(
       out << id << '\t' << info.title << '\t' << info.year << '\t'
           << info.genre_names << '\t' << plot << '\n';
     }
-    const std::string text_path = options.output_dir + "/item_text.tsv";
-    std::ofstream text(text_path + ".tmp", std::ios::trunc);
-    if (!text.is_open()) {
-      return absl::InternalError(absl::StrCat("cannot create ", text_path, ".tmp"));
-    }
-    text << out.str();
-    MIM_RETURN_IF_ERROR(data::FinishTemp(&text, text_path, "item text"));
+    MIM_RETURN_IF_ERROR(text.Finish());
     // Every output is whole: put them in place together.
     MIM_RETURN_IF_ERROR((*train)->Commit());
     MIM_RETURN_IF_ERROR((*test)->Commit());
-    MIM_RETURN_IF_ERROR(data::CommitTemp(text_path));
+    MIM_RETURN_IF_ERROR(text.Commit());
   }
   return stats;
 }

@@ -157,9 +157,8 @@ absl::StatusOr<std::vector<ItemVector>> ReadAllContentVectors(
   return all;
 }
 
-ContentVectorWriter::ContentVectorWriter(std::string path, std::ofstream out,
-                                         int dim)
-    : file_(std::move(path), std::move(out), "vector file"), dim_(dim) {}
+ContentVectorWriter::ContentVectorWriter(std::string path, int dim)
+    : file_(std::move(path), "vector file"), dim_(dim) {}
 
 absl::StatusOr<std::unique_ptr<ContentVectorWriter>> ContentVectorWriter::Open(
     const std::string& path, int dim, const std::string& modality) {
@@ -171,13 +170,11 @@ absl::StatusOr<std::unique_ptr<ContentVectorWriter>> ContentVectorWriter::Open(
     return absl::InvalidArgumentError(absl::StrCat(
         "modality '", modality, "' must be non-empty without whitespace"));
   }
-  std::ofstream out(path + ".tmp", std::ios::out | std::ios::trunc);
-  if (!out.is_open()) {
-    return absl::InternalError(
-        absl::StrCat("cannot create vector file ", path, ".tmp"));
-  }
-  out << kMagic << "\tdim=" << dim << "\tmodality=" << modality << '\n';
-  return absl::WrapUnique(new ContentVectorWriter(path, std::move(out), dim));
+  auto writer = absl::WrapUnique(new ContentVectorWriter(path, dim));
+  MIM_RETURN_IF_ERROR(writer->file_.Opened());
+  writer->file_.out() << kMagic << "\tdim=" << dim << "\tmodality="
+                      << modality << '\n';
+  return writer;
 }
 
 absl::Status ContentVectorWriter::Write(int64_t item_id,

@@ -106,7 +106,7 @@ class ContentVectorWriter {
   absl::Status Close();
 
  private:
-  ContentVectorWriter(std::string path, std::ofstream out, int dim);
+  ContentVectorWriter(std::string path, int dim);
 
   TempFile file_;
   int dim_;

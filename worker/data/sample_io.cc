@@ -71,24 +71,20 @@ absl::StatusOr<size_t> SampleReader::ReadBatch(size_t max_samples,
   return n;
 }
 
-SampleWriter::SampleWriter(std::string path, std::ofstream out)
-    : file_(std::move(path), std::move(out), "sample file") {}
+SampleWriter::SampleWriter(std::string path)
+    : file_(std::move(path), "sample file") {}
 
 absl::StatusOr<std::unique_ptr<SampleWriter>> SampleWriter::Open(
     const std::string& path) {
-  std::ofstream out(path + ".tmp", std::ios::out | std::ios::trunc);
-  if (!out.is_open()) {
-    return absl::InternalError(
-        absl::StrCat("cannot create sample file ", path, ".tmp"));
-  }
-  out << kSampleHeader << '\n';
-  if (!out) {
-    out.close();
-    std::remove((path + ".tmp").c_str());
+  // Dropped on an error: the temp file goes with it.
+  auto writer = absl::WrapUnique(new SampleWriter(path));
+  MIM_RETURN_IF_ERROR(writer->file_.Opened());
+  writer->file_.out() << kSampleHeader << '\n';
+  if (!writer->file_.out()) {
     return absl::InternalError(
         absl::StrCat("cannot write header to ", path, ".tmp"));
   }
-  return absl::WrapUnique(new SampleWriter(path, std::move(out)));
+  return writer;
 }
 
 absl::Status SampleWriter::Write(const Sample& s) {

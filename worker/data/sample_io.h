@@ -80,7 +80,7 @@ class SampleWriter {
   int64_t num_written() const { return num_written_; }
 
  private:
-  SampleWriter(std::string path, std::ofstream out);
+  explicit SampleWriter(std::string path);
 
   TempFile file_;
   int64_t num_written_ = 0;

@@ -20,61 +20,23 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/string_view.h"
 
 namespace mim::data {
 
-// The writers write `path` + ".tmp"; once it is whole, FinishTemp flushes
-// and closes it and CommitTemp renames it over `path`, so readers and a
-// failed run see the old file (or none) or the complete new one. A tool
-// with several outputs finishes them all before it commits any. Not crash
-// durable (no fsync): it guards against failed and abandoned runs.
-
-// Flushes and closes `out` (OK if already closed). INTERNAL naming the temp
-// file if that fails; the temp file is then removed.
-inline absl::Status FinishTemp(std::ofstream* out, const std::string& path,
-                               absl::string_view what) {
-  if (!out->is_open()) return absl::OkStatus();
-  out->flush();
-  const bool ok = static_cast<bool>(*out);
-  out->close();
-  if (!ok || out->fail()) {
-    std::remove((path + ".tmp").c_str());
-    return absl::InternalError(
-        absl::StrCat("flush/close failed on ", what, " ", path, ".tmp"));
-  }
-  return absl::OkStatus();
-}
-
-// Renames `path` + ".tmp" over `path`. INTERNAL naming both on failure (the
-// temp file is then removed, `path` unchanged).
-inline absl::Status CommitTemp(const std::string& path) {
-  const std::string tmp = path + ".tmp";
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    std::remove(tmp.c_str());
-    return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ",
-                                            path, ": ", std::strerror(err)));
-  }
-  return absl::OkStatus();
-}
-
-// FinishTemp, then CommitTemp.
-inline absl::Status CloseAndRename(std::ofstream* out, const std::string& path,
-                                   absl::string_view what) {
-  if (absl::Status st = FinishTemp(out, path, what); !st.ok()) return st;
-  return CommitTemp(path);
-}
-
-// One output written as `path` + ".tmp": out() takes the writes, Finish
-// and Commit as FinishTemp and CommitTemp (Commit before Finish is
-// FAILED_PRECONDITION; both are no-ops once done). Destroyed before Commit,
-// it removes the temp file and the old file stays. Not thread-safe.
+// One output written as `path` + ".tmp" and put in place by a rename once
+// whole, so that readers and a failed run see the old file (or none) or the
+// complete new one. A tool with several outputs finishes them all before
+// it commits any. Not crash durable (no fsync): it guards against failed
+// and abandoned runs. Destroyed before Commit, it removes the temp file and
+// the old file stays. Not thread-safe.
 class TempFile {
  public:
-  // `out` is open on path + ".tmp"; `what` names the file in errors.
-  TempFile(std::string path, std::ofstream out, std::string what)
-      : path_(std::move(path)), what_(std::move(what)), out_(std::move(out)) {}
+  // Creates (truncates) path + ".tmp"; `what` names the file in errors.
+  // Check Opened before writing.
+  TempFile(std::string path, std::string what)
+      : path_(std::move(path)),
+        what_(std::move(what)),
+        out_(path_ + ".tmp", std::ios::out | std::ios::trunc) {}
   ~TempFile() {
     if (out_.is_open()) out_.close();
     if (!committed_) std::remove((path_ + ".tmp").c_str());
@@ -82,9 +44,31 @@ class TempFile {
   TempFile(const TempFile&) = delete;
   TempFile& operator=(const TempFile&) = delete;
 
+  // INTERNAL naming the temp file if it could not be created.
+  absl::Status Opened() const {
+    if (out_.is_open()) return absl::OkStatus();
+    return absl::InternalError(
+        absl::StrCat("cannot create ", what_, " ", path_, ".tmp"));
+  }
   std::ofstream& out() { return out_; }
   const std::string& path() const { return path_; }
-  absl::Status Finish() { return FinishTemp(&out_, path_, what_); }
+  // Flushes and closes the temp file (OK if already closed). INTERNAL
+  // naming it if that fails; the temp file is then removed.
+  absl::Status Finish() {
+    if (!out_.is_open()) return absl::OkStatus();
+    out_.flush();
+    const bool ok = static_cast<bool>(out_);
+    out_.close();
+    if (!ok || out_.fail()) {
+      std::remove((path_ + ".tmp").c_str());
+      return absl::InternalError(
+          absl::StrCat("flush/close failed on ", what_, " ", path_, ".tmp"));
+    }
+    return absl::OkStatus();
+  }
+  // Renames the temp file over the path (OK if already done);
+  // FAILED_PRECONDITION before Finish; INTERNAL naming both if the rename
+  // fails (the temp file is then removed, the path unchanged).
   absl::Status Commit() {
     if (committed_) return absl::OkStatus();
     if (out_.is_open()) {
@@ -92,7 +76,14 @@ class TempFile {
           absl::StrCat("commit of ", what_, " ", path_, " before Finish"));
     }
     committed_ = true;
-    return CommitTemp(path_);
+    const std::string tmp = path_ + ".tmp";
+    if (std::rename(tmp.c_str(), path_.c_str()) != 0) {
+      const int err = errno;
+      std::remove(tmp.c_str());
+      return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ",
+                                              path_, ": ", std::strerror(err)));
+    }
+    return absl::OkStatus();
   }
 
  private:
