@@ -50,9 +50,23 @@ absl::Status WriteFileAtomically(const std::string& path,
     std::remove(tmp.c_str());
     return Errno(absl::StrCat("rename to ", path, ":"), tmp, err);
   }
+  return SyncParentDirectory(path);
+}
+
+absl::Status SyncFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Errno("open for fsync", path, errno);
+  const bool synced = ::fsync(fd) == 0;
+  const int err = errno;
+  ::close(fd);
+  if (!synced) return Errno("fsync", path, err);
+  return absl::OkStatus();
+}
+
+absl::Status SyncParentDirectory(const std::string& path) {
   std::string dir = std::filesystem::path(path).parent_path().string();
   if (dir.empty()) dir = ".";
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_CLOEXEC);
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0) return Errno("open directory", dir, errno);
   const bool dir_synced = ::fsync(dfd) == 0;
   const int dir_err = errno;

@@ -18,6 +18,14 @@ namespace mim::base {
 absl::Status WriteFileAtomically(const std::string& path,
                                  absl::string_view contents);
 
+// fsyncs the file at `path` (already written and closed). INTERNAL naming
+// it and the OS error on failure.
+absl::Status SyncFile(const std::string& path);
+
+// fsyncs the directory that holds `path` (after a rename into it, so the
+// new name survives a crash). INTERNAL naming the directory on failure.
+absl::Status SyncParentDirectory(const std::string& path);
+
 // Reads the whole file. NOT_FOUND if it cannot be opened, INTERNAL on a read
 // error.
 absl::Status ReadFileToString(const std::string& path, std::string* contents);

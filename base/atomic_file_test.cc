@@ -42,5 +42,20 @@ TEST(AtomicFileTest, MissingFileIsNotFound) {
             absl::StatusCode::kNotFound);
 }
 
+TEST(AtomicFileTest, SyncsNameWhatFailed) {
+  const std::string path = TempDir() + "/synced";
+  ASSERT_TRUE(WriteFileAtomically(path, "x").ok());
+  EXPECT_TRUE(SyncFile(path).ok());
+  EXPECT_TRUE(SyncParentDirectory(path).ok());
+  EXPECT_TRUE(SyncParentDirectory("relative-name").ok());  // "."
+  const absl::Status file = SyncFile(TempDir() + "/absent");
+  EXPECT_EQ(file.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(file.message().find(TempDir() + "/absent"), std::string::npos)
+      << file;
+  const absl::Status dir = SyncParentDirectory(TempDir() + "/no/such");
+  EXPECT_EQ(dir.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(dir.message().find(TempDir() + "/no"), std::string::npos) << dir;
+}
+
 }  // namespace
 }  // namespace mim::base

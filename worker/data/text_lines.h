@@ -20,15 +20,19 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/atomic_file.h"
 
 namespace mim::data {
 
 // One output written as `path` + ".tmp" and put in place by a rename once
 // whole, so that readers and a failed run see the old file (or none) or the
 // complete new one. A tool with several outputs finishes them all before
-// it commits any. Not crash durable (no fsync): it guards against failed
-// and abandoned runs. Destroyed before Commit, it removes the temp file and
-// the old file stays. Not thread-safe.
+// it commits any. Finish fsyncs the temp file and Commit the directory
+// after the rename, so a committed file survives a crash or power loss
+// whole. Destroyed before Commit, it removes the temp file and the old file
+// stays. Two runs writing the same path at once share the temp file (as
+// with any two writers of one file, the outcome is undefined). Not
+// thread-safe.
 class TempFile {
  public:
   // Creates (truncates) path + ".tmp"; `what` names the file in errors.
@@ -52,23 +56,30 @@ class TempFile {
   }
   std::ofstream& out() { return out_; }
   const std::string& path() const { return path_; }
-  // Flushes and closes the temp file (OK if already closed). INTERNAL
-  // naming it if that fails; the temp file is then removed.
+  // Flushes, closes and fsyncs the temp file (OK if already done).
+  // INTERNAL naming it if that fails; the temp file is then removed.
   absl::Status Finish() {
     if (!out_.is_open()) return absl::OkStatus();
     out_.flush();
     const bool ok = static_cast<bool>(out_);
     out_.close();
+    const std::string tmp = path_ + ".tmp";
     if (!ok || out_.fail()) {
-      std::remove((path_ + ".tmp").c_str());
+      std::remove(tmp.c_str());
       return absl::InternalError(
-          absl::StrCat("flush/close failed on ", what_, " ", path_, ".tmp"));
+          absl::StrCat("flush/close failed on ", what_, " ", tmp));
+    }
+    if (absl::Status s = base::SyncFile(tmp); !s.ok()) {
+      std::remove(tmp.c_str());
+      return absl::InternalError(absl::StrCat(what_, ": ", s.message()));
     }
     return absl::OkStatus();
   }
-  // Renames the temp file over the path (OK if already done);
-  // FAILED_PRECONDITION before Finish; INTERNAL naming both if the rename
-  // fails (the temp file is then removed, the path unchanged).
+  // Renames the temp file over the path and fsyncs the directory (OK if
+  // already done); FAILED_PRECONDITION before Finish; INTERNAL naming both
+  // if the rename fails (the temp file is then removed, the path
+  // unchanged), or naming the directory if its fsync fails (the new file is
+  // then in place but may not survive a crash).
   absl::Status Commit() {
     if (committed_) return absl::OkStatus();
     if (out_.is_open()) {
@@ -82,6 +93,9 @@ class TempFile {
       std::remove(tmp.c_str());
       return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ",
                                               path_, ": ", std::strerror(err)));
+    }
+    if (absl::Status s = base::SyncParentDirectory(path_); !s.ok()) {
+      return absl::InternalError(absl::StrCat(what_, ": ", s.message()));
     }
     return absl::OkStatus();
   }
