@@ -426,6 +426,86 @@ TEST(RecallTest, RanksByCosineExcludingTheQuery) {
   EXPECT_EQ(r.at10, 1.0);
 }
 
+// The whole C-SFT loss (q2item over in-batch, hard, queue and peer
+// negatives; q2txt; q2cat; the residual penalty; modality dropout) against
+// central differences of the same loss, for every encoder parameter, on
+// the trainer's own rows after two steps (the queue filled, the parameters
+// moved off their start). Per query alone (ablation) and over the batch.
+class CombinedLossGradTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CombinedLossGradTest, MatchesFiniteDifferences) {
+  const Catalog c = TestCatalog(5, 3);
+  CsftOptions o;
+  o.alpha = 0.5;
+  o.beta = 0.3;
+  o.residual_penalty = 0.7;
+  o.hard_negatives = true;
+  o.queue_batches = 2;
+  o.genre_dim = 2;
+  o.hidden = 4;
+  o.tensor_fusion = true;
+  o.modality_dropout = 0.4;
+  o.temperature = 0.5;
+  o.learning_rate = 0.05;
+  o.in_batch_negatives = GetParam();
+  auto t = CsftTrainer::Create(&c, o, c.ids);
+  ASSERT_TRUE(t.ok()) << t.status();
+  CsftTrainer& trainer = **t;
+  ASSERT_TRUE(trainer.Step(Batch(0)).ok());
+  ASSERT_TRUE(trainer.Step(Batch(4)).ok());
+  ASSERT_EQ(trainer.queue_rows(), size_t(8));
+  auto rows = trainer.DrawRows(Batch(8));
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  int dropped = 0;
+  for (const ItemInput& in : rows->inputs) dropped += in.drop_modalities;
+  ASSERT_GT(dropped, 0);  // the draw covers both kinds of rows
+  ASSERT_LT(dropped, static_cast<int>(rows->inputs.size()));
+  // Two detached rows from other workers, one with a query's id (masked).
+  std::vector<int64_t> peer_ids = {133, rows->ids[0]};
+  std::vector<float> peer_vectors = {0.6f, 0.0f, -0.8f, 0.0f, 1.0f, 0.0f};
+  const auto loss = [&]() {
+    EncoderPass pass;
+    EXPECT_TRUE(trainer.encoder().Forward(rows->inputs, &pass).ok());
+    auto stats =
+        trainer.LossAndGradient(*rows, pass, peer_ids, peer_vectors, nullptr);
+    EXPECT_TRUE(stats.ok()) << stats.status();
+    return stats.ok() ? stats->loss : 0.0;
+  };
+  EncoderPass pass;
+  ASSERT_TRUE(trainer.encoder().Forward(rows->inputs, &pass).ok());
+  std::vector<float> grads;
+  auto stats =
+      trainer.LossAndGradient(*rows, pass, peer_ids, peer_vectors, &grads);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->peer_rows, 2);
+  EXPECT_DOUBLE_EQ(stats->loss, loss());  // nothing changed by the call
+  ASSERT_EQ(grads.size(), size_t(trainer.encoder().num_params()));
+  std::vector<float>& params = *trainer.mutable_encoder()->mutable_params();
+  // A ReLU input within the step of its kink would fail by chance, not by
+  // a wrong gradient: 1e-3 is below the smallest one here.
+  const float step = 1e-3f;
+  int nonzero = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const float saved = params[i];
+    params[i] = saved + step;
+    const double up = loss();
+    params[i] = saved - step;
+    const double down = loss();
+    params[i] = saved;
+    const double num = (up - down) / (2.0 * step);
+    ASSERT_NEAR(grads[i], num, 3e-3 + 3e-2 * std::abs(num))
+        << "parameter " << i << " of " << params.size();
+    nonzero += std::abs(num) > 1e-3;
+  }
+  EXPECT_GT(nonzero, static_cast<int>(params.size()) / 2);
+  // A mismatched call is refused, naming the sizes.
+  auto bad = trainer.LossAndGradient(*rows, pass, {1}, {}, &grads);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+INSTANTIATE_TEST_SUITE_P(InBatchNegatives, CombinedLossGradTest,
+                         ::testing::Bool());
+
 TEST(TrainCsftTest, SelectionNeverBelowThePlainVectorsOnValidNew) {
   const Catalog c = TestCatalog();
   PairSplit split;

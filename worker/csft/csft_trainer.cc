@@ -240,16 +240,18 @@ int CsftTrainer::HardNegative(int positive, int query) {
   return (*pool)[rng_() % pool->size()];  // masked by the loss if equal
 }
 
-absl::StatusOr<StepStats> CsftTrainer::Step(
-    absl::Span<const InterestPair> batch, int64_t exchange_step) {
+absl::StatusOr<CsftTrainer::BatchRows> CsftTrainer::DrawRows(
+    absl::Span<const InterestPair> batch) {
   const Catalog& cat = *catalog_;
-  const int d = cat.dim;
   const int64_t b = static_cast<int64_t>(batch.size());
-  if (b == 0) return StepStats{};
   const bool hard = options_.hard_negatives;
   const int64_t rows = b * (hard ? 3 : 2);
-  std::vector<ItemInput> inputs(rows);
-  std::vector<int64_t> ids(rows);
+  BatchRows out;
+  out.pairs = b;
+  out.inputs.resize(rows);
+  out.ids.resize(rows);
+  std::vector<ItemInput>& inputs = out.inputs;
+  std::vector<int64_t>& ids = out.ids;
   for (int64_t i = 0; i < b; ++i) {
     const int q = cat.IndexOf(batch[i].query), p = cat.IndexOf(batch[i].item);
     if (q < 0 || p < 0) {
@@ -272,9 +274,18 @@ absl::StatusOr<StepStats> CsftTrainer::Step(
     std::bernoulli_distribution drop(options_.modality_dropout);
     for (ItemInput& in : inputs) in.drop_modalities = drop(dropout_rng_);
   }
+  return out;
+}
+
+absl::StatusOr<StepStats> CsftTrainer::Step(
+    absl::Span<const InterestPair> batch, int64_t exchange_step) {
+  const int d = catalog_->dim;
+  const int64_t b = static_cast<int64_t>(batch.size());
+  if (b == 0) return StepStats{};
+  MIM_ASSIGN_OR_RETURN(const BatchRows rows, DrawRows(batch));
   if (group_ != nullptr) MIM_RETURN_IF_ERROR(FetchGroupParams());
   EncoderPass pass;
-  MIM_RETURN_IF_ERROR(encoder_->Forward(inputs, &pass));
+  MIM_RETURN_IF_ERROR(encoder_->Forward(rows.inputs, &pass));
   // Other workers' latest positives (detached, like the queue's rows).
   std::vector<int64_t> peer_ids;
   std::vector<float> peer_vectors;
@@ -282,7 +293,7 @@ absl::StatusOr<StepStats> CsftTrainer::Step(
       options_.worker_negatives) {
     MIM_RETURN_IF_ERROR(group_->ExchangePositives(
         exchange_step >= 0 ? exchange_step : step_,
-        absl::MakeConstSpan(ids.data() + b, b),
+        absl::MakeConstSpan(rows.ids.data() + b, b),
         absl::MakeConstSpan(pass.v.data() + b * d, b * d), &peer_ids,
         &peer_vectors));
     if (peer_vectors.size() != peer_ids.size() * size_t(d)) {
@@ -290,6 +301,50 @@ absl::StatusOr<StepStats> CsftTrainer::Step(
           "worker group returned ", peer_ids.size(), " peer ids and ",
           peer_vectors.size(), " floats; expected dim ", d, " per id"));
     }
+  }
+  MIM_ASSIGN_OR_RETURN(
+      const StepStats stats,
+      LossAndGradient(rows, pass, peer_ids, peer_vectors, &grads_));
+  ++step_;
+  if (group_ != nullptr) {
+    MIM_RETURN_IF_ERROR(group_->PushGradient(grads_));
+  } else {
+    kernels::AdamConfig adam;
+    adam.learning_rate = static_cast<float>(options_.learning_rate);
+    MIM_RETURN_IF_ERROR(kernels::AdamUpdateCpu(
+        adam, step_, encoder_->num_params(), grads_.data(),
+        encoder_->mutable_params()->data(), adam_m_.data(), adam_v_.data()));
+  }
+
+  if (options_.queue_batches > 0) {
+    QueueEntry e;
+    e.vectors.assign(pass.v.begin() + b * d, pass.v.begin() + 2 * b * d);
+    e.ids.assign(rows.ids.begin() + b, rows.ids.begin() + 2 * b);
+    queue_.push_back(std::move(e));
+    while (queue_.size() > size_t(options_.queue_batches)) queue_.pop_front();
+  }
+  return stats;
+}
+
+absl::StatusOr<StepStats> CsftTrainer::LossAndGradient(
+    const BatchRows& batch_rows, const EncoderPass& pass,
+    const std::vector<int64_t>& peer_ids,
+    const std::vector<float>& peer_vectors, std::vector<float>* grads) const {
+  const int d = catalog_->dim;
+  const int64_t b = batch_rows.pairs;
+  const int64_t rows = static_cast<int64_t>(batch_rows.inputs.size());
+  const std::vector<int64_t>& ids = batch_rows.ids;
+  const bool hard = options_.hard_negatives;
+  if (rows != b * (hard ? 3 : 2) ||
+      batch_rows.ids.size() != size_t(rows) ||
+      pass.v.size() != size_t(rows) * d ||
+      peer_vectors.size() != peer_ids.size() * size_t(d)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "C-SFT loss of ", b, " pairs: ", rows, " rows, ", ids.size(),
+        " ids, ", pass.v.size(), " encoded floats and ", peer_ids.size(),
+        " peer ids with ", peer_vectors.size(),
+        " floats do not match (dim ", d, ", hard negatives ",
+        hard ? "on" : "off", ")"));
   }
   std::vector<float> grad_v(rows * d, 0.0f), grad_t(rows * d, 0.0f),
       grad_c(rows * d, 0.0f);
@@ -396,29 +451,12 @@ absl::StatusOr<StepStats> CsftTrainer::Step(
   for (float x : pass.r) pen += double(x) * x;
   stats.loss += options_.residual_penalty * pen / double(rows);
 
-  std::fill(grads_.begin(), grads_.end(), 0.0f);
+  if (grads == nullptr) return stats;
+  grads->assign(encoder_->num_params(), 0.0f);
   MIM_RETURN_IF_ERROR(encoder_->Backward(
       pass, grad_v.data(), options_.alpha > 0 ? grad_t.data() : nullptr,
       options_.beta > 0 ? grad_c.data() : nullptr,
-      static_cast<float>(options_.residual_penalty), grads_.data()));
-  ++step_;
-  if (group_ != nullptr) {
-    MIM_RETURN_IF_ERROR(group_->PushGradient(grads_));
-  } else {
-    kernels::AdamConfig adam;
-    adam.learning_rate = static_cast<float>(options_.learning_rate);
-    MIM_RETURN_IF_ERROR(kernels::AdamUpdateCpu(
-        adam, step_, encoder_->num_params(), grads_.data(),
-        encoder_->mutable_params()->data(), adam_m_.data(), adam_v_.data()));
-  }
-
-  if (options_.queue_batches > 0) {
-    QueueEntry e;
-    e.vectors.assign(pass.v.begin() + b * d, pass.v.begin() + 2 * b * d);
-    e.ids.assign(ids.begin() + b, ids.begin() + 2 * b);
-    queue_.push_back(std::move(e));
-    while (queue_.size() > size_t(options_.queue_batches)) queue_.pop_front();
-  }
+      static_cast<float>(options_.residual_penalty), grads->data()));
   return stats;
 }
 

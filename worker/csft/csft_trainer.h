@@ -193,6 +193,32 @@ class CsftTrainer {
   absl::StatusOr<StepStats> Step(absl::Span<const InterestPair> batch,
                                  int64_t exchange_step = -1);
 
+  // A batch's encoder rows as Step draws them: queries, positives, then
+  // (with hard negatives) one same-category negative per pair, with their
+  // item ids and modality dropout. Plain value type.
+  struct BatchRows {
+    int64_t pairs = 0;
+    std::vector<ItemInput> inputs;
+    std::vector<int64_t> ids;
+  };
+  // Draws `batch`'s rows from the trainer's seeded streams, as Step does
+  // (so it moves them). INVALID_ARGUMENT naming a pair with an item
+  // outside the catalogue.
+  absl::StatusOr<BatchRows> DrawRows(absl::Span<const InterestPair> batch);
+
+  // The multi-level loss (file comment) of `rows`, encoded as `pass` (the
+  // encoder's Forward of rows.inputs), with the queue and the peers' rows
+  // as extra q2item candidates; with `grads`, also its gradient with
+  // respect to the encoder's parameters (resized to num_params). Changes
+  // nothing: a Step is DrawRows, Forward, the peers' exchange, this and
+  // the update, so tests check the gradient against finite differences of
+  // the loss. INVALID_ARGUMENT when the sizes do not match each other.
+  absl::StatusOr<StepStats> LossAndGradient(
+      const BatchRows& rows, const EncoderPass& pass,
+      const std::vector<int64_t>& peer_ids,
+      const std::vector<float>& peer_vectors,
+      std::vector<float>* grads) const;
+
   // Data-parallel steps through `group` (not owned; null: alone), before
   // the first step. A worker other than 0 reseeds its hard-negative and
   // dropout streams with its index, so the workers do not draw alike.
