@@ -27,6 +27,7 @@
 #include "proto/ps.grpc.pb.h"
 #include "ps/client.h"
 #include "tests/process.h"
+#include "worker/csft/csft_workers.h"
 
 namespace mim::ps {
 namespace {
@@ -425,6 +426,88 @@ TEST(HungShardTest, OnlyResendingClientsKeepPushesInDoubt) {
   EXPECT_TRUE(IsPushInDoubt((*client)->Push("t", {1}, {1.0f, 1.0f}).status()));
   EXPECT_EQ((*client)->pushes_held_in_doubt(), 0u);
 }
+
+// A C-SFT worker's gradient push in doubt (csft::PsWorkerGroup) is resent
+// by the worker itself: while the shard stays stopped the step fails,
+// naming the worker and the table, with the gradient kept; once the shard
+// answers, it is applied once. A second push, whose shard resumes while
+// the worker resends, is settled inside PushGradient. Adam's first steps
+// with one gradient move every parameter by the learning rate, so a
+// gradient lost or applied twice shows in the parameters.
+TEST(HungShardTest, ACsftGradientInDoubtIsResentByTheWorker) {
+  const std::string dir = TestDir() + "/shard";
+  auto shard = StartShard(dir, 0, {});
+  ASSERT_NE(shard, nullptr);
+  auto resumer = std::make_unique<Resumer>(shard->pid());
+  auto client = PsClient::Create({shard->address()},
+                                 ImpatientOptions(absl::Milliseconds(600)));
+  ASSERT_TRUE(client.ok());
+  csft::PsWorkerGroupOptions go;
+  go.prefix = "cg";
+  go.dim = 2;
+  go.max_positives = 2;
+  go.learning_rate = 0.01f;
+  const std::vector<float> initial = {0.5f, -0.5f, 0.25f};
+  std::unique_ptr<csft::PsWorkerGroup> group;
+  ASSERT_TRUE(Eventually([&] {
+                auto g = csft::PsWorkerGroup::Create(client->get(), go,
+                                                     initial, /*seed=*/1);
+                if (g.ok()) group = std::move(*g);
+                return g.status();
+              }).ok());
+  std::vector<float> params;
+  ASSERT_TRUE(Eventually([&] { return group->FetchParams(&params); }).ok());
+  const std::vector<float> gradient = {1.0f, -2.0f, 0.5f};
+  const auto expect_steps = [&](int steps) {
+    std::vector<float> now;
+    ASSERT_TRUE(Eventually([&] { return group->FetchParams(&now); }).ok());
+    ASSERT_EQ(now.size(), initial.size());
+    for (size_t i = 0; i < initial.size(); ++i) {
+      const float sign = gradient[i] > 0 ? 1.0f : -1.0f;
+      EXPECT_NEAR(now[i], initial[i] - sign * steps * go.learning_rate, 1e-5)
+          << "parameter " << i << " after " << steps << " gradients";
+    }
+  };
+
+  StopShard(shard->pid());
+  const absl::Status failed = group->PushGradient(gradient);
+  EXPECT_EQ(failed.code(), absl::StatusCode::kDeadlineExceeded) << failed;
+  EXPECT_THAT(std::string(failed.message()),
+              HasSubstr("C-SFT worker 0: gradient push to "));
+  EXPECT_THAT(std::string(failed.message()),
+              HasSubstr("unanswered, and its resend failed"));
+  EXPECT_EQ((*client)->pushes_held_in_doubt(), 1u);
+  kill(shard->pid(), SIGCONT);
+  EXPECT_TRUE(
+      Eventually([&] { return (*client)->ResolvePushesInDoubt(); }).ok());
+  expect_steps(1);
+
+  // Resumed as soon as the push is held in doubt, i.e. while the worker
+  // resends it.
+  StopShard(shard->pid());
+  std::atomic<bool> done{false};
+  std::thread resume([&] {
+    while (!done && (*client)->pushes_held_in_doubt() == 0) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    kill(shard->pid(), SIGCONT);
+  });
+  const absl::Status pushed = group->PushGradient(gradient);
+  done = true;
+  resume.join();
+  if (!pushed.ok()) {
+    // A machine too loaded for the resumed shard to answer within the
+    // budget: the worker says so and still holds the gradient.
+    EXPECT_THAT(std::string(pushed.message()),
+                HasSubstr("unanswered, and its resend failed"))
+        << pushed;
+    EXPECT_TRUE(
+        Eventually([&] { return (*client)->ResolvePushesInDoubt(); }).ok());
+  }
+  EXPECT_EQ((*client)->pushes_held_in_doubt(), 0u);
+  expect_steps(2);
+}
+
 
 }  // namespace
 }  // namespace mim::ps
