@@ -44,8 +44,14 @@ absl::StatusOr<ContentVectorStats> BuildContentVectors(
   absl::flat_hash_set<int64_t> seen;
   std::string line;
   int64_t line_number = 0;
-  while (std::getline(in, line)) {
+  for (;;) {
+    const data::LineRead read = data::ReadLine(in, &line);
+    if (read == data::LineRead::kEnd) break;
     ++line_number;
+    if (read == data::LineRead::kTooLong) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          o.item_text, ":", line_number, ": ", data::LineTooLong()));
+    }
     if (in.eof() && !line.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
           o.item_text, ":", line_number, ": ", data::UnterminatedLine()));

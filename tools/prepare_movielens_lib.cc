@@ -64,7 +64,10 @@ class AtomicFile {
       return absl::NotFoundError(absl::StrCat("cannot open ", path));
     }
     std::string header;
-    std::getline(f.in_, header);
+    if (data::ReadLine(f.in_, &header) == data::LineRead::kTooLong) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ":1: ", data::LineTooLong()));
+    }
     if (!header.empty() && header.back() == '\r') header.pop_back();
     std::vector<std::string> names;
     for (absl::string_view col : absl::StrSplit(header, '\t')) {
@@ -85,8 +88,11 @@ class AtomicFile {
 
   // Reads the next non-empty row; false at end of file.
   absl::StatusOr<bool> Next() {
-    while (std::getline(in_, line_)) {
+    for (;;) {
+      const data::LineRead read = data::ReadLine(in_, &line_);
+      if (read == data::LineRead::kEnd) break;
       ++line_number_;
+      if (read == data::LineRead::kTooLong) return Error(data::LineTooLong());
       if (!line_.empty() && line_.back() == '\r') line_.pop_back();
       if (line_.empty()) continue;
       cols_ = absl::StrSplit(line_, '\t');
@@ -295,8 +301,14 @@ absl::StatusOr<MovieLensPrepStats> PrepareMovieLens(
     }
     std::string line;
     int64_t line_number = 0;
-    while (in.is_open() && std::getline(in, line)) {
+    data::LineRead read = data::LineRead::kEnd;
+    while (in.is_open() &&
+           (read = data::ReadLine(in, &line)) != data::LineRead::kEnd) {
       ++line_number;
+      if (read == data::LineRead::kTooLong) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ":", line_number, ": ", data::LineTooLong()));
+      }
       if (!line.empty() && line.back() == '\r') line.pop_back();
       if (line.empty()) continue;
       std::vector<absl::string_view> f = absl::StrSplit(line, "::");

@@ -52,7 +52,10 @@ absl::StatusOr<std::unique_ptr<ContentVectorReader>> ContentVectorReader::Open(
     return absl::NotFoundError(absl::StrCat("cannot open vector file ", path));
   }
   std::string header;
-  std::getline(in, header);
+  if (ReadLine(in, &header) == LineRead::kTooLong) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ":1: ", LineTooLong()));
+  }
   if (!header.empty() && header.back() == '\r') header.pop_back();
   const std::string expected_form =
       absl::StrCat("'", kMagic, "<TAB>dim=<D><TAB>modality=<name>'");
@@ -87,8 +90,15 @@ absl::StatusOr<size_t> ContentVectorReader::ReadBatch(
   }
   size_t n = 0;
   batch->resize(max_items);
-  while (n < max_items && std::getline(in_, line_)) {
+  while (n < max_items) {
+    const LineRead read = ReadLine(in_, &line_);
+    if (read == LineRead::kEnd) break;
     ++line_number_;
+    if (read == LineRead::kTooLong) {
+      batch->resize(n);
+      return absl::InvalidArgumentError(
+          absl::StrCat(path_, ":", line_number_, ": ", LineTooLong()));
+    }
     // Only the last line can end without a newline: one that was cut short.
     const bool unterminated = in_.eof();
     if (!line_.empty() && line_.back() == '\r') line_.pop_back();

@@ -20,7 +20,13 @@ absl::StatusOr<std::unique_ptr<SampleReader>> SampleReader::Open(
     return absl::NotFoundError(absl::StrCat("cannot open sample file ", path));
   }
   std::string header;
-  if (!std::getline(in, header)) {
+  const LineRead read = ReadLine(in, &header);
+  if (read == LineRead::kTooLong) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ":1: ", LineTooLong(), " (expected header '", kSampleHeader,
+        "')"));
+  }
+  if (read == LineRead::kEnd) {
     return absl::InvalidArgumentError(absl::StrCat(
         path, ":1: empty file, expected header '", kSampleHeader, "'"));
   }
@@ -43,8 +49,15 @@ absl::StatusOr<size_t> SampleReader::ReadBatch(size_t max_samples,
   // Reuse the Sample objects (and their vectors' capacity) across batches.
   size_t n = 0;
   batch->resize(max_samples);
-  while (n < max_samples && std::getline(in_, line_)) {
+  while (n < max_samples) {
+    const LineRead read = ReadLine(in_, &line_);
+    if (read == LineRead::kEnd) break;
     ++line_number_;
+    if (read == LineRead::kTooLong) {
+      batch->resize(n);
+      return absl::InvalidArgumentError(
+          absl::StrCat(path_, ":", line_number_, ": ", LineTooLong()));
+    }
     // getline stops at the end of the file without a newline only on the
     // last line: one that was cut short (an id may be truncated).
     const bool unterminated = in_.eof();

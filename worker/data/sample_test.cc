@@ -1,5 +1,6 @@
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -7,6 +8,7 @@
 #include "gtest/gtest.h"
 #include "worker/data/sample.h"
 #include "worker/data/sample_io.h"
+#include "worker/data/text_lines.h"
 
 namespace mim::data {
 namespace {
@@ -203,6 +205,70 @@ TEST(SampleIoTest, LastLineWithoutNewlineIsRefusedNamingIt) {
   n = (*r)->ReadBatch(10, &batch);
   ASSERT_TRUE(n.ok()) << n.status();
   EXPECT_EQ(*n, 0u);
+}
+
+// ReadLine reads what std::getline reads, across its 4 KiB chunks (lines
+// of 4094 to 4097 bytes and longer, empty lines, CRLF, a last line with
+// and without a newline), and stops at the bound.
+TEST(ReadLineTest, SameLinesAsGetlineAndBounded) {
+  std::string text;
+  for (size_t len : {0, 1, 4094, 4095, 4096, 4097, 9000, 0, 12288, 3}) {
+    text += std::string(len, 'a' + len % 26);
+    text += len == 3 ? "\r\n" : "\n";
+  }
+  for (const std::string& last : {std::string(""), std::string("tail"),
+                                   std::string(8191, 'z')}) {
+    std::istringstream want(text + last), got(text + last);
+    std::string w, g;
+    int lines = 0;
+    for (;;) {
+      const bool more = static_cast<bool>(std::getline(want, w));
+      const LineRead read = ReadLine(got, &g);
+      ASSERT_EQ(more, read == LineRead::kLine) << "line " << lines;
+      if (!more) break;
+      ASSERT_EQ(g, w) << "line " << lines;
+      EXPECT_EQ(got.eof(), want.eof()) << "line " << lines;
+      ++lines;
+    }
+    EXPECT_EQ(lines, last.empty() ? 10 : 11);
+  }
+  std::istringstream in("short\n" + std::string(5000, 'x') + "\nafter\n");
+  std::string line;
+  EXPECT_EQ(ReadLine(in, &line, 4500), LineRead::kLine);
+  EXPECT_EQ(line, "short");
+  EXPECT_EQ(ReadLine(in, &line, 4500), LineRead::kTooLong);
+  EXPECT_TRUE(line.empty());
+  EXPECT_EQ(ReadLine(in, &line, 4500), LineRead::kEnd);  // left failed
+  std::istringstream exact(std::string(100, 'y') + "\n" +
+                           std::string(101, 'y'));
+  EXPECT_EQ(ReadLine(exact, &line, 100), LineRead::kLine);
+  EXPECT_EQ(ReadLine(exact, &line, 100), LineRead::kTooLong);
+}
+
+// A file without newlines is refused at the line that passes the bound,
+// without reading it whole.
+TEST(SampleIoTest, OverlongLineIsRefusedNamingIt) {
+  const std::string path = TempPath("overlong.tsv");
+  {
+    std::ofstream out(path);
+    out << kSampleHeader << "\n" << std::string(kMaxLineBytes + 10, '1');
+  }
+  auto reader = SampleReader::Open(path);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  std::vector<Sample> batch;
+  const auto n = (*reader)->ReadBatch(8, &batch);
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(n.status().message()),
+              ::testing::HasSubstr(path + ":2: the line is longer than " +
+                                   std::to_string(kMaxLineBytes) + " bytes"));
+  {
+    std::ofstream out(path);
+    out << std::string(kMaxLineBytes + 1, 'h') << "\n";
+  }
+  const auto bad_header = SampleReader::Open(path);
+  EXPECT_EQ(bad_header.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad_header.status().message()),
+              ::testing::HasSubstr(":1: the line is longer than"));
 }
 
 TEST(SampleIoTest, WrongHeaderAndMissingFile) {

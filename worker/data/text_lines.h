@@ -1,6 +1,6 @@
 // What the line-oriented readers of mim's text files (samples, content
-// vectors) say about a last line that ends without a newline, and how their
-// writers put a finished file in place.
+// vectors) say about a last line that ends without a newline, how long a
+// line they read, and how their writers put a finished file in place.
 //
 // Every line mim writes ends with a newline, so a last line without one is
 // what a file cut short leaves, and a number at its end may be truncated
@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <istream>
 #include <string>
 #include <utility>
 
@@ -106,6 +107,59 @@ class TempFile {
   std::ofstream out_;
   bool committed_ = false;
 };
+
+// The longest line the readers take, in bytes without the newline: far
+// above any sample (a behaviour sequence of 100,000 ids) or content vector
+// (kMaxContentVectorDim floats) line, and a bound on what one line holds
+// in memory when a file has no newlines (a binary file, or another
+// format).
+inline constexpr size_t kMaxLineBytes = size_t{16} << 20;
+
+enum class LineRead { kLine, kEnd, kTooLong };
+
+// std::getline with a bound: reads the next line into *line (newline
+// dropped). kEnd at the end of the input or on a read error (in.bad()
+// tells); kTooLong once the line passes `max` bytes (the stream is then
+// left failed). After kLine, in.eof() is true when the line ended without
+// a newline, as with std::getline.
+inline LineRead ReadLine(std::istream& in, std::string* line,
+                         size_t max = kMaxLineBytes) {
+  line->clear();
+  const auto too_long = [&] {
+    line->clear();
+    in.setstate(std::ios::failbit);
+    return LineRead::kTooLong;
+  };
+  char chunk[1 << 12];
+  for (;;) {
+    // istream::getline stores up to sizeof(chunk) - 1 bytes; it sets
+    // failbit when it stored that many and no newline followed, or when it
+    // read nothing at all.
+    in.getline(chunk, sizeof(chunk));
+    const size_t got = static_cast<size_t>(in.gcount());
+    if (in.eof()) {
+      line->append(chunk, got);
+      if (line->empty()) return LineRead::kEnd;
+      in.clear(std::ios::eofbit);  // a last line without a newline
+      return line->size() > max ? too_long() : LineRead::kLine;
+    }
+    if (!in.fail()) {  // ended by a newline, counted in gcount
+      line->append(chunk, got - 1);
+      return line->size() > max ? too_long() : LineRead::kLine;
+    }
+    if (in.bad() || got == 0) return LineRead::kEnd;
+    line->append(chunk, got);  // the chunk is full: the line goes on
+    if (line->size() > max) return too_long();
+    in.clear();
+  }
+}
+
+// The error text for ReadLine's kTooLong.
+inline std::string LineTooLong(size_t max = kMaxLineBytes) {
+  return absl::StrCat("the line is longer than ", max,
+                      " bytes: is this a text file of this format with a "
+                      "newline after every line?");
+}
 
 inline const char* UnterminatedLine() {
   return "the last line ends without a newline: the file looks cut short, "
