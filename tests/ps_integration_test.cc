@@ -639,6 +639,13 @@ TEST_F(PsClusterTest, AdminCliAgainstLiveShards) {
   EXPECT_THAT(r.err, HasSubstr("--l2=-1e+40"));
   r = Admin({"frobnicate"});
   EXPECT_EQ(r.exit_code, 2);
+  // With --json, bad usage is a JSON document on stdout too.
+  r = Admin({"--json", "get", "user", "not-a-key"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.out, HasSubstr("\"ok\": false"));
+  EXPECT_THAT(r.out, HasSubstr("\"usage\": true"));
+  EXPECT_THAT(r.out,
+              HasSubstr("key 'not-a-key' is not an unsigned 64-bit integer"));
 
   const std::string down = shards_[1]->address();
   shards_[1]->Kill(SIGKILL);

@@ -37,7 +37,9 @@
 //
 // Exit status: 0 success, 1 an RPC failed (the message names the shard and
 // its address), 2 bad usage. Output is for people unless --json is given, in
-// which case stdout is one JSON document.
+// which case stdout is one JSON document, failures and bad usage included
+// ({"ok": false, "code": ..., "error": ...}, with "usage": true for the
+// latter).
 #include <algorithm>
 #include <cinttypes>
 #include <cmath>
@@ -95,6 +97,14 @@ constexpr int kExitFailed = 1;
 constexpr int kExitUsage = 2;
 
 int Usage(const std::string& message) {
+  if (FLAGS_json) {
+    std::cout << json{{"ok", false},
+                      {"code", "INVALID_ARGUMENT"},
+                      {"usage", true},
+                      {"error", message}}
+                     .dump(2)
+              << "\n";
+  }
   std::fprintf(stderr, "ps_admin: %s\n%s\n", message.c_str(),
                gflags::ProgramUsage());
   return kExitUsage;
