@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "ps/client.h"
 #include "tests/process.h"
+#include "tests/shared_cluster.h"
 #include "worker/csft/csft_test_util.h"
 #include "worker/csft/csft_trainer.h"
 #include "worker/csft/csft_workers.h"
@@ -36,25 +37,11 @@ using ::mim::csft::PsWorkerGroup;
 using ::mim::csft::PsWorkerGroupOptions;
 using ::mim::csft::testing::Batch;
 using ::mim::csft::testing::TestCatalog;
-using ::mim::testing::ShardProcess;
+using ::mim::testing::SharedClusterTest;
 
-
-class CsftWorkersTest : public ::testing::Test {
+class CsftWorkersTest : public SharedClusterTest {
  protected:
-  static void SetUpTestSuite() {
-    const std::string dir =
-        absl::StrCat(std::getenv("TEST_TMPDIR"), "/csft_workers");
-    auto shards = ShardProcess::StartCluster(dir, 2);
-    ASSERT_TRUE(shards.ok()) << shards.status();
-    shards_ = new std::vector<std::unique_ptr<ShardProcess>>(std::move(*shards));
-  }
-  static void TearDownTestSuite() { delete shards_; }
-
-  static std::unique_ptr<ps::PsClient> Client() {
-    auto c = ps::PsClient::Create(ShardProcess::Addresses(*shards_));
-    EXPECT_TRUE(c.ok()) << c.status();
-    return std::move(*c);
-  }
+  static void SetUpTestSuite() { StartSharedCluster("csft_workers"); }
 
   static PsWorkerGroupOptions Options(const std::string& prefix, int worker,
                                       int num_workers = 2) {
@@ -67,11 +54,7 @@ class CsftWorkersTest : public ::testing::Test {
     o.timeout = absl::Seconds(60);
     return o;
   }
-
-  static std::vector<std::unique_ptr<ShardProcess>>* shards_;
 };
-
-std::vector<std::unique_ptr<ShardProcess>>* CsftWorkersTest::shards_ = nullptr;
 
 // The group of worker `w` for a trainer of `catalog` and `o`.
 std::unique_ptr<PsWorkerGroup> Group(ps::PsClient* client,

@@ -19,37 +19,21 @@
 #include "kernels/dense_ops.h"
 #include "ps/client.h"
 #include "tests/process.h"
+#include "tests/shared_cluster.h"
 #include "worker/trainer_sync.h"
 
 namespace mim {
 namespace {
 
-using ::mim::testing::ShardProcess;
+using ::mim::testing::SharedClusterTest;
 using ::mim::worker::PsDenseParams;
 
 constexpr int kParams = 2 * worker::kDenseChunk + 23;  // 3 chunks, 1 partial
 
-class DenseParamsTest : public ::testing::Test {
- public:
-  static void SetUpTestSuite() {
-    auto shards = ShardProcess::StartCluster(
-        absl::StrCat(std::getenv("TEST_TMPDIR"), "/dense_params"), 2);
-    ASSERT_TRUE(shards.ok()) << shards.status();
-    shards_ = new std::vector<std::unique_ptr<ShardProcess>>(std::move(*shards));
-  }
-  static void TearDownTestSuite() { delete shards_; }
-
-  static std::unique_ptr<ps::PsClient> Client() {
-    auto c = ps::PsClient::Create(ShardProcess::Addresses(*shards_));
-    EXPECT_TRUE(c.ok()) << c.status();
-    return c.ok() ? std::move(*c) : nullptr;
-  }
-
+class DenseParamsTest : public SharedClusterTest {
  protected:
-  static std::vector<std::unique_ptr<ShardProcess>>* shards_;
+  static void SetUpTestSuite() { StartSharedCluster("dense_params"); }
 };
-
-std::vector<std::unique_ptr<ShardProcess>>* DenseParamsTest::shards_ = nullptr;
 
 std::vector<float> Random(std::mt19937* rng, float scale) {
   std::normal_distribution<float> normal(0.0f, scale);

@@ -16,12 +16,13 @@
 #include "gtest/gtest.h"
 #include "ps/client.h"
 #include "tests/process.h"
+#include "tests/shared_cluster.h"
 #include "worker/nccl_id_exchange.h"
 
 namespace mim {
 namespace {
 
-using ::mim::testing::ShardProcess;
+using ::mim::testing::SharedClusterTest;
 using ::mim::worker::ExchangeNcclId;
 using ::mim::worker::kNcclIdBytes;
 using ::mim::worker::NcclIdExchangeOptions;
@@ -36,22 +37,9 @@ std::string RunId(int run) {
   return id;
 }
 
-class NcclIdExchangeTest : public ::testing::Test {
+class NcclIdExchangeTest : public SharedClusterTest {
  protected:
-  static void SetUpTestSuite() {
-    const std::string dir =
-        absl::StrCat(std::getenv("TEST_TMPDIR"), "/nccl_id_exchange");
-    auto shards = ShardProcess::StartCluster(dir, 2);
-    ASSERT_TRUE(shards.ok()) << shards.status();
-    shards_ = new std::vector<std::unique_ptr<ShardProcess>>(std::move(*shards));
-  }
-  static void TearDownTestSuite() { delete shards_; }
-
-  static std::unique_ptr<ps::PsClient> Client() {
-    auto c = ps::PsClient::Create(ShardProcess::Addresses(*shards_));
-    EXPECT_TRUE(c.ok()) << c.status();
-    return std::move(*c);
-  }
+  static void SetUpTestSuite() { StartSharedCluster("nccl_id_exchange"); }
 
   // Runs workers 0..n-1 concurrently, worker 0 last to start when
   // `zero_last` (the others then wait for it); returns each one's result.
@@ -76,10 +64,7 @@ class NcclIdExchangeTest : public ::testing::Test {
     return out;
   }
 
-  static std::vector<std::unique_ptr<ShardProcess>>* shards_;
 };
-std::vector<std::unique_ptr<ShardProcess>>* NcclIdExchangeTest::shards_ = nullptr;
-
 TEST_F(NcclIdExchangeTest, EveryWorkerGetsWorkerZerosIdRunAfterRun) {
   for (int run = 1; run <= 3; ++run) {
     SCOPED_TRACE(run);
