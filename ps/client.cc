@@ -658,16 +658,21 @@ class ShardCaller {
 
   // Whether a call that ended with `code` after it went out may have been
   // applied by its shard: the connection broke (UNAVAILABLE), no answer
-  // came in time (DEADLINE_EXCEEDED), or gRPC ended the call itself after
-  // the handler may have run (CANCELLED at the server's shutdown or by its
-  // memory quota, UNKNOWN for a reset stream). The shard's own refusals
+  // came in time (DEADLINE_EXCEEDED), gRPC ended the call itself after the
+  // handler may have run (CANCELLED at the server's shutdown or by its
+  // memory quota, UNKNOWN for a reset stream), or the shard's storage
+  // failed in the middle of the write (INTERNAL, DATA_LOSS: a WAL record
+  // whose fsync failed is in the log file, and the next open replays it),
+  // as does an answer this client could not read. The shard's own refusals
   // (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED,
   // ...) change nothing.
   static bool MaybeApplied(grpc::StatusCode code) {
     return code == grpc::StatusCode::UNAVAILABLE ||
            code == grpc::StatusCode::DEADLINE_EXCEEDED ||
            code == grpc::StatusCode::CANCELLED ||
-           code == grpc::StatusCode::UNKNOWN;
+           code == grpc::StatusCode::UNKNOWN ||
+           code == grpc::StatusCode::INTERNAL ||
+           code == grpc::StatusCode::DATA_LOSS;
   }
 
   // Sends the calls of `routing` wave by wave (Call each); stops at the

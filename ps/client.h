@@ -397,7 +397,9 @@ class PsClient {
 // Whether `status` (from PsClient::Push) says the push may or may not have
 // been applied: an attempt of one of its calls was sent (or may have been)
 // and ended UNAVAILABLE (connection broke), DEADLINE_EXCEEDED, CANCELLED or
-// UNKNOWN (gRPC ended the call after the shard may have run it), and the
+// UNKNOWN (gRPC ended the call after the shard may have run it), INTERNAL
+// or DATA_LOSS (the shard's storage failed mid-write: a WAL record whose
+// fsync failed is replayed at its next open), and the
 // retries did not get an answer (whatever the last attempt's error), and
 // no other call of the push failed outright. Other errors of a Push mean
 // that the failing shard did not apply its part (with several shards, the

@@ -996,6 +996,22 @@ TEST(PsClientPushRetryTest, ASentPushIsNotResentAndIsInDoubt) {
   EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(IsPushInDoubt(refused));
   EXPECT_FALSE(IsPushInDoubt(absl::OkStatus()));
+  // A shard whose storage failed while writing (e.g. the WAL's fsync) may
+  // have the record in its log, replayed at its next open: in doubt, and
+  // kept for resending, not reported as certainly not applied.
+  for (const grpc::StatusCode code :
+       {grpc::StatusCode::INTERNAL, grpc::StatusCode::DATA_LOSS}) {
+    ScriptedServer failing(grpc::Status(code, "fsync failed"),
+                           absl::ZeroDuration());
+    auto failing_client = PsClient::Create({failing.address});
+    ASSERT_TRUE(failing_client.ok());
+    const absl::Status failed =
+        (*failing_client)->Push("t", {1}, {1.0f}).status();
+    EXPECT_EQ(static_cast<int>(failed.code()), static_cast<int>(code));
+    EXPECT_TRUE(IsPushInDoubt(failed)) << failed;
+    EXPECT_EQ((*failing_client)->pushes_held_in_doubt(), 1u);
+    EXPECT_EQ(failing.service.pushes, 1);  // not resent within the call
+  }
 }
 
 // The first key from 0 up that belongs to `shard` of `num_shards`.
