@@ -296,10 +296,12 @@ grpc::Status ParameterServerService::ClientStatus(
   std::string message = status.error_message();
   bool replaced = false;
   for (const std::string& dir : data_dir_forms_) {
-    replaced |= absl::StrReplaceAll({{dir, "<data_dir>"}}, &message) > 0;
+    replaced |= ReplacePath(dir, "<data_dir>", &message) > 0;
   }
   if (!replaced) return status;
-  return grpc::Status(status.error_code(), message);
+  // The details travel unchanged: a busy refusal's retry-later mark is in
+  // them.
+  return grpc::Status(status.error_code(), message, status.error_details());
 }
 
 std::string ParameterServerService::RelativePath(

@@ -64,6 +64,8 @@ void Saturate(base::Executor* executor, absl::Notification* release) {
 
 class InflightTest : public ::testing::Test {
  protected:
+  // The data dir the service hides from error messages.
+  virtual std::string ServiceDataDir() const { return ""; }
   void SetUp() override {
     embedding::EmbeddingStore::Options options;
     options.data_dir = absl::StrCat(
@@ -74,6 +76,7 @@ class InflightTest : public ::testing::Test {
     store_ = std::move(*store);
     ParameterServerService::Options service_options;
     service_options.max_inflight_bytes = kMiB;
+    service_options.data_dir = ServiceDataDir();
     service_ = std::make_unique<ParameterServerService>(store_.get(),
                                                         service_options);
     grpc::ServerBuilder builder;
@@ -240,6 +243,35 @@ TEST_F(InflightTest, PsClientRetriesABusyShardAndAppliesThePushOnce) {
 // The shard binary's callback server: a call that finds the executor's
 // queue full ran nothing, so it is refused retry-later too, and PsClient
 // sends it again.
+// A data dir whose name is a word of the busy message ("shard"): the
+// message is not rewritten around it, and the refusal stays marked
+// retry-later (rewriting it used to drop the mark, so PsClient failed the
+// push instead of waiting for room).
+class WordDataDirTest : public InflightTest {
+ protected:
+  std::string ServiceDataDir() const override { return "shard"; }
+};
+
+TEST_F(WordDataDirTest, BusyRefusalKeepsItsMessageAndRetryLaterMark) {
+  std::optional<ParameterServerService::InflightLease> waiting;
+  auto admitted = service_->AdmitQueued("PushRequest", 600 * 1024);
+  ASSERT_TRUE(admitted.ok()) << admitted.status();
+  waiting.emplace(std::move(*admitted));
+  std::vector<uint64_t> distinct(1000);
+  for (size_t i = 0; i < distinct.size(); ++i) distinct[i] = i + 1;
+  PsClient::Options once;
+  once.max_attempts = 1;
+  auto single = PsClient::Create({address_}, once);
+  ASSERT_TRUE(single.ok());
+  const absl::Status refused =
+      (*single)
+          ->Push("t", distinct, std::vector<float>(distinct.size() * kDim, 1))
+          .status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(IsRetryLater(refused)) << refused;
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("shard 0/1 is busy"));
+}
+
 TEST_F(InflightTest, FullQueueIsRetryLaterAndPsClientResends) {
   // Declared before the executor: its tasks wait on them until it joins.
   absl::Notification release;

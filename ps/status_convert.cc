@@ -74,4 +74,36 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
   return out;
 }
 
+size_t ReplacePath(absl::string_view dir, absl::string_view with,
+                   std::string* text) {
+  if (dir.empty()) return 0;
+  const auto before_ok = [](char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\'' || c == '"' ||
+           c == '(' || c == '=' || c == ':';
+  };
+  const auto after_ok = [](char c) {
+    return c == '/' || c == ' ' || c == '\t' || c == '\n' || c == '\'' ||
+           c == '"' || c == ')' || c == ',' || c == ':' || c == ';';
+  };
+  // A dir without a '/' ("data") is also a word: only "data/..." is it.
+  const bool bare = dir.find('/') == absl::string_view::npos;
+  size_t replaced = 0;
+  size_t from = 0;
+  while (true) {
+    const size_t at = text->find(dir.data(), from, dir.size());
+    if (at == std::string::npos) break;
+    const size_t end = at + dir.size();
+    if ((at == 0 || before_ok((*text)[at - 1])) &&
+        (bare ? end < text->size() && (*text)[end] == '/'
+              : end == text->size() || after_ok((*text)[end]))) {
+      text->replace(at, dir.size(), with.data(), with.size());
+      from = at + with.size();
+      ++replaced;
+    } else {
+      from = at + 1;
+    }
+  }
+  return replaced;
+}
+
 }  // namespace mim::ps

@@ -40,6 +40,16 @@ bool IsRetryLater(const absl::Status& status);
 std::string QuoteInput(absl::string_view input,
                        size_t max_bytes = kMaxQuotedInputBytes);
 
+// Replaces in *text every occurrence of the path `dir` that stands as a
+// path of its own: at the start or after white space, a quote, '(', '=' or
+// ':', and followed by the end, '/', white space, a quote, ')', ',', ':' or
+// ';' (so "/data" in "/data/db/LOCK" is replaced, in "/database" or "a
+// /data-set" not). A `dir` without a '/' is also a word, so it is replaced
+// only where a '/' follows ("data/db", not "data holds"). Returns how many
+// were replaced; an empty `dir` none.
+size_t ReplacePath(absl::string_view dir, absl::string_view with,
+                   std::string* text);
+
 // The message is cut to kMaxErrorMessageBytes (ending "...") when longer.
 // Payloads go into error_details (a serialized WireStatus) and come back
 // from it; error_details that do not parse as one are ignored.

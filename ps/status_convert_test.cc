@@ -91,5 +91,23 @@ TEST(StatusConvertTest, DetailsThatDoNotParseAreIgnored) {
   EXPECT_EQ(s, absl::ResourceExhaustedError("m"));
 }
 
+TEST(StatusConvertTest, ReplacePathOnlyReplacesWholePaths) {
+  std::string text =
+      "cannot open /srv/data/db/LOCK (from '/srv/data'), dir=/srv/data; "
+      "not /srv/database or /srv/data-old or x/srv/data";
+  EXPECT_EQ(ReplacePath("/srv/data", "<data_dir>", &text), 3u);
+  EXPECT_EQ(text,
+            "cannot open <data_dir>/db/LOCK (from '<data_dir>'), "
+            "dir=<data_dir>; not /srv/database or /srv/data-old or "
+            "x/srv/data");
+  // A data dir that is a common word: only where it stands as a path.
+  std::string busy = "shard 0/1 is busy: data holds 3 calls; see data/x";
+  EXPECT_EQ(ReplacePath("data", "<data_dir>", &busy), 1u);
+  EXPECT_EQ(busy, "shard 0/1 is busy: data holds 3 calls; see <data_dir>/x");
+  std::string none = "nothing here";
+  EXPECT_EQ(ReplacePath("", "x", &none), 0u);
+  EXPECT_EQ(none, "nothing here");
+}
+
 }  // namespace
 }  // namespace mim::ps
