@@ -35,20 +35,25 @@ bool Unreachable(const absl::Status& s) {
          Overloaded(s);
 }
 
-// A failure behind the request (shards, model) as the caller should see it:
-// unreachable or overloaded shards are UNAVAILABLE (retry), a deadline is a
-// deadline, anything else (a shard's limit, a missing table, a token
-// without the role) is INTERNAL without the internal details (shard
-// addresses, table names), which go to the log.
+// A failure behind the request (shards, model) as the caller should see it,
+// without the internal details (shard addresses, table names), which go to
+// the log: unreachable, slow or overloaded shards are UNAVAILABLE (retry;
+// a shard that outlasted the tier's own retry budget is not the caller's
+// deadline, which gRPC reports to the caller by itself), anything else (a
+// shard's limit, a missing table, a token without the role) is INTERNAL.
 absl::Status ForCaller(absl::string_view what, const absl::Status& s) {
-  if (s.ok() || absl::IsDeadlineExceeded(s) || absl::IsUnavailable(s)) {
-    return s;
+  if (s.ok()) return s;
+  if (Unreachable(s)) {
+    // Once per 100: a shard that is down fails every request meanwhile.
+    LOG_EVERY_N(WARNING, 100) << what << ": " << s << " (" << google::COUNTER
+                              << " such failures so far)";
+    return absl::UnavailableError(absl::StrCat(
+        what, ": the parameter servers ",
+        Overloaded(s) ? "are overloaded" : "did not answer in time", " (",
+        absl::StatusCodeToString(s.code()),
+        "); retry (details are in the server log)"));
   }
   LOG(WARNING) << what << ": " << s;
-  if (Overloaded(s)) {
-    return absl::UnavailableError(
-        absl::StrCat(what, ": the parameter servers are overloaded; retry"));
-  }
   return absl::InternalError(absl::StrCat(
       what, " failed inside the serving tier (", absl::StatusCodeToString(s.code()),
       "); details are in the server log"));
@@ -365,7 +370,10 @@ namespace {
 // arithmetic of //worker/csft:csft: BuildCatalog L2-normalises the plain
 // vector (data::L2Normalize), then CsftEncoder::Encode, and the vectors
 // writer L2-normalises the output once more (what csft puts in its table).
-// INVALID_ARGUMENT naming the first genre id `encoder` does not know.
+// INVALID_ARGUMENT naming the first genre id `encoder` does not know, or
+// one given twice (a set, as in C-SFT's catalogue and Predict: a repeat
+// would weigh the genre twice in the encoder's mean over the item's
+// genres). At most max_genres ids: the repeat check is quadratic.
 absl::Status CheckCsftGenres(const csft::CsftEncoder& encoder,
                              absl::Span<const int32_t> genres) {
   const int num_genres = encoder.config().num_genres;
@@ -374,6 +382,12 @@ absl::Status CheckCsftGenres(const csft::CsftEncoder& encoder,
       return Invalid(absl::StrCat("genres[", i, "]"),
                      absl::StrCat(genres[i], " is not a genre id the C-SFT "
                                   "encoder knows (0..", num_genres - 1, ")"));
+    }
+    for (size_t k = 0; k < i; ++k) {
+      if (genres[k] == genres[i]) {
+        return Invalid(absl::StrCat("genres[", i, "]"),
+                       absl::StrCat("genre ", genres[i], " appears twice"));
+      }
     }
   }
   return absl::OkStatus();

@@ -546,6 +546,18 @@ TEST(CsftIntegrationTest, ServingUpsertsANewItemWithTheCsftEncoder) {
     EXPECT_NEAR(rows->values[k], want[k], 1e-6) << "dim " << k;
   }
 
+  // A genre given twice is refused, as Predict refuses it.
+  if (!genres[item].empty()) {
+    serving::UpsertItemRequest twice = up;
+    twice.add_genres(genres[item][0]);
+    grpc::ClientContext ctx;
+    const grpc::Status g = stub->UpsertItem(&ctx, twice, &resp);
+    EXPECT_EQ(g.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_TRUE(absl::StrContains(
+        g.error_message(), absl::StrCat("genre ", genres[item][0],
+                                        " appears twice")))
+        << g.error_message();
+  }
   // A genre the encoder never saw is refused, naming it.
   up.add_genres(100000);
   grpc::ClientContext ctx;
