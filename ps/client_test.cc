@@ -681,6 +681,42 @@ TEST_F(PsClientTest, ARestoreResentWithItsIdRestoresOnce) {
   }
 }
 
+// A refused restore leaves no trace in the shard's remembered answers: a
+// later success of the same id is remembered for its full turn (256 newer
+// ids), so its resend does not restore again over a push acknowledged
+// since.
+TEST_F(PsClientTest, AFailedRestoreDoesNotShortenItsIdsLaterAnswer) {
+  const std::vector<uint64_t> keys = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  const std::vector<float> grad(2 * keys.size(), 1);
+  ASSERT_TRUE(client_->Push("user", keys, grad).ok());
+  ASSERT_TRUE(client_->Checkpoint("c").ok());
+  auto stub = RawStub(0);
+  const auto restore = [&](const std::string& name) {
+    grpc::ClientContext context;
+    RestoreRequest request;
+    request.set_name(name);
+    request.set_request_id(90);
+    RestoreResponse response;
+    return stub->Restore(&context, request, &response).error_code();
+  };
+  EXPECT_EQ(restore("nope"), grpc::StatusCode::NOT_FOUND);
+  ASSERT_EQ(restore("c"), grpc::StatusCode::OK);
+  ASSERT_TRUE(client_->Push("user", keys, grad).ok());
+  const auto after_push = client_->GetRows("user", keys);
+  ASSERT_TRUE(after_push.ok());
+  // 255 more answers: with the restore's, the 256 the shard remembers.
+  for (uint64_t id = 1000; id < 1255; ++id) {
+    grpc::ClientContext context;
+    DropTableRequest drop;
+    drop.set_table("absent");
+    drop.set_request_id(id);
+    DropTableResponse dropped;
+    ASSERT_TRUE(stub->DropTable(&context, drop, &dropped).ok());
+  }
+  ASSERT_EQ(restore("c"), grpc::StatusCode::OK);  // the remembered answer
+  EXPECT_EQ(client_->GetRows("user", keys)->values, after_push->values);
+}
+
 // No checkpoint on every shard: Restore("") restores nothing and names
 // each shard's checkpoints; a name some shard lacks restores nothing
 // either, not even on the shards that have it.

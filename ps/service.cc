@@ -710,8 +710,12 @@ grpc::Status ParameterServerService::Once(
   if (!status.ok()) {
     // A failed restore or drop changed nothing (a busy refusal, a missing
     // checkpoint, a storage error): a resend runs it again rather than
-    // getting this answer. Left in answer_order_, skipped when evicted.
+    // getting this answer. Out of answer_order_ too: left there, it would
+    // evict a later success of the same id before its turn.
     answers_.erase(request_id);
+    const auto at = std::find(answer_order_.rbegin(), answer_order_.rend(),
+                              request_id);
+    if (at != answer_order_.rend()) answer_order_.erase(std::next(at).base());
     return status;
   }
   Answer& answer = answers_[request_id];
