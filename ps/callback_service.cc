@@ -28,24 +28,39 @@ grpc::ServerUnaryReactor* ShardCallbackService::Enqueue(
     grpc::CallbackServerContext* context, absl::string_view what,
     size_t request_bytes, Run run) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  ParameterServerService* handlers = handlers_;
+  const auto refuse = [reactor, handlers, what](const grpc::Status& status) {
+    handlers->RecordRefused(what, status);
+    reactor->Finish(status);
+  };
+  // A caller without the role takes no queue place and no bytes.
+  if (grpc::Status caller = handlers_->CheckCallerEarly(what, *context);
+      !caller.ok()) {
+    refuse(caller);
+    return reactor;
+  }
   // The parsed request's memory counts while it waits (dropped as the
   // handler starts, which reserves what it needs itself).
   absl::StatusOr<ParameterServerService::InflightLease> waiting =
       handlers_->AdmitQueued(what, request_bytes);
   if (!waiting.ok()) {
-    reactor->Finish(ToGrpcStatus(waiting.status()));
+    refuse(ToGrpcStatus(waiting.status()));
     return reactor;
   }
   using Hold = std::optional<ParameterServerService::InflightLease>;
   auto hold = std::make_shared<Hold>(std::move(*waiting));
   absl::Status queued = executor_->Submit(
-      DeadlineOf(*context), [reactor, hold, run = std::move(run)](
+      DeadlineOf(*context), [refuse, reactor, hold, run = std::move(run)](
                                 const absl::Status& admitted) {
         hold->reset();
-        reactor->Finish(admitted.ok() ? run() : ToGrpcStatus(admitted));
+        if (!admitted.ok()) {
+          refuse(ToGrpcStatus(admitted));  // its deadline passed waiting
+          return;
+        }
+        reactor->Finish(run());
       });
   // A full queue ran nothing: the caller may send the call again.
-  if (!queued.ok()) reactor->Finish(ToGrpcStatus(MarkRetryLater(queued)));
+  if (!queued.ok()) refuse(ToGrpcStatus(MarkRetryLater(queued)));
   return reactor;
 }
 
@@ -67,9 +82,17 @@ grpc::Status ShardCallbackService::PullNow(grpc::CallbackServerContext* context,
   PullRequest pull;
   if (!grpc::SerializationTraits<PullRequest>::Deserialize(&bytes, &pull)
            .ok()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        absl::StrCat("Pull request of ", request->Length(),
-                                     " bytes is not a mim.ps.PullRequest"));
+    // Without the role, the caller learns that and nothing more.
+    grpc::Status refused =
+        handlers_->CheckCallerEarly("PullRequest", *context);
+    if (refused.ok()) {
+      refused = grpc::Status(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          absl::StrCat("Pull request of ", request->Length(),
+                       " bytes is not a mim.ps.PullRequest"));
+    }
+    handlers_->RecordRefused("PullRequest", refused);
+    return refused;
   }
   return handlers_->HandlePullWire(context, &pull, response);
 }

@@ -13,6 +13,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
@@ -248,6 +249,39 @@ ParameterServerService::~ParameterServerService() {
   if (instruments_ != nullptr) {
     options_.metrics->RemoveScrapeCallback(instruments_->scrape_callback);
   }
+}
+
+namespace {
+
+// The method whose request message is `request_type` ("PushRequest" ->
+// kPush); kNumMethods for none.
+int MethodOfRequest(absl::string_view request_type) {
+  absl::string_view name = request_type;
+  if (!absl::ConsumeSuffix(&name, "Request")) return -1;
+  for (int m = 0; m < static_cast<int>(sizeof(kMethodNames) /
+                                       sizeof(kMethodNames[0]));
+       ++m) {
+    if (name == kMethodNames[m]) return m;
+  }
+  return -1;
+}
+
+}  // namespace
+
+grpc::Status ParameterServerService::CheckCallerEarly(
+    absl::string_view request_type, const grpc::ServerContextBase& context) {
+  if (options_.authorizer == nullptr) return grpc::Status::OK;
+  const int method = MethodOfRequest(request_type);
+  if (method < 0) return grpc::Status::OK;  // the handler checks it
+  return ToGrpcStatus(options_.authorizer->Check(
+      context, kMethodRoles[method], kMethodNames[method]));
+}
+
+void ParameterServerService::RecordRefused(absl::string_view request_type,
+                                           const grpc::Status& status) {
+  const int method = MethodOfRequest(request_type);
+  if (instruments_ == nullptr || method < 0 || status.ok()) return;
+  instruments_->Record(static_cast<Method>(method), 0, status, 0.0);
 }
 
 grpc::Status ParameterServerService::Observe(

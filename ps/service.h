@@ -143,6 +143,20 @@ class ParameterServerService final : public ParameterServer::Service {
   absl::StatusOr<InflightLease> AdmitQueued(absl::string_view method,
                                             size_t request_bytes);
 
+  // Before a call is admitted and queued (ShardCallbackService): the
+  // caller's token checked for the method whose request message is
+  // `request_type` (e.g. "PushRequest"), so a caller without the role
+  // takes no queue place and no in-flight bytes; OK with authentication
+  // off. The handler checks again (Observe), at the cost of one lookup.
+  grpc::Status CheckCallerEarly(absl::string_view request_type,
+                                const grpc::ServerContextBase& context);
+  // Records in the metrics a call refused before its handler ran (by
+  // CheckCallerEarly, AdmitQueued, a full queue, a deadline passed while it
+  // waited, or a request that did not parse), as the handler's own
+  // refusals are.
+  void RecordRefused(absl::string_view request_type,
+                     const grpc::Status& status);
+
   // The handlers, callable with the context of either server API:
   // ShardCallbackService (the shard binary) runs them on its executor, the
   // sync overrides below (in-process servers in tests) on gRPC's threads.

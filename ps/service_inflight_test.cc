@@ -17,6 +17,8 @@
 #include "gtest/gtest.h"
 #include "proto/ps.grpc.pb.h"
 #include "base/executor.h"
+#include "base/grpc_auth.h"
+#include "base/metrics.h"
 #include "ps/callback_service.h"
 #include "ps/client.h"
 #include "ps/limits.h"
@@ -312,6 +314,64 @@ TEST_F(InflightTest, FullQueueIsRetryLaterAndPsClientResends) {
   ASSERT_TRUE(pulled.ok()) << pulled.status();
   EXPECT_EQ(pulled->values.size(), 2 * kDim);
   EXPECT_GE(retries, 1);
+  server->Shutdown();
+}
+
+// With authentication on, a call without a valid token is refused before
+// it takes a queue place or in-flight bytes: with the executor's thread
+// busy and its queue full, an unauthenticated push is UNAUTHENTICATED, not
+// a queue-full refusal (which an admin's push gets), so callers without a
+// token cannot crowd out those with one.
+TEST(EarlyAuthTest, NoTokenIsRefusedBeforeTheQueue) {
+  constexpr char kAdmin[] = "admin-token-0123456789abcdefghijklmnop";
+  auto authorizer = base::Authorizer::FromText(
+      absl::StrCat("admin ", kAdmin, "\n"), "test tokens");
+  ASSERT_TRUE(authorizer.ok()) << authorizer.status();
+  embedding::EmbeddingStore::Options store_options;
+  store_options.data_dir =
+      absl::StrCat(std::getenv("TEST_TMPDIR"), "/early_auth");
+  auto store = embedding::EmbeddingStore::Open(store_options);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto metrics = base::Metrics::Create({});
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  ParameterServerService::Options service_options;
+  service_options.authorizer = authorizer->get();
+  service_options.metrics = metrics->get();
+  ParameterServerService service(store->get(), service_options);
+  absl::Notification release;
+  base::Executor executor(/*threads=*/1, /*max_queue=*/1, "shard 0/1");
+  ShardCallbackService callback(&service, &executor);
+  int port = 0;
+  std::unique_ptr<grpc::Server> server = StartOnLoopback(&callback, &port);
+  ASSERT_NE(server, nullptr);
+  absl::Cleanup unblock = [&release] {
+    if (!release.HasBeenNotified()) release.Notify();
+  };
+  Saturate(&executor, &release);
+  const std::string address = absl::StrCat("127.0.0.1:", port);
+  PsClient::Options once;
+  once.max_attempts = 1;
+  auto anonymous = PsClient::Create({address}, once);
+  ASSERT_TRUE(anonymous.ok());
+  const absl::Status refused =
+      (*anonymous)->Push("t", {1}, std::vector<float>(kDim, 1.0f)).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnauthenticated) << refused;
+  once.auth_token = kAdmin;
+  auto admin = PsClient::Create({address}, once);
+  ASSERT_TRUE(admin.ok());
+  const absl::Status full =
+      (*admin)->Push("t", {1}, std::vector<float>(kDim, 1.0f)).status();
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+  EXPECT_THAT(std::string(full.message()), HasSubstr("queue full"));
+  // Both refusals are in the shard's metrics, as a handler's are.
+  const std::string scraped = (*metrics)->Scrape();
+  EXPECT_THAT(scraped, HasSubstr("mim_ps_requests_total{method=\"Push\"} 2"));
+  EXPECT_THAT(scraped,
+              HasSubstr("mim_ps_request_errors_total{code=\"UNAUTHENTICATED\","
+                        "method=\"Push\"} 1"));
+  EXPECT_THAT(scraped, HasSubstr("mim_ps_request_errors_total{code=\""
+                                 "RESOURCE_EXHAUSTED\",method=\"Push\"} 1"));
+  release.Notify();
   server->Shutdown();
 }
 
