@@ -609,9 +609,14 @@ class StoreImpl : public EmbeddingStore {
     for (const PushLog::Evicted& gone : evicted) {
       extra.deletes.push_back(PushLogKey(gone.client_id));
     }
-    MIM_ASSIGN_OR_RETURN(
-        uint64_t updated,
-        t->Push(keys, gradients, now, PersistFor(*t, std::move(extra))));
+    EmbeddingTable::PersistFn persist = PersistFor(*t, std::move(extra));
+    MIM_ASSIGN_OR_RETURN(uint64_t updated,
+                         t->Push(keys, gradients, now, persist));
+    if (keys.empty()) {
+      // No rows, so the table wrote nothing; the window mark and the
+      // evictions still go to storage, as with any push.
+      MIM_RETURN_IF_ERROR(persist(ChangedRows()));
+    }
     client.window = next;
     client.last_used_micros = now;
     if (options_.test_after_push_applied) options_.test_after_push_applied();

@@ -266,6 +266,24 @@ TEST_F(EmbeddingStoreTest, PullOfUnseenKeysLeavesRowsMemoryAndCheckpointsAlone) 
 // Exactly-once pushes: a tag applied before is acknowledged and not applied
 // again, in any order, after a reopen (the log is durable with the rows),
 // and a restore brings back the log of its checkpoint.
+// A tagged push without keys changes no row, but its sequence is marked
+// durably like any push's: after a reopen its resend is a duplicate.
+TEST_F(EmbeddingStoreTest, AnEmptyTaggedPushIsMarkedDurably) {
+  auto empty = store_->PushOnce("user_id", {}, {}, PushTag{11, 1});
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_FALSE(empty->duplicate);
+  EXPECT_EQ(empty->rows_updated, 0u);
+  Reopen();
+  auto resent = store_->PushOnce("user_id", {}, {}, PushTag{11, 1});
+  ASSERT_TRUE(resent.ok()) << resent.status();
+  EXPECT_TRUE(resent->duplicate);
+  // Still checked like a push with keys: gradients without keys.
+  EXPECT_EQ(store_->PushOnce("user_id", {}, {1.0f}, PushTag{11, 2})
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(EmbeddingStoreTest, PushOnceAppliesEachTagOnce) {
   const std::vector<uint64_t> keys = {5, 6, 5};
   const std::vector<float> grad = Ramp(3 * 8, 0.5f);
