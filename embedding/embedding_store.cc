@@ -515,6 +515,13 @@ class StoreImpl : public EmbeddingStore {
     return t->dim();
   }
 
+  absl::StatusOr<uint32_t> StateFloats(absl::string_view table) const override {
+    absl::ReaderMutexLock lock(&tables_mu_);
+    const EmbeddingTable* t = Find(table);
+    if (t == nullptr) return NoTable(table);
+    return t->state_floats();
+  }
+
   absl::StatusOr<uint64_t> Push(absl::string_view table,
                                 absl::Span<const uint64_t> keys,
                                 absl::Span<const float> gradients) override {

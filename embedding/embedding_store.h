@@ -212,6 +212,10 @@ class EmbeddingStore {
 
   // Dimension of `table`, or NOT_FOUND.
   virtual absl::StatusOr<uint32_t> Dim(absl::string_view table) const = 0;
+  // Optimizer state floats per row of `table` (0 for SGD and content
+  // tables), or NOT_FOUND.
+  virtual absl::StatusOr<uint32_t> StateFloats(
+      absl::string_view table) const = 0;
 
   // Applies gradients (keys.size() * dim floats) to an ID table through its
   // optimizer; repeated keys have their gradients summed first. Returns the

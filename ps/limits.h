@@ -33,9 +33,18 @@ inline constexpr size_t kDefaultMaxInflightBytes = size_t{512} << 20;
 
 // A Push or Upsert holds about this many times its request's bytes while
 // it is applied: the request, the rows encoded for the store, RocksDB's
-// write batch and its memtable copy (heaptrack of a 64k-row push,
-// bench/ps_memory). Its --max_inflight_mb reservation is this multiple.
+// write batch and its memtable copy (heaptrack of a 64k-row SGD push,
+// bench/ps_memory). Its --max_inflight_mb reservation is this multiple;
+// for a Push to a table whose optimizer keeps state (Adagrad: dim floats
+// a row, Adam and FTRL: 2 dim), the three copies after the request hold
+// the state too, so they count (dim + state) / dim times
+// (WriteReservationBytes).
 inline constexpr size_t kWriteMemoryFactor = 4;
+
+// The --max_inflight_mb reservation of a write of `request_bytes` to rows
+// of `dim` values and `state_floats` optimizer state each (see above).
+size_t WriteReservationBytes(size_t request_bytes, uint32_t dim,
+                             uint32_t state_floats);
 
 // Memory gRPC itself may use for a shard's connections and buffers
 // (--grpc_memory_mb, a grpc::ResourceQuota; at least twice the message

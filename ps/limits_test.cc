@@ -62,6 +62,13 @@ TEST(LimitsTest, MaxKeysIsTheLargestCountThatFits) {
   EXPECT_EQ(MaxKeysForRowsRequest(100, 4096), 1u);
 }
 
+TEST(LimitsTest, WriteReservationCountsTheOptimizerState) {
+  EXPECT_EQ(WriteReservationBytes(1000, 64, 0), 4000u);      // SGD, content
+  EXPECT_EQ(WriteReservationBytes(1000, 64, 64), 7000u);     // Adagrad
+  EXPECT_EQ(WriteReservationBytes(1000, 64, 128), 10000u);   // Adam, FTRL
+  EXPECT_EQ(WriteReservationBytes(1000, 0, 0), 4000u);       // unknown table
+}
+
 TEST(InflightBytesTest, AdmitsWithinTheLimitAndAnyCallAlone) {
   InflightBytes budget(100);
   EXPECT_TRUE(budget.TryAcquire(250));  // alone: admitted whatever its size

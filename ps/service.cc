@@ -520,8 +520,14 @@ grpc::Status ParameterServerService::HandlePush(grpc::ServerContextBase* context
     if (absl::Status s = CheckKeys(request->keys()); !s.ok()) {
       return ToGrpcStatus(s);
     }
-    absl::StatusOr<InflightLease> lease =
-        Admit(kPush, kWriteMemoryFactor * request->ByteSizeLong());
+    // Sized by the table as it is now; an unknown table is refused below.
+    const absl::StatusOr<uint32_t> table_dim = store_->Dim(request->table());
+    const absl::StatusOr<uint32_t> state =
+        store_->StateFloats(request->table());
+    absl::StatusOr<InflightLease> lease = Admit(
+        kPush, WriteReservationBytes(request->ByteSizeLong(),
+                                     table_dim.ok() ? *table_dim : 0,
+                                     state.ok() ? *state : 0));
     if (!lease.ok()) return ToGrpcStatus(lease.status());
     // The store checks the length again under its lock (a Restore may
     // change the table's dim after this check).

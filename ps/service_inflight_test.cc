@@ -107,10 +107,11 @@ class InflightTest : public ::testing::Test {
 
   void TearDown() override { server_->Shutdown(); }
 
-  // A push of `keys` rows (keys 1..keys, gradient 1).
-  grpc::Status Push(size_t keys, PushResponse* response) {
+  // A push of `keys` rows (keys 1..keys, gradient 1) to `table`.
+  grpc::Status Push(size_t keys, PushResponse* response,
+                    const std::string& table = "t") {
     PushRequest push;
-    push.set_table("t");
+    push.set_table(table);
     for (size_t k = 1; k <= keys; ++k) push.add_keys(k);
     std::vector<float> gradients(keys * kDim, 1.0f);
     push.set_gradients(gradients.data(), gradients.size() * sizeof(float));
@@ -176,6 +177,40 @@ TEST_F(InflightTest, WaitingRequestsCountAgainstTheBudget) {
 // The busy refusal is marked "retry later" on the wire, and PsClient sends
 // the call again (with backoff) rather than failing its caller: the push is
 // applied once, when room is made.
+// A push to a table whose optimizer keeps state reserves for the state its
+// rows are written with: with Adam (2 x dim state floats) 1 + 3 x 3 = 10
+// times the request, where SGD reserves 4 times.
+TEST_F(InflightTest, AdamPushesReserveForTheirState) {
+  {
+    CreateTableRequest create;
+    create.mutable_config()->set_name("adam");
+    create.mutable_config()->set_kind(ID);
+    create.mutable_config()->set_dim(kDim);
+    create.mutable_config()->mutable_optimizer()->set_name("adam");
+    create.mutable_config()->mutable_optimizer()->set_learning_rate(0.01f);
+    create.mutable_config()->mutable_initializer()->set_name("zeros");
+    CreateTableResponse created;
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub_->CreateTable(&context, create, &created).ok());
+  }
+  // 0.8 MiB of the 1 MiB budget held by a call waiting for a thread.
+  std::optional<ParameterServerService::InflightLease> waiting;
+  {
+    auto admitted = service_->AdmitQueued("PushRequest", 819 * 1024);
+    ASSERT_TRUE(admitted.ok()) << admitted.status();
+    waiting.emplace(std::move(*admitted));
+  }
+  // 100 rows: a 26 KB request, 0.1 MiB for SGD (fits), 0.25 for Adam.
+  PushResponse response;
+  ASSERT_TRUE(Push(100, &response, "t").ok());
+  const grpc::Status s = Push(100, &response, "adam");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(s.error_message(), HasSubstr("this Push needs 0.3 MiB more"));
+  waiting.reset();
+  ASSERT_TRUE(Push(100, &response, "adam").ok());
+  EXPECT_EQ(response.rows_updated(), 100u);
+}
+
 TEST_F(InflightTest, PsClientRetriesABusyShardAndAppliesThePushOnce) {
   std::optional<ParameterServerService::InflightLease> waiting;
   {
