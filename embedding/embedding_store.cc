@@ -723,6 +723,9 @@ class StoreImpl : public EmbeddingStore {
     PushLog push_log(options_.max_push_clients);
     MIM_RETURN_IF_ERROR(LoadPushLog(**snapshot, &push_log));
     snapshot->reset();
+    // The slow half (the copy) while writes go on; only the swap below
+    // holds them.
+    MIM_RETURN_IF_ERROR(storage_->PrepareRestore(chosen));
     // Writes acknowledged until here are replaced by the checkpoint, as if
     // they had come before the restore.
     absl::MutexLock writers(&write_mu_);

@@ -23,8 +23,9 @@
 // Thread-safety: safe for concurrent access. Pulls and pushes on different
 // keys run in parallel (striped locks inside each table); Checkpoint briefly
 // blocks writers so that all tables are captured at one consistent point.
-// A Restore loads its checkpoint while reads and writes go on, then blocks
-// writers while the database is swapped and readers only for the moment
+// A Restore loads its checkpoint and copies it (Storage::PrepareRestore)
+// while reads and writes go on, then blocks writers while the database is
+// swapped and readers only for the moment
 // the tables are swapped. Checkpoint, Restore and DeleteCheckpoint run one
 // at a time: one that starts while another runs fails at once with
 // UNAVAILABLE naming the one in progress (retry when it is done), so admin

@@ -801,14 +801,14 @@ class RocksDbStorage : public Storage {
         new RocksDbStorage(options_, /*read_only=*/true, env_, std::move(*db)));
   }
 
-  absl::Status RestoreCheckpoint(const std::string& name) override {
+  // Copies checkpoint `name` to db.restore/ and fsyncs it; the live
+  // database is not touched (it runs meanwhile).
+  absl::Status PrepareRestore(const std::string& name) override {
     if (read_only_) return ReadOnlyError();
-    absl::Status st = CheckExists(name);
-    if (!st.ok()) return st;
-    const fs::path root(options_.data_dir);
-    const fs::path live = root / "db";
-    const fs::path staged = root / "db.restore";
-    const fs::path old = root / "db.old";
+    absl::MutexLock prepared(&prepare_mu_);
+    prepared_for_.clear();
+    MIM_RETURN_IF_ERROR(CheckExists(name));
+    const fs::path staged = fs::path(options_.data_dir) / "db.restore";
     std::error_code ec;
     fs::remove_all(staged, ec);
     fs::copy(CheckpointPath(name), staged, fs::copy_options::recursive, ec);
@@ -819,8 +819,31 @@ class RocksDbStorage : public Storage {
     }
     // The live database is not a checkpoint: it keeps no creation order.
     fs::remove(staged / kInfoFile, ec);
-    st = SyncTree(staged);
+    MIM_RETURN_IF_ERROR(SyncTree(staged));
+    prepared_for_ = name;
+    return absl::OkStatus();
+  }
+
+  absl::Status RestoreCheckpoint(const std::string& name) override {
+    if (read_only_) return ReadOnlyError();
+    absl::Status st = CheckExists(name);
     if (!st.ok()) return st;
+    bool prepared = false;
+    {
+      absl::MutexLock lock(&prepare_mu_);
+      prepared = prepared_for_ == name;
+      prepared_for_.clear();  // used now, or discarded
+    }
+    if (!prepared) MIM_RETURN_IF_ERROR(PrepareRestore(name));
+    {
+      absl::MutexLock lock(&prepare_mu_);
+      prepared_for_.clear();
+    }
+    const fs::path root(options_.data_dir);
+    const fs::path live = root / "db";
+    const fs::path staged = root / "db.restore";
+    const fs::path old = root / "db.old";
+    std::error_code ec;
 
     absl::MutexLock lock(&mu_);
     db_.reset();  // closes the live database
@@ -959,6 +982,9 @@ class RocksDbStorage : public Storage {
   // A write failed since the open: the WAL may end in a torn record.
   std::atomic<bool> write_failed_{false};
   absl::Mutex create_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  // The checkpoint PrepareRestore copied to db.restore/, if any.
+  absl::Mutex prepare_mu_;
+  std::string prepared_for_ ABSL_GUARDED_BY(prepare_mu_);
   mutable absl::Mutex mu_;
   // Null only if reopening after a failed restore also failed.
   std::unique_ptr<rocksdb::DB> db_ ABSL_GUARDED_BY(mu_);

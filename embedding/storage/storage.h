@@ -60,6 +60,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 
@@ -154,6 +155,18 @@ class Storage {
   virtual absl::StatusOr<std::unique_ptr<Storage>> OpenCheckpoint(
       const std::string& name) const = 0;
   virtual absl::Status RestoreCheckpoint(const std::string& name) = 0;
+  // Optional first half of a RestoreCheckpoint(name) that comes next: the
+  // slow part (RocksDB: the copy of the checkpoint, fsynced) done while
+  // reads and writes go on, so that the caller blocks writers only for the
+  // swap. The live contents are unchanged; a later RestoreCheckpoint of
+  // another name, or none, discards it. NOT_FOUND for an unknown name. The
+  // default only checks the name.
+  virtual absl::Status PrepareRestore(const std::string& name) {
+    for (const StoredCheckpoint& c : ListCheckpoints()) {
+      if (c.name == name) return absl::OkStatus();
+    }
+    return absl::NotFoundError(absl::StrCat("no checkpoint '", name, "'"));
+  }
 
   // After a batch that deleted `prefix`: frees the space its keys still
   // take (RocksDB: flushes, then has the files that hold such keys

@@ -328,6 +328,31 @@ TYPED_TEST(StorageTest, RestoreReplacesLiveContents) {
   EXPECT_EQ(this->ScanAll(**cp, "").size(), 1u);
 }
 
+// PrepareRestore does the slow half while writes go on: the live contents
+// are unchanged by it, a write after it is still replaced by the restore,
+// and a restore of another checkpoint discards it.
+TYPED_TEST(StorageTest, PreparedRestoreReplacesWritesMadeAfterIt) {
+  this->Put("k1", "v1");
+  ASSERT_TRUE(this->storage_->CreateCheckpoint("c1").ok());
+  this->Put("k1", "v2");
+  ASSERT_TRUE(this->storage_->CreateCheckpoint("c2").ok());
+  ASSERT_TRUE(this->storage_->PrepareRestore("c1").ok());
+  EXPECT_EQ(this->ScanAll(*this->storage_, ""),
+            (std::map<std::string, std::string>{{"k1", "v2"}}));
+  this->Put("k2", "during");
+  ASSERT_TRUE(this->storage_->RestoreCheckpoint("c1").ok());
+  EXPECT_EQ(this->ScanAll(*this->storage_, ""),
+            (std::map<std::string, std::string>{{"k1", "v1"}}));
+  ASSERT_TRUE(this->storage_->PrepareRestore("c1").ok());
+  ASSERT_TRUE(this->storage_->RestoreCheckpoint("c2").ok());
+  EXPECT_EQ(this->ScanAll(*this->storage_, ""),
+            (std::map<std::string, std::string>{{"k1", "v2"}}));
+  EXPECT_EQ(this->storage_->PrepareRestore("missing").code(),
+            absl::StatusCode::kNotFound);
+  this->Put("k3", "after");  // still writable
+  EXPECT_EQ(this->ScanAll(*this->storage_, "").size(), 2u);
+}
+
 TYPED_TEST(StorageTest, DeleteCheckpointRemovesOnlyThatOne) {
   this->Put("k1", "v1");
   ASSERT_TRUE(this->storage_->CreateCheckpoint("c1").ok());
