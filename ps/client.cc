@@ -696,6 +696,25 @@ class ShardCaller {
           }
         }
       }
+      if (push && w > 0 && !IsPushInDoubt(status)) {
+        // The calls of the earlier waves were acknowledged: applied. The
+        // caller must not take the whole push for unapplied.
+        size_t applied = 0;
+        for (size_t earlier = 0; earlier < w; ++earlier) {
+          applied += routing.waves[earlier].size();
+        }
+        absl::Status partial(
+            status.code(),
+            absl::StrCat(status.message(), "; ", applied, " of the push's ",
+                         routing.shard_of_call.size(),
+                         " calls (the earlier waves) were applied, so it was "
+                         "applied in part"));
+        status.ForEachPayload(
+            [&partial](absl::string_view url, const absl::Cord& payload) {
+              partial.SetPayload(url, payload);
+            });
+        return partial;
+      }
       return status;
     }
     return absl::OkStatus();

@@ -404,7 +404,8 @@ class PsClient {
 // no other call of the push failed outright. Other errors of a Push mean
 // that the failing shard did not apply its part (with several shards, the
 // others may have applied theirs; one whose part is in doubt is named in
-// the message).
+// the message; a push sent in several waves whose later wave failed says
+// how many calls of the earlier waves were applied).
 bool IsPushInDoubt(const absl::Status& status);
 
 // Sum of per-shard stats for each table name, in the order of first shard.

@@ -946,13 +946,13 @@ class ScriptedShard : public ParameterServer::Service {
       : answer_(std::move(answer)), delay_(delay) {}
   grpc::Status Push(grpc::ServerContext*, const PushRequest* request,
                     PushResponse*) override {
-    ++pushes;
+    const int n = pushes++;
     {
       absl::MutexLock lock(&mu);
       tags.emplace_back(request->client_id(), request->sequence());
     }
     absl::SleepFor(delay_);
-    return answer_;
+    return n < ok_first_pushes ? grpc::Status::OK : answer_;
   }
   grpc::Status Pull(grpc::ServerContext*, const PullRequest*,
                     PullResponse*) override {
@@ -962,6 +962,8 @@ class ScriptedShard : public ParameterServer::Service {
   }
   std::atomic<int> pushes{0};
   std::atomic<int> pulls{0};
+  // The first this many pushes are answered OK, the rest `answer`.
+  std::atomic<int> ok_first_pushes{0};
   absl::Mutex mu;
   // (client_id, sequence) of every push attempt, in arrival order.
   std::vector<std::pair<uint64_t, uint64_t>> tags ABSL_GUARDED_BY(mu);
@@ -987,6 +989,28 @@ struct ScriptedServer {
   std::unique_ptr<grpc::Server> server;
   std::string address;
 };
+
+// A push sent in waves whose second wave is refused: the first wave's call
+// was acknowledged, so the error says the push was applied in part instead
+// of reading as "not applied".
+TEST(PsClientPushRetryTest, AWaveRefusedAfterAnAppliedOneSaysSo) {
+  ScriptedServer shard(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no"),
+                       absl::ZeroDuration());
+  shard.service.ok_first_pushes = 1;
+  PsClient::Options options;
+  options.max_keys_per_rpc = 1;
+  options.max_calls_per_shard = 1;
+  auto client = PsClient::Create({shard.address}, options);
+  ASSERT_TRUE(client.ok());
+  const absl::Status s =
+      (*client)->Push("t", {1, 2, 3}, {1.0f, 2.0f, 3.0f}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_FALSE(IsPushInDoubt(s));
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("1 of the push's 3 calls (the earlier waves) were "
+                        "applied, so it was applied in part"));
+  EXPECT_EQ(shard.service.pushes, 2);  // the third wave was not sent
+}
 
 TEST(PsClientPushRetryTest, ASentPushIsNotResentAndIsInDoubt) {
   using PushRetry = PsClient::Options::PushRetry;
