@@ -795,17 +795,44 @@ void EmbeddingTable::GetRows(absl::Span<const uint64_t> keys,
   const uint32_t dim = config_.dim;
   values->assign(keys.size() * dim, 0.0f);
   meta->assign(keys.size(), RowMeta{});
+  // Positions grouped by stripe (counting sort), so each stripe's reader
+  // lock is taken once, as in Pull.
+  uint32_t start[kNumStripes + 1] = {0};
+  std::vector<uint8_t> stripe_of(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) {
-    const Stripe& stripe = *stripes_[StripeOf(keys[i])];
-    absl::ReaderMutexLock lock(&stripe.mu);
-    const int64_t slot = stripe.Find(keys[i]);
-    if (slot < 0) {
-      if (missing != nullptr) missing->push_back(static_cast<uint32_t>(i));
-      continue;
+    stripe_of[i] = static_cast<uint8_t>(StripeOf(keys[i]));
+    ++start[stripe_of[i] + 1];
+  }
+  for (size_t s = 0; s < kNumStripes; ++s) start[s + 1] += start[s];
+  std::vector<uint32_t> order(keys.size());
+  {
+    uint32_t next[kNumStripes];
+    std::memcpy(next, start, sizeof(next));
+    for (size_t i = 0; i < keys.size(); ++i) {
+      order[next[stripe_of[i]]++] = static_cast<uint32_t>(i);
     }
-    const char* rec = stripe.arena.record(static_cast<uint32_t>(slot));
-    std::memcpy(values->data() + i * dim, Values(rec), sizeof(float) * dim);
-    (*meta)[i] = ReadMeta(rec);
+  }
+  const size_t missing_before = missing != nullptr ? missing->size() : 0;
+  for (size_t s = 0; s < kNumStripes; ++s) {
+    if (start[s] == start[s + 1]) continue;
+    const Stripe& stripe = *stripes_[s];
+    absl::ReaderMutexLock lock(&stripe.mu);
+    for (uint32_t j = start[s]; j < start[s + 1]; ++j) {
+      const uint32_t i = order[j];
+      const int64_t slot = stripe.Find(keys[i]);
+      if (slot < 0) {
+        if (missing != nullptr) missing->push_back(i);
+        continue;
+      }
+      const char* rec = stripe.arena.record(static_cast<uint32_t>(slot));
+      std::memcpy(values->data() + size_t{i} * dim, Values(rec),
+                  sizeof(float) * dim);
+      (*meta)[i] = ReadMeta(rec);
+    }
+  }
+  // In request order, as callers expect.
+  if (missing != nullptr) {
+    std::sort(missing->begin() + missing_before, missing->end());
   }
 }
 

@@ -286,6 +286,23 @@ TEST(EmbeddingTableTest, ContentTableUpsertVersionsAndMissing) {
   EXPECT_EQ(meta[0].update_count, 2u);
   EXPECT_EQ(meta[0].last_update_micros, 300);
   EXPECT_EQ(missing, std::vector<uint32_t>({1}));
+
+  // Many keys over many stripes (looked up stripe by stripe): rows and
+  // missing positions in request order.
+  std::vector<uint64_t> many;
+  std::vector<uint32_t> want_missing;
+  for (uint64_t k = 0; k < 600; ++k) {
+    many.push_back(k % 3 == 0 ? 1 + (k % 2) : 1000 + k);
+    if (k % 3 != 0) want_missing.push_back(static_cast<uint32_t>(k));
+  }
+  missing.clear();
+  table->GetRows(many, &got, &meta, &missing);
+  EXPECT_EQ(missing, want_missing);
+  for (size_t k = 0; k < many.size(); k += 3) {
+    const float want = many[k] == 1 ? 3.0f : 7.0f;
+    EXPECT_EQ(got[2 * k], want) << k;
+    EXPECT_EQ(meta[k].version, many[k] == 1 ? 5u : 6u) << k;
+  }
 }
 
 // Snapshot of every row of `keys`, bytes of values + state + meta.

@@ -239,7 +239,7 @@ struct StorageRecovery {
   // Damaged or missing files, relative to data_dir ("db/000012.log", "db/").
   std::vector<std::string> files;
   // Where copies of the write-ahead logs were kept, as they were before
-  // anything was dropped, relative to data_dir ("wal-salvage/<UTC time>");
+  // anything was dropped, relative to data_dir ("salvage/<UTC time>");
   // empty if none were kept.
   std::string salvage_dir;
   // One line for logs and stats: what was wrong and what was dropped.
@@ -262,7 +262,7 @@ struct StorageRecovery {
 // naming the file and how much would be lost, without changing any file.
 //
 // With options.accept_data_loss those cases open anyway: the write-ahead
-// logs are first copied to wal-salvage/<UTC time>/, the database recovers to
+// logs are first copied to salvage/<UTC time>/, the database recovers to
 // the last consistent point before the damage (or starts empty when db/ is
 // missing), and `*recovery` (when not null) says what was dropped. Other
 // errors: DATA_LOSS for a corrupt database, INTERNAL for I/O errors.
