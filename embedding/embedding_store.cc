@@ -434,21 +434,29 @@ class StoreImpl : public EmbeddingStore {
                            bool if_not_exists) override {
     MIM_RETURN_IF_ERROR(ValidateTableConfig(config));
     absl::ReaderMutexLock writers(&write_mu_);
-    absl::MutexLock lock(&tables_mu_);
-    auto it = tables_.find(config.name);
-    if (it != tables_.end()) {
-      if (if_not_exists && it->second->config() == config) {
-        return absl::OkStatus();
+    // One create at a time: the check, the durable write and the insert
+    // below are one step for creates, while pulls (tables_mu_ shared) go on
+    // through the storage write (an fsync with sync_writes); a drop or a
+    // restore needs write_mu_ exclusively, so neither runs meanwhile.
+    absl::MutexLock creating(&create_table_mu_);
+    {
+      absl::ReaderMutexLock lock(&tables_mu_);
+      const EmbeddingTable* existing = Find(config.name);
+      if (existing != nullptr) {
+        if (if_not_exists && existing->config() == config) {
+          return absl::OkStatus();
+        }
+        return absl::AlreadyExistsError(absl::StrCat(
+            "table '", config.name, "' already exists",
+            if_not_exists ? " with a different config" : ""));
       }
-      return absl::AlreadyExistsError(absl::StrCat(
-          "table '", config.name, "' already exists",
-          if_not_exists ? " with a different config" : ""));
     }
     auto table = EmbeddingTable::Create(config);
     if (!table.ok()) return table.status();
     StorageBatch batch;
     batch.puts.emplace_back(TableKey(config.name), EncodeConfig(config));
     MIM_RETURN_IF_ERROR(storage_->Write(batch));
+    absl::MutexLock lock(&tables_mu_);
     tables_[config.name] = std::move(*table);
     return absl::OkStatus();
   }
@@ -848,6 +856,9 @@ class StoreImpl : public EmbeddingStore {
   std::string admin_op_ ABSL_GUARDED_BY(admin_mu_);  // empty: none
   absl::Time admin_start_ ABSL_GUARDED_BY(admin_mu_);
   absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(tables_mu_);
+  // Held by CreateTable through its check, storage write and insert.
+  absl::Mutex create_table_mu_ ABSL_ACQUIRED_AFTER(write_mu_)
+      ABSL_ACQUIRED_BEFORE(tables_mu_);
   // Guarded by write_mu_ for replacement (Restore holds it exclusively);
   // the log is itself safe for concurrent access.
   const std::unique_ptr<PushLog> push_log_;
