@@ -224,6 +224,11 @@ absl::StatusOr<bool> ModelManager::Poll() {
     failed_version_ = manifest->model_version;
     failed_status_ = next.status();
     retry_at_ = now + failed_backoff_;
+    {
+      absl::MutexLock lock(&mu_);
+      last_reload_error_ =
+          absl::StrCat(manifest->model_version, ": ", next.status().ToString());
+    }
     return next.status();
   }
   failed_version_.clear();
@@ -235,9 +240,15 @@ absl::StatusOr<bool> ModelManager::Poll() {
   {
     absl::MutexLock lock(&mu_);
     current_ = std::move(*next);
+    last_reload_error_.clear();
   }
   ++reloads_;
   return true;
+}
+
+std::string ModelManager::last_reload_error() const {
+  absl::MutexLock lock(&mu_);
+  return last_reload_error_;
 }
 
 void ModelManager::PollLoop() {

@@ -136,6 +136,9 @@ class ModelManager {
 
   int64_t reloads() const { return reloads_.load(); }
   int64_t failed_reloads() const { return failed_reloads_.load(); }
+  // Why the newest version named by the manifest could not be loaded
+  // ("VERSION: error"); empty once a version loads (or none failed).
+  std::string last_reload_error() const;
 
  private:
   explicit ModelManager(const Options& options);
@@ -151,6 +154,7 @@ class ModelManager {
   absl::Duration failed_backoff_ ABSL_GUARDED_BY(poll_mu_) = absl::Seconds(1);
   absl::Time retry_at_ ABSL_GUARDED_BY(poll_mu_) = absl::InfinitePast();
   std::atomic<int64_t> reloads_{0}, failed_reloads_{0};
+  std::string last_reload_error_ ABSL_GUARDED_BY(mu_);
   absl::Notification stop_;
   std::thread thread_;
 };

@@ -143,7 +143,16 @@ TEST(RowCacheTest, TablesBeyondTheLimitAreNotCached) {
   EXPECT_EQ(extra, RowCache::kUncached);
   const float row[1] = {1};
   cache.Insert(extra, 1, row, 1, absl::Now(), cache.generation(extra));
+  // Nothing stored (a Lookup of kUncached misses whatever is stored, so
+  // the entry count is what tells), and a table within the limit still is.
+  EXPECT_EQ(cache.stats().entries, 0);
+  EXPECT_EQ(cache.stats().bytes, 0);
   float out[1];
+  EXPECT_EQ(cache.Lookup(extra, 1, 1, absl::Now(), out),
+            RowCache::Found::kMiss);
+  cache.Insert(0, 1, row, 1, absl::Now(), cache.generation(0));
+  EXPECT_EQ(cache.stats().entries, 1);
+  EXPECT_EQ(cache.Lookup(0, 1, 1, absl::Now(), out), RowCache::Found::kFresh);
   EXPECT_EQ(cache.Lookup(extra, 1, 1, absl::Now(), out),
             RowCache::Found::kMiss);
 }

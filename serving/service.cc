@@ -114,6 +114,10 @@ PredictionServiceImpl::PredictionServiceImpl(Predictor* predictor,
     metrics_->Gauge("mim_serving_model_reloads",
                     "Model versions installed since start (hot reloads)")
         .Set(static_cast<double>(models_->reloads()));
+    metrics_->Gauge("mim_serving_model_reload_failures",
+                    "Attempts since start to load a new model version that "
+                    "failed (the current version kept serving)")
+        .Set(static_cast<double>(models_->failed_reloads()));
   });
 }
 
@@ -247,6 +251,8 @@ grpc::ServerUnaryReactor* PredictionServiceImpl::GetStatus(
   response->set_cache_misses(st.misses + st.stale_hits);
   response->set_cache_bytes(st.bytes);
   response->set_model_reloads(models_->reloads());
+  response->set_model_reload_failures(models_->failed_reloads());
+  response->set_last_reload_error(models_->last_reload_error());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   Finish(kGetStatus, start, reactor, absl::OkStatus());
   return reactor;

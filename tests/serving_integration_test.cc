@@ -28,6 +28,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
+#include "base/atomic_file.h"
 #include "proto/serving.grpc.pb.h"
 #include "ps/client.h"
 #include "serving/content_encoder.h"
@@ -608,6 +609,49 @@ TEST_F(ServingTest, AModelWhoseTableIsNotOnTheShardsIsRefused) {
         << r->err;
   }
   std::filesystem::remove_all(dir);
+}
+
+// A new version that cannot be served (its content table is on no shard)
+// is not installed: the current one goes on serving, and GetStatus and the
+// metrics say that a reload failed and why. Putting the manifest back
+// clears nothing already served.
+TEST_F(ServingTest, AFailedReloadIsReportedAndTheCurrentVersionServes) {
+  const std::string v1 = GetStatusVersion();
+  ASSERT_FALSE(v1.empty());
+  std::string original;
+  const std::string manifest_path =
+      env->model_dir + "/" + model::kManifestFileName;
+  ASSERT_TRUE(base::ReadFileToString(manifest_path, &original).ok());
+  absl::StatusOr<model::ModelManifest> m = model::ReadManifest(env->model_dir);
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_TRUE(m->content_table.has_value());
+  m->model_version = v1 + "-broken";
+  m->content_table->name = "no_such_table";
+  ASSERT_TRUE(model::WriteManifest(env->model_dir, *m).ok());
+  serving::GetStatusResponse status;
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  do {
+    absl::SleepFor(absl::Milliseconds(50));
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(
+        env->stub->GetStatus(&ctx, serving::GetStatusRequest(), &status).ok());
+  } while (status.model_reload_failures() == 0 && absl::Now() < give_up);
+  ASSERT_TRUE(base::WriteFileAtomically(manifest_path, original).ok());
+  EXPECT_GE(status.model_reload_failures(), 1);
+  EXPECT_EQ(status.model_version(), v1);
+  EXPECT_TRUE(absl::StrContains(status.last_reload_error(),
+                                v1 + "-broken: "))
+      << status.last_reload_error();
+  EXPECT_TRUE(absl::StrContains(status.last_reload_error(), "no_such_table"))
+      << status.last_reload_error();
+  PredictResponse resp;
+  EXPECT_TRUE(Predict(RequestFor(env->test_samples[0]), &resp).ok());
+  EXPECT_EQ(resp.model_version(), v1);
+  absl::StatusOr<std::string> metrics =
+      HttpGet(env->server->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_TRUE(absl::StrContains(*metrics, "mim_serving_model_reload_failures"))
+      << *metrics;
 }
 
 TEST_F(ServingTest, NewModelVersionIsPickedUpUnderLoadWithoutAFailedRequest) {
