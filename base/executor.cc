@@ -23,15 +23,41 @@ Executor::~Executor() {
 }
 
 absl::Status Executor::Submit(absl::Time deadline, Task task) {
-  absl::MutexLock lock(&mu_);
-  if (stopping_) return absl::CancelledError("the server is shutting down");
-  if (static_cast<int64_t>(queue_.size()) >= max_queue_) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        name_, " queue full (", queue_.size(),
-        " requests waiting, --max_queue); retry with backoff"));
+  std::vector<Item> expired;
+  absl::Status status;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return absl::CancelledError("the server is shutting down");
+    if (static_cast<int64_t>(queue_.size()) >= max_queue_) {
+      // Full: tasks whose deadline already passed give up their places
+      // (they would only be told so when a thread reached them).
+      const absl::Time now = absl::Now();
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        if (now >= it->deadline) {
+          expired.push_back(std::move(*it));
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    if (static_cast<int64_t>(queue_.size()) >= max_queue_) {
+      status = absl::ResourceExhaustedError(absl::StrCat(
+          name_, " queue full (", queue_.size(),
+          " requests waiting, --max_queue); retry with backoff"));
+    } else {
+      queue_.push_back(Item{deadline, std::move(task)});
+    }
   }
-  queue_.push_back(Item{deadline, std::move(task)});
-  return absl::OkStatus();
+  // Outside the lock: a task may Submit again.
+  for (Item& item : expired) item.task(QueueDeadlineError());
+  return status;
+}
+
+absl::Status Executor::QueueDeadlineError() const {
+  return absl::DeadlineExceededError(absl::StrCat(
+      "the deadline passed while the request waited in the ", name_,
+      " queue for a thread"));
 }
 
 int64_t Executor::queued() const {
@@ -53,9 +79,7 @@ void Executor::Work() {
       queue_.pop_front();
     }
     if (absl::Now() >= item.deadline) {
-      item.task(absl::DeadlineExceededError(absl::StrCat(
-          "the deadline passed while the request waited in the ", name_,
-          " queue for a thread")));
+      item.task(QueueDeadlineError());
     } else {
       item.task(absl::OkStatus());
     }

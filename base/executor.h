@@ -39,9 +39,10 @@ class Executor {
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
 
-  // Queues `task`. When the queue is full the task is not queued and this
-  // returns RESOURCE_EXHAUSTED naming the queue and its size (the task is
-  // not run).
+  // Queues `task`. When the queue is full, queued tasks whose deadline has
+  // passed are first told so (DEADLINE_EXCEEDED, on this thread) and
+  // dropped; if it is still full the task is not queued and this returns
+  // RESOURCE_EXHAUSTED naming the queue and its size (the task is not run).
   absl::Status Submit(absl::Time deadline, Task task);
 
   int64_t queued() const;
@@ -52,6 +53,7 @@ class Executor {
     Task task;
   };
   void Work();
+  absl::Status QueueDeadlineError() const;
 
   const int max_queue_;
   const std::string name_;

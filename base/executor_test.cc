@@ -62,5 +62,40 @@ TEST(ExecutorTest, ATaskWhoseDeadlinePassedWhileQueuedIsToldSo) {
   EXPECT_EQ(late, absl::StatusCode::kDeadlineExceeded);
 }
 
+// A full queue first drops the tasks whose deadline passed while they
+// waited (each told DEADLINE_EXCEEDED), so they do not hold places a live
+// request could take.
+TEST(ExecutorTest, AFullQueueMakesRoomByDroppingExpiredTasks) {
+  absl::Notification release, started;
+  std::atomic<int> expired{0}, ran{0};
+  {
+    Executor ex(/*threads=*/1, /*max_queue=*/2, "test");
+    ASSERT_TRUE(ex.Submit(absl::Now() + absl::Hours(1),
+                          [&](const absl::Status&) {
+                            started.Notify();
+                            release.WaitForNotification();
+                          })
+                    .ok());
+    started.WaitForNotification();
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_TRUE(ex.Submit(absl::Now() + absl::Milliseconds(1),
+                            [&](const absl::Status& s) {
+                              if (absl::IsDeadlineExceeded(s)) ++expired;
+                            })
+                      .ok());
+    }
+    absl::SleepFor(absl::Milliseconds(5));  // both deadlines pass
+    ASSERT_TRUE(ex.Submit(absl::Now() + absl::Hours(1),
+                          [&](const absl::Status& s) {
+                            if (s.ok()) ++ran;
+                          })
+                    .ok());
+    EXPECT_EQ(expired.load(), 2);  // told at once, on the submitting thread
+    EXPECT_EQ(ex.queued(), 1);
+    release.Notify();
+  }
+  EXPECT_EQ(ran.load(), 1);
+}
+
 }  // namespace
 }  // namespace mim::base

@@ -184,7 +184,12 @@ grpc::ServerUnaryReactor* PredictionServiceImpl::Dispatch(
         }
         Finish(method, start, reactor, admitted.ok() ? work() : admitted);
       });
-  if (!queued.ok()) Finish(method, start, reactor, queued);
+  // A full queue ran nothing: marked so that a client may send it again.
+  if (!queued.ok()) {
+    Finish(method, start, reactor,
+           absl::IsResourceExhausted(queued) ? ps::MarkRetryLater(queued)
+                                             : queued);
+  }
   return reactor;
 }
 
