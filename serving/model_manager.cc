@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/atomic_file.h"
 #include "base/status_macros.h"
 #include "glog/logging.h"
 
@@ -162,10 +163,44 @@ absl::StatusOr<std::shared_ptr<const ServableModel>> LoadServableModel(
 
 ModelManager::ModelManager(const Options& options) : options_(options) {}
 
+namespace {
+
+// The manifest's bytes, or "" when it cannot be read.
+std::string ManifestText(const std::string& dir) {
+  std::string text;
+  if (!base::ReadFileToString(
+           absl::StrCat(dir, "/", model::kManifestFileName), &text)
+           .ok()) {
+    text.clear();
+  }
+  return text;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<ModelManager>> ModelManager::Create(
     const Options& options) {
-  MIM_ASSIGN_OR_RETURN(std::shared_ptr<const ServableModel> first,
-                       LoadServableModel(options.model_dir));
+  // A save in progress (the trainer writes the model file, then the
+  // manifest) can fail the first load for a moment: while the manifest
+  // changes within `start_wait` of a failure, the load is tried again.
+  absl::StatusOr<std::shared_ptr<const ServableModel>> loaded;
+  for (int attempt = 1;; ++attempt) {
+    const std::string manifest = ManifestText(options.model_dir);
+    loaded = LoadServableModel(options.model_dir);
+    if (loaded.ok() || attempt >= kStartAttempts) break;
+    bool changed = false;
+    const absl::Time give_up = absl::Now() + options.start_wait;
+    while (!changed && absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(20));
+      changed = ManifestText(options.model_dir) != manifest;
+    }
+    if (!changed) break;
+    LOG(WARNING) << "loading " << options.model_dir << " failed while its "
+                 << "manifest changed (a save in progress?); trying again: "
+                 << loaded.status();
+  }
+  if (!loaded.ok()) return loaded.status();
+  std::shared_ptr<const ServableModel> first = std::move(*loaded);
   if (options.check) MIM_RETURN_IF_ERROR(options.check(*first));
   std::unique_ptr<ModelManager> manager(new ModelManager(options));
   {

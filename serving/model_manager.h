@@ -116,10 +116,16 @@ class ModelManager {
     // CheckModelTables (predictor.h): the tables it reads exist on the
     // shards with its dims. May be empty.
     std::function<absl::Status(const ServableModel&)> check;
+    // Create: after a failed first load, how long to watch the manifest
+    // for a change (a save in progress) before giving up; a change means
+    // another try, at most kStartAttempts in all.
+    absl::Duration start_wait = absl::Seconds(2);
   };
+  static constexpr int kStartAttempts = 5;
 
   // Loads the current version (errors as LoadServableModel, or the
-  // check's) and starts the poll thread.
+  // check's; retried while the manifest changes, see start_wait) and
+  // starts the poll thread.
   static absl::StatusOr<std::unique_ptr<ModelManager>> Create(
       const Options& options);
   ~ModelManager();  // stops the poll thread
