@@ -28,10 +28,14 @@ absl::Status Executor::Submit(absl::Time deadline, Task task) {
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::CancelledError("the server is shutting down");
-    if (static_cast<int64_t>(queue_.size()) >= max_queue_) {
+    const absl::Time now = absl::Now();
+    if (static_cast<int64_t>(queue_.size()) >= max_queue_ &&
+        now >= next_sweep_) {
       // Full: tasks whose deadline already passed give up their places
-      // (they would only be told so when a thread reached them).
-      const absl::Time now = absl::Now();
+      // (they would only be told so when a thread reached them). At most
+      // one sweep of the queue per kSweepInterval: under overload every
+      // Submit finds it full.
+      next_sweep_ = now + kSweepInterval;
       for (auto it = queue_.begin(); it != queue_.end();) {
         if (now >= it->deadline) {
           expired.push_back(std::move(*it));

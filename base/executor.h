@@ -41,7 +41,7 @@ class Executor {
 
   // Queues `task`. When the queue is full, queued tasks whose deadline has
   // passed are first told so (DEADLINE_EXCEEDED, on this thread) and
-  // dropped; if it is still full the task is not queued and this returns
+  // dropped (at most one such sweep per 10 ms); if it is still full the task is not queued and this returns
   // RESOURCE_EXHAUSTED naming the queue and its size (the task is not run).
   absl::Status Submit(absl::Time deadline, Task task);
 
@@ -60,6 +60,9 @@ class Executor {
   mutable absl::Mutex mu_;
   std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // When a full queue may next be swept for expired tasks (Submit).
+  static constexpr absl::Duration kSweepInterval = absl::Milliseconds(10);
+  absl::Time next_sweep_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::vector<std::thread> threads_;
 };
 

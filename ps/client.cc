@@ -682,7 +682,8 @@ class ShardCaller {
       const PsClient& client, const Routing& routing,
       const std::vector<typename Rpc::Request>& requests,
       std::vector<typename Rpc::Response>* responses, Resend resend,
-      bool push = false, std::vector<Unsettled>* unsettled = nullptr) {
+      bool push = false, std::vector<Unsettled>* unsettled = nullptr,
+      bool one_push = true) {
     responses->resize(requests.size());
     for (size_t w = 0; w < routing.waves.size(); ++w) {
       absl::Status status =
@@ -696,19 +697,20 @@ class ShardCaller {
           }
         }
       }
-      if (push && w > 0 && !IsPushInDoubt(status)) {
-        // The calls of the earlier waves were acknowledged: applied. The
-        // caller must not take the whole push for unapplied.
+      if (push && one_push && w > 0 && !IsPushInDoubt(status)) {
+        // The calls of the earlier waves were acknowledged: applied (and
+        // perhaps some of this wave's). The caller must not take the whole
+        // push for unapplied.
         size_t applied = 0;
         for (size_t earlier = 0; earlier < w; ++earlier) {
           applied += routing.waves[earlier].size();
         }
         absl::Status partial(
             status.code(),
-            absl::StrCat(status.message(), "; ", applied, " of the push's ",
-                         routing.shard_of_call.size(),
-                         " calls (the earlier waves) were applied, so it was "
-                         "applied in part"));
+            absl::StrCat(status.message(), "; at least ", applied,
+                         " of the push's ", routing.shard_of_call.size(),
+                         " calls (those of the earlier waves) were applied, "
+                         "so it was applied in part"));
         status.ForEachPayload(
             [&partial](absl::string_view url, const absl::Cord& payload) {
               partial.SetPayload(url, payload);
@@ -1257,9 +1259,10 @@ absl::Status PsClient::ResolvePushesInDoubt() {
               &routing);
   std::vector<PushResponse> responses;
   std::vector<ShardCaller::Unsettled> unsettled;
+  // Parts of several pushes: no "applied in part" of one push.
   const absl::Status status = ShardCaller::CallRouted<PushRpc>(
       *this, routing, requests, &responses, PushResend(options_.push_retry),
-      /*push=*/true, &unsettled);
+      /*push=*/true, &unsettled, /*one_push=*/false);
   // Whatever failed now, or was not tried, is still unknown: an earlier
   // attempt may have landed. Kept, to be resent again.
   std::vector<HeldPush> again;

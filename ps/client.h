@@ -31,9 +31,10 @@
 // DEADLINE_EXCEEDED and CANCELLED (gRPC ended the call, e.g. at the shard's
 // shutdown), and a push cut off after it was sent is resent
 // until its shard answers: none is lost, none applied twice. Only when the
-// retry limits run out is a push "in doubt": IsPushInDoubt() tells that
-// apart from a shard that stayed unreachable (nothing was sent to it) or
-// refused the push. Options::push_retry picks the older policies (never
+// retry limits run out, or the shard answered that its storage failed in
+// the middle of the write (INTERNAL, DATA_LOSS), is a push "in doubt":
+// IsPushInDoubt() tells that apart from a shard that stayed unreachable
+// (nothing was sent to it) or refused the push. Options::push_retry picks the older policies (never
 // resend a sent push; a single attempt) instead.
 //
 // Thread-safety: safe for concurrent access (channels and stubs are

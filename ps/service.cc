@@ -114,11 +114,13 @@ struct ParameterServerService::Instruments {
   absl::flat_hash_map<std::string, TableGauges> tables
       ABSL_GUARDED_BY(tables_mu);
 
+  // `seconds` < 0: a call refused before its handler ran, counted without
+  // a duration (the histogram is the handlers' time).
   void Record(Method method, int keys, const grpc::Status& status,
               double seconds) {
     PerMethod& m = methods[method];
     m.requests->Increment();
-    m.duration->Observe(seconds);
+    if (seconds >= 0) m.duration->Observe(seconds);
     if (status.ok()) {
       if (m.keys != nullptr) m.keys->Increment(keys);
       return;
@@ -281,7 +283,7 @@ void ParameterServerService::RecordRefused(absl::string_view request_type,
                                            const grpc::Status& status) {
   const int method = MethodOfRequest(request_type);
   if (instruments_ == nullptr || method < 0 || status.ok()) return;
-  instruments_->Record(static_cast<Method>(method), 0, status, 0.0);
+  instruments_->Record(static_cast<Method>(method), 0, status, -1.0);
 }
 
 grpc::Status ParameterServerService::Observe(
@@ -524,10 +526,17 @@ grpc::Status ParameterServerService::HandlePush(grpc::ServerContextBase* context
     const absl::StatusOr<uint32_t> table_dim = store_->Dim(request->table());
     const absl::StatusOr<uint32_t> state =
         store_->StateFloats(request->table());
-    absl::StatusOr<InflightLease> lease = Admit(
-        kPush, WriteReservationBytes(request->ByteSizeLong(),
-                                     table_dim.ok() ? *table_dim : 0,
-                                     state.ok() ? *state : 0));
+    // At most half the budget, as the largest SGD push (4 x the 64 MiB
+    // message limit) was: a larger reservation would let a big Adam push
+    // run only on an idle shard, and a busy one would refuse it until the
+    // client gave up.
+    size_t reservation = WriteReservationBytes(
+        request->ByteSizeLong(), table_dim.ok() ? *table_dim : 0,
+        state.ok() ? *state : 0);
+    if (inflight_.limit() != 0) {
+      reservation = std::min(reservation, inflight_.limit() / 2);
+    }
+    absl::StatusOr<InflightLease> lease = Admit(kPush, reservation);
     if (!lease.ok()) return ToGrpcStatus(lease.status());
     // The store checks the length again under its lock (a Restore may
     // change the table's dim after this check).

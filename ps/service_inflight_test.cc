@@ -144,14 +144,14 @@ TEST_F(InflightTest, WaitingRequestsCountAgainstTheBudget) {
     waiting.emplace(std::move(*admitted));
   }
 
-  // 1000 rows of 64 floats: a 264 KB request reserving 4x that, which
-  // does not fit beside the waiting one.
+  // 1000 rows of 64 floats: a 264 KB request reserving 4x that, capped at
+  // half the budget (0.5 MiB), which does not fit beside the waiting one.
   PushResponse response;
   grpc::Status s = Push(1000, &response);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(s.error_message(),
               HasSubstr("calls waiting or in progress hold 0.6 MiB"));
-  EXPECT_THAT(s.error_message(), HasSubstr("this Push needs 1.0 MiB more"));
+  EXPECT_THAT(s.error_message(), HasSubstr("this Push needs 0.5 MiB more"));
   EXPECT_THAT(s.error_message(), HasSubstr("(--max_inflight_mb)"));
   EXPECT_EQ(Rows(), 0u);  // nothing applied
 

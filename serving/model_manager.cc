@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "base/atomic_file.h"
@@ -230,6 +231,10 @@ absl::StatusOr<bool> ModelManager::Poll() {
       model::ReadManifest(options_.model_dir);
   if (!manifest.ok()) return manifest.status();
   if (manifest->model_version == current->manifest().model_version) {
+    // The manifest names the version served (put back after a failed one,
+    // say): nothing failed to load now.
+    absl::MutexLock lock(&mu_);
+    last_reload_error_.clear();
     return false;
   }
   // A version that failed to load is tried again only after a back-off
@@ -261,8 +266,13 @@ absl::StatusOr<bool> ModelManager::Poll() {
     retry_at_ = now + failed_backoff_;
     {
       absl::MutexLock lock(&mu_);
-      last_reload_error_ =
-          absl::StrCat(manifest->model_version, ": ", next.status().ToString());
+      // The check's errors already start with the version.
+      const std::string prefix = absl::StrCat(manifest->model_version, ": ");
+      const absl::string_view message = next.status().message();
+      last_reload_error_ = absl::StrCat(
+          prefix, absl::StatusCodeToString(next.status().code()), ": ",
+          absl::StartsWith(message, prefix) ? message.substr(prefix.size())
+                                            : message);
     }
     return next.status();
   }

@@ -652,6 +652,16 @@ TEST_F(ServingTest, AFailedReloadIsReportedAndTheCurrentVersionServes) {
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   EXPECT_TRUE(absl::StrContains(*metrics, "mim_serving_model_reload_failures"))
       << *metrics;
+  // With the manifest put back, nothing fails to load: the error clears.
+  const absl::Time clear_by = absl::Now() + absl::Seconds(30);
+  do {
+    absl::SleepFor(absl::Milliseconds(50));
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(
+        env->stub->GetStatus(&ctx, serving::GetStatusRequest(), &status).ok());
+  } while (!status.last_reload_error().empty() && absl::Now() < clear_by);
+  EXPECT_EQ(status.last_reload_error(), "");
+  EXPECT_EQ(status.model_version(), v1);
 }
 
 TEST_F(ServingTest, NewModelVersionIsPickedUpUnderLoadWithoutAFailedRequest) {

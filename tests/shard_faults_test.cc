@@ -475,7 +475,7 @@ TEST(HungShardTest, ACsftGradientInDoubtIsResentByTheWorker) {
   EXPECT_THAT(std::string(failed.message()),
               HasSubstr("C-SFT worker 0: gradient push to "));
   EXPECT_THAT(std::string(failed.message()),
-              HasSubstr("unanswered, and its resend failed"));
+              HasSubstr("is in doubt, and its resend failed"));
   EXPECT_EQ((*client)->pushes_held_in_doubt(), 1u);
   kill(shard->pid(), SIGCONT);
   EXPECT_TRUE(
@@ -499,7 +499,7 @@ TEST(HungShardTest, ACsftGradientInDoubtIsResentByTheWorker) {
     // A machine too loaded for the resumed shard to answer within the
     // budget: the worker says so and still holds the gradient.
     EXPECT_THAT(std::string(pushed.message()),
-                HasSubstr("unanswered, and its resend failed"))
+                HasSubstr("is in doubt, and its resend failed"))
         << pushed;
     EXPECT_TRUE(
         Eventually([&] { return (*client)->ResolvePushesInDoubt(); }).ok());

@@ -22,6 +22,10 @@ class SharedClusterTest : public ::testing::Test {
   // A new client of the suite's shards; null (and a test failure) if it
   // cannot be created.
   static std::unique_ptr<ps::PsClient> Client() {
+    if (shards_ == nullptr) {
+      ADD_FAILURE() << "the suite's shards did not start";
+      return nullptr;
+    }
     auto c = ps::PsClient::Create(ShardProcess::Addresses(*shards_));
     EXPECT_TRUE(c.ok()) << c.status();
     return c.ok() ? std::move(*c) : nullptr;

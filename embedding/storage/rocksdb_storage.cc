@@ -801,11 +801,8 @@ class RocksDbStorage : public Storage {
         new RocksDbStorage(options_, /*read_only=*/true, env_, std::move(*db)));
   }
 
-  // Copies checkpoint `name` to db.restore/ and fsyncs it; the live
-  // database is not touched (it runs meanwhile).
-  absl::Status PrepareRestore(const std::string& name) override {
-    if (read_only_) return ReadOnlyError();
-    absl::MutexLock prepared(&prepare_mu_);
+  absl::Status PrepareRestoreLocked(const std::string& name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(prepare_mu_) {
     prepared_for_.clear();
     MIM_RETURN_IF_ERROR(CheckExists(name));
     const fs::path staged = fs::path(options_.data_dir) / "db.restore";
@@ -824,21 +821,23 @@ class RocksDbStorage : public Storage {
     return absl::OkStatus();
   }
 
+  // Copies checkpoint `name` to db.restore/ and fsyncs it; the live
+  // database is not touched (it runs meanwhile).
+  absl::Status PrepareRestore(const std::string& name) override {
+    if (read_only_) return ReadOnlyError();
+    absl::MutexLock prepared(&prepare_mu_);
+    return PrepareRestoreLocked(name);
+  }
+
   absl::Status RestoreCheckpoint(const std::string& name) override {
     if (read_only_) return ReadOnlyError();
     absl::Status st = CheckExists(name);
     if (!st.ok()) return st;
-    bool prepared = false;
-    {
-      absl::MutexLock lock(&prepare_mu_);
-      prepared = prepared_for_ == name;
-      prepared_for_.clear();  // used now, or discarded
-    }
-    if (!prepared) MIM_RETURN_IF_ERROR(PrepareRestore(name));
-    {
-      absl::MutexLock lock(&prepare_mu_);
-      prepared_for_.clear();
-    }
+    // Held through the swap, so that no PrepareRestore replaces the staged
+    // copy under it.
+    absl::MutexLock prepared(&prepare_mu_);
+    if (prepared_for_ != name) MIM_RETURN_IF_ERROR(PrepareRestoreLocked(name));
+    prepared_for_.clear();  // used now
     const fs::path root(options_.data_dir);
     const fs::path live = root / "db";
     const fs::path staged = root / "db.restore";
@@ -902,6 +901,12 @@ class RocksDbStorage : public Storage {
   absl::Status DeleteCheckpoint(const std::string& name) override {
     if (read_only_) return ReadOnlyError();
     MIM_RETURN_IF_ERROR(CheckExists(name));
+    {
+      // A copy staged from it is stale now (a checkpoint created later
+      // under the same name is another one).
+      absl::MutexLock prepared(&prepare_mu_);
+      if (prepared_for_ == name) prepared_for_.clear();
+    }
     absl::MutexLock create(&create_mu_);
     RemoveEntriesEndingWith(CheckpointDir(), ".deleting.tmp");
     const fs::path doomed = CheckpointDir() / (name + ".deleting.tmp");
@@ -983,7 +988,7 @@ class RocksDbStorage : public Storage {
   std::atomic<bool> write_failed_{false};
   absl::Mutex create_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   // The checkpoint PrepareRestore copied to db.restore/, if any.
-  absl::Mutex prepare_mu_;
+  absl::Mutex prepare_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   std::string prepared_for_ ABSL_GUARDED_BY(prepare_mu_);
   mutable absl::Mutex mu_;
   // Null only if reopening after a failed restore also failed.

@@ -270,17 +270,17 @@ absl::Status PsWorkerGroup::FetchParams(std::vector<float>* params) {
 absl::Status PsWorkerGroup::PushGradient(absl::Span<const float> gradient) {
   const absl::Status pushed = params_->PushGradient(gradient);
   if (!ps::IsPushInDoubt(pushed)) return pushed;
-  // No answer within the retry budget: the client kept the gradient's
-  // parts, and their resend is applied exactly once (the shards know each
-  // push's sequence) or fails here, so a step's gradient is neither lost
-  // nor applied twice.
+  // In doubt (no answer within the retry budget, or the shard's storage
+  // failed mid-write): the client kept the gradient's parts, and their
+  // resend is applied exactly once (the shards know each push's sequence)
+  // or fails here, so a step's gradient is neither lost nor applied twice.
   const absl::Status settled = client_->ResolvePushesInDoubt();
   if (settled.ok()) return settled;
   return absl::Status(
       settled.code(),
       absl::StrCat("C-SFT worker ", options_.worker_index,
                    ": gradient push to ", params_->table(),
-                   " unanswered, and its resend failed: ", settled.message()));
+                   " is in doubt, and its resend failed: ", settled.message()));
 }
 
 absl::Status PsWorkerGroup::ExchangePositives(

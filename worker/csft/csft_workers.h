@@ -97,9 +97,9 @@ class PsWorkerGroup final : public WorkerGroup {
   int num_workers() const override { return options_.num_workers; }
   int worker_index() const override { return options_.worker_index; }
   absl::Status FetchParams(std::vector<float>* params) override;
-  // A push in doubt (no answer within the client's retry budget) is
-  // resent at once (ps::PsClient::ResolvePushesInDoubt); the error names
-  // the worker and the table when that fails too.
+  // A push in doubt (ps::IsPushInDoubt) is resent at once
+  // (ps::PsClient::ResolvePushesInDoubt); the error names the worker and
+  // the table when that fails too.
   absl::Status PushGradient(absl::Span<const float> gradient) override;
   absl::Status ExchangePositives(int64_t step, absl::Span<const int64_t> ids,
                                  absl::Span<const float> vectors,
