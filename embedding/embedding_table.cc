@@ -247,6 +247,23 @@ void PrefetchRecordForWrite(char* record, size_t bytes) {
 constexpr size_t kStageAhead = 8;
 constexpr size_t kStageRing = 16;
 
+// Request positions ordered by stripe (a counting sort of `stripe_of`,
+// each position's stripe): stripe s's positions, in request order, are
+// (*order)[start[s]] .. (*order)[start[s + 1] - 1].
+void OrderByStripe(const std::vector<uint8_t>& stripe_of,
+                   uint32_t start[kNumStripes + 1],
+                   std::vector<uint32_t>* order) {
+  std::fill(start, start + kNumStripes + 1, 0);
+  for (const uint8_t s : stripe_of) ++start[s + 1];
+  for (size_t s = 0; s < kNumStripes; ++s) start[s + 1] += start[s];
+  order->resize(stripe_of.size());
+  uint32_t next[kNumStripes];
+  std::memcpy(next, start, sizeof(next));
+  for (size_t i = 0; i < stripe_of.size(); ++i) {
+    (*order)[next[stripe_of[i]]++] = static_cast<uint32_t>(i);
+  }
+}
+
 absl::Status CheckFinite(absl::Span<const uint64_t> keys,
                          absl::Span<const float> data, uint32_t dim,
                          absl::string_view what) {
@@ -373,26 +390,18 @@ absl::Status EmbeddingTable::Pull(absl::Span<const uint64_t> keys,
   keys_pulled_.fetch_add(keys.size(), std::memory_order_relaxed);
   if (keys.empty()) return absl::OkStatus();
 
-  // Counting sort of request positions by stripe: each lock taken once.
-  // The index hash of each key is kept from the same mix.
-  uint32_t start[kNumStripes + 1] = {0};
+  // Request positions by stripe: each lock taken once. The index hash of
+  // each key is kept from the same mix.
   std::vector<uint8_t> stripe_of(keys.size());
   std::vector<uint32_t> hash_of(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) {
     const uint64_t mixed = MixKey(keys[i]);
     stripe_of[i] = static_cast<uint8_t>(mixed >> (64 - kStripeBits));
     hash_of[i] = IndexHash(mixed);
-    ++start[stripe_of[i] + 1];
   }
-  for (size_t s = 0; s < kNumStripes; ++s) start[s + 1] += start[s];
-  std::vector<uint32_t> order(keys.size());
-  {
-    uint32_t next[kNumStripes];
-    std::memcpy(next, start, sizeof(next));
-    for (size_t i = 0; i < keys.size(); ++i) {
-      order[next[stripe_of[i]]++] = static_cast<uint32_t>(i);
-    }
-  }
+  uint32_t start[kNumStripes + 1];
+  std::vector<uint32_t> order;
+  OrderByStripe(stripe_of, start, &order);
 
   // Lookups are memory-latency bound: one index group, then the record.
   // They run in two passes over each group of keys, so that the misses of
@@ -795,23 +804,15 @@ void EmbeddingTable::GetRows(absl::Span<const uint64_t> keys,
   const uint32_t dim = config_.dim;
   values->assign(keys.size() * dim, 0.0f);
   meta->assign(keys.size(), RowMeta{});
-  // Positions grouped by stripe (counting sort), so each stripe's reader
-  // lock is taken once, as in Pull.
-  uint32_t start[kNumStripes + 1] = {0};
+  // Positions grouped by stripe, so each stripe's reader lock is taken
+  // once, as in Pull.
   std::vector<uint8_t> stripe_of(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) {
     stripe_of[i] = static_cast<uint8_t>(StripeOf(keys[i]));
-    ++start[stripe_of[i] + 1];
   }
-  for (size_t s = 0; s < kNumStripes; ++s) start[s + 1] += start[s];
-  std::vector<uint32_t> order(keys.size());
-  {
-    uint32_t next[kNumStripes];
-    std::memcpy(next, start, sizeof(next));
-    for (size_t i = 0; i < keys.size(); ++i) {
-      order[next[stripe_of[i]]++] = static_cast<uint32_t>(i);
-    }
-  }
+  uint32_t start[kNumStripes + 1];
+  std::vector<uint32_t> order;
+  OrderByStripe(stripe_of, start, &order);
   const size_t missing_before = missing != nullptr ? missing->size() : 0;
   for (size_t s = 0; s < kNumStripes; ++s) {
     if (start[s] == start[s + 1]) continue;
