@@ -18,6 +18,20 @@ absl::Status Errno(absl::string_view what, const std::string& path, int err) {
       absl::StrCat(what, " ", path, ": ", std::strerror(err)));
 }
 
+// Opens `path` with `flags` and fsyncs it; errors name the step and the
+// OS error.
+absl::Status OpenAndSync(const std::string& path, int flags,
+                         absl::string_view open_step,
+                         absl::string_view sync_step) {
+  const int fd = ::open(path.c_str(), flags);
+  if (fd < 0) return Errno(open_step, path, errno);
+  const bool synced = ::fsync(fd) == 0;
+  const int err = errno;
+  ::close(fd);
+  if (!synced) return Errno(sync_step, path, err);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status WriteFileAtomically(const std::string& path,
@@ -54,25 +68,14 @@ absl::Status WriteFileAtomically(const std::string& path,
 }
 
 absl::Status SyncFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Errno("open for fsync", path, errno);
-  const bool synced = ::fsync(fd) == 0;
-  const int err = errno;
-  ::close(fd);
-  if (!synced) return Errno("fsync", path, err);
-  return absl::OkStatus();
+  return OpenAndSync(path, O_RDONLY | O_CLOEXEC, "open for fsync", "fsync");
 }
 
 absl::Status SyncParentDirectory(const std::string& path) {
   std::string dir = std::filesystem::path(path).parent_path().string();
   if (dir.empty()) dir = ".";
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) return Errno("open directory", dir, errno);
-  const bool dir_synced = ::fsync(dfd) == 0;
-  const int dir_err = errno;
-  ::close(dfd);
-  if (!dir_synced) return Errno("fsync directory", dir, dir_err);
-  return absl::OkStatus();
+  return OpenAndSync(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+                     "open directory", "fsync directory");
 }
 
 absl::Status ReadFileToString(const std::string& path, std::string* contents) {

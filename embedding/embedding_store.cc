@@ -523,11 +523,12 @@ class StoreImpl : public EmbeddingStore {
     return t->dim();
   }
 
-  absl::StatusOr<uint32_t> StateFloats(absl::string_view table) const override {
+  absl::StatusOr<uint32_t> StateFloatsPerDim(
+      absl::string_view table) const override {
     absl::ReaderMutexLock lock(&tables_mu_);
     const EmbeddingTable* t = Find(table);
     if (t == nullptr) return NoTable(table);
-    return t->state_floats();
+    return ::mim::embedding::StateFloatsPerDim(t->config());
   }
 
   absl::StatusOr<uint64_t> Push(absl::string_view table,

@@ -213,9 +213,10 @@ class EmbeddingStore {
 
   // Dimension of `table`, or NOT_FOUND.
   virtual absl::StatusOr<uint32_t> Dim(absl::string_view table) const = 0;
-  // Optimizer state floats per row of `table` (0 for SGD and content
-  // tables), or NOT_FOUND.
-  virtual absl::StatusOr<uint32_t> StateFloats(
+  // Optimizer state floats per row of `table`, per value of the row (0 for
+  // SGD and content tables, 1 for Adagrad, 2 for Adam and FTRL), or
+  // NOT_FOUND.
+  virtual absl::StatusOr<uint32_t> StateFloatsPerDim(
       absl::string_view table) const = 0;
 
   // Applies gradients (keys.size() * dim floats) to an ID table through its

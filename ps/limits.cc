@@ -45,13 +45,11 @@ size_t MaxKeysForRowsRequest(size_t max_message_bytes, uint32_t dim) {
   return MaxKeys(max_message_bytes, sizeof(float) * dim + kKeyBytes);
 }
 
-size_t WriteReservationBytes(size_t request_bytes, uint32_t dim,
-                             uint32_t state_floats) {
-  if (dim == 0) return kWriteMemoryFactor * request_bytes;
-  const double copies = static_cast<double>(kWriteMemoryFactor - 1) *
-                        (static_cast<double>(dim) + state_floats) / dim;
-  return request_bytes +
-         static_cast<size_t>(copies * static_cast<double>(request_bytes));
+size_t WriteReservationBytes(size_t request_bytes,
+                             uint32_t state_floats_per_dim) {
+  return request_bytes + (kWriteMemoryFactor - 1) *
+                             (size_t{1} + state_floats_per_dim) *
+                             request_bytes;
 }
 
 bool InflightBytes::TryAcquire(size_t bytes) {

@@ -37,14 +37,15 @@ inline constexpr size_t kDefaultMaxInflightBytes = size_t{512} << 20;
 // bench/ps_memory). Its --max_inflight_mb reservation is this multiple;
 // for a Push to a table whose optimizer keeps state (Adagrad: dim floats
 // a row, Adam and FTRL: 2 dim), the three copies after the request hold
-// the state too, so they count (dim + state) / dim times
+// the state too, so they count 1 + `state_floats_per_dim` times
 // (WriteReservationBytes).
 inline constexpr size_t kWriteMemoryFactor = 4;
 
 // The --max_inflight_mb reservation of a write of `request_bytes` to rows
-// of `dim` values and `state_floats` optimizer state each (see above).
-size_t WriteReservationBytes(size_t request_bytes, uint32_t dim,
-                             uint32_t state_floats);
+// whose optimizer keeps `state_floats_per_dim` state floats per value (see
+// above).
+size_t WriteReservationBytes(size_t request_bytes,
+                             uint32_t state_floats_per_dim);
 
 // Memory gRPC itself may use for a shard's connections and buffers
 // (--grpc_memory_mb, a grpc::ResourceQuota; at least twice the message

@@ -63,10 +63,9 @@ TEST(LimitsTest, MaxKeysIsTheLargestCountThatFits) {
 }
 
 TEST(LimitsTest, WriteReservationCountsTheOptimizerState) {
-  EXPECT_EQ(WriteReservationBytes(1000, 64, 0), 4000u);      // SGD, content
-  EXPECT_EQ(WriteReservationBytes(1000, 64, 64), 7000u);     // Adagrad
-  EXPECT_EQ(WriteReservationBytes(1000, 64, 128), 10000u);   // Adam, FTRL
-  EXPECT_EQ(WriteReservationBytes(1000, 0, 0), 4000u);       // unknown table
+  EXPECT_EQ(WriteReservationBytes(1000, 0), 4000u);    // SGD, content
+  EXPECT_EQ(WriteReservationBytes(1000, 1), 7000u);    // Adagrad
+  EXPECT_EQ(WriteReservationBytes(1000, 2), 10000u);   // Adam, FTRL
 }
 
 TEST(InflightBytesTest, AdmitsWithinTheLimitAndAnyCallAlone) {

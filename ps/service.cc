@@ -523,16 +523,14 @@ grpc::Status ParameterServerService::HandlePush(grpc::ServerContextBase* context
       return ToGrpcStatus(s);
     }
     // Sized by the table as it is now; an unknown table is refused below.
-    const absl::StatusOr<uint32_t> table_dim = store_->Dim(request->table());
     const absl::StatusOr<uint32_t> state =
-        store_->StateFloats(request->table());
+        store_->StateFloatsPerDim(request->table());
     // At most half the budget, as the largest SGD push (4 x the 64 MiB
     // message limit) was: a larger reservation would let a big Adam push
     // run only on an idle shard, and a busy one would refuse it until the
     // client gave up.
-    size_t reservation = WriteReservationBytes(
-        request->ByteSizeLong(), table_dim.ok() ? *table_dim : 0,
-        state.ok() ? *state : 0);
+    size_t reservation =
+        WriteReservationBytes(request->ByteSizeLong(), state.ok() ? *state : 0);
     if (inflight_.limit() != 0) {
       reservation = std::min(reservation, inflight_.limit() / 2);
     }

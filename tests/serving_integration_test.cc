@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -111,6 +112,60 @@ std::string GetStatusVersion() {
   serving::GetStatusResponse resp;
   grpc::Status st = env->stub->GetStatus(&ctx, serving::GetStatusRequest(), &resp);
   return st.ok() ? resp.model_version() : "";
+}
+
+// GetStatus every 50 ms until `done` holds of the answer or 30 s pass;
+// the last answer (a failed call fails the test).
+serving::GetStatusResponse StatusWhen(
+    const std::function<bool(const serving::GetStatusResponse&)>& done) {
+  serving::GetStatusResponse status;
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  do {
+    absl::SleepFor(absl::Milliseconds(50));
+    grpc::ClientContext ctx;
+    const grpc::Status st =
+        env->stub->GetStatus(&ctx, serving::GetStatusRequest(), &status);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    if (!st.ok()) break;
+  } while (!done(status) && absl::Now() < give_up);
+  return status;
+}
+
+// A request for user `user` with 40 new item ids from `first_item`: rows
+// in no cache, which must come from both shards.
+PredictRequest UncachedRequest(const data::Sample& s, int64_t user,
+                               int64_t first_item) {
+  PredictRequest req = RequestFor(s);
+  req.clear_candidate_features();
+  req.set_user_id(user);
+  req.clear_candidate_item_ids();
+  for (int i = 0; i < 40; ++i) req.add_candidate_item_ids(first_item + i);
+  return req;
+}
+
+// What a caller gets while a shard is down or hung: UNAVAILABLE within its
+// deadline, without the shard's address (that stays in the server log).
+void ExpectShardUnavailable(const grpc::Status& st) {
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << st.error_message();
+  EXPECT_TRUE(absl::StrContains(st.error_message(),
+                                "the parameter servers did not answer"))
+      << st.error_message();
+  EXPECT_FALSE(absl::StrContains(st.error_message(),
+                                 env->shards[1]->address()))
+      << st.error_message();
+}
+
+// Predicts `req` until it succeeds or 30 s pass (a shard back); the last
+// status.
+grpc::Status PredictUntilOk(const PredictRequest& req, PredictResponse* resp,
+                            absl::Duration deadline) {
+  grpc::Status back;
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  do {
+    back = Predict(req, resp, deadline);
+  } while (!back.ok() && absl::Now() < give_up);
+  return back;
 }
 
 class ServingTest : public ::testing::Test {
@@ -628,14 +683,10 @@ TEST_F(ServingTest, AFailedReloadIsReportedAndTheCurrentVersionServes) {
   m->model_version = v1 + "-broken";
   m->content_table->name = "no_such_table";
   ASSERT_TRUE(model::WriteManifest(env->model_dir, *m).ok());
-  serving::GetStatusResponse status;
-  const absl::Time give_up = absl::Now() + absl::Seconds(30);
-  do {
-    absl::SleepFor(absl::Milliseconds(50));
-    grpc::ClientContext ctx;
-    ASSERT_TRUE(
-        env->stub->GetStatus(&ctx, serving::GetStatusRequest(), &status).ok());
-  } while (status.model_reload_failures() == 0 && absl::Now() < give_up);
+  serving::GetStatusResponse status =
+      StatusWhen([](const serving::GetStatusResponse& st) {
+        return st.model_reload_failures() > 0;
+      });
   ASSERT_TRUE(base::WriteFileAtomically(manifest_path, original).ok());
   EXPECT_GE(status.model_reload_failures(), 1);
   EXPECT_EQ(status.model_version(), v1);
@@ -653,13 +704,9 @@ TEST_F(ServingTest, AFailedReloadIsReportedAndTheCurrentVersionServes) {
   EXPECT_TRUE(absl::StrContains(*metrics, "mim_serving_model_reload_failures"))
       << *metrics;
   // With the manifest put back, nothing fails to load: the error clears.
-  const absl::Time clear_by = absl::Now() + absl::Seconds(30);
-  do {
-    absl::SleepFor(absl::Milliseconds(50));
-    grpc::ClientContext ctx;
-    ASSERT_TRUE(
-        env->stub->GetStatus(&ctx, serving::GetStatusRequest(), &status).ok());
-  } while (!status.last_reload_error().empty() && absl::Now() < clear_by);
+  status = StatusWhen([](const serving::GetStatusResponse& st) {
+    return st.last_reload_error().empty();
+  });
   EXPECT_EQ(status.last_reload_error(), "");
   EXPECT_EQ(status.model_version(), v1);
 }
@@ -785,11 +832,8 @@ TEST_F(ServingTest, MetricsHealthAndReflection) {
 // caller gets UNAVAILABLE (retry), not a DEADLINE_EXCEEDED that reads as
 // its own deadline, and no shard address; resumed, the tier answers again.
 TEST_F(ServingTest, HungShardGivesUnavailableWithinTheCallersDeadline) {
-  PredictRequest req = RequestFor(env->test_samples[4]);
-  req.clear_candidate_features();
-  req.set_user_id(888888);
-  req.clear_candidate_item_ids();
-  for (int i = 0; i < 40; ++i) req.add_candidate_item_ids(2100000000 + i);
+  const PredictRequest req =
+      UncachedRequest(env->test_samples[4], 888888, 2100000000);
   const pid_t pid = env->shards[1]->pid();
   ASSERT_EQ(kill(pid, SIGSTOP), 0);
   struct Resume {
@@ -800,52 +844,25 @@ TEST_F(ServingTest, HungShardGivesUnavailableWithinTheCallersDeadline) {
   const absl::Time start = absl::Now();
   grpc::Status st = Predict(req, &resp, absl::Seconds(10));
   EXPECT_LT(absl::Now() - start, absl::Seconds(9));
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
-      << st.error_message();
-  EXPECT_TRUE(absl::StrContains(st.error_message(),
-                                "the parameter servers did not answer"))
-      << st.error_message();
-  EXPECT_FALSE(absl::StrContains(st.error_message(),
-                                 env->shards[1]->address()))
-      << st.error_message();
+  ExpectShardUnavailable(st);
   kill(pid, SIGCONT);
-  grpc::Status back;
-  const absl::Time give_up = absl::Now() + absl::Seconds(30);
-  do {
-    back = Predict(req, &resp, absl::Seconds(10));
-  } while (!back.ok() && absl::Now() < give_up);
+  const grpc::Status back = PredictUntilOk(req, &resp, absl::Seconds(10));
   EXPECT_TRUE(back.ok()) << back.error_message();
   EXPECT_EQ(resp.scores_size(), 40);
 }
 
 TEST_F(ServingTest, KilledShardGivesUnavailableAndTheTierRecoversByItself) {
-  // Rows of new ids are in no cache: they must come from both shards.
-  PredictRequest req = RequestFor(env->test_samples[3]);
-  req.clear_candidate_features();
-  req.set_user_id(777777);
-  req.clear_candidate_item_ids();
-  for (int i = 0; i < 40; ++i) req.add_candidate_item_ids(2000000000 + i);
+  const PredictRequest req =
+      UncachedRequest(env->test_samples[3], 777777, 2000000000);
   env->shards[1]->Kill(SIGKILL);
   PredictResponse resp;
   grpc::Status st = Predict(req, &resp, absl::Seconds(3));
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
-      << st.error_message();
-  EXPECT_TRUE(absl::StrContains(st.error_message(),
-                                "the parameter servers did not answer"))
-      << st.error_message();
-  // The shard's address stays in the server log.
-  EXPECT_FALSE(absl::StrContains(st.error_message(),
-                                 env->shards[1]->address()))
-      << st.error_message();
+  ExpectShardUnavailable(st);
   // UNAVAILABLE (not DEADLINE_EXCEEDED) means the server answered within the
   // caller's deadline instead of letting the client cut the call.
 
   ASSERT_TRUE(ShardProcess::Restart(&env->shards[1]).ok());
-  grpc::Status back;
-  const absl::Time give_up = absl::Now() + absl::Seconds(30);
-  do {
-    back = Predict(req, &resp, absl::Seconds(3));
-  } while (!back.ok() && absl::Now() < give_up);
+  const grpc::Status back = PredictUntilOk(req, &resp, absl::Seconds(3));
   EXPECT_TRUE(back.ok()) << back.error_message();
   EXPECT_EQ(resp.scores_size(), 40);
   EXPECT_FALSE(resp.stale());
