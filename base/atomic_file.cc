@@ -34,9 +34,13 @@ absl::Status OpenAndSync(const std::string& path, int flags,
 
 }  // namespace
 
+std::string TempPathFor(const std::string& path) {
+  return absl::StrCat(path, ".", ::getpid(), ".tmp");
+}
+
 absl::Status WriteFileAtomically(const std::string& path,
                                  absl::string_view contents) {
-  const std::string tmp = path + ".tmp";
+  const std::string tmp = TempPathFor(path);
   const int fd =
       ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return Errno("create", tmp, errno);

@@ -10,11 +10,21 @@
 
 namespace mim::base {
 
-// Writes `contents` to `path + ".tmp"`, fsyncs it, renames it over `path`
+// The temp file a writer of `path` in this process puts beside it before
+// the rename: `path` + "." + the process id + ".tmp". Two processes
+// writing one path at once (two runs given the same output directory)
+// therefore never write into the same temp file: each renames a whole file
+// of its own over `path`, and the last rename wins. (With one shared name,
+// both wrote into one file, and whatever they left there was renamed into
+// place.) A crash leaves its temp file behind, named by its process id.
+std::string TempPathFor(const std::string& path);
+
+// Writes `contents` to TempPathFor(path), fsyncs it, renames it over `path`
 // and fsyncs the directory. On success `path` holds exactly `contents`; on
 // failure `path` is unchanged, the temp file is removed and the status is
 // INTERNAL naming the step and the OS error. Safe for concurrent access to
-// distinct paths; two writers of one path race on the temp file.
+// distinct paths, and from several processes to one path; two threads of
+// one process writing one path race on the temp file.
 absl::Status WriteFileAtomically(const std::string& path,
                                  absl::string_view contents);
 

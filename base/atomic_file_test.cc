@@ -1,5 +1,7 @@
 #include "base/atomic_file.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -18,7 +20,7 @@ TEST(AtomicFileTest, WritesAndReplacesWholeFile) {
   std::string got;
   ASSERT_TRUE(ReadFileToString(path, &got).ok());
   EXPECT_EQ(got, "second, longer");
-  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  EXPECT_FALSE(std::filesystem::exists(TempPathFor(path)));
 }
 
 TEST(AtomicFileTest, FailureLeavesOldFileAndNamesPath) {
@@ -27,13 +29,19 @@ TEST(AtomicFileTest, FailureLeavesOldFileAndNamesPath) {
   const std::string path = dir + "/f";
   ASSERT_TRUE(WriteFileAtomically(path, "keep").ok());
   // A directory where the temp file should go makes the create fail.
-  std::filesystem::create_directories(path + ".tmp");
+  std::filesystem::create_directories(TempPathFor(path));
   const absl::Status st = WriteFileAtomically(path, "lost");
   EXPECT_EQ(st.code(), absl::StatusCode::kInternal);
-  EXPECT_NE(st.message().find(path + ".tmp"), std::string::npos) << st;
+  EXPECT_NE(st.message().find(TempPathFor(path)), std::string::npos) << st;
   std::string got;
   ASSERT_TRUE(ReadFileToString(path, &got).ok());
   EXPECT_EQ(got, "keep");
+}
+
+// The temp file is this process's own: "<path>.<pid>.tmp".
+TEST(AtomicFileTest, TempPathNamesTheProcess) {
+  EXPECT_EQ(TempPathFor("/d/f.tsv"),
+            "/d/f.tsv." + std::to_string(::getpid()) + ".tmp");
 }
 
 TEST(AtomicFileTest, MissingFileIsNotFound) {

@@ -188,14 +188,14 @@ TEST(GenSynthetic, AFailedRunLeavesTheEarlierFiles) {
   const std::string train = read_all(dir + "/train.tsv");
   // test.tsv cannot be created (a directory is in its way): the run fails
   // after the item files and train.tsv were written to their temp files.
-  std::filesystem::create_directories(dir + "/test.tsv.tmp");
+  std::filesystem::create_directories(base::TempPathFor(dir + "/test.tsv"));
   o.seed = 2;
   EXPECT_FALSE(GenerateSynthetic(o).ok());
   EXPECT_EQ(read_all(dir + "/item_vectors.tsv"), vectors);
   EXPECT_EQ(read_all(dir + "/train.tsv"), train);
-  EXPECT_FALSE(std::filesystem::exists(dir + "/item_vectors.tsv.tmp"));
-  EXPECT_FALSE(std::filesystem::exists(dir + "/item_text.tsv.tmp"));
-  EXPECT_FALSE(std::filesystem::exists(dir + "/train.tsv.tmp"));
+  EXPECT_FALSE(std::filesystem::exists(base::TempPathFor(dir + "/item_vectors.tsv")));
+  EXPECT_FALSE(std::filesystem::exists(base::TempPathFor(dir + "/item_text.tsv")));
+  EXPECT_FALSE(std::filesystem::exists(base::TempPathFor(dir + "/train.tsv")));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <sstream>
 #include <string>
 
+#include "base/atomic_file.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -95,7 +96,7 @@ TEST(WriteMetricsJsonTest, WritesTheJsonAndANewline) {
   std::stringstream text;
   text << in.rdbuf();
   EXPECT_EQ(text.str(), MetricsJson(SampleReport(), o, {}) + "\n");
-  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  EXPECT_FALSE(std::filesystem::exists(base::TempPathFor(path)));
 }
 
 TEST(WriteMetricsJsonTest, MissingDirectoryIsInternalAndWritesNothing) {

@@ -219,7 +219,7 @@ absl::Status ContentVectorWriter::Write(int64_t item_id,
   file_.out() << line;
   if (!file_.out()) {
     return absl::InternalError(
-        absl::StrCat("write failed on ", file_.path(), ".tmp"));
+        absl::StrCat("write failed on ", file_.temp_path()));
   }
   if (written != nullptr) *written = std::move(v);
   return absl::OkStatus();

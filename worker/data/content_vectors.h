@@ -77,10 +77,10 @@ absl::StatusOr<std::vector<ItemVector>> ReadAllContentVectors(
 // Writes a vector file. Not thread-safe.
 class ContentVectorWriter {
  public:
-  // Writes the header to `path` + ".tmp"; Close renames it over `path`, so
-  // `path` holds the old file (or none) until a complete new one replaces
-  // it: a failed or abandoned write (destroyed without Close) leaves it
-  // as it was. dim must be in
+  // Writes the header to a temp file beside `path` (base::TempPathFor);
+  // Close renames it over `path`, so `path` holds the old file (or none)
+  // until a complete new one replaces it: a failed or abandoned write
+  // (destroyed without Close) leaves it as it was. dim must be in
   // 1..kMaxContentVectorDim and modality a non-empty token without
   // whitespace (INVALID_ARGUMENT otherwise);
   // INTERNAL if the file cannot be created.

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/atomic_file.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -77,7 +78,7 @@ TEST(ContentVectorsTest, TheOldFileStaysUntilCloseReplacesIt) {
   ASSERT_TRUE(after.ok()) << after.status();
   ASSERT_EQ(after->size(), 1u);
   EXPECT_EQ((*after)[0].item_id, 1);
-  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  EXPECT_FALSE(std::filesystem::exists(base::TempPathFor(path)));
 }
 
 TEST(ContentVectorsTest, DimMismatchWithCaller) {

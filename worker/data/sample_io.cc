@@ -95,7 +95,7 @@ absl::StatusOr<std::unique_ptr<SampleWriter>> SampleWriter::Open(
   writer->file_.out() << kSampleHeader << '\n';
   if (!writer->file_.out()) {
     return absl::InternalError(
-        absl::StrCat("cannot write header to ", path, ".tmp"));
+        absl::StrCat("cannot write header to ", writer->file_.temp_path()));
   }
   return writer;
 }
@@ -108,7 +108,7 @@ absl::Status SampleWriter::Write(const Sample& s) {
   file_.out() << FormatSample(s) << '\n';
   if (!file_.out()) {
     return absl::InternalError(
-        absl::StrCat("write failed on ", file_.path(), ".tmp"));
+        absl::StrCat("write failed on ", file_.temp_path()));
   }
   ++num_written_;
   return absl::OkStatus();

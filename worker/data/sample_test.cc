@@ -1,3 +1,6 @@
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -6,6 +9,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "base/atomic_file.h"
 #include "worker/data/sample.h"
 #include "worker/data/sample_io.h"
 #include "worker/data/text_lines.h"
@@ -142,13 +146,79 @@ TEST(SampleIoTest, TheOldFileStaysUntilCloseReplacesIt) {
     EXPECT_EQ(count_rows(), 3);  // still the old file while writing
   }  // abandoned
   EXPECT_EQ(count_rows(), 3);
-  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  EXPECT_FALSE(std::filesystem::exists(base::TempPathFor(path)));
   auto w = SampleWriter::Open(path);
   ASSERT_TRUE(w.ok()) << w.status();
   ASSERT_TRUE((*w)->Write(MakeSample(1, 9)).ok());
   ASSERT_TRUE((*w)->Close().ok());
   EXPECT_EQ(count_rows(), 1);
-  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  EXPECT_FALSE(std::filesystem::exists(base::TempPathFor(path)));
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// Two runs writing one output at once (two processes here): each writes a
+// temp file of its own, so the output is always one run's whole file. The
+// child starts first and commits last; the parent writes and commits the
+// whole file in between. With one temp name shared by both, the parent's
+// create truncated the child's half-written file, the parent's rename put
+// that shared file in place, the child's later bytes landed in it, and the
+// child's own rename failed.
+TEST(TempFileTest, TwoProcessesWritingOnePathEachCommitAWholeFile) {
+  const std::string dir = TempPath("two_writers");
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/out.tsv";
+  const std::string first(64 * 1024, 'c');
+  const std::string second = "child's last line\n";
+  int started[2];
+  int go_on[2];
+  ASSERT_EQ(::pipe(started), 0);
+  ASSERT_EQ(::pipe(go_on), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    char c;
+    TempFile file(path, "child's output");
+    if (!file.Opened().ok()) ::_exit(2);
+    file.out() << first;
+    file.out().flush();
+    if (::write(started[1], "s", 1) != 1) ::_exit(3);
+    if (::read(go_on[0], &c, 1) != 1) ::_exit(4);
+    file.out() << second;
+    if (!file.Finish().ok()) ::_exit(5);
+    if (!file.Commit().ok()) ::_exit(6);
+    ::_exit(0);
+  }
+  char c;
+  ASSERT_EQ(::read(started[0], &c, 1), 1);  // the child is half-way
+  {
+    TempFile file(path, "parent's output");
+    ASSERT_TRUE(file.Opened().ok());
+    file.out() << "parent's file\n";
+    ASSERT_TRUE(file.Finish().ok());
+    ASSERT_TRUE(file.Commit().ok());
+  }
+  EXPECT_EQ(ReadAll(path), "parent's file\n");
+  ASSERT_EQ(::write(go_on[1], "g", 1), 1);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the child's write failed";
+  EXPECT_TRUE(ReadAll(path) == first + second)
+      << "the output is not the child's whole file (" << ReadAll(path).size()
+      << " bytes)";
+  // Nothing is left beside it.
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    names.push_back(entry.path().filename().string());
+  }
+  EXPECT_THAT(names, ElementsAre("out.tsv"));
+  for (int fd : {started[0], started[1], go_on[0], go_on[1]}) ::close(fd);
 }
 
 TEST(SampleIoTest, MalformedRowNamesFileLineAndField) {

@@ -25,26 +25,27 @@
 
 namespace mim::data {
 
-// One output written as `path` + ".tmp" and put in place by a rename once
-// whole, so that readers and a failed run see the old file (or none) or the
-// complete new one. A tool with several outputs finishes them all before
-// it commits any. Finish fsyncs the temp file and Commit the directory
-// after the rename, so a committed file survives a crash or power loss
-// whole. Destroyed before Commit, it removes the temp file and the old file
-// stays. Two runs writing the same path at once share the temp file (as
-// with any two writers of one file, the outcome is undefined). Not
-// thread-safe.
+// One output written as base::TempPathFor(path) (`path`.<pid>.tmp) and put
+// in place by a rename once whole, so that readers and a failed run see the
+// old file (or none) or the complete new one. A tool with several outputs
+// finishes them all before it commits any. Finish fsyncs the temp file and
+// Commit the directory after the rename, so a committed file survives a
+// crash or power loss whole. Destroyed before Commit, it removes the temp
+// file and the old file stays. Two runs writing the same path at once each
+// write a temp file of their own, so the path ends up holding one run's
+// whole file (the last to commit). Not thread-safe.
 class TempFile {
  public:
-  // Creates (truncates) path + ".tmp"; `what` names the file in errors.
+  // Creates (truncates) the temp file; `what` names the file in errors.
   // Check Opened before writing.
   TempFile(std::string path, std::string what)
       : path_(std::move(path)),
+        tmp_(base::TempPathFor(path_)),
         what_(std::move(what)),
-        out_(path_ + ".tmp", std::ios::out | std::ios::trunc) {}
+        out_(tmp_, std::ios::out | std::ios::trunc) {}
   ~TempFile() {
     if (out_.is_open()) out_.close();
-    if (!committed_) std::remove((path_ + ".tmp").c_str());
+    if (!committed_) std::remove(tmp_.c_str());
   }
   TempFile(const TempFile&) = delete;
   TempFile& operator=(const TempFile&) = delete;
@@ -53,10 +54,12 @@ class TempFile {
   absl::Status Opened() const {
     if (out_.is_open()) return absl::OkStatus();
     return absl::InternalError(
-        absl::StrCat("cannot create ", what_, " ", path_, ".tmp"));
+        absl::StrCat("cannot create ", what_, " ", tmp_));
   }
   std::ofstream& out() { return out_; }
   const std::string& path() const { return path_; }
+  // Where the file is written until Commit.
+  const std::string& temp_path() const { return tmp_; }
   // Flushes, closes and fsyncs the temp file (OK if already done).
   // INTERNAL naming it if that fails; the temp file is then removed.
   absl::Status Finish() {
@@ -64,14 +67,13 @@ class TempFile {
     out_.flush();
     const bool ok = static_cast<bool>(out_);
     out_.close();
-    const std::string tmp = path_ + ".tmp";
     if (!ok || out_.fail()) {
-      std::remove(tmp.c_str());
+      std::remove(tmp_.c_str());
       return absl::InternalError(
-          absl::StrCat("flush/close failed on ", what_, " ", tmp));
+          absl::StrCat("flush/close failed on ", what_, " ", tmp_));
     }
-    if (absl::Status s = base::SyncFile(tmp); !s.ok()) {
-      std::remove(tmp.c_str());
+    if (absl::Status s = base::SyncFile(tmp_); !s.ok()) {
+      std::remove(tmp_.c_str());
       return absl::InternalError(absl::StrCat(what_, ": ", s.message()));
     }
     return absl::OkStatus();
@@ -88,11 +90,10 @@ class TempFile {
           absl::StrCat("commit of ", what_, " ", path_, " before Finish"));
     }
     committed_ = true;
-    const std::string tmp = path_ + ".tmp";
-    if (std::rename(tmp.c_str(), path_.c_str()) != 0) {
+    if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
       const int err = errno;
-      std::remove(tmp.c_str());
-      return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ",
+      std::remove(tmp_.c_str());
+      return absl::InternalError(absl::StrCat("cannot rename ", tmp_, " to ",
                                               path_, ": ", std::strerror(err)));
     }
     if (absl::Status s = base::SyncParentDirectory(path_); !s.ok()) {
@@ -103,6 +104,7 @@ class TempFile {
 
  private:
   const std::string path_;
+  const std::string tmp_;
   const std::string what_;
   std::ofstream out_;
   bool committed_ = false;
