@@ -448,7 +448,7 @@ ParameterServerService::AdmitBytes(absl::string_view method, size_t bytes) {
 grpc::Status ParameterServerService::ServePull(
     grpc::ServerContextBase* context, const PullRequest& request,
     absl::FunctionRef<float*(uint32_t dim)> rows,
-    std::vector<uint32_t>* missing) {
+    std::vector<uint32_t>* missing, std::optional<InflightLease>* keep_lease) {
   return Observe(kPull, request.keys_size(), *context, [&]() -> grpc::Status {
     if (absl::Status s = CheckTableName(request.table()); !s.ok()) {
       return ToGrpcStatus(s);
@@ -472,6 +472,9 @@ grpc::Status ParameterServerService::ServePull(
           return rows(dim);
         },
         missing);
+    if (s.ok() && keep_lease != nullptr && lease.has_value()) {
+      keep_lease->emplace(std::move(*lease));
+    }
     return ToGrpcStatus(s);
   });
 }
@@ -499,7 +502,7 @@ grpc::Status ParameterServerService::HandlePull(grpc::ServerContextBase* context
 
 grpc::Status ParameterServerService::HandlePullWire(
     grpc::ServerContextBase* context, const PullRequest* request,
-    grpc::ByteBuffer* response) {
+    grpc::ByteBuffer* response, std::optional<InflightLease>* keep_lease) {
   PullResponseWriter writer;
   std::vector<uint32_t> missing;
   grpc::Status status = ServePull(
@@ -507,7 +510,7 @@ grpc::Status ParameterServerService::HandlePullWire(
       [&](uint32_t dim) {
         return writer.Start(dim, static_cast<size_t>(request->keys_size()));
       },
-      &missing);
+      &missing, keep_lease);
   if (status.ok()) *response = writer.Finish(missing);
   return status;
 }

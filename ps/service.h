@@ -51,6 +51,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -164,10 +165,15 @@ class ParameterServerService final : public ParameterServer::Service {
                           const PullRequest* request, PullResponse* response);
   // As HandlePull, answering with the message's wire bytes (ps/pull_wire.h):
   // the rows are written straight into the slice gRPC sends. Same checks,
-  // errors and metrics; `response` is set only on success.
-  grpc::Status HandlePullWire(grpc::ServerContextBase* context,
-                              const PullRequest* request,
-                              grpc::ByteBuffer* response);
+  // errors and metrics; `response` is set only on success. The answer's
+  // bytes count against Options::max_inflight_bytes until this returns,
+  // or, with `keep_lease`, for as long as the caller holds *keep_lease
+  // (ShardCallbackService: until gRPC has sent the answer or dropped the
+  // call, so that answers a slow reader has not taken yet still count).
+  grpc::Status HandlePullWire(
+      grpc::ServerContextBase* context, const PullRequest* request,
+      grpc::ByteBuffer* response,
+      std::optional<InflightLease>* keep_lease = nullptr);
   grpc::Status HandlePush(grpc::ServerContextBase* context,
                           const PushRequest* request, PushResponse* response);
   grpc::Status HandleUpsert(grpc::ServerContextBase* context,
@@ -284,11 +290,14 @@ class ParameterServerService final : public ParameterServer::Service {
 
   // Pull's engine under Observe: the checks, admission and the store read.
   // `rows(dim)` returns where keys_size() rows of `dim` floats go; it is
-  // called at most once, after the checks, under the store's lock.
+  // called at most once, after the checks, under the store's lock. The
+  // call's lease moves to *keep_lease when that is given (see
+  // HandlePullWire).
   grpc::Status ServePull(grpc::ServerContextBase* context,
                          const PullRequest& request,
                          absl::FunctionRef<float*(uint32_t dim)> rows,
-                         std::vector<uint32_t>* missing);
+                         std::vector<uint32_t>* missing,
+                         std::optional<InflightLease>* keep_lease = nullptr);
 
   // RESOURCE_EXHAUSTED for too many keys, FAILED_PRECONDITION for the first
   // key this shard does not own.

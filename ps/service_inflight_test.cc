@@ -2,7 +2,16 @@
 // thread (AdmitQueued, what ShardCallbackService reserves for a parsed
 // request) together with the calls in progress, and a Push reserves
 // kWriteMemoryFactor times its request.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -468,6 +477,225 @@ TEST_F(InflightTest, SmallPullsRunInlineWithTheSameRows) {
   EXPECT_EQ(all->values, std::vector<float>(40 * kDim, -kLearningRate));
   server->Shutdown();
 }
+
+
+// One gRPC call made by hand over HTTP/2 on a plain socket, by a reader
+// that never takes its answer: it tells the server a stream window of 0
+// bytes (SETTINGS_INITIAL_WINDOW_SIZE), so not one byte of the answer may
+// be sent to it, and gRPC keeps the whole answer until the call ends. The
+// call ends when this is destroyed (the connection closes).
+class StalledReader {
+ public:
+  // Calls `path` (e.g. "/mim.ps.ParameterServer/Pull") on 127.0.0.1:port
+  // with `message` (a serialized request). Null, with a failure recorded,
+  // if the connection or the handshake fails.
+  static std::unique_ptr<StalledReader> Call(int port, const std::string& path,
+                                             const std::string& message) {
+    auto reader = std::unique_ptr<StalledReader>(new StalledReader);
+    reader->fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    timeval timeout{30, 0};  // a hung handshake fails instead of hanging
+    ::setsockopt(reader->fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout,
+                 sizeof(timeout));
+    if (reader->fd_ < 0 ||
+        ::connect(reader->fd_, reinterpret_cast<sockaddr*>(&addr),
+                  sizeof(addr)) != 0) {
+      ADD_FAILURE() << "connect: " << std::strerror(errno);
+      return nullptr;
+    }
+    std::string out = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // SETTINGS: INITIAL_WINDOW_SIZE (0x4) = 0.
+    Frame(0x4, 0, 0, std::string("\x00\x04\x00\x00\x00\x00", 6), &out);
+    if (!reader->Send(out) || !reader->AckServerSettings()) return nullptr;
+    // HEADERS (END_HEADERS), each a literal without indexing (HPACK 6.2.2).
+    std::string block;
+    for (const auto& [name, value] :
+         std::vector<std::pair<std::string, std::string>>{
+             {":method", "POST"},
+             {":scheme", "http"},
+             {":path", path},
+             {":authority", absl::StrCat("127.0.0.1:", port)},
+             {"content-type", "application/grpc"},
+             {"te", "trailers"}}) {
+      block += '\0';
+      block += static_cast<char>(name.size());  // all below 127
+      block += name;
+      block += static_cast<char>(value.size());
+      block += value;
+    }
+    out.clear();
+    Frame(0x1, 0x4, 1, block, &out);
+    // The gRPC message (not compressed, 4-byte length) in DATA frames of
+    // at most 16 KiB (HTTP/2's default frame size), END_STREAM on the last.
+    std::string body(1, '\0');
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      body += static_cast<char>((message.size() >> shift) & 0xff);
+    }
+    body += message;
+    for (size_t at = 0; at < body.size(); at += 16384) {
+      const bool last = at + 16384 >= body.size();
+      Frame(0x0, last ? 0x1 : 0x0, 1, body.substr(at, 16384), &out);
+    }
+    if (!reader->Send(out)) return nullptr;
+    return reader;
+  }
+
+  ~StalledReader() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+ private:
+  StalledReader() = default;
+
+  static void Frame(uint8_t type, uint8_t flags, uint32_t stream,
+                    const std::string& payload, std::string* out) {
+    const size_t n = payload.size();
+    *out += static_cast<char>((n >> 16) & 0xff);
+    *out += static_cast<char>((n >> 8) & 0xff);
+    *out += static_cast<char>(n & 0xff);
+    *out += static_cast<char>(type);
+    *out += static_cast<char>(flags);
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      *out += static_cast<char>((stream >> shift) & 0xff);
+    }
+    *out += payload;
+  }
+
+  bool Send(const std::string& bytes) {
+    size_t done = 0;
+    while (done < bytes.size()) {
+      const ssize_t n = ::send(fd_, bytes.data() + done, bytes.size() - done,
+                               MSG_NOSIGNAL);
+      if (n <= 0) {
+        ADD_FAILURE() << "send: " << std::strerror(errno);
+        return false;
+      }
+      done += static_cast<size_t>(n);
+    }
+    return true;
+  }
+
+  bool Read(size_t n, std::string* bytes) {
+    bytes->resize(n);
+    size_t done = 0;
+    while (done < n) {
+      const ssize_t got = ::recv(fd_, bytes->data() + done, n - done, 0);
+      if (got <= 0) {
+        ADD_FAILURE() << "recv: " << (got == 0 ? "closed" : std::strerror(errno));
+        return false;
+      }
+      done += static_cast<size_t>(got);
+    }
+    return true;
+  }
+
+  // Reads frames up to the server's SETTINGS and acknowledges it.
+  bool AckServerSettings() {
+    for (;;) {
+      std::string header;
+      if (!Read(9, &header)) return false;
+      const size_t length = (size_t{static_cast<uint8_t>(header[0])} << 16) |
+                            (size_t{static_cast<uint8_t>(header[1])} << 8) |
+                            static_cast<uint8_t>(header[2]);
+      std::string payload;
+      if (!Read(length, &payload)) return false;
+      if (header[3] == 0x4 && (header[4] & 0x1) == 0) {
+        std::string ack;
+        Frame(0x4, 0x1, 0, "", &ack);
+        return Send(ack);
+      }
+    }
+  }
+
+  int fd_ = -1;
+};
+
+// A Pull's answer counts against --max_inflight_mb until gRPC is done with
+// the call, not only while the handler runs: a reader that does not take
+// its 0.6 MiB answer keeps it counted, so a second such Pull finds the 1
+// MiB budget full and is refused, and once the stalled call ends (its
+// connection closes) the second one runs. Both on the executor and inline
+// on gRPC's thread (the parameter: inline_pull_keys).
+class PullLeaseTest : public ::testing::TestWithParam<size_t> {};
+
+TEST_P(PullLeaseTest, AnswerNotTakenStillCounts) {
+  embedding::EmbeddingStore::Options store_options;
+  store_options.data_dir = absl::StrCat(std::getenv("TEST_TMPDIR"),
+                                        "/pull_lease_", GetParam());
+  auto store = embedding::EmbeddingStore::Open(store_options);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto metrics = base::Metrics::Create({});
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  ParameterServerService::Options service_options;
+  service_options.max_inflight_bytes = kMiB;
+  service_options.metrics = metrics->get();
+  ParameterServerService service(store->get(), service_options);
+  base::Executor executor(/*threads=*/2, /*max_queue=*/8, "shard 0/1");
+  ShardCallbackService callback(&service, &executor,
+                                /*inline_pull_keys=*/GetParam());
+  int port = 0;
+  std::unique_ptr<grpc::Server> server = StartOnLoopback(&callback, &port);
+  ASSERT_NE(server, nullptr);
+  const std::string address = absl::StrCat("127.0.0.1:", port);
+  PsClient::Options once;
+  once.max_attempts = 1;
+  once.pull_keys_per_call = 0;  // one call per Pull
+  auto client = PsClient::Create({address}, once);
+  ASSERT_TRUE(client.ok());
+  TableConfig config;
+  config.set_name("t");
+  config.set_kind(ID);
+  config.set_dim(kDim);
+  config.mutable_optimizer()->set_name("sgd");
+  config.mutable_initializer()->set_name("zeros");
+  ASSERT_TRUE((*client)->CreateTable(config, /*if_not_exists=*/false).ok());
+
+  // 2400 rows of 256 bytes: 0.59 MiB of answer (rows not yet pushed read
+  // as their initial value).
+  PullRequest request;
+  request.set_table("t");
+  std::vector<uint64_t> keys;
+  for (uint64_t k = 1; k <= 2400; ++k) {
+    request.add_keys(k);
+    keys.push_back(k);
+  }
+  std::unique_ptr<StalledReader> stalled = StalledReader::Call(
+      port, "/mim.ps.ParameterServer/Pull", request.SerializeAsString());
+  ASSERT_NE(stalled, nullptr);
+  // Until its handler has run (the metrics count a call when it ends).
+  const absl::Time give_up = absl::Now() + absl::Seconds(60);
+  while ((*metrics)->Scrape().find(
+             "mim_ps_requests_total{method=\"Pull\"} 1") ==
+         std::string::npos) {
+    ASSERT_LT(absl::Now(), give_up) << "the stalled Pull was never handled";
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  const absl::Status refused = (*client)->Pull("t", keys).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted)
+      << "a second 0.6 MiB Pull ran while the first one's answer was "
+         "still held: "
+      << refused;
+  EXPECT_THAT(std::string(refused.message()),
+              HasSubstr("calls waiting or in progress hold 0.6 MiB"));
+
+  stalled.reset();  // the connection closes, the call ends
+  PsClient::Options patient = once;
+  patient.max_attempts = std::numeric_limits<int>::max();
+  patient.retry_budget = absl::Seconds(60);
+  patient.max_backoff = absl::Milliseconds(20);
+  auto waiting = PsClient::Create({address}, patient);
+  ASSERT_TRUE(waiting.ok());
+  absl::StatusOr<PsClient::PullResult> pulled = (*waiting)->Pull("t", keys);
+  ASSERT_TRUE(pulled.ok()) << pulled.status();
+  EXPECT_EQ(pulled->values, std::vector<float>(keys.size() * kDim, 0.0f));
+  server->Shutdown();
+}
+
+INSTANTIATE_TEST_SUITE_P(QueuedAndInline, PullLeaseTest,
+                         ::testing::Values(size_t{0}, size_t{4096}));
 
 }  // namespace
 }  // namespace mim::ps
