@@ -15,6 +15,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/random/random.h"
 #include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -473,6 +474,9 @@ enum class Resend {
 
 // Payload type URL of a push error whose effect on the shard is unknown.
 constexpr char kPushInDoubtUrl[] = "type.mim.ps/PushInDoubt";
+// The index of the shard an error came from (decimal), on every error
+// ShardError names.
+constexpr char kFailedShardUrl[] = "type.mim.ps/FailedShard";
 
 Resend PushResend(PsClient::Options::PushRetry retry) {
   switch (retry) {
@@ -780,12 +784,16 @@ class ShardCaller {
                                    const grpc::Status& status) {
     absl::Status e = client.ShardError(shard, FromGrpcStatus(status));
     if (e.code() != absl::StatusCode::kDeadlineExceeded) return e;
-    return absl::Status(
+    absl::Status hung(
         e.code(),
         absl::StrCat(e.message(), " (no answer before the deadline, at most ",
                      absl::FormatDuration(client.options_.timeout),
                      " per attempt: the shard is reachable but not "
                      "answering; hung, stopped or overloaded?)"));
+    e.ForEachPayload([&hung](absl::string_view url, const absl::Cord& payload) {
+      hung.SetPayload(url, payload);
+    });
+    return hung;
   }
 
   // The error of a call to `shard`, naming it, and its retries if any.
@@ -931,6 +939,7 @@ absl::Status PsClient::ShardError(uint32_t shard,
   s.ForEachPayload([&named](absl::string_view url, const absl::Cord& payload) {
     named.SetPayload(url, payload);
   });
+  named.SetPayload(kFailedShardUrl, absl::Cord(absl::StrCat(shard)));
   return named;
 }
 
@@ -1574,6 +1583,17 @@ std::vector<absl::Status> PsClient::Health() {
     }
   }
   return out;
+}
+
+std::optional<uint32_t> FailedShard(const absl::Status& status) {
+  if (status.ok()) return std::nullopt;
+  const absl::optional<absl::Cord> payload = status.GetPayload(kFailedShardUrl);
+  uint32_t shard = 0;
+  if (!payload.has_value() ||
+      !absl::SimpleAtoi(std::string(*payload), &shard)) {
+    return std::nullopt;
+  }
+  return shard;
 }
 
 bool IsPushInDoubt(const absl::Status& status) {

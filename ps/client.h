@@ -47,6 +47,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -408,6 +409,13 @@ class PsClient {
 // the message; a push sent in several waves whose later wave failed says
 // how many calls of the earlier waves were applied).
 bool IsPushInDoubt(const absl::Status& status);
+
+// The shard (its index in the client's addresses) whose answer, or lack of
+// one, an error of a PsClient call came from: set on every error that
+// names a shard ("shard i/N (...)"), so that a caller can tell which shard
+// is down without parsing the message. nullopt for OK and for errors of
+// the client itself (bad arguments, a dim mismatch between shards).
+std::optional<uint32_t> FailedShard(const absl::Status& status);
 
 // Sum of per-shard stats for each table name, in the order of first shard.
 std::vector<TableStats> TotalStats(

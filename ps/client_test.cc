@@ -331,6 +331,7 @@ TEST(PsClientSplitTest, AnErrorOfOneCallNamesTheShard) {
               HasSubstr(absl::StrCat("shard 0/1 (", address,
                                      "): request has 4 keys; shard 0/1 "
                                      "accepts at most 3 per request")));
+  EXPECT_EQ(FailedShard(refused), std::optional<uint32_t>(0));
   // Capped to what the shard accepts (max_keys_per_rpc), the same split
   // Pull succeeds, with the rows of 1-key calls.
   options.max_keys_per_rpc = 3;
@@ -822,6 +823,17 @@ TEST_F(PsClientTest, UnreachableShardIsUnavailableNamingIt) {
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(s.message()), HasSubstr(addresses_[1]));
   EXPECT_THAT(std::string(s.message()), HasSubstr("shard 1/3"));
+  EXPECT_EQ(FailedShard(s), std::optional<uint32_t>(1));
+  // A pull over every shard names the one that failed too, as GetRows does.
+  std::vector<uint64_t> all_shards;
+  for (uint64_t k = 0; all_shards.size() < 30; ++k) all_shards.push_back(k);
+  EXPECT_EQ(FailedShard((*client)->Pull("user", all_shards).status()),
+            std::optional<uint32_t>(1));
+  EXPECT_EQ(FailedShard((*client)->GetRows("user", all_shards).status()),
+            std::optional<uint32_t>(1));
+  EXPECT_EQ(FailedShard(absl::OkStatus()), std::nullopt);
+  EXPECT_EQ(FailedShard(absl::UnavailableError("not from a shard")),
+            std::nullopt);
   const std::vector<absl::Status> health = (*client)->Health();
   EXPECT_TRUE(health[0].ok());
   EXPECT_EQ(health[1].code(), absl::StatusCode::kUnavailable);

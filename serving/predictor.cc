@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -11,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_format.h"
 #include "base/status_macros.h"
+#include "embedding/sharding.h"
 #include "absl/synchronization/notification.h"
 #include "glog/logging.h"
 #include "ps/status_convert.h"
@@ -78,6 +80,18 @@ Predictor::Predictor(ModelManager* models, ps::PsClient* ps, RowCache* cache,
     pull_seconds_[kContentSide] =
         &options_.metrics->LatencyHistogram(name, help, {{"table", "content"}});
   }
+  if (options_.metrics != nullptr) {
+    const char* name = "mim_serving_rows_unavailable_total";
+    const char* help = "Rows read as missing because their shard could not "
+                       "be reached (--degraded_reads), by table";
+    rows_unavailable_[kIdSide] =
+        &options_.metrics->Counter(name, help, {{"table", "id"}});
+    rows_unavailable_[kContentSide] =
+        &options_.metrics->Counter(name, help, {{"table", "content"}});
+  }
+  const uint32_t shards = ps_->num_shards();
+  shard_down_until_ = std::make_unique<std::atomic<int64_t>[]>(shards);
+  for (uint32_t i = 0; i < shards; ++i) shard_down_until_[i].store(0);
   if (options_.content_poll_interval > absl::ZeroDuration()) {
     thread_ = std::thread([this] { PollLoop(); });
   }
@@ -173,18 +187,57 @@ void Predictor::LookupCached(Side side, const std::string& table,
   f->now = RowCache::Now();  // the cache's own clock
   f->generation = cache_->generation(f->which);
   for (size_t i = 0; i < keys.size(); ++i) {
+    bool stale_copy = false;
     switch (cache_->Lookup(f->which, keys[i], dim, f->now, out + i * dim)) {
       case RowCache::Found::kFresh:
         ++f->cache_hits;
         continue;
       case RowCache::Found::kStale:
-        break;  // refetched; the stale copy stays in `out` as a fallback
+        stale_copy = true;  // refetched; the copy stays in `out` meanwhile
+        break;
       case RowCache::Found::kMiss:
         f->all_misses_have_stale_copy = false;
         break;
     }
     f->miss_keys.push_back(keys[i]);
     f->miss_pos.push_back(i);
+    f->miss_stale.push_back(stale_copy);
+  }
+}
+
+absl::Status Predictor::FetchRows(const RowFetch& f,
+                                  absl::Span<const uint64_t> keys,
+                                  std::vector<float>* rows) {
+  rows->assign(keys.size() * f.dim, 0.0f);
+  if (f.side == kContentSide) {
+    return ps_->PullInto(*f.table, keys, absl::MakeSpan(*rows), nullptr);
+  }
+  absl::StatusOr<ps::PsClient::GetRowsResult> got =
+      ps_->GetRows(*f.table, keys);
+  if (!got.ok()) return got.status();
+  if (got->values.size() != rows->size()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "table ", *f.table, " has dim ", got->dim, ", the model expects ",
+        f.dim));
+  }
+  *rows = std::move(got->values);
+  return absl::OkStatus();
+}
+
+bool Predictor::ShardDown(uint32_t shard, absl::Time now) const {
+  return shard_down_until_[shard].load(std::memory_order_relaxed) >
+         absl::ToUnixMicros(now);
+}
+
+void Predictor::MarkShardDown(uint32_t shard, const absl::Status& why) {
+  const absl::Time now = absl::Now();
+  const int64_t until = absl::ToUnixMicros(now + options_.shard_down_interval);
+  const int64_t before = shard_down_until_[shard].exchange(until);
+  if (before <= absl::ToUnixMicros(now)) {
+    LOG(WARNING) << "shard " << shard << "/" << ps_->num_shards()
+                 << " left out of pulls for "
+                 << absl::FormatDuration(options_.shard_down_interval)
+                 << " (--degraded_reads; its rows read as missing): " << why;
   }
 }
 
@@ -192,26 +245,46 @@ void Predictor::PullMisses(RowFetch* f) {
   if (f->miss_keys.empty()) return;
   const bool id_table = f->side == kIdSide;
   const int dim = f->dim;
-  std::vector<float> rows(f->miss_keys.size() * dim);
+  const uint32_t shards = ps_->num_shards();
+  const auto shard_of = [shards](uint64_t key) -> uint32_t {
+    return shards == 1 ? 0 : embedding::ShardOf(key, shards);
+  };
+  // Positions in miss_keys to pull, and those left out (shard down).
+  std::vector<size_t> ask;
+  std::vector<size_t> left_out;
+  ask.reserve(f->miss_keys.size());
+  const absl::Time now = absl::Now();
+  for (size_t j = 0; j < f->miss_keys.size(); ++j) {
+    if (options_.degraded_reads && ShardDown(shard_of(f->miss_keys[j]), now)) {
+      left_out.push_back(j);
+    } else {
+      ask.push_back(j);
+    }
+  }
+  std::vector<uint64_t> keys;
+  std::vector<float> rows;
   absl::Status fetched;
   const absl::Time pull_start = absl::Now();
-  if (id_table) {
-    absl::StatusOr<ps::PsClient::GetRowsResult> got =
-        ps_->GetRows(*f->table, f->miss_keys);
-    if (got.ok() && got->values.size() != rows.size()) {
-      fetched = absl::FailedPreconditionError(absl::StrCat(
-          "table ", *f->table, " has dim ", got->dim, ", the model expects ",
-          dim));
-    } else if (got.ok()) {
-      rows = std::move(got->values);
-    } else {
-      fetched = got.status();
+  while (!ask.empty()) {
+    keys.clear();
+    for (const size_t j : ask) keys.push_back(f->miss_keys[j]);
+    fetched = FetchRows(*f, keys, &rows);
+    if (fetched.ok() || !options_.degraded_reads || !Unreachable(fetched)) {
+      break;
     }
-  } else {
-    fetched =
-        ps_->PullInto(*f->table, f->miss_keys, absl::MakeSpan(rows), nullptr);
+    const std::optional<uint32_t> down = ps::FailedShard(fetched);
+    if (!down.has_value() || *down >= shards) break;
+    MarkShardDown(*down, fetched);
+    // Its keys are left out; the other shards are asked again.
+    const auto on_down = std::stable_partition(
+        ask.begin(), ask.end(),
+        [&](size_t j) { return shard_of(f->miss_keys[j]) != *down; });
+    if (on_down == ask.end()) break;  // none of its keys: give up
+    left_out.insert(left_out.end(), on_down, ask.end());
+    ask.erase(on_down, ask.end());
+    fetched = absl::OkStatus();
   }
-  if (pull_seconds_[f->side] != nullptr) {
+  if (pull_seconds_[f->side] != nullptr && !keys.empty()) {
     pull_seconds_[f->side]->Observe(
         absl::ToDoubleSeconds(absl::Now() - pull_start));
   }
@@ -224,12 +297,26 @@ void Predictor::PullMisses(RowFetch* f) {
                           fetched);
     return;
   }
-  f->rows_pulled = static_cast<int32_t>(f->miss_keys.size());
-  for (size_t j = 0; j < f->miss_keys.size(); ++j) {
-    const float* row = rows.data() + j * dim;
+  f->rows_pulled = static_cast<int32_t>(ask.size());
+  for (size_t a = 0; a < ask.size(); ++a) {
+    const size_t j = ask[a];
+    const float* row = rows.data() + a * dim;
     std::memcpy(f->out + f->miss_pos[j] * dim, row, sizeof(float) * dim);
     // Stamped with the time before the fetch: never fresher than it is.
     cache_->Insert(f->which, f->miss_keys[j], row, dim, f->now, f->generation);
+  }
+  // Rows of shards that cannot be reached: a stale copy where the cache had
+  // one (already in `out`), else read as a key the table does not hold.
+  for (const size_t j : left_out) {
+    if (f->miss_stale[j]) {
+      f->stale = true;
+      continue;
+    }
+    std::fill_n(f->out + f->miss_pos[j] * dim, dim, 0.0f);
+    ++f->rows_unavailable;
+  }
+  if (f->rows_unavailable > 0 && rows_unavailable_[f->side] != nullptr) {
+    rows_unavailable_[f->side]->Increment(f->rows_unavailable);
   }
 }
 
@@ -345,6 +432,7 @@ absl::StatusOr<PredictOutput> Predictor::Predict(const PredictInput& in,
     for (const RowFetch* f : {&id, &content}) {
       result.cache_hits += f->cache_hits;
       result.rows_pulled += f->rows_pulled;
+      result.rows_unavailable += f->rows_unavailable;
       result.stale = result.stale || f->stale;
     }
   }

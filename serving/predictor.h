@@ -14,7 +14,14 @@
 //   4. all candidates are scored as one batch (CiubmModel::Predict).
 // When a shard cannot be reached, rows cached within the cache's max_stale
 // are used and the answer is marked stale; a row with no cached copy makes
-// the request fail UNAVAILABLE naming the shard.
+// the request fail UNAVAILABLE (the shard is named in the log). With
+// Options::degraded_reads, such a row is read as a key the table does not
+// hold instead (ID: zeros, as an unseen key; content: zeros, no content),
+// the answer counts it in rows_unavailable, and the shard is left out of
+// the next requests' pulls for Options::shard_down_interval, so that one
+// dead shard out of N costs the requests that need it a part of their rows,
+// not their answers, and costs the retry budget's wait once per interval,
+// not on every request.
 //
 // Thread-safety: safe for concurrent access.
 #ifndef MIM_SERVING_PREDICTOR_H_
@@ -58,6 +65,9 @@ struct PredictOutput {
   bool stale = false;
   int32_t cache_hits = 0;
   int32_t rows_pulled = 0;
+  // Rows read as missing because their shard could not be reached
+  // (Options::degraded_reads).
+  int32_t rows_unavailable = 0;
 };
 
 struct UpsertItemOutput {
@@ -92,6 +102,14 @@ class Predictor {
     // Threads that pull a request's content rows while its own thread
     // pulls the ID rows (when both miss the cache). 0: one after the other.
     int fetch_threads = 4;
+    // Rows of a shard that cannot be reached (UNAVAILABLE, no answer in
+    // time, or overloaded) and have no cached copy are read as missing
+    // instead of failing the request (see the file comment); false: the
+    // request fails UNAVAILABLE.
+    bool degraded_reads = false;
+    // How long, under degraded_reads, a shard found unreachable is left
+    // out of pulls before a request tries it again.
+    absl::Duration shard_down_interval = absl::Seconds(5);
   };
 
   // `models`, `ps` and `cache` must outlive the predictor.
@@ -156,9 +174,11 @@ class Predictor {
     uint64_t generation = 0;
     std::vector<uint64_t> miss_keys;  // not fresh in the cache
     std::vector<size_t> miss_pos;     // their index among the keys
+    std::vector<bool> miss_stale;     // a stale copy is in `out`
     bool all_misses_have_stale_copy = true;
     int32_t cache_hits = 0;
     int32_t rows_pulled = 0;
+    int32_t rows_unavailable = 0;
     bool stale = false;  // shards unreachable, stale copies served
     absl::Status status;
   };
@@ -169,8 +189,16 @@ class Predictor {
                     RowFetch* f);
   // Pulls f's misses into f->out and the cache (ID table: GetRows, so
   // unseen keys read their initial value without creating rows; content:
-  // Pull). Sets f->status.
+  // Pull). Sets f->status. Under degraded_reads, leaves out the shards
+  // marked down, and marks down (and leaves out) one that fails unreachable.
   void PullMisses(RowFetch* f);
+  // One PsClient call for `keys` of f's table into `rows` (keys.size() *
+  // f->dim floats).
+  absl::Status FetchRows(const RowFetch& f, absl::Span<const uint64_t> keys,
+                         std::vector<float>* rows);
+  // Under degraded_reads: whether `shard` is left out of pulls now.
+  bool ShardDown(uint32_t shard, absl::Time now) const;
+  void MarkShardDown(uint32_t shard, const absl::Status& why);
   // Both sides' misses, concurrently when both have some (the content side
   // on fetch_executor_); the first error, ID side first.
   absl::Status PullBoth(RowFetch* id, RowFetch* content, absl::Time deadline);
@@ -181,6 +209,9 @@ class Predictor {
   RowCache* const cache_;
   const Options options_;
   prometheus::Histogram* pull_seconds_[2] = {nullptr, nullptr};
+  prometheus::Counter* rows_unavailable_[2] = {nullptr, nullptr};
+  // Per shard, until when (Unix micros) it is left out of pulls.
+  std::unique_ptr<std::atomic<int64_t>[]> shard_down_until_;
   std::unique_ptr<base::Executor> fetch_executor_;  // null: fetch_threads 0
   std::atomic<uint64_t> content_version_{0};
   std::atomic<uint64_t> last_polled_version_{0};

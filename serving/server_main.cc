@@ -77,6 +77,17 @@ DEFINE_int64(content_poll_ms,
 DEFINE_int64(ps_timeout_ms, 2000,
              "Deadline of one shard call (a request's own deadline, when "
              "shorter, wins)");
+DEFINE_bool(degraded_reads, kPredictorDefaults.degraded_reads,
+            "A shard that cannot be reached does not fail the requests that "
+            "need its rows: rows without a cached copy are read as missing "
+            "(counted in the answer's rows_unavailable and in "
+            "mim_serving_rows_unavailable_total), and the shard is left out "
+            "of pulls for --shard_down_ms. Off: such requests fail "
+            "UNAVAILABLE");
+DEFINE_int64(shard_down_ms,
+             absl::ToInt64Milliseconds(kPredictorDefaults.shard_down_interval),
+             "With --degraded_reads: how long a shard found unreachable is "
+             "left out of pulls before a request tries it again");
 DEFINE_int32(threads, 8,
              "Threads that run requests (pulls from the shards, scoring)");
 DEFINE_int32(cpu_threads, 1,
@@ -129,6 +140,9 @@ int main(int argc, char** argv) {
   if (FLAGS_port < 0 || FLAGS_port > 65535) return Fail("--port out of range");
   if (FLAGS_max_candidates < 1) return Fail("--max_candidates must be >= 1");
   if (FLAGS_max_behaviors < 0) return Fail("--max_behaviors must be >= 0");
+  if (FLAGS_shard_down_ms < 1) {
+    return Fail("--shard_down_ms must be >= 1");
+  }
   if (FLAGS_reload_interval_ms < 0 || FLAGS_content_poll_ms < 0) {
     return Fail("--reload_interval_ms and --content_poll_ms must be >= 0 "
                 "(0: off)");
@@ -241,6 +255,9 @@ int main(int argc, char** argv) {
       absl::Milliseconds(FLAGS_content_poll_ms);
   predictor_options.metrics = metrics->get();
   predictor_options.fetch_threads = FLAGS_fetch_threads;
+  predictor_options.degraded_reads = FLAGS_degraded_reads;
+  predictor_options.shard_down_interval =
+      absl::Milliseconds(FLAGS_shard_down_ms);
   mim::serving::Predictor predictor(models->get(), ps->get(), &cache,
                                     predictor_options);
   mim::base::Executor executor(FLAGS_threads, FLAGS_max_queue, "serving");

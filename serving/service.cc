@@ -208,6 +208,7 @@ grpc::ServerUnaryReactor* PredictionServiceImpl::Predict(
     response->set_stale(out->stale);
     response->set_cache_hits(out->cache_hits);
     response->set_rows_pulled(out->rows_pulled);
+    response->set_rows_unavailable(out->rows_unavailable);
     return absl::OkStatus();
   });
 }

@@ -5,7 +5,8 @@
 // through the server is scored with its content at once; bad requests are
 // refused naming the field; a new model version is picked up under load
 // without a failed request; a killed shard gives UNAVAILABLE and the tier
-// recovers by itself when the shard returns.
+// recovers by itself when the shard returns, or, with --degraded_reads,
+// answers without that shard's rows.
 #include <signal.h>
 
 #include <algorithm>
@@ -866,6 +867,84 @@ TEST_F(ServingTest, KilledShardGivesUnavailableAndTheTierRecoversByItself) {
   EXPECT_TRUE(back.ok()) << back.error_message();
   EXPECT_EQ(resp.scores_size(), 40);
   EXPECT_FALSE(resp.stale());
+}
+
+// With --degraded_reads, a dead shard costs the requests that need it a
+// part of their rows, not their answers: the rows it holds are read as
+// missing (rows_unavailable, with the rest pulled from the live shard), the
+// shard is left out of the next requests (same rows, same scores), the
+// metric counts them, and once the shard is back (after --shard_down_ms)
+// the scores are the ones from before, bit for bit.
+TEST_F(ServingTest, DegradedReadsAnswerWithoutADeadShardsRows) {
+  auto started = ServerProcess::Start(
+      {Runfile("serving/server"), "--port=0", "--ps=" + env->ps,
+       "--model_dir=" + env->model_dir, "--cache_mb=0", "--degraded_reads",
+       "--shard_down_ms=300", "--reload_interval_ms=0", "--content_poll_ms=0",
+       "--metrics_port=0"},
+      /*expect_metrics=*/true);
+  ASSERT_TRUE(started.ok()) << started.status();
+  std::unique_ptr<ServerProcess> degraded = std::move(*started);
+  auto stub = PredictionService::NewStub(grpc::CreateChannel(
+      degraded->address(), grpc::InsecureChannelCredentials()));
+  const auto predict = [&stub](const PredictRequest& req,
+                               PredictResponse* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    return stub->Predict(&ctx, req, resp);
+  };
+  // Real users and items: rows on both shards.
+  PredictRequest req = RequestFor(env->test_samples[5]);
+  req.clear_candidate_features();
+  for (int i = 6; i < 30; ++i) {
+    req.add_candidate_item_ids(env->test_samples[i].item_id);
+  }
+  PredictResponse before;
+  ASSERT_TRUE(predict(req, &before).ok());
+  EXPECT_EQ(before.rows_unavailable(), 0);
+  const int32_t rows = before.rows_pulled();  // no cache: every row
+  ASSERT_GT(rows, 0);
+
+  env->shards[1]->Kill(SIGKILL);
+  PredictResponse during;
+  const grpc::Status st = predict(req, &during);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_GT(during.rows_unavailable(), 0);
+  EXPECT_LT(during.rows_unavailable(), rows);  // shard 0 still answers
+  EXPECT_EQ(during.rows_pulled() + during.rows_unavailable(), rows);
+  ASSERT_EQ(during.scores_size(), before.scores_size());
+  for (const float p : during.scores()) {
+    EXPECT_TRUE(p > 0.0f && p < 1.0f) << p;
+  }
+  // The shard is now left out: the same rows are missing, the scores the
+  // same.
+  PredictResponse again;
+  ASSERT_TRUE(predict(req, &again).ok());
+  EXPECT_EQ(again.rows_unavailable(), during.rows_unavailable());
+  EXPECT_EQ(std::vector<float>(again.scores().begin(), again.scores().end()),
+            std::vector<float>(during.scores().begin(), during.scores().end()));
+  const absl::StatusOr<std::string> metrics =
+      HttpGet(degraded->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  const double counted =
+      MetricSample(*metrics,
+                   "mim_serving_rows_unavailable_total{table=\"id\"}")
+          .value_or(0) +
+      MetricSample(*metrics,
+                   "mim_serving_rows_unavailable_total{table=\"content\"}")
+          .value_or(0);
+  EXPECT_EQ(counted, 2.0 * during.rows_unavailable()) << *metrics;
+
+  ASSERT_TRUE(ShardProcess::Restart(&env->shards[1]).ok());
+  PredictResponse after;
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  do {
+    absl::SleepFor(absl::Milliseconds(100));
+    ASSERT_TRUE(predict(req, &after).ok());
+  } while (after.rows_unavailable() != 0 && absl::Now() < give_up);
+  EXPECT_EQ(after.rows_unavailable(), 0);
+  EXPECT_EQ(after.rows_pulled(), rows);
+  EXPECT_EQ(std::vector<float>(after.scores().begin(), after.scores().end()),
+            std::vector<float>(before.scores().begin(), before.scores().end()));
 }
 
 }  // namespace

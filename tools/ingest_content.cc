@@ -42,8 +42,9 @@ namespace {
 constexpr int kMaxBatch = 1 << 20;
 
 int Fail(const std::string& what, const absl::Status& status) {
-  std::fprintf(stderr, "ingest_content: %s: %s\n", what.c_str(),
-               status.ToString().c_str());
+  std::fprintf(
+      stderr, "ingest_content: %s: %s\n", what.c_str(),
+      status.ToString(absl::StatusToStringMode::kWithNoExtraData).c_str());
   return 1;
 }
 

@@ -118,7 +118,9 @@ int Failed(const absl::Status& status) {
                      .dump(2)
               << "\n";
   }
-  std::fprintf(stderr, "ps_admin: %s\n", status.ToString().c_str());
+  std::fprintf(
+      stderr, "ps_admin: %s\n",
+      status.ToString(absl::StatusToStringMode::kWithNoExtraData).c_str());
   return kExitFailed;
 }
 
@@ -586,12 +588,16 @@ int Health(PsClient& client) {
     if (!FLAGS_json) {
       std::cout << absl::StrFormat(
           "shard %d (%s): %s\n", s, client.addresses()[s],
-          health[s].ok() ? "SERVING" : health[s].ToString());
+          health[s].ok()
+              ? "SERVING"
+              : health[s].ToString(absl::StatusToStringMode::kWithNoExtraData));
     }
     if (!health[s].ok()) {
       std::fprintf(stderr, "ps_admin: shard %zu (%s) is down: %s\n", s,
                    client.addresses()[s].c_str(),
-                   health[s].ToString().c_str());
+                   health[s]
+                       .ToString(absl::StatusToStringMode::kWithNoExtraData)
+                       .c_str());
     }
   }
   if (FLAGS_json) {

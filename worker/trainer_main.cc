@@ -234,7 +234,10 @@ int main(int argc, char** argv) {
   absl::StatusOr<mim::worker::TrainReport> report =
       mim::worker::RunTrainer(o, FLAGS_progress ? &std::cerr : nullptr);
   if (!report.ok()) {
-    std::cerr << "trainer: " << report.status() << "\n";
+    std::cerr << "trainer: "
+              << report.status().ToString(
+                     absl::StatusToStringMode::kWithNoExtraData)
+              << "\n";
     return 1;
   }
   if (!FLAGS_metrics_out.empty()) {

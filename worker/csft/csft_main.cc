@@ -124,7 +124,8 @@ DEFINE_int32(worker_timeout_s, 600,
 namespace {
 
 int Fail(const std::string& what, const absl::Status& s) {
-  std::fprintf(stderr, "csft: %s: %s\n", what.c_str(), s.ToString().c_str());
+  std::fprintf(stderr, "csft: %s: %s\n", what.c_str(),
+               s.ToString(absl::StatusToStringMode::kWithNoExtraData).c_str());
   return 1;
 }
 
