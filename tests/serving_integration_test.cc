@@ -874,7 +874,8 @@ TEST_F(ServingTest, KilledShardGivesUnavailableAndTheTierRecoversByItself) {
 // missing (rows_unavailable, with the rest pulled from the live shard), the
 // shard is left out of the next requests (same rows, same scores), the
 // metric counts them, and once the shard is back (after --shard_down_ms)
-// the scores are the ones from before, bit for bit.
+// the scores are the ones from before, bit for bit. A hung shard is left
+// out as a dead one is.
 TEST_F(ServingTest, DegradedReadsAnswerWithoutADeadShardsRows) {
   auto started = ServerProcess::Start(
       {Runfile("serving/server"), "--port=0", "--ps=" + env->ps,
@@ -945,6 +946,20 @@ TEST_F(ServingTest, DegradedReadsAnswerWithoutADeadShardsRows) {
   EXPECT_EQ(after.rows_pulled(), rows);
   EXPECT_EQ(std::vector<float>(after.scores().begin(), after.scores().end()),
             std::vector<float>(before.scores().begin(), before.scores().end()));
+
+  // A hung shard (no answer within --ps_timeout_ms) is left out the same
+  // way: the same rows missing, the same scores as with it dead.
+  const pid_t pid = env->shards[1]->pid();
+  ASSERT_EQ(kill(pid, SIGSTOP), 0);
+  struct Resume {
+    pid_t pid;
+    ~Resume() { kill(pid, SIGCONT); }
+  } resume{pid};
+  PredictResponse hung;
+  ASSERT_TRUE(predict(req, &hung).ok());
+  EXPECT_EQ(hung.rows_unavailable(), during.rows_unavailable());
+  EXPECT_EQ(std::vector<float>(hung.scores().begin(), hung.scores().end()),
+            std::vector<float>(during.scores().begin(), during.scores().end()));
 }
 
 }  // namespace
