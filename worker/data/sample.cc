@@ -1,5 +1,6 @@
 #include "worker/data/sample.h"
 
+#include <algorithm>
 #include <limits>
 #include <string>
 #include <vector>
@@ -103,6 +104,19 @@ absl::Status ParseSample(absl::string_view line, Sample* out) {
                        &out->genres))
            .ok())
     return st;
+  // A set, as Predict and UpsertItem take it: a repeat would weigh the
+  // genre twice in the model's mean over the item's genres (and in C-SFT's
+  // encoder), where serving refuses it.
+  if (out->genres.size() > 1) {
+    std::vector<int32_t> sorted = out->genres;
+    std::sort(sorted.begin(), sorted.end());
+    const auto repeat = std::adjacent_find(sorted.begin(), sorted.end());
+    if (repeat != sorted.end()) {
+      return FieldError(7, cols[7],
+                        absl::StrCat("distinct genre ids (", *repeat,
+                                     " appears twice)"));
+    }
+  }
   return ParseList(8, cols[8], kMaxBehaviorLength, &out->behavior);
 }
 

@@ -72,6 +72,15 @@ TEST(SampleTest, ParseErrorsNameTheField) {
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(st.message()), HasSubstr("field 'genres'"));
 
+  // Genres are a set (Predict and UpsertItem refuse a repeat too).
+  st = ParseSample("1\t2\t3\t1\t0\t0\t0\t7,4,7\t", &s);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()),
+              HasSubstr("field 'genres' (column 8): got '7,4,7', expected "
+                        "distinct genre ids (7 appears twice)"));
+  ASSERT_TRUE(ParseSample("1\t2\t3\t1\t0\t0\t0\t7,4,5\t", &s).ok());
+  EXPECT_THAT(s.genres, ElementsAre(7, 4, 5));  // order kept
+
   st = ParseSample("-5\t2\t3\t1\t0\t0\t0\t\t", &s);
   EXPECT_THAT(std::string(st.message()), HasSubstr("field 'ts'"));
 
