@@ -236,6 +236,7 @@ class ClientTest(unittest.TestCase):
         doc = json.loads(r.stdout)
         self.assertTrue(doc["ok"])
         self.assertEqual(doc["model_version"], version)
+        self.assertEqual(doc["rows_unavailable"], 0)
         self.assertEqual([d["item"] for d in doc["scores"]], [12, 13])
         self.assertEqual([f32(d["score"]) for d in doc["scores"]], scores)
 
@@ -247,6 +248,7 @@ class ClientTest(unittest.TestCase):
         self.assertTrue(lines[0].startswith(
             f"model_version {cluster.manifest['model_version']}  stale=no"),
             lines[0])
+        self.assertTrue(lines[0].endswith("  rows_unavailable=0"), lines[0])
         self.assertEqual([l.split()[0] for l in lines[2:]], ["4", "5", "6"])
         r = cli("status", check_rc=0)
         self.assertIn("model_name", r.stdout)

@@ -275,7 +275,8 @@ class MimServingClient:
     def predict_response(self, user_id, user_features, behaviors, candidates,
                          candidate_genres=None):
         """The whole PredictResponse message (scores, model_version, stale,
-        cache_hits, rows_pulled). Arguments as for predict()."""
+        cache_hits, rows_pulled, rows_unavailable). Arguments as for
+        predict()."""
         request = self._pb.PredictRequest(user_id=_int(user_id, "user_id"))
         for name, value in (user_features or {}).items():
             request.user_features[name] = _int(value, f"user feature {name}")
@@ -401,11 +402,17 @@ def cmd_predict(client, args):
                      "stale": r.stale,
                      "cache_hits": r.cache_hits,
                      "rows_pulled": r.rows_pulled,
+                     "rows_unavailable": r.rows_unavailable,
                      "scores": [{"item": c, "score": _float32(s)}
                                 for c, s in zip(candidates, r.scores)]})
         return
     print(f"model_version {r.model_version}  stale={'yes' if r.stale else 'no'}"
-          f"  cache_hits={r.cache_hits}  rows_pulled={r.rows_pulled}")
+          f"  cache_hits={r.cache_hits}  rows_pulled={r.rows_pulled}"
+          f"  rows_unavailable={r.rows_unavailable}")
+    if r.rows_unavailable:
+        print(f"warning: {r.rows_unavailable} rows read as missing (a shard "
+              f"could not be reached; the server runs --degraded_reads): "
+              f"the scores are degraded", file=sys.stderr)
     if len(r.scores) != len(candidates):
         print(f"warning: {len(r.scores)} scores for {len(candidates)} "
               f"candidates", file=sys.stderr)
