@@ -35,7 +35,16 @@ absl::Status OpenAndSync(const std::string& path, int flags,
 }  // namespace
 
 std::string TempPathFor(const std::string& path) {
-  return absl::StrCat(path, ".", ::getpid(), ".tmp");
+  char host[256] = {};
+  if (::gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') {
+    std::strcpy(host, "host");
+  }
+  // Only what a file name may hold ('/' cannot be in a host name, but the
+  // name comes from the system, not from this code).
+  for (char* c = host; *c != '\0'; ++c) {
+    if (*c == '/') *c = '_';
+  }
+  return absl::StrCat(path, ".", host, "-", ::getpid(), ".tmp");
 }
 
 absl::Status WriteFileAtomically(const std::string& path,

@@ -11,12 +11,14 @@
 namespace mim::base {
 
 // The temp file a writer of `path` in this process puts beside it before
-// the rename: `path` + "." + the process id + ".tmp". Two processes
-// writing one path at once (two runs given the same output directory)
-// therefore never write into the same temp file: each renames a whole file
-// of its own over `path`, and the last rename wins. (With one shared name,
-// both wrote into one file, and whatever they left there was renamed into
-// place.) A crash leaves its temp file behind, named by its process id.
+// the rename: `path` + "." + the host name + "-" + the process id +
+// ".tmp". Two processes writing one path at once (two runs given the same
+// output directory, on one machine or on two containers sharing a volume,
+// whose process ids often coincide) therefore never write into the same
+// temp file: each renames a whole file of its own over `path`, and the
+// last rename wins. (With one shared name, both wrote into one file, and
+// whatever they left there was renamed into place.) A crash leaves its
+// temp file behind, named by host and process; nothing removes it.
 std::string TempPathFor(const std::string& path);
 
 // Writes `contents` to TempPathFor(path), fsyncs it, renames it over `path`

@@ -38,10 +38,12 @@ TEST(AtomicFileTest, FailureLeavesOldFileAndNamesPath) {
   EXPECT_EQ(got, "keep");
 }
 
-// The temp file is this process's own: "<path>.<pid>.tmp".
-TEST(AtomicFileTest, TempPathNamesTheProcess) {
-  EXPECT_EQ(TempPathFor("/d/f.tsv"),
-            "/d/f.tsv." + std::to_string(::getpid()) + ".tmp");
+// The temp file is this process's own: "<path>.<host>-<pid>.tmp".
+TEST(AtomicFileTest, TempPathNamesTheHostAndProcess) {
+  char host[256] = {};
+  ASSERT_EQ(::gethostname(host, sizeof(host) - 1), 0);
+  EXPECT_EQ(TempPathFor("/d/f.tsv"), std::string("/d/f.tsv.") + host + "-" +
+                                         std::to_string(::getpid()) + ".tmp");
 }
 
 TEST(AtomicFileTest, MissingFileIsNotFound) {

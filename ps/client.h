@@ -411,10 +411,12 @@ class PsClient {
 bool IsPushInDoubt(const absl::Status& status);
 
 // The shard (its index in the client's addresses) whose answer, or lack of
-// one, an error of a PsClient call came from: set on every error that
-// names a shard ("shard i/N (...)"), so that a caller can tell which shard
-// is down without parsing the message. nullopt for OK and for errors of
-// the client itself (bad arguments, a dim mismatch between shards).
+// one, an error of a PsClient call came from, so that a caller can tell
+// which shard is down without parsing the message: set on the errors of
+// Pull, PullInto, GetRows, Upsert and of a Push part that certainly
+// failed. nullopt for OK, for errors of the client itself (bad arguments,
+// a dim mismatch between shards), for a push in doubt, and for calls sent
+// to every shard, whose errors may combine several shards' (Restore).
 std::optional<uint32_t> FailedShard(const absl::Status& status);
 
 // Sum of per-shard stats for each table name, in the order of first shard.

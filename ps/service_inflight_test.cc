@@ -584,7 +584,8 @@ class StalledReader {
     while (done < n) {
       const ssize_t got = ::recv(fd_, bytes->data() + done, n - done, 0);
       if (got <= 0) {
-        ADD_FAILURE() << "recv: " << (got == 0 ? "closed" : std::strerror(errno));
+        ADD_FAILURE() << "recv: "
+                      << (got == 0 ? "closed" : std::strerror(errno));
         return false;
       }
       done += static_cast<size_t>(got);

@@ -645,7 +645,7 @@ absl::StatusOr<std::string> ContentEncoder::Save(const std::string& dir) const {
   // base::WriteFileAtomically (which takes the bytes) does not fit; the
   // same temp-fsync-rename steps are done here.
   const std::string model_path = JoinPath(dir, kEncoderModelFileName);
-  const std::string tmp = model_path + ".tmp";
+  const std::string tmp = base::TempPathFor(model_path);
   try {
     model_->saveModel(tmp);
   } catch (const std::exception& e) {

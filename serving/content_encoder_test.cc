@@ -168,7 +168,8 @@ TEST_F(ContentEncoderTest, SaveWritesTheDocumentedFiles) {
             absl::StrCat("#mim-content-encoder v1\nkind=fasttext\ndim=8\nid=",
                          *saved_id_, "\n"));
   EXPECT_EQ(mean.substr(0, mean.find('\n')), "#mim-encoder-mean v1\tdim=8");
-  EXPECT_FALSE(std::filesystem::exists(base::TempPathFor(*dir_ + "/model.bin")));
+  EXPECT_FALSE(
+      std::filesystem::exists(base::TempPathFor(*dir_ + "/model.bin")));
 }
 
 TEST_F(ContentEncoderTest, LoadedEncoderEqualsTrainedOneBitForBit) {

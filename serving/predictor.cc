@@ -43,19 +43,24 @@ bool Unreachable(const absl::Status& s) {
 // a shard that outlasted the tier's own retry budget is not the caller's
 // deadline, which gRPC reports to the caller by itself), anything else (a
 // shard's limit, a missing table, a token without the role) is INTERNAL.
+// Statuses in the log: without their payloads (the failed shard's index,
+// which the message names already).
+constexpr absl::StatusToStringMode kLogText =
+    absl::StatusToStringMode::kWithNoExtraData;
+
 absl::Status ForCaller(absl::string_view what, const absl::Status& s) {
   if (s.ok()) return s;
   if (Unreachable(s)) {
     // Once per 100: a shard that is down fails every request meanwhile.
-    LOG_EVERY_N(WARNING, 100) << what << ": " << s << " (" << google::COUNTER
-                              << " such failures so far)";
+    LOG_EVERY_N(WARNING, 100) << what << ": " << s.ToString(kLogText) << " ("
+                              << google::COUNTER << " such failures so far)";
     return absl::UnavailableError(absl::StrCat(
         what, ": the parameter servers ",
         Overloaded(s) ? "are overloaded" : "did not answer in time", " (",
         absl::StatusCodeToString(s.code()),
         "); retry (details are in the server log)"));
   }
-  LOG(WARNING) << what << ": " << s;
+  LOG(WARNING) << what << ": " << s.ToString(kLogText);
   return absl::InternalError(absl::StrCat(
       what, " failed inside the serving tier (", absl::StatusCodeToString(s.code()),
       "); details are in the server log"));
@@ -89,9 +94,11 @@ Predictor::Predictor(ModelManager* models, ps::PsClient* ps, RowCache* cache,
     rows_unavailable_[kContentSide] =
         &options_.metrics->Counter(name, help, {{"table", "content"}});
   }
-  const uint32_t shards = ps_->num_shards();
-  shard_down_until_ = std::make_unique<std::atomic<int64_t>[]>(shards);
-  for (uint32_t i = 0; i < shards; ++i) shard_down_until_[i].store(0);
+  if (ps_ != nullptr) {
+    const uint32_t shards = ps_->num_shards();
+    shard_down_until_ = std::make_unique<std::atomic<int64_t>[]>(shards);
+    for (uint32_t i = 0; i < shards; ++i) shard_down_until_[i].store(0);
+  }
   if (options_.content_poll_interval > absl::ZeroDuration()) {
     thread_ = std::thread([this] { PollLoop(); });
   }
@@ -224,20 +231,38 @@ absl::Status Predictor::FetchRows(const RowFetch& f,
   return absl::OkStatus();
 }
 
-bool Predictor::ShardDown(uint32_t shard, absl::Time now) const {
-  return shard_down_until_[shard].load(std::memory_order_relaxed) >
-         absl::ToUnixMicros(now);
+bool Predictor::LeaveOut(uint32_t shard, absl::Time now, bool* probe) {
+  *probe = false;
+  int64_t until = shard_down_until_[shard].load();
+  if (until == 0) return false;  // up
+  const int64_t now_micros = absl::ToUnixMicros(now);
+  if (until > now_micros) return true;
+  // Its interval is over: this pull asks it, unless another claimed that.
+  const int64_t next =
+      absl::ToUnixMicros(now + options_.shard_down_interval);
+  if (!shard_down_until_[shard].compare_exchange_strong(until, next)) {
+    return until != 0;  // another pull probes it (or it is back up)
+  }
+  *probe = true;
+  return false;
 }
 
 void Predictor::MarkShardDown(uint32_t shard, const absl::Status& why) {
-  const absl::Time now = absl::Now();
-  const int64_t until = absl::ToUnixMicros(now + options_.shard_down_interval);
-  const int64_t before = shard_down_until_[shard].exchange(until);
-  if (before <= absl::ToUnixMicros(now)) {
+  const int64_t until =
+      absl::ToUnixMicros(absl::Now() + options_.shard_down_interval);
+  if (shard_down_until_[shard].exchange(until) == 0) {
     LOG(WARNING) << "shard " << shard << "/" << ps_->num_shards()
-                 << " left out of pulls for "
-                 << absl::FormatDuration(options_.shard_down_interval)
-                 << " (--degraded_reads; its rows read as missing): " << why;
+                 << " left out of pulls (--degraded_reads: its rows read as "
+                    "missing), asked again every "
+                 << absl::FormatDuration(options_.shard_down_interval) << ": "
+                 << why.ToString(kLogText);
+  }
+}
+
+void Predictor::MarkShardUp(uint32_t shard) {
+  if (shard_down_until_[shard].exchange(0) != 0) {
+    LOG(WARNING) << "shard " << shard << "/" << ps_->num_shards()
+                 << " answers again; its rows are pulled again";
   }
 }
 
@@ -253,9 +278,21 @@ void Predictor::PullMisses(RowFetch* f) {
   std::vector<size_t> ask;
   std::vector<size_t> left_out;
   ask.reserve(f->miss_keys.size());
-  const absl::Time now = absl::Now();
+  // Per shard, decided once per pull for the shards it has keys on: 0 ask,
+  // 1 leave out, 2 ask as the probe of a shard marked down; -1 no keys.
+  std::vector<int8_t> decision;
+  if (options_.degraded_reads) {
+    decision.assign(shards, -1);
+    for (const uint64_t key : f->miss_keys) decision[shard_of(key)] = 0;
+    const absl::Time now = absl::Now();
+    for (uint32_t s = 0; s < shards; ++s) {
+      if (decision[s] < 0) continue;
+      bool probe = false;
+      decision[s] = LeaveOut(s, now, &probe) ? 1 : (probe ? 2 : 0);
+    }
+  }
   for (size_t j = 0; j < f->miss_keys.size(); ++j) {
-    if (options_.degraded_reads && ShardDown(shard_of(f->miss_keys[j]), now)) {
+    if (!decision.empty() && decision[shard_of(f->miss_keys[j])] == 1) {
       left_out.push_back(j);
     } else {
       ask.push_back(j);
@@ -272,9 +309,13 @@ void Predictor::PullMisses(RowFetch* f) {
     if (fetched.ok() || !options_.degraded_reads || !Unreachable(fetched)) {
       break;
     }
+    // Past the request's own deadline the error says nothing about the
+    // shard it names (every shard would fail so now).
+    if (absl::Now() >= f->deadline) break;
     const std::optional<uint32_t> down = ps::FailedShard(fetched);
     if (!down.has_value() || *down >= shards) break;
     MarkShardDown(*down, fetched);
+    decision[*down] = 1;
     // Its keys are left out; the other shards are asked again.
     const auto on_down = std::stable_partition(
         ask.begin(), ask.end(),
@@ -296,6 +337,11 @@ void Predictor::PullMisses(RowFetch* f) {
     f->status = ForCaller(id_table ? "reading ID rows" : "reading content rows",
                           fetched);
     return;
+  }
+  // A shard probed and answered (its keys were in the call that
+  // succeeded) is up again.
+  for (uint32_t s = 0; s < decision.size(); ++s) {
+    if (decision[s] == 2) MarkShardUp(s);
   }
   f->rows_pulled = static_cast<int32_t>(ask.size());
   for (size_t a = 0; a < ask.size(); ++a) {
@@ -421,6 +467,8 @@ absl::StatusOr<PredictOutput> Predictor::Predict(const PredictInput& in,
   if (st.ok()) {
     RowFetch id;
     RowFetch content;
+    id.deadline = deadline;
+    content.deadline = deadline;
     LookupCached(kIdSide, manifest.id_table.name, s->id_keys, config.id_dim,
                  s->batch.id_rows.data(), &id);
     if (model::UsesContent(config)) {

@@ -20,8 +20,12 @@
 // the answer counts it in rows_unavailable, and the shard is left out of
 // the next requests' pulls for Options::shard_down_interval, so that one
 // dead shard out of N costs the requests that need it a part of their rows,
-// not their answers, and costs the retry budget's wait once per interval,
-// not on every request.
+// not their answers. After each interval one request (the probe) asks the
+// shard again; the others leave it out meanwhile, so the retry budget's
+// wait is paid once per interval (and by the requests already waiting on
+// the shard when it failed), not on every request. A request whose own
+// deadline runs out marks no shard down: its error says nothing about the
+// shard it names.
 //
 // Thread-safety: safe for concurrent access.
 #ifndef MIM_SERVING_PREDICTOR_H_
@@ -180,6 +184,7 @@ class Predictor {
     int32_t rows_pulled = 0;
     int32_t rows_unavailable = 0;
     bool stale = false;  // shards unreachable, stale copies served
+    absl::Time deadline = absl::InfiniteFuture();  // the request's
     absl::Status status;
   };
   // Fills out[i * dim ..] with the fresh cached row of keys[i] (a stale one
@@ -196,9 +201,14 @@ class Predictor {
   // f->dim floats).
   absl::Status FetchRows(const RowFetch& f, absl::Span<const uint64_t> keys,
                          std::vector<float>* rows);
-  // Under degraded_reads: whether `shard` is left out of pulls now.
-  bool ShardDown(uint32_t shard, absl::Time now) const;
+  // Under degraded_reads: whether a pull at `now` leaves `shard` out. A
+  // shard marked down is left out until its interval ends; then one pull
+  // claims the probe (the mark moves one interval on, so the others still
+  // leave it out) and asks it: *probe is set, and the caller reports the
+  // outcome with MarkShardUp or MarkShardDown.
+  bool LeaveOut(uint32_t shard, absl::Time now, bool* probe);
   void MarkShardDown(uint32_t shard, const absl::Status& why);
+  void MarkShardUp(uint32_t shard);
   // Both sides' misses, concurrently when both have some (the content side
   // on fetch_executor_); the first error, ID side first.
   absl::Status PullBoth(RowFetch* id, RowFetch* content, absl::Time deadline);
@@ -210,7 +220,8 @@ class Predictor {
   const Options options_;
   prometheus::Histogram* pull_seconds_[2] = {nullptr, nullptr};
   prometheus::Counter* rows_unavailable_[2] = {nullptr, nullptr};
-  // Per shard, until when (Unix micros) it is left out of pulls.
+  // Per shard, until when (Unix micros) it is left out of pulls; 0: up.
+  // Null when constructed without a PsClient (tests of validation only).
   std::unique_ptr<std::atomic<int64_t>[]> shard_down_until_;
   std::unique_ptr<base::Executor> fetch_executor_;  // null: fetch_threads 0
   std::atomic<uint64_t> content_version_{0};

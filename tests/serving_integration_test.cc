@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -869,28 +870,51 @@ TEST_F(ServingTest, KilledShardGivesUnavailableAndTheTierRecoversByItself) {
   EXPECT_FALSE(resp.stale());
 }
 
-// With --degraded_reads, a dead shard costs the requests that need it a
-// part of their rows, not their answers: the rows it holds are read as
-// missing (rows_unavailable, with the rest pulled from the live shard), the
-// shard is left out of the next requests (same rows, same scores), the
-// metric counts them, and once the shard is back (after --shard_down_ms)
-// the scores are the ones from before, bit for bit. A hung shard is left
-// out as a dead one is.
+// Stops `pid` (SIGSTOP) and waits until every thread of it is stopped
+// (/proc/PID/stat state T): kill() returns before the threads have taken
+// the signal.
+void StopProcess(pid_t pid) {
+  ASSERT_EQ(kill(pid, SIGSTOP), 0);
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  for (;;) {
+    std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+    std::string stat((std::istreambuf_iterator<char>(in)),
+                     std::istreambuf_iterator<char>());
+    const size_t paren = stat.rfind(')');
+    if (paren != std::string::npos && paren + 2 < stat.size() &&
+        stat[paren + 2] == 'T') {
+      return;
+    }
+    ASSERT_LT(absl::Now(), give_up) << "process " << pid << " did not stop";
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+}
+
+// With --degraded_reads, a dead or hung shard costs the requests that need
+// it a part of their rows, not their answers: the rows it holds are read
+// as missing (rows_unavailable, the rest pulled from the live shard), the
+// shard is left out of the next requests for --shard_down_ms (a request
+// whose deadline is shorter than --ps_timeout_ms is answered, which it
+// could not be if it waited for the hung shard), the metric counts the
+// rows, and once the shard is back (a probe after the interval) the scores
+// are the ones from before, bit for bit. A request whose own deadline runs
+// out while a shard hangs marks no shard down.
 TEST_F(ServingTest, DegradedReadsAnswerWithoutADeadShardsRows) {
   auto started = ServerProcess::Start(
       {Runfile("serving/server"), "--port=0", "--ps=" + env->ps,
        "--model_dir=" + env->model_dir, "--cache_mb=0", "--degraded_reads",
-       "--shard_down_ms=300", "--reload_interval_ms=0", "--content_poll_ms=0",
-       "--metrics_port=0"},
+       "--shard_down_ms=4000", "--ps_timeout_ms=2000",
+       "--reload_interval_ms=0", "--content_poll_ms=0", "--metrics_port=0"},
       /*expect_metrics=*/true);
   ASSERT_TRUE(started.ok()) << started.status();
   std::unique_ptr<ServerProcess> degraded = std::move(*started);
   auto stub = PredictionService::NewStub(grpc::CreateChannel(
       degraded->address(), grpc::InsecureChannelCredentials()));
   const auto predict = [&stub](const PredictRequest& req,
-                               PredictResponse* resp) {
+                               PredictResponse* resp,
+                               absl::Duration deadline = absl::Seconds(10)) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
     return stub->Predict(&ctx, req, resp);
   };
   // Real users and items: rows on both shards.
@@ -899,12 +923,27 @@ TEST_F(ServingTest, DegradedReadsAnswerWithoutADeadShardsRows) {
   for (int i = 6; i < 30; ++i) {
     req.add_candidate_item_ids(env->test_samples[i].item_id);
   }
+  const auto scores = [](const PredictResponse& r) {
+    return std::vector<float>(r.scores().begin(), r.scores().end());
+  };
+  // Predicts until no row is missing (the shard probed after its interval
+  // and found up), at most 30 s.
+  const auto until_whole = [&](PredictResponse* resp) {
+    const absl::Time give_up = absl::Now() + absl::Seconds(30);
+    do {
+      absl::SleepFor(absl::Milliseconds(100));
+      const grpc::Status st = predict(req, resp);
+      EXPECT_TRUE(st.ok()) << st.error_message();
+      if (!st.ok()) return;
+    } while (resp->rows_unavailable() != 0 && absl::Now() < give_up);
+  };
   PredictResponse before;
   ASSERT_TRUE(predict(req, &before).ok());
   EXPECT_EQ(before.rows_unavailable(), 0);
   const int32_t rows = before.rows_pulled();  // no cache: every row
   ASSERT_GT(rows, 0);
 
+  // Dead.
   env->shards[1]->Kill(SIGKILL);
   PredictResponse during;
   const grpc::Status st = predict(req, &during);
@@ -916,13 +955,10 @@ TEST_F(ServingTest, DegradedReadsAnswerWithoutADeadShardsRows) {
   for (const float p : during.scores()) {
     EXPECT_TRUE(p > 0.0f && p < 1.0f) << p;
   }
-  // The shard is now left out: the same rows are missing, the scores the
-  // same.
   PredictResponse again;
   ASSERT_TRUE(predict(req, &again).ok());
   EXPECT_EQ(again.rows_unavailable(), during.rows_unavailable());
-  EXPECT_EQ(std::vector<float>(again.scores().begin(), again.scores().end()),
-            std::vector<float>(during.scores().begin(), during.scores().end()));
+  EXPECT_EQ(scores(again), scores(during));
   const absl::StatusOr<std::string> metrics =
       HttpGet(degraded->metrics_port(), "/metrics");
   ASSERT_TRUE(metrics.ok()) << metrics.status();
@@ -935,31 +971,50 @@ TEST_F(ServingTest, DegradedReadsAnswerWithoutADeadShardsRows) {
           .value_or(0);
   EXPECT_EQ(counted, 2.0 * during.rows_unavailable()) << *metrics;
 
+  // Back: probed after the interval, whole again.
   ASSERT_TRUE(ShardProcess::Restart(&env->shards[1]).ok());
   PredictResponse after;
-  const absl::Time give_up = absl::Now() + absl::Seconds(30);
-  do {
-    absl::SleepFor(absl::Milliseconds(100));
-    ASSERT_TRUE(predict(req, &after).ok());
-  } while (after.rows_unavailable() != 0 && absl::Now() < give_up);
+  until_whole(&after);
   EXPECT_EQ(after.rows_unavailable(), 0);
   EXPECT_EQ(after.rows_pulled(), rows);
-  EXPECT_EQ(std::vector<float>(after.scores().begin(), after.scores().end()),
-            std::vector<float>(before.scores().begin(), before.scores().end()));
+  EXPECT_EQ(scores(after), scores(before));
 
-  // A hung shard (no answer within --ps_timeout_ms) is left out the same
-  // way: the same rows missing, the same scores as with it dead.
+  // Hung: the first request waits out --ps_timeout_ms and leaves the shard
+  // out; the next one is answered well inside a deadline shorter than
+  // that, with the same rows missing and the same scores.
   const pid_t pid = env->shards[1]->pid();
-  ASSERT_EQ(kill(pid, SIGSTOP), 0);
   struct Resume {
     pid_t pid;
     ~Resume() { kill(pid, SIGCONT); }
   } resume{pid};
+  StopProcess(pid);
   PredictResponse hung;
   ASSERT_TRUE(predict(req, &hung).ok());
   EXPECT_EQ(hung.rows_unavailable(), during.rows_unavailable());
-  EXPECT_EQ(std::vector<float>(hung.scores().begin(), hung.scores().end()),
-            std::vector<float>(during.scores().begin(), during.scores().end()));
+  EXPECT_EQ(scores(hung), scores(during));
+  PredictResponse quick;
+  const grpc::Status in_time = predict(req, &quick, absl::Milliseconds(1500));
+  ASSERT_TRUE(in_time.ok()) << in_time.error_message();
+  EXPECT_EQ(scores(quick), scores(during));
+
+  // A short deadline runs out while the shard hangs: the request fails,
+  // and neither shard is marked down for it (a request right after the
+  // shard resumes is whole at once, with no interval to wait out).
+  ASSERT_EQ(kill(pid, SIGCONT), 0);
+  until_whole(&after);
+  ASSERT_EQ(after.rows_unavailable(), 0);
+  StopProcess(pid);
+  PredictResponse cut;
+  const grpc::Status short_deadline =
+      predict(req, &cut, absl::Milliseconds(300));
+  EXPECT_FALSE(short_deadline.ok());
+  // The server may still be inside that request when its caller gives up.
+  absl::SleepFor(absl::Milliseconds(500));
+  ASSERT_EQ(kill(pid, SIGCONT), 0);
+  PredictResponse whole;
+  ASSERT_TRUE(predict(req, &whole).ok());
+  EXPECT_EQ(whole.rows_unavailable(), 0);
+  EXPECT_EQ(scores(whole), scores(before));
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "base/atomic_file.h"
 #include "fasttext/args.h"
 #include "fasttext/fasttext.h"
 #include "serving/content_encoder.h"
@@ -78,7 +79,8 @@ absl::StatusOr<ContentVectorStats> BuildContentVectors(
   ContentVectorStats stats;
   stats.items = static_cast<int64_t>(texts.size());
 
-  const std::string corpus = o.output + ".corpus.tmp";
+  // This run's own (two runs writing one output each train on theirs).
+  const std::string corpus = base::TempPathFor(o.output + ".corpus");
   {
     std::ofstream out(corpus);
     for (const std::string& text : texts) {

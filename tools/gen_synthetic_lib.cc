@@ -84,9 +84,10 @@ absl::StatusOr<SyntheticStats> GenerateSynthetic(
     if (j < m0) return 0;
     return (j - m0 + 1) * N / (M - m0 + 1);
   };
-  // Every output is written as PATH.tmp and put in place at the end, once
-  // the whole dataset is written: a failure leaves an earlier run's files
-  // as they were, never item files of one run beside samples of another.
+  // Every output is written to a temp file (base::TempPathFor) and put in
+  // place at the end, once the whole dataset is written: a failure leaves
+  // an earlier run's files as they were, never item files of one run
+  // beside samples of another.
   auto vecs = data::ContentVectorWriter::Open(
       o.output_dir + "/item_vectors.tsv", o.content_dim, "synthetic");
   if (!vecs.ok()) return vecs.status();

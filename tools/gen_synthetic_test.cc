@@ -193,9 +193,12 @@ TEST(GenSynthetic, AFailedRunLeavesTheEarlierFiles) {
   EXPECT_FALSE(GenerateSynthetic(o).ok());
   EXPECT_EQ(read_all(dir + "/item_vectors.tsv"), vectors);
   EXPECT_EQ(read_all(dir + "/train.tsv"), train);
-  EXPECT_FALSE(std::filesystem::exists(base::TempPathFor(dir + "/item_vectors.tsv")));
-  EXPECT_FALSE(std::filesystem::exists(base::TempPathFor(dir + "/item_text.tsv")));
-  EXPECT_FALSE(std::filesystem::exists(base::TempPathFor(dir + "/train.tsv")));
+  EXPECT_FALSE(
+      std::filesystem::exists(base::TempPathFor(dir + "/item_vectors.tsv")));
+  EXPECT_FALSE(
+      std::filesystem::exists(base::TempPathFor(dir + "/item_text.tsv")));
+  EXPECT_FALSE(
+      std::filesystem::exists(base::TempPathFor(dir + "/train.tsv")));
 }
 
 }  // namespace

@@ -1040,7 +1040,8 @@ ps::PsClient::Options ClientOptions(const TrainerOptions& options) {
   client_options.on_retry = [budget = options.ps_retry_seconds](
                                 const absl::Status& error, int attempt) {
     if (attempt == 1) {
-      LOG(WARNING) << error << "; retrying for up to " << budget
+      LOG(WARNING) << error.ToString(absl::StatusToStringMode::kWithNoExtraData)
+                   << "; retrying for up to " << budget
                    << " s (--ps_retry_seconds)";
     }
   };

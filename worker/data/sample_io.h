@@ -57,7 +57,8 @@ class SampleWriter {
   // Writes the header to a temp file beside `path` (base::TempPathFor);
   // Close renames it over `path`, so `path` holds the old file (or none)
   // until a complete new one replaces it: a failed or abandoned write
-  // (destroyed without Close) leaves it as it was. Errors: INTERNAL if the file cannot be created or written.
+  // (destroyed without Close) leaves it as it was. Errors: INTERNAL if the
+  // file cannot be created or written.
   static absl::StatusOr<std::unique_ptr<SampleWriter>> Open(
       const std::string& path);
 

@@ -1,3 +1,4 @@
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "gmock/gmock.h"
+#include "absl/cleanup/cleanup.h"
 #include "gtest/gtest.h"
 #include "base/atomic_file.h"
 #include "worker/data/sample.h"
@@ -191,6 +193,10 @@ TEST(TempFileTest, TwoProcessesWritingOnePathEachCommitAWholeFile) {
   const pid_t child = ::fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
+    // Each side keeps only its own pipe ends, so that either one's exit
+    // ends the other's read instead of leaving it blocked.
+    ::close(started[0]);
+    ::close(go_on[1]);
     char c;
     TempFile file(path, "child's output");
     if (!file.Opened().ok()) ::_exit(2);
@@ -203,6 +209,17 @@ TEST(TempFileTest, TwoProcessesWritingOnePathEachCommitAWholeFile) {
     if (!file.Commit().ok()) ::_exit(6);
     ::_exit(0);
   }
+  ::close(started[1]);
+  ::close(go_on[0]);
+  bool reaped = false;
+  absl::Cleanup reap = [&] {
+    if (!reaped) {
+      ::kill(child, SIGKILL);
+      ::waitpid(child, nullptr, 0);
+    }
+    ::close(started[0]);
+    ::close(go_on[1]);
+  };
   char c;
   ASSERT_EQ(::read(started[0], &c, 1), 1);  // the child is half-way
   {
@@ -216,6 +233,7 @@ TEST(TempFileTest, TwoProcessesWritingOnePathEachCommitAWholeFile) {
   ASSERT_EQ(::write(go_on[1], "g", 1), 1);
   int status = 0;
   ASSERT_EQ(::waitpid(child, &status, 0), child);
+  reaped = true;
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0) << "the child's write failed";
   EXPECT_TRUE(ReadAll(path) == first + second)
@@ -227,7 +245,6 @@ TEST(TempFileTest, TwoProcessesWritingOnePathEachCommitAWholeFile) {
     names.push_back(entry.path().filename().string());
   }
   EXPECT_THAT(names, ElementsAre("out.tsv"));
-  for (int fd : {started[0], started[1], go_on[0], go_on[1]}) ::close(fd);
 }
 
 TEST(SampleIoTest, MalformedRowNamesFileLineAndField) {

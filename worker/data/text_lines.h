@@ -25,8 +25,8 @@
 
 namespace mim::data {
 
-// One output written as base::TempPathFor(path) (`path`.<pid>.tmp) and put
-// in place by a rename once whole, so that readers and a failed run see the
+// One output written as base::TempPathFor(path) (`path`.<host>-<pid>.tmp)
+// and put in place by a rename once whole, so that readers and a failed run see the
 // old file (or none) or the complete new one. A tool with several outputs
 // finishes them all before it commits any. Finish fsyncs the temp file and
 // Commit the directory after the rename, so a committed file survives a
