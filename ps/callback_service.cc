@@ -12,20 +12,6 @@
 namespace mim::ps {
 namespace {
 
-// A raw Pull's reactor: holds the answer's in-flight lease until gRPC is
-// done with the call (OnDone: the answer handed to the connection, or the
-// call cancelled), since gRPC holds the answer's bytes until then.
-class PullReactor final : public grpc::ServerUnaryReactor {
- public:
-  std::optional<ParameterServerService::InflightLease>* lease() {
-    return &lease_;
-  }
-  void OnDone() override { delete this; }
-
- private:
-  std::optional<ParameterServerService::InflightLease> lease_;
-};
-
 // The call's deadline; InfiniteFuture when the client set none.
 absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
   const auto deadline = context.deadline();
@@ -39,8 +25,9 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
 
 template <typename Run>
 grpc::ServerUnaryReactor* ShardCallbackService::Enqueue(
-    grpc::CallbackServerContext* context, grpc::ServerUnaryReactor* reactor,
-    absl::string_view what, size_t request_bytes, Run run) {
+    grpc::CallbackServerContext* context, absl::string_view what,
+    size_t request_bytes, Run run) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   ParameterServerService* handlers = handlers_;
   const auto refuse = [reactor, handlers, what](const grpc::Status& status) {
     handlers->RecordRefused(what, status);
@@ -81,17 +68,16 @@ template <typename Request, typename Response>
 grpc::ServerUnaryReactor* ShardCallbackService::Queue(
     grpc::CallbackServerContext* context, const Request* request,
     Response* response, Handler<Request, Response> handler) {
-  return Enqueue(context, context->DefaultReactor(),
-                 Request::descriptor()->name(), request->ByteSizeLong(),
+  return Enqueue(context, Request::descriptor()->name(),
+                 request->ByteSizeLong(),
                  [this, context, request, response, handler] {
                    return (handlers_->*handler)(context, request, response);
                  });
 }
 
-grpc::Status ShardCallbackService::PullNow(
-    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
-    grpc::ByteBuffer* response,
-    std::optional<ParameterServerService::InflightLease>* lease) {
+grpc::Status ShardCallbackService::PullNow(grpc::CallbackServerContext* context,
+                                           const grpc::ByteBuffer* request,
+                                           grpc::ByteBuffer* response) {
   grpc::ByteBuffer bytes(*request);  // shares the slices
   PullRequest pull;
   if (!grpc::SerializationTraits<PullRequest>::Deserialize(&bytes, &pull)
@@ -108,25 +94,24 @@ grpc::Status ShardCallbackService::PullNow(
     handlers_->RecordRefused("PullRequest", refused);
     return refused;
   }
-  return handlers_->HandlePullWire(context, &pull, response, lease);
+  return handlers_->HandlePullWire(context, &pull, response);
 }
 
 grpc::ServerUnaryReactor* ShardCallbackService::Pull(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  PullReactor* reactor = new PullReactor;  // deletes itself at OnDone
   if (request->Length() <= inline_pull_bytes_) {
     // Nothing waits, so nothing is held for waiting; the handler reserves
     // its answer's bytes itself.
-    reactor->Finish(PullNow(context, request, response, reactor->lease()));
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(PullNow(context, request, response));
     return reactor;
   }
-  return Enqueue(
-      context, reactor, "PullRequest", request->Length(),
-      [this, context, request, response, reactor]() -> grpc::Status {
-        // Parsed here, not on gRPC's thread.
-        return PullNow(context, request, response, reactor->lease());
-      });
+  return Enqueue(context, "PullRequest", request->Length(),
+                 [this, context, request, response]() -> grpc::Status {
+                   // Parsed here, not on gRPC's thread.
+                   return PullNow(context, request, response);
+                 });
 }
 
 grpc::ServerUnaryReactor* ShardCallbackService::Push(

@@ -12,10 +12,10 @@
 // Pull is served raw: the request is parsed on the executor thread and the
 // answer is the wire bytes of HandlePullWire (ps/pull_wire.h), rows
 // written straight into the slice gRPC sends. The answer's bytes count
-// against --max_inflight_mb until gRPC is done with the call (the answer
-// written to the connection, or the call cancelled), not only while the
-// handler runs: a reader that does not take its answers holds the shard's
-// budget, not memory beyond it. A request that is not a
+// against --max_inflight_mb until gRPC has written them to the connection
+// (or dropped the call), not only while the handler runs: a reader that
+// does not take its answers holds the shard's budget, not memory beyond
+// it. A request that is not a
 // PullRequest gets INVALID_ARGUMENT naming its size. A small Pull (at most
 // `inline_pull_keys` keys, judged by its size) runs on gRPC's own thread
 // instead: it only reads rows in memory, a few microseconds of work, and
@@ -27,7 +27,6 @@
 #define MIM_PS_CALLBACK_SERVICE_H_
 
 #include <cstddef>
-#include <optional>
 
 #include "absl/strings/string_view.h"
 #include "base/executor.h"
@@ -98,12 +97,11 @@ class ShardCallbackService final
       grpc::ServerContextBase*, const Request*, Response*);
 
   // Queues `run` (returning the call's status) on the executor and returns
-  // `reactor` (the call's), finished by run's status or by a refusal: the
+  // the call's reactor, finished by run's status or by a refusal: the
   // in-flight budget (the request's `request_bytes`, held while it waits,
   // named `what` in the error) or the executor's.
   template <typename Run>
   grpc::ServerUnaryReactor* Enqueue(grpc::CallbackServerContext* context,
-                                    grpc::ServerUnaryReactor* reactor,
                                     absl::string_view what,
                                     size_t request_bytes, Run run);
 
@@ -113,12 +111,10 @@ class ShardCallbackService final
                                   const Request* request, Response* response,
                                   Handler<Request, Response> handler);
 
-  // Parses `request` as a PullRequest and runs HandlePullWire, the
-  // answer's lease going to *lease.
-  grpc::Status PullNow(
-      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
-      grpc::ByteBuffer* response,
-      std::optional<ParameterServerService::InflightLease>* lease);
+  // Parses `request` as a PullRequest and runs HandlePullWire.
+  grpc::Status PullNow(grpc::CallbackServerContext* context,
+                       const grpc::ByteBuffer* request,
+                       grpc::ByteBuffer* response);
 
   // A PullRequest's bytes beyond its keys' 8 each: the table name (at most
   // 128 bytes) and the field tags and lengths.

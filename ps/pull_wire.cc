@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 #include <string>
 #include <utility>
 
@@ -132,7 +133,42 @@ grpc::ByteBuffer PullRequestBuffer(absl::string_view table,
   return grpc::ByteBuffer(&slice, 1);
 }
 
-float* PullResponseWriter::Start(uint32_t dim, size_t keys) {
+namespace {
+
+// The memory of a message with an on_release callback: the callback, then
+// the message's bytes, in one allocation that gRPC frees through
+// FreeReleasingBuffer when the slice's last reference goes.
+struct ReleasingBuffer {
+  absl::AnyInvocable<void()> on_release;
+};
+
+void FreeReleasingBuffer(void* p) {
+  auto* buffer = static_cast<ReleasingBuffer*>(p);
+  absl::AnyInvocable<void()> on_release = std::move(buffer->on_release);
+  buffer->~ReleasingBuffer();
+  ::operator delete(p);
+  if (on_release) on_release();
+}
+
+// A refcounted slice of `size` bytes; with `on_release`, called once the
+// slice's memory is freed.
+grpc::Slice NewSlice(size_t size, absl::AnyInvocable<void()> on_release) {
+  if (!on_release) {
+    return grpc::Slice(grpc_slice_malloc_large(size), grpc::Slice::STEAL_REF);
+  }
+  void* memory = ::operator new(sizeof(ReleasingBuffer) + size);
+  auto* buffer = new (memory) ReleasingBuffer{std::move(on_release)};
+  return grpc::Slice(
+      grpc_slice_new_with_user_data(static_cast<char*>(memory) +
+                                        sizeof(ReleasingBuffer),
+                                    size, &FreeReleasingBuffer, buffer),
+      grpc::Slice::STEAL_REF);
+}
+
+}  // namespace
+
+float* PullResponseWriter::Start(uint32_t dim, size_t keys,
+                                 absl::AnyInvocable<void()> on_release) {
   const size_t value_bytes = sizeof(float) * size_t{dim} * keys;
   // proto3 leaves out fields that hold their default (0, empty).
   size_t header = 0;
@@ -140,9 +176,8 @@ float* PullResponseWriter::Start(uint32_t dim, size_t keys) {
   if (value_bytes != 0) header += 1 + VarintSize(value_bytes);
   // Always refcounted (never inlined in the slice object), so the pointer
   // handed out stays valid as the slice is moved.
-  grpc::Slice whole(
-      grpc_slice_malloc_large(header + value_bytes + kRowAlignment - 1),
-      grpc::Slice::STEAL_REF);
+  grpc::Slice whole = NewSlice(header + value_bytes + kRowAlignment - 1,
+                               std::move(on_release));
   uint8_t* base = const_cast<uint8_t*>(whole.begin());
   const size_t pad =
       (kRowAlignment -

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
@@ -41,8 +42,12 @@ grpc::ByteBuffer PullRequestBuffer(absl::string_view table,
 class PullResponseWriter {
  public:
   // Room for `keys` rows of `dim` floats, in a new message (a second Start
-  // discards the first).
-  float* Start(uint32_t dim, size_t keys);
+  // discards the first). `on_release`, when given, runs once the memory is
+  // freed: when the message has been written to the connection, or dropped
+  // (an unsent message, a cancelled call, a discarded writer), on whichever
+  // thread drops it last.
+  float* Start(uint32_t dim, size_t keys,
+               absl::AnyInvocable<void()> on_release = nullptr);
   // The message: dim, the rows written since Start, `missing` (indices
   // into the request's keys). Start must have been called.
   grpc::ByteBuffer Finish(absl::Span<const uint32_t> missing);

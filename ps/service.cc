@@ -174,7 +174,9 @@ static_assert(kMaxRowDim == embedding::kMaxDim,
 
 ParameterServerService::ParameterServerService(
     embedding::EmbeddingStore* store, const Options& options)
-    : store_(store), options_(options), inflight_(options.max_inflight_bytes) {
+    : store_(store),
+      options_(options),
+      inflight_(std::make_shared<InflightBytes>(options.max_inflight_bytes)) {
   if (!options_.data_dir.empty()) {
     namespace fs = std::filesystem;
     std::error_code ec;
@@ -432,7 +434,9 @@ ParameterServerService::AdmitQueued(absl::string_view method,
 
 absl::StatusOr<ParameterServerService::InflightLease>
 ParameterServerService::AdmitBytes(absl::string_view method, size_t bytes) {
-  if (inflight_.TryAcquire(bytes)) return InflightLease(&inflight_, bytes);
+  if (inflight_->TryAcquire(bytes)) {
+    return InflightLease(inflight_.get(), bytes);
+  }
   constexpr double kMiB = 1 << 20;
   return MarkRetryLater(absl::ResourceExhaustedError(absl::StrFormat(
       "shard %d/%d is busy: calls waiting or in progress hold %.1f MiB of "
@@ -440,9 +444,9 @@ ParameterServerService::AdmitBytes(absl::string_view method, size_t bytes) {
       "limit of %.0f MiB (--max_inflight_mb); retry later or send smaller "
       "calls",
       options_.shard_index, options_.num_shards,
-      static_cast<double>(inflight_.in_flight()) / kMiB, method,
+      static_cast<double>(inflight_->in_flight()) / kMiB, method,
       static_cast<double>(bytes) / kMiB,
-      static_cast<double>(inflight_.limit()) / kMiB)));
+      static_cast<double>(inflight_->limit()) / kMiB)));
 }
 
 grpc::Status ParameterServerService::ServePull(
@@ -468,13 +472,11 @@ grpc::Status ParameterServerService::ServePull(
               CheckResponseSize(kPull, request.keys(), dim, answer));
           MIM_ASSIGN_OR_RETURN(InflightLease admitted,
                                Admit(kPull, request.ByteSizeLong() + answer));
-          lease.emplace(std::move(admitted));
+          (keep_lease != nullptr ? *keep_lease : lease)
+              .emplace(std::move(admitted));
           return rows(dim);
         },
         missing);
-    if (s.ok() && keep_lease != nullptr && lease.has_value()) {
-      keep_lease->emplace(std::move(*lease));
-    }
     return ToGrpcStatus(s);
   });
 }
@@ -502,15 +504,22 @@ grpc::Status ParameterServerService::HandlePull(grpc::ServerContextBase* context
 
 grpc::Status ParameterServerService::HandlePullWire(
     grpc::ServerContextBase* context, const PullRequest* request,
-    grpc::ByteBuffer* response, std::optional<InflightLease>* keep_lease) {
+    grpc::ByteBuffer* response) {
   PullResponseWriter writer;
   std::vector<uint32_t> missing;
+  std::optional<InflightLease> lease;
   grpc::Status status = ServePull(
       context, *request,
       [&](uint32_t dim) {
-        return writer.Start(dim, static_cast<size_t>(request->keys_size()));
+        // The lease goes with the answer's memory: released when gRPC is
+        // done with it (written out, or dropped), not when this returns.
+        return writer.Start(
+            dim, static_cast<size_t>(request->keys_size()),
+            [held = std::move(*lease), budget = inflight_]() mutable {
+              InflightLease released = std::move(held);  // budget is alive
+            });
       },
-      &missing, keep_lease);
+      &missing, &lease);
   if (status.ok()) *response = writer.Finish(missing);
   return status;
 }
@@ -534,8 +543,8 @@ grpc::Status ParameterServerService::HandlePush(grpc::ServerContextBase* context
     // client gave up.
     size_t reservation =
         WriteReservationBytes(request->ByteSizeLong(), state.ok() ? *state : 0);
-    if (inflight_.limit() != 0) {
-      reservation = std::min(reservation, inflight_.limit() / 2);
+    if (inflight_->limit() != 0) {
+      reservation = std::min(reservation, inflight_->limit() / 2);
     }
     absl::StatusOr<InflightLease> lease = Admit(kPush, reservation);
     if (!lease.ok()) return ToGrpcStatus(lease.status());

@@ -166,14 +166,12 @@ class ParameterServerService final : public ParameterServer::Service {
   // As HandlePull, answering with the message's wire bytes (ps/pull_wire.h):
   // the rows are written straight into the slice gRPC sends. Same checks,
   // errors and metrics; `response` is set only on success. The answer's
-  // bytes count against Options::max_inflight_bytes until this returns,
-  // or, with `keep_lease`, for as long as the caller holds *keep_lease
-  // (ShardCallbackService: until gRPC has sent the answer or dropped the
-  // call, so that answers a slow reader has not taken yet still count).
-  grpc::Status HandlePullWire(
-      grpc::ServerContextBase* context, const PullRequest* request,
-      grpc::ByteBuffer* response,
-      std::optional<InflightLease>* keep_lease = nullptr);
+  // bytes count against Options::max_inflight_bytes for as long as its
+  // memory lives: until gRPC has written it to the connection or dropped
+  // it, so that answers a slow reader has not taken yet still count.
+  grpc::Status HandlePullWire(grpc::ServerContextBase* context,
+                              const PullRequest* request,
+                              grpc::ByteBuffer* response);
   grpc::Status HandlePush(grpc::ServerContextBase* context,
                           const PushRequest* request, PushResponse* response);
   grpc::Status HandleUpsert(grpc::ServerContextBase* context,
@@ -290,9 +288,10 @@ class ParameterServerService final : public ParameterServer::Service {
 
   // Pull's engine under Observe: the checks, admission and the store read.
   // `rows(dim)` returns where keys_size() rows of `dim` floats go; it is
-  // called at most once, after the checks, under the store's lock. The
-  // call's lease moves to *keep_lease when that is given (see
-  // HandlePullWire).
+  // called at most once, after the checks, under the store's lock. With
+  // `keep_lease`, the call's lease is moved to *keep_lease before `rows`
+  // is called (for `rows` to keep it as long as the answer's memory lives);
+  // without, it is released when this returns.
   grpc::Status ServePull(grpc::ServerContextBase* context,
                          const PullRequest& request,
                          absl::FunctionRef<float*(uint32_t dim)> rows,
@@ -342,7 +341,9 @@ class ParameterServerService final : public ParameterServer::Service {
   std::deque<uint64_t> answer_order_ ABSL_GUARDED_BY(answers_mu_);
   // Options::data_dir as given, absolute and canonical, longest first.
   std::vector<std::string> data_dir_forms_;
-  InflightBytes inflight_;
+  // Shared with the Pull answers still in gRPC's hands (HandlePullWire),
+  // which may be freed after this service is gone.
+  const std::shared_ptr<InflightBytes> inflight_;
   std::atomic<uint64_t> tagged_pushes_applied_{0};
   std::atomic<bool> drop_answer_delayed_{false};
   // Null when Options::metrics is null.
