@@ -12,8 +12,9 @@
 // Pull is served raw: the request is parsed on the executor thread and the
 // answer is the wire bytes of HandlePullWire (ps/pull_wire.h), rows
 // written straight into the slice gRPC sends. The answer's bytes count
-// against --max_inflight_mb until gRPC has written them to the connection
-// (or dropped the call), not only while the handler runs: a reader that
+// against --max_inflight_mb until gRPC lets go of them (the call finished
+// and the bytes written, or the call dropped), not only while the handler
+// runs: a reader that
 // does not take its answers holds the shard's budget, not memory beyond
 // it. A request that is not a
 // PullRequest gets INVALID_ARGUMENT naming its size. A small Pull (at most

@@ -43,9 +43,9 @@ class PullResponseWriter {
  public:
   // Room for `keys` rows of `dim` floats, in a new message (a second Start
   // discards the first). `on_release`, when given, runs once the memory is
-  // freed: when the message has been written to the connection, or dropped
-  // (an unsent message, a cancelled call, a discarded writer), on whichever
-  // thread drops it last.
+  // freed: when gRPC has let go of the message (the call finished and its
+  // bytes written to the connection, or the call dropped) or the writer
+  // discarded it, on whichever thread drops it last.
   float* Start(uint32_t dim, size_t keys,
                absl::AnyInvocable<void()> on_release = nullptr);
   // The message: dim, the rows written since Start, `missing` (indices

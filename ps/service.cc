@@ -502,6 +502,21 @@ grpc::Status ParameterServerService::HandlePull(grpc::ServerContextBase* context
   return status;
 }
 
+namespace {
+
+// A lease kept by an answer's buffer, with the budget it returns to: the
+// buffer may be freed after the service is gone. Members are destroyed in
+// reverse order, the lease before its budget.
+struct HeldLease {
+  std::shared_ptr<InflightBytes> budget;
+  ParameterServerService::InflightLease lease;
+  void operator()() {
+    ParameterServerService::InflightLease released = std::move(lease);
+  }
+};
+
+}  // namespace
+
 grpc::Status ParameterServerService::HandlePullWire(
     grpc::ServerContextBase* context, const PullRequest* request,
     grpc::ByteBuffer* response) {
@@ -511,13 +526,11 @@ grpc::Status ParameterServerService::HandlePullWire(
   grpc::Status status = ServePull(
       context, *request,
       [&](uint32_t dim) {
-        // The lease goes with the answer's memory: released when gRPC is
-        // done with it (written out, or dropped), not when this returns.
-        return writer.Start(
-            dim, static_cast<size_t>(request->keys_size()),
-            [held = std::move(*lease), budget = inflight_]() mutable {
-              InflightLease released = std::move(held);  // budget is alive
-            });
+        // The lease goes with the answer's memory: released when gRPC has
+        // freed it (the call finished and the bytes written out, or the
+        // call dropped), not when this returns. ServePull set *lease.
+        return writer.Start(dim, static_cast<size_t>(request->keys_size()),
+                            HeldLease{inflight_, std::move(*lease)});
       },
       &missing, &lease);
   if (status.ok()) *response = writer.Finish(missing);

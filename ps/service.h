@@ -167,8 +167,9 @@ class ParameterServerService final : public ParameterServer::Service {
   // the rows are written straight into the slice gRPC sends. Same checks,
   // errors and metrics; `response` is set only on success. The answer's
   // bytes count against Options::max_inflight_bytes for as long as its
-  // memory lives: until gRPC has written it to the connection or dropped
-  // it, so that answers a slow reader has not taken yet still count.
+  // memory lives: until gRPC lets go of it (the call finished and the
+  // bytes written to the connection, or the call dropped), so that answers
+  // a slow reader has not taken yet still count.
   grpc::Status HandlePullWire(grpc::ServerContextBase* context,
                               const PullRequest* request,
                               grpc::ByteBuffer* response);

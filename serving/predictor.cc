@@ -231,8 +231,8 @@ absl::Status Predictor::FetchRows(const RowFetch& f,
   return absl::OkStatus();
 }
 
-bool Predictor::LeaveOut(uint32_t shard, absl::Time now, bool* probe) {
-  *probe = false;
+bool Predictor::LeaveOut(uint32_t shard, absl::Time now, int64_t* probe) {
+  *probe = 0;
   int64_t until = shard_down_until_[shard].load();
   if (until == 0) return false;  // up
   const int64_t now_micros = absl::ToUnixMicros(now);
@@ -243,7 +243,7 @@ bool Predictor::LeaveOut(uint32_t shard, absl::Time now, bool* probe) {
   if (!shard_down_until_[shard].compare_exchange_strong(until, next)) {
     return until != 0;  // another pull probes it (or it is back up)
   }
-  *probe = true;
+  *probe = next;
   return false;
 }
 
@@ -259,8 +259,8 @@ void Predictor::MarkShardDown(uint32_t shard, const absl::Status& why) {
   }
 }
 
-void Predictor::MarkShardUp(uint32_t shard) {
-  if (shard_down_until_[shard].exchange(0) != 0) {
+void Predictor::MarkShardUp(uint32_t shard, int64_t claimed) {
+  if (shard_down_until_[shard].compare_exchange_strong(claimed, 0)) {
     LOG(WARNING) << "shard " << shard << "/" << ps_->num_shards()
                  << " answers again; its rows are pulled again";
   }
@@ -279,16 +279,19 @@ void Predictor::PullMisses(RowFetch* f) {
   std::vector<size_t> left_out;
   ask.reserve(f->miss_keys.size());
   // Per shard, decided once per pull for the shards it has keys on: 0 ask,
-  // 1 leave out, 2 ask as the probe of a shard marked down; -1 no keys.
+  // 1 leave out, 2 ask as the probe of a shard marked down (the mark it
+  // claimed in probe_mark); -1 no keys.
   std::vector<int8_t> decision;
+  std::vector<int64_t> probe_mark;
   if (options_.degraded_reads) {
     decision.assign(shards, -1);
+    probe_mark.assign(shards, 0);
     for (const uint64_t key : f->miss_keys) decision[shard_of(key)] = 0;
     const absl::Time now = absl::Now();
     for (uint32_t s = 0; s < shards; ++s) {
       if (decision[s] < 0) continue;
-      bool probe = false;
-      decision[s] = LeaveOut(s, now, &probe) ? 1 : (probe ? 2 : 0);
+      const bool leave_out = LeaveOut(s, now, &probe_mark[s]);
+      decision[s] = leave_out ? 1 : (probe_mark[s] != 0 ? 2 : 0);
     }
   }
   for (size_t j = 0; j < f->miss_keys.size(); ++j) {
@@ -309,13 +312,19 @@ void Predictor::PullMisses(RowFetch* f) {
     if (fetched.ok() || !options_.degraded_reads || !Unreachable(fetched)) {
       break;
     }
-    // Past the request's own deadline the error says nothing about the
-    // shard it names (every shard would fail so now).
-    if (absl::Now() >= f->deadline) break;
+    // A call cut off by the request's own deadline says nothing about the
+    // shard it names (every shard would fail so now); a refused connection
+    // or an overload does, even at the deadline.
+    const bool out_of_time = absl::Now() >= f->deadline;
+    if (out_of_time && (absl::IsDeadlineExceeded(fetched) ||
+                        absl::IsCancelled(fetched))) {
+      break;
+    }
     const std::optional<uint32_t> down = ps::FailedShard(fetched);
     if (!down.has_value() || *down >= shards) break;
     MarkShardDown(*down, fetched);
     decision[*down] = 1;
+    if (out_of_time) break;  // marked for the next requests
     // Its keys are left out; the other shards are asked again.
     const auto on_down = std::stable_partition(
         ask.begin(), ask.end(),
@@ -341,7 +350,7 @@ void Predictor::PullMisses(RowFetch* f) {
   // A shard probed and answered (its keys were in the call that
   // succeeded) is up again.
   for (uint32_t s = 0; s < decision.size(); ++s) {
-    if (decision[s] == 2) MarkShardUp(s);
+    if (decision[s] == 2) MarkShardUp(s, probe_mark[s]);
   }
   f->rows_pulled = static_cast<int32_t>(ask.size());
   for (size_t a = 0; a < ask.size(); ++a) {

@@ -204,11 +204,14 @@ class Predictor {
   // Under degraded_reads: whether a pull at `now` leaves `shard` out. A
   // shard marked down is left out until its interval ends; then one pull
   // claims the probe (the mark moves one interval on, so the others still
-  // leave it out) and asks it: *probe is set, and the caller reports the
-  // outcome with MarkShardUp or MarkShardDown.
-  bool LeaveOut(uint32_t shard, absl::Time now, bool* probe);
+  // leave it out) and asks it: *probe is set to the mark it claimed (0:
+  // none), and the caller reports the outcome with MarkShardUp or
+  // MarkShardDown. (The two sides of one request share the mark: the side
+  // that does not hold the probe leaves the shard out until it is up.)
+  bool LeaveOut(uint32_t shard, absl::Time now, int64_t* probe);
   void MarkShardDown(uint32_t shard, const absl::Status& why);
-  void MarkShardUp(uint32_t shard);
+  // Clears the mark `claimed` (a newer one, set since, stays).
+  void MarkShardUp(uint32_t shard, int64_t claimed);
   // Both sides' misses, concurrently when both have some (the content side
   // on fetch_executor_); the first error, ID side first.
   absl::Status PullBoth(RowFetch* id, RowFetch* content, absl::Time deadline);

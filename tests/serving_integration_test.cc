@@ -871,20 +871,27 @@ TEST_F(ServingTest, KilledShardGivesUnavailableAndTheTierRecoversByItself) {
 }
 
 // Stops `pid` (SIGSTOP) and waits until every thread of it is stopped
-// (/proc/PID/stat state T): kill() returns before the threads have taken
-// the signal.
+// (state T in /proc/PID/task/TID/stat): kill() returns before the threads
+// have taken the signal.
 void StopProcess(pid_t pid) {
   ASSERT_EQ(kill(pid, SIGSTOP), 0);
-  const absl::Time give_up = absl::Now() + absl::Seconds(30);
-  for (;;) {
-    std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-    std::string stat((std::istreambuf_iterator<char>(in)),
-                     std::istreambuf_iterator<char>());
-    const size_t paren = stat.rfind(')');
-    if (paren != std::string::npos && paren + 2 < stat.size() &&
-        stat[paren + 2] == 'T') {
-      return;
+  const auto all_stopped = [pid] {
+    std::error_code ec;
+    for (const auto& task : std::filesystem::directory_iterator(
+             absl::StrCat("/proc/", pid, "/task"), ec)) {
+      std::ifstream in(task.path() / "stat");
+      std::string stat((std::istreambuf_iterator<char>(in)),
+                       std::istreambuf_iterator<char>());
+      const size_t paren = stat.rfind(')');
+      if (paren == std::string::npos || paren + 2 >= stat.size() ||
+          stat[paren + 2] != 'T') {
+        return false;
+      }
     }
+    return !ec;
+  };
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (!all_stopped()) {
     ASSERT_LT(absl::Now(), give_up) << "process " << pid << " did not stop";
     absl::SleepFor(absl::Milliseconds(5));
   }
@@ -943,10 +950,10 @@ TEST_F(ServingTest, DegradedReadsAnswerWithoutADeadShardsRows) {
   const int32_t rows = before.rows_pulled();  // no cache: every row
   ASSERT_GT(rows, 0);
 
-  // Dead.
+  // Dead: answered within a deadline shorter than --ps_timeout_ms.
   env->shards[1]->Kill(SIGKILL);
   PredictResponse during;
-  const grpc::Status st = predict(req, &during);
+  const grpc::Status st = predict(req, &during, absl::Milliseconds(1500));
   ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_GT(during.rows_unavailable(), 0);
   EXPECT_LT(during.rows_unavailable(), rows);  // shard 0 still answers
