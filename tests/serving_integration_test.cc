@@ -158,6 +158,34 @@ void ExpectShardUnavailable(const grpc::Status& st) {
       << st.error_message();
 }
 
+// Stops `pid` (SIGSTOP) and waits until every thread of it is stopped
+// (state T in /proc/PID/task/TID/stat): kill() wakes one thread, which
+// stops the others only once it runs, so on a loaded machine the process
+// went on answering for a while after kill() returned.
+void StopProcess(pid_t pid) {
+  ASSERT_EQ(kill(pid, SIGSTOP), 0);
+  const auto all_stopped = [pid] {
+    std::error_code ec;
+    for (const auto& task : std::filesystem::directory_iterator(
+             absl::StrCat("/proc/", pid, "/task"), ec)) {
+      std::ifstream in(task.path() / "stat");
+      std::string stat((std::istreambuf_iterator<char>(in)),
+                       std::istreambuf_iterator<char>());
+      const size_t paren = stat.rfind(')');
+      if (paren == std::string::npos || paren + 2 >= stat.size() ||
+          stat[paren + 2] != 'T') {
+        return false;
+      }
+    }
+    return !ec;
+  };
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (!all_stopped()) {
+    ASSERT_LT(absl::Now(), give_up) << "process " << pid << " did not stop";
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+}
+
 // Predicts `req` until it succeeds or 30 s pass (a shard back); the last
 // status.
 grpc::Status PredictUntilOk(const PredictRequest& req, PredictResponse* resp,
@@ -837,11 +865,11 @@ TEST_F(ServingTest, HungShardGivesUnavailableWithinTheCallersDeadline) {
   const PredictRequest req =
       UncachedRequest(env->test_samples[4], 888888, 2100000000);
   const pid_t pid = env->shards[1]->pid();
-  ASSERT_EQ(kill(pid, SIGSTOP), 0);
   struct Resume {
     pid_t pid;
     ~Resume() { kill(pid, SIGCONT); }
   } resume{pid};
+  StopProcess(pid);
   PredictResponse resp;
   const absl::Time start = absl::Now();
   grpc::Status st = Predict(req, &resp, absl::Seconds(10));
@@ -868,33 +896,6 @@ TEST_F(ServingTest, KilledShardGivesUnavailableAndTheTierRecoversByItself) {
   EXPECT_TRUE(back.ok()) << back.error_message();
   EXPECT_EQ(resp.scores_size(), 40);
   EXPECT_FALSE(resp.stale());
-}
-
-// Stops `pid` (SIGSTOP) and waits until every thread of it is stopped
-// (state T in /proc/PID/task/TID/stat): kill() returns before the threads
-// have taken the signal.
-void StopProcess(pid_t pid) {
-  ASSERT_EQ(kill(pid, SIGSTOP), 0);
-  const auto all_stopped = [pid] {
-    std::error_code ec;
-    for (const auto& task : std::filesystem::directory_iterator(
-             absl::StrCat("/proc/", pid, "/task"), ec)) {
-      std::ifstream in(task.path() / "stat");
-      std::string stat((std::istreambuf_iterator<char>(in)),
-                       std::istreambuf_iterator<char>());
-      const size_t paren = stat.rfind(')');
-      if (paren == std::string::npos || paren + 2 >= stat.size() ||
-          stat[paren + 2] != 'T') {
-        return false;
-      }
-    }
-    return !ec;
-  };
-  const absl::Time give_up = absl::Now() + absl::Seconds(30);
-  while (!all_stopped()) {
-    ASSERT_LT(absl::Now(), give_up) << "process " << pid << " did not stop";
-    absl::SleepFor(absl::Milliseconds(5));
-  }
 }
 
 // With --degraded_reads, a dead or hung shard costs the requests that need
