@@ -41,8 +41,9 @@ class Executor {
 
   // Queues `task`. When the queue is full, queued tasks whose deadline has
   // passed are first told so (DEADLINE_EXCEEDED, on this thread) and
-  // dropped (at most one such sweep per 10 ms); if it is still full the task is not queued and this returns
-  // RESOURCE_EXHAUSTED naming the queue and its size (the task is not run).
+  // dropped (at most one such sweep per 10 ms); if it is still full the
+  // task is not queued and this returns RESOURCE_EXHAUSTED naming the
+  // queue and its size (the task is not run).
   absl::Status Submit(absl::Time deadline, Task task);
 
   int64_t queued() const;

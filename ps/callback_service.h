@@ -14,10 +14,9 @@
 // written straight into the slice gRPC sends. The answer's bytes count
 // against --max_inflight_mb until gRPC lets go of them (the call finished
 // and the bytes written, or the call dropped), not only while the handler
-// runs: a reader that
-// does not take its answers holds the shard's budget, not memory beyond
-// it. A request that is not a
-// PullRequest gets INVALID_ARGUMENT naming its size. A small Pull (at most
+// runs: a reader that does not take its answers holds the shard's budget,
+// not memory beyond it. A request that is not a PullRequest gets
+// INVALID_ARGUMENT naming its size. A small Pull (at most
 // `inline_pull_keys` keys, judged by its size) runs on gRPC's own thread
 // instead: it only reads rows in memory, a few microseconds of work, and
 // the hop to the executor and back cost more than that

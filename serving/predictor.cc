@@ -84,15 +84,14 @@ Predictor::Predictor(ModelManager* models, ps::PsClient* ps, RowCache* cache,
         &options_.metrics->LatencyHistogram(name, help, {{"table", "id"}});
     pull_seconds_[kContentSide] =
         &options_.metrics->LatencyHistogram(name, help, {{"table", "content"}});
-  }
-  if (options_.metrics != nullptr) {
-    const char* name = "mim_serving_rows_unavailable_total";
-    const char* help = "Rows read as missing because their shard could not "
-                       "be reached (--degraded_reads), by table";
-    rows_unavailable_[kIdSide] =
-        &options_.metrics->Counter(name, help, {{"table", "id"}});
-    rows_unavailable_[kContentSide] =
-        &options_.metrics->Counter(name, help, {{"table", "content"}});
+    const char* unavailable = "mim_serving_rows_unavailable_total";
+    const char* unavailable_help =
+        "Rows read as missing because their shard could not be reached "
+        "(--degraded_reads), by table";
+    rows_unavailable_[kIdSide] = &options_.metrics->Counter(
+        unavailable, unavailable_help, {{"table", "id"}});
+    rows_unavailable_[kContentSide] = &options_.metrics->Counter(
+        unavailable, unavailable_help, {{"table", "content"}});
   }
   if (ps_ != nullptr) {
     const uint32_t shards = ps_->num_shards();
@@ -271,22 +270,25 @@ void Predictor::PullMisses(RowFetch* f) {
   const bool id_table = f->side == kIdSide;
   const int dim = f->dim;
   const uint32_t shards = ps_->num_shards();
-  const auto shard_of = [shards](uint64_t key) -> uint32_t {
-    return shards == 1 ? 0 : embedding::ShardOf(key, shards);
-  };
   // Positions in miss_keys to pull, and those left out (shard down).
   std::vector<size_t> ask;
   std::vector<size_t> left_out;
   ask.reserve(f->miss_keys.size());
-  // Per shard, decided once per pull for the shards it has keys on: 0 ask,
-  // 1 leave out, 2 ask as the probe of a shard marked down (the mark it
-  // claimed in probe_mark); -1 no keys.
+  // Under degraded_reads: each miss's shard, and per shard, decided once
+  // per pull for the shards it has keys on: 0 ask, 1 leave out, 2 ask as
+  // the probe of a shard marked down (the mark it claimed in probe_mark);
+  // -1 no keys.
+  std::vector<uint32_t> shard_of;
   std::vector<int8_t> decision;
   std::vector<int64_t> probe_mark;
   if (options_.degraded_reads) {
+    shard_of.reserve(f->miss_keys.size());
+    for (const uint64_t key : f->miss_keys) {
+      shard_of.push_back(embedding::ShardOf(key, shards));
+    }
     decision.assign(shards, -1);
     probe_mark.assign(shards, 0);
-    for (const uint64_t key : f->miss_keys) decision[shard_of(key)] = 0;
+    for (const uint32_t s : shard_of) decision[s] = 0;
     const absl::Time now = absl::Now();
     for (uint32_t s = 0; s < shards; ++s) {
       if (decision[s] < 0) continue;
@@ -295,7 +297,7 @@ void Predictor::PullMisses(RowFetch* f) {
     }
   }
   for (size_t j = 0; j < f->miss_keys.size(); ++j) {
-    if (!decision.empty() && decision[shard_of(f->miss_keys[j])] == 1) {
+    if (!decision.empty() && decision[shard_of[j]] == 1) {
       left_out.push_back(j);
     } else {
       ask.push_back(j);
@@ -328,7 +330,7 @@ void Predictor::PullMisses(RowFetch* f) {
     // Its keys are left out; the other shards are asked again.
     const auto on_down = std::stable_partition(
         ask.begin(), ask.end(),
-        [&](size_t j) { return shard_of(f->miss_keys[j]) != *down; });
+        [&](size_t j) { return shard_of[j] != *down; });
     if (on_down == ask.end()) break;  // none of its keys: give up
     left_out.insert(left_out.end(), on_down, ask.end());
     ask.erase(on_down, ask.end());

@@ -158,6 +158,13 @@ void ExpectShardUnavailable(const grpc::Status& st) {
       << st.error_message();
 }
 
+// Sends SIGCONT to `pid` when it goes out of scope, so that a failed
+// assertion never leaves a stopped shard behind.
+struct ResumeAtExit {
+  pid_t pid;
+  ~ResumeAtExit() { kill(pid, SIGCONT); }
+};
+
 // Stops `pid` (SIGSTOP) and waits until every thread of it is stopped
 // (state T in /proc/PID/task/TID/stat): kill() wakes one thread, which
 // stops the others only once it runs, so on a loaded machine the process
@@ -865,10 +872,7 @@ TEST_F(ServingTest, HungShardGivesUnavailableWithinTheCallersDeadline) {
   const PredictRequest req =
       UncachedRequest(env->test_samples[4], 888888, 2100000000);
   const pid_t pid = env->shards[1]->pid();
-  struct Resume {
-    pid_t pid;
-    ~Resume() { kill(pid, SIGCONT); }
-  } resume{pid};
+  const ResumeAtExit resume{pid};
   StopProcess(pid);
   PredictResponse resp;
   const absl::Time start = absl::Now();
@@ -991,10 +995,7 @@ TEST_F(ServingTest, DegradedReadsAnswerWithoutADeadShardsRows) {
   // out; the next one is answered well inside a deadline shorter than
   // that, with the same rows missing and the same scores.
   const pid_t pid = env->shards[1]->pid();
-  struct Resume {
-    pid_t pid;
-    ~Resume() { kill(pid, SIGCONT); }
-  } resume{pid};
+  const ResumeAtExit resume{pid};
   StopProcess(pid);
   PredictResponse hung;
   ASSERT_TRUE(predict(req, &hung).ok());
